@@ -1,0 +1,1 @@
+"""Custody HTTP API blueprints (ledger, later wallets and withdrawals) and their error mapping."""

@@ -1,0 +1,177 @@
+"""Journal entries: their canonical bytes and the hash chain (pure, no database).
+
+The format is specified in docs/ledger-format.md; auditors re-implement it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import IntFlag, StrEnum
+
+ENTRY_FORMAT_VERSION = 1
+ENTRY_HASH_DOMAIN = b"strongroom.ledger.entry.v1\x00"
+GENESIS_HASH = "00" * 32
+
+
+class TransferKind(StrEnum):
+    """What a journal entry does to balances."""
+
+    SINGLE = "single"  # posted immediately
+    PENDING = "pending"  # reserves funds until posted, voided or expired
+    POST = "post"  # posts (all or part of) a pending transfer
+    VOID = "void"  # releases a pending transfer
+    EXPIRE = "expire"  # releases a pending transfer whose timeout passed
+
+
+RESOLVING_KINDS = frozenset({TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE})
+
+
+class AccountFlags(IntFlag):
+    """Balance constraints an account enforces on every transfer."""
+
+    NONE = 0
+    DEBITS_MUST_NOT_EXCEED_CREDITS = 1
+    CREDITS_MUST_NOT_EXCEED_DEBITS = 2
+
+
+class AccountKind(StrEnum):
+    """What an account represents; the kind sets its default constraint."""
+
+    USER_AVAILABLE = "user_available"
+    USER_HELD = "user_held"
+    USER_MARGIN = "user_margin"
+    HOT_WALLET = "hot_wallet"
+    COLD_WALLET = "cold_wallet"
+    DEPOSITS_IN_FLIGHT = "deposits_in_flight"
+    WITHDRAWALS_IN_FLIGHT = "withdrawals_in_flight"
+    FEES = "fees"
+    INSURANCE_FUND = "insurance_fund"
+    EXTERNAL = "external"
+
+
+# Liabilities (what we owe) are credit-normal and must never go negative;
+# wallets (what we hold) are debit-normal and cannot send more than they hold.
+DEFAULT_FLAGS: dict[AccountKind, AccountFlags] = {
+    AccountKind.USER_AVAILABLE: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    AccountKind.USER_HELD: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    AccountKind.USER_MARGIN: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    AccountKind.HOT_WALLET: AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
+    AccountKind.COLD_WALLET: AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
+    AccountKind.DEPOSITS_IN_FLIGHT: AccountFlags.NONE,
+    AccountKind.WITHDRAWALS_IN_FLIGHT: AccountFlags.NONE,
+    AccountKind.FEES: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    AccountKind.INSURANCE_FUND: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    AccountKind.EXTERNAL: AccountFlags.NONE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One applied transfer as it appears in the journal."""
+
+    seq: int
+    id: str
+    kind: TransferKind
+    debit_account: int
+    credit_account: int
+    asset: str
+    amount: int
+    pending_id: str | None
+    timeout_s: int
+    expires_ms: int | None
+    code: int
+    reference: str
+    timestamp_ms: int
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the entry as the JSON object of its canonical form (amount as a string)."""
+        return {
+            "v": ENTRY_FORMAT_VERSION,
+            "seq": self.seq,
+            "id": self.id,
+            "kind": self.kind.value,
+            "debit_account": self.debit_account,
+            "credit_account": self.credit_account,
+            "asset": self.asset,
+            "amount": str(self.amount),
+            "pending_id": self.pending_id,
+            "timeout_s": self.timeout_s,
+            "expires_ms": self.expires_ms,
+            "code": self.code,
+            "reference": self.reference,
+            "timestamp_ms": self.timestamp_ms,
+        }
+
+    def to_bytes(self) -> bytes:
+        """Return the canonical bytes: sorted-key, whitespace-free, ASCII-only JSON."""
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Entry:
+        """Parse an entry from its canonical JSON object, rejecting unknown versions and keys."""
+        if data.get("v") != ENTRY_FORMAT_VERSION:
+            raise ValueError(f"entry version was {data.get('v')!r}, must be {ENTRY_FORMAT_VERSION}")
+        expected = set(ENTRY_KEYS)
+        if set(data) != expected:
+            raise ValueError(f"entry keys were {sorted(data)}, must be {sorted(expected)}")
+        amount = data["amount"]
+        if not isinstance(amount, str) or not amount.isdigit():
+            raise ValueError(f"entry amount was {amount!r}, must be a string of digits")
+        return cls(
+            seq=_int(data, "seq"),
+            id=_str(data, "id"),
+            kind=TransferKind(data["kind"]),
+            debit_account=_int(data, "debit_account"),
+            credit_account=_int(data, "credit_account"),
+            asset=_str(data, "asset"),
+            amount=int(amount),
+            pending_id=None if data["pending_id"] is None else _str(data, "pending_id"),
+            timeout_s=_int(data, "timeout_s"),
+            expires_ms=None if data["expires_ms"] is None else _int(data, "expires_ms"),
+            code=_int(data, "code"),
+            reference=_str(data, "reference"),
+            timestamp_ms=_int(data, "timestamp_ms"),
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Entry:
+        """Parse canonical bytes; bytes that are not exactly canonical are rejected."""
+        entry = cls.from_dict(json.loads(raw))
+        if entry.to_bytes() != raw:
+            raise ValueError("entry bytes are not in canonical form")
+        return entry
+
+
+ENTRY_KEYS = (
+    "v", "seq", "id", "kind", "debit_account", "credit_account", "asset", "amount",
+    "pending_id", "timeout_s", "expires_ms", "code", "reference", "timestamp_ms",
+)
+
+
+def _int(data: dict[str, object], key: str) -> int:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"entry {key} was {value!r}, must be an integer")
+    return value
+
+
+def _str(data: dict[str, object], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise ValueError(f"entry {key} was {value!r}, must be a string")
+    return value
+
+
+def canonical_json(obj: object) -> bytes:
+    """Serialise ``obj`` deterministically: sorted keys, no whitespace, ASCII escapes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def chain_hash(prev_hash_hex: str, entry_bytes: bytes) -> str:
+    """Return the hex hash of an entry chained to its predecessor's hash."""
+    digest = hashlib.sha256(ENTRY_HASH_DOMAIN)
+    digest.update(bytes.fromhex(prev_hash_hex))
+    digest.update(entry_bytes)
+    return digest.hexdigest()

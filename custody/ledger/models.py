@@ -1,0 +1,71 @@
+"""Ledger tables: accounts with derived balances, the append-only transfer journal, its head."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from custody.db import Base
+from custody.money import U256
+
+HASH_HEX_LEN = 64
+TRANSFER_ID_MAX_LEN = 128
+REFERENCE_MAX_LEN = 256
+
+
+class LedgerAccount(Base):
+    """An account holding one asset. Balances are running totals of its journal entries."""
+
+    __tablename__ = "ledger_accounts"
+    __table_args__ = (Index("uq_ledger_accounts_owner_asset_kind", "owner", "asset", "kind", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    asset: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(32))
+    flags: Mapped[int] = mapped_column(Integer)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    debits_pending: Mapped[int] = mapped_column(U256)
+    debits_posted: Mapped[int] = mapped_column(U256)
+    credits_pending: Mapped[int] = mapped_column(U256)
+    credits_posted: Mapped[int] = mapped_column(U256)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class LedgerTransfer(Base):
+    """One journal entry. Rows are only ever inserted; triggers reject UPDATE and DELETE."""
+
+    __tablename__ = "ledger_transfers"
+    __table_args__ = (
+        Index("ix_ledger_transfers_debit_seq", "debit_account_id", "seq"),
+        Index("ix_ledger_transfers_credit_seq", "credit_account_id", "seq"),
+        Index("ix_ledger_transfers_expires", "expires_ms"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[str] = mapped_column(String(TRANSFER_ID_MAX_LEN), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    debit_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
+    credit_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
+    asset: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(U256)
+    # A post or void names the pending transfer it resolves; the unique
+    # constraint makes "resolved twice" impossible even for a buggy caller.
+    pending_id: Mapped[str | None] = mapped_column(String(TRANSFER_ID_MAX_LEN), unique=True)
+    timeout_s: Mapped[int] = mapped_column(Integer)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger)
+    code: Mapped[int] = mapped_column(Integer)
+    reference: Mapped[str] = mapped_column(String(REFERENCE_MAX_LEN))
+    timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+    hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+
+
+class LedgerHead(Base):
+    """The single row that names the journal's tip; writers lock it to serialise appends."""
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))

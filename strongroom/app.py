@@ -1,0 +1,65 @@
+"""The application factory: wires settings, database, services and blueprints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import text
+
+from custody.api import ledger as ledger_api
+from custody.api.errors import register_error_handlers
+from custody.assets import ASSETS
+from custody.db import make_engine, make_session_factory
+from custody.ledger.service import Ledger
+from strongroom.settings import Settings
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+def create_app(config: dict[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+    """Create the Strongroom Flask app. ``config`` overrides (e.g. DATABASE_URL in tests)."""
+    settings = settings or Settings.from_env()
+    app = Flask("strongroom")
+    app.config.update(DATABASE_URL=settings.database_url, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+                      JSON_SORT_KEYS=False)
+    app.config.update(config or {})
+    logging.basicConfig(level=settings.log_level)
+
+    engine = make_engine(app.config["DATABASE_URL"])
+    sessions = make_session_factory(engine)
+    app.extensions["strongroom.engine"] = engine
+    app.extensions["strongroom.sessions"] = sessions
+    app.extensions["strongroom.ledger"] = Ledger(sessions, **_clock_override(app.config))
+
+    register_error_handlers(app)
+    app.register_blueprint(ledger_api.bp)
+    _register_meta_routes(app)
+    return app
+
+
+def _clock_override(config: dict[str, Any]) -> dict[str, Any]:
+    clock = config.get("CLOCK")
+    return {} if clock is None else {"clock": clock}
+
+
+def _register_meta_routes(app: Flask) -> None:
+    @app.get("/api/v1/health")
+    def health() -> ResponseReturnValue:
+        """Report liveness and whether the database answers."""
+        try:
+            with app.extensions["strongroom.engine"].connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - health reports, never raises
+            return jsonify({"status": "degraded", "database": "unreachable"}), 503
+        seq, tip = app.extensions["strongroom.ledger"].head()
+        return jsonify({"status": "ok", "database": "ok", "ledger": {"seq": seq, "head": tip}})
+
+    @app.get("/api/v1/assets")
+    def assets() -> ResponseReturnValue:
+        """List registered assets and their decimals."""
+        return jsonify({"assets": [
+            {"code": a.code, "decimals": a.decimals, "name": a.name} for a in ASSETS.values()
+        ]})

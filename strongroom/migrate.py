@@ -1,0 +1,30 @@
+"""Run Alembic migrations programmatically (the installed package carries its migrations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+import migrations
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+def alembic_config(database_url: str) -> Config:
+    """Return an Alembic config pointing at our migrations and ``database_url``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    """Migrate the database at ``database_url`` up to ``revision``."""
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    """Migrate the database at ``database_url`` down to ``revision``."""
+    command.downgrade(alembic_config(database_url), revision)

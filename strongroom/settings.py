@@ -1,0 +1,54 @@
+"""Settings from environment variables, with safe embedded defaults (docs/configuration.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8600
+DATA_DIR_MODE = 0o700
+
+
+class SettingsError(ValueError):
+    """A setting from the environment was invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the composition root needs to wire the platform."""
+
+    data_dir: Path
+    database_url: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read ``STRONGROOM_*`` variables; unset ones take the embedded defaults."""
+        env = dict(os.environ if environ is None else environ)
+        data_dir = Path(env.get("STRONGROOM_DATA_DIR") or _default_data_dir(env)).expanduser()
+        database_url = env.get("STRONGROOM_DATABASE_URL") or f"sqlite:///{data_dir / 'strongroom.db'}"
+        port_text = env.get("STRONGROOM_PORT", str(DEFAULT_PORT))
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise SettingsError(f"STRONGROOM_PORT was {port_text!r}, must be 1..65535")
+        log_level = env.get("STRONGROOM_LOG_LEVEL", "INFO").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"STRONGROOM_LOG_LEVEL was {log_level!r}, must be DEBUG, INFO, "
+                                "WARNING or ERROR")
+        return cls(data_dir=data_dir, database_url=database_url,
+                   host=env.get("STRONGROOM_HOST", DEFAULT_HOST), port=int(port_text),
+                   log_level=log_level)
+
+    def ensure_data_dir(self) -> Path:
+        """Create the data directory readable by its owner only, and return it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
+        os.chmod(self.data_dir, DATA_DIR_MODE)
+        return self.data_dir
+
+
+def _default_data_dir(env: dict[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "strongroom"

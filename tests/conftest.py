@@ -1,0 +1,154 @@
+"""Shared fixtures: a fresh database per test on SQLite and PostgreSQL, app, client, runner.
+
+PostgreSQL tests need ``STRONGROOM_TEST_POSTGRES_URL`` (``make test`` starts a
+throwaway server and sets it). Without it they are skipped with the reason
+shown, unless ``STRONGROOM_REQUIRE_POSTGRES=1`` (CI), where that is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from custody.db import make_engine, make_session_factory
+from custody.ledger.service import Ledger
+from strongroom.migrate import upgrade
+
+POSTGRES_ENV = "STRONGROOM_TEST_POSTGRES_URL"
+DATABASES = ["sqlite", "postgres"]
+
+
+class FakeClock:
+    """A settable millisecond clock, so time-dependent behaviour is deterministic."""
+
+    def __init__(self, now_ms: int = 1_767_225_600_000) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+def _postgres_admin_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        if os.environ.get("STRONGROOM_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{POSTGRES_ENV} is not set but STRONGROOM_REQUIRE_POSTGRES=1")
+        pytest.skip(f"PostgreSQL not configured: set {POSTGRES_ENV} (make test does)")
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session; tests copy it."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A PostgreSQL template database migrated to head once per session (per xdist worker)."""
+    admin_url = _postgres_admin_url()
+    name = f"sr_template_{_worker()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    upgrade(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def fresh_database_url(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of a new, migrated, empty database of ``kind``; drop it afterwards."""
+    if kind == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "strongroom.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite:///{path}"
+        return
+    template_name: str = request.getfixturevalue("postgres_template")
+    admin_url = _postgres_admin_url()
+    name = f"sr_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh migrated database, once on SQLite and once on PostgreSQL."""
+    yield from fresh_database_url(request, request.param, tmp_path)
+
+
+@pytest.fixture
+def sqlite_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh migrated SQLite database (for tests that are about SQLite itself)."""
+    yield from fresh_database_url(request, "sqlite", tmp_path)
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh migrated PostgreSQL database (for PostgreSQL-only behaviour)."""
+    yield from fresh_database_url(request, "postgres", tmp_path)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A deterministic clock starting at 2026-01-01T00:00:00Z."""
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(database_url: str, clock: FakeClock) -> Iterator[Ledger]:
+    """A ledger on a fresh database (parametrised over SQLite and PostgreSQL)."""
+    engine = make_engine(database_url)
+    yield Ledger(make_session_factory(engine), clock=clock)
+    engine.dispose()
+
+
+@pytest.fixture
+def app(database_url: str, clock: FakeClock, tmp_path: Path) -> Iterator[Flask]:
+    """The Flask app on a fresh database."""
+    from strongroom.app import create_app
+    from strongroom.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    application = create_app({"TESTING": True, "CLOCK": clock}, settings=settings)
+    yield application
+    application.extensions["strongroom.engine"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client for ``app``."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    """A CLI runner for ``app``."""
+    return app.test_cli_runner()
