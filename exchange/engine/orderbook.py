@@ -570,6 +570,8 @@ class OrderBook:
                 o.level = None
                 o.next = None
                 del orders[o.id]
+                if remaining == 0:
+                    break
                 o = nxt
             if level.head is None:
                 keys.pop()
@@ -672,7 +674,10 @@ class OrderBook:
         self._reject(c.id, _UNKNOWN_ORDER, f"no live order with id {c.id!r}")
 
     def _on_cancel_all(self, c: CancelAll) -> None:
-        mine = [o for o in self.orders.values() if o.account == c.account]
+        # Acceptance (oid) order, not dict order: amends re-insert into the
+        # index and a restored book rebuilds it in level order.
+        mine = sorted((o for o in self.orders.values() if o.account == c.account),
+                      key=_order_oid)
         for o in mine:
             self._remove(o)
             self.seq += 1
@@ -971,6 +976,10 @@ class OrderBook:
                 raise CorruptState(f"stop {sid!r} oid {s.oid} >= next oid {self.next_oid}")
         if self.seq < 0 or (self.events and self.events[-1].seq != self.seq):
             raise CorruptState(f"event seq {self.seq} out of step with emitted events")
+
+
+def _order_oid(o: Order) -> int:
+    return o.oid
 
 
 def _levels(side: BookSide, depth: int) -> list[tuple[int, int, int]]:
