@@ -93,6 +93,11 @@ class KeystoreBackend(ABC):
         wrapped = self.encrypt(name, plaintext, envelope.DATA_KEY_PURPOSE_AAD)
         return DataKey(name, envelope.blob_version(wrapped), plaintext, wrapped)
 
+    def generate_wrapped_data_key(self, name: str) -> bytes:
+        """Return only the wrapped form of a fresh data key (to hand to another party)."""
+        with self.generate_data_key(name) as data_key:
+            return data_key.wrapped
+
     def decrypt_data_key(self, name: str, wrapped: bytes) -> DataKey:
         """Unwrap a data key made by ``generate_data_key``."""
         plaintext = self.decrypt(name, wrapped, envelope.DATA_KEY_PURPOSE_AAD)

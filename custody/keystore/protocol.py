@@ -189,6 +189,10 @@ class Keystore(Protocol):
         """Return a fresh 256-bit data key and its form wrapped by key ``name``."""
         ...
 
+    def generate_wrapped_data_key(self, name: str) -> bytes:
+        """Return only the wrapped form of a fresh data key."""
+        ...
+
     def decrypt_data_key(self, name: str, wrapped: bytes) -> DataKey:
         """Unwrap a data key previously returned by ``generate_data_key``."""
         ...
