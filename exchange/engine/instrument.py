@@ -37,10 +37,10 @@ class Instrument(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def check(self) -> None:
         """Raise ValueError when the specification itself is inconsistent."""
-        if self.tick_size <= 0:
-            raise ValueError(f"tick_size was {self.tick_size}, must be positive")
-        if self.lot_size <= 0:
-            raise ValueError(f"lot_size was {self.lot_size}, must be positive")
+        if not 0 < self.tick_size < MAX_PRICE:
+            raise ValueError(f"tick_size was {self.tick_size}, must be in 1..{MAX_PRICE - 1}")
+        if not 0 < self.lot_size <= MAX_QTY:
+            raise ValueError(f"lot_size was {self.lot_size}, must be in 1..{MAX_QTY}")
         if not 0 < self.min_qty <= self.max_qty <= MAX_QTY:
             raise ValueError(
                 f"min_qty={self.min_qty} max_qty={self.max_qty}: need 0 < min_qty <= max_qty"

@@ -1,0 +1,193 @@
+"""Append-only command journal: framed, checksummed records in segment files.
+
+File layout: an 8-byte magic `SRJNL001`, then records
+
+    u32 payload length | u32 CRC32(seq || payload) | u64 command seq | payload
+
+all little-endian, where the payload is the command as JSON (the same
+encoding as a replay input line, so big integers survive and a journal can
+be inspected with ordinary tools). Command sequence numbers start at 1 and
+increase by exactly one.
+
+A crash can tear only the last record, because records are only ever
+appended. Reading stops at the first record that is incomplete or fails its
+CRC; if nothing but that record (or zero padding) follows, it is a torn tail
+and is dropped. A bad record with valid data after it is corruption, and
+reading raises `JournalCorrupt` rather than guess.
+
+Durability is the caller's group commit: `append()` only buffers, `commit()`
+flushes to the OS and then fsyncs according to the policy:
+
+- `always`: fsync on every commit. Survives power loss; costs one fsync
+  (tens of microseconds to milliseconds) per commit.
+- `interval`: fsync when `interval_ms` has passed since the last fsync. A
+  process crash loses nothing already committed (the OS has the bytes); a
+  power loss can lose up to `interval_ms` of commands.
+- `never`: leave writeback to the OS. Same process-crash guarantee, no
+  bound on power-loss exposure; fastest.
+"""
+
+import enum
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import msgspec
+
+from exchange.engine.messages import Command
+
+MAGIC = b"SRJNL001"
+HEADER = struct.Struct("<IIQ")
+SEQ = struct.Struct("<Q")
+# Limit on everything: no command encodes anywhere near this large.
+MAX_RECORD_BYTES = 1 << 20
+SEGMENT_PREFIX = "journal-"
+SEGMENT_SUFFIX = ".log"
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
+
+
+class JournalCorrupt(Exception):
+    """The journal holds damaged data that is not a torn tail."""
+
+
+class FsyncPolicy(enum.Enum):
+    """When `commit()` forces journal bytes to stable storage."""
+
+    ALWAYS = "always"
+    INTERVAL = "interval"
+    NEVER = "never"
+
+
+def segment_name(first_seq: int) -> str:
+    """Return the file name of the segment whose first record is `first_seq`."""
+    return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[Path]:
+    """Return the journal segments of `directory` in sequence order."""
+    return sorted(directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"))
+
+
+def encode_record(seq: int, cmd: Command) -> bytes:
+    """Return one framed record."""
+    payload = _encoder.encode(cmd)
+    if len(payload) > MAX_RECORD_BYTES:
+        raise ValueError(f"command encodes to {len(payload)} bytes, max {MAX_RECORD_BYTES}")
+    crc = zlib.crc32(payload, zlib.crc32(SEQ.pack(seq)))
+    return HEADER.pack(len(payload), crc, seq) + payload
+
+
+class JournalWriter:
+    """Append records to one segment file."""
+
+    def __init__(
+        self, path: Path, policy: FsyncPolicy = FsyncPolicy.ALWAYS, interval_ms: int = 5
+    ) -> None:
+        self.path = path
+        self.policy = policy
+        self.interval_ns = interval_ms * 1_000_000
+        self._last_sync_ns = time.monotonic_ns()
+        new = not path.exists() or path.stat().st_size == 0
+        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+        if new:
+            self._file.write(MAGIC)
+            self.commit()
+            fsync_dir(path.parent)
+
+    def append(self, seq: int, cmd: Command) -> None:
+        """Buffer one record; it is durable only after `commit()`."""
+        self._file.write(encode_record(seq, cmd))
+
+    def commit(self) -> None:
+        """Hand buffered records to the OS, then fsync per the policy."""
+        self._file.flush()
+        if self.policy is FsyncPolicy.ALWAYS:
+            os.fsync(self._file.fileno())
+        elif self.policy is FsyncPolicy.INTERVAL:
+            now = time.monotonic_ns()
+            if now - self._last_sync_ns >= self.interval_ns:
+                os.fsync(self._file.fileno())
+                self._last_sync_ns = now
+
+    def close(self) -> None:
+        """Commit, fsync and close the segment."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class SegmentScan:
+    """What reading one segment found."""
+
+    records: list[tuple[int, Command]]
+    valid_bytes: int
+    torn_bytes: int
+
+
+def read_segment(path: Path) -> SegmentScan:
+    """Read every intact record of a segment; detect and drop a torn tail."""
+    data = path.read_bytes()
+    if len(data) < len(MAGIC):
+        if MAGIC.startswith(data):
+            return SegmentScan([], 0, len(data))
+        raise JournalCorrupt(f"{path}: bad magic {data!r}")
+    if data[: len(MAGIC)] != MAGIC:
+        raise JournalCorrupt(f"{path}: bad magic {data[: len(MAGIC)]!r}")
+    records: list[tuple[int, Command]] = []
+    pos = len(MAGIC)
+    end = len(data)
+    while pos < end:
+        problem = _check_record(data, pos)
+        if problem:
+            record_end = _claimed_end(data, pos)
+            if record_end >= end or not data[pos:].strip(b"\0"):
+                return SegmentScan(records, pos, end - pos)
+            raise JournalCorrupt(f"{path}: {problem} at byte {pos} with data after it")
+        length, _, seq = HEADER.unpack_from(data, pos)
+        start = pos + HEADER.size
+        try:
+            cmd = _decoder.decode(data[start : start + length])
+        except msgspec.DecodeError as exc:
+            raise JournalCorrupt(f"{path}: record seq {seq} at byte {pos}: {exc}") from exc
+        records.append((seq, cmd))
+        pos = start + length
+    return SegmentScan(records, pos, 0)
+
+
+def _claimed_end(data: bytes, pos: int) -> int:
+    if pos + HEADER.size > len(data):
+        return len(data)
+    length: int = HEADER.unpack_from(data, pos)[0]
+    return pos + HEADER.size + length
+
+
+def _check_record(data: bytes, pos: int) -> str:
+    """Return why the record at `pos` is unusable, or an empty string."""
+    if pos + HEADER.size > len(data):
+        return "truncated header"
+    length, crc, seq = HEADER.unpack_from(data, pos)
+    if length == 0 or length > MAX_RECORD_BYTES:
+        return f"impossible length {length}"
+    start = pos + HEADER.size
+    if start + length > len(data):
+        return "truncated payload"
+    if zlib.crc32(data[start : start + length], zlib.crc32(SEQ.pack(seq))) != crc:
+        return "CRC mismatch"
+    return ""
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a created or renamed directory entry durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

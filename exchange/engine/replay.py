@@ -1,0 +1,138 @@
+"""Replay JSONL commands through one book and write JSONL events.
+
+This is the shell around the pure core used by `strongroom-engine replay`
+and the benchmark: decoding, batching of output, optional journaling.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO
+
+import msgspec
+
+from exchange.engine.messages import Command, Malformed
+from exchange.engine.orderbook import OrderBook
+from exchange.engine.recovery import DurableEngine
+
+# Events are encoded and written in batches to amortise the call overhead.
+OUTPUT_BATCH_EVENTS = 4096
+
+_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+class ReplayError(Exception):
+    """An input line could not be parsed (and --skip-invalid was not given)."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Counts of one replay run."""
+
+    commands: int
+    invalid: int
+
+
+def parse_line(line_no: int, line: bytes, skip_invalid: bool) -> Command:
+    """Decode one input line; bad lines raise or become `Malformed` commands."""
+    try:
+        return _decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        if not skip_invalid:
+            raise ReplayError(line_no, str(exc)) from None
+        return Malformed(line_no, str(exc), _guess_id(line))
+
+
+def _guess_id(line: bytes) -> str | None:
+    try:
+        obj = _any_decoder.decode(line)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(obj, dict):
+        value = obj.get("id")
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def replay(
+    lines: Iterable[bytes],
+    out: IO[bytes],
+    book: OrderBook,
+    *,
+    skip_invalid: bool = False,
+) -> ReplayResult:
+    """Run every non-blank line through `book`, writing events to `out`."""
+    commands = 0
+    invalid = 0
+    events = book.events
+    process = book.process
+    encode_lines = _encoder.encode_lines
+    decode = _decoder.decode
+    try:
+        for line_no, line in enumerate(lines, 1):
+            try:
+                cmd = decode(line)
+            except msgspec.DecodeError:
+                if not line.strip():
+                    continue
+                cmd = parse_line(line_no, line, skip_invalid)
+                invalid += 1
+            process(cmd)
+            commands += 1
+            if len(events) >= OUTPUT_BATCH_EVENTS:
+                out.write(encode_lines(events))
+                events.clear()
+    finally:
+        out.write(encode_lines(events))
+        events.clear()
+    return ReplayResult(commands, invalid)
+
+
+def replay_durable(
+    lines: Iterable[bytes],
+    out: IO[bytes],
+    engine: DurableEngine,
+    *,
+    skip_invalid: bool = False,
+    group_commit: int = 1,
+) -> ReplayResult:
+    """Like `replay`, but journal each group of commands before running it."""
+    commands = 0
+    invalid = 0
+    pending: list[Command] = []
+    try:
+        for line_no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            cmd = parse_line(line_no, line, skip_invalid)
+            invalid += isinstance(cmd, Malformed)
+            pending.append(cmd)
+            if len(pending) >= group_commit:
+                out.write(_encoder.encode_lines(engine.submit_batch(pending)))
+                commands += len(pending)
+                pending = []
+    finally:
+        if pending:
+            out.write(_encoder.encode_lines(engine.submit_batch(pending)))
+            commands += len(pending)
+    return ReplayResult(commands, invalid)
+
+
+def final_book_lines(book: OrderBook) -> bytes:
+    """Return resting orders as JSONL: bids best first, then asks best first.
+
+    Within a price level orders appear in time priority.
+    """
+    state = book.state()
+    rows = [
+        {"id": o.id, "side": o.side, "price": o.price, "qty": o.qty, "account": o.account}
+        for o in [*state.bids, *state.asks]
+    ]
+    return _encoder.encode_lines(rows)
