@@ -52,7 +52,7 @@ def _register_meta_routes(app: Flask) -> None:
         try:
             with app.extensions["strongroom.engine"].connect() as connection:
                 connection.execute(text("SELECT 1"))
-        except Exception:  # noqa: BLE001 - health reports, never raises
+        except Exception:
             return jsonify({"status": "degraded", "database": "unreachable"}), 503
         seq, tip = app.extensions["strongroom.ledger"].head()
         return jsonify({"status": "ok", "database": "ok", "ledger": {"seq": seq, "head": tip}})

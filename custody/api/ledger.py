@@ -23,6 +23,7 @@ from custody.api.request import (
 )
 from custody.ledger.codes import LedgerError
 from custody.ledger.entry import Entry, TransferKind
+from custody.ledger.posting import TransferRequest
 from custody.ledger.service import (
     HISTORY_PAGE_MAX,
     MAX_BATCH,
@@ -31,7 +32,6 @@ from custody.ledger.service import (
     ResultStatus,
     TransferResult,
 )
-from custody.ledger.posting import TransferRequest
 
 bp = Blueprint("ledger", __name__, url_prefix="/api/v1/ledger")
 
@@ -82,7 +82,7 @@ def parse_transfer(body: Any, where: str = "body") -> TransferRequest:
     reject_unknown(body, TRANSFER_FIELDS, where)
     kind_text = field_str(body, "kind", required=False, default="single")
     try:
-        kind = TransferKind(kind_text)
+        kind = TransferKind(kind_text or "")
     except ValueError:
         raise ApiError(RequestCode.INVALID_FIELD,
                        f"{where}.kind was {kind_text!r}, must be single, pending, post or void") from None

@@ -54,9 +54,7 @@ def parse_blob(prefix: str, blob: object) -> tuple[int, bytes]:
     try:
         raw = base64.b64decode(match.group(3), validate=True)
     except binascii.Error:
-        raise KeystoreError(
-            KeystoreErrorCode.MALFORMED_CIPHERTEXT, "ciphertext base64 is invalid"
-        ) from None
+        raise KeystoreError(KeystoreErrorCode.MALFORMED_CIPHERTEXT, "ciphertext base64 is invalid") from None
     return int(match.group(2)), raw
 
 
@@ -133,9 +131,7 @@ class SealedSeed:
         try:
             return cls._parse(memoryview(bytes(data)))
         except (IndexError, struct.error, UnicodeDecodeError, ValueError):
-            raise KeystoreError(
-                KeystoreErrorCode.MALFORMED_CIPHERTEXT, "sealed seed is malformed"
-            ) from None
+            raise KeystoreError(KeystoreErrorCode.MALFORMED_CIPHERTEXT, "sealed seed is malformed") from None
 
     @classmethod
     def _parse(cls, view: memoryview) -> SealedSeed:
@@ -173,9 +169,7 @@ def seal_seed(keystore: Keystore, name: str, seed: bytes, associated_data: bytes
         if len(data_key.wrapped) > MAX_WRAPPED_KEY_BYTES:
             raise KeystoreError(KeystoreErrorCode.BACKEND_ERROR, "wrapped data key is too large")
         raw = gcm_seal(data_key.plaintext, seed, _seed_aad(name, aad))
-        sealed = SealedSeed(
-            name, data_key.wrapped, raw[:GCM_NONCE_SIZE_BYTES], raw[GCM_NONCE_SIZE_BYTES:]
-        )
+        sealed = SealedSeed(name, data_key.wrapped, raw[:GCM_NONCE_SIZE_BYTES], raw[GCM_NONCE_SIZE_BYTES:])
     return sealed.to_bytes()
 
 

@@ -149,9 +149,7 @@ class Pkcs11Keystore(KeystoreBackend):
         with self._lock:
             for attempt in (1, 2):
                 if self._session is None:
-                    raise KeystoreError(
-                        KeystoreErrorCode.KEYSTORE_LOCKED, "PKCS#11 keystore is closed"
-                    )
+                    raise KeystoreError(KeystoreErrorCode.KEYSTORE_LOCKED, "PKCS#11 keystore is closed")
                 try:
                     return action(self._session)
                 except _SESSION_LOST as exc:
@@ -207,9 +205,7 @@ class Pkcs11Keystore(KeystoreBackend):
         if key_type is KeyType.SECP256K1:
             return compress_secp256k1_point(point)
         if len(point) != 32:
-            raise KeystoreError(
-                KeystoreErrorCode.BACKEND_ERROR, "Ed25519 public point is not 32 bytes"
-            )
+            raise KeystoreError(KeystoreErrorCode.BACKEND_ERROR, "Ed25519 public point is not 32 bytes")
         return point
 
     def _info_in(self, session: Any, name: str) -> KeyInfo:
@@ -219,9 +215,7 @@ class Pkcs11Keystore(KeystoreBackend):
             raise KeystoreError(KeystoreErrorCode.KEY_NOT_FOUND, f"key {name!r} does not exist")
         key_type = self._type_of(name, first)
         latest = 1
-        while (
-            latest < MAX_VERSIONS_PER_KEY and self._private(session, name, latest + 1) is not None
-        ):
+        while latest < MAX_VERSIONS_PER_KEY and self._private(session, name, latest + 1) is not None:
             latest += 1
         public: dict[int, bytes] = {}
         if key_type.is_signing:
@@ -362,9 +356,7 @@ class Pkcs11Keystore(KeystoreBackend):
 
         def encrypt(session: Any) -> bytes:
             key = self._key(session, name, version)
-            return bytes(
-                key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params)
-            )
+            return bytes(key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params))
 
         raw = nonce + self._run(f"encrypt with {name!r}", encrypt)
         return envelope.format_blob(_BLOB_PREFIX, version, raw)
@@ -378,17 +370,13 @@ class Pkcs11Keystore(KeystoreBackend):
         version = resolve_version(info, version)
         if len(raw) < _NONCE_SIZE + envelope.GCM_TAG_SIZE_BYTES:
             raise KeystoreError(KeystoreErrorCode.MALFORMED_CIPHERTEXT, "ciphertext is too short")
-        params = pkcs11.GCMParams(
-            raw[:_NONCE_SIZE], envelope.bound_aad(name, version, aad), _TAG_BITS
-        )
+        params = pkcs11.GCMParams(raw[:_NONCE_SIZE], envelope.bound_aad(name, version, aad), _TAG_BITS)
 
         def decrypt(session: Any) -> bytes:
             key = self._key(session, name, version)
             try:
                 return bytes(
-                    key.decrypt(
-                        raw[_NONCE_SIZE:], mechanism=Mechanism.AES_GCM, mechanism_param=params
-                    )
+                    key.decrypt(raw[_NONCE_SIZE:], mechanism=Mechanism.AES_GCM, mechanism_param=params)
                 )
             except (p11err.EncryptedDataInvalid, p11err.GeneralError, p11err.EncryptedDataLenRange):
                 # SoftHSM reports a GCM tag mismatch as CKR_GENERAL_ERROR.

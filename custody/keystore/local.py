@@ -138,9 +138,7 @@ def _decode_header(data: bytes) -> tuple[_KdfParams, bytes, bytes]:
     if magic != _MAGIC or fmt != _FORMAT_VERSION or kdf != _KDF_SCRYPT:
         raise _tampered(f"has an unknown format (format {fmt}, kdf {kdf})")
     if not (
-        MIN_SCRYPT_LOG2_N <= log2_n <= MAX_SCRYPT_LOG2_N
-        and 1 <= r <= MAX_SCRYPT_R
-        and 1 <= p <= MAX_SCRYPT_P
+        MIN_SCRYPT_LOG2_N <= log2_n <= MAX_SCRYPT_LOG2_N and 1 <= r <= MAX_SCRYPT_R and 1 <= p <= MAX_SCRYPT_P
     ):
         raise _tampered(f"has out-of-range scrypt parameters (log2 N {log2_n}, r {r}, p {p})")
     pos = _PREFIX.size
@@ -251,8 +249,7 @@ class LocalKeystore(KeystoreBackend):
         if not MIN_SCRYPT_LOG2_N <= scrypt_log2_n <= MAX_SCRYPT_LOG2_N:
             raise KeystoreError(
                 KeystoreErrorCode.INVALID_ARGUMENT,
-                f"scrypt log2 N was {scrypt_log2_n}, must be in "
-                f"{MIN_SCRYPT_LOG2_N}..{MAX_SCRYPT_LOG2_N}",
+                f"scrypt log2 N was {scrypt_log2_n}, must be in {MIN_SCRYPT_LOG2_N}..{MAX_SCRYPT_LOG2_N}",
             )
         with self._file_lock():
             if self.path.exists():
@@ -351,9 +348,7 @@ class LocalKeystore(KeystoreBackend):
         """Encrypt all keys under a fresh nonce and atomically replace the file."""
         nonce = os.urandom(_NONCE_SIZE)
         header = _encode_header(self._derived, nonce)
-        body = AESGCM(self._derived.encryption_key).encrypt(
-            nonce, _encode_payload(self._keys), header
-        )
+        body = AESGCM(self._derived.encryption_key).encrypt(nonce, _encode_payload(self._keys), header)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(tmp, flags, 0o600)
@@ -404,9 +399,7 @@ class LocalKeystore(KeystoreBackend):
 
     def change_passphrase(self, new_passphrase: str | bytes) -> None:
         """Re-encrypt the file under a new passphrase and fresh salt."""
-        secret = (
-            new_passphrase.encode() if isinstance(new_passphrase, str) else bytes(new_passphrase)
-        )
+        secret = new_passphrase.encode() if isinstance(new_passphrase, str) else bytes(new_passphrase)
         if len(secret) < MIN_PASSPHRASE_CHARS:
             raise KeystoreError(
                 KeystoreErrorCode.INVALID_ARGUMENT,
@@ -414,9 +407,7 @@ class LocalKeystore(KeystoreBackend):
             )
         with self._mutation():
             old = self._derived.params
-            self._derived = _derive(
-                secret, _KdfParams(old.log2_n, old.r, old.p, os.urandom(_SALT_SIZE))
-            )
+            self._derived = _derive(secret, _KdfParams(old.log2_n, old.r, old.p, os.urandom(_SALT_SIZE)))
 
     # -- protocol ------------------------------------------------------------
 
@@ -502,9 +493,7 @@ class LocalKeystore(KeystoreBackend):
         require_key_type(info, "decrypt", KeyType.AES256_GCM)
         version, raw = envelope.parse_blob(_BLOB_PREFIX, ciphertext)
         version = resolve_version(info, version)
-        return envelope.gcm_open(
-            self._secret(name, version), raw, envelope.bound_aad(name, version, aad)
-        )
+        return envelope.gcm_open(self._secret(name, version), raw, envelope.bound_aad(name, version, aad))
 
 
 def read_passphrase(

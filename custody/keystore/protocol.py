@@ -243,11 +243,7 @@ def resolve_version(info: KeyInfo, version: int | None) -> int:
     """Return ``version`` (default: latest) after checking that it exists."""
     if version is None:
         return info.latest_version
-    if (
-        isinstance(version, bool)
-        or not isinstance(version, int)
-        or not (1 <= version <= info.latest_version)
-    ):
+    if isinstance(version, bool) or not isinstance(version, int) or not (1 <= version <= info.latest_version):
         raise KeystoreError(
             KeystoreErrorCode.KEY_VERSION_NOT_FOUND,
             f"key {info.name!r} has versions 1..{info.latest_version}, version was {version!r}",

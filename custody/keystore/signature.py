@@ -145,6 +145,4 @@ def verify_signature(key_type: KeyType, public_key: bytes, message: bytes, value
         return True
     if key_type is KeyType.SECP256K1:
         return verify_secp256k1_digest(public_key, message_digest(message), value)
-    raise KeystoreError(
-        KeystoreErrorCode.WRONG_KEY_TYPE, f"{key_type.value} keys do not make signatures"
-    )
+    raise KeystoreError(KeystoreErrorCode.WRONG_KEY_TYPE, f"{key_type.value} keys do not make signatures")

@@ -232,52 +232,36 @@ class VaultKeystore(KeystoreBackend):
             self._sleep(delay_s)
 
     @staticmethod
-    def _not_found(
-        operation: str, key_name: str | None, exc: hvac.exceptions.VaultError
-    ) -> KeystoreError:
+    def _not_found(operation: str, key_name: str | None, exc: hvac.exceptions.VaultError) -> KeystoreError:
         if key_name is not None:
-            return KeystoreError(
-                KeystoreErrorCode.KEY_NOT_FOUND, f"key {key_name!r} does not exist"
-            )
+            return KeystoreError(KeystoreErrorCode.KEY_NOT_FOUND, f"key {key_name!r} does not exist")
         return KeystoreError(
             KeystoreErrorCode.BACKEND_ERROR,
             f"Vault path for {operation} not found (is the mount enabled?): {_vault_message(exc)}",
         )
 
     @staticmethod
-    def _bad_request(
-        operation: str, key_name: str | None, exc: hvac.exceptions.VaultError
-    ) -> KeystoreError:
+    def _bad_request(operation: str, key_name: str | None, exc: hvac.exceptions.VaultError) -> KeystoreError:
         message = _vault_message(exc)
         lowered = message.lower()
         if "not found" in lowered and key_name is not None:
-            return KeystoreError(
-                KeystoreErrorCode.KEY_NOT_FOUND, f"key {key_name!r} does not exist"
-            )
+            return KeystoreError(KeystoreErrorCode.KEY_NOT_FOUND, f"key {key_name!r} does not exist")
         if "authentication failed" in lowered:
             return KeystoreError(
                 KeystoreErrorCode.DECRYPTION_FAILED,
                 "ciphertext failed authentication (wrong key, associated data or tampered)",
             )
         if "invalid ciphertext" in lowered and "version" not in lowered:
-            return KeystoreError(
-                KeystoreErrorCode.MALFORMED_CIPHERTEXT, f"Vault {operation}: {message}"
-            )
+            return KeystoreError(KeystoreErrorCode.MALFORMED_CIPHERTEXT, f"Vault {operation}: {message}")
         if "version" in lowered:
-            return KeystoreError(
-                KeystoreErrorCode.KEY_VERSION_NOT_FOUND, f"Vault {operation}: {message}"
-            )
-        return KeystoreError(
-            KeystoreErrorCode.BACKEND_ERROR, f"Vault rejected {operation}: {message}"
-        )
+            return KeystoreError(KeystoreErrorCode.KEY_VERSION_NOT_FOUND, f"Vault {operation}: {message}")
+        return KeystoreError(KeystoreErrorCode.BACKEND_ERROR, f"Vault rejected {operation}: {message}")
 
     @staticmethod
     def _data(response: object, operation: str) -> dict[str, Any]:
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, dict):
-            raise KeystoreError(
-                KeystoreErrorCode.BACKEND_ERROR, f"Vault {operation} returned no data object"
-            )
+            raise KeystoreError(KeystoreErrorCode.BACKEND_ERROR, f"Vault {operation} returned no data object")
         return data
 
     def health(self) -> dict[str, Any]:
@@ -311,8 +295,7 @@ class VaultKeystore(KeystoreBackend):
         if key_type is None:
             raise KeystoreError(
                 KeystoreErrorCode.WRONG_KEY_TYPE,
-                f"Vault key {name!r} has Transit type {transit_type!r}, "
-                "which this keystore does not use",
+                f"Vault key {name!r} has Transit type {transit_type!r}, which this keystore does not use",
             )
         latest = int(data["latest_version"])
         public: dict[int, bytes] = {}
@@ -398,9 +381,7 @@ class VaultKeystore(KeystoreBackend):
         self._key_type(name)
         self._call(
             f"rotate key {name!r}",
-            lambda: self._client.secrets.transit.rotate_key(
-                name=name, mount_point=self.mount_point
-            ),
+            lambda: self._client.secrets.transit.rotate_key(name=name, mount_point=self.mount_point),
             key_name=name,
             retry=False,
         )

@@ -122,7 +122,7 @@ class Entry:
         return cls(
             seq=_int(data, "seq"),
             id=_str(data, "id"),
-            kind=TransferKind(data["kind"]),
+            kind=TransferKind(_str(data, "kind")),
             debit_account=_int(data, "debit_account"),
             credit_account=_int(data, "credit_account"),
             asset=_str(data, "asset"),

@@ -440,6 +440,7 @@ def _load_pendings(session: Session, ids: Sequence[str]) -> dict[str, PendingSta
         rows = session.execute(select(LedgerTransfer.pending_id, LedgerTransfer.kind)
                                .where(LedgerTransfer.pending_id.in_(chunk)))
         for pending_id, kind in rows:
+            assert pending_id is not None
             pendings[pending_id].resolved_by = TransferKind(kind)
     return pendings
 

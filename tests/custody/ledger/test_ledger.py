@@ -225,7 +225,7 @@ def test_resolving_a_pending_transfer_twice_is_a_specific_error(
 
 
 def test_post_of_unknown_or_non_pending_transfer_is_refused(ledger: Ledger) -> None:
-    alice, _ = funded_user(ledger, "alice", "USDC", 100)
+    funded_user(ledger, "alice", "USDC", 100)
     with pytest.raises(LedgerError) as err:
         ledger.transfer(TransferRequest(id="p", kind=TransferKind.POST, pending_id="nope"))
     assert err.value.code is LedgerCode.PENDING_TRANSFER_NOT_FOUND
@@ -279,7 +279,7 @@ def test_journal_is_hash_chained_from_genesis(ledger: Ledger) -> None:
 
 def test_journal_rows_cannot_be_updated_or_deleted(ledger: Ledger) -> None:
     funded_user(ledger, "alice", "BTC", 100)
-    engine = ledger._sessions.kw["bind"]  # noqa: SLF001 - reaching the raw engine on purpose
+    engine = ledger._sessions.kw["bind"]
     for statement in ("UPDATE ledger_transfers SET amount = '1'", "DELETE FROM ledger_transfers"):
         with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
             conn.execute(text(statement))

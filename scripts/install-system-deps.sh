@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the system packages the test suite runs against, if they are missing:
+# PostgreSQL (server), SoftHSM2 (PKCS#11 HSM). Needs root (CI runs as root);
+# as a normal user it only reports what is missing.
+set -euo pipefail
+
+missing=()
+have_pg_server() {
+  command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+have_pg_server || missing+=(postgresql)
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || ls /usr/lib/*/softhsm/libsofthsm2.so >/dev/null 2>&1 || missing+=(softhsm2)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "note: missing system packages: ${missing[*]} (install them to run every test)" >&2
+  exit 0
+fi
+echo "installing system packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
