@@ -17,7 +17,14 @@ StpMode = Literal["cancel_taker", "cancel_maker", "cancel_both"]
 PriceKind = Literal["last", "mark"]
 
 
-class _Command(msgspec.Struct, frozen=True, tag_field="op", forbid_unknown_fields=True, gc=False):
+class _Command(
+    msgspec.Struct,
+    frozen=True,
+    tag_field="op",
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    gc=False,
+):
     pass
 
 
