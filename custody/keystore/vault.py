@@ -154,13 +154,22 @@ class VaultKeystore(KeystoreBackend):
             return
         role_id, secret_id = self._approle
         with self._login_lock:
-            self._call(
-                "approle login",
-                lambda: self._client.auth.approle.login(
-                    role_id=role_id, secret_id=secret_id, mount_point=self._approle_mount
-                ),
-                authenticate=False,
-            )
+            try:
+                self._call(
+                    "approle login",
+                    lambda: self._client.auth.approle.login(
+                        role_id=role_id, secret_id=secret_id, mount_point=self._approle_mount
+                    ),
+                    authenticate=False,
+                )
+            except KeystoreError as exc:
+                # Vault answers a bad role_id/secret_id with 400 "invalid role or secret ID".
+                if exc.code is KeystoreErrorCode.BACKEND_ERROR:
+                    raise KeystoreError(
+                        KeystoreErrorCode.PERMISSION_DENIED,
+                        f"Vault AppRole login rejected: {exc.message}",
+                    ) from None
+                raise
 
     def _call(
         self,
@@ -233,7 +242,7 @@ class VaultKeystore(KeystoreBackend):
 
     @staticmethod
     def _not_found(operation: str, key_name: str | None, exc: hvac.exceptions.VaultError) -> KeystoreError:
-        if key_name is not None:
+        if key_name is not None and "no handler" not in _vault_message(exc).lower():
             return KeystoreError(KeystoreErrorCode.KEY_NOT_FOUND, f"key {key_name!r} does not exist")
         return KeystoreError(
             KeystoreErrorCode.BACKEND_ERROR,

@@ -161,7 +161,9 @@ class VaultStandin:
         self._server: BaseWSGIServer = make_server(
             "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     # -- lifecycle and hooks -------------------------------------------------
 
@@ -413,9 +415,7 @@ class VaultStandin:
     def _version(self, key: _TransitKey, body: dict[str, Any], action: str) -> int:
         requested = int(body.get("key_version") or 0)
         if requested > key.latest_version:
-            raise _bad_request(
-                f"requested version for {action} is higher than the latest key version"
-            )
+            raise _bad_request(f"requested version for {action} is higher than the latest key version")
         return requested or key.latest_version
 
     def _transit_sign(self, method: str, body: dict[str, Any], name: str) -> tuple[int, Any]:
@@ -501,9 +501,7 @@ class VaultStandin:
             raise _bad_request("cipher: message authentication failed") from None
         return self._ok({"plaintext": base64.b64encode(plaintext).decode()})
 
-    def _transit_datakey(
-        self, method: str, body: dict[str, Any], kind: str, name: str
-    ) -> tuple[int, Any]:
+    def _transit_datakey(self, method: str, body: dict[str, Any], kind: str, name: str) -> tuple[int, Any]:
         self._require(method, "POST", "PUT")
         if kind not in ("plaintext", "wrapped"):
             raise _bad_request("Invalid path, must be 'plaintext' or 'wrapped'")
