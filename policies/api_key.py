@@ -54,8 +54,7 @@ class ApiKey:
         if self.expires_at_ms is not None and self.expires_at_ms <= self.created_at_ms:
             raise PolicyError(
                 ResultCode.API_KEY_INVALID,
-                f"expires_at_ms was {self.expires_at_ms}, must be after created_at_ms "
-                f"{self.created_at_ms}",
+                f"expires_at_ms was {self.expires_at_ms}, must be after created_at_ms {self.created_at_ms}",
             )
 
 
@@ -97,13 +96,9 @@ def parse_ip_allowlist(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
 def check_key_state(key: ApiKey, now_ms: int) -> Refusal | None:
     """Refuse revoked and expired keys."""
     if key.revoked_at_ms is not None and key.revoked_at_ms <= now_ms:
-        return Refusal(
-            ResultCode.API_KEY_REVOKED, f"key {key.key_id} was revoked at {key.revoked_at_ms} ms"
-        )
+        return Refusal(ResultCode.API_KEY_REVOKED, f"key {key.key_id} was revoked at {key.revoked_at_ms} ms")
     if key.expires_at_ms is not None and key.expires_at_ms <= now_ms:
-        return Refusal(
-            ResultCode.API_KEY_EXPIRED, f"key {key.key_id} expired at {key.expires_at_ms} ms"
-        )
+        return Refusal(ResultCode.API_KEY_EXPIRED, f"key {key.key_id} expired at {key.expires_at_ms} ms")
     return None
 
 

@@ -141,8 +141,7 @@ class Approval:
         if self.expires_at_ms <= self.signed_at_ms:
             raise PolicyError(
                 _INVALID,
-                f"expires_at_ms was {self.expires_at_ms}, must be after "
-                f"signed_at_ms {self.signed_at_ms}",
+                f"expires_at_ms was {self.expires_at_ms}, must be after signed_at_ms {self.signed_at_ms}",
             )
         if not 1 <= len(self.signature) <= MAX_SIGNATURE_BYTES:
             raise PolicyError(
@@ -177,9 +176,7 @@ class Approval:
             raise PolicyError(_INVALID, f"approval format version was {version}, must be 1")
         approver_id, key_id, scheme_name = reader.text(), reader.text(), reader.text()
         if scheme_name not in SignatureScheme._value2member_map_:
-            raise PolicyError(
-                ResultCode.APPROVAL_SCHEME_UNSUPPORTED, f"signature scheme was {scheme_name!r}"
-            )
+            raise PolicyError(ResultCode.APPROVAL_SCHEME_UNSUPPORTED, f"signature scheme was {scheme_name!r}")
         subject = ApprovalSubject.read(reader)
         signed_at_ms, expires_at_ms, signature = reader.u64(), reader.u64(), reader.blob()
         reader.finish()

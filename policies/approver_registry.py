@@ -89,9 +89,7 @@ class ApproverRegistry:
         return frozenset(a.approver_id for a in self.approvers.values() if group in a.groups)
 
 
-def _index_keys(
-    keys: Iterable[ApproverKey], approvers: Mapping[str, Approver]
-) -> dict[str, ApproverKey]:
+def _index_keys(keys: Iterable[ApproverKey], approvers: Mapping[str, Approver]) -> dict[str, ApproverKey]:
     by_id: dict[str, ApproverKey] = {}
     owner_of_public_key: dict[bytes, str] = {}
     per_approver: dict[str, int] = {}
@@ -99,9 +97,7 @@ def _index_keys(
         if key.key_id in by_id:
             raise PolicyError(_INVALID, f"key {key.key_id} is listed twice")
         if key.approver_id not in approvers:
-            raise PolicyError(
-                _INVALID, f"key {key.key_id} names unknown approver {key.approver_id}"
-            )
+            raise PolicyError(_INVALID, f"key {key.key_id} names unknown approver {key.approver_id}")
         owner = owner_of_public_key.setdefault(key.public_key, key.approver_id)
         if owner != key.approver_id:
             raise PolicyError(

@@ -22,14 +22,11 @@ def is_identifier(value: str, max_chars: int = MAX_ID_CHARS) -> bool:
     return all(_PRINTABLE_ASCII_FIRST <= ord(ch) <= _PRINTABLE_ASCII_LAST for ch in value)
 
 
-def check_identifier(
-    value: object, field: str, code: ResultCode, max_chars: int = MAX_ID_CHARS
-) -> str:
+def check_identifier(value: object, field: str, code: ResultCode, max_chars: int = MAX_ID_CHARS) -> str:
     """Return `value` if it is a valid identifier, else raise `PolicyError` naming `field`."""
     if not isinstance(value, str) or not is_identifier(value, max_chars):
         raise PolicyError(
             code,
-            f"{field} was {value!r}, must be 1..{max_chars} printable ASCII characters "
-            "without spaces",
+            f"{field} was {value!r}, must be 1..{max_chars} printable ASCII characters without spaces",
         )
     return value

@@ -101,8 +101,7 @@ def check_policy_change(
         return PolicyChangeCheck(
             Refusal(
                 ResultCode.APPROVAL_DIGEST_MISMATCH,
-                f"document digest was {proposed.digest}, proposal approved "
-                f"{proposal.document_sha256}",
+                f"document digest was {proposed.digest}, proposal approved {proposal.document_sha256}",
             ),
             None,
         )

@@ -219,9 +219,9 @@ class PolicyDocument:
 
     def canonical_bytes(self) -> bytes:
         """Return sorted-key compact UTF-8 JSON: one byte string per policy."""
-        return json.dumps(
-            self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
 
     @property
     def digest(self) -> str:

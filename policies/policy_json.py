@@ -147,9 +147,7 @@ def _rule(raw: object, path: str) -> Rule:
         rule_id=_identifier(obj["id"], f"{path}.id"),
         when=_conditions(obj["when"], f"{path}.when"),
         action=_action(obj["action"], f"{path}.action"),
-        description=_text(
-            obj.get("description", ""), f"{path}.description", 0, MAX_DESCRIPTION_CHARS
-        ),
+        description=_text(obj.get("description", ""), f"{path}.description", 0, MAX_DESCRIPTION_CHARS),
     )
 
 
@@ -168,9 +166,7 @@ def _conditions(raw: object, path: str) -> Conditions:
         destination_in=_optional_set(obj, "destination_in", path, _enum(DestinationStatus)),
         source_wallet_in=_optional_set(obj, "source_wallet_in", path, _enum(WalletTemperature)),
         initiator_role_in=_optional_set(obj, "initiator_role_in", path, _enum(Role)),
-        kyc_tier_in=_optional_set(
-            obj, "kyc_tier_in", path, lambda v, p: _int(v, p, 0, MAX_KYC_TIER)
-        ),
+        kyc_tier_in=_optional_set(obj, "kyc_tier_in", path, lambda v, p: _int(v, p, 0, MAX_KYC_TIER)),
         velocity=_velocity_limits(obj.get("velocity"), f"{path}.velocity"),
         time_of_day_utc=_optional(obj, "time_of_day_utc", path, _time_of_day),
     )
@@ -250,9 +246,7 @@ def _action(raw: object, path: str) -> Action:
     if kind == "require_approvals":
         obj = _object(raw, path, {"type", "count", "group"}, set())
         count = _int(obj["count"], f"{path}.count", 1, MAX_REQUIRED_APPROVALS)
-        return RequireApprovals(
-            QuorumRequirement(count, _identifier(obj["group"], f"{path}.group"))
-        )
+        return RequireApprovals(QuorumRequirement(count, _identifier(obj["group"], f"{path}.group")))
     if kind == "delay":
         obj = _object(raw, path, {"type", "seconds", "cancellable"}, set())
         if not isinstance(obj["cancellable"], bool):
@@ -262,9 +256,7 @@ def _action(raw: object, path: str) -> Action:
         obj = _object(raw, path, {"type", "reason"}, set())
         return Block(_text(obj["reason"], f"{path}.reason", 1, MAX_REASON_CHARS))
     _object(raw, path, {"type"}, {"count", "group", "seconds", "cancellable", "reason"})
-    _fail(
-        f"{path}.type", f"must be one of allow, require_approvals, delay, block, was {_show(kind)}"
-    )
+    _fail(f"{path}.type", f"must be one of allow, require_approvals, delay, block, was {_show(kind)}")
 
 
 # Field readers. Each takes the raw value and its path and returns a typed
@@ -282,9 +274,7 @@ def _show(value: object) -> str:
     return text
 
 
-def _object(
-    raw: object, path: str, required: AbstractSet[str], optional: AbstractSet[str]
-) -> JsonObject:
+def _object(raw: object, path: str, required: AbstractSet[str], optional: AbstractSet[str]) -> JsonObject:
     if not isinstance(raw, dict):
         _fail(path, f"must be an object, was {_show(raw)}")
     unknown = sorted(set(raw) - required - optional)
@@ -338,9 +328,7 @@ def _list(raw: object, path: str, min_items: int, max_items: int) -> list[object
     return raw
 
 
-def _optional(
-    obj: JsonObject, name: str, path: str, read: Callable[[object, str], _T]
-) -> _T | None:
+def _optional(obj: JsonObject, name: str, path: str, read: Callable[[object, str], _T]) -> _T | None:
     return None if name not in obj else read(obj[name], f"{path}.{name}")
 
 

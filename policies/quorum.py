@@ -156,8 +156,7 @@ def _check_key(check: QuorumCheck, approval: Approval, key: ApproverKey | None) 
     if key.approver_id != approval.approver_id:
         return Refusal(
             ResultCode.APPROVER_UNKNOWN,
-            f"key {key.key_id} belongs to {key.approver_id}, "
-            f"approval claims {approval.approver_id}",
+            f"key {key.key_id} belongs to {key.approver_id}, approval claims {approval.approver_id}",
         )
     if key.is_revoked(check.now_ms):
         return Refusal(

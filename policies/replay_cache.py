@@ -15,7 +15,12 @@ DEFAULT_MAX_ENTRIES = 100_000
 
 class ReplayCache(Protocol):
     def remember(self, nonce: str, expires_at_ms: int, now_ms: int) -> bool:
-        """Record `nonce` until `expires_at_ms`; return False if it is a replay."""
+        """Record `nonce` until `expires_at_ms`; return False if it is a replay.
+
+        A nonce always arrives with the same expiry (the signature it is made
+        of covers the timestamp the expiry is computed from). Return False
+        also when freshness cannot be proven, e.g. a full cache.
+        """
         ...
 
 
@@ -42,12 +47,15 @@ class InMemoryReplayCache:
         self._purge(now_ms)
         if nonce in self._expiry_ms or expires_at_ms <= max(self.floor_ms, now_ms):
             return False
-        while len(self._expiry_ms) >= self._max_entries:
+        if len(self._expiry_ms) >= self._max_entries:
+            # Evicting would raise the floor to the oldest expiry; a nonce that
+            # expires no later than that would be refused anyway, so refuse it
+            # before evicting and keep what we remember.
+            if expires_at_ms <= self._by_expiry[0][0]:
+                return False
             evicted_ms, evicted = heapq.heappop(self._by_expiry)
             del self._expiry_ms[evicted]
             self.floor_ms = max(self.floor_ms, evicted_ms)
-        if expires_at_ms <= self.floor_ms:
-            return False
         self._expiry_ms[nonce] = expires_at_ms
         heapq.heappush(self._by_expiry, (expires_at_ms, nonce))
         assert len(self._expiry_ms) == len(self._by_expiry) <= self._max_entries

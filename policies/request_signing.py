@@ -52,9 +52,7 @@ def canonical_query(query: str) -> str:
     return "&".join(f"{name}={value}" for name, value in sorted(pairs))
 
 
-def canonical_request(
-    key_id: str, timestamp_ms: int, method: str, path: str, query: str, body: bytes
-) -> str:
+def canonical_request(key_id: str, timestamp_ms: int, method: str, path: str, query: str, body: bytes) -> str:
     """Return the exact string that is signed, lines joined by "\\n"."""
     if method.upper() not in METHODS:
         raise PolicyError(ResultCode.AUTH_HEADERS_MALFORMED, f"method was {method!r}")
@@ -127,9 +125,7 @@ class SignedRequest:
         if timestamp is None or not (timestamp.isascii() and timestamp.isdigit()):
             raise PolicyError(code, f"{HEADER_TIMESTAMP} was {timestamp!r}, must be ms digits")
         if len(timestamp) > MAX_TIMESTAMP_DIGITS:
-            raise PolicyError(
-                code, f"{HEADER_TIMESTAMP} has more than {MAX_TIMESTAMP_DIGITS} digits"
-            )
+            raise PolicyError(code, f"{HEADER_TIMESTAMP} has more than {MAX_TIMESTAMP_DIGITS} digits")
         if signature is None or len(signature) != SIGNATURE_HEX_CHARS or not _is_hex(signature):
             raise PolicyError(code, f"{HEADER_SIGNATURE} must be 64 lowercase hex characters")
         assert key_id is not None

@@ -141,9 +141,7 @@ def parse_role(name: str) -> Role:
         return Role(name)
     except ValueError:
         allowed = ", ".join(r.value for r in Role)
-        raise PolicyError(
-            ResultCode.ROLE_UNKNOWN, f"role was {name!r}, must be one of {allowed}"
-        ) from None
+        raise PolicyError(ResultCode.ROLE_UNKNOWN, f"role was {name!r}, must be one of {allowed}") from None
 
 
 def permissions_for(roles: Iterable[Role]) -> frozenset[Permission]:
@@ -162,9 +160,7 @@ def requires_mfa(permission: Permission) -> bool:
     return permission in MFA_REQUIRED_PERMISSIONS
 
 
-def authorize(
-    roles: Iterable[Role], permission: Permission, *, mfa_verified: bool
-) -> Refusal | None:
+def authorize(roles: Iterable[Role], permission: Permission, *, mfa_verified: bool) -> Refusal | None:
     """Return why `roles` may not use `permission` now, or None if they may."""
     held = tuple(roles)
     if not has_permission(held, permission):

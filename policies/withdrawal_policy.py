@@ -202,9 +202,7 @@ def _outcome(rule: Rule, checks: tuple[ConditionCheck, ...], ctx: WithdrawalCont
     return RuleOutcome.MATCHED
 
 
-def _decide(
-    policy: PolicyDocument, rule: Rule, traces: tuple[RuleTrace, ...], now_ms: int
-) -> Decision:
+def _decide(policy: PolicyDocument, rule: Rule, traces: tuple[RuleTrace, ...], now_ms: int) -> Decision:
     action = rule.action
     refusal = None
     if isinstance(action, Block):
@@ -251,9 +249,7 @@ class _Facts:
         return cls(
             context=context,
             amount_usd_cents=context.amount_usd_cents,
-            destination_status=context.destination.status(
-                context.now_ms, policy.destination_timelock_s
-            ),
+            destination_status=context.destination.status(context.now_ms, policy.destination_timelock_s),
             minute_of_day=(context.now_ms // MS_PER_MINUTE) % MINUTES_PER_DAY,
         )
 
@@ -366,8 +362,7 @@ def _trace_json(trace: RuleTrace) -> dict[str, object]:
         "rule_id": trace.rule_id,
         "outcome": trace.outcome.value,
         "checks": [
-            {"condition": c.condition, "verdict": c.verdict.value, "detail": c.detail}
-            for c in trace.checks
+            {"condition": c.condition, "verdict": c.verdict.value, "detail": c.detail} for c in trace.checks
         ],
     }
 

@@ -72,10 +72,7 @@ def build_signers() -> Signers:
     keys = {key_id: private_key(i + 1) for i, key_id in enumerate(owners)}
     registry = ApproverRegistry.build(
         [Approver(a, frozenset(g)) for a, g in groups.items()],
-        [
-            ApproverKey(k, owners[k], SignatureScheme.ED25519, ed25519_public_bytes(keys[k]))
-            for k in owners
-        ],
+        [ApproverKey(k, owners[k], SignatureScheme.ED25519, ed25519_public_bytes(keys[k])) for k in owners],
     )
     return Signers(registry, keys)
 

@@ -19,9 +19,7 @@ from policies.wire_format import MAX_U256, Writer
 
 from .helpers import NOW_MS, Signers, withdrawal_subject
 
-ids = st.text(
-    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40
-)
+ids = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
 subjects = st.builds(
     withdrawal_subject,
     kind=st.sampled_from([SubjectKind.WITHDRAWAL, SubjectKind.REFILL]),
@@ -132,16 +130,12 @@ def test_approval_subject_policy_change_requires_document_digest() -> None:
         )
 
 
-def test_approval_expiry_before_signing_rejected(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_approval_expiry_before_signing_rejected(signers: Signers, subject: ApprovalSubject) -> None:
     with pytest.raises(PolicyError, match="expires_at_ms was 5, must be after signed_at_ms 5"):
         signers.approve("alice-k1", subject, signed_at_ms=5, expires_at_ms=5)
 
 
-def test_approval_from_bytes_unknown_scheme_rejected(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_approval_from_bytes_unknown_scheme_rejected(signers: Signers, subject: ApprovalSubject) -> None:
     raw = signers.approve("alice-k1", subject).to_bytes()
     tampered = raw.replace(b"\x00\x07ed25519", b"\x00\x07webauth", 1)
     with pytest.raises(PolicyError) as info:

@@ -35,9 +35,7 @@ def test_policy_json_every_action_type_parses() -> None:
     policy = parse_policy_json(
         policy_json(
             rule({"asset_in": ["BTC"]}, {"type": "allow"}, "a"),
-            rule(
-                {"asset_in": ["ETH"]}, {"type": "require_approvals", "count": 2, "group": "t"}, "b"
-            ),
+            rule({"asset_in": ["ETH"]}, {"type": "require_approvals", "count": 2, "group": "t"}, "b"),
             rule({"asset_in": ["X"]}, {"type": "delay", "seconds": 60, "cancellable": False}, "c"),
             rule({"asset_in": ["Y"]}, {"type": "block", "reason": "no"}, "d"),
         )
@@ -97,11 +95,7 @@ def test_policy_json_every_action_type_parses() -> None:
             "rules[0].when.velocity[0] must have exactly one of count_gt",
         ),
         (
-            {
-                "velocity": [
-                    {"scope": "account", "window_s": 60, "count_gt": 1, "total_usd_cents_gt": 1}
-                ]
-            },
+            {"velocity": [{"scope": "account", "window_s": 60, "count_gt": 1, "total_usd_cents_gt": 1}]},
             "rules[0].when.velocity[0] must have exactly one of",
         ),
         (
@@ -180,9 +174,7 @@ def test_policy_json_last_rule_with_conditions_rejected() -> None:
 
 
 def test_policy_json_duplicate_rule_id_rejected() -> None:
-    text = policy_json(
-        rule({"asset_in": ["A"]}, rule_id="x"), rule({"asset_in": ["B"]}, rule_id="x")
-    )
+    text = policy_json(rule({"asset_in": ["A"]}, rule_id="x"), rule({"asset_in": ["B"]}, rule_id="x"))
     assert error_of(text).startswith("rules[1].id 'x' is used by an earlier rule")
 
 
@@ -221,9 +213,7 @@ def test_policy_json_oversized_document_rejected() -> None:
 
 def test_policy_digest_ignores_formatting_but_not_content() -> None:
     compact = parse_policy_json(policy_json(rule({"asset_in": ["BTC"]})))
-    spaced = parse_policy_json(
-        json.dumps(json.loads(policy_json(rule({"asset_in": ["BTC"]}))), indent=4)
-    )
+    spaced = parse_policy_json(json.dumps(json.loads(policy_json(rule({"asset_in": ["BTC"]}))), indent=4))
     changed = parse_policy_json(policy_json(rule({"asset_in": ["ETH"]})))
     assert compact.digest == spaced.digest
     assert compact.digest != changed.digest
@@ -234,13 +224,11 @@ conditions = st.fixed_dictionaries(
     optional={
         "asset_in": st.sets(st.sampled_from(["BTC", "ETH", "USDC"]), min_size=1).map(sorted),
         "amount_usd_cents_gte": st.integers(0, 10**6),
-        "destination_in": st.sets(
-            st.sampled_from(["whitelisted", "timelocked", "unknown"]), min_size=1
-        ).map(sorted),
-        "source_wallet_in": st.sets(st.sampled_from(["hot", "cold"]), min_size=1).map(sorted),
-        "initiator_role_in": st.sets(st.sampled_from(["trader", "treasury"]), min_size=1).map(
+        "destination_in": st.sets(st.sampled_from(["whitelisted", "timelocked", "unknown"]), min_size=1).map(
             sorted
         ),
+        "source_wallet_in": st.sets(st.sampled_from(["hot", "cold"]), min_size=1).map(sorted),
+        "initiator_role_in": st.sets(st.sampled_from(["trader", "treasury"]), min_size=1).map(sorted),
         "kyc_tier_in": st.sets(st.integers(0, 3), min_size=1).map(sorted),
         "velocity": st.lists(
             st.fixed_dictionaries(
@@ -260,9 +248,7 @@ conditions = st.fixed_dictionaries(
 )
 actions = st.one_of(
     st.just({"type": "allow"}),
-    st.builds(
-        lambda c: {"type": "require_approvals", "count": c, "group": "treasury"}, st.integers(1, 5)
-    ),
+    st.builds(lambda c: {"type": "require_approvals", "count": c, "group": "treasury"}, st.integers(1, 5)),
     st.builds(
         lambda s, c: {"type": "delay", "seconds": s, "cancellable": c},
         st.integers(1, 999),

@@ -68,9 +68,7 @@ def test_quorum_same_approver_twice_counts_once(signers: Signers, subject: Appro
     assert only_rejection(result) is ResultCode.APPROVER_DUPLICATE
 
 
-def test_quorum_two_keys_of_same_approver_count_once(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_quorum_two_keys_of_same_approver_count_once(signers: Signers, subject: ApprovalSubject) -> None:
     result = check(signers, subject, [signers.approve(k, subject) for k in ("dave-k1", "dave-k2")])
     assert not result.met
     assert only_rejection(result) is ResultCode.APPROVER_DUPLICATE
@@ -82,9 +80,7 @@ def test_quorum_approver_outside_group_rejected(signers: Signers, subject: Appro
     assert only_rejection(result) is ResultCode.APPROVER_NOT_IN_GROUP
 
 
-def test_quorum_initiator_approving_own_request_rejected(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_quorum_initiator_approving_own_request_rejected(signers: Signers, subject: ApprovalSubject) -> None:
     approvals = [signers.approve(k, subject) for k in ("alice-k1", "bob-k1")]
     result = check(signers, subject, approvals, initiator="alice")
     assert not result.met
@@ -98,17 +94,13 @@ def test_quorum_expired_approval_rejected(signers: Signers, subject: ApprovalSub
     assert only_rejection(result) is ResultCode.APPROVAL_EXPIRED
 
 
-def test_quorum_approval_older_than_max_age_rejected(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_quorum_approval_older_than_max_age_rejected(signers: Signers, subject: ApprovalSubject) -> None:
     old = signers.approve("bob-k1", subject, signed_at_ms=NOW_MS - DEFAULT_MAX_APPROVAL_AGE_MS - 1)
     result = check(signers, subject, [signers.approve("alice-k1", subject), old])
     assert only_rejection(result) is ResultCode.APPROVAL_TOO_OLD
 
 
-def test_quorum_approval_signed_in_the_future_rejected(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_quorum_approval_signed_in_the_future_rejected(signers: Signers, subject: ApprovalSubject) -> None:
     future = signers.approve(
         "bob-k1",
         subject,
@@ -135,9 +127,7 @@ def test_quorum_forged_signature_rejected(signers: Signers, subject: ApprovalSub
     assert only_rejection(result) is ResultCode.APPROVAL_SIGNATURE_INVALID
 
 
-def test_quorum_tampered_expiry_breaks_signature(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_quorum_tampered_expiry_breaks_signature(signers: Signers, subject: ApprovalSubject) -> None:
     genuine = signers.approve("bob-k1", subject)
     raw = bytearray(genuine.to_bytes())
     # Expiry sits just before the 2-byte signature length and the 64-byte signature.
@@ -156,9 +146,7 @@ def test_quorum_tampered_expiry_breaks_signature(
         {"policy_version": 4},
     ],
 )
-def test_quorum_approval_for_different_subject_rejected(
-    signers: Signers, changes: dict[str, object]
-) -> None:
+def test_quorum_approval_for_different_subject_rejected(signers: Signers, changes: dict[str, object]) -> None:
     approved = withdrawal_subject()
     deciding = withdrawal_subject(**changes)
     approvals = [signers.approve(k, approved) for k in ("alice-k1", "bob-k1")]
@@ -182,9 +170,7 @@ def test_quorum_approval_carrying_wrong_subject_but_signed_right_rejected(
         expires_at_ms=genuine.expires_at_ms,
         signature=genuine.signature,
     )
-    assert only_rejection(check(signers, subject, [relabelled])) is (
-        ResultCode.APPROVAL_DIGEST_MISMATCH
-    )
+    assert only_rejection(check(signers, subject, [relabelled])) is (ResultCode.APPROVAL_DIGEST_MISMATCH)
 
 
 def test_quorum_unregistered_key_rejected(signers: Signers, subject: ApprovalSubject) -> None:
@@ -200,9 +186,7 @@ def test_quorum_unregistered_key_rejected(signers: Signers, subject: ApprovalSub
     assert only_rejection(check(signers, subject, [stranger])) is ResultCode.APPROVER_UNKNOWN
 
 
-def test_quorum_key_claimed_by_other_approver_rejected(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_quorum_key_claimed_by_other_approver_rejected(signers: Signers, subject: ApprovalSubject) -> None:
     claimed = signers.approve("bob-k1", subject, approver_id="carol")
     assert only_rejection(check(signers, subject, [claimed])) is ResultCode.APPROVER_UNKNOWN
 
@@ -210,9 +194,7 @@ def test_quorum_key_claimed_by_other_approver_rejected(
 def test_quorum_revoked_key_rejected(subject: ApprovalSubject) -> None:
     signers = build_signers()
     bob_key = signers.registry.keys["bob-k1"]
-    revoked = ApproverKey(
-        bob_key.key_id, "bob", bob_key.scheme, bob_key.public_key, revoked_at_ms=NOW_MS - 1
-    )
+    revoked = ApproverKey(bob_key.key_id, "bob", bob_key.scheme, bob_key.public_key, revoked_at_ms=NOW_MS - 1)
     registry = ApproverRegistry.build(
         signers.registry.approvers.values(),
         [revoked if k.key_id == "bob-k1" else k for k in signers.registry.keys.values()],
@@ -222,9 +204,7 @@ def test_quorum_revoked_key_rejected(subject: ApprovalSubject) -> None:
     assert only_rejection(result) is ResultCode.APPROVER_KEY_REVOKED
 
 
-def test_quorum_more_approvals_than_checked_are_rejected(
-    signers: Signers, subject: ApprovalSubject
-) -> None:
+def test_quorum_more_approvals_than_checked_are_rejected(signers: Signers, subject: ApprovalSubject) -> None:
     spam = [signers.approve("alice-k1", subject)] * (MAX_APPROVALS_CHECKED + 1)
     result = check(signers, subject, spam)
     assert result.rejected[-1].refusal.code is ResultCode.APPROVALS_TOO_MANY
@@ -268,9 +248,7 @@ def test_registry_same_public_key_for_two_approvers_rejected() -> None:
 
 def test_registry_key_for_unknown_approver_rejected() -> None:
     with pytest.raises(PolicyError, match="unknown approver"):
-        ApproverRegistry.build(
-            [], [ApproverKey("k", "ghost", SignatureScheme.ED25519, b"\x01" * 32)]
-        )
+        ApproverRegistry.build([], [ApproverKey("k", "ghost", SignatureScheme.ED25519, b"\x01" * 32)])
 
 
 def test_registry_group_members_lists_group(signers: Signers) -> None:

@@ -31,9 +31,7 @@ HISTORY = [
 
 def totals(scope: VelocityScope) -> VelocityTotals:
     window = VelocityWindow(scope, HOUR_S)
-    return velocity_totals(HISTORY, [window], account_id="acct-1", asset="BTC", now_ms=NOW_MS)[
-        window
-    ]
+    return velocity_totals(HISTORY, [window], account_id="acct-1", asset="BTC", now_ms=NOW_MS)[window]
 
 
 def test_velocity_account_scope_sums_all_assets_of_account() -> None:
@@ -64,14 +62,10 @@ def test_velocity_window_excludes_its_start_and_includes_now() -> None:
     st.integers(1, 3_600),
     st.integers(1, 3_600),
 )
-def test_velocity_longer_window_never_sums_less(
-    ages_ms: list[int], short_s: int, extra_s: int
-) -> None:
+def test_velocity_longer_window_never_sums_less(ages_ms: list[int], short_s: int, extra_s: int) -> None:
     history = [past("acct-1", "BTC", 1, 1, age) for age in ages_ms]
     short = VelocityWindow(VelocityScope.ACCOUNT, short_s)
     long = VelocityWindow(VelocityScope.ACCOUNT, short_s + extra_s)
-    result = velocity_totals(
-        history, [short, long], account_id="acct-1", asset="BTC", now_ms=NOW_MS
-    )
+    result = velocity_totals(history, [short, long], account_id="acct-1", asset="BTC", now_ms=NOW_MS)
     assert result[short].count <= result[long].count
     assert result[short].total_usd_cents <= result[long].total_usd_cents

@@ -79,9 +79,7 @@ def test_condition_amount_usd_handles_wei_beyond_64_bits() -> None:
         (NOW_MS - DAY_S * 1000, "whitelisted"),
     ],
 )
-def test_condition_destination_status_follows_timelock(
-    whitelisted_at_ms: int | None, status: str
-) -> None:
+def test_condition_destination_status_follows_timelock(whitelisted_at_ms: int | None, status: str) -> None:
     ctx = context(destination=Destination("bc1qdest", whitelisted_at_ms))
     assert matches({"destination_in": [status]}, ctx)
     others = {"unknown", "timelocked", "whitelisted"} - {status}
@@ -281,9 +279,7 @@ def test_evaluate_missing_price_blocks_when_rule_needs_usd() -> None:
 
 
 def test_evaluate_missing_price_irrelevant_when_other_condition_fails() -> None:
-    decision = decide(
-        {"asset_in": ["ETH"], "amount_usd_cents_lt": 100}, context(usd_cents_per_unit=None)
-    )
+    decision = decide({"asset_in": ["ETH"], "amount_usd_cents_lt": 100}, context(usd_cents_per_unit=None))
     assert decision.rule_id == "catch-all"
     assert decision.trace[0].outcome is RuleOutcome.NOT_MATCHED
 
@@ -307,9 +303,7 @@ def test_evaluate_missing_velocity_window_blocks() -> None:
         ({"destination": Destination("", None)}, "destination"),
     ],
 )
-def test_withdrawal_context_invalid_value_rejected(
-    changes: dict[str, object], fragment: str
-) -> None:
+def test_withdrawal_context_invalid_value_rejected(changes: dict[str, object], fragment: str) -> None:
     with pytest.raises(PolicyError) as info:
         context(**changes)
     assert info.value.code is ResultCode.POLICY_CONTEXT_INVALID
@@ -337,8 +331,6 @@ def test_evaluate_usd_threshold_agrees_with_exact_rational_math(
 @settings(max_examples=50, deadline=None)
 @given(amount_minor=st.integers(1, 10**10), tier=st.integers(0, 3))
 def test_evaluate_is_deterministic(amount_minor: int, tier: int) -> None:
-    policy = parse_policy_json(
-        policy_json({"id": "r", "when": {"kyc_tier_in": [tier]}, "action": ALLOW})
-    )
+    policy = parse_policy_json(policy_json({"id": "r", "when": {"kyc_tier_in": [tier]}, "action": ALLOW}))
     ctx = context(amount_minor=amount_minor, kyc_tier=tier)
     assert evaluate(policy, ctx) == evaluate(policy, ctx)
