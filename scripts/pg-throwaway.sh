@@ -26,9 +26,12 @@ case "$action" in
     if [ "$(id -u)" = "0" ]; then chown postgres:postgres "$dir"; fi
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     as_owner "$(pg_bin initdb)" -D "$dir/data" --auth=trust --username=strongroom -E UTF8 >"$dir/initdb.log" 2>&1
-    as_owner "$(pg_bin pg_ctl)" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
-      start >/dev/null
+    opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200"
+    # Tests trade durability for speed; PG_DURABLE=1 (benchmarks) keeps the defaults.
+    if [ "${PG_DURABLE:-0}" != "1" ]; then
+      opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    fi
+    as_owner "$(pg_bin pg_ctl)" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$opts" start >/dev/null
     echo "postgresql://strongroom@127.0.0.1:$port/postgres"
     ;;
   stop)

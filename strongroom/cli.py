@@ -60,7 +60,7 @@ def init() -> None:
 
 
 @main.command()
-@click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
+@click.option("--revision", default="heads", show_default=True, help="Target Alembic revision.")
 def migrate(revision: str) -> None:
     """Apply database migrations."""
     settings = _settings()

@@ -20,8 +20,8 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Migrate the database at ``database_url`` up to ``revision``."""
+def upgrade(database_url: str, revision: str = "heads") -> None:
+    """Migrate the database at ``database_url`` up to ``revision`` (default: every head)."""
     command.upgrade(alembic_config(database_url), revision)
 
 

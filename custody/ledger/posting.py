@@ -20,6 +20,9 @@ REFERENCE_MAX_LEN = 256
 # A pending transfer may hold funds for at most 30 days before it expires.
 TIMEOUT_MAX_S = 30 * 24 * 3600
 CODE_MAX = 2**31 - 1
+# Plain ints: IntFlag arithmetic costs a Python-level call on the hot path.
+DEBITS_LIMITED = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+CREDITS_LIMITED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 REQUEST_KINDS = frozenset(
     {TransferKind.SINGLE, TransferKind.PENDING, TransferKind.POST, TransferKind.VOID}
 )
@@ -150,13 +153,13 @@ def _apply_new_funds(
     credit = _account(accounts, req.credit_account, "credit")
     _check_assets(req, debit, credit)
     amount = req.amount
-    if debit.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and (
+    if debit.flags & DEBITS_LIMITED and (
         debit.debits_pending + debit.debits_posted + amount > debit.credits_posted
     ):
         available = debit.credits_posted - debit.debits_posted - debit.debits_pending
         raise LedgerError(LedgerCode.INSUFFICIENT_FUNDS,
                           f"account {debit.id} has {available} available, transfer needs {amount}")
-    if credit.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and (
+    if credit.flags & CREDITS_LIMITED and (
         credit.credits_pending + credit.credits_posted + amount > credit.debits_posted
     ):
         available = credit.debits_posted - credit.credits_posted - credit.credits_pending

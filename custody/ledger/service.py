@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import exists, insert, select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from custody.assets import get_asset
+from custody.ledger import bulk
 from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import (
     DEFAULT_FLAGS,
@@ -425,23 +426,18 @@ def _chunks(values: Sequence[object]) -> Iterable[Sequence[object]]:
 
 
 def _load_entries(session: Session, ids: Sequence[str]) -> dict[str, Entry]:
-    found: dict[str, Entry] = {}
-    for chunk in _chunks(sorted(set(ids))):
-        for row in session.scalars(select(LedgerTransfer).where(LedgerTransfer.id.in_(chunk))):
-            found[row.id] = _entry(row)
-    return found
+    rows = bulk.existing_ids(session, "id", sorted(set(ids)), IN_CLAUSE_CHUNK)
+    return {entry.id: entry for entry, _ in map(bulk.entry_from_row, rows)}
 
 
 def _load_pendings(session: Session, ids: Sequence[str]) -> dict[str, PendingState]:
     pendings = {
         entry_id: PendingState(entry) for entry_id, entry in _load_entries(session, ids).items()
     }
-    for chunk in _chunks(sorted(pendings)):
-        rows = session.execute(select(LedgerTransfer.pending_id, LedgerTransfer.kind)
-                               .where(LedgerTransfer.pending_id.in_(chunk)))
-        for pending_id, kind in rows:
-            assert pending_id is not None
-            pendings[pending_id].resolved_by = TransferKind(kind)
+    for row in bulk.existing_ids(session, "pending_id", sorted(pendings), IN_CLAUSE_CHUNK):
+        resolver, _ = bulk.entry_from_row(row)
+        assert resolver.pending_id is not None
+        pendings[resolver.pending_id].resolved_by = resolver.kind
     return pendings
 
 
@@ -473,22 +469,9 @@ def _write(
     seq: int,
     tip: str,
 ) -> None:
-    session.execute(insert(LedgerTransfer), [
-        {"seq": e.seq, "id": e.id, "kind": e.kind.value, "debit_account_id": e.debit_account,
-         "credit_account_id": e.credit_account, "asset": e.asset, "amount": e.amount,
-         "pending_id": e.pending_id, "timeout_s": e.timeout_s, "expires_ms": e.expires_ms,
-         "code": e.code, "reference": e.reference, "timestamp_ms": e.timestamp_ms,
-         "prev_hash": prev, "hash": entry_hash}
-        for e, prev, entry_hash in created
-    ])
+    bulk.insert_entries(session, created)
     first_seq = created[0][0].seq
-    touched = [a for a in accounts.values() if a.last_seq >= first_seq]
-    session.execute(update(LedgerAccount), [
-        {"id": a.id, "debits_pending": a.debits_pending, "debits_posted": a.debits_posted,
-         "credits_pending": a.credits_pending, "credits_posted": a.credits_posted,
-         "last_seq": a.last_seq}
-        for a in touched
-    ])
+    bulk.update_balances(session, [a for a in accounts.values() if a.last_seq >= first_seq])
     session.execute(update(LedgerHead).where(LedgerHead.id == HEAD_ID).values(seq=seq, hash=tip))
 
 

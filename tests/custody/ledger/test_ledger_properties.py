@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from custody.ledger.codes import LedgerError
-from custody.ledger.entry import AccountFlags, AccountKind, TransferKind
+from custody.ledger.entry import AccountFlags, AccountKind, Entry, TransferKind, canonical_json
 from custody.ledger.posting import (
     AccountState,
     PendingState,
@@ -113,3 +113,21 @@ def test_database_ledger_sums_to_zero_and_refusals_change_nothing(
         state = AccountState(account.id, account.asset, int(account.flags), b.debits_pending,
                              b.debits_posted, b.credits_pending, b.credits_posted)
         assert _constraints_hold(state)
+
+
+entries = st.builds(
+    Entry, seq=st.integers(1, 2**63 - 1), id=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,20}", fullmatch=True),
+    kind=st.sampled_from(list(TransferKind)), debit_account=st.integers(1, 2**31),
+    credit_account=st.integers(1, 2**31), asset=st.sampled_from(["BTC", "ETH", "USDC"]),
+    amount=st.integers(1, 2**256 - 1), pending_id=st.none() | st.text(max_size=10),
+    timeout_s=st.integers(0, 10**6), expires_ms=st.none() | st.integers(0, 2**62),
+    code=st.integers(0, 2**31 - 1), reference=st.text(max_size=40),
+    timestamp_ms=st.integers(0, 2**62),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries)
+def test_entry_bytes_are_the_documented_canonical_json(entry: Entry) -> None:
+    assert entry.to_bytes() == canonical_json(entry.to_dict())
+    assert Entry.from_bytes(entry.to_bytes()) == entry
