@@ -319,31 +319,55 @@ class OrderBook:
         if code != _OK:
             self._reject(c.id, code, self._explain_new(code, c))
             return
-        is_buy = c.side == "buy"
-        stp = _STP_BY_NAME[c.stp]
+        # Hot path: read each Struct field once into a local.
+        id = c.id
+        account = c.account
+        side = c.side
+        qty = c.qty
+        price = c.price
+        tif = c.tif
+        t = c.type
+        is_buy = side == "buy"
+        stp = STP_NONE if c.stp is None else _STP_BY_NAME[c.stp]
         oid = self.next_oid
+        if t == "stop_limit" or t == "stop_market":
+            self._accept_stop(c, oid, is_buy, stp)
+            return
+        is_market = t == "market"
+        limit = 0 if price is None else price
+        if tif == "POST_ONLY" or tif == "FOK":
+            code = self._check_against_book(account, is_buy, is_market, limit, qty, tif, stp)
+            if code != _OK:
+                self._reject(id, code, self._explain_book(code, price, qty))
+                return
         self.next_oid = oid + 1
-        if c.type == "stop_limit" or c.type == "stop_market":
-            trigger_price = c.trigger_price
-            assert trigger_price is not None
-            self.stops[c.id] = StopOrder(
-                oid, c.id, c.account, is_buy, c.qty, c.type == "stop_market",
-                c.price, c.tif, stp, c.reduce_only, c.trigger, trigger_price,
-            )
+        seq = self.seq + 1
+        self.seq = seq
+        self.events.append(Accepted(seq, id, oid, account, side, qty, price))
+        if is_market or tif != "GTC":
+            self._execute(oid, id, account, is_buy, is_market, limit, qty, tif, stp,
+                          c.reduce_only, c.ts)
+            return
+        # GTC limit (the common case): match, then rest what is left.
+        remaining = self._match(id, account, is_buy, -limit if is_buy else limit, qty, stp, c.ts)
+        if remaining == 0:
+            return
+        if self._halt_reason:
             self.seq += 1
-            self.events.append(Accepted(self.seq, c.id, oid, c.account, c.side, c.qty, c.price))
+            self.events.append(Cancelled(self.seq, id, remaining, self._halt_reason))
             return
-        is_market = c.type == "market"
-        limit = 0 if c.price is None else c.price
-        code = self._check_against_book(c.account, is_buy, is_market, limit, c.qty, c.tif, stp)
-        if code != _OK:
-            self.next_oid = oid
-            self._reject(c.id, code, self._explain_book(code, c.price, c.qty))
-            return
+        self._rest(Order(oid, id, account, is_buy, limit, remaining, False, stp, c.reduce_only))
+
+    def _accept_stop(self, c: NewOrder, oid: int, is_buy: bool, stp: int) -> None:
+        trigger_price = c.trigger_price
+        assert trigger_price is not None
+        self.next_oid = oid + 1
+        self.stops[c.id] = StopOrder(
+            oid, c.id, c.account, is_buy, c.qty, c.type == "stop_market",
+            c.price, c.tif, stp, c.reduce_only, c.trigger, trigger_price,
+        )
         self.seq += 1
         self.events.append(Accepted(self.seq, c.id, oid, c.account, c.side, c.qty, c.price))
-        self._execute(oid, c.id, c.account, is_buy, is_market, limit, c.qty, c.tif, stp,
-                      c.reduce_only, c.ts)
 
     def _validate_new(self, c: NewOrder) -> int:
         """Return the first static problem of a new order, or 0."""
