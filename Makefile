@@ -2,6 +2,9 @@
 .PHONY: run test lint bench bootstrap clean
 
 export STRONGROOM_DATA_DIR ?= $(CURDIR)/var
+# The demo keeps a random keystore passphrase in a 0600 file in its data dir.
+# Production sets STRONGROOM_KEYSTORE_PASSPHRASE(_FILE) from a secrets manager.
+export STRONGROOM_KEYSTORE_PASSPHRASE_FILE ?= $(STRONGROOM_DATA_DIR)/demo-keystore-passphrase
 
 run: bootstrap
 	.venv/bin/strongroom demo

@@ -14,6 +14,7 @@ from custody.api.errors import register_error_handlers
 from custody.assets import ASSETS
 from custody.db import make_engine, make_session_factory
 from custody.ledger.service import Ledger
+from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -33,6 +34,10 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.extensions["strongroom.engine"] = engine
     app.extensions["strongroom.sessions"] = sessions
     app.extensions["strongroom.ledger"] = Ledger(sessions, **_clock_override(app.config))
+    # Tests pass a ready keystore in config; otherwise open the configured one on first use.
+    app.extensions["strongroom.keystore"] = app.config.get("KEYSTORE") or LazyKeystore(
+        lambda: open_keystore(settings))
+    app.extensions["strongroom.settings"] = settings
 
     register_error_handlers(app)
     app.register_blueprint(ledger_api.bp)

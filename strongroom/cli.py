@@ -89,9 +89,12 @@ def serve(host: str | None, port: int | None) -> None:
 def demo() -> None:
     """Create demo accounts and balances (safe to run twice)."""
     from strongroom.demo import seed_demo
+    from strongroom.keystores import ensure_demo_passphrase_file
 
     settings = _settings()
     settings.ensure_data_dir()
+    if settings.keystore_passphrase_file is not None and not settings.keystore_passphrase:
+        ensure_demo_passphrase_file(settings.keystore_passphrase_file)
     migrations.upgrade(settings.database_url)
     data = seed_demo(_ledger(settings))
     click.echo(f"demo data ready ({data.transfers_created} new transfers)")

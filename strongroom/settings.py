@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8600
 DATA_DIR_MODE = 0o700
+KEYSTORE_BACKENDS = ("local", "vault", "pkcs11")
 
 
 class SettingsError(ValueError):
@@ -24,6 +25,9 @@ class Settings:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     log_level: str = "INFO"
+    keystore_backend: str = "local"
+    keystore_passphrase: str | None = field(default=None, repr=False)
+    keystore_passphrase_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -38,9 +42,16 @@ class Settings:
         if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"STRONGROOM_LOG_LEVEL was {log_level!r}, must be DEBUG, INFO, "
                                 "WARNING or ERROR")
+        backend = env.get("STRONGROOM_KEYSTORE_BACKEND", "local")
+        if backend not in KEYSTORE_BACKENDS:
+            raise SettingsError(f"STRONGROOM_KEYSTORE_BACKEND was {backend!r}, must be one of "
+                                f"{', '.join(KEYSTORE_BACKENDS)}")
+        passphrase_file = env.get("STRONGROOM_KEYSTORE_PASSPHRASE_FILE")
         return cls(data_dir=data_dir, database_url=database_url,
                    host=env.get("STRONGROOM_HOST", DEFAULT_HOST), port=int(port_text),
-                   log_level=log_level)
+                   log_level=log_level, keystore_backend=backend,
+                   keystore_passphrase=env.get("STRONGROOM_KEYSTORE_PASSPHRASE") or None,
+                   keystore_passphrase_file=Path(passphrase_file) if passphrase_file else None)
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory readable by its owner only, and return it."""

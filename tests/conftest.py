@@ -20,11 +20,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from custody.db import make_engine, make_session_factory
+from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
 from strongroom.migrate import upgrade
 
 POSTGRES_ENV = "STRONGROOM_TEST_POSTGRES_URL"
 DATABASES = ["sqlite", "postgres"]
+TEST_SCRYPT_LOG2_N = 10
 
 
 class FakeClock:
@@ -131,13 +133,21 @@ def ledger(database_url: str, clock: FakeClock) -> Iterator[Ledger]:
 
 
 @pytest.fixture
-def app(database_url: str, clock: FakeClock, tmp_path: Path) -> Iterator[Flask]:
-    """The Flask app on a fresh database."""
+def keystore(tmp_path: Path) -> LocalKeystore:
+    """A local keystore in a temp dir, with cheap scrypt parameters (tests only)."""
+    return LocalKeystore(tmp_path / "keystore.srks", "test passphrase, not a secret",
+                         scrypt_log2_n=TEST_SCRYPT_LOG2_N)
+
+
+@pytest.fixture
+def app(database_url: str, clock: FakeClock, keystore: LocalKeystore, tmp_path: Path) -> Iterator[Flask]:
+    """The Flask app on a fresh database with a test keystore."""
     from strongroom.app import create_app
     from strongroom.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
-    application = create_app({"TESTING": True, "CLOCK": clock}, settings=settings)
+    application = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore},
+                             settings=settings)
     yield application
     application.extensions["strongroom.engine"].dispose()
 
