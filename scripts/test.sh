@@ -33,4 +33,8 @@ if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure" >&2
   exit 1
 fi
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+
+# The matching engine ships a compiled core with a pure-Python fallback: test both.
+echo "== matching engine, compiled core"
+scripts/build-engine.sh test
