@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from json.encoder import encode_basestring_ascii as _json_str
 from dataclasses import dataclass
 from enum import IntFlag, StrEnum
+from json.encoder import encode_basestring_ascii as _json_str
 
 ENTRY_FORMAT_VERSION = 1
 ENTRY_HASH_DOMAIN = b"strongroom.ledger.entry.v1\x00"

@@ -116,7 +116,8 @@ def test_database_ledger_sums_to_zero_and_refusals_change_nothing(
 
 
 entries = st.builds(
-    Entry, seq=st.integers(1, 2**63 - 1), id=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,20}", fullmatch=True),
+    Entry, seq=st.integers(1, 2**63 - 1),
+    id=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,20}", fullmatch=True),
     kind=st.sampled_from(list(TransferKind)), debit_account=st.integers(1, 2**31),
     credit_account=st.integers(1, 2**31), asset=st.sampled_from(["BTC", "ETH", "USDC"]),
     amount=st.integers(1, 2**256 - 1), pending_id=st.none() | st.text(max_size=10),
