@@ -1,6 +1,9 @@
 """Import every table module so ``Base.metadata`` is complete (for Alembic and tests)."""
 
+from custody.access import models as access_models
+from custody.audit import models as audit_models
 from custody.db import Base
 from custody.ledger import models as ledger_models
+from custody.withdrawals import models as withdrawal_models
 
-__all__ = ["Base", "ledger_models"]
+__all__ = ["Base", "access_models", "withdrawal_models", "audit_models", "ledger_models"]
