@@ -9,6 +9,7 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
+from custody.api import audit as audit_api
 from custody.api import ledger as ledger_api
 from custody.api.errors import register_error_handlers
 from custody.assets import ASSETS
@@ -41,6 +42,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
 
     register_error_handlers(app)
     app.register_blueprint(ledger_api.bp)
+    app.register_blueprint(audit_api.bp)
     _register_meta_routes(app)
     return app
 

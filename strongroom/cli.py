@@ -230,3 +230,9 @@ def ledger_expire() -> None:
     """Release pending transfers whose timeout has passed."""
     entries = _ledger(_settings()).expire_pending()
     click.echo(f"expired {len(entries)} pending transfer(s)")
+
+
+# Audit commands (ledger checkpoint, ledger export, reserves ...) live in their own module.
+from strongroom.commands import audit as _audit_commands  # noqa: E402
+
+_audit_commands.register(main, ledger)

@@ -65,8 +65,9 @@ class AuditService:
                 raise
         try:
             return self._keystore.create_key(self.key_name, KeyType.ED25519).latest_version
-        except KeystoreError as exc:
-            if exc.code is not KeystoreErrorCode.KEY_EXISTS:
+        except KeystoreError as race:
+            # Another process created the key between our two calls.
+            if race.code != KeystoreErrorCode.KEY_EXISTS:
                 raise
             return self._keystore.key_info(self.key_name).latest_version
 
@@ -142,7 +143,8 @@ class AuditService:
             totals.add(entry, self._held_amount(entry, held))
             chain, expected = entry_hash, expected + 1
         if expected != target + 1:
-            raise AuditError(AuditCode.CORRUPT_JOURNAL, f"journal ends at seq {expected - 1}, head is {target}")
+            raise AuditError(AuditCode.CORRUPT_JOURNAL,
+                             f"journal ends at seq {expected - 1}, head is {target}")
         return chain
 
     def _held_amount(self, entry: Entry, held: dict[str, int]) -> int:
@@ -192,7 +194,8 @@ class AuditService:
     def list_checkpoints(self, after: int = 0, limit: int = 100) -> list[Checkpoint]:
         """Return checkpoints numbered above ``after``, oldest first."""
         if not 1 <= limit <= CHECKPOINT_LIST_MAX:
-            raise AuditError(AuditCode.INVALID_ARGUMENT, f"limit was {limit}, must be 1..{CHECKPOINT_LIST_MAX}")
+            raise AuditError(AuditCode.INVALID_ARGUMENT,
+                             f"limit was {limit}, must be 1..{CHECKPOINT_LIST_MAX}")
         with self._sessions() as session:
             rows = session.scalars(select(AuditCheckpoint).where(AuditCheckpoint.number > after)
                                    .order_by(AuditCheckpoint.number).limit(limit)).all()

@@ -1,0 +1,1 @@
+"""Command groups of the ``strongroom`` CLI that live outside strongroom/cli.py."""
