@@ -9,12 +9,19 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
+from custody.access.service import AccessServices
+from custody.api import access as access_api
 from custody.api import audit as audit_api
 from custody.api import ledger as ledger_api
+from custody.api import openapi as openapi_api
+from custody.api import policy as policy_api
+from custody.api import withdrawals as withdrawals_api
 from custody.api.errors import register_error_handlers
+from custody.api.ratelimit import init_rate_limits
 from custody.assets import ASSETS
 from custody.db import make_engine, make_session_factory
-from custody.ledger.service import Ledger
+from custody.ledger.service import Ledger, wall_clock_ms
+from exchange.api import blueprint as exchange_api
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
 
@@ -39,10 +46,18 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.extensions["strongroom.keystore"] = app.config.get("KEYSTORE") or LazyKeystore(
         lambda: open_keystore(settings))
     app.extensions["strongroom.settings"] = settings
+    clock = app.config.get("CLOCK") or wall_clock_ms
+    app.extensions["strongroom.clock"] = clock
+    app.extensions["strongroom.access"] = AccessServices.build(
+        sessions, app.extensions["strongroom.keystore"], app.extensions["strongroom.ledger"], clock,
+        prices_usd_cents=app.config.get("PRICES_USD_CENTS"))
 
     register_error_handlers(app)
-    app.register_blueprint(ledger_api.bp)
+    for blueprint in (ledger_api.bp, access_api.bp, withdrawals_api.bp, policy_api.bp, openapi_api.bp):
+        app.register_blueprint(blueprint)
     app.register_blueprint(audit_api.bp)
+    exchange_api.init_app(app)
+    init_rate_limits(app)
     _register_meta_routes(app)
     return app
 

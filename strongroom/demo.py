@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from custody.access.service import AccessServices
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import AccountView, Ledger
+from policies.api_key import Scope
 
 PLATFORM = "platform"
 DEMO_USERS = ("alice", "bob")
@@ -66,3 +68,46 @@ def seed_demo(ledger: Ledger) -> DemoData:
         raise RuntimeError(f"demo seeding failed: {failed[0].message}")
     created = sum(1 for r in results if r.status.value == "created")
     return DemoData(ledger.list_accounts(), created)
+
+
+# Demo people: a trader with a printed API key, two treasury approvers, an admin, an auditor.
+DEMO_PEOPLE: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("alice", ("trader",), 2),
+    ("bob", ("trader",), 1),
+    ("treasury1", ("treasury",), 0),
+    ("treasury2", ("treasury",), 0),
+    ("admin", ("admin",), 0),
+    ("auditor", ("auditor",), 0),
+)
+DEMO_KEY_USER = "alice"
+DEMO_KEY_LABEL = "demo"
+
+
+def seed_demo_access(services: AccessServices) -> list[str]:
+    """Create the demo users (idempotent) and a fresh demo API key for alice; return lines to print.
+
+    Each run revokes alice's previous demo key and prints a new one, because the
+    secret of the old one was shown once and is not stored in clear anywhere.
+    """
+    from custody.access.users import parse_roles
+
+    services.policies.ensure_default()
+    for username, roles, kyc_tier in DEMO_PEOPLE:
+        if services.users.find_user(username) is None:
+            services.users.create_user(username, parse_roles(roles), kyc_tier=kyc_tier, actor="demo")
+    for old in services.users.list_api_keys(DEMO_KEY_USER):
+        if old.label == DEMO_KEY_LABEL and old.key.revoked_at_ms is None:
+            services.users.revoke_api_key(DEMO_KEY_USER, old.key.key_id, actor="demo")
+    created = services.users.create_api_key(DEMO_KEY_USER, parse_scopes_all(), label=DEMO_KEY_LABEL,
+                                            actor="demo")
+    return [
+        f"demo users: {', '.join(name for name, _, _ in DEMO_PEOPLE)}",
+        f"demo API key for {DEMO_KEY_USER} (previous demo key revoked; shown once):",
+        f"  X-Strongroom-Key: {created.credentials.key_id}",
+        f"  secret:           {created.credentials.secret}",
+        "  sign requests as in docs/request-signing.md; API docs at /api/v1/docs",
+    ]
+
+
+def parse_scopes_all() -> frozenset[Scope]:
+    return frozenset(Scope)

@@ -15,7 +15,9 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
+from custody.access.errors import CustodyRefusal
 from custody.ledger.codes import LedgerCode, LedgerError
+from policies.results import PolicyError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class RequestCode(IntEnum):
     METHOD_NOT_ALLOWED = 9005
     PAYLOAD_TOO_LARGE = 9013
     UNSUPPORTED_MEDIA_TYPE = 9015
+    RATE_LIMITED = 9029
     INTERNAL_ERROR = 9099
 
 
@@ -49,6 +52,7 @@ _HTTP_CODES = {
     405: RequestCode.METHOD_NOT_ALLOWED,
     413: RequestCode.PAYLOAD_TOO_LARGE,
     415: RequestCode.UNSUPPORTED_MEDIA_TYPE,
+    429: RequestCode.RATE_LIMITED,
 }
 
 LEDGER_STATUS: dict[LedgerCode, int] = {
@@ -85,11 +89,21 @@ def register_error_handlers(app: Flask) -> None:
         extra = {} if exc.index is None else {"index": exc.index}
         return jsonify(error_body(exc.code, exc.message, **extra)), LEDGER_STATUS.get(exc.code, 400)
 
+    @app.errorhandler(PolicyError)
+    def _policy_error(exc: PolicyError) -> ResponseReturnValue:
+        return jsonify(error_body(exc.code, exc.message)), exc.code.http_status
+
+    @app.errorhandler(CustodyRefusal)
+    def _custody_refusal(exc: CustodyRefusal) -> ResponseReturnValue:
+        return jsonify(error_body(exc.code, exc.message)), exc.status
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> ResponseReturnValue:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, RequestCode.INTERNAL_ERROR)
-        return jsonify(error_body(code, exc.description or exc.name)), status
+        # Keep headers the exception carries (Retry-After on 429, Allow on 405).
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return jsonify(error_body(code, exc.description or exc.name)), status, headers
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> ResponseReturnValue:

@@ -2,6 +2,12 @@
 
 Amounts travel as strings of decimal digits (JSON numbers lose precision past
 2**53 in many clients); integers are accepted on input too.
+
+Access: reads need ``ledger.read_own`` (traders: only accounts they own;
+another owner's account answers 404 as if it did not exist) or
+``ledger.read_all`` (auditors, compliance). Raw writes (accounts, transfers)
+are internal operations for the admin role only: users move money through
+withdrawals and trading, never by posting ledger transfers themselves.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from custody.api.auth import principal, secured
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import (
     field_amount,
@@ -21,7 +28,7 @@ from custody.api.request import (
     query_int,
     reject_unknown,
 )
-from custody.ledger.codes import LedgerError
+from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import Entry, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import (
@@ -32,6 +39,11 @@ from custody.ledger.service import (
     ResultStatus,
     TransferResult,
 )
+from policies.api_key import Scope
+from policies.results import PolicyError, ResultCode
+from policies.roles import Permission, can_read_account
+
+READ = (Permission.LEDGER_READ_OWN, Permission.LEDGER_READ_ALL)
 
 bp = Blueprint("ledger", __name__, url_prefix="/api/v1/ledger")
 
@@ -107,7 +119,20 @@ def _single_result(result: TransferResult) -> ResponseReturnValue:
     return jsonify(result_json(result)), status
 
 
+def readable_account(account_id: int) -> AccountView:
+    """Return the account if the caller may read it; otherwise "unknown account"."""
+    caller = principal()
+    try:
+        account = ledger().get_account(account_id)
+    except LedgerError:
+        account = None
+    if account is None or not can_read_account(caller.user.roles, caller.username, account.owner):
+        raise LedgerError(LedgerCode.UNKNOWN_ACCOUNT, f"account {account_id} does not exist")
+    return account
+
+
 @bp.post("/accounts")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
 def create_account() -> ResponseReturnValue:
     """Create an account for an owner, asset and kind."""
     body = json_object()
@@ -119,21 +144,30 @@ def create_account() -> ResponseReturnValue:
 
 
 @bp.get("/accounts")
+@secured(*READ, scope=Scope.READ)
 def list_accounts() -> ResponseReturnValue:
-    """List accounts, optionally of one owner (``?owner=``)."""
+    """List accounts, optionally of one owner (``?owner=``); traders see only their own."""
+    caller = principal()
     owner = request.args.get("owner")
+    if not can_read_account(caller.user.roles, caller.username, owner or ""):
+        if owner not in (None, caller.username):
+            raise PolicyError(ResultCode.PERMISSION_DENIED, "you may only list your own accounts")
+        owner = caller.username
     return jsonify({"accounts": [account_json(a) for a in ledger().list_accounts(owner)]})
 
 
 @bp.get("/accounts/<int:account_id>")
+@secured(*READ, scope=Scope.READ)
 def get_account(account_id: int) -> ResponseReturnValue:
     """Return one account with balances."""
-    return jsonify(account_json(ledger().get_account(account_id)))
+    return jsonify(account_json(readable_account(account_id)))
 
 
 @bp.get("/accounts/<int:account_id>/history")
+@secured(*READ, scope=Scope.READ)
 def account_history(account_id: int) -> ResponseReturnValue:
     """Return an account's entries after ``cursor`` (a sequence number), oldest first."""
+    readable_account(account_id)
     page = ledger().history(
         account_id,
         after_seq=query_int("cursor", 0, low=0, high=2**63 - 1),
@@ -146,12 +180,14 @@ def account_history(account_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/transfers")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
 def create_transfer() -> ResponseReturnValue:
     """Submit one transfer (single or pending, or post/void with ``pending_id``)."""
     return _single_result(ledger().submit([parse_transfer(json_object())])[0])
 
 
 @bp.post("/transfers/batch")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
 def create_batch() -> ResponseReturnValue:
     """Submit up to MAX_BATCH transfers; ``linked: true`` makes them all-or-nothing."""
     body = json_object()
@@ -181,18 +217,26 @@ def _resolve(pending_id: str, kind: TransferKind) -> ResponseReturnValue:
 
 
 @bp.post("/transfers/<pending_id>/post")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
 def post_pending(pending_id: str) -> ResponseReturnValue:
     """Post all (or ``amount`` of) a pending transfer."""
     return _resolve(pending_id, TransferKind.POST)
 
 
 @bp.post("/transfers/<pending_id>/void")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
 def void_pending(pending_id: str) -> ResponseReturnValue:
     """Void a pending transfer, releasing its hold."""
     return _resolve(pending_id, TransferKind.VOID)
 
 
 @bp.get("/transfers/<transfer_id>")
+@secured(*READ, scope=Scope.READ)
 def get_transfer(transfer_id: str) -> ResponseReturnValue:
-    """Return one transfer by its caller-supplied id."""
-    return jsonify(entry_json(ledger().get_transfer(transfer_id)))
+    """Return one transfer by its caller-supplied id (if it touches an account you may read)."""
+    caller = principal()
+    entry = ledger().get_transfer(transfer_id)
+    owners = {ledger().get_account(a).owner for a in (entry.debit_account, entry.credit_account)}
+    if not any(can_read_account(caller.user.roles, caller.username, o) for o in owners):
+        raise LedgerError(LedgerCode.TRANSFER_NOT_FOUND, f"transfer {transfer_id[:120]} does not exist")
+    return jsonify(entry_json(entry))

@@ -5,10 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
+from policies.roles import Role
 
-def _account(client: FlaskClient, owner: str, asset: str, kind: str) -> int:
+from ..access.helpers import SignedClient, make_user
+
+
+@pytest.fixture
+def ops(app: Flask, client: FlaskClient, clock: object) -> SignedClient:
+    """An internal operator: admin (raw ledger writes) and auditor (reads everything)."""
+    return make_user(app, client, clock, "ops", {Role.ADMIN, Role.AUDITOR}, mfa=False)
+
+
+def _account(client: SignedClient, owner: str, asset: str, kind: str) -> int:
     response = client.post("/api/v1/ledger/accounts",
                            json={"owner": owner, "asset": asset, "kind": kind})
     assert response.status_code == 201, response.json
@@ -16,11 +27,11 @@ def _account(client: FlaskClient, owner: str, asset: str, kind: str) -> int:
 
 
 @pytest.fixture
-def funded(client: FlaskClient) -> dict[str, int]:
-    ids = {"wallet": _account(client, "platform", "ETH", "hot_wallet"),
-           "alice": _account(client, "alice", "ETH", "user_available"),
-           "bob": _account(client, "bob", "ETH", "user_available")}
-    response = client.post("/api/v1/ledger/transfers", json={
+def funded(ops: SignedClient) -> dict[str, int]:
+    ids = {"wallet": _account(ops, "platform", "ETH", "hot_wallet"),
+           "alice": _account(ops, "alice", "ETH", "user_available"),
+           "bob": _account(ops, "bob", "ETH", "user_available")}
+    response = ops.post("/api/v1/ledger/transfers", json={
         "id": "fund", "debit_account": ids["wallet"], "credit_account": ids["alice"],
         "amount": str(10**30)})
     assert response.status_code == 201, response.json
@@ -42,26 +53,26 @@ def test_health_reports_database_and_ledger_head(client: FlaskClient) -> None:
 
 
 def test_transfer_and_balance_round_trip_exact_large_amounts(
-    client: FlaskClient, funded: dict[str, int]
+    ops: SignedClient, funded: dict[str, int]
 ) -> None:
-    response = client.post("/api/v1/ledger/transfers", json={
+    response = ops.post("/api/v1/ledger/transfers", json={
         "id": "t1", "debit_account": funded["alice"], "credit_account": funded["bob"],
         "amount": "123456789012345678901234567"})
     assert response.status_code == 201
     assert response.json["transfer"]["amount"] == "123456789012345678901234567"
-    bob = client.get(f"/api/v1/ledger/accounts/{funded['bob']}").json
+    bob = ops.get(f"/api/v1/ledger/accounts/{funded['bob']}").json
     assert bob["balance"]["credits_posted"] == "123456789012345678901234567"
 
 
-def test_retry_returns_original_with_200(client: FlaskClient, funded: dict[str, int]) -> None:
+def test_retry_returns_original_with_200(ops: SignedClient, funded: dict[str, int]) -> None:
     body = {"id": "t1", "debit_account": funded["alice"], "credit_account": funded["bob"],
             "amount": 5}
-    first = client.post("/api/v1/ledger/transfers", json=body)
-    again = client.post("/api/v1/ledger/transfers", json=body)
+    first = ops.post("/api/v1/ledger/transfers", json=body)
+    again = ops.post("/api/v1/ledger/transfers", json=body)
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json["status"] == "exists"
     assert again.json["transfer"] == first.json["transfer"]
-    conflict = client.post("/api/v1/ledger/transfers", json={**body, "amount": 6})
+    conflict = ops.post("/api/v1/ledger/transfers", json={**body, "amount": 6})
     _assert_error(conflict, 409, 4007, "transfer_exists_with_different_fields")
 
 
@@ -81,22 +92,22 @@ def test_retry_returns_original_with_200(client: FlaskClient, funded: dict[str, 
     ],
 )
 def test_bad_transfer_gets_stable_error_and_changes_nothing(
-    client: FlaskClient, funded: dict[str, int], patch: dict[str, Any], status: int, code: int,
+    ops: SignedClient, funded: dict[str, int], patch: dict[str, Any], status: int, code: int,
     error: str,
 ) -> None:
     body = {"id": "t1", "debit_account": funded["alice"], "credit_account": funded["bob"],
             "amount": 5, **patch}
-    seq_before = client.get("/api/v1/health").json["ledger"]["seq"]
-    _assert_error(client.post("/api/v1/ledger/transfers", json=body), status, code, error)
-    assert client.get("/api/v1/health").json["ledger"]["seq"] == seq_before
+    seq_before = ops.get("/api/v1/health").json["ledger"]["seq"]
+    _assert_error(ops.post("/api/v1/ledger/transfers", json=body), status, code, error)
+    assert ops.get("/api/v1/health").json["ledger"]["seq"] == seq_before
 
 
-def test_non_json_and_non_object_bodies_are_refused(client: FlaskClient) -> None:
-    _assert_error(client.post("/api/v1/ledger/transfers", data="x"), 415, 9015,
+def test_non_json_and_non_object_bodies_are_refused(ops: SignedClient) -> None:
+    _assert_error(ops.post("/api/v1/ledger/transfers", data="x"), 415, 9015,
                   "unsupported_media_type")
-    _assert_error(client.post("/api/v1/ledger/transfers", data="[1]",
+    _assert_error(ops.post("/api/v1/ledger/transfers", data="[1]",
                               content_type="application/json"), 400, 9001, "invalid_json")
-    _assert_error(client.post("/api/v1/ledger/transfers", data="{bad",
+    _assert_error(ops.post("/api/v1/ledger/transfers", data="{bad",
                               content_type="application/json"), 400, 9001, "invalid_json")
 
 
@@ -106,66 +117,66 @@ def test_unknown_route_and_method_get_json_errors(client: FlaskClient) -> None:
 
 
 def test_linked_batch_failure_reports_each_item_and_applies_nothing(
-    client: FlaskClient, funded: dict[str, int]
+    ops: SignedClient, funded: dict[str, int]
 ) -> None:
     transfers = [
         {"id": "a", "debit_account": funded["alice"], "credit_account": funded["bob"], "amount": 1},
         {"id": "b", "debit_account": funded["bob"], "credit_account": funded["alice"], "amount": 2},
     ]
-    response = client.post("/api/v1/ledger/transfers/batch",
+    response = ops.post("/api/v1/ledger/transfers/batch",
                            json={"transfers": transfers, "linked": True})
     assert response.status_code == 422
     assert [r["error"] for r in response.json["results"]] == ["linked_transfer_failed",
                                                               "insufficient_funds"]
-    bob = client.get(f"/api/v1/ledger/accounts/{funded['bob']}").json
+    bob = ops.get(f"/api/v1/ledger/accounts/{funded['bob']}").json
     assert bob["balance"]["credits_posted"] == "0"
 
 
-def test_unlinked_batch_partial_success_is_207(client: FlaskClient, funded: dict[str, int]) -> None:
+def test_unlinked_batch_partial_success_is_207(ops: SignedClient, funded: dict[str, int]) -> None:
     transfers = [
         {"id": "a", "debit_account": funded["alice"], "credit_account": funded["bob"], "amount": 1},
         {"id": "b", "debit_account": funded["bob"], "credit_account": funded["alice"], "amount": 2},
     ]
-    response = client.post("/api/v1/ledger/transfers/batch", json={"transfers": transfers})
+    response = ops.post("/api/v1/ledger/transfers/batch", json={"transfers": transfers})
     assert response.status_code == 207
     assert [r["status"] for r in response.json["results"]] == ["created", "failed"]
 
 
-def test_two_phase_over_the_api(client: FlaskClient, funded: dict[str, int]) -> None:
-    hold = client.post("/api/v1/ledger/transfers", json={
+def test_two_phase_over_the_api(ops: SignedClient, funded: dict[str, int]) -> None:
+    hold = ops.post("/api/v1/ledger/transfers", json={
         "id": "hold", "kind": "pending", "debit_account": funded["alice"],
         "credit_account": funded["bob"], "amount": 100, "timeout_s": 3600})
     assert hold.status_code == 201
-    posted = client.post("/api/v1/ledger/transfers/hold/post", json={"id": "hold-post",
+    posted = ops.post("/api/v1/ledger/transfers/hold/post", json={"id": "hold-post",
                                                                       "amount": "60"})
     assert posted.status_code == 201
     assert posted.json["transfer"]["amount"] == "60"
-    _assert_error(client.post("/api/v1/ledger/transfers/hold/void", json={"id": "hold-void"}),
+    _assert_error(ops.post("/api/v1/ledger/transfers/hold/void", json={"id": "hold-void"}),
                   409, 4009, "pending_transfer_already_posted")
-    _assert_error(client.post("/api/v1/ledger/transfers/nope/void", json={"id": "v"}),
+    _assert_error(ops.post("/api/v1/ledger/transfers/nope/void", json={"id": "v"}),
                   404, 4008, "pending_transfer_not_found")
 
 
-def test_history_is_cursor_paginated(client: FlaskClient, funded: dict[str, int]) -> None:
+def test_history_is_cursor_paginated(ops: SignedClient, funded: dict[str, int]) -> None:
     for i in range(5):
-        client.post("/api/v1/ledger/transfers", json={
+        ops.post("/api/v1/ledger/transfers", json={
             "id": f"t{i}", "debit_account": funded["alice"], "credit_account": funded["bob"],
             "amount": 1})
     url = f"/api/v1/ledger/accounts/{funded['bob']}/history"
-    page = client.get(url, query_string={"limit": 2}).json
+    page = ops.get(url, query={"limit": 2}).json
     ids = [e["id"] for e in page["entries"]]
     while page["next_cursor"]:
-        page = client.get(url, query_string={"limit": 2, "cursor": page["next_cursor"]}).json
+        page = ops.get(url, query={"limit": 2, "cursor": page["next_cursor"]}).json
         ids += [e["id"] for e in page["entries"]]
     assert ids == [f"t{i}" for i in range(5)]
-    _assert_error(client.get(url, query_string={"limit": 0}), 400, 9002, "invalid_field")
-    _assert_error(client.get(url, query_string={"cursor": "-1"}), 400, 9002, "invalid_field")
+    _assert_error(ops.get(url, query={"limit": 0}), 400, 9002, "invalid_field")
+    _assert_error(ops.get(url, query={"cursor": "-1"}), 400, 9002, "invalid_field")
 
 
-def test_create_account_refusals(client: FlaskClient) -> None:
-    _account(client, "carol", "BTC", "user_available")
-    _assert_error(client.post("/api/v1/ledger/accounts", json={
+def test_create_account_refusals(ops: SignedClient) -> None:
+    _account(ops, "carol", "BTC", "user_available")
+    _assert_error(ops.post("/api/v1/ledger/accounts", json={
         "owner": "carol", "asset": "BTC", "kind": "user_available"}), 409, 4015, "account_exists")
-    _assert_error(client.post("/api/v1/ledger/accounts", json={
+    _assert_error(ops.post("/api/v1/ledger/accounts", json={
         "owner": "carol", "asset": "XRP", "kind": "user_available"}), 400, 4014, "unknown_asset")
-    _assert_error(client.get("/api/v1/ledger/accounts/999"), 404, 4001, "unknown_account")
+    _assert_error(ops.get("/api/v1/ledger/accounts/999"), 404, 4001, "unknown_account")

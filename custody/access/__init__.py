@@ -1,0 +1,1 @@
+"""Access control persistence: users, API keys, MFA, approver keys, policies, security log."""

@@ -1,0 +1,1 @@
+"""Withdrawal requests, whitelists and their approvals (policy decisions come from policies/)."""

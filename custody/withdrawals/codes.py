@@ -1,0 +1,43 @@
+"""Result codes of withdrawals and whitelists (the 41xx block of the custody range)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from custody.access.errors import CustodyRefusal
+
+
+class WithdrawalCode(IntEnum):
+    """Stable refusals of the withdrawal service."""
+
+    WITHDRAWAL_NOT_FOUND = 4101
+    WITHDRAWAL_NOT_CANCELLABLE = 4102
+    WITHDRAWAL_NOT_AWAITING_APPROVAL = 4103
+    WHITELIST_EXISTS = 4104
+    WHITELIST_NOT_FOUND = 4105
+    NO_FUNDING_ACCOUNT = 4106
+    ASSET_NOT_WITHDRAWABLE = 4107
+    ADDRESS_INVALID = 4108
+    SOURCE_WALLET_INVALID = 4109
+
+    @property
+    def error(self) -> str:
+        """Return the stable snake_case name used as the API ``error`` field."""
+        return self.name.lower()
+
+
+WITHDRAWAL_STATUS: dict[WithdrawalCode, int] = {
+    WithdrawalCode.WITHDRAWAL_NOT_FOUND: 404,
+    WithdrawalCode.WITHDRAWAL_NOT_CANCELLABLE: 409,
+    WithdrawalCode.WITHDRAWAL_NOT_AWAITING_APPROVAL: 409,
+    WithdrawalCode.WHITELIST_EXISTS: 409,
+    WithdrawalCode.WHITELIST_NOT_FOUND: 404,
+    WithdrawalCode.NO_FUNDING_ACCOUNT: 422,
+}
+
+
+class WithdrawalError(CustodyRefusal):
+    """A refusal by the withdrawal service."""
+
+    def __init__(self, code: WithdrawalCode, message: str) -> None:
+        super().__init__(code, message, WITHDRAWAL_STATUS.get(code, 400))

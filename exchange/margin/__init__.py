@@ -1,0 +1,1 @@
+"""Positions and margin requirements (pure integer arithmetic)."""

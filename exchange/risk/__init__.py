@@ -1,0 +1,1 @@
+"""The clearing house: accounts, collateral, pre-trade risk, liquidation (pure core)."""

@@ -1,0 +1,731 @@
+"""The clearing house: collateral, positions, pre-trade risk, funding, settlement, ADL (pure).
+
+It owns every account's collateral (``cash``) and positions, and turns each
+change into *postings*: ledger transfer intents with deterministic ids
+``{ns}.{seq}.{n}`` derived from its own sequence number, so replaying the
+same commands re-creates the same ids and the ledger treats them as retries.
+Nothing here performs I/O or reads a clock; callers pass times in.
+
+Ledger accounts are named by key: ``m:<acct>`` (the account's exchange
+collateral, a user_margin account), ``h:<acct>`` (its margin hold, a
+user_held account, only ever the credit side of a pending transfer),
+``a:<acct>`` (its spot balance, user_available), ``clearing`` (the
+counterparty of realised PnL, funding and settlement), ``fees``,
+``insurance`` and ``wallet`` (the platform's hot wallet, for seeding the
+insurance fund). Platform identity, checked by ``check_invariants``:
+
+    clearing == -sum(cost of open futures positions)
+    sum(cash) + clearing + fees + insurance == deposits - withdrawals + seeded insurance
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from exchange.engine.messages import Cancelled, Event, NewOrder, Rejected, Trade
+from exchange.instruments import PPM, InstrumentSpec
+from exchange.margin.position import Position
+from exchange.margin.requirement import (
+    linear_margin,
+    option_seller_margin,
+    position_margin,
+    position_value,
+    tier_ceiling_price,
+)
+from exchange.risk.codes import RiskCode
+from exchange.risk.events import (
+    BadDebt,
+    Deleveraged,
+    FundingPaid,
+    InsuranceUsed,
+    RiskEvent,
+    Settled,
+)
+from exchange.risk.liqindex import LiquidationIndex
+
+CLEARING: Final = "clearing"
+FEES: Final = "fees"
+INSURANCE: Final = "insurance"
+WALLET: Final = "wallet"
+SINGLE: Final = "single"
+PENDING: Final = "pending"
+VOID: Final = "void"
+ISOLATED_SEP: Final = ":iso:"
+MAX_ADL_PASSES: Final = 8
+
+# (id, kind, debit key, credit key, amount, pending id)
+Posting = tuple[str, str, str, str, int, str | None]
+
+
+class Account:
+    """One margin account: a cross account, or the isolated sub-account of one position."""
+
+    __slots__ = ("cache", "cache_version", "cash", "epoch", "hold", "hold_id", "hold_n", "id",
+                 "order_im", "parent", "positions")
+
+    def __init__(self, id: str, parent: str | None = None) -> None:
+        self.id = id
+        self.parent = parent
+        self.cash = 0
+        self.positions: dict[str, Position] = {}
+        self.order_im = 0
+        self.epoch = 0
+        self.hold = 0
+        self.hold_id: str | None = None
+        self.hold_n = 0
+        self.cache = 0
+        self.cache_version = -1
+
+
+class OrderReservation:
+    """Initial margin reserved for a live order, released as it fills or leaves the book."""
+
+    __slots__ = ("account", "im", "payer", "qty", "side")
+
+    def __init__(self, account: str, payer: str, side: int, qty: int, im: int) -> None:
+        self.account = account
+        self.payer = payer
+        self.side = side
+        self.qty = qty
+        self.im = im
+
+
+class Clearinghouse:
+    """Accounts, positions and collateral of every instrument sharing one quote asset."""
+
+    def __init__(self, specs: dict[str, InstrumentSpec], namespace: str = "x") -> None:
+        self.specs = specs
+        self.ns = namespace
+        self.accounts: dict[str, Account] = {}
+        self.marks: dict[str, int] = {}
+        self.index_of: dict[str, int] = {}  # underlying -> index price
+        self.trading: dict[str, bool] = {s: True for s in specs}
+        self.holders: dict[str, set[str]] = {s: set() for s in specs}
+        self.orders: dict[tuple[str, str], OrderReservation] = {}
+        self.liq_index: dict[str, LiquidationIndex] = {s: LiquidationIndex() for s in specs}
+        self.epochs: dict[str, int] = {}
+        self.short_option_accounts: set[str] = set()
+        self.clearing = 0
+        self.fees = 0
+        self.insurance = 0
+        self.external_in = 0  # deposits + seeded insurance - withdrawals
+        self.seq = 0
+        self.version = 0
+        self._n = 0
+        self.postings: list[Posting] = []
+        self.events: list[RiskEvent] = []
+        self.dirty: set[str] = set()  # accounts to re-band
+        self.touched: set[str] = set()  # accounts whose ledger hold may need adjusting
+        self.liquidating: str | None = None
+
+    # -------------------------------------------------------------- sequencing
+
+    def begin(self) -> int:
+        """Start the next clearing sequence number (one per external command)."""
+        self.seq += 1
+        self._n = 0
+        return self.seq
+
+    def _post(self, debit: str, credit: str, amount: int) -> None:
+        assert amount > 0, f"posting amount was {amount}, must be positive"
+        self._n += 1
+        self.postings.append((f"{self.ns}.{self.seq}.{self._n}", SINGLE, debit, credit, amount, None))
+
+    def _move(self, frm: str, to: str, amount: int) -> None:
+        """Post ``amount`` (either sign) from ``frm`` to ``to``; zero posts nothing."""
+        if amount > 0:
+            self._post(frm, to, amount)
+        elif amount < 0:
+            self._post(to, frm, -amount)
+
+    # ------------------------------------------------------------- accounts
+
+    def account(self, account_id: str) -> Account:
+        """Return an account, creating an isolated sub-account on first use."""
+        acct = self.accounts.get(account_id)
+        if acct is None:
+            parent = isolated_parent(account_id)
+            if parent is None or parent not in self.accounts:
+                raise KeyError(account_id)
+            acct = self.accounts[account_id] = Account(account_id, parent)
+            self.epochs[account_id] = 0
+        return acct
+
+    def open_account(self, account_id: str) -> Account:
+        """Create a cross-margin account (idempotent)."""
+        if account_id not in self.accounts:
+            self.accounts[account_id] = Account(account_id)
+            self.epochs[account_id] = 0
+        return self.accounts[account_id]
+
+    def deposit(self, account_id: str, amount: int) -> None:
+        """Move ``amount`` from the account's spot balance into exchange collateral."""
+        assert amount > 0
+        acct = self.open_account(account_id)
+        self._post(f"a:{account_id}", f"m:{account_id}", amount)
+        self._credit(acct, amount)
+        self.external_in += amount
+
+    def withdraw(self, account_id: str, amount: int) -> RiskCode:
+        """Move free collateral back to the spot balance, or refuse with a code."""
+        acct = self.accounts.get(account_id)
+        if acct is None:
+            return RiskCode.UNKNOWN_ACCOUNT
+        if amount <= 0:
+            return RiskCode.INVALID_AMOUNT
+        if amount > min(acct.cash, self.available(acct)):
+            return RiskCode.INSUFFICIENT_FREE_COLLATERAL
+        self._post(f"m:{account_id}", f"a:{account_id}", amount)
+        self._credit(acct, -amount)
+        self.external_in -= amount
+        return RiskCode.OK
+
+    def seed_insurance(self, amount: int) -> None:
+        """Capitalise the insurance fund from the platform wallet."""
+        assert amount > 0
+        self._post(WALLET, INSURANCE, amount)
+        self.insurance += amount
+        self.external_in += amount
+
+    def _credit(self, acct: Account, amount: int) -> None:
+        acct.cash += amount
+        acct.cache_version = -1
+        self.dirty.add(acct.id)
+        self.touched.add(acct.id)
+
+    # ---------------------------------------------------------- valuation
+
+    def set_index(self, underlying: str, price: int) -> None:
+        """Record the latest index of an underlying (used by option seller margin)."""
+        self.index_of[underlying] = price
+        self.version += 1
+
+    def valuation(self, acct: Account) -> tuple[int, int, int]:
+        """Return (equity, initial margin, maintenance margin) of ``acct`` at current marks."""
+        equity = acct.cash
+        im = mm = 0
+        specs = self.specs
+        marks = self.marks
+        for symbol, pos in acct.positions.items():
+            if pos.size == 0:
+                continue
+            spec = specs[symbol]
+            mark = marks[symbol]
+            equity += position_value(spec, pos.size, pos.cost, mark)
+            i, m = position_margin(spec, pos.size, mark, self.index_of.get(spec.underlying, mark))
+            im += i
+            mm += m
+        return equity, im, mm
+
+    def available(self, acct: Account) -> int:
+        """Return equity minus initial margin of positions and open orders (cached per marks)."""
+        if acct.cache_version != self.version:
+            equity, im, _ = self.valuation(acct)
+            acct.cache = equity - im
+            acct.cache_version = self.version
+        return acct.cache - acct.order_im
+
+    def health(self, acct: Account) -> int:
+        """Return equity minus maintenance margin (negative: liquidate)."""
+        equity, _, mm = self.valuation(acct)
+        return equity - mm
+
+    # ---------------------------------------------------------- pre-trade
+
+    def check_new(self, symbol: str, c: NewOrder) -> tuple[RiskCode, str]:
+        """Check initial margin for a new order and reserve it; refuse with a 2xxx code."""
+        spec = self.specs.get(symbol)
+        if spec is None:
+            return RiskCode.UNKNOWN_INSTRUMENT, f"instrument was {symbol!r}, not listed"
+        if not self.trading[symbol]:
+            return RiskCode.INSTRUMENT_NOT_TRADING, f"{symbol} has expired and no longer trades"
+        key = (symbol, c.id)
+        if key in self.orders:
+            return RiskCode.DUPLICATE_ORDER_ID, f"order id {c.id!r} is already live on {symbol}"
+        try:
+            acct = self.account(c.account)
+        except KeyError:
+            return RiskCode.UNKNOWN_ACCOUNT, f"account {c.account!r} has no collateral"
+        mark = self.marks.get(symbol)
+        if mark is None:
+            return RiskCode.NO_MARK_PRICE, f"{symbol} has no mark price yet"
+        pos = acct.positions.get(symbol)
+        if pos is None:
+            pos = acct.positions[symbol] = Position(symbol)
+        side = 1 if c.side == "buy" else -1
+        im = 0 if c.reduce_only else self._order_im(spec, pos, side, c, mark)
+        payer = self.accounts[acct.parent] if acct.parent is not None else acct
+        if im > 0:
+            free = self.available(payer)
+            if im > free:
+                if pos.idle():
+                    del acct.positions[symbol]
+                return RiskCode.INSUFFICIENT_MARGIN, (
+                    f"order needs initial margin {im}, account {payer.id} has {max(free, 0)} free")
+        self.orders[key] = OrderReservation(acct.id, payer.id, side, c.qty, im)
+        payer.order_im += im
+        if im:
+            self.touched.add(payer.id)
+        if side > 0:
+            pos.open_buy += c.qty
+        else:
+            pos.open_sell += c.qty
+        return RiskCode.OK, ""
+
+    def _order_im(self, spec: InstrumentSpec, pos: Position, side: int, c: NewOrder, mark: int) -> int:
+        """Return the margin an order needs for the part of it that can open exposure."""
+        closable = max(0, -pos.size - pos.open_buy) if side > 0 else max(0, pos.size - pos.open_sell)
+        opening = max(0, c.qty - closable)
+        if opening == 0:
+            return 0
+        price = c.price or c.trigger_price or mark
+        if side > 0 and (c.type == "market" or c.type == "stop_market"):
+            # A market buy may trade up to the band edge: reserve for that worst price.
+            price = max(price, mark)
+            price += price * spec.band_bps // 10_000
+        notional = opening * price // spec.contracts_per_unit
+        fee = notional * max(spec.taker_fee_ppm, 0) // PPM
+        if spec.is_option:
+            if side > 0:
+                return notional + fee
+            index = self.index_of.get(spec.underlying, mark)
+            return option_seller_margin(spec, -opening, price, index)[0] - notional + fee
+        same_side = pos.open_buy if side > 0 else pos.open_sell
+        gross = (abs(pos.size) + same_side + opening) * price // spec.contracts_per_unit
+        return notional * spec.tier(gross).im_ppm // PPM + fee
+
+    def release(self, symbol: str, order_id: str, qty: int) -> None:
+        """Release the reservation of ``qty`` of a live order (it filled or left the book)."""
+        res = self.orders.get((symbol, order_id))
+        if res is None:
+            return
+        part = res.im if qty >= res.qty else res.im * qty // res.qty
+        res.im -= part
+        res.qty -= qty
+        payer = self.accounts[res.payer]
+        payer.order_im -= part
+        self.touched.add(payer.id)
+        acct = self.accounts[res.account]
+        pos = acct.positions[symbol]
+        if res.side > 0:
+            pos.open_buy -= qty
+        else:
+            pos.open_sell -= qty
+        if res.qty <= 0:
+            assert res.qty == 0 and res.im == 0
+            del self.orders[(symbol, order_id)]
+        if pos.idle():
+            del acct.positions[symbol]
+
+    # ---------------------------------------------------------- engine events
+
+    def apply(self, symbol: str, events: list[Event]) -> None:
+        """Fold the engine's events for ``symbol`` into positions, reservations and postings."""
+        for ev in events:
+            if type(ev) is Trade:
+                self._on_trade(symbol, ev)
+            elif type(ev) is Cancelled:
+                self.release(symbol, ev.id, ev.qty)
+            elif type(ev) is Rejected and ev.id is not None:
+                res = self.orders.get((symbol, ev.id))
+                if res is not None:
+                    self.release(symbol, ev.id, res.qty)
+
+    def _on_trade(self, symbol: str, t: Trade) -> None:
+        spec = self.specs[symbol]
+        qty, price = t.qty, t.price
+        sign = 1 if t.taker_side == "buy" else -1
+        self.release(symbol, t.maker, qty)
+        self.release(symbol, t.taker, qty)
+        taker = self.account(t.taker_account)
+        maker = self.account(t.maker_account)
+        self.transfer_position(symbol, taker, maker, sign * qty, price)
+        notional = spec.notional(qty, price)
+        if taker.id == self.liquidating:
+            equity = self.valuation(taker)[0]
+            fee = min(notional * spec.liquidation_fee_ppm // PPM, max(0, equity))
+            self._pay(taker, INSURANCE, fee)
+            self.insurance += fee
+        else:
+            fee = notional * spec.taker_fee_ppm // PPM
+            self._pay(taker, FEES, fee)
+            self.fees += fee
+        if spec.maker_fee_ppm >= 0:
+            maker_fee = notional * spec.maker_fee_ppm // PPM
+        elif taker.id == self.liquidating:
+            # The taker's fee went to the insurance fund, so the fees account pays no rebate.
+            maker_fee = 0
+        else:
+            maker_fee = -(notional * -spec.maker_fee_ppm // PPM)
+        self._pay(maker, FEES, maker_fee)
+        self.fees += maker_fee
+        self._top_up_isolated(taker, symbol)
+        self._top_up_isolated(maker, symbol)
+
+    def _pay(self, acct: Account, to: str, amount: int) -> None:
+        """Move ``amount`` (may be negative: a rebate) from an account to a platform key."""
+        if amount:
+            self._move(f"m:{acct.id}", to, amount)
+            self._credit(acct, -amount)
+
+    def transfer_position(self, symbol: str, buyer_side: Account, other: Account, qty: int,
+                          price: int) -> None:
+        """Give ``buyer_side`` signed ``qty`` at ``price`` and ``other`` the opposite."""
+        self._fill(buyer_side, symbol, qty, price)
+        self._fill(other, symbol, -qty, price)
+        spec = self.specs[symbol]
+        if spec.is_option:
+            premium = abs(qty) * price // spec.contracts_per_unit
+            payer, payee = (buyer_side, other) if qty > 0 else (other, buyer_side)
+            if premium:
+                self._post(f"m:{payer.id}", f"m:{payee.id}", premium)
+                self._credit(payer, -premium)
+                self._credit(payee, premium)
+
+    def _fill(self, acct: Account, symbol: str, qty: int, price: int) -> None:
+        spec = self.specs[symbol]
+        pos = acct.positions.get(symbol)
+        if pos is None:
+            pos = acct.positions[symbol] = Position(symbol)
+        realised = pos.fill(qty, price, spec.contracts_per_unit)
+        if realised and not spec.is_option:
+            self._move(CLEARING, f"m:{acct.id}", realised)
+            self.clearing -= realised
+            self._credit(acct, realised)
+        acct.cache_version = -1
+        self.dirty.add(acct.id)
+        self.touched.add(acct.id)
+        holders = self.holders[symbol]
+        if pos.size:
+            holders.add(acct.id)
+        else:
+            holders.discard(acct.id)
+        if spec.is_option and pos.size < 0:
+            self.short_option_accounts.add(acct.id)
+        if pos.idle():
+            del acct.positions[symbol]
+
+    def _top_up_isolated(self, acct: Account, symbol: str) -> None:
+        """Keep an isolated sub-account funded at its initial margin from its parent.
+
+        When its position is gone (and no order is live), the rest goes back.
+        """
+        if acct.parent is None:
+            return
+        parent = self.accounts[acct.parent]
+        pos = acct.positions.get(symbol)
+        if pos is None or pos.size == 0:
+            if pos is None and acct.cash > 0:
+                back = acct.cash
+                self._post(f"m:{acct.id}", f"m:{parent.id}", back)
+                self._credit(acct, -back)
+                self._credit(parent, back)
+            return
+        equity, im, _ = self.valuation(acct)
+        need = im - equity
+        if need > 0:
+            amount = min(need, max(0, parent.cash))
+            if amount:
+                self._post(f"m:{parent.id}", f"m:{acct.id}", amount)
+                self._credit(parent, -amount)
+                self._credit(acct, amount)
+
+    # ---------------------------------------------------------- marks and the index
+
+    def set_mark(self, symbol: str, mark: int) -> list[str]:
+        """Publish a mark; return the accounts it pushes below maintenance (sorted).
+
+        Only accounts whose band the mark crosses are evaluated; the healthy
+        ones among them get a new band.
+        """
+        assert mark > 0
+        self.refresh_bands()
+        self.marks[symbol] = mark
+        self.version += 1
+        candidates = set(self.liq_index[symbol].crossed(mark, self.epochs))
+        candidates.update(self.short_option_accounts)
+        unsafe: list[str] = []
+        for account_id in sorted(candidates):
+            acct = self.accounts[account_id]
+            if self.health(acct) < 0:
+                unsafe.append(account_id)
+            else:
+                self._band(acct)
+        return unsafe
+
+    def refresh_bands(self) -> None:
+        """Re-band every account whose collateral or positions changed since the last call."""
+        for account_id in sorted(self.dirty):
+            acct = self.accounts.get(account_id)
+            if acct is not None:
+                self._band(acct)
+        self.dirty.clear()
+
+    def _band(self, acct: Account) -> None:
+        """Index the account's safe band on each instrument it holds (see docs/margin.md)."""
+        epoch = self.epochs[acct.id] = self.epochs[acct.id] + 1
+        held = [(s, p) for s, p in acct.positions.items() if p.size]
+        if not held:
+            return
+        equity, _, mm = self.valuation(acct)
+        headroom = max(0, equity - mm)
+        exposure = 0
+        for symbol, pos in held:
+            spec = self.specs[symbol]
+            top = 0 if spec.is_option else spec.tiers[-1].mm_ppm
+            exposure += -(-abs(pos.size) * self.marks[symbol] * (PPM + top) //
+                          (PPM * spec.contracts_per_unit))
+        for symbol, pos in held:
+            mark = self.marks[symbol]
+            width = mark * headroom // exposure if exposure else 0
+            hi = mark + width
+            ceiling = tier_ceiling_price(self.specs[symbol], pos.size, mark)
+            if ceiling is not None:
+                hi = min(hi, ceiling)
+            self.liq_index[symbol].push(acct.id, epoch, mark - width, hi)
+        for symbol, _ in held:
+            self.liq_index[symbol].maybe_rebuild(self.epochs, len(self.holders[symbol]))
+
+    # ---------------------------------------------------------- liquidation support
+
+    def bankruptcy_limit(self, acct: Account, symbol: str, extra: int) -> int:
+        """Return the worst price at which closing ``symbol`` leaves equity + ``extra`` >= 0.
+
+        The account's equity is attributed to its positions by notional.
+        """
+        spec = self.specs[symbol]
+        pos = acct.positions[symbol]
+        equity, _, _ = self.valuation(acct)
+        gross = sum(abs(p.size) * self.marks[s] // self.specs[s].contracts_per_unit
+                    for s, p in acct.positions.items() if p.size)
+        mark = self.marks[symbol]
+        share = (equity + extra) * (abs(pos.size) * mark // spec.contracts_per_unit) // max(1, gross)
+        move = share * spec.contracts_per_unit // abs(pos.size)
+        tick = spec.tick_size
+        if pos.size > 0:  # a sell: never below the bankruptcy price, so round up
+            return max(tick, -(-(mark - move) // tick) * tick)
+        return max(tick, (mark + move) // tick * tick)
+
+    def cover_shortfall(self, acct: Account) -> None:
+        """Let the insurance fund bring a flat account's negative collateral back to zero."""
+        if acct.cash >= 0:
+            return
+        amount = min(-acct.cash, self.insurance)
+        if amount:
+            self._post(INSURANCE, f"m:{acct.id}", amount)
+            self.insurance -= amount
+            self._credit(acct, amount)
+            self.events.append(InsuranceUsed(self.seq, acct.id, amount))
+        if acct.cash < 0:
+            self.events.append(BadDebt(self.seq, acct.id, -acct.cash))
+
+    def deleverage(self, acct: Account) -> None:
+        """Close every remaining position of a bankrupt account against ranked counterparties.
+
+        Closing happens at mark; the insurance fund then covers the shortfall;
+        what it cannot cover is charged to the counterparties pro rata to the
+        notional they were deleveraged (they get the bankruptcy price).
+        """
+        closed: dict[str, int] = {}
+        for symbol in sorted(acct.positions):
+            pos = acct.positions.get(symbol)
+            if pos is None or pos.size == 0:
+                continue
+            for cp_id, qty in self._adl_queue(symbol, acct.id, pos.size):
+                cp = self.accounts[cp_id]
+                self.transfer_position(symbol, cp, acct, qty, self.marks[symbol])
+                notional = abs(qty) * self.marks[symbol] // self.specs[symbol].contracts_per_unit
+                closed[cp_id] = closed.get(cp_id, 0) + notional
+                self.events.append(Deleveraged(self.seq, symbol, acct.id, cp_id, abs(qty),
+                                               self.marks[symbol], 0))
+        if acct.cash < 0 and self.insurance:
+            self.cover_shortfall(acct)
+        if acct.cash < 0:
+            self._charge_counterparties(acct, closed)
+
+    def _adl_queue(self, symbol: str, account_id: str, size: int) -> list[tuple[str, int]]:
+        """Return (counterparty, signed qty it takes) by ranking until ``size`` is matched.
+
+        Ranking: profit ratio (unrealised PnL / cost) times effective leverage
+        (position notional / account equity), highest first; ties by account id.
+        """
+        spec = self.specs[symbol]
+        mark = self.marks[symbol]
+        ranked: list[tuple[int, str]] = []
+        for cp_id in self.holders[symbol]:
+            cp = self.accounts[cp_id]
+            pos = cp.positions[symbol]
+            if cp_id == account_id or (pos.size > 0) == (size > 0):
+                continue
+            pnl = position_value(spec, pos.size, pos.cost, mark) - (pos.cost if spec.is_option else 0)
+            notional = abs(pos.size) * mark // spec.contracts_per_unit
+            equity = max(1, self.valuation(cp)[0])
+            score = pnl * PPM // max(1, abs(pos.cost)) * notional // equity
+            ranked.append((-score, cp_id))
+        ranked.sort()
+        out: list[tuple[str, int]] = []
+        remaining = abs(size)
+        for _, cp_id in ranked:
+            take = min(remaining, abs(self.accounts[cp_id].positions[symbol].size))
+            out.append((cp_id, take if size > 0 else -take))
+            remaining -= take
+            if remaining == 0:
+                break
+        assert remaining == 0, f"ADL found {abs(size) - remaining} of {abs(size)} on {symbol}"
+        return out
+
+    def _charge_counterparties(self, acct: Account, closed: dict[str, int]) -> None:
+        for _ in range(MAX_ADL_PASSES):
+            need = -acct.cash
+            able = {cp: n for cp, n in closed.items() if self.valuation(self.accounts[cp])[0] > 0}
+            if need <= 0 or not able:
+                break
+            for cp_id, share in allocate(need, able).items():
+                cp = self.accounts[cp_id]
+                charge = min(share, self.valuation(cp)[0])
+                if charge > 0:
+                    self._post(f"m:{cp_id}", f"m:{acct.id}", charge)
+                    self._credit(cp, -charge)
+                    self._credit(acct, charge)
+                    self.events.append(Deleveraged(self.seq, "*", acct.id, cp_id, 0, 0, charge))
+        if acct.cash < 0:
+            self.events.append(BadDebt(self.seq, acct.id, -acct.cash))
+
+    # ---------------------------------------------------------- funding and settlement
+
+    def fund(self, symbol: str, rate_ppm: int, ts_ms: int) -> int:
+        """Pay one funding interval: longs pay shorts when the rate is positive; zero-sum."""
+        spec = self.specs[symbol]
+        mark = self.marks[symbol]
+        longs = sorted(a for a in self.holders[symbol] if self.accounts[a].positions[symbol].size > 0)
+        shorts = sorted(a for a in self.holders[symbol] if self.accounts[a].positions[symbol].size < 0)
+        payers, payees = (longs, shorts) if rate_ppm > 0 else (shorts, longs)
+        rate = abs(rate_ppm)
+        total = 0
+        for account_id in payers:
+            acct = self.accounts[account_id]
+            amount = abs(acct.positions[symbol].size) * mark // spec.contracts_per_unit * rate // PPM
+            if amount:
+                self._post(f"m:{account_id}", CLEARING, amount)
+                self._credit(acct, -amount)
+                total += amount
+        weights = {a: abs(self.accounts[a].positions[symbol].size) for a in payees}
+        for account_id, amount in allocate(total, weights).items():
+            if amount:
+                self._post(CLEARING, f"m:{account_id}", amount)
+                self._credit(self.accounts[account_id], amount)
+        self.events.append(FundingPaid(self.seq, symbol, rate_ppm, mark, total, ts_ms))
+        return total
+
+    def settle(self, symbol: str, price: int, ts_ms: int) -> None:
+        """Close every position of an expired instrument at ``price`` and stop trading it."""
+        spec = self.specs[symbol]
+        assert price % spec.tick_size == 0, f"settlement price {price} is off the tick grid"
+        self.trading[symbol] = False
+        self.marks[symbol] = price
+        self.version += 1
+        holders = sorted(self.holders[symbol])
+        for account_id in holders:
+            acct = self.accounts[account_id]
+            pos = acct.positions[symbol]
+            if spec.is_option:
+                payoff = pos.size * intrinsic_value(spec, price) // spec.contracts_per_unit
+                self._move(CLEARING, f"m:{account_id}", payoff)
+                self.clearing -= payoff
+                self._credit(acct, payoff)
+                pos.realised += payoff - pos.cost
+                pos.size = pos.cost = 0
+                self.holders[symbol].discard(account_id)
+                if pos.idle():
+                    del acct.positions[symbol]
+            else:
+                self._fill(acct, symbol, -pos.size, price)
+        assert not self.holders[symbol]
+        self.events.append(Settled(self.seq, symbol, price, len(holders), ts_ms))
+
+    # ---------------------------------------------------------- ledger holds and checks
+
+    def drain(self) -> tuple[list[Posting], list[RiskEvent]]:
+        """Re-band changed accounts, adjust margin holds, and hand out postings and events."""
+        for account_id in sorted(self.touched):
+            acct = self.accounts.get(account_id)
+            if acct is not None:
+                self._adjust_hold(acct)
+        self.touched.clear()
+        self.refresh_bands()
+        postings, events = self.postings, self.events
+        self.postings, self.events = [], []
+        return postings, events
+
+    def _adjust_hold(self, acct: Account) -> None:
+        """Mirror the margin in use as one pending transfer m:<acct> -> h:<acct>."""
+        if acct.positions or acct.order_im:
+            used = (self.valuation(acct)[1] if acct.positions else 0) + acct.order_im
+        else:
+            used = 0
+        target = min(used, max(0, acct.cash))
+        if target == acct.hold:
+            return
+        ns = self.ns
+        if acct.hold_id is not None:
+            acct.hold_n += 1
+            self.postings.append((f"{ns}.hv.{acct.id}.{acct.hold_n}", VOID, f"m:{acct.id}",
+                                  f"h:{acct.id}", 0, acct.hold_id))
+            acct.hold_id = None
+        if target > 0:
+            acct.hold_n += 1
+            acct.hold_id = f"{ns}.h.{acct.id}.{acct.hold_n}"
+            self.postings.append((acct.hold_id, PENDING, f"m:{acct.id}", f"h:{acct.id}", target, None))
+        acct.hold = target
+
+    def check_invariants(self) -> None:
+        """Assert the platform identities (programmer errors if they fail)."""
+        total_cost = 0
+        for acct in self.accounts.values():
+            for symbol, pos in acct.positions.items():
+                if not self.specs[symbol].is_option:
+                    total_cost += pos.cost
+        # Option premiums move buyer -> seller and settlements net to zero per instrument,
+        # so only futures cost shows up in the clearing account.
+        assert self.clearing == -total_cost, f"clearing {self.clearing} != -sum(cost) {-total_cost}"
+        cash = sum(a.cash for a in self.accounts.values())
+        assert cash + self.clearing + self.fees + self.insurance == self.external_in, (
+            "collateral not conserved")
+        for symbol, holders in self.holders.items():
+            assert sum(self.accounts[a].positions[symbol].size for a in holders) == 0, symbol
+
+
+def intrinsic_value(spec: InstrumentSpec, price: int) -> int:
+    """Return an option's intrinsic value per underlying unit at ``price``."""
+    assert spec.strike is not None
+    if spec.option_type == "call":
+        return max(0, price - spec.strike)
+    return max(0, spec.strike - price)
+
+
+def allocate(total: int, weights: dict[str, int]) -> dict[str, int]:
+    """Split ``total`` by ``weights`` exactly (largest remainder; ties by key)."""
+    weight = sum(weights.values())
+    if total <= 0 or weight <= 0:
+        return {}
+    shares = {k: total * w // weight for k, w in weights.items()}
+    rest = total - sum(shares.values())
+    order = sorted(weights, key=lambda k: (-(total * weights[k] % weight), k))
+    for k in order[:rest]:
+        shares[k] += 1
+    return shares
+
+
+def isolated_parent(account_id: str) -> str | None:
+    """Return the cross account an isolated sub-account belongs to, or None."""
+    if ISOLATED_SEP in account_id:
+        return account_id.split(ISOLATED_SEP, 1)[0]
+    return None
+
+
+def isolated_account(account_id: str, symbol: str) -> str:
+    """Return the id of ``account_id``'s isolated sub-account for ``symbol``."""
+    return f"{account_id}{ISOLATED_SEP}{symbol}"
+
+
+__all__ = ["Account", "Clearinghouse", "Posting", "allocate", "linear_margin"]

@@ -1,0 +1,379 @@
+"""The venue: order books + clearing house + prices, composed without I/O.
+
+Every external input is one method call with the time passed in: orders,
+cancels, amends, deposits, index quotes and ``advance(now_ms)`` (funding and
+expiry). Each call starts a new clearing sequence number; engine events and
+clearing postings come out of ``drain()``. The imperative shell
+(exchange/service.py) feeds the postings to the ledger.
+
+Pipeline per order (exchange-core style): risk pre-check (reserve initial
+margin) -> matching (OrderBook) -> risk settlement (positions, fees, PnL).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final
+
+from exchange.engine.messages import (
+    Amend,
+    Amended,
+    Cancel,
+    CancelAll,
+    Event,
+    NewOrder,
+    PriceUpdate,
+    Rejected,
+    SetReference,
+    Side,
+    Trade,
+)
+from exchange.engine.orderbook import OrderBook
+from exchange.instruments import PPM, ExchangeConfig, InstrumentSpec
+from exchange.prices import BasisTracker, IndexPrice, IndexState, Twap, linear_mark, option_mark
+from exchange.risk.clearing import Clearinghouse, Posting
+from exchange.risk.codes import RiskCode
+from exchange.risk.events import (
+    FundingPaid,
+    LiquidationOrder,
+    LiquidationStarted,
+    MarkSet,
+    RiskEvent,
+    Settled,
+)
+
+MAX_FILLS_KEPT: Final = 1_000
+INTEREST_CLAMP_PPM: Final = 500
+PARTIAL_TARGET_NUM: Final = 9  # partial liquidation aims at equity >= MM * 10/9
+PARTIAL_TARGET_DEN: Final = 10
+
+
+class PositionHook:
+    """The reduce-only hook of one book: asks the clearing house about the position."""
+
+    def __init__(self, clearing: Clearinghouse, symbol: str) -> None:
+        self.clearing = clearing
+        self.symbol = symbol
+
+    def allows_reduce_only(self, account: str, side: Side, qty: int) -> bool:
+        """Return True when ``qty`` on ``side`` can only shrink the account's position."""
+        acct = self.clearing.accounts.get(account)
+        pos = None if acct is None else acct.positions.get(self.symbol)
+        if pos is None:
+            return False
+        return (pos.size < 0 and qty <= -pos.size) if side == "buy" else (0 < qty <= pos.size)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderResult:
+    """What happened to an order: a risk refusal (code != 0) or the engine's events."""
+
+    code: RiskCode
+    message: str
+    events: list[Event]
+
+
+class Venue:
+    """All books of the exchange and the clearing house behind them (pure, deterministic)."""
+
+    def __init__(self, config: ExchangeConfig, namespace: str = "x", record_fills: bool = True) -> None:
+        self.config = config
+        self.specs: dict[str, InstrumentSpec] = config.instruments
+        self.clearing = Clearinghouse(self.specs, namespace)
+        self.books = {s: OrderBook(spec.engine_instrument(),
+                                   reduce_only_hook=PositionHook(self.clearing, s))
+                      for s, spec in self.specs.items()}
+        self.indices = {u: IndexPrice(cfg) for u, cfg in config.indices.items()}
+        self.index_state: dict[str, IndexState] = {}
+        self.basis = {s: BasisTracker() for s in self.specs}
+        self.twaps = {s: Twap(spec.expiry_ms - spec.settlement_window_ms, spec.expiry_ms)
+                      for s, spec in self.specs.items() if spec.expiry_ms is not None}
+        self.premium: dict[str, list[int]] = {s: [0, 0] for s, sp in self.specs.items()
+                                              if sp.kind == "perpetual"}
+        self.next_funding_ms: dict[str, int] = {}
+        self.funding_history: list[FundingPaid] = []
+        self.settlement_history: list[Settled] = []
+        self.record_fills = record_fills
+        self.fills: dict[str, deque[dict[str, Any]]] = {}
+        self.engine_events: list[tuple[str, Event]] = []
+        self.now_ms = 0
+        self._liq_n = 0
+
+    # ---------------------------------------------------------------- collateral
+
+    def deposit(self, account: str, amount: int) -> None:
+        """Move spot balance into exchange collateral."""
+        self.clearing.begin()
+        self.clearing.deposit(account, amount)
+
+    def withdraw(self, account: str, amount: int) -> RiskCode:
+        """Move free collateral back to the spot balance."""
+        self.clearing.begin()
+        return self.clearing.withdraw(account, amount)
+
+    def seed_insurance(self, amount: int) -> None:
+        """Capitalise the insurance fund."""
+        self.clearing.begin()
+        self.clearing.seed_insurance(amount)
+
+    # ---------------------------------------------------------------- orders
+
+    def place(self, symbol: str, cmd: NewOrder) -> OrderResult:
+        """Run an order through the pre-trade check, the book and settlement."""
+        ch = self.clearing
+        ch.begin()
+        code, message = ch.check_new(symbol, cmd)
+        if code:
+            return OrderResult(code, message, [])
+        return OrderResult(RiskCode.OK, "", self._run(symbol, cmd))
+
+    def cancel(self, symbol: str, order_id: str, account: str | None) -> list[Event]:
+        """Cancel a live order (the engine checks ownership when ``account`` is given)."""
+        self.clearing.begin()
+        return self._run(symbol, Cancel(order_id, account, self.now_ms))
+
+    def amend(self, symbol: str, cmd: Amend) -> OrderResult:
+        """Amend a resting order; a larger quantity or price needs margin for the difference."""
+        ch = self.clearing
+        ch.begin()
+        res = ch.orders.get((symbol, cmd.id))
+        book_order = self.books[symbol].orders.get(cmd.id) if symbol in self.books else None
+        if res is None or book_order is None or (cmd.account and cmd.account != res.account):
+            return OrderResult(RiskCode.OK, "", self._run(symbol, cmd))
+        new_qty = book_order.qty if cmd.qty is None else cmd.qty
+        new_price = book_order.price if cmd.price is None else cmd.price
+        side: Side = "buy" if res.side > 0 else "sell"
+        probe = NewOrder(id=cmd.id, account=res.account, side=side, qty=new_qty, price=new_price)
+        old_qty, old_im = res.qty, res.im
+        ch.release(symbol, cmd.id, old_qty)
+        code, message = ch.check_new(symbol, probe)
+        if code:
+            ch.check_new(symbol, NewOrder(id=cmd.id, account=res.account, side=side, qty=old_qty,
+                                          price=book_order.price))
+            restored = ch.orders[(symbol, cmd.id)]
+            ch.accounts[restored.payer].order_im += old_im - restored.im
+            restored.im = old_im
+            return OrderResult(code, message, [])
+        events = self._run(symbol, cmd)
+        if any(type(e) is Rejected for e in events):
+            ch.release(symbol, cmd.id, new_qty)
+            ch.check_new(symbol, NewOrder(id=cmd.id, account=res.account, side=side, qty=old_qty,
+                                          price=book_order.price))
+        else:
+            self._sync_amended(symbol, cmd.id, events)
+        return OrderResult(RiskCode.OK, "", events)
+
+    def _sync_amended(self, symbol: str, order_id: str, events: list[Event]) -> None:
+        # An amend that crossed the book traded part of the order; the trades already
+        # released their share. A fully filled order has no reservation left.
+        for e in events:
+            if type(e) is Amended:
+                res = self.clearing.orders.get((symbol, order_id))
+                if res is not None and res.qty > e.qty:
+                    self.clearing.release(symbol, order_id, res.qty - e.qty)
+
+    def _run(self, symbol: str, cmd: Any) -> list[Event]:
+        book = self.books[symbol]
+        book.process(cmd)
+        events = book.take_events()
+        self.clearing.apply(symbol, events)
+        if self.record_fills:
+            self._record(symbol, events)
+        return events
+
+    def _record(self, symbol: str, events: list[Event]) -> None:
+        for e in events:
+            self.engine_events.append((symbol, e))
+            if type(e) is Trade:
+                for account, order_id, side in (
+                    (e.taker_account, e.taker, e.taker_side),
+                    (e.maker_account, e.maker, "sell" if e.taker_side == "buy" else "buy"),
+                ):
+                    kept = self.fills.setdefault(account, deque(maxlen=MAX_FILLS_KEPT))
+                    kept.append({"symbol": symbol, "order_id": order_id, "side": side,
+                                 "price": e.price, "qty": e.qty, "seq": e.seq, "ts": e.ts,
+                                 "liquidity": "taker" if order_id == e.taker else "maker"})
+        if len(self.engine_events) > 100_000:
+            del self.engine_events[:50_000]
+
+    # ---------------------------------------------------------------- prices
+
+    def quote(self, underlying: str, source: str, price: int, ts_ms: int) -> None:
+        """Record a price source's quote (it counts at the next ``tick``)."""
+        self.indices[underlying].quote(source, price, ts_ms)
+
+    def tick(self, underlying: str, now_ms: int) -> IndexState:
+        """Recompute the index; when fresh, publish marks and liquidate crossed accounts."""
+        self.now_ms = now_ms
+        state = self.indices[underlying].compute(now_ms)
+        self.index_state[underlying] = state
+        if state.price is None:
+            return state
+        ch = self.clearing
+        ch.begin()
+        ch.set_index(underlying, state.price)
+        for symbol, spec in sorted(self.specs.items()):
+            if spec.underlying != underlying or not ch.trading[symbol]:
+                continue
+            mark = self._mark(symbol, spec, state.price, now_ms)
+            twap = self.twaps.get(symbol)
+            if twap is not None:
+                twap.sample(now_ms, state.price)
+            if symbol in self.premium:
+                acc = self.premium[symbol]
+                acc[0] += (mark - state.price) * PPM // state.price
+                acc[1] += 1
+                self.next_funding_ms.setdefault(symbol, self._next_boundary(spec, now_ms))
+            self.set_mark(symbol, mark, state.price)
+        return state
+
+    def _mark(self, symbol: str, spec: InstrumentSpec, index: int, now_ms: int) -> int:
+        if spec.is_option:
+            return option_mark(spec, index, now_ms)
+        book = self.books[symbol]
+        bid, ask = book.best_bid(), book.best_ask()
+        mid = (bid + ask) // 2 if bid is not None and ask is not None else None
+        return linear_mark(spec, index, self.basis[symbol].update(index, mid))
+
+    def set_mark(self, symbol: str, mark: int, index: int) -> None:
+        """Publish a mark: liquidate the accounts it crosses, move the band, fire mark stops."""
+        ch = self.clearing
+        ch.events.append(MarkSet(ch.seq, symbol, mark, index))
+        for account_id in ch.set_mark(symbol, mark):
+            self.liquidate(account_id)
+        self._run(symbol, SetReference(mark, self.now_ms))
+        self._run(symbol, PriceUpdate("mark", mark, self.now_ms))
+
+    @staticmethod
+    def _next_boundary(spec: InstrumentSpec, now_ms: int) -> int:
+        interval = spec.funding_interval_ms
+        return (now_ms // interval + 1) * interval
+
+    # ---------------------------------------------------------------- liquidation
+
+    def liquidate(self, account_id: str) -> None:
+        """Cancel orders, then partial, then full liquidation orders, then insurance/ADL."""
+        ch = self.clearing
+        acct = ch.accounts[account_id]
+        equity, _, mm = ch.valuation(acct)
+        if equity >= mm:
+            return
+        ch.events.append(LiquidationStarted(ch.seq, account_id, equity, mm,
+                                            "partial" if equity > 0 else "full"))
+        for symbol in sorted(s for s, p in acct.positions.items() if p.open_buy or p.open_sell):
+            self._run(symbol, CancelAll(account_id, self.now_ms))
+        ch.liquidating = account_id
+        try:
+            for stage in ("partial", "full"):
+                equity, _, mm = ch.valuation(acct)
+                if equity >= mm:
+                    break
+                full = stage == "full" or equity <= 0
+                for symbol in sorted(s for s, p in acct.positions.items() if p.size):
+                    self._liquidation_order(account_id, symbol, full, equity, mm)
+        finally:
+            ch.liquidating = None
+        equity, _, mm = ch.valuation(acct)
+        if equity < mm and any(p.size for p in acct.positions.values()):
+            ch.deleverage(acct)
+        if not any(p.size for p in acct.positions.values()):
+            ch.cover_shortfall(acct)
+
+    def _liquidation_order(self, account_id: str, symbol: str, full: bool, equity: int, mm: int) -> None:
+        ch = self.clearing
+        acct = ch.accounts[account_id]
+        pos = acct.positions[symbol]
+        spec = self.specs[symbol]
+        size = abs(pos.size)
+        if full:
+            qty = size
+        else:
+            # Close the fraction f = 1 - (9/10) * equity / MM of the position, rounded up to lots.
+            num = mm * PARTIAL_TARGET_DEN - equity * PARTIAL_TARGET_NUM
+            qty = min(size, -(-size * num // (mm * PARTIAL_TARGET_DEN)))
+            lot = spec.lot_size
+            qty = min(size, -(-qty // lot) * lot)
+        limit = ch.bankruptcy_limit(acct, symbol, ch.insurance if full else 0)
+        limit = self._inside_band(symbol, limit)
+        self._liq_n += 1
+        side: Side = "sell" if pos.size > 0 else "buy"
+        cmd = NewOrder(id=f"liq.{ch.seq}.{self._liq_n}", account=account_id, side=side, qty=qty,
+                       type="limit", price=limit, tif="IOC", reduce_only=True, ts=self.now_ms)
+        ch.events.append(LiquidationOrder(ch.seq, account_id, symbol, cmd.id, side, qty, limit))
+        code, _ = ch.check_new(symbol, cmd)
+        assert code == RiskCode.OK, f"liquidation order refused by risk: {code}"
+        self._run(symbol, cmd)
+
+    def _inside_band(self, symbol: str, price: int) -> int:
+        book = self.books[symbol]
+        spec = self.specs[symbol]
+        ref = book.reference_price
+        if ref is None:
+            return price
+        width = ref * spec.band_bps // 10_000
+        tick = spec.tick_size
+        lo = -(-max(1, ref - width) // tick) * tick
+        hi = (ref + width) // tick * tick
+        return min(max(price, lo), hi)
+
+    # ---------------------------------------------------------------- funding, expiry
+
+    def advance(self, now_ms: int) -> None:
+        """Run funding intervals and expiries that are due at ``now_ms``."""
+        self.now_ms = now_ms
+        for symbol in sorted(self.next_funding_ms):
+            due = self.next_funding_ms[symbol]
+            if now_ms >= due and self.clearing.trading[symbol]:
+                self.fund(symbol, due)
+                self.next_funding_ms[symbol] = due + self.specs[symbol].funding_interval_ms
+        for symbol, spec in sorted(self.specs.items()):
+            if spec.expiry_ms is not None and now_ms >= spec.expiry_ms and self.clearing.trading[symbol]:
+                self.expire(symbol, now_ms)
+
+    def funding_rate(self, symbol: str) -> int:
+        """Return the rate of the current interval: premium + clamp(interest - premium), capped."""
+        spec = self.specs[symbol]
+        total, count = self.premium[symbol]
+        premium = total // count if count else 0
+        rate = premium + max(-INTEREST_CLAMP_PPM, min(INTEREST_CLAMP_PPM, spec.interest_ppm - premium))
+        return max(-spec.funding_cap_ppm, min(spec.funding_cap_ppm, rate))
+
+    def fund(self, symbol: str, ts_ms: int) -> None:
+        """Settle one funding interval of a perpetual."""
+        ch = self.clearing
+        if symbol not in ch.marks:
+            return
+        ch.begin()
+        rate = self.funding_rate(symbol)
+        self.premium[symbol] = [0, 0]
+        if rate:
+            ch.fund(symbol, rate, ts_ms)
+            self.funding_history.append(ch.events[-1])  # type: ignore[arg-type]
+        # Funding moved collateral: anyone it pushed below maintenance is liquidated now.
+        ch.refresh_bands()
+        for account_id in sorted(ch.holders[symbol]):
+            self.liquidate(account_id)
+
+    def expire(self, symbol: str, now_ms: int) -> None:
+        """Stop trading, cancel every order, and settle at the TWAP of the index."""
+        ch = self.clearing
+        ch.begin()
+        book = self.books[symbol]
+        owners = sorted({o.account for o in book.orders.values()} | {s.account for s in book.stops.values()})
+        for account in owners:
+            self._run(symbol, CancelAll(account, now_ms))
+        spec = self.specs[symbol]
+        twap = self.twaps[symbol].price()
+        if twap is None:
+            state = self.index_state.get(spec.underlying)
+            twap = state.price if state and state.price else ch.marks.get(symbol, spec.tick_size)
+        price = spec.round_to_tick(twap)
+        ch.settle(symbol, price, now_ms)
+        self.settlement_history.append(ch.events[-1])  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- output
+
+    def drain(self) -> tuple[list[Posting], list[RiskEvent]]:
+        """Return (and clear) the postings and clearing events produced so far."""
+        return self.clearing.drain()
