@@ -100,6 +100,11 @@ def demo() -> None:
     click.echo(f"demo data ready ({data.transfers_created} new transfers)")
     for account in data.accounts:
         click.echo(_account_line(account))
+    from strongroom.commands.access import services as _access_services
+    from strongroom.demo import seed_demo_access
+
+    for line in seed_demo_access(_access_services()):
+        click.echo(line)
 
 
 def _account_line(account: AccountView) -> str:
@@ -236,3 +241,8 @@ def ledger_expire() -> None:
 from strongroom.commands import audit as _audit_commands  # noqa: E402
 
 _audit_commands.register(main, ledger)
+
+# Access commands (users, approver keys, approvals) live in their own module.
+from strongroom.commands import access as _access_commands  # noqa: E402
+
+_access_commands.register(main)
