@@ -15,8 +15,11 @@ Layout, chosen for speed in CPython and under mypyc:
 """
 
 import hashlib
+import os
+import warnings
 from bisect import bisect_left, insort
-from typing import Final, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
@@ -1055,3 +1058,46 @@ def _check_side(side: BookSide, orders: dict[str, Order]) -> None:
                 f"level {level.price}: total {level.total}/count {level.count}"
                 f" but orders sum to {total}/{count}"
             )
+
+
+# ------------------------------------------------------- compiled core
+
+PURE_ENV: Final = "STRONGROOM_ENGINE_PURE"
+CORE = "pure"
+"""Which core `OrderBook` is: "pure" (this source, interpreted) or "cython"."""
+_COMPILED_NAMES: Final = ("BookSide", "CorruptState", "Level", "Order", "OrderBook", "StopOrder")
+
+
+def _load_compiled_core() -> None:
+    """Rebind the classes above to their Cython build, when it is built and current.
+
+    scripts/build-engine.sh compiles this very file (plus the C types of
+    orderbook_cython.pxd) into the `orderbook_cython` extension and records
+    the SHA-256 of the source it compiled. A build of an older source would
+    silently run old rules, so it is ignored (with a warning) unless the hash
+    matches. STRONGROOM_ENGINE_PURE=1 forces the pure core.
+    """
+    global CORE
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return
+    try:
+        from exchange.engine import orderbook_cython as compiled  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    source_sha256 = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    if source_sha256 != compiled.SOURCE_SHA256:
+        warnings.warn(
+            f"{compiled.__file__} was built from another version of {__file__}; using the"
+            " pure-Python core (rebuild with scripts/build-engine.sh)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    g = globals()
+    for name in _COMPILED_NAMES:
+        g[name] = getattr(compiled, name)
+    CORE = "cython"
+
+
+if not TYPE_CHECKING and __name__ == "exchange.engine.orderbook":
+    _load_compiled_core()
