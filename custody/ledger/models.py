@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from custody.db import Base
@@ -39,7 +39,14 @@ class LedgerTransfer(Base):
     __table_args__ = (
         Index("ix_ledger_transfers_debit_seq", "debit_account_id", "seq"),
         Index("ix_ledger_transfers_credit_seq", "credit_account_id", "seq"),
-        Index("ix_ledger_transfers_expires", "expires_ms"),
+        # Most entries neither expire nor resolve a pending transfer: partial
+        # indexes keep those rows out, which cuts index upkeep on the hot path.
+        Index("ix_ledger_transfers_expires", "expires_ms",
+              postgresql_where=text("expires_ms IS NOT NULL"), sqlite_where=text("expires_ms IS NOT NULL")),
+        # A post or void names the pending transfer it resolves; uniqueness makes
+        # "resolved twice" impossible even for a buggy caller.
+        Index("uq_ledger_transfers_pending_id", "pending_id", unique=True,
+              postgresql_where=text("pending_id IS NOT NULL"), sqlite_where=text("pending_id IS NOT NULL")),
     )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -49,9 +56,7 @@ class LedgerTransfer(Base):
     credit_account_id: Mapped[int] = mapped_column(ForeignKey("ledger_accounts.id"))
     asset: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(U256)
-    # A post or void names the pending transfer it resolves; the unique
-    # constraint makes "resolved twice" impossible even for a buggy caller.
-    pending_id: Mapped[str | None] = mapped_column(String(TRANSFER_ID_MAX_LEN), unique=True)
+    pending_id: Mapped[str | None] = mapped_column(String(TRANSFER_ID_MAX_LEN))
     timeout_s: Mapped[int] = mapped_column(Integer)
     expires_ms: Mapped[int | None] = mapped_column(BigInteger)
     code: Mapped[int] = mapped_column(Integer)

@@ -63,13 +63,17 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['credit_account_id'], ['ledger_accounts.id'], name=op.f('fk_ledger_transfers_credit_account_id_ledger_accounts')),
     sa.ForeignKeyConstraint(['debit_account_id'], ['ledger_accounts.id'], name=op.f('fk_ledger_transfers_debit_account_id_ledger_accounts')),
     sa.PrimaryKeyConstraint('seq', name=op.f('pk_ledger_transfers')),
-    sa.UniqueConstraint('id', name=op.f('uq_ledger_transfers_id')),
-    sa.UniqueConstraint('pending_id', name=op.f('uq_ledger_transfers_pending_id'))
+    sa.UniqueConstraint('id', name=op.f('uq_ledger_transfers_id'))
     )
     with op.batch_alter_table('ledger_transfers', schema=None) as batch_op:
         batch_op.create_index('ix_ledger_transfers_credit_seq', ['credit_account_id', 'seq'], unique=False)
         batch_op.create_index('ix_ledger_transfers_debit_seq', ['debit_account_id', 'seq'], unique=False)
-        batch_op.create_index('ix_ledger_transfers_expires', ['expires_ms'], unique=False)
+        batch_op.create_index('ix_ledger_transfers_expires', ['expires_ms'], unique=False,
+                              postgresql_where=sa.text('expires_ms IS NOT NULL'),
+                              sqlite_where=sa.text('expires_ms IS NOT NULL'))
+        batch_op.create_index('uq_ledger_transfers_pending_id', ['pending_id'], unique=True,
+                              postgresql_where=sa.text('pending_id IS NOT NULL'),
+                              sqlite_where=sa.text('pending_id IS NOT NULL'))
 
     op.execute(sa.text("INSERT INTO ledger_head (id, seq, hash) VALUES (1, 0, :genesis)")
                .bindparams(genesis=GENESIS_HASH))
@@ -115,6 +119,7 @@ def _drop_append_only_triggers() -> None:
 def downgrade() -> None:
     _drop_append_only_triggers()
     with op.batch_alter_table('ledger_transfers', schema=None) as batch_op:
+        batch_op.drop_index('uq_ledger_transfers_pending_id')
         batch_op.drop_index('ix_ledger_transfers_expires')
         batch_op.drop_index('ix_ledger_transfers_debit_seq')
         batch_op.drop_index('ix_ledger_transfers_credit_seq')
