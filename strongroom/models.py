@@ -4,6 +4,7 @@ from custody.access import models as access_models
 from custody.audit import models as audit_models
 from custody.db import Base
 from custody.ledger import models as ledger_models
+from custody.wallets import models as wallet_models
 from custody.withdrawals import models as withdrawal_models
 
-__all__ = ["Base", "access_models", "withdrawal_models", "audit_models", "ledger_models"]
+__all__ = ["Base", "access_models", "withdrawal_models", "audit_models", "ledger_models", "wallet_models"]

@@ -1,0 +1,54 @@
+"""Wire the wallet services for one chain: registry, watcher, executor, treasury, reconciler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody.chains.ethereum.adapter import EthereumAdapter
+from custody.keystore import Keystore
+from custody.ledger.service import Ledger
+from custody.reconciliation import Reconciler
+from custody.wallets.deposit_watcher import DepositWatcher, TickReport
+from custody.wallets.wallet import Temperature, WalletRegistry
+from custody.wallets.withdrawal_executor import ExecutorConfig, TransactionView, WithdrawalExecutor
+from custody.wallets.treasury import Treasury
+
+
+@dataclass(frozen=True, slots=True)
+class WalletRuntime:
+    """The wallet services of one chain, sharing a session factory, ledger and clock."""
+
+    adapter: EthereumAdapter
+    wallets: WalletRegistry
+    watcher: DepositWatcher
+    executor: WithdrawalExecutor
+    treasury: Treasury
+    reconciler: Reconciler
+
+    def tick(self) -> tuple[TickReport, list[TransactionView]]:
+        """Run one round: scan deposits, then advance outgoing transactions."""
+        return self.watcher.tick(), self.executor.tick()
+
+    def setup_wallets(self, cold_address: str) -> None:
+        """Create the hot and deposit wallets and register the cold address (idempotent)."""
+        chain = self.adapter.chain
+        self.wallets.create_seeded(chain, f"{chain}-hot", Temperature.HOT)
+        self.wallets.create_seeded(chain, f"{chain}-deposits", Temperature.DEPOSIT)
+        self.wallets.register_cold(chain, f"{chain}-cold", self.adapter.normalize_address(cold_address))
+
+
+def build_runtime(sessions: sessionmaker[Session], ledger: Ledger, keystore: Keystore,
+                  adapter: EthereumAdapter, clock: Callable[[], int],
+                  confirmations: Mapping[str, int], start_height: int | None = None,
+                  fee_cap_wei: int | None = None) -> WalletRuntime:
+    """Build the wallet services for ``adapter``'s chain."""
+    wallets = WalletRegistry(sessions, ledger, keystore, clock)
+    watcher = DepositWatcher(sessions, wallets, adapter, clock, confirmations, start_height=start_height)
+    config = ExecutorConfig(confirmations) if fee_cap_wei is None else ExecutorConfig(confirmations, fee_cap_wei)
+    executor = WithdrawalExecutor(sessions, wallets, adapter, clock, config)
+    treasury = Treasury(sessions, wallets, adapter, executor, clock)
+    reconciler = Reconciler(sessions, wallets, adapter, clock)
+    return WalletRuntime(adapter, wallets, watcher, executor, treasury, reconciler)
