@@ -24,8 +24,9 @@ from custody.audit.merkle import Frontier, MerkleTree, leaf_hash
 from custody.audit.models import AuditCheckpoint
 from custody.audit.proofs import consistency_document, inclusion_document
 from custody.keystore import Keystore, KeystoreError, KeystoreErrorCode, KeyType
+from custody.ledger.bulk import TRANSFER_COLUMNS, entry_from_row
 from custody.ledger.entry import GENESIS_HASH, Entry, TransferKind, chain_hash
-from custody.ledger.models import LedgerAccount, LedgerHead
+from custody.ledger.models import LedgerAccount, LedgerHead, LedgerTransfer
 from custody.ledger.service import HEAD_ID, Ledger, wall_clock_ms
 
 CHECKPOINT_KEY_NAME = "ledger-checkpoint"
@@ -238,10 +239,19 @@ class AuditService:
             return self._tree
 
     def _journal(self, after_seq: int, up_to_seq: int) -> Iterator[tuple[Entry, str]]:
-        """Yield journal entries ``after_seq+1..up_to_seq`` page by page."""
+        """Yield journal entries ``after_seq+1..up_to_seq`` page by page.
+
+        Reads rows as plain tuples (no ORM objects): checkpoints and exports read
+        the whole journal, and the ORM would triple the cost.
+        """
+        table = LedgerTransfer.__table__
+        columns = [table.c[name] for name in TRANSFER_COLUMNS]
         cursor = after_seq
         while cursor < up_to_seq:
-            page = self._ledger.journal(after_seq=cursor, limit=min(JOURNAL_PAGE, up_to_seq - cursor))
+            query = (select(*columns).where(table.c.seq > cursor, table.c.seq <= up_to_seq)
+                     .order_by(table.c.seq).limit(JOURNAL_PAGE))
+            with self._sessions() as session:
+                page = [entry_from_row(row) for row in session.execute(query)]
             if not page:
                 return
             yield from page

@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -113,7 +114,7 @@ class Report:
         return "\n".join(lines)
 
 
-class _EntryStruct(msgspec.Struct, forbid_unknown_fields=True):
+class _EntryStruct(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """The canonical entry object, fields in canonical (sorted) order for a cheap re-encode."""
 
     amount: str
@@ -163,7 +164,7 @@ class _Scan:
 class _Replay:
     """Balances replayed from entries: per account ``[asset, flags, dpend, dpost, cpend, cpost]``."""
 
-    accounts: dict[int, list[object]]
+    accounts: dict[int, list[Any]]
     pendings: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     ids: set[str] = field(default_factory=set)
     totals: dict[str, list[int]] = field(default_factory=dict)
@@ -254,6 +255,7 @@ def _scan_entries(
     scan = _Scan()
     sha256, unhex, domain, node = hashlib.sha256, binascii.unhexlify, ENTRY_HASH_DOMAIN, NODE_PREFIX
     prev = bytes(32)
+    accounts, ids, totals = replay.accounts, replay.ids, replay.totals
     stack: list[bytes] = []
     count = max_seq = 0
     try:
@@ -289,8 +291,26 @@ def _scan_entries(
                 seq = entry.seq
                 if seq != max_seq + 1:
                     _sequence_anomaly(scan, count, seq, max_seq)
-                max_seq = max(seq, max_seq)
-                _apply(entry, replay, report)
+                if seq > max_seq:
+                    max_seq = seq
+                # Fast path for the commonest entry, a valid single transfer; all else goes to _apply.
+                debit, credit = accounts.get(entry.debit_account), accounts.get(entry.credit_account)
+                asset, tid = entry.asset, entry.id
+                if (entry.kind == "single" and debit is not None and credit is not None
+                        and debit is not credit and debit[0] == asset and credit[0] == asset
+                        and tid not in ids):
+                    amount = int(entry.amount)
+                    ids.add(tid)
+                    debit[3] += amount
+                    credit[5] += amount
+                    row = totals.get(asset) or totals.setdefault(asset, [0, 0, 0])
+                    row[0] += 1
+                    row[1] += amount
+                    if (debit[1] & DEBITS_LIMITED and debit[2] + debit[3] > debit[5]) or (
+                            credit[1] & CREDITS_LIMITED and credit[4] + credit[5] > credit[3]):
+                        _report_negatives(entry, replay, report)
+                else:
+                    _apply(entry, replay, report)
             if count in by_size:
                 _check_root(by_size[count], stack, digest, replay, report)
                 scan.roots_checked += 1
@@ -329,7 +349,7 @@ def _sequence_anomaly(scan: _Scan, line: int, seq: int, max_seq: int) -> None:
 
 def _apply(e: _EntryStruct, replay: _Replay, report: Report) -> None:
     """Replay one entry's effect on balances and totals, checking what the ledger guarantees."""
-    seq, amount, kind = e.seq, int(e.amount), e.kind
+    amount, kind = int(e.amount), e.kind
     debit, credit = replay.accounts.get(e.debit_account), replay.accounts.get(e.credit_account)
     if (debit is None or credit is None or debit is credit or debit[0] != e.asset
             or credit[0] != e.asset or amount <= 0 or e.id in replay.ids):
@@ -341,24 +361,30 @@ def _apply(e: _EntryStruct, replay: _Replay, report: Report) -> None:
         totals = replay.totals[e.asset] = [0, 0, 0]
     totals[0] += 1
     if kind == "single":
-        debit[3] += amount  # type: ignore[operator]
-        credit[5] += amount  # type: ignore[operator]
+        debit[3] += amount
+        credit[5] += amount
         totals[1] += amount
     elif kind == "pending":
         replay.pendings[e.id] = (e.debit_account, e.credit_account, amount)
-        debit[2] += amount  # type: ignore[operator]
-        credit[4] += amount  # type: ignore[operator]
+        debit[2] += amount
+        credit[4] += amount
         totals[2] += amount
     elif not _resolve(e, amount, debit, credit, totals, replay, report):
         return
-    if debit[1] & DEBITS_LIMITED and debit[2] + debit[3] > debit[5]:  # type: ignore[operator]
-        _negative(e.debit_account, debit, seq, replay, report)
-    if credit[1] & CREDITS_LIMITED and credit[4] + credit[5] > credit[3]:  # type: ignore[operator]
-        _negative(e.credit_account, credit, seq, replay, report)
+    _report_negatives(e, replay, report)
+
+
+def _report_negatives(e: _EntryStruct, replay: _Replay, report: Report) -> None:
+    """Report each account of ``e`` that now breaks its constraint (once per account)."""
+    debit, credit = replay.accounts[e.debit_account], replay.accounts[e.credit_account]
+    if debit[1] & DEBITS_LIMITED and debit[2] + debit[3] > debit[5]:
+        _negative(e.debit_account, debit, e.seq, replay, report)
+    if credit[1] & CREDITS_LIMITED and credit[4] + credit[5] > credit[3]:
+        _negative(e.credit_account, credit, e.seq, replay, report)
 
 
 def _resolve(
-    e: _EntryStruct, amount: int, debit: list[object], credit: list[object], totals: list[int],
+    e: _EntryStruct, amount: int, debit: list[Any], credit: list[Any], totals: list[int],
     replay: _Replay, report: Report,
 ) -> bool:
     held = replay.pendings.pop(e.pending_id or "", None)
@@ -373,10 +399,10 @@ def _resolve(
     if (e.kind == "post" and amount > held[2]) or (e.kind != "post" and amount != held[2]):
         report.fail("pending_invalid", f"entry seq {e.seq}: {e.kind} amount {amount} does not fit "
                     f"the pending amount {held[2]}", seq=e.seq)
-    debit[2] -= held[2]  # type: ignore[operator]
-    credit[4] -= held[2]  # type: ignore[operator]
-    debit[3] += posted  # type: ignore[operator]
-    credit[5] += posted  # type: ignore[operator]
+    debit[2] -= held[2]
+    credit[4] -= held[2]
+    debit[3] += posted
+    credit[5] += posted
     totals[1] += posted
     totals[2] -= held[2]
     return True
@@ -396,7 +422,7 @@ def _bad_entry(e: _EntryStruct, replay: _Replay, report: Report) -> None:
     report.fail("entry_invalid", f"entry seq {e.seq}: {reason}", seq=e.seq)
 
 
-def _negative(account_id: int, state: list[object], seq: int, replay: _Replay, report: Report) -> None:
+def _negative(account_id: int, state: list[Any], seq: int, replay: _Replay, report: Report) -> None:
     if account_id in replay.negative_reported:
         return
     replay.negative_reported.add(account_id)

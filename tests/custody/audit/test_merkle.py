@@ -18,7 +18,6 @@ from custody.audit.merkle import (
     verify_inclusion,
 )
 
-
 # -- the naive reference: RFC 6962 §2.1 transcribed literally -------------------------------
 
 def naive_mth(leaves: list[bytes]) -> bytes:

@@ -217,7 +217,8 @@ def test_edited_account_balance_breaks_the_zero_sum(export_dir: Path, pinned: di
 
 
 def test_unsigned_tail_is_a_warning_and_a_failure_under_strict(
-    sqlite_url: str, clock: object, keystore: LocalKeystore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sqlite_url: str, clock: object, keystore: LocalKeystore, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     ledger = Ledger(make_session_factory(make_engine(sqlite_url)), clock=clock)  # type: ignore[arg-type]
     audit = AuditService(ledger._sessions, ledger, keystore)
@@ -240,6 +241,8 @@ def test_cli_json_report_and_exit_status(export_dir: Path, capsys: pytest.Captur
     assert body["ok"] is False and body["failures"][0]["code"]
 
 
-def test_cli_refuses_a_directory_that_is_not_an_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_a_directory_that_is_not_an_export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert audit_main(["verify", str(tmp_path)]) == 2
     assert "not a ledger export" in capsys.readouterr().err
