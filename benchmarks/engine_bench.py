@@ -7,14 +7,18 @@ p50/p99/p99.9 per-command latency (perf_counter_ns around each
 writing files), and memory per resting order (tracemalloc).
 
     python benchmarks/engine_bench.py [--commands 1000000] [--seed 42] [--stream FILE]
+                                      [--repeat 3]
 
-Not a pass/fail test. Whether the compiled (mypyc) core is in use is
-printed first; see scripts/build-engine.sh.
+Not a pass/fail test. Which core runs (the Cython build of orderbook.py or
+pure Python; STRONGROOM_ENGINE_PURE=1 forces pure) is printed first; see
+scripts/build-engine.sh. On a shared machine use --repeat and read the best
+and the median.
 """
 
 import argparse
 import gc
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,17 +120,21 @@ def memory_per_resting_order() -> float:
     return (after - before) / RESTING_FOR_MEMORY
 
 
+def _spread(values: list[float]) -> str:
+    return f"best {max(values):,.0f}, median {statistics.median(values):,.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--stream", type=Path, default=None, help="existing stream file")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement")
     args = parser.parse_args()
 
-    compiled = orderbook_module.__file__ is not None and not orderbook_module.__file__.endswith(
-        ".py")
     print(f"python {sys.version.split()[0]}, cpus {os.cpu_count()}, "
-          f"core {'compiled (mypyc)' if compiled else 'pure Python'}: {orderbook_module.__file__}")
+          f"load {os.getloadavg()[0]:.2f}, core {orderbook_module.CORE}: "
+          f"{orderbook_module.OrderBook.__module__}")
     with tempfile.TemporaryDirectory() as tmp:
         stream = args.stream
         if stream is None:
@@ -140,19 +148,32 @@ def main() -> None:
         commands = [decoder.decode(line) for line in stream.read_bytes().splitlines() if line]
         n = len(commands)
 
-        rate = core_throughput(commands)
-        print(f"core throughput:   {rate:>12,.0f} commands/s  ({n:,} commands, parsing excluded)")
+        rates = []
+        for _ in range(args.repeat):
+            rates.append(core_throughput(commands))
+            print(f"core throughput:   {rates[-1]:>12,.0f} commands/s  "
+                  f"({n:,} commands, parsing excluded)")
 
-        samples, overhead = latencies(commands)
-        ordered = sorted(samples)
-        print(f"latency per cmd:   p50 {percentile(ordered, 0.50) / 1e3:.2f} µs, "
-              f"p99 {percentile(ordered, 0.99) / 1e3:.2f} µs, "
-              f"p99.9 {percentile(ordered, 0.999) / 1e3:.2f} µs, "
-              f"max {ordered[-1] / 1e3:.1f} µs (timer overhead ~{overhead} ns included)")
+        p99s = []
+        for _ in range(args.repeat):
+            samples, overhead = latencies(commands)
+            ordered = sorted(samples)
+            p99s.append(percentile(ordered, 0.99) / 1e3)
+            print(f"latency per cmd:   p50 {percentile(ordered, 0.50) / 1e3:.2f} µs, "
+                  f"p99 {p99s[-1]:.2f} µs, "
+                  f"p99.9 {percentile(ordered, 0.999) / 1e3:.2f} µs, "
+                  f"max {ordered[-1] / 1e3:.1f} µs (timer overhead ~{overhead} ns included)")
 
-        cli_rate, size_mb = replay_cli(stream, n)
-        print(f"replay CLI:        {cli_rate:>12,.0f} commands/s end to end "
-              f"(process start, parse, match, write {size_mb:.0f} MB of events)")
+        cli_rates = []
+        for _ in range(args.repeat):
+            cli_rate, size_mb = replay_cli(stream, n)
+            cli_rates.append(cli_rate)
+            print(f"replay CLI:        {cli_rate:>12,.0f} commands/s end to end "
+                  f"(process start, parse, match, write {size_mb:.0f} MB of events)")
+        if args.repeat > 1:
+            print(f"summary over {args.repeat} runs: core {_spread(rates)} commands/s; "
+                  f"p99 best {min(p99s):.2f} µs, median {statistics.median(p99s):.2f} µs; "
+                  f"replay CLI {_spread(cli_rates)} commands/s")
 
     per_order = memory_per_resting_order()
     print(f"memory per resting order: {per_order:,.0f} bytes "

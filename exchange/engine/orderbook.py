@@ -318,20 +318,21 @@ class OrderBook:
     # ------------------------------------------------------------ new order
 
     def _on_new(self, c: NewOrder) -> None:
-        code = self._validate_new(c)
-        if code != _OK:
-            self._reject(c.id, code, self._explain_new(code, c))
-            return
         # Hot path: read each Struct field once into a local.
         id = c.id
-        account = c.account
         side = c.side
         qty = c.qty
         price = c.price
         tif = c.tif
         t = c.type
+        stp_name = c.stp
+        code = self._validate_new(c, id, side, qty, t, price, tif, stp_name)
+        if code != _OK:
+            self._reject(id, code, self._explain_new(code, c))
+            return
+        account = c.account
         is_buy = side == "buy"
-        stp = STP_NONE if c.stp is None else _STP_BY_NAME[c.stp]
+        stp = STP_NONE if stp_name is None else _STP_BY_NAME[stp_name]
         oid = self.next_oid
         if t == "stop_limit" or t == "stop_market":
             self._accept_stop(c, oid, is_buy, stp)
@@ -372,45 +373,46 @@ class OrderBook:
         self.seq += 1
         self.events.append(Accepted(self.seq, c.id, oid, c.account, c.side, c.qty, c.price))
 
-    def _validate_new(self, c: NewOrder) -> int:
-        """Return the first static problem of a new order, or 0."""
-        oid = c.id
-        if oid in self.orders or oid in self.stops:
+    def _validate_new(
+        self, c: NewOrder, id: str, side: Side, qty: int, t: str, price: int | None, tif: str,
+        stp_name: str | None,
+    ) -> int:
+        """Return the first static problem of new order `c`, or 0.
+
+        The other arguments are fields of `c` the caller has already read.
+        """
+        if id in self.orders or id in self.stops:
             return _DUPLICATE_ORDER_ID
-        if not oid or len(oid) > MAX_ID_LEN:
+        if not id or len(id) > MAX_ID_LEN:
             return _BAD_ID
-        if c.side != "buy" and c.side != "sell":
+        if side != "buy" and side != "sell":
             return _BAD_SIDE
-        qty = c.qty
         if qty <= 0 or qty > MAX_QTY:
             return _BAD_QTY
         if qty % self._lot != 0:
             return _BAD_LOT
         if qty < self._min_qty or qty > self._max_qty:
             return _BAD_QTY
-        code = self._validate_type(c)
+        code = self._validate_type(c, t, price, tif)
         if code != _OK:
             return code
-        if c.stp not in _STP_BY_NAME:
+        if stp_name not in _STP_BY_NAME:
             return _BAD_ORDER_TYPE
         if c.reduce_only:
             hook = self.reduce_only_hook
             if hook is None:
                 return _REDUCE_ONLY_UNAVAILABLE
-            if not hook.allows_reduce_only(c.account, c.side, qty):
+            if not hook.allows_reduce_only(c.account, side, qty):
                 return _REDUCE_ONLY_WOULD_INCREASE
         if len(self.orders) + len(self.stops) >= MAX_LIVE_ORDERS:
             return _BOOK_FULL
         return _OK
 
-    def _validate_type(self, c: NewOrder) -> int:
-        """Check the type/price/tif/trigger combination of a new order."""
-        t = c.type
-        tif = c.tif
+    def _validate_type(self, c: NewOrder, t: str, price: int | None, tif: str) -> int:
+        """Check the type/price/tif/trigger combination of new order `c`."""
         if tif != "GTC" and tif != "IOC" and tif != "FOK" and tif != "POST_ONLY":
             return _BAD_ORDER_TYPE
         if t == "limit" or t == "stop_limit":
-            price = c.price
             if price is None or price <= 0 or price >= MAX_PRICE:
                 return _BAD_PRICE
             if price % self._tick != 0:
@@ -418,7 +420,7 @@ class OrderBook:
             if t == "limit" and (price < self._band_lo or price > self._band_hi):
                 return _OUTSIDE_BAND
         elif t == "market" or t == "stop_market":
-            if c.price is not None:
+            if price is not None:
                 return _BAD_PRICE
             if tif == "POST_ONLY":
                 return _BAD_ORDER_TYPE

@@ -70,16 +70,50 @@ cdef class OrderBook:
     cdef public list _touched
     cdef public tuple _bbo
 
+    # Internal methods are cpdef so the core calls them as C functions.
+    # Arguments stay Python objects until the pure code has validated them.
+    cpdef process(self, cmd)
+    @cython.locals(is_buy=bint, stp=cython.longlong, oid=cython.longlong, is_market=bint,
+                   limit=cython.longlong, seq=cython.longlong, remaining=cython.longlong,
+                   code=cython.longlong)
+    cpdef _on_new(self, c)
+    cpdef _accept_stop(self, c, oid, is_buy, stp)
+    cpdef long long _validate_new(self, c, id, side, qty, t, price, tif, stp_name) except? -1
+    cpdef long long _validate_type(self, c, t, price, tif) except? -1
+    cpdef long long _validate_trigger(self, c) except? -1
+    cpdef long long _protection_bound(self, bint is_buy) except? -1
+    cpdef long long _check_against_book(self, account, bint is_buy, bint is_market,
+                                        long long limit, qty, tif, long long stp) except? -1
+    @cython.locals(opp=BookSide, keys=list, levels=dict, level=Level, o=Order, i=Py_ssize_t)
+    cpdef bint _fillable(self, account, bint is_buy, long long bound, qty,
+                         long long stp) except? -1
+    @cython.locals(remaining=cython.longlong, bound=cython.longlong, opp=BookSide)
+    cpdef _execute(self, long long oid, id, account, bint is_buy, bint is_market,
+                   long long limit, qty, tif, long long stp, reduce_only, ts)
     @cython.locals(remaining=cython.longlong, seq=cython.longlong, traded_price=cython.longlong,
                    key=cython.longlong, price=cython.longlong, oqty=cython.longlong,
                    level=Level, o=Order, nxt=Order, opp=BookSide, keys=list, levels=dict,
                    events=list, orders=dict)
-    cpdef long long _match(self, object id, object account, bint is_buy, long long bound,
-                           long long qty, long long stp, object ts) except? -1
+    cpdef long long _match(self, id, account, bint is_buy, long long bound, long long qty,
+                           long long stp, ts) except? -1
+    @cython.locals(nxt=Order)
+    cpdef _unlink_head(self, Level level, Order o)
     @cython.locals(side=BookSide, key=cython.longlong, level=Level, keys=list, tail=Order)
     cpdef _rest(self, Order o)
     @cython.locals(level=Level, prev=Order, nxt=Order, side=BookSide, keys=list,
                    key=cython.longlong)
     cpdef _remove(self, Order o)
-    @cython.locals(nxt=Order)
-    cpdef _unlink_head(self, Level level, Order o)
+    @cython.locals(o=Order)
+    cpdef _on_cancel(self, c)
+    @cython.locals(o=Order, level=Level)
+    cpdef _on_amend(self, c)
+    cpdef _validate_amend(self, c, Order o, qty, price)
+    cpdef _set_reference(self, price)
+    cpdef _on_reference(self, c)
+    cpdef _on_price(self, c)
+    cpdef _run_triggered(self, s, ts)
+    cpdef _on_book_request(self, c)
+    cpdef _bbo_tuple(self)
+    @cython.locals(level=Level, side_book=BookSide)
+    cpdef _flush_market_data(self)
+    cpdef _reject(self, id, code, message)

@@ -4,6 +4,7 @@ This is the shell around the pure core used by `strongroom-engine replay`
 and the benchmark: decoding, batching of output, optional journaling.
 """
 
+import gc
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO
@@ -68,9 +69,17 @@ def replay(
     *,
     skip_invalid: bool = False,
 ) -> ReplayResult:
-    """Run every non-blank line through `book`, writing events to `out`."""
+    """Run every non-blank line through `book`, writing events to `out`.
+
+    The cyclic garbage collector is paused for the run: the book unlinks
+    every order it drops, so all its garbage is freed by reference counting,
+    and collections over tens of thousands of live orders would only add
+    pauses (about a tenth of the replay time).
+    """
     commands = 0
     invalid = 0
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     events = book.events
     process = book.process
     encode_lines = _encoder.encode_lines
@@ -90,6 +99,8 @@ def replay(
                 out.write(encode_lines(events))
                 events.clear()
     finally:
+        if gc_was_enabled:
+            gc.enable()
         out.write(encode_lines(events))
         events.clear()
     return ReplayResult(commands, invalid)
