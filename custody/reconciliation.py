@@ -59,11 +59,17 @@ class ReconciliationLine:
 
     def to_json(self) -> dict[str, Any]:
         """Render with amounts as strings."""
-        return {"wallet": self.wallet, "temperature": self.temperature, "asset": self.asset,
-                "on_chain": str(self.on_chain_minor), "ledger_posted": str(self.ledger_posted_minor),
-                "in_flight": str(self.in_flight_minor), "expected": str(self.expected_minor),
-                "difference": str(self.difference_minor),
-                "status": "ok" if self.difference_minor == 0 else "discrepancy"}
+        return {
+            "wallet": self.wallet,
+            "temperature": self.temperature,
+            "asset": self.asset,
+            "on_chain": str(self.on_chain_minor),
+            "ledger_posted": str(self.ledger_posted_minor),
+            "in_flight": str(self.in_flight_minor),
+            "expected": str(self.expected_minor),
+            "difference": str(self.difference_minor),
+            "status": "ok" if self.difference_minor == 0 else "discrepancy",
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +85,26 @@ class ReconciliationReport:
 
     def to_json(self) -> dict[str, Any]:
         """Render for the API and CLI."""
-        return {"id": self.id, "chain": self.chain, "height": self.height, "run_ms": self.run_ms,
-                "status": self.status, "lines": self.lines}
+        return {
+            "id": self.id,
+            "chain": self.chain,
+            "height": self.height,
+            "run_ms": self.run_ms,
+            "status": self.status,
+            "lines": self.lines,
+        }
 
 
 class Reconciler:
     """Compare chain and ledger for every wallet of one chain."""
 
-    def __init__(self, sessions: sessionmaker[Session], wallets: WalletRegistry, adapter: ChainAdapter,
-                 clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        wallets: WalletRegistry,
+        adapter: ChainAdapter,
+        clock: Callable[[], int],
+    ) -> None:
         self._sessions = sessions
         self._wallets = wallets
         self._adapter = adapter
@@ -100,24 +117,36 @@ class Reconciler:
             height = self._scanned_height() or self._adapter.head_height()
         in_flight = self._in_flight(height)
         lines: list[ReconciliationLine] = []
-        for wallet in self._wallets.list(chain):
+        for wallet in self._wallets.list_wallets(chain):
             addresses = [a.address for a in self._wallets.addresses(wallet.id)]
             for asset in self._adapter.assets():
                 account = self._wallets.ledger.get_account(self._wallets.wallet_account(wallet, asset))
                 b = account.balance
-                lines.append(ReconciliationLine(
-                    wallet=wallet.name, temperature=wallet.temperature.value, asset=asset,
-                    on_chain_minor=sum(self._adapter.balance(a, asset, height) for a in addresses),
-                    ledger_posted_minor=b.debits_posted - b.credits_posted,
-                    in_flight_minor=in_flight.get((wallet.id, asset), 0)))
+                lines.append(
+                    ReconciliationLine(
+                        wallet=wallet.name,
+                        temperature=wallet.temperature.value,
+                        asset=asset,
+                        on_chain_minor=sum(self._adapter.balance(a, asset, height) for a in addresses),
+                        ledger_posted_minor=b.debits_posted - b.credits_posted,
+                        in_flight_minor=in_flight.get((wallet.id, asset), 0),
+                    )
+                )
         bad = [line for line in lines if line.difference_minor != 0]
         for line in bad:
-            log.error("reconciliation discrepancy: wallet %s %s on chain %d, expected %d (difference %d)",
-                      line.wallet, line.asset, line.on_chain_minor, line.expected_minor, line.difference_minor)
+            log.error(
+                "reconciliation discrepancy: wallet %s %s on chain %d, expected %d (difference %d)",
+                line.wallet,
+                line.asset,
+                line.on_chain_minor,
+                line.expected_minor,
+                line.difference_minor,
+            )
         status = "discrepancy" if bad else "ok"
         body = [line.to_json() for line in lines]
-        row = ReconciliationRun(chain=chain, height=height, run_ms=self._clock(), status=status,
-                                report=json.dumps(body))
+        row = ReconciliationRun(
+            chain=chain, height=height, run_ms=self._clock(), status=status, report=json.dumps(body)
+        )
         with self._sessions.begin() as session:
             session.add(row)
         return ReconciliationReport(row.id, chain, height, row.run_ms, status, body)
@@ -125,8 +154,12 @@ class Reconciler:
     def latest(self) -> ReconciliationReport:
         """Return the newest stored run or raise no_reconciliation."""
         with self._sessions() as session:
-            row = session.scalar(select(ReconciliationRun).where(
-                ReconciliationRun.chain == self._adapter.chain).order_by(ReconciliationRun.id.desc()).limit(1))
+            row = session.scalar(
+                select(ReconciliationRun)
+                .where(ReconciliationRun.chain == self._adapter.chain)
+                .order_by(ReconciliationRun.id.desc())
+                .limit(1)
+            )
         if row is None:
             raise WalletError(WalletCode.NO_RECONCILIATION, "no reconciliation has run yet")
         return report_from_row(row)
@@ -139,8 +172,9 @@ class Reconciler:
         from custody.wallets.models import ChainBlock
 
         with self._sessions() as session:
-            return session.scalar(select(func.max(ChainBlock.height)).where(
-                ChainBlock.chain == self._adapter.chain))
+            return session.scalar(
+                select(func.max(ChainBlock.height)).where(ChainBlock.chain == self._adapter.chain)
+            )
 
     def _in_flight(self, height: int) -> dict[tuple[int, str], int]:
         adjust: dict[tuple[int, str], int] = {}
@@ -149,12 +183,19 @@ class Reconciler:
             adjust[(wallet_id, asset)] = adjust.get((wallet_id, asset), 0) + amount
 
         with self._sessions() as session:
-            seen = session.scalars(select(ChainDeposit).where(
-                ChainDeposit.chain == self._adapter.chain, ChainDeposit.status == "seen",
-                ChainDeposit.block_height <= height)).all()
-            rows = session.scalars(select(ChainTransaction).where(
-                ChainTransaction.chain == self._adapter.chain, ChainTransaction.status != "queued")
-                .order_by(ChainTransaction.created_ms.desc()).limit(MAX_OPEN_TRANSACTIONS)).all()
+            seen = session.scalars(
+                select(ChainDeposit).where(
+                    ChainDeposit.chain == self._adapter.chain,
+                    ChainDeposit.status == "seen",
+                    ChainDeposit.block_height <= height,
+                )
+            ).all()
+            rows = session.scalars(
+                select(ChainTransaction)
+                .where(ChainTransaction.chain == self._adapter.chain, ChainTransaction.status != "queued")
+                .order_by(ChainTransaction.created_ms.desc())
+                .limit(MAX_OPEN_TRANSACTIONS)
+            ).all()
         for deposit in seen:
             add(deposit.wallet_id, deposit.asset, deposit.amount_minor)
         ours = self._wallets.address_index(self._adapter.chain)
@@ -180,8 +221,9 @@ class Reconciler:
         if row.mined_txid is not None:
             return self._adapter.receipt(row.mined_txid)
         with self._sessions() as session:
-            txids = session.scalars(select(ChainTransactionAttempt.txid).where(
-                ChainTransactionAttempt.transaction_id == row.id)).all()
+            txids = session.scalars(
+                select(ChainTransactionAttempt.txid).where(ChainTransactionAttempt.transaction_id == row.id)
+            ).all()
         for txid in txids:
             receipt = self._adapter.receipt(txid)
             if receipt is not None:

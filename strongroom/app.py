@@ -15,6 +15,7 @@ from custody.api import audit as audit_api
 from custody.api import ledger as ledger_api
 from custody.api import openapi as openapi_api
 from custody.api import policy as policy_api
+from custody.api import wallets as wallets_api
 from custody.api import withdrawals as withdrawals_api
 from custody.api.errors import register_error_handlers
 from custody.api.ratelimit import init_rate_limits
@@ -56,6 +57,8 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     for blueprint in (ledger_api.bp, access_api.bp, withdrawals_api.bp, policy_api.bp, openapi_api.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(audit_api.bp)
+    app.register_blueprint(wallets_api.bp)
+    app.extensions["strongroom.wallets"] = app.config.get("WALLETS")
     exchange_api.init_app(app)
     init_rate_limits(app)
     _register_meta_routes(app)

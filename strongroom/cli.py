@@ -105,6 +105,9 @@ def demo() -> None:
 
     for line in seed_demo_access(_access_services()):
         click.echo(line)
+    from strongroom.commands.wallets import run_demo as _wallet_demo
+
+    _wallet_demo(settings)
 
 
 def _account_line(account: AccountView) -> str:
@@ -246,3 +249,8 @@ _audit_commands.register(main, ledger)
 from strongroom.commands import access as _access_commands  # noqa: E402
 
 _access_commands.register(main)
+
+# Wallet commands (tick, reconcile) live in their own module.
+from strongroom.commands import wallets as _wallet_commands  # noqa: E402
+
+_wallet_commands.register(main)

@@ -78,9 +78,15 @@ def deposit_id(chain: str, txid: str, index: int) -> str:
 class DepositWatcher:
     """Scan one chain for deposits into the deposit wallet's addresses."""
 
-    def __init__(self, sessions: sessionmaker[Session], wallets: WalletRegistry, adapter: ChainAdapter,
-                 clock: Callable[[], int], confirmations: Mapping[str, int] | None = None,
-                 start_height: int | None = None) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        wallets: WalletRegistry,
+        adapter: ChainAdapter,
+        clock: Callable[[], int],
+        confirmations: Mapping[str, int] | None = None,
+        start_height: int | None = None,
+    ) -> None:
         self._sessions = sessions
         self._wallets = wallets
         self._ledger = wallets.ledger
@@ -125,18 +131,26 @@ class DepositWatcher:
         return head if self._start_height is None else self._start_height
 
     def _watched(self) -> dict[str, AddressInfo]:
-        deposit_wallets = {w.id for w in self._wallets.list(self._chain)
-                           if w.temperature is Temperature.DEPOSIT}
-        return {key: info for key, info in self._wallets.address_index(self._chain).items()
-                if info.wallet_id in deposit_wallets and info.owner is not None}
+        deposit_wallets = {
+            w.id for w in self._wallets.list_wallets(self._chain) if w.temperature is Temperature.DEPOSIT
+        }
+        return {
+            key: info
+            for key, info in self._wallets.address_index(self._chain).items()
+            if info.wallet_id in deposit_wallets and info.owner is not None
+        }
 
     # -- reorgs -----------------------------------------------------------------------------
 
     def _handle_reorg(self, report: TickReport) -> int:
         """Walk back from our newest block until our hash matches the chain's; undo everything above."""
         with self._sessions() as session:
-            stored = session.scalars(select(ChainBlock).where(ChainBlock.chain == self._chain)
-                                     .order_by(ChainBlock.height.desc()).limit(MAX_REORG_DEPTH + 1)).all()
+            stored = session.scalars(
+                select(ChainBlock)
+                .where(ChainBlock.chain == self._chain)
+                .order_by(ChainBlock.height.desc())
+                .limit(MAX_REORG_DEPTH + 1)
+            ).all()
             known = [(b.height, b.hash) for b in stored]
         fork_height: int | None = None
         for height, block_hash in known:
@@ -155,22 +169,30 @@ class DepositWatcher:
         log.warning("%s reorg: dropping %d blocks above %d", self._chain, depth, fork_height)
         now = self._clock()
         with self._sessions.begin() as session:
-            dropped = session.scalars(select(ChainDeposit).where(
-                ChainDeposit.chain == self._chain, ChainDeposit.block_height > fork_height,
-                ChainDeposit.status.in_([DepositStatus.SEEN, DepositStatus.CREDITED]))).all()
+            dropped = session.scalars(
+                select(ChainDeposit).where(
+                    ChainDeposit.chain == self._chain,
+                    ChainDeposit.block_height > fork_height,
+                    ChainDeposit.status.in_([DepositStatus.SEEN, DepositStatus.CREDITED]),
+                )
+            ).all()
             for row in dropped:
-                row.status = DepositStatus.VOIDED if row.status == DepositStatus.SEEN else DepositStatus.REVERSED
+                row.status = (
+                    DepositStatus.VOIDED if row.status == DepositStatus.SEEN else DepositStatus.REVERSED
+                )
                 row.ledger_synced = False
                 row.updated_ms = now
                 report.voided += 1
-            session.execute(delete(ChainBlock).where(ChainBlock.chain == self._chain,
-                                                     ChainBlock.height > fork_height))
+            session.execute(
+                delete(ChainBlock).where(ChainBlock.chain == self._chain, ChainBlock.height > fork_height)
+            )
         return depth
 
     # -- scanning ---------------------------------------------------------------------------
 
-    def _scan(self, block: Block, watched: dict[str, AddressInfo], ours: set[str],
-              report: TickReport) -> None:
+    def _scan(
+        self, block: Block, watched: dict[str, AddressInfo], ours: set[str], report: TickReport
+    ) -> None:
         """Record one block and the deposits in it, in one database transaction."""
         now = self._clock()
         with self._sessions.begin() as session:
@@ -185,12 +207,25 @@ class DepositWatcher:
                 row = session.get(ChainDeposit, dep_id)
                 if row is None:
                     assert target.owner is not None
-                    session.add(ChainDeposit(
-                        id=dep_id, chain=self._chain, asset=transfer.asset, txid=transfer.txid,
-                        log_index=transfer.index, address=target.address, owner=target.owner,
-                        wallet_id=target.wallet_id, amount_minor=transfer.amount_minor,
-                        block_height=block.height, block_hash=block.hash, attempt=0,
-                        status=DepositStatus.SEEN, ledger_synced=False, updated_ms=now))
+                    session.add(
+                        ChainDeposit(
+                            id=dep_id,
+                            chain=self._chain,
+                            asset=transfer.asset,
+                            txid=transfer.txid,
+                            log_index=transfer.index,
+                            address=target.address,
+                            owner=target.owner,
+                            wallet_id=target.wallet_id,
+                            amount_minor=transfer.amount_minor,
+                            block_height=block.height,
+                            block_hash=block.hash,
+                            attempt=0,
+                            status=DepositStatus.SEEN,
+                            ledger_synced=False,
+                            updated_ms=now,
+                        )
+                    )
                     report.seen += 1
                 elif row.status in (DepositStatus.VOIDED, DepositStatus.REVERSED) and row.ledger_synced:
                     # The transaction came back in another block: apply it again with fresh ids.
@@ -199,17 +234,27 @@ class DepositWatcher:
                     row.block_height, row.block_hash = block.height, block.hash
                     row.status, row.ledger_synced, row.updated_ms = DepositStatus.SEEN, False, now
                     report.seen += 1
-            session.add(ChainBlock(chain=self._chain, height=block.height, hash=block.hash,
-                                   parent_hash=block.parent_hash))
-            session.execute(delete(ChainBlock).where(ChainBlock.chain == self._chain,
-                                                     ChainBlock.height <= block.height - KEPT_BLOCKS))
+            session.add(
+                ChainBlock(
+                    chain=self._chain, height=block.height, hash=block.hash, parent_hash=block.parent_hash
+                )
+            )
+            session.execute(
+                delete(ChainBlock).where(
+                    ChainBlock.chain == self._chain, ChainBlock.height <= block.height - KEPT_BLOCKS
+                )
+            )
 
     def _confirm(self, height: int, report: TickReport) -> None:
         now = self._clock()
         with self._sessions.begin() as session:
-            rows = session.scalars(select(ChainDeposit).where(
-                ChainDeposit.chain == self._chain, ChainDeposit.status == DepositStatus.SEEN,
-                ChainDeposit.ledger_synced.is_(True))).all()
+            rows = session.scalars(
+                select(ChainDeposit).where(
+                    ChainDeposit.chain == self._chain,
+                    ChainDeposit.status == DepositStatus.SEEN,
+                    ChainDeposit.ledger_synced.is_(True),
+                )
+            ).all()
             for row in rows:
                 if height - row.block_height + 1 >= self.confirmations[row.asset]:
                     row.status, row.ledger_synced, row.updated_ms = DepositStatus.CREDITED, False, now
@@ -220,8 +265,12 @@ class DepositWatcher:
     def _sync_ledger(self, report: TickReport) -> None:
         """Make the ledger match every deposit row whose status changed since its last ledger write."""
         with self._sessions() as session:
-            rows = session.scalars(select(ChainDeposit).where(ChainDeposit.ledger_synced.is_(False))
-                                   .order_by(ChainDeposit.updated_ms).limit(MAX_UNSYNCED_PER_TICK)).all()
+            rows = session.scalars(
+                select(ChainDeposit)
+                .where(ChainDeposit.ledger_synced.is_(False))
+                .order_by(ChainDeposit.updated_ms)
+                .limit(MAX_UNSYNCED_PER_TICK)
+            ).all()
         for row in rows:
             status = self._apply(row, report)
             with self._sessions.begin() as session:
@@ -238,22 +287,48 @@ class DepositWatcher:
         ref = f"deposit {row.txid} block {row.block_height}"
         if row.status == DepositStatus.SEEN:
             requests = [
-                TransferRequest(id=f"{base}:user", kind=TransferKind.PENDING, debit_account=in_flight,
-                                credit_account=user, amount=row.amount_minor, reference=ref),
-                TransferRequest(id=f"{base}:wallet", kind=TransferKind.PENDING, debit_account=wallet,
-                                credit_account=in_flight, amount=row.amount_minor, reference=ref)]
+                TransferRequest(
+                    id=f"{base}:user",
+                    kind=TransferKind.PENDING,
+                    debit_account=in_flight,
+                    credit_account=user,
+                    amount=row.amount_minor,
+                    reference=ref,
+                ),
+                TransferRequest(
+                    id=f"{base}:wallet",
+                    kind=TransferKind.PENDING,
+                    debit_account=wallet,
+                    credit_account=in_flight,
+                    amount=row.amount_minor,
+                    reference=ref,
+                ),
+            ]
         elif row.status in (DepositStatus.CREDITED, DepositStatus.VOIDED):
             kind = TransferKind.POST if row.status == DepositStatus.CREDITED else TransferKind.VOID
-            requests = [TransferRequest(id=f"{base}:{leg}:{kind.value}", kind=kind,
-                                        pending_id=f"{base}:{leg}", reference=ref)
-                        for leg in ("user", "wallet")]
+            requests = [
+                TransferRequest(
+                    id=f"{base}:{leg}:{kind.value}", kind=kind, pending_id=f"{base}:{leg}", reference=ref
+                )
+                for leg in ("user", "wallet")
+            ]
         elif row.status == DepositStatus.REVERSED:
             requests = [
-                TransferRequest(id=f"{base}:user:reversal", debit_account=user, credit_account=in_flight,
-                                amount=row.amount_minor, reference=f"reorg reversal of {ref}"),
-                TransferRequest(id=f"{base}:wallet:reversal", debit_account=in_flight,
-                                credit_account=wallet, amount=row.amount_minor,
-                                reference=f"reorg reversal of {ref}")]
+                TransferRequest(
+                    id=f"{base}:user:reversal",
+                    debit_account=user,
+                    credit_account=in_flight,
+                    amount=row.amount_minor,
+                    reference=f"reorg reversal of {ref}",
+                ),
+                TransferRequest(
+                    id=f"{base}:wallet:reversal",
+                    debit_account=in_flight,
+                    credit_account=wallet,
+                    amount=row.amount_minor,
+                    reference=f"reorg reversal of {ref}",
+                ),
+            ]
         else:
             return row.status
         results = self._ledger.submit(requests, linked=True)
@@ -263,8 +338,10 @@ class DepositWatcher:
         if row.status == DepositStatus.VOIDED and failed[0].code is LedgerCode.PENDING_TRANSFER_NOT_FOUND:
             return row.status  # the pending was never written: nothing to undo
         if row.status == DepositStatus.REVERSED and failed[0].code is LedgerCode.INSUFFICIENT_FUNDS:
-            alert = (f"deposit {row.id} was reorged out after crediting {row.owner}, who has already "
-                     f"spent it: shortfall of {row.amount_minor} {row.asset}")
+            alert = (
+                f"deposit {row.id} was reorged out after crediting {row.owner}, who has already "
+                f"spent it: shortfall of {row.amount_minor} {row.asset}"
+            )
             log.error(alert)
             report.alerts.append(alert)
             return DepositStatus.SHORTFALL

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import secrets
 
-from embit import bip32
-from eth_keys import keys
+from embit import bip32  # type: ignore[import-untyped]
+from eth_keys.datatypes import PublicKey
 
 SEED_BYTES = 32
 ETHEREUM_COIN_TYPE = 60
@@ -44,7 +44,7 @@ def ethereum_address_from_xpub(xpub: str, index: int, change: int = 0) -> str:
     """Return the EIP-55 address of ``xpub/change/index`` (no private key involved)."""
     _check_index(index)
     child = bip32.HDKey.from_base58(xpub).derive([change, index])
-    return str(keys.PublicKey.from_compressed_bytes(child.key.sec()).to_checksum_address())
+    return str(PublicKey.from_compressed_bytes(child.key.sec()).to_checksum_address())
 
 
 def ethereum_private_key(seed: bytes, path: str) -> bytes:

@@ -12,9 +12,9 @@ from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.reconciliation import Reconciler
 from custody.wallets.deposit_watcher import DepositWatcher, TickReport
+from custody.wallets.treasury import Treasury
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.wallets.withdrawal_executor import ExecutorConfig, TransactionView, WithdrawalExecutor
-from custody.wallets.treasury import Treasury
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +40,22 @@ class WalletRuntime:
         self.wallets.register_cold(chain, f"{chain}-cold", self.adapter.normalize_address(cold_address))
 
 
-def build_runtime(sessions: sessionmaker[Session], ledger: Ledger, keystore: Keystore,
-                  adapter: EthereumAdapter, clock: Callable[[], int],
-                  confirmations: Mapping[str, int], start_height: int | None = None,
-                  fee_cap_wei: int | None = None) -> WalletRuntime:
+def build_runtime(
+    sessions: sessionmaker[Session],
+    ledger: Ledger,
+    keystore: Keystore,
+    adapter: EthereumAdapter,
+    clock: Callable[[], int],
+    confirmations: Mapping[str, int],
+    start_height: int | None = None,
+    fee_cap_wei: int | None = None,
+) -> WalletRuntime:
     """Build the wallet services for ``adapter``'s chain."""
     wallets = WalletRegistry(sessions, ledger, keystore, clock)
     watcher = DepositWatcher(sessions, wallets, adapter, clock, confirmations, start_height=start_height)
-    config = ExecutorConfig(confirmations) if fee_cap_wei is None else ExecutorConfig(confirmations, fee_cap_wei)
+    config = (
+        ExecutorConfig(confirmations) if fee_cap_wei is None else ExecutorConfig(confirmations, fee_cap_wei)
+    )
     executor = WithdrawalExecutor(sessions, wallets, adapter, clock, config)
     treasury = Treasury(sessions, wallets, adapter, executor, clock)
     reconciler = Reconciler(sessions, wallets, adapter, clock)

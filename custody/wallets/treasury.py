@@ -39,20 +39,32 @@ MAX_CONSOLIDATIONS_PER_RUN = 20
 DEFAULT_REFILL_APPROVALS = 2
 SYSTEM_INITIATOR = "system.treasury"
 
-INTERNAL_TRANSFER_POLICY = parse_policy_object({
-    "schema": "strongroom/withdrawal-policy/v1",
-    "id": "internal-transfers",
-    "version": 1,
-    "description": "Automatic sweeps and consolidations: only from hot keys to our own addresses.",
-    "destination_timelock_s": 0,
-    "rules": [
-        {"id": "own-address-only", "when": {"destination_in": ["unknown", "timelocked"]},
-         "action": {"type": "block", "reason": "internal transfers go only to our own wallets"}},
-        {"id": "hot-to-own", "when": {"source_wallet_in": ["hot"], "destination_in": ["whitelisted"]},
-         "action": {"type": "allow"}},
-        {"id": "default-block", "when": {}, "action": {"type": "block", "reason": "not an internal transfer"}},
-    ],
-})
+INTERNAL_TRANSFER_POLICY = parse_policy_object(
+    {
+        "schema": "strongroom/withdrawal-policy/v1",
+        "id": "internal-transfers",
+        "version": 1,
+        "description": "Automatic sweeps and consolidations: only from hot keys to our own addresses.",
+        "destination_timelock_s": 0,
+        "rules": [
+            {
+                "id": "own-address-only",
+                "when": {"destination_in": ["unknown", "timelocked"]},
+                "action": {"type": "block", "reason": "internal transfers go only to our own wallets"},
+            },
+            {
+                "id": "hot-to-own",
+                "when": {"source_wallet_in": ["hot"], "destination_in": ["whitelisted"]},
+                "action": {"type": "allow"},
+            },
+            {
+                "id": "default-block",
+                "when": {},
+                "action": {"type": "block", "reason": "not an internal transfer"},
+            },
+        ],
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +91,30 @@ class RefillView:
 
     def to_json(self) -> dict[str, object]:
         """Render for the API."""
-        return {"id": self.id, "asset": self.asset, "amount": str(self.amount_minor),
-                "destination": self.destination, "status": self.status,
-                "required_approvals": self.required_approvals, "approvals": self.approvals,
-                "proposed_by": self.proposed_by}
+        return {
+            "id": self.id,
+            "asset": self.asset,
+            "amount": str(self.amount_minor),
+            "destination": self.destination,
+            "status": self.status,
+            "required_approvals": self.required_approvals,
+            "approvals": self.approvals,
+            "proposed_by": self.proposed_by,
+        }
 
 
 class Treasury:
     """Hot/cold rebalancing and deposit consolidation on one chain."""
 
-    def __init__(self, sessions: sessionmaker[Session], wallets: WalletRegistry, adapter: EthereumAdapter,
-                 executor: WithdrawalExecutor, clock: Callable[[], int],
-                 policy: PolicyDocument = INTERNAL_TRANSFER_POLICY) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        wallets: WalletRegistry,
+        adapter: EthereumAdapter,
+        executor: WithdrawalExecutor,
+        clock: Callable[[], int],
+        policy: PolicyDocument = INTERNAL_TRANSFER_POLICY,
+    ) -> None:
         self._sessions = sessions
         self._wallets = wallets
         self._adapter = adapter
@@ -104,16 +128,29 @@ class Treasury:
     def set_limits(self, asset: str, floor_minor: int, target_minor: int, ceiling_minor: int) -> Limits:
         """Set the hot wallet's floor <= target <= ceiling for ``asset``."""
         if not 0 <= floor_minor <= target_minor <= ceiling_minor:
-            raise WalletError(WalletCode.INVALID_AMOUNT,
-                              f"limits were floor {floor_minor}, target {target_minor}, ceiling "
-                              f"{ceiling_minor}; need 0 <= floor <= target <= ceiling")
+            raise WalletError(
+                WalletCode.INVALID_AMOUNT,
+                f"limits were floor {floor_minor}, target {target_minor}, ceiling "
+                f"{ceiling_minor}; need 0 <= floor <= target <= ceiling",
+            )
         with self._sessions.begin() as session:
             row = session.get(WalletLimit, (self._chain, asset))
             if row is None:
-                session.add(WalletLimit(chain=self._chain, asset=asset, floor_minor=floor_minor,
-                                        target_minor=target_minor, ceiling_minor=ceiling_minor))
+                session.add(
+                    WalletLimit(
+                        chain=self._chain,
+                        asset=asset,
+                        floor_minor=floor_minor,
+                        target_minor=target_minor,
+                        ceiling_minor=ceiling_minor,
+                    )
+                )
             else:
-                row.floor_minor, row.target_minor, row.ceiling_minor = floor_minor, target_minor, ceiling_minor
+                row.floor_minor, row.target_minor, row.ceiling_minor = (
+                    floor_minor,
+                    target_minor,
+                    ceiling_minor,
+                )
         return Limits(floor_minor, target_minor, ceiling_minor)
 
     def limits(self, asset: str) -> Limits | None:
@@ -148,40 +185,69 @@ class Treasury:
         destination = self._wallets.primary_address(cold.id).address
         self._check_policy(f"sweep-{asset}", asset, amount_minor, destination)
         record_id = f"sweep:{asset}:{self._clock()}"
-        return self._executor.submit(OutgoingTransfer(
-            id=record_id, purpose=Purpose.SWEEP, asset=asset, amount_minor=amount_minor, source=hot,
-            source_address=self._wallets.primary_address(hot.id), destination=destination,
-            debit_account_id=self._wallets.wallet_account(cold, asset)))
+        return self._executor.submit(
+            OutgoingTransfer(
+                id=record_id,
+                purpose=Purpose.SWEEP,
+                asset=asset,
+                amount_minor=amount_minor,
+                source=hot,
+                source_address=self._wallets.primary_address(hot.id),
+                destination=destination,
+                debit_account_id=self._wallets.wallet_account(cold, asset),
+            )
+        )
 
-    def propose_refill(self, asset: str, amount_minor: int, proposed_by: str,
-                       required_approvals: int = DEFAULT_REFILL_APPROVALS) -> RefillView:
+    def propose_refill(
+        self,
+        asset: str,
+        amount_minor: int,
+        proposed_by: str,
+        required_approvals: int = DEFAULT_REFILL_APPROVALS,
+    ) -> RefillView:
         """Record a cold -> hot refill proposal (one open proposal per asset)."""
         if amount_minor <= 0:
             raise WalletError(WalletCode.INVALID_AMOUNT, f"amount was {amount_minor}, must be positive")
         cold = self._wallets.one(self._chain, Temperature.COLD)
         hot = self._wallets.one(self._chain, Temperature.HOT)
+        destination = self._wallets.primary_address(hot.id).address
         with self._sessions.begin() as session:
-            open_row = session.scalar(select(RefillProposal).where(
-                RefillProposal.chain == self._chain, RefillProposal.asset == asset,
-                RefillProposal.status == "proposed"))
+            open_row = session.scalar(
+                select(RefillProposal).where(
+                    RefillProposal.chain == self._chain,
+                    RefillProposal.asset == asset,
+                    RefillProposal.status == "proposed",
+                )
+            )
             if open_row is not None:
                 return _refill(open_row)
             row = RefillProposal(
-                id=f"refill:{asset}:{self._clock()}", chain=self._chain, asset=asset,
-                amount_minor=amount_minor, source_wallet_id=cold.id,
-                destination=self._wallets.primary_address(hot.id).address, status="proposed",
-                required_approvals=required_approvals, approvals="[]", proposed_by=proposed_by,
-                created_ms=self._clock(), updated_ms=self._clock())
+                id=f"refill:{asset}:{self._clock()}",
+                chain=self._chain,
+                asset=asset,
+                amount_minor=amount_minor,
+                source_wallet_id=cold.id,
+                destination=destination,
+                status="proposed",
+                required_approvals=required_approvals,
+                approvals="[]",
+                proposed_by=proposed_by,
+                created_ms=self._clock(),
+                updated_ms=self._clock(),
+            )
             session.add(row)
         return _refill(row)
 
     def approve_refill(self, proposal_id: str, approver: str) -> RefillView:
         """Add ``approver``'s approval; at quorum the proposal awaits the offline signer."""
         with self._sessions.begin() as session:
-            row = session.scalar(select(RefillProposal).where(RefillProposal.id == proposal_id)
-                                 .with_for_update())
+            row = session.scalar(
+                select(RefillProposal).where(RefillProposal.id == proposal_id).with_for_update()
+            )
             if row is None:
-                raise WalletError(WalletCode.PROPOSAL_NOT_FOUND, f"refill proposal {proposal_id!r} does not exist")
+                raise WalletError(
+                    WalletCode.PROPOSAL_NOT_FOUND, f"refill proposal {proposal_id!r} does not exist"
+                )
             if row.status != "proposed":
                 raise WalletError(WalletCode.PROPOSAL_NOT_PENDING, f"refill {proposal_id} is {row.status}")
             if approver == row.proposed_by:
@@ -227,16 +293,34 @@ class Treasury:
             if asset != native:
                 gas_wei = TOKEN_TRANSFER_GAS * fees.max_fee_per_gas * 2
                 if self._adapter.balance(address.address, native) < gas_wei:
-                    started.append(self._executor.submit(OutgoingTransfer(
-                        id=f"topup:{address.address}:{stamp}", purpose=Purpose.TOPUP, asset=native,
-                        amount_minor=gas_wei, source=hot, source_address=hot_address,
-                        destination=address.address,
-                        debit_account_id=self._wallets.wallet_account(deposit_wallet, native))))
-            started.append(self._executor.submit(OutgoingTransfer(
-                id=f"consolidate:{asset}:{address.address}:{stamp}", purpose=Purpose.CONSOLIDATION,
-                asset=asset, amount_minor=credited, source=deposit_wallet, source_address=address,
-                destination=hot_address.address,
-                debit_account_id=self._wallets.wallet_account(hot, asset))))
+                    started.append(
+                        self._executor.submit(
+                            OutgoingTransfer(
+                                id=f"topup:{address.address}:{stamp}",
+                                purpose=Purpose.TOPUP,
+                                asset=native,
+                                amount_minor=gas_wei,
+                                source=hot,
+                                source_address=hot_address,
+                                destination=address.address,
+                                debit_account_id=self._wallets.wallet_account(deposit_wallet, native),
+                            )
+                        )
+                    )
+            started.append(
+                self._executor.submit(
+                    OutgoingTransfer(
+                        id=f"consolidate:{asset}:{address.address}:{stamp}",
+                        purpose=Purpose.CONSOLIDATION,
+                        asset=asset,
+                        amount_minor=credited,
+                        source=deposit_wallet,
+                        source_address=address,
+                        destination=hot_address.address,
+                        debit_account_id=self._wallets.wallet_account(hot, asset),
+                    )
+                )
+            )
         return started
 
     def _credited_balance(self, deposit_wallet: object, asset: str, address: str) -> int:
@@ -245,43 +329,82 @@ class Treasury:
 
         on_chain = self._adapter.balance(address, asset)
         with self._sessions() as session:
-            unconfirmed = session.scalars(select(ChainDeposit.amount_minor).where(
-                ChainDeposit.address == address, ChainDeposit.asset == asset,
-                ChainDeposit.status == "seen")).all()
+            unconfirmed = session.scalars(
+                select(ChainDeposit.amount_minor).where(
+                    ChainDeposit.address == address,
+                    ChainDeposit.asset == asset,
+                    ChainDeposit.status == "seen",
+                )
+            ).all()
         return on_chain - sum(unconfirmed)
 
     # -- helpers ----------------------------------------------------------------------------
 
     def _open(self, purpose: Purpose, asset: str) -> bool:
         with self._sessions() as session:
-            return session.scalar(select(ChainTransaction.id).where(
-                ChainTransaction.chain == self._chain, ChainTransaction.purpose == purpose.value,
-                ChainTransaction.asset == asset,
-                ChainTransaction.status.in_([s.value for s in OPEN_STATUSES])).limit(1)) is not None
+            return (
+                session.scalar(
+                    select(ChainTransaction.id)
+                    .where(
+                        ChainTransaction.chain == self._chain,
+                        ChainTransaction.purpose == purpose.value,
+                        ChainTransaction.asset == asset,
+                        ChainTransaction.status.in_([s.value for s in OPEN_STATUSES]),
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
 
     def _open_from(self, address: str) -> bool:
         with self._sessions() as session:
-            return session.scalar(select(ChainTransaction.id).where(
-                (ChainTransaction.source_address == address) | (ChainTransaction.destination == address),
-                ChainTransaction.status.in_([s.value for s in OPEN_STATUSES])).limit(1)) is not None
+            return (
+                session.scalar(
+                    select(ChainTransaction.id)
+                    .where(
+                        (ChainTransaction.source_address == address)
+                        | (ChainTransaction.destination == address),
+                        ChainTransaction.status.in_([s.value for s in OPEN_STATUSES]),
+                    )
+                    .limit(1)
+                )
+                is not None
+            )
 
     def _check_policy(self, transfer_id: str, asset: str, amount_minor: int, destination: str) -> None:
         ours = self._wallets.address_index(self._chain)
         asset_info = get_asset(asset)
         assert asset_info is not None
         context = WithdrawalContext(
-            withdrawal_id=transfer_id, account_id="platform", initiator_id=SYSTEM_INITIATOR,
-            initiator_roles=frozenset({Role.TREASURY}), kyc_tier=3, asset=asset,
-            asset_decimals=asset_info.decimals, amount_minor=amount_minor, usd_cents_per_unit=None,
+            withdrawal_id=transfer_id,
+            account_id="platform",
+            initiator_id=SYSTEM_INITIATOR,
+            initiator_roles=frozenset({Role.TREASURY}),
+            kyc_tier=3,
+            asset=asset,
+            asset_decimals=asset_info.decimals,
+            amount_minor=amount_minor,
+            usd_cents_per_unit=None,
             destination=Destination(destination, 0 if destination.lower() in ours else None),
-            source_wallet=WalletTemperature.HOT, now_ms=self._clock())
+            source_wallet=WalletTemperature.HOT,
+            now_ms=self._clock(),
+        )
         decision = evaluate(self._policy, context)
         if not isinstance(decision.action, Allow):
-            raise WalletError(WalletCode.POLICY_REFUSED,
-                              f"policy {decision.policy_id} rule {decision.rule_id} refused {transfer_id}")
+            raise WalletError(
+                WalletCode.POLICY_REFUSED,
+                f"policy {decision.policy_id} rule {decision.rule_id} refused {transfer_id}",
+            )
 
 
 def _refill(row: RefillProposal) -> RefillView:
-    return RefillView(row.id, row.asset, row.amount_minor, row.destination, row.status,
-                      row.required_approvals, [a["approver"] for a in json.loads(row.approvals)],
-                      row.proposed_by)
+    return RefillView(
+        row.id,
+        row.asset,
+        row.amount_minor,
+        row.destination,
+        row.status,
+        row.required_approvals,
+        [a["approver"] for a in json.loads(row.approvals)],
+        row.proposed_by,
+    )

@@ -209,7 +209,7 @@ class WalletRegistry:
                 raise WalletError(WalletCode.WALLET_NOT_FOUND, f"wallet {wallet_id} does not exist")
             return _info(row)
 
-    def list(self, chain: str | None = None) -> list[WalletInfo]:
+    def list_wallets(self, chain: str | None = None) -> list[WalletInfo]:
         """Return every wallet (of ``chain`` if given) by id."""
         query = select(Wallet).order_by(Wallet.id)
         if chain is not None:
@@ -219,7 +219,7 @@ class WalletRegistry:
 
     def one(self, chain: str, temperature: Temperature) -> WalletInfo:
         """Return the single wallet of ``temperature`` on ``chain``."""
-        wallets = [w for w in self.list(chain) if w.temperature is temperature]
+        wallets = [w for w in self.list_wallets(chain) if w.temperature is temperature]
         if len(wallets) != 1:
             raise WalletError(WalletCode.WALLET_NOT_FOUND,
                               f"{chain} has {len(wallets)} {temperature.value} wallets, need exactly 1")

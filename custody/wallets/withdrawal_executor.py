@@ -134,30 +134,55 @@ class TransactionView:
     def to_json(self) -> dict[str, Any]:
         """Render for the API (amounts as strings)."""
         return {
-            "id": self.id, "purpose": self.purpose, "asset": self.asset,
-            "amount": str(self.amount_minor), "source_address": self.source_address,
-            "destination": self.destination, "status": self.status.value, "note": self.note,
-            "nonce": self.nonce, "txid": self.txid, "mined_txid": self.mined_txid,
+            "id": self.id,
+            "purpose": self.purpose,
+            "asset": self.asset,
+            "amount": str(self.amount_minor),
+            "source_address": self.source_address,
+            "destination": self.destination,
+            "status": self.status.value,
+            "note": self.note,
+            "nonce": self.nonce,
+            "txid": self.txid,
+            "mined_txid": self.mined_txid,
             "mined_height": self.mined_height,
             "fee_paid": None if self.fee_paid_minor is None else str(self.fee_paid_minor),
-            "hold_transfer_id": self.hold_transfer_id, "attempts": self.attempts,
+            "hold_transfer_id": self.hold_transfer_id,
+            "attempts": self.attempts,
         }
 
 
 def _view(row: ChainTransaction, attempts: int) -> TransactionView:
     return TransactionView(
-        id=row.id, purpose=row.purpose, asset=row.asset, amount_minor=row.amount_minor,
-        source_address=row.source_address, destination=row.destination, status=TxStatus(row.status),
-        note=row.note, nonce=row.nonce, txid=row.current_txid, mined_txid=row.mined_txid,
-        mined_height=row.mined_height, fee_paid_minor=row.fee_paid_minor,
-        hold_transfer_id=row.hold_transfer_id, attempts=attempts)
+        id=row.id,
+        purpose=row.purpose,
+        asset=row.asset,
+        amount_minor=row.amount_minor,
+        source_address=row.source_address,
+        destination=row.destination,
+        status=TxStatus(row.status),
+        note=row.note,
+        nonce=row.nonce,
+        txid=row.current_txid,
+        mined_txid=row.mined_txid,
+        mined_height=row.mined_height,
+        fee_paid_minor=row.fee_paid_minor,
+        hold_transfer_id=row.hold_transfer_id,
+        attempts=attempts,
+    )
 
 
 class WithdrawalExecutor:
     """Drive outgoing transactions on one chain from record to ledger-settled."""
 
-    def __init__(self, sessions: sessionmaker[Session], wallets: WalletRegistry, adapter: EthereumAdapter,
-                 clock: Callable[[], int], config: ExecutorConfig | None = None) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        wallets: WalletRegistry,
+        adapter: EthereumAdapter,
+        clock: Callable[[], int],
+        config: ExecutorConfig | None = None,
+    ) -> None:
         self._sessions = sessions
         self._wallets = wallets
         self._ledger = wallets.ledger
@@ -169,8 +194,9 @@ class WithdrawalExecutor:
 
     # -- entry points -----------------------------------------------------------------------
 
-    def execute(self, withdrawal_id: str, asset: str, amount_minor: int, destination: str,
-                hold_transfer_id: str) -> TransactionView:
+    def execute(
+        self, withdrawal_id: str, asset: str, amount_minor: int, destination: str, hold_transfer_id: str
+    ) -> TransactionView:
         """Send an approved withdrawal from the hot wallet (idempotent by ``withdrawal_id``).
 
         ``hold_transfer_id`` is the withdrawal service's PENDING transfer
@@ -178,15 +204,24 @@ class WithdrawalExecutor:
         transaction confirms and voided if it reverts.
         """
         if not 0 < len(withdrawal_id) <= WITHDRAWAL_ID_MAX_LEN:
-            raise WalletError(WalletCode.INVALID_AMOUNT,
-                              f"withdrawal id was {len(withdrawal_id)} characters, must be "
-                              f"1..{WITHDRAWAL_ID_MAX_LEN}")
+            raise WalletError(
+                WalletCode.INVALID_AMOUNT,
+                f"withdrawal id was {len(withdrawal_id)} characters, must be 1..{WITHDRAWAL_ID_MAX_LEN}",
+            )
         hot = self._wallets.one(self._chain, Temperature.HOT)
-        return self.submit(OutgoingTransfer(
-            id=f"wd:{withdrawal_id}", purpose=Purpose.WITHDRAWAL, asset=asset, amount_minor=amount_minor,
-            source=hot, source_address=self._wallets.primary_address(hot.id), destination=destination,
-            debit_account_id=self._wallets.platform_account(AccountKind.WITHDRAWALS_IN_FLIGHT, asset),
-            hold_transfer_id=hold_transfer_id))
+        return self.submit(
+            OutgoingTransfer(
+                id=f"wd:{withdrawal_id}",
+                purpose=Purpose.WITHDRAWAL,
+                asset=asset,
+                amount_minor=amount_minor,
+                source=hot,
+                source_address=self._wallets.primary_address(hot.id),
+                destination=destination,
+                debit_account_id=self._wallets.platform_account(AccountKind.WITHDRAWALS_IN_FLIGHT, asset),
+                hold_transfer_id=hold_transfer_id,
+            )
+        )
 
     def submit(self, transfer: OutgoingTransfer) -> TransactionView:
         """Create the record for ``transfer`` unless it exists, then try to advance it once."""
@@ -202,10 +237,15 @@ class WithdrawalExecutor:
     def tick(self) -> list[TransactionView]:
         """Advance every open record one step (or more); return their views."""
         with self._sessions() as session:
-            ids = session.scalars(select(ChainTransaction.id).where(
-                ChainTransaction.chain == self._chain,
-                ChainTransaction.status.in_([s.value for s in OPEN_STATUSES]))
-                .order_by(ChainTransaction.created_ms, ChainTransaction.id).limit(MAX_RECORDS_PER_TICK)).all()
+            ids = session.scalars(
+                select(ChainTransaction.id)
+                .where(
+                    ChainTransaction.chain == self._chain,
+                    ChainTransaction.status.in_([s.value for s in OPEN_STATUSES]),
+                )
+                .order_by(ChainTransaction.created_ms, ChainTransaction.id)
+                .limit(MAX_RECORDS_PER_TICK)
+            ).all()
         return [self.advance(record_id) for record_id in ids]
 
     def advance(self, record_id: str) -> TransactionView:
@@ -227,35 +267,53 @@ class WithdrawalExecutor:
         """Return one record."""
         row = self._load(record_id)
         with self._sessions() as session:
-            count = len(session.scalars(select(ChainTransactionAttempt.txid).where(
-                ChainTransactionAttempt.transaction_id == record_id)).all())
+            count = len(
+                session.scalars(
+                    select(ChainTransactionAttempt.txid).where(
+                        ChainTransactionAttempt.transaction_id == record_id
+                    )
+                ).all()
+            )
         return _view(row, count)
 
-    def list(self, limit: int = 100) -> list[TransactionView]:
+    def recent(self, limit: int = 100) -> list[TransactionView]:
         """Return the newest records."""
         with self._sessions() as session:
-            ids = session.scalars(select(ChainTransaction.id).order_by(
-                ChainTransaction.created_ms.desc(), ChainTransaction.id).limit(limit)).all()
+            ids = session.scalars(
+                select(ChainTransaction.id)
+                .order_by(ChainTransaction.created_ms.desc(), ChainTransaction.id)
+                .limit(limit)
+            ).all()
         return [self.get(i) for i in ids]
 
     def attempts(self, record_id: str) -> list[str]:
         """Return the txids of every signed version of a record, oldest first."""
         with self._sessions() as session:
-            return list(session.scalars(select(ChainTransactionAttempt.txid).where(
-                ChainTransactionAttempt.transaction_id == record_id)
-                .order_by(ChainTransactionAttempt.created_ms, ChainTransactionAttempt.nonce)).all())
+            return list(
+                session.scalars(
+                    select(ChainTransactionAttempt.txid)
+                    .where(ChainTransactionAttempt.transaction_id == record_id)
+                    .order_by(ChainTransactionAttempt.created_ms, ChainTransactionAttempt.nonce)
+                ).all()
+            )
 
     # -- creation ---------------------------------------------------------------------------
 
     def _validate(self, transfer: OutgoingTransfer) -> str:
         if transfer.asset not in self._adapter.assets():
-            raise WalletError(WalletCode.UNSUPPORTED_ASSET,
-                              f"asset was {transfer.asset!r}, {self._chain} moves "
-                              f"{', '.join(self._adapter.assets())}")
-        if isinstance(transfer.amount_minor, bool) or not isinstance(transfer.amount_minor, int) or not (
-                0 < transfer.amount_minor <= U256_MAX):
-            raise WalletError(WalletCode.INVALID_AMOUNT,
-                              f"amount was {transfer.amount_minor!r}, must be a positive integer in minor units")
+            raise WalletError(
+                WalletCode.UNSUPPORTED_ASSET,
+                f"asset was {transfer.asset!r}, {self._chain} moves {', '.join(self._adapter.assets())}",
+            )
+        if (
+            isinstance(transfer.amount_minor, bool)
+            or not isinstance(transfer.amount_minor, int)
+            or not (0 < transfer.amount_minor <= U256_MAX)
+        ):
+            raise WalletError(
+                WalletCode.INVALID_AMOUNT,
+                f"amount was {transfer.amount_minor!r}, must be a positive integer in minor units",
+            )
         try:
             destination = self._adapter.normalize_address(transfer.destination)
         except ChainError as exc:
@@ -270,26 +328,53 @@ class WithdrawalExecutor:
         gas = self._wallets.wallet_account(transfer.source, self._adapter.native_asset)
         assert transfer.source_address.path is not None, "a signing address must have a BIP32 path"
         row = ChainTransaction(
-            id=transfer.id, chain=self._chain, purpose=transfer.purpose.value, asset=transfer.asset,
-            amount_minor=transfer.amount_minor, source_wallet_id=transfer.source.id,
-            source_address=transfer.source_address.address, source_path=transfer.source_address.path,
-            destination=destination, debit_account_id=transfer.debit_account_id, credit_account_id=credit,
-            gas_account_id=gas, hold_transfer_id=transfer.hold_transfer_id, status=TxStatus.QUEUED.value,
-            note="", nonce=None, gas_limit=self._gas_limit(transfer.asset), current_txid=None,
-            broadcast_height=None, mined_txid=None, mined_height=None, fee_paid_minor=None,
-            created_ms=now, updated_ms=now)
+            id=transfer.id,
+            chain=self._chain,
+            purpose=transfer.purpose.value,
+            asset=transfer.asset,
+            amount_minor=transfer.amount_minor,
+            source_wallet_id=transfer.source.id,
+            source_address=transfer.source_address.address,
+            source_path=transfer.source_address.path,
+            destination=destination,
+            debit_account_id=transfer.debit_account_id,
+            credit_account_id=credit,
+            gas_account_id=gas,
+            hold_transfer_id=transfer.hold_transfer_id,
+            status=TxStatus.QUEUED.value,
+            note="",
+            nonce=None,
+            gas_limit=self._gas_limit(transfer.asset),
+            current_txid=None,
+            broadcast_height=None,
+            mined_txid=None,
+            mined_height=None,
+            fee_paid_minor=None,
+            created_ms=now,
+            updated_ms=now,
+        )
         try:
             with self._sessions.begin() as session:
                 session.add(row)
         except IntegrityError:
             existing = self._load(transfer.id)
-            same = (existing.asset, existing.amount_minor, existing.destination.lower(),
-                    existing.hold_transfer_id, existing.source_address) == (
-                transfer.asset, transfer.amount_minor, destination.lower(), transfer.hold_transfer_id,
-                transfer.source_address.address)
+            same = (
+                existing.asset,
+                existing.amount_minor,
+                existing.destination.lower(),
+                existing.hold_transfer_id,
+                existing.source_address,
+            ) == (
+                transfer.asset,
+                transfer.amount_minor,
+                destination.lower(),
+                transfer.hold_transfer_id,
+                transfer.source_address.address,
+            )
             if not same:
-                raise WalletError(WalletCode.TRANSACTION_CONFLICT,
-                                  f"transaction {transfer.id} exists with different fields") from None
+                raise WalletError(
+                    WalletCode.TRANSACTION_CONFLICT, f"transaction {transfer.id} exists with different fields"
+                ) from None
             return existing
         return row
 
@@ -303,8 +388,10 @@ class WithdrawalExecutor:
         if fees.max_fee_per_gas > self.config.fee_cap_wei:
             base_fee = (fees.max_fee_per_gas - fees.max_priority_fee_per_gas) // 2
             if base_fee >= self.config.fee_cap_wei:
-                self._note(row.id, f"waiting: base fee {base_fee} is above the cap of "
-                                   f"{self.config.fee_cap_wei} wei/gas")
+                self._note(
+                    row.id,
+                    f"waiting: base fee {base_fee} is above the cap of {self.config.fee_cap_wei} wei/gas",
+                )
                 return
             cap = self.config.fee_cap_wei
             fees = FeeQuote(cap, min(fees.max_priority_fee_per_gas, cap - base_fee))
@@ -331,9 +418,13 @@ class WithdrawalExecutor:
 
     def _reserve(self, row: ChainTransaction) -> bool:
         request = TransferRequest(
-            id=f"{row.id}:reserve", kind=TransferKind.PENDING, debit_account=row.debit_account_id,
-            credit_account=row.credit_account_id, amount=row.amount_minor,
-            reference=f"{row.purpose} to {row.destination}")
+            id=f"{row.id}:reserve",
+            kind=TransferKind.PENDING,
+            debit_account=row.debit_account_id,
+            credit_account=row.credit_account_id,
+            amount=row.amount_minor,
+            reference=f"{row.purpose} to {row.destination}",
+        )
         result = self._ledger.submit([request])[0]
         if result.ok:
             return True
@@ -347,16 +438,19 @@ class WithdrawalExecutor:
         for _ in range(2):  # a concurrent first use of the address may insert the nonce row first
             try:
                 with self._sessions.begin() as session:
-                    row = session.scalar(select(ChainTransaction).where(ChainTransaction.id == record_id)
-                                         .with_for_update())
+                    row = session.scalar(
+                        select(ChainTransaction).where(ChainTransaction.id == record_id).with_for_update()
+                    )
                     assert row is not None
                     if row.status != TxStatus.QUEUED.value:
                         return  # someone else signed it
                     if chain_nonce is None:
                         chain_nonce = self._adapter.nonce(row.source_address)
-                    counter = session.scalar(select(ChainNonce).where(
-                        ChainNonce.chain == self._chain, ChainNonce.address == row.source_address)
-                        .with_for_update())
+                    counter = session.scalar(
+                        select(ChainNonce)
+                        .where(ChainNonce.chain == self._chain, ChainNonce.address == row.source_address)
+                        .with_for_update()
+                    )
                     if counter is None:
                         counter = ChainNonce(chain=self._chain, address=row.source_address, next_nonce=0)
                         session.add(counter)
@@ -374,24 +468,38 @@ class WithdrawalExecutor:
         assert row.nonce in (None, nonce), "a record's nonce never changes"
         tx = self._tx_fields(row, nonce, fees)
         signed = self._wallets.sign_ethereum(row.source_wallet_id, row.source_path, tx, session)
-        session.add(ChainTransactionAttempt(
-            txid=signed.txid, transaction_id=row.id, nonce=nonce, max_fee_per_gas=fees.max_fee_per_gas,
-            max_priority_fee_per_gas=fees.max_priority_fee_per_gas, raw=signed.raw.hex(),
-            created_ms=self._clock()))
+        session.add(
+            ChainTransactionAttempt(
+                txid=signed.txid,
+                transaction_id=row.id,
+                nonce=nonce,
+                max_fee_per_gas=fees.max_fee_per_gas,
+                max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+                raw=signed.raw.hex(),
+                created_ms=self._clock(),
+            )
+        )
         return signed.txid
 
     def _tx_fields(self, row: ChainTransaction, nonce: int, fees: FeeQuote) -> dict[str, Any]:
         if self._chain_id is None:
             self._chain_id = self._adapter.chain_id()
         tx: dict[str, Any] = {
-            "type": 2, "chainId": self._chain_id, "nonce": nonce, "gas": row.gas_limit,
-            "maxFeePerGas": fees.max_fee_per_gas, "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+            "type": 2,
+            "chainId": self._chain_id,
+            "nonce": nonce,
+            "gas": row.gas_limit,
+            "maxFeePerGas": fees.max_fee_per_gas,
+            "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
         }
         if row.asset == self._adapter.native_asset:
             tx.update(to=row.destination, value=row.amount_minor, data=b"")
         else:
-            tx.update(to=self._adapter.token_address(row.asset), value=0,
-                      data=transfer_calldata(row.destination, row.amount_minor))
+            tx.update(
+                to=self._adapter.token_address(row.asset),
+                value=0,
+                data=transfer_calldata(row.destination, row.amount_minor),
+            )
         return tx
 
     # -- signed -> broadcast ----------------------------------------------------------------
@@ -421,8 +529,13 @@ class WithdrawalExecutor:
             self._rebroadcast_or_replace(self._load(row.id))
             return
         if row.mined_txid != receipt.txid or row.mined_height != receipt.block_height:
-            self._set(row.id, status=TxStatus.MINED, mined_txid=receipt.txid,
-                      mined_height=receipt.block_height, fee_paid_minor=receipt.fee_paid_minor)
+            self._set(
+                row.id,
+                status=TxStatus.MINED,
+                mined_txid=receipt.txid,
+                mined_height=receipt.block_height,
+                fee_paid_minor=receipt.fee_paid_minor,
+            )
         confirmations = self._adapter.head_height() - receipt.block_height + 1
         if confirmations >= self.config.confirmations.get(row.asset, DEFAULT_CONFIRMATIONS["ETH"]):
             self._finalize(self._load(row.id), receipt)
@@ -462,8 +575,9 @@ class WithdrawalExecutor:
             self._set(row.id, broadcast_height=head)
             return
         with self._sessions.begin() as session:
-            fresh = session.scalar(select(ChainTransaction).where(ChainTransaction.id == row.id)
-                                   .with_for_update())
+            fresh = session.scalar(
+                select(ChainTransaction).where(ChainTransaction.id == row.id).with_for_update()
+            )
             assert fresh is not None
             if fresh.current_txid != row.current_txid or fresh.status != TxStatus.BROADCAST.value:
                 return
@@ -480,15 +594,32 @@ class WithdrawalExecutor:
         kind = TransferKind.POST if receipt.success else TransferKind.VOID
         requests = []
         if row.hold_transfer_id is not None:
-            requests.append(TransferRequest(id=f"{row.id}:hold:{kind.value}", kind=kind,
-                                            pending_id=row.hold_transfer_id, reference=receipt.txid))
-        requests.append(TransferRequest(id=f"{row.id}:reserve:{kind.value}", kind=kind,
-                                        pending_id=f"{row.id}:reserve", reference=receipt.txid))
+            requests.append(
+                TransferRequest(
+                    id=f"{row.id}:hold:{kind.value}",
+                    kind=kind,
+                    pending_id=row.hold_transfer_id,
+                    reference=receipt.txid,
+                )
+            )
+        requests.append(
+            TransferRequest(
+                id=f"{row.id}:reserve:{kind.value}",
+                kind=kind,
+                pending_id=f"{row.id}:reserve",
+                reference=receipt.txid,
+            )
+        )
         if receipt.fee_paid_minor > 0:
-            requests.append(TransferRequest(
-                id=f"{row.id}:gas", debit_account=self._wallets.network_fees_account(self._adapter.native_asset),
-                credit_account=row.gas_account_id, amount=receipt.fee_paid_minor,
-                reference=f"gas of {receipt.txid}"))
+            requests.append(
+                TransferRequest(
+                    id=f"{row.id}:gas",
+                    debit_account=self._wallets.network_fees_account(self._adapter.native_asset),
+                    credit_account=row.gas_account_id,
+                    amount=receipt.fee_paid_minor,
+                    reference=f"gas of {receipt.txid}",
+                )
+            )
         results = self._ledger.submit(requests, linked=True)
         failed = [r for r in results if not r.ok and r.code is not LedgerCode.LINKED_TRANSFER_FAILED]
         if failed:
@@ -507,7 +638,9 @@ class WithdrawalExecutor:
         with self._sessions() as session:
             row = session.get(ChainTransaction, record_id)
             if row is None:
-                raise WalletError(WalletCode.TRANSACTION_NOT_FOUND, f"transaction {record_id!r} does not exist")
+                raise WalletError(
+                    WalletCode.TRANSACTION_NOT_FOUND, f"transaction {record_id!r} does not exist"
+                )
             return row
 
     def _raw(self, txid: str) -> bytes:
@@ -526,4 +659,3 @@ class WithdrawalExecutor:
             for name, value in fields.items():
                 setattr(row, name, value.value if isinstance(value, TxStatus) else value)
             row.updated_ms = self._clock()
-

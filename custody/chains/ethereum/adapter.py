@@ -7,9 +7,9 @@ ETH moves as the value of transactions; tokens (the USDC-like ERC-20) move as
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from eth_utils import is_address, is_checksum_address, to_checksum_address
+from eth_utils.address import is_address, is_checksum_address, to_checksum_address
 from web3 import Web3
 from web3.exceptions import BlockNotFound, TransactionNotFound, Web3Exception
 
@@ -105,10 +105,10 @@ class EthereumAdapter:
         checksum = self.normalize_address(address)
         block: Any = "latest" if at_height is None else at_height
         if asset == NATIVE_ASSET:
-            return int(self._call(lambda: self.web3.eth.get_balance(checksum, block)))
+            return int(self._call(lambda: self.web3.eth.get_balance(cast(Any, checksum), block)))
         token = self.token_address(asset)
         data = bytes.fromhex("70a08231") + bytes.fromhex(checksum[2:]).rjust(32, b"\0")
-        out = self._call(lambda: self.web3.eth.call({"to": token, "data": _hex(data)}, block))
+        out = self._call(lambda: self.web3.eth.call(cast(Any, {"to": token, "data": _hex(data)}), block))
         return int.from_bytes(bytes(out), "big")
 
     def token_address(self, asset: str) -> str:
@@ -122,7 +122,7 @@ class EthereumAdapter:
     def nonce(self, address: str) -> int:
         """Return the count of mined transactions from ``address``."""
         checksum = self.normalize_address(address)
-        return int(self._call(lambda: self.web3.eth.get_transaction_count(checksum, "latest")))
+        return int(self._call(lambda: self.web3.eth.get_transaction_count(cast(Any, checksum), "latest")))
 
     def fee_quote(self) -> FeeQuote:
         """Return max fee = 2 x base fee + tip, the usual margin for a few full blocks."""

@@ -8,16 +8,16 @@ a pre-funded, node-unlocked account. Production code never uses this module.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
 
 from custody.chains.ethereum.adapter import EthereumAdapter
 from custody.chains.ethereum.token import DEPLOY_GAS, TOKEN_TRANSFER_GAS, artifact, transfer_calldata
 
-TOKEN_ASSET = "USDC"
+TOKEN_ASSET = "USDC"  # noqa: S105 (an asset code, not a secret)
 RECEIPT_TIMEOUT_S = 30
 
 
@@ -64,9 +64,9 @@ class DevChain:
 
     def send_eth(self, to: str, amount_wei: int, sender: str | None = None) -> str:
         """Send ETH from an unlocked account (the funder by default); return the tx hash."""
-        tx = self.web3.eth.send_transaction({
+        tx = self.web3.eth.send_transaction(cast(Any, {
             "from": sender or self.funder, "to": to_checksum_address(to), "value": amount_wei,
-            "gas": 21_000})
+            "gas": 21_000}))
         return Web3.to_hex(tx)
 
     def mint(self, to: str, amount_minor: int) -> str:
@@ -101,7 +101,7 @@ class EmbeddedChain(DevChain):
     """The in-process chain: web3's EthereumTesterProvider on py-evm."""
 
     def __init__(self) -> None:
-        from eth_tester import EthereumTester, PyEVMBackend
+        from eth_tester import EthereumTester, PyEVMBackend  # type: ignore[import-untyped]
 
         self.tester = EthereumTester(PyEVMBackend())
         super().__init__(Web3(EthereumTesterProvider(self.tester)))

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 ARTIFACT_PATH = Path(__file__).resolve().parents[3] / "contracts" / "StrongroomUSD.json"
 TOKEN_DECIMALS = 6

@@ -12,8 +12,9 @@ from .helpers import ETH, USDC, Harness, make_harness
 
 
 @pytest.fixture
-def harness(sqlite_url: str, keystore, clock) -> Harness:
-    return make_harness(EmbeddedChain(), sqlite_url, keystore, clock)
+def harness(database_url: str, keystore, clock) -> Harness:
+    """On SQLite and PostgreSQL."""
+    return make_harness(EmbeddedChain(), database_url, keystore, clock)
 
 
 def test_deposit_is_credited_only_after_confirmations(harness: Harness) -> None:

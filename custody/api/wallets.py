@@ -1,0 +1,119 @@
+"""Wallet endpoints: wallets and addresses, outgoing transactions, refills, reconciliation.
+
+Reads need ``wallet.read`` (treasury, admin, auditor); the reconciliation
+report is also open to ``audit.read``; approving a refill needs
+``wallet.manage`` with MFA. Running a reconciliation needs a configured chain
+(``app.extensions["strongroom.wallets"]``, a :class:`WalletRuntime`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody.api.auth import principal, secured
+from custody.api.errors import error_body
+from custody.chains.adapter import ChainError
+from custody.reconciliation import report_from_row
+from custody.wallets.codes import WalletCode, WalletError
+from custody.wallets.models import ChainTransaction, ReconciliationRun, RefillProposal, Wallet, WalletAddress
+from custody.wallets.runtime import WalletRuntime
+from policies.api_key import Scope
+from policies.roles import Permission
+
+bp = Blueprint("wallets", __name__, url_prefix="/api/v1/wallets")
+LIST_LIMIT = 200
+
+
+@bp.errorhandler(WalletError)
+def _wallet_error(exc: WalletError) -> ResponseReturnValue:
+    return jsonify(error_body(exc.code, exc.message)), exc.status
+
+
+@bp.errorhandler(ChainError)
+def _chain_error(exc: ChainError) -> ResponseReturnValue:
+    return jsonify(error_body(exc.code, exc.message)), 502
+
+
+def _sessions() -> sessionmaker[Session]:
+    found: sessionmaker[Session] = current_app.extensions["strongroom.sessions"]
+    return found
+
+
+def _runtime() -> WalletRuntime:
+    runtime: WalletRuntime | None = current_app.extensions.get("strongroom.wallets")
+    if runtime is None:
+        raise WalletError(WalletCode.CHAIN_NOT_CONFIGURED,
+                          "no chain node is configured: set STRONGROOM_ETH_RPC_URL")
+    return runtime
+
+
+@bp.get("")
+@secured(Permission.WALLET_READ, scope=Scope.READ, mfa=False)
+def list_wallets() -> ResponseReturnValue:
+    """List wallets with their addresses and BIP32 paths (never seeds)."""
+    with _sessions()() as session:
+        wallets = session.scalars(select(Wallet).order_by(Wallet.id)).all()
+        addresses = session.scalars(select(WalletAddress).where(WalletAddress.owner.is_(None))).all()
+    by_wallet: dict[int, list[dict[str, Any]]] = {}
+    for a in addresses:
+        by_wallet.setdefault(a.wallet_id, []).append({"address": a.address, "path": a.path})
+    return jsonify({"wallets": [{
+        "name": w.name, "chain": w.chain, "temperature": w.temperature, "account_path": w.account_path,
+        "account_xpub": w.account_xpub, "deposit_addresses_issued": w.next_index if w.temperature == "deposit"
+        else None, "addresses": by_wallet.get(w.id, [])} for w in wallets]})
+
+
+@bp.get("/transactions")
+@secured(Permission.WALLET_READ, scope=Scope.READ, mfa=False)
+def list_transactions() -> ResponseReturnValue:
+    """List outgoing transactions (withdrawals, sweeps, consolidations), newest first."""
+    with _sessions()() as session:
+        rows = session.scalars(select(ChainTransaction).order_by(ChainTransaction.created_ms.desc())
+                               .limit(LIST_LIMIT)).all()
+    return jsonify({"transactions": [{
+        "id": r.id, "purpose": r.purpose, "asset": r.asset, "amount": str(r.amount_minor),
+        "destination": r.destination, "status": r.status, "note": r.note, "nonce": r.nonce,
+        "txid": r.mined_txid or r.current_txid, "mined_height": r.mined_height} for r in rows]})
+
+
+@bp.get("/refills")
+@secured(Permission.WALLET_READ, scope=Scope.READ, mfa=False)
+def list_refills() -> ResponseReturnValue:
+    """List cold -> hot refill proposals."""
+    with _sessions()() as session:
+        rows = session.scalars(select(RefillProposal).order_by(RefillProposal.created_ms.desc())
+                               .limit(LIST_LIMIT)).all()
+    return jsonify({"refills": [{
+        "id": r.id, "asset": r.asset, "amount": str(r.amount_minor), "status": r.status,
+        "required_approvals": r.required_approvals, "destination": r.destination} for r in rows]})
+
+
+@bp.post("/refills/<proposal_id>/approve")
+@secured(Permission.WALLET_MANAGE, scope=Scope.WITHDRAW)
+def approve_refill(proposal_id: str) -> ResponseReturnValue:
+    """Approve a refill proposal as the calling treasury member."""
+    view = _runtime().treasury.approve_refill(proposal_id, principal().username)
+    return jsonify(view.to_json())
+
+
+@bp.get("/reconciliation/latest")
+@secured(Permission.WALLET_READ, Permission.AUDIT_READ, scope=Scope.READ, mfa=False)
+def latest_reconciliation() -> ResponseReturnValue:
+    """Return the newest reconciliation report."""
+    with _sessions()() as session:
+        row = session.scalar(select(ReconciliationRun).order_by(ReconciliationRun.id.desc()).limit(1))
+    if row is None:
+        raise WalletError(WalletCode.NO_RECONCILIATION, "no reconciliation has run yet")
+    return jsonify(report_from_row(row).to_json())
+
+
+@bp.post("/reconciliation")
+@secured(Permission.WALLET_MANAGE, scope=Scope.READ, mfa=False)
+def run_reconciliation() -> ResponseReturnValue:
+    """Run a reconciliation now against the configured chain."""
+    return jsonify(_runtime().reconciler.run().to_json()), 201

@@ -1,0 +1,90 @@
+"""Wallet registry, HD derivation, and refusals at the executor's edge."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from embit import bip39
+from sqlalchemy import select
+
+from custody.chains.ethereum.devchain import EmbeddedChain
+from custody.wallets import hd
+from custody.wallets.codes import WalletCode, WalletError
+from custody.wallets.models import Wallet
+from custody.wallets.wallet import Temperature
+
+from .helpers import ETH, Harness, make_harness
+
+MNEMONIC = "abandon " * 11 + "about"
+
+
+def test_bip44_derivation_matches_the_standard_test_vector() -> None:
+    seed = bip39.mnemonic_to_seed(MNEMONIC.strip())
+    xpub = hd.account_xpub(seed, hd.account_path(60))
+    assert hd.ethereum_address_from_xpub(xpub, 0) == "0x9858EfFD232B4033E47d90003D41EC34EcaEda94"
+
+
+@pytest.fixture
+def harness(sqlite_url: str, keystore, clock) -> Harness:
+    return make_harness(EmbeddedChain(), sqlite_url, keystore, clock)
+
+
+def test_seed_is_stored_only_sealed_and_paths_are_recorded(harness: Harness) -> None:
+    address = harness.runtime.wallets.deposit_address("ethereum-deposits", "alice")
+    assert address.path == "m/44'/60'/0'/0/0"
+    again = harness.runtime.wallets.deposit_address("ethereum-deposits", "alice")
+    assert again == address
+    assert harness.runtime.wallets.deposit_address("ethereum-deposits", "bob").path == "m/44'/60'/0'/0/1"
+    with harness.runtime.wallets._sessions() as session:
+        rows = session.scalars(select(Wallet)).all()
+    for row in rows:
+        if row.temperature == "cold":
+            assert row.sealed_seed is None
+        else:
+            assert row.sealed_seed is not None
+            assert base64.b64decode(row.sealed_seed)[:1] != b""
+
+
+def test_cold_wallet_is_watch_only(harness: Harness) -> None:
+    cold = harness.runtime.wallets.one("ethereum", Temperature.COLD)
+    with pytest.raises(WalletError) as info:
+        harness.runtime.wallets.sign_ethereum(cold.id, "m/44'/60'/0'/0/0", {})
+    assert info.value.code is WalletCode.WRONG_TEMPERATURE
+
+
+@pytest.mark.parametrize(("destination", "amount", "code"), [
+    ("0x52908400098527886E0F7030069857D2E4169Ee7", ETH, WalletCode.INVALID_DESTINATION),
+    ("not-an-address", ETH, WalletCode.INVALID_DESTINATION),
+    ("0x52908400098527886E0F7030069857D2E4169EE7", 0, WalletCode.INVALID_AMOUNT),
+    ("0x52908400098527886E0F7030069857D2E4169EE7", -5, WalletCode.INVALID_AMOUNT),
+])
+def test_execute_refuses_bad_destination_or_amount_and_creates_nothing(
+        harness: Harness, destination: str, amount: int, code: WalletCode) -> None:
+    with pytest.raises(WalletError) as info:
+        harness.runtime.executor.execute("bad", "ETH", amount, destination, "hold-x")
+    assert info.value.code is code
+    assert harness.runtime.executor.recent() == []
+
+
+def test_execute_same_withdrawal_twice_is_one_record_and_different_body_conflicts(harness: Harness) -> None:
+    dest = "0x52908400098527886E0F7030069857D2E4169EE7"
+    first = harness.runtime.executor.execute("w9", "ETH", ETH, dest, "hold-9")
+    second = harness.runtime.executor.execute("w9", "ETH", ETH, dest.lower(), "hold-9")
+    assert first.id == second.id and len(harness.runtime.executor.recent()) == 1
+    with pytest.raises(WalletError) as info:
+        harness.runtime.executor.execute("w9", "ETH", 2 * ETH, dest, "hold-9")
+    assert info.value.code is WalletCode.TRANSACTION_CONFLICT
+
+
+def test_refill_proposal_needs_two_distinct_approvers(harness: Harness) -> None:
+    treasury = harness.runtime.treasury
+    treasury.set_limits("ETH", 5 * ETH, 10 * ETH, 20 * ETH)
+    proposal = treasury.rebalance("ETH")
+    assert proposal is not None and proposal.status == "proposed"  # type: ignore[union-attr]
+    treasury.approve_refill(proposal.id, "tina")
+    with pytest.raises(WalletError) as info:
+        treasury.approve_refill(proposal.id, "tina")
+    assert info.value.code is WalletCode.DUPLICATE_APPROVAL
+    done = treasury.approve_refill(proposal.id, "tom")
+    assert done.status == "awaiting_signer" and done.approvals == ["tina", "tom"]
