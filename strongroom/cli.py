@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -77,12 +78,18 @@ def serve(host: str | None, port: int | None) -> None:
     from waitress import serve as waitress_serve
 
     from strongroom.app import create_app
+    from strongroom.jobs import JobRunner, server_jobs
 
     settings = _settings()
     app = create_app(settings=settings)
     bind_host, bind_port = host or settings.host, port or settings.port
+    runner = JobRunner(server_jobs(app, settings.checkpoint_every_entries), time.monotonic)
+    runner.start()
     click.echo(f"Strongroom API on http://{bind_host}:{bind_port}/api/v1/health")
-    waitress_serve(app, host=bind_host, port=bind_port, threads=8)
+    try:
+        waitress_serve(app, host=bind_host, port=bind_port, threads=8)
+    finally:
+        runner.stop()
 
 
 @main.command()

@@ -10,6 +10,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8600
 DATA_DIR_MODE = 0o700
 KEYSTORE_BACKENDS = ("local", "vault", "pkcs11")
+DEFAULT_CHECKPOINT_EVERY = 10_000
 
 
 class SettingsError(ValueError):
@@ -28,6 +29,7 @@ class Settings:
     keystore_backend: str = "local"
     keystore_passphrase: str | None = field(default=None, repr=False)
     keystore_passphrase_file: Path | None = None
+    checkpoint_every_entries: int = DEFAULT_CHECKPOINT_EVERY
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -46,12 +48,16 @@ class Settings:
         if backend not in KEYSTORE_BACKENDS:
             raise SettingsError(f"STRONGROOM_KEYSTORE_BACKEND was {backend!r}, must be one of "
                                 f"{', '.join(KEYSTORE_BACKENDS)}")
+        every_text = env.get("STRONGROOM_CHECKPOINT_EVERY", str(DEFAULT_CHECKPOINT_EVERY))
+        if not every_text.isdigit() or int(every_text) < 1:
+            raise SettingsError(f"STRONGROOM_CHECKPOINT_EVERY was {every_text!r}, must be a positive integer")
         passphrase_file = env.get("STRONGROOM_KEYSTORE_PASSPHRASE_FILE")
         return cls(data_dir=data_dir, database_url=database_url,
                    host=env.get("STRONGROOM_HOST", DEFAULT_HOST), port=int(port_text),
                    log_level=log_level, keystore_backend=backend,
                    keystore_passphrase=env.get("STRONGROOM_KEYSTORE_PASSPHRASE") or None,
-                   keystore_passphrase_file=Path(passphrase_file) if passphrase_file else None)
+                   keystore_passphrase_file=Path(passphrase_file) if passphrase_file else None,
+                   checkpoint_every_entries=int(every_text))
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory readable by its owner only, and return it."""

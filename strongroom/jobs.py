@@ -1,0 +1,83 @@
+"""Background jobs of the server process: expire pending holds, write ledger checkpoints.
+
+Each job runs on a fixed interval in one daemon thread. A failing job is
+logged (without secrets) and retried on its next tick; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask
+
+log = logging.getLogger(__name__)
+
+EXPIRE_INTERVAL_S = 5.0
+CHECKPOINT_INTERVAL_S = 30.0
+DEFAULT_CHECKPOINT_EVERY_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A named callable run every ``interval_s`` seconds."""
+
+    name: str
+    interval_s: float
+    run: Callable[[], object]
+
+
+def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_EVERY_ENTRIES) -> list[Job]:
+    """Return the jobs every server runs: hold expiry and periodic signed checkpoints."""
+    from custody.api.audit import audit
+
+    ledger = app.extensions["strongroom.ledger"]
+
+    def checkpoint() -> object:
+        with app.app_context():
+            return audit().checkpoint_if_due(checkpoint_every_entries)
+
+    return [
+        Job("expire_pending", EXPIRE_INTERVAL_S, ledger.expire_pending),
+        Job("ledger_checkpoint", CHECKPOINT_INTERVAL_S, checkpoint),
+    ]
+
+
+class JobRunner:
+    """Run jobs on their intervals in one daemon thread until stopped."""
+
+    def __init__(self, jobs: list[Job], clock: Callable[[], float]) -> None:
+        self._jobs = jobs
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="strongroom-jobs", daemon=True)
+
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the thread to stop and wait for it."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def run_due(self, due: dict[str, float]) -> None:
+        """Run every job whose time has come and schedule its next run."""
+        now = self._clock()
+        for job in self._jobs:
+            if now < due.get(job.name, now):
+                continue
+            try:
+                job.run()
+            except Exception:
+                # The traceback names the failing call; job inputs never hold key material.
+                log.exception("background job %s failed; retrying in %.0fs", job.name, job.interval_s)
+            due[job.name] = now + job.interval_s
+
+    def _loop(self) -> None:
+        due: dict[str, float] = {}
+        while not self._stop.is_set():
+            self.run_due(due)
+            self._stop.wait(1.0)

@@ -1,0 +1,63 @@
+"""Background jobs: pending holds expire and checkpoints are written when due."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from flask import Flask
+
+from custody.ledger.entry import AccountKind, TransferKind
+from custody.ledger.posting import TransferRequest
+from strongroom.jobs import Job, JobRunner, server_jobs
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _hold(app: Flask, timeout_s: int) -> int:
+    ledger = app.extensions["strongroom.ledger"]
+    wallet = ledger.create_account("platform", "USDC", AccountKind.HOT_WALLET)
+    user = ledger.create_account("alice", "USDC", AccountKind.USER_AVAILABLE)
+    held = ledger.create_account("platform", "USDC", AccountKind.WITHDRAWALS_IN_FLIGHT)
+    ledger.transfer(TransferRequest(id="fund", debit_account=wallet.id, credit_account=user.id, amount=100))
+    ledger.transfer(TransferRequest(id="hold", kind=TransferKind.PENDING, debit_account=user.id,
+                                    credit_account=held.id, amount=60, timeout_s=timeout_s))
+    return user.id
+
+
+def test_server_jobs_expire_holds_and_write_checkpoints_when_due(app: Flask, clock) -> None:  # type: ignore[no-untyped-def]
+    user = _hold(app, timeout_s=10)
+    ledger = app.extensions["strongroom.ledger"]
+    ticks = Ticks()
+    runner = JobRunner(server_jobs(app, checkpoint_every_entries=2), ticks)
+    due: dict[str, float] = {}
+    runner.run_due(due)
+    assert ledger.balance(user).credit_balance_available == 40
+    clock.advance(10_000)
+    ticks.now += 5.0
+    runner.run_due(due)
+    assert ledger.balance(user).credit_balance_available == 100
+    from custody.api.audit import audit
+
+    with app.app_context():
+        latest = audit().latest_checkpoint()
+    assert latest is not None and latest.last_seq == 2  # written on the first tick, before the expiry
+
+
+def test_failing_job_is_logged_and_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[str] = []
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    runner = JobRunner([Job("bad", 1.0, boom), Job("good", 1.0, lambda: ran.append("good"))], Ticks())
+    with caplog.at_level(logging.ERROR):
+        runner.run_due({})
+    assert ran == ["good"]
+    assert "background job bad failed" in caplog.text
