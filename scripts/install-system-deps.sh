@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite runs against, if they are missing:
-# PostgreSQL (server), SoftHSM2 (PKCS#11 HSM). Needs root (CI runs as root);
+# PostgreSQL (server), SoftHSM2 (PKCS#11 HSM), Node.js + npm (for anvil and solcjs). Needs root (CI runs as root);
 # as a normal user it only reports what is missing.
 set -euo pipefail
 
@@ -10,6 +10,7 @@ have_pg_server() {
 }
 have_pg_server || missing+=(postgresql)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || ls /usr/lib/*/softhsm/libsofthsm2.so >/dev/null 2>&1 || missing+=(softhsm2)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 scripts/install-system-deps.sh
 scripts/bootstrap.sh
+scripts/install-node-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff" && ruff check .
@@ -22,6 +23,11 @@ if [ -z "${STRONGROOM_TEST_POSTGRES_URL:-}" ]; then
   export STRONGROOM_TEST_POSTGRES_URL
   export STRONGROOM_REQUIRE_POSTGRES=1
   echo "== throwaway PostgreSQL at $STRONGROOM_TEST_POSTGRES_URL"
+fi
+
+# In CI every external dependency must be present: fail rather than skip.
+if [ "${CI:-}" = "true" ]; then
+  export STRONGROOM_REQUIRE_POSTGRES=1 STRONGROOM_REQUIRE_ANVIL=1
 fi
 
 echo "== pytest"
