@@ -15,7 +15,7 @@ echo "== mypy (pure cores, strict)" && mypy policies signer exchange/engine
 echo "== mypy (platform)" && mypy custody strongroom
 
 pg_dir=""
-cleanup() { [ -n "$pg_dir" ] && scripts/pg-throwaway.sh stop "$pg_dir"; }
+cleanup() { if [ -n "$pg_dir" ]; then scripts/pg-throwaway.sh stop "$pg_dir"; fi; }
 trap cleanup EXIT
 if [ -z "${STRONGROOM_TEST_POSTGRES_URL:-}" ]; then
   pg_dir=$(mktemp -d /tmp/strongroom-pg.XXXXXX)
