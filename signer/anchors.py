@@ -86,7 +86,7 @@ class TrustAnchors:
     def from_bytes(cls, data: bytes) -> TrustAnchors:
         """Parse an anchors file; raise `SignerError` (7020) naming what is wrong."""
         try:
-            document = parse_strict(data, "trust anchors")
+            document = parse_strict(data, "trust anchors", big_ints=True)
         except SignerError as exc:
             raise SignerError(_INVALID, exc.refusal.message) from exc
         try:

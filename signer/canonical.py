@@ -51,8 +51,12 @@ def parse_canonical(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def parse_strict(data: bytes, what: str) -> dict[str, Any]:
-    """Parse one JSON object: no duplicate keys, no floats, no trailing bytes (form not checked)."""
+def parse_strict(data: bytes, what: str, *, big_ints: bool = False) -> dict[str, Any]:
+    """Parse one JSON object: no duplicate keys, no floats, no trailing bytes (form not checked).
+
+    Integers beyond +-(2^53 - 1) are refused unless `big_ints` (hand-written
+    configuration files); canonical documents write those as strings.
+    """
     if len(data) > MAX_DOCUMENT_BYTES:
         raise SignerError(
             SignerCode.BUNDLE_TOO_LARGE, f"{what} was {len(data)} bytes, at most {MAX_DOCUMENT_BYTES}"
@@ -62,7 +66,10 @@ def parse_strict(data: bytes, what: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise SignerError(SignerCode.BUNDLE_MALFORMED, f"{what} is not UTF-8 text") from exc
     decoder = json.JSONDecoder(
-        object_pairs_hook=_object_without_duplicates, parse_float=_no_float, parse_constant=_no_float
+        object_pairs_hook=_object_without_duplicates,
+        parse_float=_no_float,
+        parse_constant=_no_float,
+        parse_int=int if big_ints else _small_int,
     )
     try:
         value, end = decoder.raw_decode(text)
@@ -70,7 +77,7 @@ def parse_strict(data: bytes, what: str) -> dict[str, Any]:
         raise SignerError(SignerCode.BUNDLE_DUPLICATE_KEY, f"{what} has a duplicate key {exc}") from exc
     except _FloatError as exc:
         raise SignerError(
-            SignerCode.BUNDLE_NOT_CANONICAL, f"{what} contains a non-integer number {exc}"
+            SignerCode.BUNDLE_NOT_CANONICAL, f"{what} contains a number not allowed here: {exc}"
         ) from exc
     except ValueError as exc:
         raise SignerError(SignerCode.BUNDLE_MALFORMED, f"{what} is not JSON: {exc}") from exc
@@ -93,6 +100,13 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKeyError(repr(key))
         result[key] = value
     return result
+
+
+def _small_int(text: str) -> int:
+    value = int(text)
+    if not -MAX_JSON_INT <= value <= MAX_JSON_INT:
+        raise _FloatError(f"{text} (integers beyond 2^53 - 1 must be decimal strings)")
+    return value
 
 
 def _no_float(text: str) -> Any:
