@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from custody.access.service import AccessServices
+from custody.keystore import KeystoreError
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import AccountView, Ledger
@@ -98,8 +99,12 @@ def seed_demo_access(services: AccessServices) -> list[str]:
     for old in services.users.list_api_keys(DEMO_KEY_USER):
         if old.label == DEMO_KEY_LABEL and old.key.revoked_at_ms is None:
             services.users.revoke_api_key(DEMO_KEY_USER, old.key.key_id, actor="demo")
-    created = services.users.create_api_key(DEMO_KEY_USER, parse_scopes_all(), label=DEMO_KEY_LABEL,
-                                            actor="demo")
+    try:
+        created = services.users.create_api_key(DEMO_KEY_USER, parse_scopes_all(), label=DEMO_KEY_LABEL,
+                                                actor="demo")
+    except KeystoreError as exc:
+        # API secrets are sealed by the keystore; without its passphrase there is no key to show.
+        return [f"demo users ready; no demo API key: {exc.message}"]
     return [
         f"demo users: {', '.join(name for name, _, _ in DEMO_PEOPLE)}",
         f"demo API key for {DEMO_KEY_USER} (previous demo key revoked; shown once):",

@@ -7,4 +7,4 @@ from custody.ledger import models as ledger_models
 from custody.wallets import models as wallet_models
 from custody.withdrawals import models as withdrawal_models
 
-__all__ = ["Base", "access_models", "withdrawal_models", "audit_models", "ledger_models", "wallet_models"]
+__all__ = ["Base", "access_models", "audit_models", "ledger_models", "wallet_models", "withdrawal_models"]

@@ -31,9 +31,14 @@ class ApproverKeyView:
 
     def to_json(self) -> dict[str, object]:
         k = self.key
-        return {"key_id": k.key_id, "username": k.approver_id, "scheme": k.scheme.value,
-                "public_key": k.public_key.hex(), "registered_ms": self.registered_ms,
-                "revoked_ms": k.revoked_at_ms}
+        return {
+            "key_id": k.key_id,
+            "username": k.approver_id,
+            "scheme": k.scheme.value,
+            "public_key": k.public_key.hex(),
+            "registered_ms": self.registered_ms,
+            "revoked_ms": k.revoked_at_ms,
+        }
 
 
 class Approvers:
@@ -43,12 +48,21 @@ class Approvers:
         self._sessions = sessions
         self._clock = clock
 
-    def register(self, username: str, key_id: str, public_key: bytes,
-                 scheme: SignatureScheme = SignatureScheme.ED25519, *, actor: str) -> ApproverKeyView:
+    def register(
+        self,
+        username: str,
+        key_id: str,
+        public_key: bytes,
+        scheme: SignatureScheme = SignatureScheme.ED25519,
+        *,
+        actor: str,
+    ) -> ApproverKeyView:
         """Register ``public_key`` as ``username``'s key ``key_id``."""
         if not is_identifier(key_id):
-            raise AccessError(AccessCode.APPROVER_KEY_INVALID,
-                              f"key_id was {key_id[:140]!r}, must be 1..128 printable ASCII characters")
+            raise AccessError(
+                AccessCode.APPROVER_KEY_INVALID,
+                f"key_id was {key_id[:140]!r}, must be 1..128 printable ASCII characters",
+            )
         try:
             key = ApproverKey(key_id, username, scheme, public_key)
         except PolicyError as exc:
@@ -60,16 +74,29 @@ class Approvers:
                     raise AccessError(AccessCode.USER_UNKNOWN, f"user {username} does not exist")
                 if session.get(ApproverKeyRow, key_id) is not None:
                     raise AccessError(AccessCode.APPROVER_KEY_EXISTS, f"key {key_id} is already registered")
-                session.add(ApproverKeyRow(key_id=key_id, username=username, scheme=scheme.value,
-                                           public_key_hex=public_key.hex(), registered_ms=now_ms,
-                                           revoked_ms=None))
+                session.add(
+                    ApproverKeyRow(
+                        key_id=key_id,
+                        username=username,
+                        scheme=scheme.value,
+                        public_key_hex=public_key.hex(),
+                        registered_ms=now_ms,
+                        revoked_ms=None,
+                    )
+                )
                 session.flush()
-                security_log.append(session, at_ms=now_ms, actor=actor, action="approver_key.register",
-                                    subject=key_id, details={"username": username,
-                                                             "public_key": public_key.hex()})
+                security_log.append(
+                    session,
+                    at_ms=now_ms,
+                    actor=actor,
+                    action="approver_key.register",
+                    subject=key_id,
+                    details={"username": username, "public_key": public_key.hex()},
+                )
         except IntegrityError:
-            raise AccessError(AccessCode.APPROVER_KEY_EXISTS,
-                              f"key {key_id} or its public key is already registered") from None
+            raise AccessError(
+                AccessCode.APPROVER_KEY_EXISTS, f"key {key_id} or its public key is already registered"
+            ) from None
         return ApproverKeyView(key, now_ms)
 
     def revoke(self, username: str, key_id: str, *, actor: str) -> ApproverKeyView:
@@ -77,11 +104,19 @@ class Approvers:
         with self._sessions.begin() as session:
             row = session.get(ApproverKeyRow, key_id)
             if row is None or row.username != username:
-                raise AccessError(AccessCode.APPROVER_KEY_NOT_FOUND, f"{username} has no approver key {key_id}")
+                raise AccessError(
+                    AccessCode.APPROVER_KEY_NOT_FOUND, f"{username} has no approver key {key_id}"
+                )
             if row.revoked_ms is None:
                 row.revoked_ms = now_ms
-                security_log.append(session, at_ms=now_ms, actor=actor, action="approver_key.revoke",
-                                    subject=key_id, details={"username": username})
+                security_log.append(
+                    session,
+                    at_ms=now_ms,
+                    actor=actor,
+                    action="approver_key.revoke",
+                    subject=key_id,
+                    details={"username": username},
+                )
             return _view(row)
 
     def list_keys(self, username: str | None = None) -> list[ApproverKeyView]:
@@ -105,6 +140,11 @@ def load_registry(session: Session) -> ApproverRegistry:
 
 
 def _view(row: ApproverKeyRow) -> ApproverKeyView:
-    key = ApproverKey(row.key_id, row.username, SignatureScheme(row.scheme),
-                      bytes.fromhex(row.public_key_hex), row.revoked_ms)
+    key = ApproverKey(
+        row.key_id,
+        row.username,
+        SignatureScheme(row.scheme),
+        bytes.fromhex(row.public_key_hex),
+        row.revoked_ms,
+    )
     return ApproverKeyView(key, row.registered_ms)

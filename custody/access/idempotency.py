@@ -38,8 +38,10 @@ def request_fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 
 def check_key(key: str) -> str:
     if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
-        raise AccessError(AccessCode.IDEMPOTENCY_KEY_INVALID,
-                          f"Idempotency-Key was {key[:140]!r}, must match {IDEMPOTENCY_KEY_PATTERN.pattern}")
+        raise AccessError(
+            AccessCode.IDEMPOTENCY_KEY_INVALID,
+            f"Idempotency-Key was {key[:140]!r}, must match {IDEMPOTENCY_KEY_PATTERN.pattern}",
+        )
     return key
 
 
@@ -53,21 +55,33 @@ class Idempotency:
     def lookup(self, username: str, key: str, fingerprint: str) -> StoredResponse | None:
         """Return the stored response for a retry; refuse a key reused for another request."""
         with self._sessions() as session:
-            row = session.scalar(select(IdempotencyRecord).where(
-                IdempotencyRecord.username == username, IdempotencyRecord.idempotency_key == key))
+            row = session.scalar(
+                select(IdempotencyRecord).where(
+                    IdempotencyRecord.username == username, IdempotencyRecord.idempotency_key == key
+                )
+            )
             if row is None:
                 return None
             if row.request_sha256 != fingerprint:
-                raise AccessError(AccessCode.IDEMPOTENCY_KEY_REUSED,
-                                  f"Idempotency-Key {key} was used for a different request")
+                raise AccessError(
+                    AccessCode.IDEMPOTENCY_KEY_REUSED,
+                    f"Idempotency-Key {key} was used for a different request",
+                )
             return StoredResponse(row.status, row.body)
 
     def store(self, username: str, key: str, fingerprint: str, status: int, body: str) -> None:
         """Remember a response; a concurrent duplicate keeps the first one stored."""
         try:
             with self._sessions.begin() as session:
-                session.add(IdempotencyRecord(username=username, idempotency_key=key,
-                                              request_sha256=fingerprint, status=status, body=body,
-                                              created_ms=self._clock()))
+                session.add(
+                    IdempotencyRecord(
+                        username=username,
+                        idempotency_key=key,
+                        request_sha256=fingerprint,
+                        status=status,
+                        body=body,
+                        created_ms=self._clock(),
+                    )
+                )
         except IntegrityError:
             pass

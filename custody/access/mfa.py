@@ -24,8 +24,7 @@ TOTP_PURPOSE = "totp"
 class Mfa:
     """Enrol, confirm and verify TOTP codes per user."""
 
-    def __init__(self, sessions: sessionmaker[Session], secrets: SecretBox,
-                 clock: Callable[[], int]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], secrets: SecretBox, clock: Callable[[], int]) -> None:
         self._sessions = sessions
         self._secrets = secrets
         self._clock = clock
@@ -40,15 +39,15 @@ class Mfa:
                 raise AccessError(AccessCode.USER_UNKNOWN, f"user {username} does not exist")
             row = session.get(MfaRow, username, with_for_update=True)
             if row is not None and row.confirmed_ms is not None:
-                raise AccessError(AccessCode.MFA_ALREADY_ENROLLED,
-                                  f"{username} already has a confirmed authenticator")
+                raise AccessError(
+                    AccessCode.MFA_ALREADY_ENROLLED, f"{username} already has a confirmed authenticator"
+                )
             if row is None:
                 row = MfaRow(username=username, consecutive_failures=0)
                 session.add(row)
             row.secret_ciphertext, row.created_ms, row.confirmed_ms = sealed, now_ms, None
             row.last_used_step, row.consecutive_failures, row.locked_until_ms = None, 0, None
-            security_log.append(session, at_ms=now_ms, actor=username, action="mfa.enrol",
-                                subject=username)
+            security_log.append(session, at_ms=now_ms, actor=username, action="mfa.enrol", subject=username)
         return enrolment
 
     def confirm(self, username: str, code: str) -> Refusal | None:
@@ -81,9 +80,14 @@ class Mfa:
             if confirming or not outcome.ok:
                 action = "mfa.confirm" if confirming else "mfa.verify"
                 refusal = outcome.refusal
-                security_log.append(session, at_ms=now_ms, actor=username, action=action,
-                                    subject=username,
-                                    outcome="ok" if refusal is None else refusal.code.error)
+                security_log.append(
+                    session,
+                    at_ms=now_ms,
+                    actor=username,
+                    action=action,
+                    subject=username,
+                    outcome="ok" if refusal is None else refusal.code.error,
+                )
             return outcome.refusal
 
 

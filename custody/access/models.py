@@ -90,8 +90,9 @@ class IdempotencyRecord(Base):
     """The stored result of a state-changing POST, keyed by user and Idempotency-Key."""
 
     __tablename__ = "access_idempotency"
-    __table_args__ = (Index("uq_access_idempotency_username_key", "username", "idempotency_key",
-                            unique=True),)
+    __table_args__ = (
+        Index("uq_access_idempotency_username_key", "username", "idempotency_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     username: Mapped[str] = mapped_column(String(USERNAME_MAX_LEN))

@@ -39,9 +39,13 @@ class ActivePolicy:
     activated_ms: int
 
     def to_json(self) -> dict[str, object]:
-        return {"policy_id": self.document.policy_id, "version": self.document.version,
-                "digest": self.document.digest, "activated_ms": self.activated_ms,
-                "document": self.document.to_json()}
+        return {
+            "policy_id": self.document.policy_id,
+            "version": self.document.version,
+            "digest": self.document.digest,
+            "activated_ms": self.activated_ms,
+            "document": self.document.to_json(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,22 +58,34 @@ class ProposalView:
 
     def to_json(self) -> dict[str, object]:
         p = self.proposal
-        return {"proposal_id": p.proposal_id, "policy_id": p.policy_id,
-                "base_version": p.base_version, "new_version": p.new_version,
-                "document_sha256": p.document_sha256, "proposer": p.proposer_id,
-                "state": self.state, "created_ms": self.created_ms,
-                "required": {"count": DEFAULT_POLICY_CHANGE_REQUIREMENT.count,
-                             "group": DEFAULT_POLICY_CHANGE_REQUIREMENT.group},
-                "approvals": [{"approval_id": a, "approver": u, "key_id": k}
-                              for a, u, k in self.approvals],
-                "subject": _subject_json(p), "document": self.document.to_json()}
+        return {
+            "proposal_id": p.proposal_id,
+            "policy_id": p.policy_id,
+            "base_version": p.base_version,
+            "new_version": p.new_version,
+            "document_sha256": p.document_sha256,
+            "proposer": p.proposer_id,
+            "state": self.state,
+            "created_ms": self.created_ms,
+            "required": {
+                "count": DEFAULT_POLICY_CHANGE_REQUIREMENT.count,
+                "group": DEFAULT_POLICY_CHANGE_REQUIREMENT.group,
+            },
+            "approvals": [{"approval_id": a, "approver": u, "key_id": k} for a, u, k in self.approvals],
+            "subject": _subject_json(p),
+            "document": self.document.to_json(),
+        }
 
 
 class PolicyStore:
     """Read the active policy; propose and approve changes."""
 
-    def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], int],
-                 requirement: QuorumRequirement = DEFAULT_POLICY_CHANGE_REQUIREMENT) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], int],
+        requirement: QuorumRequirement = DEFAULT_POLICY_CHANGE_REQUIREMENT,
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
         self._requirement = requirement
@@ -84,9 +100,14 @@ class PolicyStore:
             with self._sessions.begin() as session:
                 session.add(_document_row(default, self._clock(), None))
                 session.flush()
-                security_log.append(session, at_ms=self._clock(), actor="system",
-                                    action="policy.install_default", subject=default.policy_id,
-                                    details={"version": default.version, "digest": default.digest})
+                security_log.append(
+                    session,
+                    at_ms=self._clock(),
+                    actor="system",
+                    action="policy.install_default",
+                    subject=default.policy_id,
+                    details={"version": default.version, "digest": default.digest},
+                )
         except IntegrityError:
             pass  # Another process installed it first.
 
@@ -103,16 +124,29 @@ class PolicyStore:
         proposal = propose_policy_change(proposal_id, current, proposed, proposer)
         now_ms = self._clock()
         with self._sessions.begin() as session:
-            session.add(PolicyChangeRow(
-                proposal_id=proposal_id, policy_id=proposal.policy_id,
-                base_version=proposal.base_version, new_version=proposal.new_version,
-                document=proposed.canonical_bytes().decode("utf-8"),
-                document_sha256=proposal.document_sha256, proposer=proposer, state=OPEN,
-                created_ms=now_ms, closed_ms=None))
+            session.add(
+                PolicyChangeRow(
+                    proposal_id=proposal_id,
+                    policy_id=proposal.policy_id,
+                    base_version=proposal.base_version,
+                    new_version=proposal.new_version,
+                    document=proposed.canonical_bytes().decode("utf-8"),
+                    document_sha256=proposal.document_sha256,
+                    proposer=proposer,
+                    state=OPEN,
+                    created_ms=now_ms,
+                    closed_ms=None,
+                )
+            )
             session.flush()
-            security_log.append(session, at_ms=now_ms, actor=proposer, action="policy.propose",
-                                subject=proposal_id, details={"new_version": proposal.new_version,
-                                                              "digest": proposal.document_sha256})
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor=proposer,
+                action="policy.propose",
+                subject=proposal_id,
+                details={"new_version": proposal.new_version, "digest": proposal.document_sha256},
+            )
         return ProposalView(proposal, proposed, OPEN, now_ms, ())
 
     def get(self, proposal_id: str) -> ProposalView:
@@ -129,8 +163,10 @@ class PolicyStore:
     def approve(self, actor: str, proposal_id: str, approval: Approval) -> ProposalView:
         """Add ``actor``'s signed approval; activate the new version once the quorum is met."""
         if approval.approver_id != actor:
-            raise AccessError(AccessCode.APPROVER_MISMATCH,
-                              f"approval is by {approval.approver_id}; submit your own approval")
+            raise AccessError(
+                AccessCode.APPROVER_MISMATCH,
+                f"approval is by {approval.approver_id}; submit your own approval",
+            )
         now_ms = self._clock()
         self.ensure_default()
         with self._sessions.begin() as session:
@@ -139,15 +175,33 @@ class PolicyStore:
                 raise AccessError(AccessCode.PROPOSAL_CLOSED, f"proposal {proposal_id} is {row.state}")
             stored = [Approval.from_bytes(a.approval) for a in _approval_rows(session, proposal_id)]
             view = _proposal_view(session, row)
-            check = check_policy_change(view.proposal, view.document, active_policy(session).document,
-                                        [*stored, approval], load_registry(session), self._requirement,
-                                        now_ms)
+            check = check_policy_change(
+                view.proposal,
+                view.document,
+                active_policy(session).document,
+                [*stored, approval],
+                load_registry(session),
+                self._requirement,
+                now_ms,
+            )
             _refuse_new_approval(check.quorum, len(stored), check.refusal)
-            session.add(PolicyChangeApprovalRow(approval_id=approval.approval_id, proposal_id=proposal_id,
-                                                approver=actor, approval=approval.to_bytes(),
-                                                created_ms=now_ms))
-            security_log.append(session, at_ms=now_ms, actor=actor, action="policy.approve",
-                                subject=proposal_id, details={"approval_id": approval.approval_id})
+            session.add(
+                PolicyChangeApprovalRow(
+                    approval_id=approval.approval_id,
+                    proposal_id=proposal_id,
+                    approver=actor,
+                    approval=approval.to_bytes(),
+                    created_ms=now_ms,
+                )
+            )
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor=actor,
+                action="policy.approve",
+                subject=proposal_id,
+                details={"approval_id": approval.approval_id},
+            )
             if check.approved:
                 _activate(session, row, view.document, now_ms)
             session.flush()
@@ -156,8 +210,11 @@ class PolicyStore:
 
 def active_policy(session: Session) -> ActivePolicy:
     """Return the policy in force (the highest activated version)."""
-    row = session.scalar(select(PolicyDocumentRow).order_by(
-        PolicyDocumentRow.activated_ms.desc(), PolicyDocumentRow.version.desc()).limit(1))
+    row = session.scalar(
+        select(PolicyDocumentRow)
+        .order_by(PolicyDocumentRow.activated_ms.desc(), PolicyDocumentRow.version.desc())
+        .limit(1)
+    )
     assert row is not None, "no withdrawal policy installed; call PolicyStore.ensure_default()"
     return ActivePolicy(parse_policy_json(row.document.encode("utf-8")), row.activated_ms)
 
@@ -179,20 +236,32 @@ def _refuse_new_approval(quorum: object, index: int, refusal: object) -> None:
 def _activate(session: Session, row: PolicyChangeRow, document: PolicyDocument, now_ms: int) -> None:
     session.add(_document_row(document, now_ms, row.proposal_id))
     row.state, row.closed_ms = APPLIED, now_ms
-    others = session.scalars(select(PolicyChangeRow).where(
-        PolicyChangeRow.state == OPEN, PolicyChangeRow.proposal_id != row.proposal_id))
+    others = session.scalars(
+        select(PolicyChangeRow).where(
+            PolicyChangeRow.state == OPEN, PolicyChangeRow.proposal_id != row.proposal_id
+        )
+    )
     for other in others:
         other.state, other.closed_ms = SUPERSEDED, now_ms
-    security_log.append(session, at_ms=now_ms, actor="system", action="policy.activate",
-                        subject=document.policy_id, details={"version": document.version,
-                                                             "digest": document.digest,
-                                                             "proposal_id": row.proposal_id})
+    security_log.append(
+        session,
+        at_ms=now_ms,
+        actor="system",
+        action="policy.activate",
+        subject=document.policy_id,
+        details={"version": document.version, "digest": document.digest, "proposal_id": row.proposal_id},
+    )
 
 
 def _document_row(document: PolicyDocument, now_ms: int, proposal_id: str | None) -> PolicyDocumentRow:
-    return PolicyDocumentRow(policy_id=document.policy_id, version=document.version,
-                             document=document.canonical_bytes().decode("utf-8"),
-                             digest=document.digest, activated_ms=now_ms, proposal_id=proposal_id)
+    return PolicyDocumentRow(
+        policy_id=document.policy_id,
+        version=document.version,
+        document=document.canonical_bytes().decode("utf-8"),
+        digest=document.digest,
+        activated_ms=now_ms,
+        proposal_id=proposal_id,
+    )
 
 
 def _proposal_row(session: Session, proposal_id: str, *, lock: bool = False) -> PolicyChangeRow:
@@ -203,24 +272,36 @@ def _proposal_row(session: Session, proposal_id: str, *, lock: bool = False) -> 
 
 
 def _approval_rows(session: Session, proposal_id: str) -> list[PolicyChangeApprovalRow]:
-    return list(session.scalars(select(PolicyChangeApprovalRow).where(
-        PolicyChangeApprovalRow.proposal_id == proposal_id).order_by(
-        PolicyChangeApprovalRow.created_ms, PolicyChangeApprovalRow.approval_id)))
+    return list(
+        session.scalars(
+            select(PolicyChangeApprovalRow)
+            .where(PolicyChangeApprovalRow.proposal_id == proposal_id)
+            .order_by(PolicyChangeApprovalRow.created_ms, PolicyChangeApprovalRow.approval_id)
+        )
+    )
 
 
 def _proposal_view(session: Session, row: PolicyChangeRow) -> ProposalView:
     document = parse_policy_json(row.document.encode("utf-8"))
-    proposal = PolicyChangeProposal(row.proposal_id, row.policy_id, row.base_version, row.new_version,
-                                    row.document_sha256, row.proposer)
-    approvals = tuple((a.approval_id, a.approver, Approval.from_bytes(a.approval).key_id)
-                      for a in _approval_rows(session, row.proposal_id))
+    proposal = PolicyChangeProposal(
+        row.proposal_id, row.policy_id, row.base_version, row.new_version, row.document_sha256, row.proposer
+    )
+    approvals = tuple(
+        (a.approval_id, a.approver, Approval.from_bytes(a.approval).key_id)
+        for a in _approval_rows(session, row.proposal_id)
+    )
     return ProposalView(proposal, document, row.state, row.created_ms, approvals)
 
 
 def _subject_json(proposal: PolicyChangeProposal) -> dict[str, object]:
     s = proposal.subject
-    return {"kind": s.kind.name.lower(), "subject_id": s.subject_id, "policy_id": s.policy_id,
-            "policy_version": s.policy_version, "document_sha256": s.document_sha256}
+    return {
+        "kind": s.kind.name.lower(),
+        "subject_id": s.subject_id,
+        "policy_id": s.policy_id,
+        "policy_version": s.policy_version,
+        "document_sha256": s.document_sha256,
+    }
 
 
 def document_json(document: PolicyDocument) -> str:

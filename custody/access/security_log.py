@@ -41,21 +41,46 @@ class SecurityEventView:
     hash: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "at_ms": self.at_ms, "actor": self.actor, "action": self.action,
-                "subject": self.subject, "outcome": self.outcome, "details": self.details,
-                "prev_hash": self.prev_hash, "hash": self.hash}
+        return {
+            "seq": self.seq,
+            "at_ms": self.at_ms,
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "outcome": self.outcome,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
 
 
-def event_hash(prev_hash: str, seq: int, at_ms: int, actor: str, action: str, subject: str,
-               outcome: str, details_json: str) -> str:
+def event_hash(
+    prev_hash: str,
+    seq: int,
+    at_ms: int,
+    actor: str,
+    action: str,
+    subject: str,
+    outcome: str,
+    details_json: str,
+) -> str:
     """Return the SHA-256 hex chaining one event to its predecessor."""
-    body = json.dumps([seq, at_ms, actor, action, subject, outcome, details_json],
-                      separators=(",", ":"), ensure_ascii=True)
+    body = json.dumps(
+        [seq, at_ms, actor, action, subject, outcome, details_json], separators=(",", ":"), ensure_ascii=True
+    )
     return hashlib.sha256(f"strongroom/security-log/v1\n{prev_hash}\n{body}".encode()).hexdigest()
 
 
-def append(session: Session, *, at_ms: int, actor: str, action: str, subject: str = "",
-           outcome: str = "ok", details: Mapping[str, Any] | None = None) -> SecurityEvent:
+def append(
+    session: Session,
+    *,
+    at_ms: int,
+    actor: str,
+    action: str,
+    subject: str = "",
+    outcome: str = "ok",
+    details: Mapping[str, Any] | None = None,
+) -> SecurityEvent:
     """Append one event inside the caller's transaction."""
     payload = dict(details or {})
     leaked = _FORBIDDEN_DETAIL_KEYS & {k.lower() for k in payload}
@@ -67,9 +92,17 @@ def append(session: Session, *, at_ms: int, actor: str, action: str, subject: st
     seq = 1 if last is None else last.seq + 1
     prev = GENESIS_HASH if last is None else last.hash
     details_json = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    row = SecurityEvent(seq=seq, at_ms=at_ms, actor=actor[:64], action=action,
-                        subject=subject[:MAX_SUBJECT_CHARS], outcome=outcome, details=details_json,
-                        prev_hash=prev, hash="")
+    row = SecurityEvent(
+        seq=seq,
+        at_ms=at_ms,
+        actor=actor[:64],
+        action=action,
+        subject=subject[:MAX_SUBJECT_CHARS],
+        outcome=outcome,
+        details=details_json,
+        prev_hash=prev,
+        hash="",
+    )
     row.hash = event_hash(prev, seq, at_ms, row.actor, action, row.subject, outcome, details_json)
     session.add(row)
     return row
@@ -78,8 +111,9 @@ def append(session: Session, *, at_ms: int, actor: str, action: str, subject: st
 def page(session: Session, *, after_seq: int = 0, limit: int = 100) -> list[SecurityEventView]:
     """Return events after `after_seq`, oldest first."""
     assert 1 <= limit <= MAX_PAGE, f"limit was {limit}"
-    rows = session.scalars(select(SecurityEvent).where(SecurityEvent.seq > after_seq)
-                           .order_by(SecurityEvent.seq).limit(limit))
+    rows = session.scalars(
+        select(SecurityEvent).where(SecurityEvent.seq > after_seq).order_by(SecurityEvent.seq).limit(limit)
+    )
     return [_view(row) for row in rows]
 
 
@@ -89,13 +123,23 @@ def verify_chain(session: Session) -> int:
     for row in session.scalars(select(SecurityEvent).order_by(SecurityEvent.seq)):
         count += 1
         assert row.seq == count, f"security log seq {row.seq} where {count} was expected"
-        expected = event_hash(prev, row.seq, row.at_ms, row.actor, row.action, row.subject,
-                              row.outcome, row.details)
+        expected = event_hash(
+            prev, row.seq, row.at_ms, row.actor, row.action, row.subject, row.outcome, row.details
+        )
         assert row.prev_hash == prev and row.hash == expected, f"security log broken at seq {row.seq}"
         prev = row.hash
     return count
 
 
 def _view(row: SecurityEvent) -> SecurityEventView:
-    return SecurityEventView(row.seq, row.at_ms, row.actor, row.action, row.subject, row.outcome,
-                             json.loads(row.details), row.prev_hash, row.hash)
+    return SecurityEventView(
+        row.seq,
+        row.at_ms,
+        row.actor,
+        row.action,
+        row.subject,
+        row.outcome,
+        json.loads(row.details),
+        row.prev_hash,
+        row.hash,
+    )

@@ -45,26 +45,45 @@ class AccessServices:
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
 
     @classmethod
-    def build(cls, sessions: sessionmaker[Session], keystore: Keystore, ledger: Ledger,
-              clock: Callable[[], int], prices_usd_cents: Mapping[str, int] | None = None,
-              recv_window_ms: int = DEFAULT_RECV_WINDOW_MS) -> AccessServices:
+    def build(
+        cls,
+        sessions: sessionmaker[Session],
+        keystore: Keystore,
+        ledger: Ledger,
+        clock: Callable[[], int],
+        prices_usd_cents: Mapping[str, int] | None = None,
+        recv_window_ms: int = DEFAULT_RECV_WINDOW_MS,
+    ) -> AccessServices:
         secrets = SecretBox(keystore)
         policies = PolicyStore(sessions, clock)
         prices = DEFAULT_PRICES_USD_CENTS if prices_usd_cents is None else prices_usd_cents
         return cls(
-            sessions=sessions, clock=clock, users=Users(sessions, secrets, clock),
-            mfa=Mfa(sessions, secrets, clock), approvers=Approvers(sessions, clock),
-            replay_cache=DbReplayCache(sessions), idempotency=Idempotency(sessions, clock),
-            policies=policies, withdrawals=Withdrawals(sessions, ledger, policies, clock, prices),
-            recv_window_ms=recv_window_ms)
+            sessions=sessions,
+            clock=clock,
+            users=Users(sessions, secrets, clock),
+            mfa=Mfa(sessions, secrets, clock),
+            approvers=Approvers(sessions, clock),
+            replay_cache=DbReplayCache(sessions),
+            idempotency=Idempotency(sessions, clock),
+            policies=policies,
+            withdrawals=Withdrawals(sessions, ledger, policies, clock, prices),
+            recv_window_ms=recv_window_ms,
+        )
 
-    def log_refusal(self, key_id: str, username: str | None, refusal: Refusal, method: str,
-                    path: str) -> None:
+    def log_refusal(
+        self, key_id: str, username: str | None, refusal: Refusal, method: str, path: str
+    ) -> None:
         """Record a refused request: in the security log if the key is known, else the app log."""
         log.info("request refused: key=%s code=%s %s %s", key_id[:40], refusal.code.error, method, path[:200])
         if username is None:
             return
         with self.sessions.begin() as session:
-            security_log.append(session, at_ms=self.clock(), actor=username, action="auth.refused",
-                                subject=key_id, outcome=refusal.code.error,
-                                details={"method": method, "path": path[:200]})
+            security_log.append(
+                session,
+                at_ms=self.clock(),
+                actor=username,
+                action="auth.refused",
+                subject=key_id,
+                outcome=refusal.code.error,
+                details={"method": method, "path": path[:200]},
+            )

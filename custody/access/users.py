@@ -51,8 +51,13 @@ class UserView:
     disabled_ms: int | None
 
     def to_json(self) -> dict[str, object]:
-        return {"username": self.username, "roles": sorted(self.roles), "kyc_tier": self.kyc_tier,
-                "created_ms": self.created_ms, "disabled_ms": self.disabled_ms}
+        return {
+            "username": self.username,
+            "roles": sorted(self.roles),
+            "kyc_tier": self.kyc_tier,
+            "created_ms": self.created_ms,
+            "disabled_ms": self.disabled_ms,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +69,16 @@ class ApiKeyView:
 
     def to_json(self) -> dict[str, object]:
         k = self.key
-        return {"key_id": k.key_id, "username": k.owner_user_id, "label": self.label,
-                "scopes": sorted(k.scopes), "ip_allowlist": [str(n) for n in k.ip_allowlist],
-                "created_ms": k.created_at_ms, "expires_ms": k.expires_at_ms,
-                "revoked_ms": k.revoked_at_ms}
+        return {
+            "key_id": k.key_id,
+            "username": k.owner_user_id,
+            "label": self.label,
+            "scopes": sorted(k.scopes),
+            "ip_allowlist": [str(n) for n in k.ip_allowlist],
+            "created_ms": k.created_at_ms,
+            "expires_ms": k.expires_at_ms,
+            "revoked_ms": k.revoked_at_ms,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +107,22 @@ def parse_scopes(names: Iterable[str]) -> frozenset[Scope]:
         try:
             scopes.add(Scope(name))
         except ValueError:
-            raise PolicyError(ResultCode.API_KEY_INVALID,
-                              f"scope was {name!r}, must be read, trade or withdraw") from None
+            raise PolicyError(
+                ResultCode.API_KEY_INVALID, f"scope was {name!r}, must be read, trade or withdraw"
+            ) from None
     return frozenset(scopes)
 
 
 class Users:
     """Users and API keys."""
 
-    def __init__(self, sessions: sessionmaker[Session], secrets: SecretBox,
-                 clock: Callable[[], int],
-                 credentials: Callable[[], ApiKeyCredentials] = new_api_key_credentials) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        secrets: SecretBox,
+        clock: Callable[[], int],
+        credentials: Callable[[], ApiKeyCredentials] = new_api_key_credentials,
+    ) -> None:
         self._sessions = sessions
         self._secrets = secrets
         self._clock = clock
@@ -114,17 +130,26 @@ class Users:
 
     # -- users -------------------------------------------------------------------------------
 
-    def create_user(self, username: str, roles: frozenset[Role], *, kyc_tier: int = 0,
-                    actor: str = "system", key_scopes: frozenset[Scope] | None = None,
-                    key_label: str = "initial") -> tuple[UserView, NewApiKey | None]:
+    def create_user(
+        self,
+        username: str,
+        roles: frozenset[Role],
+        *,
+        kyc_tier: int = 0,
+        actor: str = "system",
+        key_scopes: frozenset[Scope] | None = None,
+        key_label: str = "initial",
+    ) -> tuple[UserView, NewApiKey | None]:
         """Create a user (and, with ``key_scopes``, a first API key) in one transaction."""
         _check_username(username)
         if isinstance(kyc_tier, bool) or not isinstance(kyc_tier, int) or not 0 <= kyc_tier <= MAX_KYC_TIER:
-            raise AccessError(AccessCode.KYC_TIER_INVALID,
-                              f"kyc_tier was {kyc_tier!r}, must be 0..{MAX_KYC_TIER}")
+            raise AccessError(
+                AccessCode.KYC_TIER_INVALID, f"kyc_tier was {kyc_tier!r}, must be 0..{MAX_KYC_TIER}"
+            )
         now_ms = self._clock()
-        row = User(username=username, roles=_join(roles), kyc_tier=kyc_tier, created_ms=now_ms,
-                   disabled_ms=None)
+        row = User(
+            username=username, roles=_join(roles), kyc_tier=kyc_tier, created_ms=now_ms, disabled_ms=None
+        )
         new_key = None if key_scopes is None else self._new_key(username, key_scopes, key_label, (), None)
         try:
             with self._sessions.begin() as session:
@@ -132,9 +157,14 @@ class Users:
                     raise AccessError(AccessCode.USER_EXISTS, f"user {username} already exists")
                 session.add(row)
                 session.flush()
-                security_log.append(session, at_ms=now_ms, actor=actor, action="user.create",
-                                    subject=username, details={"roles": sorted(roles),
-                                                               "kyc_tier": kyc_tier})
+                security_log.append(
+                    session,
+                    at_ms=now_ms,
+                    actor=actor,
+                    action="user.create",
+                    subject=username,
+                    details={"roles": sorted(roles), "kyc_tier": kyc_tier},
+                )
                 if new_key is not None:
                     self._insert_key(session, new_key, actor)
         except IntegrityError:
@@ -164,15 +194,27 @@ class Users:
             if row is None:
                 raise AccessError(AccessCode.USER_UNKNOWN, f"user {username} does not exist")
             row.disabled_ms = now_ms if disabled else None
-            security_log.append(session, at_ms=now_ms, actor=actor,
-                                action="user.disable" if disabled else "user.enable", subject=username)
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor=actor,
+                action="user.disable" if disabled else "user.enable",
+                subject=username,
+            )
             return user_view(row)
 
     # -- API keys ----------------------------------------------------------------------------
 
-    def create_api_key(self, username: str, scopes: frozenset[Scope], *, label: str = "",
-                       ip_allowlist: Iterable[str] = (), expires_ms: int | None = None,
-                       actor: str | None = None) -> NewApiKey:
+    def create_api_key(
+        self,
+        username: str,
+        scopes: frozenset[Scope],
+        *,
+        label: str = "",
+        ip_allowlist: Iterable[str] = (),
+        expires_ms: int | None = None,
+        actor: str | None = None,
+    ) -> NewApiKey:
         """Create a key for ``username``; the returned secret is never stored in clear."""
         new_key = self._new_key(username, scopes, label, ip_allowlist, expires_ms)
         with self._sessions.begin() as session:
@@ -181,8 +223,14 @@ class Users:
             self._insert_key(session, new_key, actor or username)
         return new_key[0]
 
-    def _new_key(self, username: str, scopes: frozenset[Scope], label: str, ip_allowlist: Iterable[str],
-                 expires_ms: int | None) -> tuple[NewApiKey, str]:
+    def _new_key(
+        self,
+        username: str,
+        scopes: frozenset[Scope],
+        label: str,
+        ip_allowlist: Iterable[str],
+        expires_ms: int | None,
+    ) -> tuple[NewApiKey, str]:
         networks = parse_ip_allowlist(ip_allowlist)
         if len(label) > MAX_LABEL_CHARS:
             raise PolicyError(ResultCode.API_KEY_INVALID, f"label must be at most {MAX_LABEL_CHARS} chars")
@@ -193,24 +241,47 @@ class Users:
 
     def _insert_key(self, session: Session, new_key: tuple[NewApiKey, str], actor: str) -> None:
         key, sealed = new_key[0].view.key, new_key[1]
-        count = len(session.scalars(select(ApiKeyRow.key_id).where(
-            ApiKeyRow.username == key.owner_user_id, ApiKeyRow.revoked_ms.is_(None))).all())
+        count = len(
+            session.scalars(
+                select(ApiKeyRow.key_id).where(
+                    ApiKeyRow.username == key.owner_user_id, ApiKeyRow.revoked_ms.is_(None)
+                )
+            ).all()
+        )
         if count >= MAX_KEYS_PER_USER:
-            raise PolicyError(ResultCode.API_KEY_INVALID,
-                              f"{key.owner_user_id} has {count} active keys, at most {MAX_KEYS_PER_USER}")
-        session.add(ApiKeyRow(
-            key_id=key.key_id, username=key.owner_user_id, label=new_key[0].view.label,
-            secret_ciphertext=sealed, scopes=_join(key.scopes),
-            ip_allowlist=",".join(str(n) for n in key.ip_allowlist), created_ms=key.created_at_ms,
-            expires_ms=key.expires_at_ms, revoked_ms=None))
-        security_log.append(session, at_ms=key.created_at_ms, actor=actor, action="api_key.create",
-                            subject=key.key_id, details={"username": key.owner_user_id,
-                                                         "scopes": sorted(key.scopes)})
+            raise PolicyError(
+                ResultCode.API_KEY_INVALID,
+                f"{key.owner_user_id} has {count} active keys, at most {MAX_KEYS_PER_USER}",
+            )
+        session.add(
+            ApiKeyRow(
+                key_id=key.key_id,
+                username=key.owner_user_id,
+                label=new_key[0].view.label,
+                secret_ciphertext=sealed,
+                scopes=_join(key.scopes),
+                ip_allowlist=",".join(str(n) for n in key.ip_allowlist),
+                created_ms=key.created_at_ms,
+                expires_ms=key.expires_at_ms,
+                revoked_ms=None,
+            )
+        )
+        security_log.append(
+            session,
+            at_ms=key.created_at_ms,
+            actor=actor,
+            action="api_key.create",
+            subject=key.key_id,
+            details={"username": key.owner_user_id, "scopes": sorted(key.scopes)},
+        )
 
     def list_api_keys(self, username: str) -> list[ApiKeyView]:
         with self._sessions() as session:
-            rows = session.scalars(select(ApiKeyRow).where(ApiKeyRow.username == username)
-                                   .order_by(ApiKeyRow.created_ms, ApiKeyRow.key_id))
+            rows = session.scalars(
+                select(ApiKeyRow)
+                .where(ApiKeyRow.username == username)
+                .order_by(ApiKeyRow.created_ms, ApiKeyRow.key_id)
+            )
             return [ApiKeyView(api_key(r), r.label) for r in rows]
 
     def revoke_api_key(self, username: str, key_id: str, *, actor: str) -> ApiKeyView:
@@ -222,8 +293,14 @@ class Users:
                 raise AccessError(AccessCode.API_KEY_NOT_FOUND, f"{username} has no key {key_id}")
             if row.revoked_ms is None:
                 row.revoked_ms = now_ms
-                security_log.append(session, at_ms=now_ms, actor=actor, action="api_key.revoke",
-                                    subject=key_id, details={"username": username})
+                security_log.append(
+                    session,
+                    at_ms=now_ms,
+                    actor=actor,
+                    action="api_key.revoke",
+                    subject=key_id,
+                    details={"username": username},
+                )
             return ApiKeyView(api_key(row), row.label)
 
     def verified_key(self, key_id: str) -> tuple[VerifiedKey, UserView] | None:
@@ -246,14 +323,15 @@ def user_view(row: User) -> UserView:
 def api_key(row: ApiKeyRow) -> ApiKey:
     scopes = frozenset(Scope(s) for s in row.scopes.split(",") if s)
     networks = parse_ip_allowlist([n for n in row.ip_allowlist.split(",") if n])
-    return ApiKey(row.key_id, row.username, scopes, row.created_ms, row.expires_ms, row.revoked_ms,
-                  networks)
+    return ApiKey(row.key_id, row.username, scopes, row.created_ms, row.expires_ms, row.revoked_ms, networks)
 
 
 def _check_username(username: str) -> None:
     if not isinstance(username, str) or not USERNAME_PATTERN.fullmatch(username):
-        raise AccessError(AccessCode.USERNAME_INVALID,
-                          f"username was {str(username)[:80]!r}, must match {USERNAME_PATTERN.pattern}")
+        raise AccessError(
+            AccessCode.USERNAME_INVALID,
+            f"username was {str(username)[:80]!r}, must match {USERNAME_PATTERN.pattern}",
+        )
     if username in RESERVED_USERNAMES:
         raise AccessError(AccessCode.USERNAME_INVALID, f"username {username} is reserved")
 

@@ -26,20 +26,44 @@ MAX_LIST_ITEMS = 64
 DEFAULT_BOOTSTRAP_SCOPES = ("read", "trade", "withdraw")
 
 _STRING_LIST = {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": MAX_LIST_ITEMS}
-API_KEY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["scopes"], "properties": {
-    "scopes": {"type": "array", "items": {"enum": ["read", "trade", "withdraw"]}, "minItems": 1},
-    "label": {"type": "string", "maxLength": 128}, "ip_allowlist": _STRING_LIST,
-    "expires_ms": {"type": "integer", "minimum": 0}}}
-CODE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["code"],
-               "properties": {"code": {"type": "string", "maxLength": 16}}}
-USER_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["username", "roles"],
-               "properties": {"username": {"type": "string", "maxLength": 64}, "roles": _STRING_LIST,
-                              "kyc_tier": {"type": "integer", "minimum": 0, "maximum": 3},
-                              "scopes": _STRING_LIST}}
-APPROVER_KEY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["key_id", "public_key"],
-                       "properties": {"key_id": {"type": "string", "maxLength": 128},
-                                      "public_key": {"type": "string", "maxLength": 512},
-                                      "scheme": {"enum": ["ed25519"]}}}
+API_KEY_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["scopes"],
+    "properties": {
+        "scopes": {"type": "array", "items": {"enum": ["read", "trade", "withdraw"]}, "minItems": 1},
+        "label": {"type": "string", "maxLength": 128},
+        "ip_allowlist": _STRING_LIST,
+        "expires_ms": {"type": "integer", "minimum": 0},
+    },
+}
+CODE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["code"],
+    "properties": {"code": {"type": "string", "maxLength": 16}},
+}
+USER_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["username", "roles"],
+    "properties": {
+        "username": {"type": "string", "maxLength": 64},
+        "roles": _STRING_LIST,
+        "kyc_tier": {"type": "integer", "minimum": 0, "maximum": 3},
+        "scopes": _STRING_LIST,
+    },
+}
+APPROVER_KEY_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["key_id", "public_key"],
+    "properties": {
+        "key_id": {"type": "string", "maxLength": 128},
+        "public_key": {"type": "string", "maxLength": 512},
+        "scheme": {"enum": ["ed25519"]},
+    },
+}
 
 
 def string_list(body: dict[str, Any], name: str, *, required: bool = True) -> list[str]:
@@ -47,9 +71,14 @@ def string_list(body: dict[str, Any], name: str, *, required: bool = True) -> li
     value = body.get(name)
     if value is None and not required:
         return []
-    if (not isinstance(value, list) or len(value) > MAX_LIST_ITEMS
-            or not all(isinstance(v, str) for v in value)):
-        raise ApiError(RequestCode.INVALID_FIELD, f"{name} must be a list of at most {MAX_LIST_ITEMS} strings")
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_LIST_ITEMS
+        or not all(isinstance(v, str) for v in value)
+    ):
+        raise ApiError(
+            RequestCode.INVALID_FIELD, f"{name} must be a list of at most {MAX_LIST_ITEMS} strings"
+        )
     return value
 
 
@@ -58,9 +87,14 @@ def string_list(body: dict[str, Any], name: str, *, required: bool = True) -> li
 def me() -> ResponseReturnValue:
     """Return the calling user and the key the request was signed with."""
     caller = principal()
-    return json_response({"user": caller.user.to_json(), "key_id": caller.key.key_id,
-                          "scopes": sorted(caller.key.scopes),
-                          "mfa_enrolled": services().mfa.is_enrolled(caller.username)})
+    return json_response(
+        {
+            "user": caller.user.to_json(),
+            "key_id": caller.key.key_id,
+            "scopes": sorted(caller.key.scopes),
+            "mfa_enrolled": services().mfa.is_enrolled(caller.username),
+        }
+    )
 
 
 @bp.post("/api-keys")
@@ -73,12 +107,17 @@ def create_api_key() -> ResponseReturnValue:
     reject_unknown(body, {"scopes", "label", "ip_allowlist", "expires_ms"})
     scopes = parse_scopes(string_list(body, "scopes"))
     if not scopes <= caller.key.scopes:
-        raise AccessError(AccessCode.SCOPE_ESCALATION,
-                          f"a key with scopes {sorted(caller.key.scopes)} cannot create one with {sorted(scopes)}")
+        raise AccessError(
+            AccessCode.SCOPE_ESCALATION,
+            f"a key with scopes {sorted(caller.key.scopes)} cannot create one with {sorted(scopes)}",
+        )
     created = services().users.create_api_key(
-        caller.username, scopes, label=field_str(body, "label", required=False, default="") or "",
+        caller.username,
+        scopes,
+        label=field_str(body, "label", required=False, default="") or "",
         ip_allowlist=string_list(body, "ip_allowlist", required=False),
-        expires_ms=field_int(body, "expires_ms", required=False))
+        expires_ms=field_int(body, "expires_ms", required=False),
+    )
     return json_response({"key": created.view.to_json(), "secret": created.credentials.secret}, 201)
 
 
@@ -138,12 +177,16 @@ def create_user() -> ResponseReturnValue:
     scopes = parse_scopes(string_list(body, "scopes", required=False) or DEFAULT_BOOTSTRAP_SCOPES)
     svc, actor = services(), principal().username
     user, created = svc.users.create_user(
-        field_str(body, "username") or "", roles,
-        kyc_tier=field_int(body, "kyc_tier", required=False, default=0) or 0, actor=actor,
-        key_scopes=scopes)
+        field_str(body, "username") or "",
+        roles,
+        kyc_tier=field_int(body, "kyc_tier", required=False, default=0) or 0,
+        actor=actor,
+        key_scopes=scopes,
+    )
     assert created is not None
-    return json_response({"user": user.to_json(), "key": created.view.to_json(),
-                          "secret": created.credentials.secret}, 201)
+    return json_response(
+        {"user": user.to_json(), "key": created.view.to_json(), "secret": created.credentials.secret}, 201
+    )
 
 
 @bp.post("/users/<username>/disable")
@@ -209,4 +252,6 @@ def decode_approval(body: dict[str, Any]) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(RequestCode.INVALID_FIELD, "approval must be standard base64 of the approval bytes") from None
+        raise ApiError(
+            RequestCode.INVALID_FIELD, "approval must be standard base64 of the approval bytes"
+        ) from None

@@ -90,8 +90,9 @@ def principal() -> Principal:
     return found
 
 
-def secured(*permissions: Permission, scope: Scope, mfa: bool | None = None,
-            admin_only: bool = False) -> Callable[[F], F]:
+def secured(
+    *permissions: Permission, scope: Scope, mfa: bool | None = None, admin_only: bool = False
+) -> Callable[[F], F]:
     """Protect a view; see the module docstring for the order of checks."""
     assert permissions or admin_only, "an endpoint must name a permission or be admin-only"
     need_mfa = any(requires_mfa(p) for p in permissions) if mfa is None else mfa
@@ -103,9 +104,11 @@ def secured(*permissions: Permission, scope: Scope, mfa: bool | None = None,
             caller = authenticate(access.scope)
             g.principal = caller
             if not access.allows(caller.user.roles):
-                raise PolicyError(ResultCode.PERMISSION_DENIED,
-                                  f"{caller.username} (roles {', '.join(sorted(caller.user.roles))}) "
-                                  f"may not call this endpoint: it {access.describe()}")
+                raise PolicyError(
+                    ResultCode.PERMISSION_DENIED,
+                    f"{caller.username} (roles {', '.join(sorted(caller.user.roles))}) "
+                    f"may not call this endpoint: it {access.describe()}",
+                )
             idempotency = _idempotency(caller)
             if idempotency is not None:
                 stored = services().idempotency.lookup(caller.username, *idempotency)
@@ -117,8 +120,9 @@ def secured(*permissions: Permission, scope: Scope, mfa: bool | None = None,
                 _check_mfa(caller)
             result = current_app.make_response(view(*args, **kwargs))
             if idempotency is not None and 200 <= result.status_code < 300:
-                services().idempotency.store(caller.username, *idempotency, result.status_code,
-                                             result.get_data(as_text=True))
+                services().idempotency.store(
+                    caller.username, *idempotency, result.status_code, result.get_data(as_text=True)
+                )
             return result
 
         wrapper.endpoint_access = access  # type: ignore[attr-defined]
@@ -131,17 +135,28 @@ def authenticate(scope: Scope) -> Principal:
     """Verify the request signature and return the caller; raise `PolicyError` if refused."""
     svc = services()
     signed = SignedRequest.parse(
-        key_id=request.headers.get(HEADER_KEY_ID), timestamp=request.headers.get(HEADER_TIMESTAMP),
-        signature=request.headers.get(HEADER_SIGNATURE), method=request.method, path=request.path,
-        query=request.query_string.decode("latin-1"), body=request.get_data(cache=True),
-        client_ip=request.remote_addr or "")
+        key_id=request.headers.get(HEADER_KEY_ID),
+        timestamp=request.headers.get(HEADER_TIMESTAMP),
+        signature=request.headers.get(HEADER_SIGNATURE),
+        method=request.method,
+        path=request.path,
+        query=request.query_string.decode("latin-1"),
+        body=request.get_data(cache=True),
+        client_ip=request.remote_addr or "",
+    )
     found = svc.users.verified_key(signed.key_id)
-    refusal = verify_signed_request(signed, None if found is None else found[0], required_scope=scope,
-                                    now_ms=svc.clock(), replay_cache=svc.replay_cache,
-                                    recv_window_ms=svc.recv_window_ms)
+    refusal = verify_signed_request(
+        signed,
+        None if found is None else found[0],
+        required_scope=scope,
+        now_ms=svc.clock(),
+        replay_cache=svc.replay_cache,
+        recv_window_ms=svc.recv_window_ms,
+    )
     if refusal is not None:
-        svc.log_refusal(signed.key_id, None if found is None else found[1].username, refusal,
-                        request.method, request.path)
+        svc.log_refusal(
+            signed.key_id, None if found is None else found[1].username, refusal, request.method, request.path
+        )
         raise PolicyError(refusal.code, refusal.message)
     assert found is not None
     verified, user = found
@@ -163,8 +178,9 @@ def _idempotency(caller: Principal) -> tuple[str, str] | None:
     key = request.headers.get(HEADER_IDEMPOTENCY_KEY)
     if request.method != "POST" or key is None:
         return None
-    fingerprint = request_fingerprint(request.method, request.path, request.query_string.decode("latin-1"),
-                                      request.get_data(cache=True))
+    fingerprint = request_fingerprint(
+        request.method, request.path, request.query_string.decode("latin-1"), request.get_data(cache=True)
+    )
     return check_key(key), fingerprint
 
 

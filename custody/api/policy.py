@@ -17,10 +17,18 @@ from policies.roles import Permission
 
 bp = Blueprint("policy", __name__, url_prefix="/api/v1/policy")
 
-PROPOSAL_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["document"],
-                   "properties": {"document": {"type": "object"}}}
-APPROVAL_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["approval"],
-                   "properties": {"approval": {"type": "string", "maxLength": 8192}}}
+PROPOSAL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["document"],
+    "properties": {"document": {"type": "object"}},
+}
+APPROVAL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["approval"],
+    "properties": {"approval": {"type": "string", "maxLength": 8192}},
+}
 
 
 @bp.get("")

@@ -39,11 +39,14 @@ def init_rate_limits(app: Flask) -> Limiter:
     per_key = app.config.get("RATELIMIT_PER_KEY", DEFAULT_PER_KEY)
     per_ip = app.config.get("RATELIMIT_PER_IP", DEFAULT_PER_IP)
     limiter = Limiter(
-        client_ip, app=app, headers_enabled=True,
+        client_ip,
+        app=app,
+        headers_enabled=True,
         storage_uri=app.config.get("RATELIMIT_STORAGE_URI", "memory://"),
         default_limits=[
             Limit(per_key, key_function=api_key_or_ip, scope="key", deduct_when=_authenticated),
             Limit(per_ip, key_function=client_ip, scope="ip"),
         ],
-        enabled=app.config.get("RATELIMIT_ENABLED", True))
+        enabled=app.config.get("RATELIMIT_ENABLED", True),
+    )
     return limiter

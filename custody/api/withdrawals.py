@@ -27,20 +27,38 @@ from policies.roles import Permission, has_permission
 bp = Blueprint("withdrawals", __name__, url_prefix="/api/v1")
 
 STATES = ("pending_approval", "delayed", "approved", "rejected", "cancelled", "blocked")
-WHITELIST_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["asset", "address"],
-                    "properties": {"asset": {"type": "string", "maxLength": 16},
-                                   "address": {"type": "string", "maxLength": 256},
-                                   "label": {"type": "string", "maxLength": 128}}}
-WITHDRAWAL_SCHEMA = {"type": "object", "additionalProperties": False,
-                     "required": ["asset", "amount", "destination"],
-                     "properties": {"asset": {"type": "string", "maxLength": 16},
-                                    "amount": {"type": "string", "pattern": "^[0-9]{1,78}$"},
-                                    "destination": {"type": "string", "maxLength": 256},
-                                    "source_wallet": {"enum": ["hot", "cold"]}}}
-APPROVAL_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["approval"],
-                   "properties": {"approval": {"type": "string", "maxLength": 8192}}}
-REJECT_SCHEMA = {"type": "object", "additionalProperties": False,
-                 "properties": {"reason": {"type": "string", "maxLength": 256}}}
+WHITELIST_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["asset", "address"],
+    "properties": {
+        "asset": {"type": "string", "maxLength": 16},
+        "address": {"type": "string", "maxLength": 256},
+        "label": {"type": "string", "maxLength": 128},
+    },
+}
+WITHDRAWAL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["asset", "amount", "destination"],
+    "properties": {
+        "asset": {"type": "string", "maxLength": 16},
+        "amount": {"type": "string", "pattern": "^[0-9]{1,78}$"},
+        "destination": {"type": "string", "maxLength": 256},
+        "source_wallet": {"enum": ["hot", "cold"]},
+    },
+}
+APPROVAL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["approval"],
+    "properties": {"approval": {"type": "string", "maxLength": 8192}},
+}
+REJECT_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"reason": {"type": "string", "maxLength": 256}},
+}
 
 
 def _can_read_all() -> bool:
@@ -50,7 +68,9 @@ def _can_read_all() -> bool:
 def _readable(withdrawal_id: str) -> WithdrawalView:
     view = services().withdrawals.find(withdrawal_id)
     if view is None or (view.row.username != principal().username and not _can_read_all()):
-        raise WithdrawalError(WithdrawalCode.WITHDRAWAL_NOT_FOUND, f"withdrawal {withdrawal_id[:80]} does not exist")
+        raise WithdrawalError(
+            WithdrawalCode.WITHDRAWAL_NOT_FOUND, f"withdrawal {withdrawal_id[:80]} does not exist"
+        )
     return view
 
 
@@ -70,8 +90,11 @@ def add_whitelist() -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"asset", "address", "label"})
     entry = services().withdrawals.add_whitelist(
-        principal().username, field_str(body, "asset") or "", field_str(body, "address") or "",
-        field_str(body, "label", required=False, default="") or "")
+        principal().username,
+        field_str(body, "asset") or "",
+        field_str(body, "address") or "",
+        field_str(body, "label", required=False, default="") or "",
+    )
     return json_response({"entry": entry.to_json()}, 201)
 
 
@@ -99,18 +122,24 @@ def create_withdrawal() -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"asset", "amount", "destination", "source_wallet"})
     caller = principal()
-    view = services().withdrawals.create(caller.user, WithdrawalInput(
-        asset=field_str(body, "asset") or "", amount_minor=field_amount(body, "amount") or 0,
-        destination=field_str(body, "destination") or "",
-        source_wallet=field_str(body, "source_wallet", required=False, default="hot") or ""),
-        _withdrawal_id(caller.username))
+    view = services().withdrawals.create(
+        caller.user,
+        WithdrawalInput(
+            asset=field_str(body, "asset") or "",
+            amount_minor=field_amount(body, "amount") or 0,
+            destination=field_str(body, "destination") or "",
+            source_wallet=field_str(body, "source_wallet", required=False, default="hot") or "",
+        ),
+        _withdrawal_id(caller.username),
+    )
     if view.row.username != caller.username:
         raise WithdrawalError(WithdrawalCode.WITHDRAWAL_NOT_FOUND, "withdrawal id collision")
     if view.state == BLOCKED:
         error = view.decision().get("error") or {}
         code = ResultCode(int(error.get("code", ResultCode.POLICY_BLOCKED)))
-        raise ApiError(code, error.get("message", "blocked by policy"), code.http_status,
-                       withdrawal=view.to_json())
+        raise ApiError(
+            code, error.get("message", "blocked by policy"), code.http_status, withdrawal=view.to_json()
+        )
     return json_response({"withdrawal": view.to_json()}, 201)
 
 
@@ -171,6 +200,7 @@ def reject_withdrawal(withdrawal_id: str) -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"reason"})
     _readable(withdrawal_id)
-    view = services().withdrawals.reject(principal().user, withdrawal_id,
-                                         field_str(body, "reason", required=False, default="") or "")
+    view = services().withdrawals.reject(
+        principal().user, withdrawal_id, field_str(body, "reason", required=False, default="") or ""
+    )
     return json_response({"withdrawal": view.to_json()})

@@ -17,8 +17,7 @@ class WhitelistAddress(Base):
 
     __tablename__ = "withdrawal_whitelist"
     __table_args__ = (
-        Index("uq_withdrawal_whitelist_username_asset_address", "username", "asset", "address",
-              unique=True),
+        Index("uq_withdrawal_whitelist_username_asset_address", "username", "asset", "address", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -94,16 +94,30 @@ class WithdrawalView:
     def to_json(self) -> dict[str, Any]:
         r = self.row
         return {
-            "id": r.id, "username": r.username, "asset": r.asset, "amount": str(r.amount),
-            "destination": r.destination, "source_wallet": r.source_wallet, "state": r.state,
-            "policy": {"id": r.policy_id, "version": r.policy_version, "digest": r.policy_digest,
-                       "rule_id": r.rule_id},
-            "required": ({"count": r.required_count, "group": r.required_group}
-                         if r.required_group else None),
-            "release_at_ms": r.release_at_ms, "hold_transfer_id": r.hold_transfer_id,
+            "id": r.id,
+            "username": r.username,
+            "asset": r.asset,
+            "amount": str(r.amount),
+            "destination": r.destination,
+            "source_wallet": r.source_wallet,
+            "state": r.state,
+            "policy": {
+                "id": r.policy_id,
+                "version": r.policy_version,
+                "digest": r.policy_digest,
+                "rule_id": r.rule_id,
+            },
+            "required": (
+                {"count": r.required_count, "group": r.required_group} if r.required_group else None
+            ),
+            "release_at_ms": r.release_at_ms,
+            "hold_transfer_id": r.hold_transfer_id,
             "approvals": [{"approval_id": a, "approver": u, "key_id": k} for a, u, k in self.approvals],
-            "subject": subject_json(subject_of(r)), "decision": self.decision(),
-            "created_ms": r.created_ms, "updated_ms": r.updated_ms, "closed_by": r.closed_by,
+            "subject": subject_json(subject_of(r)),
+            "decision": self.decision(),
+            "created_ms": r.created_ms,
+            "updated_ms": r.updated_ms,
+            "closed_by": r.closed_by,
             "close_reason": r.close_reason,
         }
 
@@ -118,15 +132,27 @@ class WhitelistView:
     added_ms: int
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "username": self.username, "asset": self.asset, "address": self.address,
-                "label": self.label, "added_ms": self.added_ms}
+        return {
+            "id": self.id,
+            "username": self.username,
+            "asset": self.asset,
+            "address": self.address,
+            "label": self.label,
+            "added_ms": self.added_ms,
+        }
 
 
 class Withdrawals:
     """Whitelists and withdrawal requests."""
 
-    def __init__(self, sessions: sessionmaker[Session], ledger: Ledger, policies: PolicyStore,
-                 clock: Callable[[], int], prices_usd_cents: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        ledger: Ledger,
+        policies: PolicyStore,
+        clock: Callable[[], int],
+        prices_usd_cents: Mapping[str, int],
+    ) -> None:
         self._sessions = sessions
         self._ledger = ledger
         self._policies = policies
@@ -140,12 +166,18 @@ class Withdrawals:
         _check_asset(asset)
         _check_address(address)
         if len(label) > MAX_LABEL_CHARS:
-            raise WithdrawalError(WithdrawalCode.ADDRESS_INVALID, f"label must be at most {MAX_LABEL_CHARS} chars")
+            raise WithdrawalError(
+                WithdrawalCode.ADDRESS_INVALID, f"label must be at most {MAX_LABEL_CHARS} chars"
+            )
         now_ms = self._clock()
         with self._sessions.begin() as session:
-            row = session.scalar(select(WhitelistAddress).where(
-                WhitelistAddress.username == username, WhitelistAddress.asset == asset,
-                WhitelistAddress.address == address))
+            row = session.scalar(
+                select(WhitelistAddress).where(
+                    WhitelistAddress.username == username,
+                    WhitelistAddress.asset == asset,
+                    WhitelistAddress.address == address,
+                )
+            )
             if row is not None and row.removed_ms is None:
                 raise WithdrawalError(WithdrawalCode.WHITELIST_EXISTS, f"{address} is already whitelisted")
             if row is None:
@@ -153,15 +185,23 @@ class Withdrawals:
                 session.add(row)
             row.label, row.added_ms, row.removed_ms = label, now_ms, None
             session.flush()
-            security_log.append(session, at_ms=now_ms, actor=username, action="whitelist.add",
-                                subject=address, details={"asset": asset, "id": row.id})
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor=username,
+                action="whitelist.add",
+                subject=address,
+                details={"asset": asset, "id": row.id},
+            )
             return _whitelist_view(row)
 
     def list_whitelist(self, username: str) -> list[WhitelistView]:
         with self._sessions() as session:
-            rows = session.scalars(select(WhitelistAddress).where(
-                WhitelistAddress.username == username, WhitelistAddress.removed_ms.is_(None))
-                .order_by(WhitelistAddress.id))
+            rows = session.scalars(
+                select(WhitelistAddress)
+                .where(WhitelistAddress.username == username, WhitelistAddress.removed_ms.is_(None))
+                .order_by(WhitelistAddress.id)
+            )
             return [_whitelist_view(r) for r in rows]
 
     def remove_whitelist(self, username: str, entry_id: int) -> WhitelistView:
@@ -169,10 +209,18 @@ class Withdrawals:
         with self._sessions.begin() as session:
             row = session.get(WhitelistAddress, entry_id)
             if row is None or row.username != username or row.removed_ms is not None:
-                raise WithdrawalError(WithdrawalCode.WHITELIST_NOT_FOUND, f"{username} has no whitelist entry {entry_id}")
+                raise WithdrawalError(
+                    WithdrawalCode.WHITELIST_NOT_FOUND, f"{username} has no whitelist entry {entry_id}"
+                )
             row.removed_ms = now_ms
-            security_log.append(session, at_ms=now_ms, actor=username, action="whitelist.remove",
-                                subject=row.address, details={"asset": row.asset, "id": row.id})
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor=username,
+                action="whitelist.remove",
+                subject=row.address,
+                details={"asset": row.asset, "id": row.id},
+            )
             return _whitelist_view(row)
 
     # -- requests ----------------------------------------------------------------------------
@@ -185,15 +233,24 @@ class Withdrawals:
         asset = _check_request(request)
         funding = self._ledger.find_account(user.username, request.asset, AccountKind.USER_AVAILABLE)
         if funding is None:
-            raise WithdrawalError(WithdrawalCode.NO_FUNDING_ACCOUNT,
-                                  f"{user.username} has no {request.asset} account to withdraw from")
-        in_flight = self._ledger.ensure_account(PLATFORM_OWNER, request.asset,
-                                                AccountKind.WITHDRAWALS_IN_FLIGHT)
+            raise WithdrawalError(
+                WithdrawalCode.NO_FUNDING_ACCOUNT,
+                f"{user.username} has no {request.asset} account to withdraw from",
+            )
+        in_flight = self._ledger.ensure_account(
+            PLATFORM_OWNER, request.asset, AccountKind.WITHDRAWALS_IN_FLIGHT
+        )
         hold_id = f"{withdrawal_id}:hold"
-        self._ledger.transfer(TransferRequest(
-            id=hold_id, kind=TransferKind.PENDING, debit_account=funding.id,
-            credit_account=in_flight.id, amount=request.amount_minor,
-            reference=f"withdrawal {withdrawal_id} hold"))
+        self._ledger.transfer(
+            TransferRequest(
+                id=hold_id,
+                kind=TransferKind.PENDING,
+                debit_account=funding.id,
+                credit_account=in_flight.id,
+                amount=request.amount_minor,
+                reference=f"withdrawal {withdrawal_id} hold",
+            )
+        )
         try:
             view = self._decide_new(user, request, asset.decimals, withdrawal_id, hold_id)
         except BaseException:
@@ -203,8 +260,9 @@ class Withdrawals:
             self._void_hold(withdrawal_id, hold_id)
         return view
 
-    def _decide_new(self, user: UserView, request: WithdrawalInput, decimals: int, withdrawal_id: str,
-                    hold_id: str) -> WithdrawalView:
+    def _decide_new(
+        self, user: UserView, request: WithdrawalInput, decimals: int, withdrawal_id: str, hold_id: str
+    ) -> WithdrawalView:
         now_ms = self._clock()
         self._policies.ensure_default()
         with self._sessions.begin() as session:
@@ -213,27 +271,53 @@ class Withdrawals:
             policy = active_policy(session).document
             price = self._prices.get(request.asset)
             context = WithdrawalContext(
-                withdrawal_id=withdrawal_id, account_id=user.username, initiator_id=user.username,
-                initiator_roles=user.roles, kyc_tier=user.kyc_tier, asset=request.asset,
-                asset_decimals=decimals, amount_minor=request.amount_minor, usd_cents_per_unit=price,
-                destination=Destination(request.destination, _whitelisted_at(session, user.username, request)),
-                source_wallet=WalletTemperature(request.source_wallet), now_ms=now_ms,
-                velocity=_velocity(session, policy, user.username, request.asset, now_ms))
+                withdrawal_id=withdrawal_id,
+                account_id=user.username,
+                initiator_id=user.username,
+                initiator_roles=user.roles,
+                kyc_tier=user.kyc_tier,
+                asset=request.asset,
+                asset_decimals=decimals,
+                amount_minor=request.amount_minor,
+                usd_cents_per_unit=price,
+                destination=Destination(
+                    request.destination, _whitelisted_at(session, user.username, request)
+                ),
+                source_wallet=WalletTemperature(request.source_wallet),
+                now_ms=now_ms,
+                velocity=_velocity(session, policy, user.username, request.asset, now_ms),
+            )
             decision = evaluate(policy, context)
             row = WithdrawalRequest(
-                id=withdrawal_id, username=user.username, asset=request.asset,
+                id=withdrawal_id,
+                username=user.username,
+                asset=request.asset,
                 amount=request.amount_minor,
                 amount_usd_cents=0 if price is None else usd_cents(request.amount_minor, price, decimals),
-                destination=request.destination, source_wallet=request.source_wallet,
-                hold_transfer_id=hold_id, created_ms=now_ms, delays_served="")
+                destination=request.destination,
+                source_wallet=request.source_wallet,
+                hold_transfer_id=hold_id,
+                created_ms=now_ms,
+                delays_served="",
+            )
             _apply_decision(row, decision, now_ms)
             session.add(row)
             session.flush()
-            security_log.append(session, at_ms=now_ms, actor=user.username, action="withdrawal.create",
-                                subject=withdrawal_id, outcome=row.state,
-                                details={"asset": row.asset, "amount": str(row.amount),
-                                         "destination": row.destination, "rule_id": row.rule_id,
-                                         "policy_version": row.policy_version})
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor=user.username,
+                action="withdrawal.create",
+                subject=withdrawal_id,
+                outcome=row.state,
+                details={
+                    "asset": row.asset,
+                    "amount": str(row.amount),
+                    "destination": row.destination,
+                    "rule_id": row.rule_id,
+                    "policy_version": row.policy_version,
+                },
+            )
             return WithdrawalView(row, ())
 
     def find(self, withdrawal_id: str) -> WithdrawalView | None:
@@ -244,15 +328,21 @@ class Withdrawals:
     def get(self, withdrawal_id: str) -> WithdrawalView:
         found = self.find(withdrawal_id)
         if found is None:
-            raise WithdrawalError(WithdrawalCode.WITHDRAWAL_NOT_FOUND, f"withdrawal {withdrawal_id[:80]} does not exist")
+            raise WithdrawalError(
+                WithdrawalCode.WITHDRAWAL_NOT_FOUND, f"withdrawal {withdrawal_id[:80]} does not exist"
+            )
         return found
 
-    def query(self, *, username: str | None = None, state: str | None = None,
-             limit: int = 100) -> list[WithdrawalView]:
+    def query(
+        self, *, username: str | None = None, state: str | None = None, limit: int = 100
+    ) -> list[WithdrawalView]:
         """Return withdrawals, newest first (of ``username`` / in ``state`` if given)."""
         assert 1 <= limit <= MAX_LIST, f"limit was {limit}"
-        query = select(WithdrawalRequest).order_by(WithdrawalRequest.created_ms.desc(),
-                                                   WithdrawalRequest.id).limit(limit)
+        query = (
+            select(WithdrawalRequest)
+            .order_by(WithdrawalRequest.created_ms.desc(), WithdrawalRequest.id)
+            .limit(limit)
+        )
         if username is not None:
             query = query.where(WithdrawalRequest.username == username)
         if state is not None:
@@ -263,68 +353,115 @@ class Withdrawals:
     def pending_for(self, approver: UserView, limit: int = 100) -> list[WithdrawalView]:
         """Return withdrawals awaiting a group ``approver`` is in, not initiated by them."""
         groups = {r.value for r in approver.roles}
-        return [v for v in self.query(state=PENDING_APPROVAL, limit=limit)
-                if v.row.required_group in groups and v.row.username != approver.username]
+        return [
+            v
+            for v in self.query(state=PENDING_APPROVAL, limit=limit)
+            if v.row.required_group in groups and v.row.username != approver.username
+        ]
 
     def cancel(self, username: str, withdrawal_id: str) -> WithdrawalView:
         """Cancel one's own open withdrawal (a delay only if the rule made it cancellable)."""
-        view = self._close(withdrawal_id, CANCELLED, actor=username, reason="cancelled by owner",
-                           owner=username)
+        view = self._close(
+            withdrawal_id, CANCELLED, actor=username, reason="cancelled by owner", owner=username
+        )
         self._void_hold(withdrawal_id, view.row.hold_transfer_id)
         return view
 
     def reject(self, actor: UserView, withdrawal_id: str, reason: str) -> WithdrawalView:
         """Veto an open withdrawal awaiting approval by a group ``actor`` belongs to."""
-        view = self._close(withdrawal_id, REJECTED, actor=actor.username, reason=reason[:256] or "rejected",
-                           approver=actor)
+        view = self._close(
+            withdrawal_id, REJECTED, actor=actor.username, reason=reason[:256] or "rejected", approver=actor
+        )
         self._void_hold(withdrawal_id, view.row.hold_transfer_id)
         return view
 
-    def _close(self, withdrawal_id: str, state: str, *, actor: str, reason: str, owner: str | None = None,
-               approver: UserView | None = None) -> WithdrawalView:
+    def _close(
+        self,
+        withdrawal_id: str,
+        state: str,
+        *,
+        actor: str,
+        reason: str,
+        owner: str | None = None,
+        approver: UserView | None = None,
+    ) -> WithdrawalView:
         now_ms = self._clock()
         with self._sessions.begin() as session:
             row = _locked(session, withdrawal_id, owner)
             if approver is not None:
                 _check_may_decide(row, approver)
             if row.state not in OPEN_STATES or (owner is not None and not _cancellable(row)):
-                raise WithdrawalError(WithdrawalCode.WITHDRAWAL_NOT_CANCELLABLE,
-                                      f"withdrawal {withdrawal_id} is {row.state} and cannot be {state}")
+                raise WithdrawalError(
+                    WithdrawalCode.WITHDRAWAL_NOT_CANCELLABLE,
+                    f"withdrawal {withdrawal_id} is {row.state} and cannot be {state}",
+                )
             row.state, row.closed_by, row.close_reason, row.updated_ms = state, actor, reason, now_ms
-            security_log.append(session, at_ms=now_ms, actor=actor, action=f"withdrawal.{state}",
-                                subject=withdrawal_id, details={"reason": reason})
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor=actor,
+                action=f"withdrawal.{state}",
+                subject=withdrawal_id,
+                details={"reason": reason},
+            )
             session.flush()
             return _view(session, row)
 
     def approve(self, actor: UserView, withdrawal_id: str, approval: Approval) -> WithdrawalView:
         """Add ``actor``'s signed approval; the withdrawal is approved once the quorum is met."""
         if approval.approver_id != actor.username:
-            raise AccessError(AccessCode.APPROVER_MISMATCH,
-                              f"approval is by {approval.approver_id}; submit your own approval")
+            raise AccessError(
+                AccessCode.APPROVER_MISMATCH,
+                f"approval is by {approval.approver_id}; submit your own approval",
+            )
         now_ms = self._clock()
         with self._sessions.begin() as session:
             row = _locked(session, withdrawal_id, None)
             if row.state != PENDING_APPROVAL or row.required_group is None:
-                raise WithdrawalError(WithdrawalCode.WITHDRAWAL_NOT_AWAITING_APPROVAL,
-                                      f"withdrawal {withdrawal_id} is {row.state}, not pending_approval")
+                raise WithdrawalError(
+                    WithdrawalCode.WITHDRAWAL_NOT_AWAITING_APPROVAL,
+                    f"withdrawal {withdrawal_id} is {row.state}, not pending_approval",
+                )
             stored = [Approval.from_bytes(a.approval) for a in _approval_rows(session, withdrawal_id)]
-            result = verify_quorum(subject_of(row), [*stored, approval], load_registry(session),
-                                   QuorumRequirement(row.required_count, row.required_group),
-                                   row.username, now_ms)
+            result = verify_quorum(
+                subject_of(row),
+                [*stored, approval],
+                load_registry(session),
+                QuorumRequirement(row.required_count, row.required_group),
+                row.username,
+                now_ms,
+            )
             for rejected in result.rejected:
                 if rejected.index == len(stored):
                     raise PolicyError(rejected.refusal.code, rejected.refusal.message)
-            session.add(WithdrawalApprovalRow(approval_id=approval.approval_id, withdrawal_id=withdrawal_id,
-                                              approver=actor.username, key_id=approval.key_id,
-                                              approval=approval.to_bytes(), created_ms=now_ms))
-            security_log.append(session, at_ms=now_ms, actor=actor.username, action="withdrawal.approve",
-                                subject=withdrawal_id, details={"approval_id": approval.approval_id,
-                                                                "key_id": approval.key_id})
+            session.add(
+                WithdrawalApprovalRow(
+                    approval_id=approval.approval_id,
+                    withdrawal_id=withdrawal_id,
+                    approver=actor.username,
+                    key_id=approval.key_id,
+                    approval=approval.to_bytes(),
+                    created_ms=now_ms,
+                )
+            )
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor=actor.username,
+                action="withdrawal.approve",
+                subject=withdrawal_id,
+                details={"approval_id": approval.approval_id, "key_id": approval.key_id},
+            )
             if result.met:
                 row.state, row.updated_ms, row.closed_by = APPROVED, now_ms, actor.username
-                security_log.append(session, at_ms=now_ms, actor="system", action="withdrawal.approved",
-                                    subject=withdrawal_id,
-                                    details={"approvers": sorted(result.approver_ids)})
+                security_log.append(
+                    session,
+                    at_ms=now_ms,
+                    actor="system",
+                    action="withdrawal.approved",
+                    subject=withdrawal_id,
+                    details={"approvers": sorted(result.approver_ids)},
+                )
             session.flush()
             return _view(session, row)
 
@@ -332,9 +469,14 @@ class Withdrawals:
         """Evaluate again every delayed withdrawal whose delay is over (the delay rule now served)."""
         now_ms = self._clock()
         with self._sessions() as session:
-            due = list(session.scalars(select(WithdrawalRequest.id).where(
-                WithdrawalRequest.state == DELAYED, WithdrawalRequest.release_at_ms <= now_ms)
-                .order_by(WithdrawalRequest.release_at_ms).limit(limit)))
+            due = list(
+                session.scalars(
+                    select(WithdrawalRequest.id)
+                    .where(WithdrawalRequest.state == DELAYED, WithdrawalRequest.release_at_ms <= now_ms)
+                    .order_by(WithdrawalRequest.release_at_ms)
+                    .limit(limit)
+                )
+            )
         released = [self._release(withdrawal_id) for withdrawal_id in due]
         for view in released:
             if view.state == BLOCKED:
@@ -358,40 +500,73 @@ class Withdrawals:
             request = WithdrawalInput(row.asset, row.amount, row.destination, row.source_wallet)
             view = user_view(user)
             context = WithdrawalContext(
-                withdrawal_id=row.id, account_id=row.username, initiator_id=row.username,
-                initiator_roles=view.roles, kyc_tier=view.kyc_tier, asset=row.asset,
-                asset_decimals=asset.decimals, amount_minor=row.amount,
+                withdrawal_id=row.id,
+                account_id=row.username,
+                initiator_id=row.username,
+                initiator_roles=view.roles,
+                kyc_tier=view.kyc_tier,
+                asset=row.asset,
+                asset_decimals=asset.decimals,
+                amount_minor=row.amount,
                 usd_cents_per_unit=self._prices.get(row.asset),
                 destination=Destination(row.destination, _whitelisted_at(session, row.username, request)),
-                source_wallet=WalletTemperature(row.source_wallet), now_ms=now_ms,
+                source_wallet=WalletTemperature(row.source_wallet),
+                now_ms=now_ms,
                 velocity=_velocity(session, policy, row.username, row.asset, now_ms, exclude=row.id),
-                delays_served=served)
+                delays_served=served,
+            )
             _apply_decision(row, evaluate(policy, context), now_ms)
             row.delays_served = ",".join(sorted(served))
-            security_log.append(session, at_ms=now_ms, actor="system", action="withdrawal.release",
-                                subject=row.id, outcome=row.state, details={"rule_id": row.rule_id})
+            security_log.append(
+                session,
+                at_ms=now_ms,
+                actor="system",
+                action="withdrawal.release",
+                subject=row.id,
+                outcome=row.state,
+                details={"rule_id": row.rule_id},
+            )
             session.flush()
             return _view(session, row)
 
     def _void_hold(self, withdrawal_id: str, hold_id: str) -> None:
         # Idempotent: the void's id is derived from the withdrawal id.
-        self._ledger.submit([TransferRequest(id=f"{withdrawal_id}:void", kind=TransferKind.VOID,
-                                             pending_id=hold_id,
-                                             reference=f"withdrawal {withdrawal_id} released")])
+        self._ledger.submit(
+            [
+                TransferRequest(
+                    id=f"{withdrawal_id}:void",
+                    kind=TransferKind.VOID,
+                    pending_id=hold_id,
+                    reference=f"withdrawal {withdrawal_id} released",
+                )
+            ]
+        )
 
 
 def subject_of(row: WithdrawalRequest) -> ApprovalSubject:
     """Return exactly what approvers of this withdrawal sign."""
-    return ApprovalSubject(kind=SubjectKind.WITHDRAWAL, subject_id=row.id, policy_id=row.policy_id,
-                           policy_version=row.policy_version, asset=row.asset, amount_minor=row.amount,
-                           destination=row.destination)
+    return ApprovalSubject(
+        kind=SubjectKind.WITHDRAWAL,
+        subject_id=row.id,
+        policy_id=row.policy_id,
+        policy_version=row.policy_version,
+        asset=row.asset,
+        amount_minor=row.amount,
+        destination=row.destination,
+    )
 
 
 def subject_json(subject: ApprovalSubject) -> dict[str, object]:
-    return {"kind": subject.kind.name.lower(), "subject_id": subject.subject_id,
-            "policy_id": subject.policy_id, "policy_version": subject.policy_version,
-            "asset": subject.asset, "amount_minor": str(subject.amount_minor),
-            "destination": subject.destination, "document_sha256": subject.document_sha256}
+    return {
+        "kind": subject.kind.name.lower(),
+        "subject_id": subject.subject_id,
+        "policy_id": subject.policy_id,
+        "policy_version": subject.policy_version,
+        "asset": subject.asset,
+        "amount_minor": str(subject.amount_minor),
+        "destination": subject.destination,
+        "document_sha256": subject.document_sha256,
+    }
 
 
 def _apply_decision(row: WithdrawalRequest, decision: Decision, now_ms: int) -> None:
@@ -422,25 +597,35 @@ def _cancellable(row: WithdrawalRequest) -> bool:
 
 def _check_may_decide(row: WithdrawalRequest, approver: UserView) -> None:
     if row.username == approver.username:
-        raise AccessError(AccessCode.APPROVER_MISMATCH, "the initiator cannot reject or approve their own withdrawal")
+        raise AccessError(
+            AccessCode.APPROVER_MISMATCH, "the initiator cannot reject or approve their own withdrawal"
+        )
     groups = {r.value for r in approver.roles}
     if row.required_group is not None and row.required_group not in groups:
-        raise AccessError(AccessCode.APPROVER_MISMATCH,
-                          f"withdrawal {row.id} needs group {row.required_group}; you are in {sorted(groups)}")
+        raise AccessError(
+            AccessCode.APPROVER_MISMATCH,
+            f"withdrawal {row.id} needs group {row.required_group}; you are in {sorted(groups)}",
+        )
 
 
 def _locked(session: Session, withdrawal_id: str, owner: str | None) -> WithdrawalRequest:
     row = session.get(WithdrawalRequest, withdrawal_id, with_for_update=True)
     # Someone else's withdrawal is "not found": its existence is not revealed.
     if row is None or (owner is not None and row.username != owner):
-        raise WithdrawalError(WithdrawalCode.WITHDRAWAL_NOT_FOUND, f"withdrawal {withdrawal_id[:80]} does not exist")
+        raise WithdrawalError(
+            WithdrawalCode.WITHDRAWAL_NOT_FOUND, f"withdrawal {withdrawal_id[:80]} does not exist"
+        )
     return row
 
 
 def _approval_rows(session: Session, withdrawal_id: str) -> list[WithdrawalApprovalRow]:
-    return list(session.scalars(select(WithdrawalApprovalRow).where(
-        WithdrawalApprovalRow.withdrawal_id == withdrawal_id).order_by(
-        WithdrawalApprovalRow.created_ms, WithdrawalApprovalRow.approval_id)))
+    return list(
+        session.scalars(
+            select(WithdrawalApprovalRow)
+            .where(WithdrawalApprovalRow.withdrawal_id == withdrawal_id)
+            .order_by(WithdrawalApprovalRow.created_ms, WithdrawalApprovalRow.approval_id)
+        )
+    )
 
 
 def _view(session: Session, row: WithdrawalRequest) -> WithdrawalView:
@@ -449,24 +634,44 @@ def _view(session: Session, row: WithdrawalRequest) -> WithdrawalView:
 
 
 def _whitelisted_at(session: Session, username: str, request: WithdrawalInput) -> int | None:
-    return session.scalar(select(WhitelistAddress.added_ms).where(
-        WhitelistAddress.username == username, WhitelistAddress.asset == request.asset,
-        WhitelistAddress.address == request.destination, WhitelistAddress.removed_ms.is_(None)))
+    return session.scalar(
+        select(WhitelistAddress.added_ms).where(
+            WhitelistAddress.username == username,
+            WhitelistAddress.asset == request.asset,
+            WhitelistAddress.address == request.destination,
+            WhitelistAddress.removed_ms.is_(None),
+        )
+    )
 
 
-def _velocity(session: Session, policy: PolicyDocument, username: str, asset: str, now_ms: int,
-              exclude: str | None = None) -> dict[Any, Any]:
+def _velocity(
+    session: Session,
+    policy: PolicyDocument,
+    username: str,
+    asset: str,
+    now_ms: int,
+    exclude: str | None = None,
+) -> dict[Any, Any]:
     windows = policy.velocity_windows
     if not windows:
         return {}
     oldest_ms = now_ms - max(w.window_s for w in windows) * MS_PER_S
     assert max(w.window_s for w in windows) <= MAX_VELOCITY_WINDOW_S
-    rows = session.execute(select(
-        WithdrawalRequest.id, WithdrawalRequest.username, WithdrawalRequest.asset, WithdrawalRequest.amount,
-        WithdrawalRequest.amount_usd_cents, WithdrawalRequest.created_ms).where(
-        WithdrawalRequest.created_ms > oldest_ms, WithdrawalRequest.state.in_(COUNTED_STATES)))
-    history = [PastWithdrawal(r.username, r.asset, r.amount, r.amount_usd_cents, r.created_ms)
-               for r in rows if r.id != exclude]
+    rows = session.execute(
+        select(
+            WithdrawalRequest.id,
+            WithdrawalRequest.username,
+            WithdrawalRequest.asset,
+            WithdrawalRequest.amount,
+            WithdrawalRequest.amount_usd_cents,
+            WithdrawalRequest.created_ms,
+        ).where(WithdrawalRequest.created_ms > oldest_ms, WithdrawalRequest.state.in_(COUNTED_STATES))
+    )
+    history = [
+        PastWithdrawal(r.username, r.asset, r.amount, r.amount_usd_cents, r.created_ms)
+        for r in rows
+        if r.id != exclude
+    ]
     return velocity_totals(history, windows, account_id=username, asset=asset, now_ms=now_ms)
 
 
@@ -474,27 +679,34 @@ def _check_request(request: WithdrawalInput) -> Any:
     asset = _check_asset(request.asset)
     _check_address(request.destination)
     if request.source_wallet not in {t.value for t in WalletTemperature}:
-        raise WithdrawalError(WithdrawalCode.SOURCE_WALLET_INVALID,
-                              f"source_wallet was {request.source_wallet[:20]!r}, must be hot or cold")
+        raise WithdrawalError(
+            WithdrawalCode.SOURCE_WALLET_INVALID,
+            f"source_wallet was {request.source_wallet[:20]!r}, must be hot or cold",
+        )
     amount = request.amount_minor
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise WithdrawalError(WithdrawalCode.ASSET_NOT_WITHDRAWABLE, f"amount was {amount!r}, must be positive")
+        raise WithdrawalError(
+            WithdrawalCode.ASSET_NOT_WITHDRAWABLE, f"amount was {amount!r}, must be positive"
+        )
     return asset
 
 
 def _check_asset(code: str) -> Any:
     asset = get_asset(code)
     if asset is None or code == "USD":
-        raise WithdrawalError(WithdrawalCode.ASSET_NOT_WITHDRAWABLE,
-                              f"asset was {code[:20]!r}, must be one of BTC, ETH, USDC")
+        raise WithdrawalError(
+            WithdrawalCode.ASSET_NOT_WITHDRAWABLE, f"asset was {code[:20]!r}, must be one of BTC, ETH, USDC"
+        )
     return asset
 
 
 def _check_address(address: str) -> None:
     if not isinstance(address, str) or not is_identifier(address, MAX_ADDRESS_CHARS):
-        raise WithdrawalError(WithdrawalCode.ADDRESS_INVALID,
-                              f"address was {str(address)[:80]!r}, must be 1..{MAX_ADDRESS_CHARS} printable "
-                              "ASCII characters without spaces")
+        raise WithdrawalError(
+            WithdrawalCode.ADDRESS_INVALID,
+            f"address was {str(address)[:80]!r}, must be 1..{MAX_ADDRESS_CHARS} printable "
+            "ASCII characters without spaces",
+        )
 
 
 def _whitelist_view(row: WhitelistAddress) -> WhitelistView:

@@ -28,7 +28,7 @@ from custody.withdrawals.service import PENDING_APPROVAL, WithdrawalView
 from policies.approval import Approval, approval_digest
 from policies.results import PolicyError
 from policies.signature_scheme import SignatureScheme
-from strongroom.keystores import open_keystore
+from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings, SettingsError
 
 APPROVER_PASSPHRASE_ENV = "STRONGROOM_APPROVER_PASSPHRASE"  # noqa: S105 (a variable name)
@@ -43,7 +43,8 @@ def services() -> AccessServices:
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
     sessions = make_session_factory(make_engine(settings.database_url))
-    return AccessServices.build(sessions, open_keystore(settings), Ledger(sessions), wall_clock_ms)
+    keystore = LazyKeystore(lambda: open_keystore(settings))
+    return AccessServices.build(sessions, keystore, Ledger(sessions), wall_clock_ms)
 
 
 def guard(fn: Callable[[], None]) -> None:
@@ -52,15 +53,17 @@ def guard(fn: Callable[[], None]) -> None:
         fn()
     except (PolicyError, CustodyRefusal, LedgerError, KeystoreError) as exc:
         code = exc.code
-        click.echo(json.dumps({"code": int(code), "error": code.name.lower(), "message": exc.message}),
-                   err=True)
+        click.echo(
+            json.dumps({"code": int(code), "error": code.name.lower(), "message": exc.message}), err=True
+        )
         sys.exit(1)
 
 
 def approver_keystore(path: Path) -> LocalKeystore:
     """Open (or create) the approver's personal keystore file."""
     passphrase = os.environ.get(APPROVER_PASSPHRASE_ENV) or click.prompt(
-        "Approver keystore passphrase", hide_input=True)
+        "Approver keystore passphrase", hide_input=True
+    )
     return LocalKeystore(path, passphrase)
 
 
@@ -73,8 +76,15 @@ def users() -> None:
 @click.option("--username", required=True)
 @click.option("--role", "roles", multiple=True, required=True, type=ROLE_CHOICES, help="Repeatable.")
 @click.option("--kyc-tier", type=int, default=0, show_default=True)
-@click.option("--scope", "scopes", multiple=True, default=("read", "trade", "withdraw"), show_default=True,
-              type=click.Choice(["read", "trade", "withdraw"]), help="Scopes of the first API key.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    default=("read", "trade", "withdraw"),
+    show_default=True,
+    type=click.Choice(["read", "trade", "withdraw"]),
+    help="Scopes of the first API key.",
+)
 def users_create(username: str, roles: tuple[str, ...], kyc_tier: int, scopes: tuple[str, ...]) -> None:
     """Create a user and a first API key; the secret is printed once and never stored in clear."""
     from custody.access.users import parse_roles, parse_scopes
@@ -82,8 +92,9 @@ def users_create(username: str, roles: tuple[str, ...], kyc_tier: int, scopes: t
     def run() -> None:
         svc = services()
         svc.policies.ensure_default()
-        user, key = svc.users.create_user(username, parse_roles(roles), kyc_tier=kyc_tier,
-                                          actor="cli", key_scopes=parse_scopes(scopes))
+        user, key = svc.users.create_user(
+            username, parse_roles(roles), kyc_tier=kyc_tier, actor="cli", key_scopes=parse_scopes(scopes)
+        )
         assert key is not None
         click.echo(f"created user {user.username} (roles {', '.join(sorted(user.roles))})")
         click.echo(f"api key id:     {key.credentials.key_id}")
@@ -107,8 +118,13 @@ def approver() -> None:
 
 @approver.command("register-key")
 @click.option("--username", required=True)
-@click.option("--keystore", "keystore_path", required=True, type=click.Path(path_type=Path),
-              help="The approver's own local keystore file (created if absent).")
+@click.option(
+    "--keystore",
+    "keystore_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The approver's own local keystore file (created if absent).",
+)
 @click.option("--key-name", default="approver", show_default=True, help="Key name inside that keystore.")
 @click.option("--key-id", default=None, help="Registered key id (default USERNAME-KEYNAME).")
 def approver_register_key(username: str, keystore_path: Path, key_name: str, key_id: str | None) -> None:
@@ -121,8 +137,9 @@ def approver_register_key(username: str, keystore_path: Path, key_name: str, key
         except KeystoreError:
             keystore.create_key(key_name, KeyType.ED25519)
         public_key = keystore.public_key(key_name)
-        view = services().approvers.register(username, key_id or f"{username}-{key_name}", public_key,
-                                             SignatureScheme.ED25519, actor="cli")
+        view = services().approvers.register(
+            username, key_id or f"{username}-{key_name}", public_key, SignatureScheme.ED25519, actor="cli"
+        )
         click.echo(json.dumps({"approver_key": view.to_json()}))
 
     guard(run)
@@ -140,14 +157,27 @@ def approvals_list(username: str | None) -> None:
 
     def run() -> None:
         svc = services()
-        views = (svc.withdrawals.pending_for(svc.users.get_user(username)) if username
-                 else svc.withdrawals.query(state=PENDING_APPROVAL))
+        views = (
+            svc.withdrawals.pending_for(svc.users.get_user(username))
+            if username
+            else svc.withdrawals.query(state=PENDING_APPROVAL)
+        )
         for view in views:
             r = view.row
-            click.echo(json.dumps({"id": r.id, "username": r.username, "asset": r.asset,
-                                   "amount": str(r.amount), "destination": r.destination,
-                                   "rule_id": r.rule_id, "required": f"{r.required_count} of {r.required_group}",
-                                   "approvals": len(view.approvals)}))
+            click.echo(
+                json.dumps(
+                    {
+                        "id": r.id,
+                        "username": r.username,
+                        "asset": r.asset,
+                        "amount": str(r.amount),
+                        "destination": r.destination,
+                        "rule_id": r.rule_id,
+                        "required": f"{r.required_count} of {r.required_group}",
+                        "approvals": len(view.approvals),
+                    }
+                )
+            )
 
     guard(run)
 
@@ -167,15 +197,28 @@ def approvals_show(withdrawal_id: str) -> None:
     guard(run)
 
 
-def _sign(view: WithdrawalView, username: str, keystore_path: Path, key_name: str, key_id: str | None,
-          ttl_minutes: int, now_ms: int) -> Approval:
+def _sign(
+    view: WithdrawalView,
+    username: str,
+    keystore_path: Path,
+    key_name: str,
+    key_id: str | None,
+    ttl_minutes: int,
+    now_ms: int,
+) -> Approval:
     keystore = approver_keystore(keystore_path)
     subject = view.subject
     expires_ms = now_ms + ttl_minutes * 60_000
     signature = keystore.sign(key_name, approval_digest(subject, now_ms, expires_ms))
-    return Approval(approver_id=username, key_id=key_id or f"{username}-{key_name}",
-                    scheme=SignatureScheme.ED25519, subject=subject, signed_at_ms=now_ms,
-                    expires_at_ms=expires_ms, signature=signature.value)
+    return Approval(
+        approver_id=username,
+        key_id=key_id or f"{username}-{key_name}",
+        scheme=SignatureScheme.ED25519,
+        subject=subject,
+        signed_at_ms=now_ms,
+        expires_at_ms=expires_ms,
+        signature=signature.value,
+    )
 
 
 _SIGN_OPTIONS = [
@@ -184,8 +227,12 @@ _SIGN_OPTIONS = [
     click.option("--keystore", "keystore_path", required=True, type=click.Path(path_type=Path, exists=True)),
     click.option("--key-name", default="approver", show_default=True),
     click.option("--key-id", default=None, help="Registered key id (default USERNAME-KEYNAME)."),
-    click.option("--ttl-minutes", type=click.IntRange(1, 72 * 60), default=DEFAULT_APPROVAL_TTL_MINUTES,
-                 show_default=True),
+    click.option(
+        "--ttl-minutes",
+        type=click.IntRange(1, 72 * 60),
+        default=DEFAULT_APPROVAL_TTL_MINUTES,
+        show_default=True,
+    ),
 ]
 
 
@@ -197,14 +244,27 @@ def _with_sign_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 @approvals.command("sign")
 @_with_sign_options
-def approvals_sign(withdrawal_id: str, username: str, keystore_path: Path, key_name: str,
-                   key_id: str | None, ttl_minutes: int) -> None:
+def approvals_sign(
+    withdrawal_id: str,
+    username: str,
+    keystore_path: Path,
+    key_name: str,
+    key_id: str | None,
+    ttl_minutes: int,
+) -> None:
     """Sign an approval and print it (base64) for submission through the API."""
 
     def run() -> None:
         svc = services()
-        approval = _sign(svc.withdrawals.get(withdrawal_id), username, keystore_path, key_name, key_id,
-                         ttl_minutes, svc.clock())
+        approval = _sign(
+            svc.withdrawals.get(withdrawal_id),
+            username,
+            keystore_path,
+            key_name,
+            key_id,
+            ttl_minutes,
+            svc.clock(),
+        )
         click.echo(base64.b64encode(approval.to_bytes()).decode())
 
     guard(run)
@@ -212,8 +272,14 @@ def approvals_sign(withdrawal_id: str, username: str, keystore_path: Path, key_n
 
 @approvals.command("approve")
 @_with_sign_options
-def approvals_approve(withdrawal_id: str, username: str, keystore_path: Path, key_name: str,
-                      key_id: str | None, ttl_minutes: int) -> None:
+def approvals_approve(
+    withdrawal_id: str,
+    username: str,
+    keystore_path: Path,
+    key_name: str,
+    key_id: str | None,
+    ttl_minutes: int,
+) -> None:
     """Sign an approval with your keystore key and submit it."""
 
     def run() -> None:

@@ -32,8 +32,11 @@ def fund(app: Flask, username: str, asset: str = "BTC", amount: int = FUNDED_BTC
     ledger: Ledger = app.extensions["strongroom.ledger"]
     hot = ledger.ensure_account("platform", asset, AccountKind.HOT_WALLET)
     account = ledger.ensure_account(username, asset, AccountKind.USER_AVAILABLE)
-    ledger.transfer(TransferRequest(id=f"fund-{username}-{asset}", debit_account=hot.id,
-                                    credit_account=account.id, amount=amount))
+    ledger.transfer(
+        TransferRequest(
+            id=f"fund-{username}-{asset}", debit_account=hot.id, credit_account=account.id, amount=amount
+        )
+    )
     return account.id
 
 

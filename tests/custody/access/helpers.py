@@ -46,11 +46,23 @@ class SignedClient:
     approver_key_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def request(self, method: str, path: str, *, json: Any = None, data: bytes | str | None = None,
-                content_type: str | None = None, query: dict[str, Any] | None = None,
-                headers: dict[str, str] | None = None, mfa: bool = False, mfa_code: str | None = None,
-                idempotency_key: str | None = None, remote_addr: str = "127.0.0.1",
-                timestamp_ms: int | None = None, secret: str | None = None) -> TestResponse:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | str | None = None,
+        content_type: str | None = None,
+        query: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        mfa: bool = False,
+        mfa_code: str | None = None,
+        idempotency_key: str | None = None,
+        remote_addr: str = "127.0.0.1",
+        timestamp_ms: int | None = None,
+        secret: str | None = None,
+    ) -> TestResponse:
         if json is not None:
             body = jsonlib.dumps(json).encode()
             content_type = content_type or "application/json"
@@ -64,13 +76,26 @@ class SignedClient:
             all_headers["Idempotency-Key"] = idempotency_key
         # Every request gets its own millisecond, so identical requests are not replays.
         self.clock.advance(1)
-        all_headers.update(sign_request(
-            key_id=self.key_id, secret=secret or self.secret,
-            timestamp_ms=self.clock.now_ms if timestamp_ms is None else timestamp_ms,
-            method=method, path=path, query=query_string, body=body))
-        return self.client.open(path, method=method, data=body, content_type=content_type,
-                                query_string=query_string, headers=all_headers,
-                                environ_base={"REMOTE_ADDR": remote_addr})
+        all_headers.update(
+            sign_request(
+                key_id=self.key_id,
+                secret=secret or self.secret,
+                timestamp_ms=self.clock.now_ms if timestamp_ms is None else timestamp_ms,
+                method=method,
+                path=path,
+                query=query_string,
+                body=body,
+            )
+        )
+        return self.client.open(
+            path,
+            method=method,
+            data=body,
+            content_type=content_type,
+            query_string=query_string,
+            headers=all_headers,
+            environ_base={"REMOTE_ADDR": remote_addr},
+        )
 
     def get(self, path: str, **kwargs: Any) -> TestResponse:
         return self.request("GET", path, **kwargs)
@@ -84,22 +109,42 @@ class SignedClient:
         self.clock.advance(STEP_MS)
         return totp_code(self.totp_secret, self.clock.now_ms)
 
-    def approve_subject(self, subject: ApprovalSubject, *, signed_at_ms: int | None = None,
-                        ttl_ms: int = APPROVAL_TTL_MS, key: Ed25519PrivateKey | None = None,
-                        approver_id: str | None = None) -> str:
+    def approve_subject(
+        self,
+        subject: ApprovalSubject,
+        *,
+        signed_at_ms: int | None = None,
+        ttl_ms: int = APPROVAL_TTL_MS,
+        key: Ed25519PrivateKey | None = None,
+        approver_id: str | None = None,
+    ) -> str:
         """Return base64 of this user's signed approval of ``subject``."""
         private = key or self.approver_key
         assert private is not None, f"{self.username} has no approver key"
         at_ms = self.clock.now_ms if signed_at_ms is None else signed_at_ms
-        approval = sign_approval(private, approver_id=approver_id or self.username,
-                                 key_id=self.approver_key_id, subject=subject, signed_at_ms=at_ms,
-                                 expires_at_ms=at_ms + ttl_ms)
+        approval = sign_approval(
+            private,
+            approver_id=approver_id or self.username,
+            key_id=self.approver_key_id,
+            subject=subject,
+            signed_at_ms=at_ms,
+            expires_at_ms=at_ms + ttl_ms,
+        )
         return base64.b64encode(approval.to_bytes()).decode()
 
 
-def make_user(app: Flask, client: FlaskClient, clock: Any, username: str, roles: set[Role] | frozenset[Role],
-              *, kyc_tier: int = 2, scopes: frozenset[Scope] = ALL_SCOPES, mfa: bool = True,
-              approver: bool = False) -> SignedClient:
+def make_user(
+    app: Flask,
+    client: FlaskClient,
+    clock: Any,
+    username: str,
+    roles: set[Role] | frozenset[Role],
+    *,
+    kyc_tier: int = 2,
+    scopes: frozenset[Scope] = ALL_SCOPES,
+    mfa: bool = True,
+    approver: bool = False,
+) -> SignedClient:
     """Create a user with one API key (and a confirmed authenticator / approver key if asked)."""
     svc = access(app)
     _, key = svc.users.create_user(username, frozenset(roles), kyc_tier=kyc_tier, key_scopes=scopes)
@@ -113,23 +158,35 @@ def make_user(app: Flask, client: FlaskClient, clock: Any, username: str, roles:
     if approver:
         signed.approver_key = Ed25519PrivateKey.generate()
         signed.approver_key_id = f"{username}-k1"
-        svc.approvers.register(username, signed.approver_key_id, ed25519_public_bytes(signed.approver_key),
-                               actor="test")
+        svc.approvers.register(
+            username, signed.approver_key_id, ed25519_public_bytes(signed.approver_key), actor="test"
+        )
     return signed
 
 
 def withdrawal_subject(body: dict[str, Any]) -> ApprovalSubject:
     """Rebuild the approval subject from a withdrawal's JSON ``subject`` field."""
     s = body["subject"]
-    return ApprovalSubject(kind=SubjectKind.WITHDRAWAL, subject_id=s["subject_id"], policy_id=s["policy_id"],
-                           policy_version=s["policy_version"], asset=s["asset"],
-                           amount_minor=int(s["amount_minor"]), destination=s["destination"])
+    return ApprovalSubject(
+        kind=SubjectKind.WITHDRAWAL,
+        subject_id=s["subject_id"],
+        policy_id=s["policy_id"],
+        policy_version=s["policy_version"],
+        asset=s["asset"],
+        amount_minor=int(s["amount_minor"]),
+        destination=s["destination"],
+    )
 
 
 def policy_subject(body: dict[str, Any]) -> ApprovalSubject:
     s = body["subject"]
-    return ApprovalSubject(kind=SubjectKind.POLICY_CHANGE, subject_id=s["subject_id"], policy_id=s["policy_id"],
-                           policy_version=s["policy_version"], document_sha256=s["document_sha256"])
+    return ApprovalSubject(
+        kind=SubjectKind.POLICY_CHANGE,
+        subject_id=s["subject_id"],
+        policy_id=s["policy_id"],
+        policy_version=s["policy_version"],
+        document_sha256=s["document_sha256"],
+    )
 
 
 def assert_error(response: TestResponse, status: int, error: str) -> dict[str, Any]:

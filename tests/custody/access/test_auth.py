@@ -42,10 +42,20 @@ def test_tampered_body_is_401_signature_invalid(alice: SignedClient, app: Flask)
     from policies.request_signing import sign_request
 
     body = b'{"asset":"BTC","address":"bc1qaaa"}'
-    headers = sign_request(key_id=alice.key_id, secret=alice.secret, timestamp_ms=alice.clock.now_ms,
-                           method="POST", path="/api/v1/whitelist", body=body)
-    response = alice.client.post("/api/v1/whitelist", data=body.replace(b"aaa", b"bbb"),
-                                 content_type="application/json", headers=headers)
+    headers = sign_request(
+        key_id=alice.key_id,
+        secret=alice.secret,
+        timestamp_ms=alice.clock.now_ms,
+        method="POST",
+        path="/api/v1/whitelist",
+        body=body,
+    )
+    response = alice.client.post(
+        "/api/v1/whitelist",
+        data=body.replace(b"aaa", b"bbb"),
+        content_type="application/json",
+        headers=headers,
+    )
     assert_error(response, 401, "signature_invalid")
     assert access(app).withdrawals.list_whitelist("alice") == []
 
@@ -62,8 +72,9 @@ def test_skew_within_window_is_accepted(alice: SignedClient) -> None:
 def test_replayed_request_is_401(alice: SignedClient) -> None:
     from policies.request_signing import sign_request
 
-    headers = sign_request(key_id=alice.key_id, secret=alice.secret, timestamp_ms=alice.clock.now_ms,
-                           method="GET", path=ME)
+    headers = sign_request(
+        key_id=alice.key_id, secret=alice.secret, timestamp_ms=alice.clock.now_ms, method="GET", path=ME
+    )
     assert alice.client.get(ME, headers=headers).status_code == 200
     assert_error(alice.client.get(ME, headers=headers), 401, "request_replayed")
 
@@ -92,8 +103,11 @@ def test_ip_allowlist_is_403_outside_it(app: Flask, client: FlaskClient, clock: 
 
 def test_missing_scope_is_403(app: Flask, client: FlaskClient, clock: Any) -> None:
     signed = make_user(app, client, clock, "carol", {Role.TRADER}, scopes=frozenset({Scope.READ}))
-    assert_error(signed.post("/api/v1/whitelist", json={"asset": "BTC", "address": "bc1q"}, mfa=True),
-                 403, "scope_missing")
+    assert_error(
+        signed.post("/api/v1/whitelist", json={"asset": "BTC", "address": "bc1q"}, mfa=True),
+        403,
+        "scope_missing",
+    )
 
 
 def test_disabled_user_is_401(alice: SignedClient, app: Flask) -> None:
@@ -113,9 +127,15 @@ def test_mfa_missing_is_401_and_wrong_code_is_401(alice: SignedClient) -> None:
 
 def test_mfa_code_cannot_be_reused(alice: SignedClient) -> None:
     code = alice.next_code()
-    assert alice.post("/api/v1/whitelist", json={"asset": "BTC", "address": "a1"}, mfa_code=code).status_code == 201
-    assert_error(alice.post("/api/v1/whitelist", json={"asset": "BTC", "address": "a2"}, mfa_code=code),
-                 401, "mfa_code_reused")
+    assert (
+        alice.post("/api/v1/whitelist", json={"asset": "BTC", "address": "a1"}, mfa_code=code).status_code
+        == 201
+    )
+    assert_error(
+        alice.post("/api/v1/whitelist", json={"asset": "BTC", "address": "a2"}, mfa_code=code),
+        401,
+        "mfa_code_reused",
+    )
 
 
 def test_mfa_lockout_after_repeated_failures_then_recovers(alice: SignedClient) -> None:
@@ -144,7 +164,9 @@ def test_mfa_enrolment_over_the_api(app: Flask, client: FlaskClient, clock: Any)
     assert enrolment.json["otpauth_uri"].startswith("otpauth://totp/")
     assert_error(signed.post("/api/v1/mfa/confirm", json={"code": "000000"}), 401, "mfa_invalid")
     clock.advance(STEP_MS)
-    assert signed.post("/api/v1/mfa/confirm", json={"code": totp_code(secret, clock.now_ms)}).status_code == 200
+    assert (
+        signed.post("/api/v1/mfa/confirm", json={"code": totp_code(secret, clock.now_ms)}).status_code == 200
+    )
     assert_error(signed.post("/api/v1/mfa/enrol"), 409, "mfa_already_enrolled")
 
 
