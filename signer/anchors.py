@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from embit.descriptor import Descriptor  # type: ignore[import-untyped]
+from embit.descriptor import Descriptor  # type: ignore[import-untyped, unused-ignore]
 from eth_utils.address import is_checksum_address
 
 from policies.approver_registry import Approver, ApproverKey, ApproverRegistry

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from embit import bip32  # type: ignore[import-untyped]
-from embit.networks import NETWORKS  # type: ignore[import-untyped]
-from embit.psbt import PSBT, DerivationPath  # type: ignore[import-untyped]
-from embit.script import address_to_scriptpubkey  # type: ignore[import-untyped]
-from embit.transaction import (  # type: ignore[import-untyped]
+from embit import bip32  # type: ignore[import-untyped, unused-ignore]
+from embit.networks import NETWORKS  # type: ignore[import-untyped, unused-ignore]
+from embit.psbt import PSBT, DerivationPath  # type: ignore[import-untyped, unused-ignore]
+from embit.script import address_to_scriptpubkey  # type: ignore[import-untyped, unused-ignore]
+from embit.transaction import (  # type: ignore[import-untyped, unused-ignore]
     SIGHASH,
     Transaction,
     TransactionInput,

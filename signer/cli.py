@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from embit import bip39  # type: ignore[import-untyped]
-from embit.networks import NETWORKS  # type: ignore[import-untyped]
+from embit import bip39  # type: ignore[import-untyped, unused-ignore]
+from embit.networks import NETWORKS  # type: ignore[import-untyped, unused-ignore]
 
 from signer import qr
 from signer.anchors import TrustAnchors

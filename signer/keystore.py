@@ -21,7 +21,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from embit import bip39  # type: ignore[import-untyped]
+from embit import bip39  # type: ignore[import-untyped, unused-ignore]
 
 from signer.bitcoin import root_key
 from signer.canonical import canonical_bytes, parse_strict

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import qrcode  # type: ignore[import-untyped]
+import qrcode  # type: ignore[import-untyped, unused-ignore]
 
 from signer.results import SignerCode, SignerError
 
@@ -97,7 +97,7 @@ def _parse_frame(text: str, number: int) -> tuple[int, int, str, bytes]:
 
 def render_png(frame: str, path: Path) -> None:
     """Write `frame` as a QR code PNG (pure-Python PyPNG backend; no Pillow needed)."""
-    from qrcode.image.pure import PyPNGImage  # type: ignore[import-untyped]
+    from qrcode.image.pure import PyPNGImage  # type: ignore[import-untyped, unused-ignore]
 
     image = qrcode.make(frame, image_factory=PyPNGImage, error_correction=qrcode.constants.ERROR_CORRECT_M)
     with path.open("wb") as handle:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from embit import ec  # type: ignore[import-untyped]
-from embit.finalizer import finalize_psbt  # type: ignore[import-untyped]
-from embit.psbt import PSBT  # type: ignore[import-untyped]
+from embit import ec  # type: ignore[import-untyped, unused-ignore]
+from embit.finalizer import finalize_psbt  # type: ignore[import-untyped, unused-ignore]
+from embit.psbt import PSBT  # type: ignore[import-untyped, unused-ignore]
 from eth_account import Account
 from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from hexbytes import HexBytes

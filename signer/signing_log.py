@@ -1,10 +1,12 @@
 """The signing log: an append-only, hash-chained record of everything signed.
 
-One canonical JSON object per line. Each entry names its sequence number
-and the SHA-256 of the previous line, so editing or removing an entry in
-the middle breaks the chain and the signer refuses to sign until the log is
-restored. (Cutting entries off the end cannot be detected from the file
-alone; `strongroom-signer log` prints the head hash for the paper record.)
+One canonical JSON object per line. Each entry carries its sequence number,
+the hash of the previous entry and its own hash (over all its other
+fields), so editing, removing or reordering entries breaks the chain and the
+signer refuses to sign until the log is restored. Someone who rewrites the
+file and recomputes every hash, or cuts entries off the end, is caught only
+against an outside record: `strongroom-signer log` prints the head hash for
+the paper record, and the platform holds every signed result.
 """
 
 from __future__ import annotations
@@ -47,20 +49,23 @@ class LogEntry:
     event: str
     details: Mapping[str, str]
 
-    def to_bytes(self) -> bytes:
-        return canonical_bytes(
-            {
-                "seq": self.seq,
-                "prev_sha256": self.prev_sha256,
-                "at_ms": self.at_ms,
-                "event": self.event,
-                **self.details,
-            }
-        )
+    def fields(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "prev_sha256": self.prev_sha256,
+            "at_ms": self.at_ms,
+            "event": self.event,
+            **self.details,
+        }
 
     @property
     def sha256(self) -> str:
-        return sha256_hex(self.to_bytes())
+        """Return the entry's hash: over its fields, which include the previous entry's hash."""
+        return sha256_hex(canonical_bytes(self.fields()))
+
+    def to_bytes(self) -> bytes:
+        """Return the line (without newline): the fields plus their own hash."""
+        return canonical_bytes({**self.fields(), "sha256": self.sha256})
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,16 +173,22 @@ def _parse_entry(line: bytes, number: int) -> LogEntry:
         f = Fields(document, f"log line {number + 1}", SignerCode.LOG_CORRUPT)
         seq, prev, at_ms = f.integer("seq"), f.hex_bytes("prev_sha256", 32).hex(), f.integer("at_ms")
         event = f.choice("event", (EVENT_SIGNED, EVENT_ONLINE_OVERRIDE))
+        recorded = f.hex_bytes("sha256", 32).hex()
         details = _details(f, document)
         f.finish()
     except SignerError as exc:
         raise SignerError(SignerCode.LOG_CORRUPT, exc.refusal.message) from exc
-    return LogEntry(seq, prev, at_ms, event, details)
+    entry = LogEntry(seq, prev, at_ms, event, details)
+    if entry.sha256 != recorded:
+        raise SignerError(
+            SignerCode.LOG_CORRUPT, f"log line {number + 1} does not match its own hash (edited)"
+        )
+    return entry
 
 
 def _details(f: Fields, document: dict[str, Any]) -> dict[str, str]:
     details: dict[str, str] = {}
-    for name in sorted(set(document) - {"seq", "prev_sha256", "at_ms", "event"}):
+    for name in sorted(set(document) - {"seq", "prev_sha256", "at_ms", "event", "sha256"}):
         value = f.raw(name)
         if not isinstance(value, str):
             raise f.error(f"{name} must be a string")

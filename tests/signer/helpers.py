@@ -94,7 +94,9 @@ class World:
         return {
             "format": "strongroom-signer-anchors",
             "version": 1,
-            "platform_keys": [{"key_id": "platform-1", "public_key": ed25519_public_bytes(self.platform_key).hex()}],
+            "platform_keys": [
+                {"key_id": "platform-1", "public_key": ed25519_public_bytes(self.platform_key).hex()}
+            ],
             "approvers": [
                 {
                     "approver_id": name,
@@ -123,8 +125,18 @@ class World:
                 },
             ],
             "assets": [
-                {"asset": "BTC", "chain": "bitcoin", "max_amount_minor": 10 * 10**8, "max_fee_minor": 100_000},
-                {"asset": "ETH", "chain": "ethereum", "max_amount_minor": str(10**21), "max_fee_minor": 10**17},
+                {
+                    "asset": "BTC",
+                    "chain": "bitcoin",
+                    "max_amount_minor": 10 * 10**8,
+                    "max_fee_minor": 100_000,
+                },
+                {
+                    "asset": "ETH",
+                    "chain": "ethereum",
+                    "max_amount_minor": str(10**21),
+                    "max_fee_minor": 10**17,
+                },
                 {
                     "asset": "USDC",
                     "chain": "ethereum",
@@ -142,7 +154,9 @@ class World:
         """Write anchors.json and a keystore restored from seed `signer_seed` into `home`."""
         home.mkdir(parents=True, exist_ok=True)
         (home / "anchors.json").write_text(json.dumps(self.anchors_json(), indent=2))
-        restore_keystore(home / "keystore.json", PASSPHRASE, mnemonic(signer_seed), scrypt_log2_n=TEST_SCRYPT_LOG2_N)
+        restore_keystore(
+            home / "keystore.json", PASSPHRASE, mnemonic(signer_seed), scrypt_log2_n=TEST_SCRYPT_LOG2_N
+        )
         (home / "passphrase.txt").write_text(PASSPHRASE + "\n")
         return home
 
@@ -156,7 +170,9 @@ class World:
         descriptor: str | None = None,
     ) -> str:
         utxos = [Utxo(FUNDING_TXID, 0, 60_000, 0, 3), Utxo("22" * 32, 1, 50_000, 1, 5)]
-        return build_psbt(descriptor or self.descriptor, "regtest", utxos, destination, amount_sat, fee_sat, 9)
+        return build_psbt(
+            descriptor or self.descriptor, "regtest", utxos, destination, amount_sat, fee_sat, 9
+        )
 
     def btc_body(self, psbt: str | None = None, **intent: object) -> BundleBody:
         values: dict[str, object] = {
@@ -167,8 +183,14 @@ class World:
             "fee_cap_minor": 5_000,
         }
         values.update(intent)
-        return self._body("bnd-wd-1", Chain.BITCOIN, "regtest", "wd-1", Intent(**values),  # type: ignore[arg-type]
-                          BitcoinTransaction(psbt or self.btc_psbt()))
+        return self._body(
+            "bnd-wd-1",
+            Chain.BITCOIN,
+            "regtest",
+            "wd-1",
+            Intent(**values),  # type: ignore[arg-type]
+            BitcoinTransaction(psbt or self.btc_psbt()),
+        )
 
     def eth_tx(self, **fields: object) -> EthereumTransaction:
         values: dict[str, object] = {
@@ -194,8 +216,14 @@ class World:
             "fee_cap_minor": 21_000 * 2 * 10**9,
         }
         values.update(intent)
-        return self._body("bnd-wd-2", Chain.ETHEREUM, "anvil", "wd-2", Intent(**values),  # type: ignore[arg-type]
-                          tx or self.eth_tx())
+        return self._body(
+            "bnd-wd-2",
+            Chain.ETHEREUM,
+            "anvil",
+            "wd-2",
+            Intent(**values),  # type: ignore[arg-type]
+            tx or self.eth_tx(),
+        )
 
     def usdc_body(self, amount: int = 2_500_000, calldata: bytes | None = None) -> BundleBody:
         tx = self.eth_tx(

@@ -64,7 +64,9 @@ def test_bundle_with_unknown_field_refused() -> None:
 
 def test_bundle_with_lowercase_ethereum_address_refused() -> None:
     data = WORLD.eth_bundle().to_bytes()
-    lowered = data.replace(b"0x8ba1f109551bD432803012645Ac136ddd64DBA72", b"0x8ba1f109551bd432803012645ac136ddd64dba72")
+    lowered = data.replace(
+        b"0x8ba1f109551bD432803012645Ac136ddd64DBA72", b"0x8ba1f109551bd432803012645ac136ddd64dba72"
+    )
     assert _refused(lowered) is SignerCode.BUNDLE_MALFORMED
 
 

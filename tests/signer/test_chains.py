@@ -54,7 +54,9 @@ def test_bitcoin_two_of_three_signers_combine_and_finalize() -> None:
     tx = Transaction.parse(bytes.fromhex(raw_hex))
     assert tx.txid().hex() == txid
     unsigned = PSBT.from_string(bundle.body.transaction.psbt_base64).tx  # type: ignore[union-attr]
-    assert [(o.value, o.script_pubkey) for o in tx.vout] == [(o.value, o.script_pubkey) for o in unsigned.vout]
+    assert [(o.value, o.script_pubkey) for o in tx.vout] == [
+        (o.value, o.script_pubkey) for o in unsigned.vout
+    ]
     for vin in tx.vin:
         # P2WSH 2-of-3: empty dummy, two signatures, the witness script.
         assert len(vin.witness.items) == 4

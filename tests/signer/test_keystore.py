@@ -29,13 +29,18 @@ def test_create_then_load_returns_the_mnemonic_seed(tmp_path: Path) -> None:
     assert created.mnemonic not in path.read_text()
     assert keystore_fingerprint(path) == created.fingerprint
     restored = tmp_path / "restored.json"
-    assert restore_keystore(restored, PASSPHRASE, created.mnemonic, scrypt_log2_n=TEST_SCRYPT_LOG2_N) == created.fingerprint
+    assert (
+        restore_keystore(restored, PASSPHRASE, created.mnemonic, scrypt_log2_n=TEST_SCRYPT_LOG2_N)
+        == created.fingerprint
+    )
     assert load_seed(path, PASSPHRASE) == load_seed(restored, PASSPHRASE)
 
 
 def test_restore_from_mnemonic_gives_the_same_seed(tmp_path: Path) -> None:
     path = tmp_path / "keystore.json"
-    restore_keystore(path, PASSPHRASE, "  " + mnemonic(0).upper().lower() + "\n", scrypt_log2_n=TEST_SCRYPT_LOG2_N)
+    restore_keystore(
+        path, PASSPHRASE, "  " + mnemonic(0).upper().lower() + "\n", scrypt_log2_n=TEST_SCRYPT_LOG2_N
+    )
     assert load_seed(path, PASSPHRASE) == seed(0)
 
 
@@ -93,9 +98,13 @@ def test_existing_keystore_never_overwritten(tmp_path: Path) -> None:
 def test_invalid_mnemonic_and_short_passphrase_refused(tmp_path: Path) -> None:
     words = mnemonic(0).split()
     swapped = " ".join([words[1], words[0], *words[2:]])
-    code = _code(lambda: restore_keystore(tmp_path / "a", PASSPHRASE, swapped, scrypt_log2_n=TEST_SCRYPT_LOG2_N))
+    code = _code(
+        lambda: restore_keystore(tmp_path / "a", PASSPHRASE, swapped, scrypt_log2_n=TEST_SCRYPT_LOG2_N)
+    )
     assert code is SignerCode.MNEMONIC_INVALID
-    code = _code(lambda: restore_keystore(tmp_path / "b", "short", mnemonic(0), scrypt_log2_n=TEST_SCRYPT_LOG2_N))
+    code = _code(
+        lambda: restore_keystore(tmp_path / "b", "short", mnemonic(0), scrypt_log2_n=TEST_SCRYPT_LOG2_N)
+    )
     assert code is SignerCode.PASSPHRASE_WRONG
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
