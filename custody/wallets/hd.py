@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 
-from embit import bip32  # type: ignore[import-untyped]
+from embit import bip32
 from eth_keys.datatypes import PublicKey
 
 SEED_BYTES = 32

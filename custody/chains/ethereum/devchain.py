@@ -101,7 +101,7 @@ class EmbeddedChain(DevChain):
     """The in-process chain: web3's EthereumTesterProvider on py-evm."""
 
     def __init__(self) -> None:
-        from eth_tester import EthereumTester, PyEVMBackend  # type: ignore[import-untyped]
+        from eth_tester import EthereumTester, PyEVMBackend
 
         self.tester = EthereumTester(PyEVMBackend())
         super().__init__(Web3(EthereumTesterProvider(self.tester)))
