@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from custody.api.auth import principal, secured
 from custody.api.errors import ApiError, RequestCode, error_body
 from custody.api.request import query_int
 from custody.audit.checkpoint import Checkpoint
@@ -21,6 +22,8 @@ from custody.audit.reserves import ReservesService, reserves_report
 from custody.audit.service import CHECKPOINT_LIST_MAX, AuditService
 from custody.keystore import KeystoreError
 from custody.ledger.service import wall_clock_ms
+from policies.api_key import Scope
+from policies.roles import Permission, can_read_account
 
 bp = Blueprint("audit", __name__, url_prefix="/api/v1/audit")
 
@@ -76,18 +79,21 @@ def checkpoint_json(checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 @bp.get("/keys")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def keys() -> ResponseReturnValue:
     """Return the checkpoint public keys in the keys.json format auditors pin."""
     return jsonify(keys_document(audit().public_keys()))
 
 
 @bp.post("/checkpoints")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
 def create_checkpoint() -> ResponseReturnValue:
     """Sign a checkpoint over every entry up to the current head."""
     return jsonify(checkpoint_json(audit().create_checkpoint())), 201
 
 
 @bp.get("/checkpoints")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def list_checkpoints() -> ResponseReturnValue:
     """List checkpoints numbered above ``after``, oldest first."""
     found = audit().list_checkpoints(query_int("after", 0, low=0, high=INT_QUERY_MAX),
@@ -96,6 +102,7 @@ def list_checkpoints() -> ResponseReturnValue:
 
 
 @bp.get("/checkpoints/latest")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def latest_checkpoint() -> ResponseReturnValue:
     """Return the newest checkpoint."""
     latest = audit().latest_checkpoint()
@@ -105,6 +112,7 @@ def latest_checkpoint() -> ResponseReturnValue:
 
 
 @bp.get("/checkpoints/<int:number>")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def get_checkpoint(number: int) -> ResponseReturnValue:
     """Return checkpoint ``number``."""
     return jsonify(checkpoint_json(audit().get_checkpoint(number)))
@@ -125,6 +133,7 @@ def _tree_size(size_param: str, checkpoint_param: str) -> int:
 
 
 @bp.get("/proofs/inclusion")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def inclusion_proof() -> ResponseReturnValue:
     """Prove entry ``seq`` is in the tree of ``tree_size`` entries (or of ``checkpoint``)."""
     if "seq" not in request.args:
@@ -134,6 +143,7 @@ def inclusion_proof() -> ResponseReturnValue:
 
 
 @bp.get("/proofs/consistency")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def consistency_proof() -> ResponseReturnValue:
     """Prove the tree of ``second`` entries extends the tree of ``first`` (sizes or checkpoints)."""
     first = _tree_size("first", "first_checkpoint")
@@ -142,37 +152,45 @@ def consistency_proof() -> ResponseReturnValue:
 
 
 @bp.post("/reserves/snapshots")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
 def create_snapshot() -> ResponseReturnValue:
     """Snapshot and sign liabilities (Merkle-sum roots) and reserves at the current head."""
     return jsonify(reserves().create_snapshot()), 201
 
 
 @bp.get("/reserves/snapshots/latest")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def latest_snapshot() -> ResponseReturnValue:
     """Return the newest reserves snapshot."""
     return jsonify(reserves().get_snapshot())
 
 
 @bp.get("/reserves/snapshots/<int:snapshot_id>")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def get_snapshot(snapshot_id: int) -> ResponseReturnValue:
     """Return one reserves snapshot."""
     return jsonify(reserves().get_snapshot(snapshot_id))
 
 
 @bp.get("/reserves/snapshots/<int:snapshot_id>/proof")
+@secured(Permission.AUDIT_READ, Permission.LEDGER_READ_OWN, scope=Scope.READ)
 def liability_proof(snapshot_id: int) -> ResponseReturnValue:
     """Return one user's liability inclusion proof (``?owner=&asset=``).
 
-    The ledger API has no per-user authentication yet; once it does, a user may
-    fetch only their own proof.
+    Auditors may fetch anyone's proof; a trader only their own (another user's
+    proof answers 404, as if it did not exist, so balances never leak).
     """
     owner, asset = request.args.get("owner"), request.args.get("asset")
     if not owner or not asset:
         raise ApiError(RequestCode.INVALID_FIELD, "query parameters owner and asset are required")
+    caller = principal()
+    if not can_read_account(caller.user.roles, caller.username, owner):
+        raise ApiError(RequestCode.NOT_FOUND, f"no liability proof for {owner[:64]} {asset[:16]}", 404)
     return jsonify(reserves().liability_proof(snapshot_id, owner, asset))
 
 
 @bp.get("/reserves/report")
+@secured(Permission.AUDIT_READ, scope=Scope.READ)
 def reserves_report_view() -> ResponseReturnValue:
     """Return reserves / liabilities per asset from the newest snapshot (or ``?snapshot=``)."""
     snapshot_id = query_int("snapshot", 0, low=1, high=INT_QUERY_MAX) if "snapshot" in request.args else None

@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from custody.audit.export import parse_keys
 from custody.audit.liabilities import verify_liability_proof
 from custody.audit.proofs import verify_document
+from policies.roles import Role
 
+from ..access.helpers import SignedClient, make_user
 from .helpers import accounts, first_batch, second_batch
+
+
+class Caller:
+    """A signed client that accepts URLs with inline query strings."""
+
+    def __init__(self, signed: SignedClient) -> None:
+        self.signed = signed
+
+    def _split(self, url: str) -> tuple[str, dict[str, str]]:
+        parts = urlsplit(url)
+        return parts.path, dict(parse_qsl(parts.query))
+
+    def get(self, url: str) -> Any:
+        path, query = self._split(url)
+        return self.signed.get(path, query=query)
+
+    def post(self, url: str) -> Any:
+        path, query = self._split(url)
+        return self.signed.post(path, query=query)
+
+
+@pytest.fixture
+def client(app: Flask, client: FlaskClient, clock: object) -> Caller:
+    """An operator (admin + auditor): creates checkpoints and snapshots, reads everything."""
+    return Caller(make_user(app, client, clock, "ops", {Role.ADMIN, Role.AUDITOR}, mfa=False))
 
 
 def _seed(app: Flask) -> dict[str, int]:
@@ -19,7 +50,7 @@ def _seed(app: Flask) -> dict[str, int]:
     return ids
 
 
-def test_checkpoints_are_created_listed_and_chained(app: Flask, client: FlaskClient) -> None:
+def test_checkpoints_are_created_listed_and_chained(app: Flask, client: Caller) -> None:
     ids = _seed(app)
     first = client.post("/api/v1/audit/checkpoints")
     assert first.status_code == 201, first.json
@@ -36,7 +67,7 @@ def test_checkpoints_are_created_listed_and_chained(app: Flask, client: FlaskCli
     assert (missing.status_code, missing.json["code"]) == (404, 4702)
 
 
-def test_inclusion_and_consistency_proofs_verify_offline(app: Flask, client: FlaskClient) -> None:
+def test_inclusion_and_consistency_proofs_verify_offline(app: Flask, client: Caller) -> None:
     ids = _seed(app)
     client.post("/api/v1/audit/checkpoints")
     second_batch(app.extensions["strongroom.ledger"], ids)
@@ -56,7 +87,7 @@ def test_inclusion_and_consistency_proofs_verify_offline(app: Flask, client: Fla
     assert not verify_document(tampered, keys).ok
 
 
-def test_proof_requests_out_of_range_are_refused(app: Flask, client: FlaskClient) -> None:
+def test_proof_requests_out_of_range_are_refused(app: Flask, client: Caller) -> None:
     _seed(app)
     no_checkpoint = client.get("/api/v1/audit/proofs/inclusion?seq=1")
     assert (no_checkpoint.status_code, no_checkpoint.json["error"]) == (404, "checkpoint_not_found")
@@ -67,7 +98,7 @@ def test_proof_requests_out_of_range_are_refused(app: Flask, client: FlaskClient
     assert client.get("/api/v1/audit/proofs/inclusion?tree_size=8").status_code == 400
 
 
-def test_reserves_snapshot_report_and_user_proof(app: Flask, client: FlaskClient) -> None:
+def test_reserves_snapshot_report_and_user_proof(app: Flask, client: Caller) -> None:
     _seed(app)
     snapshot = client.post("/api/v1/audit/reserves/snapshots")
     assert snapshot.status_code == 201, snapshot.json
@@ -84,3 +115,29 @@ def test_reserves_snapshot_report_and_user_proof(app: Flask, client: FlaskClient
     assert check.ok and check.balance == 996, check.problems
     nobody = client.get(f"/api/v1/audit/reserves/snapshots/{body['id']}/proof?owner=carol&asset=BTC")
     assert (nobody.status_code, nobody.json["error"]) == (404, "liability_not_found")
+
+
+def test_audit_endpoints_refuse_unauthenticated_and_unprivileged_callers(
+    app: Flask, client: Caller, clock: object
+) -> None:
+    _seed(app)
+    raw = client.signed.client
+    assert raw.get("/api/v1/audit/checkpoints").status_code == 401
+    assert raw.post("/api/v1/audit/checkpoints").status_code == 401
+    auditor = Caller(make_user(app, raw, clock, "auditor1", {Role.AUDITOR}, mfa=False))
+    assert auditor.get("/api/v1/audit/checkpoints").status_code == 200
+    refused = auditor.post("/api/v1/audit/checkpoints")
+    assert (refused.status_code, refused.json["error"]) == (403, "permission_denied")
+    trader = Caller(make_user(app, raw, clock, "alice", {Role.TRADER}, mfa=False))
+    assert trader.get("/api/v1/audit/checkpoints").status_code == 403
+    assert trader.post("/api/v1/audit/reserves/snapshots").status_code == 403
+
+
+def test_trader_gets_only_their_own_liability_proof(app: Flask, client: Caller, clock: object) -> None:
+    _seed(app)
+    snapshot = client.post("/api/v1/audit/reserves/snapshots").json["id"]
+    alice = Caller(make_user(app, client.signed.client, clock, "alice", {Role.TRADER}, mfa=False))
+    own = alice.get(f"/api/v1/audit/reserves/snapshots/{snapshot}/proof?owner=alice&asset=BTC")
+    assert own.status_code == 200, own.json
+    other = alice.get(f"/api/v1/audit/reserves/snapshots/{snapshot}/proof?owner=bob&asset=BTC")
+    assert (other.status_code, other.json["error"]) == (404, "not_found")
