@@ -31,7 +31,8 @@ clean() {
 }
 
 ensure_toolchain() {
-    if ! "$PY" -c 'import Cython' 2>/dev/null; then
+    # The generated C depends on the Cython version: build with the pinned one.
+    if [ "$("$PY" -c 'import Cython; print(Cython.__version__)' 2>/dev/null)" != "${CYTHON_PIN#Cython==}" ]; then
         echo "build-engine: installing $CYTHON_PIN into $(dirname "$PY")" >&2
         "$PY" -m pip install --quiet "$CYTHON_PIN"
     fi
