@@ -3,7 +3,7 @@
 State machine (docs/api.md draws it)::
 
     create --block--> blocked                      (hold voided)
-           --allow--> approved                     (end state until broadcast exists)
+           --allow--> approved                     (then custody.withdrawals.dispatch)
            --require_approvals--> pending_approval --quorum--> approved
            --delay--> delayed --release_due--> (evaluated again, delay served)
     pending_approval / delayed --cancel (owner)--> cancelled   (hold voided)
@@ -50,9 +50,12 @@ from policies.withdrawal_policy import Decision, Destination, WithdrawalContext,
 PLATFORM_OWNER = "platform"
 PENDING_APPROVAL, DELAYED, APPROVED = "pending_approval", "delayed", "approved"
 REJECTED, CANCELLED, BLOCKED = "rejected", "cancelled", "blocked"
+# On chain (custody.withdrawals.dispatch): handed to the hot wallet, then final.
+BROADCASTING, COMPLETED, FAILED = "broadcasting", "completed", "failed"
 OPEN_STATES = frozenset({PENDING_APPROVAL, DELAYED})
-# Withdrawals that count toward velocity limits: requested and not refused or withdrawn.
-COUNTED_STATES = frozenset({PENDING_APPROVAL, DELAYED, APPROVED})
+# Withdrawals that count toward velocity limits: requested and not refused, withdrawn or
+# failed on chain (a failed transaction returned the funds).
+COUNTED_STATES = frozenset({PENDING_APPROVAL, DELAYED, APPROVED, BROADCASTING, COMPLETED})
 MAX_LIST = 500
 MAX_RELEASE_BATCH = 100
 MAX_LABEL_CHARS = 128

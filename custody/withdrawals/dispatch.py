@@ -1,0 +1,119 @@
+"""Hand approved hot withdrawals to the chain executor and close them when the chain decides.
+
+State machine, continued from custody.withdrawals.service::
+
+    approved --dispatch--> broadcasting --confirmed--> completed   (hold posted by the executor)
+                                        --failed-----> failed      (hold voided by the executor)
+
+The executor is idempotent by withdrawal id (``wd:<id>``) and owns the ledger
+hold from here on: it posts the hold when the transaction confirms and voids
+it if the transaction fails. A withdrawal in ``broadcasting`` cannot be
+cancelled, so its hold can never be voided while a transaction is in flight.
+Cold-source withdrawals stay ``approved`` for the offline signer flow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody.access import security_log
+from custody.wallets.withdrawal_executor import TxStatus, WithdrawalExecutor
+from custody.withdrawals.models import WithdrawalRequest
+from custody.withdrawals.service import APPROVED, BROADCASTING, COMPLETED, FAILED
+
+log = logging.getLogger(__name__)
+
+DISPATCH_BATCH_MAX = 100
+HOT = "hot"
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchReport:
+    """What one round did: withdrawal ids dispatched, completed and failed."""
+
+    dispatched: list[str]
+    completed: list[str]
+    failed: list[str]
+
+
+class WithdrawalDispatcher:
+    """Move approved hot withdrawals of the executor's assets on chain, and record the outcome."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        executor: WithdrawalExecutor,
+        assets: Collection[str],
+        clock: Callable[[], int],
+    ) -> None:
+        self._sessions = sessions
+        self._executor = executor
+        self._assets = frozenset(assets)
+        self._clock = clock
+
+    def run(self, limit: int = DISPATCH_BATCH_MAX) -> DispatchReport:
+        """Dispatch approved withdrawals, then close those whose transaction is final."""
+        dispatched = [row_id for row_id in self._ids(APPROVED, limit) if self._dispatch(row_id)]
+        completed: list[str] = []
+        failed: list[str] = []
+        for row_id in self._ids(BROADCASTING, limit):
+            status = self._executor.get(f"wd:{row_id}").status
+            if status is TxStatus.CONFIRMED:
+                self._move(row_id, BROADCASTING, COMPLETED, "transaction confirmed")
+                completed.append(row_id)
+            elif status is TxStatus.FAILED:
+                self._move(row_id, BROADCASTING, FAILED, "transaction failed; hold returned")
+                failed.append(row_id)
+        return DispatchReport(dispatched, completed, failed)
+
+    def _ids(self, state: str, limit: int) -> list[str]:
+        with self._sessions() as session:
+            return list(session.scalars(
+                select(WithdrawalRequest.id)
+                .where(WithdrawalRequest.state == state, WithdrawalRequest.source_wallet == HOT,
+                       WithdrawalRequest.asset.in_(sorted(self._assets)))
+                .order_by(WithdrawalRequest.created_ms).limit(limit)))
+
+    def _dispatch(self, row_id: str) -> bool:
+        # Claim first: once broadcasting, nothing can void the hold behind the executor's back.
+        if not self._move(row_id, APPROVED, BROADCASTING, "handed to the hot wallet"):
+            return False
+        with self._sessions() as session:
+            row = session.get(WithdrawalRequest, row_id)
+            assert row is not None
+            asset, amount, destination, hold = row.asset, row.amount, row.destination, row.hold_transfer_id
+        # execute() persists its record before any chain call and is idempotent by id,
+        # so a crash here is repaired by the next round calling it again.
+        self._executor.execute(row_id, asset, amount, destination, hold)
+        return True
+
+    def _move(self, row_id: str, from_state: str, to_state: str, reason: str) -> bool:
+        now_ms = self._clock()
+        with self._sessions.begin() as session:
+            row = session.get(WithdrawalRequest, row_id, with_for_update=True)
+            if row is None or row.state != from_state:
+                return False
+            row.state, row.updated_ms = to_state, now_ms
+            if to_state in (COMPLETED, FAILED):
+                row.closed_by, row.close_reason = "system", reason
+            security_log.append(session, at_ms=now_ms, actor="system", action=f"withdrawal.{to_state}",
+                                subject=row_id, details={"reason": reason})
+        log.info("withdrawal %s: %s -> %s", row_id, from_state, to_state)
+        return True
+
+    def redispatch_broadcasting(self, limit: int = DISPATCH_BATCH_MAX) -> int:
+        """Call the executor again for withdrawals claimed but perhaps never recorded (crash repair)."""
+        count = 0
+        for row_id in self._ids(BROADCASTING, limit):
+            with self._sessions() as session:
+                row = session.get(WithdrawalRequest, row_id)
+                assert row is not None
+                args = (row.asset, row.amount, row.destination, row.hold_transfer_id)
+            self._executor.execute(row_id, *args)
+            count += 1
+        return count
