@@ -78,10 +78,11 @@ def serve(host: str | None, port: int | None) -> None:
     from waitress import serve as waitress_serve
 
     from strongroom.app import create_app
+    from strongroom.commands.wallets import runtime_from_env
     from strongroom.jobs import JobRunner, server_jobs
 
     settings = _settings()
-    app = create_app(settings=settings)
+    app = create_app({"WALLETS": runtime_from_env(settings)}, settings=settings)
     bind_host, bind_port = host or settings.host, port or settings.port
     runner = JobRunner(server_jobs(app, settings.checkpoint_every_entries), time.monotonic)
     runner.start()
@@ -261,3 +262,8 @@ _access_commands.register(main)
 from strongroom.commands import wallets as _wallet_commands  # noqa: E402
 
 _wallet_commands.register(main)
+
+# Exchange commands (market-day) live in their own module.
+from strongroom.commands import exchange as _exchange_commands  # noqa: E402
+
+_exchange_commands.register(main)

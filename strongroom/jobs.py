@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 EXPIRE_INTERVAL_S = 5.0
 CHECKPOINT_INTERVAL_S = 30.0
+WALLET_INTERVAL_S = 5.0
 DEFAULT_CHECKPOINT_EVERY_ENTRIES = 10_000
 
 
@@ -30,8 +31,9 @@ class Job:
 
 
 def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_EVERY_ENTRIES) -> list[Job]:
-    """Return the jobs every server runs: hold expiry and periodic signed checkpoints."""
+    """Return the server's jobs: hold expiry, signed checkpoints and, with a chain, wallet rounds."""
     from custody.api.audit import audit
+    from custody.withdrawals.dispatch import WithdrawalDispatcher
 
     ledger = app.extensions["strongroom.ledger"]
 
@@ -39,10 +41,27 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
         with app.app_context():
             return audit().checkpoint_if_due(checkpoint_every_entries)
 
-    return [
+    jobs = [
         Job("expire_pending", EXPIRE_INTERVAL_S, ledger.expire_pending),
         Job("ledger_checkpoint", CHECKPOINT_INTERVAL_S, checkpoint),
     ]
+    runtime = app.extensions.get("strongroom.wallets")
+    if runtime is not None:
+        dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
+                                          runtime.adapter.assets(), ledger_clock(app))
+        jobs += [
+            Job("wallet_tick", WALLET_INTERVAL_S, runtime.tick),
+            Job("withdrawal_dispatch", WALLET_INTERVAL_S, dispatcher.run),
+        ]
+    return jobs
+
+
+def ledger_clock(app: Flask) -> Callable[[], int]:
+    """Return the app's millisecond clock (the test clock when one is configured)."""
+    from custody.ledger.service import wall_clock_ms
+
+    clock: Callable[[], int] = app.config.get("CLOCK") or wall_clock_ms
+    return clock
 
 
 class JobRunner:

@@ -61,3 +61,8 @@ def test_failing_job_is_logged_and_does_not_stop_the_others(caplog: pytest.LogCa
         runner.run_due({})
     assert ran == ["good"]
     assert "background job bad failed" in caplog.text
+
+
+def test_server_jobs_include_wallet_rounds_only_when_a_chain_is_configured(app: Flask) -> None:
+    names = [job.name for job in server_jobs(app)]
+    assert names == ["expire_pending", "ledger_checkpoint"]
