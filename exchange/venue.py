@@ -282,6 +282,17 @@ class Venue:
 
     def _liquidation_order(self, account_id: str, symbol: str, full: bool, equity: int, mm: int) -> None:
         ch = self.clearing
+        cmd = self.build_liquidation_order(account_id, symbol, full, equity, mm)
+        ch.events.append(LiquidationOrder(ch.seq, account_id, symbol, cmd.id, cmd.side, cmd.qty,
+                                          cmd.price or 0))
+        code, _ = ch.check_new(symbol, cmd)
+        assert code == RiskCode.OK, f"liquidation order refused by risk: {code}"
+        self._run(symbol, cmd)
+
+    def build_liquidation_order(self, account_id: str, symbol: str, full: bool, equity: int,
+                                mm: int) -> NewOrder:
+        """Return the IOC liquidation order for one position (bankruptcy-price limit)."""
+        ch = self.clearing
         acct = ch.accounts[account_id]
         pos = acct.positions[symbol]
         spec = self.specs[symbol]
@@ -298,12 +309,8 @@ class Venue:
         limit = self._inside_band(symbol, limit)
         self._liq_n += 1
         side: Side = "sell" if pos.size > 0 else "buy"
-        cmd = NewOrder(id=f"liq.{ch.seq}.{self._liq_n}", account=account_id, side=side, qty=qty,
-                       type="limit", price=limit, tif="IOC", reduce_only=True, ts=self.now_ms)
-        ch.events.append(LiquidationOrder(ch.seq, account_id, symbol, cmd.id, side, qty, limit))
-        code, _ = ch.check_new(symbol, cmd)
-        assert code == RiskCode.OK, f"liquidation order refused by risk: {code}"
-        self._run(symbol, cmd)
+        return NewOrder(id=f"liq.{ch.seq}.{self._liq_n}", account=account_id, side=side, qty=qty,
+                        type="limit", price=limit, tif="IOC", reduce_only=True, ts=self.now_ms)
 
     def _inside_band(self, symbol: str, price: int) -> int:
         book = self.books[symbol]

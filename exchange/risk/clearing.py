@@ -506,8 +506,11 @@ class Clearinghouse:
             return max(tick, -(-(mark - move) // tick) * tick)
         return max(tick, (mark + move) // tick * tick)
 
-    def cover_shortfall(self, acct: Account) -> None:
-        """Let the insurance fund bring a flat account's negative collateral back to zero."""
+    def cover_shortfall(self, acct: Account, final: bool = True) -> None:
+        """Let the insurance fund bring an account's negative collateral back to zero.
+
+        ``final``: nothing else will absorb what the fund cannot (report it as bad debt).
+        """
         if acct.cash >= 0:
             return
         amount = min(-acct.cash, self.insurance)
@@ -516,7 +519,7 @@ class Clearinghouse:
             self.insurance -= amount
             self._credit(acct, amount)
             self.events.append(InsuranceUsed(self.seq, acct.id, amount))
-        if acct.cash < 0:
+        if acct.cash < 0 and final:
             self.events.append(BadDebt(self.seq, acct.id, -acct.cash))
 
     def deleverage(self, acct: Account) -> None:
@@ -539,15 +542,17 @@ class Clearinghouse:
                 self.events.append(Deleveraged(self.seq, symbol, acct.id, cp_id, abs(qty),
                                                self.marks[symbol], 0))
         if acct.cash < 0 and self.insurance:
-            self.cover_shortfall(acct)
+            self.cover_shortfall(acct, final=False)
         if acct.cash < 0:
             self._charge_counterparties(acct, closed)
 
     def _adl_queue(self, symbol: str, account_id: str, size: int) -> list[tuple[str, int]]:
         """Return (counterparty, signed qty it takes) by ranking until ``size`` is matched.
 
-        Ranking: profit ratio (unrealised PnL / cost) times effective leverage
-        (position notional / account equity), highest first; ties by account id.
+        Ranking: profit ratio (unrealised PnL / |cost|) times effective leverage
+        (position notional / (collateral + that PnL)), highest first; ties by
+        account id. Using the account's collateral rather than its full equity
+        keeps the scan O(1) per holder (no revaluation of other positions).
         """
         spec = self.specs[symbol]
         mark = self.marks[symbol]
@@ -559,7 +564,7 @@ class Clearinghouse:
                 continue
             pnl = position_value(spec, pos.size, pos.cost, mark) - (pos.cost if spec.is_option else 0)
             notional = abs(pos.size) * mark // spec.contracts_per_unit
-            equity = max(1, self.valuation(cp)[0])
+            equity = max(1, cp.cash + pnl)
             score = pnl * PPM // max(1, abs(pos.cost)) * notional // equity
             ranked.append((-score, cp_id))
         ranked.sort()

@@ -69,7 +69,7 @@ class ReplicaLedger:
                 self.held[credit] = self.held.get(credit, 0) + amount
             else:
                 assert pending_id is not None
-                d, c, a = self.pending.pop(pending_id)
+                _, c, a = self.pending.pop(pending_id)
                 self.held[c] -= a
 
     def get(self, key: str) -> int:

@@ -18,7 +18,7 @@ def order(id: str, account: str, side: str, qty: int, price: int | None = BTC, *
 
 
 def trade(v, maker: str, taker: str, qty: int, price: int = BTC, symbol: str = PERP) -> None:
-    r1 = v.place(symbol, order(f"m{len(v.clearing.orders)}{maker}{v.clearing.seq}", maker, "sell", qty, price))
+    r1 = v.place(symbol, order(f"m{maker}{v.clearing.seq}", maker, "sell", qty, price))
     assert r1.code == 0, r1.message
     r2 = v.place(symbol, order(f"t{v.clearing.seq}{taker}", taker, "buy", qty, price))
     assert r2.code == 0, r2.message
