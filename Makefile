@@ -17,7 +17,7 @@ bootstrap:
 	scripts/bootstrap.sh
 
 lint: bootstrap
-	.venv/bin/ruff check . && .venv/bin/lint-imports && .venv/bin/mypy policies signer exchange/engine && .venv/bin/mypy custody strongroom
+	.venv/bin/ruff check . && .venv/bin/lint-imports && .venv/bin/mypy policies signer exchange/engine && .venv/bin/mypy custody strongroom exchange
 
 bench: bootstrap
 	.venv/bin/python benchmarks/ledger_bench.py

@@ -12,7 +12,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff" && ruff check .
 echo "== import contracts" && lint-imports
 echo "== mypy (pure cores, strict)" && mypy policies signer exchange/engine
-echo "== mypy (platform)" && mypy custody strongroom
+echo "== mypy (platform)" && mypy custody strongroom exchange
 
 pg_dir=""
 cleanup() { if [ -n "$pg_dir" ]; then scripts/pg-throwaway.sh stop "$pg_dir"; fi; }
