@@ -22,6 +22,8 @@ lint: bootstrap
 bench: bootstrap
 	.venv/bin/python benchmarks/ledger_bench.py
 	.venv/bin/python benchmarks/engine_bench.py
+	.venv/bin/python benchmarks/audit_bench.py
+	.venv/bin/python benchmarks/risk_bench.py
 
 clean:
 	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache
