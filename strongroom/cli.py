@@ -267,3 +267,8 @@ _wallet_commands.register(main)
 from strongroom.commands import exchange as _exchange_commands  # noqa: E402
 
 _exchange_commands.register(main)
+
+# A signed-request client for the HTTP API (`strongroom api GET /api/v1/me`).
+from strongroom.commands.client import api as _api_command  # noqa: E402
+
+main.add_command(_api_command)
