@@ -272,3 +272,8 @@ _exchange_commands.register(main)
 from strongroom.commands.client import api as _api_command  # noqa: E402
 
 main.add_command(_api_command)
+
+# Cold transfers through the offline signer (bundle key/export/import/tick/list).
+from strongroom.commands import bundles as _bundle_commands  # noqa: E402
+
+_bundle_commands.register(main)

@@ -2,9 +2,20 @@
 
 from custody.access import models as access_models
 from custody.audit import models as audit_models
+from custody.bundles import models as bundle_models
+from custody.chains.bitcoin import models as bitcoin_models
 from custody.db import Base
 from custody.ledger import models as ledger_models
 from custody.wallets import models as wallet_models
 from custody.withdrawals import models as withdrawal_models
 
-__all__ = ["Base", "access_models", "audit_models", "ledger_models", "wallet_models", "withdrawal_models"]
+__all__ = [
+    "Base",
+    "access_models",
+    "audit_models",
+    "bitcoin_models",
+    "bundle_models",
+    "ledger_models",
+    "wallet_models",
+    "withdrawal_models",
+]

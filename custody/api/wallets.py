@@ -2,8 +2,9 @@
 
 Reads need ``wallet.read`` (treasury, admin, auditor); the reconciliation
 report is also open to ``audit.read``; approving a refill needs
-``wallet.manage`` with MFA. Running a reconciliation needs a configured chain
-(``app.extensions["strongroom.wallets"]``, a :class:`WalletRuntime`).
+``wallet.manage`` with MFA and the approver's signed approval. Running a
+reconciliation needs a configured chain (``app.extensions["strongroom.wallets"]``,
+a :class:`WalletRuntime`).
 """
 
 from __future__ import annotations
@@ -15,18 +16,30 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody.api.access import decode_approval
 from custody.api.auth import principal, secured
 from custody.api.errors import error_body
+from custody.api.request import json_object, reject_unknown
+from custody.api.schema import accepts
 from custody.chains.adapter import ChainError
 from custody.reconciliation import report_from_row
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import ChainTransaction, ReconciliationRun, RefillProposal, Wallet, WalletAddress
 from custody.wallets.runtime import WalletRuntime
+from custody.wallets.treasury import refill_subject
+from custody.withdrawals.service import subject_json
 from policies.api_key import Scope
+from policies.approval import Approval
 from policies.roles import Permission
 
 bp = Blueprint("wallets", __name__, url_prefix="/api/v1/wallets")
 LIST_LIMIT = 200
+REFILL_APPROVAL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["approval"],
+    "properties": {"approval": {"type": "string", "maxLength": 8192}},
+}
 
 
 @bp.errorhandler(WalletError)
@@ -90,14 +103,23 @@ def list_refills() -> ResponseReturnValue:
                                .limit(LIST_LIMIT)).all()
     return jsonify({"refills": [{
         "id": r.id, "asset": r.asset, "amount": str(r.amount_minor), "status": r.status,
-        "required_approvals": r.required_approvals, "destination": r.destination} for r in rows]})
+        "required_approvals": r.required_approvals, "destination": r.destination,
+        "subject": _refill_subject(r)} for r in rows]})
+
+
+def _refill_subject(row: RefillProposal) -> dict[str, object]:
+    return subject_json(refill_subject(row.id, row.asset, row.amount_minor, row.destination))
 
 
 @bp.post("/refills/<proposal_id>/approve")
 @secured(Permission.WALLET_MANAGE, scope=Scope.WITHDRAW)
+@accepts(REFILL_APPROVAL_SCHEMA)
 def approve_refill(proposal_id: str) -> ResponseReturnValue:
-    """Approve a refill proposal as the calling treasury member."""
-    view = _runtime().treasury.approve_refill(proposal_id, principal().username)
+    """Approve a refill proposal with your signed approval of its ``subject`` (base64, docs/approvals.md)."""
+    body = json_object()
+    reject_unknown(body, {"approval"})
+    approval = Approval.from_bytes(decode_approval(body))
+    view = _runtime().treasury.approve_refill(proposal_id, principal().username, approval)
     return jsonify(view.to_json())
 
 

@@ -27,7 +27,7 @@ from policies.roles import Permission, has_permission
 bp = Blueprint("withdrawals", __name__, url_prefix="/api/v1")
 
 STATES = ("pending_approval", "delayed", "approved", "rejected", "cancelled", "blocked",
-          "broadcasting", "completed", "failed")
+          "awaiting_signature", "broadcasting", "completed", "failed")
 WHITELIST_SCHEMA = {
     "type": "object",
     "additionalProperties": False,

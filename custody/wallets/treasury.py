@@ -4,8 +4,14 @@ and consolidation of deposit addresses into the hot wallet (with gas top-ups for
 Sweeps and consolidations are checked by the policy engine (an internal-transfer
 policy: source hot, destination one of our own whitelisted addresses) and then
 go through the same :class:`WithdrawalExecutor` as user withdrawals.
-Refills need the cold keys, so here they are only a proposal with an approval
-record; the unsigned bundle for the offline signer comes with the signer.
+Refills need the cold keys, so here they are a proposal with signed treasury
+approvals (``policies.approval`` over ``ApprovalSubject(kind=REFILL, ...)``,
+checked by ``policies.quorum.verify_quorum`` against the registered approver
+keys); custody.bundles exports the unsigned bundle for the offline signer,
+imports the signed one and broadcasts it.
+
+Refill states: proposed --quorum--> awaiting_signer --export--> awaiting_signature
+--import--> broadcasting --confirmed--> completed (or failed if it reverts).
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody.access.approvers import load_registry
+from custody.access.errors import AccessCode, AccessError
 from custody.assets import get_asset
-from custody.chains.ethereum.adapter import EthereumAdapter
+from custody.chains.adapter import ChainAdapter
 from custody.chains.ethereum.token import NATIVE_TRANSFER_GAS, TOKEN_TRANSFER_GAS
 from custody.wallets.codes import WalletCode, WalletError
-from custody.wallets.models import ChainTransaction, RefillProposal, WalletLimit
+from custody.wallets.models import ChainTransaction, RefillApprovalRow, RefillProposal, WalletLimit
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.wallets.withdrawal_executor import (
     OPEN_STATUSES,
@@ -30,14 +38,28 @@ from custody.wallets.withdrawal_executor import (
     TransactionView,
     WithdrawalExecutor,
 )
+from policies.approval import Approval, ApprovalSubject, SubjectKind
 from policies.policy_document import Allow, PolicyDocument, WalletTemperature
 from policies.policy_json import parse_policy_object
+from policies.quorum import QuorumRequirement, verify_quorum
+from policies.results import PolicyError
 from policies.roles import Role
 from policies.withdrawal_policy import Destination, WithdrawalContext, evaluate
 
 MAX_CONSOLIDATIONS_PER_RUN = 20
 DEFAULT_REFILL_APPROVALS = 2
 SYSTEM_INITIATOR = "system.treasury"
+# What refill approvers sign and the offline signer's anchors name: a refill
+# is decided by this fixed treasury rule, not by the user withdrawal policy.
+REFILL_POLICY_ID = "treasury-refill"
+REFILL_POLICY_VERSION = 1
+REFILL_RULE = "cold-refill"
+REFILL_GROUP = Role.TREASURY.value
+PROPOSED, AWAITING_SIGNER = "proposed", "awaiting_signer"
+AWAITING_SIGNATURE, BROADCASTING = "awaiting_signature", "broadcasting"
+COMPLETED, FAILED = "completed", "failed"
+# One refill per asset at a time: a second one would be proposed against a stale balance.
+OPEN_REFILL_STATUSES = (PROPOSED, AWAITING_SIGNER, AWAITING_SIGNATURE, BROADCASTING)
 
 INTERNAL_TRANSFER_POLICY = parse_policy_object(
     {
@@ -89,8 +111,13 @@ class RefillView:
     approvals: list[str]
     proposed_by: str
 
+    @property
+    def subject(self) -> ApprovalSubject:
+        """Return exactly what approvers of this refill sign."""
+        return refill_subject(self.id, self.asset, self.amount_minor, self.destination)
+
     def to_json(self) -> dict[str, object]:
-        """Render for the API."""
+        """Render for the API (with the subject approvers sign)."""
         return {
             "id": self.id,
             "asset": self.asset,
@@ -100,7 +127,44 @@ class RefillView:
             "required_approvals": self.required_approvals,
             "approvals": self.approvals,
             "proposed_by": self.proposed_by,
+            "subject": _subject_json(self.subject),
         }
+
+
+def refill_subject(proposal_id: str, asset: str, amount_minor: int, destination: str) -> ApprovalSubject:
+    """Return the approval subject of a refill: kind REFILL under the fixed treasury refill rule."""
+    return ApprovalSubject(
+        kind=SubjectKind.REFILL,
+        subject_id=proposal_id,
+        policy_id=REFILL_POLICY_ID,
+        policy_version=REFILL_POLICY_VERSION,
+        asset=asset,
+        amount_minor=amount_minor,
+        destination=destination,
+    )
+
+
+def _subject_json(s: ApprovalSubject) -> dict[str, object]:
+    return {
+        "kind": s.kind.name.lower(),
+        "subject_id": s.subject_id,
+        "policy_id": s.policy_id,
+        "policy_version": s.policy_version,
+        "asset": s.asset,
+        "amount_minor": str(s.amount_minor),
+        "destination": s.destination,
+        "document_sha256": s.document_sha256,
+    }
+
+
+def refill_approvals(session: Session, proposal_id: str) -> list[Approval]:
+    """Return the signed approvals stored for a refill, oldest first."""
+    rows = session.scalars(
+        select(RefillApprovalRow)
+        .where(RefillApprovalRow.proposal_id == proposal_id)
+        .order_by(RefillApprovalRow.created_ms, RefillApprovalRow.approval_id)
+    )
+    return [Approval.from_bytes(row.approval) for row in rows]
 
 
 class Treasury:
@@ -110,7 +174,7 @@ class Treasury:
         self,
         sessions: sessionmaker[Session],
         wallets: WalletRegistry,
-        adapter: EthereumAdapter,
+        adapter: ChainAdapter,
         executor: WithdrawalExecutor,
         clock: Callable[[], int],
         policy: PolicyDocument = INTERNAL_TRANSFER_POLICY,
@@ -216,7 +280,7 @@ class Treasury:
                 select(RefillProposal).where(
                     RefillProposal.chain == self._chain,
                     RefillProposal.asset == asset,
-                    RefillProposal.status == "proposed",
+                    RefillProposal.status.in_(OPEN_REFILL_STATUSES),
                 )
             )
             if open_row is not None:
@@ -228,7 +292,7 @@ class Treasury:
                 amount_minor=amount_minor,
                 source_wallet_id=cold.id,
                 destination=destination,
-                status="proposed",
+                status=PROPOSED,
                 required_approvals=required_approvals,
                 approvals="[]",
                 proposed_by=proposed_by,
@@ -238,8 +302,22 @@ class Treasury:
             session.add(row)
         return _refill(row)
 
-    def approve_refill(self, proposal_id: str, approver: str) -> RefillView:
-        """Add ``approver``'s approval; at quorum the proposal awaits the offline signer."""
+    def approve_refill(self, proposal_id: str, approver: str, approval: Approval | None = None) -> RefillView:
+        """Add ``approver``'s approval; at quorum the proposal awaits the offline signer.
+
+        ``approval`` is the approver's signed ``policies`` approval of
+        :attr:`RefillView.subject`; it is verified against the registered
+        approver keys (group treasury, not the proposer, not expired) and only
+        signed approvals count toward the quorum. Without it the approval is
+        recorded by name only (the pre-signature behaviour, kept for old
+        callers): it never counts for the bundle export, which the offline
+        signer would refuse anyway.
+        """
+        if approval is not None and approval.approver_id != approver:
+            raise AccessError(
+                AccessCode.APPROVER_MISMATCH, f"approval is by {approval.approver_id}; submit your own"
+            )
+        now_ms = self._clock()
         with self._sessions.begin() as session:
             row = session.scalar(
                 select(RefillProposal).where(RefillProposal.id == proposal_id).with_for_update()
@@ -248,19 +326,52 @@ class Treasury:
                 raise WalletError(
                     WalletCode.PROPOSAL_NOT_FOUND, f"refill proposal {proposal_id!r} does not exist"
                 )
-            if row.status != "proposed":
+            if row.status not in (PROPOSED, AWAITING_SIGNER) or (
+                row.status == AWAITING_SIGNER and approval is None
+            ):
                 raise WalletError(WalletCode.PROPOSAL_NOT_PENDING, f"refill {proposal_id} is {row.status}")
             if approver == row.proposed_by:
                 raise WalletError(WalletCode.SELF_APPROVAL, "the proposer cannot approve their own refill")
             approvals = json.loads(row.approvals)
-            if any(a["approver"] == approver for a in approvals):
+            signed_by = {a["approver"] for a in approvals if a.get("signed")}
+            if approver in (signed_by if approval is not None else {a["approver"] for a in approvals}):
                 raise WalletError(WalletCode.DUPLICATE_APPROVAL, f"{approver} already approved {proposal_id}")
-            approvals.append({"approver": approver, "at_ms": self._clock()})
+            if approval is None:
+                met = len(approvals) + 1 >= row.required_approvals
+            else:
+                met = self._add_signed(session, row, approval, now_ms)
+            approvals.append({"approver": approver, "at_ms": now_ms, "signed": approval is not None})
             row.approvals = json.dumps(approvals)
-            if len(approvals) >= row.required_approvals:
-                row.status = "awaiting_signer"
-            row.updated_ms = self._clock()
+            if met:
+                row.status = AWAITING_SIGNER
+            row.updated_ms = now_ms
         return _refill(row)
+
+    def _add_signed(self, session: Session, row: RefillProposal, approval: Approval, now_ms: int) -> bool:
+        """Verify ``approval`` with the stored ones; store it; return whether the quorum is met."""
+        stored = refill_approvals(session, row.id)
+        result = verify_quorum(
+            refill_subject(row.id, row.asset, row.amount_minor, row.destination),
+            [*stored, approval],
+            load_registry(session),
+            QuorumRequirement(row.required_approvals, REFILL_GROUP),
+            row.proposed_by,
+            now_ms,
+        )
+        for rejected in result.rejected:
+            if rejected.index == len(stored):
+                raise PolicyError(rejected.refusal.code, rejected.refusal.message)
+        session.add(
+            RefillApprovalRow(
+                approval_id=approval.approval_id,
+                proposal_id=row.id,
+                approver=approval.approver_id,
+                key_id=approval.key_id,
+                approval=approval.to_bytes(),
+                created_ms=now_ms,
+            )
+        )
+        return result.met
 
     def refills(self) -> list[RefillView]:
         """Return every refill proposal, newest first."""

@@ -9,7 +9,9 @@ The executor is idempotent by withdrawal id (``wd:<id>``) and owns the ledger
 hold from here on: it posts the hold when the transaction confirms and voids
 it if the transaction fails. A withdrawal in ``broadcasting`` cannot be
 cancelled, so its hold can never be voided while a transaction is in flight.
-Cold-source withdrawals stay ``approved`` for the offline signer flow.
+Cold-source withdrawals are not touched here: custody.bundles exports them to
+the offline signer (approved -> awaiting_signature), imports the signed
+bundle, broadcasts it and closes them the same way.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ State machine (docs/api.md draws it)::
            --allow--> approved                     (then custody.withdrawals.dispatch)
            --require_approvals--> pending_approval --quorum--> approved
            --delay--> delayed --release_due--> (evaluated again, delay served)
+    approved (cold source) --bundle export--> awaiting_signature --signed bundle imported-->
+           broadcasting --> completed / failed                   (custody.bundles)
     pending_approval / delayed --cancel (owner)--> cancelled   (hold voided)
     pending_approval / delayed --reject (approver)--> rejected (hold voided)
 
@@ -52,10 +54,12 @@ PENDING_APPROVAL, DELAYED, APPROVED = "pending_approval", "delayed", "approved"
 REJECTED, CANCELLED, BLOCKED = "rejected", "cancelled", "blocked"
 # On chain (custody.withdrawals.dispatch): handed to the hot wallet, then final.
 BROADCASTING, COMPLETED, FAILED = "broadcasting", "completed", "failed"
+# Cold source (custody.bundles): an unsigned bundle is out at the offline signer.
+AWAITING_SIGNATURE = "awaiting_signature"
 OPEN_STATES = frozenset({PENDING_APPROVAL, DELAYED})
 # Withdrawals that count toward velocity limits: requested and not refused, withdrawn or
 # failed on chain (a failed transaction returned the funds).
-COUNTED_STATES = frozenset({PENDING_APPROVAL, DELAYED, APPROVED, BROADCASTING, COMPLETED})
+COUNTED_STATES = frozenset({PENDING_APPROVAL, DELAYED, APPROVED, AWAITING_SIGNATURE, BROADCASTING, COMPLETED})
 MAX_LIST = 500
 MAX_RELEASE_BATCH = 100
 MAX_LABEL_CHARS = 128

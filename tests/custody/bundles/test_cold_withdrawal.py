@@ -1,0 +1,158 @@
+"""Cold withdrawals through the offline signer on the embedded chain (Python API end to end).
+
+Export an approved cold withdrawal, sign it with the signer's own code, import
+it, broadcast, confirm, settle the ledger, close the withdrawal, and keep the
+reconciliation clean; and every way the platform must refuse.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from custody.bundles.codes import BundleCode, BundleError
+from custody.bundles.service import ledger_prefix
+from custody.chains.ethereum.devchain import EmbeddedChain
+from custody.keystore import LocalKeystore
+from signer.bundle import Bundle, EthereumTransaction
+from signer.canonical import canonical_bytes
+from signer.signed import SignedBundle
+
+from ...signer.helpers import ETH_ATTACKER, ETH_DESTINATION
+from ..wallets.helpers import ETH
+from .helpers import ColdWorld, make_cold_harness, make_world
+
+AMOUNT = ETH
+
+
+@pytest.fixture
+def world(app: Flask, client: FlaskClient, clock: Any, keystore: LocalKeystore, database_url: str) -> ColdWorld:
+    harness = make_cold_harness(EmbeddedChain(), database_url, keystore, clock)
+    return make_world(app, client, clock, keystore, harness, "embedded")
+
+
+def test_cold_withdrawal_exported_signed_imported_broadcast_confirmed_and_settled(world: ColdWorld) -> None:
+    withdrawal_id = world.cold_withdrawal(AMOUNT)
+    cold_before = world.cold_balance()
+    exported = world.transfers.export("withdrawal", withdrawal_id)
+    assert exported.view.state == "exported"
+    assert world.withdrawal_state(withdrawal_id) == "awaiting_signature"
+    bundle = Bundle.from_bytes(exported.data)
+    assert bundle.body.intent.destination == ETH_DESTINATION and bundle.body.intent.amount_minor == AMOUNT
+    assert {a.approver_id for a in bundle.body.approvals} == {"treasury1", "treasury2"}
+    # The same request exported again gives the very same bytes (a lost stick), not a second bundle.
+    assert world.transfers.export("withdrawal", withdrawal_id).data == exported.data
+
+    signed = world.sign(exported.data)
+    view = world.transfers.import_signed(signed)
+    assert view.state == "broadcast" and view.txid is not None
+    assert world.withdrawal_state(withdrawal_id) == "broadcasting"
+    world.settle()
+
+    assert world.transfers.get(view.bundle_id).state == "confirmed"
+    assert world.withdrawal_state(withdrawal_id) == "completed"
+    adapter = world.harness.runtime.adapter
+    assert adapter.balance(ETH_DESTINATION, "ETH") == AMOUNT
+    fee = world.transfers.get(view.bundle_id).fee_paid_minor
+    assert fee is not None and fee > 0
+    assert world.cold_balance() == cold_before - AMOUNT - fee
+    prefix = ledger_prefix("withdrawal", withdrawal_id)
+    ledger = world.harness.ledger
+    assert ledger.get_transfer(f"{prefix}:hold:post").pending_id == f"{withdrawal_id}:hold"
+    assert ledger.get_transfer(f"{prefix}:reserve:post").pending_id == f"{prefix}:reserve"
+    world.harness.assert_ledger_balanced()
+    world.harness.assert_reconciled()
+    # Never twice: more rounds, and importing the same signed file again, change nothing; another
+    # signature of the same bundle is refused.
+    world.settle(2)
+    assert world.transfers.import_signed(signed).state == "confirmed"
+    with pytest.raises(BundleError) as info:
+        world.transfers.import_signed(world.sign(exported.data))
+    assert info.value.code is BundleCode.SIGNED_CONFLICT
+    assert world.cold_balance() == cold_before - AMOUNT - fee
+    assert world.withdrawal_state(withdrawal_id) == "completed"
+
+
+def _tampered(signed: bytes, **result: Any) -> bytes:
+    document = json.loads(signed)
+    document.update(result)
+    return canonical_bytes(document)
+
+
+def _resigned_to(world: ColdWorld, exported: bytes, destination: str) -> bytes:
+    """A signed result whose transaction pays ``destination``, signed by the real cold key."""
+    from eth_account import Account
+
+    from signer.ethereum import ethereum_private_key, transaction_dict
+
+    from ...signer.helpers import ETH_PATH, seed
+
+    bundle = Bundle.from_bytes(exported)
+    tx = bundle.body.transaction
+    assert isinstance(tx, EthereumTransaction)
+    fields = transaction_dict(tx)
+    fields["to"] = destination
+    raw = bytes(Account.sign_transaction(fields, ethereum_private_key(seed(0), ETH_PATH)).raw_transaction)
+    honest = SignedBundle.from_bytes(world.sign(exported))
+    return _tampered(honest.to_bytes(), result={"type": "ethereum_raw", "raw_transaction": raw.hex(),
+                                                "tx_hash": honest.tx_hash})
+
+
+def test_tampered_signed_bundle_is_refused_and_nothing_is_broadcast(world: ColdWorld) -> None:
+    withdrawal_id = world.cold_withdrawal(AMOUNT)
+    exported = world.transfers.export("withdrawal", withdrawal_id).data
+    head = world.harness.runtime.adapter.head_height()
+    honest = world.sign(exported)
+    for bad in (
+        _resigned_to(world, exported, ETH_ATTACKER),  # a different destination, really signed by the cold key
+        _tampered(honest, bundle_sha256="00" * 32),  # answers another bundle
+        honest[:-1],  # not a signed document
+    ):
+        with pytest.raises(BundleError) as info:
+            world.transfers.import_signed(bad)
+        assert info.value.code in (BundleCode.SIGNED_REFUSED, BundleCode.BUNDLE_NOT_FOUND), info.value
+    assert world.harness.runtime.adapter.head_height() == head  # nothing was mined
+    assert world.harness.runtime.adapter.balance(ETH_ATTACKER, "ETH") == 0
+    assert world.withdrawal_state(withdrawal_id) == "awaiting_signature"
+    assert world.transfers.get(f"bnd-{withdrawal_id}-1").state == "exported"
+    # The honest answer still goes through afterwards.
+    assert world.transfers.import_signed(honest).state == "broadcast"
+
+
+def test_export_refuses_requests_that_are_not_approved_cold_withdrawals(world: ColdWorld) -> None:
+    with pytest.raises(BundleError) as info:
+        world.transfers.export("withdrawal", "wd_nope")
+    assert info.value.code is BundleCode.REQUEST_NOT_FOUND
+    created = world.alice.post("/api/v1/withdrawals", json={
+        "asset": "ETH", "amount": str(AMOUNT), "destination": ETH_DESTINATION, "source_wallet": "cold"}, mfa=True)
+    pending = created.json["withdrawal"]["id"]
+    with pytest.raises(BundleError) as info:
+        world.transfers.export("withdrawal", pending)
+    assert info.value.code is BundleCode.REQUEST_NOT_READY
+    assert world.transfers.recent() == []
+
+
+def test_export_refuses_when_the_cold_wallet_is_short_in_the_ledger(world: ColdWorld) -> None:
+    withdrawal_id = world.cold_withdrawal(world.cold_balance() + 1)
+    with pytest.raises(BundleError) as info:
+        world.transfers.export("withdrawal", withdrawal_id)
+    assert info.value.code is BundleCode.COLD_BALANCE_SHORT
+    assert world.withdrawal_state(withdrawal_id) == "approved"
+
+
+def test_expired_bundle_is_superseded_with_the_same_nonce_and_its_signature_refused(world: ColdWorld) -> None:
+    withdrawal_id = world.cold_withdrawal(AMOUNT)
+    first = world.transfers.export("withdrawal", withdrawal_id)
+    late_signature = world.sign(first.data)
+    world.clock.advance(25 * 3_600_000)
+    # The approvals are an hour old by now: they no longer count, so nothing can be re-exported.
+    with pytest.raises(BundleError) as info:
+        world.transfers.export("withdrawal", withdrawal_id)
+    assert info.value.code is BundleCode.QUORUM_NOT_MET
+    assert world.transfers.get(first.view.bundle_id).state == "exported"
+    assert late_signature  # the signed result of an expired bundle can still be imported while current
+    assert world.transfers.import_signed(late_signature).state == "broadcast"
