@@ -30,7 +30,9 @@ AMOUNT = ETH
 
 
 @pytest.fixture
-def world(app: Flask, client: FlaskClient, clock: Any, keystore: LocalKeystore, database_url: str) -> ColdWorld:
+def world(
+    app: Flask, client: FlaskClient, clock: Any, keystore: LocalKeystore, database_url: str
+) -> ColdWorld:
     harness = make_cold_harness(EmbeddedChain(), database_url, keystore, clock)
     return make_world(app, client, clock, keystore, harness, "embedded")
 
@@ -98,8 +100,10 @@ def _resigned_to(world: ColdWorld, exported: bytes, destination: str) -> bytes:
     fields["to"] = destination
     raw = bytes(Account.sign_transaction(fields, ethereum_private_key(seed(0), ETH_PATH)).raw_transaction)
     honest = SignedBundle.from_bytes(world.sign(exported))
-    return _tampered(honest.to_bytes(), result={"type": "ethereum_raw", "raw_transaction": raw.hex(),
-                                                "tx_hash": honest.tx_hash})
+    return _tampered(
+        honest.to_bytes(),
+        result={"type": "ethereum_raw", "raw_transaction": raw.hex(), "tx_hash": honest.tx_hash},
+    )
 
 
 def test_tampered_signed_bundle_is_refused_and_nothing_is_broadcast(world: ColdWorld) -> None:
@@ -127,8 +131,11 @@ def test_export_refuses_requests_that_are_not_approved_cold_withdrawals(world: C
     with pytest.raises(BundleError) as info:
         world.transfers.export("withdrawal", "wd_nope")
     assert info.value.code is BundleCode.REQUEST_NOT_FOUND
-    created = world.alice.post("/api/v1/withdrawals", json={
-        "asset": "ETH", "amount": str(AMOUNT), "destination": ETH_DESTINATION, "source_wallet": "cold"}, mfa=True)
+    created = world.alice.post(
+        "/api/v1/withdrawals",
+        json={"asset": "ETH", "amount": str(AMOUNT), "destination": ETH_DESTINATION, "source_wallet": "cold"},
+        mfa=True,
+    )
     pending = created.json["withdrawal"]["id"]
     with pytest.raises(BundleError) as info:
         world.transfers.export("withdrawal", pending)
