@@ -53,13 +53,28 @@ class ObservedTransfer:
 
 
 @dataclass(frozen=True, slots=True)
+class SpentOutput:
+    """An input of a UTXO-chain transaction: the earlier output ``prev_txid:prev_index`` it spends."""
+
+    txid: str
+    prev_txid: str
+    prev_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
-    """A block as the watcher needs it: identity, parent and the transfers it contains."""
+    """A block as the watcher needs it: identity, parent and the transfers it contains.
+
+    On UTXO chains (Bitcoin) every output with an address is a transfer
+    (``index`` is the output number, ``sender`` is empty: outputs have no
+    sender) and ``spends`` lists the outputs the block's inputs consume.
+    """
 
     height: int
     hash: str
     parent_hash: str
     transfers: tuple[ObservedTransfer, ...]
+    spends: tuple[SpentOutput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

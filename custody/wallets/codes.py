@@ -24,6 +24,8 @@ class WalletCode(IntEnum):
     CHAIN_NOT_CONFIGURED = 4414
     INVALID_OWNER = 4415
     SELF_APPROVAL = 4416
+    SIGNED_BUNDLE_REJECTED = 4417
+    INSUFFICIENT_COINS = 4418
 
     @property
     def error(self) -> str:

@@ -15,6 +15,10 @@ restart at any point re-submits the same ids and the ledger answers "exists"):
 Each status change is committed to ``chain_deposits`` with ``ledger_synced``
 false *before* the ledger write, and set true after it; every tick first
 finishes unsynced rows, so a crash between the two never loses or doubles a credit.
+
+UTXO chains plug in a :class:`BlockObserver`: it sees every scanned block and
+every reorg inside the same database transaction as the watcher's own
+bookkeeping (Bitcoin keeps its UTXO set this way), so the two never disagree.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,6 +56,18 @@ class DepositStatus:
     VOIDED = "voided"
     REVERSED = "reversed"
     SHORTFALL = "shortfall"
+
+
+class BlockObserver(Protocol):
+    """A chain-specific follower of the watcher's blocks, called inside the watcher's transactions."""
+
+    def on_block(self, session: Session, block: Block, now_ms: int) -> None:
+        """Record what ``block`` (now on the best chain) means for us."""
+        ...
+
+    def on_reorg(self, session: Session, fork_height: int, now_ms: int) -> None:
+        """Undo everything recorded for blocks above ``fork_height``."""
+        ...
 
 
 class ReorgTooDeep(RuntimeError):
@@ -86,8 +103,10 @@ class DepositWatcher:
         clock: Callable[[], int],
         confirmations: Mapping[str, int] | None = None,
         start_height: int | None = None,
+        observer: BlockObserver | None = None,
     ) -> None:
         self._sessions = sessions
+        self._observer = observer
         self._wallets = wallets
         self._ledger = wallets.ledger
         self._adapter = adapter
@@ -186,6 +205,8 @@ class DepositWatcher:
             session.execute(
                 delete(ChainBlock).where(ChainBlock.chain == self._chain, ChainBlock.height > fork_height)
             )
+            if self._observer is not None:
+                self._observer.on_reorg(session, fork_height, now)
         return depth
 
     # -- scanning ---------------------------------------------------------------------------
@@ -234,6 +255,8 @@ class DepositWatcher:
                     row.block_height, row.block_hash = block.height, block.hash
                     row.status, row.ledger_synced, row.updated_ms = DepositStatus.SEEN, False, now
                     report.seen += 1
+            if self._observer is not None:
+                self._observer.on_block(session, block, now)
             session.add(
                 ChainBlock(
                     chain=self._chain, height=block.height, hash=block.hash, parent_hash=block.parent_hash

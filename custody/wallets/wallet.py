@@ -14,10 +14,10 @@ recovery id; a Vault/HSM-resident signer can replace this function later.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from eth_account import Account
 from sqlalchemy import select
@@ -36,6 +36,36 @@ PLATFORM_OWNER = "platform"
 NETWORK_FEES_OWNER = "network-fees"
 DEFAULT_KEK = "wallet-seeds"
 COIN_TYPES = {"ethereum": hd.ETHEREUM_COIN_TYPE}
+T = TypeVar("T")
+
+
+class AddressScheme(Protocol):
+    """How a chain turns a seed into an account xpub and an xpub into addresses."""
+
+    def account_path(self) -> str:
+        """Return the hardened account path (BIP44 ``m/44'/60'/0'``, BIP84 ``m/84'/0'/0'``)."""
+        ...
+
+    def account_xpub(self, seed: bytes) -> str:
+        """Return the xpub of the account key of ``seed``."""
+        ...
+
+    def address(self, xpub: str, change: int, index: int) -> str:
+        """Return the address at ``xpub/change/index``."""
+        ...
+
+
+class EthereumScheme:
+    """BIP44 coin type 60, EIP-55 addresses."""
+
+    def account_path(self) -> str:
+        return hd.account_path(hd.ETHEREUM_COIN_TYPE)
+
+    def account_xpub(self, seed: bytes) -> str:
+        return hd.account_xpub(seed, self.account_path())
+
+    def address(self, xpub: str, change: int, index: int) -> str:
+        return hd.ethereum_address_from_xpub(xpub, index, change)
 
 
 class Temperature(StrEnum):
@@ -101,11 +131,17 @@ class WalletRegistry:
     """Wallets, addresses and their ledger accounts."""
 
     def __init__(self, sessions: sessionmaker[Session], ledger: Ledger, keystore: Keystore,
-                 clock: Callable[[], int]) -> None:
+                 clock: Callable[[], int], schemes: Mapping[str, AddressScheme] | None = None) -> None:
         self._sessions = sessions
         self.ledger = ledger
         self._keystore = keystore
         self._clock = clock
+        self._schemes: dict[str, AddressScheme] = dict(
+            {"ethereum": EthereumScheme()} if schemes is None else schemes)
+
+    def add_scheme(self, chain: str, scheme: AddressScheme) -> None:
+        """Teach the registry a chain's key and address scheme (Bitcoin registers BIP84 here)."""
+        self._schemes[chain] = scheme
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -117,12 +153,12 @@ class WalletRegistry:
         existing = self.find(name)
         if existing is not None:
             return self._same_or_conflict(existing, chain, temperature)
-        coin = self._coin_type(chain)
+        scheme = self._scheme(chain)
         self._ensure_kek(kek_name)
         seed = hd.generate_seed()
-        path = hd.account_path(coin)
+        path = scheme.account_path()
         sealed = self._keystore.seal_seed(kek_name, seed, _seed_aad(name))
-        xpub = hd.account_xpub(seed, path)
+        xpub = scheme.account_xpub(seed)
         del seed
         row = Wallet(name=name, chain=chain, temperature=temperature.value, kek_name=kek_name,
                      sealed_seed=base64.b64encode(sealed).decode(), account_path=path,
@@ -142,7 +178,7 @@ class WalletRegistry:
 
     def register_cold(self, chain: str, name: str, address: str, xpub: str | None = None) -> WalletInfo:
         """Register a watch-only cold wallet by its (checksummed) address (idempotent)."""
-        self._coin_type(chain)
+        self._scheme(chain)
         existing = self.find(name)
         if existing is not None:
             return self._same_or_conflict(existing, chain, Temperature.COLD)
@@ -176,14 +212,44 @@ class WalletRegistry:
         assert found is not None
         return found
 
-    def _derive(self, row: Wallet, owner: str | None) -> WalletAddress:
+    def change_address(self, wallet_id: int, session: Session) -> AddressInfo:
+        """Derive a fresh change address (``/1/i``) of a seeded wallet inside the caller's transaction.
+
+        Receive and change addresses share the wallet's index counter, so
+        each index is used on one branch only (a gap on the other).
+        """
+        row = session.scalar(select(Wallet).where(Wallet.id == wallet_id).with_for_update())
+        if row is None or row.account_xpub is None:
+            raise WalletError(WalletCode.WRONG_TEMPERATURE, f"wallet {wallet_id} derives no addresses")
+        address = self._derive(row, owner=None, change=1)
+        session.add(address)
+        session.flush()
+        return _address(address)
+
+    def add_address(self, wallet_id: int, address: str, path: str | None, index: int | None) -> AddressInfo:
+        """Record an address of a watch-only wallet (a cold multisig address from its descriptor)."""
+        wallet = self.get_by_id(wallet_id)
+        with self._sessions.begin() as session:
+            found = session.scalar(select(WalletAddress).where(
+                WalletAddress.chain == wallet.chain, WalletAddress.address == address))
+            if found is not None:
+                if found.wallet_id != wallet_id:
+                    raise WalletError(WalletCode.WALLET_EXISTS, f"{address} belongs to another wallet")
+                return _address(found)
+            row = WalletAddress(wallet_id=wallet_id, chain=wallet.chain, address=address, owner=None,
+                                path=path, derivation_index=index, created_ms=self._clock())
+            session.add(row)
+            session.flush()
+            return _address(row)
+
+    def _derive(self, row: Wallet, owner: str | None, change: int = 0) -> WalletAddress:
         assert row.account_xpub is not None and row.account_path is not None
         index = row.next_index
         row.next_index = index + 1
         return WalletAddress(
             wallet_id=row.id, chain=row.chain,
-            address=hd.ethereum_address_from_xpub(row.account_xpub, index), owner=owner,
-            path=hd.address_path(row.account_path, index), derivation_index=index,
+            address=self._scheme(row.chain).address(row.account_xpub, change, index), owner=owner,
+            path=hd.address_path(row.account_path, index, change), derivation_index=index,
             created_ms=self._clock())
 
     # -- reads ------------------------------------------------------------------------------
@@ -272,6 +338,24 @@ class WalletRegistry:
 
     # -- signing ----------------------------------------------------------------------------
 
+    def use_seed(self, wallet_id: int, action: Callable[[bytes], T], session: Session | None = None) -> T:
+        """Open a seeded wallet's seed, call ``action(seed)`` and return what it returns.
+
+        ``action`` must derive what it needs and keep nothing: the seed is
+        dropped when it returns (UTXO chains sign several inputs per seed opening).
+        """
+        if session is None:
+            with self._sessions() as own:
+                return self.use_seed(wallet_id, action, own)
+        row = session.get(Wallet, wallet_id)
+        if row is None or row.sealed_seed is None or row.kek_name is None:
+            raise WalletError(WalletCode.WRONG_TEMPERATURE, f"wallet {wallet_id} holds no seed")
+        seed = self._keystore.open_seed(row.kek_name, base64.b64decode(row.sealed_seed), _seed_aad(row.name))
+        try:
+            return action(seed)
+        finally:
+            seed = b""
+
     def sign_ethereum(self, wallet_id: int, path: str, tx: dict[str, Any],
                       session: Session | None = None) -> SignedTransaction:
         """Sign an Ethereum transaction with the key at ``path`` of a seeded wallet.
@@ -310,13 +394,12 @@ class WalletRegistry:
                 if again.code is not KeystoreErrorCode.KEY_EXISTS:
                     raise
 
-    @staticmethod
-    def _coin_type(chain: str) -> int:
-        coin = COIN_TYPES.get(chain)
-        if coin is None:
+    def _scheme(self, chain: str) -> AddressScheme:
+        scheme = self._schemes.get(chain)
+        if scheme is None:
             raise WalletError(WalletCode.UNSUPPORTED_ASSET, f"chain was {chain!r}, must be one of "
-                              f"{', '.join(COIN_TYPES)}")
-        return coin
+                              f"{', '.join(self._schemes)}")
+        return scheme
 
     @staticmethod
     def _same_or_conflict(existing: WalletInfo, chain: str, temperature: Temperature) -> WalletInfo:

@@ -40,7 +40,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.chains.adapter import ChainCode, ChainError, FeeQuote, Receipt
+from custody.chains.adapter import ChainAdapter, ChainCode, ChainError, FeeQuote, Receipt
 from custody.chains.ethereum.adapter import EthereumAdapter
 from custody.chains.ethereum.token import NATIVE_TRANSFER_GAS, TOKEN_TRANSFER_GAS, transfer_calldata
 from custody.ledger.codes import LedgerCode, LedgerError
@@ -85,6 +85,7 @@ class Purpose(StrEnum):
     SWEEP = "sweep"
     CONSOLIDATION = "consolidation"
     TOPUP = "topup"
+    REFILL = "refill"  # cold -> hot, signed by the offline signers
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,7 @@ class WithdrawalExecutor:
         self,
         sessions: sessionmaker[Session],
         wallets: WalletRegistry,
-        adapter: EthereumAdapter,
+        adapter: ChainAdapter,
         clock: Callable[[], int],
         config: ExecutorConfig | None = None,
     ) -> None:
@@ -482,8 +483,10 @@ class WithdrawalExecutor:
         return signed.txid
 
     def _tx_fields(self, row: ChainTransaction, nonce: int, fees: FeeQuote) -> dict[str, Any]:
+        adapter = self._adapter
+        assert isinstance(adapter, EthereumAdapter), "account-model fields are Ethereum's"
         if self._chain_id is None:
-            self._chain_id = self._adapter.chain_id()
+            self._chain_id = adapter.chain_id()
         tx: dict[str, Any] = {
             "type": 2,
             "chainId": self._chain_id,
@@ -496,7 +499,7 @@ class WithdrawalExecutor:
             tx.update(to=row.destination, value=row.amount_minor, data=b"")
         else:
             tx.update(
-                to=self._adapter.token_address(row.asset),
+                to=adapter.token_address(row.asset),
                 value=0,
                 data=transfer_calldata(row.destination, row.amount_minor),
             )
