@@ -163,3 +163,25 @@ def test_expired_bundle_is_superseded_with_the_same_nonce_and_its_signature_refu
     assert world.transfers.get(first.view.bundle_id).state == "exported"
     assert late_signature  # the signed result of an expired bundle can still be imported while current
     assert world.transfers.import_signed(late_signature).state == "broadcast"
+
+
+def test_expired_unsigned_bundle_is_replaced_with_the_same_nonce_and_the_old_one_refused(
+    world: ColdWorld,
+) -> None:
+    withdrawal_id = world.cold_withdrawal(AMOUNT, approval_ttl_ms=48 * 3_600_000)
+    first = world.transfers.export("withdrawal", withdrawal_id)
+    old_answer = world.sign(first.data)
+    world.clock.advance(25 * 3_600_000)
+    second = world.transfers.export("withdrawal", withdrawal_id)
+    assert second.view.bundle_id.endswith("-2") and second.data != first.data
+    assert world.transfers.get(first.view.bundle_id).state == "superseded"
+    old_tx, new_tx = (Bundle.from_bytes(b.data).body.transaction for b in (first, second))
+    assert isinstance(old_tx, EthereumTransaction) and isinstance(new_tx, EthereumTransaction)
+    assert old_tx.nonce == new_tx.nonce  # at most one of the two can ever be mined
+    with pytest.raises(BundleError) as info:
+        world.transfers.import_signed(old_answer)
+    assert info.value.code is BundleCode.BUNDLE_SUPERSEDED
+    assert world.transfers.import_signed(world.sign(second.data)).state == "broadcast"
+    world.settle()
+    assert world.withdrawal_state(withdrawal_id) == "completed"
+    world.harness.assert_reconciled()
