@@ -14,21 +14,35 @@ transfers). Guarantees (docs/margin.md, "Consistency"):
   the margin hold; between flushes the ledger lags by the queued postings.
 * A refused batch is a corrupt-state error (the core already validated
   every posting), never silently dropped.
+* With a venue journal (``ExchangeService.open``, docs/exchange-durability.md)
+  every command is journaled, and ``flush()`` commits the journal *before*
+  it writes the ledger, so the ledger never holds a posting the journal
+  could lose. Postings stay queued until the ledger accepts them; after a
+  restart the replay regenerates them and they are submitted again as
+  idempotent retries.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Final
 
+from custody.ledger.codes import LedgerCode
 from custody.ledger.entry import AccountFlags, AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import MAX_BATCH, Ledger
+from exchange.engine.journal import FsyncPolicy
+from exchange.instruments import ExchangeConfig
+from exchange.recovery import DEFAULT_SNAPSHOT_EVERY, DurableVenue
 from exchange.risk.clearing import CLEARING, FEES, INSURANCE, WALLET, Posting
 from exchange.risk.events import RiskEvent
 from exchange.venue import Venue
+
+log = logging.getLogger(__name__)
 
 PLATFORM_OWNER: Final = "exchange"
 CLEARING_OWNER: Final = "exchange.clearing"
@@ -50,13 +64,59 @@ class LedgerOutOfSync(RuntimeError):
 class ExchangeService:
     """The venue plus its ledger accounts; every public method leaves the ledger in sync."""
 
-    def __init__(self, ledger: Ledger, venue: Venue, asset: str = "USDC") -> None:
+    def __init__(self, ledger: Ledger, venue: Venue, asset: str = "USDC",
+                 durable: DurableVenue | None = None) -> None:
         self.ledger = ledger
         self.venue = venue
         self.asset = asset
+        self.durable = durable
         self.lock = threading.RLock()
         self.events: list[RiskEvent] = []
         self._ids: dict[str, int] = {}
+        self._backlog: list[Posting] = []  # drained, journaled, not yet accepted by the ledger
+
+    @classmethod
+    def open(cls, ledger: Ledger, config: ExchangeConfig, directory: Path, *, namespace: str = "x",
+             asset: str = "USDC", policy: FsyncPolicy = FsyncPolicy.ALWAYS,
+             snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> ExchangeService:
+        """Recover the venue journaled in ``directory`` and bring the ledger up to date with it."""
+        durable, rec = DurableVenue.open(directory, config, namespace=namespace, policy=policy,
+                                         snapshot_every=snapshot_every)
+        svc = cls(ledger, rec.venue, asset, durable)
+        svc.events.extend(rec.events)
+        svc._backlog = rec.postings
+        log.info("exchange venue recovered from %s: snapshot %d, %d records replayed, %d postings "
+                 "re-submitted, %d unfinished records and %d torn bytes dropped", directory,
+                 rec.snapshot_seq, rec.replayed, len(rec.postings), rec.dropped, rec.torn_bytes)
+        svc.flush()
+        mismatches = svc.reconcile()
+        if mismatches:
+            # The ledger disagrees with the recovered venue (e.g. a database restored without
+            # its exchange directory): refuse to trade on it rather than guess.
+            raise LedgerOutOfSync(f"after recovery the ledger disagrees with the venue on "
+                                  f"{len(mismatches)} accounts, first {mismatches[:5]}")
+        return svc
+
+    def reconcile(self) -> list[str]:
+        """Flush, then return the clearing keys whose ledger balance or hold differs from the venue."""
+        with self.lock:
+            self.flush()
+            ch = self.venue.clearing
+            out = [f"m:{a.id}" for a in ch.accounts.values() if self.ledger_balance(f"m:{a.id}") != a.cash]
+            out += [f"h:{a.id}" for a in ch.accounts.values() if self.ledger_hold(a.id) != a.hold]
+            out += [k for k, v in ((CLEARING, ch.clearing), (FEES, ch.fees), (INSURANCE, ch.insurance))
+                    if self.ledger_balance(k) != v]
+            return sorted(out)
+
+    def close(self) -> None:
+        """Flush, then close the journal (a snapshot first, so the next start replays nothing)."""
+        with self.lock:
+            self.flush()
+            if self.durable is not None:
+                if self.durable.since_snapshot and not self._backlog:
+                    self.durable.snapshot()
+                self.durable.close()
+                self.durable = None
 
     @contextmanager
     def command(self) -> Iterator[Venue]:
@@ -68,20 +128,32 @@ class ExchangeService:
                 self.flush()
 
     def flush(self) -> int:
-        """Write queued postings to the ledger; return how many were submitted."""
-        postings, events = self.venue.drain()
-        self.events.extend(events)
-        if len(self.events) > MAX_EVENTS_KEPT:
-            del self.events[: len(self.events) - MAX_EVENTS_KEPT]
-        requests = [self._request(p) for p in postings]
-        for start in range(0, len(requests), MAX_BATCH):
-            chunk = requests[start:start + MAX_BATCH]
-            results = self.ledger.submit(chunk, linked=True)
-            failed = [r for r in results if not r.ok]
-            if failed:
-                raise LedgerOutOfSync(f"ledger refused {failed[0].id}: {failed[0].code} "
-                                      f"{failed[0].message}")
-        return len(requests)
+        """Commit the journal, then write queued postings to the ledger; return how many."""
+        with self.lock:
+            postings, events = self.venue.drain()
+            if self.durable is not None:
+                self.durable.commit()
+            self.events.extend(events)
+            if len(self.events) > MAX_EVENTS_KEPT:
+                del self.events[: len(self.events) - MAX_EVENTS_KEPT]
+            backlog = self._backlog
+            backlog.extend(postings)
+            submitted = 0
+            while backlog:
+                chunk = backlog[:MAX_BATCH]
+                results = self.ledger.submit([self._request(p) for p in chunk], linked=True)
+                failed = [r for r in results if not r.ok]
+                if failed:
+                    # Name the transfer that failed, not one that only failed with it.
+                    cause = next((r for r in failed if r.code != LedgerCode.LINKED_TRANSFER_FAILED),
+                                 failed[0])
+                    raise LedgerOutOfSync(f"ledger refused {cause.id}: {cause.code} {cause.message}")
+                # Only accepted postings leave the backlog: a failed write is retried next time.
+                del backlog[:len(chunk)]
+                submitted += len(chunk)
+            if self.durable is not None and self.durable.snapshot_due():
+                self.durable.snapshot()
+            return submitted
 
     def _request(self, p: Posting) -> TransferRequest:
         tid, kind, debit, credit, amount, pending_id = p

@@ -12,10 +12,30 @@ margin) -> matching (OrderBook) -> risk settlement (positions, fees, PnL).
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+import msgspec
+
+from exchange.commands import (
+    Advance,
+    AmendOrder,
+    CancelOrder,
+    Deposit,
+    Drain,
+    Expire,
+    Fund,
+    Liquidate,
+    Place,
+    Quote,
+    SeedInsurance,
+    SetMark,
+    Tick,
+    VenueCommand,
+    Withdraw,
+)
 from exchange.engine.messages import (
     Amend,
     Amended,
@@ -42,11 +62,20 @@ from exchange.risk.events import (
     RiskEvent,
     Settled,
 )
+from exchange.state import FillRecord, IndexStateRecord, PriceState, VenueState
 
 MAX_FILLS_KEPT: Final = 1_000
 INTEREST_CLAMP_PPM: Final = 500
 PARTIAL_TARGET_NUM: Final = 9  # partial liquidation aims at equity >= MM * 10/9
 PARTIAL_TARGET_DEN: Final = 10
+
+
+class CommandLog(Protocol):
+    """Where the venue records each command it ran (the venue journal, see exchange/recovery.py)."""
+
+    def record(self, cmd: VenueCommand) -> None:
+        """Buffer ``cmd``; it becomes durable when the shell commits after the next drain."""
+        ...
 
 
 class PositionHook:
@@ -99,23 +128,51 @@ class Venue:
         self.engine_events: list[tuple[str, Event]] = []
         self.now_ms = 0
         self._liq_n = 0
+        # Set by the shell to journal commands; None (tests, benchmarks, replay) records nothing.
+        self.journal: CommandLog | None = None
+        self.recorded = 0  # commands recorded since the last Drain marker
+
+    def _log(self, cmd: VenueCommand) -> None:
+        journal = self.journal
+        if journal is not None:
+            journal.record(cmd)
+            self.recorded += 1
+
+    def execute(self, cmd: VenueCommand) -> object:
+        """Run one journaled command (replay); return what the public method returns."""
+        t = type(cmd)
+        if t is Place:
+            return self.place(cmd.symbol, cmd.order)  # type: ignore[union-attr]
+        if t is CancelOrder:
+            return self.cancel(cmd.symbol, cmd.id, cmd.account)  # type: ignore[union-attr]
+        if t is AmendOrder:
+            return self.amend(cmd.symbol, cmd.amend)  # type: ignore[union-attr]
+        if t is Drain:
+            return self.drain()
+        return _DISPATCH[t](self, cmd)
 
     # ---------------------------------------------------------------- collateral
 
     def deposit(self, account: str, amount: int) -> None:
         """Move spot balance into exchange collateral."""
+        _positive(amount)
         self.clearing.begin()
         self.clearing.deposit(account, amount)
+        self._log(Deposit(account, amount))
 
     def withdraw(self, account: str, amount: int) -> RiskCode:
         """Move free collateral back to the spot balance."""
         self.clearing.begin()
-        return self.clearing.withdraw(account, amount)
+        code = self.clearing.withdraw(account, amount)
+        self._log(Withdraw(account, amount))
+        return code
 
     def seed_insurance(self, amount: int) -> None:
         """Capitalise the insurance fund."""
+        _positive(amount)
         self.clearing.begin()
         self.clearing.seed_insurance(amount)
+        self._log(SeedInsurance(amount))
 
     # ---------------------------------------------------------------- orders
 
@@ -124,21 +181,32 @@ class Venue:
         ch = self.clearing
         ch.begin()
         code, message = ch.check_new(symbol, cmd)
+        if self.journal is not None:
+            self._log(Place(symbol, cmd))
         if code:
             return OrderResult(code, message, [])
         return OrderResult(RiskCode.OK, "", self._run(symbol, cmd))
 
     def cancel(self, symbol: str, order_id: str, account: str | None) -> list[Event]:
         """Cancel a live order (the engine checks ownership when ``account`` is given)."""
+        self._known(symbol)
         self.clearing.begin()
-        return self._run(symbol, Cancel(order_id, account, self.now_ms))
+        events = self._run(symbol, Cancel(order_id, account, self.now_ms))
+        self._log(CancelOrder(symbol, order_id, account))
+        return events
 
     def amend(self, symbol: str, cmd: Amend) -> OrderResult:
         """Amend a resting order; a larger quantity or price needs margin for the difference."""
+        self._known(symbol)
+        result = self._amend(symbol, cmd)
+        self._log(AmendOrder(symbol, cmd))
+        return result
+
+    def _amend(self, symbol: str, cmd: Amend) -> OrderResult:
         ch = self.clearing
         ch.begin()
         res = ch.orders.get((symbol, cmd.id))
-        book_order = self.books[symbol].orders.get(cmd.id) if symbol in self.books else None
+        book_order = self.books[symbol].orders.get(cmd.id)
         if res is None or book_order is None or (cmd.account and cmd.account != res.account):
             return OrderResult(RiskCode.OK, "", self._run(symbol, cmd))
         new_qty = book_order.qty if cmd.qty is None else cmd.qty
@@ -148,21 +216,21 @@ class Venue:
         old_qty, old_im = res.qty, res.im
         ch.release(symbol, cmd.id, old_qty)
         code, message = ch.check_new(symbol, probe)
+        # Put the old reservation back exactly (re-checking it could fail at today's marks).
         if code:
-            ch.check_new(symbol, NewOrder(id=cmd.id, account=res.account, side=side, qty=old_qty,
-                                          price=book_order.price))
-            restored = ch.orders[(symbol, cmd.id)]
-            ch.accounts[restored.payer].order_im += old_im - restored.im
-            restored.im = old_im
+            ch.reserve(symbol, cmd.id, res.account, res.payer, res.side, old_qty, old_im)
             return OrderResult(code, message, [])
         events = self._run(symbol, cmd)
         if any(type(e) is Rejected for e in events):
             ch.release(symbol, cmd.id, new_qty)
-            ch.check_new(symbol, NewOrder(id=cmd.id, account=res.account, side=side, qty=old_qty,
-                                          price=book_order.price))
+            ch.reserve(symbol, cmd.id, res.account, res.payer, res.side, old_qty, old_im)
         else:
             self._sync_amended(symbol, cmd.id, events)
         return OrderResult(RiskCode.OK, "", events)
+
+    def _known(self, symbol: str) -> None:
+        if symbol not in self.books:
+            raise KeyError(f"symbol was {symbol!r}, not listed")
 
     def _sync_amended(self, symbol: str, order_id: str, events: list[Event]) -> None:
         # An amend that crossed the book traded part of the order; the trades already
@@ -202,11 +270,18 @@ class Venue:
     def quote(self, underlying: str, source: str, price: int, ts_ms: int) -> None:
         """Record a price source's quote (it counts at the next ``tick``)."""
         self.indices[underlying].quote(source, price, ts_ms)
+        self._log(Quote(underlying, source, price, ts_ms))
 
     def tick(self, underlying: str, now_ms: int) -> IndexState:
         """Recompute the index; when fresh, publish marks and liquidate crossed accounts."""
+        index = self.indices[underlying]
+        state = self._tick(index, underlying, now_ms)
+        self._log(Tick(underlying, now_ms))
+        return state
+
+    def _tick(self, index: IndexPrice, underlying: str, now_ms: int) -> IndexState:
         self.now_ms = now_ms
-        state = self.indices[underlying].compute(now_ms)
+        state = index.compute(now_ms)
         self.index_state[underlying] = state
         if state.price is None:
             return state
@@ -225,7 +300,7 @@ class Venue:
                 acc[0] += (mark - state.price) * PPM // state.price
                 acc[1] += 1
                 self.next_funding_ms.setdefault(symbol, self._next_boundary(spec, now_ms))
-            self.set_mark(symbol, mark, state.price)
+            self._set_mark(symbol, mark, state.price)
         return state
 
     def _mark(self, symbol: str, spec: InstrumentSpec, index: int, now_ms: int) -> int:
@@ -238,10 +313,16 @@ class Venue:
 
     def set_mark(self, symbol: str, mark: int, index: int) -> None:
         """Publish a mark: liquidate the accounts it crosses, move the band, fire mark stops."""
+        self._known(symbol)
+        _positive(mark)
+        self._set_mark(symbol, mark, index)
+        self._log(SetMark(symbol, mark, index))
+
+    def _set_mark(self, symbol: str, mark: int, index: int) -> None:
         ch = self.clearing
         ch.events.append(MarkSet(ch.seq, symbol, mark, index))
         for account_id in ch.set_mark(symbol, mark):
-            self.liquidate(account_id)
+            self._liquidate(account_id)
         self._run(symbol, SetReference(mark, self.now_ms))
         self._run(symbol, PriceUpdate("mark", mark, self.now_ms))
 
@@ -254,6 +335,12 @@ class Venue:
 
     def liquidate(self, account_id: str) -> None:
         """Cancel orders, then partial, then full liquidation orders, then insurance/ADL."""
+        if account_id not in self.clearing.accounts:
+            raise KeyError(f"account was {account_id!r}, has no collateral")
+        self._liquidate(account_id)
+        self._log(Liquidate(account_id))
+
+    def _liquidate(self, account_id: str) -> None:
         ch = self.clearing
         acct = ch.accounts[account_id]
         equity, _, mm = ch.valuation(acct)
@@ -332,11 +419,12 @@ class Venue:
         for symbol in sorted(self.next_funding_ms):
             due = self.next_funding_ms[symbol]
             if now_ms >= due and self.clearing.trading[symbol]:
-                self.fund(symbol, due)
+                self._fund(symbol, due)
                 self.next_funding_ms[symbol] = due + self.specs[symbol].funding_interval_ms
         for symbol, spec in sorted(self.specs.items()):
             if spec.expiry_ms is not None and now_ms >= spec.expiry_ms and self.clearing.trading[symbol]:
-                self.expire(symbol, now_ms)
+                self._expire(symbol, now_ms)
+        self._log(Advance(now_ms))
 
     def funding_rate(self, symbol: str) -> int:
         """Return the rate of the current interval: premium + clamp(interest - premium), capped."""
@@ -348,6 +436,12 @@ class Venue:
 
     def fund(self, symbol: str, ts_ms: int) -> None:
         """Settle one funding interval of a perpetual."""
+        if symbol not in self.premium:
+            raise KeyError(f"symbol was {symbol!r}, not a listed perpetual")
+        self._fund(symbol, ts_ms)
+        self._log(Fund(symbol, ts_ms))
+
+    def _fund(self, symbol: str, ts_ms: int) -> None:
         ch = self.clearing
         if symbol not in ch.marks:
             return
@@ -360,10 +454,16 @@ class Venue:
         # Funding moved collateral: anyone it pushed below maintenance is liquidated now.
         ch.refresh_bands()
         for account_id in sorted(ch.holders[symbol]):
-            self.liquidate(account_id)
+            self._liquidate(account_id)
 
     def expire(self, symbol: str, now_ms: int) -> None:
         """Stop trading, cancel every order, and settle at the TWAP of the index."""
+        if symbol not in self.twaps:
+            raise KeyError(f"symbol was {symbol!r}, not a listed dated instrument")
+        self._expire(symbol, now_ms)
+        self._log(Expire(symbol, now_ms))
+
+    def _expire(self, symbol: str, now_ms: int) -> None:
         ch = self.clearing
         ch.begin()
         book = self.books[symbol]
@@ -379,8 +479,90 @@ class Venue:
         ch.settle(symbol, price, now_ms)
         self.settlement_history.append(ch.events[-1])  # type: ignore[arg-type]
 
+    # ---------------------------------------------------------------- state
+
+    def state(self) -> VenueState:
+        """Return the canonical state; only valid between batches (after ``drain()``)."""
+        return VenueState(
+            now_ms=self.now_ms, liq_n=self._liq_n,
+            books={s: b.state() for s, b in sorted(self.books.items())},
+            clearing=self.clearing.state(),
+            prices=PriceState(
+                quotes={u: dict(sorted(i.quotes.items())) for u, i in sorted(self.indices.items())},
+                index_state=[IndexStateRecord(u, st.price, st.fresh_sources, st.ts_ms)
+                             for u, st in sorted(self.index_state.items())],
+                basis={s: (b.basis, b.initialised) for s, b in sorted(self.basis.items())},
+                twaps={s: list(t.samples) for s, t in sorted(self.twaps.items())},
+                premium={s: (p[0], p[1]) for s, p in sorted(self.premium.items())},
+                next_funding_ms=dict(sorted(self.next_funding_ms.items()))),
+            funding_history=list(self.funding_history),
+            settlement_history=list(self.settlement_history),
+            fills={a: [FillRecord(**f) for f in kept] for a, kept in sorted(self.fills.items())},
+        )
+
+    def state_hash(self) -> str:
+        """Return the SHA-256 (hex) of the canonical msgpack encoding of ``state()``."""
+        return hashlib.sha256(msgspec.msgpack.encode(self.state())).hexdigest()
+
+    @classmethod
+    def from_state(cls, config: ExchangeConfig, state: VenueState, record_fills: bool = True) -> Venue:
+        """Rebuild a venue from ``state()`` output under ``config`` (which may list more instruments)."""
+        v = cls(config, state.clearing.namespace, record_fills)
+        ch = v.clearing = Clearinghouse.from_state(v.specs, state.clearing)
+        for symbol, book in state.books.items():
+            v.books[symbol] = OrderBook.from_state(book, reduce_only_hook=PositionHook(ch, symbol))
+        for symbol in v.books:
+            hook = v.books[symbol].reduce_only_hook
+            if isinstance(hook, PositionHook):
+                hook.clearing = ch
+        v.now_ms, v._liq_n = state.now_ms, state.liq_n
+        p = state.prices
+        for underlying, quotes in p.quotes.items():
+            v.indices[underlying].quotes = {src: (q[0], q[1]) for src, q in quotes.items()}
+        v.index_state = {r.underlying: IndexState(r.underlying, r.price, r.fresh_sources, r.ts_ms)
+                         for r in p.index_state}
+        for symbol, (basis, initialised) in p.basis.items():
+            v.basis[symbol] = BasisTracker(basis, initialised)
+        for symbol, samples in p.twaps.items():
+            v.twaps[symbol].samples = [(ts, px) for ts, px in samples]
+        for symbol, (total, count) in p.premium.items():
+            v.premium[symbol] = [total, count]
+        v.next_funding_ms = dict(p.next_funding_ms)
+        v.funding_history = list(state.funding_history)
+        v.settlement_history = list(state.settlement_history)
+        for account, kept in state.fills.items():
+            v.fills[account] = deque((msgspec.structs.asdict(f) for f in kept), maxlen=MAX_FILLS_KEPT)
+        return v
+
     # ---------------------------------------------------------------- output
 
     def drain(self) -> tuple[list[Posting], list[RiskEvent]]:
-        """Return (and clear) the postings and clearing events produced so far."""
+        """Return (and clear) the postings and clearing events produced so far.
+
+        With a journal attached, a ``Drain`` marker closes the batch of
+        commands recorded since the previous one (nothing recorded: no marker).
+        """
+        if self.recorded:
+            self.recorded = 0
+            self._log(Drain())
+            self.recorded = 0
         return self.clearing.drain()
+
+
+def _positive(amount: int) -> None:
+    if amount <= 0:
+        raise ValueError(f"amount was {amount}, must be positive")
+
+
+_DISPATCH: dict[type, Any] = {
+    Deposit: lambda v, c: v.deposit(c.account, c.amount),
+    Withdraw: lambda v, c: v.withdraw(c.account, c.amount),
+    SeedInsurance: lambda v, c: v.seed_insurance(c.amount),
+    Quote: lambda v, c: v.quote(c.underlying, c.source, c.price, c.ts_ms),
+    Tick: lambda v, c: v.tick(c.underlying, c.now_ms),
+    SetMark: lambda v, c: v.set_mark(c.symbol, c.mark, c.index),
+    Advance: lambda v, c: v.advance(c.now_ms),
+    Fund: lambda v, c: v.fund(c.symbol, c.ts_ms),
+    Expire: lambda v, c: v.expire(c.symbol, c.now_ms),
+    Liquidate: lambda v, c: v.liquidate(c.account),
+}

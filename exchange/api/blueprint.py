@@ -13,6 +13,7 @@ docs/exchange-api.md); every refusal is ``{"code", "error", "message"}``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,8 +24,10 @@ from custody.api.auth import principal, secured
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import field_bool, field_int, field_str, json_object, reject_unknown
 from exchange.engine.codes import ResultCode
+from exchange.engine.journal import FsyncPolicy
 from exchange.engine.messages import Amend, NewOrder, Rejected
 from exchange.instruments import load_instruments
+from exchange.recovery import DEFAULT_SNAPSHOT_EVERY
 from exchange.risk.clearing import isolated_account
 from exchange.risk.codes import RiskCode
 from exchange.service import ExchangeService
@@ -54,10 +57,25 @@ ORDER_FIELDS = {"symbol", "id", "side", "qty", "type", "price", "tif", "stp", "r
 
 
 def init_app(app: Flask) -> None:
-    """Create the exchange service on ``app`` and register the blueprint."""
-    venue = Venue(load_instruments(app.config.get("EXCHANGE_INSTRUMENTS")),
-                  namespace=app.config.get("EXCHANGE_NAMESPACE", "x"))
-    app.extensions[EXTENSION] = ExchangeService(app.extensions["strongroom.ledger"], venue)
+    """Recover the exchange service on ``app`` from its journal and register the blueprint.
+
+    The venue journal lives in ``EXCHANGE_DATA_DIR`` (default ``<data dir>/exchange``);
+    ``EXCHANGE_FSYNC`` is always|interval|never (docs/exchange-durability.md).
+    """
+    config = load_instruments(app.config.get("EXCHANGE_INSTRUMENTS"))
+    namespace = app.config.get("EXCHANGE_NAMESPACE", "x")
+    ledger = app.extensions["strongroom.ledger"]
+    directory = app.config.get("EXCHANGE_DATA_DIR")
+    settings = app.extensions.get("strongroom.settings")
+    if directory is None and settings is not None:
+        directory = settings.data_dir / "exchange"
+    if directory is None:
+        app.extensions[EXTENSION] = ExchangeService(ledger, Venue(config, namespace=namespace))
+    else:
+        app.extensions[EXTENSION] = ExchangeService.open(
+            ledger, config, Path(directory), namespace=namespace,
+            policy=FsyncPolicy(app.config.get("EXCHANGE_FSYNC", "always")),
+            snapshot_every=int(app.config.get("EXCHANGE_SNAPSHOT_EVERY", DEFAULT_SNAPSHOT_EVERY)))
     app.register_blueprint(bp)
 
 

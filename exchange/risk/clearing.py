@@ -42,6 +42,14 @@ from exchange.risk.events import (
     Settled,
 )
 from exchange.risk.liqindex import LiquidationIndex
+from exchange.state import (
+    AccountState,
+    BandEntry,
+    ClearingState,
+    LiquidationIndexState,
+    PositionState,
+    ReservationState,
+)
 
 CLEARING: Final = "clearing"
 FEES: Final = "fees"
@@ -294,6 +302,22 @@ class Clearinghouse:
         gross = (abs(pos.size) + same_side + opening) * price // spec.contracts_per_unit
         return notional * spec.tier(gross).im_ppm // PPM + fee
 
+    def reserve(self, symbol: str, order_id: str, account: str, payer: str, side: int, qty: int,
+                im: int) -> None:
+        """Put back an exact reservation (an amend that did not take effect)."""
+        assert (symbol, order_id) not in self.orders and qty > 0 and im >= 0
+        acct = self.accounts[account]
+        pos = acct.positions.get(symbol)
+        if pos is None:
+            pos = acct.positions[symbol] = Position(symbol)
+        self.orders[(symbol, order_id)] = OrderReservation(account, payer, side, qty, im)
+        self.accounts[payer].order_im += im
+        self.touched.add(payer)
+        if side > 0:
+            pos.open_buy += qty
+        else:
+            pos.open_sell += qty
+
     def release(self, symbol: str, order_id: str, qty: int) -> None:
         """Release the reservation of ``qty`` of a live order (it filled or left the book)."""
         res = self.orders.get((symbol, order_id))
@@ -377,7 +401,8 @@ class Clearinghouse:
         if spec.is_option:
             premium = abs(qty) * price // spec.contracts_per_unit
             payer, payee = (buyer_side, other) if qty > 0 else (other, buyer_side)
-            if premium:
+            # A self-trade moves no premium (and the ledger refuses a transfer to itself).
+            if premium and payer is not payee:
                 self._post(f"m:{payer.id}", f"m:{payee.id}", premium)
                 self._credit(payer, -premium)
                 self._credit(payee, premium)
@@ -683,6 +708,65 @@ class Clearinghouse:
             self.postings.append((acct.hold_id, PENDING, f"m:{acct.id}", f"h:{acct.id}", target, None))
         acct.hold = target
 
+    # ---------------------------------------------------------- state (snapshots, state hash)
+
+    def state(self) -> ClearingState:
+        """Return the canonical state; only valid between batches (everything drained)."""
+        assert not (self.postings or self.events or self.dirty or self.touched), (
+            "clearing state taken with undrained postings, events or accounts")
+        assert self.liquidating is None
+        epochs = self.epochs
+        return ClearingState(
+            namespace=self.ns, seq=self.seq, n=self._n, version=self.version,
+            clearing=self.clearing, fees=self.fees, insurance=self.insurance,
+            external_in=self.external_in,
+            accounts=[_account_state(self.accounts[a]) for a in sorted(self.accounts)],
+            epochs=dict(sorted(epochs.items())), marks=dict(sorted(self.marks.items())),
+            index_of=dict(sorted(self.index_of.items())), trading=dict(sorted(self.trading.items())),
+            holders={s: sorted(h) for s, h in sorted(self.holders.items())},
+            orders=[ReservationState(s, o, r.account, r.payer, r.side, r.qty, r.im)
+                    for (s, o), r in sorted(self.orders.items())],
+            liq_index=[LiquidationIndexState(
+                s, [BandEntry(*e) for e in sorted(ix.lo) if epochs.get(e[2]) == e[1]],
+                [BandEntry(*e) for e in sorted(ix.hi) if epochs.get(e[2]) == e[1]])
+                for s, ix in sorted(self.liq_index.items())],
+            short_option_accounts=sorted(self.short_option_accounts),
+        )
+
+    @classmethod
+    def from_state(cls, specs: dict[str, InstrumentSpec], state: ClearingState) -> Clearinghouse:
+        """Rebuild a clearing house from ``state()`` output (instruments new to ``specs`` start empty)."""
+        unknown = set(state.trading) - set(specs)
+        if unknown:
+            raise ValueError(f"state holds instruments {sorted(unknown)} that are not configured")
+        ch = cls(specs, state.namespace)
+        ch.seq, ch._n, ch.version = state.seq, state.n, state.version
+        ch.clearing, ch.fees, ch.insurance = state.clearing, state.fees, state.insurance
+        ch.external_in = state.external_in
+        for a in state.accounts:
+            acct = ch.accounts[a.id] = Account(a.id, a.parent)
+            acct.cash, acct.order_im, acct.epoch = a.cash, a.order_im, a.epoch
+            acct.hold, acct.hold_id, acct.hold_n = a.hold, a.hold_id, a.hold_n
+            for p in a.positions:
+                pos = acct.positions[p.symbol] = Position(p.symbol)
+                pos.size, pos.cost, pos.realised = p.size, p.cost, p.realised
+                pos.open_buy, pos.open_sell, pos.order_im = p.open_buy, p.open_sell, p.order_im
+        ch.epochs = dict(state.epochs)
+        ch.marks = dict(state.marks)
+        ch.index_of = dict(state.index_of)
+        ch.trading.update(state.trading)
+        for symbol, holders in state.holders.items():
+            ch.holders[symbol] = set(holders)
+        for r in state.orders:
+            ch.orders[(r.symbol, r.order_id)] = OrderReservation(r.account, r.payer, r.side, r.qty, r.im)
+        for ix in state.liq_index:
+            index = ch.liq_index[ix.symbol]
+            # Sorted lists are valid heaps.
+            index.lo = [(e.key, e.epoch, e.account) for e in ix.lo]
+            index.hi = [(e.key, e.epoch, e.account) for e in ix.hi]
+        ch.short_option_accounts = set(state.short_option_accounts)
+        return ch
+
     def check_invariants(self) -> None:
         """Assert the platform identities (programmer errors if they fail)."""
         total_cost = 0
@@ -698,6 +782,13 @@ class Clearinghouse:
             "collateral not conserved")
         for symbol, holders in self.holders.items():
             assert sum(self.accounts[a].positions[symbol].size for a in holders) == 0, symbol
+
+
+def _account_state(acct: Account) -> AccountState:
+    return AccountState(acct.id, acct.parent, acct.cash, acct.order_im, acct.epoch, acct.hold,
+                        acct.hold_id, acct.hold_n,
+                        [PositionState(s, p.size, p.cost, p.realised, p.open_buy, p.open_sell, p.order_im)
+                         for s, p in sorted(acct.positions.items())])
 
 
 def intrinsic_value(spec: InstrumentSpec, price: int) -> int:

@@ -1,0 +1,150 @@
+"""The venue journal: every venue command, framed and checksummed like the engine journal.
+
+Same record framing as exchange/engine/journal.py (``u32 length | u32
+CRC32(seq || payload) | u64 seq | payload``, little-endian, payload = the
+command as JSON), same torn-tail rule (an incomplete or bad last record is
+dropped; a bad record with data after it is corruption), same fsync
+policies. Only the file magic differs, ``SRVJN001``, so an engine journal
+and a venue journal can never be mistaken for one another.
+
+Records are the commands of exchange/commands.py; sequence numbers start
+at 1 and increase by exactly one across segments. A batch of commands ends
+with a ``Drain`` record: the shell commits the journal right after it and
+only then releases the batch's effects (ledger postings, API responses).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Final
+
+import msgspec
+
+from exchange.commands import VenueCommand
+from exchange.engine.journal import (
+    HEADER,
+    MAX_RECORD_BYTES,
+    SEQ,
+    FsyncPolicy,
+    JournalCorrupt,
+    _check_record,
+    _claimed_end,
+    fsync_dir,
+)
+
+MAGIC: Final = b"SRVJN001"
+SEGMENT_PREFIX: Final = "venue-journal-"
+SEGMENT_SUFFIX: Final = ".log"
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[VenueCommand] = msgspec.json.Decoder(VenueCommand)
+
+__all__ = ["MAGIC", "FsyncPolicy", "JournalCorrupt", "SegmentScan", "VenueJournalWriter",
+           "encode_record", "list_segments", "read_segment", "segment_name"]
+
+
+def segment_name(first_seq: int) -> str:
+    """Return the file name of the segment whose first record is ``first_seq``."""
+    return f"{SEGMENT_PREFIX}{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def segment_first_seq(path: Path) -> int:
+    """Return the first sequence number a segment file is named after."""
+    return int(path.name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)])
+
+
+def list_segments(directory: Path) -> list[Path]:
+    """Return the venue journal segments of ``directory`` in sequence order."""
+    return sorted(directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"))
+
+
+def encode_record(seq: int, cmd: VenueCommand) -> bytes:
+    """Return one framed record."""
+    payload = _encoder.encode(cmd)
+    if len(payload) > MAX_RECORD_BYTES:
+        raise ValueError(f"command encodes to {len(payload)} bytes, max {MAX_RECORD_BYTES}")
+    crc = zlib.crc32(payload, zlib.crc32(SEQ.pack(seq)))
+    return HEADER.pack(len(payload), crc, seq) + payload
+
+
+class VenueJournalWriter:
+    """Append records to one segment file; ``commit()`` makes them durable per the policy."""
+
+    def __init__(self, path: Path, policy: FsyncPolicy = FsyncPolicy.ALWAYS,
+                 interval_ms: int = 5) -> None:
+        self.path = path
+        self.policy = policy
+        self.interval_ns = interval_ms * 1_000_000
+        self._last_sync_ns = time.monotonic_ns()
+        new = not path.exists() or path.stat().st_size == 0
+        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
+        if new:
+            self._file.write(MAGIC)
+            self.commit()
+            fsync_dir(path.parent)
+
+    def append(self, seq: int, cmd: VenueCommand) -> None:
+        """Buffer one record; it is durable only after ``commit()``."""
+        self._file.write(encode_record(seq, cmd))
+
+    def commit(self) -> None:
+        """Hand buffered records to the OS, then fsync per the policy."""
+        self._file.flush()
+        if self.policy is FsyncPolicy.ALWAYS:
+            os.fsync(self._file.fileno())
+        elif self.policy is FsyncPolicy.INTERVAL:
+            now = time.monotonic_ns()
+            if now - self._last_sync_ns >= self.interval_ns:
+                os.fsync(self._file.fileno())
+                self._last_sync_ns = now
+
+    def close(self) -> None:
+        """Flush, fsync and close the segment."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+@dataclass(frozen=True)
+class SegmentScan:
+    """What reading one segment found."""
+
+    records: list[tuple[int, VenueCommand]]
+    offsets: list[int]  # byte offset of each record
+    valid_bytes: int
+    torn_bytes: int
+
+
+def read_segment(path: Path) -> SegmentScan:
+    """Read every intact record of a segment; detect and drop a torn tail."""
+    data = path.read_bytes()
+    if len(data) < len(MAGIC):
+        if MAGIC.startswith(data):
+            return SegmentScan([], [], 0, len(data))
+        raise JournalCorrupt(f"{path}: bad magic {data!r}")
+    if data[: len(MAGIC)] != MAGIC:
+        raise JournalCorrupt(f"{path}: bad magic {data[: len(MAGIC)]!r}")
+    records: list[tuple[int, VenueCommand]] = []
+    offsets: list[int] = []
+    pos = len(MAGIC)
+    end = len(data)
+    while pos < end:
+        problem = _check_record(data, pos)
+        if problem:
+            if _claimed_end(data, pos) >= end or not data[pos:].strip(b"\0"):
+                return SegmentScan(records, offsets, pos, end - pos)
+            raise JournalCorrupt(f"{path}: {problem} at byte {pos} with data after it")
+        length, _, seq = HEADER.unpack_from(data, pos)
+        start = pos + HEADER.size
+        try:
+            cmd = _decoder.decode(data[start:start + length])
+        except msgspec.DecodeError as exc:
+            raise JournalCorrupt(f"{path}: record seq {seq} at byte {pos}: {exc}") from exc
+        records.append((seq, cmd))
+        offsets.append(pos)
+        pos = start + length
+    return SegmentScan(records, offsets, pos, 0)
