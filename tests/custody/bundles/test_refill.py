@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from custody.access.errors import AccessCode, AccessError
 from custody.bundles.codes import BundleCode, BundleError
 from custody.chains.ethereum.devchain import EmbeddedChain
 from custody.keystore import LocalKeystore
@@ -73,9 +74,9 @@ def test_refill_approvals_must_be_signed_by_registered_treasury_keys_over_the_re
     refill = treasury.rebalance("ETH")
     assert refill is not None
     someone_else = _approval(world, 0, refill)
-    with pytest.raises(Exception) as mismatch:
+    with pytest.raises(AccessError) as mismatch:
         treasury.approve_refill(refill.id, "treasury2", someone_else)  # treasury1's approval, submitted by 2
-    assert getattr(mismatch.value, "code", None) is not None
+    assert mismatch.value.code is AccessCode.APPROVER_MISMATCH
     other = treasury.propose_refill("USDC", 10, "system.treasury")
     with pytest.raises(PolicyError):  # an approval of another refill does not count for this one
         treasury.approve_refill(other.id, "treasury1", someone_else)
