@@ -59,6 +59,11 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.register_blueprint(audit_api.bp)
     app.register_blueprint(wallets_api.bp)
     app.extensions["strongroom.wallets"] = app.config.get("WALLETS")
+    # Every chain's wallet runtime by chain name (Bitcoin next to Ethereum); jobs iterate over it.
+    chains = dict(app.config.get("CHAIN_RUNTIMES") or {})
+    if app.config.get("WALLETS") is not None:
+        chains.setdefault(app.config["WALLETS"].adapter.chain, app.config["WALLETS"])
+    app.extensions["strongroom.chains"] = chains
     exchange_api.init_app(app)
     init_rate_limits(app)
     _register_meta_routes(app)

@@ -45,13 +45,14 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
         Job("expire_pending", EXPIRE_INTERVAL_S, ledger.expire_pending),
         Job("ledger_checkpoint", CHECKPOINT_INTERVAL_S, checkpoint),
     ]
-    runtime = app.extensions.get("strongroom.wallets")
-    if runtime is not None:
+    for chain, runtime in app.extensions.get("strongroom.chains", {}).items():
+        # The Bitcoin executor keeps the execute/get/tick contract, so the dispatcher serves every chain.
+        suffix = "" if chain == "ethereum" else f"_{chain}"
         dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
                                           runtime.adapter.assets(), ledger_clock(app))
         jobs += [
-            Job("wallet_tick", WALLET_INTERVAL_S, runtime.tick),
-            Job("withdrawal_dispatch", WALLET_INTERVAL_S, dispatcher.run),
+            Job(f"wallet_tick{suffix}", WALLET_INTERVAL_S, runtime.tick),
+            Job(f"withdrawal_dispatch{suffix}", WALLET_INTERVAL_S, dispatcher.run),
         ]
     return jobs
 

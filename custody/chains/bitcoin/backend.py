@@ -70,7 +70,7 @@ class BitcoinBackend(Protocol):
         """Return a block; with verbosity 2 every transaction is decoded and carries ``hex``."""
         ...
 
-    def getblockheader(self, blockhash: str) -> dict[str, Any]:
+    def getblockheader(self, blockhash: str, verbose: bool = True) -> dict[str, Any]:
         """Return ``{"hash", "height", "confirmations", ...}``; confirmations -1 off the best chain."""
         ...
 

@@ -206,7 +206,7 @@ class RegtestChain:
                 raise RpcError(RPC_INVALID_PARAMETER, "Block height out of range")
             return self._best[height]
 
-    def getblockheader(self, blockhash: str) -> dict[str, Any]:
+    def getblockheader(self, blockhash: str, verbose: bool = True) -> dict[str, Any]:
         with self._lock:
             block = self._block(blockhash)
             on_best = block.height <= self.height and self._best[block.height] == block.hash

@@ -64,8 +64,8 @@ class BitcoinRpc:
     def getblock(self, blockhash: str, verbosity: int = 1) -> dict[str, Any]:
         return dict(self.call("getblock", blockhash, verbosity))
 
-    def getblockheader(self, blockhash: str) -> dict[str, Any]:
-        return dict(self.call("getblockheader", blockhash, True))
+    def getblockheader(self, blockhash: str, verbose: bool = True) -> dict[str, Any]:
+        return dict(self.call("getblockheader", blockhash, verbose))
 
     def getrawtransaction(self, txid: str, verbose: bool = False) -> Any:
         return self.call("getrawtransaction", txid, verbose)

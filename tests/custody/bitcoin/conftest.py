@@ -10,7 +10,7 @@ import pytest
 # bitcoinlib reads BCL_DATA_DIR at import: point it away from the home directory before anything loads it.
 os.environ.setdefault("BCL_DATA_DIR", tempfile.mkdtemp(prefix="strongroom-bitcoinlib-"))
 
-from .helpers import BtcHarness, make_btc_harness  # noqa: E402
+from .helpers import BtcHarness, make_btc_harness
 
 
 @pytest.fixture

@@ -49,7 +49,9 @@ class BtcHarness:
         return self.runtime.wallets.one("bitcoin", temperature)
 
     def wallet_balance(self, temperature: Temperature) -> int:
-        account = self.ledger.get_account(self.runtime.wallets.wallet_account(self.wallet(temperature), "BTC"))
+        account = self.ledger.get_account(
+            self.runtime.wallets.wallet_account(self.wallet(temperature), "BTC")
+        )
         return account.balance.debits_posted - account.balance.credits_posted
 
     def hot_address(self) -> str:
@@ -89,8 +91,13 @@ def make_btc_harness(url: str, keystore: LocalKeystore, clock: object) -> BtcHar
     engine = make_engine(url)
     ledger = Ledger(make_session_factory(engine), clock=clock)  # type: ignore[arg-type]
     runtime = build_bitcoin_runtime(
-        make_session_factory(engine), ledger, keystore, BitcoinAdapter(chain, REGTEST), clock,  # type: ignore[arg-type]
-        CONFIRMATIONS, start_height=chain.height + 1,
+        make_session_factory(engine),
+        ledger,
+        keystore,
+        BitcoinAdapter(chain, REGTEST),
+        clock,  # type: ignore[arg-type]
+        CONFIRMATIONS,
+        start_height=chain.height + 1,
     )
     runtime.setup_wallets(WORLD.descriptor)
     runtime.watcher.tick()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-from custody.chains.bitcoin.models import UtxoStatus
 from custody.chains.bitcoin.utxo import UtxoSet
 from custody.wallets.deposit_watcher import DepositStatus
 from custody.wallets.models import ChainDeposit
@@ -98,7 +97,7 @@ def test_concurrent_withdrawals_never_spend_the_same_coin(btc: BtcHarness) -> No
     def run(i: int) -> None:
         try:
             btc.runtime.executor.execute(f"c{i}", "BTC", 150_000, DESTINATION, holds[i])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
@@ -117,8 +116,12 @@ def test_concurrent_withdrawals_never_spend_the_same_coin(btc: BtcHarness) -> No
     spent = [coin.id for coins in locks for coin in coins]
     assert len(spent) == len(set(spent)) == 3
     btc.settle(5)
-    assert sorted(v.status for v in (btc.runtime.executor.get(f"wd:c{i}") for i in range(4))).count(
-        TxStatus.CONFIRMED) >= 3
+    assert (
+        sorted(v.status for v in (btc.runtime.executor.get(f"wd:c{i}") for i in range(4))).count(
+            TxStatus.CONFIRMED
+        )
+        >= 3
+    )
     btc.assert_ledger_balanced()
     btc.assert_reconciled()
 
