@@ -3,6 +3,7 @@
     python benchmarks/risk_bench.py                     # 10k, 100k and 1M positions
     python benchmarks/risk_bench.py --skip-1m           # 10k and 100k only
     python benchmarks/risk_bench.py --orders 500000     # order-entry stream length
+    python benchmarks/risk_bench.py --journal /tmp/j    # order entry also through the venue journal
 
 Mark tick: positions are spread over 10 perpetuals, 10 per account (so 100k
 positions = 10k accounts). 2 % of accounts run at ~83x leverage, the rest at
@@ -119,8 +120,16 @@ def bench_tick(positions: int) -> None:
           f"executing one (book + ADL) {execute_ms:7.1f} ms; setup {setup_s:5.1f} s")
 
 
-def bench_orders(count: int, seed: int) -> None:
+def bench_orders(count: int, seed: int, journal: Path | None = None) -> None:
     venue = Venue(load_instruments(), record_fills=False)
+    durable = None
+    if journal is not None:
+        # Every command journaled (fsync never: the process-crash guarantee), committed per drain.
+        from exchange.recovery import DurableVenue, FsyncPolicy
+
+        durable, _ = DurableVenue.open(journal, load_instruments(), policy=FsyncPolicy.NEVER,
+                                       record_fills=False, snapshot_every=10**9)
+        venue = durable.venue
     ch = venue.clearing
     rng = random.Random(seed)
     accounts = [f"t{i}" for i in range(1_000)]
@@ -159,18 +168,24 @@ def bench_orders(count: int, seed: int) -> None:
         if type(cmd) is NewOrder:
             if place(symbol, cmd).code:
                 rejected += 1
+        elif durable is not None:
+            venue.cancel(symbol, cmd.id, None)  # type: ignore[attr-defined]
         else:
             ch.begin()
             book.process(cmd)  # type: ignore[arg-type]
             ch.apply(symbol, book.take_events())
         if n % 10_000 == 9_999:
-            ch.drain()
-    ch.drain()
+            venue.drain()
+            if durable is not None:
+                durable.commit()
+    venue.drain()
+    if durable is not None:
+        durable.close()
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - c0
     gc.enable()
     print(f"  {count:,} commands in {elapsed:.2f} s = {count / elapsed:,.0f} commands/s "
-          f"(cpu {cpu:.2f} s = {count / cpu:,.0f} commands/s) "
+          f"(cpu {cpu:.2f} s = {count / cpu:,.0f} commands/s){' journaled' if durable else ''} "
           f"through risk + engine ({rejected:,} risk rejections, "
           f"{len(book.orders):,} resting at the end)")
 
@@ -180,6 +195,8 @@ def main() -> None:
     parser.add_argument("--skip-1m", action="store_true", help="skip the 1M-position run")
     parser.add_argument("--orders", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--journal", type=Path, default=None,
+                        help="also run order entry through a venue journal in this (new) directory")
     args = parser.parse_args()
     compiled = not str(orderbook_module.__file__).endswith(".py")
     print(f"engine core: {'compiled (mypyc)' if compiled else 'pure Python'}; "
@@ -189,6 +206,8 @@ def main() -> None:
         bench_tick(positions)
     print("order entry with pre-trade margin check:")
     bench_orders(args.orders, args.seed)
+    if args.journal is not None:
+        bench_orders(args.orders, args.seed, args.journal)
 
 
 if __name__ == "__main__":

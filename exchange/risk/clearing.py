@@ -68,7 +68,7 @@ Posting = tuple[str, str, str, str, int, str | None]
 class Account:
     """One margin account: a cross account, or the isolated sub-account of one position."""
 
-    __slots__ = ("cache", "cache_version", "cash", "epoch", "hold", "hold_id", "hold_n", "id",
+    __slots__ = ("cache", "cache_version", "cash", "epoch", "hold", "hold_id", "hold_n", "id", "im", "mm",
                  "order_im", "parent", "positions")
 
     def __init__(self, id: str, parent: str | None = None) -> None:
@@ -81,7 +81,11 @@ class Account:
         self.hold = 0
         self.hold_id: str | None = None
         self.hold_n = 0
+        # Valuation cache (equity in ``cache``, ``im``, ``mm``), valid while ``cache_version``
+        # equals the clearing house's ``version``; any change of cash or positions resets it.
         self.cache = 0
+        self.im = 0
+        self.mm = 0
         self.cache_version = -1
 
 
@@ -210,6 +214,8 @@ class Clearinghouse:
 
     def valuation(self, acct: Account) -> tuple[int, int, int]:
         """Return (equity, initial margin, maintenance margin) of ``acct`` at current marks."""
+        if acct.cache_version == self.version:
+            return acct.cache, acct.im, acct.mm
         equity = acct.cash
         im = mm = 0
         specs = self.specs
@@ -223,15 +229,15 @@ class Clearinghouse:
             i, m = position_margin(spec, pos.size, mark, self.index_of.get(spec.underlying, mark))
             im += i
             mm += m
+        acct.cache, acct.im, acct.mm = equity, im, mm
+        acct.cache_version = self.version
         return equity, im, mm
 
     def available(self, acct: Account) -> int:
         """Return equity minus initial margin of positions and open orders (cached per marks)."""
         if acct.cache_version != self.version:
-            equity, im, _ = self.valuation(acct)
-            acct.cache = equity - im
-            acct.cache_version = self.version
-        return acct.cache - acct.order_im
+            self.valuation(acct)
+        return acct.cache - acct.im - acct.order_im
 
     def health(self, acct: Account) -> int:
         """Return equity minus maintenance margin (negative: liquidate)."""
@@ -665,6 +671,7 @@ class Clearinghouse:
                 self._credit(acct, payoff)
                 pos.realised += payoff - pos.cost
                 pos.size = pos.cost = 0
+                acct.cache_version = -1
                 self.holders[symbol].discard(account_id)
                 if pos.idle():
                     del acct.positions[symbol]
