@@ -49,7 +49,7 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
         # The Bitcoin executor keeps the execute/get/tick contract, so the dispatcher serves every chain.
         suffix = "" if chain == "ethereum" else f"_{chain}"
         dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
-                                          runtime.adapter.assets(), ledger_clock(app))
+                                          runtime.adapter.assets(), ledger_clock(app), ledger)
         jobs += [
             Job(f"wallet_tick{suffix}", WALLET_INTERVAL_S, runtime.tick),
             Job(f"withdrawal_dispatch{suffix}", WALLET_INTERVAL_S, dispatcher.run),

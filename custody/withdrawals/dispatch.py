@@ -24,6 +24,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.access import security_log
+from custody.ledger.entry import TransferKind
+from custody.ledger.posting import REFERENCE_MAX_LEN, TransferRequest
+from custody.ledger.service import Ledger
+from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.withdrawal_executor import TxStatus, WithdrawalExecutor
 from custody.withdrawals.models import WithdrawalRequest
 from custody.withdrawals.service import APPROVED, BROADCASTING, COMPLETED, FAILED
@@ -52,8 +56,10 @@ class WithdrawalDispatcher:
         executor: WithdrawalExecutor,
         assets: Collection[str],
         clock: Callable[[], int],
+        ledger: Ledger,
     ) -> None:
         self._sessions = sessions
+        self._ledger = ledger
         self._executor = executor
         self._assets = frozenset(assets)
         self._clock = clock
@@ -64,14 +70,44 @@ class WithdrawalDispatcher:
         completed: list[str] = []
         failed: list[str] = []
         for row_id in self._ids(BROADCASTING, limit):
-            status = self._executor.get(f"wd:{row_id}").status
+            status = self._status(row_id)
             if status is TxStatus.CONFIRMED:
                 self._move(row_id, BROADCASTING, COMPLETED, "transaction confirmed")
                 completed.append(row_id)
             elif status is TxStatus.FAILED:
-                self._move(row_id, BROADCASTING, FAILED, "transaction failed; hold returned")
                 failed.append(row_id)
         return DispatchReport(dispatched, completed, failed)
+
+    def _status(self, row_id: str) -> TxStatus:
+        """Return the executor record's status, repairing a claim whose record was never made."""
+        try:
+            status = self._executor.get(f"wd:{row_id}").status
+        except WalletError as exc:
+            if exc.code is not WalletCode.TRANSACTION_NOT_FOUND:
+                raise
+            # Claimed, then the process stopped before execute() recorded anything: do it now.
+            status = self._execute(row_id)
+        if status is TxStatus.FAILED:
+            self._move(row_id, BROADCASTING, FAILED, "transaction failed; hold returned")
+        return status
+
+    def _execute(self, row_id: str) -> TxStatus:
+        """Call the executor; a request it refuses outright fails the withdrawal and frees the hold."""
+        with self._sessions() as session:
+            row = session.get(WithdrawalRequest, row_id)
+            assert row is not None
+            asset, amount, destination, hold = row.asset, row.amount, row.destination, row.hold_transfer_id
+        try:
+            return self._executor.execute(row_id, asset, amount, destination, hold).status
+        except WalletError as exc:
+            # execute() validates before it records anything, so no transaction exists:
+            # returning the funds is safe, and leaving them held would strand them.
+            log.warning("withdrawal %s refused by the executor: %s", row_id, exc.message)
+            reason = f"withdrawal {row_id} refused on chain: {exc.code.name.lower()}"
+            self._ledger.submit([TransferRequest(id=f"{row_id}:void", kind=TransferKind.VOID, pending_id=hold,
+                                                 reference=reason[:REFERENCE_MAX_LEN])])
+            self._move(row_id, BROADCASTING, FAILED, f"refused by the hot wallet: {exc.message}"[:256])
+            return TxStatus.FAILED
 
     def _ids(self, state: str, limit: int) -> list[str]:
         with self._sessions() as session:
@@ -85,13 +121,9 @@ class WithdrawalDispatcher:
         # Claim first: once broadcasting, nothing can void the hold behind the executor's back.
         if not self._move(row_id, APPROVED, BROADCASTING, "handed to the hot wallet"):
             return False
-        with self._sessions() as session:
-            row = session.get(WithdrawalRequest, row_id)
-            assert row is not None
-            asset, amount, destination, hold = row.asset, row.amount, row.destination, row.hold_transfer_id
         # execute() persists its record before any chain call and is idempotent by id,
-        # so a crash here is repaired by the next round calling it again.
-        self._executor.execute(row_id, asset, amount, destination, hold)
+        # so a crash here is repaired by the next round (see _status).
+        self._execute(row_id)
         return True
 
     def _move(self, row_id: str, from_state: str, to_state: str, reason: str) -> bool:
@@ -107,15 +139,3 @@ class WithdrawalDispatcher:
                                 subject=row_id, details={"reason": reason})
         log.info("withdrawal %s: %s -> %s", row_id, from_state, to_state)
         return True
-
-    def redispatch_broadcasting(self, limit: int = DISPATCH_BATCH_MAX) -> int:
-        """Call the executor again for withdrawals claimed but perhaps never recorded (crash repair)."""
-        count = 0
-        for row_id in self._ids(BROADCASTING, limit):
-            with self._sessions() as session:
-                row = session.get(WithdrawalRequest, row_id)
-                assert row is not None
-                args = (row.asset, row.amount, row.destination, row.hold_transfer_id)
-            self._executor.execute(row_id, *args)
-            count += 1
-        return count
