@@ -31,8 +31,8 @@ from exchange.engine.journal import (
     SEQ,
     FsyncPolicy,
     JournalCorrupt,
-    _check_record,
-    _claimed_end,
+    check_record,
+    claimed_end,
     fsync_dir,
 )
 
@@ -133,9 +133,9 @@ def read_segment(path: Path) -> SegmentScan:
     pos = len(MAGIC)
     end = len(data)
     while pos < end:
-        problem = _check_record(data, pos)
+        problem = check_record(data, pos)
         if problem:
-            if _claimed_end(data, pos) >= end or not data[pos:].strip(b"\0"):
+            if claimed_end(data, pos) >= end or not data[pos:].strip(b"\0"):
                 return SegmentScan(records, offsets, pos, end - pos)
             raise JournalCorrupt(f"{path}: {problem} at byte {pos} with data after it")
         length, _, seq = HEADER.unpack_from(data, pos)

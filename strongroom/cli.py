@@ -91,6 +91,10 @@ def serve(host: str | None, port: int | None) -> None:
         waitress_serve(app, host=bind_host, port=bind_port, threads=8)
     finally:
         runner.stop()
+        # A final exchange snapshot, so the next start has no journal tail to replay.
+        exchange = app.extensions.get("strongroom.exchange")
+        if exchange is not None:
+            exchange.close()
 
 
 @main.command()

@@ -144,9 +144,9 @@ def read_segment(path: Path) -> SegmentScan:
     pos = len(MAGIC)
     end = len(data)
     while pos < end:
-        problem = _check_record(data, pos)
+        problem = check_record(data, pos)
         if problem:
-            record_end = _claimed_end(data, pos)
+            record_end = claimed_end(data, pos)
             if record_end >= end or not data[pos:].strip(b"\0"):
                 return SegmentScan(records, pos, end - pos)
             raise JournalCorrupt(f"{path}: {problem} at byte {pos} with data after it")
@@ -161,14 +161,15 @@ def read_segment(path: Path) -> SegmentScan:
     return SegmentScan(records, pos, 0)
 
 
-def _claimed_end(data: bytes, pos: int) -> int:
+def claimed_end(data: bytes, pos: int) -> int:
+    """Return where the record at `pos` claims to end (clamped to the data)."""
     if pos + HEADER.size > len(data):
         return len(data)
     length: int = HEADER.unpack_from(data, pos)[0]
     return pos + HEADER.size + length
 
 
-def _check_record(data: bytes, pos: int) -> str:
+def check_record(data: bytes, pos: int) -> str:
     """Return why the record at `pos` is unusable, or an empty string."""
     if pos + HEADER.size > len(data):
         return "truncated header"
