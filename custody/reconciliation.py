@@ -10,6 +10,9 @@ scanned block, so chain and ledger are read at the same instant:
 
 where a transaction's effect is -amount (if it succeeded) and -gas on its
 source wallet and +amount on its destination if that is one of our wallets.
+Outgoing transactions are the hot executor's records (``chain_transactions``)
+and the cold transfers (``cold_bundles`` of custody.bundles: a bundle signed
+or broadcast is unsettled, one confirmed or failed is settled), on every chain.
 Any difference is a discrepancy: a transfer made outside the platform, a
 missed deposit or a ledger bug. It is logged as an error and stored with the run.
 """
@@ -25,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody.bundles.models import ColdBundle
 from custody.chains.adapter import ChainAdapter, Receipt
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import ChainDeposit, ChainTransaction, ChainTransactionAttempt, ReconciliationRun
@@ -33,6 +37,10 @@ from custody.wallets.wallet import WalletRegistry
 log = logging.getLogger(__name__)
 
 SETTLED = ("confirmed", "failed")
+# Cold bundles (custody.bundles) whose transaction may be on chain: signed or broadcast ones are
+# unsettled like unsettled chain_transactions; settled ones may still be above the reconciled height.
+COLD_SETTLED = ("confirmed", "failed")
+COLD_TRACKED = ("signed", "broadcast", *COLD_SETTLED)
 MAX_OPEN_TRANSACTIONS = 1000
 
 
@@ -196,28 +204,43 @@ class Reconciler:
                 .order_by(ChainTransaction.created_ms.desc())
                 .limit(MAX_OPEN_TRANSACTIONS)
             ).all()
+            cold = session.scalars(
+                select(ColdBundle)
+                .where(ColdBundle.chain == self._adapter.chain, ColdBundle.state.in_(COLD_TRACKED))
+                .order_by(ColdBundle.created_ms.desc())
+                .limit(MAX_OPEN_TRANSACTIONS)
+            ).all()
         for deposit in seen:
             add(deposit.wallet_id, deposit.asset, deposit.amount_minor)
+        outgoing = [
+            _Outgoing(r.source_wallet_id, r.asset, r.amount_minor, r.destination, r.status in SETTLED, r)
+            for r in rows
+        ] + [
+            _Outgoing(b.source_wallet_id, b.asset, b.amount_minor, b.destination, b.state in COLD_SETTLED, b)
+            for b in cold
+        ]
         ours = self._wallets.address_index(self._adapter.chain)
         native = self._adapter.native_asset
-        for row in rows:
-            receipt = self._receipt(row)
+        for tx in outgoing:
+            receipt = self._receipt(tx.record)
             on_chain = receipt is not None and receipt.block_height <= height
-            settled = row.status in SETTLED
-            if on_chain == settled:
+            if on_chain == tx.settled:
                 continue
             sign = 1 if on_chain else -1
             if receipt is None:
                 continue  # settled but vanished from the chain: shows up as a discrepancy
             if receipt.success:
-                add(row.source_wallet_id, row.asset, -sign * row.amount_minor)
-                target = ours.get(row.destination.lower())
+                add(tx.source_wallet_id, tx.asset, -sign * tx.amount_minor)
+                target = ours.get(tx.destination.lower())
                 if target is not None:
-                    add(target.wallet_id, row.asset, sign * row.amount_minor)
-            add(row.source_wallet_id, native, -sign * receipt.fee_paid_minor)
+                    add(target.wallet_id, tx.asset, sign * tx.amount_minor)
+            add(tx.source_wallet_id, native, -sign * receipt.fee_paid_minor)
         return adjust
 
-    def _receipt(self, row: ChainTransaction) -> Receipt | None:
+    def _receipt(self, row: ChainTransaction | ColdBundle) -> Receipt | None:
+        if isinstance(row, ColdBundle):
+            # A cold bundle has exactly one transaction: the one its cosigners signed.
+            return None if row.txid is None else self._adapter.receipt(row.txid)
         if row.mined_txid is not None:
             return self._adapter.receipt(row.mined_txid)
         with self._sessions() as session:
@@ -229,6 +252,18 @@ class Reconciler:
             if receipt is not None:
                 return receipt
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    """An outgoing transaction of ours, hot (chain_transactions) or cold (cold_bundles)."""
+
+    source_wallet_id: int
+    asset: str
+    amount_minor: int
+    destination: str
+    settled: bool
+    record: ChainTransaction | ColdBundle
 
 
 def report_from_row(row: ReconciliationRun) -> ReconciliationReport:

@@ -148,34 +148,6 @@ class BitcoinExecutor(WithdrawalExecutor):
 
     # -- queued -> signed --------------------------------------------------------------------------
 
-    def adopt_signed(self, transfer: OutgoingTransfer, raw: bytes, fee_sat: int) -> TransactionView:
-        """Take over a transaction signed elsewhere (the offline signers): reserve, store, broadcast.
-
-        The record id must be the one its coins are locked to; from here on it
-        is tracked, re-broadcast and settled like any other record.
-        """
-        destination = self._validate(transfer)
-        row = self._create_or_match(transfer, destination)
-        if row.status == TxStatus.QUEUED.value:
-            if not self._reserve(row):
-                raise WalletError(
-                    WalletCode.INSUFFICIENT_COINS, f"ledger refused the reservation: {row.note}"
-                )
-            tx = Transaction.parse(raw)
-            with self._sessions.begin() as session:
-                fresh = session.scalar(
-                    select(ChainTransaction).where(ChainTransaction.id == row.id).with_for_update()
-                )
-                assert fresh is not None
-                if fresh.status == TxStatus.QUEUED.value:
-                    self._store_attempt(session, fresh, tx, -(-fee_sat // btx.vsize(tx)), fee_sat, attempt=0)
-                    fresh.status, fresh.note, fresh.updated_ms = TxStatus.SIGNED.value, "", self._clock()
-        try:
-            return self.advance(row.id)
-        except ChainError as exc:
-            log.warning("transaction %s not advanced: %s", row.id, exc.message)
-            return self.get(row.id)
-
     def _sign(self, row: ChainTransaction) -> None:
         if self._wallets.get_by_id(row.source_wallet_id).temperature is Temperature.COLD:
             self._note(row.id, "waiting for the offline signers")

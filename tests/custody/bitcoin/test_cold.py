@@ -1,4 +1,4 @@
-"""Sweep to the 2-of-3 cold multisig, then an approved refill signed by two offline signers."""
+"""Sweep to the 2-of-3 cold multisig, then cold spends through the bundle service signed by two cosigners."""
 
 from __future__ import annotations
 
@@ -7,106 +7,139 @@ import dataclasses
 
 import pytest
 from embit.psbt import PSBT
+from flask import Flask
+from flask.testing import FlaskClient
 
-from custody.chains.bitcoin.bundle import (
-    RefillRequest,
-    export_refill_bundle,
-    import_signed_bundles,
-    record_id,
-    refill_body,
-)
+from custody.bundles.bitcoin import spend_id
+from custody.bundles.codes import BundleCode, BundleError
 from custody.chains.bitcoin.models import UtxoStatus
 from custody.chains.bitcoin.utxo import UtxoSet
-from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.wallet import Temperature
-from custody.wallets.withdrawal_executor import TxStatus
-from policies.approval import sign_approval
-from signer.builder import ed25519_signer
-from signer.signed import SignedBundle
-from signer.signing import sign_bundle
-from signer.signing_log import History
+from policies.roles import Role
 
-from ...signer.helpers import approver_key, seed
-from .helpers import WORLD, BtcHarness
+from ..access.helpers import make_user, withdrawal_subject
+from .cold_world import BtcColdWorld, make_btc_cold_world
+from .helpers import DESTINATION, BtcHarness
+
+DAY_MS = 86_400_000
 
 
-def _sweep_to_cold(btc: BtcHarness) -> None:
-    btc.fund_hot([900_000])
-    btc.runtime.treasury.set_limits("BTC", 100_000, 200_000, 300_000)
-    sweep = btc.runtime.treasury.rebalance("BTC")
-    assert sweep is not None and sweep.purpose == "sweep"
-    btc.settle(5)
-    assert btc.runtime.executor.get(sweep.id).status is TxStatus.CONFIRMED
-    assert btc.wallet_balance(Temperature.COLD) == sweep.amount_minor
+@pytest.fixture
+def world(app: Flask, client: FlaskClient, btc: BtcHarness) -> BtcColdWorld:
+    return make_btc_cold_world(app, client, btc)
 
 
-def _bundle(btc: BtcHarness, amount: int):  # type: ignore[no-untyped-def]
-    now = btc.clock()  # type: ignore[operator]
-    request = RefillRequest("r1", "dave", amount, btc.hot_address(), fee_rate_sat_vb=2, fee_cap_sat=5_000)
-    body = refill_body(btc.runtime.cold, request, [], now)
-    approvals = [
-        sign_approval(
-            approver_key(name),
-            approver_id=name,
-            key_id=f"{name}-key",
-            subject=body.subject(),
-            signed_at_ms=now - 1_000,
-            expires_at_ms=now + 3_600_000,
-        )
-        for name in ("bob", "carol")
-    ]
-    body = refill_body(btc.runtime.cold, request, approvals, now)
-    return export_refill_bundle(
-        btc.runtime.sessions, body, "platform-1", ed25519_signer(WORLD.platform_key), btc.clock
-    )  # type: ignore[arg-type]
-
-
-def _sign(btc: BtcHarness, bundle, signer: int) -> SignedBundle:  # type: ignore[no-untyped-def]
-    outcome = sign_bundle(bundle, WORLD.anchors(), seed(signer), btc.clock(), History())  # type: ignore[operator]
-    assert outcome.signed is not None, outcome.verification.refusals
-    return outcome.signed
-
-
-def test_cold_refill_rejects_a_tampered_signature_then_broadcasts_two_valid_ones(btc: BtcHarness) -> None:
-    _sweep_to_cold(btc)
+def test_cold_refill_rejects_a_tampered_signature_then_broadcasts_two_valid_ones(world: BtcColdWorld) -> None:
+    btc = world.btc
+    world.sweep_to_cold()
     cold_before, hot_before = btc.wallet_balance(Temperature.COLD), btc.wallet_balance(Temperature.HOT)
-    bundle = _bundle(btc, 250_000)
-    first, third = _sign(btc, bundle, 0), _sign(btc, bundle, 2)
+    refill = world.approved_refill(250_000)
+    exported = world.transfers.export("refill", refill.id)
+    first, third = world.sign(exported.data, 0), world.sign(exported.data, 2)
     # One signer's PSBT is altered after signing: its signature no longer matches the sighash.
+    assert first.psbt_base64 is not None
     psbt = PSBT.from_string(first.psbt_base64)
     [(pub, sig)] = psbt.inputs[0].partial_sigs.items()
     psbt.inputs[0].partial_sigs[pub] = sig[:10] + bytes([sig[10] ^ 1]) + sig[11:]
     tampered = dataclasses.replace(first, psbt_base64=psbt.to_string())
-    with pytest.raises(WalletError) as error:
-        import_signed_bundles(
-            btc.runtime.sessions, btc.runtime.cold, btc.runtime.executor, "r1", [tampered, third]
-        )
-    assert error.value.code is WalletCode.SIGNED_BUNDLE_REJECTED
+    with pytest.raises(BundleError) as error:
+        world.transfers.import_signed(tampered.to_bytes())
+    assert error.value.code is BundleCode.SIGNED_REFUSED
     assert btc.chain.mempool_txids() == []
     with btc.runtime.sessions() as session:
-        assert all(c.status == UtxoStatus.LOCKED for c in UtxoSet.locked_by(session, record_id("r1")))
+        locked = UtxoSet.locked_by(session, spend_id("refill", refill.id))
+        assert locked and all(c.status == UtxoStatus.LOCKED for c in locked)
     # The two genuine signatures combine, finalise, match the approval and are broadcast.
-    view = import_signed_bundles(
-        btc.runtime.sessions, btc.runtime.cold, btc.runtime.executor, "r1", [first, third]
-    )
-    assert view.status is TxStatus.BROADCAST and btc.chain.mempool_txids() == [view.txid]
-    btc.settle(5)
-    view = btc.runtime.executor.get(record_id("r1"))
-    assert view.status is TxStatus.CONFIRMED
-    assert view.fee_paid_minor == btc.runtime.cold.get("r1").fee_sat
+    assert world.transfers.import_signed(third.to_bytes()).state == "exported"
+    view = world.transfers.import_signed(first.to_bytes())
+    assert view.state == "broadcast" and btc.chain.mempool_txids() == [view.txid]
+    assert btc.runtime.treasury.refills()[0].status == "broadcasting"
+    world.settle()
+    view = world.transfers.get(view.bundle_id)
+    assert view.state == "confirmed"
+    assert view.fee_paid_minor == btc.runtime.cold.get(spend_id("refill", refill.id)).fee_sat
+    assert btc.runtime.treasury.refills()[0].status == "completed"
     assert btc.wallet_balance(Temperature.HOT) == hot_before + 250_000
     assert btc.wallet_balance(Temperature.COLD) == cold_before - 250_000 - view.fee_paid_minor
     btc.assert_ledger_balanced()
     btc.assert_reconciled()
 
 
-def test_cold_refill_with_one_signature_is_refused(btc: BtcHarness) -> None:
-    _sweep_to_cold(btc)
-    bundle = _bundle(btc, 100_000)
-    with pytest.raises(WalletError) as error:
-        import_signed_bundles(
-            btc.runtime.sessions, btc.runtime.cold, btc.runtime.executor, "r1", [_sign(btc, bundle, 1)]
-        )
-    assert error.value.code is WalletCode.SIGNED_BUNDLE_REJECTED
+def test_cold_refill_with_one_signature_is_not_broadcast(world: BtcColdWorld) -> None:
+    btc = world.btc
+    world.sweep_to_cold()
+    refill = world.approved_refill(100_000)
+    exported = world.transfers.export("refill", refill.id)
+    view = world.transfers.import_signed(world.sign(exported.data, 1).to_bytes())
+    assert view.state == "exported" and view.txid is None
+    world.settle(2)
+    assert world.transfers.get(view.bundle_id).state == "exported"
     assert btc.chain.mempool_txids() == []
-    assert base64.b64decode(btc.runtime.cold.get("r1").psbt)  # the unsigned PSBT stays on record
+    assert btc.runtime.treasury.refills()[0].status == "awaiting_signature"
+    spend = btc.runtime.cold.get(spend_id("refill", refill.id))
+    assert base64.b64decode(spend.psbt)  # the unsigned PSBT stays on record
+    btc.assert_ledger_balanced()
+    btc.assert_reconciled()
+
+
+def test_cold_refill_mid_flight_reconciles_between_mined_and_settled(world: BtcColdWorld) -> None:
+    btc = world.btc
+    world.sweep_to_cold()
+    refill = world.approved_refill(150_000)
+    exported = world.transfers.export("refill", refill.id)
+    view = world.transfers.import_signed(world.sign(exported.data, 0).to_bytes())
+    view = world.transfers.import_signed(world.sign(exported.data, 1).to_bytes())
+    assert view.state == "broadcast"
+    btc.assert_reconciled()  # in the mempool: nothing moved on chain or in the ledger
+    btc.chain.mine(1)
+    btc.runtime.tick()
+    assert world.transfers.tick()[0].state == "broadcast"  # mined, 1 of 3 confirmations
+    btc.assert_reconciled()  # on chain but not yet settled in the ledger: not a discrepancy
+    world.settle()
+    assert world.transfers.get(view.bundle_id).state == "confirmed"
+    btc.assert_reconciled()
+
+
+def test_cold_withdrawal_of_btc_goes_through_the_same_bundle_service(
+    app: Flask, client: FlaskClient, world: BtcColdWorld
+) -> None:
+    btc = world.btc
+    cold = world.sweep_to_cold()
+    alice = make_user(app, client, btc.clock, "alice", {Role.TRADER})
+    btc.deposit("alice", 300_000)
+    assert btc.user_balance("alice", "BTC") == 300_000
+    whitelisted = alice.post("/api/v1/whitelist", json={"asset": "BTC", "address": DESTINATION}, mfa=True)
+    assert whitelisted.status_code == 201, whitelisted.json
+    btc.clock.advance(DAY_MS + 1)  # type: ignore[attr-defined]
+    created = alice.post(
+        "/api/v1/withdrawals",
+        json={"asset": "BTC", "amount": "120000", "destination": DESTINATION, "source_wallet": "cold"},
+        mfa=True,
+    )
+    assert created.status_code == 201, created.json
+    withdrawal = created.json["withdrawal"]
+    assert withdrawal["state"] == "pending_approval", withdrawal
+    for approver in world.treasury[:2]:
+        answer = approver.post(
+            f"/api/v1/withdrawals/{withdrawal['id']}/approvals",
+            json={"approval": approver.approve_subject(withdrawal_subject(withdrawal))},
+            mfa=True,
+        )
+        assert answer.status_code == 200, answer.json
+    assert answer.json["withdrawal"]["state"] == "approved"
+
+    exported = world.transfers.export("withdrawal", withdrawal["id"])
+    world.transfers.import_signed(world.sign(exported.data, 0).to_bytes())
+    view = world.transfers.import_signed(world.sign(exported.data, 2).to_bytes())
+    assert view.state == "broadcast"
+    btc.assert_reconciled()
+    world.settle()
+    view = world.transfers.get(view.bundle_id)
+    assert view.state == "confirmed" and view.fee_paid_minor
+    state = alice.get(f"/api/v1/withdrawals/{withdrawal['id']}").json["withdrawal"]["state"]
+    assert state == "completed"
+    assert btc.chain.utxo_balance(DESTINATION) == 120_000
+    assert btc.user_balance("alice", "BTC") == 300_000 - 120_000
+    assert btc.wallet_balance(Temperature.COLD) == cold - 120_000 - view.fee_paid_minor
+    btc.assert_ledger_balanced()
+    btc.assert_reconciled()
