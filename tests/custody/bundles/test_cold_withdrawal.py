@@ -185,3 +185,18 @@ def test_expired_unsigned_bundle_is_replaced_with_the_same_nonce_and_the_old_one
     world.settle()
     assert world.withdrawal_state(withdrawal_id) == "completed"
     world.harness.assert_reconciled()
+
+
+def test_cold_withdrawal_mined_but_not_yet_settled_reconciles_clean(world: ColdWorld) -> None:
+    withdrawal_id = world.cold_withdrawal(AMOUNT)
+    exported = world.transfers.export("withdrawal", withdrawal_id)
+    view = world.transfers.import_signed(world.sign(exported.data))
+    assert view.state == "broadcast"
+    world.harness.chain.mine(1)
+    world.harness.runtime.tick()
+    view = world.transfers.tick()[0]
+    assert view.state == "broadcast" and view.mined_height is not None  # mined, not yet N confirmations
+    world.harness.assert_reconciled()  # the chain is ahead of the ledger: in flight, not a discrepancy
+    world.settle()
+    assert world.transfers.get(view.bundle_id).state == "confirmed"
+    world.harness.assert_reconciled()
