@@ -87,11 +87,11 @@ class DevChain:
         return Web3.to_hex(tx)
 
     def _wait(self, tx: Any) -> Any:
-        receipt = self.web3.eth.get_transaction_receipt(tx) if self._automine_assumed() else None
-        if receipt is None:
+        # Anvil's automine seals the block asynchronously, so an immediate receipt lookup can
+        # miss it (web3 then raises TransactionNotFound): poll instead of asking once.
+        if not self._automine_assumed():
             self.mine(1)
-            receipt = self.web3.eth.wait_for_transaction_receipt(tx, timeout=RECEIPT_TIMEOUT_S)
-        return receipt
+        return self.web3.eth.wait_for_transaction_receipt(tx, timeout=RECEIPT_TIMEOUT_S)
 
     def _automine_assumed(self) -> bool:
         return True
