@@ -78,11 +78,13 @@ def serve(host: str | None, port: int | None) -> None:
     from waitress import serve as waitress_serve
 
     from strongroom.app import create_app
-    from strongroom.commands.wallets import runtime_from_env
+    from strongroom.commands.wallets import chain_runtimes_from_env
     from strongroom.jobs import JobRunner, server_jobs
 
     settings = _settings()
-    app = create_app({"WALLETS": runtime_from_env(settings)}, settings=settings)
+    # Every configured chain (Ethereum, Bitcoin); WALLETS stays the Ethereum one for older readers.
+    runtimes = chain_runtimes_from_env(settings)
+    app = create_app({"WALLETS": runtimes.get("ethereum"), "CHAIN_RUNTIMES": runtimes}, settings=settings)
     bind_host, bind_port = host or settings.host, port or settings.port
     runner = JobRunner(server_jobs(app, settings.checkpoint_every_entries), time.monotonic)
     runner.start()

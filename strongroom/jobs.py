@@ -1,4 +1,6 @@
-"""Background jobs of the server process: expire pending holds, write ledger checkpoints.
+"""Background jobs of the server process: expire pending holds, write ledger checkpoints, and per
+configured chain the wallet round and the withdrawal dispatcher, plus one cold-bundle tick (broadcast,
+confirm, settle cold transfers on every chain).
 
 Each job runs on a fixed interval in one daemon thread. A failing job is
 logged (without secrets) and retried on its next tick; it never stops the others.
@@ -10,8 +12,12 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask
+
+if TYPE_CHECKING:
+    from custody.bundles.service import ColdTransfers
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,10 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
         Job("expire_pending", EXPIRE_INTERVAL_S, ledger.expire_pending),
         Job("ledger_checkpoint", CHECKPOINT_INTERVAL_S, checkpoint),
     ]
-    for chain, runtime in app.extensions.get("strongroom.chains", {}).items():
+    runtimes = app.extensions.get("strongroom.chains", {})
+    if runtimes:
+        jobs.append(Job("cold_bundles", WALLET_INTERVAL_S, cold_transfers(app).tick))
+    for chain, runtime in runtimes.items():
         # The Bitcoin executor keeps the execute/get/tick contract, so the dispatcher serves every chain.
         suffix = "" if chain == "ethereum" else f"_{chain}"
         dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
@@ -55,6 +64,19 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
             Job(f"withdrawal_dispatch{suffix}", WALLET_INTERVAL_S, dispatcher.run),
         ]
     return jobs
+
+
+def cold_transfers(app: Flask) -> ColdTransfers:
+    """Return the cold-transfer service (custody.bundles) over every chain runtime of ``app``."""
+    from custody.bundles.service import ColdTransfers
+    from strongroom.commands.wallets import bundle_chains
+
+    runtimes = app.extensions["strongroom.chains"]
+    # The registry reads wallets and accounts of any chain; any runtime's will do.
+    wallets = next(iter(runtimes.values())).wallets
+    keystore = app.extensions["strongroom.keystore"]
+    return ColdTransfers(app.extensions["strongroom.sessions"], wallets, keystore, bundle_chains(runtimes),
+                         ledger_clock(app))
 
 
 def ledger_clock(app: Flask) -> Callable[[], int]:

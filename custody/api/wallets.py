@@ -3,15 +3,18 @@
 Reads need ``wallet.read`` (treasury, admin, auditor); the reconciliation
 report is also open to ``audit.read``; approving a refill needs
 ``wallet.manage`` with MFA and the approver's signed approval. Running a
-reconciliation needs a configured chain (``app.extensions["strongroom.wallets"]``,
-a :class:`WalletRuntime`).
+reconciliation needs a configured chain: ``app.extensions["strongroom.chains"]``
+maps each chain name to its runtime (:class:`WalletRuntime` for Ethereum,
+:class:`BitcoinRuntime` for Bitcoin). Endpoints about one chain take a
+``chain`` query parameter (``ethereum`` by default); lists take it as an
+optional filter.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +25,7 @@ from custody.api.errors import error_body
 from custody.api.request import json_object, reject_unknown
 from custody.api.schema import accepts
 from custody.chains.adapter import ChainError
+from custody.chains.bitcoin.runtime import BitcoinRuntime
 from custody.reconciliation import report_from_row
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import ChainTransaction, ReconciliationRun, RefillProposal, Wallet, WalletAddress
@@ -34,6 +38,8 @@ from policies.roles import Permission
 
 bp = Blueprint("wallets", __name__, url_prefix="/api/v1/wallets")
 LIST_LIMIT = 200
+DEFAULT_CHAIN = "ethereum"
+CHAIN_NAME_MAX_LEN = 16
 REFILL_APPROVAL_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
@@ -57,11 +63,23 @@ def _sessions() -> sessionmaker[Session]:
     return found
 
 
-def _runtime() -> WalletRuntime:
-    runtime: WalletRuntime | None = current_app.extensions.get("strongroom.wallets")
+def _chain(default: str | None = DEFAULT_CHAIN) -> str | None:
+    """Return the ``chain`` query parameter (``default`` when absent)."""
+    chain = request.args.get("chain", default)
+    if chain is not None and (not chain.isidentifier() or len(chain) > CHAIN_NAME_MAX_LEN):
+        raise WalletError(WalletCode.CHAIN_NOT_CONFIGURED, f"chain was {chain[:20]!r}, not a chain name")
+    return chain
+
+
+def _runtime(chain: str) -> WalletRuntime | BitcoinRuntime:
+    found = current_app.extensions.get("strongroom.chains")
+    runtimes: dict[str, WalletRuntime | BitcoinRuntime] = found or {}
+    runtime = runtimes.get(chain)
     if runtime is None:
+        variable = "STRONGROOM_BTC_RPC_URL" if chain == "bitcoin" else "STRONGROOM_ETH_RPC_URL"
         raise WalletError(WalletCode.CHAIN_NOT_CONFIGURED,
-                          "no chain node is configured: set STRONGROOM_ETH_RPC_URL")
+                          f"no {chain} node is configured: set {variable} "
+                          f"(configured: {', '.join(runtimes) or 'none'})")
     return runtime
 
 
@@ -69,8 +87,12 @@ def _runtime() -> WalletRuntime:
 @secured(Permission.WALLET_READ, scope=Scope.READ, mfa=False)
 def list_wallets() -> ResponseReturnValue:
     """List wallets with their addresses and BIP32 paths (never seeds)."""
+    chain = _chain(None)
+    query = select(Wallet).order_by(Wallet.id)
+    if chain is not None:
+        query = query.where(Wallet.chain == chain)
     with _sessions()() as session:
-        wallets = session.scalars(select(Wallet).order_by(Wallet.id)).all()
+        wallets = session.scalars(query).all()
         addresses = session.scalars(select(WalletAddress).where(WalletAddress.owner.is_(None))).all()
     by_wallet: dict[int, list[dict[str, Any]]] = {}
     for a in addresses:
@@ -85,11 +107,14 @@ def list_wallets() -> ResponseReturnValue:
 @secured(Permission.WALLET_READ, scope=Scope.READ, mfa=False)
 def list_transactions() -> ResponseReturnValue:
     """List outgoing transactions (withdrawals, sweeps, consolidations), newest first."""
+    chain = _chain(None)
+    query = select(ChainTransaction).order_by(ChainTransaction.created_ms.desc()).limit(LIST_LIMIT)
+    if chain is not None:
+        query = query.where(ChainTransaction.chain == chain)
     with _sessions()() as session:
-        rows = session.scalars(select(ChainTransaction).order_by(ChainTransaction.created_ms.desc())
-                               .limit(LIST_LIMIT)).all()
+        rows = session.scalars(query).all()
     return jsonify({"transactions": [{
-        "id": r.id, "purpose": r.purpose, "asset": r.asset, "amount": str(r.amount_minor),
+        "id": r.id, "chain": r.chain, "purpose": r.purpose, "asset": r.asset, "amount": str(r.amount_minor),
         "destination": r.destination, "status": r.status, "note": r.note, "nonce": r.nonce,
         "txid": r.mined_txid or r.current_txid, "mined_height": r.mined_height} for r in rows]})
 
@@ -98,11 +123,14 @@ def list_transactions() -> ResponseReturnValue:
 @secured(Permission.WALLET_READ, scope=Scope.READ, mfa=False)
 def list_refills() -> ResponseReturnValue:
     """List cold -> hot refill proposals."""
+    chain = _chain(None)
+    query = select(RefillProposal).order_by(RefillProposal.created_ms.desc()).limit(LIST_LIMIT)
+    if chain is not None:
+        query = query.where(RefillProposal.chain == chain)
     with _sessions()() as session:
-        rows = session.scalars(select(RefillProposal).order_by(RefillProposal.created_ms.desc())
-                               .limit(LIST_LIMIT)).all()
+        rows = session.scalars(query).all()
     return jsonify({"refills": [{
-        "id": r.id, "asset": r.asset, "amount": str(r.amount_minor), "status": r.status,
+        "id": r.id, "chain": r.chain, "asset": r.asset, "amount": str(r.amount_minor), "status": r.status,
         "required_approvals": r.required_approvals, "destination": r.destination,
         "subject": _refill_subject(r)} for r in rows]})
 
@@ -119,23 +147,32 @@ def approve_refill(proposal_id: str) -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"approval"})
     approval = Approval.from_bytes(decode_approval(body))
-    view = _runtime().treasury.approve_refill(proposal_id, principal().username, approval)
+    with _sessions()() as session:
+        proposal = session.get(RefillProposal, proposal_id)
+    if proposal is None:
+        raise WalletError(WalletCode.PROPOSAL_NOT_FOUND,
+                          f"refill proposal {proposal_id[:80]!r} does not exist")
+    view = _runtime(proposal.chain).treasury.approve_refill(proposal_id, principal().username, approval)
     return jsonify(view.to_json())
 
 
 @bp.get("/reconciliation/latest")
 @secured(Permission.WALLET_READ, Permission.AUDIT_READ, scope=Scope.READ, mfa=False)
 def latest_reconciliation() -> ResponseReturnValue:
-    """Return the newest reconciliation report."""
+    """Return the newest reconciliation report of ``chain`` (default ethereum)."""
+    chain = _chain()
     with _sessions()() as session:
-        row = session.scalar(select(ReconciliationRun).order_by(ReconciliationRun.id.desc()).limit(1))
+        row = session.scalar(select(ReconciliationRun).where(ReconciliationRun.chain == chain)
+                             .order_by(ReconciliationRun.id.desc()).limit(1))
     if row is None:
-        raise WalletError(WalletCode.NO_RECONCILIATION, "no reconciliation has run yet")
+        raise WalletError(WalletCode.NO_RECONCILIATION, f"no reconciliation of {chain} has run yet")
     return jsonify(report_from_row(row).to_json())
 
 
 @bp.post("/reconciliation")
 @secured(Permission.WALLET_MANAGE, scope=Scope.READ, mfa=False)
 def run_reconciliation() -> ResponseReturnValue:
-    """Run a reconciliation now against the configured chain."""
-    return jsonify(_runtime().reconciler.run().to_json()), 201
+    """Run a reconciliation now against ``chain`` (default ethereum), which must be configured."""
+    chain = _chain()
+    assert chain is not None
+    return jsonify(_runtime(chain).reconciler.run().to_json()), 201

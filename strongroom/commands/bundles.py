@@ -6,15 +6,15 @@
     strongroom bundle tick                       broadcast, track confirmations, settle
     strongroom bundle list [--state S]
 
-Configuration as for ``strongroom wallet`` (``STRONGROOM_ETH_RPC_URL`` ...), plus
-``STRONGROOM_ETH_NETWORK``: the network name the signer's anchors use for the
-cold wallet (default from the chain id: mainnet, sepolia, holesky, anvil).
+Configuration as for ``strongroom wallet`` (``STRONGROOM_ETH_RPC_URL``, ``STRONGROOM_BTC_RPC_URL`` ...):
+every configured chain is served, Ethereum and Bitcoin alike. ``STRONGROOM_ETH_NETWORK`` is the
+network name the signer's anchors use for the Ethereum cold wallet (default from the chain id:
+mainnet, sepolia, holesky, anvil); Bitcoin's is the network's (main, test, regtest).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +22,6 @@ from pathlib import Path
 import click
 
 from custody.access.errors import CustodyRefusal
-from custody.bundles.chains import BundleChains
-from custody.bundles.ethereum import EthereumBundles
 from custody.bundles.service import ColdTransfers
 from custody.chains.adapter import ChainError
 from custody.db import make_engine, make_session_factory
@@ -34,31 +32,30 @@ from custody.wallets.codes import WalletError
 from policies.results import PolicyError
 from signer import qr
 from signer.results import SignerError
-from strongroom.commands.wallets import runtime_from_env
+from strongroom.commands.wallets import bundle_chains, chain_runtimes_from_env
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings, SettingsError
 
-NETWORK_ENV = "STRONGROOM_ETH_NETWORK"
 HOUR_MS = 3_600_000
 
 
 def cold_transfers_from_env(ttl_hours: int = 24) -> ColdTransfers:
-    """Build the cold-transfer service for the configured chain, or stop with a usage error."""
+    """Build the cold-transfer service for every configured chain, or stop with a usage error."""
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
-    runtime = runtime_from_env(settings)
-    if runtime is None:
-        raise click.UsageError("no chain configured: set STRONGROOM_ETH_RPC_URL")
-    config = runtime.executor.config
-    chain = EthereumBundles(
-        runtime.adapter, config.confirmations, os.environ.get(NETWORK_ENV) or None, config.fee_cap_wei
-    )
+    runtimes = chain_runtimes_from_env(settings)
+    if not runtimes:
+        raise click.UsageError(
+            "no chain configured: set STRONGROOM_ETH_RPC_URL and/or STRONGROOM_BTC_RPC_URL"
+        )
     sessions = make_session_factory(make_engine(settings.database_url))
     keystore = LazyKeystore(lambda: open_keystore(settings))
+    # The registry reads wallets and accounts of any chain; any runtime's will do.
+    wallets = next(iter(runtimes.values())).wallets
     return ColdTransfers(
-        sessions, runtime.wallets, keystore, BundleChains([chain]), wall_clock_ms, ttl_ms=ttl_hours * HOUR_MS
+        sessions, wallets, keystore, bundle_chains(runtimes), wall_clock_ms, ttl_ms=ttl_hours * HOUR_MS
     )
 
 

@@ -1,9 +1,19 @@
 """Wallet commands (``strongroom wallet ...``), the wallet runtime wiring and the wallet demo.
 
-Configuration (environment):
-- ``STRONGROOM_ETH_RPC_URL``: JSON-RPC URL of an Ethereum node; unset means no chain for the server.
+Configuration (environment), Ethereum:
+- ``STRONGROOM_ETH_RPC_URL``: JSON-RPC URL of an Ethereum node; unset means no Ethereum for the server.
 - ``STRONGROOM_ETH_USDC_ADDRESS``: the USDC token contract on that chain.
 - ``STRONGROOM_ETH_CONFIRMATIONS``: confirmations before a deposit or withdrawal settles (default 12).
+- ``STRONGROOM_ETH_NETWORK``: the network name the signer's anchors use (default from the chain id).
+
+Bitcoin:
+- ``STRONGROOM_BTC_RPC_URL``: Bitcoin Core JSON-RPC URL (``txindex=1``); unset means no Bitcoin.
+- ``STRONGROOM_BTC_RPC_USER`` / ``STRONGROOM_BTC_RPC_PASSWORD``, or ``STRONGROOM_BTC_RPC_COOKIE_FILE``
+  (Core's ``.cookie``): RPC credentials (credentials in the URL work too).
+- ``STRONGROOM_BTC_NETWORK``: mainnet, testnet or regtest (default mainnet).
+- ``STRONGROOM_BTC_CONFIRMATIONS``: confirmations before a deposit or withdrawal settles (default 6).
+- ``STRONGROOM_BTC_COLD_DESCRIPTOR``: the cold wallet's ``wsh(sortedmulti(2,...))`` descriptor with
+  key origins; when set, the hot, deposit and cold wallets are set up on start (idempotent).
 """
 
 from __future__ import annotations
@@ -12,10 +22,18 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 from web3 import Web3
 
+from custody.bundles.bitcoin import BitcoinBundles
+from custody.bundles.chains import BundleChain, BundleChains
+from custody.bundles.ethereum import EthereumBundles
+from custody.chains.bitcoin.adapter import BitcoinAdapter
+from custody.chains.bitcoin.network import network as bitcoin_network
+from custody.chains.bitcoin.rpc import BitcoinRpc
+from custody.chains.bitcoin.runtime import BitcoinRuntime, build_bitcoin_runtime
 from custody.chains.ethereum.adapter import EthereumAdapter
 from custody.chains.ethereum.devchain import EmbeddedChain
 from custody.db import make_engine, make_session_factory
@@ -30,6 +48,11 @@ from strongroom.keystores import open_keystore
 from strongroom.settings import Settings
 
 DEFAULT_CONFIRMATIONS = 12
+DEFAULT_BTC_CONFIRMATIONS = 6
+DEFAULT_BTC_NETWORK = "mainnet"
+CHAINS = ("ethereum", "bitcoin")
+ETH_NETWORK_ENV = "STRONGROOM_ETH_NETWORK"
+ChainRuntime = WalletRuntime | BitcoinRuntime
 DEMO_CONFIRMATIONS = 3
 DEMO_COLD_ADDRESS = "0x000000000000000000000000000000000000C01D"
 DEMO_DESTINATION = "0x00000000000000000000000000000000000000AA"
@@ -50,10 +73,64 @@ def runtime_from_env(settings: Settings) -> WalletRuntime | None:
                          {asset: n for asset in adapter.assets()})
 
 
-def _runtime_or_exit() -> WalletRuntime:
-    runtime = runtime_from_env(Settings.from_env())
+def bitcoin_runtime_from_env(settings: Settings) -> BitcoinRuntime | None:
+    """Build the Bitcoin wallet runtime for a configured bitcoind, or None when none is configured."""
+    url = os.environ.get("STRONGROOM_BTC_RPC_URL")
+    if not url:
+        return None
+    user = os.environ.get("STRONGROOM_BTC_RPC_USER")
+    if user:
+        parts = urlsplit(url)
+        secret = quote(os.environ.get("STRONGROOM_BTC_RPC_PASSWORD", ""), safe="")
+        host = parts.hostname or ""
+        netloc = f"{quote(user, safe='')}:{secret}@{host}" + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    cookie = os.environ.get("STRONGROOM_BTC_RPC_COOKIE_FILE")
+    backend = BitcoinRpc(url, cookie_file=Path(cookie) if cookie else None)
+    net = bitcoin_network(os.environ.get("STRONGROOM_BTC_NETWORK", DEFAULT_BTC_NETWORK))
+    adapter = BitcoinAdapter(backend, net)
+    n = int(os.environ.get("STRONGROOM_BTC_CONFIRMATIONS", DEFAULT_BTC_CONFIRMATIONS))
+    sessions = make_session_factory(make_engine(settings.database_url))
+    runtime = build_bitcoin_runtime(sessions, Ledger(sessions), open_keystore(settings), adapter,
+                                    wall_clock_ms, {"BTC": n})
+    descriptor = os.environ.get("STRONGROOM_BTC_COLD_DESCRIPTOR")
+    if descriptor:
+        runtime.setup_wallets(descriptor)
+    return runtime
+
+
+def chain_runtimes_from_env(settings: Settings) -> dict[str, ChainRuntime]:
+    """Return the wallet runtime of every configured chain, by chain name (possibly none)."""
+    runtimes: dict[str, ChainRuntime] = {}
+    ethereum = runtime_from_env(settings)
+    if ethereum is not None:
+        runtimes["ethereum"] = ethereum
+    bitcoin = bitcoin_runtime_from_env(settings)
+    if bitcoin is not None:
+        runtimes["bitcoin"] = bitcoin
+    return runtimes
+
+
+def bundle_chains(runtimes: dict[str, ChainRuntime]) -> BundleChains:
+    """Return the cold-transfer part of every runtime (custody.bundles), for the bundle service."""
+    chains: list[BundleChain] = []
+    for runtime in runtimes.values():
+        confirmations = runtime.executor.config.confirmations
+        if isinstance(runtime, BitcoinRuntime):
+            chains.append(BitcoinBundles(runtime.cold, confirmations))
+        else:
+            network = os.environ.get(ETH_NETWORK_ENV) or None
+            chains.append(EthereumBundles(runtime.adapter, confirmations, network,
+                                          runtime.executor.config.fee_cap_wei))
+    return BundleChains(chains)
+
+
+def _runtime_or_exit(chain: str = "ethereum") -> ChainRuntime:
+    settings = Settings.from_env()
+    runtime = runtime_from_env(settings) if chain == "ethereum" else bitcoin_runtime_from_env(settings)
     if runtime is None:
-        raise click.UsageError("no chain configured: set STRONGROOM_ETH_RPC_URL")
+        variable = "STRONGROOM_ETH_RPC_URL" if chain == "ethereum" else "STRONGROOM_BTC_RPC_URL"
+        raise click.UsageError(f"no {chain} node configured: set {variable}")
     return runtime
 
 
@@ -64,19 +141,24 @@ def register(main: click.Group) -> None:
     def wallet() -> None:
         """Wallets, deposits, withdrawals on chain, sweeps and reconciliation."""
 
+    chain_option = click.option("--chain", type=click.Choice(CHAINS), default="ethereum", show_default=True,
+                                help="Which chain's wallets.")
+
     @wallet.command("tick")
-    def tick() -> None:
+    @chain_option
+    def tick(chain: str) -> None:
         """Run one round of the deposit watcher and the transaction executor."""
-        report, views = _runtime_or_exit().tick()
+        report, views = _runtime_or_exit(chain).tick()
         click.echo(json.dumps({"scanned_to": report.scanned_to, "seen": report.seen,
                                "credited": report.credited, "voided": report.voided,
                                "transactions": [v.to_json() for v in views]}, indent=2))
 
     @wallet.command("reconcile")
+    @chain_option
     @click.option("--latest", is_flag=True, help="Show the newest stored report instead of running one.")
-    def reconcile(latest: bool) -> None:
+    def reconcile(chain: str, latest: bool) -> None:
         """Compare on-chain balances with the ledger and print the report (exit 2 on a discrepancy)."""
-        runtime = _runtime_or_exit()
+        runtime = _runtime_or_exit(chain)
         try:
             report = runtime.reconciler.latest() if latest else runtime.reconciler.run()
         except WalletError as exc:

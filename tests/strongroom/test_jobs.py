@@ -66,3 +66,35 @@ def test_failing_job_is_logged_and_does_not_stop_the_others(caplog: pytest.LogCa
 def test_server_jobs_include_wallet_rounds_only_when_a_chain_is_configured(app: Flask) -> None:
     names = [job.name for job in server_jobs(app)]
     assert names == ["expire_pending", "ledger_checkpoint"]
+
+
+def test_server_jobs_tick_each_chain_and_cold_bundles_once(  # type: ignore[no-untyped-def]
+    database_url: str, clock, keystore, tmp_path
+) -> None:
+    from custody.chains.bitcoin.adapter import BitcoinAdapter
+    from custody.chains.bitcoin.network import network
+    from custody.chains.bitcoin.regtest import RegtestChain
+    from custody.chains.bitcoin.runtime import build_bitcoin_runtime
+    from custody.chains.ethereum.devchain import EmbeddedChain
+    from custody.db import make_engine, make_session_factory
+    from custody.ledger.service import Ledger
+    from custody.wallets.runtime import build_runtime
+    from strongroom.app import create_app
+    from strongroom.settings import Settings
+
+    sessions = make_session_factory(make_engine(database_url))
+    ledger = Ledger(sessions, clock=clock)
+    eth = build_runtime(sessions, ledger, keystore, EmbeddedChain().adapter(), clock, {"ETH": 1, "USDC": 1})
+    adapter = BitcoinAdapter(RegtestChain(), network("regtest"))
+    btc = build_bitcoin_runtime(sessions, ledger, keystore, adapter, clock, {"BTC": 1})
+    app = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
+                      "CHAIN_RUNTIMES": {"ethereum": eth, "bitcoin": btc}},
+                     settings=Settings(data_dir=tmp_path / "data", database_url=database_url))
+    try:
+        jobs = {job.name: job for job in server_jobs(app)}
+        assert list(jobs) == ["expire_pending", "ledger_checkpoint", "cold_bundles",
+                              "wallet_tick", "withdrawal_dispatch", "wallet_tick_bitcoin",
+                              "withdrawal_dispatch_bitcoin"]
+        assert jobs["cold_bundles"].run() == []  # nothing exported yet: a round does nothing
+    finally:
+        app.extensions["strongroom.engine"].dispose()
