@@ -56,6 +56,8 @@ ChainRuntime = WalletRuntime | BitcoinRuntime
 DEMO_CONFIRMATIONS = 3
 DEMO_COLD_ADDRESS = "0x000000000000000000000000000000000000C01D"
 DEMO_DESTINATION = "0x00000000000000000000000000000000000000AA"
+# A regtest P2WPKH address of nobody (BIP173's test vector).
+DEMO_BTC_DESTINATION = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 
 
 def runtime_from_env(settings: Settings) -> WalletRuntime | None:
@@ -230,4 +232,90 @@ def run_demo(settings: Settings, echo: object = click.echo) -> dict[str, object]
     for line in report.lines:
         say(f"    {line['wallet']:<20} {line['asset']:<5} on chain {line['on_chain']:>24} "
             f"expected {line['expected']:>24} {line['status']}")
-    return {"withdrawal": withdrawal.status.value, "reconciliation": report.status}
+    bitcoin = run_bitcoin_demo(settings, say)
+    return {"withdrawal": withdrawal.status.value, "reconciliation": report.status, "bitcoin": bitcoin}
+
+
+def _demo_cold_descriptor() -> str:
+    """Return a 2-of-3 regtest descriptor of three throwaway cosigner keys (the demo never spends cold)."""
+    from embit import bip32  # type: ignore[import-untyped, unused-ignore]
+    from embit.networks import NETWORKS  # type: ignore[import-untyped, unused-ignore]
+
+    path, net = "m/48h/1h/0h/2h", NETWORKS["regtest"]
+    keys = []
+    for _ in range(3):
+        root = bip32.HDKey.from_seed(os.urandom(32), version=net["xprv"])
+        xpub = root.derive(path).to_public().to_string(version=net["xpub"])
+        keys.append(f"[{root.my_fingerprint.hex()}{path[1:]}]{xpub}/<0;1>/*")
+    return f"wsh(sortedmulti(2,{','.join(keys)}))"
+
+
+def _posted(ledger: Ledger, account_id: int) -> int:
+    return ledger.get_account(account_id).balance.credit_balance_posted
+
+
+def run_bitcoin_demo(settings: Settings, echo: object = click.echo) -> dict[str, object]:
+    """Show the Bitcoin flow on the embedded regtest chain: deposit, hot withdrawal, sweep, reconciliation.
+
+    Like the Ethereum demo it uses its own throwaway database and keystore
+    (the regtest chain lives only in this process), so running it twice
+    changes nothing in the platform database.
+    """
+    from custody.chains.bitcoin.network import network
+    from custody.chains.bitcoin.regtest import RegtestChain
+    from custody.keystore import LocalKeystore
+
+    say = echo if callable(echo) else click.echo
+    workdir = Path(tempfile.mkdtemp(prefix="bitcoin-demo-", dir=settings.ensure_data_dir()))
+    url = f"sqlite:///{workdir / 'wallets.db'}"
+    migrations.upgrade(url)
+    keystore = LocalKeystore(workdir / "keystore.srks", os.urandom(16).hex(), scrypt_log2_n=14)
+    sessions = make_session_factory(make_engine(url))
+    ledger = Ledger(sessions)
+    chain = RegtestChain()
+    chain.mine(101)
+    adapter = BitcoinAdapter(chain, network("regtest"))
+    runtime = build_bitcoin_runtime(sessions, ledger, keystore, adapter, wall_clock_ms,
+                                    {"BTC": DEMO_CONFIRMATIONS}, start_height=chain.height + 1)
+    runtime.setup_wallets(_demo_cold_descriptor())
+
+    def settle(rounds: int = DEMO_CONFIRMATIONS + 2) -> None:
+        for _ in range(rounds):
+            runtime.tick()
+            chain.mine(1)
+        runtime.tick()
+
+    address = runtime.wallets.deposit_address("bitcoin-deposits", "alice").address
+    say(f"bitcoin demo: alice's deposit address {address}")
+    chain.faucet_send(address, 2_000_000)
+    chain.mine(1)
+    runtime.tick()
+    user = ledger.ensure_account("alice", "BTC", AccountKind.USER_AVAILABLE)
+    say(f"  deposit seen, alice BTC before confirmations: {_posted(ledger, user.id)}")
+    settle()
+    say(f"  after {DEMO_CONFIRMATIONS} confirmations: alice BTC {_posted(ledger, user.id)} sat")
+    runtime.treasury.consolidate("BTC")
+    settle()
+    wif = ledger.ensure_account("platform", "BTC", AccountKind.WITHDRAWALS_IN_FLIGHT)
+    ledger.transfer(TransferRequest(id="demo-btc-hold-1", kind=TransferKind.PENDING, debit_account=user.id,
+                                    credit_account=wif.id, amount=300_000, reference="demo withdrawal"))
+    runtime.executor.execute("demo-btc-1", "BTC", 300_000, DEMO_BTC_DESTINATION, "demo-btc-hold-1")
+    settle()
+    withdrawal = runtime.executor.get("wd:demo-btc-1")
+    say(f"  hot withdrawal of 300000 sat (change back to the hot wallet): {withdrawal.status.value}, "
+        f"fee {withdrawal.fee_paid_minor} sat")
+    runtime.treasury.set_limits("BTC", 100_000, 300_000, 500_000)
+    sweep = runtime.treasury.rebalance("BTC")
+    settle()
+    hot = runtime.wallets.one("bitcoin", Temperature.HOT)
+    cold = runtime.wallets.one("bitcoin", Temperature.COLD)
+    hot_sat = ledger.get_account(runtime.wallets.wallet_account(hot, "BTC")).balance.debit_balance_posted
+    cold_sat = ledger.get_account(runtime.wallets.wallet_account(cold, "BTC")).balance.debit_balance_posted
+    say(f"  swept to the 2-of-3 cold multisig ({'done' if sweep is not None else 'nothing to sweep'}): "
+        f"hot {hot_sat} sat, cold {cold_sat} sat")
+    report = runtime.reconciler.run()
+    say(f"  reconciliation at block {report.height}: {report.status}")
+    for line in report.lines:
+        say(f"    {line['wallet']:<20} {line['asset']:<5} on chain {line['on_chain']:>14} "
+            f"expected {line['expected']:>14} {line['status']}")
+    return {"withdrawal": withdrawal.status.value, "cold_sat": cold_sat, "reconciliation": report.status}
