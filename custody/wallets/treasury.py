@@ -302,18 +302,17 @@ class Treasury:
             session.add(row)
         return _refill(row)
 
-    def approve_refill(self, proposal_id: str, approver: str, approval: Approval | None = None) -> RefillView:
-        """Add ``approver``'s approval; at quorum the proposal awaits the offline signer.
+    def approve_refill(self, proposal_id: str, approver: str, approval: Approval) -> RefillView:
+        """Add ``approver``'s signed approval; at quorum the proposal awaits the offline signer.
 
         ``approval`` is the approver's signed ``policies`` approval of
         :attr:`RefillView.subject`; it is verified against the registered
-        approver keys (group treasury, not the proposer, not expired) and only
-        signed approvals count toward the quorum. Without it the approval is
-        recorded by name only (the pre-signature behaviour, kept for old
-        callers): it never counts for the bundle export, which the offline
-        signer would refuse anyway.
+        approver keys (group treasury, not the proposer, not expired). Only
+        signed approvals exist: they are what the offline signer checks.
+        While the proposal awaits the signer, further approvals are still
+        taken (one whose approval expired can be replaced before export).
         """
-        if approval is not None and approval.approver_id != approver:
+        if approval.approver_id != approver:
             raise AccessError(
                 AccessCode.APPROVER_MISMATCH, f"approval is by {approval.approver_id}; submit your own"
             )
@@ -326,21 +325,15 @@ class Treasury:
                 raise WalletError(
                     WalletCode.PROPOSAL_NOT_FOUND, f"refill proposal {proposal_id!r} does not exist"
                 )
-            if row.status not in (PROPOSED, AWAITING_SIGNER) or (
-                row.status == AWAITING_SIGNER and approval is None
-            ):
+            if row.status not in (PROPOSED, AWAITING_SIGNER):
                 raise WalletError(WalletCode.PROPOSAL_NOT_PENDING, f"refill {proposal_id} is {row.status}")
             if approver == row.proposed_by:
                 raise WalletError(WalletCode.SELF_APPROVAL, "the proposer cannot approve their own refill")
             approvals = json.loads(row.approvals)
-            signed_by = {a["approver"] for a in approvals if a.get("signed")}
-            if approver in (signed_by if approval is not None else {a["approver"] for a in approvals}):
+            if approver in {a["approver"] for a in approvals if a.get("signed")}:
                 raise WalletError(WalletCode.DUPLICATE_APPROVAL, f"{approver} already approved {proposal_id}")
-            if approval is None:
-                met = len(approvals) + 1 >= row.required_approvals
-            else:
-                met = self._add_signed(session, row, approval, now_ms)
-            approvals.append({"approver": approver, "at_ms": now_ms, "signed": approval is not None})
+            met = self._add_signed(session, row, approval, now_ms)
+            approvals.append({"approver": approver, "at_ms": now_ms, "signed": True})
             row.approvals = json.dumps(approvals)
             if met:
                 row.status = AWAITING_SIGNER

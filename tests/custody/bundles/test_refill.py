@@ -80,14 +80,12 @@ def test_refill_approvals_must_be_signed_by_registered_treasury_keys_over_the_re
     other = treasury.propose_refill("USDC", 10, "system.treasury")
     with pytest.raises(PolicyError):  # an approval of another refill does not count for this one
         treasury.approve_refill(other.id, "treasury1", someone_else)
-    # Approvals recorded by name only never make a bundle.
-    treasury.approve_refill(refill.id, "treasury1")
-    treasury.approve_refill(refill.id, "treasury2")
+    # One signed approval is not a quorum: no bundle.
+    treasury.approve_refill(refill.id, "treasury1", _approval(world, 0, refill))
     with pytest.raises(BundleError) as info:
         world.transfers.export("refill", refill.id)
-    assert info.value.code is BundleCode.QUORUM_NOT_MET
-    with pytest.raises(WalletError):
-        treasury.approve_refill(refill.id, "treasury3")  # awaiting the signer: only signed approvals now
-    treasury.approve_refill(refill.id, "treasury1", _approval(world, 0, refill))
+    assert info.value.code is BundleCode.REQUEST_NOT_READY
+    with pytest.raises(WalletError):  # the same approver twice does not count twice
+        treasury.approve_refill(refill.id, "treasury1", _approval(world, 0, refill))
     treasury.approve_refill(refill.id, "treasury3", _approval(world, 2, refill))
     assert world.transfers.export("refill", refill.id).view.state == "exported"

@@ -5,14 +5,21 @@ from __future__ import annotations
 import base64
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from embit import bip39
 from sqlalchemy import select
 
+from custody.access.service import AccessServices
 from custody.chains.ethereum.devchain import EmbeddedChain
+from custody.db import make_engine, make_session_factory
 from custody.wallets import hd
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import Wallet
+from custody.wallets.treasury import RefillView
 from custody.wallets.wallet import Temperature
+from policies.approval import Approval, ApprovalSubject, sign_approval
+from policies.roles import Role
+from policies.signature_scheme import ed25519_public_bytes
 
 from .helpers import ETH, Harness, make_harness
 
@@ -77,14 +84,37 @@ def test_execute_same_withdrawal_twice_is_one_record_and_different_body_conflict
     assert info.value.code is WalletCode.TRANSACTION_CONFLICT
 
 
-def test_refill_proposal_needs_two_distinct_approvers(harness: Harness) -> None:
+def _treasury_approvers(harness: Harness, names: tuple[str, ...]) -> dict[str, Ed25519PrivateKey]:
+    """Create treasury users with registered approval keys; return their private keys."""
+    sessions = make_session_factory(make_engine(harness.url))
+    services = AccessServices.build(sessions, harness.keystore, harness.ledger,
+                                    harness.clock)  # type: ignore[arg-type]
+    keys = {}
+    for name in names:
+        services.users.create_user(name, frozenset({Role.TREASURY}), kyc_tier=2)
+        keys[name] = Ed25519PrivateKey.generate()
+        services.approvers.register(name, f"{name}-k1", ed25519_public_bytes(keys[name]), actor="test")
+    return keys
+
+
+def _approve(harness: Harness, key: Ed25519PrivateKey, name: str, subject: ApprovalSubject) -> Approval:
+    now = harness.clock()  # type: ignore[operator]
+    return sign_approval(key, approver_id=name, key_id=f"{name}-k1", subject=subject,
+                         signed_at_ms=now, expires_at_ms=now + 3_600_000)
+
+
+def test_refill_proposal_needs_two_distinct_signed_approvals(harness: Harness) -> None:
+    keys = _treasury_approvers(harness, ("tina", "tom"))
     treasury = harness.runtime.treasury
     treasury.set_limits("ETH", 5 * ETH, 10 * ETH, 20 * ETH)
     proposal = treasury.rebalance("ETH")
-    assert proposal is not None and proposal.status == "proposed"  # type: ignore[union-attr]
-    treasury.approve_refill(proposal.id, "tina")
+    assert isinstance(proposal, RefillView) and proposal.status == "proposed"
+    tina = _approve(harness, keys["tina"], "tina", proposal.subject)
+    treasury.approve_refill(proposal.id, "tina", tina)
+    again = _approve(harness, keys["tina"], "tina", proposal.subject)
     with pytest.raises(WalletError) as info:
-        treasury.approve_refill(proposal.id, "tina")
+        treasury.approve_refill(proposal.id, "tina", again)
     assert info.value.code is WalletCode.DUPLICATE_APPROVAL
-    done = treasury.approve_refill(proposal.id, "tom")
+    tom = _approve(harness, keys["tom"], "tom", proposal.subject)
+    done = treasury.approve_refill(proposal.id, "tom", tom)
     assert done.status == "awaiting_signer" and done.approvals == ["tina", "tom"]
