@@ -96,7 +96,10 @@ def existing_ids(session: Session, column: str, ids: Sequence[str], chunk: int) 
     columns = ", ".join(TRANSFER_COLUMNS)
     try:
         if _is_postgres(session):
-            cursor.execute(f"SELECT {columns} FROM ledger_transfers WHERE {column} = ANY(%s)", [list(ids)])  # noqa: S608
+            # prepare=False: a cached generic plan made while the journal was small would keep
+            # scanning it whole as it grows; a fresh plan uses the unique index.
+            cursor.execute(f"SELECT {columns} FROM ledger_transfers WHERE {column} = ANY(%s)",  # noqa: S608
+                           [list(ids)], prepare=False)
             found.extend(cursor.fetchall())
         else:
             for start in range(0, len(ids), chunk):
