@@ -20,10 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
-from custody.db import make_engine, make_session_factory
+from custody.db import make_engine, make_session_factory, scratch_postgres_database
 from custody.ledger.entry import AccountKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import MAX_BATCH, Ledger
@@ -45,17 +42,10 @@ def postgres_url() -> Iterator[str]:
         configured = subprocess.run(
             [str(ROOT / "scripts/pg-throwaway.sh"), "start", cluster], check=True, text=True,
             capture_output=True, env={**os.environ, "PG_DURABLE": "1"}).stdout.strip()
-    admin_url = configured.replace("postgresql://", "postgresql+psycopg://", 1)
-    name = f"sr_bench_{os.getpid()}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        with scratch_postgres_database(configured, f"sr_bench_{os.getpid()}") as url:
+            yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
         if cluster:
             subprocess.run([str(ROOT / "scripts/pg-throwaway.sh"), "stop", cluster], check=False)
 

@@ -8,9 +8,13 @@ journal is in WAL mode, and foreign keys are enforced.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # A stable naming convention keeps Alembic autogenerate and constraint names
@@ -24,6 +28,8 @@ NAMING_CONVENTION = {
 }
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Names are interpolated into CREATE/DROP DATABASE, so only plain identifiers are allowed.
+DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class Base(DeclarativeBase):
@@ -66,3 +72,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Return a session factory bound to ``engine`` (objects stay usable after commit)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def scratch_postgres_database(admin_url: str, name: str, template: str | None = None) -> Iterator[str]:
+    """Create PostgreSQL database ``name`` (from ``template``), yield its URL, drop it afterwards.
+
+    For tests and benchmarks: each gets a database of its own on a shared server.
+    """
+    if not DATABASE_NAME.match(name) or (template is not None and not DATABASE_NAME.match(template)):
+        raise ValueError(f"database names were {name!r}/{template!r}, must match {DATABASE_NAME.pattern}")
+    admin_url = admin_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    suffix = "" if template is None else f' TEMPLATE "{template}"'
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"{suffix}'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from custody.db import make_engine, make_session_factory
+from custody.db import make_engine, make_session_factory, scratch_postgres_database
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
 from strongroom.migrate import upgrade
@@ -66,16 +64,10 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A PostgreSQL template database migrated to head once per session (per xdist worker)."""
-    admin_url = _postgres_admin_url()
-    name = f"sr_template_{_worker()}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    upgrade(make_url(admin_url).set(database=name).render_as_string(hide_password=False))
-    yield name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    name = f"sr_template_{_worker()}_{uuid.uuid4().hex[:8]}".lower()
+    with scratch_postgres_database(_postgres_admin_url(), name) as url:
+        upgrade(url)
+        yield name
 
 
 def fresh_database_url(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> Iterator[str]:
@@ -87,17 +79,9 @@ def fresh_database_url(request: pytest.FixtureRequest, kind: str, tmp_path: Path
         yield f"sqlite:///{path}"
         return
     template_name: str = request.getfixturevalue("postgres_template")
-    admin_url = _postgres_admin_url()
     name = f"sr_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres_database(_postgres_admin_url(), name, template_name) as url:
+        yield url
 
 
 @pytest.fixture(params=DATABASES)
