@@ -3,8 +3,11 @@
 Here it is watch-only: the descriptor (with key origins) is stored, its
 addresses are derived from it (receive ``0/i``, change ``1/i``) and recorded
 as addresses of the cold wallet, and spends are prepared as unsigned PSBTs
-(:func:`prepare_spend`) that go to the signers in a bundle (see ``bundle.py``).
-Preparing a spend locks its coins to the record that will carry it.
+(:func:`prepare_spend`) that go to the signers in a bundle. The bundle service
+(custody.bundles, its Bitcoin part custody.bundles.bitcoin) calls it, exports,
+imports the cosigners' results, broadcasts and owns the ledger entries.
+Preparing a spend locks its coins to the record that will carry it
+(``cold:<kind>:<request id>``) until the transaction spending them is mined.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ COSIGNERS = 3
 class SpendStatus:
     """Where a cold spend stands."""
 
+    # The spend's row only records the prepared PSBT; where the transfer stands is the bundle's
+    # state (custody.bundles: cold_bundles), so the row stays "prepared".
     PREPARED = "prepared"  # PSBT built, coins locked
-    EXPORTED = "exported"  # bundle signed by the platform, out to the signers
-    BROADCAST = "broadcast"  # combined, checked and handed to the executor
 
 
 @dataclass(frozen=True, slots=True)
