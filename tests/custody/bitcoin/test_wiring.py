@@ -62,3 +62,29 @@ def test_bitcoin_runtime_from_env_sets_up_the_wallets_ticks_and_reconciles(
     # Set up again on the next start: the same wallets, nothing new.
     again = chain_runtimes_from_env(settings)["bitcoin"]
     assert len(again.wallets.list_wallets("bitcoin")) == 3
+
+
+def test_wallet_cli_runs_on_the_chain_asked_for(
+    bitcoind: RpcStandin, sqlite_url: str, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from strongroom.cli import main
+
+    env = {
+        "STRONGROOM_DATABASE_URL": sqlite_url,
+        "STRONGROOM_DATA_DIR": str(tmp_path / "data"),
+        "STRONGROOM_KEYSTORE_PASSPHRASE": "not a secret",
+        "STRONGROOM_ETH_RPC_URL": "",
+        "STRONGROOM_BTC_RPC_URL": bitcoind.url.replace("http://", "http://rpcuser:rpcpass@"),
+        "STRONGROOM_BTC_NETWORK": "regtest",
+        "STRONGROOM_BTC_COLD_DESCRIPTOR": WORLD.descriptor,
+    }
+    runner = CliRunner()
+    tick = runner.invoke(main, ["wallet", "tick", "--chain", "bitcoin"], env=env)
+    assert tick.exit_code == 0, tick.output
+    reconcile = runner.invoke(main, ["wallet", "reconcile", "--chain", "bitcoin"], env=env)
+    assert reconcile.exit_code == 0, reconcile.output
+    assert '"chain": "bitcoin"' in reconcile.output
+    ethereum = runner.invoke(main, ["wallet", "reconcile"], env=env)
+    assert ethereum.exit_code == 2 and "STRONGROOM_ETH_RPC_URL" in ethereum.output
