@@ -25,7 +25,7 @@ from custody.bundles.codes import BundleCode, BundleError
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.bundle import check_final
 from custody.chains.bitcoin.cold import REQUIRED_SIGNATURES, ColdWallet
-from custody.wallets.codes import WalletError
+from custody.wallets.codes import WalletCode, WalletError
 from signer.bundle import BitcoinTransaction, Bundle, Chain
 from signer.results import SignerCode, SignerError
 from signer.signed import SignedBundle, check_signed, combine_bitcoin
@@ -34,6 +34,11 @@ DEFAULT_CONFIRMATIONS = 6
 DEFAULT_FEE_CAP_SAT = 50_000
 DEFAULT_FEE_FLOOR_SAT_VB = 1
 DEFAULT_FEE_RATE_CAP_SAT_VB = 200
+# How a refused cold spend reads as an export refusal (anything else: the request cannot be paid as is).
+_PREPARE_REFUSALS = {
+    WalletCode.INSUFFICIENT_COINS: BundleCode.COLD_BALANCE_SHORT,
+    WalletCode.TRANSACTION_CONFLICT: BundleCode.REQUEST_NOT_READY,
+}
 
 
 def spend_id(kind: str, request_id: str) -> str:
@@ -88,7 +93,9 @@ class BitcoinBundles:
                 spend, spend, request.destination, request.amount_minor, rate, self._fee_cap_sat
             )
         except WalletError as exc:
-            raise BundleError(BundleCode.COLD_BALANCE_SHORT, exc.message) from None
+            raise BundleError(
+                _PREPARE_REFUSALS.get(exc.code, BundleCode.REQUEST_MISMATCH), exc.message
+            ) from None
         if (prepared.destination, prepared.amount_sat) != (request.destination, request.amount_minor):
             raise BundleError(
                 BundleCode.REQUEST_MISMATCH,

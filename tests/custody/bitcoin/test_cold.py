@@ -143,3 +143,17 @@ def test_cold_withdrawal_of_btc_goes_through_the_same_bundle_service(
     assert btc.wallet_balance(Temperature.COLD) == cold - 120_000 - view.fee_paid_minor
     btc.assert_ledger_balanced()
     btc.assert_reconciled()
+
+
+def test_cold_refill_above_the_cold_coins_is_refused_and_locks_nothing(world: BtcColdWorld) -> None:
+    btc = world.btc
+    cold = world.sweep_to_cold()
+    refill = world.approved_refill(cold + 1)
+    with pytest.raises(BundleError) as error:
+        world.transfers.export("refill", refill.id)
+    assert error.value.code is BundleCode.COLD_BALANCE_SHORT
+    with btc.runtime.sessions() as session:
+        assert UtxoSet.locked_by(session, spend_id("refill", refill.id)) == []
+    assert world.transfers.recent() == []
+    assert btc.runtime.treasury.refills()[0].status == "awaiting_signer"
+    btc.assert_ledger_balanced()
