@@ -15,12 +15,10 @@ only then releases the batch's effects (ledger postings, API responses).
 
 from __future__ import annotations
 
-import os
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import Final
 
 import msgspec
 
@@ -29,11 +27,11 @@ from exchange.engine.journal import (
     HEADER,
     MAX_RECORD_BYTES,
     SEQ,
+    FramedWriter,
     FsyncPolicy,
     JournalCorrupt,
     check_record,
     claimed_end,
-    fsync_dir,
 )
 
 MAGIC: Final = b"SRVJN001"
@@ -71,42 +69,12 @@ def encode_record(seq: int, cmd: VenueCommand) -> bytes:
     return HEADER.pack(len(payload), crc, seq) + payload
 
 
-class VenueJournalWriter:
-    """Append records to one segment file; ``commit()`` makes them durable per the policy."""
+class VenueJournalWriter(FramedWriter[VenueCommand]):
+    """Append venue records to one segment file; ``commit()`` makes them durable per the policy."""
 
     def __init__(self, path: Path, policy: FsyncPolicy = FsyncPolicy.ALWAYS,
                  interval_ms: int = 5) -> None:
-        self.path = path
-        self.policy = policy
-        self.interval_ns = interval_ms * 1_000_000
-        self._last_sync_ns = time.monotonic_ns()
-        new = not path.exists() or path.stat().st_size == 0
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
-        if new:
-            self._file.write(MAGIC)
-            self.commit()
-            fsync_dir(path.parent)
-
-    def append(self, seq: int, cmd: VenueCommand) -> None:
-        """Buffer one record; it is durable only after ``commit()``."""
-        self._file.write(encode_record(seq, cmd))
-
-    def commit(self) -> None:
-        """Hand buffered records to the OS, then fsync per the policy."""
-        self._file.flush()
-        if self.policy is FsyncPolicy.ALWAYS:
-            os.fsync(self._file.fileno())
-        elif self.policy is FsyncPolicy.INTERVAL:
-            now = time.monotonic_ns()
-            if now - self._last_sync_ns >= self.interval_ns:
-                os.fsync(self._file.fileno())
-                self._last_sync_ns = now
-
-    def close(self) -> None:
-        """Flush, fsync and close the segment."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        super().__init__(path, policy, interval_ms, magic=MAGIC, encode=encode_record)
 
 
 @dataclass(frozen=True)

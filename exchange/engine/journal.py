@@ -32,13 +32,16 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 import msgspec
 
 from exchange.engine.messages import Command
+
+T = TypeVar("T")
 
 MAGIC = b"SRJNL001"
 HEADER = struct.Struct("<IIQ")
@@ -83,26 +86,36 @@ def encode_record(seq: int, cmd: Command) -> bytes:
     return HEADER.pack(len(payload), crc, seq) + payload
 
 
-class JournalWriter:
-    """Append records to one segment file."""
+class FramedWriter(Generic[T]):
+    """Append framed records to one segment file; shared by the engine and venue journals.
+
+    ``magic`` opens a new file; ``encode(seq, record)`` frames one record.
+    """
 
     def __init__(
-        self, path: Path, policy: FsyncPolicy = FsyncPolicy.ALWAYS, interval_ms: int = 5
+        self,
+        path: Path,
+        policy: FsyncPolicy,
+        interval_ms: int,
+        *,
+        magic: bytes,
+        encode: Callable[[int, T], bytes],
     ) -> None:
         self.path = path
         self.policy = policy
         self.interval_ns = interval_ms * 1_000_000
+        self._encode = encode
         self._last_sync_ns = time.monotonic_ns()
         new = not path.exists() or path.stat().st_size == 0
         self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in close()
         if new:
-            self._file.write(MAGIC)
+            self._file.write(magic)
             self.commit()
             fsync_dir(path.parent)
 
-    def append(self, seq: int, cmd: Command) -> None:
+    def append(self, seq: int, record: T) -> None:
         """Buffer one record; it is durable only after `commit()`."""
-        self._file.write(encode_record(seq, cmd))
+        self._file.write(self._encode(seq, record))
 
     def commit(self) -> None:
         """Hand buffered records to the OS, then fsync per the policy."""
@@ -120,6 +133,15 @@ class JournalWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+
+
+class JournalWriter(FramedWriter[Command]):
+    """Append engine command records to one segment file."""
+
+    def __init__(
+        self, path: Path, policy: FsyncPolicy = FsyncPolicy.ALWAYS, interval_ms: int = 5
+    ) -> None:
+        super().__init__(path, policy, interval_ms, magic=MAGIC, encode=encode_record)
 
 
 @dataclass(frozen=True)
