@@ -51,6 +51,7 @@ from custody.keystore import Keystore, KeystoreError, KeystoreErrorCode, KeyType
 from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import TransferKind
 from custody.ledger.posting import TransferRequest
+from custody.wallets.settlement import refusal, settlement_requests
 from custody.wallets.wallet import WalletRegistry
 from policies.approval import SubjectKind
 from signer.builder import build_bundle, platform_sign
@@ -515,40 +516,14 @@ class ColdTransfers:
             self._settle(self._load(row.bundle_id), chain, receipt)
 
     def _settle(self, row: ColdBundle, chain: BundleChain, receipt: Receipt) -> None:
-        kind = TransferKind.POST if receipt.success else TransferKind.VOID
-        prefix = ledger_prefix(row.request_kind, row.request_id)
-        requests = []
-        if row.hold_transfer_id is not None:
-            requests.append(
-                TransferRequest(
-                    id=f"{prefix}:hold:{kind.value}",
-                    kind=kind,
-                    pending_id=row.hold_transfer_id,
-                    reference=receipt.txid,
-                )
-            )
-        requests.append(
-            TransferRequest(
-                id=f"{prefix}:reserve:{kind.value}",
-                kind=kind,
-                pending_id=row.reserve_transfer_id,
-                reference=receipt.txid,
-            )
-        )
-        if receipt.fee_paid_minor > 0:
-            requests.append(
-                TransferRequest(
-                    id=f"{prefix}:gas",
-                    debit_account=self._wallets.network_fees_account(chain.adapter.native_asset),
-                    credit_account=row.gas_account_id,
-                    amount=receipt.fee_paid_minor,
-                    reference=f"gas of {receipt.txid}",
-                )
-            )
-        results = self._ledger.submit(requests, linked=True)
-        refused = [r for r in results if not r.ok and r.code is not LedgerCode.LINKED_TRANSFER_FAILED]
-        if refused:
-            message = f"ledger refused settlement of {row.bundle_id}: {refused[0].message}"
+        requests = settlement_requests(
+            prefix=ledger_prefix(row.request_kind, row.request_id), receipt=receipt,
+            hold_transfer_id=row.hold_transfer_id, reserve_transfer_id=row.reserve_transfer_id,
+            network_fees_account=self._wallets.network_fees_account(chain.adapter.native_asset),
+            gas_account=row.gas_account_id)
+        refused = refusal(self._ledger.submit(requests, linked=True))
+        if refused is not None:
+            message = f"ledger refused settlement of {row.bundle_id}: {refused}"
             log.error(message)
             self._set(row.bundle_id, note=message[:NOTE_MAX_LEN])
             return

@@ -49,6 +49,7 @@ from custody.ledger.posting import TransferRequest
 from custody.money import U256_MAX
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import ChainNonce, ChainTransaction, ChainTransactionAttempt
+from custody.wallets.settlement import refusal, settlement_requests
 from custody.wallets.wallet import AddressInfo, Temperature, WalletInfo, WalletRegistry
 
 log = logging.getLogger(__name__)
@@ -594,39 +595,14 @@ class WithdrawalExecutor:
             log.info("broadcast of replacement %s refused: %s", txid, exc.message)
 
     def _finalize(self, row: ChainTransaction, receipt: Receipt) -> None:
-        kind = TransferKind.POST if receipt.success else TransferKind.VOID
-        requests = []
-        if row.hold_transfer_id is not None:
-            requests.append(
-                TransferRequest(
-                    id=f"{row.id}:hold:{kind.value}",
-                    kind=kind,
-                    pending_id=row.hold_transfer_id,
-                    reference=receipt.txid,
-                )
-            )
-        requests.append(
-            TransferRequest(
-                id=f"{row.id}:reserve:{kind.value}",
-                kind=kind,
-                pending_id=f"{row.id}:reserve",
-                reference=receipt.txid,
-            )
-        )
-        if receipt.fee_paid_minor > 0:
-            requests.append(
-                TransferRequest(
-                    id=f"{row.id}:gas",
-                    debit_account=self._wallets.network_fees_account(self._adapter.native_asset),
-                    credit_account=row.gas_account_id,
-                    amount=receipt.fee_paid_minor,
-                    reference=f"gas of {receipt.txid}",
-                )
-            )
-        results = self._ledger.submit(requests, linked=True)
-        failed = [r for r in results if not r.ok and r.code is not LedgerCode.LINKED_TRANSFER_FAILED]
-        if failed:
-            message = f"ledger refused settlement of {row.id}: {failed[0].message}"
+        requests = settlement_requests(
+            prefix=row.id, receipt=receipt, hold_transfer_id=row.hold_transfer_id,
+            reserve_transfer_id=f"{row.id}:reserve",
+            network_fees_account=self._wallets.network_fees_account(self._adapter.native_asset),
+            gas_account=row.gas_account_id)
+        refused = refusal(self._ledger.submit(requests, linked=True))
+        if refused is not None:
+            message = f"ledger refused settlement of {row.id}: {refused}"
             log.error(message)
             self._note(row.id, message[:NOTE_MAX_LEN])
             return
