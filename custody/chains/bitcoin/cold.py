@@ -219,7 +219,6 @@ class ColdWallet:
                         WalletAddress.wallet_id == cold.id
                     )
                 )
-                .tuples()
                 .all()
             )
             utxos = []

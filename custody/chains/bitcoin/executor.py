@@ -240,7 +240,6 @@ class BitcoinExecutor(WithdrawalExecutor):
                     WalletAddress.address.in_([c.address for c in coins])
                 )
             )
-            .tuples()
             .all()
         )
         tx = Transaction(
