@@ -61,7 +61,7 @@ class _Book:
     def _next(self, seq: int, rng: random.Random) -> Entry:
         roll, user = rng.random(), rng.choice(self.users)
         base = {"seq": seq, "asset": "BTC", "timeout_s": 0, "expires_ms": None, "code": 0,
-                "timestamp_ms": NOW_MS + seq, "pending_id": None}
+                "timestamp_ms": NOW_MS + seq, "pending_id": None, "actor": "service:bench"}
         if roll < 0.2 or self.balance[user] < 1_000:
             amount = rng.randrange(10_000, 1_000_000)
             self.balance[user] += amount

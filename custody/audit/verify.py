@@ -34,11 +34,20 @@ from custody.audit.export import (
     read_json,
 )
 from custody.audit.merkle import EMPTY_ROOT, NODE_PREFIX
-from custody.ledger.entry import ENTRY_HASH_DOMAIN, GENESIS_HASH, Entry
+from custody.ledger.entry import (
+    ACTOR_PATTERN,
+    AMOUNT_LIMIT,
+    ENTRY_FORMAT_VERSION,
+    ENTRY_HASH_DOMAIN,
+    GENESIS_HASH,
+    Entry,
+)
 
 # Put a limit on everything: a badly broken export reports its first problems, not millions.
 MAX_FINDINGS = 100
 HASH_HEX_LEN = 64
+# 2^256 has 78 decimal digits: shorter amounts are below it without a big-int compare.
+AMOUNT_DIGITS_MAX = 78
 DEBITS_LIMITED = 1
 CREDITS_LIMITED = 2
 
@@ -117,6 +126,7 @@ class Report:
 class _EntryStruct(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """The canonical entry object, fields in canonical (sorted) order for a cheap re-encode."""
 
+    actor: str
     amount: str
     asset: str
     code: int
@@ -140,11 +150,17 @@ _encode = msgspec.json.Encoder().encode
 def _parse_entry(raw: bytes) -> _EntryStruct:
     """Parse canonical entry bytes; raise ValueError if they are not exactly canonical."""
     parsed = _decode_entry(raw)
-    if _encode(parsed) != raw:
-        # msgspec writes non-ASCII as UTF-8 where canonical form escapes it: ask the reference parser.
+    if _encode(parsed) != raw or not raw.isascii():
+        # msgspec writes non-ASCII as UTF-8 where canonical form escapes it: ask the reference
+        # parser, which accepts only the escaped (canonical) form.
         Entry.from_bytes(raw)
-    if parsed.v != 1 or not parsed.amount.isdigit() or parsed.amount.startswith("0"):
-        raise ValueError(f"entry amount {parsed.amount!r} or version {parsed.v} is invalid")
+    amount = parsed.amount
+    if (parsed.v != ENTRY_FORMAT_VERSION or not amount.isdigit() or amount.startswith("0")
+            or (len(amount) >= AMOUNT_DIGITS_MAX and int(amount) >= AMOUNT_LIMIT)):
+        raise ValueError(f"entry amount {amount[:90]!r} or version {parsed.v} is invalid "
+                         f"(version {ENTRY_FORMAT_VERSION}, 0 < amount < 2^256)")
+    if not ACTOR_PATTERN.match(parsed.actor):
+        raise ValueError(f"entry actor {parsed.actor[:140]!r} is not user:<id> or service:<name>")
     return parsed
 
 

@@ -19,6 +19,7 @@ from custody.ledger.entry import Entry, TransferKind
 TRANSFER_COLUMNS = (
     "seq", "id", "kind", "debit_account_id", "credit_account_id", "asset", "amount",
     "pending_id", "timeout_s", "expires_ms", "code", "reference", "timestamp_ms", "prev_hash", "hash",
+    "actor",
 )
 BALANCE_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
@@ -39,7 +40,8 @@ def insert_entries(session: Session, created: Sequence[tuple[Entry, str, str]]) 
     """Append journal rows (entry, prev_hash, hash) in one round trip."""
     rows = [
         (e.seq, e.id, e.kind.value, e.debit_account, e.credit_account, e.asset, e.amount,
-         e.pending_id, e.timeout_s, e.expires_ms, e.code, e.reference, e.timestamp_ms, prev, entry_hash)
+         e.pending_id, e.timeout_s, e.expires_ms, e.code, e.reference, e.timestamp_ms, prev, entry_hash,
+         e.actor)
         for e, prev, entry_hash in created
     ]
     columns = ", ".join(TRANSFER_COLUMNS)
@@ -118,5 +120,5 @@ def entry_from_row(row: Sequence[Any]) -> tuple[Entry, str]:
         seq=int(row[0]), id=row[1], kind=TransferKind(row[2]), debit_account=int(row[3]),
         credit_account=int(row[4]), asset=row[5], amount=int(row[6]), pending_id=row[7],
         timeout_s=int(row[8]), expires_ms=None if row[9] is None else int(row[9]), code=int(row[10]),
-        reference=row[11], timestamp_ms=int(row[12]),
+        reference=row[11], timestamp_ms=int(row[12]), actor=row[15],
     ), row[14]

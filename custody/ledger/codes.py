@@ -35,6 +35,7 @@ class LedgerCode(IntEnum):
     INVALID_OWNER = 4025
     BATCH_EMPTY = 4026
     INVALID_CURSOR = 4027
+    INVALID_ACTOR = 4028
 
     @property
     def error(self) -> str:

@@ -7,13 +7,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from enum import IntFlag, StrEnum
 from json.encoder import encode_basestring_ascii as _json_str
 
-ENTRY_FORMAT_VERSION = 1
+# Version 2 added ``actor``; the verifier reads version 2 only (no version 1 data was ever
+# produced outside tests, see docs/ledger-format.md).
+ENTRY_FORMAT_VERSION = 2
 ENTRY_HASH_DOMAIN = b"strongroom.ledger.entry.v1\x00"
 GENESIS_HASH = "00" * 32
+# Who caused an entry: ``user:<id or name>`` for a person, ``service:<name>`` for a component.
+ACTOR_PATTERN = re.compile(r"^(user|service):[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
+ACTOR_MAX_LEN = 136
+SERVICE_ACTOR = "service:ledger"
+EXPIRY_ACTOR = "service:ledger-expiry"
+
+
+def valid_actor(actor: object) -> bool:
+    """Tell whether ``actor`` is a well-formed ``user:...`` or ``service:...`` actor string."""
+    return isinstance(actor, str) and ACTOR_PATTERN.match(actor) is not None
 
 
 class TransferKind(StrEnum):
@@ -85,11 +98,13 @@ class Entry:
     code: int
     reference: str
     timestamp_ms: int
+    actor: str
 
     def to_dict(self) -> dict[str, object]:
         """Return the entry as the JSON object of its canonical form (amount as a string)."""
         return {
             "v": ENTRY_FORMAT_VERSION,
+            "actor": self.actor,
             "seq": self.seq,
             "id": self.id,
             "kind": self.kind.value,
@@ -114,7 +129,8 @@ class Entry:
         pending = "null" if self.pending_id is None else _json_str(self.pending_id)
         expires = "null" if self.expires_ms is None else str(self.expires_ms)
         return (
-            f'{{"amount":"{self.amount}","asset":{_json_str(self.asset)},"code":{self.code},'
+            f'{{"actor":{_json_str(self.actor)},"amount":"{self.amount}",'
+            f'"asset":{_json_str(self.asset)},"code":{self.code},'
             f'"credit_account":{self.credit_account},"debit_account":{self.debit_account},'
             f'"expires_ms":{expires},"id":{_json_str(self.id)},"kind":"{self.kind.value}",'
             f'"pending_id":{pending},"reference":{_json_str(self.reference)},"seq":{self.seq},'
@@ -131,8 +147,14 @@ class Entry:
         if set(data) != expected:
             raise ValueError(f"entry keys were {sorted(data)}, must be {sorted(expected)}")
         amount = data["amount"]
-        if not isinstance(amount, str) or not amount.isdigit():
-            raise ValueError(f"entry amount was {amount!r}, must be a string of digits")
+        if not isinstance(amount, str) or not AMOUNT_PATTERN.match(amount):
+            raise ValueError(f"entry amount was {str(amount)[:90]!r}, must be a canonical decimal "
+                             "string below 2^256")
+        if int(amount) >= AMOUNT_LIMIT:
+            raise ValueError("entry amount must be below 2^256")
+        if not valid_actor(data["actor"]):
+            raise ValueError(f"entry actor was {str(data['actor'])[:140]!r}, must be user:<id> or "
+                             "service:<name>")
         return cls(
             seq=_int(data, "seq"),
             id=_str(data, "id"),
@@ -147,19 +169,29 @@ class Entry:
             code=_int(data, "code"),
             reference=_str(data, "reference"),
             timestamp_ms=_int(data, "timestamp_ms"),
+            actor=_str(data, "actor"),
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Entry:
         """Parse canonical bytes; bytes that are not exactly canonical are rejected."""
-        entry = cls.from_dict(json.loads(raw))
+        try:
+            data = json.loads(raw)
+        except RecursionError:
+            raise ValueError("entry JSON is nested too deeply") from None
+        if not isinstance(data, dict):
+            raise ValueError("an entry must be a JSON object")
+        entry = cls.from_dict(data)
         if entry.to_bytes() != raw:
             raise ValueError("entry bytes are not in canonical form")
         return entry
 
 
+AMOUNT_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,77})$")
+AMOUNT_LIMIT = 2**256
+
 ENTRY_KEYS = (
-    "v", "seq", "id", "kind", "debit_account", "credit_account", "asset", "amount",
+    "v", "actor", "seq", "id", "kind", "debit_account", "credit_account", "asset", "amount",
     "pending_id", "timeout_s", "expires_ms", "code", "reference", "timestamp_ms",
 )
 

@@ -6,6 +6,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from custody.db import Base
+from custody.ledger.entry import ACTOR_MAX_LEN
 from custody.money import U256
 
 HASH_HEX_LEN = 64
@@ -64,6 +65,8 @@ class LedgerTransfer(Base):
     timestamp_ms: Mapped[int] = mapped_column(BigInteger)
     prev_hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
     hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+    # Who caused the entry (user:<id> or service:<name>); part of the hash-chained bytes.
+    actor: Mapped[str] = mapped_column(String(ACTOR_MAX_LEN))
 
 
 class LedgerHead(Base):

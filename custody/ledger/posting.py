@@ -127,14 +127,16 @@ def apply_transfer(
     *,
     seq: int,
     now_ms: int,
+    actor: str,
 ) -> Entry:
     """Validate ``req`` against the working state and, only if valid, apply it.
 
-    Return the journal entry. Raise :class:`LedgerError` (state untouched) on refusal.
+    Return the journal entry, which records ``actor`` as its cause. Raise
+    :class:`LedgerError` (state untouched) on refusal.
     """
     if req.kind in (TransferKind.SINGLE, TransferKind.PENDING):
-        return _apply_new_funds(req, accounts, seq=seq, now_ms=now_ms)
-    return _apply_resolution(req, accounts, pendings, seq=seq, now_ms=now_ms)
+        return _apply_new_funds(req, accounts, seq=seq, now_ms=now_ms, actor=actor)
+    return _apply_resolution(req, accounts, pendings, seq=seq, now_ms=now_ms, actor=actor)
 
 
 def _account(accounts: dict[int, AccountState], account_id: int, role: str) -> AccountState:
@@ -145,7 +147,7 @@ def _account(accounts: dict[int, AccountState], account_id: int, role: str) -> A
 
 
 def _apply_new_funds(
-    req: TransferRequest, accounts: dict[int, AccountState], *, seq: int, now_ms: int
+    req: TransferRequest, accounts: dict[int, AccountState], *, seq: int, now_ms: int, actor: str
 ) -> Entry:
     assert req.debit_account is not None and req.credit_account is not None
     assert req.amount is not None
@@ -177,7 +179,7 @@ def _apply_new_funds(
         seq=seq, id=req.id, kind=req.kind, debit_account=debit.id, credit_account=credit.id,
         asset=debit.asset, amount=amount, pending_id=None, timeout_s=req.timeout_s,
         expires_ms=now_ms + req.timeout_s * 1000 if pending and req.timeout_s else None,
-        code=req.code, reference=req.reference, timestamp_ms=now_ms,
+        code=req.code, reference=req.reference, timestamp_ms=now_ms, actor=actor,
     )
 
 
@@ -198,6 +200,7 @@ def _apply_resolution(
     *,
     seq: int,
     now_ms: int,
+    actor: str,
 ) -> Entry:
     assert req.pending_id is not None
     state = _pending_for(req, pendings, now_ms)
@@ -224,7 +227,7 @@ def _apply_resolution(
         seq=seq, id=req.id, kind=req.kind, debit_account=held.debit_account,
         credit_account=held.credit_account, asset=held.asset, amount=amount,
         pending_id=held.id, timeout_s=0, expires_ms=None, code=req.code or held.code,
-        reference=req.reference, timestamp_ms=now_ms,
+        reference=req.reference, timestamp_ms=now_ms, actor=actor,
     )
 
 
@@ -264,7 +267,7 @@ def _release(held: Entry, posted: int, accounts: dict[int, AccountState], seq: i
 
 
 def expire(
-    pending: PendingState, accounts: dict[int, AccountState], *, seq: int, now_ms: int
+    pending: PendingState, accounts: dict[int, AccountState], *, seq: int, now_ms: int, actor: str
 ) -> Entry:
     """Release a pending transfer whose timeout has passed; return the expiry entry."""
     held = pending.entry
@@ -276,7 +279,7 @@ def expire(
         seq=seq, id=f"expire:{held.id}", kind=TransferKind.EXPIRE,
         debit_account=held.debit_account, credit_account=held.credit_account, asset=held.asset,
         amount=held.amount, pending_id=held.id, timeout_s=0, expires_ms=None, code=held.code,
-        reference="timeout", timestamp_ms=now_ms,
+        reference="timeout", timestamp_ms=now_ms, actor=actor,
     )
 
 

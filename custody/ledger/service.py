@@ -23,11 +23,14 @@ from custody.ledger import bulk
 from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import (
     DEFAULT_FLAGS,
+    EXPIRY_ACTOR,
+    SERVICE_ACTOR,
     AccountFlags,
     AccountKind,
     Entry,
     TransferKind,
     chain_hash,
+    valid_actor,
 )
 from custody.ledger.models import LedgerAccount, LedgerHead, LedgerTransfer
 from custody.ledger.posting import (
@@ -201,21 +204,26 @@ class Ledger:
 
     # -- transfers --------------------------------------------------------------------------
 
-    def transfer(self, request: TransferRequest) -> TransferResult:
-        """Submit one transfer; raise :class:`LedgerError` if it is refused."""
-        result = self.submit([request])[0]
+    def transfer(self, request: TransferRequest, *, actor: str = SERVICE_ACTOR) -> TransferResult:
+        """Submit one transfer on behalf of ``actor``; raise :class:`LedgerError` if refused."""
+        result = self.submit([request], actor=actor)[0]
         if result.code is not None:
             raise LedgerError(result.code, result.message)
         return result
 
     def submit(
-        self, requests: Sequence[TransferRequest], *, linked: bool = False
+        self, requests: Sequence[TransferRequest], *, linked: bool = False,
+        actor: str = SERVICE_ACTOR,
     ) -> list[TransferResult]:
         """Apply a batch in one database transaction and return one result per request.
 
         Unlinked: each request succeeds or fails on its own. Linked: all succeed or
-        none is applied, and the others report ``linked_transfer_failed``.
+        none is applied, and the others report ``linked_transfer_failed``. Every
+        entry written records ``actor`` (``user:<id>`` or ``service:<name>``) in its
+        hash-chained bytes; a retry that finds the entry already written does not
+        change the recorded actor.
         """
+        _check_actor(actor)
         if not requests:
             raise LedgerError(LedgerCode.BATCH_EMPTY, "a batch must hold at least one transfer")
         if len(requests) > MAX_BATCH:
@@ -225,7 +233,7 @@ class Ledger:
         if linked and failures:
             return _linked_failure(requests, failures)
         with self._sessions.begin() as session:
-            results = self._apply_batch(session, requests, failures, linked=linked)
+            results = self._apply_batch(session, requests, failures, linked=linked, actor=actor)
         if linked and any(not r.ok for r in results):
             # _apply_batch wrote nothing, so the committed transaction changed nothing.
             return _linked_failure(requests, {r.index: r for r in results if not r.ok})
@@ -238,6 +246,7 @@ class Ledger:
         failures: dict[int, TransferResult],
         *,
         linked: bool,
+        actor: str,
     ) -> list[TransferResult]:
         head = _lock_head(session)
         existing = _load_entries(session, [r.id for r in requests])
@@ -251,7 +260,8 @@ class Ledger:
             result = failures.get(index) or _existing_result(index, req, existing)
             if result is None:
                 try:
-                    entry = apply_transfer(req, accounts, pendings, seq=seq + 1, now_ms=now_ms)
+                    entry = apply_transfer(req, accounts, pendings, seq=seq + 1, now_ms=now_ms,
+                                           actor=actor)
                 except LedgerError as exc:
                     result = _failed(index, req.id, exc)
                 else:
@@ -269,8 +279,11 @@ class Ledger:
             _write(session, created, accounts, seq, tip)
         return results
 
-    def expire_pending(self, limit: int = EXPIRE_BATCH_MAX) -> list[Entry]:
+    def expire_pending(
+        self, limit: int = EXPIRE_BATCH_MAX, *, actor: str = EXPIRY_ACTOR
+    ) -> list[Entry]:
         """Release pending transfers whose timeout has passed; return the expiry entries."""
+        _check_actor(actor)
         with self._sessions.begin() as session:
             head = _lock_head(session)
             now_ms = self._clock()
@@ -288,7 +301,7 @@ class Ledger:
             created: list[tuple[Entry, str, str]] = []
             for pending in pendings:
                 seq += 1
-                entry = expire(pending, accounts, seq=seq, now_ms=now_ms)
+                entry = expire(pending, accounts, seq=seq, now_ms=now_ms, actor=actor)
                 entry_hash = chain_hash(tip, entry.to_bytes())
                 created.append((entry, tip, entry_hash))
                 tip = entry_hash
@@ -345,6 +358,13 @@ class Ledger:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+def _check_actor(actor: str) -> None:
+    if not valid_actor(actor):
+        raise LedgerError(LedgerCode.INVALID_ACTOR,
+                          f"actor was {str(actor)[:140]!r}, must be user:<id or name> or "
+                          "service:<name> (1-128 characters of [A-Za-z0-9._:@-] after the colon)")
+
 
 def _validate_account(owner: str, asset: str, kind: str, flags: int | None) -> AccountKind:
     if not isinstance(owner, str) or not OWNER_PATTERN.match(owner):
@@ -480,7 +500,7 @@ def _entry(row: LedgerTransfer) -> Entry:
         seq=row.seq, id=row.id, kind=TransferKind(row.kind), debit_account=row.debit_account_id,
         credit_account=row.credit_account_id, asset=row.asset, amount=row.amount,
         pending_id=row.pending_id, timeout_s=row.timeout_s, expires_ms=row.expires_ms,
-        code=row.code, reference=row.reference, timestamp_ms=row.timestamp_ms,
+        code=row.code, reference=row.reference, timestamp_ms=row.timestamp_ms, actor=row.actor,
     )
 
 

@@ -320,3 +320,51 @@ def test_sums_per_asset_are_zero_after_mixed_operations(ledger: Ledger) -> None:
     ledger.transfer(pending("h", alice.id, bob.id, 30))
     ledger.transfer(single("s", bob.id, alice.id, 5))
     assert sums_by_asset(ledger) == {"BTC": (0, 0), "ETH": (0, 0)}
+
+
+def test_submit_records_the_callers_actor_in_the_hash_chained_entry(ledger: Ledger) -> None:
+    alice, _ = funded_user(ledger, "alice", "BTC", 100)
+    bob, _ = funded_user(ledger, "bob", "BTC", 0)
+    ledger.submit([single("t1", alice.id, bob.id, 5)], actor="user:42")
+    ledger.transfer(single("t2", alice.id, bob.id, 5), actor="service:exchange")
+    entries = {entry.id: (entry, entry_hash) for entry, entry_hash in ledger.journal()}
+    assert entries["t1"][0].actor == "user:42"
+    assert entries["t2"][0].actor == "service:exchange"
+    assert b'"actor":"user:42"' in entries["t1"][0].to_bytes()
+    assert ledger.get_transfer("t1").actor == "user:42"
+
+
+def test_submit_without_actor_records_the_ledger_service(ledger: Ledger) -> None:
+    funded_user(ledger, "alice", "BTC", 100)
+    assert ledger.get_transfer("fund-alice-BTC").actor == "service:ledger"
+
+
+def test_retry_by_another_actor_keeps_the_original_actor(ledger: Ledger) -> None:
+    alice, _ = funded_user(ledger, "alice", "BTC", 100)
+    bob, _ = funded_user(ledger, "bob", "BTC", 0)
+    ledger.transfer(single("t1", alice.id, bob.id, 5), actor="user:alice")
+    again = ledger.transfer(single("t1", alice.id, bob.id, 5), actor="user:mallory")
+    assert again.status is ResultStatus.EXISTS
+    assert ledger.get_transfer("t1").actor == "user:alice"
+
+
+@pytest.mark.parametrize("actor", ["", "alice", "admin:1", "user:", "user: x", "user:\x1b[2J",
+                                   "service:" + "x" * 129, "user:a/b"])
+def test_submit_with_malformed_actor_is_refused_and_writes_nothing(ledger: Ledger, actor: str) -> None:
+    alice, _ = funded_user(ledger, "alice", "BTC", 100)
+    bob, _ = funded_user(ledger, "bob", "BTC", 0)
+    before = ledger.head()
+    with pytest.raises(LedgerError) as err:
+        ledger.submit([single("t1", alice.id, bob.id, 5)], actor=actor)
+    assert err.value.code is LedgerCode.INVALID_ACTOR
+    assert ledger.head() == before
+
+
+def test_expiry_entries_record_the_expiry_service(ledger: Ledger, clock) -> None:  # type: ignore[no-untyped-def]
+    alice, _ = funded_user(ledger, "alice", "USDC", 100)
+    held = ledger.create_account("platform", "USDC", AccountKind.WITHDRAWALS_IN_FLIGHT)
+    ledger.transfer(pending("hold", alice.id, held.id, 70, timeout_s=1), actor="user:alice")
+    clock.advance(1_000)
+    [expired] = ledger.expire_pending()
+    assert expired.actor == "service:ledger-expiry"
+    assert ledger.get_transfer(expired.id).actor == "service:ledger-expiry"

@@ -73,7 +73,8 @@ def test_core_balances_sum_to_zero_and_constraints_hold_for_any_sequence(
         before = _snapshot(accounts)
         try:
             validate_request_shape(req)
-            entry = apply_transfer(req, accounts, pendings, seq=seq + 1, now_ms=0)
+            entry = apply_transfer(req, accounts, pendings, seq=seq + 1, now_ms=0,
+                                       actor="service:test")
         except LedgerError:
             assert _snapshot(accounts) == before, "a refused transfer changed state"
             continue
@@ -124,6 +125,7 @@ entries = st.builds(
     timeout_s=st.integers(0, 10**6), expires_ms=st.none() | st.integers(0, 2**62),
     code=st.integers(0, 2**31 - 1), reference=st.text(max_size=40),
     timestamp_ms=st.integers(0, 2**62),
+    actor=st.from_regex(r"(user|service):[A-Za-z0-9][A-Za-z0-9._:@\-]{0,30}", fullmatch=True),
 )
 
 
