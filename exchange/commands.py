@@ -55,6 +55,13 @@ class CancelOrder(_VenueCommand, frozen=True, tag="cancel"):
     account: str | None = None
 
 
+class CancelAllOrders(_VenueCommand, frozen=True, tag="cancel_all"):
+    """Cancel every live order of ``account`` on ``symbol``."""
+
+    symbol: str
+    account: str
+
+
 class AmendOrder(_VenueCommand, frozen=True, tag="amend"):
     """Amend a resting order."""
 
@@ -117,6 +124,6 @@ class Drain(_VenueCommand, frozen=True, tag="drain"):
 
 
 VenueCommand = (
-    Deposit | Withdraw | SeedInsurance | Place | CancelOrder | AmendOrder | Quote | Tick | SetMark
-    | Advance | Fund | Expire | Liquidate | Drain
+    Deposit | Withdraw | SeedInsurance | Place | CancelOrder | CancelAllOrders | AmendOrder | Quote
+    | Tick | SetMark | Advance | Fund | Expire | Liquidate | Drain
 )

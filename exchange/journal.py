@@ -11,10 +11,19 @@ Records are the commands of exchange/commands.py; sequence numbers start
 at 1 and increase by exactly one across segments. A batch of commands ends
 with a ``Drain`` record: the shell commits the journal right after it and
 only then releases the batch's effects (ledger postings, API responses).
+
+Versions before 2026-12 journaled an order the API then refused because of
+an invalid ``side``, ``type``, ``tif``, ``stp`` or ``trigger``; such a record
+does not decode into ``NewOrder``'s enums. Reading one is not corruption: it
+is decoded leniently and replayed exactly as those versions ran it (the book
+rejected it), so the state hash and every later posting id stay what they
+were. The venue now refuses such orders before journaling them
+(``exchange.venue.order_problem``), so no new one can be written.
 """
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +31,7 @@ from typing import Final
 
 import msgspec
 
-from exchange.commands import VenueCommand
+from exchange.commands import Place, VenueCommand
 from exchange.engine.journal import (
     HEADER,
     MAX_RECORD_BYTES,
@@ -33,13 +42,55 @@ from exchange.engine.journal import (
     check_record,
     claimed_end,
 )
+from exchange.engine.messages import NewOrder
 
 MAGIC: Final = b"SRVJN001"
 SEGMENT_PREFIX: Final = "venue-journal-"
 SEGMENT_SUFFIX: Final = ".log"
 
+log = logging.getLogger(__name__)
+
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[VenueCommand] = msgspec.json.Decoder(VenueCommand)
+
+
+class _LegacyOrder(msgspec.Struct, tag_field="op", tag="new", forbid_unknown_fields=True):
+    """A journaled ``NewOrder`` whose enum fields are plain strings (see the module docstring)."""
+
+    id: str
+    account: str
+    side: str
+    qty: int
+    type: str = "limit"
+    price: int | None = None
+    tif: str = "GTC"
+    stp: str | None = None
+    reduce_only: bool = False
+    trigger_price: int | None = None
+    trigger: str = "last"
+    ts: int = 0
+
+
+class _LegacyPlace(msgspec.Struct, tag_field="op", tag="place", forbid_unknown_fields=True):
+    symbol: str
+    order: _LegacyOrder
+
+
+_legacy_decoder: msgspec.json.Decoder[_LegacyPlace] = msgspec.json.Decoder(_LegacyPlace)
+
+
+def legacy_place(payload: bytes) -> Place | None:
+    """Return the order a pre-validation version journaled and the book refused, or None.
+
+    The result carries the original (invalid) enum strings: replaying it gives
+    the same rejection, sequence numbers and state hash as the original run.
+    """
+    try:
+        old = _legacy_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    order = NewOrder(**msgspec.structs.asdict(old.order))
+    return Place(old.symbol, order)
 
 __all__ = ["MAGIC", "FsyncPolicy", "JournalCorrupt", "SegmentScan", "VenueJournalWriter",
            "encode_record", "list_segments", "read_segment", "segment_name"]
@@ -108,8 +159,16 @@ def read_segment(path: Path) -> SegmentScan:
             raise JournalCorrupt(f"{path}: {problem} at byte {pos} with data after it")
         length, _, seq = HEADER.unpack_from(data, pos)
         start = pos + HEADER.size
+        payload = data[start:start + length]
         try:
-            cmd = _decoder.decode(data[start:start + length])
+            cmd = _decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            legacy = legacy_place(payload)
+            if legacy is None:
+                raise JournalCorrupt(f"{path}: record seq {seq} at byte {pos}: {exc}") from exc
+            log.warning("%s: record seq %d is an order refused by validation (%s); replaying it "
+                        "as the rejection it was when it was written", path, seq, exc)
+            cmd = legacy
         except msgspec.DecodeError as exc:
             raise JournalCorrupt(f"{path}: record seq {seq} at byte {pos}: {exc}") from exc
         records.append((seq, cmd))

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, get_args
 
 import msgspec
 
 from exchange.commands import (
     Advance,
     AmendOrder,
+    CancelAllOrders,
     CancelOrder,
     Deposit,
     Drain,
@@ -36,6 +37,7 @@ from exchange.commands import (
     VenueCommand,
     Withdraw,
 )
+from exchange.engine.codes import ResultCode
 from exchange.engine.messages import (
     Amend,
     Amended,
@@ -43,10 +45,14 @@ from exchange.engine.messages import (
     CancelAll,
     Event,
     NewOrder,
+    OrderType,
+    PriceKind,
     PriceUpdate,
     Rejected,
     SetReference,
     Side,
+    StpMode,
+    TimeInForce,
     Trade,
 )
 from exchange.engine.orderbook import OrderBook
@@ -68,6 +74,96 @@ MAX_FILLS_KEPT: Final = 1_000
 INTEREST_CLAMP_PPM: Final = 500
 PARTIAL_TARGET_NUM: Final = 9  # partial liquidation aims at equity >= MM * 10/9
 PARTIAL_TARGET_DEN: Final = 10
+# The journal stores integers as JSON numbers that must decode back into 64-bit fields.
+JOURNAL_INT_MIN: Final = -(2**63)
+JOURNAL_INT_MAX: Final = 2**63 - 1
+MAX_ECHO_CHARS: Final = 40  # how much of a refused value an error message repeats
+
+SIDES: Final[frozenset[str]] = frozenset(get_args(Side))
+ORDER_TYPES: Final[frozenset[str]] = frozenset(get_args(OrderType))
+TIMES_IN_FORCE: Final[frozenset[str]] = frozenset(get_args(TimeInForce))
+STP_MODES: Final[frozenset[str]] = frozenset(get_args(StpMode))
+PRICE_KINDS: Final[frozenset[str]] = frozenset(get_args(PriceKind))
+
+
+class InvalidCommand(ValueError):
+    """A command the venue refuses before it changes or journals anything.
+
+    Such a command could not be decoded from the journal again (an enum value
+    outside its set, a string that is not valid UTF-8, an integer beyond 64
+    bits), so it must never reach the journal: it would stop the next start.
+    """
+
+    def __init__(self, code: ResultCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _echo(value: object) -> str:
+    return repr(value)[:MAX_ECHO_CHARS]
+
+
+def _journal_str(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\\ud800" escape
+        return False
+    return True
+
+
+def _journal_int(value: object, optional: bool = False) -> bool:
+    if value is None:
+        return optional
+    return type(value) is int and JOURNAL_INT_MIN <= value <= JOURNAL_INT_MAX
+
+
+def order_problem(cmd: NewOrder) -> tuple[ResultCode, str] | None:
+    """Return why a new order cannot be journaled (code, message), or None when it can.
+
+    Checks the type of every field and every enum (side, type, tif, stp,
+    trigger); what the book decides (tick, lot, band, margin) is left to it.
+    """
+    if not _journal_str(cmd.id) or not _journal_str(cmd.account):
+        return ResultCode.BAD_ID, f"order id was {_echo(cmd.id)}, must be a UTF-8 string"
+    if cmd.side not in SIDES:
+        return ResultCode.BAD_SIDE, f"side was {_echo(cmd.side)}, must be buy|sell"
+    if cmd.type not in ORDER_TYPES:
+        return ResultCode.BAD_ORDER_TYPE, (f"type was {_echo(cmd.type)}, must be "
+                                           f"{'|'.join(sorted(ORDER_TYPES))}")
+    if cmd.tif not in TIMES_IN_FORCE:
+        return ResultCode.BAD_ORDER_TYPE, (f"tif was {_echo(cmd.tif)}, must be "
+                                           f"{'|'.join(sorted(TIMES_IN_FORCE))}")
+    if cmd.stp is not None and cmd.stp not in STP_MODES:
+        return ResultCode.BAD_ORDER_TYPE, (f"stp was {_echo(cmd.stp)}, must be "
+                                           f"{'|'.join(sorted(STP_MODES))} or absent")
+    if cmd.trigger not in PRICE_KINDS:
+        return ResultCode.BAD_TRIGGER, f"trigger was {_echo(cmd.trigger)}, must be last|mark"
+    if not _journal_int(cmd.qty):
+        return ResultCode.BAD_QTY, f"qty was {_echo(cmd.qty)}, must be a 64-bit integer"
+    if not _journal_int(cmd.price, optional=True):
+        return ResultCode.BAD_PRICE, f"price was {_echo(cmd.price)}, must be a 64-bit integer"
+    if not _journal_int(cmd.trigger_price, optional=True):
+        return ResultCode.BAD_TRIGGER, (f"trigger_price was {_echo(cmd.trigger_price)}, "
+                                        "must be a 64-bit integer")
+    if type(cmd.reduce_only) is not bool or not _journal_int(cmd.ts):
+        return ResultCode.INVALID_COMMAND, "reduce_only must be a boolean and ts a 64-bit integer"
+    return None
+
+
+def amend_problem(cmd: Amend) -> tuple[ResultCode, str] | None:
+    """Return why an amend cannot be journaled (code, message), or None when it can."""
+    if not _journal_str(cmd.id) or not (cmd.account is None or _journal_str(cmd.account)):
+        return ResultCode.BAD_ID, f"order id was {_echo(cmd.id)}, must be a UTF-8 string"
+    if not _journal_int(cmd.qty, optional=True):
+        return ResultCode.BAD_QTY, f"qty was {_echo(cmd.qty)}, must be a 64-bit integer"
+    if not _journal_int(cmd.price, optional=True):
+        return ResultCode.BAD_PRICE, f"price was {_echo(cmd.price)}, must be a 64-bit integer"
+    if not _journal_int(cmd.ts):
+        return ResultCode.INVALID_COMMAND, f"ts was {_echo(cmd.ts)}, must be a 64-bit integer"
+    return None
 
 
 class CommandLog(Protocol):
@@ -142,9 +238,13 @@ class Venue:
         """Run one journaled command (replay); return what the public method returns."""
         t = type(cmd)
         if t is Place:
-            return self.place(cmd.symbol, cmd.order)  # type: ignore[union-attr]
+            # The journal only holds orders that passed `order_problem` (or, written by an
+            # older version, ones it ran unchecked): run them exactly as they ran live.
+            return self._place(cmd.symbol, cmd.order)  # type: ignore[union-attr]
         if t is CancelOrder:
             return self.cancel(cmd.symbol, cmd.id, cmd.account)  # type: ignore[union-attr]
+        if t is CancelAllOrders:
+            return self.cancel_all(cmd.symbol, cmd.account)  # type: ignore[union-attr, arg-type]
         if t is AmendOrder:
             return self.amend(cmd.symbol, cmd.amend)  # type: ignore[union-attr]
         if t is Drain:
@@ -177,7 +277,17 @@ class Venue:
     # ---------------------------------------------------------------- orders
 
     def place(self, symbol: str, cmd: NewOrder) -> OrderResult:
-        """Run an order through the pre-trade check, the book and settlement."""
+        """Run an order through the pre-trade check, the book and settlement.
+
+        Raises `InvalidCommand` (nothing changed, nothing journaled) for an order
+        the journal could not hold; see `order_problem`.
+        """
+        problem = order_problem(cmd)
+        if problem is not None:
+            raise InvalidCommand(*problem)
+        return self._place(symbol, cmd)
+
+    def _place(self, symbol: str, cmd: NewOrder) -> OrderResult:
         ch = self.clearing
         ch.begin()
         code, message = ch.check_new(symbol, cmd)
@@ -190,14 +300,34 @@ class Venue:
     def cancel(self, symbol: str, order_id: str, account: str | None) -> list[Event]:
         """Cancel a live order (the engine checks ownership when ``account`` is given)."""
         self._known(symbol)
+        if not _journal_str(order_id) or not (account is None or _journal_str(account)):
+            raise InvalidCommand(ResultCode.BAD_ID, f"order id was {_echo(order_id)}, "
+                                 "must be a UTF-8 string")
         self.clearing.begin()
         events = self._run(symbol, Cancel(order_id, account, self.now_ms))
         self._log(CancelOrder(symbol, order_id, account))
         return events
 
-    def amend(self, symbol: str, cmd: Amend) -> OrderResult:
-        """Amend a resting order; a larger quantity or price needs margin for the difference."""
+    def cancel_all(self, symbol: str, account: str) -> list[Event]:
+        """Cancel every live order (resting and untriggered stops) of ``account`` on ``symbol``."""
         self._known(symbol)
+        if not _journal_str(account):
+            raise InvalidCommand(ResultCode.INVALID_COMMAND, f"account was {_echo(account)}, "
+                                 "must be a UTF-8 string")
+        self.clearing.begin()
+        events = self._run(symbol, CancelAll(account, self.now_ms))
+        self._log(CancelAllOrders(symbol, account))
+        return events
+
+    def amend(self, symbol: str, cmd: Amend) -> OrderResult:
+        """Amend a resting order; a larger quantity or price needs margin for the difference.
+
+        Raises `InvalidCommand` (nothing changed) for an amend the journal could not hold.
+        """
+        self._known(symbol)
+        problem = amend_problem(cmd)
+        if problem is not None:
+            raise InvalidCommand(*problem)
         result = self._amend(symbol, cmd)
         self._log(AmendOrder(symbol, cmd))
         return result
@@ -269,6 +399,9 @@ class Venue:
 
     def quote(self, underlying: str, source: str, price: int, ts_ms: int) -> None:
         """Record a price source's quote (it counts at the next ``tick``)."""
+        if not _journal_str(source) or not _journal_int(price) or not _journal_int(ts_ms):
+            raise InvalidCommand(ResultCode.INVALID_COMMAND,
+                                 f"quote source {_echo(source)} / price {_echo(price)} cannot be journaled")
         self.indices[underlying].quote(source, price, ts_ms)
         self._log(Quote(underlying, source, price, ts_ms))
 

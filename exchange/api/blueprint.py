@@ -9,12 +9,20 @@ quotes, the clock) are admin-only.
 
 Amounts and prices are JSON integers in minor units (documented in
 docs/exchange-api.md); every refusal is ``{"code", "error", "message"}``.
+
+Client order ids are scoped per user: the book sees
+``<scope of the user>:<client id>`` (`engine_order_id`), so two users may use
+the same id, and neither learns nor blocks the other's. Responses show a
+trader only their own side of what happened (`_event_view`): never another
+account's name or order id.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from flask import Blueprint, Flask, current_app, jsonify
@@ -25,14 +33,23 @@ from custody.api.errors import ApiError, RequestCode
 from custody.api.request import field_bool, field_int, field_str, json_object, reject_unknown
 from exchange.engine.codes import ResultCode
 from exchange.engine.journal import FsyncPolicy
-from exchange.engine.messages import Amend, NewOrder, Rejected
+from exchange.engine.messages import (
+    Accepted,
+    Amend,
+    Amended,
+    Cancelled,
+    NewOrder,
+    Rejected,
+    Trade,
+    Triggered,
+)
 from exchange.instruments import load_instruments
 from exchange.recovery import DEFAULT_SNAPSHOT_EVERY
 from exchange.risk.clearing import isolated_account
 from exchange.risk.codes import RiskCode
 from exchange.service import ExchangeService
 from exchange.summary import account_summary, instrument_view, order_views, position_views
-from exchange.venue import Venue
+from exchange.venue import MAX_ECHO_CHARS, InvalidCommand, Venue, order_problem
 from policies.api_key import Scope
 from policies.roles import Permission
 
@@ -52,6 +69,13 @@ RISK_STATUS = {
     RiskCode.NO_MARK_PRICE: 409,
     RiskCode.DUPLICATE_ORDER_ID: 409,
 }
+# Client order ids: 1..40 of A-Z a-z 0-9 . _ -, starting with a letter or digit, so an id is
+# always one safe URL path segment (never "..", never "a/b") and fits the book's 64 characters
+# together with the per-user scope.
+CLIENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+CLIENT_ID_RULE: Final = "1-40 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+SCOPE_HEX_CHARS: Final = 16
+SCOPE_SEPARATOR: Final = ":"
 ORDER_FIELDS = {"symbol", "id", "side", "qty", "type", "price", "tif", "stp", "reduce_only",
                 "trigger_price", "trigger", "margin_mode"}
 
@@ -97,6 +121,37 @@ def _now_ms() -> int:
 
 def _risk(code: RiskCode, message: str) -> ApiError:
     return ApiError(code, message, RISK_STATUS.get(code, 400))
+
+
+def _echo(value: object) -> str:
+    return repr(value)[:MAX_ECHO_CHARS]
+
+
+def order_scope(username: str) -> str:
+    """Return the prefix of every book order id of ``username`` (``<16 hex>:``).
+
+    A hash rather than the name itself: usernames have up to 64 characters and
+    the book's ids too, and an id on the book never names its owner.
+    """
+    digest = hashlib.sha256(b"strongroom.exchange.order-scope\0" + username.encode()).hexdigest()
+    return digest[:SCOPE_HEX_CHARS] + SCOPE_SEPARATOR
+
+
+def check_client_id(value: object) -> str:
+    """Return a client order id that follows `CLIENT_ID_PATTERN`, or refuse with 3012 bad_id."""
+    if not isinstance(value, str) or not CLIENT_ID_PATTERN.fullmatch(value):
+        raise ApiError(ResultCode.BAD_ID, f"order id was {_echo(value)}, must be {CLIENT_ID_RULE}")
+    return value
+
+
+def engine_order_id(username: str, client_id: str) -> str:
+    """Return the book's id of ``username``'s order ``client_id``."""
+    return order_scope(username) + client_id
+
+
+def client_order_id(scope: str, engine_id: str) -> str:
+    """Return the id a trader knows for one of their book ids (liquidation ids stay as they are)."""
+    return engine_id[len(scope):] if engine_id.startswith(scope) else engine_id
 
 
 # ------------------------------------------------------------------ public data
@@ -147,55 +202,75 @@ def settlements() -> ResponseReturnValue:
 @bp.post("/orders")
 @TRADE
 def place_order() -> ResponseReturnValue:
-    """Place an order: pre-trade margin check, then the book; returns the engine events."""
+    """Place an order: pre-trade margin check, then the book; returns the caller's events."""
     body = json_object()
     reject_unknown(body, ORDER_FIELDS)
     symbol = field_str(body, "symbol")
     assert symbol is not None
     account = current_principal()
+    client_id = check_client_id(body.get("id"))
     mode = field_str(body, "margin_mode", required=False, default="cross")
     if mode not in ("cross", "isolated"):
-        raise _risk(RiskCode.INVALID_MARGIN_MODE, f"margin_mode was {mode!r}, must be cross or isolated")
+        raise _risk(RiskCode.INVALID_MARGIN_MODE, f"margin_mode was {_echo(mode)}, must be cross or isolated")
     engine_account = isolated_account(account, symbol) if mode == "isolated" else account
-    try:
-        cmd = NewOrder(
-            id=field_str(body, "id") or "", account=engine_account,
-            side=field_str(body, "side"),  # type: ignore[arg-type]
-            qty=field_int(body, "qty") or 0, type=field_str(body, "type", required=False,  # type: ignore[arg-type]
-                                                            default="limit"),
-            price=field_int(body, "price", required=False),
-            tif=field_str(body, "tif", required=False, default="GTC"),  # type: ignore[arg-type]
-            stp=field_str(body, "stp", required=False),  # type: ignore[arg-type]
-            reduce_only=field_bool(body, "reduce_only"),
-            trigger_price=field_int(body, "trigger_price", required=False),
-            trigger=field_str(body, "trigger", required=False, default="last"),  # type: ignore[arg-type]
-            ts=_now_ms() * 1_000_000)
-    except TypeError as exc:
-        raise ApiError(RequestCode.INVALID_FIELD, str(exc)) from None
+    cmd = NewOrder(
+        id=engine_order_id(account, client_id), account=engine_account,
+        side=field_str(body, "side"),  # type: ignore[arg-type]
+        qty=field_int(body, "qty") or 0,
+        type=field_str(body, "type", required=False, default="limit"),  # type: ignore[arg-type]
+        price=field_int(body, "price", required=False),
+        tif=field_str(body, "tif", required=False, default="GTC"),  # type: ignore[arg-type]
+        stp=field_str(body, "stp", required=False),  # type: ignore[arg-type]
+        reduce_only=field_bool(body, "reduce_only"),
+        trigger_price=field_int(body, "trigger_price", required=False),
+        trigger=field_str(body, "trigger", required=False, default="last"),  # type: ignore[arg-type]
+        ts=_now_ms() * 1_000_000)
+    # Refused here, the order changes nothing and is never journaled (a journaled order that
+    # the journal cannot decode again would stop the next start).
+    problem = order_problem(cmd)
+    if problem is not None:
+        raise ApiError(problem[0], problem[1])
     svc = service()
     with svc.command() as venue:
-        if symbol not in venue.specs:
-            raise _risk(RiskCode.UNKNOWN_INSTRUMENT, f"symbol was {symbol!r}, not listed")
-        result = venue.place(symbol, cmd)
+        _known(venue, symbol)
+        result = _invalid_to_400(lambda: venue.place(symbol, cmd))
+    if result.code == RiskCode.DUPLICATE_ORDER_ID:
+        raise _risk(result.code, f"order id {client_id!r} is already live on {symbol}")
     if result.code:
         raise _risk(result.code, result.message)
-    _raise_engine_rejection(result.events)
-    return jsonify({"events": [_event(e) for e in result.events]}), 201
+    return _events_response(result.events, account)
 
 
 @bp.delete("/orders/<symbol>/<order_id>")
 @TRADE
 def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
     """Cancel one of the caller's live orders."""
-    svc = service()
     account = current_principal()
+    client_id = check_client_id(order_id)
+    svc = service()
     with svc.command() as venue:
         _known(venue, symbol)
-        res = venue.clearing.orders.get((symbol, order_id))
-        owner = res.account if res is not None and res.payer == account else account
-        events = venue.cancel(symbol, order_id, owner)
-    _raise_engine_rejection(events)
-    return jsonify({"events": [_event(e) for e in events]})
+        engine_id, owner = _resolve(venue, symbol, account, client_id)
+        events = _invalid_to_400(lambda: venue.cancel(symbol, engine_id, owner))
+    return _events_response(events, account, status=200)
+
+
+@bp.delete("/orders/<symbol>")
+@TRADE
+def cancel_all_orders(symbol: str) -> ResponseReturnValue:
+    """Cancel every live order of the caller on one instrument (cross and isolated)."""
+    account = current_principal()
+    svc = service()
+    events: list[Any] = []
+    with svc.command() as venue:
+        _known(venue, symbol)
+        book = venue.books[symbol]
+        for engine_account in (account, isolated_account(account, symbol)):
+            live = any(o.account == engine_account for o in book.orders.values()) or any(
+                s.account == engine_account for s in book.stops.values())
+            if live:
+                events += venue.cancel_all(symbol, engine_account)
+    return _events_response(events, account, status=200)
 
 
 @bp.patch("/orders/<symbol>/<order_id>")
@@ -205,17 +280,32 @@ def amend_order(symbol: str, order_id: str) -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"qty", "price"})
     account = current_principal()
+    client_id = check_client_id(order_id)
+    qty, price = field_int(body, "qty", required=False), field_int(body, "price", required=False)
     svc = service()
     with svc.command() as venue:
         _known(venue, symbol)
-        res = venue.clearing.orders.get((symbol, order_id))
-        owner = res.account if res is not None and res.payer == account else account
-        result = venue.amend(symbol, Amend(order_id, field_int(body, "qty", required=False),
-                                           field_int(body, "price", required=False), owner))
+        engine_id, owner = _resolve(venue, symbol, account, client_id)
+        result = _invalid_to_400(lambda: venue.amend(symbol, Amend(engine_id, qty, price, owner)))
     if result.code:
-        raise _risk(result.code, result.message)
-    _raise_engine_rejection(result.events)
-    return jsonify({"events": [_event(e) for e in result.events]})
+        raise _risk(result.code, result.message.replace(engine_id, client_id))
+    return _events_response(result.events, account, status=200)
+
+
+def _resolve(venue: Venue, symbol: str, account: str, client_id: str) -> tuple[str, str]:
+    """Return (book id, owning engine account) of the caller's order ``client_id`` on ``symbol``.
+
+    The owner is the isolated sub-account when the order was placed isolated; an
+    order that is not the caller's resolves to the caller, so the book answers 3001.
+    Orders placed before ids were scoped (raw book ids) still resolve when the caller
+    owns them.
+    """
+    orders = venue.clearing.orders
+    for engine_id in (engine_order_id(account, client_id), client_id):
+        res = orders.get((symbol, engine_id))
+        if res is not None and res.payer == account:
+            return engine_id, res.account
+    return engine_order_id(account, client_id), account
 
 
 @bp.get("/orders")
@@ -223,8 +313,13 @@ def amend_order(symbol: str, order_id: str) -> ResponseReturnValue:
 def open_orders() -> ResponseReturnValue:
     """List the caller's live orders (resting and untriggered stops)."""
     svc = service()
+    account = current_principal()
+    scope = order_scope(account)
     with svc.lock:
-        return jsonify({"orders": order_views(svc.venue, current_principal())})
+        views = order_views(svc.venue, account)
+    for view in views:
+        view["id"] = client_order_id(scope, view["id"])
+    return jsonify({"orders": views})
 
 
 @bp.get("/fills")
@@ -233,8 +328,10 @@ def fills() -> ResponseReturnValue:
     """List the caller's most recent fills (cross and isolated), oldest first."""
     svc = service()
     account = current_principal()
+    scope = order_scope(account)
     with svc.lock:
-        rows = [f for a, kept in svc.venue.fills.items() if a == account or a.startswith(account + ":iso:")
+        rows = [dict(f, order_id=client_order_id(scope, f["order_id"]))
+                for a, kept in svc.venue.fills.items() if a == account or a.startswith(account + ":iso:")
                 for f in kept]
     return jsonify({"fills": sorted(rows, key=lambda f: (f["ts"], f["seq"]))})
 
@@ -321,19 +418,57 @@ def advance() -> ResponseReturnValue:
 
 def _known(venue: Venue, symbol: str) -> None:
     if symbol not in venue.specs:
-        raise _risk(RiskCode.UNKNOWN_INSTRUMENT, f"symbol was {symbol!r}, not listed")
+        raise _risk(RiskCode.UNKNOWN_INSTRUMENT, f"symbol was {_echo(symbol)}, not listed")
 
 
-def _raise_engine_rejection(events: list[Any]) -> None:
+def _invalid_to_400(call: Any) -> Any:
+    """Run a venue call; its `InvalidCommand` (nothing changed, nothing journaled) becomes a 400."""
+    try:
+        return call()
+    except InvalidCommand as exc:
+        raise ApiError(exc.code, exc.message) from None
+
+
+def _events_response(events: list[Any], account: str, status: int = 201) -> ResponseReturnValue:
+    """Refuse with the caller's own engine rejection, or answer with the caller's view of events."""
+    scope = order_scope(account)
+    views = [v for v in (_event_view(e, scope) for e in events) if v is not None]
     for e in events:
-        if type(e) is Rejected:
+        if type(e) is Rejected and e.id is not None and e.id.startswith(scope):
             code = ResultCode(e.code)
-            status = 404 if code is ResultCode.UNKNOWN_ORDER else 400
-            raise ApiError(code, e.message, status)
+            raise ApiError(code, e.message.replace(e.id, client_order_id(scope, e.id)),
+                           404 if code is ResultCode.UNKNOWN_ORDER else 400)
+    return jsonify({"events": views}), status
 
 
-def _event(e: Any) -> dict[str, Any]:
-    data: dict[str, Any] = msgspec.to_builtins(e)
-    data["type"] = type(e).__name__.lower()
+def _event_view(e: Any, scope: str) -> dict[str, Any] | None:
+    """Return what the owner of ``scope`` may see of one engine event, or None.
+
+    A trade shows only the caller's side (their order id, side, liquidity):
+    never the counterparty's account or order id, which internal settlement
+    keeps. Events about other accounts' orders (a stop the caller's trade
+    triggered, say) are left out; market data is public and passes through.
+    """
+    t = type(e)
+    if t is Trade:
+        if e.taker.startswith(scope):
+            own, side, liquidity = e.taker, e.taker_side, "taker"
+        elif e.maker.startswith(scope):
+            own, side, liquidity = e.maker, "sell" if e.taker_side == "buy" else "buy", "maker"
+        else:
+            return None
+        return {"type": "trade", "seq": e.seq, "id": client_order_id(scope, own), "side": side,
+                "price": e.price, "qty": e.qty, "liquidity": liquidity, "ts": e.ts}
+    if t in (Accepted, Cancelled, Amended, Triggered, Rejected):
+        if e.id is None or not e.id.startswith(scope):
+            return None
+        data: dict[str, Any] = msgspec.to_builtins(e)
+        data["id"] = client_order_id(scope, e.id)
+        data.pop("account", None)
+        data.pop("oid", None)
+        if t is Rejected:
+            data["message"] = e.message.replace(e.id, data["id"])
+    else:
+        data = msgspec.to_builtins(e)
+    data["type"] = t.__name__.lower()
     return data
-

@@ -9,12 +9,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from custody.ledger.service import Ledger
-from exchange.commands import VenueCommand
+from exchange.commands import Deposit, Drain, VenueCommand
+from exchange.engine.codes import ResultCode
+from exchange.engine.journal import JournalCorrupt
+from exchange.engine.messages import NewOrder
 from exchange.instruments import load_instruments
-from exchange.recovery import list_snapshots
+from exchange.recovery import DurableVenue, list_snapshots, recover
 from exchange.service import ExchangeService
-from exchange.venue import Venue
+from exchange.venue import InvalidCommand, Venue
 
 from .venue_streams import apply_batch, ledger_deposits, random_batches
 
@@ -92,3 +97,78 @@ def test_sigkill_mid_stream_recovers_and_the_ledger_agrees(ledger: Ledger, datab
     assert svc.venue.state_hash() == reference.state_hash()
     assert svc.reconcile() == []
     svc.close()
+
+
+# ------------------------------------------------------------------ refused orders and the journal
+
+BTC_PRICE = 60_000 * 1_000_000
+BAD_ENUMS = [("side", "sideways"), ("type", "iceberg"), ("tif", "GTD"), ("stp", "cancel_nobody"),
+             ("trigger", "index")]
+
+
+def _order(oid: str, price: int, **fields: object) -> NewOrder:
+    values: dict[str, object] = {"side": "buy", "type": "limit", "trigger": "last", **fields}
+    if values["type"] == "limit" and "trigger" in fields:
+        values["type"], values["trigger_price"] = "stop_limit", price + 1_000_000
+    return NewOrder(id=oid, account="a", qty=10, price=price, **values)  # type: ignore[arg-type]
+
+
+def _started(directory: Path) -> DurableVenue:
+    durable, _ = DurableVenue.open(directory, load_instruments())
+    v = durable.venue
+    v.deposit("a", 10**12)
+    v.set_mark("BTC-PERP", BTC_PRICE, BTC_PRICE)
+    v.drain()
+    durable.commit()
+    return durable
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_ENUMS)
+def test_venue_refuses_an_unjournalable_order_before_changing_anything(
+        tmp_path: Path, field: str, value: str) -> None:
+    durable = _started(tmp_path)
+    v = durable.venue
+    before, seq = v.state_hash(), durable.command_seq
+    bad = _order("bad", BTC_PRICE, **{field: value})
+    with pytest.raises(InvalidCommand) as refused:
+        v.place("BTC-PERP", bad)
+    assert refused.value.code in (ResultCode.BAD_SIDE, ResultCode.BAD_ORDER_TYPE, ResultCode.BAD_TRIGGER)
+    v.drain()
+    assert (v.state_hash(), durable.command_seq) == (before, seq)
+    durable.close()
+    assert recover(tmp_path, load_instruments()).venue.state_hash() == before
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_ENUMS)
+def test_refused_order_journaled_by_an_older_version_replays_to_the_same_state(
+        tmp_path: Path, field: str, value: str, caplog: pytest.LogCaptureFixture) -> None:
+    durable = _started(tmp_path)
+    v = durable.venue
+    # What versions before validation did: the order went to the book unchecked (which
+    # rejected it) and into the journal, where it no longer decodes into NewOrder's enums.
+    legacy = _order("old", BTC_PRICE - 1_000_000, **{field: value})
+    assert any(type(e).__name__ == "Rejected" for e in v._place("BTC-PERP", legacy).events)
+    assert v.place("BTC-PERP", NewOrder(id="ok", account="a", side="buy", qty=10,
+                                        price=BTC_PRICE - 1_000_000)).code == 0
+    postings, _ = v.drain()
+    durable.commit()
+    expected = v.state_hash()
+    durable.close()
+    with caplog.at_level("WARNING", logger="exchange.journal"):
+        rec = recover(tmp_path, load_instruments())
+    assert rec.venue.state_hash() == expected
+    assert [p[0] for p in rec.postings][-len(postings):] == [p[0] for p in postings]
+    assert "refused by validation" in caplog.text
+    reopened, _ = DurableVenue.open(tmp_path, load_instruments())
+    assert list(reopened.venue.books["BTC-PERP"].orders) == ["ok"]
+    reopened.close()
+
+
+def test_undecodable_record_of_another_kind_is_corruption_naming_the_record(tmp_path: Path) -> None:
+    durable = _started(tmp_path)
+    durable.record(Deposit("a", "lots"))  # type: ignore[arg-type]
+    durable.record(Drain())
+    durable.commit()
+    durable.close()
+    with pytest.raises(JournalCorrupt, match=r"record seq \d+ at byte \d+"):
+        recover(tmp_path, load_instruments())
