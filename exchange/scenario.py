@@ -89,7 +89,7 @@ class MarketDay:
     # ------------------------------------------------------------------ steps
 
     def deposits(self) -> None:
-        funds = {"mm": 2_000_000, "whale": 300_000, "lev1": 1_700, "lev2": 1_500, "lev3": 1_250,
+        funds = {"mm": 2_000_000, "whale": 300_000, "lev1": 1_700, "lev2": 2_000, "lev3": 2_200,
                  "bear": 100_000, "optbuyer": 20_000, "optseller": 200_000, "hedger": 50_000}
         for who, usdc in funds.items():
             owner = self.name(who)

@@ -38,7 +38,7 @@ from custody.ledger.service import MAX_BATCH, Ledger
 from exchange.engine.journal import FsyncPolicy
 from exchange.instruments import ExchangeConfig
 from exchange.recovery import DEFAULT_SNAPSHOT_EVERY, DurableVenue
-from exchange.risk.clearing import CLEARING, FEES, INSURANCE, WALLET, Posting
+from exchange.risk.clearing import BAD_DEBT, CLEARING, FEES, INSURANCE, WALLET, Posting
 from exchange.risk.events import RiskEvent
 from exchange.venue import Venue
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM_OWNER: Final = "exchange"
 CLEARING_OWNER: Final = "exchange.clearing"
+BAD_DEBT_OWNER: Final = "exchange.bad_debt"
 WALLET_OWNER: Final = "platform"
 POSTING_CODE: Final = 7000  # ledger ``code`` of every exchange transfer
 MAX_EVENTS_KEPT: Final = 100_000
@@ -104,7 +105,8 @@ class ExchangeService:
             ch = self.venue.clearing
             out = [f"m:{a.id}" for a in ch.accounts.values() if self.ledger_balance(f"m:{a.id}") != a.cash]
             out += [f"h:{a.id}" for a in ch.accounts.values() if self.ledger_hold(a.id) != a.hold]
-            out += [k for k, v in ((CLEARING, ch.clearing), (FEES, ch.fees), (INSURANCE, ch.insurance))
+            out += [k for k, v in ((CLEARING, ch.clearing), (FEES, ch.fees), (INSURANCE, ch.insurance),
+                                   (BAD_DEBT, ch.bad_debt))
                     if self.ledger_balance(k) != v]
             return sorted(out)
 
@@ -197,6 +199,10 @@ def _account_of(key: str) -> tuple[str, AccountKind, int | None]:
         # The clearing account's balance is minus the open positions' cost basis: it goes
         # negative while losers have not realised yet, so it carries no balance constraint.
         return CLEARING_OWNER, AccountKind.USER_MARGIN, int(AccountFlags.NONE)
+    if key == BAD_DEBT:
+        # Losses nobody could absorb (insurance fund and ADL exhausted): a platform receivable
+        # kept visible here rather than as a negative user balance, so it is unconstrained.
+        return BAD_DEBT_OWNER, AccountKind.USER_MARGIN, int(AccountFlags.NONE)
     if key == FEES:
         return PLATFORM_OWNER, AccountKind.FEES, None
     if key == INSURANCE:

@@ -40,6 +40,7 @@ class AccountState(msgspec.Struct, frozen=True, array_like=True):
     hold_id: str | None
     hold_n: int
     positions: list[PositionState]
+    leverage: dict[str, int] = {}  # symbol -> initial-margin rate floor (ppm) from the chosen leverage
 
 
 class ReservationState(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -52,6 +53,8 @@ class ReservationState(msgspec.Struct, frozen=True, array_like=True, gc=False):
     side: int
     qty: int
     im: int
+    price: int = 0  # the worst price the order can fill at
+    reduce_only: bool = False
 
 
 class BandEntry(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -90,6 +93,7 @@ class ClearingState(msgspec.Struct, frozen=True):
     orders: list[ReservationState]
     liq_index: list[LiquidationIndexState]
     short_option_accounts: list[str]
+    bad_debt: int = 0
 
 
 class IndexStateRecord(msgspec.Struct, frozen=True):

@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from exchange.instruments import PPM
-from exchange.margin.requirement import position_margin, position_value
+from exchange.margin.requirement import (
+    maintenance_amounts,
+    position_margin,
+    position_value,
+    tier_index,
+)
 from exchange.risk.clearing import Account, isolated_parent
 from exchange.venue import Venue
 
@@ -66,10 +71,12 @@ def liquidation_price(venue: Venue, acct: Account, symbol: str) -> int | None:
     equity, _, mm = ch.valuation(acct)
     mark = ch.marks[symbol]
     own_mm = position_margin(spec, pos.size, mark, mark)[1]
-    rate = spec.tier(abs(pos.size) * mark // spec.contracts_per_unit).mm_ppm
+    tier = tier_index(spec, abs(pos.size) * mark // spec.contracts_per_unit)
+    rate = spec.tiers[tier].mm_ppm
+    cum = maintenance_amounts(spec.tiers)[tier]  # MM = notional * rate - cum (docs/margin.md)
     s, c = pos.size, spec.contracts_per_unit
     denominator = s * PPM - abs(s) * rate
-    numerator = (mm - own_mm - equity) * c * PPM + s * mark * PPM
+    numerator = (mm - own_mm - cum - equity) * c * PPM + s * mark * PPM
     if denominator == 0:
         return None
     price = numerator // denominator

@@ -71,6 +71,7 @@ from exchange.risk.events import (
 from exchange.state import FillRecord, IndexStateRecord, PriceState, VenueState
 
 MAX_FILLS_KEPT: Final = 1_000
+MAX_SWEEP_LEVELS: Final = 1_000  # book levels walked to price a market order's worst fill
 INTEREST_CLAMP_PPM: Final = 500
 PARTIAL_TARGET_NUM: Final = 9  # partial liquidation aims at equity >= MM * 10/9
 PARTIAL_TARGET_DEN: Final = 10
@@ -182,12 +183,22 @@ class PositionHook:
         self.symbol = symbol
 
     def allows_reduce_only(self, account: str, side: Side, qty: int) -> bool:
-        """Return True when ``qty`` on ``side`` can only shrink the account's position."""
-        acct = self.clearing.accounts.get(account)
+        """Return True when ``qty`` on ``side``, with the account's other live reduce-only orders
+        on that side, can only shrink the position (so no sequence of their fills can flip it)."""
+        ch = self.clearing
+        acct = ch.accounts.get(account)
         pos = None if acct is None else acct.positions.get(self.symbol)
         if pos is None:
             return False
-        return (pos.size < 0 and qty <= -pos.size) if side == "buy" else (0 < qty <= pos.size)
+        closable = -pos.size if side == "buy" else pos.size
+        sign = 1 if side == "buy" else -1
+        resting = 0
+        for order_id in ch.order_index.get((account, self.symbol), ()):
+            res = ch.orders[(self.symbol, order_id)]
+            if res.reduce_only and res.side == sign:
+                resting += res.qty
+        # The order being checked is already reserved (the risk check runs first).
+        return closable > 0 and resting <= closable
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,12 +301,54 @@ class Venue:
     def _place(self, symbol: str, cmd: NewOrder) -> OrderResult:
         ch = self.clearing
         ch.begin()
-        code, message = ch.check_new(symbol, cmd)
+        worst = self._sweep_price(symbol, cmd) if symbol in self.books else None
+        code, message = ch.check_new(symbol, cmd, worst)
         if self.journal is not None:
             self._log(Place(symbol, cmd))
         if code:
             return OrderResult(code, message, [])
         return OrderResult(RiskCode.OK, "", self._run(symbol, cmd))
+
+    def _sweep_price(self, symbol: str, cmd: NewOrder) -> int | None:
+        """Return the worst price an order that cannot rest (market, IOC, FOK) would trade at now.
+
+        It walks the opposite side of the book, as the matching will in this very
+        command, down to the order's limit or the band edge. None: the order may
+        rest (its limit is the worst price), or the book cannot be walked exactly.
+        """
+        if cmd.type not in ("market", "limit") or cmd.stp is not None:
+            return None
+        if cmd.type == "limit" and cmd.tif not in ("IOC", "FOK"):
+            return None
+        book = self.books[symbol]
+        buy = cmd.side == "buy"
+        bound = cmd.price
+        if bound is None:
+            ref = book.reference_price
+            if ref is None:
+                return None
+            width = ref * self.specs[symbol].band_bps // 10_000
+            bound = ref + width if buy else max(1, ref - width)
+        opp = book.asks if buy else book.bids
+        need = cmd.qty
+        cost = filled = 0
+        keys = opp.keys
+        for walked, i in enumerate(range(len(keys) - 1, -1, -1), 1):
+            level = opp.levels[keys[i]]
+            if (level.price > bound) if buy else (level.price < bound):
+                break  # the rest is cancelled, never filled
+            if walked > MAX_SWEEP_LEVELS:
+                return bound  # too deep to walk: assume the band edge or the limit
+            take = min(need, level.total)
+            cost += take * level.price
+            filled += take
+            need -= take
+            if need <= 0:
+                break
+        if filled == 0:
+            return None
+        # The average fill price, rounded against the trader: what the loss to the mark is.
+        return -(-cost // filled) if buy else cost // filled
 
     def cancel(self, symbol: str, order_id: str, account: str | None) -> list[Event]:
         """Cancel a live order (the engine checks ownership when ``account`` is given)."""
@@ -342,18 +395,19 @@ class Venue:
         new_qty = book_order.qty if cmd.qty is None else cmd.qty
         new_price = book_order.price if cmd.price is None else cmd.price
         side: Side = "buy" if res.side > 0 else "sell"
-        probe = NewOrder(id=cmd.id, account=res.account, side=side, qty=new_qty, price=new_price)
-        old_qty, old_im = res.qty, res.im
-        ch.release(symbol, cmd.id, old_qty)
+        probe = NewOrder(id=cmd.id, account=res.account, side=side, qty=new_qty, price=new_price,
+                         reduce_only=res.reduce_only)
+        old = (res.account, res.payer, res.side, res.qty, res.im, res.price, res.reduce_only)
+        ch.release(symbol, cmd.id, res.qty)
         code, message = ch.check_new(symbol, probe)
         # Put the old reservation back exactly (re-checking it could fail at today's marks).
         if code:
-            ch.reserve(symbol, cmd.id, res.account, res.payer, res.side, old_qty, old_im)
+            ch.reserve(symbol, cmd.id, *old)
             return OrderResult(code, message, [])
         events = self._run(symbol, cmd)
         if any(type(e) is Rejected for e in events):
             ch.release(symbol, cmd.id, new_qty)
-            ch.reserve(symbol, cmd.id, res.account, res.payer, res.side, old_qty, old_im)
+            ch.reserve(symbol, cmd.id, *old)
         else:
             self._sync_amended(symbol, cmd.id, events)
         return OrderResult(RiskCode.OK, "", events)
@@ -378,7 +432,81 @@ class Venue:
         self.clearing.apply(symbol, events)
         if self.record_fills:
             self._record(symbol, events)
+        if self.clearing.moved:
+            events = events + self._after_fills()
         return events
+
+    def _after_fills(self) -> list[Event]:
+        """Keep every live order of the accounts whose positions just moved within the rules.
+
+        Reduce-only orders shrink (resting) or are cancelled (stops, and any on
+        the side that would now open) so their total never exceeds the position;
+        reservations are recomputed on the new position; and risk-increasing
+        orders the account can no longer afford are cancelled, newest first.
+        """
+        ch = self.clearing
+        out: list[Event] = []
+        while ch.moved:
+            account, symbol = min(ch.moved)
+            ch.moved.discard((account, symbol))
+            if account not in ch.accounts or not ch.trading.get(symbol, False):
+                continue
+            for cmd in self._reduce_only_fixes(account, symbol):
+                out.extend(self._run(symbol, cmd))
+            ch.rereserve(account, symbol)
+            for cmd in self._unaffordable(account, symbol):
+                out.extend(self._run(symbol, cmd))
+        return out
+
+    def _reduce_only_fixes(self, account: str, symbol: str) -> list[Any]:
+        ch = self.clearing
+        book = self.books[symbol]
+        pos = ch.accounts[account].positions.get(symbol)
+        size = 0 if pos is None else pos.size
+        ids = sorted(ch.order_index.get((account, symbol), ()))
+        live = [(self._oid(book, i), i) for i in ids if ch.orders[(symbol, i)].reduce_only]
+        cmds: list[Any] = []
+        room = {1: max(0, -size), -1: max(0, size)}
+        for _, order_id in sorted(live):
+            res = ch.orders[(symbol, order_id)]
+            left = room[res.side]
+            if left >= res.qty:
+                room[res.side] = left - res.qty
+            elif left > 0 and order_id in book.orders:
+                cmds.append(Amend(order_id, qty=left, account=account, ts=self.now_ms))
+                room[res.side] = 0
+            else:
+                cmds.append(Cancel(order_id, account, self.now_ms))
+        return cmds
+
+    @staticmethod
+    def _oid(book: OrderBook, order_id: str) -> int:
+        o = book.orders.get(order_id)
+        if o is not None:
+            return int(o.oid)
+        s = book.stops.get(order_id)
+        return int(s.oid) if s is not None else 0
+
+    def _unaffordable(self, account: str, symbol: str) -> list[Any]:
+        ch = self.clearing
+        ids = ch.order_index.get((account, symbol))
+        if not ids:
+            return []
+        payer = ch.accounts[ch.orders[(symbol, next(iter(ids)))].payer]
+        short = -ch.available(payer)
+        if short <= 0:
+            return []
+        book = self.books[symbol]
+        cmds: list[Any] = []
+        for _, order_id in sorted(((self._oid(book, i), i) for i in ids), reverse=True):
+            res = ch.orders[(symbol, order_id)]
+            if res.im <= 0 or res.reduce_only:
+                continue
+            cmds.append(Cancel(order_id, account, self.now_ms))
+            short -= res.im
+            if short <= 0:
+                break
+        return cmds
 
     def _record(self, symbol: str, events: list[Event]) -> None:
         for e in events:
@@ -497,15 +625,15 @@ class Venue:
         equity, _, mm = ch.valuation(acct)
         if equity < mm and any(p.size for p in acct.positions.values()):
             ch.deleverage(acct)
-        if not any(p.size for p in acct.positions.values()):
-            ch.cover_shortfall(acct)
+        elif not any(p.size for p in acct.positions.values()):
+            ch.settle_losses(acct)
 
     def _liquidation_order(self, account_id: str, symbol: str, full: bool, equity: int, mm: int) -> None:
         ch = self.clearing
         cmd = self.build_liquidation_order(account_id, symbol, full, equity, mm)
         ch.events.append(LiquidationOrder(ch.seq, account_id, symbol, cmd.id, cmd.side, cmd.qty,
                                           cmd.price or 0))
-        code, _ = ch.check_new(symbol, cmd)
+        code, _ = ch.check_new(symbol, cmd, liquidation=True)
         assert code == RiskCode.OK, f"liquidation order refused by risk: {code}"
         self._run(symbol, cmd)
 
@@ -525,7 +653,10 @@ class Venue:
             qty = min(size, -(-size * num // (mm * PARTIAL_TARGET_DEN)))
             lot = spec.lot_size
             qty = min(size, -(-qty // lot) * lot)
-        limit = ch.bankruptcy_limit(acct, symbol, ch.insurance if full else 0)
+        # The full stage may trade past the bankruptcy price by at most the liquidation fee
+        # rate of the position's notional, and only as far as the insurance fund can pay.
+        cap = size * ch.marks[symbol] // spec.contracts_per_unit * spec.liquidation_fee_ppm // PPM
+        limit = ch.bankruptcy_limit(acct, symbol, min(ch.insurance, cap) if full else 0)
         limit = self._inside_band(symbol, limit)
         self._liq_n += 1
         side: Side = "sell" if pos.size > 0 else "buy"

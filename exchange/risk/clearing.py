@@ -26,6 +26,7 @@ from exchange.engine.messages import Cancelled, Event, NewOrder, Rejected, Trade
 from exchange.instruments import PPM, InstrumentSpec
 from exchange.margin.position import Position
 from exchange.margin.requirement import (
+    linear_im,
     linear_margin,
     option_seller_margin,
     position_margin,
@@ -55,6 +56,7 @@ CLEARING: Final = "clearing"
 FEES: Final = "fees"
 INSURANCE: Final = "insurance"
 WALLET: Final = "wallet"
+BAD_DEBT: Final = "bad_debt"
 SINGLE: Final = "single"
 PENDING: Final = "pending"
 VOID: Final = "void"
@@ -68,8 +70,8 @@ Posting = tuple[str, str, str, str, int, str | None]
 class Account:
     """One margin account: a cross account, or the isolated sub-account of one position."""
 
-    __slots__ = ("cache", "cache_version", "cash", "epoch", "hold", "hold_id", "hold_n", "id", "im", "mm",
-                 "order_im", "parent", "positions")
+    __slots__ = ("cache", "cache_version", "cash", "epoch", "hold", "hold_id", "hold_n", "id", "im",
+                 "leverage", "mm", "order_im", "parent", "positions")
 
     def __init__(self, id: str, parent: str | None = None) -> None:
         self.id = id
@@ -81,6 +83,8 @@ class Account:
         self.hold = 0
         self.hold_id: str | None = None
         self.hold_n = 0
+        # Per-symbol IM rate floor (ppm) chosen through the leverage setting; absent: the tier's.
+        self.leverage: dict[str, int] = {}
         # Valuation cache (equity in ``cache``, ``im``, ``mm``), valid while ``cache_version``
         # equals the clearing house's ``version``; any change of cash or positions resets it.
         self.cache = 0
@@ -92,14 +96,17 @@ class Account:
 class OrderReservation:
     """Initial margin reserved for a live order, released as it fills or leaves the book."""
 
-    __slots__ = ("account", "im", "payer", "qty", "side")
+    __slots__ = ("account", "im", "payer", "price", "qty", "reduce_only", "side")
 
-    def __init__(self, account: str, payer: str, side: int, qty: int, im: int) -> None:
+    def __init__(self, account: str, payer: str, side: int, qty: int, im: int, price: int,
+                 reduce_only: bool) -> None:
         self.account = account
         self.payer = payer
         self.side = side
         self.qty = qty
         self.im = im
+        self.price = price  # the worst price it can fill at (the loss against the mark is reserved)
+        self.reduce_only = reduce_only
 
 
 class Clearinghouse:
@@ -114,12 +121,15 @@ class Clearinghouse:
         self.trading: dict[str, bool] = {s: True for s in specs}
         self.holders: dict[str, set[str]] = {s: set() for s in specs}
         self.orders: dict[tuple[str, str], OrderReservation] = {}
+        self.order_index: dict[tuple[str, str], set[str]] = {}  # (account, symbol) -> live order ids
+        self.moved: set[tuple[str, str]] = set()  # (account, symbol) whose position changed
         self.liq_index: dict[str, LiquidationIndex] = {s: LiquidationIndex() for s in specs}
         self.epochs: dict[str, int] = {}
         self.short_option_accounts: set[str] = set()
         self.clearing = 0
         self.fees = 0
         self.insurance = 0
+        self.bad_debt = 0  # minus the losses written off (nobody could absorb them)
         self.external_in = 0  # deposits + seeded insurance - withdrawals
         self.seq = 0
         self.version = 0
@@ -226,7 +236,8 @@ class Clearinghouse:
             spec = specs[symbol]
             mark = marks[symbol]
             equity += position_value(spec, pos.size, pos.cost, mark)
-            i, m = position_margin(spec, pos.size, mark, self.index_of.get(spec.underlying, mark))
+            i, m = position_margin(spec, pos.size, mark, self.index_of.get(spec.underlying, mark),
+                                   acct.leverage.get(symbol, 0))
             im += i
             mm += m
         acct.cache, acct.im, acct.mm = equity, im, mm
@@ -246,8 +257,19 @@ class Clearinghouse:
 
     # ---------------------------------------------------------- pre-trade
 
-    def check_new(self, symbol: str, c: NewOrder) -> tuple[RiskCode, str]:
-        """Check initial margin for a new order and reserve it; refuse with a 2xxx code."""
+    def check_new(self, symbol: str, c: NewOrder, worst_price: int | None = None,
+                  liquidation: bool = False) -> tuple[RiskCode, str]:
+        """Check an order against the account's post-trade state at the mark and reserve for it.
+
+        The reservation (see docs/margin.md, "Pre-trade check") covers the
+        whole-position initial margin the order can add, the loss of filling
+        at its worst price instead of the mark, and the taker fee, minus the
+        initial margin its closing part frees. A risk-increasing order must
+        fit in equity above initial margin; a purely closing one in equity
+        above maintenance margin. ``worst_price``: the band edge a market
+        order can sweep to (the venue knows the book). Liquidation orders
+        reserve nothing: they may trade down to the bankruptcy price.
+        """
         spec = self.specs.get(symbol)
         if spec is None:
             return RiskCode.UNKNOWN_INSTRUMENT, f"instrument was {symbol!r}, not listed"
@@ -267,16 +289,25 @@ class Clearinghouse:
         if pos is None:
             pos = acct.positions[symbol] = Position(symbol)
         side = 1 if c.side == "buy" else -1
-        im = 0 if c.reduce_only else self._order_im(spec, pos, side, c, mark)
+        price = self._worst_price(spec, side, c, mark, worst_price)
         payer = self.accounts[acct.parent] if acct.parent is not None else acct
+        im = opening = 0
+        if not liquidation:
+            same = pos.open_buy if side > 0 else pos.open_sell
+            closable = max(0, (-pos.size if side > 0 else pos.size) - same)
+            gross = self._gross_qty(pos, side)
+            im, opening, _, _ = self._reservation(acct, spec, pos, side, c.qty, price, closable, gross)
         if im > 0:
-            free = self.available(payer)
+            free = self.available(payer) if opening else self.free_above_maintenance(payer)
             if im > free:
                 if pos.idle():
                     del acct.positions[symbol]
+                kind = "initial" if opening else "maintenance"
                 return RiskCode.INSUFFICIENT_MARGIN, (
-                    f"order needs initial margin {im}, account {payer.id} has {max(free, 0)} free")
-        self.orders[key] = OrderReservation(acct.id, payer.id, side, c.qty, im)
+                    f"order needs initial margin {im} (including the loss of its price {price} against "
+                    f"the mark {mark}), account {payer.id} has {max(free, 0)} free above {kind} margin")
+        self.orders[key] = OrderReservation(acct.id, payer.id, side, c.qty, im, price, c.reduce_only)
+        self.order_index.setdefault((acct.id, symbol), set()).add(c.id)
         payer.order_im += im
         if im:
             self.touched.add(payer.id)
@@ -286,37 +317,101 @@ class Clearinghouse:
             pos.open_sell += c.qty
         return RiskCode.OK, ""
 
-    def _order_im(self, spec: InstrumentSpec, pos: Position, side: int, c: NewOrder, mark: int) -> int:
-        """Return the margin an order needs for the part of it that can open exposure."""
-        closable = max(0, -pos.size - pos.open_buy) if side > 0 else max(0, pos.size - pos.open_sell)
-        opening = max(0, c.qty - closable)
-        if opening == 0:
-            return 0
-        price = c.price or c.trigger_price or mark
-        if side > 0 and (c.type == "market" or c.type == "stop_market"):
-            # A market buy may trade up to the band edge: reserve for that worst price.
-            price = max(price, mark)
-            price += price * spec.band_bps // 10_000
-        notional = opening * price // spec.contracts_per_unit
-        fee = notional * max(spec.taker_fee_ppm, 0) // PPM
+    def free_above_maintenance(self, acct: Account) -> int:
+        """Return equity minus maintenance margin minus what open orders reserve."""
+        equity, _, mm = self.valuation(acct)
+        return equity - mm - acct.order_im
+
+    @staticmethod
+    def _worst_price(spec: InstrumentSpec, side: int, c: NewOrder, mark: int, worst: int | None) -> int:
+        """Return the worst price the order can fill at (limit, or band edge for market orders)."""
+        if worst is not None:  # the venue walked the book for an order that cannot rest
+            return worst
+        if c.price is not None:
+            return c.price
+        ref = c.trigger_price or mark
+        width = ref * spec.band_bps // 10_000
+        return ref + width if side > 0 else max(spec.tick_size, ref - width)
+
+    @staticmethod
+    def _gross_qty(pos: Position, side: int) -> int:
+        """Return the exposure (contracts) on ``side`` if the position and its same-side orders fill."""
+        size = pos.size if side > 0 else -pos.size
+        same = pos.open_buy if side > 0 else pos.open_sell
+        return max(0, size + same) if size >= 0 else max(0, same + size)
+
+    def _unit_im(self, spec: InstrumentSpec, long: bool, mark: int) -> int:
+        """Return the initial margin per ``contracts_per_unit`` contracts of an option position."""
+        if long:
+            return mark
+        index = self.index_of.get(spec.underlying, mark)
+        return option_seller_margin(spec, -spec.contracts_per_unit, mark, index)[0]
+
+    def _reservation(self, acct: Account, spec: InstrumentSpec, pos: Position, side: int, qty: int,
+                     price: int, closable: int, gross: int) -> tuple[int, int, int, int]:
+        """Return (reserve, opening qty, closable left, gross left) for one order on ``side``.
+
+        ``closable``: how much of the position is still closable by this side after the
+        orders ahead of it; ``gross``: the exposure this side has before the order.
+        """
+        mark = self.marks[spec.symbol]
+        cpu = spec.contracts_per_unit
+        closing = min(qty, closable)
+        opening = qty - closing
+        loss = -(-max(0, side * (price - mark)) * qty // cpu)
+        fee = -(-qty * price * max(spec.taker_fee_ppm, 0) // (cpu * PPM))
         if spec.is_option:
-            if side > 0:
-                return notional + fee
-            index = self.index_of.get(spec.underlying, mark)
-            return option_seller_margin(spec, -opening, price, index)[0] - notional + fee
-        same_side = pos.open_buy if side > 0 else pos.open_sell
-        gross = (abs(pos.size) + same_side + opening) * price // spec.contracts_per_unit
-        return notional * spec.tier(gross).im_ppm // PPM + fee
+            open_im = -(-opening * self._unit_im(spec, side > 0, mark) // cpu)
+            freed = closing * self._unit_im(spec, side < 0, mark) // cpu
+        else:
+            lev = acct.leverage.get(spec.symbol, 0)
+            im_price = max(price, mark)
+            open_im = 0
+            if opening:
+                open_im = (linear_im(spec, (gross + opening) * im_price // cpu, lev)
+                           - linear_im(spec, gross * im_price // cpu, lev))
+            freed = 0
+            if closing:
+                freed = (linear_im(spec, closable * mark // cpu, lev)
+                         - linear_im(spec, (closable - closing) * mark // cpu, lev))
+        reserve = max(0, open_im - freed + loss + fee)
+        return reserve, opening, closable - closing, gross + opening
+
+    def rereserve(self, account_id: str, symbol: str) -> None:
+        """Recompute the reservations of an account's live orders on ``symbol`` after its position moved.
+
+        Closing capacity goes to reduce-only orders first, then by order id, so the
+        result depends only on the state (replay- and snapshot-stable).
+        """
+        ids = self.order_index.get((account_id, symbol))
+        acct = self.accounts.get(account_id)
+        if not ids or acct is None or symbol not in self.marks:
+            return
+        spec = self.specs[symbol]
+        pos = acct.positions[symbol]
+        orders = sorted((not self.orders[(symbol, i)].reduce_only, i) for i in ids)
+        state = {1: [max(0, -pos.size), max(0, pos.size)], -1: [max(0, pos.size), max(0, -pos.size)]}
+        for _, order_id in orders:
+            res = self.orders[(symbol, order_id)]
+            closable, gross = state[res.side]
+            im, _, closable, gross = self._reservation(acct, spec, pos, res.side, res.qty, res.price,
+                                                       closable, gross)
+            state[res.side] = [closable, gross]
+            if im != res.im:
+                self.accounts[res.payer].order_im += im - res.im
+                res.im = im
+                self.touched.add(res.payer)
 
     def reserve(self, symbol: str, order_id: str, account: str, payer: str, side: int, qty: int,
-                im: int) -> None:
+                im: int, price: int, reduce_only: bool) -> None:
         """Put back an exact reservation (an amend that did not take effect)."""
         assert (symbol, order_id) not in self.orders and qty > 0 and im >= 0
         acct = self.accounts[account]
         pos = acct.positions.get(symbol)
         if pos is None:
             pos = acct.positions[symbol] = Position(symbol)
-        self.orders[(symbol, order_id)] = OrderReservation(account, payer, side, qty, im)
+        self.orders[(symbol, order_id)] = OrderReservation(account, payer, side, qty, im, price, reduce_only)
+        self.order_index.setdefault((account, symbol), set()).add(order_id)
         self.accounts[payer].order_im += im
         self.touched.add(payer)
         if side > 0:
@@ -324,11 +419,11 @@ class Clearinghouse:
         else:
             pos.open_sell += qty
 
-    def release(self, symbol: str, order_id: str, qty: int) -> None:
-        """Release the reservation of ``qty`` of a live order (it filled or left the book)."""
+    def release(self, symbol: str, order_id: str, qty: int) -> int:
+        """Release the reservation of ``qty`` of a live order (it filled or left the book); return it."""
         res = self.orders.get((symbol, order_id))
         if res is None:
-            return
+            return 0
         part = res.im if qty >= res.qty else res.im * qty // res.qty
         res.im -= part
         res.qty -= qty
@@ -344,8 +439,13 @@ class Clearinghouse:
         if res.qty <= 0:
             assert res.qty == 0 and res.im == 0
             del self.orders[(symbol, order_id)]
+            ids = self.order_index[(res.account, symbol)]
+            ids.discard(order_id)
+            if not ids:
+                del self.order_index[(res.account, symbol)]
         if pos.idle():
             del acct.positions[symbol]
+        return part
 
     # ---------------------------------------------------------- engine events
 
@@ -365,10 +465,12 @@ class Clearinghouse:
         spec = self.specs[symbol]
         qty, price = t.qty, t.price
         sign = 1 if t.taker_side == "buy" else -1
-        self.release(symbol, t.maker, qty)
-        self.release(symbol, t.taker, qty)
+        maker_part = self.release(symbol, t.maker, qty)
+        taker_part = self.release(symbol, t.taker, qty)
         taker = self.account(t.taker_account)
         maker = self.account(t.maker_account)
+        self.moved.add((taker.id, symbol))
+        self.moved.add((maker.id, symbol))
         self.transfer_position(symbol, taker, maker, sign * qty, price)
         notional = spec.notional(qty, price)
         if taker.id == self.liquidating:
@@ -389,8 +491,8 @@ class Clearinghouse:
             maker_fee = -(notional * -spec.maker_fee_ppm // PPM)
         self._pay(maker, FEES, maker_fee)
         self.fees += maker_fee
-        self._top_up_isolated(taker, symbol)
-        self._top_up_isolated(maker, symbol)
+        self._top_up_isolated(taker, symbol, taker_part)
+        self._top_up_isolated(maker, symbol, maker_part)
 
     def _pay(self, acct: Account, to: str, amount: int) -> None:
         """Move ``amount`` (may be negative: a rebate) from an account to a platform key."""
@@ -436,10 +538,13 @@ class Clearinghouse:
         if pos.idle():
             del acct.positions[symbol]
 
-    def _top_up_isolated(self, acct: Account, symbol: str) -> None:
-        """Keep an isolated sub-account funded at its initial margin from its parent.
+    def _top_up_isolated(self, acct: Account, symbol: str, reserved: int) -> None:
+        """Fund an isolated sub-account towards its initial margin from what its order reserved.
 
-        When its position is gone (and no order is live), the rest goes back.
+        An isolated position never draws more from the parent than the
+        reservation its fill released (``reserved``) or margin added
+        explicitly; when its position is gone (and no order is live), the
+        rest goes back.
         """
         if acct.parent is None:
             return
@@ -455,7 +560,7 @@ class Clearinghouse:
         equity, im, _ = self.valuation(acct)
         need = im - equity
         if need > 0:
-            amount = min(need, max(0, parent.cash))
+            amount = min(need, reserved, max(0, parent.cash))
             if amount:
                 self._post(f"m:{parent.id}", f"m:{acct.id}", amount)
                 self._credit(parent, -amount)
@@ -537,11 +642,8 @@ class Clearinghouse:
             return max(tick, -(-(mark - move) // tick) * tick)
         return max(tick, (mark + move) // tick * tick)
 
-    def cover_shortfall(self, acct: Account, final: bool = True) -> None:
-        """Let the insurance fund bring an account's negative collateral back to zero.
-
-        ``final``: nothing else will absorb what the fund cannot (report it as bad debt).
-        """
+    def cover_shortfall(self, acct: Account) -> None:
+        """Let the insurance fund bring an account's negative collateral back towards zero."""
         if acct.cash >= 0:
             return
         amount = min(-acct.cash, self.insurance)
@@ -550,15 +652,38 @@ class Clearinghouse:
             self.insurance -= amount
             self._credit(acct, amount)
             self.events.append(InsuranceUsed(self.seq, acct.id, amount))
-        if acct.cash < 0 and final:
-            self.events.append(BadDebt(self.seq, acct.id, -acct.cash))
+
+    def write_off(self, acct: Account) -> None:
+        """Record what nobody could absorb, once: the platform's bad-debt account takes it.
+
+        Called after the insurance fund and the deleveraged counterparties;
+        the user's collateral ends at zero, never below, and the loss stays
+        visible in its own ledger account (``bad_debt``) and one event.
+        """
+        if acct.cash >= 0 or any(p.size for p in acct.positions.values()):
+            return
+        amount = -acct.cash
+        self._post(BAD_DEBT, f"m:{acct.id}", amount)
+        self.bad_debt -= amount
+        self._credit(acct, amount)
+        self.events.append(BadDebt(self.seq, acct.id, amount))
+
+    def settle_losses(self, acct: Account, closed: dict[str, int] | None = None) -> None:
+        """Socialise a flat account's negative collateral: insurance fund, then ADL, then write-off."""
+        if acct.cash >= 0:
+            return
+        self.cover_shortfall(acct)
+        if acct.cash < 0 and closed:
+            self._charge_counterparties(acct, closed)
+        self.write_off(acct)
 
     def deleverage(self, acct: Account) -> None:
         """Close every remaining position of a bankrupt account against ranked counterparties.
 
         Closing happens at mark; the insurance fund then covers the shortfall;
         what it cannot cover is charged to the counterparties pro rata to the
-        notional they were deleveraged (they get the bankruptcy price).
+        notional they were deleveraged (economically they get the bankruptcy
+        price), and only what they cannot absorb is written off.
         """
         closed: dict[str, int] = {}
         for symbol in sorted(acct.positions):
@@ -568,22 +693,20 @@ class Clearinghouse:
             for cp_id, qty in self._adl_queue(symbol, acct.id, pos.size):
                 cp = self.accounts[cp_id]
                 self.transfer_position(symbol, cp, acct, qty, self.marks[symbol])
+                self.moved.add((cp_id, symbol))
                 notional = abs(qty) * self.marks[symbol] // self.specs[symbol].contracts_per_unit
                 closed[cp_id] = closed.get(cp_id, 0) + notional
                 self.events.append(Deleveraged(self.seq, symbol, acct.id, cp_id, abs(qty),
                                                self.marks[symbol], 0))
-        if acct.cash < 0 and self.insurance:
-            self.cover_shortfall(acct, final=False)
-        if acct.cash < 0:
-            self._charge_counterparties(acct, closed)
+        self.settle_losses(acct, closed)
 
     def _adl_queue(self, symbol: str, account_id: str, size: int) -> list[tuple[str, int]]:
         """Return (counterparty, signed qty it takes) by ranking until ``size`` is matched.
 
-        Ranking: profit ratio (unrealised PnL / |cost|) times effective leverage
-        (position notional / (collateral + that PnL)), highest first; ties by
-        account id. Using the account's collateral rather than its full equity
-        keeps the scan O(1) per holder (no revaluation of other positions).
+        Binance's ranking: with PnL% = unrealised PnL / |cost| and effective
+        leverage = notional / equity, a profitable position scores
+        PnL% * leverage, a losing one PnL% / leverage; highest first, ties by
+        account id (see docs/margin.md).
         """
         spec = self.specs[symbol]
         mark = self.marks[symbol]
@@ -594,9 +717,10 @@ class Clearinghouse:
             if cp_id == account_id or (pos.size > 0) == (size > 0):
                 continue
             pnl = position_value(spec, pos.size, pos.cost, mark) - (pos.cost if spec.is_option else 0)
-            notional = abs(pos.size) * mark // spec.contracts_per_unit
-            equity = max(1, cp.cash + pnl)
-            score = pnl * PPM // max(1, abs(pos.cost)) * notional // equity
+            notional = max(1, abs(pos.size) * mark // spec.contracts_per_unit)
+            equity = max(1, self.valuation(cp)[0])
+            pnl_ppm = pnl * PPM // max(1, abs(pos.cost))
+            score = pnl_ppm * notional // equity if pnl_ppm >= 0 else pnl_ppm * equity // notional
             ranked.append((-score, cp_id))
         ranked.sort()
         out: list[tuple[str, int]] = []
@@ -618,14 +742,13 @@ class Clearinghouse:
                 break
             for cp_id, share in allocate(need, able).items():
                 cp = self.accounts[cp_id]
-                charge = min(share, self.valuation(cp)[0])
+                # Never past the counterparty's own collateral: ADL must not make it negative.
+                charge = min(share, self.valuation(cp)[0], max(0, cp.cash))
                 if charge > 0:
                     self._post(f"m:{cp_id}", f"m:{acct.id}", charge)
                     self._credit(cp, -charge)
                     self._credit(acct, charge)
                     self.events.append(Deleveraged(self.seq, "*", acct.id, cp_id, 0, 0, charge))
-        if acct.cash < 0:
-            self.events.append(BadDebt(self.seq, acct.id, -acct.cash))
 
     # ---------------------------------------------------------- funding and settlement
 
@@ -731,13 +854,14 @@ class Clearinghouse:
             epochs=dict(sorted(epochs.items())), marks=dict(sorted(self.marks.items())),
             index_of=dict(sorted(self.index_of.items())), trading=dict(sorted(self.trading.items())),
             holders={s: sorted(h) for s, h in sorted(self.holders.items())},
-            orders=[ReservationState(s, o, r.account, r.payer, r.side, r.qty, r.im)
+            orders=[ReservationState(s, o, r.account, r.payer, r.side, r.qty, r.im, r.price, r.reduce_only)
                     for (s, o), r in sorted(self.orders.items())],
             liq_index=[LiquidationIndexState(
                 s, [BandEntry(*e) for e in sorted(ix.lo) if epochs.get(e[2]) == e[1]],
                 [BandEntry(*e) for e in sorted(ix.hi) if epochs.get(e[2]) == e[1]])
                 for s, ix in sorted(self.liq_index.items())],
             short_option_accounts=sorted(self.short_option_accounts),
+            bad_debt=self.bad_debt,
         )
 
     @classmethod
@@ -750,10 +874,12 @@ class Clearinghouse:
         ch.seq, ch._n, ch.version = state.seq, state.n, state.version
         ch.clearing, ch.fees, ch.insurance = state.clearing, state.fees, state.insurance
         ch.external_in = state.external_in
+        ch.bad_debt = state.bad_debt
         for a in state.accounts:
             acct = ch.accounts[a.id] = Account(a.id, a.parent)
             acct.cash, acct.order_im, acct.epoch = a.cash, a.order_im, a.epoch
             acct.hold, acct.hold_id, acct.hold_n = a.hold, a.hold_id, a.hold_n
+            acct.leverage = dict(a.leverage)
             for p in a.positions:
                 pos = acct.positions[p.symbol] = Position(p.symbol)
                 pos.size, pos.cost, pos.realised = p.size, p.cost, p.realised
@@ -765,7 +891,9 @@ class Clearinghouse:
         for symbol, holders in state.holders.items():
             ch.holders[symbol] = set(holders)
         for r in state.orders:
-            ch.orders[(r.symbol, r.order_id)] = OrderReservation(r.account, r.payer, r.side, r.qty, r.im)
+            ch.orders[(r.symbol, r.order_id)] = OrderReservation(r.account, r.payer, r.side, r.qty, r.im,
+                                                                 r.price, r.reduce_only)
+            ch.order_index.setdefault((r.account, r.symbol), set()).add(r.order_id)
         for ix in state.liq_index:
             index = ch.liq_index[ix.symbol]
             # Sorted lists are valid heaps.
@@ -785,8 +913,9 @@ class Clearinghouse:
         # so only futures cost shows up in the clearing account.
         assert self.clearing == -total_cost, f"clearing {self.clearing} != -sum(cost) {-total_cost}"
         cash = sum(a.cash for a in self.accounts.values())
-        assert cash + self.clearing + self.fees + self.insurance == self.external_in, (
+        assert cash + self.clearing + self.fees + self.insurance + self.bad_debt == self.external_in, (
             "collateral not conserved")
+        assert self.bad_debt <= 0 and self.insurance >= 0
         for symbol, holders in self.holders.items():
             assert sum(self.accounts[a].positions[symbol].size for a in holders) == 0, symbol
 
@@ -795,7 +924,8 @@ def _account_state(acct: Account) -> AccountState:
     return AccountState(acct.id, acct.parent, acct.cash, acct.order_im, acct.epoch, acct.hold,
                         acct.hold_id, acct.hold_n,
                         [PositionState(s, p.size, p.cost, p.realised, p.open_buy, p.open_sell, p.order_im)
-                         for s, p in sorted(acct.positions.items())])
+                         for s, p in sorted(acct.positions.items())],
+                        dict(sorted(acct.leverage.items())))
 
 
 def intrinsic_value(spec: InstrumentSpec, price: int) -> int:

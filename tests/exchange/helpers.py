@@ -88,6 +88,10 @@ def agree(v: Venue, replica: ReplicaLedger) -> None:
     assert replica.get("clearing") == ch.clearing
     assert replica.get("fees") == ch.fees
     assert replica.get("insurance") == ch.insurance
+    assert replica.get("bad_debt") == ch.bad_debt
+    for acct in ch.accounts.values():
+        if not any(p.size for p in acct.positions.values()):
+            assert acct.cash >= 0, f"{acct.id} is flat with negative collateral {acct.cash}"
     assert ch.fees >= 0 and ch.insurance >= 0
     platform = sum(b for k, b in replica.balance.items() if not k.startswith("a:") and k != "wallet")
     assert platform == ch.external_in
