@@ -1,16 +1,23 @@
 """Approvals: a signature by an approver's personal key over what is approved.
 
 The signed message is a domain-separated SHA-256 digest over a canonical
-length-prefixed binary encoding of the subject (kind, id, asset, amount,
-destination, policy id and version, document digest) and of the approval's
-validity period. `docs/approvals.md` specifies the bytes.
+length-prefixed binary encoding of the subject (kind, id, policy id, version
+and rule, chain and network, source wallet, asset, amount, destination, fee
+cap, document digest) and of the approval's validity period.
+`docs/approvals.md` specifies the bytes.
+
+Version 2 added the rule, chain, network, source wallet and fee cap: a
+version 1 approval did not bind them (a testnet approval was byte-identical
+to a mainnet one), so `Approval.from_bytes` refuses it with
+`APPROVAL_OUTDATED_MESSAGE`; approvers sign again.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -19,9 +26,13 @@ from policies.results import PolicyError, ResultCode
 from policies.signature_scheme import SignatureScheme
 from policies.wire_format import MAX_U64, MAX_U256, Reader, Writer
 
-APPROVAL_DOMAIN = "strongroom/approval/v1"
+APPROVAL_DOMAIN = "strongroom/approval/v2"
 APPROVAL_MAGIC = b"SRAP"
-APPROVAL_FORMAT_VERSION = 1
+APPROVAL_FORMAT_VERSION = 2
+APPROVAL_OUTDATED_MESSAGE = (
+    "approval format version 1 does not bind the chain, network, source wallet, fee cap and policy "
+    "rule; it no longer counts: the approver must approve again"
+)
 SHA256_HEX_CHARS = 64
 MAX_SIGNATURE_BYTES = 4096  # Room for WebAuthn assertions (authenticator data + client JSON).
 
@@ -37,13 +48,28 @@ class SubjectKind(enum.IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class TransferTerms:
+    """The terms of a transfer besides asset, amount and destination, that approvers also bind."""
+
+    rule_id: str
+    chain: str
+    network: str
+    source_wallet: str
+    fee_cap_minor: int
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalSubject:
     """Exactly what an approver agrees to.
 
     Withdrawals and refills name an asset, a positive amount and a
-    destination and leave `document_sha256` empty. Policy changes name the
-    policy id, the proposed version and the SHA-256 (hex) of the proposed
-    document, and leave asset, amount and destination empty.
+    destination and leave `document_sha256` empty; they also name the policy
+    rule that required the approvals, the chain and network, the source
+    wallet and the fee cap (in the chain's native minor unit). Those terms
+    may be empty only where nobody outside the platform checks them (a hot
+    withdrawal); the offline signer always requires all of them. Policy
+    changes name the policy id, the proposed version and the SHA-256 (hex)
+    of the proposed document, and leave every transfer field empty.
     """
 
     kind: SubjectKind
@@ -54,6 +80,11 @@ class ApprovalSubject:
     amount_minor: int = 0
     destination: str = ""
     document_sha256: str = ""
+    rule_id: str = ""
+    chain: str = ""
+    network: str = ""
+    source_wallet: str = ""
+    fee_cap_minor: int = 0
 
     def __post_init__(self) -> None:
         check_identifier(self.subject_id, "subject_id", _INVALID)
@@ -70,11 +101,36 @@ class ApprovalSubject:
         check_identifier(self.destination, "destination", _INVALID, MAX_ADDRESS_CHARS)
         if self.document_sha256:
             raise PolicyError(_INVALID, f"document_sha256 must be empty for a {self.kind.name}")
+        for name in ("rule_id", "chain", "network", "source_wallet"):
+            if getattr(self, name):
+                check_identifier(getattr(self, name), name, _INVALID)
+        _check_range(self.fee_cap_minor, "fee_cap_minor", 0, MAX_U256)
+
+    def with_terms(self, terms: TransferTerms | None) -> ApprovalSubject:
+        """Return this subject binding `terms` (unchanged if None: nobody outside checks them)."""
+        if terms is None:
+            return self
+        return replace(
+            self,
+            rule_id=terms.rule_id,
+            chain=terms.chain,
+            network=terms.network,
+            source_wallet=terms.source_wallet,
+            fee_cap_minor=terms.fee_cap_minor,
+        )
+
+    @property
+    def binds_transfer_terms(self) -> bool:
+        """Return True if the rule, chain, network and source wallet are all named (the signer needs it)."""
+        return all((self.rule_id, self.chain, self.network, self.source_wallet))
 
     def _check_policy_change(self) -> None:
-        if self.asset or self.amount_minor or self.destination:
+        transfer = (self.asset, self.amount_minor, self.destination, self.rule_id, self.chain)
+        if any(transfer) or self.network or self.source_wallet or self.fee_cap_minor:
             raise PolicyError(
-                _INVALID, "asset, amount_minor and destination must be empty for a policy change"
+                _INVALID,
+                "asset, amount_minor, destination, rule_id, chain, network, source_wallet and "
+                "fee_cap_minor must be empty for a policy change",
             )
         digest = self.document_sha256
         if len(digest) != SHA256_HEX_CHARS or any(c not in "0123456789abcdef" for c in digest):
@@ -83,10 +139,11 @@ class ApprovalSubject:
             )
 
     def write(self, writer: Writer) -> None:
-        """Append the canonical encoding of this subject."""
+        """Append the canonical encoding of this subject (format version 2)."""
         writer.u8(self.kind).text(self.subject_id).text(self.policy_id).u64(self.policy_version)
+        writer.text(self.rule_id).text(self.chain).text(self.network).text(self.source_wallet)
         writer.text(self.asset).u256(self.amount_minor).text(self.destination)
-        writer.text(self.document_sha256)
+        writer.u256(self.fee_cap_minor).text(self.document_sha256)
 
     @classmethod
     def read(cls, reader: Reader) -> ApprovalSubject:
@@ -98,9 +155,14 @@ class ApprovalSubject:
             subject_id=reader.text(),
             policy_id=reader.text(),
             policy_version=reader.u64(),
+            rule_id=reader.text(),
+            chain=reader.text(),
+            network=reader.text(),
+            source_wallet=reader.text(),
             asset=reader.text(),
             amount_minor=reader.u256(),
             destination=reader.text(),
+            fee_cap_minor=reader.u256(),
             document_sha256=reader.text(),
         )
 
@@ -172,8 +234,12 @@ class Approval:
         reader = Reader(data, "approval", _INVALID)
         reader.expect(APPROVAL_MAGIC)
         version = reader.u8()
+        if version == 1:
+            raise PolicyError(ResultCode.APPROVAL_OUTDATED, APPROVAL_OUTDATED_MESSAGE)
         if version != APPROVAL_FORMAT_VERSION:
-            raise PolicyError(_INVALID, f"approval format version was {version}, must be 1")
+            raise PolicyError(
+                _INVALID, f"approval format version was {version}, must be {APPROVAL_FORMAT_VERSION}"
+            )
         approver_id, key_id, scheme_name = reader.text(), reader.text(), reader.text()
         if scheme_name not in SignatureScheme._value2member_map_:
             raise PolicyError(ResultCode.APPROVAL_SCHEME_UNSUPPORTED, f"signature scheme was {scheme_name!r}")
@@ -189,6 +255,18 @@ class Approval:
             expires_at_ms=expires_at_ms,
             signature=signature,
         )
+
+
+def current_approvals(stored: Iterable[bytes]) -> list[Approval]:
+    """Parse stored approvals, leaving out outdated (format version 1) ones: they no longer count."""
+    approvals = []
+    for raw in stored:
+        try:
+            approvals.append(Approval.from_bytes(raw))
+        except PolicyError as exc:
+            if exc.code is not ResultCode.APPROVAL_OUTDATED:
+                raise
+    return approvals
 
 
 def sign_approval(

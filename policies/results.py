@@ -63,6 +63,7 @@ class ResultCode(enum.IntEnum):
     APPROVAL_MALFORMED = 5032
     APPROVALS_TOO_MANY = 5033
     APPROVER_REGISTRY_INVALID = 5034
+    APPROVAL_OUTDATED = 5035
 
     @property
     def error(self) -> str:

@@ -30,6 +30,12 @@ ANCHORS_FORMAT = "strongroom-signer-anchors"
 ANCHORS_VERSION = 1
 MAX_ANCHOR_ITEMS = 1000
 ETHEREUM_PATH_PREFIX = "m/44'/60'/"
+# Change may only go to the descriptor's change branch (1) at an index up to this, unless a wallet
+# names its own `change_index_max`: an index like 2147483647 is ours but no wallet ever scans it.
+DEFAULT_CHANGE_INDEX_MAX = 10_000
+MAX_CHANGE_INDEX = 2**31 - 1
+# The fewest approvals any bundle from a wallet needs, whatever rule the bundle claims.
+DEFAULT_MIN_APPROVALS = 2
 
 _INVALID = SignerCode.ANCHORS_INVALID
 
@@ -43,6 +49,8 @@ class BitcoinWallet:
     descriptor_text: str
     descriptor: Any  # embit Descriptor; parsed once when the anchors are loaded.
     chain: Chain = Chain.BITCOIN
+    change_index_max: int = DEFAULT_CHANGE_INDEX_MAX
+    min_approvals: int = DEFAULT_MIN_APPROVALS
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,7 @@ class EthereumWallet:
     address: str
     derivation_path: str
     chain: Chain = Chain.ETHEREUM
+    min_approvals: int = DEFAULT_MIN_APPROVALS
 
 
 Wallet = BitcoinWallet | EthereumWallet
@@ -62,13 +71,21 @@ Wallet = BitcoinWallet | EthereumWallet
 
 @dataclass(frozen=True, slots=True)
 class AssetLimits:
-    """Per-asset sanity limits; `contract` is the ERC-20 token address (None for native assets)."""
+    """Per-asset limits; `contract` is the ERC-20 token address (None for native assets).
+
+    `max_fee_minor` is an absolute ceiling on the fee cap (and so the fee) of
+    any bundle; above `warn_fee_minor` (default half the ceiling) the
+    operator sees a warning and must accept it explicitly. `symbol` and
+    `decimals` let the operator read amounts in whole units.
+    """
 
     asset: str
     chain: Chain
     max_amount_minor: int
     max_fee_minor: int
     contract: str | None = None
+    warn_fee_minor: int = 0
+    decimals: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +176,19 @@ def _wallet(item: object) -> Wallet:
         if network not in BITCOIN_NETWORKS:
             raise f.error(f"wallet {name} network was {network!r}, must be one of {BITCOIN_NETWORKS}")
         text = f.string("descriptor", 4096)
-        wallet = BitcoinWallet(name, network, text, parse_descriptor(text, name))
+        change_max = (
+            f.integer("change_index_max", 0, MAX_CHANGE_INDEX)
+            if f.has("change_index_max")
+            else DEFAULT_CHANGE_INDEX_MAX
+        )
+        wallet = BitcoinWallet(
+            name,
+            network,
+            text,
+            parse_descriptor(text, name),
+            change_index_max=change_max,
+            min_approvals=_min_approvals(f),
+        )
     else:
         address, path = f.text("address"), f.text("derivation_path")
         if not is_checksum_address(address):
@@ -168,9 +197,15 @@ def _wallet(item: object) -> Wallet:
             raise f.error(
                 f"wallet {name} derivation_path was {path!r}, must start with {ETHEREUM_PATH_PREFIX}"
             )
-        wallet = EthereumWallet(name, network, f.integer("chain_id", 1), address, path)
+        wallet = EthereumWallet(
+            name, network, f.integer("chain_id", 1), address, path, min_approvals=_min_approvals(f)
+        )
     f.finish()
     return wallet
+
+
+def _min_approvals(f: Fields) -> int:
+    return f.integer("min_approvals", 1, 16) if f.has("min_approvals") else DEFAULT_MIN_APPROVALS
 
 
 def parse_descriptor(text: str, name: str) -> Any:
@@ -191,16 +226,32 @@ def parse_descriptor(text: str, name: str) -> Any:
     return descriptor
 
 
+# Whole-unit decimals of the assets every deployment has; others name "decimals" in the anchors.
+KNOWN_DECIMALS = {"BTC": 8, "ETH": 18, "USDC": 6}
+MAX_DECIMALS = 36
+
+
 def _asset(item: object) -> AssetLimits:
     f = Fields(item, "anchors.assets[]", _INVALID)
+    name = f.text("asset")
+    max_fee = f.lenient_amount("max_fee_minor")
     asset = AssetLimits(
-        asset=f.text("asset"),
+        asset=name,
         chain=Chain(f.choice("chain", tuple(c.value for c in Chain))),
         max_amount_minor=f.lenient_amount("max_amount_minor"),
-        max_fee_minor=f.lenient_amount("max_fee_minor"),
+        max_fee_minor=max_fee,
         contract=f.text("contract") if f.has("contract") else None,
+        warn_fee_minor=f.lenient_amount("warn_fee_minor") if f.has("warn_fee_minor") else max_fee // 2,
+        decimals=(
+            f.integer("decimals", 0, MAX_DECIMALS) if f.has("decimals") else KNOWN_DECIMALS.get(name, 0)
+        ),
     )
     f.finish()
+    if asset.warn_fee_minor > asset.max_fee_minor:
+        raise f.error(
+            f"asset {asset.asset} warn_fee_minor {asset.warn_fee_minor} is above max_fee_minor "
+            f"{asset.max_fee_minor}; the warning threshold must be lower than the ceiling"
+        )
     if asset.contract is not None and (
         asset.chain is not Chain.ETHEREUM or not is_checksum_address(asset.contract)
     ):

@@ -1,10 +1,18 @@
 """Bitcoin: check a PSBT against the intent, sign our inputs, and build PSBTs.
 
 The wallet is an M-of-N P2WSH sortedmulti descriptor with key origins.
-Input amounts come from each input's witness_utxo; every output is either
-the destination or provably ours (its key origins derive, through our
-descriptor, to exactly its script). Only inputs with SIGHASH_ALL (or no
-sighash type) are accepted, so a signature always commits to all outputs.
+Nothing the PSBT claims about an input is trusted: every input must carry
+its full previous transaction (non_witness_utxo), which must hash to the
+prevout's txid; amounts and scripts come only from it, and any
+witness_utxo must equal it (CVE-2020-14199: a segwit signature commits to
+its own input's amount only, so two bundles each lying about the other
+input's witness_utxo could otherwise burn the difference as fee). Every
+output is either the destination or change to our descriptor's change
+branch within the anchors' index window. nLockTime and every nSequence
+must be what the bundle states; only SIGHASH_ALL is accepted, so a
+signature always commits to all outputs. Offline-checkable consensus and
+standardness limits (duplicate inputs, outputs above inputs, dust, size)
+are refused before anything is signed.
 """
 
 from __future__ import annotations
@@ -25,20 +33,28 @@ from embit.transaction import (  # type: ignore[import-untyped, unused-ignore]
 )
 
 from signer.anchors import BitcoinWallet, parse_descriptor
-from signer.bundle import BitcoinTransaction, Intent
+from signer.bundle import SEQUENCE_RBF, SEQUENCE_VALUES, BitcoinTransaction, Intent
 from signer.checks import TxCheck
 from signer.results import SignerCode, SignerError
 
-MAX_INPUTS = 500
+MAX_INPUTS = 1000
 MAX_OUTPUTS = 100
-RBF_SEQUENCE = 0xFFFFFFFD
+RBF_SEQUENCE = SEQUENCE_VALUES[SEQUENCE_RBF]
+CHANGE_BRANCH = 1
+# Bitcoin Core's standardness limit (MAX_STANDARD_TX_WEIGHT): heavier transactions do not relay.
+MAX_STANDARD_WEIGHT = 400_000
+TX_VERSIONS = (1, 2)
+# Dust: an output worth less than spending it costs at 3 sat/vB (Bitcoin Core's dustRelayFee).
+DUST_RELAY_SAT_PER_KVB = 3_000
+_SPEND_VBYTES_WITNESS = 67
+_SPEND_VBYTES_LEGACY = 148
+_SIGNATURE_BYTES = 73  # DER signature, at most 72 bytes, plus the sighash byte.
 
 
 def parse_psbt(tx: BitcoinTransaction) -> Any:
-    """Parse the PSBT; raise `SignerError` (7040) if embit cannot or its UTXO data is inconsistent."""
+    """Parse the PSBT; raise `SignerError` (7040) if embit cannot (previous transactions: `_prove_input`)."""
     try:
         psbt = PSBT.from_string(tx.psbt_base64)
-        psbt.verify(ignore_missing=True)
     except Exception as exc:  # embit raises many exception types on bad input.
         raise SignerError(SignerCode.TX_MALFORMED, f"PSBT does not parse: {exc}") from exc
     if not 1 <= len(psbt.inputs) <= MAX_INPUTS or not 1 <= len(psbt.outputs) <= MAX_OUTPUTS:
@@ -50,6 +66,32 @@ def parse_psbt(tx: BitcoinTransaction) -> Any:
     return psbt
 
 
+@dataclass(frozen=True, slots=True)
+class ProvenInput:
+    """An input's outpoint, and its amount and script as its previous transaction proves them."""
+
+    txid_hex: str
+    vout: int
+    amount_sat: int
+    script_pubkey: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BitcoinSummary:
+    """What the operator is shown about a PSBT, from proven amounts only."""
+
+    fee_sat: int
+    vsize: int
+    change: tuple[tuple[int, int, int], ...]  # (amount sat, branch, index)
+    locktime: int
+    sequences: tuple[int, ...]
+
+    @property
+    def fee_rate_sat_vb_x100(self) -> int:
+        """Return the fee rate in hundredths of a sat/vB (integer, rounded up)."""
+        return -(-self.fee_sat * 100 // self.vsize)
+
+
 def check_bitcoin(intent: Intent, tx: BitcoinTransaction, wallet: BitcoinWallet) -> TxCheck:
     """Compare the PSBT with the intent; return every refusal and the facts shown to the operator."""
     check = TxCheck()
@@ -59,14 +101,15 @@ def check_bitcoin(intent: Intent, tx: BitcoinTransaction, wallet: BitcoinWallet)
         check.refusals.append(exc.refusal)
         return check
     network = NETWORKS[wallet.network]
-    total_in_sat = _check_inputs(psbt, wallet, check)
+    _check_shape(psbt, tx, check)
+    proven = _check_inputs(psbt, wallet, check)
     destination_script = _address_script(intent.destination, network)
     if destination_script is None:
         check.refuse(
             SignerCode.DESTINATION_MISMATCH,
             f"destination {intent.destination} is not a valid {wallet.network} address",
         )
-    paid_sat, paid_outputs = _check_outputs(psbt, wallet, destination_script, check)
+    paid_sat, paid_outputs, change = _check_outputs(psbt, wallet, destination_script, check)
     if destination_script is not None and paid_outputs != 1:
         check.refuse(
             SignerCode.DESTINATION_MISMATCH,
@@ -77,49 +120,134 @@ def check_bitcoin(intent: Intent, tx: BitcoinTransaction, wallet: BitcoinWallet)
             SignerCode.AMOUNT_MISMATCH,
             f"the destination output pays {paid_sat} sat, the intent says {intent.amount_minor} sat",
         )
-    if total_in_sat is not None:
-        fee_sat = total_in_sat - sum(out.value for out in psbt.tx.vout)
-        check.fact(f"fee: {fee_sat} sat (cap {intent.fee_cap_minor} sat)")
+    vsize = _estimated_vsize(psbt, wallet)
+    if vsize * 4 > MAX_STANDARD_WEIGHT:
+        check.refuse(
+            SignerCode.TX_TOO_LARGE,
+            f"the signed transaction would weigh about {vsize * 4} WU, above the standard "
+            f"{MAX_STANDARD_WEIGHT} WU; nodes would not relay it",
+        )
+    if proven is not None:
+        fee_sat = sum(p.amount_sat for p in proven) - sum(out.value for out in psbt.tx.vout)
         if fee_sat < 0:
-            check.refuse(SignerCode.TX_MALFORMED, f"outputs exceed inputs by {-fee_sat} sat")
+            check.refuse(
+                SignerCode.OUTPUTS_EXCEED_INPUTS, f"outputs exceed the proven inputs by {-fee_sat} sat"
+            )
         elif fee_sat > intent.fee_cap_minor:
             check.refuse(
-                SignerCode.FEE_OVER_CAP, f"fee is {fee_sat} sat, above the cap of {intent.fee_cap_minor} sat"
+                SignerCode.FEE_OVER_CAP,
+                f"fee is {fee_sat} sat (from the proven input amounts), above the approved cap of "
+                f"{intent.fee_cap_minor} sat",
             )
+        check.bitcoin = BitcoinSummary(
+            fee_sat, vsize, tuple(change), psbt.tx.locktime, tuple(inp.sequence for inp in psbt.tx.vin)
+        )
+        check.fee_minor = fee_sat
+        check.fact(f"fee: {fee_sat} sat (cap {intent.fee_cap_minor} sat), about {vsize} vB")
     return check
 
 
-def _check_inputs(psbt: Any, wallet: BitcoinWallet, check: TxCheck) -> int | None:
-    """Check every input is ours with a known amount; return the input total, or None if unknown."""
-    total_sat = 0
-    known = True
+def _check_shape(psbt: Any, tx: BitcoinTransaction, check: TxCheck) -> None:
+    """Check version, nLockTime, every nSequence and duplicate inputs against the stated intent."""
+    unsigned = psbt.tx
+    if unsigned.version not in TX_VERSIONS:
+        check.refuse(SignerCode.TX_MALFORMED, f"transaction version is {unsigned.version}, must be 1 or 2")
+    if unsigned.locktime != tx.locktime:
+        check.refuse(
+            SignerCode.LOCKTIME_MISMATCH,
+            f"nLockTime is {unsigned.locktime}, the bundle states {tx.locktime}",
+        )
+    for i, vin in enumerate(unsigned.vin):
+        if vin.sequence != tx.sequence_value:
+            check.refuse(
+                SignerCode.SEQUENCE_MISMATCH,
+                f"input {i} nSequence is {vin.sequence:#010x}, the bundle states {tx.sequence} "
+                f"({tx.sequence_value:#010x})",
+            )
+    seen: set[tuple[bytes, int]] = set()
+    for i, vin in enumerate(unsigned.vin):
+        outpoint = (bytes(vin.txid), vin.vout)
+        if outpoint in seen:
+            check.refuse(
+                SignerCode.INPUT_DUPLICATE, f"input {i} spends {vin.txid.hex()}:{vin.vout} a second time"
+            )
+        seen.add(outpoint)
+
+
+def _check_inputs(psbt: Any, wallet: BitcoinWallet, check: TxCheck) -> list[ProvenInput] | None:
+    """Prove every input from its previous transaction; return them, or None if any is unproven."""
+    proven: list[ProvenInput] = []
     for i, inp in enumerate(psbt.inputs):
         if inp.sighash_type not in (None, SIGHASH.ALL):
             check.refuse(
                 SignerCode.SIGHASH_UNSUPPORTED, f"input {i} asks for sighash {inp.sighash_type}, only ALL"
             )
-        if inp.witness_utxo is None:
-            check.refuse(SignerCode.INPUT_AMOUNT_MISSING, f"input {i} has no witness_utxo (amount unknown)")
-            known = False
+        one = _prove_input(i, inp, check)
+        if one is None:
             continue
-        total_sat += inp.witness_utxo.value
-        position = owned_position(wallet.descriptor, inp, inp.witness_utxo.script_pubkey)
+        proven.append(one)
+        position = owned_position(wallet.descriptor, inp, one.script_pubkey)
         if position is None or inp.witness_script is None:
             check.refuse(
                 SignerCode.INPUT_NOT_OURS,
-                f"input {i} ({inp.witness_utxo.value} sat) is not provably from wallet {wallet.name}",
+                f"input {i} ({one.amount_sat} sat) is not provably from wallet {wallet.name}",
             )
         else:
-            check.fact(f"input {i}: {inp.witness_utxo.value} sat from {wallet.name} {_where(position)}")
-    return total_sat if known else None
+            check.fact(f"input {i}: {one.amount_sat} sat from {wallet.name} {_where(position)}")
+    return proven if len(proven) == len(psbt.inputs) else None
 
 
-def _check_outputs(psbt: Any, wallet: BitcoinWallet, destination: Any, check: TxCheck) -> tuple[int, int]:
+def _prove_input(i: int, inp: Any, check: TxCheck) -> ProvenInput | None:
+    previous = inp.non_witness_utxo
+    if previous is None:
+        check.refuse(
+            SignerCode.INPUT_AMOUNT_MISSING,
+            f"input {i} does not carry its previous transaction (non_witness_utxo); its amount is unproven",
+        )
+        return None
+    if bytes(previous.txid()) != bytes(inp.txid):
+        check.refuse(
+            SignerCode.INPUT_UTXO_MISMATCH,
+            f"input {i}: the previous transaction hashes to {previous.txid().hex()}, "
+            f"the input spends {inp.txid.hex()}",
+        )
+        return None
+    if not 0 <= inp.vout < len(previous.vout):
+        check.refuse(
+            SignerCode.INPUT_UTXO_MISMATCH,
+            f"input {i} spends output {inp.vout}, the previous transaction has {len(previous.vout)}",
+        )
+        return None
+    output = previous.vout[inp.vout]
+    claimed = inp.witness_utxo
+    if claimed is not None and (
+        claimed.value != output.value or claimed.script_pubkey != output.script_pubkey
+    ):
+        check.refuse(
+            SignerCode.INPUT_UTXO_MISMATCH,
+            f"input {i}: witness_utxo claims {claimed.value} sat, the previous transaction proves "
+            f"{output.value} sat"
+            + ("" if claimed.script_pubkey == output.script_pubkey else " and another script"),
+        )
+        return None
+    return ProvenInput(inp.txid.hex(), inp.vout, output.value, output.script_pubkey)
+
+
+def _check_outputs(
+    psbt: Any, wallet: BitcoinWallet, destination: Any, check: TxCheck
+) -> tuple[int, int, list[tuple[int, int, int]]]:
     network = NETWORKS[wallet.network]
     paid_sat = 0
     paid_outputs = 0
+    change: list[tuple[int, int, int]] = []
     for j, out in enumerate(psbt.tx.vout):
         address = _script_address(out.script_pubkey, network)
+        dust = dust_limit_sat(out.script_pubkey.data)
+        if out.value < dust:
+            check.refuse(
+                SignerCode.OUTPUT_DUST,
+                f"output {j} pays {out.value} sat to {address}, below the dust limit of {dust} sat",
+            )
         if destination is not None and out.script_pubkey == destination:
             paid_sat += out.value
             paid_outputs += 1
@@ -132,11 +260,54 @@ def _check_outputs(psbt: Any, wallet: BitcoinWallet, destination: Any, check: Tx
                 f"output {j} pays {out.value} sat to {address}, which is neither the destination "
                 f"nor provably an address of wallet {wallet.name}",
             )
-        else:
-            check.fact(
-                f"output {j}: {out.value} sat change back to {wallet.name} {address} {_where(position)}"
+            continue
+        index, branch = position
+        if branch != CHANGE_BRANCH:
+            check.refuse(
+                SignerCode.CHANGE_NOT_CHANGE_BRANCH,
+                f"output {j} pays {out.value} sat back to {wallet.name} on its receive branch "
+                f"({branch}/{index}); change must use the change branch {CHANGE_BRANCH}",
             )
-    return paid_sat, paid_outputs
+        elif index > wallet.change_index_max:
+            check.refuse(
+                SignerCode.CHANGE_INDEX_OUT_OF_WINDOW,
+                f"output {j} pays {out.value} sat to change index {index} of {wallet.name}, above this "
+                f"signer's window of 0..{wallet.change_index_max}: no wallet scan would find it",
+            )
+        change.append((out.value, branch, index))
+        check.fact(f"output {j}: {out.value} sat change back to {wallet.name} {address} {_where(position)}")
+    return paid_sat, paid_outputs, change
+
+
+def dust_limit_sat(script: bytes) -> int:
+    """Return Bitcoin Core's dust threshold for an output paying `script` (at 3 sat/vB)."""
+    output_bytes = 8 + _compact_size_len(len(script)) + len(script)
+    spend = _SPEND_VBYTES_WITNESS if _is_witness_program(script) else _SPEND_VBYTES_LEGACY
+    return (output_bytes + spend) * DUST_RELAY_SAT_PER_KVB // 1000
+
+
+def _is_witness_program(script: bytes) -> bool:
+    if not 4 <= len(script) <= 42:
+        return False
+    version_ok = script[0] == 0 or 0x51 <= script[0] <= 0x60
+    return version_ok and script[1] + 2 == len(script)
+
+
+def _compact_size_len(n: int) -> int:
+    return 1 if n < 0xFD else 3 if n <= 0xFFFF else 5 if n <= 0xFFFFFFFF else 9
+
+
+def _estimated_vsize(psbt: Any, wallet: BitcoinWallet) -> int:
+    """Return the virtual size of the transaction once every input carries an M-of-N witness."""
+    stripped = len(psbt.tx.serialize())  # No witnesses yet: this is the stripped serialisation.
+    threshold = wallet.descriptor.miniscript.args[0].num
+    witness_bytes = 2  # The segwit marker and flag.
+    for inp in psbt.inputs:
+        script_len = len(inp.witness_script.data) if inp.witness_script is not None else 105
+        items = [0] + [_SIGNATURE_BYTES] * threshold + [script_len]
+        witness_bytes += _compact_size_len(len(items)) + sum(_compact_size_len(n) + n for n in items)
+    weight = stripped * 4 + witness_bytes
+    return -(-weight // 4)
 
 
 def owned_position(descriptor: Any, scope: Any, script_pubkey: Any) -> tuple[int, int] | None:
@@ -212,6 +383,9 @@ def sign_bitcoin(tx: BitcoinTransaction, wallet: BitcoinWallet, seed: bytes) -> 
                 "this seed does not have",
             )
     psbt = parse_psbt(tx)
+    for inp in psbt.inputs:
+        # Sign over the proven amount only (verification already required them equal).
+        inp.witness_utxo = inp.non_witness_utxo.vout[inp.vout]
     try:
         count = psbt.sign_with(root)
     except Exception as exc:  # embit raises PSBTError and others when derivations disagree.
@@ -226,13 +400,14 @@ def sign_bitcoin(tx: BitcoinTransaction, wallet: BitcoinWallet, seed: bytes) -> 
 
 @dataclass(frozen=True, slots=True)
 class Utxo:
-    """A coin of the wallet to spend: outpoint, amount and its descriptor position."""
+    """A coin of the wallet to spend: outpoint, amount, descriptor position and previous transaction."""
 
     txid_hex: str
     vout: int
     amount_sat: int
     branch: int
     index: int
+    previous_tx: bytes  # The whole transaction that created the coin: the signer hashes it.
 
 
 def build_psbt(
@@ -246,9 +421,11 @@ def build_psbt(
 ) -> str:
     """Return an unsigned PSBT (base64) paying `destination`, change to branch 1 at `change_index`.
 
-    Inputs carry witness_utxo, witness_script and the key origins of all
+    Inputs carry the previous transaction (non_witness_utxo) and the
+    matching witness_utxo, witness_script and the key origins of all
     cosigners; the change output carries its witness script and key origins,
-    which is what lets a signer prove it is ours.
+    which is what lets a signer prove it is ours. nLockTime is 0 and every
+    input signals RBF (the bundle states sequence "rbf").
     """
     descriptor = parse_descriptor(descriptor_text, "build_psbt")
     change_sat = sum(u.amount_sat for u in utxos) - amount_sat - fee_sat
@@ -265,6 +442,11 @@ def build_psbt(
     psbt = PSBT(Transaction(vin=vin, vout=vout))
     for inp, utxo in zip(psbt.inputs, utxos, strict=True):
         derived = descriptor.derive(utxo.index, branch_index=utxo.branch)
+        previous = Transaction.parse(utxo.previous_tx)
+        output = previous.vout[utxo.vout]
+        if previous.txid().hex() != utxo.txid_hex or output.value != utxo.amount_sat:
+            raise ValueError(f"previous transaction of {utxo.txid_hex}:{utxo.vout} does not match the coin")
+        inp.non_witness_utxo = previous
         inp.witness_utxo = TransactionOutput(utxo.amount_sat, derived.script_pubkey())
         inp.witness_script = derived.witness_script()
         _add_origins(inp, descriptor, utxo.branch, utxo.index)

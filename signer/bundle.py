@@ -19,21 +19,31 @@ from typing import Any, ClassVar
 from eth_utils.address import is_checksum_address
 
 from policies.approval import Approval, ApprovalSubject, SubjectKind
-from policies.results import PolicyError
+from policies.results import PolicyError, ResultCode
 from policies.wire_format import MAX_U64, MAX_U256
 from signer.canonical import MAX_JSON_INT, canonical_bytes, parse_strict, sha256_hex
 from signer.fields import Fields
 from signer.results import SignerCode, SignerError
 
 BUNDLE_FORMAT = "strongroom-signer-bundle"
-BUNDLE_VERSION = 1
-SIGNING_DOMAIN = b"strongroom/bundle/v1\n"
+BUNDLE_VERSION = 2
+SIGNING_DOMAIN = b"strongroom/bundle/v2\n"
 ED25519_SIGNATURE_BYTES = 64
 MAX_APPROVALS = 16
 MAX_BUNDLE_LIFETIME_MS = 30 * 24 * 3600 * 1000
 MAX_PSBT_BASE64_CHARS = 1_000_000
 MAX_ETHEREUM_DATA_BYTES = 4096
 BITCOIN_NETWORKS = ("main", "test", "regtest", "signet")
+# nSequence of every input, by the bundle's stated intent: replaceable (BIP 125) or final.
+SEQUENCE_RBF = "rbf"
+SEQUENCE_FINAL = "final"
+SEQUENCE_VALUES = {SEQUENCE_RBF: 0xFFFFFFFD, SEQUENCE_FINAL: 0xFFFFFFFF}
+# Why a version 1 bundle is refused (its approvals did not bind chain, network, wallet, fee cap, rule).
+VERSION_1_MESSAGE = (
+    "bundle version 1 is no longer accepted: its approvals do not bind the chain, network, source "
+    "wallet, fee cap and policy rule, and its PSBT need not prove input amounts. Export the request "
+    "again from an upgraded platform (its approvers approve again)"
+)
 
 _MALFORMED = SignerCode.BUNDLE_MALFORMED
 
@@ -136,12 +146,27 @@ class Intent:
 
 @dataclass(frozen=True, slots=True)
 class BitcoinTransaction:
-    """An unsigned PSBT (BIP 174), base64, with witness_utxo, scripts and key origins filled in."""
+    """An unsigned PSBT (BIP 174), base64, and the stated nLockTime and nSequence intent.
+
+    Every input carries its full previous transaction (non_witness_utxo),
+    its witness script and the key origins of all cosigners. `locktime` is
+    always 0 (no time-locked spends); `sequence` is "rbf" (every input
+    0xFFFFFFFD) or "final" (0xFFFFFFFF). The signer refuses a PSBT whose
+    fields differ from what is stated here.
+    """
 
     psbt_base64: str
+    locktime: int = 0
+    sequence: str = SEQUENCE_RBF
     TYPE: ClassVar[str] = "bitcoin_psbt"
 
     def __post_init__(self) -> None:
+        if self.locktime != 0 or isinstance(self.locktime, bool):
+            raise SignerError(_MALFORMED, f"bitcoin locktime was {self.locktime!r}, must be 0")
+        if self.sequence not in SEQUENCE_VALUES:
+            raise SignerError(
+                _MALFORMED, f"bitcoin sequence was {self.sequence!r}, must be one of {tuple(SEQUENCE_VALUES)}"
+            )
         if not 1 <= len(self.psbt_base64) <= MAX_PSBT_BASE64_CHARS:
             raise SignerError(_MALFORMED, f"psbt was {len(self.psbt_base64)} characters")
         try:
@@ -151,12 +176,26 @@ class BitcoinTransaction:
         if base64.b64encode(raw).decode("ascii") != self.psbt_base64:
             raise SignerError(_MALFORMED, "psbt base64 is not in canonical (padded, standard) form")
 
+    @property
+    def sequence_value(self) -> int:
+        """Return the nSequence every input must carry."""
+        return SEQUENCE_VALUES[self.sequence]
+
     def to_json(self) -> dict[str, object]:
-        return {"type": self.TYPE, "psbt": self.psbt_base64}
+        return {
+            "type": self.TYPE,
+            "psbt": self.psbt_base64,
+            "locktime": self.locktime,
+            "sequence": self.sequence,
+        }
 
     @classmethod
     def from_json(cls, f: Fields) -> BitcoinTransaction:
-        tx = cls(f.string("psbt", MAX_PSBT_BASE64_CHARS))
+        tx = cls(
+            f.string("psbt", MAX_PSBT_BASE64_CHARS),
+            f.integer("locktime", 0, 0),
+            f.choice("sequence", tuple(SEQUENCE_VALUES)),
+        )
         f.finish()
         return tx
 
@@ -270,9 +309,9 @@ class BundleBody:
     def subject(self) -> ApprovalSubject:
         """Return the approval subject this bundle's intent stands for.
 
-        It binds the request kind and id, the policy id and version, the
-        asset, the amount and the destination: an approval only counts for
-        exactly these.
+        It binds the request kind and id, the policy id, version and rule,
+        the chain and network, the source wallet, the asset, the amount, the
+        destination and the fee cap: an approval only counts for exactly these.
         """
         try:
             return ApprovalSubject(
@@ -280,9 +319,14 @@ class BundleBody:
                 subject_id=self.request.request_id,
                 policy_id=self.policy.policy_id,
                 policy_version=self.policy.policy_version,
+                rule_id=self.policy.rule,
+                chain=self.chain.value,
+                network=self.network,
+                source_wallet=self.intent.source_wallet,
                 asset=self.intent.asset,
                 amount_minor=self.intent.amount_minor,
                 destination=self.intent.destination,
+                fee_cap_minor=self.intent.fee_cap_minor,
             )
         except PolicyError as exc:
             raise SignerError(
@@ -331,7 +375,8 @@ def _approval(item: object, index: int) -> Approval:
     try:
         return Approval.from_bytes(raw)
     except PolicyError as exc:
-        raise SignerError(_MALFORMED, f"approval #{index}: {exc.message}", exc.code) from exc
+        code = SignerCode.APPROVAL_OUTDATED if exc.code is ResultCode.APPROVAL_OUTDATED else _MALFORMED
+        raise SignerError(code, f"approval #{index}: {exc.message}", exc.code) from exc
 
 
 def signing_message(body: BundleBody) -> bytes:
@@ -407,6 +452,8 @@ def check_version(document: dict[str, Any], expected_format: str, expected_versi
             _MALFORMED, f"{what} format was {document.get('format')!r}, must be {expected_format!r}"
         )
     version = document.get("version")
+    if what == "bundle" and version == 1 and not isinstance(version, bool):
+        raise SignerError(SignerCode.BUNDLE_VERSION_UNSUPPORTED, VERSION_1_MESSAGE)
     if version != expected_version or isinstance(version, bool):
         raise SignerError(
             SignerCode.BUNDLE_VERSION_UNSUPPORTED,

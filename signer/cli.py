@@ -2,9 +2,9 @@
 
     strongroom-signer init [--restore]          create (or restore) the encrypted seed
     strongroom-signer keys [--network N]        show the public keys to register with the platform
-    strongroom-signer inspect FILE              the intent in plain words and every check
-    strongroom-signer verify FILE               the checks only; exit 0 if it may be signed
-    strongroom-signer sign FILE --out SIGNED    verify, confirm, sign, log, write
+    strongroom-signer inspect FILE [--json]     the intent in plain words and every check
+    strongroom-signer verify FILE [--json]      the checks only; exit 0 if it may be signed
+    strongroom-signer sign FILE --out SIGNED    verify, confirm (and accept warnings), sign, log, write
     strongroom-signer log                       what has been signed (chain verified)
     strongroom-signer qr split FILE --out-dir D / qr join FRAMES... --out FILE
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
@@ -33,11 +34,12 @@ from signer.anchors import TrustAnchors
 from signer.bitcoin import root_key
 from signer.bundle import Bundle
 from signer.canonical import sha256_hex
+from signer.display import describe, report_json
 from signer.ethereum import ethereum_address
 from signer.keystore import DEFAULT_SCRYPT_LOG2_N, create_keystore, load_seed, restore_keystore
 from signer.network import InterfaceReader, online_interfaces, read_interfaces
 from signer.results import SignerCode, SignerError
-from signer.signing import describe, sign_bundle
+from signer.signing import sign_bundle
 from signer.signing_log import EVENT_ONLINE_OVERRIDE, EVENT_SIGNED, SigningLog
 from signer.verification import Verification, verify_bundle
 
@@ -47,6 +49,7 @@ HOME_ENV = "STRONGROOM_SIGNER_HOME"
 DEFAULT_ETHEREUM_PATH = "m/44'/60'/0'/0/0"
 MIN_INIT_SCRYPT_LOG2_N = 15
 CONFIRM_WORD = "sign"
+ACCEPT_WORD = "accept"
 
 
 @dataclass
@@ -96,11 +99,17 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("file", type=Path)
+        command.add_argument("--json", action="store_true", help="print one JSON object instead")
         command.set_defaults(run=run)
     sign = commands.add_parser("sign", help="verify, confirm and sign a bundle")
     sign.add_argument("file", type=Path)
     sign.add_argument("--out", type=Path, required=True)
     sign.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
+    sign.add_argument(
+        "--accept-warnings",
+        action="store_true",
+        help="with --yes: sign even if there are warnings (a high fee); without it they refuse (7066)",
+    )
     sign.add_argument("--i-know-this-machine-is-online", dest="online_ok", action="store_true")
     sign.set_defaults(run=_sign)
     log = commands.add_parser("log", help="show what this signer has signed")
@@ -126,11 +135,18 @@ def _qr_parser(parser: argparse.ArgumentParser) -> None:
     join.set_defaults(run=_qr_join)
 
 
+def _secret(env: CliEnvironment, prompt: str) -> str:
+    try:
+        return env.read_secret(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise SignerError(SignerCode.NOT_CONFIRMED, "no input; nothing was done") from None
+
+
 def _passphrase(args: argparse.Namespace, env: CliEnvironment, *, twice: bool = False) -> str:
     if args.passphrase_file is not None:
         return str(args.passphrase_file.read_text(encoding="utf-8").rstrip("\n"))
-    passphrase = env.read_secret("Keystore passphrase: ")
-    if twice and env.read_secret("Repeat passphrase: ") != passphrase:
+    passphrase = _secret(env, "Keystore passphrase: ")
+    if twice and _secret(env, "Repeat passphrase: ") != passphrase:
         raise SignerError(SignerCode.PASSPHRASE_WRONG, "the two passphrases differ")
     return passphrase
 
@@ -148,7 +164,7 @@ def _init(args: argparse.Namespace, home: Path, env: CliEnvironment) -> int:
         mnemonic = (
             args.mnemonic_file.read_text(encoding="utf-8")
             if args.mnemonic_file
-            else env.read_secret("Mnemonic (24 words): ")
+            else _secret(env, "Mnemonic (24 words): ")
         )
         passphrase = _passphrase(args, env, twice=True)
         fingerprint = restore_keystore(path, passphrase, mnemonic, scrypt_log2_n=args.scrypt_log2_n)
@@ -195,30 +211,63 @@ def _load(args: argparse.Namespace, home: Path) -> tuple[Bundle, TrustAnchors, S
     return bundle, anchors, SigningLog(home / "signing-log.jsonl")
 
 
-def _report(verification: Verification, env: CliEnvironment, *, with_intent: bool) -> None:
+def _report(verification: Verification, env: CliEnvironment, now_ms: int, *, with_intent: bool) -> None:
     if with_intent:
-        for line in describe(verification.bundle):
+        for line in describe(verification, now_ms):
             print(line, file=env.stdout)
+        print("CHECKS", file=env.stdout)
     for line in verification.facts:
         print(f"  - {line}", file=env.stdout)
+    for warning in verification.warnings:
+        print(f"WARNING {warning}", file=env.stdout)
     for refusal in verification.refusals:
         print(f"REFUSED {refusal}", file=env.stdout)
     if verification.ok:
-        print("VERIFIED: every check passed; this bundle may be signed", file=env.stdout)
+        accept = " after accepting the warnings above" if verification.warnings else ""
+        print(f"VERIFIED: every check passed; this bundle may be signed{accept}", file=env.stdout)
+
+
+def _check_command(args: argparse.Namespace, home: Path, env: CliEnvironment, *, with_intent: bool) -> int:
+    bundle, anchors, log = _load(args, home)
+    now_ms = env.now_ms()
+    verification = verify_bundle(bundle, anchors, now_ms, log.history())
+    if args.json:
+        print(json.dumps(report_json(verification, now_ms), indent=2, sort_keys=True), file=env.stdout)
+    else:
+        _report(verification, env, now_ms, with_intent=with_intent)
+    return EXIT_OK if verification.ok else EXIT_REFUSED
 
 
 def _inspect(args: argparse.Namespace, home: Path, env: CliEnvironment) -> int:
-    bundle, anchors, log = _load(args, home)
-    verification = verify_bundle(bundle, anchors, env.now_ms(), log.history())
-    _report(verification, env, with_intent=True)
-    return EXIT_OK if verification.ok else EXIT_REFUSED
+    return _check_command(args, home, env, with_intent=True)
 
 
 def _verify(args: argparse.Namespace, home: Path, env: CliEnvironment) -> int:
-    bundle, anchors, log = _load(args, home)
-    verification = verify_bundle(bundle, anchors, env.now_ms(), log.history())
-    _report(verification, env, with_intent=False)
-    return EXIT_OK if verification.ok else EXIT_REFUSED
+    return _check_command(args, home, env, with_intent=False)
+
+
+def _ask(env: CliEnvironment, prompt: str) -> str:
+    """Read one answer; end of input or Ctrl-C is "no", never a traceback."""
+    try:
+        return env.read_line(prompt).strip()
+    except (EOFError, KeyboardInterrupt):
+        print("", file=env.stdout)
+        return ""
+
+
+def _confirm(args: argparse.Namespace, verification: Verification, env: CliEnvironment) -> None:
+    """Raise unless the operator confirmed signing and accepted every warning."""
+    if verification.warnings:
+        if args.yes and not args.accept_warnings:
+            raise SignerError(
+                SignerCode.WARNING_NOT_ACCEPTED,
+                f"{len(verification.warnings)} warning(s) above; pass --accept-warnings with --yes, "
+                "or sign interactively. Nothing was signed",
+            )
+        if not args.yes and _ask(env, f"Type '{ACCEPT_WORD}' to accept the warnings above: ") != ACCEPT_WORD:
+            raise SignerError(SignerCode.WARNING_NOT_ACCEPTED, "warnings not accepted; nothing was signed")
+    if not args.yes and _ask(env, f"Type '{CONFIRM_WORD}' to sign this bundle: ") != CONFIRM_WORD:
+        raise SignerError(SignerCode.NOT_CONFIRMED, "not confirmed; nothing was signed")
 
 
 def _sign(args: argparse.Namespace, home: Path, env: CliEnvironment) -> int:
@@ -229,17 +278,16 @@ def _sign(args: argparse.Namespace, home: Path, env: CliEnvironment) -> int:
     bundle, anchors, _ = _load(args, home)
     now_ms = env.now_ms()
     verification = verify_bundle(bundle, anchors, now_ms, log.history())
-    _report(verification, env, with_intent=True)
+    _report(verification, env, now_ms, with_intent=True)
     if not verification.ok:
         print("NOTHING WAS SIGNED", file=env.stderr)
         return EXIT_REFUSED
-    if not args.yes and env.read_line(f"Type '{CONFIRM_WORD}' to sign this bundle: ").strip() != CONFIRM_WORD:
-        raise SignerError(SignerCode.NOT_CONFIRMED, "not confirmed; nothing was signed")
+    _confirm(args, verification, env)
     outcome = sign_bundle(
         bundle, anchors, load_seed(home / "keystore.json", _passphrase(args, env)), now_ms, log.history()
     )
     if outcome.signed is None:
-        _report(outcome.verification, env, with_intent=False)
+        _report(outcome.verification, env, now_ms, with_intent=False)
         print("NOTHING WAS SIGNED", file=env.stderr)
         return EXIT_REFUSED
     output = outcome.signed.to_bytes()

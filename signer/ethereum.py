@@ -65,6 +65,7 @@ def check_ethereum(
         f"{tx.max_fee_per_gas_wei} wei "
         f"(cap {intent.fee_cap_minor} wei); nonce {tx.nonce}; chain id {tx.chain_id}"
     )
+    check.fee_minor = tx.max_fee_wei
     if tx.max_fee_wei > intent.fee_cap_minor:
         check.refuse(
             SignerCode.FEE_OVER_CAP,

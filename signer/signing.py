@@ -59,21 +59,3 @@ def sign_bundle(
         failed = Verification(bundle, (*verification.refusals, exc.refusal), verification.facts)
         return SignOutcome(failed, None)
     return SignOutcome(verification, signed)
-
-
-def describe(bundle: Bundle) -> list[str]:
-    """Return the intent in plain words, for `inspect` and the confirmation prompt."""
-    body = bundle.body
-    intent = body.intent
-    return [
-        f"bundle {body.bundle_id} (sha256 {bundle.digest})",
-        f"{body.request.kind.name.lower()} {body.request.request_id}, "
-        f"initiated by {body.request.initiator_id}",
-        f"send {intent.amount_minor} {intent.asset} minor units",
-        f"  from wallet {intent.source_wallet} on {body.chain}/{body.network}",
-        f"  to {intent.destination}",
-        f"  paying at most {intent.fee_cap_minor} in network fees (native minor units)",
-        f"policy {body.policy.policy_id} v{body.policy.policy_version}, rule {body.policy.rule}; "
-        f"{len(body.approvals)} approvals carried",
-        f"valid until {body.expires_at_ms} ms (unix epoch)",
-    ]

@@ -1,11 +1,16 @@
 """Verify a bundle before signing: pure, deterministic, every refusal with its reason.
 
 The checks, in order: the platform's signature; expiry; the wallet, asset,
-network and policy rule against the signer's own trust anchors and limits;
-the approvals quorum (policies' `verify_quorum`, over the subject derived
-from this bundle's intent; every approval carried must count); the
-signing history (no bundle id or request signed twice); and the transaction
+network and policy rule against the signer's own trust anchors and limits
+(the rule must be configured here and require at least the wallet's own
+floor of approvals: the bundle cannot choose an easier rule); the approvals
+quorum (policies' `verify_quorum`, over the subject derived from this
+bundle: request, chain, network, wallet, asset, amount, destination, fee
+cap, policy and rule; every approval carried must count); the signing
+history (no bundle id or request signed twice); and the transaction
 against the intent. All checks run, so `inspect` can show every problem.
+A fee above the asset's warning threshold is not refused but is a warning
+the operator must accept.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ class Verification:
     bundle: Bundle
     refusals: tuple[SignerRefusal, ...]
     facts: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    check: TxCheck | None = None  # The transaction check (fee, change, details), when it ran.
+    asset: AssetLimits | None = None
+    approvers: tuple[tuple[str, str, int], ...] = ()  # (approver, key id, signed at ms) that counted.
 
     @property
     def ok(self) -> bool:
@@ -50,13 +59,34 @@ def verify_bundle(bundle: Bundle, anchors: TrustAnchors, now_ms: int, history: H
             SignerCode.BUNDLE_EXPIRED, f"bundle expired at {body.expires_at_ms} ms, now is {now_ms} ms"
         )
     wallet, asset = _check_anchors(bundle, anchors, check)
-    _check_approvals(bundle, anchors, now_ms, check)
+    approvers = _check_approvals(bundle, anchors, now_ms, check)
     _check_history(bundle, history, check)
+    tx_check = None
     if wallet is not None and asset is not None:
         tx_check = _check_transaction(bundle, wallet, asset)
         check.refusals.extend(tx_check.refusals)
         check.facts.extend(tx_check.facts)
-    return Verification(bundle, tuple(check.refusals), tuple(check.facts))
+        check.warnings.extend(tx_check.warnings)
+        _check_fee_warning(bundle, asset, tx_check, check)
+    return Verification(
+        bundle,
+        tuple(check.refusals),
+        tuple(check.facts),
+        tuple(check.warnings),
+        tx_check,
+        asset,
+        approvers,
+    )
+
+
+def _check_fee_warning(bundle: Bundle, asset: AssetLimits, tx_check: TxCheck, check: TxCheck) -> None:
+    fee = tx_check.fee_minor
+    if fee is not None and fee > asset.warn_fee_minor:
+        check.warn(
+            f"HIGH FEE: this transaction can pay {fee} in fees (native minor units), above this signer's "
+            f"warning threshold of {asset.warn_fee_minor} for {asset.asset} (ceiling {asset.max_fee_minor}). "
+            "Confirm the fee is intended before signing."
+        )
 
 
 def _check_platform_signature(bundle: Bundle, anchors: TrustAnchors, check: TxCheck) -> None:
@@ -92,10 +122,17 @@ def _check_anchors(
         asset = None
     else:
         _check_limits(bundle, asset, check)
-    if (body.policy.policy_id, body.policy.rule) not in anchors.quorums:
+    requirement = anchors.quorums.get((body.policy.policy_id, body.policy.rule))
+    if requirement is None:
         check.refuse(
             SignerCode.POLICY_RULE_UNKNOWN,
             f"policy {body.policy.policy_id} rule {body.policy.rule} has no quorum configured on this signer",
+        )
+    elif wallet is not None and requirement.count < wallet.min_approvals:
+        check.refuse(
+            SignerCode.POLICY_RULE_BELOW_FLOOR,
+            f"the bundle claims rule {body.policy.rule} ({requirement.count} of {requirement.group}), but "
+            f"this signer requires at least {wallet.min_approvals} approvals for wallet {wallet.name}",
         )
     return wallet, asset
 
@@ -116,11 +153,20 @@ def _check_limits(bundle: Bundle, asset: AssetLimits, check: TxCheck) -> None:
         )
 
 
-def _check_approvals(bundle: Bundle, anchors: TrustAnchors, now_ms: int, check: TxCheck) -> None:
+def _check_approvals(
+    bundle: Bundle, anchors: TrustAnchors, now_ms: int, check: TxCheck
+) -> tuple[tuple[str, str, int], ...]:
     body = bundle.body
     requirement = anchors.quorums.get((body.policy.policy_id, body.policy.rule))
     if requirement is None:
-        return
+        return ()
+    for index, approval in enumerate(body.approvals):
+        if not approval.subject.binds_transfer_terms:
+            check.refuse(
+                SignerCode.APPROVAL_OUTDATED,
+                f"approval #{index} by {approval.approver_id} does not name the chain, network, source "
+                "wallet and rule; it was made by an outdated client and does not count: approve again",
+            )
     result = verify_quorum(
         body.subject(),
         body.approvals,
@@ -148,6 +194,7 @@ def _check_approvals(bundle: Bundle, anchors: TrustAnchors, now_ms: int, check: 
             f"approvals: {', '.join(sorted(result.approver_ids))} ({requirement.count} of group "
             f"{requirement.group} required)"
         )
+    return tuple((a.approver_id, a.key_id, a.signed_at_ms) for a in result.valid)
 
 
 def _check_history(bundle: Bundle, history: History, check: TxCheck) -> None:

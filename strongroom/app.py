@@ -64,6 +64,13 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     if app.config.get("WALLETS") is not None:
         chains.setdefault(app.config["WALLETS"].adapter.chain, app.config["WALLETS"])
     app.extensions["strongroom.chains"] = chains
+    if chains:
+        from custody.bundles.terms import install_terms
+        from strongroom.commands.wallets import bundle_chains
+
+        # Approvers of cold withdrawals and refills bind the chain, network, wallet and fee cap.
+        install_terms(bundle_chains(chains), app.extensions["strongroom.access"].withdrawals,
+                      [runtime.treasury for runtime in chains.values()])
     exchange_api.init_app(app)
     init_rate_limits(app)
     _register_meta_routes(app)

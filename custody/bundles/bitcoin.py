@@ -26,7 +26,7 @@ from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.bundle import check_final
 from custody.chains.bitcoin.cold import REQUIRED_SIGNATURES, ColdWallet
 from custody.wallets.codes import WalletCode, WalletError
-from signer.bundle import BitcoinTransaction, Bundle, Chain
+from signer.bundle import SEQUENCE_RBF, BitcoinTransaction, Bundle, Chain
 from signer.results import SignerCode, SignerError
 from signer.signed import SignedBundle, check_signed, combine_bitcoin
 
@@ -76,6 +76,9 @@ class BitcoinBundles:
     def confirmations(self, asset: str) -> int:
         return self._confirmations.get(asset, DEFAULT_CONFIRMATIONS)
 
+    def fee_cap_minor(self, asset: str) -> int:
+        return self._fee_cap_sat
+
     def unsigned(self, request: ColdRequest, pending: Sequence[Bundle], replacing: Bundle | None) -> Unsigned:
         """Prepare (or find again) the PSBT paying ``request`` from the cold multisig.
 
@@ -102,7 +105,7 @@ class BitcoinBundles:
                 f"cold spend {spend} pays {prepared.amount_sat} sat to {prepared.destination}, "
                 f"the request {request.amount_minor} sat to {request.destination}",
             )
-        return Unsigned(BitcoinTransaction(prepared.psbt), self._fee_cap_sat)
+        return Unsigned(BitcoinTransaction(prepared.psbt, 0, SEQUENCE_RBF), self._fee_cap_sat)
 
     def finish(self, bundle: Bundle, signed: Sequence[SignedBundle]) -> Finished | None:
         """Check each cosigner's result; with two, combine, finalise, check and return the transaction."""

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from custody.bundles.codes import BundleCode, BundleError
 from custody.chains.adapter import ChainAdapter
-from policies.approval import Approval, SubjectKind
+from policies.approval import Approval, SubjectKind, TransferTerms
 from signer.bundle import Bundle, Chain, PolicyRef, Transaction
 from signer.signed import SignedBundle
 
@@ -46,6 +46,7 @@ class ColdRequest:
     amount_minor: int
     destination: str
     approvals: tuple[Approval, ...]
+    terms: TransferTerms
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,14 @@ class BundleChain(Protocol):
 
     def confirmations(self, asset: str) -> int:
         """Return how many confirmations settle a transfer of ``asset``."""
+        ...
+
+    def fee_cap_minor(self, asset: str) -> int:
+        """Return the most a cold transfer of ``asset`` may pay in fees (native minor units).
+
+        A constant per asset: approvers bind it in their approval (they see it
+        before the transaction exists), and the bundle's intent carries it.
+        """
         ...
 
     def unsigned(self, request: ColdRequest, pending: Sequence[Bundle], replacing: Bundle | None) -> Unsigned:

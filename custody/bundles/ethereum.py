@@ -57,6 +57,13 @@ class EthereumBundles:
     def confirmations(self, asset: str) -> int:
         return self._confirmations.get(asset, DEFAULT_CONFIRMATIONS)
 
+    def fee_cap_minor(self, asset: str) -> int:
+        """Return the transfer's gas limit times the per-gas cap: the most it can ever cost."""
+        return self._gas(asset) * self._fee_cap_wei
+
+    def _gas(self, asset: str) -> int:
+        return NATIVE_TRANSFER_GAS if asset == self.adapter.native_asset else TOKEN_TRANSFER_GAS
+
     def unsigned(self, request: ColdRequest, pending: Sequence[Bundle], replacing: Bundle | None) -> Unsigned:
         """Build the EIP-1559 transaction paying ``request`` from the cold address."""
         destination = _checksummed(request.destination)
@@ -92,7 +99,7 @@ class EthereumBundles:
             max_fee_per_gas_wei=max_fee,
             max_priority_fee_per_gas_wei=tip,
         )
-        return Unsigned(tx, tx.max_fee_wei)
+        return Unsigned(tx, self.fee_cap_minor(request.asset))
 
     def finish(self, bundle: Bundle, signed: Sequence[SignedBundle]) -> Finished | None:
         """Check the one signature (Ethereum cold wallets are single-key) and return the raw transaction."""

@@ -27,13 +27,14 @@ from custody.access import security_log
 from custody.access.approvers import load_registry
 from custody.bundles.chains import BundleChains, ColdRequest
 from custody.bundles.codes import BundleCode, BundleError
+from custody.bundles.terms import TransferTermsBook
 from custody.ledger.entry import AccountKind
 from custody.wallets import treasury
 from custody.wallets.models import RefillProposal, Wallet, WalletAddress
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.withdrawals import service as withdrawals
 from custody.withdrawals.models import WithdrawalApprovalRow, WithdrawalRequest
-from policies.approval import Approval, ApprovalSubject, SubjectKind
+from policies.approval import ApprovalSubject, SubjectKind, current_approvals
 from policies.quorum import QuorumRequirement, QuorumResult, verify_quorum
 from signer.bundle import PolicyRef
 
@@ -68,7 +69,7 @@ class Opened:
             asset=r.asset,
             amount_minor=r.amount_minor,
             destination=r.destination,
-        )
+        ).with_terms(r.terms)
 
 
 class RequestSource(Protocol):
@@ -133,6 +134,7 @@ class WithdrawalSource:
     def __init__(self, wallets: WalletRegistry, chains: BundleChains) -> None:
         self._wallets = wallets
         self._chains = chains
+        self._terms = TransferTermsBook(chains)
 
     def open(self, session: Session, request_id: str, now_ms: int, *, lock: bool) -> Opened:
         row = session.get(WithdrawalRequest, request_id, with_for_update=lock)
@@ -147,6 +149,10 @@ class WithdrawalSource:
             )
         chain = self._chains.for_asset(row.asset).chain.value
         wallet_id, wallet_name, address = _wallet(session, chain=chain)
+        rule = row.rule_id or "allow"
+        terms = self._terms.named(row.asset, rule, wallet_name)
+        if terms is None:
+            raise BundleError(BundleCode.CHAIN_NOT_CONFIGURED, f"no cold transfer terms for {row.asset}")
         quorum = None
         if row.required_group is not None:
             stored = session.scalars(
@@ -154,9 +160,9 @@ class WithdrawalSource:
                 .where(WithdrawalApprovalRow.withdrawal_id == row.id)
                 .order_by(WithdrawalApprovalRow.created_ms, WithdrawalApprovalRow.approval_id)
             )
-            approvals = [Approval.from_bytes(raw) for raw in stored]
+            approvals = current_approvals(stored)
             quorum = verify_quorum(
-                withdrawals.subject_of(row),
+                withdrawals.subject_of(row, terms),
                 approvals,
                 load_registry(session),
                 QuorumRequirement(row.required_count, row.required_group),
@@ -167,13 +173,14 @@ class WithdrawalSource:
             kind=self.kind,
             request_id=row.id,
             initiator_id=row.username,
-            policy=PolicyRef(row.policy_id, row.policy_version, row.rule_id or "allow"),
+            policy=PolicyRef(row.policy_id, row.policy_version, rule),
             source_wallet=wallet_name,
             source_address=address,
             asset=row.asset,
             amount_minor=row.amount,
             destination=row.destination,
             approvals=() if quorum is None else quorum.valid,
+            terms=terms,
         )
         return Opened(request, stage, row.state, chain, wallet_id, quorum, row.hold_transfer_id)
 
@@ -216,8 +223,9 @@ class RefillSource:
         treasury.FAILED: FINAL,
     }
 
-    def __init__(self, wallets: WalletRegistry) -> None:
+    def __init__(self, wallets: WalletRegistry, chains: BundleChains) -> None:
         self._wallets = wallets
+        self._terms = TransferTermsBook(chains)
 
     def open(self, session: Session, request_id: str, now_ms: int, *, lock: bool) -> Opened:
         row = session.get(RefillProposal, request_id, with_for_update=lock)
@@ -230,8 +238,11 @@ class RefillSource:
                 f"refill {request_id} is {row.status}; it needs its treasury approvals first",
             )
         wallet_id, wallet_name, address = _wallet(session, wallet_id=row.source_wallet_id)
+        terms = self._terms.named(row.asset, treasury.REFILL_RULE, wallet_name)
+        if terms is None:
+            raise BundleError(BundleCode.CHAIN_NOT_CONFIGURED, f"no cold transfer terms for {row.asset}")
         quorum = verify_quorum(
-            treasury.refill_subject(row.id, row.asset, row.amount_minor, row.destination),
+            treasury.refill_subject(row.id, row.asset, row.amount_minor, row.destination, terms),
             treasury.refill_approvals(session, row.id),
             load_registry(session),
             QuorumRequirement(row.required_approvals, treasury.REFILL_GROUP),
@@ -249,6 +260,7 @@ class RefillSource:
             amount_minor=row.amount_minor,
             destination=row.destination,
             approvals=quorum.valid,
+            terms=terms,
         )
         return Opened(request, stage, row.status, row.chain, wallet_id, quorum, None)
 

@@ -182,7 +182,7 @@ class ColdTransfers:
         self._ttl_ms = ttl_ms
         self._sources: Mapping[str, RequestSource] = {
             "withdrawal": WithdrawalSource(wallets, chains),
-            "refill": RefillSource(wallets),
+            "refill": RefillSource(wallets, chains),
         }
 
     # -- the platform key -------------------------------------------------------------------
@@ -266,6 +266,13 @@ class ColdTransfers:
     ) -> Bundle:
         request = opened.request
         unsigned = chain.unsigned(request, pending, replacing)
+        # The intent carries the fee cap the approvers bound, never one chosen now.
+        if unsigned.fee_cap_minor != request.terms.fee_cap_minor:
+            raise BundleError(
+                BundleCode.REQUEST_MISMATCH,
+                f"the {chain.chain} fee cap is now {unsigned.fee_cap_minor}, the approvers approved "
+                f"{request.terms.fee_cap_minor}; the request needs new approvals",
+            )
         body = build_bundle(
             bundle_id=bundle_id,
             chain=chain.chain,
@@ -277,7 +284,7 @@ class ColdTransfers:
                 request.asset,
                 request.destination,
                 request.amount_minor,
-                unsigned.fee_cap_minor,
+                request.terms.fee_cap_minor,
             ),
             transaction=unsigned.transaction,
             approvals=request.approvals,
@@ -465,6 +472,8 @@ class ColdTransfers:
                 session.scalars(
                     select(ColdBundle.bundle_id)
                     .where(ColdBundle.state.in_(ON_CHAIN_STATES))
+                    # Bundles of a chain this process has no node for wait for a process that has one.
+                    .where(ColdBundle.chain.in_(list(self._chains.names())))
                     .order_by(ColdBundle.created_ms, ColdBundle.bundle_id)
                     .limit(limit)
                 )

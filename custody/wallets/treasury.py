@@ -38,7 +38,7 @@ from custody.wallets.withdrawal_executor import (
     TransactionView,
     WithdrawalExecutor,
 )
-from policies.approval import Approval, ApprovalSubject, SubjectKind
+from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms, current_approvals
 from policies.policy_document import Allow, PolicyDocument, WalletTemperature
 from policies.policy_json import parse_policy_object
 from policies.quorum import QuorumRequirement, verify_quorum
@@ -110,11 +110,12 @@ class RefillView:
     required_approvals: int
     approvals: list[str]
     proposed_by: str
+    terms: TransferTerms | None = None
 
     @property
     def subject(self) -> ApprovalSubject:
         """Return exactly what approvers of this refill sign."""
-        return refill_subject(self.id, self.asset, self.amount_minor, self.destination)
+        return refill_subject(self.id, self.asset, self.amount_minor, self.destination, self.terms)
 
     def to_json(self) -> dict[str, object]:
         """Render for the API (with the subject approvers sign)."""
@@ -131,7 +132,9 @@ class RefillView:
         }
 
 
-def refill_subject(proposal_id: str, asset: str, amount_minor: int, destination: str) -> ApprovalSubject:
+def refill_subject(
+    proposal_id: str, asset: str, amount_minor: int, destination: str, terms: TransferTerms | None = None
+) -> ApprovalSubject:
     """Return the approval subject of a refill: kind REFILL under the fixed treasury refill rule."""
     return ApprovalSubject(
         kind=SubjectKind.REFILL,
@@ -141,7 +144,8 @@ def refill_subject(proposal_id: str, asset: str, amount_minor: int, destination:
         asset=asset,
         amount_minor=amount_minor,
         destination=destination,
-    )
+        rule_id=REFILL_RULE,
+    ).with_terms(terms)
 
 
 def _subject_json(s: ApprovalSubject) -> dict[str, object]:
@@ -154,6 +158,11 @@ def _subject_json(s: ApprovalSubject) -> dict[str, object]:
         "amount_minor": str(s.amount_minor),
         "destination": s.destination,
         "document_sha256": s.document_sha256,
+        "rule_id": s.rule_id,
+        "chain": s.chain,
+        "network": s.network,
+        "source_wallet": s.source_wallet,
+        "fee_cap_minor": str(s.fee_cap_minor),
     }
 
 
@@ -164,7 +173,7 @@ def refill_approvals(session: Session, proposal_id: str) -> list[Approval]:
         .where(RefillApprovalRow.proposal_id == proposal_id)
         .order_by(RefillApprovalRow.created_ms, RefillApprovalRow.approval_id)
     )
-    return [Approval.from_bytes(row.approval) for row in rows]
+    return current_approvals(row.approval for row in rows)
 
 
 class Treasury:
@@ -186,6 +195,14 @@ class Treasury:
         self._clock = clock
         self._chain = adapter.chain
         self._policy = policy
+        # Resolves a refill's terms (asset, rule, cold wallet name); set when cold transfers are configured.
+        self.terms: Callable[[str, str, str], TransferTerms | None] | None = None
+
+    def _terms(self, asset: str) -> TransferTerms | None:
+        """Return the terms approvers of a refill of ``asset`` bind (call outside a write session)."""
+        if self.terms is None:
+            return None
+        return self.terms(asset, REFILL_RULE, self._wallets.one(self._chain, Temperature.COLD).name)
 
     # -- limits -----------------------------------------------------------------------------
 
@@ -275,6 +292,7 @@ class Treasury:
         cold = self._wallets.one(self._chain, Temperature.COLD)
         hot = self._wallets.one(self._chain, Temperature.HOT)
         destination = self._wallets.primary_address(hot.id).address
+        terms = self._terms(asset)
         with self._sessions.begin() as session:
             open_row = session.scalar(
                 select(RefillProposal).where(
@@ -284,7 +302,7 @@ class Treasury:
                 )
             )
             if open_row is not None:
-                return _refill(open_row)
+                return _refill(open_row, terms)
             row = RefillProposal(
                 id=f"refill:{asset}:{self._clock()}",
                 chain=self._chain,
@@ -300,7 +318,7 @@ class Treasury:
                 updated_ms=self._clock(),
             )
             session.add(row)
-        return _refill(row)
+        return _refill(row, terms)
 
     def approve_refill(self, proposal_id: str, approver: str, approval: Approval) -> RefillView:
         """Add ``approver``'s signed approval; at quorum the proposal awaits the offline signer.
@@ -317,6 +335,7 @@ class Treasury:
                 AccessCode.APPROVER_MISMATCH, f"approval is by {approval.approver_id}; submit your own"
             )
         now_ms = self._clock()
+        terms = {asset: self._terms(asset) for asset in self._adapter.assets()}
         with self._sessions.begin() as session:
             row = session.scalar(
                 select(RefillProposal).where(RefillProposal.id == proposal_id).with_for_update()
@@ -332,19 +351,26 @@ class Treasury:
             approvals = json.loads(row.approvals)
             if approver in {a["approver"] for a in approvals if a.get("signed")}:
                 raise WalletError(WalletCode.DUPLICATE_APPROVAL, f"{approver} already approved {proposal_id}")
-            met = self._add_signed(session, row, approval, now_ms)
+            met = self._add_signed(session, row, approval, now_ms, terms.get(row.asset))
             approvals.append({"approver": approver, "at_ms": now_ms, "signed": True})
             row.approvals = json.dumps(approvals)
             if met:
                 row.status = AWAITING_SIGNER
             row.updated_ms = now_ms
-        return _refill(row)
+        return _refill(row, terms.get(row.asset))
 
-    def _add_signed(self, session: Session, row: RefillProposal, approval: Approval, now_ms: int) -> bool:
+    def _add_signed(
+        self,
+        session: Session,
+        row: RefillProposal,
+        approval: Approval,
+        now_ms: int,
+        terms: TransferTerms | None,
+    ) -> bool:
         """Verify ``approval`` with the stored ones; store it; return whether the quorum is met."""
         stored = refill_approvals(session, row.id)
         result = verify_quorum(
-            refill_subject(row.id, row.asset, row.amount_minor, row.destination),
+            refill_subject(row.id, row.asset, row.amount_minor, row.destination, terms),
             [*stored, approval],
             load_registry(session),
             QuorumRequirement(row.required_approvals, REFILL_GROUP),
@@ -368,9 +394,10 @@ class Treasury:
 
     def refills(self) -> list[RefillView]:
         """Return every refill proposal, newest first."""
+        terms = {asset: self._terms(asset) for asset in self._adapter.assets()}
         with self._sessions() as session:
             rows = session.scalars(select(RefillProposal).order_by(RefillProposal.created_ms.desc())).all()
-            return [_refill(row) for row in rows]
+            return [_refill(row, terms.get(row.asset)) for row in rows]
 
     # -- consolidation ----------------------------------------------------------------------
 
@@ -501,7 +528,7 @@ class Treasury:
             )
 
 
-def _refill(row: RefillProposal) -> RefillView:
+def _refill(row: RefillProposal, terms: TransferTerms | None) -> RefillView:
     return RefillView(
         row.id,
         row.asset,
@@ -511,4 +538,5 @@ def _refill(row: RefillProposal) -> RefillView:
         row.required_approvals,
         [a["approver"] for a in json.loads(row.approvals)],
         row.proposed_by,
+        terms,
     )

@@ -40,7 +40,7 @@ from custody.ledger.posting import TransferRequest
 from custody.ledger.service import Ledger
 from custody.withdrawals.codes import WithdrawalCode, WithdrawalError
 from custody.withdrawals.models import WhitelistAddress, WithdrawalApprovalRow, WithdrawalRequest
-from policies.approval import Approval, ApprovalSubject, SubjectKind
+from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms, current_approvals
 from policies.identifier import MAX_ADDRESS_CHARS, is_identifier
 from policies.policy_document import Allow, Delay, PolicyDocument, RequireApprovals, WalletTemperature
 from policies.price import usd_cents
@@ -63,6 +63,9 @@ COUNTED_STATES = frozenset({PENDING_APPROVAL, DELAYED, APPROVED, AWAITING_SIGNAT
 MAX_LIST = 500
 MAX_RELEASE_BATCH = 100
 MAX_LABEL_CHARS = 128
+# Resolves the terms (chain, network, source wallet, fee cap) approvers of a cold withdrawal of an
+# asset under a rule also bind; set by the composition root when cold transfers are configured.
+TermsResolver = Callable[[Session, str, str], TransferTerms | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,7 @@ class WithdrawalView:
 
     row: WithdrawalRequest
     approvals: tuple[tuple[str, str, str], ...]  # (approval_id, approver, key_id)
+    terms: TransferTerms | None = None
 
     @property
     def id(self) -> str:
@@ -92,7 +96,7 @@ class WithdrawalView:
 
     @property
     def subject(self) -> ApprovalSubject:
-        return subject_of(self.row)
+        return subject_of(self.row, self.terms)
 
     def decision(self) -> dict[str, Any]:
         decision: dict[str, Any] = json.loads(self.row.decision)
@@ -120,7 +124,7 @@ class WithdrawalView:
             "release_at_ms": r.release_at_ms,
             "hold_transfer_id": r.hold_transfer_id,
             "approvals": [{"approval_id": a, "approver": u, "key_id": k} for a, u, k in self.approvals],
-            "subject": subject_json(subject_of(r)),
+            "subject": subject_json(subject_of(r, self.terms)),
             "decision": self.decision(),
             "created_ms": r.created_ms,
             "updated_ms": r.updated_ms,
@@ -165,6 +169,12 @@ class Withdrawals:
         self._policies = policies
         self._clock = clock
         self._prices = dict(prices_usd_cents)
+        self.terms: TermsResolver | None = None
+
+    def _terms(self, session: Session, row: WithdrawalRequest) -> TransferTerms | None:
+        if self.terms is None or row.source_wallet != WalletTemperature.COLD.value or not row.rule_id:
+            return None
+        return self.terms(session, row.asset, row.rule_id)
 
     # -- whitelist ---------------------------------------------------------------------------
 
@@ -325,12 +335,12 @@ class Withdrawals:
                     "policy_version": row.policy_version,
                 },
             )
-            return WithdrawalView(row, ())
+            return WithdrawalView(row, (), self._terms(session, row))
 
     def find(self, withdrawal_id: str) -> WithdrawalView | None:
         with self._sessions() as session:
             row = session.get(WithdrawalRequest, withdrawal_id)
-            return None if row is None else _view(session, row)
+            return None if row is None else _view(session, row, self._terms(session, row))
 
     def get(self, withdrawal_id: str) -> WithdrawalView:
         found = self.find(withdrawal_id)
@@ -355,7 +365,7 @@ class Withdrawals:
         if state is not None:
             query = query.where(WithdrawalRequest.state == state)
         with self._sessions() as session:
-            return [_view(session, row) for row in session.scalars(query)]
+            return [_view(session, row, self._terms(session, row)) for row in session.scalars(query)]
 
     def pending_for(self, approver: UserView, limit: int = 100) -> list[WithdrawalView]:
         """Return withdrawals awaiting a group ``approver`` is in, not initiated by them."""
@@ -412,7 +422,7 @@ class Withdrawals:
                 details={"reason": reason},
             )
             session.flush()
-            return _view(session, row)
+            return _view(session, row, self._terms(session, row))
 
     def approve(self, actor: UserView, withdrawal_id: str, approval: Approval) -> WithdrawalView:
         """Add ``actor``'s signed approval; the withdrawal is approved once the quorum is met."""
@@ -429,9 +439,9 @@ class Withdrawals:
                     WithdrawalCode.WITHDRAWAL_NOT_AWAITING_APPROVAL,
                     f"withdrawal {withdrawal_id} is {row.state}, not pending_approval",
                 )
-            stored = [Approval.from_bytes(a.approval) for a in _approval_rows(session, withdrawal_id)]
+            stored = current_approvals(a.approval for a in _approval_rows(session, withdrawal_id))
             result = verify_quorum(
-                subject_of(row),
+                subject_of(row, self._terms(session, row)),
                 [*stored, approval],
                 load_registry(session),
                 QuorumRequirement(row.required_count, row.required_group),
@@ -470,7 +480,7 @@ class Withdrawals:
                     details={"approvers": sorted(result.approver_ids)},
                 )
             session.flush()
-            return _view(session, row)
+            return _view(session, row, self._terms(session, row))
 
     def release_due(self, limit: int = MAX_RELEASE_BATCH) -> list[WithdrawalView]:
         """Evaluate again every delayed withdrawal whose delay is over (the delay rule now served)."""
@@ -495,7 +505,7 @@ class Withdrawals:
         with self._sessions.begin() as session:
             row = _locked(session, withdrawal_id, None)
             if row.state != DELAYED or row.release_at_ms is None or row.release_at_ms > now_ms:
-                return _view(session, row)
+                return _view(session, row, self._terms(session, row))
             user = session.get(User, row.username, with_for_update=True)
             assert user is not None
             from custody.access.users import user_view
@@ -534,7 +544,7 @@ class Withdrawals:
                 details={"rule_id": row.rule_id},
             )
             session.flush()
-            return _view(session, row)
+            return _view(session, row, self._terms(session, row))
 
     def _void_hold(self, withdrawal_id: str, hold_id: str) -> None:
         # Idempotent: the void's id is derived from the withdrawal id.
@@ -550,8 +560,8 @@ class Withdrawals:
         )
 
 
-def subject_of(row: WithdrawalRequest) -> ApprovalSubject:
-    """Return exactly what approvers of this withdrawal sign."""
+def subject_of(row: WithdrawalRequest, terms: TransferTerms | None = None) -> ApprovalSubject:
+    """Return exactly what approvers of this withdrawal sign (with a cold withdrawal's terms)."""
     return ApprovalSubject(
         kind=SubjectKind.WITHDRAWAL,
         subject_id=row.id,
@@ -560,7 +570,8 @@ def subject_of(row: WithdrawalRequest) -> ApprovalSubject:
         asset=row.asset,
         amount_minor=row.amount,
         destination=row.destination,
-    )
+        rule_id=row.rule_id or "",
+    ).with_terms(terms)
 
 
 def subject_json(subject: ApprovalSubject) -> dict[str, object]:
@@ -573,6 +584,11 @@ def subject_json(subject: ApprovalSubject) -> dict[str, object]:
         "amount_minor": str(subject.amount_minor),
         "destination": subject.destination,
         "document_sha256": subject.document_sha256,
+        "rule_id": subject.rule_id,
+        "chain": subject.chain,
+        "network": subject.network,
+        "source_wallet": subject.source_wallet,
+        "fee_cap_minor": str(subject.fee_cap_minor),
     }
 
 
@@ -635,9 +651,9 @@ def _approval_rows(session: Session, withdrawal_id: str) -> list[WithdrawalAppro
     )
 
 
-def _view(session: Session, row: WithdrawalRequest) -> WithdrawalView:
+def _view(session: Session, row: WithdrawalRequest, terms: TransferTerms | None) -> WithdrawalView:
     approvals = tuple((a.approval_id, a.approver, a.key_id) for a in _approval_rows(session, row.id))
-    return WithdrawalView(row, approvals)
+    return WithdrawalView(row, approvals, terms)
 
 
 def _whitelisted_at(session: Session, username: str, request: WithdrawalInput) -> int | None:

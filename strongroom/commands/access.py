@@ -44,7 +44,15 @@ def services() -> AccessServices:
         raise click.UsageError(str(exc)) from None
     sessions = make_session_factory(make_engine(settings.database_url))
     keystore = LazyKeystore(lambda: open_keystore(settings))
-    return AccessServices.build(sessions, keystore, Ledger(sessions), wall_clock_ms)
+    built = AccessServices.build(sessions, keystore, Ledger(sessions), wall_clock_ms)
+    from custody.bundles.terms import install_terms
+    from strongroom.commands.wallets import bundle_chains, chain_runtimes_from_env
+
+    runtimes = chain_runtimes_from_env(settings)
+    if runtimes:
+        # Cold withdrawals show (and their approvals bind) chain, network, wallet and fee cap.
+        install_terms(bundle_chains(runtimes), built.withdrawals, [r.treasury for r in runtimes.values()])
+    return built
 
 
 def guard(fn: Callable[[], None]) -> None:

@@ -29,6 +29,11 @@ subjects = st.builds(
     asset=ids,
     amount_minor=st.integers(1, MAX_U256),
     destination=ids,
+    rule_id=ids,
+    chain=ids,
+    network=ids,
+    source_wallet=ids,
+    fee_cap_minor=st.integers(0, MAX_U256),
 )
 approvals = st.builds(
     Approval,
@@ -78,9 +83,11 @@ def test_approval_digest_matches_documented_encoding(subject: ApprovalSubject) -
         + b"\x00\x05wd-42"
         + b"\x00\x07default"
         + (3).to_bytes(8, "big")
+        + b"\x00\x00" * 4  # rule_id, chain, network, source_wallet: empty in this subject
         + b"\x00\x03BTC"
         + (150_000_000).to_bytes(32, "big")
         + b"\x00\x16bc1qexampledestination"
+        + (0).to_bytes(32, "big")  # fee_cap_minor
         + b"\x00\x00"
         + (100).to_bytes(8, "big")
         + (200).to_bytes(8, "big")

@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from embit import bip32, bip39
 from embit.descriptor import Descriptor
 from embit.networks import NETWORKS
+from embit.script import address_to_scriptpubkey
+from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
 from policies.approval import Approval, SubjectKind, sign_approval
 from policies.signature_scheme import ed25519_public_bytes
@@ -50,7 +52,21 @@ BTC_DESTINATION = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 BTC_ATTACKER = "bcrt1q50rtrmj2f8vl9tem8qpfw36ylw5jg9j2dkku3w"
 ETH_DESTINATION = "0x8ba1f109551bD432803012645Ac136ddd64DBA72"
 ETH_ATTACKER = "0xAb5801a7D398351b8bE11C439e05C5B3259aeC9B"
-FUNDING_TXID = "11" * 32
+def funding_tx(descriptor: str, branch: int, index: int, amount_sat: int, vout: int, salt: int) -> bytes:
+    """Return a transaction whose output `vout` pays `amount_sat` to our descriptor at branch/index.
+
+    Its other outputs pay strangers; `salt` makes each funding transaction (and its txid) distinct.
+    """
+    script = Descriptor.from_string(descriptor).derive(index, branch_index=branch).script_pubkey()
+    filler = address_to_scriptpubkey(BTC_DESTINATION)
+    outputs = [TransactionOutput(10_000 + n, filler) for n in range(vout)]
+    outputs.append(TransactionOutput(amount_sat, script))
+    tx = Transaction(vin=[TransactionInput(bytes([salt]) * 32, salt)], vout=outputs)
+    return bytes(tx.serialize())
+
+
+def txid_of(raw: bytes) -> str:
+    return str(Transaction.parse(raw).txid().hex())
 
 
 def mnemonic(n: int) -> str:
@@ -114,7 +130,14 @@ class World:
             "quorums": [{"policy_id": "default", "rule": "cold-transfer", "count": 2, "group": "treasury"}],
             "max_approval_age_ms": 72 * HOUR_MS,
             "wallets": [
-                {"name": "btc-cold", "chain": "bitcoin", "network": "regtest", "descriptor": self.descriptor},
+                {
+                    "name": "btc-cold",
+                    "chain": "bitcoin",
+                    "network": "regtest",
+                    "descriptor": self.descriptor,
+                    "change_index_max": 10_000,
+                    "min_approvals": 2,
+                },
                 {
                     "name": "eth-cold",
                     "chain": "ethereum",
@@ -122,6 +145,7 @@ class World:
                     "chain_id": ANVIL_CHAIN_ID,
                     "address": self.eth_address,
                     "derivation_path": ETH_PATH,
+                    "min_approvals": 2,
                 },
             ],
             "assets": [
@@ -130,12 +154,14 @@ class World:
                     "chain": "bitcoin",
                     "max_amount_minor": 10 * 10**8,
                     "max_fee_minor": 100_000,
+                    "warn_fee_minor": 20_000,
                 },
                 {
                     "asset": "ETH",
                     "chain": "ethereum",
                     "max_amount_minor": str(10**21),
                     "max_fee_minor": 10**17,
+                    "warn_fee_minor": 5 * 10**16,
                 },
                 {
                     "asset": "USDC",
@@ -143,6 +169,7 @@ class World:
                     "contract": USDC_CONTRACT,
                     "max_amount_minor": 10**12,
                     "max_fee_minor": 10**17,
+                    "warn_fee_minor": 5 * 10**16,
                 },
             ],
         }
@@ -168,11 +195,26 @@ class World:
         amount_sat: int = 40_000,
         fee_sat: int = 1_000,
         descriptor: str | None = None,
+        change_index: int = 9,
     ) -> str:
-        utxos = [Utxo(FUNDING_TXID, 0, 60_000, 0, 3), Utxo("22" * 32, 1, 50_000, 1, 5)]
         return build_psbt(
-            descriptor or self.descriptor, "regtest", utxos, destination, amount_sat, fee_sat, 9
+            descriptor or self.descriptor,
+            "regtest",
+            self.utxos(descriptor),
+            destination,
+            amount_sat,
+            fee_sat,
+            change_index,
         )
+
+    def utxos(self, descriptor: str | None = None) -> list[Utxo]:
+        """The two coins every test PSBT spends: 60,000 sat at 0/3 and 50,000 sat at 1/5."""
+        text = descriptor or self.descriptor
+        first, second = funding_tx(text, 0, 3, 60_000, 0, 1), funding_tx(text, 1, 5, 50_000, 1, 2)
+        return [
+            Utxo(txid_of(first), 0, 60_000, 0, 3, first),
+            Utxo(txid_of(second), 1, 50_000, 1, 5, second),
+        ]
 
     def btc_body(self, psbt: str | None = None, **intent: object) -> BundleBody:
         values: dict[str, object] = {

@@ -113,7 +113,9 @@ def test_inspect_and_verify_show_intent_and_pass(home: Path, tmp_path: Path) -> 
     bundle = _write(tmp_path, "b.json", WORLD.btc_bundle().to_bytes())
     inspected = run(home, "inspect", str(bundle))
     assert inspected.status == 0, inspected.out
-    assert "send 40000 BTC minor units" in inspected.out
+    assert "SEND      0.0004 BTC (40,000 minor units)" in inspected.out
+    assert "FEE       0.00001 BTC (1,000 sat), 3.39 sat/vB" in inspected.out
+    assert "CHANGE    0.00069 BTC (69,000 sat) back to btc-cold, branch 1 (change), index 9" in inspected.out
     assert "fee: 1000 sat (cap 5000 sat)" in inspected.out
     assert "VERIFIED" in inspected.out
     assert run(home, "verify", str(bundle)).status == 0
@@ -170,7 +172,7 @@ def _tampered_files(tmp_path: Path) -> dict[str, bytes]:
     document["body"]["intent"]["destination"] = BTC_ATTACKER
     dropped = WORLD.sign(dataclasses.replace(body, approvals=body.approvals[:1])).to_bytes()
     document_v2 = json.loads(good)
-    document_v2["version"] = 2
+    document_v2["version"] = 3
     return {
         "in-transit": json.dumps(document, sort_keys=True, separators=(",", ":")).encode(),
         "fee": WORLD.sign(WORLD.btc_body(psbt=WORLD.btc_psbt(fee_sat=9_000))).to_bytes(),
@@ -220,7 +222,7 @@ def test_qr_split_and_join_round_trip_through_the_cli(home: Path, tmp_path: Path
     )
     assert split.status == 0, split.err
     texts = sorted((tmp_path / "frames").glob("frame-*.txt"))
-    assert len(texts) == len(list((tmp_path / "frames").glob("frame-*.png"))) == 3
+    assert len(texts) == len(list((tmp_path / "frames").glob("frame-*.png"))) >= 3
     joined = run(home, "qr", "join", *map(str, reversed(texts)), "--out", str(tmp_path / "joined.json"))
     assert joined.status == 0, joined.err
     assert (tmp_path / "joined.json").read_bytes() == data

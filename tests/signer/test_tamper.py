@@ -149,6 +149,12 @@ def test_tamper_chain_id_refused_chain_id_mismatch() -> None:
 
 def test_tamper_network_refused_network_mismatch() -> None:
     body = dataclasses.replace(WORLD.eth_body(), network="mainnet")
+    # The approvals bound the network too, so they no longer count either.
+    assert refuse(WORLD.sign(body)) == {C.NETWORK_MISMATCH, C.APPROVAL_REJECTED, C.APPROVALS_INSUFFICIENT}
+
+
+def test_tamper_network_with_approvals_for_it_refused_network_mismatch() -> None:
+    body = WORLD.approve(dataclasses.replace(WORLD.eth_body(), network="mainnet"), ("bob", "carol"))
     assert refuse(WORLD.sign(body)) == {C.NETWORK_MISMATCH}
 
 
@@ -200,6 +206,7 @@ def test_tamper_missing_input_amount_refused() -> None:
 
     psbt = PSBT.from_string(WORLD.btc_psbt())
     psbt.inputs[0].witness_utxo = None
+    psbt.inputs[0].non_witness_utxo = None
     body = WORLD.btc_body(psbt=psbt.to_string())
     assert refuse(WORLD.sign(body)) == {C.INPUT_AMOUNT_MISSING}
 
@@ -286,7 +293,7 @@ def test_second_bundle_for_the_same_withdrawal_refused() -> None:
 
 def test_unknown_bundle_version_refused() -> None:
     document = WORLD.btc_bundle().to_json()
-    document["version"] = 2
+    document["version"] = 3
     data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
     with pytest.raises(SignerError) as error:
         Bundle.from_bytes(data)

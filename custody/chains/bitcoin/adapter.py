@@ -136,6 +136,13 @@ class BitcoinAdapter:
         tx = Transaction.parse(bytes.fromhex(info["hex"]))
         return Receipt(txid, True, int(header["height"]), str(header["hash"]), self._fee(tx))
 
+    def raw_transaction(self, txid: str) -> bytes:
+        """Return the serialized transaction ``txid`` (a cold PSBT carries it to prove input amounts)."""
+        raw = bytes.fromhex(self.backend.getrawtransaction(txid, False))
+        if txid_of(raw) != txid:
+            raise ChainError(ChainCode.NODE_UNAVAILABLE, f"the node returned another transaction for {txid}")
+        return raw
+
     def mempool_has(self, txid: str) -> bool:
         """Return whether ``txid`` is known to the node but not mined."""
         info = self._transaction(txid)

@@ -225,7 +225,8 @@ class ColdWallet:
             for coin_id in chosen:
                 coin = by_id[coin_id]
                 branch, index = (int(part) for part in (paths[coin.address] or "").split("/"))
-                utxos.append(Utxo(coin.txid, coin.vout, coin.amount_sat, branch, index))
+                previous = self._adapter.raw_transaction(coin.txid)
+                utxos.append(Utxo(coin.txid, coin.vout, coin.amount_sat, branch, index, previous))
             change_index = change_address = None
             if selection.change_sat:
                 change_index, change_address = self._next_change(session, cold.id, descriptor)

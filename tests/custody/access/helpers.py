@@ -175,6 +175,11 @@ def withdrawal_subject(body: dict[str, Any]) -> ApprovalSubject:
         asset=s["asset"],
         amount_minor=int(s["amount_minor"]),
         destination=s["destination"],
+        rule_id=s.get("rule_id", ""),
+        chain=s.get("chain", ""),
+        network=s.get("network", ""),
+        source_wallet=s.get("source_wallet", ""),
+        fee_cap_minor=int(s.get("fee_cap_minor", "0")),
     )
 
 

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from custody.bundles.bitcoin import BitcoinBundles
 from custody.bundles.chains import BundleChains
 from custody.bundles.service import ColdTransfers
+from custody.bundles.terms import install_terms
 from custody.wallets.treasury import REFILL_POLICY_ID, REFILL_RULE, RefillView
 from custody.wallets.wallet import Temperature
 from policies.approval import Approval, ApprovalSubject, sign_approval
@@ -129,6 +130,7 @@ class BtcColdWorld:
 def make_btc_cold_world(app: Flask, client: FlaskClient, btc: BtcHarness) -> BtcColdWorld:
     treasury = register_approvers(app, client, btc.clock)
     chains = BundleChains([BitcoinBundles(btc.runtime.cold, CONFIRMATIONS)])
+    install_terms(chains, app.extensions["strongroom.access"].withdrawals, [btc.runtime.treasury])
     transfers = ColdTransfers(
         app.extensions["strongroom.sessions"],
         btc.runtime.wallets,

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from custody.bundles.chains import BundleChains
 from custody.bundles.ethereum import EthereumBundles
 from custody.bundles.service import ColdTransfers
+from custody.bundles.terms import install_terms
 from custody.chains.ethereum.devchain import DevChain
 from custody.db import make_engine, make_session_factory
 from custody.keystore import LocalKeystore
@@ -218,9 +219,10 @@ class ColdWorld:
 def cold_transfers(
     app: Flask, harness: Harness, keystore: LocalKeystore, clock: Any, network: str
 ) -> ColdTransfers:
-    chain = EthereumBundles(harness.runtime.adapter, CONFIRMATIONS, network)
+    chains = BundleChains([EthereumBundles(harness.runtime.adapter, CONFIRMATIONS, network)])
+    install_terms(chains, app.extensions["strongroom.access"].withdrawals, [harness.runtime.treasury])
     return ColdTransfers(
-        app.extensions["strongroom.sessions"], harness.runtime.wallets, keystore, BundleChains([chain]), clock
+        app.extensions["strongroom.sessions"], harness.runtime.wallets, keystore, chains, clock
     )
 
 
@@ -239,6 +241,7 @@ def make_world(
         make_user(app, client, clock, f"treasury{i}", {Role.TREASURY}, approver=True) for i in (1, 2, 3)
     ]
     world = ColdWorld(app, client, clock, keystore, harness, network, alice, treasury)
+    _ = world.transfers  # Installs the transfer terms approvers bind (chain, network, wallet, fee cap).
     chain = harness.chain
     chain.send_eth(harness.deposit_address("alice"), cold_eth + 2 * ETH)
     chain.mine(CONFIRMATIONS["ETH"] + 1)
