@@ -283,3 +283,8 @@ main.add_command(_api_command)
 from strongroom.commands import bundles as _bundle_commands  # noqa: E402
 
 _bundle_commands.register(main)
+
+# The seeded whole-platform simulation (docs/simulation.md); its imports load only when it runs.
+from strongroom.commands import simulate as _simulate_command  # noqa: E402
+
+_simulate_command.register(main)

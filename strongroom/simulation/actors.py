@@ -1,0 +1,440 @@
+"""The actors: what traders, treasury, the auditor, the market, the chain and faults may do.
+
+Every step is an :class:`Action`, a plain JSON-ready dict chosen by the seeded
+scheduler (:func:`choose`) and carried out by :func:`apply`. Actions name what
+they touch by stable handles (trader names, idempotency keys) rather than by
+ids the platform generated, so a trace with steps removed still replays: an
+action whose target does not exist any more simply does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from exchange.journal import list_segments
+from strongroom.simulation.client import Reply, withdrawal_subject
+from strongroom.simulation.world import ADMIN, AUDITOR, CONFIRMATIONS, TREASURY, World, destination_of
+
+Action = dict[str, Any]
+
+ETH = 10**18
+USDC = 10**6
+PRICE_START = {"BTC": 60_000 * USDC, "ETH": 3_000 * USDC}
+PERPS = {"BTC": "BTC-PERP", "ETH": "ETH-PERP"}
+TICKS = {"BTC-PERP": 100_000, "ETH-PERP": 10_000}
+SOURCES = ("coinbase", "kraken", "bitstamp")
+MAX_SNAPSHOTS = 16  # chain snapshots kept for reorgs
+
+# Faults the scheduler may inject; ``--faults`` picks a subset (default: all of DEFAULT_FAULTS).
+FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "reorg", "deep_reorg", "ledger_outage")
+DEFAULT_FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "reorg", "ledger_outage")
+
+# (op, weight, fault that enables it or None)
+WEIGHTS: tuple[tuple[str, int, str | None], ...] = (
+    ("deposit", 8, None), ("mine", 10, None), ("wallet_tick", 8, None), ("consolidate", 3, None),
+    ("withdraw", 8, None), ("withdraw_retry", 3, None), ("cancel", 2, None),
+    ("approve", 5, None), ("reject", 1, None), ("dispatch", 6, None), ("release_due", 2, None),
+    ("collateral", 5, None), ("order", 12, None), ("collude", 3, None), ("cancel_orders", 2, None),
+    ("quote", 8, None), ("advance", 2, None), ("clock", 4, None),
+    ("checkpoint", 2, None), ("audit", 1, None), ("expire_holds", 1, None),
+    ("crash", 1, "crash"), ("torn_tail", 1, "torn_tail"), ("duplicate", 3, "duplicate"),
+    ("clock_jump", 1, "clock_jump"), ("reorg", 2, "reorg"), ("deep_reorg", 1, "deep_reorg"),
+    ("ledger_outage", 1, "ledger_outage"),
+)
+
+
+@dataclass
+class Model:
+    """What the actors remember; changed only by :func:`apply`, so a replay rebuilds it exactly."""
+
+    # trader -> [(idempotency key, asset, amount)]
+    keys: dict[str, list[tuple[str, str, int]]] = field(default_factory=dict)
+    prices: dict[str, int] = field(default_factory=lambda: dict(PRICE_START))
+    orders: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # trader -> (symbol, order id)
+    snapshots: list[tuple[int, Any]] = field(default_factory=list)  # (height, chain snapshot id)
+    last_request: Action | None = None
+    counter: int = 0
+    audit_due: bool = False
+
+    def next_id(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+
+def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str]) -> Action:
+    """Pick the next action for the seeded scheduler."""
+    ops = [(op, w) for op, w, fault in WEIGHTS if fault is None or fault in faults]
+    op = rng.choices([o for o, _ in ops], weights=[w for _, w in ops])[0]
+    trader = rng.choice(world.traders)
+    if op == "deposit":
+        asset = rng.choice(("ETH", "USDC"))
+        amount = rng.randint(1, 300) * ETH // 100 if asset == "ETH" else rng.randint(100, 30_000) * USDC
+        return {"op": op, "trader": trader, "asset": asset, "amount": amount}
+    if op == "mine":
+        return {"op": op, "blocks": rng.randint(1, 3)}
+    if op == "consolidate":
+        return {"op": op, "asset": rng.choice(("ETH", "USDC"))}
+    if op == "withdraw":
+        asset = rng.choice(("ETH", "USDC"))
+        available = _available(world, trader, asset)
+        # Mostly affordable amounts, sometimes all of it, sometimes more than there is.
+        amount = max(1, rng.choice((available // 4, available // 2, available, available + 1,
+                                    rng.randint(1, 5) * (ETH // 10 if asset == "ETH" else 1000 * USDC))))
+        key = f"{trader}-{rng.random():.6f}"
+        return {"op": op, "trader": trader, "asset": asset, "amount": amount, "key": key}
+    if op in ("withdraw_retry", "cancel", "approve", "reject"):
+        known = [(t, k) for t in world.traders for k in model.keys.get(t, [])]
+        if not known:
+            return {"op": "clock", "ms": 1_000}
+        owner, (key, asset, amount) = rng.choice(known)
+        action: Action = {"op": op, "trader": owner, "key": key}
+        if op == "withdraw_retry":
+            # The same key with the same body (a retry) or a different amount (a lying retry).
+            lie = rng.random() >= 0.7
+            action.update(asset=asset, amount=amount + rng.randint(1, 10**6) if lie else amount)
+        if op in ("approve", "reject"):
+            action["approver"] = rng.choice(TREASURY)
+        return action
+    if op == "collateral":
+        direction = rng.choice(("deposit", "withdraw"))
+        available = _available(world, trader, "USDC") if direction == "deposit" else _margin(world, trader)
+        amount = max(1, rng.choice((available // 3, available, available + 1, rng.randint(1, 5_000) * USDC)))
+        return {"op": op, "trader": trader, "direction": direction, "amount": amount}
+    if op == "order":
+        return _order(rng, model, trader)
+    if op == "collude":
+        a, b = rng.sample(world.traders, 2) if len(world.traders) > 1 else (trader, trader)
+        underlying = rng.choice(("BTC", "ETH"))
+        symbol = PERPS[underlying]
+        edge = rng.choice((-1, 1))
+        price = _round(model.prices[underlying] * (10_000 + edge * rng.randint(500, 999)) // 10_000,
+                       TICKS[symbol])
+        return {"op": op, "seller": a, "buyer": b, "symbol": symbol, "qty": rng.randint(1, 50),
+                "price": price}
+    if op == "cancel_orders":
+        return {"op": op, "trader": trader}
+    if op == "quote":
+        return _quote(rng, model)
+    if op == "clock":
+        return {"op": op, "ms": rng.choice((1_000, 5_000, 60_000, 600_000, 3_600_000))}
+    if op == "clock_jump":
+        return {"op": op, "ms": rng.choice((8 * 3_600_000, 86_400_000, 3 * 86_400_000))}
+    if op == "reorg":
+        return {"op": op, "depth": rng.randint(1, CONFIRMATIONS - 1) if CONFIRMATIONS > 1 else 1}
+    if op == "deep_reorg":
+        return {"op": op, "depth": rng.randint(CONFIRMATIONS, CONFIRMATIONS + 3)}
+    if op == "ledger_outage":
+        return {"op": op, "trader": trader, "amount": max(1, _available(world, trader, "USDC") // 2),
+                "lag": rng.randint(0, 6)}
+    if op == "torn_tail":
+        return {"op": op, "garbage": rng.randbytes(rng.randint(1, 40)).hex()}
+    return {"op": op}
+
+
+def _round(price: int, tick: int) -> int:
+    return max(tick, price // tick * tick)
+
+
+def _order(rng: random.Random, model: Model, trader: str) -> Action:
+    underlying = rng.choice(("BTC", "ETH"))
+    symbol = PERPS[underlying]
+    side = rng.choice(("buy", "sell"))
+    kind = rng.choice(("limit", "limit", "limit", "market"))
+    action: Action = {"op": "order", "trader": trader, "symbol": symbol, "side": side,
+                      "qty": rng.choice((1, 5, 20, 100, 500, 2_000)), "type": kind}
+    if kind == "limit":
+        offset_bps = rng.randint(-950, 950)  # anywhere inside the 10 % band
+        action["price"] = _round(model.prices[underlying] * (10_000 + offset_bps) // 10_000, TICKS[symbol])
+        action["tif"] = rng.choice(("GTC", "GTC", "IOC", "POST_ONLY" if rng.random() < 0.1 else "GTC"))
+    else:
+        action["tif"] = "IOC"
+    return action
+
+
+def _quote(rng: random.Random, model: Model) -> Action:
+    underlying = rng.choice(("BTC", "ETH"))
+    price = model.prices[underlying]
+    jump = rng.random() < 0.08
+    move_bps = rng.choice((-1, 1)) * rng.randint(500, 2_500) if jump else rng.randint(-60, 60)
+    new_price = max(USDC, price * (10_000 + move_bps) // 10_000)
+    # Usually every source quotes; sometimes one or two stay silent (stale sources).
+    sources = list(SOURCES) if rng.random() < 0.8 else rng.sample(SOURCES, rng.randint(1, 2))
+    return {"op": "quote", "underlying": underlying, "price": new_price, "sources": sources}
+
+
+def _available(world: World, owner: str, asset: str) -> int:
+    account = world.svc.ledger.find_account(owner, asset, "user_available")
+    return 0 if account is None else account.balance.credit_balance_available
+
+
+def _margin(world: World, owner: str) -> int:
+    acct = world.svc.exchange.venue.clearing.accounts.get(owner)
+    return 0 if acct is None else max(0, acct.cash)
+
+
+def withdrawal_id(trader: str, key: str) -> str:
+    """Return the withdrawal id the API derives from a trader's idempotency key."""
+    return "wd_" + hashlib.sha256(f"{trader}\n{key}".encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------- apply
+
+
+def apply(world: World, model: Model, action: Action) -> str:
+    """Carry out ``action``; return a short outcome for the trace. Refusals are outcomes, not errors."""
+    handler = HANDLERS[action["op"]]
+    remember_head(world, model)
+    return handler(world, model, action)
+
+
+def _api(world: World, model: Model, who: str, method: str, path: str, body: Any = None, *,
+         mfa: bool = False, key: str | None = None, remember: bool = True) -> Reply:
+    if remember:
+        model.last_request = {"who": who, "method": method, "path": path, "body": body, "mfa": mfa,
+                              "key": key}
+    return world.people[who].request(world.svc.client, world.clock, method, path, body=body, mfa=mfa,
+                                     idempotency_key=key)
+
+
+def _outcome(reply: Reply) -> str:
+    return f"{reply.status} {reply.body.get('error', 'ok')}" if not reply.ok else f"{reply.status}"
+
+
+def _deposit(world: World, model: Model, a: Action) -> str:
+    address = world.svc.runtime.wallets.deposit_address("ethereum-deposits", a["trader"]).address
+    if a["asset"] == "ETH":
+        world.chain.send_eth(address, a["amount"])
+    else:
+        world.chain.mint(address, a["amount"])
+    return "sent"
+
+
+def remember_head(world: World, model: Model) -> None:
+    """Snapshot the chain head once per height, so a reorg can return to any recent block."""
+    height = world.chain.web3.eth.block_number
+    if not model.snapshots or model.snapshots[-1][0] != height:
+        model.snapshots.append((height, world.chain.snapshot()))
+        del model.snapshots[:-MAX_SNAPSHOTS]
+
+
+def _mine(world: World, model: Model, a: Action) -> str:
+    for _ in range(a["blocks"]):
+        remember_head(world, model)
+        world.chain.mine(1)
+    return f"height {world.chain.web3.eth.block_number}"
+
+
+def _reorg(world: World, model: Model, a: Action) -> str:
+    head = world.chain.web3.eth.block_number
+    # The oldest remembered block no deeper than ``depth``: never reorg more than asked.
+    target = [s for s in model.snapshots if head - a["depth"] <= s[0] < head]
+    if not target:
+        return "no snapshot in reach"
+    height, snap = target[0]
+    world.chain.revert(snap)
+    model.snapshots = [s for s in model.snapshots if s[0] < height]
+    # The new branch is longer than the old one, as a reorg's winning branch is.
+    world.chain.mine(head - height + 1)
+    return f"reorged {head - height} blocks at {height}"
+
+
+def _wallet_tick(world: World, model: Model, a: Action) -> str:
+    report, views = world.svc.runtime.tick()
+    return f"credited {report.credited} voided {report.voided} txs {len(views)}"
+
+
+def _consolidate(world: World, model: Model, a: Action) -> str:
+    views = world.svc.runtime.treasury.consolidate(a["asset"])
+    return f"{len(views)} consolidations"
+
+
+def _withdraw(world: World, model: Model, a: Action) -> str:
+    trader = a["trader"]
+    known = model.keys.setdefault(trader, [])
+    if all(k != a["key"] for k, _, _ in known):
+        known.append((a["key"], a["asset"], a["amount"]))
+    reply = _api(world, model, trader, "POST", "/api/v1/withdrawals",
+                 {"asset": a["asset"], "amount": str(a["amount"]), "destination": destination_of(trader)},
+                 mfa=True, key=a["key"])
+    state = reply.body.get("withdrawal", {}).get("state", "")
+    return f"{_outcome(reply)} {state}".strip()
+
+
+def _cancel(world: World, model: Model, a: Action) -> str:
+    wid = withdrawal_id(a["trader"], a["key"])
+    return _outcome(_api(world, model, a["trader"], "POST", f"/api/v1/withdrawals/{wid}/cancel", mfa=True))
+
+
+def _approve(world: World, model: Model, a: Action) -> str:
+    wid = withdrawal_id(a["trader"], a["key"])
+    view = world.svc.access.withdrawals.find(wid)
+    if view is None or view.state != "pending_approval":
+        return "nothing to approve"
+    person = world.people[a["approver"]]
+    approval = person.approve(withdrawal_subject(view.to_json()), world.clock.now_ms)
+    return _outcome(_api(world, model, a["approver"], "POST", f"/api/v1/withdrawals/{wid}/approve",
+                         {"approval": approval}, mfa=True))
+
+
+def _reject(world: World, model: Model, a: Action) -> str:
+    wid = withdrawal_id(a["trader"], a["key"])
+    return _outcome(_api(world, model, a["approver"], "POST", f"/api/v1/withdrawals/{wid}/reject",
+                         {"reason": "simulated"}, mfa=True))
+
+
+def _dispatch(world: World, model: Model, a: Action) -> str:
+    report = world.svc.dispatcher.run()
+    return f"dispatched {len(report.dispatched)} completed {len(report.completed)}"
+
+
+def _release_due(world: World, model: Model, a: Action) -> str:
+    return f"released {len(world.svc.access.withdrawals.release_due())}"
+
+
+def _collateral(world: World, model: Model, a: Action) -> str:
+    return _outcome(_api(world, model, a["trader"], "POST", f"/api/v1/exchange/collateral/{a['direction']}",
+                         {"amount": a["amount"]}))
+
+
+def _place(world: World, model: Model, trader: str, body: dict[str, Any]) -> Reply:
+    reply = _api(world, model, trader, "POST", "/api/v1/exchange/orders", body)
+    if reply.ok:
+        model.orders.setdefault(trader, []).append((body["symbol"], body["id"]))
+    return reply
+
+
+def _order_action(world: World, model: Model, a: Action) -> str:
+    body: dict[str, Any] = {k: a[k] for k in ("symbol", "side", "qty", "type", "tif") if k in a}
+    if "price" in a:
+        body["price"] = a["price"]
+    body["id"] = model.next_id(f"{a['trader']}-o")
+    return _outcome(_place(world, model, a["trader"], body))
+
+
+def _collude(world: World, model: Model, a: Action) -> str:
+    sell = {"symbol": a["symbol"], "side": "sell", "qty": a["qty"], "type": "limit", "price": a["price"],
+            "tif": "GTC", "id": model.next_id(f"{a['seller']}-c")}
+    first = _place(world, model, a["seller"], sell)
+    buy = {"symbol": a["symbol"], "side": "buy", "qty": a["qty"], "type": "limit", "price": a["price"],
+           "tif": "IOC", "id": model.next_id(f"{a['buyer']}-c")}
+    second = _place(world, model, a["buyer"], buy)
+    return f"{_outcome(first)} / {_outcome(second)}"
+
+
+def _cancel_orders(world: World, model: Model, a: Action) -> str:
+    done = 0
+    for symbol, order_id in model.orders.pop(a["trader"], []):
+        reply = _api(world, model, a["trader"], "DELETE", f"/api/v1/exchange/orders/{symbol}/{order_id}")
+        done += reply.ok
+    return f"cancelled {done}"
+
+
+def _quote_action(world: World, model: Model, a: Action) -> str:
+    model.prices[a["underlying"]] = a["price"]
+    last = None
+    for source in a["sources"]:
+        last = _api(world, model, ADMIN, "POST", "/api/v1/exchange/operator/quotes",
+                    {"underlying": a["underlying"], "source": source, "price": a["price"]}, remember=False)
+    return "no source" if last is None else _outcome(last)
+
+
+def _advance(world: World, model: Model, a: Action) -> str:
+    return _outcome(_api(world, model, ADMIN, "POST", "/api/v1/exchange/operator/advance", remember=False))
+
+
+def _clock(world: World, model: Model, a: Action) -> str:
+    world.clock.advance(a["ms"])
+    return f"now {world.clock.now_ms}"
+
+
+def _checkpoint(world: World, model: Model, a: Action) -> str:
+    checkpoint = world.svc.audit().create_checkpoint()
+    return f"checkpoint {checkpoint.number} at {checkpoint.tree_size}"
+
+
+def _audit(world: World, model: Model, a: Action) -> str:
+    model.audit_due = True
+    return f"auditor {AUDITOR} asks for an export"
+
+
+def _expire_holds(world: World, model: Model, a: Action) -> str:
+    return f"expired {len(world.svc.ledger.expire_pending())}"
+
+
+def _crash(world: World, model: Model, a: Action) -> str:
+    before = world.svc.exchange.venue.state_hash()
+    world.restart()
+    after = world.svc.exchange.venue.state_hash()
+    if before != after:
+        raise RecoveryMismatch(f"exchange state hash {before[:16]} before the crash, {after[:16]} after")
+    return f"restarted ({world.restarts})"
+
+
+def _torn_tail(world: World, model: Model, a: Action) -> str:
+    before = world.svc.exchange.venue.state_hash()
+    world.crash()
+    segments = list_segments(world.exchange_dir)
+    if segments:
+        with open(segments[-1], "ab") as f:
+            f.write(bytes.fromhex(a["garbage"]))
+    world.restarts += 1
+    world.start()
+    after = world.svc.exchange.venue.state_hash()
+    if before != after:
+        raise RecoveryMismatch(f"exchange state hash {before[:16]} before the torn tail, {after[:16]} after")
+    return f"torn tail of {len(a['garbage']) // 2} bytes recovered"
+
+
+def _duplicate(world: World, model: Model, a: Action) -> str:
+    last = model.last_request
+    if last is None:
+        return "nothing to duplicate"
+    reply = _api(world, model, last["who"], last["method"], last["path"], last["body"], mfa=last["mfa"],
+                 key=last["key"], remember=False)
+    return f"duplicate {last['method']} {last['path'][:40]}: {_outcome(reply)}"
+
+
+def _ledger_outage(world: World, model: Model, a: Action) -> str:
+    """The database refuses the exchange's ledger write of one collateral deposit, after the venue
+    applied and journaled it: the postings must stay queued and reach the ledger later."""
+    ledger = world.svc.exchange.ledger
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("simulated database outage")
+
+    ledger.submit = failing  # type: ignore[method-assign]
+    quiet = logging.getLogger("custody.api.errors")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # the API logs the 500 with a traceback; expected here
+    try:
+        reply = _api(world, model, a["trader"], "POST", "/api/v1/exchange/collateral/deposit",
+                     {"amount": a["amount"]}, remember=False)
+        outcome = f"{_outcome(reply)}"
+    except ConnectionError:
+        outcome = "ledger write failed after the journal commit"
+    finally:
+        del ledger.submit  # back to the class method
+        quiet.setLevel(level)
+    # For the next few steps the invariants do not flush the exchange (nothing else would either
+    # until its next command), so custody actions can run while the ledger lags the venue.
+    world.exchange_lag_steps = a.get("lag", 0)
+    return outcome
+
+
+class RecoveryMismatch(AssertionError):
+    """The exchange recovered to a different state than the one that crashed."""
+
+
+HANDLERS = {
+    "deposit": _deposit, "mine": _mine, "wallet_tick": _wallet_tick, "consolidate": _consolidate,
+    "withdraw": _withdraw, "withdraw_retry": _withdraw, "cancel": _cancel, "approve": _approve,
+    "reject": _reject, "dispatch": _dispatch, "release_due": _release_due, "collateral": _collateral,
+    "order": _order_action, "collude": _collude, "cancel_orders": _cancel_orders, "quote": _quote_action,
+    "advance": _advance, "clock": _clock, "checkpoint": _checkpoint, "audit": _audit,
+    "expire_holds": _expire_holds, "crash": _crash, "torn_tail": _torn_tail, "duplicate": _duplicate,
+    "clock_jump": _clock, "reorg": _reorg, "deep_reorg": _reorg, "ledger_outage": _ledger_outage,
+}

@@ -1,0 +1,248 @@
+"""Named invariants checked after every simulation step (cheap ones) or at audits (expensive ones).
+
+Each check reads the platform the way an outsider would (the database, the
+chain, the exchange's public state) and returns violations as values; the
+runner stops at the first step with any violation and reports its name.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from custody.audit.verify import verify_export
+from custody.ledger.entry import AccountFlags, AccountKind
+from custody.ledger.models import LedgerTransfer
+from custody.wallets.models import ChainTransaction
+from custody.withdrawals.models import WithdrawalRequest
+from strongroom.simulation.world import ASSETS, World, destination_of
+
+LIVE_STATES = frozenset({"pending_approval", "delayed", "approved", "awaiting_signature", "broadcasting"})
+VOIDED_STATES = frozenset({"rejected", "cancelled", "blocked", "failed"})
+SENT_STATES = frozenset({"broadcasting", "completed"})
+CLAIM_KINDS = frozenset({AccountKind.USER_AVAILABLE, AccountKind.USER_HELD, AccountKind.USER_MARGIN,
+                         AccountKind.FEES, AccountKind.INSURANCE_FUND})
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken invariant: its name and what was seen."""
+
+    name: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"invariant": self.name, "message": self.message}
+
+
+Check = Callable[[World], list[Violation]]
+
+
+def ledger_zero_sum(world: World) -> list[Violation]:
+    """Per asset, posted debits equal posted credits and pending debits equal pending credits."""
+    totals: dict[str, list[int]] = {}
+    for a in world.svc.ledger.list_accounts():
+        t = totals.setdefault(a.asset, [0, 0])
+        t[0] += a.balance.debits_posted - a.balance.credits_posted
+        t[1] += a.balance.debits_pending - a.balance.credits_pending
+    return [Violation("ledger_zero_sum", f"{asset}: posted sum {p}, pending sum {q}")
+            for asset, (p, q) in sorted(totals.items()) if p or q]
+
+
+def constrained_accounts_non_negative(world: World) -> list[Violation]:
+    """No account with a balance constraint is overdrawn, counting its pending amounts."""
+    out = []
+    for a in world.svc.ledger.list_accounts():
+        b = a.balance
+        if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and \
+                b.debits_posted + b.debits_pending > b.credits_posted:
+            out.append(Violation("constrained_account_negative",
+                                 f"account {a.id} {a.owner}/{a.asset}/{a.kind}: debits {b.debits_posted}"
+                                 f"+{b.debits_pending} pending > credits {b.credits_posted}"))
+        if a.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and \
+                b.credits_posted + b.credits_pending > b.debits_posted:
+            out.append(Violation("constrained_account_negative",
+                                 f"account {a.id} {a.owner}/{a.asset}/{a.kind}: credits {b.credits_posted}"
+                                 f"+{b.credits_pending} pending > debits {b.debits_posted}"))
+    return out
+
+
+def holds_match_withdrawals(world: World) -> list[Violation]:
+    """Every live withdrawal has a live hold and every hold a live withdrawal; a completed withdrawal's
+    hold is posted and a closed one's released. (The executor posts the hold when the transaction
+    confirms and the dispatcher marks the withdrawal completed on its next round, so a
+    ``broadcasting`` withdrawal may already have a posted hold, never a released one.)"""
+    sessions = world.svc.app.extensions["strongroom.sessions"]
+    in_flight = {a.id for a in world.svc.ledger.list_accounts(owner="platform")
+                 if a.kind == AccountKind.WITHDRAWALS_IN_FLIGHT}
+    out = []
+    with sessions() as session:
+        rows = session.scalars(select(WithdrawalRequest)).all()
+        resolutions = {t.pending_id: t.kind for t in session.scalars(
+            select(LedgerTransfer).where(LedgerTransfer.pending_id.is_not(None)))}
+        holds = {t.id for t in session.scalars(select(LedgerTransfer).where(
+            LedgerTransfer.kind == "pending", LedgerTransfer.credit_account_id.in_(in_flight)))}
+    by_hold = {row.hold_transfer_id: row for row in rows}
+    for row in rows:
+        resolved = resolutions.get(row.hold_transfer_id)
+        allowed: tuple[str | None, ...]
+        if row.state == "broadcasting":
+            allowed = (None, "post")
+        elif row.state in LIVE_STATES:
+            allowed = (None,)
+        elif row.state == "completed":
+            allowed = ("post",)
+        else:
+            allowed = ("void", "expire")
+        if row.hold_transfer_id not in holds:
+            out.append(Violation("hold_matches_withdrawal", f"withdrawal {row.id} ({row.state}) has no hold"))
+        elif resolved not in allowed:
+            out.append(Violation("hold_matches_withdrawal", f"withdrawal {row.id} is {row.state} but "
+                                 f"its hold is {resolved or 'pending'}"))
+    for hold in sorted(holds):
+        row = by_hold.get(hold)
+        if resolutions.get(hold) is None and (row is None or row.state not in LIVE_STATES):
+            state = row.state if row else "missing"
+            out.append(Violation("hold_matches_withdrawal",
+                                 f"hold {hold} is pending but its withdrawal is {state}"))
+    return out
+
+
+def no_double_send(world: World) -> list[Violation]:
+    """Each withdrawal has at most one chain transaction, and no trader's destination received more
+    on chain than their withdrawals that were sent."""
+    sessions = world.svc.app.extensions["strongroom.sessions"]
+    out = []
+    with sessions() as session:
+        rows = session.scalars(select(WithdrawalRequest)).all()
+        txs = session.scalars(select(ChainTransaction)).all()
+    by_hold: dict[str, int] = {}
+    for tx in txs:
+        if tx.hold_transfer_id:
+            by_hold[tx.hold_transfer_id] = by_hold.get(tx.hold_transfer_id, 0) + 1
+    for hold, n in sorted(by_hold.items()):
+        if n > 1:
+            out.append(Violation("no_double_send", f"hold {hold} has {n} chain transactions"))
+    for trader in world.traders:
+        destination = destination_of(trader)
+        for asset in ASSETS:
+            sent = sum(r.amount for r in rows if r.username == trader and r.asset == asset
+                       and r.state in SENT_STATES)
+            received = chain_balance(world, destination, asset)
+            if received > sent:
+                out.append(Violation("no_double_send", f"{trader}'s destination received {received} {asset} "
+                                     f"on chain, withdrawals sent total {sent}"))
+    return out
+
+
+def chain_balance(world: World, address: str, asset: str) -> int:
+    """Return ``address``'s balance at the chain head, cached per head block (checks read a lot)."""
+    head = world.chain.web3.eth.block_number
+    cache = world.balance_cache
+    if cache.get("head") != head:
+        cache.clear()
+        cache["head"] = head
+    key = (address.lower(), asset)
+    found = cache.get(key)
+    if isinstance(found, int):
+        return found
+    balance = world.svc.runtime.adapter.balance(address, asset)
+    cache[key] = balance
+    return balance
+
+
+def claims_covered_by_holdings(world: World) -> list[Violation]:
+    """Jepsen's bank check: what customers (and the exchange) may claim never exceeds what the
+    platform holds on chain. Unconfirmed deposits are not claims; held withdrawals are not."""
+    svc = world.svc
+    claims: dict[str, int] = {asset: 0 for asset in ASSETS}
+    for a in svc.ledger.list_accounts():
+        if a.kind in CLAIM_KINDS and a.asset in claims:
+            b = a.balance
+            claims[a.asset] += b.credits_posted - b.debits_posted - b.debits_pending
+    holdings = {asset: 0 for asset in ASSETS}
+    wallets = svc.runtime.wallets
+    for wallet in wallets.list_wallets(svc.runtime.adapter.chain):
+        for address in wallets.addresses(wallet.id):
+            for asset in ASSETS:
+                holdings[asset] += chain_balance(world, address.address, asset)
+    return [Violation("claims_covered_by_holdings",
+                      f"{asset}: customer claims {claims[asset]} > on-chain holdings {holdings[asset]}")
+            for asset in ASSETS if claims[asset] > holdings[asset]]
+
+
+def exchange_agrees_with_ledger(world: World) -> list[Violation]:
+    """The clearing house's identities hold, the ledger mirrors it, the fund is not negative and no
+    book is crossed."""
+    svc = world.svc.exchange
+    out = []
+    with svc.lock:
+        try:
+            svc.venue.clearing.check_invariants()
+        except AssertionError as exc:
+            out.append(Violation("exchange_collateral_conserved", str(exc)))
+        if world.exchange_lag_steps > 0:
+            world.exchange_lag_steps -= 1
+            mismatches = []  # the ledger may lag the venue until the exchange's next flush
+        else:
+            mismatches = svc.reconcile()
+        if mismatches:
+            out.append(Violation("exchange_positions_equal_ledger", f"ledger differs on {mismatches[:5]}"))
+        if svc.venue.clearing.insurance < 0:
+            out.append(Violation("insurance_fund_not_negative", f"insurance {svc.venue.clearing.insurance}"))
+        for symbol, book in sorted(svc.venue.books.items()):
+            bid, ask = book.best_bid(), book.best_ask()
+            if bid is not None and ask is not None and bid >= ask:
+                out.append(Violation("book_not_crossed", f"{symbol}: best bid {bid} >= best ask {ask}"))
+    return out
+
+
+def chain_reconciles(world: World) -> list[Violation]:
+    """On-chain holdings equal the ledger's wallet accounts plus what is in flight.
+
+    As the server's jobs do, the deposit watcher runs a round first, so a reorg since its last
+    round is noticed before the reconciler compares (otherwise every reorg would be a finding)."""
+    world.svc.runtime.watcher.tick()
+    report = world.svc.runtime.reconciler.run()
+    bad = [line for line in report.lines if line["status"] != "ok"]
+    return [Violation("chain_reconciles", f"{line['wallet']} {line['asset']}: on chain {line['on_chain']}, "
+                      f"expected {line['expected']}") for line in bad]
+
+
+def audit_export_verifies(world: World) -> list[Violation]:
+    """A fresh export of the ledger verifies strictly against the keys pinned at setup."""
+    audit = world.svc.audit()
+    with tempfile.TemporaryDirectory(prefix="sim-export-") as tmp:
+        target = Path(tmp) / "export"
+        audit.export(target)
+        report = verify_export(target, world.pinned_keys or None)
+    return [Violation("audit_export_verifies", f"{f.code}: {f.message}") for f in report.failures[:5]]
+
+
+EVERY_STEP: tuple[tuple[str, Check], ...] = (
+    ("ledger_zero_sum", ledger_zero_sum),
+    ("constrained_accounts_non_negative", constrained_accounts_non_negative),
+    ("holds_match_withdrawals", holds_match_withdrawals),
+    ("no_double_send", no_double_send),
+    ("claims_covered_by_holdings", claims_covered_by_holdings),
+    ("exchange_agrees_with_ledger", exchange_agrees_with_ledger),
+)
+AT_AUDIT: tuple[tuple[str, Check], ...] = (
+    ("chain_reconciles", chain_reconciles),
+    ("audit_export_verifies", audit_export_verifies),
+)
+
+
+def check(world: World, checks: tuple[tuple[str, Check], ...]) -> list[Violation]:
+    """Run ``checks``; a check that raises is itself a violation (named after the check)."""
+    out: list[Violation] = []
+    for name, fn in checks:
+        try:
+            out.extend(fn(world))
+        except Exception as exc:  # a crash inside a check is a finding, not a harness error
+            out.append(Violation(name, f"check raised {type(exc).__name__}: {exc}"))
+    return out

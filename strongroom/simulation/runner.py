@@ -1,0 +1,246 @@
+"""Run, replay and shrink simulations; read and write replayable JSON scenarios.
+
+``simulate(seed, steps)`` builds a fresh platform, lets the seeded scheduler
+pick ``steps`` actions, checks the invariants after each one and stops at the
+first violation. The actions actually taken are the trace; ``replay(trace)``
+runs a trace again on a fresh platform, and ``shrink`` drops chunks of it
+(delta debugging) while the same invariant still breaks, so a failure is
+reported with the shortest trace found within the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from custody.ledger.entry import AccountKind
+from custody.ledger.posting import TransferRequest
+from custody.wallets.wallet import Temperature
+from strongroom.simulation import actors
+from strongroom.simulation.actors import Action, Model, RecoveryMismatch
+from strongroom.simulation.invariants import AT_AUDIT, EVERY_STEP, Violation, check
+from strongroom.simulation.world import CONFIRMATIONS, World, build_world
+
+SCENARIO_FORMAT = "strongroom.simulation.scenario.v1"
+DEFAULT_TRADERS = 4
+DEFAULT_AUDIT_EVERY = 50
+PLATFORM_ETH_WEI = 100 * 10**18  # the platform's own ETH in the hot wallet: it pays the gas
+MAX_SHRINK_RUNS = 40
+TRACE_TAIL = 25
+
+
+@dataclass
+class Failure:
+    """The first violation of a run: where, what, and the actions that led there."""
+
+    step: int
+    violations: list[Violation]
+    action: Action | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "action": self.action,
+                "violations": [v.to_dict() for v in self.violations]}
+
+
+@dataclass
+class RunResult:
+    """What one run did: the trace (action + outcome per step) and the failure, if any."""
+
+    seed: int
+    steps: int
+    faults: tuple[str, ...]
+    traders: int
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    failure: Failure | None = None
+    seconds: float = 0.0
+    restarts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def actions(self) -> list[Action]:
+        return [entry["action"] for entry in self.trace]
+
+    def summary(self) -> dict[str, Any]:
+        """Return the JSON-ready report line."""
+        ops: dict[str, int] = {}
+        for action in self.actions:
+            ops[action["op"]] = ops.get(action["op"], 0) + 1
+        body: dict[str, Any] = {
+            "seed": self.seed, "steps_run": len(self.trace), "steps": self.steps, "faults": list(self.faults),
+            "traders": self.traders, "ok": self.ok, "seconds": round(self.seconds, 2),
+            "steps_per_s": round(len(self.trace) / self.seconds, 1) if self.seconds else None,
+            "restarts": self.restarts, "ops": dict(sorted(ops.items())),
+        }
+        if self.failure is not None:
+            body["failure"] = self.failure.to_dict()
+            body["trace_tail"] = self.trace[-TRACE_TAIL:]
+        return body
+
+
+def fund_platform(world: World) -> None:
+    """Give the hot wallet the platform's own ETH (for gas), on chain and in the ledger."""
+    runtime = world.svc.runtime
+    hot = runtime.wallets.one("ethereum", Temperature.HOT)
+    address = runtime.wallets.primary_address(hot.id).address
+    world.chain.send_eth(address, PLATFORM_ETH_WEI)
+    world.chain.mine(1)
+    ledger = world.svc.ledger
+    equity = ledger.ensure_account("platform-equity", "ETH", AccountKind.EXTERNAL)
+    ledger.transfer(TransferRequest(id="sim-platform-equity-ETH",
+                                    debit_account=runtime.wallets.wallet_account(hot, "ETH"),
+                                    credit_account=equity.id, amount=PLATFORM_ETH_WEI,
+                                    reference="platform's own ETH for gas"))
+
+
+def bootstrap(world: World) -> None:
+    """Open the market: every trader deposits ETH and USDC on chain, they confirm, part of the USDC
+    becomes exchange collateral, and every price source quotes, so the first steps can trade."""
+    model = Model()
+    for trader in world.traders:
+        actors.apply(world, model, {"op": "deposit", "trader": trader, "asset": "ETH",
+                                    "amount": 5 * actors.ETH})
+        actors.apply(world, model, {"op": "deposit", "trader": trader, "asset": "USDC",
+                                    "amount": 50_000 * actors.USDC})
+    for _ in range(CONFIRMATIONS + 2):
+        world.chain.mine(1)
+        world.svc.runtime.tick()
+    for underlying, price in actors.PRICE_START.items():
+        actors.apply(world, model, {"op": "quote", "underlying": underlying, "price": price,
+                                    "sources": list(actors.SOURCES)})
+    for trader in world.traders:
+        outcome = actors.apply(world, model, {"op": "collateral", "trader": trader, "direction": "deposit",
+                                              "amount": 20_000 * actors.USDC})
+        assert outcome == "200", f"bootstrap collateral deposit for {trader}: {outcome}"
+
+
+def _setup(seed: int, traders: int, workdir: Path | None) -> World:
+    world = build_world(seed, traders, workdir)
+    fund_platform(world)
+    bootstrap(world)
+    world.svc.audit().create_checkpoint()
+    world.pinned_keys = {(k.name, k.version): k for k in world.svc.audit().public_keys()}
+    # The app's INFO logging of every recovery and reconciliation would drown the report.
+    logging.getLogger().setLevel(logging.WARNING)
+    return world
+
+
+def _step(world: World, model: Model, action: Action, audit_every: int,
+          index: int) -> tuple[str, list[Violation]]:
+    try:
+        outcome = actors.apply(world, model, action)
+    except RecoveryMismatch as exc:
+        return "recovery mismatch", [Violation("exchange_recovery_state_hash", str(exc))]
+    except Exception as exc:  # an unexpected exception out of the platform is a finding
+        message = f"{action['op']} raised {type(exc).__name__}: {exc}"
+        return "raised", [Violation("no_unexpected_exception", message)]
+    checks = EVERY_STEP
+    if model.audit_due or (audit_every and (index + 1) % audit_every == 0):
+        checks = EVERY_STEP + AT_AUDIT
+        model.audit_due = False
+    return outcome, check(world, checks)
+
+
+def run(seed: int, steps: int, faults: Sequence[str] = actors.DEFAULT_FAULTS, *,
+        traders: int = DEFAULT_TRADERS, audit_every: int = DEFAULT_AUDIT_EVERY,
+        actions: Sequence[Action] | None = None, workdir: Path | None = None) -> RunResult:
+    """Run ``steps`` scheduled actions for ``seed`` (or replay ``actions``); stop at the first violation."""
+    started = time.perf_counter()
+    result = RunResult(seed, steps if actions is None else len(actions), tuple(faults), traders)
+    rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
+    world = _setup(seed, traders, workdir)
+    model = Model()
+    enabled = frozenset(faults)
+    try:
+        total = result.steps
+        for index in range(total):
+            action = actions[index] if actions is not None else actors.choose(rng, world, model, enabled)
+            outcome, violations = _step(world, model, action, audit_every, index)
+            result.trace.append({"step": index, "action": action, "outcome": outcome})
+            if violations:
+                result.failure = Failure(index, violations, action)
+                break
+        else:
+            final = check(world, EVERY_STEP + AT_AUDIT)
+            if final:
+                result.failure = Failure(total, final, None)
+        result.restarts = world.restarts
+    finally:
+        world.close()
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+def replay(scenario: dict[str, Any], workdir: Path | None = None) -> RunResult:
+    """Replay a scenario (see :func:`scenario_of`) on a fresh platform."""
+    if scenario.get("format") != SCENARIO_FORMAT:
+        raise ValueError(f"format was {scenario.get('format')!r}, expected {SCENARIO_FORMAT}")
+    return run(int(scenario["seed"]), len(scenario["actions"]), tuple(scenario.get("faults", ())),
+               traders=int(scenario.get("traders", DEFAULT_TRADERS)),
+               audit_every=int(scenario.get("audit_every", DEFAULT_AUDIT_EVERY)),
+               actions=scenario["actions"], workdir=workdir)
+
+
+def _fails_same(result: RunResult, invariant: str) -> bool:
+    return result.failure is not None and any(v.name == invariant for v in result.failure.violations)
+
+
+def shrink(result: RunResult, *, max_runs: int = MAX_SHRINK_RUNS,
+           audit_every: int = DEFAULT_AUDIT_EVERY) -> RunResult:
+    """Drop chunks of a failing trace while the same invariant still breaks; return the smallest run."""
+    assert result.failure is not None, "only a failing run can be shrunk"
+    invariant = result.failure.violations[0].name
+    best = result
+    actions = best.actions
+    runs = 0
+    chunk = max(1, len(actions) // 2)
+    while chunk >= 1 and runs < max_runs:
+        start = 0
+        progressed = False
+        while start < len(actions) and runs < max_runs:
+            candidate = actions[:start] + actions[start + chunk:]
+            if not candidate:
+                start += chunk
+                continue
+            attempt = run(result.seed, len(candidate), result.faults, traders=result.traders,
+                          audit_every=audit_every, actions=candidate)
+            runs += 1
+            if _fails_same(attempt, invariant):
+                best, progressed = attempt, True
+                actions = attempt.actions  # the run stops at the failure: later actions drop too
+            else:
+                start += chunk
+        if not progressed:
+            chunk //= 2
+    return best
+
+
+def scenario_of(result: RunResult, audit_every: int = DEFAULT_AUDIT_EVERY) -> dict[str, Any]:
+    """Return the replayable JSON scenario of a run (docs/simulation.md)."""
+    body: dict[str, Any] = {
+        "format": SCENARIO_FORMAT, "seed": result.seed, "traders": result.traders,
+        "faults": list(result.faults), "audit_every": audit_every, "actions": result.actions,
+    }
+    if result.failure is not None:
+        body["expect"] = {"invariant": result.failure.violations[0].name, "step": result.failure.step}
+    return body
+
+
+def write_scenario(path: Path, scenario: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scenario, indent=1, sort_keys=True) + "\n")
+
+
+def read_scenario(path: Path) -> dict[str, Any]:
+    body = json.loads(path.read_text())
+    if not isinstance(body, dict):
+        raise ValueError(f"{path}: a scenario is a JSON object")
+    return body

@@ -1,0 +1,126 @@
+"""The seeded whole-platform simulation: fixed seeds pass every invariant, a seed reproduces its
+trace exactly, and a planted money bug is found, reproduced from its seed and shrunk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from strongroom.simulation import actors, runner
+from strongroom.simulation.world import World, destination_of
+
+# The CI budget: a few fixed seeds with bounded steps (docs/simulation.md, "CI budget").
+CI_SEEDS = (1, 2, 3)
+CI_STEPS = 60
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def _explain(result: runner.RunResult) -> str:
+    return json.dumps(result.summary(), indent=1)
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS)
+def test_simulation_fixed_seed_holds_every_invariant(seed: int) -> None:
+    result = runner.run(seed, CI_STEPS)
+    assert result.ok, _explain(result)
+    assert len(result.trace) == CI_STEPS
+    ops = {entry["action"]["op"] for entry in result.trace}
+    assert {"deposit", "withdraw", "order", "quote"} <= ops, ops
+
+
+def test_simulation_same_seed_reproduces_the_same_trace() -> None:
+    first = runner.run(7, 25)
+    second = runner.run(7, 25)
+    assert first.trace == second.trace
+
+
+def test_simulation_scenario_replay_reproduces_the_trace(tmp_path: Path) -> None:
+    original = runner.run(8, 20)
+    path = tmp_path / "scenario.json"
+    runner.write_scenario(path, runner.scenario_of(original))
+    replayed = runner.replay(runner.read_scenario(path))
+    assert replayed.trace == original.trace
+
+
+def _send_twice(world: World, model: actors.Model, a: dict[str, Any]) -> str:
+    """A planted bug: a trader's destination is paid without a withdrawal (a second payment)."""
+    world.chain.send_eth(destination_of(a["trader"]), a["amount"])
+    return "paid twice"
+
+
+def test_simulation_planted_double_send_is_caught_reproduced_and_shrunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(actors.HANDLERS, "plant_double_send", _send_twice)
+    actions = [a["action"] for a in runner.run(9, 6).trace]
+    planted = [*actions[:3], {"op": "plant_double_send", "trader": "trader1", "amount": 12345}, *actions[3:]]
+    failed = runner.run(9, len(planted), actions=planted)
+    assert not failed.ok
+    assert failed.failure is not None and failed.failure.step == 3
+    assert failed.failure.violations[0].name == "no_double_send"
+    again = runner.run(9, len(planted), actions=planted)
+    assert again.trace == failed.trace
+    minimal = runner.shrink(failed, max_runs=12)
+    assert minimal.failure is not None and minimal.failure.violations[0].name == "no_double_send"
+    assert [a["op"] for a in minimal.actions] == ["plant_double_send"]
+
+
+def _insider_edit(world: World, model: actors.Model, a: dict[str, Any]) -> str:
+    """A planted insider: credits an account in the database, outside the ledger."""
+    engine = world.svc.app.extensions["strongroom.engine"]
+    account = world.svc.ledger.find_account(a["trader"], "USDC", "user_available")
+    assert account is not None
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE ledger_accounts SET credits_posted = :v WHERE id = :id"),
+                           {"v": str(account.balance.credits_posted + 10**6), "id": account.id})
+    return "edited"
+
+
+def test_simulation_insider_database_edit_breaks_the_zero_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(actors.HANDLERS, "insider_edit", _insider_edit)
+    result = runner.run(10, 3, actions=[{"op": "mine", "blocks": 1},
+                                        {"op": "insider_edit", "trader": "trader0"},
+                                        {"op": "mine", "blocks": 1}])
+    assert result.failure is not None and result.failure.step == 1
+    assert "ledger_zero_sum" in {v.name for v in result.failure.violations}
+
+
+def test_simulate_command_reports_one_json_line_per_seed() -> None:
+    from strongroom.commands.simulate import simulate
+
+    outcome = CliRunner().invoke(simulate, ["--seed", "4", "--steps", "15", "--faults", "crash,duplicate"])
+    assert outcome.exit_code == 0, outcome.output
+    line = json.loads(outcome.output.strip().splitlines()[-1])
+    assert line["seed"] == 4 and line["ok"] is True and line["steps_run"] == 15
+    assert line["faults"] == ["crash", "duplicate"]
+
+
+def test_simulate_command_unknown_fault_is_refused() -> None:
+    from strongroom.commands.simulate import simulate
+
+    outcome = CliRunner().invoke(simulate, ["--faults", "meteor"])
+    assert outcome.exit_code == 2
+    assert "unknown fault" in outcome.output
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.json")), ids=lambda p: p.stem)
+def test_simulation_regression_scenario_passes(path: Path) -> None:
+    scenario = runner.read_scenario(path)
+    result = runner.replay(scenario)
+    assert result.ok, _explain(result)
+
+
+def test_simulation_documented_scenario_example_is_a_valid_scenario() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "simulation.md").read_text()
+    block = doc.split("```json\n", 1)[1].split("```", 1)[0]
+    scenario = json.loads(block)
+    assert scenario["format"] == runner.SCENARIO_FORMAT
+    assert set(scenario) == {"format", "seed", "traders", "faults", "audit_every", "actions", "expect"}
+    assert all(action["op"] in actors.HANDLERS or action["op"] == "plant_double_send"
+               for action in scenario["actions"])
+    assert scenario["expect"]["invariant"] == "no_double_send"
