@@ -13,6 +13,7 @@ from __future__ import annotations
 import msgspec
 
 from exchange.engine.messages import Amend, NewOrder
+from exchange.instruments import InstrumentSpec
 
 
 class _VenueCommand(msgspec.Struct, frozen=True, tag_field="op", forbid_unknown_fields=True,
@@ -119,11 +120,23 @@ class Liquidate(_VenueCommand, frozen=True, tag="liquidate"):
     account: str
 
 
+class ListInstrument(_VenueCommand, frozen=True, tag="list"):
+    """List a new instrument (the listing calendar); its whole specification is journaled."""
+
+    spec: InstrumentSpec
+
+
+class Delist(_VenueCommand, frozen=True, tag="delist"):
+    """Remove a settled instrument that has no positions or orders left."""
+
+    symbol: str
+
+
 class Drain(_VenueCommand, frozen=True, tag="drain"):
     """The shell took the queued postings (and the batch before it is complete)."""
 
 
 VenueCommand = (
     Deposit | Withdraw | SeedInsurance | Place | CancelOrder | CancelAllOrders | AmendOrder | Quote
-    | Tick | SetMark | Advance | Fund | Expire | Liquidate | Drain
+    | Tick | SetMark | Advance | Fund | Expire | Liquidate | ListInstrument | Delist | Drain
 )

@@ -19,7 +19,12 @@ from typing import Any, Literal
 from exchange.engine.instrument import Instrument
 
 PPM = 1_000_000
+# The fixed reference set (dated instruments expiring 2026-03-27): tests, docs examples and
+# the market-day scenario use it so their numbers never change with the calendar.
 DEFAULT_CONFIG = Path(__file__).with_name("data") / "instruments.toml"
+# What a server runs: perpetuals plus a listing calendar that generates dated futures and
+# options relative to the current date (exchange/calendar.py, docs/market.md).
+MARKET_CONFIG = Path(__file__).with_name("data") / "market.toml"
 MAX_INSTRUMENTS = 1_000
 MAX_TIERS = 16
 
@@ -58,6 +63,15 @@ class IndexConfig:
     sources: tuple[str, ...]
     min_sources: int
     staleness_ms: int
+    # What the price feeds read (docs/market.md): the ccxt market symbol, and the simulated
+    # feed's start price and step parameters.
+    pair: str = ""
+    start_price: int = 0
+    step_vol_ppm: int = 200
+    jump_prob_ppm: int = 500
+    jump_ppm: int = 5_000
+    reversion_ppm: int = 1_000
+    source_spread_ppm: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,12 +128,32 @@ class InstrumentSpec:
         return max(tick, (price + tick // 2) // tick * tick)
 
 
+CYCLES: tuple[str, ...] = ("weekly", "monthly", "quarterly")
+MAX_EXPIRIES_PER_CYCLE = 8
+MAX_STRIKES_EACH_SIDE = 20
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarConfig:
+    """How the listing calendar generates one underlying's dated instruments (docs/market.md)."""
+
+    underlying: str
+    future_expiries: tuple[tuple[str, int], ...]  # (cycle, how many upcoming expiries)
+    option_expiries: tuple[tuple[str, int], ...]
+    strike_step: int
+    strikes_each_side: int
+    future: InstrumentSpec  # prototypes: symbol, expiry and strike are filled in per listing
+    call: InstrumentSpec
+    put: InstrumentSpec
+
+
 @dataclass(frozen=True, slots=True)
 class ExchangeConfig:
     """Every instrument and index of the exchange."""
 
     instruments: dict[str, InstrumentSpec]
     indices: dict[str, IndexConfig]
+    calendar: dict[str, CalendarConfig] = field(default_factory=dict)
 
 
 def load_instruments(path: Path | None = None) -> ExchangeConfig:
@@ -134,6 +168,8 @@ def parse_config(data: dict[str, Any]) -> ExchangeConfig:
     tier_sets = {name: _tiers(name, rows) for name, rows in data.get("tiers", {}).items()}
     option_margin = OptionMargin(**data.get("option_margin", {}))
     rows = data.get("instrument", [])
+    calendar = {u: _calendar(u, dict(cfg), defaults, tier_sets, option_margin)
+                for u, cfg in data.get("calendar", {}).items()}
     if not 0 < len(rows) <= MAX_INSTRUMENTS:
         raise ConfigError(f"instrument count was {len(rows)}, must be 1..{MAX_INSTRUMENTS}")
     instruments: dict[str, InstrumentSpec] = {}
@@ -142,17 +178,33 @@ def parse_config(data: dict[str, Any]) -> ExchangeConfig:
         if spec.symbol in instruments:
             raise ConfigError(f"symbol {spec.symbol} is listed twice")
         instruments[spec.symbol] = spec
-    indices = {name: IndexConfig(name, tuple(cfg["sources"]), int(cfg["min_sources"]),
-                                 int(cfg["staleness_ms"]))
-               for name, cfg in data.get("index", {}).items()}
+    indices = {name: _index(name, cfg) for name, cfg in data.get("index", {}).items()}
     for spec in instruments.values():
         if spec.underlying not in indices:
             raise ConfigError(f"{spec.symbol}: underlying {spec.underlying} has no [index] entry")
+    for underlying in calendar:
+        if underlying not in indices:
+            raise ConfigError(f"calendar {underlying}: underlying has no [index] entry")
     for cfg in indices.values():
         if not 0 < cfg.min_sources <= len(cfg.sources):
             raise ConfigError(f"index {cfg.underlying}: min_sources was {cfg.min_sources}, "
                               f"must be 1..{len(cfg.sources)}")
-    return ExchangeConfig(instruments, indices)
+    return ExchangeConfig(instruments, indices, calendar)
+
+
+_INDEX_INTS = ("start_price", "step_vol_ppm", "jump_prob_ppm", "jump_ppm", "reversion_ppm",
+               "source_spread_ppm")
+
+
+def _index(name: str, cfg: dict[str, Any]) -> IndexConfig:
+    ints = {k: int(cfg[k]) for k in _INDEX_INTS if k in cfg}
+    index = IndexConfig(name, tuple(cfg["sources"]), int(cfg["min_sources"]), int(cfg["staleness_ms"]),
+                        pair=str(cfg.get("pair", f"{name}/USD")), **ints)
+    if index.staleness_ms <= 0:
+        raise ConfigError(f"index {name}: staleness_ms was {index.staleness_ms}, must be positive")
+    if any(v < 0 for v in ints.values()) or index.jump_prob_ppm > PPM:
+        raise ConfigError(f"index {name}: simulated feed parameters must be 0..{PPM}, got {ints}")
+    return index
 
 
 def _tiers(name: str, rows: list[dict[str, int]]) -> tuple[RiskTier, ...]:
@@ -220,3 +272,38 @@ def _check(spec: InstrumentSpec) -> None:
         spec.engine_instrument().check()
     except ValueError as exc:
         raise ConfigError(f"{s}: {exc}") from None
+
+
+def _calendar(underlying: str, cfg: dict[str, Any], defaults: dict[str, Any],
+              tier_sets: dict[str, tuple[RiskTier, ...]], option_margin: OptionMargin) -> CalendarConfig:
+    where = f"calendar {underlying}"
+    futures = _cycles(where, cfg.get("futures", {}))
+    options = _cycles(where, cfg.get("options", {}))
+    step = int(cfg.get("strike_step", 0))
+    each_side = int(cfg.get("strikes_each_side", 0))
+    base = {**defaults, "underlying": underlying, "expiry_ms": 1}
+    future = _instrument({**base, **cfg.get("future", {}), "symbol": f"{underlying}-FUTURE",
+                          "kind": "future"}, tier_sets, option_margin)
+    option_row = {**base, **cfg.get("option", {}), "kind": "option", "strike": step}
+    call_vol = int(cfg.get("call_implied_vol_ppm", 0))
+    put_vol = int(cfg.get("put_implied_vol_ppm", call_vol))
+    call = _instrument({**option_row, "symbol": f"{underlying}-CALL", "option_type": "call",
+                        "implied_vol_ppm": call_vol}, tier_sets, option_margin)
+    put = _instrument({**option_row, "symbol": f"{underlying}-PUT", "option_type": "put",
+                       "implied_vol_ppm": put_vol}, tier_sets, option_margin)
+    if options and not 0 <= each_side <= MAX_STRIKES_EACH_SIDE:
+        raise ConfigError(f"{where}: strikes_each_side was {each_side}, must be 0..{MAX_STRIKES_EACH_SIDE}")
+    if step % 1_000_000 != 0:
+        raise ConfigError(f"{where}: strike_step was {step}, must be whole quote units (10^6 minor)")
+    return CalendarConfig(underlying, futures, options, step, each_side, future, call, put)
+
+
+def _cycles(where: str, counts: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    out = []
+    for cycle, count in sorted(counts.items()):
+        if cycle not in CYCLES:
+            raise ConfigError(f"{where}: cycle was {cycle!r}, must be one of {list(CYCLES)}")
+        if not 0 <= int(count) <= MAX_EXPIRIES_PER_CYCLE:
+            raise ConfigError(f"{where}: {cycle} count was {count}, must be 0..{MAX_EXPIRIES_PER_CYCLE}")
+        out.append((cycle, int(count)))
+    return tuple(out)

@@ -8,6 +8,12 @@ then ADL once the fund is empty), and at 08:00 UTC on 27 March 2026 the
 dated future and the options expire and settle on the TWAP of the index.
 The day ends with the ledger balanced and in agreement with the clearing
 house, account by account.
+
+The day runs on the market scheduler's clock (exchange/schedule.py), as a
+server does: the script only moves its clock and sets what the price
+sources quote (a scripted feed); the scheduler polls the feed, publishes
+the index and marks, pays funding at the 00:00 boundary and expires the
+dated instruments at 08:00, exactly as ``strongroom serve`` would.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from typing import Any
 
 from custody.ledger.service import Ledger
 from exchange.engine.messages import NewOrder
+from exchange.feeds import ScriptedFeed
 from exchange.instruments import ExchangeConfig, load_instruments
 from exchange.risk.clearing import CLEARING, FEES, INSURANCE
+from exchange.schedule import MarketScheduler
 from exchange.service import ExchangeService
 from exchange.venue import Venue
 
@@ -71,6 +79,8 @@ class MarketDay:
         self.report = MarketDayReport()
         self.now = START_MS
         self._n = 0
+        self.feed = ScriptedFeed(self.v.config.indices)
+        self.scheduler = MarketScheduler(self.svc, lambda: self.now, self.feed, calendar=False)
 
     def name(self, who: str) -> str:
         return f"{self.run}-{who}"
@@ -102,12 +112,15 @@ class MarketDay:
         self.report.insurance_start = self.insurance
 
     def prices(self, btc: int, eth: int = 3_000 * USDC) -> None:
-        with self.svc.command() as v:
-            for source in SOURCES:
-                v.quote("BTC", source, btc, self.now)
-                v.quote("ETH", source, eth, self.now)
-            v.tick("ETH", self.now)
-            v.tick("BTC", self.now)
+        """Let every source quote these prices from now on, and run the scheduler now."""
+        self.feed.set("BTC", btc)
+        self.feed.set("ETH", eth)
+        self.scheduler.run_due()
+
+    def wait(self, ms: int) -> None:
+        """Move the clock and let the scheduler run (the sources keep quoting the same prices)."""
+        self.now += ms
+        self.scheduler.run_due()
 
     def order(self, who: str, symbol: str, side: str, qty: int, price: int | None,
               tif: str = "GTC") -> None:
@@ -128,7 +141,7 @@ class MarketDay:
                 self.order("mm", symbol, "sell", qty, BTC + step * 60 * USDC)
 
     def trade(self) -> None:
-        self.now += 60_000
+        self.wait(60_000)
         # Leveraged longs lift the offers (~40x); the whale and the bear take sides too.
         self.order("lev1", PERP, "buy", 1_000, None, "IOC")
         self.order("lev2", PERP, "buy", 900, None, "IOC")
@@ -147,12 +160,12 @@ class MarketDay:
         self.prices(BTC)
 
     def funding(self) -> None:
-        # Index updates every 20 minutes until the 00:00 funding boundary.
+        # Index updates every 20 minutes up to the 00:00 funding boundary, where the scheduler
+        # (not the script) pays funding on the positions and mark of that moment.
         for _ in range(6):
             self.now += 20 * 60_000
             self.prices(BTC + 50 * USDC)
-        with self.svc.command() as v:
-            v.advance(self.now)
+        self.wait(0)
         self.report.funding_rates = [e.rate_ppm for e in self.v.funding_history]
 
     def crash(self) -> None:
@@ -168,9 +181,8 @@ class MarketDay:
             self.now = min(self.now + 15 * 60_000, EXPIRY_MS - 60_000)
             self.prices(price)
             price += 100 * USDC
-        self.now = EXPIRY_MS
-        with self.svc.command() as v:
-            v.advance(self.now)
+        # 08:00: the scheduler expires and settles the dated instruments on its own.
+        self.wait(EXPIRY_MS - self.now)
         for e in self.v.settlement_history:
             self.report.settlement_prices[e.symbol] = e.price
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -75,6 +75,9 @@ class ExchangeService:
         self.events: list[RiskEvent] = []
         self._ids: dict[str, int] = {}
         self._backlog: list[Posting] = []  # drained, journaled, not yet accepted by the ledger
+        # The shell's clock (ms). With one, every command first runs the funding intervals and
+        # expiries due before it, so nothing trades past a boundary that was not yet settled.
+        self.clock: Callable[[], int] | None = None
 
     @classmethod
     def open(cls, ledger: Ledger, config: ExchangeConfig, directory: Path, *, namespace: str = "x",
@@ -125,6 +128,10 @@ class ExchangeService:
         """Run venue calls under the lock and flush their postings to the ledger afterwards."""
         with self.lock:
             try:
+                if self.clock is not None:
+                    now_ms = int(self.clock())
+                    if self.venue.due(now_ms):
+                        self.venue.advance(now_ms)
                 yield self.venue
             finally:
                 self.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import msgspec
 
 from exchange.engine.state import BookState
+from exchange.instruments import InstrumentSpec
 from exchange.risk.events import FundingPaid, Settled
 
 
@@ -140,3 +141,5 @@ class VenueState(msgspec.Struct, frozen=True):
     funding_history: list[FundingPaid]
     settlement_history: list[Settled]
     fills: dict[str, list[FillRecord]]
+    # Instruments listed at run time (the listing calendar), by symbol; configured ones are not here.
+    listed: list[InstrumentSpec] = msgspec.field(default_factory=list)

@@ -24,11 +24,13 @@ from exchange.commands import (
     AmendOrder,
     CancelAllOrders,
     CancelOrder,
+    Delist,
     Deposit,
     Drain,
     Expire,
     Fund,
     Liquidate,
+    ListInstrument,
     Place,
     Quote,
     SeedInsurance,
@@ -68,10 +70,12 @@ from exchange.risk.events import (
     RiskEvent,
     Settled,
 )
+from exchange.risk.liqindex import LiquidationIndex
 from exchange.state import FillRecord, IndexStateRecord, PriceState, VenueState
 
 MAX_FILLS_KEPT: Final = 1_000
 MAX_SWEEP_LEVELS: Final = 1_000  # book levels walked to price a market order's worst fill
+MAX_CATCH_UP: Final = 10_000  # funding intervals and expiries one ``advance`` runs at most
 INTEREST_CLAMP_PPM: Final = 500
 PARTIAL_TARGET_NUM: Final = 9  # partial liquidation aims at equity >= MM * 10/9
 PARTIAL_TARGET_DEN: Final = 10
@@ -215,7 +219,9 @@ class Venue:
 
     def __init__(self, config: ExchangeConfig, namespace: str = "x", record_fills: bool = True) -> None:
         self.config = config
-        self.specs: dict[str, InstrumentSpec] = config.instruments
+        # A copy: listings add to it, and the configuration object may back other venues.
+        self.specs: dict[str, InstrumentSpec] = dict(config.instruments)
+        self.listed: dict[str, InstrumentSpec] = {}  # added at run time (listing calendar)
         self.clearing = Clearinghouse(self.specs, namespace)
         self.books = {s: OrderBook(spec.engine_instrument(),
                                    reduce_only_hook=PositionHook(self.clearing, s))
@@ -260,6 +266,8 @@ class Venue:
             return self.amend(cmd.symbol, cmd.amend)  # type: ignore[union-attr]
         if t is Drain:
             return self.drain()
+        if t is ListInstrument:
+            return self.list_instrument(cmd.spec)  # type: ignore[union-attr]
         return _DISPATCH[t](self, cmd)
 
     # ---------------------------------------------------------------- collateral
@@ -301,8 +309,10 @@ class Venue:
     def _place(self, symbol: str, cmd: NewOrder) -> OrderResult:
         ch = self.clearing
         ch.begin()
-        worst = self._sweep_price(symbol, cmd) if symbol in self.books else None
-        code, message = ch.check_new(symbol, cmd, worst)
+        code, message = self._halted(symbol, cmd)
+        if not code:
+            worst = self._sweep_price(symbol, cmd) if symbol in self.books else None
+            code, message = ch.check_new(symbol, cmd, worst)
         if self.journal is not None:
             self._log(Place(symbol, cmd))
         if code:
@@ -349,6 +359,40 @@ class Venue:
             return None
         # The average fill price, rounded against the trader: what the loss to the mark is.
         return -(-cost // filled) if buy else cost // filled
+    def _halted(self, symbol: str, cmd: NewOrder) -> tuple[RiskCode, str]:
+        """Refuse orders on an instrument past its expiry, and new risk on a stale index.
+
+        The order's time is its own timestamp (ns) or, without one, the venue's
+        clock; both are journaled, so a replay refuses the same orders.
+        """
+        spec = self.specs.get(symbol)
+        if spec is None:
+            return RiskCode.OK, ""  # check_new names the unknown instrument
+        now_ms = max(self.now_ms, cmd.ts // 1_000_000)
+        if spec.expiry_ms is not None and now_ms >= spec.expiry_ms:
+            return RiskCode.INSTRUMENT_NOT_TRADING, (
+                f"{symbol} expired at {spec.expiry_ms} (now {now_ms}) and no longer trades")
+        index = self.indices[spec.underlying]
+        # An underlying nobody ever quoted is marked directly (set_mark: tests, replays of old
+        # journals); one that is fed must be fresh at the order's time, checked on every order.
+        if index.quotes and index.compute(now_ms).stale and not self._reduces(symbol, cmd):
+            cfg = index.config
+            return RiskCode.INDEX_STALE, (
+                f"{spec.underlying} index is stale at {now_ms}: fewer than {cfg.min_sources} of "
+                f"{len(cfg.sources)} sources quoted within {cfg.staleness_ms} ms; only orders that "
+                "reduce a position are accepted")
+        return RiskCode.OK, ""
+
+    def _reduces(self, symbol: str, cmd: NewOrder) -> bool:
+        """Tell whether ``cmd`` can only shrink its account's position (risk-reducing)."""
+        if cmd.reduce_only:
+            return True
+        acct = self.clearing.accounts.get(cmd.account)
+        pos = None if acct is None else acct.positions.get(symbol)
+        if pos is None:
+            return False
+        closable = max(0, -pos.size - pos.open_buy) if cmd.side == "buy" else max(0, pos.size - pos.open_sell)
+        return cmd.qty <= closable
 
     def cancel(self, symbol: str, order_id: str, account: str | None) -> list[Event]:
         """Cancel a live order (the engine checks ownership when ``account`` is given)."""
@@ -552,10 +596,12 @@ class Venue:
         for symbol, spec in sorted(self.specs.items()):
             if spec.underlying != underlying or not ch.trading[symbol]:
                 continue
-            mark = self._mark(symbol, spec, state.price, now_ms)
             twap = self.twaps.get(symbol)
             if twap is not None:
                 twap.sample(now_ms, state.price)
+            if spec.expiry_ms is not None and now_ms >= spec.expiry_ms:
+                continue  # expired, settling: no new mark can trigger stops or liquidations
+            mark = self._mark(symbol, spec, state.price, now_ms)
             if symbol in self.premium:
                 acc = self.premium[symbol]
                 acc[0] += (mark - state.price) * PPM // state.price
@@ -678,17 +724,44 @@ class Venue:
     # ---------------------------------------------------------------- funding, expiry
 
     def advance(self, now_ms: int) -> None:
-        """Run funding intervals and expiries that are due at ``now_ms``."""
+        """Run every funding interval and expiry due at ``now_ms``, in time order, each at its time.
+
+        Missed funding intervals (the scheduler was late, or the server was
+        down) are settled one by one at their own boundary time, in order
+        with expiries; since every command runs only after the ones due
+        before it (the shell calls this before each command), the positions
+        and mark each interval sees are those in force at its boundary.
+        """
         self.now_ms = now_ms
-        for symbol in sorted(self.next_funding_ms):
-            due = self.next_funding_ms[symbol]
-            if now_ms >= due and self.clearing.trading[symbol]:
-                self._fund(symbol, due)
-                self.next_funding_ms[symbol] = due + self.specs[symbol].funding_interval_ms
-        for symbol, spec in sorted(self.specs.items()):
-            if spec.expiry_ms is not None and now_ms >= spec.expiry_ms and self.clearing.trading[symbol]:
-                self._expire(symbol, now_ms)
+        for _ in range(MAX_CATCH_UP):
+            due = self._next_due(now_ms)
+            if due is None:
+                break
+            at, kind, symbol = due
+            if kind == 0:
+                self._fund(symbol, at)
+                self.next_funding_ms[symbol] = at + self.specs[symbol].funding_interval_ms
+            else:
+                self._expire(symbol, at)
         self._log(Advance(now_ms))
+
+    def _next_due(self, now_ms: int) -> tuple[int, int, str] | None:
+        """Return the earliest (time, 0 funding | 1 expiry, symbol) due at ``now_ms``, if any."""
+        best: tuple[int, int, str] | None = None
+        trading = self.clearing.trading
+        for symbol, at in self.next_funding_ms.items():
+            if at <= now_ms and trading[symbol] and (best is None or (at, 0, symbol) < best):
+                best = (at, 0, symbol)
+        for symbol, spec in self.specs.items():
+            expiry = spec.expiry_ms
+            if (expiry is not None and expiry <= now_ms and trading[symbol]
+                    and (best is None or (expiry, 1, symbol) < best)):
+                best = (expiry, 1, symbol)
+        return best
+
+    def due(self, now_ms: int) -> bool:
+        """Tell whether a funding interval or an expiry is due at ``now_ms`` (``advance`` has work)."""
+        return self._next_due(now_ms) is not None
 
     def funding_rate(self, symbol: str) -> int:
         """Return the rate of the current interval: premium + clamp(interest - premium), capped."""
@@ -727,6 +800,58 @@ class Venue:
         self._expire(symbol, now_ms)
         self._log(Expire(symbol, now_ms))
 
+    # ---------------------------------------------------------------- listing
+
+    def list_instrument(self, spec: InstrumentSpec) -> bool:
+        """List a new instrument (idempotent: an already listed symbol changes nothing)."""
+        if spec.symbol in self.specs:
+            return False
+        if spec.underlying not in self.indices:
+            raise ValueError(f"{spec.symbol}: underlying {spec.underlying} is not indexed")
+        spec.engine_instrument().check()
+        self._add(spec)
+        self.listed[spec.symbol] = spec
+        self._log(ListInstrument(spec))
+        return True
+
+    def _add(self, spec: InstrumentSpec) -> None:
+        s, ch = spec.symbol, self.clearing
+        self.specs[s] = spec  # shared with the clearing house
+        ch.trading[s] = True
+        ch.holders[s] = set()
+        ch.liq_index[s] = LiquidationIndex()
+        self.books[s] = OrderBook(spec.engine_instrument(), reduce_only_hook=PositionHook(ch, s))
+        self.basis[s] = BasisTracker()
+        if spec.expiry_ms is not None:
+            self.twaps[s] = Twap(spec.expiry_ms - spec.settlement_window_ms, spec.expiry_ms)
+        if spec.kind == "perpetual":
+            self.premium[s] = [0, 0]
+
+    def delistable(self, symbol: str) -> bool:
+        """Tell whether ``symbol`` was listed at run time, has settled, and nothing refers to it."""
+        ch = self.clearing
+        if symbol not in self.listed or ch.trading[symbol] or ch.holders[symbol]:
+            return False
+        book = self.books[symbol]
+        if book.orders or book.stops or any(s == symbol for s, _ in ch.orders):
+            return False
+        return not any(symbol in a.positions and not a.positions[symbol].idle() for a in ch.accounts.values())
+
+    def delist(self, symbol: str) -> None:
+        """Remove a settled, empty instrument that the calendar listed (its settlement stays in history)."""
+        if not self.delistable(symbol):
+            raise ValueError(f"symbol was {symbol!r}: not a settled, empty, calendar-listed instrument")
+        ch = self.clearing
+        for acct in ch.accounts.values():
+            if symbol in acct.positions:
+                del acct.positions[symbol]
+                acct.cache_version = -1
+        for table in (ch.trading, ch.holders, ch.liq_index, ch.marks, self.specs, self.listed, self.books,
+                      self.basis, self.twaps, self.premium, self.next_funding_ms):
+            table.pop(symbol, None)
+        ch.version += 1
+        self._log(Delist(symbol))
+
     def _expire(self, symbol: str, now_ms: int) -> None:
         ch = self.clearing
         ch.begin()
@@ -762,6 +887,7 @@ class Venue:
             funding_history=list(self.funding_history),
             settlement_history=list(self.settlement_history),
             fills={a: [FillRecord(**f) for f in kept] for a, kept in sorted(self.fills.items())},
+            listed=[spec for _, spec in sorted(self.listed.items())],
         )
 
     def state_hash(self) -> str:
@@ -772,6 +898,9 @@ class Venue:
     def from_state(cls, config: ExchangeConfig, state: VenueState, record_fills: bool = True) -> Venue:
         """Rebuild a venue from ``state()`` output under ``config`` (which may list more instruments)."""
         v = cls(config, state.clearing.namespace, record_fills)
+        for spec in state.listed:
+            v._add(spec)
+            v.listed[spec.symbol] = spec
         ch = v.clearing = Clearinghouse.from_state(v.specs, state.clearing)
         for symbol, book in state.books.items():
             v.books[symbol] = OrderBook.from_state(book, reduce_only_hook=PositionHook(ch, symbol))
@@ -829,4 +958,5 @@ _DISPATCH: dict[type, Any] = {
     Fund: lambda v, c: v.fund(c.symbol, c.ts_ms),
     Expire: lambda v, c: v.expire(c.symbol, c.now_ms),
     Liquidate: lambda v, c: v.liquidate(c.account),
+    Delist: lambda v, c: v.delist(c.symbol),
 }

@@ -79,7 +79,7 @@ def serve(host: str | None, port: int | None) -> None:
 
     from strongroom.app import create_app
     from strongroom.commands.wallets import chain_runtimes_from_env
-    from strongroom.jobs import JobRunner, server_jobs
+    from strongroom.jobs import JobRunner, exchange_jobs, server_jobs
 
     settings = _settings()
     # Every configured chain (Ethereum, Bitcoin); WALLETS stays the Ethereum one for older readers.
@@ -88,10 +88,13 @@ def serve(host: str | None, port: int | None) -> None:
     bind_host, bind_port = host or settings.host, port or settings.port
     runner = JobRunner(server_jobs(app, settings.checkpoint_every_entries), time.monotonic)
     runner.start()
+    market = JobRunner(exchange_jobs(app), time.monotonic, name="strongroom-market")
+    market.start()
     click.echo(f"Strongroom API on http://{bind_host}:{bind_port}/api/v1/health")
     try:
         waitress_serve(app, host=bind_host, port=bind_port, threads=8)
     finally:
+        market.stop()
         runner.stop()
         # A final exchange snapshot, so the next start has no journal tail to replay.
         exchange = app.extensions.get("strongroom.exchange")

@@ -1,6 +1,7 @@
 """Background jobs of the server process: expire pending holds, write ledger checkpoints, and per
 configured chain the wallet round and the withdrawal dispatcher, plus one cold-bundle tick (broadcast,
-confirm, settle cold transfers on every chain).
+confirm, settle cold transfers on every chain). The exchange market (feeds, funding, expiry, listings)
+runs in a runner of its own, so a slow chain never delays a funding boundary.
 
 Each job runs on a fixed interval in one daemon thread. A failing job is
 logged (without secrets) and retried on its next tick; it never stops the others.
@@ -18,6 +19,9 @@ from flask import Flask
 
 if TYPE_CHECKING:
     from custody.bundles.service import ColdTransfers
+    from exchange.feeds import PriceFeed
+    from exchange.instruments import IndexConfig
+    from exchange.schedule import MarketScheduler
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,46 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
     return jobs
 
 
+EXCHANGE_MARKET_INTERVAL_S = 1.0
+
+
+def exchange_jobs(app: Flask) -> list[Job]:
+    """Return the exchange market job (feeds, funding, expiry, listings, demo maker; docs/market.md)."""
+    scheduler = market_scheduler(app)
+    if scheduler is None:
+        return []
+    return [Job("exchange_market", EXCHANGE_MARKET_INTERVAL_S, scheduler.run_due)]
+
+
+def market_scheduler(app: Flask) -> MarketScheduler | None:
+    """Build the market scheduler of ``app``'s exchange from its settings (None: no exchange)."""
+    from exchange.marketmaker import DemoMarketMaker
+    from exchange.schedule import MarketParticipant, MarketScheduler
+
+    service = app.extensions.get("strongroom.exchange")
+    settings = app.extensions.get("strongroom.settings")
+    if service is None or settings is None:
+        return None
+    feed = exchange_feed(settings.exchange_feed, settings.exchange_feed_seed, service.venue.config.indices)
+    participants: tuple[MarketParticipant, ...] = ()
+    if settings.exchange_demo_maker:
+        participants = (DemoMarketMaker(service, seed=settings.exchange_feed_seed),)
+    return MarketScheduler(service, ledger_clock(app), feed, participants=participants)
+
+
+def exchange_feed(kind: str, seed: int, indices: dict[str, IndexConfig]) -> PriceFeed | None:
+    """Return the configured price feed: simulated (default), ccxt, or none (operator quotes only)."""
+    if kind == "simulated":
+        from exchange.feeds.simulated import SimulatedFeed
+
+        return SimulatedFeed(indices, seed)
+    if kind == "ccxt":
+        from exchange.feeds.ccxt_source import CcxtFeed
+
+        return CcxtFeed(indices)
+    return None
+
+
 def cold_transfers(app: Flask) -> ColdTransfers:
     """Return the cold-transfer service (custody.bundles) over every chain runtime of ``app``."""
     from custody.bundles.service import ColdTransfers
@@ -90,11 +134,11 @@ def ledger_clock(app: Flask) -> Callable[[], int]:
 class JobRunner:
     """Run jobs on their intervals in one daemon thread until stopped."""
 
-    def __init__(self, jobs: list[Job], clock: Callable[[], float]) -> None:
+    def __init__(self, jobs: list[Job], clock: Callable[[], float], name: str = "strongroom-jobs") -> None:
         self._jobs = jobs
         self._clock = clock
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="strongroom-jobs", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         """Start the background thread."""

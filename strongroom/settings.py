@@ -11,6 +11,7 @@ DEFAULT_PORT = 8600
 DATA_DIR_MODE = 0o700
 KEYSTORE_BACKENDS = ("local", "vault", "pkcs11")
 DEFAULT_CHECKPOINT_EVERY = 10_000
+EXCHANGE_FEEDS = ("simulated", "ccxt", "none")
 
 
 class SettingsError(ValueError):
@@ -30,6 +31,12 @@ class Settings:
     keystore_passphrase: str | None = field(default=None, repr=False)
     keystore_passphrase_file: Path | None = None
     checkpoint_every_entries: int = DEFAULT_CHECKPOINT_EVERY
+    # The exchange market (docs/market.md): where index prices come from, the simulated feed's
+    # seed, hand-set prices allowed (dev/demo only), and the demo market maker.
+    exchange_feed: str = "simulated"
+    exchange_feed_seed: int = 1
+    exchange_dev_mode: bool = False
+    exchange_demo_maker: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -52,12 +59,23 @@ class Settings:
         if not every_text.isdigit() or int(every_text) < 1:
             raise SettingsError(f"STRONGROOM_CHECKPOINT_EVERY was {every_text!r}, must be a positive integer")
         passphrase_file = env.get("STRONGROOM_KEYSTORE_PASSPHRASE_FILE")
+        feed = env.get("STRONGROOM_EXCHANGE_FEED", "simulated")
+        if feed not in EXCHANGE_FEEDS:
+            raise SettingsError(f"STRONGROOM_EXCHANGE_FEED was {feed!r}, "
+                                f"must be one of {', '.join(EXCHANGE_FEEDS)}")
+        seed_text = env.get("STRONGROOM_EXCHANGE_FEED_SEED", "1")
+        if not seed_text.isdigit():
+            raise SettingsError(f"STRONGROOM_EXCHANGE_FEED_SEED was {seed_text!r}, "
+                                "must be a non-negative integer")
         return cls(data_dir=data_dir, database_url=database_url,
                    host=env.get("STRONGROOM_HOST", DEFAULT_HOST), port=int(port_text),
                    log_level=log_level, keystore_backend=backend,
                    keystore_passphrase=env.get("STRONGROOM_KEYSTORE_PASSPHRASE") or None,
                    keystore_passphrase_file=Path(passphrase_file) if passphrase_file else None,
-                   checkpoint_every_entries=int(every_text))
+                   checkpoint_every_entries=int(every_text), exchange_feed=feed,
+                   exchange_feed_seed=int(seed_text),
+                   exchange_dev_mode=_flag(env, "STRONGROOM_EXCHANGE_DEV_MODE"),
+                   exchange_demo_maker=_flag(env, "STRONGROOM_EXCHANGE_DEMO_MAKER"))
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory readable by its owner only, and return it."""
@@ -69,3 +87,10 @@ class Settings:
 def _default_data_dir(env: dict[str, str]) -> Path:
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "strongroom"
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    value = env.get(name, "0").strip().lower()
+    if value not in ("0", "1", "true", "false", "yes", "no", ""):
+        raise SettingsError(f"{name} was {value!r}, must be 0 or 1")
+    return value in ("1", "true", "yes")

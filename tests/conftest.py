@@ -130,8 +130,11 @@ def app(database_url: str, clock: FakeClock, keystore: LocalKeystore, tmp_path: 
     from strongroom.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
-    application = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore},
-                             settings=settings)
+    from exchange.instruments import DEFAULT_CONFIG
+
+    # The fixed reference instruments (expiry 2026-03-27), not the server's calendar market.
+    application = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
+                              "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG}, settings=settings)
     yield application
     application.extensions["strongroom.engine"].dispose()
 

@@ -43,7 +43,7 @@ from exchange.engine.messages import (
     Trade,
     Triggered,
 )
-from exchange.instruments import load_instruments
+from exchange.instruments import MARKET_CONFIG, load_instruments
 from exchange.recovery import DEFAULT_SNAPSHOT_EVERY
 from exchange.risk.clearing import isolated_account
 from exchange.risk.codes import RiskCode
@@ -68,6 +68,8 @@ RISK_STATUS = {
     RiskCode.INSTRUMENT_NOT_TRADING: 409,
     RiskCode.NO_MARK_PRICE: 409,
     RiskCode.DUPLICATE_ORDER_ID: 409,
+    RiskCode.INDEX_STALE: 409,
+    RiskCode.PRICE_OVERRIDE_DISABLED: 403,
 }
 # Client order ids: 1..40 of A-Z a-z 0-9 . _ -, starting with a letter or digit, so an id is
 # always one safe URL path segment (never "..", never "a/b") and fits the book's 64 characters
@@ -86,7 +88,7 @@ def init_app(app: Flask) -> None:
     The venue journal lives in ``EXCHANGE_DATA_DIR`` (default ``<data dir>/exchange``);
     ``EXCHANGE_FSYNC`` is always|interval|never (docs/exchange-durability.md).
     """
-    config = load_instruments(app.config.get("EXCHANGE_INSTRUMENTS"))
+    config = load_instruments(app.config.get("EXCHANGE_INSTRUMENTS") or MARKET_CONFIG)
     namespace = app.config.get("EXCHANGE_NAMESPACE", "x")
     ledger = app.extensions["strongroom.ledger"]
     directory = app.config.get("EXCHANGE_DATA_DIR")
@@ -100,6 +102,10 @@ def init_app(app: Flask) -> None:
             ledger, config, Path(directory), namespace=namespace,
             policy=FsyncPolicy(app.config.get("EXCHANGE_FSYNC", "always")),
             snapshot_every=int(app.config.get("EXCHANGE_SNAPSHOT_EVERY", DEFAULT_SNAPSHOT_EVERY)))
+    clock = app.extensions.get("strongroom.clock")
+    if clock is not None:
+        # Funding and expiry due before a command run before it (exchange/schedule.py).
+        app.extensions[EXTENSION].clock = clock
     app.register_blueprint(bp)
 
 
@@ -169,23 +175,43 @@ def instruments() -> ResponseReturnValue:
 @bp.get("/prices")
 @READ
 def prices() -> ResponseReturnValue:
-    """Return index prices (with staleness) and marks."""
+    """Return index prices with their staleness judged now, and marks."""
     svc = service()
+    now = _now_ms()
     with svc.lock:
         v = svc.venue
-        return jsonify({
-            "index": {u: {"price": s.price, "stale": s.stale, "fresh_sources": s.fresh_sources,
-                          "ts_ms": s.ts_ms} for u, s in sorted(v.index_state.items())},
-            "mark": dict(sorted(v.clearing.marks.items())),
-        })
+        index = {}
+        for u, s in sorted(v.index_state.items()):
+            # The last published index, and whether its sources are still fresh at this moment.
+            fresh = v.indices[u].compute(now)
+            index[u] = {"price": s.price, "stale": fresh.stale, "fresh_sources": fresh.fresh_sources,
+                        "ts_ms": s.ts_ms}
+        return jsonify({"index": index, "mark": dict(sorted(v.clearing.marks.items())), "now_ms": now})
 
 
 @bp.get("/funding")
 @READ
 def funding() -> ResponseReturnValue:
-    """Return the funding history (newest last)."""
+    """Return the funding history (newest last) and each perpetual's next funding time and rate."""
+    now = _now_ms()
     with service().lock:
-        return jsonify({"funding": [e.to_dict() for e in service().venue.funding_history[-1000:]]})
+        v = service().venue
+        return jsonify({"funding": [e.to_dict() for e in v.funding_history[-1000:]],
+                        "next": funding_countdown(v, now), "now_ms": now})
+
+
+def funding_countdown(v: Venue, now_ms: int) -> list[dict[str, Any]]:
+    """Return, per trading perpetual, the next funding time, the countdown and the predicted rate."""
+    out = []
+    for symbol in sorted(v.premium):
+        spec = v.specs[symbol]
+        if not v.clearing.trading[symbol]:
+            continue
+        interval = spec.funding_interval_ms
+        at = v.next_funding_ms.get(symbol, (now_ms // interval + 1) * interval)
+        out.append({"symbol": symbol, "next_funding_ms": at, "countdown_ms": max(0, at - now_ms),
+                    "interval_ms": interval, "predicted_rate_ppm": v.funding_rate(symbol)})
+    return out
 
 
 @bp.get("/settlements")
@@ -388,7 +414,11 @@ def collateral(direction: str) -> ResponseReturnValue:
 @bp.post("/operator/quotes")
 @OPERATE
 def quote() -> ResponseReturnValue:
-    """Feed one price-source quote and recompute that underlying's index and marks."""
+    """Hand-set one price-source quote (dev/demo mode only) and recompute the index and marks."""
+    if not _dev_mode():
+        raise _risk(RiskCode.PRICE_OVERRIDE_DISABLED,
+                    "hand-set index prices are refused outside dev mode; prices come from the "
+                    "configured feed (STRONGROOM_EXCHANGE_FEED), dev mode is STRONGROOM_EXCHANGE_DEV_MODE=1")
     body = json_object()
     reject_unknown(body, {"underlying", "source", "price"})
     underlying = field_str(body, "underlying") or ""
@@ -414,6 +444,12 @@ def advance() -> ResponseReturnValue:
         venue.advance(_now_ms())
     return jsonify({"funding": len(svc.venue.funding_history),
                     "settlements": len(svc.venue.settlement_history)})
+
+
+def _dev_mode() -> bool:
+    settings = current_app.extensions.get("strongroom.settings")
+    default = bool(settings is not None and settings.exchange_dev_mode)
+    return bool(current_app.config.get("EXCHANGE_DEV_MODE", default))
 
 
 def _known(venue: Venue, symbol: str) -> None:

@@ -42,6 +42,7 @@ def _setup(app: Flask, client: FlaskClient, clock: Any) -> tuple[Caller, Caller,
     admin = Caller(app, client, clock, "ops", {Role.ADMIN})
     alice = Caller(app, client, clock, "alice", {Role.TRADER})
     bob = Caller(app, client, clock, "bob", {Role.TRADER})
+    app.config["EXCHANGE_DEV_MODE"] = True  # these tests hand-set the index (docs/market.md)
     svc = app.extensions["strongroom.exchange"]
     for who in ("alice", "bob"):
         svc.credit_deposit(who, 10_000 * USDC, f"dep-{who}")

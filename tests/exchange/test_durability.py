@@ -277,7 +277,8 @@ def test_a_restarted_app_recovers_the_venue_from_its_data_dir(app: Flask) -> Non
     svc.durable.close()  # the process dies; nothing else is written
 
     restarted = create_app({"TESTING": True, "CLOCK": app.config["CLOCK"],
-                            "KEYSTORE": app.config["KEYSTORE"]}, settings=settings)
+                            "KEYSTORE": app.config["KEYSTORE"],
+                            "EXCHANGE_INSTRUMENTS": app.config["EXCHANGE_INSTRUMENTS"]}, settings=settings)
     again: ExchangeService = restarted.extensions[EXTENSION]
     assert again.venue.state_hash() == expected
     assert again.reconcile() == []
