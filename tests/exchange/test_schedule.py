@@ -70,7 +70,8 @@ def test_scheduler_missed_intervals_settle_in_order_on_the_positions_of_each_mom
     assert paid[0].total == 100 * paid[0].mark // 1000 * abs(paid[0].rate_ppm) // 1_000_000
 
 
-def test_scheduler_missed_intervals_replay_identically_from_the_journal(sqlite_url: str, tmp_path: Path) -> None:
+def test_scheduler_missed_intervals_replay_identically_from_the_journal(sqlite_url: str,
+                                                                          tmp_path: Path) -> None:
     ledger = Ledger(make_session_factory(make_engine(sqlite_url)))
     config = load_instruments()
     svc = ExchangeService.open(ledger, config, tmp_path / "x")
@@ -86,8 +87,9 @@ def test_scheduler_missed_intervals_replay_identically_from_the_journal(sqlite_u
         with svc.command() as v:
             v.deposit(who, 10**12)
     with svc.command() as v:
-        v.place("BTC-PERP", NewOrder(id="s", account="maker", side="sell", qty=100, price=BTC, ts=NOW * 10**6))
-        v.place("BTC-PERP", NewOrder(id="b", account="long", side="buy", qty=100, price=BTC, ts=NOW * 10**6))
+        for oid, who, side in (("s", "maker", "sell"), ("b", "long", "buy")):
+            v.place("BTC-PERP", NewOrder(id=oid, account=who, side=side, qty=100,  # type: ignore[arg-type]
+                                         price=BTC, ts=NOW * 10**6))
     clock[0] = BOUNDARY + 24 * HOUR_MS + 1
     scheduler.run_due()
     expected = svc.venue.state_hash()
