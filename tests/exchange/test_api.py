@@ -129,8 +129,8 @@ def _restart(app: Flask, clock: Any) -> Flask:
     svc.flush()
     svc.durable.close()
     settings = app.extensions["strongroom.settings"]
-    return create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": app.config["KEYSTORE"]},
-                      settings=settings)
+    return create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": app.config["KEYSTORE"],
+                       "EXCHANGE_INSTRUMENTS": app.config["EXCHANGE_INSTRUMENTS"]}, settings=settings)
 
 
 @pytest.mark.parametrize(("field", "value", "code", "error"), INVALID_ENUMS)
