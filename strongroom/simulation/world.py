@@ -135,7 +135,9 @@ class World:
         runtime = build_runtime_for(self)
         settings = Settings(data_dir=self.workdir / "data", database_url=self.database_url)
         app = create_app({"TESTING": True, "CLOCK": self.clock, "KEYSTORE": self.keystore, "WALLETS": runtime,
-                          "EXCHANGE_DATA_DIR": str(self.exchange_dir), "EXCHANGE_FSYNC": "never"},
+                          "EXCHANGE_DATA_DIR": str(self.exchange_dir), "EXCHANGE_FSYNC": "never",
+                          # The simulator's admin hand-sets index quotes: dev mode (docs/market.md).
+                          "EXCHANGE_DEV_MODE": True},
                          settings=settings)
         dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
                                           list(ASSETS), self.clock, app.extensions["strongroom.ledger"])
