@@ -2,7 +2,9 @@
 
 Each route contributes its path parameters, the first line of its docstring,
 the access it requires (`custody.api.auth.EndpointAccess`), its request-body
-schema (`custody.api.schema.accepts`) and the known query parameters.
+and success-response schemas (`custody.api.schema`: ``@accepts``/``@answers``
+on the view, or the `OPERATIONS` table by endpoint name) and the known query
+parameters. Every refusal references the ``Error`` component.
 """
 
 from __future__ import annotations
@@ -16,6 +18,15 @@ from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 from custody.api.auth import HEADER_IDEMPOTENCY_KEY, HEADER_MFA, EndpointAccess
+from custody.api.schema import (
+    COMPONENTS,
+    NO_BODY,
+    OPERATIONS,
+    REQUEST_COMPONENTS,
+    WITHDRAWAL_STATES,
+    Operation,
+    ref,
+)
 from policies.request_signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
@@ -24,8 +35,22 @@ API_PREFIX = "/api/v1"
 _CONVERTER = re.compile(r"<(?:(?P<conv>[a-z]+):)?(?P<name>[a-z_]+)>")
 _INT = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _STR = {"type": "string", "maxLength": 128}
+_POSITIVE = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000}
+_CHAIN = {"type": "string", "enum": ["ethereum", "bitcoin"]}
 QUERY_PARAMETERS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "ledger.list_accounts": [("owner", _STR)],
+    "ledger.list_accounts": [("owner", {"type": "string"})],
+    "audit.list_checkpoints": [("after", _INT), ("limit", _LIMIT)],
+    "audit.inclusion_proof": [("seq", _POSITIVE), ("tree_size", _POSITIVE), ("checkpoint", _POSITIVE)],
+    "audit.consistency_proof": [("first", _POSITIVE), ("first_checkpoint", _POSITIVE),
+                                ("second", _POSITIVE), ("second_checkpoint", _POSITIVE)],
+    "audit.liability_proof": [("owner", {"type": "string"}), ("asset", {"type": "string"})],
+    "audit.reserves_report_view": [("snapshot", _POSITIVE)],
+    "wallets.list_wallets": [("chain", _CHAIN)],
+    "wallets.list_transactions": [("chain", _CHAIN)],
+    "wallets.list_refills": [("chain", _CHAIN)],
+    "wallets.latest_reconciliation": [("chain", _CHAIN)],
+    "wallets.run_reconciliation": [("chain", _CHAIN)],
     "ledger.account_history": [
         ("cursor", _INT),
         ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
@@ -35,16 +60,25 @@ QUERY_PARAMETERS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
     ],
     "withdrawals.list_withdrawals": [
-        ("state", {"enum": ["pending_approval", "delayed", "approved", "rejected", "cancelled", "blocked"]}),
-        ("username", _STR),
+        ("state", {"type": "string", "enum": list(WITHDRAWAL_STATES)}),
+        ("username", {"type": "string"}),
         ("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
     ],
-    "policy.list_proposals": [("state", {"enum": ["open", "applied", "superseded"]})],
+    "policy.list_proposals": [("state", {"type": "string", "enum": ["open", "applied", "superseded"]})],
 }
-ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["code", "error", "message"],
-    "properties": {"code": {"type": "integer"}, "error": {"type": "string"}, "message": {"type": "string"}},
+ERROR_SCHEMA = COMPONENTS["Error"]
+# Refusals every signed operation can answer with (all ``Error``); "default" covers the rest.
+ERROR_STATUSES = {
+    "400": "malformed request or refused value",
+    "401": "missing, malformed or invalid request signature, or MFA required",
+    "403": "the caller's role, scope or IP allowlist does not permit this",
+    "404": "no such resource (or not the caller's)",
+    "409": "conflicts with the current state",
+    "413": "request body too large",
+    "415": "request body is not JSON",
+    "422": "well formed but refused (funds, margin, policy)",
+    "429": "rate limited (see Retry-After)",
+    "503": "a dependency (database, keystore, chain node) is unavailable",
 }
 SIGNATURE_SCHEMES = {
     "StrongroomKey": HEADER_KEY_ID,
@@ -66,7 +100,10 @@ def build_openapi(app: Flask) -> dict[str, Any]:
     )
     for name, header in SIGNATURE_SCHEMES.items():
         spec.components.security_scheme(name, {"type": "apiKey", "in": "header", "name": header})
-    spec.components.schema("Error", ERROR_SCHEMA)
+    for name, schema in COMPONENTS.items():
+        spec.components.schema(name, schema)
+    for name, schema in REQUEST_COMPONENTS.items():
+        spec.components.schema(name, _null_means_absent(schema))
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if not rule.rule.startswith(API_PREFIX):
@@ -98,23 +135,13 @@ def _operation(
         {"name": n, "in": "query", "required": False, "schema": s}
         for n, s in QUERY_PARAMETERS.get(endpoint, [])
     ]
+    documented = _documented(endpoint, view)
     operation: dict[str, Any] = {
         "operationId": endpoint,
         "summary": doc[0],
         "tags": [endpoint.split(".")[0]],
-        "responses": {
-            "200": {
-                "description": "success",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
-            "default": {
-                "description": "refusal: {code, error, message} (batch results on 207/422)",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
-        },
+        "responses": _responses(documented, public=access is None),
     }
-    if method == "POST":
-        operation["responses"]["201"] = operation["responses"]["200"]
     if access is not None:
         operation["security"] = [{name: [] for name in SIGNATURE_SCHEMES}]
         operation["description"] = "Access: " + access.describe() + "."
@@ -142,12 +169,57 @@ def _operation(
                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"},
                 }
             )
-    schema = getattr(view, "request_schema", None)
-    if schema is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    schema = getattr(view, "request_schema", None) or documented.request
+    if schema is not None and method not in NO_BODY:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _null_means_absent(schema)}}}
     if parameters:
         operation["parameters"] = parameters
     return operation
+
+
+def _null_means_absent(schema: dict[str, Any]) -> dict[str, Any]:
+    """Return a body schema whose optional fields also admit null.
+
+    The views read bodies with `custody.api.request`, where a null optional field
+    means the field is absent (booleans excepted: they must be true or false); the
+    document says so rather than promise a refusal.
+    """
+    properties = schema.get("properties")
+    if schema.get("type") != "object" or not properties:
+        return schema
+    required = set(schema.get("required", ()))
+    return {**schema, "properties": {
+        name: prop if name in required or "$ref" in prop or prop.get("type") == "boolean"
+        else {**prop, "nullable": True}
+        for name, prop in properties.items()}}
+
+
+def _documented(endpoint: str, view: Any) -> Operation:
+    """Return what is documented about ``endpoint``: the view's own schemas, else `OPERATIONS`."""
+    table = OPERATIONS.get(endpoint)
+    responses = getattr(view, "response_schemas", None)
+    if responses is not None:
+        return Operation(responses, table.request if table is not None else None)
+    if table is None:
+        # An undocumented operation still gets a valid document; the completeness test fails.
+        return Operation({"200": {"type": "object"}}, extra={"x-strongroom-undocumented": True})
+    return table
+
+
+def _responses(documented: Operation, *, public: bool) -> dict[str, Any]:
+    error = {"application/json": {"schema": ref("Error")}}
+    responses: dict[str, Any] = {}
+    if not public:
+        responses.update({status: {"description": text, "content": error}
+                          for status, text in ERROR_STATUSES.items()})
+    for status, schema in documented.responses.items():
+        responses[status] = {"description": "success" if status < "300" else "batch results",
+                             "content": {documented.media_type: {"schema": schema}}}
+    responses["default"] = {"description": "refusal: {code, error, message} (docs/api.md)",
+                            "content": error}
+    responses.update(documented.extra)
+    return responses
 
 
 @bp.get("/openapi.json")

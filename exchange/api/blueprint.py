@@ -31,6 +31,7 @@ from flask.typing import ResponseReturnValue
 from custody.api.auth import principal, secured
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import field_bool, field_int, field_str, json_object, reject_unknown
+from custody.api.schema import BOOL, INT, MAYBE_INT, OBJECT, STR, accepts, answers, array, obj
 from exchange.engine.codes import ResultCode
 from exchange.engine.journal import FsyncPolicy
 from exchange.engine.messages import (
@@ -49,7 +50,17 @@ from exchange.risk.clearing import isolated_account
 from exchange.risk.codes import RiskCode
 from exchange.service import ExchangeService
 from exchange.summary import account_summary, instrument_view, order_views, position_views
-from exchange.venue import MAX_ECHO_CHARS, InvalidCommand, Venue, order_problem
+from exchange.venue import (
+    MAX_ECHO_CHARS,
+    ORDER_TYPES,
+    PRICE_KINDS,
+    SIDES,
+    STP_MODES,
+    TIMES_IN_FORCE,
+    InvalidCommand,
+    Venue,
+    order_problem,
+)
 from policies.api_key import Scope
 from policies.roles import Permission
 
@@ -76,8 +87,50 @@ RISK_STATUS = {
 # together with the per-user scope.
 CLIENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 CLIENT_ID_RULE: Final = "1-40 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+SOURCE_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,32}")
 SCOPE_HEX_CHARS: Final = 16
 SCOPE_SEPARATOR: Final = ":"
+_INT64: Final = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_SYMBOL: Final = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,32}$"}
+ORDER_SCHEMA: Final = obj({
+    "symbol": _SYMBOL, "id": {"type": "string", "pattern": f"^{CLIENT_ID_PATTERN.pattern}$"},
+    "side": {"type": "string", "enum": sorted(SIDES)}, "qty": _INT64,
+}, {
+    "type": {"type": "string", "enum": sorted(ORDER_TYPES)}, "price": _INT64,
+    "tif": {"type": "string", "enum": sorted(TIMES_IN_FORCE)},
+    "stp": {"type": "string", "enum": sorted(STP_MODES)}, "reduce_only": BOOL,
+    "trigger_price": _INT64, "trigger": {"type": "string", "enum": sorted(PRICE_KINDS)},
+    "margin_mode": {"type": "string", "enum": ["cross", "isolated"]},
+}) | {"additionalProperties": False}
+AMEND_SCHEMA: Final = obj({}, {"qty": _INT64, "price": _INT64}) | {"additionalProperties": False}
+AMOUNT_SCHEMA: Final = obj({"amount": _INT64}) | {"additionalProperties": False}
+QUOTE_SCHEMA: Final = obj({
+    "underlying": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,16}$"},
+    "source": {"type": "string", "pattern": f"^{SOURCE_PATTERN.pattern}$"}, "price": _INT64,
+}) | {"additionalProperties": False}
+# What a trader sees of an engine event (`_event_view`): always a type and sequence number.
+EVENT_VIEW: Final = obj({"type": {"type": "string", "enum": [
+    "accepted", "trade", "cancelled", "rejected", "amended", "triggered", "priceset", "depthupdate",
+    "bestbidoffer", "depthsnapshot"]}, "seq": INT}, {"id": STR, "side": STR, "qty": INT,
+                                                    "price": MAYBE_INT, "liquidity": STR})
+EVENTS_ANSWER: Final = obj({"events": array(EVENT_VIEW)})
+SUMMARY_ANSWER: Final = obj({"account": STR, "isolated": array(OBJECT)}, {
+    "collateral": INT, "equity": INT, "used_margin": INT, "free_margin": INT,
+    "maintenance_margin": INT, "margin_ratio_ppm": MAYBE_INT, "margin_mode": STR})
+INSTRUMENTS_ANSWER: Final = obj({"instruments": array(obj({
+    "symbol": STR, "kind": STR, "underlying": STR, "tick_size": INT, "lot_size": INT, "trading": BOOL,
+    "mark": MAYBE_INT, "best_bid": MAYBE_INT, "best_ask": MAYBE_INT}))})
+ORDERS_ANSWER: Final = obj({"orders": array(obj({
+    "symbol": STR, "id": STR, "side": STR, "price": MAYBE_INT, "open_qty": INT, "account": STR,
+    "status": {"type": "string", "enum": ["resting", "untriggered"]}},
+    {"reduce_only": BOOL, "trigger_price": INT}))})
+FILLS_ANSWER: Final = obj({"fills": array(obj({
+    "symbol": STR, "order_id": STR, "side": STR, "price": INT, "qty": INT, "seq": INT, "ts": INT,
+    "liquidity": {"type": "string", "enum": ["maker", "taker"]}}))})
+POSITIONS_ANSWER: Final = obj({"positions": array(obj({
+    "symbol": STR, "margin_mode": STR, "size": INT, "entry_price": MAYBE_INT, "mark": INT,
+    "unrealised_pnl": INT, "realised_pnl": INT, "initial_margin": INT, "maintenance_margin": INT,
+    "liquidation_price": MAYBE_INT}))})
 ORDER_FIELDS = {"symbol", "id", "side", "qty", "type", "price", "tif", "stp", "reduce_only",
                 "trigger_price", "trigger", "margin_mode"}
 
@@ -165,6 +218,7 @@ def client_order_id(scope: str, engine_id: str) -> str:
 
 @bp.get("/instruments")
 @READ
+@answers({"200": INSTRUMENTS_ANSWER})
 def instruments() -> ResponseReturnValue:
     """List instruments with their specification and trading state."""
     svc = service()
@@ -174,6 +228,7 @@ def instruments() -> ResponseReturnValue:
 
 @bp.get("/prices")
 @READ
+@answers({"200": obj({"index": OBJECT, "mark": OBJECT})})
 def prices() -> ResponseReturnValue:
     """Return index prices with their staleness judged now, and marks."""
     svc = service()
@@ -191,6 +246,7 @@ def prices() -> ResponseReturnValue:
 
 @bp.get("/funding")
 @READ
+@answers({"200": obj({"funding": array(OBJECT)})})
 def funding() -> ResponseReturnValue:
     """Return the funding history (newest last) and each perpetual's next funding time and rate."""
     now = _now_ms()
@@ -216,6 +272,7 @@ def funding_countdown(v: Venue, now_ms: int) -> list[dict[str, Any]]:
 
 @bp.get("/settlements")
 @READ
+@answers({"200": obj({"settlements": array(OBJECT)})})
 def settlements() -> ResponseReturnValue:
     """Return the settlement history of expired instruments."""
     with service().lock:
@@ -227,6 +284,8 @@ def settlements() -> ResponseReturnValue:
 
 @bp.post("/orders")
 @TRADE
+@accepts(ORDER_SCHEMA)
+@answers({"201": EVENTS_ANSWER})
 def place_order() -> ResponseReturnValue:
     """Place an order: pre-trade margin check, then the book; returns the caller's events."""
     body = json_object()
@@ -269,6 +328,7 @@ def place_order() -> ResponseReturnValue:
 
 @bp.delete("/orders/<symbol>/<order_id>")
 @TRADE
+@answers({"200": EVENTS_ANSWER})
 def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
     """Cancel one of the caller's live orders."""
     account = current_principal()
@@ -283,6 +343,7 @@ def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
 
 @bp.delete("/orders/<symbol>")
 @TRADE
+@answers({"200": EVENTS_ANSWER})
 def cancel_all_orders(symbol: str) -> ResponseReturnValue:
     """Cancel every live order of the caller on one instrument (cross and isolated)."""
     account = current_principal()
@@ -301,6 +362,8 @@ def cancel_all_orders(symbol: str) -> ResponseReturnValue:
 
 @bp.patch("/orders/<symbol>/<order_id>")
 @TRADE
+@accepts(AMEND_SCHEMA)
+@answers({"200": EVENTS_ANSWER})
 def amend_order(symbol: str, order_id: str) -> ResponseReturnValue:
     """Amend quantity and/or price of one of the caller's resting orders."""
     body = json_object()
@@ -336,6 +399,7 @@ def _resolve(venue: Venue, symbol: str, account: str, client_id: str) -> tuple[s
 
 @bp.get("/orders")
 @READ
+@answers({"200": ORDERS_ANSWER})
 def open_orders() -> ResponseReturnValue:
     """List the caller's live orders (resting and untriggered stops)."""
     svc = service()
@@ -350,6 +414,7 @@ def open_orders() -> ResponseReturnValue:
 
 @bp.get("/fills")
 @READ
+@answers({"200": FILLS_ANSWER})
 def fills() -> ResponseReturnValue:
     """List the caller's most recent fills (cross and isolated), oldest first."""
     svc = service()
@@ -364,6 +429,7 @@ def fills() -> ResponseReturnValue:
 
 @bp.get("/positions")
 @READ
+@answers({"200": POSITIONS_ANSWER})
 def positions() -> ResponseReturnValue:
     """List the caller's positions with entry, mark, PnL and liquidation price."""
     svc = service()
@@ -373,6 +439,7 @@ def positions() -> ResponseReturnValue:
 
 @bp.get("/account")
 @READ
+@answers({"200": SUMMARY_ANSWER})
 def account() -> ResponseReturnValue:
     """Return the margin summary: equity, used and free margin, margin ratio."""
     svc = service()
@@ -382,6 +449,8 @@ def account() -> ResponseReturnValue:
 
 @bp.post("/collateral/<direction>")
 @TRADE
+@accepts(AMOUNT_SCHEMA)
+@answers({"200": SUMMARY_ANSWER})
 def collateral(direction: str) -> ResponseReturnValue:
     """Move USDC between the caller's spot balance and exchange collateral."""
     body = json_object()
@@ -413,6 +482,8 @@ def collateral(direction: str) -> ResponseReturnValue:
 
 @bp.post("/operator/quotes")
 @OPERATE
+@accepts(QUOTE_SCHEMA)
+@answers({"200": obj({"underlying": STR, "index": MAYBE_INT, "stale": BOOL})})
 def quote() -> ResponseReturnValue:
     """Hand-set one price-source quote (dev/demo mode only) and recompute the index and marks."""
     if not _dev_mode():
@@ -422,21 +493,27 @@ def quote() -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"underlying", "source", "price"})
     underlying = field_str(body, "underlying") or ""
+    source = field_str(body, "source") or ""
+    if not SOURCE_PATTERN.fullmatch(source):
+        raise ApiError(RequestCode.INVALID_FIELD, f"source was {_echo(source)}, must match "
+                       f"{SOURCE_PATTERN.pattern}")
+    price = field_int(body, "price") or 0
     svc = service()
     now = _now_ms()
     with svc.command() as venue:
         if underlying not in venue.indices:
-            raise ApiError(RequestCode.INVALID_FIELD, f"underlying was {underlying!r}, not indexed")
+            raise ApiError(RequestCode.INVALID_FIELD, f"underlying was {_echo(underlying)}, not indexed")
         try:
-            venue.quote(underlying, field_str(body, "source") or "", field_int(body, "price") or 0, now)
-        except ValueError as exc:
-            raise ApiError(RequestCode.INVALID_FIELD, str(exc)) from None
+            venue.quote(underlying, source, price, now)
+        except ValueError as exc:  # InvalidCommand included: nothing changed, nothing journaled
+            raise ApiError(RequestCode.INVALID_FIELD, str(exc)[:200]) from None
         state = venue.tick(underlying, now)
     return jsonify({"underlying": underlying, "index": state.price, "stale": state.stale})
 
 
 @bp.post("/operator/advance")
 @OPERATE
+@answers({"200": obj({"funding": INT, "settlements": INT})})
 def advance() -> ResponseReturnValue:
     """Run funding and expiries due at the current time."""
     svc = service()

@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from exchange.venue import ORDER_TYPES, PRICE_KINDS, SIDES, STP_MODES, TIMES_IN_FORCE
 from policies.api_key import Scope
 from policies.request_signing import sign_request
 from policies.roles import Role
@@ -275,3 +276,16 @@ def test_huge_ids_in_exchange_paths_answer_4xx(app: Flask, client: FlaskClient, 
             assert 400 <= r.status_code < 500 and len(r.get_data()) < 400, (path, r.get_json())
     assert alice.call("DELETE", f"{BASE}/orders/{2**63}").status_code == 404
     assert alice.call("POST", f"{BASE}/collateral/{2**63}", {"amount": 1}).status_code == 404
+
+
+def test_openapi_exchange_order_schema_matches_what_the_venue_accepts(client: FlaskClient) -> None:
+    document = client.get("/api/v1/openapi.json").json
+    order = document["paths"]["/api/v1/exchange/orders"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    enums = {name: set(order["properties"][name]["enum"])
+             for name in ("side", "type", "tif", "stp", "trigger")}
+    assert enums == {"side": set(SIDES), "type": set(ORDER_TYPES), "tif": set(TIMES_IN_FORCE),
+                     "stp": set(STP_MODES), "trigger": set(PRICE_KINDS)}
+    assert order["additionalProperties"] is False
+    assert set(order["required"]) == {"symbol", "id", "side", "qty"}
+    assert "/api/v1/exchange/orders/{symbol}" in document["paths"]

@@ -10,6 +10,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from custody.api.schema import BODYLESS_WRITES
+from custody.api.withdrawals import STATES
 from policies.roles import Role
 
 from .helpers import assert_error, make_user
@@ -75,3 +77,53 @@ def test_openapi_document_lists_every_api_route_with_security(app: Flask, client
     assert "security" in withdrawal and "security" not in paths["/api/v1/health"]["get"]
     page = client.get("/api/v1/docs")
     assert page.status_code == 200 and b"/api/v1/withdrawals" in page.data
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, ops in document["paths"].items()
+            for method, op in ops.items()]
+
+
+def test_openapi_documents_a_success_schema_and_the_error_schema_for_every_operation(
+        client: FlaskClient) -> None:
+    document = client.get("/api/v1/openapi.json").json
+    operations = _operations(document)
+    assert len(operations) >= 70
+    for method, path, op in operations:
+        responses = op["responses"]
+        assert "x-strongroom-undocumented" not in responses, (method, path, "add it to custody.api.schema")
+        success = [s for s in responses if s[0] == "2"]
+        assert success, (method, path)
+        for status in success:
+            schema = next(iter(responses[status]["content"].values()))["schema"]
+            assert schema != {"type": "object"} or op["operationId"] in {
+                "audit.inclusion_proof", "audit.consistency_proof", "audit.liability_proof"}, (method, path)
+        default = responses["default"]["content"]["application/json"]["schema"]
+        assert default == {"$ref": "#/components/schemas/Error"}, (method, path)
+        if "security" in op:
+            for status in ("400", "401", "403", "404", "429"):
+                assert responses[status]["content"]["application/json"]["schema"] == default, (method, status)
+    error = document["components"]["schemas"]["Error"]
+    assert error["required"] == ["code", "error", "message"]
+
+
+def test_openapi_documents_a_request_body_for_every_write_that_takes_one(client: FlaskClient) -> None:
+    document = client.get("/api/v1/openapi.json").json
+    for method, path, op in _operations(document):
+        if method in ("POST", "PUT", "PATCH"):
+            has_body = "requestBody" in op
+            assert has_body != (op["operationId"] in BODYLESS_WRITES), (method, path)
+        else:
+            assert "requestBody" not in op, (method, path)
+
+
+def test_openapi_withdrawal_state_enums_list_every_state(client: FlaskClient) -> None:
+    document = client.get("/api/v1/openapi.json").json
+    states = set(STATES)
+    assert len(states) == 10
+    listed = document["paths"]["/api/v1/withdrawals"]["get"]["parameters"]
+    query = next(p for p in listed if p["name"] == "state")
+    assert set(query["schema"]["enum"]) == states
+    schema = document["components"]["schemas"]["Withdrawal"]["properties"]["state"]
+    assert set(schema["enum"]) == states
+
