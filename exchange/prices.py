@@ -137,27 +137,53 @@ def intrinsic(spec: InstrumentSpec, price: int) -> int:
 
 @dataclass(slots=True)
 class Twap:
-    """Index samples in the settlement window; the settlement price is their time average."""
+    """Index samples for the settlement window; the settlement price is their time average.
+
+    Binance-style: the settlement price is the average of the index in force
+    at every moment of ``[window_start, expiry)``. A sample is the index
+    computed at a tick; it is in force from its time until the next sample,
+    but never longer than ``hold_ms`` (the index staleness limit: an index
+    whose quotes are that old is no longer an index). The last sample taken
+    *before* the window is kept too, because it is the value in force when
+    the window opens. Averaging over the moments covered by some index, at
+    millisecond resolution, equals a per-second sampling of the index in
+    force up to rounding; moments without a fresh index count for nothing.
+    """
 
     window_start_ms: int
     expiry_ms: int
     samples: list[tuple[int, int]] = field(default_factory=list)
 
     def sample(self, ts_ms: int, price: int) -> None:
-        """Record the index at ``ts_ms`` if it lies within the window (ignore it otherwise)."""
-        if self.window_start_ms <= ts_ms <= self.expiry_ms and len(self.samples) < MAX_TWAP_SAMPLES:
-            if self.samples and ts_ms < self.samples[-1][0]:
-                raise ValueError(f"sample time went backwards: {ts_ms} < {self.samples[-1][0]}")
-            self.samples.append((ts_ms, price))
+        """Record the index at ``ts_ms`` (before the window: keep only the latest such sample)."""
+        if ts_ms > self.expiry_ms or len(self.samples) >= MAX_TWAP_SAMPLES:
+            return
+        if ts_ms < self.window_start_ms:
+            # Only the latest sample before the window matters (the value in force at its start).
+            if not self.samples:
+                self.samples.append((ts_ms, price))
+            elif self.samples[-1][0] < self.window_start_ms and ts_ms >= self.samples[-1][0]:
+                self.samples[-1] = (ts_ms, price)
+            return
+        if self.samples and ts_ms < self.samples[-1][0]:
+            raise ValueError(f"sample time went backwards: {ts_ms} < {self.samples[-1][0]}")
+        self.samples.append((ts_ms, price))
 
-    def price(self) -> int | None:
-        """Return the time-weighted average (each sample holds until the next or expiry)."""
-        if not self.samples:
-            return None
+    def price(self, hold_ms: int | None = None) -> int | None:
+        """Return the time-weighted average over the window, or None when no index was in force."""
+        start, end = self.window_start_ms, self.expiry_ms
         total = weight = 0
-        for i, (ts, price) in enumerate(self.samples):
-            end = self.samples[i + 1][0] if i + 1 < len(self.samples) else self.expiry_ms
-            dt = max(1, end - ts)
-            total += price * dt
-            weight += dt
+        samples = self.samples
+        for i, (ts, price) in enumerate(samples):
+            until = samples[i + 1][0] if i + 1 < len(samples) else end
+            if hold_ms is not None:
+                until = min(until, ts + hold_ms)
+            dt = min(until, end) - max(ts, start)
+            if dt > 0:
+                total += price * dt
+                weight += dt
+        if weight == 0:
+            # A single sample exactly at expiry still is the index in force at that moment.
+            last = [p for ts, p in samples if ts == end]
+            return last[-1] if last else None
         return total // weight

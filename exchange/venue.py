@@ -69,6 +69,7 @@ from exchange.risk.events import (
     MarkSet,
     RiskEvent,
     Settled,
+    SettlementDelayed,
 )
 from exchange.risk.liqindex import LiquidationIndex
 from exchange.state import FillRecord, IndexStateRecord, PriceState, VenueState
@@ -733,8 +734,9 @@ class Venue:
         and mark each interval sees are those in force at its boundary.
         """
         self.now_ms = now_ms
+        tried: set[str] = set()
         for _ in range(MAX_CATCH_UP):
-            due = self._next_due(now_ms)
+            due = self._next_due(now_ms, tried)
             if due is None:
                 break
             at, kind, symbol = due
@@ -742,20 +744,32 @@ class Venue:
                 self._fund(symbol, at)
                 self.next_funding_ms[symbol] = at + self.specs[symbol].funding_interval_ms
             else:
-                self._expire(symbol, at)
+                tried.add(symbol)  # a settlement still pending is retried at the next advance
+                self._expire(symbol, at, now_ms)
         self._log(Advance(now_ms))
 
-    def _next_due(self, now_ms: int) -> tuple[int, int, str] | None:
-        """Return the earliest (time, 0 funding | 1 expiry, symbol) due at ``now_ms``, if any."""
+    def _next_due(self, now_ms: int, tried: set[str] | None = None) -> tuple[int, int, str] | None:
+        """Return the earliest (time, 0 funding | 1 expiry, symbol) due at ``now_ms``, if any.
+
+        An expiry is due while the instrument trades, and again, once halted with its
+        settlement pending (no index), as soon as its underlying's index is fresh.
+        """
         best: tuple[int, int, str] | None = None
         trading = self.clearing.trading
         for symbol, at in self.next_funding_ms.items():
             if at <= now_ms and trading[symbol] and (best is None or (at, 0, symbol) < best):
                 best = (at, 0, symbol)
+        settled: set[str] | None = None
         for symbol, spec in self.specs.items():
             expiry = spec.expiry_ms
-            if (expiry is not None and expiry <= now_ms and trading[symbol]
-                    and (best is None or (expiry, 1, symbol) < best)):
+            if expiry is None or expiry > now_ms or (tried and symbol in tried):
+                continue
+            if not trading[symbol]:
+                if settled is None:
+                    settled = {e.symbol for e in self.settlement_history}
+                if symbol in settled or self.indices[spec.underlying].compute(now_ms).stale:
+                    continue
+            if best is None or (expiry, 1, symbol) < best:
                 best = (expiry, 1, symbol)
         return best
 
@@ -793,12 +807,18 @@ class Venue:
         for account_id in sorted(ch.holders[symbol]):
             self._liquidate(account_id)
 
-    def expire(self, symbol: str, now_ms: int) -> None:
-        """Stop trading, cancel every order, and settle at the TWAP of the index."""
+    def expire(self, symbol: str, now_ms: int) -> RiskCode:
+        """Stop trading, cancel every order, and settle at the TWAP of the index.
+
+        Returns ``SETTLEMENT_PENDING`` when no index was in force in the window
+        and none is fresh now: the instrument stays halted with its positions
+        open until a later ``advance``/``expire`` finds a fresh index.
+        """
         if symbol not in self.twaps:
             raise KeyError(f"symbol was {symbol!r}, not a listed dated instrument")
-        self._expire(symbol, now_ms)
+        code = self._expire(symbol, now_ms, now_ms)
         self._log(Expire(symbol, now_ms))
+        return code
 
     # ---------------------------------------------------------------- listing
 
@@ -852,21 +872,39 @@ class Venue:
         ch.version += 1
         self._log(Delist(symbol))
 
-    def _expire(self, symbol: str, now_ms: int) -> None:
+    def settlement_price(self, symbol: str, now_ms: int) -> int | None:
+        """Return the settlement price of an expired instrument, or None while there is none.
+
+        The time-weighted index of the window (including the value in force when it
+        opened); failing that, the index fresh *now* (a delayed settlement). Never the
+        instrument's own mark: for an option that is its premium, not the underlying.
+        """
+        spec = self.specs[symbol]
+        staleness = self.config.indices[spec.underlying].staleness_ms
+        twap = self.twaps[symbol].price(staleness)
+        if twap is None:
+            twap = self.indices[spec.underlying].compute(now_ms).price
+        return None if twap is None else spec.round_to_tick(twap)
+
+    def _expire(self, symbol: str, at_ms: int, now_ms: int) -> RiskCode:
+        """Settle ``symbol``, which expired at ``at_ms``; ``now_ms``: when (a delayed one's index)."""
         ch = self.clearing
         ch.begin()
+        if any(e.symbol == symbol for e in self.settlement_history):
+            return RiskCode.OK
         book = self.books[symbol]
         owners = sorted({o.account for o in book.orders.values()} | {s.account for s in book.stops.values()})
         for account in owners:
-            self._run(symbol, CancelAll(account, now_ms))
-        spec = self.specs[symbol]
-        twap = self.twaps[symbol].price()
-        if twap is None:
-            state = self.index_state.get(spec.underlying)
-            twap = state.price if state and state.price else ch.marks.get(symbol, spec.tick_size)
-        price = spec.round_to_tick(twap)
-        ch.settle(symbol, price, now_ms)
+            self._run(symbol, CancelAll(account, at_ms))
+        price = self.settlement_price(symbol, now_ms)
+        if price is None:
+            if ch.trading[symbol]:
+                ch.trading[symbol] = False  # halted: nothing trades an instrument past expiry
+                ch.events.append(SettlementDelayed(ch.seq, symbol, "index_unavailable", at_ms))
+            return RiskCode.SETTLEMENT_PENDING
+        ch.settle(symbol, price, at_ms if ch.trading[symbol] else now_ms)
         self.settlement_history.append(ch.events[-1])  # type: ignore[arg-type]
+        return RiskCode.OK
 
     # ---------------------------------------------------------------- state
 

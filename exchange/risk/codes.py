@@ -18,6 +18,9 @@ class RiskCode(IntEnum):
     RISK_LIMIT_EXCEEDED = 2009
     INDEX_STALE = 2010
     INVALID_MARGIN_MODE = 2011
+    SETTLEMENT_PENDING = 2012
+    INVALID_LEVERAGE = 2013
+    POSITION_MARGIN_LOCKED = 2014
     # Market operation (2020..2029): the scheduler, feeds and operator endpoints.
     PRICE_OVERRIDE_DISABLED = 2020
 

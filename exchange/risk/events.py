@@ -90,6 +90,15 @@ class Settled(RiskEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class SettlementDelayed(RiskEvent):
+    """An instrument expired without an index to settle on: it is halted, positions stay open."""
+
+    symbol: str
+    reason: str
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class BadDebt(RiskEvent):
     """A loss nobody could absorb (never expected; kept visible rather than hidden)."""
 
