@@ -38,13 +38,13 @@ def parse_amount(value: object, *, field: str = "amount", allow_zero: bool = Fal
         amount = int(value)
     else:
         raise AmountError(
-            f"{field} was {value!r}, must be an integer (or a string of digits) in minor units"
+            f"{field} was {value!r:.80}, must be an integer (or a string of digits) in minor units"
         )
     if amount < 0 or (amount == 0 and not allow_zero):
         bound = "non-negative" if allow_zero else "positive"
         raise AmountError(f"{field} was {amount}, must be {bound}")
     if amount > U256_MAX:
-        raise AmountError(f"{field} was {amount}, must be at most 2**256 - 1")
+        raise AmountError(f"{field} was {str(amount)[:80]}..., must be at most 2**256 - 1")
     return amount
 
 

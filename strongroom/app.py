@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from werkzeug.routing import IntegerConverter
 
 from custody.access.service import AccessServices
 from custody.api import access as access_api
@@ -17,22 +19,39 @@ from custody.api import openapi as openapi_api
 from custody.api import policy as policy_api
 from custody.api import wallets as wallets_api
 from custody.api import withdrawals as withdrawals_api
-from custody.api.errors import register_error_handlers
+from custody.api.body import StrictJSONProvider, check_request_body, keep_recursion_limit_sane
+from custody.api.errors import RequestCode, error_body, register_error_handlers
 from custody.api.ratelimit import init_rate_limits
 from custody.assets import ASSETS
 from custody.db import make_engine, make_session_factory
+from custody.keystore import KeystoreError
 from custody.ledger.service import Ledger, wall_clock_ms
 from exchange.api import blueprint as exchange_api
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# Ids in paths are database BIGINTs: a larger number names nothing, so the route does not match (404).
+ID_MAX = 2**63 - 1
+RETRY_AFTER_DATABASE_S = 5
+log = logging.getLogger(__name__)
+
+
+class BoundedIntegerConverter(IntegerConverter):
+    """``<int:...>`` for database ids: 0..2**63-1, never a value the database cannot compare."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", ID_MAX)
+        super().__init__(map, *args, **kwargs)
 
 
 def create_app(config: dict[str, Any] | None = None, settings: Settings | None = None) -> Flask:
     """Create the Strongroom Flask app. ``config`` overrides (e.g. DATABASE_URL in tests)."""
+    keep_recursion_limit_sane()
     settings = settings or Settings.from_env()
     app = Flask("strongroom")
+    app.json = StrictJSONProvider(app)
+    app.url_map.converters["int"] = BoundedIntegerConverter
     app.config.update(DATABASE_URL=settings.database_url, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
                       JSON_SORT_KEYS=False)
     app.config.update(config or {})
@@ -54,6 +73,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
         prices_usd_cents=app.config.get("PRICES_USD_CENTS"))
 
     register_error_handlers(app)
+    _register_availability_handlers(app)
     for blueprint in (ledger_api.bp, access_api.bp, withdrawals_api.bp, policy_api.bp, openapi_api.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(audit_api.bp)
@@ -82,17 +102,59 @@ def _clock_override(config: dict[str, Any]) -> dict[str, Any]:
     return {} if clock is None else {"clock": clock}
 
 
+def _register_availability_handlers(app: Flask) -> None:
+    """Refuse hostile bodies early; answer 503 with a reason when a dependency is down."""
+
+    @app.before_request
+    def _check_body() -> None:
+        if request.is_json:
+            check_request_body(request.get_data(cache=True))
+        else:
+            keep_recursion_limit_sane()
+
+    @app.after_request
+    def _no_retry_after_on_success(response: Response) -> Response:
+        # flask-limiter adds Retry-After to every response; it only means something on a refusal.
+        if response.status_code not in (429, 503):
+            response.headers.pop("Retry-After", None)
+        return response
+
+    @app.errorhandler(KeystoreError)
+    def _keystore_unavailable(exc: KeystoreError) -> ResponseReturnValue:
+        # Keys are the platform's, never the caller's: any keystore failure here is ours to fix.
+        log.error("keystore unavailable: %s", exc)
+        return jsonify(exc.to_dict()), 503
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _database_unavailable(exc: DBAPIError) -> ResponseReturnValue:
+        log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+        body = error_body(RequestCode.DATABASE_UNAVAILABLE, "the database is unreachable; try again later")
+        return jsonify(body), 503, {"Retry-After": str(RETRY_AFTER_DATABASE_S)}
+
+
 def _register_meta_routes(app: Flask) -> None:
     @app.get("/api/v1/health")
     def health() -> ResponseReturnValue:
-        """Report liveness and whether the database answers."""
-        try:
-            with app.extensions["strongroom.engine"].connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception:
-            return jsonify({"status": "degraded", "database": "unreachable"}), 503
-        seq, tip = app.extensions["strongroom.ledger"].head()
-        return jsonify({"status": "ok", "database": "ok", "ledger": {"seq": seq, "head": tip}})
+        """Report liveness and each dependency: database, ledger head, keystore (503 if one is down)."""
+        checks = component_checks(app)
+        body: dict[str, Any] = {"status": "ok" if all(v == "ok" for v in checks.values()) else "degraded",
+                                **checks}
+        if checks["database"] == "ok":
+            seq, tip = app.extensions["strongroom.ledger"].head()
+            body["ledger"] = {"seq": seq, "head": tip}
+        return jsonify(body), 200 if body["status"] == "ok" else 503
+
+    @app.get("/api/v1/ready")
+    def ready() -> ResponseReturnValue:
+        """Report whether requests can be served: database reachable and migrated, keystore open."""
+        checks = component_checks(app, schema=True)
+        failing = sorted(name for name, value in checks.items() if value != "ok")
+        if not failing:
+            return jsonify({"ready": True, "checks": checks})
+        body = error_body(RequestCode.NOT_READY, f"not ready: {', '.join(failing)}",
+                          ready=False, checks=checks)
+        return jsonify(body), 503
 
     @app.get("/api/v1/assets")
     def assets() -> ResponseReturnValue:
@@ -100,3 +162,33 @@ def _register_meta_routes(app: Flask) -> None:
         return jsonify({"assets": [
             {"code": a.code, "decimals": a.decimals, "name": a.name} for a in ASSETS.values()
         ]})
+
+
+def component_checks(app: Flask, *, schema: bool = False) -> dict[str, str]:
+    """Return ``{"database": ..., "keystore": ...[, "schema": ...]}``; "ok" or the reason."""
+    checks = {"database": "ok", "keystore": "ok"}
+    try:
+        with app.extensions["strongroom.engine"].connect() as connection:
+            connection.execute(text("SELECT 1"))
+            if schema:
+                checks["schema"] = _schema_state(connection)
+    except DBAPIError:
+        checks["database"] = "unreachable"
+        if schema:
+            checks["schema"] = "unknown"
+    keystore = app.extensions["strongroom.keystore"]
+    try:
+        if isinstance(keystore, LazyKeystore):
+            keystore.get()
+    except KeystoreError as exc:
+        checks["keystore"] = exc.error
+    return checks
+
+
+def _schema_state(connection: Any) -> str:
+    from alembic.runtime.migration import MigrationContext
+
+    from strongroom.migrate import head_revisions
+
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    return "ok" if current == head_revisions() else "not_migrated"

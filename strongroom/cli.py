@@ -15,10 +15,13 @@ from custody.db import make_engine, make_session_factory
 from custody.ledger.codes import LedgerError
 from custody.ledger.entry import AccountFlags, TransferKind
 from custody.ledger.posting import TransferRequest
-from custody.ledger.service import AccountView, Ledger
+from custody.ledger.service import HISTORY_PAGE_MAX, AccountView, Ledger
 from custody.money import AmountError, parse_amount
 from strongroom import migrate as migrations
 from strongroom.settings import Settings, SettingsError
+
+# Ids are database BIGINTs: anything larger names nothing and is refused as a usage error.
+DB_ID = click.IntRange(0, 2**63 - 1)
 
 
 def _settings() -> Settings:
@@ -72,7 +75,8 @@ def migrate(revision: str) -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Bind address (default STRONGROOM_HOST or 127.0.0.1).")
-@click.option("--port", default=None, type=int, help="Port (default STRONGROOM_PORT or 8600).")
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="Port (default STRONGROOM_PORT or 8600).")
 def serve(host: str | None, port: int | None) -> None:
     """Serve the HTTP API (waitress, production-grade WSGI server)."""
     from waitress import serve as waitress_serve
@@ -80,11 +84,16 @@ def serve(host: str | None, port: int | None) -> None:
     from strongroom.app import create_app
     from strongroom.commands.wallets import chain_runtimes_from_env
     from strongroom.jobs import JobRunner, exchange_jobs, server_jobs
+    from strongroom.startup import StartupError, check_startup
 
     settings = _settings()
-    # Every configured chain (Ethereum, Bitcoin); WALLETS stays the Ethereum one for older readers.
-    runtimes = chain_runtimes_from_env(settings)
-    app = create_app({"WALLETS": runtimes.get("ethereum"), "CHAIN_RUNTIMES": runtimes}, settings=settings)
+    try:
+        check_startup(settings)
+        # Every configured chain (Ethereum, Bitcoin); WALLETS stays the Ethereum one for older readers.
+        runtimes = chain_runtimes_from_env(settings)
+        app = create_app({"WALLETS": runtimes.get("ethereum"), "CHAIN_RUNTIMES": runtimes}, settings=settings)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
     bind_host, bind_port = host or settings.host, port or settings.port
     runner = JobRunner(server_jobs(app, settings.checkpoint_every_entries), time.monotonic)
     runner.start()
@@ -93,6 +102,10 @@ def serve(host: str | None, port: int | None) -> None:
     click.echo(f"Strongroom API on http://{bind_host}:{bind_port}/api/v1/health")
     try:
         waitress_serve(app, host=bind_host, port=bind_port, threads=8)
+    except (OSError, ValueError) as exc:
+        # An unresolvable host, a port in use, an address not ours: say so, without a traceback.
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise click.ClickException(f"cannot listen on {bind_host}:{bind_port}: {reason}") from None
     finally:
         market.stop()
         runner.stop()
@@ -153,7 +166,7 @@ def ledger_accounts(owner: str | None) -> None:
 
 
 @ledger.command("balance")
-@click.argument("account_id", type=int)
+@click.argument("account_id", type=DB_ID)
 def ledger_balance(account_id: int) -> None:
     """Print an account's balances as JSON (amounts as strings of minor units)."""
 
@@ -190,11 +203,12 @@ def _amount(value: str | None) -> int | None:
 
 @ledger.command("transfer")
 @click.option("--id", "transfer_id", required=True, help="Unique id; a retry with it is a no-op.")
-@click.option("--debit", type=int, required=True, help="Debit account id.")
-@click.option("--credit", type=int, required=True, help="Credit account id.")
+@click.option("--debit", type=DB_ID, required=True, help="Debit account id.")
+@click.option("--credit", type=DB_ID, required=True, help="Credit account id.")
 @click.option("--amount", required=True, help="Integer amount in minor units.")
 @click.option("--pending", is_flag=True, help="Reserve only (post or void later).")
-@click.option("--timeout", "timeout_s", type=int, default=0, help="Pending timeout in seconds.")
+@click.option("--timeout", "timeout_s", type=click.IntRange(0, 2**31 - 1), default=0,
+              help="Pending timeout in seconds.")
 @click.option("--reference", default="")
 def ledger_transfer(transfer_id: str, debit: int, credit: int, amount: str, pending: bool,
                     timeout_s: int, reference: str) -> None:
@@ -234,9 +248,9 @@ def _submit_one(request: TransferRequest) -> None:
 
 
 @ledger.command("history")
-@click.argument("account_id", type=int)
-@click.option("--cursor", type=int, default=0)
-@click.option("--limit", type=int, default=100)
+@click.argument("account_id", type=DB_ID)
+@click.option("--cursor", type=DB_ID, default=0)
+@click.option("--limit", type=click.IntRange(1, HISTORY_PAGE_MAX), default=100)
 def ledger_history(account_id: int, cursor: int, limit: int) -> None:
     """Print an account's journal entries as JSON lines."""
 

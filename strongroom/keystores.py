@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from strongroom.settings import Settings
 
 PASSPHRASE_FILE_MODE = 0o600
 DEMO_PASSPHRASE_BYTES = 32
+REOPEN_AFTER_S = 5.0
 
 
 def keystore_passphrase(settings: Settings) -> str:
@@ -71,16 +73,34 @@ def open_keystore(settings: Settings) -> Keystore:
 class LazyKeystore:
     """Open the real keystore on first attribute access, once, and delegate to it."""
 
-    def __init__(self, factory: Callable[[], Keystore]) -> None:
+    def __init__(self, factory: Callable[[], Keystore],
+                 monotonic_s: Callable[[], float] = time.monotonic) -> None:
         self._factory = factory
         self._keystore: Keystore | None = None
         self._lock = threading.Lock()
+        self._monotonic_s = monotonic_s
+        self._failure: tuple[float, KeystoreError] | None = None
 
     def get(self) -> Keystore:
-        """Return the opened keystore, opening it if needed."""
+        """Return the opened keystore, opening it if needed.
+
+        A failed open (wrong passphrase, tampered file) is remembered for
+        `REOPEN_AFTER_S`: every request would otherwise run scrypt again, so
+        anyone could keep the CPU busy while the keystore is locked.
+        """
         with self._lock:
-            if self._keystore is None:
+            if self._keystore is not None:
+                return self._keystore
+            now_s = self._monotonic_s()
+            if self._failure is not None and now_s - self._failure[0] < REOPEN_AFTER_S:
+                # A fresh exception: re-raising the stored one would grow its traceback forever.
+                raise KeystoreError(self._failure[1].code, self._failure[1].message)
+            try:
                 self._keystore = self._factory()
+            except KeystoreError as exc:
+                self._failure = (now_s, exc)
+                raise
+            self._failure = None
             return self._keystore
 
     def __getattr__(self, name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,9 @@ DATA_DIR_MODE = 0o700
 KEYSTORE_BACKENDS = ("local", "vault", "pkcs11")
 DEFAULT_CHECKPOINT_EVERY = 10_000
 EXCHANGE_FEEDS = ("simulated", "ccxt", "none")
+# A host name or an IPv4/IPv6 address; anything else is a typo, not an address to resolve.
+HOST_PATTERN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*|"
+                          r"[0-9A-Fa-f:.]{2,45})$")
 
 
 class SettingsError(ValueError):
@@ -67,8 +71,11 @@ class Settings:
         if not seed_text.isdigit():
             raise SettingsError(f"STRONGROOM_EXCHANGE_FEED_SEED was {seed_text!r}, "
                                 "must be a non-negative integer")
+        host = env.get("STRONGROOM_HOST") or DEFAULT_HOST
+        if len(host) > 253 or not HOST_PATTERN.fullmatch(host):
+            raise SettingsError(f"STRONGROOM_HOST was {host[:80]!r}, must be a host name or an IP address")
         return cls(data_dir=data_dir, database_url=database_url,
-                   host=env.get("STRONGROOM_HOST", DEFAULT_HOST), port=int(port_text),
+                   host=host, port=int(port_text),
                    log_level=log_level, keystore_backend=backend,
                    keystore_passphrase=env.get("STRONGROOM_KEYSTORE_PASSPHRASE") or None,
                    keystore_passphrase_file=Path(passphrase_file) if passphrase_file else None,

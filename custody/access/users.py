@@ -32,9 +32,15 @@ from policies.results import PolicyError, ResultCode
 from policies.roles import Role, parse_role
 
 USERNAME_PATTERN = re.compile(r"^[a-z][a-z0-9._-]{1,63}$")
-# Ledger accounts of the platform itself are owned by "platform"; no user may
-# take that name (or it would own the hot wallet's accounts).
-RESERVED_USERNAMES = frozenset({"platform", "system", "root", "anonymous"})
+# Ledger accounts of the platform itself have owners of their own ("platform" holds the hot
+# wallet, "exchange.clearing" the clearing house, ...). A user with such a name would own, and
+# trade from, the platform's accounts; so these names, and every name whose first segment (up to
+# the first ".", "-" or "_") is one of them, are refused.
+RESERVED_USERNAMES = frozenset({
+    "platform", "system", "root", "anonymous", "exchange", "clearing", "insurance", "external",
+    "network-fees", "strongroom", "treasury", "custody", "service", "demo",
+})
+_NAME_SEPARATORS = re.compile(r"[._-]")
 MAX_KEYS_PER_USER = 32
 MAX_LABEL_CHARS = 128
 API_KEY_PURPOSE = "api-key"
@@ -332,8 +338,10 @@ def _check_username(username: str) -> None:
             AccessCode.USERNAME_INVALID,
             f"username was {str(username)[:80]!r}, must match {USERNAME_PATTERN.pattern}",
         )
-    if username in RESERVED_USERNAMES:
-        raise AccessError(AccessCode.USERNAME_INVALID, f"username {username} is reserved")
+    first_segment = _NAME_SEPARATORS.split(username, maxsplit=1)[0]
+    if username in RESERVED_USERNAMES or first_segment in RESERVED_USERNAMES:
+        raise AccessError(AccessCode.USERNAME_INVALID,
+                          f"username {username} is reserved for the platform's own accounts")
 
 
 def _join(values: Iterable[str]) -> str:

@@ -27,11 +27,14 @@ class RequestCode(IntEnum):
 
     INVALID_JSON = 9001
     INVALID_FIELD = 9002
+    JSON_TOO_DEEP = 9003
     NOT_FOUND = 9004
     METHOD_NOT_ALLOWED = 9005
     PAYLOAD_TOO_LARGE = 9013
     UNSUPPORTED_MEDIA_TYPE = 9015
     RATE_LIMITED = 9029
+    DATABASE_UNAVAILABLE = 9503
+    NOT_READY = 9504
     INTERNAL_ERROR = 9099
 
 
@@ -72,8 +75,14 @@ LEDGER_STATUS: dict[LedgerCode, int] = {
 }
 
 
+# Messages quote what the client sent; a 4 MiB field must not come back 4 MiB long.
+MESSAGE_MAX_CHARS = 512
+
+
 def error_body(code: IntEnum, message: str, **extra: Any) -> dict[str, Any]:
     """Return the JSON error object every endpoint uses."""
+    if len(message) > MESSAGE_MAX_CHARS:
+        message = message[: MESSAGE_MAX_CHARS - 3] + "..."
     return {"code": int(code), "error": code.name.lower(), "message": message, **extra}
 
 

@@ -97,7 +97,7 @@ def parse_transfer(body: Any, where: str = "body") -> TransferRequest:
         kind = TransferKind(kind_text or "")
     except ValueError:
         raise ApiError(RequestCode.INVALID_FIELD,
-                       f"{where}.kind was {kind_text!r}, must be single, pending, post or void") from None
+                       f"{where}.kind was {kind_text!r:.40}, must be single, pending, post or void") from None
     return TransferRequest(
         id=field_str(body, "id") or "",
         kind=kind,

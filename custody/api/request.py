@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import request
 
+from custody.api.body import echo
 from custody.api.errors import ApiError, RequestCode
 from custody.money import AmountError, parse_amount
 
@@ -27,9 +28,9 @@ def reject_unknown(body: dict[str, Any], allowed: set[str], where: str = "body")
     """Refuse fields we do not know, so a typo never silently means something else."""
     unknown = sorted(set(body) - allowed)
     if unknown:
+        named = ", ".join(echo(name, 40) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         raise ApiError(RequestCode.INVALID_FIELD,
-                       f"{where} has unknown field(s) {', '.join(unknown)}; allowed: "
-                       f"{', '.join(sorted(allowed))}")
+                       f"{where} has unknown field(s) {named}; allowed: {', '.join(sorted(allowed))}")
 
 
 def field_str(body: dict[str, Any], name: str, *, required: bool = True,
@@ -41,7 +42,7 @@ def field_str(body: dict[str, Any], name: str, *, required: bool = True,
             raise ApiError(RequestCode.INVALID_FIELD, f"{name} is required")
         return None
     if not isinstance(value, str):
-        raise ApiError(RequestCode.INVALID_FIELD, f"{name} was {value!r}, must be a string")
+        raise ApiError(RequestCode.INVALID_FIELD, f"{name} was {echo(value)}, must be a string")
     return value
 
 
@@ -55,7 +56,7 @@ def field_int(body: dict[str, Any], name: str, *, required: bool = True,
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT_FIELD_MAX:
         raise ApiError(RequestCode.INVALID_FIELD,
-                       f"{name} was {value!r}, must be a non-negative integer")
+                       f"{name} was {echo(value)}, must be a non-negative integer")
     return value
 
 
@@ -77,7 +78,7 @@ def field_bool(body: dict[str, Any], name: str, default: bool = False) -> bool:
     """Return a boolean field."""
     value = body.get(name, default)
     if not isinstance(value, bool):
-        raise ApiError(RequestCode.INVALID_FIELD, f"{name} was {value!r}, must be true or false")
+        raise ApiError(RequestCode.INVALID_FIELD, f"{name} was {echo(value)}, must be true or false")
     return value
 
 

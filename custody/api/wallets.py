@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from custody.api.access import decode_approval
 from custody.api.auth import principal, secured
-from custody.api.errors import error_body
+from custody.api.errors import ApiError, RequestCode, error_body
 from custody.api.request import json_object, reject_unknown
 from custody.api.schema import accepts
 from custody.chains.adapter import ChainError
@@ -40,6 +40,7 @@ bp = Blueprint("wallets", __name__, url_prefix="/api/v1/wallets")
 LIST_LIMIT = 200
 DEFAULT_CHAIN = "ethereum"
 CHAIN_NAME_MAX_LEN = 16
+KNOWN_CHAINS = ("ethereum", "bitcoin")
 REFILL_APPROVAL_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
@@ -66,8 +67,10 @@ def _sessions() -> sessionmaker[Session]:
 def _chain(default: str | None = DEFAULT_CHAIN) -> str | None:
     """Return the ``chain`` query parameter (``default`` when absent)."""
     chain = request.args.get("chain", default)
-    if chain is not None and (not chain.isidentifier() or len(chain) > CHAIN_NAME_MAX_LEN):
-        raise WalletError(WalletCode.CHAIN_NOT_CONFIGURED, f"chain was {chain[:20]!r}, not a chain name")
+    # An unknown name is the caller's mistake (400); a known chain without a node is ours (503).
+    if chain is not None and chain not in KNOWN_CHAINS:
+        raise ApiError(RequestCode.INVALID_FIELD,
+                       f"chain was {chain[:CHAIN_NAME_MAX_LEN]!r}, must be one of {', '.join(KNOWN_CHAINS)}")
     return chain
 
 

@@ -57,8 +57,9 @@ def api(method: str, path: str, json_body: str | None, mfa: str | None, idempote
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     # The scheme was checked above to be http(s), so S310's file:// concern does not apply.
-    request = urllib.request.Request(base.rstrip("/") + path,  # noqa: S310 data=body if json_body is not None else None,
-                                     headers=headers, method=method.upper())
+    request = urllib.request.Request(  # noqa: S310
+        base.rstrip("/") + path, data=body if json_body is not None else None,
+        headers=headers, method=method.upper())
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:  # noqa: S310
             status, payload = response.status, response.read()

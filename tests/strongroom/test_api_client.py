@@ -46,3 +46,21 @@ def test_api_command_signs_requests_and_reports_refusals(
     missing = runner.invoke(main, ["api", "GET", "/api/v1/me", "--url", server],
                             env={"STRONGROOM_API_KEY": None, "STRONGROOM_API_SECRET": None})
     assert missing.exit_code == 2 and "STRONGROOM_API_KEY" in missing.output
+
+
+def test_api_command_post_sends_the_json_body(app: Flask, client: Any, clock: Any, server: str) -> None:
+    from policies.mfa import totp_code
+
+    alice = make_user(app, client, clock, "alice", {Role.TRADER})
+    clock.now_ms = time.time_ns() // 1_000_000
+    assert alice.totp_secret is not None
+    env = {"STRONGROOM_API_KEY": alice.key_id, "STRONGROOM_API_SECRET": alice.secret}
+    body = json.dumps({"asset": "BTC", "address": "bc1qcliposttest", "label": "from the CLI"})
+    added = CliRunner().invoke(main, [
+        "api", "POST", "/api/v1/whitelist", "--json", body, "--url", server,
+        "--mfa", totp_code(alice.totp_secret, clock.now_ms), "--idempotency-key", "cli-post-1"], env=env)
+    assert added.exit_code == 0, added.output
+    entry = json.loads(added.output)["entry"]
+    assert (entry["address"], entry["label"]) == ("bc1qcliposttest", "from the CLI")
+    listed = CliRunner().invoke(main, ["api", "GET", "/api/v1/whitelist", "--url", server], env=env)
+    assert [e["address"] for e in json.loads(listed.output)["entries"]] == ["bc1qcliposttest"]

@@ -55,3 +55,15 @@ def test_balance_of_unknown_account_is_a_clear_error(env: dict[str, str]) -> Non
     result = runner.invoke(main, ["ledger", "balance", "4242"], env=env)
     assert result.exit_code == 1
     assert json.loads(result.stderr)["error"] == "unknown_account"
+
+
+@pytest.mark.parametrize("args", [
+    ["ledger", "balance", str(2**64)],
+    ["ledger", "history", str(2**63)],
+    ["ledger", "history", "1", "--cursor", str(2**70)],
+])
+def test_ledger_ids_beyond_the_database_range_are_usage_errors(env: dict[str, str], args: list[str]) -> None:
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "is not in the range" in result.output

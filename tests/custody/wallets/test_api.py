@@ -64,12 +64,12 @@ def test_reconciliation_runs_on_the_chain_asked_for_and_ethereum_by_default(trea
     assert treasurer.get("/api/v1/wallets/reconciliation/latest").json["id"] == ethereum.json["id"]
 
 
-def test_a_chain_that_is_not_configured_is_refused(treasurer: SignedClient) -> None:
+def test_an_unknown_chain_name_is_the_callers_mistake_400(treasurer: SignedClient) -> None:
     answer = treasurer.post("/api/v1/wallets/reconciliation", query={"chain": "litecoin"})
-    assert answer.status_code == 503
-    assert answer.json["error"] == "chain_not_configured" and "bitcoin" in answer.json["message"]
+    assert answer.status_code == 400
+    assert answer.json["error"] == "invalid_field" and "bitcoin" in answer.json["message"]
     bad = treasurer.get("/api/v1/wallets/reconciliation/latest", query={"chain": "no such chain"})
-    assert bad.status_code == 503
+    assert bad.status_code == 400
 
 
 def test_lists_filter_by_chain_and_a_bitcoin_refill_is_approved_on_its_own_chain(
