@@ -8,7 +8,7 @@ export STRONGROOM_KEYSTORE_PASSPHRASE_FILE ?= $(STRONGROOM_DATA_DIR)/demo-keysto
 
 run: bootstrap
 	.venv/bin/strongroom demo
-	.venv/bin/strongroom serve
+	STRONGROOM_EXCHANGE_DEMO_MAKER=$${STRONGROOM_EXCHANGE_DEMO_MAKER:-1} .venv/bin/strongroom serve
 
 test:
 	scripts/test.sh
