@@ -84,7 +84,8 @@ def test_scheduler_lists_settles_and_delists_and_never_trades_an_expired_instrum
     assert all(s.expiry_ms is None or s.expiry_ms > expiry for s in m.v.specs.values())
 
 
-def test_listed_instruments_survive_a_restart_from_snapshot_and_journal(sqlite_url: str, tmp_path: Path) -> None:
+def test_listed_instruments_survive_a_restart_from_snapshot_and_journal(sqlite_url: str,
+                                                                        tmp_path: Path) -> None:
     from custody.db import make_engine, make_session_factory
     from custody.ledger.service import Ledger
     from exchange.schedule import MarketScheduler
