@@ -132,6 +132,31 @@ class Delist(_VenueCommand, frozen=True, tag="delist"):
     symbol: str
 
 
+class AdjustIsolatedMargin(_VenueCommand, frozen=True, tag="isolated_margin"):
+    """Add (``amount`` > 0) or remove (< 0) margin of ``account``'s isolated ``symbol`` position."""
+
+    account: str
+    symbol: str
+    amount: int
+
+
+class SetLeverage(_VenueCommand, frozen=True, tag="leverage"):
+    """Choose ``account``'s leverage on ``symbol`` (it selects the initial-margin rate)."""
+
+    account: str
+    symbol: str
+    leverage: int
+
+
+class SetTpSl(_VenueCommand, frozen=True, tag="tpsl"):
+    """Attach take-profit / stop-loss mark prices to a position (None: no such leg)."""
+
+    account: str
+    symbol: str
+    take_profit: int | None = None
+    stop_loss: int | None = None
+
+
 class Drain(_VenueCommand, frozen=True, tag="drain"):
     """The shell took the queued postings (and the batch before it is complete)."""
 
@@ -139,4 +164,5 @@ class Drain(_VenueCommand, frozen=True, tag="drain"):
 VenueCommand = (
     Deposit | Withdraw | SeedInsurance | Place | CancelOrder | CancelAllOrders | AmendOrder | Quote
     | Tick | SetMark | Advance | Fund | Expire | Liquidate | ListInstrument | Delist | Drain
+    | AdjustIsolatedMargin | SetLeverage | SetTpSl
 )

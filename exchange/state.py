@@ -130,6 +130,16 @@ class FillRecord(msgspec.Struct, frozen=True, gc=False):
     liquidity: str
 
 
+class TpSlRecord(msgspec.Struct, frozen=True, array_like=True):
+    """A take-profit / stop-loss pair attached to one position (``side``: 1 long, -1 short)."""
+
+    account: str
+    symbol: str
+    side: int
+    take_profit: int | None
+    stop_loss: int | None
+
+
 class VenueState(msgspec.Struct, frozen=True):
     """Everything needed to rebuild a venue: books, clearing house, prices, histories."""
 
@@ -143,3 +153,5 @@ class VenueState(msgspec.Struct, frozen=True):
     fills: dict[str, list[FillRecord]]
     # Instruments listed at run time (the listing calendar), by symbol; configured ones are not here.
     listed: list[InstrumentSpec] = msgspec.field(default_factory=list)
+    # Take-profit / stop-loss attached to positions, by (account, symbol).
+    tpsl: list[TpSlRecord] = msgspec.field(default_factory=list)

@@ -20,6 +20,7 @@ from typing import Any, Final, Protocol, get_args
 import msgspec
 
 from exchange.commands import (
+    AdjustIsolatedMargin,
     Advance,
     AmendOrder,
     CancelAllOrders,
@@ -34,7 +35,9 @@ from exchange.commands import (
     Place,
     Quote,
     SeedInsurance,
+    SetLeverage,
     SetMark,
+    SetTpSl,
     Tick,
     VenueCommand,
     Withdraw,
@@ -70,9 +73,10 @@ from exchange.risk.events import (
     RiskEvent,
     Settled,
     SettlementDelayed,
+    TpSlRefused,
 )
 from exchange.risk.liqindex import LiquidationIndex
-from exchange.state import FillRecord, IndexStateRecord, PriceState, VenueState
+from exchange.state import FillRecord, IndexStateRecord, PriceState, TpSlRecord, VenueState
 
 MAX_FILLS_KEPT: Final = 1_000
 MAX_SWEEP_LEVELS: Final = 1_000  # book levels walked to price a market order's worst fill
@@ -242,6 +246,8 @@ class Venue:
         self.engine_events: list[tuple[str, Event]] = []
         self.now_ms = 0
         self._liq_n = 0
+        # (account, symbol) -> (position side, take-profit mark, stop-loss mark): see set_tpsl.
+        self.tpsl: dict[tuple[str, str], tuple[int, int | None, int | None]] = {}
         # Set by the shell to journal commands; None (tests, benchmarks, replay) records nothing.
         self.journal: CommandLog | None = None
         self.recorded = 0  # commands recorded since the last Drain marker
@@ -445,6 +451,11 @@ class Venue:
         old = (res.account, res.payer, res.side, res.qty, res.im, res.price, res.reduce_only)
         ch.release(symbol, cmd.id, res.qty)
         code, message = ch.check_new(symbol, probe)
+        if not code and probe.reduce_only and not PositionHook(ch, symbol).allows_reduce_only(
+                res.account, side, new_qty):
+            ch.release(symbol, cmd.id, new_qty)
+            code, message = RiskCode.REDUCE_ONLY_EXCEEDS_POSITION, (
+                f"reduce-only orders would total more than the {symbol} position after this amend")
         # Put the old reservation back exactly (re-checking it could fail at today's marks).
         if code:
             ch.reserve(symbol, cmd.id, *old)
@@ -496,8 +507,16 @@ class Venue:
             ch.moved.discard((account, symbol))
             if account not in ch.accounts or not ch.trading.get(symbol, False):
                 continue
+            attached = self.tpsl.get((account, symbol))
+            if attached is not None:
+                pos = ch.accounts[account].positions.get(symbol)
+                if pos is None or pos.size * attached[0] <= 0:  # closed or flipped: it goes
+                    del self.tpsl[(account, symbol)]
             for cmd in self._reduce_only_fixes(account, symbol):
-                out.extend(self._run(symbol, cmd))
+                events = self._run(symbol, cmd)
+                if type(cmd) is Amend:
+                    self._sync_amended(symbol, cmd.id, events)
+                out.extend(events)
             ch.rereserve(account, symbol)
             for cmd in self._unaffordable(account, symbol):
                 out.extend(self._run(symbol, cmd))
@@ -633,11 +652,115 @@ class Venue:
             self._liquidate(account_id)
         self._run(symbol, SetReference(mark, self.now_ms))
         self._run(symbol, PriceUpdate("mark", mark, self.now_ms))
+        if self.tpsl:
+            self._fire_tpsl(symbol, mark)
 
     @staticmethod
     def _next_boundary(spec: InstrumentSpec, now_ms: int) -> int:
         interval = spec.funding_interval_ms
         return (now_ms // interval + 1) * interval
+
+    # ---------------------------------------------------------------- position management (issue 14)
+
+    @staticmethod
+    def _unjournalable(account: object, symbol: object, *numbers: object) -> tuple[RiskCode, str] | None:
+        """Refuse (before anything is journaled) values the journal could not decode again."""
+        if not _journal_str(account) or not _journal_str(symbol):
+            return RiskCode.UNKNOWN_ACCOUNT, f"account/symbol were {_echo(account)}/{_echo(symbol)}"
+        for n in numbers:
+            if not _journal_int(n, optional=True):
+                return RiskCode.INVALID_AMOUNT, f"value was {_echo(n)}, must be a 64-bit integer"
+        return None
+
+    def adjust_isolated_margin(self, account: str, symbol: str, amount: int) -> tuple[RiskCode, str]:
+        """Add (> 0) or remove (< 0) margin of an isolated position (see Clearinghouse)."""
+        problem = self._unjournalable(account, symbol, amount)
+        if problem is not None:
+            return problem
+        self.clearing.begin()
+        result = self.clearing.adjust_isolated_margin(account, symbol, amount)
+        self._log(AdjustIsolatedMargin(account, symbol, amount))
+        return result
+
+    def set_leverage(self, account: str, symbol: str, leverage: int) -> tuple[RiskCode, str]:
+        """Choose the leverage (initial-margin rate) of an account on a linear instrument."""
+        problem = self._unjournalable(account, symbol, leverage)
+        if problem is not None:
+            return problem
+        self.clearing.begin()
+        result = self.clearing.set_leverage(account, symbol, leverage)
+        self._log(SetLeverage(account, symbol, leverage))
+        return result
+
+    def set_tpsl(self, account: str, symbol: str, take_profit: int | None,
+                 stop_loss: int | None) -> tuple[RiskCode, str]:
+        """Attach take-profit / stop-loss mark prices to the account's position (both None: detach).
+
+        They belong to the position, not to orders: when the mark reaches either,
+        the whole position *as it is then* is closed by one reduce-only market
+        order and both legs go (one cancels the other); when the position is
+        closed or flips first, they go too. Nothing is reserved and nothing can
+        ever open a position.
+        """
+        problem = self._unjournalable(account, symbol, take_profit, stop_loss)
+        if problem is not None:
+            return problem
+        self.clearing.begin()
+        result = self._set_tpsl(account, symbol, take_profit, stop_loss)
+        self._log(SetTpSl(account, symbol, take_profit, stop_loss))
+        return result
+
+    def _set_tpsl(self, account: str, symbol: str, take_profit: int | None,
+                  stop_loss: int | None) -> tuple[RiskCode, str]:
+        ch = self.clearing
+        acct = ch.accounts.get(account)
+        pos = None if acct is None else acct.positions.get(symbol)
+        if symbol not in self.specs:
+            return RiskCode.UNKNOWN_INSTRUMENT, f"instrument was {symbol!r}, not listed"
+        if take_profit is None and stop_loss is None:
+            self.tpsl.pop((account, symbol), None)
+            return RiskCode.OK, ""
+        if pos is None or pos.size == 0:
+            return RiskCode.INVALID_AMOUNT, f"account {account!r} has no {symbol} position to attach to"
+        side = 1 if pos.size > 0 else -1
+        mark = ch.marks[symbol]
+        legs = (("take_profit", take_profit, side > 0), ("stop_loss", stop_loss, side < 0))
+        for name, price, above in legs:
+            if price is None:
+                continue
+            if price <= 0 or price % self.specs[symbol].tick_size:
+                return RiskCode.INVALID_AMOUNT, f"{name} was {price}, must be a positive tick multiple"
+            if (price <= mark) if above else (price >= mark):
+                where = "above" if above else "below"
+                return RiskCode.INVALID_AMOUNT, f"{name} was {price}, must be {where} the mark {mark}"
+        self.tpsl[(account, symbol)] = (side, take_profit, stop_loss)
+        return RiskCode.OK, ""
+
+    def _fire_tpsl(self, symbol: str, mark: int) -> None:
+        ch = self.clearing
+        fired = []
+        for (account, sym), (side, tp, sl) in sorted(self.tpsl.items()):
+            if sym != symbol:
+                continue
+            hit_tp = tp is not None and (mark >= tp if side > 0 else mark <= tp)
+            hit_sl = sl is not None and (mark <= sl if side > 0 else mark >= sl)
+            if hit_tp or hit_sl:
+                fired.append(account)
+        for account in fired:
+            del self.tpsl[(account, symbol)]  # one cancels the other
+            acct = ch.accounts.get(account)
+            pos = None if acct is None else acct.positions.get(symbol)
+            if pos is None or pos.size == 0:
+                continue
+            self._liq_n += 1
+            cmd = NewOrder(id=f"tpsl.{ch.seq}.{self._liq_n}", account=account,
+                           side="sell" if pos.size > 0 else "buy", qty=abs(pos.size), type="market",
+                           reduce_only=True, ts=self.now_ms * 1_000_000)
+            code, message = ch.check_new(symbol, cmd, self._sweep_price(symbol, cmd))
+            if code:
+                ch.events.append(TpSlRefused(ch.seq, account, symbol, int(code), message))
+                continue
+            self._run(symbol, cmd)
 
     # ---------------------------------------------------------------- liquidation
 
@@ -926,6 +1049,7 @@ class Venue:
             settlement_history=list(self.settlement_history),
             fills={a: [FillRecord(**f) for f in kept] for a, kept in sorted(self.fills.items())},
             listed=[spec for _, spec in sorted(self.listed.items())],
+            tpsl=[TpSlRecord(a, s, *t) for (a, s), t in sorted(self.tpsl.items())],
         )
 
     def state_hash(self) -> str:
@@ -963,6 +1087,7 @@ class Venue:
         v.settlement_history = list(state.settlement_history)
         for account, kept in state.fills.items():
             v.fills[account] = deque((msgspec.structs.asdict(f) for f in kept), maxlen=MAX_FILLS_KEPT)
+        v.tpsl = {(r.account, r.symbol): (r.side, r.take_profit, r.stop_loss) for r in state.tpsl}
         return v
 
     # ---------------------------------------------------------------- output
@@ -997,4 +1122,7 @@ _DISPATCH: dict[type, Any] = {
     Expire: lambda v, c: v.expire(c.symbol, c.now_ms),
     Liquidate: lambda v, c: v.liquidate(c.account),
     Delist: lambda v, c: v.delist(c.symbol),
+    AdjustIsolatedMargin: lambda v, c: v.adjust_isolated_margin(c.account, c.symbol, c.amount),
+    SetLeverage: lambda v, c: v.set_leverage(c.account, c.symbol, c.leverage),
+    SetTpSl: lambda v, c: v.set_tpsl(c.account, c.symbol, c.take_profit, c.stop_loss),
 }

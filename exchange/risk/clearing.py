@@ -447,6 +447,80 @@ class Clearinghouse:
             del acct.positions[symbol]
         return part
 
+    # ---------------------------------------------------------- isolated margin and leverage
+
+    def adjust_isolated_margin(self, account_id: str, symbol: str, amount: int) -> tuple[RiskCode, str]:
+        """Move ``amount`` from the cross account into its isolated ``symbol`` position (< 0: back).
+
+        Adding needs free collateral above initial margin in the cross account;
+        removing may leave the isolated position no less than its initial margin.
+        """
+        parent = self.accounts.get(account_id)
+        if parent is None or parent.parent is not None:
+            return RiskCode.UNKNOWN_ACCOUNT, f"account {account_id!r} has no collateral"
+        if symbol not in self.specs:
+            return RiskCode.UNKNOWN_INSTRUMENT, f"instrument was {symbol!r}, not listed"
+        if amount == 0:
+            return RiskCode.INVALID_AMOUNT, "amount was 0, must be non-zero"
+        sub = self.account(isolated_account(account_id, symbol))
+        if amount > 0:
+            free = min(parent.cash, self.available(parent))
+            if amount > free:
+                return RiskCode.INSUFFICIENT_FREE_COLLATERAL, (
+                    f"amount was {amount}, account {account_id} has {max(free, 0)} free")
+            frm, to = parent, sub
+        else:
+            free = min(sub.cash, self.available(sub))
+            if -amount > free:
+                return RiskCode.POSITION_MARGIN_LOCKED, (
+                    f"amount was {amount}, the isolated {symbol} position can release {max(free, 0)}")
+            frm, to = sub, parent
+        moved = abs(amount)
+        self._post(f"m:{frm.id}", f"m:{to.id}", moved)
+        self._credit(frm, -moved)
+        self._credit(to, moved)
+        return RiskCode.OK, ""
+
+    def set_leverage(self, account_id: str, symbol: str, leverage: int) -> tuple[RiskCode, str]:
+        """Set the leverage of an account on a linear instrument: IM rate = max(tier rate, 1/leverage).
+
+        Refused when the positions and orders already open would then need more
+        initial margin than the account has.
+        """
+        spec = self.specs.get(symbol)
+        if spec is None:
+            return RiskCode.UNKNOWN_INSTRUMENT, f"instrument was {symbol!r}, not listed"
+        if spec.is_option:
+            return RiskCode.INVALID_LEVERAGE, f"{symbol} is an option: its margin has no leverage"
+        top = PPM // spec.tiers[0].im_ppm
+        if not 1 <= leverage <= top:
+            return RiskCode.INVALID_LEVERAGE, f"leverage was {leverage}, must be 1..{top} on {symbol}"
+        try:
+            acct = self.account(account_id)
+        except KeyError:
+            return RiskCode.UNKNOWN_ACCOUNT, f"account {account_id!r} has no collateral"
+        rate = -(-PPM // leverage)
+        old = acct.leverage.get(symbol, 0)
+        acct.leverage[symbol] = rate if rate > spec.tiers[0].im_ppm else 0
+        if not acct.leverage[symbol]:
+            del acct.leverage[symbol]
+        acct.cache_version = -1
+        self.rereserve(account_id, symbol)
+        payer = self.accounts[acct.parent] if acct.parent is not None else acct
+        if rate > old and (self.available(payer) < 0 or self.available(acct) < 0):
+            if old:
+                acct.leverage[symbol] = old
+            else:
+                acct.leverage.pop(symbol, None)
+            acct.cache_version = -1
+            self.rereserve(account_id, symbol)
+            return RiskCode.INSUFFICIENT_MARGIN, (
+                f"leverage {leverage} on {symbol} needs more initial margin than {account_id} has free")
+        self.touched.add(payer.id)
+        self.touched.add(acct.id)
+        self.dirty.add(acct.id)
+        return RiskCode.OK, ""
+
     # ---------------------------------------------------------- engine events
 
     def apply(self, symbol: str, events: list[Event]) -> None:

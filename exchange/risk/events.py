@@ -99,6 +99,16 @@ class SettlementDelayed(RiskEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class TpSlRefused(RiskEvent):
+    """A triggered take-profit/stop-loss could not close the position (the risk check refused)."""
+
+    account: str
+    symbol: str
+    code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class BadDebt(RiskEvent):
     """A loss nobody could absorb (never expected; kept visible rather than hidden)."""
 
