@@ -106,6 +106,8 @@ def _transaction_lines(verification: Verification) -> list[str]:
     summary = check.bitcoin if check is not None else None
     if not isinstance(summary, BitcoinSummary):
         return ["FEE       unknown: the input amounts are not proven (see the refusals)"]
+    if summary.fee_sat < 0:
+        return [f"FEE       none: the outputs exceed the proven inputs by {-summary.fee_sat:,} sat"]
     rate = summary.fee_rate_sat_vb_x100
     lines = [
         f"FEE       {_native(bundle, summary.fee_sat)}, {rate // 100}.{rate % 100:02d} sat/vB "

@@ -122,6 +122,23 @@ def test_dust_destination_output_refused_output_dust() -> None:
     assert refuse(bundle) == {C.OUTPUT_DUST}
 
 
+def test_transaction_above_standard_weight_refused_tx_too_large() -> None:
+    from embit.transaction import Transaction, TransactionInput, TransactionOutput
+
+    from signer.bitcoin import Utxo, build_psbt
+
+    script = descriptor_of(WORLD.descriptor).derive(3, branch_index=0).script_pubkey()
+    utxos = []
+    for n in range(960):  # About 420 WU per 2-of-3 input: 960 inputs weigh over 400,000 WU.
+        tx = Transaction(
+            vin=[TransactionInput(bytes([n % 256]) * 32, n)], vout=[TransactionOutput(1_000, script)]
+        )
+        utxos.append(Utxo(tx.txid().hex(), 0, 1_000, 0, 3, bytes(tx.serialize())))
+    psbt = build_psbt(WORLD.descriptor, "regtest", utxos, BTC_DESTINATION, 900_000, 20_000, 9)
+    body = WORLD.btc_body(psbt=psbt, amount_minor=900_000, fee_cap_minor=50_000)
+    assert refuse(WORLD.sign(body)) == {C.TX_TOO_LARGE}
+
+
 # -- change is provably ours and sane ----------------------------------------------------------
 
 
