@@ -31,6 +31,8 @@ from signer.results import SignerCode, SignerError
 from signer.signed import SignedBundle, check_signed, combine_bitcoin
 
 DEFAULT_CONFIRMATIONS = 6
+# The signer's default change window (signer.anchors.DEFAULT_CHANGE_INDEX_MAX), suggested for anchors.
+DEFAULT_CHANGE_INDEX_MAX = 10_000
 DEFAULT_FEE_CAP_SAT = 50_000
 DEFAULT_FEE_FLOOR_SAT_VB = 1
 DEFAULT_FEE_RATE_CAP_SAT_VB = 200
@@ -78,6 +80,16 @@ class BitcoinBundles:
 
     def fee_cap_minor(self, asset: str) -> int:
         return self._fee_cap_sat
+
+    def anchor_wallet(self, wallet_id: int, name: str, address: str) -> dict[str, object]:
+        return {
+            "name": name,
+            "chain": self.chain.value,
+            "network": self.network,
+            "descriptor": self._cold.descriptor(wallet_id),
+            "change_index_max": DEFAULT_CHANGE_INDEX_MAX,
+            "min_approvals": REQUIRED_SIGNATURES,
+        }
 
     def unsigned(self, request: ColdRequest, pending: Sequence[Bundle], replacing: Bundle | None) -> Unsigned:
         """Prepare (or find again) the PSBT paying ``request`` from the cold multisig.

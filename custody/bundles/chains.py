@@ -99,6 +99,10 @@ class BundleChain(Protocol):
         """Build the unsigned transaction for ``request`` (may read the chain)."""
         ...
 
+    def anchor_wallet(self, wallet_id: int, name: str, address: str) -> dict[str, object]:
+        """Return the cold wallet's entry for the signer's anchors.json ``wallets`` list."""
+        ...
+
     def finish(self, bundle: Bundle, signed: Sequence[SignedBundle]) -> Finished | None:
         """Check ``signed`` against ``bundle`` (raise ``SignerError``); return the raw tx or None if short."""
         ...

@@ -28,6 +28,9 @@ NETWORK_NAMES = {1: "mainnet", 11155111: "sepolia", 17000: "holesky", 31337: "an
 DEFAULT_CONFIRMATIONS = 12
 DEFAULT_FEE_CAP_WEI = 500 * 10**9
 FEE_HEADROOM = 2
+# The path `strongroom-signer keys` shows the Ethereum address for (edit if the cold key uses another).
+DEFAULT_COLD_PATH = "m/44'/60'/0'/0/0"
+DEFAULT_MIN_APPROVALS = 2
 
 
 def network_name(chain_id: int) -> str:
@@ -60,6 +63,17 @@ class EthereumBundles:
     def fee_cap_minor(self, asset: str) -> int:
         """Return the transfer's gas limit times the per-gas cap: the most it can ever cost."""
         return self._gas(asset) * self._fee_cap_wei
+
+    def anchor_wallet(self, wallet_id: int, name: str, address: str) -> dict[str, object]:
+        return {
+            "name": name,
+            "chain": self.chain.value,
+            "network": self.network,
+            "chain_id": self._chain_id,
+            "address": to_checksum_address(address),
+            "derivation_path": DEFAULT_COLD_PATH,
+            "min_approvals": DEFAULT_MIN_APPROVALS,
+        }
 
     def _gas(self, asset: str) -> int:
         return NATIVE_TRANSFER_GAS if asset == self.adapter.native_asset else TOKEN_TRANSFER_GAS

@@ -52,7 +52,7 @@ from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.wallets.settlement import refusal, settlement_requests
-from custody.wallets.wallet import WalletRegistry
+from custody.wallets.wallet import Temperature, WalletRegistry
 from policies.approval import SubjectKind
 from signer.builder import build_bundle, platform_sign
 from signer.bundle import Bundle, Intent, RequestRef, signing_message
@@ -202,6 +202,24 @@ class ColdTransfers:
         prefix = f"{self._key_name}-v"
         assert key_id.startswith(prefix) and key_id[len(prefix) :].isdigit(), f"not our key id: {key_id}"
         return int(key_id[len(prefix) :])
+
+    def anchors(self) -> dict[str, object]:
+        """Return what the signer's anchors.json needs from the platform, with the exact network names.
+
+        The platform key, each configured chain's cold wallet (Bitcoin: its
+        descriptor; Ethereum: its address and chain id), and each asset's
+        fee cap: the anchors' ``max_fee_minor`` must be at least that.
+        """
+        wallets: list[dict[str, object]] = []
+        fee_caps: list[dict[str, object]] = []
+        for name, chain in sorted(self._chains.names().items()):
+            cold = self._wallets.one(name, Temperature.COLD)
+            address = self._wallets.primary_address(cold.id).address
+            wallets.append(chain.anchor_wallet(cold.id, cold.name, address))
+            for asset in chain.adapter.assets():
+                cap = str(chain.fee_cap_minor(asset))
+                fee_caps.append({"asset": asset, "chain": name, "fee_cap_minor": cap})
+        return {"platform_keys": [self.platform_key().to_json()], "wallets": wallets, "fee_caps": fee_caps}
 
     # -- export -----------------------------------------------------------------------------
 

@@ -192,12 +192,21 @@ def approvals_list(username: str | None) -> None:
 
 @approvals.command("show")
 @click.argument("withdrawal_id")
-def approvals_show(withdrawal_id: str) -> None:
-    """Show a withdrawal, the policy's explanation and exactly what approvers sign."""
+@click.option("--text", is_flag=True, help="Plain text for reading instead of one JSON document.")
+def approvals_show(withdrawal_id: str, text: bool) -> None:
+    """Show a withdrawal, the policy's explanation and exactly what approvers sign (JSON, or --text)."""
 
     def run() -> None:
         view = services().withdrawals.get(withdrawal_id)
-        click.echo(json.dumps(view.to_json(), indent=2))
+        if not text:
+            # One JSON document and nothing else, so it pipes into jq; the explanation is in "decision".
+            click.echo(json.dumps(view.to_json(), indent=2))
+            return
+        subject = view.to_json()["subject"]
+        click.echo(f"withdrawal {view.id}: {view.state}")
+        click.echo("you sign:")
+        for key in sorted(subject):
+            click.echo(f"  {key}: {subject[key]}")
         click.echo("explanation:")
         for line in view.decision().get("explanation", []):
             click.echo(f"  {line}")

@@ -1,6 +1,7 @@
 """Cold transfers through the offline signer (``strongroom bundle ...``), docs/bundles.md.
 
     strongroom bundle key                        the platform's bundle key, for the signer's anchors.json
+    strongroom bundle anchors                    key, cold wallets (with the network names) and fee caps
     strongroom bundle export ID FILE [--qr-dir D [--png]]   unsigned bundle of an approved cold request
     strongroom bundle import FILE...             a signed result (one file, or its QR frame files)
     strongroom bundle tick                       broadcast, track confirmations, settle
@@ -110,6 +111,11 @@ def register(main: click.Group) -> None:
     def key() -> None:
         """Print the platform's bundle key as the signer's anchors.json lists it (platform_keys)."""
         _guard(lambda: click.echo(json.dumps(cold_transfers_from_env().platform_key().to_json(), indent=2)))
+
+    @bundle.command("anchors")
+    def anchors() -> None:
+        """Print what the signer's anchors.json needs: platform key, cold wallets (networks), fee caps."""
+        _guard(lambda: click.echo(json.dumps(cold_transfers_from_env().anchors(), indent=2)))
 
     @bundle.command("export")
     @click.argument("request_id")

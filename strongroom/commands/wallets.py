@@ -5,6 +5,8 @@ Configuration (environment), Ethereum:
 - ``STRONGROOM_ETH_USDC_ADDRESS``: the USDC token contract on that chain.
 - ``STRONGROOM_ETH_CONFIRMATIONS``: confirmations before a deposit or withdrawal settles (default 12).
 - ``STRONGROOM_ETH_NETWORK``: the network name the signer's anchors use (default from the chain id).
+- ``STRONGROOM_ETH_COLD_ADDRESS``: the cold wallet's address (the offline signer's, shown by
+  ``strongroom-signer keys``); when set, the hot, deposit and cold wallets are set up on start (idempotent).
 
 Bitcoin:
 - ``STRONGROOM_BTC_RPC_URL``: Bitcoin Core JSON-RPC URL (``txindex=1``); unset means no Bitcoin.
@@ -52,6 +54,7 @@ DEFAULT_BTC_CONFIRMATIONS = 6
 DEFAULT_BTC_NETWORK = "mainnet"
 CHAINS = ("ethereum", "bitcoin")
 ETH_NETWORK_ENV = "STRONGROOM_ETH_NETWORK"
+ETH_COLD_ADDRESS_ENV = "STRONGROOM_ETH_COLD_ADDRESS"
 ChainRuntime = WalletRuntime | BitcoinRuntime
 DEMO_CONFIRMATIONS = 3
 DEMO_COLD_ADDRESS = "0x000000000000000000000000000000000000C01D"
@@ -71,8 +74,12 @@ def runtime_from_env(settings: Settings) -> WalletRuntime | None:
     n = int(os.environ.get("STRONGROOM_ETH_CONFIRMATIONS", DEFAULT_CONFIRMATIONS))
     adapter = EthereumAdapter(Web3(Web3.HTTPProvider(url)), tokens)
     sessions = make_session_factory(make_engine(settings.database_url))
-    return build_runtime(sessions, Ledger(sessions), open_keystore(settings), adapter, wall_clock_ms,
-                         {asset: n for asset in adapter.assets()})
+    runtime = build_runtime(sessions, Ledger(sessions), open_keystore(settings), adapter, wall_clock_ms,
+                            {asset: n for asset in adapter.assets()})
+    cold_address = os.environ.get(ETH_COLD_ADDRESS_ENV)
+    if cold_address:
+        runtime.setup_wallets(cold_address)
+    return runtime
 
 
 def bitcoin_runtime_from_env(settings: Settings) -> BitcoinRuntime | None:

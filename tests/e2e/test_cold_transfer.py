@@ -27,6 +27,7 @@ from flask.testing import FlaskClient
 
 from custody.chains.ethereum.devchain import AnvilChain, EmbeddedChain
 from custody.keystore import LocalKeystore
+from custody.wallets.wallet import Temperature
 from signer import cli as signer_cli
 from signer.bundle import Bundle, EthereumTransaction
 from signer.network import Interface
@@ -111,9 +112,23 @@ def test_cold_withdrawal_round_trip_through_the_command_lines_on_anvil(
     cold_before = world.cold_balance()
     _platform_env(monkeypatch, tmp_path, database_url, world, anvil_url)
 
-    # The signer machine is set up once, with the platform key the platform prints.
+    # The cold address is registered from the environment, as the runbook says (idempotent here).
+    monkeypatch.setenv(
+        "STRONGROOM_ETH_COLD_ADDRESS",
+        world.harness.runtime.wallets.primary_address(
+            world.harness.runtime.wallets.one("ethereum", Temperature.COLD).id
+        ).address,
+    )
+
+    # The signer machine is set up once, with the platform key and wallet the platform prints.
     platform_key = _strongroom(["bundle", "key"])
+    printed = _strongroom(["bundle", "anchors"])
+    assert printed["platform_keys"] == [platform_key]
+    [cold] = printed["wallets"]
+    assert (cold["chain"], cold["network"], cold["name"]) == ("ethereum", "anvil", "ethereum-cold")
     home = world.write_signer_home(tmp_path / "signer", platform_key)
+    anchors = json.loads((home / "anchors.json").read_text())
+    assert next(w for w in anchors["wallets"] if w["chain"] == "ethereum")["address"] == cold["address"]
 
     # Platform -> signer, as QR frames.
     exported = _strongroom(

@@ -65,7 +65,9 @@ def test_approvers_register_keys_and_approve_from_their_keystore(env: dict[str, 
     listed = runner.invoke(main, ["approvals", "list", "--username", "t1"], env=env)
     assert json.loads(listed.output)["id"] == withdrawal_id
     shown = runner.invoke(main, ["approvals", "show", withdrawal_id], env=env)
-    assert "large-hot-approvals: matched" in shown.output
+    assert "large-hot-approvals: matched" in "\n".join(json.loads(shown.output)["decision"]["explanation"])
+    as_text = runner.invoke(main, ["approvals", "show", withdrawal_id, "--text"], env=env)
+    assert "large-hot-approvals: matched" in as_text.output and "you sign:" in as_text.output
     states = []
     for name in ("t1", "t2"):
         approved = runner.invoke(

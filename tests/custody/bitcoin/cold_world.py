@@ -63,6 +63,9 @@ class BtcColdWorld:
 
     def anchors(self) -> TrustAnchors:
         """WORLD's anchors with the platform's bundle key, wallet name and quorum rules."""
+        return TrustAnchors.from_bytes(json.dumps(self.anchors_json()).encode())
+
+    def anchors_json(self) -> dict[str, Any]:
         data: dict[str, Any] = WORLD.anchors_json()
         data["platform_keys"] = [self.transfers.platform_key().to_json()]
         wallets = [w for w in data["wallets"] if w["chain"] == "bitcoin"]  # type: ignore[index]
@@ -71,7 +74,7 @@ class BtcColdWorld:
             {"policy_id": "default", "rule": "cold-source-approvals", "count": 2, "group": "treasury"},
             {"policy_id": REFILL_POLICY_ID, "rule": REFILL_RULE, "count": 2, "group": "treasury"},
         ]
-        return TrustAnchors.from_bytes(json.dumps(data).encode())
+        return data
 
     def sign(self, data: bytes, signer: int) -> SignedBundle:
         """Cosigner ``signer`` (0, 1 or 2) signs the bundle the way `strongroom-signer sign` does."""

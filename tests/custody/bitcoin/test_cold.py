@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 
 import pytest
 from embit.psbt import PSBT
@@ -16,6 +17,7 @@ from custody.chains.bitcoin.models import UtxoStatus
 from custody.chains.bitcoin.utxo import UtxoSet
 from custody.wallets.wallet import Temperature
 from policies.roles import Role
+from signer.anchors import TrustAnchors
 
 from ..access.helpers import make_user, withdrawal_subject
 from .cold_world import BtcColdWorld, make_btc_cold_world
@@ -157,3 +159,40 @@ def test_cold_refill_above_the_cold_coins_is_refused_and_locks_nothing(world: Bt
     assert world.transfers.recent() == []
     assert btc.runtime.treasury.refills()[0].status == "awaiting_signer"
     btc.assert_ledger_balanced()
+
+
+def test_bundle_tick_skips_bundles_of_a_chain_this_process_does_not_serve(world: BtcColdWorld) -> None:
+    """A process without a Bitcoin node (say, Ethereum only) ticks its own bundles, not exit 4804."""
+    from custody.bundles.chains import BundleChains
+    from custody.bundles.service import ColdTransfers
+
+    world.sweep_to_cold()
+    refill = world.approved_refill(150_000)
+    exported = world.transfers.export("refill", refill.id)
+    world.transfers.import_signed(world.sign(exported.data, 0).to_bytes())
+    view = world.transfers.import_signed(world.sign(exported.data, 1).to_bytes())
+    assert view.state == "broadcast"
+    elsewhere = ColdTransfers(
+        world.app.extensions["strongroom.sessions"],
+        world.btc.runtime.wallets,
+        world.btc.keystore,
+        BundleChains([]),
+        world.btc.clock,  # type: ignore[arg-type]
+    )
+    assert elsewhere.tick() == []
+    world.btc.chain.mine(1)
+    assert world.transfers.tick()[0].state == "broadcast"  # The Bitcoin process still advances it.
+
+
+def test_bundle_anchors_prints_wallet_network_name_and_fee_cap(world: BtcColdWorld) -> None:
+    anchors = world.transfers.anchors()
+    [wallet] = anchors["wallets"]  # type: ignore[misc]
+    assert wallet["network"] == "regtest" and wallet["name"] == "bitcoin-cold"
+    assert wallet["descriptor"] == world.btc.runtime.cold.descriptor(
+        world.btc.runtime.wallets.one("bitcoin", Temperature.COLD).id
+    )
+    assert anchors["fee_caps"] == [{"asset": "BTC", "chain": "bitcoin", "fee_cap_minor": "50000"}]
+    # The printed entry is accepted by the signer as it is.
+    data = dict(world.anchors_json())
+    data["wallets"] = anchors["wallets"]
+    assert TrustAnchors.from_bytes(json.dumps(data).encode()).wallets["bitcoin-cold"].network == "regtest"
