@@ -57,6 +57,7 @@ class Opened:
     source_wallet_id: int
     quorum: QuorumResult | None  # None when the policy required no approvals
     hold_transfer_id: str | None
+    outdated_approvals: int = 0  # Stored version 1 approvals: they no longer count.
 
     @property
     def subject(self) -> ApprovalSubject:
@@ -154,13 +155,17 @@ class WithdrawalSource:
         if terms is None:
             raise BundleError(BundleCode.CHAIN_NOT_CONFIGURED, f"no cold transfer terms for {row.asset}")
         quorum = None
+        outdated = 0
         if row.required_group is not None:
-            stored = session.scalars(
-                select(WithdrawalApprovalRow.approval)
-                .where(WithdrawalApprovalRow.withdrawal_id == row.id)
-                .order_by(WithdrawalApprovalRow.created_ms, WithdrawalApprovalRow.approval_id)
+            stored = list(
+                session.scalars(
+                    select(WithdrawalApprovalRow.approval)
+                    .where(WithdrawalApprovalRow.withdrawal_id == row.id)
+                    .order_by(WithdrawalApprovalRow.created_ms, WithdrawalApprovalRow.approval_id)
+                )
             )
             approvals = current_approvals(stored)
+            outdated = len(stored) - len(approvals)
             quorum = verify_quorum(
                 withdrawals.subject_of(row, terms),
                 approvals,
@@ -182,7 +187,7 @@ class WithdrawalSource:
             approvals=() if quorum is None else quorum.valid,
             terms=terms,
         )
-        return Opened(request, stage, row.state, chain, wallet_id, quorum, row.hold_transfer_id)
+        return Opened(request, stage, row.state, chain, wallet_id, quorum, row.hold_transfer_id, outdated)
 
     def debit_account(self, opened: Opened) -> int:
         return self._wallets.platform_account(AccountKind.WITHDRAWALS_IN_FLIGHT, opened.request.asset)

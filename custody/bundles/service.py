@@ -53,7 +53,7 @@ from custody.ledger.entry import TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.wallets.settlement import refusal, settlement_requests
 from custody.wallets.wallet import Temperature, WalletRegistry
-from policies.approval import SubjectKind
+from policies.approval import APPROVAL_OUTDATED_MESSAGE, SubjectKind
 from signer.builder import build_bundle, platform_sign
 from signer.bundle import Bundle, Intent, RequestRef, signing_message
 from signer.results import SignerError
@@ -652,6 +652,9 @@ def _check_quorum(kind: str, opened: Opened) -> None:
     if quorum is None or quorum.met:
         return
     reasons = "; ".join(f"{r.approval.approver_id}: {r.refusal.message}" for r in quorum.rejected)
+    if opened.outdated_approvals:
+        outdated = f"{opened.outdated_approvals} stored approval(s) skipped: {APPROVAL_OUTDATED_MESSAGE}"
+        reasons = f"{reasons}; {outdated}" if reasons else outdated
     raise BundleError(
         BundleCode.QUORUM_NOT_MET,
         f"{kind} {opened.request.request_id} has {len(quorum.valid)} of {quorum.requirement.count} approvals "

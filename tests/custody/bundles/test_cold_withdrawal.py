@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from custody.bundles.codes import BundleCode, BundleError
 from custody.bundles.service import ledger_prefix
@@ -200,3 +201,60 @@ def test_cold_withdrawal_mined_but_not_yet_settled_reconciles_clean(world: ColdW
     world.settle()
     assert world.transfers.get(view.bundle_id).state == "confirmed"
     world.harness.assert_reconciled()
+
+
+def test_cold_withdrawal_with_version_1_approvals_refused_with_a_clear_message(world: ColdWorld) -> None:
+    """Approvals stored before the approval digest bound chain, network, wallet, fee cap and rule."""
+    from sqlalchemy import delete
+
+    from custody.withdrawals.models import WithdrawalApprovalRow
+
+    from ...policies.test_approval_doc import VERSION_1_APPROVAL_HEX
+
+    withdrawal_id = world.cold_withdrawal(ETH)
+    sessions = world.app.extensions["strongroom.sessions"]
+    with sessions.begin() as session:
+        rows = list(
+            session.scalars(
+                select(WithdrawalApprovalRow).where(WithdrawalApprovalRow.withdrawal_id == withdrawal_id)
+            )
+        )
+        assert len(rows) == 2
+        session.execute(
+            delete(WithdrawalApprovalRow).where(WithdrawalApprovalRow.withdrawal_id == withdrawal_id)
+        )
+        for n, row in enumerate(rows):  # As a database from before the migration holds them.
+            session.add(
+                WithdrawalApprovalRow(
+                    approval_id=f"v1-{n}",
+                    withdrawal_id=withdrawal_id,
+                    approver=row.approver,
+                    key_id=row.key_id,
+                    approval=bytes.fromhex(VERSION_1_APPROVAL_HEX),
+                    created_ms=row.created_ms,
+                )
+            )
+    with pytest.raises(BundleError) as error:
+        world.transfers.export("withdrawal", withdrawal_id)
+    assert error.value.code is BundleCode.QUORUM_NOT_MET
+    assert "2 stored approval(s) skipped: approval format version 1" in error.value.message
+    assert "the approver must approve again" in error.value.message
+    assert world.withdrawal_state(withdrawal_id) == "approved"
+
+
+def test_cold_withdrawal_subject_binds_chain_network_wallet_fee_cap_and_rule(world: ColdWorld) -> None:
+    from .helpers import COLD_RULE
+
+    created = world.alice.post(
+        "/api/v1/withdrawals",
+        json={"asset": "ETH", "amount": str(ETH), "destination": ETH_DESTINATION, "source_wallet": "cold"},
+        mfa=True,
+    )
+    subject = created.json["withdrawal"]["subject"]
+    assert (subject["chain"], subject["network"], subject["source_wallet"]) == (
+        "ethereum",
+        "embedded",
+        "ethereum-cold",
+    )
+    assert subject["rule_id"] == COLD_RULE
+    assert subject["fee_cap_minor"] == str(21_000 * 500 * 10**9)  # Gas limit x the 500 gwei cap.
