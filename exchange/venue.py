@@ -450,12 +450,19 @@ class Venue:
                          reduce_only=res.reduce_only)
         old = (res.account, res.payer, res.side, res.qty, res.im, res.price, res.reduce_only)
         ch.release(symbol, cmd.id, res.qty)
-        code, message = ch.check_new(symbol, probe)
-        if not code and probe.reduce_only and not PositionHook(ch, symbol).allows_reduce_only(
-                res.account, side, new_qty):
-            ch.release(symbol, cmd.id, new_qty)
-            code, message = RiskCode.REDUCE_ONLY_EXCEEDS_POSITION, (
-                f"reduce-only orders would total more than the {symbol} position after this amend")
+        # Past expiry nothing may change; on a stale index only a smaller order at its price may.
+        shrink_only = new_qty <= book_order.qty and new_price == book_order.price
+        probe_at = msgspec.structs.replace(probe, ts=cmd.ts)
+        code, message = self._halted(symbol, probe_at)
+        if code == RiskCode.INDEX_STALE and shrink_only:
+            code, message = RiskCode.OK, ""
+        if not code:
+            code, message = ch.check_new(symbol, probe)
+            if not code and probe.reduce_only and not PositionHook(ch, symbol).allows_reduce_only(
+                    res.account, side, new_qty):
+                ch.release(symbol, cmd.id, new_qty)
+                code, message = RiskCode.REDUCE_ONLY_EXCEEDS_POSITION, (
+                    f"reduce-only orders would total more than the {symbol} position after this amend")
         # Put the old reservation back exactly (re-checking it could fail at today's marks).
         if code:
             ch.reserve(symbol, cmd.id, *old)

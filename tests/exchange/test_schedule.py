@@ -159,3 +159,22 @@ def test_stale_check_runs_at_each_order_time_not_at_the_last_tick(sqlite_url: st
     m.clock.now_ms = NOW + 180_000
     assert m.v.index_state["BTC"].stale is False
     assert m.order("long", "BTC-PERP", "buy", 10, BTC + 100 * USDC).code == RiskCode.INDEX_STALE
+
+
+def test_amend_past_expiry_or_growing_risk_on_a_stale_index_is_refused(sqlite_url: str) -> None:
+    from exchange.engine.messages import Amend
+
+    m = _market(sqlite_url, EXPIRY - HOUR_MS)
+    assert m.order("maker", "BTC-27MAR26", "sell", 10, BTC + 100 * USDC).code == 0
+    assert m.order("maker", "BTC-PERP", "sell", 10, BTC + 100 * USDC).code == 0
+    fut_id, perp_id = f"maker.{m._n - 1}", f"maker.{m._n}"
+    m.svc.clock = None  # the pure venue: no settlement has run
+    m.feed.silence("BTC")
+    m.clock.now_ms = EXPIRY
+    with m.svc.command() as v:
+        r = v.amend("BTC-27MAR26", Amend(fut_id, 20, None, "maker", EXPIRY * 1_000_000))
+        assert r.code == RiskCode.INSTRUMENT_NOT_TRADING
+        r = v.amend("BTC-PERP", Amend(perp_id, 20, None, "maker", EXPIRY * 1_000_000))
+        assert r.code == RiskCode.INDEX_STALE
+        r = v.amend("BTC-PERP", Amend(perp_id, 5, None, "maker", EXPIRY * 1_000_000))
+        assert r.code == RiskCode.OK and v.books["BTC-PERP"].orders[perp_id].qty == 5
