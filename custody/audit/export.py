@@ -1,4 +1,4 @@
-"""The ledger export format, version 1: file names, records, and a writer (no database).
+"""The ledger export format, version 2: file names, records, and a writer (no database).
 
 An export is a directory (docs/ledger-export.md)::
 
@@ -11,6 +11,7 @@ An export is a directory (docs/ledger-export.md)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -18,30 +19,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from custody.audit.checkpoint import Checkpoint
+from custody.audit.untrusted import FormatError, printable
+from custody.audit.untrusted import read_json as read_json
 from custody.ledger.entry import Entry, canonical_json
 
 EXPORT_FORMAT = "strongroom.ledger-export"
-EXPORT_VERSION = 1
+# Version 2: entries of format v2 (actor, account openings), strict verification.
+EXPORT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 ENTRIES_FILE = "entries.jsonl"
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 ACCOUNTS_FILE = "accounts.jsonl"
 KEYS_FILE = "keys.json"
+SNAPSHOTS_FILE = "snapshots.jsonl"
+LIABILITIES_FILE = "liabilities.jsonl"
 KEYS_FORMAT = "strongroom.public-keys"
 ED25519 = "ed25519"
 FILES = {"entries": ENTRIES_FILE, "checkpoints": CHECKPOINTS_FILE, "accounts": ACCOUNTS_FILE,
-         "keys": KEYS_FILE}
+         "keys": KEYS_FILE, "snapshots": SNAPSHOTS_FILE, "liabilities": LIABILITIES_FILE}
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DIGITS = re.compile(r"^(0|[1-9][0-9]{0,77})$")
 ACCOUNT_KEYS = frozenset({
     "id", "owner", "asset", "kind", "flags", "created_ms", "debits_pending", "debits_posted",
     "credits_pending", "credits_posted",
 })
+MANIFEST_KEYS = frozenset({"format", "version", "created_ms", "head", "files", "counts"})
+COUNT_KEYS = frozenset({"entries", "checkpoints", "accounts", "snapshots"})
 BALANCE_FIELDS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
-
-
-class FormatError(ValueError):
-    """A file of an export (or a keys file) does not follow the documented format."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,19 @@ def keys_document(keys: Iterable[PublicKey]) -> dict[str, object]:
     return {"format": KEYS_FORMAT, "version": 1, "keys": [k.to_dict() for k in ordered]}
 
 
+def keys_fingerprint(keys: Iterable[PublicKey]) -> str:
+    """Return the fingerprint read aloud in the key ceremony: SHA-256 of the canonical keys document.
+
+    It depends only on the keys (name, version, type, public key), not on how a
+    keys.json file happens to be formatted, so operator and auditor compute the
+    same value independently (docs/ledger-export.md, "Key ceremony").
+    """
+    return hashlib.sha256(KEYS_FINGERPRINT_DOMAIN + canonical_json(keys_document(keys))).hexdigest()
+
+
+KEYS_FINGERPRINT_DOMAIN = b"strongroom.public-keys.fingerprint.v1\x00"
+
+
 def parse_keys(data: object) -> dict[tuple[str, int], PublicKey]:
     """Parse a keys.json document into ``{(name, version): key}``."""
     if not isinstance(data, dict) or data.get("format") != KEYS_FORMAT or data.get("version") != 1:
@@ -78,9 +95,13 @@ def parse_keys(data: object) -> dict[tuple[str, int], PublicKey]:
             raise FormatError("each key must have exactly name, version, type, public_key")
         name, version, key_type, raw = item["name"], item["version"], item["type"], item["public_key"]
         if not isinstance(name, str) or isinstance(version, bool) or not isinstance(version, int):
-            raise FormatError(f"key {name!r}: name must be a string and version an integer")
+            raise FormatError(f"key {printable(str(name)[:80])!r}: name must be a string and version "
+                              "an integer")
         if key_type != ED25519 or not isinstance(raw, str) or not HEX64.match(raw):
-            raise FormatError(f"key {name} v{version}: must be ed25519 with a 64-hex-digit public key")
+            raise FormatError(f"key {printable(name[:80])} v{version}: must be ed25519 with a "
+                              "64-hex-digit public key")
+        if (name, version) in keys:
+            raise FormatError(f"key {printable(name[:80])} v{version} appears twice")
         keys[(name, version)] = PublicKey(name, version, key_type, bytes.fromhex(raw))
     return keys
 
@@ -113,13 +134,15 @@ class AccountRecord:
             raise FormatError(f"account must have exactly the keys {sorted(ACCOUNT_KEYS)}")
         for name in ("id", "flags", "created_ms"):
             if isinstance(data[name], bool) or not isinstance(data[name], int) or data[name] < 0:
-                raise FormatError(f"account {name} was {data[name]!r}, must be a non-negative integer")
+                raise FormatError(f"account {name} must be a non-negative integer")
         for name in ("owner", "asset", "kind"):
             if not isinstance(data[name], str):
-                raise FormatError(f"account {name} was {data[name]!r}, must be a string")
+                raise FormatError(f"account {name} must be a string")
         for name in BALANCE_FIELDS:
             if not isinstance(data[name], str) or not DIGITS.match(data[name]):
-                raise FormatError(f"account {data['id']} {name} was {data[name]!r}, must be digits")
+                raise FormatError(f"account {data['id']} {name} must be a decimal string below 2^256")
+            if int(data[name]) >= 2**256:
+                raise FormatError(f"account {data['id']} {name} must be below 2^256")
         if data["flags"] not in (0, 1, 2):
             raise FormatError(f"account {data['id']} flags was {data['flags']}, must be 0, 1 or 2")
         return cls(data["id"], data["owner"], data["asset"], data["kind"], data["flags"],
@@ -136,6 +159,7 @@ class Manifest:
     entries: int
     checkpoints: int
     accounts: int
+    snapshots: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """Return the JSON form."""
@@ -143,7 +167,7 @@ class Manifest:
             "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "created_ms": self.created_ms,
             "head": {"seq": self.head_seq, "hash": self.head_hash}, "files": FILES,
             "counts": {"entries": self.entries, "checkpoints": self.checkpoints,
-                       "accounts": self.accounts},
+                       "accounts": self.accounts, "snapshots": self.snapshots},
         }
 
     @classmethod
@@ -159,15 +183,18 @@ class Manifest:
         try:
             head, counts = data["head"], data["counts"]
             values = (data["created_ms"], head["seq"], counts["entries"], counts["checkpoints"],
-                      counts["accounts"])
+                      counts["accounts"], counts["snapshots"])
             head_hash = head["hash"]
         except (KeyError, TypeError):
             raise FormatError("manifest must have created_ms, head {seq, hash} and counts") from None
+        if set(data) != MANIFEST_KEYS or set(head) != {"seq", "hash"} or set(counts) != COUNT_KEYS:
+            raise FormatError(f"manifest must have exactly {sorted(MANIFEST_KEYS)}, head {{seq, hash}} "
+                              f"and counts {sorted(COUNT_KEYS)}")
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
             raise FormatError("manifest numbers must be non-negative integers")
         if not isinstance(head_hash, str) or not HEX64.match(head_hash):
             raise FormatError("manifest head hash must be 64 lowercase hex digits")
-        return cls(values[0], values[1], head_hash, values[2], values[3], values[4])
+        return cls(values[0], values[1], head_hash, values[2], values[3], values[4], values[5])
 
 
 def entry_line(entry_hash: str, entry_bytes: bytes) -> bytes:
@@ -208,6 +235,15 @@ class ExportWriter:
         (self.directory / ACCOUNTS_FILE).write_bytes(b"".join(lines))
         return len(lines)
 
+    def write_lines(self, name: str, records: Iterable[bytes]) -> int:
+        """Write one canonical record per line to ``name``; return how many."""
+        count = 0
+        with open(self.directory / name, "wb") as out:
+            for record in records:
+                out.write(record + b"\n")
+                count += 1
+        return count
+
     def write_keys(self, keys: Iterable[PublicKey]) -> None:
         """Write keys.json."""
         (self.directory / KEYS_FILE).write_text(json.dumps(keys_document(keys), indent=2) + "\n")
@@ -217,12 +253,4 @@ class ExportWriter:
         (self.directory / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
 
 
-def read_json(path: Path) -> object:
-    """Read a JSON file, turning I/O and syntax errors into :class:`FormatError`."""
-    try:
-        return json.loads(path.read_bytes())
-    except OSError as exc:
-        raise FormatError(f"cannot read {path.name}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise FormatError(f"{path.name} is not valid JSON: {exc}") from None
 

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from custody.audit.merkle import SubtreeCache, fold_inclusion_path
-from custody.ledger.entry import canonical_json
 
 LIABILITY_PROOF_FORMAT = "strongroom.liability-proof"
-SNAPSHOT_FORMAT_VERSION = 1
-SNAPSHOT_SIGNING_DOMAIN = b"strongroom.reserves.snapshot.v1\x00"
+LIABILITY_PROOF_VERSION = 2
 SALT_BYTES = 32
 SUM_BYTES = 32
 U256_MAX = 2**256 - 1
@@ -98,92 +93,3 @@ def root_from_proof(leaf: SumNode, index: int, size: int, path: Sequence[SumNode
         return fold_inclusion_path(leaf, index, size, path, sum_node)
     except OverflowError:
         return None
-
-
-def snapshot_signing_message(body: Mapping[str, object]) -> bytes:
-    """Return the domain-separated bytes signed for a snapshot body (every field but the signature)."""
-    return SNAPSHOT_SIGNING_DOMAIN + canonical_json(dict(body))
-
-
-def snapshot_body(snapshot: Mapping[str, object]) -> dict[str, object]:
-    """Return the signed part of a snapshot record."""
-    return {k: v for k, v in snapshot.items() if k != "signature"}
-
-
-@dataclass(frozen=True, slots=True)
-class LiabilityCheck:
-    """The outcome of verifying one user's liability proof."""
-
-    ok: bool
-    problems: list[str]
-    asset: str
-    user_id: str
-    balance: int
-    total: int
-    key_pinned: bool
-
-
-def verify_liability_proof(
-    proof: Mapping[str, object], pinned_public_key: bytes | None = None
-) -> LiabilityCheck:
-    """Check a liability proof document: leaf, path, root, and the snapshot's signature."""
-    problems: list[str] = []
-    try:
-        asset, user_id, salt, balance, index, size, path, root = _parse_proof(proof)
-    except (ValueError, KeyError, TypeError) as exc:
-        return LiabilityCheck(False, [f"malformed proof: {exc}"], "", "", 0, 0, False)
-    recomputed = root_from_proof(liability_leaf(salt, user_id, balance), index, size, path)
-    if recomputed is None or recomputed != root:
-        problems.append(f"the path from {user_id}'s leaf does not lead to the {asset} root")
-    snapshot = proof["snapshot"]
-    assert isinstance(snapshot, dict)
-    published = snapshot.get("liabilities", {}).get(asset)
-    if not isinstance(published, dict) or published.get("root") != root.hash.hex() or (
-            published.get("total") != str(root.total) or published.get("leaves") != size):
-        problems.append(f"the {asset} root, total or size differ from the snapshot's published ones")
-    key = pinned_public_key if pinned_public_key is not None else _embedded_key(proof)
-    signature_ok = _snapshot_signature_ok(snapshot, key)
-    if not signature_ok:
-        problems.append("the snapshot signature does not verify")
-    return LiabilityCheck(not problems, problems, asset, user_id, balance, root.total,
-                          pinned_public_key is not None)
-
-
-def _parse_proof(
-    proof: Mapping[str, object],
-) -> tuple[str, str, bytes, int, int, int, list[SumNode], SumNode]:
-    if proof.get("format") != LIABILITY_PROOF_FORMAT or proof.get("version") != 1:
-        raise ValueError(f"format must be {LIABILITY_PROOF_FORMAT!r} version 1")
-    asset, user_id, salt = proof["asset"], proof["user_id"], proof["salt"]
-    balance, index, size = proof["balance"], proof["leaf_index"], proof["tree_size"]
-    if not (isinstance(asset, str) and isinstance(user_id, str) and isinstance(salt, str)):
-        raise ValueError("asset, user_id and salt must be strings")
-    if not HEX64.match(salt):
-        raise ValueError("salt must be 64 lowercase hex digits")
-    if not isinstance(balance, str) or not DIGITS.match(balance) or int(balance) > U256_MAX:
-        raise ValueError("balance must be a decimal string 0..2**256-1")
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (index, size)):
-        raise ValueError("leaf_index and tree_size must be integers")
-    path_items = proof["path"]
-    if not isinstance(path_items, list) or not isinstance(proof.get("snapshot"), dict):
-        raise ValueError("path must be a list and snapshot an object")
-    path = [SumNode.from_dict(item) for item in path_items]
-    return (asset, user_id, bytes.fromhex(salt), int(balance), index, size, path,  # type: ignore[return-value]
-            SumNode.from_dict(proof["root"]))
-
-
-def _embedded_key(proof: Mapping[str, object]) -> bytes | None:
-    raw = proof.get("public_key")
-    return bytes.fromhex(raw) if isinstance(raw, str) and HEX64.match(raw) else None
-
-
-def _snapshot_signature_ok(snapshot: Mapping[str, object], public_key: bytes | None) -> bool:
-    signature = snapshot.get("signature")
-    if public_key is None or not isinstance(signature, str) or len(signature) != 128:
-        return False
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            bytes.fromhex(signature), snapshot_signing_message(snapshot_body(snapshot)))
-    except (InvalidSignature, ValueError):
-        return False
-    return True

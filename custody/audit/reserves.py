@@ -5,6 +5,11 @@ available, held and margin accounts (funds held for a pending withdrawal are
 still owed; unconfirmed deposits are not yet). Reserves per asset: the posted
 debit balance of the hot and cold wallet accounts, until the wallets issue
 adds on-chain addresses. docs/proof-of-reserves.md specifies the formats.
+
+A snapshot is taken at the ledger sequence of a signed checkpoint (one is
+written first if the head is not covered), names that checkpoint and the
+previous snapshot by hash, and is signed, so the auditor can recompute every
+leaf sum from the export and users can pin what they were shown.
 """
 
 from __future__ import annotations
@@ -20,19 +25,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.audit.codes import AuditCode, AuditError
 from custody.audit.liabilities import (
     LIABILITY_PROOF_FORMAT,
+    LIABILITY_PROOF_VERSION,
     SALT_BYTES,
-    SNAPSHOT_FORMAT_VERSION,
     SumTree,
     liability_leaf,
-    snapshot_signing_message,
 )
 from custody.audit.models import AuditLiabilityLeaf, AuditLiabilitySnapshot
 from custody.audit.service import AuditService
-from custody.ledger.entry import AccountKind, canonical_json
-from custody.ledger.models import LedgerAccount, LedgerHead
+from custody.audit.snapshots import (
+    FIRST_PREV_SNAPSHOT,
+    SNAPSHOT_FORMAT,
+    SNAPSHOT_VERSION,
+    signing_message,
+    snapshot_hash,
+)
+from custody.ledger.entry import AccountKind, TransferKind, canonical_json
+from custody.ledger.models import LedgerAccount, LedgerHead, LedgerTransfer
 from custody.ledger.service import HEAD_ID, wall_clock_ms
 
-SNAPSHOT_FORMAT = "strongroom.reserves-snapshot"
 USER_KINDS = frozenset({AccountKind.USER_AVAILABLE, AccountKind.USER_HELD, AccountKind.USER_MARGIN})
 WALLET_KINDS = frozenset({AccountKind.HOT_WALLET, AccountKind.COLD_WALLET})
 RATIO_DECIMALS = 4
@@ -43,6 +53,17 @@ class _Leaf:
     owner: str
     salt: bytes
     balance: int
+
+
+@dataclass(frozen=True, slots=True)
+class _AccountAt:
+    """An account's terms and its posted balance at the snapshot's sequence (credit-normal)."""
+
+    id: int
+    owner: str
+    asset: str
+    kind: str
+    credit_balance: int
 
 
 class ReservesService:
@@ -57,15 +78,22 @@ class ReservesService:
         self._clock = clock
 
     def create_snapshot(self) -> dict[str, object]:
-        """Snapshot liabilities and reserves at the current head, sign it, and store it with its leaves."""
+        """Snapshot liabilities and reserves at a signed checkpoint, sign it, store it with its leaves."""
+        checkpoint = self._audit.checkpoint_at_head()
         version = self._audit.signing_key_version()
         with self._sessions.begin() as session:
-            head = session.scalar(select(LedgerHead).where(LedgerHead.id == HEAD_ID)
-                                  .with_for_update(read=True))
+            # An exclusive lock on the head serialises snapshots (one chain, no forks) and
+            # keeps writers out while balances are rolled back to the checkpoint's sequence.
+            head = session.scalar(select(LedgerHead).where(LedgerHead.id == HEAD_ID).with_for_update())
             assert head is not None, "ledger_head row is missing"
-            accounts = session.scalars(select(LedgerAccount).order_by(LedgerAccount.id)).all()
+            accounts = _accounts_at(session, checkpoint.last_seq)
             leaves, clamped = _liability_leaves(accounts)
-            row = AuditLiabilitySnapshot(created_ms=self._clock(), ledger_seq=head.seq, record="")
+            prev_row = session.scalar(select(AuditLiabilitySnapshot)
+                                      .order_by(AuditLiabilitySnapshot.id.desc()).limit(1))
+            prev = FIRST_PREV_SNAPSHOT if prev_row is None else snapshot_hash(json.loads(prev_row.record))
+            row = AuditLiabilitySnapshot(id=1 if prev_row is None else prev_row.id + 1,
+                                         created_ms=self._clock(), ledger_seq=checkpoint.last_seq,
+                                         record="")
             session.add(row)
             session.flush()
             liabilities = {}
@@ -77,12 +105,13 @@ class ReservesService:
                                                    owner=x.owner, salt=x.salt.hex(), balance=x.balance)
                                 for i, x in enumerate(asset_leaves))
             body: dict[str, object] = {
-                "format": SNAPSHOT_FORMAT, "v": SNAPSHOT_FORMAT_VERSION, "id": row.id,
-                "created_ms": row.created_ms, "ledger_seq": head.seq, "ledger_head": head.hash,
-                "liabilities": liabilities, "reserves": _reserves(accounts),
+                "format": SNAPSHOT_FORMAT, "v": SNAPSHOT_VERSION, "id": row.id,
+                "created_ms": row.created_ms, "ledger_seq": checkpoint.last_seq,
+                "ledger_head": checkpoint.head_hash, "checkpoint": checkpoint.hash(),
+                "prev_snapshot": prev, "liabilities": liabilities, "reserves": _reserves(accounts),
                 "key_name": self._audit.key_name, "key_version": version,
             }
-            signature = self._audit.sign(snapshot_signing_message(body), version)
+            signature = self._audit.sign(signing_message(body), version)
             record = {**body, "signature": signature.hex()}
             row.record = canonical_json(record).decode("ascii")
         return record
@@ -116,7 +145,8 @@ class ReservesService:
         public_key = next((k.public_key for k in self._audit.public_keys()
                            if k.version == snapshot["key_version"]), None)
         return {
-            "format": LIABILITY_PROOF_FORMAT, "version": 1, "asset": asset, "user_id": owner,
+            "format": LIABILITY_PROOF_FORMAT, "version": LIABILITY_PROOF_VERSION, "asset": asset,
+            "user_id": owner,
             "salt": rows[index].salt, "balance": str(rows[index].balance), "leaf_index": index,
             "tree_size": len(rows), "path": [node.to_dict() for node in tree.proof(index)],
             "root": tree.root().to_dict(), "snapshot": snapshot,
@@ -124,8 +154,33 @@ class ReservesService:
         }
 
 
+def _accounts_at(session: Session, seq: int) -> list[_AccountAt]:
+    """Return every account open at ``seq`` with its posted balance then.
+
+    Only single and post entries change posted balances, so the entries after
+    ``seq`` are undone from the current totals (the caller holds the head lock).
+    """
+    table = LedgerTransfer.__table__
+    later = session.execute(
+        select(table.c.kind, table.c.debit_account_id, table.c.credit_account_id, table.c.amount)
+        .where(table.c.seq > seq, table.c.kind.in_(
+            [TransferKind.SINGLE.value, TransferKind.POST.value, TransferKind.OPEN.value])))
+    opened_later: set[int] = set()
+    delta: dict[int, int] = {}
+    for kind, debit, credit, amount in later:
+        if kind == TransferKind.OPEN.value:
+            opened_later.add(debit)
+            continue
+        delta[credit] = delta.get(credit, 0) + int(amount)
+        delta[debit] = delta.get(debit, 0) - int(amount)
+    rows = session.scalars(select(LedgerAccount).order_by(LedgerAccount.id)).all()
+    return [_AccountAt(r.id, r.owner, r.asset, r.kind,
+                       r.credits_posted - r.debits_posted - delta.get(r.id, 0))
+            for r in rows if r.id not in opened_later]
+
+
 def _liability_leaves(
-    accounts: Sequence[LedgerAccount],
+    accounts: Sequence[_AccountAt],
 ) -> tuple[dict[str, list[_Leaf]], dict[str, int]]:
     """Return per asset the leaves (in a salted, hence unguessable, order) and clamped-account counts."""
     owed: dict[tuple[str, str], int] = {}
@@ -133,7 +188,7 @@ def _liability_leaves(
     for account in accounts:
         if account.kind not in USER_KINDS:
             continue
-        balance = account.credits_posted - account.debits_posted
+        balance = account.credit_balance
         if balance < 0:
             # A negative user account is a debt to us; it must never offset what we owe others.
             clamped[account.asset] = clamped.get(account.asset, 0) + 1
@@ -148,13 +203,13 @@ def _liability_leaves(
     return leaves, clamped
 
 
-def _reserves(accounts: Sequence[LedgerAccount]) -> dict[str, object]:
+def _reserves(accounts: Sequence[_AccountAt]) -> dict[str, object]:
     totals: dict[str, int] = {}
     wallets: dict[str, list[dict[str, object]]] = {}
     for account in accounts:
         if account.kind not in WALLET_KINDS:
             continue
-        balance = account.debits_posted - account.credits_posted
+        balance = -account.credit_balance
         totals[account.asset] = totals.get(account.asset, 0) + balance
         # On-chain addresses arrive with the custody wallets; until then the ledger account stands in.
         wallets.setdefault(account.asset, []).append({

@@ -19,19 +19,31 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from custody.audit.checkpoint import FIRST_PREV_CHECKPOINT, Checkpoint, TotalsAccumulator
 from custody.audit.codes import AuditCode, AuditError
-from custody.audit.export import ED25519, AccountRecord, ExportWriter, Manifest, PublicKey
+from custody.audit.export import (
+    ED25519,
+    LIABILITIES_FILE,
+    SNAPSHOTS_FILE,
+    AccountRecord,
+    ExportWriter,
+    Manifest,
+    PublicKey,
+)
+from custody.audit.liabilities import liability_leaf
 from custody.audit.merkle import Frontier, MerkleTree, leaf_hash
-from custody.audit.models import AuditCheckpoint
+from custody.audit.models import AuditCheckpoint, AuditLiabilityLeaf, AuditLiabilitySnapshot
 from custody.audit.proofs import consistency_document, inclusion_document
 from custody.keystore import Keystore, KeystoreError, KeystoreErrorCode, KeyType
 from custody.ledger.bulk import TRANSFER_COLUMNS, entry_from_row
-from custody.ledger.entry import GENESIS_HASH, Entry, TransferKind, chain_hash
+from custody.ledger.entry import GENESIS_HASH, AccountKind, Entry, TransferKind, canonical_json, chain_hash
 from custody.ledger.models import LedgerAccount, LedgerHead, LedgerTransfer
 from custody.ledger.service import HEAD_ID, Ledger, wall_clock_ms
 
 CHECKPOINT_KEY_NAME = "ledger-checkpoint"
 JOURNAL_PAGE = 5_000
 CHECKPOINT_LIST_MAX = 1_000
+CHECKPOINT_RETRIES = 3
+USER_KINDS = frozenset({AccountKind.USER_AVAILABLE.value, AccountKind.USER_HELD.value,
+                        AccountKind.USER_MARGIN.value})
 # Proofs keep every leaf hash in memory: about 100 bytes per entry (100 MB per million).
 PROOF_TREE_MAX_ENTRIES = 10_000_000
 
@@ -172,6 +184,24 @@ class AuditService:
             raise AuditError(AuditCode.CHECKPOINT_CONFLICT,
                              f"checkpoint {checkpoint.number} was written concurrently; retry") from None
 
+    def checkpoint_at_head(self) -> Checkpoint:
+        """Return a checkpoint covering the current head, writing one if the head is not covered."""
+        for _ in range(CHECKPOINT_RETRIES):
+            head_seq, _ = self._ledger.head()
+            latest = self.latest_checkpoint()
+            if latest is not None and latest.last_seq >= head_seq:
+                return latest
+            try:
+                return self.create_checkpoint()
+            except AuditError as exc:
+                # A concurrent writer checkpointed first: read again.
+                if exc.code not in (AuditCode.NO_NEW_ENTRIES, AuditCode.CHECKPOINT_CONFLICT):
+                    raise
+        latest = self.latest_checkpoint()
+        if latest is None:
+            raise AuditError(AuditCode.CHECKPOINT_CONFLICT, "could not write a checkpoint; retry")
+        return latest
+
     def latest_checkpoint(self) -> Checkpoint | None:
         """Return the newest checkpoint, or None before the first."""
         with self._sessions() as session:
@@ -276,8 +306,12 @@ class AuditService:
         writer.write_checkpoints(checkpoints)
         writer.write_accounts(accounts)
         writer.write_keys(self.public_keys())
+        snapshot_ids = self._snapshot_ids(head_seq)
+        snapshots = writer.write_lines(SNAPSHOTS_FILE, self._snapshot_records(snapshot_ids))
+        writer.write_lines(LIABILITIES_FILE, self._liability_leaves(snapshot_ids, head_seq))
         manifest = Manifest(created_ms=self._clock(), head_seq=head_seq, head_hash=head_hash,
-                            entries=count, checkpoints=len(checkpoints), accounts=len(accounts))
+                            entries=count, checkpoints=len(checkpoints), accounts=len(accounts),
+                            snapshots=snapshots)
         writer.write_manifest(manifest)
         return manifest
 
@@ -296,6 +330,43 @@ class AuditService:
                 debits_posted=r.debits_posted, credits_pending=r.credits_pending,
                 credits_posted=r.credits_posted) for r in rows]
             return head.seq, head.hash, accounts
+
+    def _snapshot_ids(self, head_seq: int) -> list[int]:
+        with self._sessions() as session:
+            return list(session.scalars(select(AuditLiabilitySnapshot.id).where(
+                AuditLiabilitySnapshot.ledger_seq <= head_seq).order_by(AuditLiabilitySnapshot.id)))
+
+    def _snapshot_records(self, ids: list[int]) -> Iterator[bytes]:
+        for snapshot_id in ids:
+            with self._sessions() as session:
+                row = session.get(AuditLiabilitySnapshot, snapshot_id)
+                assert row is not None
+                yield row.record.encode("ascii")
+
+    def _liability_leaves(self, ids: list[int], head_seq: int) -> Iterator[bytes]:
+        """Yield the auditor's view of every leaf: hash, sum and the user accounts it covers."""
+        table = LedgerTransfer.__table__
+        with self._sessions() as session:
+            opened = {int(account): int(seq) for account, seq in session.execute(
+                select(table.c.debit_account_id, table.c.seq).where(
+                    table.c.kind == TransferKind.OPEN.value, table.c.seq <= head_seq))}
+            owned: dict[tuple[str, str], list[int]] = {}
+            for row in session.scalars(select(LedgerAccount).where(LedgerAccount.kind.in_(USER_KINDS))
+                                       .order_by(LedgerAccount.id)):
+                owned.setdefault((row.owner, row.asset), []).append(row.id)
+        for snapshot_id in ids:
+            with self._sessions() as session:
+                seq = session.get(AuditLiabilitySnapshot, snapshot_id).ledger_seq  # type: ignore[union-attr]
+                leaves = session.scalars(select(AuditLiabilityLeaf).where(
+                    AuditLiabilityLeaf.snapshot_id == snapshot_id).order_by(
+                    AuditLiabilityLeaf.asset, AuditLiabilityLeaf.position)).all()
+            for leaf in leaves:
+                node = liability_leaf(bytes.fromhex(leaf.salt), leaf.owner, leaf.balance)
+                accounts = [a for a in owned.get((leaf.owner, leaf.asset), [])
+                            if opened.get(a, seq + 1) <= seq]
+                yield canonical_json({"snapshot": snapshot_id, "asset": leaf.asset, "index": leaf.position,
+                                      "hash": node.hash.hex(), "sum": str(node.total),
+                                      "accounts": accounts})
 
     def _all_checkpoints(self) -> Iterator[Checkpoint]:
         after = 0

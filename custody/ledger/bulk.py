@@ -19,7 +19,7 @@ from custody.ledger.entry import Entry, TransferKind
 TRANSFER_COLUMNS = (
     "seq", "id", "kind", "debit_account_id", "credit_account_id", "asset", "amount",
     "pending_id", "timeout_s", "expires_ms", "code", "reference", "timestamp_ms", "prev_hash", "hash",
-    "actor",
+    "actor", "account_owner", "account_kind", "account_flags",
 )
 BALANCE_COLUMNS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 
@@ -41,7 +41,7 @@ def insert_entries(session: Session, created: Sequence[tuple[Entry, str, str]]) 
     rows = [
         (e.seq, e.id, e.kind.value, e.debit_account, e.credit_account, e.asset, e.amount,
          e.pending_id, e.timeout_s, e.expires_ms, e.code, e.reference, e.timestamp_ms, prev, entry_hash,
-         e.actor)
+         e.actor, e.account_owner, e.account_kind, e.account_flags)
         for e, prev, entry_hash in created
     ]
     columns = ", ".join(TRANSFER_COLUMNS)
@@ -120,5 +120,6 @@ def entry_from_row(row: Sequence[Any]) -> tuple[Entry, str]:
         seq=int(row[0]), id=row[1], kind=TransferKind(row[2]), debit_account=int(row[3]),
         credit_account=int(row[4]), asset=row[5], amount=int(row[6]), pending_id=row[7],
         timeout_s=int(row[8]), expires_ms=None if row[9] is None else int(row[9]), code=int(row[10]),
-        reference=row[11], timestamp_ms=int(row[12]), actor=row[15],
+        reference=row[11], timestamp_ms=int(row[12]), actor=row[15], account_owner=row[16],
+        account_kind=row[17], account_flags=None if row[18] is None else int(row[18]),
     ), row[14]

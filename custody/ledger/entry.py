@@ -21,6 +21,7 @@ GENESIS_HASH = "00" * 32
 ACTOR_PATTERN = re.compile(r"^(user|service):[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
 ACTOR_MAX_LEN = 136
 SERVICE_ACTOR = "service:ledger"
+ACCOUNT_OWNER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
 EXPIRY_ACTOR = "service:ledger-expiry"
 
 
@@ -37,6 +38,7 @@ class TransferKind(StrEnum):
     POST = "post"  # posts (all or part of) a pending transfer
     VOID = "void"  # releases a pending transfer
     EXPIRE = "expire"  # releases a pending transfer whose timeout passed
+    OPEN = "open"  # opens an account: its owner, asset, kind and flags (amount 0)
 
 
 RESOLVING_KINDS = frozenset({TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE})
@@ -67,10 +69,15 @@ class AccountKind(StrEnum):
 
 # Liabilities (what we owe) are credit-normal and must never go negative;
 # wallets (what we hold) are debit-normal and cannot send more than they hold.
+# Exchange margin accounts are the exception: under cross margin a wallet balance
+# may dip below zero while unrealised gains keep equity positive, so the clearing
+# house (not a ledger flag) enforces margin there. Each kind has exactly one
+# permitted value: the ledger refuses any other, and the auditor checks every
+# account's opening entry against this table (docs/ledger-format.md).
 DEFAULT_FLAGS: dict[AccountKind, AccountFlags] = {
     AccountKind.USER_AVAILABLE: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
     AccountKind.USER_HELD: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
-    AccountKind.USER_MARGIN: AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    AccountKind.USER_MARGIN: AccountFlags.NONE,
     AccountKind.HOT_WALLET: AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
     AccountKind.COLD_WALLET: AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
     AccountKind.DEPOSITS_IN_FLIGHT: AccountFlags.NONE,
@@ -99,10 +106,18 @@ class Entry:
     reference: str
     timestamp_ms: int
     actor: str
+    # Only an ``open`` entry carries the terms of the account it opens.
+    account_owner: str | None = None
+    account_kind: str | None = None
+    account_flags: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         """Return the entry as the JSON object of its canonical form (amount as a string)."""
+        terms: dict[str, object] = {} if self.kind is not TransferKind.OPEN else {
+            "account_owner": self.account_owner, "account_kind": self.account_kind,
+            "account_flags": self.account_flags}
         return {
+            **terms,
             "v": ENTRY_FORMAT_VERSION,
             "actor": self.actor,
             "seq": self.seq,
@@ -128,8 +143,11 @@ class Entry:
         """
         pending = "null" if self.pending_id is None else _json_str(self.pending_id)
         expires = "null" if self.expires_ms is None else str(self.expires_ms)
+        terms = "" if self.kind is not TransferKind.OPEN else (
+            f'"account_flags":{self.account_flags},"account_kind":{_json_str(str(self.account_kind))},'
+            f'"account_owner":{_json_str(str(self.account_owner))},')
         return (
-            f'{{"actor":{_json_str(self.actor)},"amount":"{self.amount}",'
+            f'{{{terms}"actor":{_json_str(self.actor)},"amount":"{self.amount}",'
             f'"asset":{_json_str(self.asset)},"code":{self.code},'
             f'"credit_account":{self.credit_account},"debit_account":{self.debit_account},'
             f'"expires_ms":{expires},"id":{_json_str(self.id)},"kind":"{self.kind.value}",'
@@ -143,7 +161,7 @@ class Entry:
         """Parse an entry from its canonical JSON object, rejecting unknown versions and keys."""
         if data.get("v") != ENTRY_FORMAT_VERSION:
             raise ValueError(f"entry version was {data.get('v')!r}, must be {ENTRY_FORMAT_VERSION}")
-        expected = set(ENTRY_KEYS)
+        expected = set(ENTRY_KEYS) | (OPEN_KEYS if data.get("kind") == TransferKind.OPEN else set())
         if set(data) != expected:
             raise ValueError(f"entry keys were {sorted(data)}, must be {sorted(expected)}")
         amount = data["amount"]
@@ -170,6 +188,7 @@ class Entry:
             reference=_str(data, "reference"),
             timestamp_ms=_int(data, "timestamp_ms"),
             actor=_str(data, "actor"),
+            **_terms(data),  # type: ignore[arg-type]
         )
 
     @classmethod
@@ -194,6 +213,27 @@ ENTRY_KEYS = (
     "v", "actor", "seq", "id", "kind", "debit_account", "credit_account", "asset", "amount",
     "pending_id", "timeout_s", "expires_ms", "code", "reference", "timestamp_ms",
 )
+
+
+OPEN_KEYS = frozenset({"account_owner", "account_kind", "account_flags"})
+
+
+def _terms(data: dict[str, object]) -> dict[str, object]:
+    if data["kind"] != TransferKind.OPEN:
+        return {}
+    return {"account_owner": _str(data, "account_owner"), "account_kind": _str(data, "account_kind"),
+            "account_flags": _int(data, "account_flags")}
+
+
+def open_entry_id(account_id: int) -> str:
+    """Return the journal id of the entry that opens account ``account_id``.
+
+    Callers cannot use the ``open:`` prefix for transfer ids, so it never collides.
+    """
+    return f"{OPEN_ID_PREFIX}{account_id}"
+
+
+OPEN_ID_PREFIX = "open:"
 
 
 def _int(data: dict[str, object], key: str) -> int:

@@ -15,7 +15,11 @@ REFERENCE_MAX_LEN = 256
 
 
 class LedgerAccount(Base):
-    """An account holding one asset. Balances are running totals of its journal entries."""
+    """An account holding one asset. Balances are running totals of its journal entries.
+
+    Owner, asset, kind and flags are fixed when the account opens (a hash-chained
+    ``open`` entry records them); database triggers refuse to change them.
+    """
 
     __tablename__ = "ledger_accounts"
     __table_args__ = (Index("uq_ledger_accounts_owner_asset_kind", "owner", "asset", "kind", unique=True),)
@@ -67,6 +71,10 @@ class LedgerTransfer(Base):
     hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
     # Who caused the entry (user:<id> or service:<name>); part of the hash-chained bytes.
     actor: Mapped[str] = mapped_column(String(ACTOR_MAX_LEN))
+    # The terms of the account an ``open`` entry opens (NULL on every other entry).
+    account_owner: Mapped[str | None] = mapped_column(String(128))
+    account_kind: Mapped[str | None] = mapped_column(String(32))
+    account_flags: Mapped[int | None] = mapped_column(Integer)
 
 
 class LedgerHead(Base):

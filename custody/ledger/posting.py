@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from custody.ledger.codes import LedgerCode, LedgerError
-from custody.ledger.entry import AccountFlags, Entry, TransferKind
+from custody.ledger.entry import OPEN_ID_PREFIX, AccountFlags, Entry, TransferKind, open_entry_id
 from custody.money import U256_MAX
 
 TRANSFER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,119}$")
@@ -68,10 +68,11 @@ class TransferRequest:
 
 def validate_request_shape(req: TransferRequest) -> None:
     """Check the fields that need no state: ids, kinds, amounts, lengths."""
-    if not TRANSFER_ID_PATTERN.match(req.id):
+    if not TRANSFER_ID_PATTERN.match(req.id) or req.id.startswith(OPEN_ID_PREFIX):
         raise LedgerError(
             LedgerCode.INVALID_TRANSFER_ID,
-            f"transfer id was {req.id[:140]!r}, must be 1-120 characters of [A-Za-z0-9._:-]",
+            f"transfer id was {req.id[:140]!r}, must be 1-120 characters of [A-Za-z0-9._:-] "
+            f"not starting with {OPEN_ID_PREFIX!r} (reserved for account openings)",
         )
     if req.kind not in REQUEST_KINDS:
         raise LedgerError(LedgerCode.INVALID_FIELD, f"kind was {req.kind!r}, must be one of "
@@ -280,6 +281,19 @@ def expire(
         debit_account=held.debit_account, credit_account=held.credit_account, asset=held.asset,
         amount=held.amount, pending_id=held.id, timeout_s=0, expires_ms=None, code=held.code,
         reference="timeout", timestamp_ms=now_ms, actor=actor,
+    )
+
+
+def open_account(
+    account_id: int, owner: str, asset: str, kind: str, flags: int, *, seq: int, now_ms: int,
+    actor: str,
+) -> Entry:
+    """Return the journal entry that opens an account with its terms (amount 0)."""
+    return Entry(
+        seq=seq, id=open_entry_id(account_id), kind=TransferKind.OPEN, debit_account=account_id,
+        credit_account=account_id, asset=asset, amount=0, pending_id=None, timeout_s=0,
+        expires_ms=None, code=0, reference="", timestamp_ms=now_ms, actor=actor,
+        account_owner=owner, account_kind=kind, account_flags=flags,
     )
 
 

@@ -8,7 +8,6 @@ inside the transaction cannot be spent twice by a concurrent writer.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from custody.assets import get_asset
 from custody.ledger import bulk
 from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import (
+    ACCOUNT_OWNER_PATTERN,
     DEFAULT_FLAGS,
     EXPIRY_ACTOR,
     SERVICE_ACTOR,
@@ -39,6 +39,7 @@ from custody.ledger.posting import (
     TransferRequest,
     apply_transfer,
     expire,
+    open_account,
     request_matches_entry,
     validate_request_shape,
 )
@@ -50,7 +51,7 @@ EXPIRE_BATCH_MAX = 1000
 # SQLite allows 32766 bound parameters per statement; stay far below it.
 IN_CLAUSE_CHUNK = 900
 HEAD_ID = 1
-OWNER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,127}$")
+OWNER_PATTERN = ACCOUNT_OWNER_PATTERN
 
 
 def wall_clock_ms() -> int:
@@ -142,31 +143,48 @@ class Ledger:
     # -- accounts ---------------------------------------------------------------------------
 
     def create_account(
-        self, owner: str, asset: str, kind: str, flags: int | None = None
+        self, owner: str, asset: str, kind: str, flags: int | None = None, *,
+        actor: str = SERVICE_ACTOR,
     ) -> AccountView:
-        """Create an account; flags default to the kind's constraint."""
+        """Open an account and journal its terms in a hash-chained ``open`` entry.
+
+        Flags default to the kind's constraint; any other value is refused, so an
+        account's constraint always follows from its kind (docs/ledger-format.md).
+        """
+        _check_actor(actor)
         account_kind = _validate_account(owner, asset, kind, flags)
-        account_flags = DEFAULT_FLAGS[account_kind] if flags is None else AccountFlags(flags)
-        row = LedgerAccount(
-            owner=owner, asset=asset, kind=account_kind.value, flags=int(account_flags),
-            created_ms=self._clock(), debits_pending=0, debits_posted=0, credits_pending=0,
-            credits_posted=0, last_seq=0,
-        )
+        account_flags = int(DEFAULT_FLAGS[account_kind])
         try:
             with self._sessions.begin() as session:
+                head = _lock_head(session)
+                now_ms = self._clock()
+                row = LedgerAccount(
+                    owner=owner, asset=asset, kind=account_kind.value, flags=account_flags,
+                    created_ms=now_ms, debits_pending=0, debits_posted=0, credits_pending=0,
+                    credits_posted=0, last_seq=head.seq + 1,
+                )
                 session.add(row)
+                session.flush()
+                entry = open_account(row.id, owner, asset, account_kind.value, account_flags,
+                                     seq=head.seq + 1, now_ms=now_ms, actor=actor)
+                entry_hash = chain_hash(head.hash, entry.to_bytes())
+                bulk.insert_entries(session, [(entry, head.hash, entry_hash)])
+                session.execute(update(LedgerHead).where(LedgerHead.id == HEAD_ID)
+                                .values(seq=entry.seq, hash=entry_hash))
         except IntegrityError as exc:
             raise LedgerError(LedgerCode.ACCOUNT_EXISTS,
                               f"{owner} already has a {account_kind.value} {asset} account") from exc
         return _account_view(row)
 
-    def ensure_account(self, owner: str, asset: str, kind: str) -> AccountView:
+    def ensure_account(
+        self, owner: str, asset: str, kind: str, *, actor: str = SERVICE_ACTOR
+    ) -> AccountView:
         """Return the (owner, asset, kind) account, creating it with default flags if absent."""
         found = self.find_account(owner, asset, kind)
         if found is not None:
             return found
         try:
-            return self.create_account(owner, asset, kind)
+            return self.create_account(owner, asset, kind, actor=actor)
         except LedgerError as exc:
             if exc.code is not LedgerCode.ACCOUNT_EXISTS:
                 raise
@@ -321,7 +339,10 @@ class Ledger:
             return _entry(row)
 
     def history(self, account_id: int, *, after_seq: int = 0, limit: int = 100) -> HistoryPage:
-        """Return an account's entries with ``seq > after_seq``, oldest first."""
+        """Return an account's transfers with ``seq > after_seq``, oldest first.
+
+        The account's ``open`` entry is in the journal, not in its transfer history.
+        """
         if not 1 <= limit <= HISTORY_PAGE_MAX:
             raise LedgerError(LedgerCode.INVALID_FIELD,
                               f"limit was {limit}, must be 1..{HISTORY_PAGE_MAX}")
@@ -333,7 +354,8 @@ class Ledger:
                 select(LedgerTransfer)
                 .where((LedgerTransfer.debit_account_id == account_id)
                        | (LedgerTransfer.credit_account_id == account_id),
-                       LedgerTransfer.seq > after_seq)
+                       LedgerTransfer.seq > after_seq,
+                       LedgerTransfer.kind != TransferKind.OPEN.value)
                 .order_by(LedgerTransfer.seq).limit(limit + 1)
             ).all()
         entries = [_entry(row) for row in rows[:limit]]
@@ -379,12 +401,12 @@ def _validate_account(owner: str, asset: str, kind: str, flags: int | None) -> A
         raise LedgerError(LedgerCode.INVALID_ACCOUNT_KIND,
                           f"kind was {kind!r}, must be one of "
                           f"{', '.join(k.value for k in AccountKind)}") from None
-    if flags is not None and (
-        isinstance(flags, bool) or not isinstance(flags, int) or flags not in (0, 1, 2)
-    ):
+    required = int(DEFAULT_FLAGS[account_kind])
+    if flags is not None and (isinstance(flags, bool) or flags != required):
         raise LedgerError(LedgerCode.INVALID_FLAGS,
-                          f"flags was {flags!r}, must be 0 (none), 1 (debits must not exceed "
-                          "credits) or 2 (credits must not exceed debits)")
+                          f"flags was {str(flags)[:40]!r}, a {account_kind.value} account must have "
+                          f"flags {required} (0 none, 1 debits must not exceed credits, 2 credits "
+                          "must not exceed debits)")
     return account_kind
 
 
@@ -475,6 +497,11 @@ def _load_accounts(session: Session, ids: Sequence[int]) -> dict[int, AccountSta
     accounts: dict[int, AccountState] = {}
     for chunk in _chunks(ids):
         for row in session.scalars(select(LedgerAccount).where(LedgerAccount.id.in_(chunk))):
+            if row.flags != DEFAULT_FLAGS.get(row.kind):  # type: ignore[call-overload]
+                # Flags follow from the kind and triggers freeze both: a mismatch means someone
+                # changed the database behind the ledger's back. Refuse to apply anything.
+                raise RuntimeError(f"ledger account {row.id} has flags {row.flags} for kind "
+                                   f"{row.kind!r}: the account table was tampered with")
             accounts[row.id] = AccountState(
                 id=row.id, asset=row.asset, flags=row.flags, debits_pending=row.debits_pending,
                 debits_posted=row.debits_posted, credits_pending=row.credits_pending,
@@ -501,6 +528,8 @@ def _entry(row: LedgerTransfer) -> Entry:
         credit_account=row.credit_account_id, asset=row.asset, amount=row.amount,
         pending_id=row.pending_id, timeout_s=row.timeout_s, expires_ms=row.expires_ms,
         code=row.code, reference=row.reference, timestamp_ms=row.timestamp_ms, actor=row.actor,
+        account_owner=row.account_owner, account_kind=row.account_kind,
+        account_flags=row.account_flags,
     )
 
 

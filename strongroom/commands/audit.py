@@ -1,4 +1,8 @@
-"""``strongroom ledger checkpoint|export`` and ``strongroom reserves ...``: the operator's audit commands."""
+"""``strongroom ledger checkpoint|export``, ``strongroom audit keys`` and ``strongroom reserves ...``.
+
+The operator's audit commands. ``strongroom audit keys`` prints the public-keys
+document and its fingerprint for the key ceremony (docs/ledger-export.md).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import click
 
 from custody.assets import get_asset
 from custody.audit.codes import AuditError
+from custody.audit.export import keys_document, keys_fingerprint
 from custody.audit.reserves import ReservesService, reserves_report
 from custody.audit.service import AuditService
 from custody.db import make_engine, make_session_factory
@@ -75,6 +80,30 @@ def export(directory: Path, checkpoint_first: bool) -> None:
     _guard(run)
 
 
+@click.group("audit")
+def audit_group() -> None:
+    """Audit keys for the key ceremony."""
+
+
+@audit_group.command("keys")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the keys document here, for the auditor to pin.")
+def keys(out: Path | None) -> None:
+    """Print the checkpoint public-keys document and its fingerprint (creating the key if needed)."""
+
+    def run() -> None:
+        audit, _ = _services()
+        audit.signing_key_version()
+        public = audit.public_keys()
+        document = json.dumps(keys_document(public), indent=2) + "\n"
+        if out is not None:
+            out.write_text(document)
+        click.echo(document, nl=False)
+        click.echo(f"fingerprint: {keys_fingerprint(public)}")
+
+    _guard(run)
+
+
 @click.group("reserves")
 def reserves() -> None:
     """Proof of reserves: liabilities snapshots, per-user proofs, the reserves report."""
@@ -134,3 +163,4 @@ def register(main: click.Group, ledger: click.Group) -> None:
     ledger.add_command(checkpoint)
     ledger.add_command(export)
     main.add_command(reserves)
+    main.add_command(audit_group)

@@ -124,3 +124,87 @@ def finding(report: Report, code: str) -> dict[str, object]:
     found = [f for f in report.failures if f.code == code]
     assert found, f"no {code} in {[f.message for f in report.failures]}"
     return found[0].to_dict()
+
+
+# -- synthetic signed exports (the operator forging with its own key) ---------------------------
+
+def signed_export(directory: Path, raws: list[bytes], key: Ed25519PrivateKey) -> dict:
+    """Write an export of exactly ``raws`` (entry bytes, canonical or not) with a checkpoint over
+    all of them signed by ``key``; accounts.jsonl and totals follow a naive replay. Return the
+    pinned keys (``key``'s public key)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from custody.audit.checkpoint import FIRST_PREV_CHECKPOINT, AssetTotals
+    from custody.audit.export import AccountRecord, ExportWriter, Manifest, PublicKey
+    from custody.audit.merkle import MerkleTree, leaf_hash
+
+    prev, lines = GENESIS_HASH, []
+    accounts: dict[int, list] = {}
+    totals: dict[str, list[int]] = {}
+    held: dict[str, int] = {}
+    for raw in raws:
+        prev = chain_hash(prev, raw)
+        lines.append(prev.encode() + b" " + raw + b"\n")
+        _naive_replay(json.loads(raw), accounts, totals, held)
+    tree = MerkleTree(leaf_hash(raw) for raw in raws)
+    unsigned = Checkpoint(number=1, first_seq=1, last_seq=len(raws), root=tree.root().hex(),
+                          head_hash=prev, prev_checkpoint=FIRST_PREV_CHECKPOINT,
+                          totals={a: AssetTotals(*t) for a, t in totals.items()},
+                          timestamp_ms=1, key_name="ledger-checkpoint", key_version=1)
+    checkpoint = resign(unsigned, key)
+    writer = ExportWriter(directory)
+    (directory / ENTRIES_FILE).write_bytes(b"".join(lines))
+    writer.write_checkpoints([checkpoint])
+    records = [AccountRecord(i, a[0], a[1], a[2], a[3], 1, *a[4:]) for i, a in accounts.items()]
+    writer.write_accounts(records)
+    public = PublicKey("ledger-checkpoint", 1, "ed25519",
+                       key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    writer.write_keys([public])
+    writer.write_lines("snapshots.jsonl", [])
+    writer.write_lines("liabilities.jsonl", [])
+    writer.write_manifest(Manifest(1, len(raws), prev, len(raws), 1, len(records), 0))
+    return {("ledger-checkpoint", 1): public}
+
+
+def _naive_replay(e: dict, accounts: dict[int, list], totals: dict[str, list[int]],
+                  held: dict[str, int]) -> None:
+    amount = int(e["amount"]) if str(e["amount"]).isdigit() and int(e["amount"]) < 2**256 else 0
+    row = totals.setdefault(e["asset"], [0, 0, 0])
+    row[0] += 1
+    if e["kind"] == "open":
+        accounts[e["debit_account"]] = [e["account_owner"], e["asset"], e["account_kind"],
+                                        e["account_flags"], 0, 0, 0, 0]
+        return
+    debit, credit = accounts.get(e["debit_account"]), accounts.get(e["credit_account"])
+    if debit is None or credit is None:
+        return
+    if e["kind"] == "single":
+        debit[5] += amount
+        credit[7] += amount
+        row[1] += amount
+    elif e["kind"] == "pending":
+        debit[4] += amount
+        credit[6] += amount
+        row[2] += amount
+        held[e["id"]] = amount
+
+
+def open_raw(seq: int, account: int, owner: str, kind: str, flags: int, asset: str = "BTC") -> bytes:
+    """The canonical bytes of an ``open`` entry."""
+    from custody.ledger.entry import Entry
+
+    return Entry(seq=seq, id=f"open:{account}", kind=TransferKind.OPEN, debit_account=account,
+                 credit_account=account, asset=asset, amount=0, pending_id=None, timeout_s=0,
+                 expires_ms=None, code=0, reference="", timestamp_ms=1, actor="service:ledger",
+                 account_owner=owner, account_kind=kind, account_flags=flags).to_bytes()
+
+
+def single_raw(seq: int, debit: int, credit: int, amount: int, asset: str = "BTC",
+               reference: str = "") -> bytes:
+    """The canonical bytes of a single transfer entry."""
+    from custody.ledger.entry import Entry
+
+    return Entry(seq=seq, id=f"t{seq}", kind=TransferKind.SINGLE, debit_account=debit,
+                 credit_account=credit, asset=asset, amount=amount, pending_id=None, timeout_s=0,
+                 expires_ms=None, code=0, reference=reference, timestamp_ms=1,
+                 actor="service:test").to_bytes()

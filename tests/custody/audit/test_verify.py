@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from custody.audit.cli import main as audit_main
 from custody.audit.export import ACCOUNTS_FILE, KEYS_FILE, parse_keys, read_json
 from custody.audit.service import AuditService
-from custody.audit.verify import verify_export
+from custody.audit.verify import ALLOW_UNPINNED_KEYS, verify_export
 from custody.db import make_engine, make_session_factory
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
@@ -33,9 +33,12 @@ from .helpers import (
     write_entries,
 )
 
+# accounts() opens ten accounts (seq 1..10), first_batch writes seq 11..18, second_batch 19..25.
+OPENED = 10
+
 
 def build_export(ledger: Ledger, keystore: LocalKeystore, directory: Path) -> AuditService:
-    """Two checkpoints (seq 1..8 and 9..15) and an export of all 15 entries."""
+    """Two checkpoints (seq 1..18 and 19..25) and an export of all 25 entries."""
     audit = AuditService(ledger._sessions, ledger, keystore)
     ids = accounts(ledger)
     first_batch(ledger, ids)
@@ -55,18 +58,29 @@ def export_dir(sqlite_url: str, clock: object, keystore: LocalKeystore, tmp_path
     return tmp_path / "export"
 
 
+def read_pinned(export_dir: Path) -> dict:
+    """The genuine keys, as an auditor would have pinned them out of band."""
+    return parse_keys(read_json(export_dir / KEYS_FILE))
+
+
 @pytest.fixture
 def pinned(export_dir: Path) -> dict[tuple[str, int], object]:
     """The genuine keys, as an auditor would have pinned them out of band."""
-    return parse_keys(read_json(export_dir / KEYS_FILE))  # type: ignore[return-value]
+    return read_pinned(export_dir)
 
 
 def test_export_on_every_database_verifies(ledger: Ledger, keystore: LocalKeystore, tmp_path: Path) -> None:
     build_export(ledger, keystore, tmp_path / "export")
-    report = verify_export(tmp_path / "export")
+    report = verify_export(tmp_path / "export", allow=frozenset({ALLOW_UNPINNED_KEYS}))
     assert report.ok, report.render()
-    assert report.summary["entries"] == 15 and report.summary["checkpoints"] == 2
+    assert report.summary["entries"] == 25 and report.summary["checkpoints"] == 2
     assert [w.code for w in report.warnings] == ["keys_not_pinned"]
+
+
+def test_export_without_pinned_keys_fails_by_default(export_dir: Path) -> None:
+    report = verify_export(export_dir)
+    assert codes(report) == {"keys_not_pinned"}
+    assert "result: FAILED" in report.render()
 
 
 def test_clean_export_with_pinned_keys_has_no_warnings(export_dir: Path, pinned: dict) -> None:
@@ -77,38 +91,38 @@ def test_clean_export_with_pinned_keys_has_no_warnings(export_dir: Path, pinned:
 
 def test_flipped_byte_in_an_entry_names_its_seq_and_the_checkpoint(export_dir: Path, pinned: dict) -> None:
     lines = read_lines(export_dir)
-    lines[4] = set_amount(lines[4], 51)  # seq 5 held 50; one digit changes
+    lines[OPENED + 4] = set_amount(lines[OPENED + 4], 51)  # seq 15 held 50; one digit changes
     write_entries(export_dir, lines)
     report = verify_export(export_dir, pinned)
-    assert finding(report, "chain_hash_mismatch")["seq"] == 5
+    assert finding(report, "chain_hash_mismatch")["seq"] == 15
     assert finding(report, "checkpoint_root_mismatch")["checkpoint"] == 1
-    assert "entry seq 5: chain hash mismatch" in report.render()
+    assert "entry seq 15: chain hash mismatch" in report.render()
 
 
 def test_deleted_entry_is_reported_as_a_gap(export_dir: Path, pinned: dict) -> None:
     lines = read_lines(export_dir)
-    del lines[4]
+    del lines[OPENED + 4]
     write_entries(export_dir, lines)
     report = verify_export(export_dir, pinned)
     gap = finding(report, "seq_gap")
-    assert gap["seq"] == 5 and "gap: seq 5 missing" in str(gap["message"])
+    assert gap["seq"] == 15 and "gap: seq 15 missing" in str(gap["message"])
     assert "checkpoint_root_mismatch" in codes(report)
 
 
 def test_two_swapped_entries_are_reported_as_a_reorder(export_dir: Path, pinned: dict) -> None:
     lines = read_lines(export_dir)
-    lines[4], lines[5] = lines[5], lines[4]
+    lines[OPENED + 4], lines[OPENED + 5] = lines[OPENED + 5], lines[OPENED + 4]
     write_entries(export_dir, lines)
     report = verify_export(export_dir, pinned)
     reorder = finding(report, "seq_reorder")
-    assert reorder["seq"] == 5 and "reorder: seq 5 appears at entries.jsonl line 6, after seq 6" in str(
+    assert reorder["seq"] == 15 and "reorder: seq 15 appears at entries.jsonl line 16, after seq 16" in str(
         reorder["message"])
     assert "seq_gap" not in codes(report)
 
 
 def test_forged_entry_with_recomputed_chain_fails_the_signed_root(export_dir: Path, pinned: dict) -> None:
     lines = read_lines(export_dir)
-    lines[2] = set_amount(lines[2], 10**31)
+    lines[OPENED + 2] = set_amount(lines[OPENED + 2], 10**31)
     write_entries(export_dir, rechain(lines))
     report = verify_export(export_dir, pinned)
     assert "chain_hash_mismatch" not in codes(report)
@@ -123,8 +137,9 @@ def test_forged_entry_with_rewritten_checkpoints_fails_the_signature(
 
     from custody.audit.merkle import MerkleTree, leaf_hash
 
-    lines = rechain([*read_lines(export_dir)[:3], set_amount(read_lines(export_dir)[3], 99),
-                     *read_lines(export_dir)[4:]])
+    lines = rechain([*read_lines(export_dir)[:OPENED + 3],
+                     set_amount(read_lines(export_dir)[OPENED + 3], 99),
+                     *read_lines(export_dir)[OPENED + 4:]])
     write_entries(export_dir, lines)
     tree = MerkleTree(leaf_hash(line[65:-1]) for line in lines)
     forged = [replace(c, root=tree.root(c.tree_size).hex(), head_hash=lines[c.last_seq - 1][:64].decode())
@@ -161,18 +176,18 @@ def test_checkpoint_signed_by_an_unknown_key_is_named(export_dir: Path, pinned: 
 
 
 def test_tail_truncated_after_a_checkpoint_is_detected(export_dir: Path, pinned: dict) -> None:
-    write_entries(export_dir, read_lines(export_dir)[:8])
+    write_entries(export_dir, read_lines(export_dir)[:18])
     report = verify_export(export_dir, pinned)
     beyond = finding(report, "checkpoint_beyond_export")
     assert beyond["checkpoint"] == 2
-    assert "covers seq 9..15 but the export ends at seq 8" in str(beyond["message"])
+    assert "covers seq 19..25 but the export ends at seq 18" in str(beyond["message"])
 
 
 def test_truncation_that_also_drops_the_checkpoint_needs_a_trusted_checkpoint(
     export_dir: Path, pinned: dict
 ) -> None:
     latest = read_checkpoints(export_dir)[1].hash()
-    write_entries(export_dir, read_lines(export_dir)[:8])
+    write_entries(export_dir, read_lines(export_dir)[:18])
     write_checkpoints(export_dir, read_checkpoints(export_dir)[:1])
     # Every signature still holds; only the (unsigned) exported balances betray the cut.
     assert codes(verify_export(export_dir, pinned)) == {"balance_mismatch"}
@@ -200,11 +215,11 @@ def test_altered_per_asset_total_is_detected(export_dir: Path, pinned: dict) -> 
 
 def test_overdraft_forged_into_the_journal_is_a_negative_balance(export_dir: Path, pinned: dict) -> None:
     lines = read_lines(export_dir)
-    lines[5] = set_amount(lines[5], 5_000)  # seq 6: alice -> bob, alice only has 1,000
+    lines[OPENED + 5] = set_amount(lines[OPENED + 5], 5_000)  # seq 16: alice -> bob, alice has 1,000
     write_entries(export_dir, rechain(lines))
     report = verify_export(export_dir, pinned)
     negative = finding(report, "balance_negative")
-    assert negative["seq"] == 6 and "breaks its constraint" in str(negative["message"])
+    assert negative["seq"] == 16 and "breaks its constraint" in str(negative["message"])
 
 
 def test_edited_account_balance_breaks_the_zero_sum(export_dir: Path, pinned: dict) -> None:
@@ -213,21 +228,46 @@ def test_edited_account_balance_breaks_the_zero_sum(export_dir: Path, pinned: di
     records[0]["debits_posted"] = str(int(records[0]["debits_posted"]) + 1)
     path.write_text("".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in records))
     report = verify_export(export_dir, pinned)
-    assert {"balance_mismatch", "asset_sum_nonzero"} <= codes(report)
+    assert finding(report, "balance_mismatch")["account"] == records[0]["id"]
 
 
-def test_unsigned_tail_is_a_warning_and_a_failure_under_strict(
+def test_export_without_checkpoints_fails_unless_explicitly_downgraded(
     sqlite_url: str, clock: object, keystore: LocalKeystore, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ledger = Ledger(make_session_factory(make_engine(sqlite_url)), clock=clock)  # type: ignore[arg-type]
     audit = AuditService(ledger._sessions, ledger, keystore)
+    audit.signing_key_version()
     first_batch(ledger, accounts(ledger))
     audit.export(tmp_path / "export")
-    report = verify_export(tmp_path / "export")
-    assert report.ok and "tail_unsigned" in {w.code for w in report.warnings}
-    assert audit_main(["verify", str(tmp_path / "export")]) == 0
-    assert audit_main(["verify", "--strict", str(tmp_path / "export")]) == 1
+    keys = str(tmp_path / "export" / "keys.json")
+    assert codes(verify_export(tmp_path / "export", read_pinned(tmp_path / "export"))) == {
+        "no_checkpoints", "tail_unsigned"}
+    assert audit_main(["verify", str(tmp_path / "export"), "--keys", keys]) == 1
+    assert audit_main(["verify", str(tmp_path / "export"), "--keys", keys,
+                       "--allow-no-checkpoints"]) == 0
+    assert "warn  the export has 18 entries and no signed checkpoint" in capsys.readouterr().out
+
+
+def test_unsigned_tail_fails_unless_explicitly_downgraded(
+    sqlite_url: str, clock: object, keystore: LocalKeystore, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ledger = Ledger(make_session_factory(make_engine(sqlite_url)), clock=clock)  # type: ignore[arg-type]
+    audit = AuditService(ledger._sessions, ledger, keystore)
+    ids = accounts(ledger)
+    first_batch(ledger, ids)
+    audit.create_checkpoint()
+    second_batch(ledger, ids)
+    audit.export(tmp_path / "export")
+    keys = str(tmp_path / "export" / "keys.json")
+    report = verify_export(tmp_path / "export", read_pinned(tmp_path / "export"))
+    assert finding(report, "tail_unsigned")["seq"] == 19
+    assert audit_main(["verify", str(tmp_path / "export"), "--keys", keys]) == 1
+    assert audit_main(["verify", "--strict", str(tmp_path / "export"), "--keys", keys]) == 1
+    assert audit_main(["verify", str(tmp_path / "export"), "--keys", keys,
+                       "--allow-unsigned-tail"]) == 0
+    assert audit_main(["verify", str(tmp_path / "export")]) == 1  # and keys must be pinned
 
 
 def test_cli_json_report_and_exit_status(export_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,7 +275,7 @@ def test_cli_json_report_and_exit_status(export_dir: Path, capsys: pytest.Captur
     keys.write_bytes((export_dir / KEYS_FILE).read_bytes())
     assert audit_main(["verify", "--keys", str(keys), "--json", str(export_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
-    write_entries(export_dir, read_lines(export_dir)[:8])
+    write_entries(export_dir, read_lines(export_dir)[:18])
     assert audit_main(["verify", "--keys", str(keys), "--json", str(export_dir)]) == 1
     body = json.loads(capsys.readouterr().out)
     assert body["ok"] is False and body["failures"][0]["code"]

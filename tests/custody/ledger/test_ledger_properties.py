@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -119,7 +120,8 @@ def test_database_ledger_sums_to_zero_and_refusals_change_nothing(
 entries = st.builds(
     Entry, seq=st.integers(1, 2**63 - 1),
     id=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,20}", fullmatch=True),
-    kind=st.sampled_from(list(TransferKind)), debit_account=st.integers(1, 2**31),
+    kind=st.sampled_from([k for k in TransferKind if k is not TransferKind.OPEN]),
+    debit_account=st.integers(1, 2**31),
     credit_account=st.integers(1, 2**31), asset=st.sampled_from(["BTC", "ETH", "USDC"]),
     amount=st.integers(1, 2**256 - 1), pending_id=st.none() | st.text(max_size=10),
     timeout_s=st.integers(0, 10**6), expires_ms=st.none() | st.integers(0, 2**62),
@@ -127,6 +129,9 @@ entries = st.builds(
     timestamp_ms=st.integers(0, 2**62),
     actor=st.from_regex(r"(user|service):[A-Za-z0-9][A-Za-z0-9._:@\-]{0,30}", fullmatch=True),
 )
+entries = entries | entries.flatmap(lambda e: st.builds(
+    replace, st.just(e), kind=st.just(TransferKind.OPEN), account_owner=st.text(max_size=20),
+    account_kind=st.sampled_from(list(AccountKind)), account_flags=st.integers(0, 2)))
 
 
 @settings(max_examples=300, deadline=None)
