@@ -477,6 +477,94 @@ def collateral(direction: str) -> ResponseReturnValue:
         return jsonify(account_summary(svc.venue, account))
 
 
+# ------------------------------------------------------------------ position margin (issue 14)
+
+_MODE: Final = {"type": "string", "enum": ["cross", "isolated"]}
+LEVERAGE_SCHEMA: Final = obj({"leverage": {"type": "integer", "minimum": 1, "maximum": 1_000}},
+                             {"margin_mode": _MODE}) | {"additionalProperties": False}
+TPSL_SCHEMA: Final = obj({}, {"take_profit": _INT64, "stop_loss": _INT64,
+                              "margin_mode": _MODE}) | {"additionalProperties": False}
+POSITION_RISK_STATUS: Final = {
+    RiskCode.INVALID_LEVERAGE: 400, RiskCode.POSITION_MARGIN_LOCKED: 422, RiskCode.INVALID_AMOUNT: 400,
+}
+
+
+def _position_account(body: dict[str, Any], symbol: str) -> str:
+    """Return the margin account a position request acts on (the cross account or its isolated one)."""
+    mode = field_str(body, "margin_mode", required=False, default="cross")
+    if mode not in ("cross", "isolated"):
+        raise _risk(RiskCode.INVALID_MARGIN_MODE, f"margin_mode was {mode!r}, must be cross or isolated")
+    account = current_principal()
+    return isolated_account(account, symbol) if mode == "isolated" else account
+
+
+def _position_refusal(code: RiskCode, message: str) -> ApiError:
+    return ApiError(code, message, POSITION_RISK_STATUS.get(code, RISK_STATUS.get(code, 400)))
+
+
+@bp.post("/positions/<symbol>/isolated-margin/<direction>")
+@TRADE
+@accepts(AMOUNT_SCHEMA)
+@answers({"200": SUMMARY_ANSWER})
+def isolated_margin(symbol: str, direction: str) -> ResponseReturnValue:
+    """Add margin to (``add``) or take it from (``remove``) the caller's isolated position."""
+    body = json_object()
+    reject_unknown(body, {"amount"})
+    amount = field_int(body, "amount") or 0
+    if direction not in ("add", "remove"):
+        raise ApiError(RequestCode.NOT_FOUND, f"direction was {direction!r}, must be add|remove", 404)
+    account = current_principal()
+    svc = service()
+    with svc.command() as venue:
+        _known(venue, symbol)
+        signed = amount if direction == "add" else -amount
+        code, message = venue.adjust_isolated_margin(account, symbol, signed)
+    if code:
+        raise _position_refusal(code, message)
+    with svc.lock:
+        return jsonify(account_summary(svc.venue, account))
+
+
+@bp.post("/positions/<symbol>/leverage")
+@TRADE
+@accepts(LEVERAGE_SCHEMA)
+@answers({"200": obj({"symbol": STR, "leverage": INT, "margin_mode": STR})})
+def leverage(symbol: str) -> ResponseReturnValue:
+    """Choose the caller's leverage on a linear instrument (it selects the initial-margin rate)."""
+    body = json_object()
+    reject_unknown(body, {"leverage", "margin_mode"})
+    chosen = field_int(body, "leverage") or 0
+    svc = service()
+    with svc.command() as venue:
+        _known(venue, symbol)
+        account = _position_account(body, symbol)
+        code, message = venue.set_leverage(account, symbol, chosen)
+    if code:
+        raise _position_refusal(code, message)
+    mode = "isolated" if account != current_principal() else "cross"
+    return jsonify({"symbol": symbol, "leverage": chosen, "margin_mode": mode})
+
+
+@bp.post("/positions/<symbol>/tpsl")
+@TRADE
+@accepts(TPSL_SCHEMA)
+@answers({"200": obj({"symbol": STR, "take_profit": MAYBE_INT, "stop_loss": MAYBE_INT})})
+def take_profit_stop_loss(symbol: str) -> ResponseReturnValue:
+    """Attach take-profit/stop-loss mark prices to the caller's position (neither: detach)."""
+    body = json_object()
+    reject_unknown(body, {"take_profit", "stop_loss", "margin_mode"})
+    take_profit = field_int(body, "take_profit", required=False)
+    stop_loss = field_int(body, "stop_loss", required=False)
+    svc = service()
+    with svc.command() as venue:
+        _known(venue, symbol)
+        account = _position_account(body, symbol)
+        code, message = venue.set_tpsl(account, symbol, take_profit, stop_loss)
+    if code:
+        raise _position_refusal(code, message)
+    return jsonify({"symbol": symbol, "take_profit": take_profit, "stop_loss": stop_loss})
+
+
 # ------------------------------------------------------------------ operator
 
 
