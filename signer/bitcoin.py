@@ -44,6 +44,7 @@ CHANGE_BRANCH = 1
 # Bitcoin Core's standardness limit (MAX_STANDARD_TX_WEIGHT): heavier transactions do not relay.
 MAX_STANDARD_WEIGHT = 400_000
 TX_VERSIONS = (1, 2)
+MIN_RELAY_SAT_VB = 1  # Bitcoin Core's default minimum relay fee rate.
 # Dust: an output worth less than spending it costs at 3 sat/vB (Bitcoin Core's dustRelayFee).
 DUST_RELAY_SAT_PER_KVB = 3_000
 _SPEND_VBYTES_WITNESS = 67
@@ -144,6 +145,11 @@ def check_bitcoin(intent: Intent, tx: BitcoinTransaction, wallet: BitcoinWallet)
         )
         check.fee_minor = fee_sat
         check.fact(f"fee: {fee_sat} sat (cap {intent.fee_cap_minor} sat), about {vsize} vB")
+        if 0 <= fee_sat < vsize * MIN_RELAY_SAT_VB:
+            check.warn(
+                f"LOW FEE: {fee_sat} sat for about {vsize} vB is below {MIN_RELAY_SAT_VB} sat/vB; nodes will "
+                "not relay it and the coins stay locked until a new bundle replaces it."
+            )
     return check
 
 

@@ -21,6 +21,9 @@ from signer.results import SignerCode, SignerError
 
 ERC20_TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")
 ERC20_TRANSFER_BYTES = 4 + 32 + 32
+NATIVE_TRANSFER_GAS = 21_000
+# An ERC-20 transfer(): about 35,000-65,000 gas on mainnet tokens; more suggests a fee padded on purpose.
+MAX_USUAL_TOKEN_GAS = 100_000
 _ADDRESS_PADDING = bytes(12)
 
 
@@ -66,6 +69,12 @@ def check_ethereum(
         f"(cap {intent.fee_cap_minor} wei); nonce {tx.nonce}; chain id {tx.chain_id}"
     )
     check.fee_minor = tx.max_fee_wei
+    usual_gas = NATIVE_TRANSFER_GAS if asset.contract is None else MAX_USUAL_TOKEN_GAS
+    if tx.gas_limit > usual_gas:
+        check.warn(
+            f"HIGH GAS LIMIT: {tx.gas_limit:,} gas, a {asset.asset} transfer needs at most "
+            f"{usual_gas:,}; the unused gas is not charged, but the fee cap was sized for it."
+        )
     if tx.max_fee_wei > intent.fee_cap_minor:
         check.refuse(
             SignerCode.FEE_OVER_CAP,

@@ -27,6 +27,9 @@ from signer.ethereum import check_ethereum
 from signer.results import SignerCode, SignerRefusal
 from signer.signing_log import History
 
+# A bundle about to expire may not make it back to the platform in time.
+EXPIRY_WARNING_MS = 15 * 60_000
+
 
 @dataclass(frozen=True, slots=True)
 class Verification:
@@ -57,6 +60,11 @@ def verify_bundle(bundle: Bundle, anchors: TrustAnchors, now_ms: int, history: H
     if now_ms >= body.expires_at_ms:
         check.refuse(
             SignerCode.BUNDLE_EXPIRED, f"bundle expired at {body.expires_at_ms} ms, now is {now_ms} ms"
+        )
+    elif body.expires_at_ms - now_ms < EXPIRY_WARNING_MS:
+        check.warn(
+            f"EXPIRES SOON: the bundle expires in {(body.expires_at_ms - now_ms) // 60_000} min; the "
+            "platform refuses a signed result for an expired bundle."
         )
     wallet, asset = _check_anchors(bundle, anchors, check)
     approvers = _check_approvals(bundle, anchors, now_ms, check)

@@ -308,3 +308,32 @@ def test_fee_above_warning_threshold_is_a_warning_not_a_refusal() -> None:
     outcome = sign_bundle(body, ANCHORS, seed(0), NOW_MS, EMPTY_HISTORY)
     assert outcome.verification.refusals == ()
     assert any("HIGH FEE" in line for line in outcome.verification.warnings)
+
+
+def test_bitcoin_fee_below_relay_rate_is_a_warning() -> None:
+    body = WORLD.btc_body(psbt=WORLD.btc_psbt(fee_sat=100))
+    outcome = sign_bundle(WORLD.sign(body), ANCHORS, seed(0), NOW_MS, EMPTY_HISTORY)
+    assert outcome.verification.refusals == ()
+    assert [w.split(":")[0] for w in outcome.verification.warnings] == ["LOW FEE"]
+
+
+def test_ethereum_padded_gas_limit_is_a_warning() -> None:
+    tx = WORLD.eth_tx(gas_limit=63_000)
+    outcome = sign_bundle(
+        WORLD.sign(WORLD.eth_body(tx, fee_cap_minor=tx.max_fee_wei)), ANCHORS, seed(0), NOW_MS, EMPTY_HISTORY
+    )
+    assert outcome.verification.refusals == ()
+    assert [w.split(":")[0] for w in outcome.verification.warnings] == ["HIGH GAS LIMIT"]
+
+
+def test_bundle_about_to_expire_is_a_warning() -> None:
+    from .helpers import HOUR_MS
+
+    outcome = sign_bundle(WORLD.eth_bundle(), ANCHORS, seed(0), NOW_MS + HOUR_MS - 60_000, EMPTY_HISTORY)
+    assert outcome.verification.refusals == ()
+    assert [w.split(":")[0] for w in outcome.verification.warnings] == ["EXPIRES SOON"]
+
+
+def test_usual_bundles_carry_no_warning() -> None:
+    for bundle in (WORLD.btc_bundle(), WORLD.eth_bundle(), WORLD.sign(WORLD.usdc_body())):
+        assert sign_bundle(bundle, ANCHORS, seed(0), NOW_MS, EMPTY_HISTORY).verification.warnings == ()
