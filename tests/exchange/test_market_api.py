@@ -94,3 +94,11 @@ def test_demo_market_maker_keeps_two_sided_books_and_trades_on_a_fake_clock(
     assert len(traded) >= 3
     assert any(p.size for p in v.clearing.accounts[MAKER].positions.values())
     assert svc.reconcile() == []
+
+
+def test_server_runs_the_market_as_its_own_job_every_second(app: Flask) -> None:
+    from strongroom.jobs import exchange_jobs
+
+    jobs = exchange_jobs(app)
+    assert [(j.name, j.interval_s) for j in jobs] == [("exchange_market", 1.0)]
+    assert exchange_feed("none", 1, {}) is None
