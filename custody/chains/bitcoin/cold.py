@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from embit.descriptor import Descriptor  # type: ignore[import-untyped, unused-ignore]
+from embit.psbt import PSBT  # type: ignore[import-untyped, unused-ignore]
+from embit.transaction import Transaction  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -176,11 +178,24 @@ class ColdWallet:
         fee_rate_sat_vb: int,
         max_fee_sat: int,
     ) -> ColdSpendView:
-        """Select and lock cold coins, and build the unsigned PSBT (idempotent by ``spend_id``)."""
+        """Select and lock cold coins, and build the unsigned PSBT (idempotent by ``spend_id``).
+
+        A spend prepared before PSBTs carried their inputs' previous
+        transactions gets them added (same inputs and outputs, same
+        transaction): the offline signer refuses an input it cannot prove.
+        """
         with self._sessions() as session:
             existing = session.get(BitcoinColdSpend, spend_id)
-            if existing is not None:
-                return _view(existing)
+            found = None if existing is None else _view(existing)
+        if found is not None:
+            completed = self._with_previous_transactions(found.psbt)
+            if completed == found.psbt:
+                return found
+            with self._sessions.begin() as session:
+                row = session.get(BitcoinColdSpend, spend_id)
+                assert row is not None
+                row.psbt, row.updated_ms = completed, self._clock()
+                return _view(row)
         cold = self._wallets.one(self._adapter.chain, Temperature.COLD)
         descriptor_text = self.descriptor(cold.id)
         descriptor = parse_cold_descriptor(descriptor_text)
@@ -258,6 +273,16 @@ class ColdWallet:
             )
             session.add(row)
         return _view(row)
+
+    def _with_previous_transactions(self, psbt_text: str) -> str:
+        """Return the PSBT with every input's previous transaction (non_witness_utxo) filled in."""
+        psbt = PSBT.from_string(psbt_text)
+        missing = [inp for inp in psbt.inputs if inp.non_witness_utxo is None]
+        if not missing:
+            return psbt_text
+        for inp in missing:
+            inp.non_witness_utxo = Transaction.parse(self._adapter.raw_transaction(inp.txid.hex()))
+        return str(psbt.to_string())
 
     def _next_change(self, session: Session, wallet_id: int, descriptor: Descriptor) -> tuple[int, str]:
         state = session.scalar(

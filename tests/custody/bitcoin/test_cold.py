@@ -18,6 +18,8 @@ from custody.chains.bitcoin.utxo import UtxoSet
 from custody.wallets.wallet import Temperature
 from policies.roles import Role
 from signer.anchors import TrustAnchors
+from signer.bundle import Bundle
+from signer.signing_log import History
 
 from ..access.helpers import make_user, withdrawal_subject
 from .cold_world import BtcColdWorld, make_btc_cold_world
@@ -196,3 +198,31 @@ def test_bundle_anchors_prints_wallet_network_name_and_fee_cap(world: BtcColdWor
     data = dict(world.anchors_json())
     data["wallets"] = anchors["wallets"]
     assert TrustAnchors.from_bytes(json.dumps(data).encode()).wallets["bitcoin-cold"].network == "regtest"
+
+
+def test_cold_spend_prepared_before_the_upgrade_gets_its_previous_transactions(world: BtcColdWorld) -> None:
+    """A stored PSBT without non_witness_utxo (prepared by an older platform) is completed, not replaced."""
+    from custody.chains.bitcoin.models import BitcoinColdSpend
+    from signer.bundle import BitcoinTransaction
+    from signer.verification import verify_bundle
+
+    world.sweep_to_cold()
+    refill = world.approved_refill(150_000)
+    exported = world.transfers.export("refill", refill.id)
+    spend = spend_id("refill", refill.id)
+    original = world.btc.runtime.cold.get(spend).psbt
+    stripped = PSBT.from_string(original)
+    for inp in stripped.inputs:
+        inp.non_witness_utxo = None
+    with world.app.extensions["strongroom.sessions"].begin() as session:
+        row = session.get(BitcoinColdSpend, spend)
+        assert row is not None
+        row.psbt = stripped.to_string()
+    again = world.btc.runtime.cold.prepare_spend(spend, spend, "ignored", 1, 1, 1)
+    assert PSBT.from_string(again.psbt).tx.serialize() == stripped.tx.serialize()
+    assert again.psbt == original
+    bundle = exported.view  # The exported bundle (made before the strip) still verifies as before.
+    assert bundle.state == "exported"
+    body = Bundle.from_bytes(exported.data).body
+    assert isinstance(body.transaction, BitcoinTransaction) and body.transaction.psbt_base64 == original
+    assert verify_bundle(Bundle.from_bytes(exported.data), world.anchors(), world.btc.clock(), History()).ok
