@@ -32,7 +32,7 @@ from policies.request_signing import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIM
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
 
 API_PREFIX = "/api/v1"
-_CONVERTER = re.compile(r"<(?:(?P<conv>[a-z]+):)?(?P<name>[a-z_]+)>")
+_CONVERTER = re.compile(r"<(?:(?P<conv>[a-z]+)(?:\((?P<args>[^)]*)\))?:)?(?P<name>[a-z_]+)>")
 _INT = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _STR = {"type": "string", "maxLength": 128}
 _POSITIVE = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
@@ -120,7 +120,12 @@ def build_openapi(app: Flask) -> dict[str, Any]:
 def _path(rule: str) -> tuple[str, list[dict[str, Any]]]:
     parameters = []
     for match in _CONVERTER.finditer(rule):
-        schema = dict(_INT) if match["conv"] == "int" else {"type": "string", "pattern": "^[^/]{1,128}$"}
+        if match["conv"] == "int":
+            schema: dict[str, Any] = dict(_INT)
+        elif match["conv"] == "any":
+            schema = {"type": "string", "enum": [a.strip() for a in match["args"].split(",")]}
+        else:
+            schema = {"type": "string", "pattern": "^[^/]{1,128}$"}
         parameters.append({"name": match["name"], "in": "path", "required": True, "schema": schema})
     return _CONVERTER.sub(lambda m: "{" + m["name"] + "}", rule), parameters
 
@@ -130,7 +135,9 @@ def _operation(
 ) -> dict[str, Any]:
     doc = (view.__doc__ or endpoint).strip().splitlines()
     access: EndpointAccess | None = getattr(view, "endpoint_access", None)
-    parameters = list(path_parameters)
+    narrower: dict[str, Any] = getattr(view, "path_schemas", {})
+    parameters = [dict(p, schema=narrower[p["name"]]) if p["name"] in narrower else p
+                  for p in path_parameters]
     parameters += [
         {"name": n, "in": "query", "required": False, "schema": s}
         for n, s in QUERY_PARAMETERS.get(endpoint, [])

@@ -47,6 +47,16 @@ def answers(responses: dict[str, Schema]) -> Callable[[F], F]:
     return decorate
 
 
+def path_parameters(**schemas: Schema) -> Callable[[F], F]:
+    """Attach schemas for path parameters that are narrower than their converter (an enum, say)."""
+
+    def decorate(view: F) -> F:
+        view.path_schemas = schemas  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
 # ------------------------------------------------------------------ building blocks
 
 

@@ -31,7 +31,18 @@ from flask.typing import ResponseReturnValue
 from custody.api.auth import principal, secured
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import field_bool, field_int, field_str, json_object, reject_unknown
-from custody.api.schema import BOOL, INT, MAYBE_INT, OBJECT, STR, accepts, answers, array, obj
+from custody.api.schema import (
+    BOOL,
+    INT,
+    MAYBE_INT,
+    OBJECT,
+    STR,
+    accepts,
+    answers,
+    array,
+    obj,
+    path_parameters,
+)
 from exchange.engine.codes import ResultCode
 from exchange.engine.journal import FsyncPolicy
 from exchange.engine.messages import (
@@ -101,13 +112,17 @@ ORDER_SCHEMA: Final = obj({
     "stp": {"type": "string", "enum": sorted(STP_MODES)}, "reduce_only": BOOL,
     "trigger_price": _INT64, "trigger": {"type": "string", "enum": sorted(PRICE_KINDS)},
     "margin_mode": {"type": "string", "enum": ["cross", "isolated"]},
-}) | {"additionalProperties": False}
-AMEND_SCHEMA: Final = obj({}, {"qty": _INT64, "price": _INT64}) | {"additionalProperties": False}
-AMOUNT_SCHEMA: Final = obj({"amount": _INT64}) | {"additionalProperties": False}
+}) | {"additionalProperties": False,
+      "example": {"symbol": "BTC-PERP", "id": "o-1", "side": "buy", "qty": 10, "price": 59_000_000_000}}
+AMEND_SCHEMA: Final = obj({}, {"qty": _INT64, "price": _INT64}) | {"additionalProperties": False,
+                                                                    "example": {"qty": 5}}
+AMOUNT_SCHEMA: Final = obj({"amount": _INT64}) | {"additionalProperties": False,
+                                                  "example": {"amount": 1_000_000_000}}
 QUOTE_SCHEMA: Final = obj({
     "underlying": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,16}$"},
     "source": {"type": "string", "pattern": f"^{SOURCE_PATTERN.pattern}$"}, "price": _INT64,
-}) | {"additionalProperties": False}
+}) | {"additionalProperties": False,
+      "example": {"underlying": "BTC", "source": "coinbase", "price": 60_000_000_000}}
 # What a trader sees of an engine event (`_event_view`): always a type and sequence number.
 EVENT_VIEW: Final = obj({"type": {"type": "string", "enum": [
     "accepted", "trade", "cancelled", "rejected", "amended", "triggered", "priceset", "depthupdate",
@@ -228,7 +243,7 @@ def instruments() -> ResponseReturnValue:
 
 @bp.get("/prices")
 @READ
-@answers({"200": obj({"index": OBJECT, "mark": OBJECT})})
+@answers({"200": obj({"index": OBJECT, "mark": OBJECT, "now_ms": INT})})
 def prices() -> ResponseReturnValue:
     """Return index prices with their staleness judged now, and marks."""
     svc = service()
@@ -246,7 +261,9 @@ def prices() -> ResponseReturnValue:
 
 @bp.get("/funding")
 @READ
-@answers({"200": obj({"funding": array(OBJECT)})})
+@answers({"200": obj({"funding": array(OBJECT), "now_ms": INT, "next": array(obj({
+    "symbol": STR, "next_funding_ms": INT, "countdown_ms": INT, "interval_ms": INT,
+    "predicted_rate_ppm": INT}))})})
 def funding() -> ResponseReturnValue:
     """Return the funding history (newest last) and each perpetual's next funding time and rate."""
     now = _now_ms()
@@ -294,7 +311,8 @@ def place_order() -> ResponseReturnValue:
     assert symbol is not None
     account = current_principal()
     client_id = check_client_id(body.get("id"))
-    mode = field_str(body, "margin_mode", required=False, default="cross")
+    # A null optional field means absent (docs/api.md), so it takes the default.
+    mode = field_str(body, "margin_mode", required=False) or "cross"
     if mode not in ("cross", "isolated"):
         raise _risk(RiskCode.INVALID_MARGIN_MODE, f"margin_mode was {_echo(mode)}, must be cross or isolated")
     engine_account = isolated_account(account, symbol) if mode == "isolated" else account
@@ -302,13 +320,13 @@ def place_order() -> ResponseReturnValue:
         id=engine_order_id(account, client_id), account=engine_account,
         side=field_str(body, "side"),  # type: ignore[arg-type]
         qty=field_int(body, "qty") or 0,
-        type=field_str(body, "type", required=False, default="limit"),  # type: ignore[arg-type]
+        type=field_str(body, "type", required=False) or "limit",  # type: ignore[arg-type]
         price=field_int(body, "price", required=False),
-        tif=field_str(body, "tif", required=False, default="GTC"),  # type: ignore[arg-type]
+        tif=field_str(body, "tif", required=False) or "GTC",  # type: ignore[arg-type]
         stp=field_str(body, "stp", required=False),  # type: ignore[arg-type]
         reduce_only=field_bool(body, "reduce_only"),
         trigger_price=field_int(body, "trigger_price", required=False),
-        trigger=field_str(body, "trigger", required=False, default="last"),  # type: ignore[arg-type]
+        trigger=field_str(body, "trigger", required=False) or "last",  # type: ignore[arg-type]
         ts=_now_ms() * 1_000_000)
     # Refused here, the order changes nothing and is never journaled (a journaled order that
     # the journal cannot decode again would stop the next start).
@@ -450,6 +468,7 @@ def account() -> ResponseReturnValue:
 @bp.post("/collateral/<direction>")
 @TRADE
 @accepts(AMOUNT_SCHEMA)
+@path_parameters(direction={"type": "string", "enum": ["deposit", "withdraw"]})
 @answers({"200": SUMMARY_ANSWER})
 def collateral(direction: str) -> ResponseReturnValue:
     """Move USDC between the caller's spot balance and exchange collateral."""

@@ -289,3 +289,6 @@ def test_openapi_exchange_order_schema_matches_what_the_venue_accepts(client: Fl
     assert order["additionalProperties"] is False
     assert set(order["required"]) == {"symbol", "id", "side", "qty"}
     assert "/api/v1/exchange/orders/{symbol}" in document["paths"]
+    collateral = document["paths"]["/api/v1/exchange/collateral/{direction}"]["post"]
+    direction = next(p for p in collateral["parameters"] if p["name"] == "direction")
+    assert direction["schema"]["enum"] == ["deposit", "withdraw"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def test_openapi_document_lists_every_api_route_with_security(app: Flask, client
     paths = document["paths"]
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/v1"):
-            path = rule.rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
+            path = re.sub(r"<(?:[a-z]+(?:\([^)]*\))?:)?([a-z_]+)>", r"{\1}", rule.rule)
             assert path in paths, path
     withdrawal = paths["/api/v1/withdrawals"]["post"]
     assert withdrawal["x-strongroom-access"] == {
