@@ -16,6 +16,7 @@ from typing import Any
 from apispec import APISpec
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
 
 from custody.api.auth import HEADER_IDEMPOTENCY_KEY, HEADER_MFA, EndpointAccess
 from custody.api.schema import (
@@ -112,9 +113,35 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         view = app.view_functions[rule.endpoint]
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(rule.endpoint, view, method, parameters)
+    _add_shadowed(app, paths)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     return spec.to_dict()
+
+
+def _add_shadowed(app: Flask, paths: dict[str, dict[str, Any]]) -> None:
+    """Document the methods a fixed path also answers through a templated route.
+
+    ``GET /ledger/transfers/batch`` is ``GET /ledger/transfers/{transfer_id}`` with the id
+    ``batch`` (the server routes it there and lists GET in ``Allow``), so the document says so.
+    """
+    adapter = app.url_map.bind("localhost")
+    for path, operations in paths.items():
+        if "{" in path:
+            continue
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            if method.lower() in operations:
+                continue
+            try:
+                rule, args = adapter.match(path, method=method, return_rule=True)
+            except HTTPException:
+                continue
+            operation = _operation(rule.endpoint, app.view_functions[rule.endpoint], method, [])
+            fixed = ", ".join(f"{name}={value}" for name, value in sorted(args.items()))
+            operation["operationId"] = f"{rule.endpoint}@{path}"
+            access = operation.get("description", "")
+            operation["description"] = f"{rule.rule} with {fixed}. {access}".strip()
+            operations[method.lower()] = operation
 
 
 def _path(rule: str) -> tuple[str, list[dict[str, Any]]]:
@@ -149,6 +176,8 @@ def _operation(
         "tags": [endpoint.split(".")[0]],
         "responses": _responses(documented, public=access is None),
     }
+    if documented.undocumented:
+        operation["x-strongroom-undocumented"] = True
     if access is not None:
         operation["security"] = [{name: [] for name in SIGNATURE_SCHEMES}]
         operation["description"] = "Access: " + access.describe() + "."
@@ -210,7 +239,7 @@ def _documented(endpoint: str, view: Any) -> Operation:
         return Operation(responses, table.request if table is not None else None)
     if table is None:
         # An undocumented operation still gets a valid document; the completeness test fails.
-        return Operation({"200": {"type": "object"}}, extra={"x-strongroom-undocumented": True})
+        return Operation({"200": {"type": "object"}}, undocumented=True)
     return table
 
 
@@ -225,7 +254,6 @@ def _responses(documented: Operation, *, public: bool) -> dict[str, Any]:
                              "content": {documented.media_type: {"schema": schema}}}
     responses["default"] = {"description": "refusal: {code, error, message} (docs/api.md)",
                             "content": error}
-    responses.update(documented.extra)
     return responses
 
 

@@ -117,23 +117,7 @@ def api_schema(live: Live) -> Any:
     return schemathesis.openapi.from_url(f"{live.base_url}/api/v1/openapi.json", config=config)
 
 
-# Failures in custody code that other work on issue 18 is fixing (ids >= 2^63 in paths answer
-# 500; a repeated or unknown ``chain`` is not refused; GET /ledger/transfers/{id} also routes
-# /ledger/transfers/batch). Excluded until that lands; each entry is "METHOD path".
-PENDING_CUSTODY_FIXES = {
-    "GET /api/v1/audit/checkpoints/{number}",
-    "GET /api/v1/audit/reserves/snapshots/{snapshot_id}",
-    "GET /api/v1/audit/reserves/snapshots/{snapshot_id}/proof",
-    "GET /api/v1/ledger/accounts/{account_id}",
-    "GET /api/v1/ledger/accounts/{account_id}/history",
-    "POST /api/v1/whitelist/{entry_id}/remove",
-    "GET /api/v1/wallets",
-    "GET /api/v1/wallets/refills",
-    "GET /api/v1/wallets/transactions",
-    "POST /api/v1/ledger/transfers/batch",
-}
-schema = schemathesis.pytest.from_fixture("api_schema").exclude(
-    lambda ctx: f"{ctx.operation.method.upper()} {ctx.operation.path}" in PENDING_CUSTODY_FIXES)
+schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 def sign(case: Any, live: Live) -> dict[str, str]:
