@@ -129,28 +129,38 @@ def check_bitcoin(intent: Intent, tx: BitcoinTransaction, wallet: BitcoinWallet)
             f"{MAX_STANDARD_WEIGHT} WU; nodes would not relay it",
         )
     if proven is not None:
-        fee_sat = sum(p.amount_sat for p in proven) - sum(out.value for out in psbt.tx.vout)
-        if fee_sat < 0:
-            check.refuse(
-                SignerCode.OUTPUTS_EXCEED_INPUTS, f"outputs exceed the proven inputs by {-fee_sat} sat"
-            )
-        elif fee_sat > intent.fee_cap_minor:
-            check.refuse(
-                SignerCode.FEE_OVER_CAP,
-                f"fee is {fee_sat} sat (from the proven input amounts), above the approved cap of "
-                f"{intent.fee_cap_minor} sat",
-            )
-        check.bitcoin = BitcoinSummary(
-            fee_sat, vsize, tuple(change), psbt.tx.locktime, tuple(inp.sequence for inp in psbt.tx.vin)
-        )
-        check.fee_minor = fee_sat
-        check.fact(f"fee: {fee_sat} sat (cap {intent.fee_cap_minor} sat), about {vsize} vB")
-        if 0 <= fee_sat < vsize * MIN_RELAY_SAT_VB:
-            check.warn(
-                f"LOW FEE: {fee_sat} sat for about {vsize} vB is below {MIN_RELAY_SAT_VB} sat/vB; nodes will "
-                "not relay it and the coins stay locked until a new bundle replaces it."
-            )
+        _check_fee(psbt, intent, proven, vsize, change, check)
     return check
+
+
+def _check_fee(
+    psbt: Any,
+    intent: Intent,
+    proven: list[ProvenInput],
+    vsize: int,
+    change: list[tuple[int, int, int]],
+    check: TxCheck,
+) -> None:
+    """Check the fee, from the proven input amounts only, against the approved cap."""
+    fee_sat = sum(p.amount_sat for p in proven) - sum(out.value for out in psbt.tx.vout)
+    if fee_sat < 0:
+        check.refuse(SignerCode.OUTPUTS_EXCEED_INPUTS, f"outputs exceed the proven inputs by {-fee_sat} sat")
+    elif fee_sat > intent.fee_cap_minor:
+        check.refuse(
+            SignerCode.FEE_OVER_CAP,
+            f"fee is {fee_sat} sat (from the proven input amounts), above the approved cap of "
+            f"{intent.fee_cap_minor} sat",
+        )
+    check.bitcoin = BitcoinSummary(
+        fee_sat, vsize, tuple(change), psbt.tx.locktime, tuple(inp.sequence for inp in psbt.tx.vin)
+    )
+    check.fee_minor = fee_sat
+    check.fact(f"fee: {fee_sat} sat (cap {intent.fee_cap_minor} sat), about {vsize} vB")
+    if 0 <= fee_sat < vsize * MIN_RELAY_SAT_VB:
+        check.warn(
+            f"LOW FEE: {fee_sat} sat for about {vsize} vB is below {MIN_RELAY_SAT_VB} sat/vB; nodes will "
+            "not relay it and the coins stay locked until a new bundle replaces it."
+        )
 
 
 def _check_shape(psbt: Any, tx: BitcoinTransaction, check: TxCheck) -> None:

@@ -48,17 +48,14 @@ def time_left(until_ms: int, now_ms: int) -> str:
 
 
 def _asset_units(verification: Verification) -> tuple[int, str]:
-    body = verification.bundle.body
+    """Return (decimals, symbol) of the bundle's asset; unknown assets are shown in minor units."""
     if verification.asset is not None:
         return verification.asset.decimals, verification.asset.asset
-    return (
-        (NATIVE[body.chain][1], body.intent.asset)
-        if body.intent.asset == NATIVE[body.chain][0]
-        else (
-            0,
-            f"{body.intent.asset} minor units",
-        )
-    )
+    body = verification.bundle.body
+    symbol, decimals, _ = NATIVE[body.chain]
+    if body.intent.asset == symbol:
+        return decimals, symbol
+    return 0, f"{body.intent.asset} minor units"
 
 
 def _native(bundle: Bundle, amount_minor: int) -> str:

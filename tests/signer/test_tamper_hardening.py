@@ -214,6 +214,7 @@ def test_bundle_claiming_easier_rule_with_old_approvals_refused_approvals_reject
     forged = WORLD.sign(_with_rule(WORLD.btc_body(), "small-amounts"))
     codes = refuse(forged, _anchors_with_easy_rule())
     assert {C.APPROVAL_REJECTED, C.POLICY_RULE_BELOW_FLOOR} <= codes
+    assert "rule_id was 'cold-transfer'" in _rejection(forged, _anchors_with_easy_rule())
 
 
 def test_bundle_claiming_easier_rule_even_if_approved_under_it_refused_below_floor() -> None:
@@ -230,6 +231,17 @@ def test_raised_fee_cap_not_approved_refused_approvals_rejected() -> None:
     )
     assert tx.max_fee_wei < 10**17
     assert refuse(WORLD.sign(forged)) == {C.APPROVAL_REJECTED, C.APPROVALS_INSUFFICIENT}
+    assert "fee_cap_minor was 42000000000000" in _rejection(WORLD.sign(forged))
+
+
+def _rejection(bundle: Bundle, anchors: TrustAnchors = ANCHORS) -> str:
+    """Return the first approval rejection's message; its cause must be the digest mismatch (5030)."""
+    from policies.results import ResultCode
+
+    outcome = sign_bundle(bundle, anchors, seed(0), NOW_MS, EMPTY_HISTORY)
+    [first, *_] = [r for r in outcome.verification.refusals if r.code is C.APPROVAL_REJECTED]
+    assert first.cause is ResultCode.APPROVAL_DIGEST_MISMATCH
+    return first.message
 
 
 def test_testnet_approval_does_not_count_for_mainnet() -> None:
@@ -241,6 +253,7 @@ def test_testnet_approval_does_not_count_for_mainnet() -> None:
     assert testnet.approvals[0].digest != mainnet_digest
     forged = dataclasses.replace(body, approvals=testnet.approvals)
     assert refuse(WORLD.sign(forged)) == {C.APPROVAL_REJECTED, C.APPROVALS_INSUFFICIENT}
+    assert "network was 'test', this subject has 'regtest'" in _rejection(WORLD.sign(forged))
 
 
 def test_approval_not_binding_transfer_terms_refused_approval_outdated() -> None:
