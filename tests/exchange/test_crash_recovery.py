@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import requests
+from click.testing import CliRunner
 
+from custody.db import make_engine, make_session_factory
+from custody.ledger.entry import AccountKind
+from custody.ledger.posting import TransferRequest
 from custody.ledger.service import Ledger
 from exchange.commands import Deposit, Drain, VenueCommand
 from exchange.engine.codes import ResultCode
@@ -20,6 +28,8 @@ from exchange.instruments import load_instruments
 from exchange.recovery import DurableVenue, list_snapshots, recover
 from exchange.service import ExchangeService
 from exchange.venue import InvalidCommand, Venue
+from policies.request_signing import sign_request
+from strongroom.cli import main as cli_main
 
 from .venue_streams import apply_batch, ledger_deposits, random_batches
 
@@ -172,3 +182,102 @@ def test_undecodable_record_of_another_kind_is_corruption_naming_the_record(tmp_
     durable.close()
     with pytest.raises(JournalCorrupt, match=r"record seq \d+ at byte \d+"):
         recover(tmp_path, load_instruments())
+
+
+# ------------------------------------------------------------------ the same through `strongroom serve`
+
+SERVE_START_TIMEOUT_S = 90
+USDC_MINOR = 1_000_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """A `strongroom serve` process and a signed HTTP client for one of its users."""
+
+    def __init__(self, env: dict[str, str], key_id: str, secret: str) -> None:
+        self.env, self.key_id, self.secret = env, key_id, secret
+        self.base = f"http://127.0.0.1:{env['STRONGROOM_PORT']}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from strongroom.cli import main; main()", "serve"], env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"strongroom serve stopped at start: {self.proc.stdout.read()}")  # type: ignore[union-attr]
+            try:
+                if requests.get(f"{self.base}/api/v1/health", timeout=2).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("strongroom serve did not answer /health in time")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def quote_btc(self) -> None:
+        """Hand-set the BTC index from three sources (dev mode), so orders can be margined."""
+        for source in ("coinbase", "kraken", "bitstamp"):
+            r = self.call("POST", "/api/v1/exchange/operator/quotes",
+                          {"underlying": "BTC", "source": source, "price": BTC_PRICE})
+            assert r.status_code == 200, r.text
+
+    def call(self, method: str, path: str, body: object = None) -> requests.Response:
+        raw = b"" if body is None else json.dumps(body).encode()
+        headers = sign_request(key_id=self.key_id, secret=self.secret, timestamp_ms=int(time.time() * 1000),
+                               method=method, path=path, body=raw)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        time.sleep(0.002)  # never two identical signatures in one millisecond
+        return requests.request(method, self.base + path, data=raw, headers=headers, timeout=10)
+
+
+def test_refused_orders_then_sigkill_and_restart_of_strongroom_serve(sqlite_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "STRONGROOM_DATA_DIR": str(tmp_path / "data"), "STRONGROOM_DATABASE_URL": sqlite_url,
+           "STRONGROOM_KEYSTORE_PASSPHRASE": "serve test passphrase, not a secret",
+           "STRONGROOM_EXCHANGE_DEV_MODE": "1", "STRONGROOM_EXCHANGE_FEED": "none",
+           "STRONGROOM_PORT": str(_free_port())}
+    created = CliRunner().invoke(cli_main, ["users", "create", "--username", "trader1", "--role", "trader",
+                                            "--role", "admin"], env=env)
+    assert created.exit_code == 0, created.output
+    key_id = re.search(r"api key id:\s+(\S+)", created.output)
+    secret = re.search(r"api key secret:\s+(\S+)", created.output)
+    assert key_id and secret
+    ledger = Ledger(make_session_factory(make_engine(sqlite_url)))
+    hot = ledger.ensure_account("platform", "USDC", AccountKind.HOT_WALLET)
+    spot = ledger.ensure_account("trader1", "USDC", AccountKind.USER_AVAILABLE)
+    ledger.transfer(TransferRequest(id="fund-trader1", debit_account=hot.id, credit_account=spot.id,
+                                    amount=10_000 * USDC_MINOR, asset="USDC"))
+    served = Served(env, key_id[1], secret[1])
+    served.start()
+    try:
+        base = "/api/v1/exchange"
+        r = served.call("POST", f"{base}/collateral/deposit", {"amount": 5_000 * USDC_MINOR})
+        assert r.status_code == 200, r.text
+        served.quote_btc()
+        order = {"symbol": "BTC-PERP", "side": "buy", "qty": 10, "type": "stop_limit",
+                 "price": BTC_PRICE - 1_000 * USDC_MINOR, "trigger_price": BTC_PRICE + 1_000 * USDC_MINOR}
+        for n, (field, value) in enumerate(BAD_ENUMS):
+            r = served.call("POST", f"{base}/orders", dict(order, id=f"bad{n}", **{field: value}))
+            assert r.status_code == 400, r.text
+        assert served.call("POST", f"{base}/orders", dict(order, id="kept")).status_code == 201
+        served.kill()  # no final snapshot: the next start replays the journal
+        served.start()
+        orders = served.call("GET", f"{base}/orders").json()["orders"]
+        assert [o["id"] for o in orders] == ["kept"]
+        served.quote_btc()  # the index went stale while the server was down
+        assert served.call("POST", f"{base}/orders", dict(order, id="after")).status_code == 201
+    finally:
+        if served.proc is not None and served.proc.poll() is None:
+            served.proc.terminate()
+            served.proc.wait(timeout=30)
