@@ -281,3 +281,22 @@ def test_refused_orders_then_sigkill_and_restart_of_strongroom_serve(sqlite_url:
         if served.proc is not None and served.proc.poll() is None:
             served.proc.terminate()
             served.proc.wait(timeout=30)
+
+
+def test_cancel_all_is_journaled_and_replays_to_the_same_state(tmp_path: Path) -> None:
+    durable = _started(tmp_path)
+    v = durable.venue
+    v.deposit("b", 10**12)
+    for n, account in enumerate(("a", "a", "b")):
+        order = NewOrder(id=f"o{n}", account=account, side="buy", qty=10,
+                         price=BTC_PRICE - (n + 1) * 1_000_000)
+        assert v.place("BTC-PERP", order).code == 0
+    events = v.cancel_all("BTC-PERP", "a")
+    assert sorted(e.id for e in events if type(e).__name__ == "Cancelled") == ["o0", "o1"]
+    assert list(v.books["BTC-PERP"].orders) == ["o2"]
+    assert v.clearing.accounts["a"].order_im == 0
+    v.drain()
+    durable.commit()
+    expected = v.state_hash()
+    durable.close()
+    assert recover(tmp_path, load_instruments()).venue.state_hash() == expected
