@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,26 +25,31 @@ Action = dict[str, Any]
 ETH = 10**18
 USDC = 10**6
 PRICE_START = {"BTC": 60_000 * USDC, "ETH": 3_000 * USDC}
-PERPS = {"BTC": "BTC-PERP", "ETH": "ETH-PERP"}
-TICKS = {"BTC-PERP": 100_000, "ETH-PERP": 10_000}
+# Perpetuals most of the time; the dated future and the options (which expire) some of the time.
+SYMBOLS = ("BTC-PERP", "BTC-PERP", "BTC-PERP", "ETH-PERP", "ETH-PERP", "BTC-27MAR26",
+           "BTC-27MAR26-60000-C", "BTC-27MAR26-50000-P", "ETH-27MAR26-3000-C")
+EXPIRY_MS = 1_774_598_400_000  # 2026-03-27T08:00:00Z, the dated instruments' expiry
 SOURCES = ("coinbase", "kraken", "bitstamp")
 MAX_SNAPSHOTS = 16  # chain snapshots kept for reorgs
 
 # Faults the scheduler may inject; ``--faults`` picks a subset (default: all of DEFAULT_FAULTS).
-FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "reorg", "deep_reorg", "ledger_outage")
-DEFAULT_FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "reorg", "ledger_outage")
+FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "deep_reorg", "ledger_outage",
+          "concurrent")
+DEFAULT_FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "ledger_outage")
 
 # (op, weight, fault that enables it or None)
 WEIGHTS: tuple[tuple[str, int, str | None], ...] = (
     ("deposit", 8, None), ("mine", 10, None), ("wallet_tick", 8, None), ("consolidate", 3, None),
     ("withdraw", 8, None), ("withdraw_retry", 3, None), ("cancel", 2, None),
     ("approve", 5, None), ("reject", 1, None), ("dispatch", 6, None), ("release_due", 2, None),
-    ("collateral", 5, None), ("order", 12, None), ("collude", 3, None), ("cancel_orders", 2, None),
+    ("collateral", 5, None), ("order", 12, None), ("make_market", 6, None), ("collude", 3, None),
+    ("cancel_orders", 2, None),
     ("quote", 8, None), ("advance", 2, None), ("clock", 4, None),
     ("checkpoint", 2, None), ("audit", 1, None), ("expire_holds", 1, None),
     ("crash", 1, "crash"), ("torn_tail", 1, "torn_tail"), ("duplicate", 3, "duplicate"),
-    ("clock_jump", 1, "clock_jump"), ("reorg", 2, "reorg"), ("deep_reorg", 1, "deep_reorg"),
-    ("ledger_outage", 1, "ledger_outage"),
+    ("clock_jump", 1, "clock_jump"),
+    ("expiry_jump", 1, "expiry"), ("reorg", 2, "reorg"), ("deep_reorg", 1, "deep_reorg"),
+    ("ledger_outage", 1, "ledger_outage"), ("concurrent_withdraw", 3, "concurrent"),
 )
 
 
@@ -105,16 +111,25 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
         amount = max(1, rng.choice((available // 3, available, available + 1, rng.randint(1, 5_000) * USDC)))
         return {"op": op, "trader": trader, "direction": direction, "amount": amount}
     if op == "order":
-        return _order(rng, model, trader)
+        return _order(rng, world, trader)
     if op == "collude":
         a, b = rng.sample(world.traders, 2) if len(world.traders) > 1 else (trader, trader)
-        underlying = rng.choice(("BTC", "ETH"))
-        symbol = PERPS[underlying]
-        edge = rng.choice((-1, 1))
-        price = _round(model.prices[underlying] * (10_000 + edge * rng.randint(500, 999)) // 10_000,
-                       TICKS[symbol])
-        return {"op": op, "seller": a, "buyer": b, "symbol": symbol, "qty": rng.randint(1, 50),
-                "price": price}
+        symbol = rng.choice(SYMBOLS)
+        # Far from the mark, at the band's edge: the loss lands on one colluder, the gain on the other.
+        price = _band_price(world, symbol, rng.choice((-1, 1)) * rng.randint(5_000, 9_900))
+        qty = rng.choice((1, 10, 50)) if _is_option(world, symbol) else rng.choice((5, 50, 500, 3_000))
+        action = {"op": op, "seller": a, "buyer": b, "symbol": symbol, "qty": qty, "price": price}
+        if rng.random() < 0.25:
+            action["margin_mode"] = "isolated"
+        return action
+    if op == "make_market":
+        symbol = rng.choice(SYMBOLS)
+        spread = rng.randint(20, 800)  # per 10,000 of the band on each side
+        qty = rng.choice((1, 5, 20)) if _is_option(world, symbol) else rng.choice((50, 200, 1_000))
+        return {"op": op, "trader": trader, "symbol": symbol, "qty": qty,
+                "bid": _band_price(world, symbol, -spread), "ask": _band_price(world, symbol, spread)}
+    if op == "expiry_jump":
+        return {"op": op, "before_ms": rng.choice((0, 60_000, 10 * 60_000, 25 * 60_000, 45 * 60_000))}
     if op == "cancel_orders":
         return {"op": op, "trader": trader}
     if op == "quote":
@@ -130,6 +145,11 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
     if op == "ledger_outage":
         return {"op": op, "trader": trader, "amount": max(1, _available(world, trader, "USDC") // 2),
                 "lag": rng.randint(0, 6)}
+    if op == "concurrent_withdraw":
+        asset = rng.choice(("ETH", "USDC"))
+        amount = max(1, _available(world, trader, asset) // rng.choice((2, 3, 10)))
+        return {"op": op, "trader": trader, "asset": asset, "amount": amount,
+                "key": f"{trader}-c{rng.random():.6f}", "copies": rng.randint(2, 4)}
     if op == "torn_tail":
         return {"op": op, "garbage": rng.randbytes(rng.randint(1, 40)).hex()}
     return {"op": op}
@@ -139,19 +159,36 @@ def _round(price: int, tick: int) -> int:
     return max(tick, price // tick * tick)
 
 
-def _order(rng: random.Random, model: Model, trader: str) -> Action:
-    underlying = rng.choice(("BTC", "ETH"))
-    symbol = PERPS[underlying]
+def _is_option(world: World, symbol: str) -> bool:
+    return world.svc.exchange.venue.specs[symbol].is_option
+
+
+def _band_price(world: World, symbol: str, per_10k_of_band: int) -> int:
+    """Return a price ``per_10k_of_band``/10,000 of the way from the reference to the band's edge."""
+    venue = world.svc.exchange.venue
+    spec = venue.specs[symbol]
+    ref = venue.books[symbol].reference_price or venue.clearing.marks.get(symbol) or spec.tick_size
+    width = ref * spec.band_bps // 10_000
+    return _round(ref + width * per_10k_of_band // 10_000, spec.tick_size)
+
+
+def _order(rng: random.Random, world: World, trader: str) -> Action:
+    symbol = rng.choice(SYMBOLS)
     side = rng.choice(("buy", "sell"))
     kind = rng.choice(("limit", "limit", "limit", "market"))
+    sizes = (1, 5, 20, 50) if _is_option(world, symbol) else (1, 5, 20, 100, 500, 2_000, 6_000)
     action: Action = {"op": "order", "trader": trader, "symbol": symbol, "side": side,
-                      "qty": rng.choice((1, 5, 20, 100, 500, 2_000)), "type": kind}
+                      "qty": rng.choice(sizes), "type": kind}
     if kind == "limit":
-        offset_bps = rng.randint(-950, 950)  # anywhere inside the 10 % band
-        action["price"] = _round(model.prices[underlying] * (10_000 + offset_bps) // 10_000, TICKS[symbol])
+        action["price"] = _band_price(world, symbol, rng.randint(-9_500, 9_500))  # anywhere in the band
         action["tif"] = rng.choice(("GTC", "GTC", "IOC", "POST_ONLY" if rng.random() < 0.1 else "GTC"))
     else:
         action["tif"] = "IOC"
+    roll = rng.random()
+    if roll < 0.1:
+        action["reduce_only"] = True
+    elif roll < 0.2:
+        action["margin_mode"] = "isolated"
     return action
 
 
@@ -308,21 +345,31 @@ def _place(world: World, model: Model, trader: str, body: dict[str, Any]) -> Rep
 
 
 def _order_action(world: World, model: Model, a: Action) -> str:
-    body: dict[str, Any] = {k: a[k] for k in ("symbol", "side", "qty", "type", "tif") if k in a}
-    if "price" in a:
-        body["price"] = a["price"]
+    fields = ("symbol", "side", "qty", "type", "tif", "price", "reduce_only", "margin_mode")
+    body: dict[str, Any] = {k: a[k] for k in fields if k in a}
     body["id"] = model.next_id(f"{a['trader']}-o")
     return _outcome(_place(world, model, a["trader"], body))
 
 
 def _collude(world: World, model: Model, a: Action) -> str:
+    mode = {"margin_mode": a["margin_mode"]} if "margin_mode" in a else {}
     sell = {"symbol": a["symbol"], "side": "sell", "qty": a["qty"], "type": "limit", "price": a["price"],
-            "tif": "GTC", "id": model.next_id(f"{a['seller']}-c")}
+            "tif": "GTC", "id": model.next_id(f"{a['seller']}-c"), **mode}
     first = _place(world, model, a["seller"], sell)
     buy = {"symbol": a["symbol"], "side": "buy", "qty": a["qty"], "type": "limit", "price": a["price"],
-           "tif": "IOC", "id": model.next_id(f"{a['buyer']}-c")}
+           "tif": "IOC", "id": model.next_id(f"{a['buyer']}-c"), **mode}
     second = _place(world, model, a["buyer"], buy)
     return f"{_outcome(first)} / {_outcome(second)}"
+
+
+def _make_market(world: World, model: Model, a: Action) -> str:
+    """Rest a bid and an ask around the reference, so takers and liquidations find liquidity."""
+    outcomes = []
+    for side, price in (("buy", a["bid"]), ("sell", a["ask"])):
+        body = {"symbol": a["symbol"], "side": side, "qty": a["qty"], "type": "limit", "price": price,
+                "tif": "GTC", "id": model.next_id(f"{a['trader']}-m")}
+        outcomes.append(_outcome(_place(world, model, a["trader"], body)))
+    return " / ".join(outcomes)
 
 
 def _cancel_orders(world: World, model: Model, a: Action) -> str:
@@ -351,8 +398,22 @@ def _clock(world: World, model: Model, a: Action) -> str:
     return f"now {world.clock.now_ms}"
 
 
+def _expiry_jump(world: World, model: Model, a: Action) -> str:
+    """Jump to ``before_ms`` before the dated instruments' expiry (if not past it already)."""
+    target = EXPIRY_MS - a["before_ms"]
+    if world.clock.now_ms >= target:
+        return "already there"
+    world.clock.advance(target - world.clock.now_ms)
+    return f"now {world.clock.now_ms}"
+
+
 def _checkpoint(world: World, model: Model, a: Action) -> str:
-    checkpoint = world.svc.audit().create_checkpoint()
+    from custody.audit.codes import AuditError
+
+    try:
+        checkpoint = world.svc.audit().create_checkpoint()
+    except AuditError as exc:  # e.g. nothing new since the last one: a refusal, not a fault
+        return f"refused {exc.code.name.lower()}"
     return f"checkpoint {checkpoint.number} at {checkpoint.tree_size}"
 
 
@@ -425,6 +486,38 @@ def _ledger_outage(world: World, model: Model, a: Action) -> str:
     return outcome
 
 
+def _concurrent_withdraw(world: World, model: Model, a: Action) -> str:
+    """The same withdrawal (same id, as one Idempotency-Key gives) requested by several threads at
+    once, as a client retrying on a timeout would. Thread scheduling is not seeded: this fault is
+    the one source of non-determinism and is off by default (``--faults concurrent``)."""
+    from custody.withdrawals.service import WithdrawalInput
+
+    trader = a["trader"]
+    known = model.keys.setdefault(trader, [])
+    if all(k != a["key"] for k, _, _ in known):
+        known.append((a["key"], a["asset"], a["amount"]))
+    access = world.svc.access
+    user = access.users.get_user(trader)
+    request = WithdrawalInput(a["asset"], a["amount"], destination_of(trader))
+    wid = withdrawal_id(trader, a["key"])
+    barrier = threading.Barrier(a["copies"])
+    outcomes: list[str] = []
+
+    def one() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(access.withdrawals.create(user, request, wid).state)
+        except Exception as exc:  # the loser's refusal or error is an outcome
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(a["copies"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return " ".join(sorted(outcomes))
+
+
 class RecoveryMismatch(AssertionError):
     """The exchange recovered to a different state than the one that crashed."""
 
@@ -437,4 +530,6 @@ HANDLERS = {
     "advance": _advance, "clock": _clock, "checkpoint": _checkpoint, "audit": _audit,
     "expire_holds": _expire_holds, "crash": _crash, "torn_tail": _torn_tail, "duplicate": _duplicate,
     "clock_jump": _clock, "reorg": _reorg, "deep_reorg": _reorg, "ledger_outage": _ledger_outage,
+    "concurrent_withdraw": _concurrent_withdraw, "expiry_jump": _expiry_jump,
+    "make_market": _make_market,
 }

@@ -201,6 +201,47 @@ def exchange_agrees_with_ledger(world: World) -> list[Violation]:
     return out
 
 
+TRADING_OPS = frozenset({"order", "collude"})
+
+
+FUND = "<insurance>"
+BAD_DEBT = "<bad_debt>"
+
+
+def equities(world: World) -> dict[str, int]:
+    """Return every exchange account's equity at the current marks, plus the fund and bad debt."""
+    clearing = world.svc.exchange.venue.clearing
+    with world.svc.exchange.lock:
+        found = {a.id: clearing.valuation(a)[0] for a in clearing.accounts.values()}
+        found[FUND] = clearing.insurance
+        found[BAD_DEBT] = clearing.bad_debt
+        return found
+
+
+def fill_violations(world: World, action: dict[str, object], before: dict[str, int]) -> list[Violation]:
+    """Trading at unchanged marks never leaves an account's equity negative, and never costs the
+    insurance fund or the platform (bad debt): whatever colluders gain, a counterparty who chose
+    to trade paid, not the platform."""
+    after = equities(world)
+    out = [Violation("fill_leaves_equity_non_negative",
+                     f"{acct}: equity {before.get(acct, 0)} -> {equity} after {action['op']}")
+           for acct, equity in sorted(after.items())
+           if acct not in (FUND, BAD_DEBT) and equity < 0 <= before.get(acct, 0)]
+    for key in (FUND, BAD_DEBT):
+        if after[key] < before[key]:
+            out.append(Violation("fills_cost_the_platform_nothing",
+                                 f"{key} {before[key]} -> {after[key]} after {action['op']} {action}"))
+    return out
+
+
+def user_balance_not_negative(world: World) -> list[Violation]:
+    """No flat exchange account is left with negative collateral (losses are socialised, not left)."""
+    clearing = world.svc.exchange.venue.clearing
+    return [Violation("user_balance_not_negative", f"{a.id}: flat with collateral {a.cash}")
+            for a in clearing.accounts.values()
+            if a.cash < 0 and not any(p.size for p in a.positions.values())]
+
+
 def chain_reconciles(world: World) -> list[Violation]:
     """On-chain holdings equal the ledger's wallet accounts plus what is in flight.
 
@@ -225,6 +266,21 @@ def audit_export_verifies(world: World) -> list[Violation]:
     return [Violation("audit_export_verifies", f"{f.code}: {f.message}") for f in report.failures[:5]]
 
 
+def settled_after_quiescence(world: World) -> list[Violation]:
+    """After the chain and the jobs have run on without new requests, every outgoing transaction is
+    final and no approved withdrawal is left unsent (Jepsen's final read after healing)."""
+    sessions = world.svc.app.extensions["strongroom.sessions"]
+    with sessions() as session:
+        open_txs = session.scalars(select(ChainTransaction).where(
+            ChainTransaction.status.not_in(("confirmed", "failed")))).all()
+        stuck = session.scalars(select(WithdrawalRequest).where(
+            WithdrawalRequest.state.in_(("approved", "broadcasting")))).all()
+    out = [Violation("settled_after_quiescence", f"transaction {t.id} still {t.status}: {t.note[:160]}")
+           for t in open_txs]
+    out += [Violation("settled_after_quiescence", f"withdrawal {w.id} still {w.state}") for w in stuck]
+    return out
+
+
 EVERY_STEP: tuple[tuple[str, Check], ...] = (
     ("ledger_zero_sum", ledger_zero_sum),
     ("constrained_accounts_non_negative", constrained_accounts_non_negative),
@@ -232,11 +288,13 @@ EVERY_STEP: tuple[tuple[str, Check], ...] = (
     ("no_double_send", no_double_send),
     ("claims_covered_by_holdings", claims_covered_by_holdings),
     ("exchange_agrees_with_ledger", exchange_agrees_with_ledger),
+    ("user_balance_not_negative", user_balance_not_negative),
 )
 AT_AUDIT: tuple[tuple[str, Check], ...] = (
     ("chain_reconciles", chain_reconciles),
     ("audit_export_verifies", audit_export_verifies),
 )
+AT_END: tuple[tuple[str, Check], ...] = (("settled_after_quiescence", settled_after_quiescence),)
 
 
 def check(world: World, checks: tuple[tuple[str, Check], ...]) -> list[Violation]:

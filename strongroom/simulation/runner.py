@@ -24,13 +24,23 @@ from custody.ledger.posting import TransferRequest
 from custody.wallets.wallet import Temperature
 from strongroom.simulation import actors
 from strongroom.simulation.actors import Action, Model, RecoveryMismatch
-from strongroom.simulation.invariants import AT_AUDIT, EVERY_STEP, Violation, check
+from strongroom.simulation.invariants import (
+    AT_AUDIT,
+    AT_END,
+    EVERY_STEP,
+    TRADING_OPS,
+    Violation,
+    check,
+    equities,
+    fill_violations,
+)
 from strongroom.simulation.world import CONFIRMATIONS, World, build_world
 
 SCENARIO_FORMAT = "strongroom.simulation.scenario.v1"
 DEFAULT_TRADERS = 4
 DEFAULT_AUDIT_EVERY = 50
 PLATFORM_ETH_WEI = 100 * 10**18  # the platform's own ETH in the hot wallet: it pays the gas
+PLATFORM_USDC_MINOR = 50_000 * 10**6  # the platform's own USDC: it capitalises the insurance fund
 MAX_SHRINK_RUNS = 40
 TRACE_TAIL = 25
 
@@ -60,6 +70,7 @@ class RunResult:
     failure: Failure | None = None
     seconds: float = 0.0
     restarts: int = 0
+    events: dict[str, int] = field(default_factory=dict)  # what happened on the exchange, by kind
 
     @property
     def ok(self) -> bool:
@@ -79,6 +90,7 @@ class RunResult:
             "traders": self.traders, "ok": self.ok, "seconds": round(self.seconds, 2),
             "steps_per_s": round(len(self.trace) / self.seconds, 1) if self.seconds else None,
             "restarts": self.restarts, "ops": dict(sorted(ops.items())),
+            "exchange_events": self.events,
         }
         if self.failure is not None:
             body["failure"] = self.failure.to_dict()
@@ -87,18 +99,25 @@ class RunResult:
 
 
 def fund_platform(world: World) -> None:
-    """Give the hot wallet the platform's own ETH (for gas), on chain and in the ledger."""
+    """Give the hot wallet the platform's own ETH (gas) and USDC (insurance fund), on chain and in
+    the ledger, and capitalise the exchange's insurance fund with that USDC."""
     runtime = world.svc.runtime
     hot = runtime.wallets.one("ethereum", Temperature.HOT)
     address = runtime.wallets.primary_address(hot.id).address
     world.chain.send_eth(address, PLATFORM_ETH_WEI)
+    world.chain.mint(address, PLATFORM_USDC_MINOR)
     world.chain.mine(1)
     ledger = world.svc.ledger
-    equity = ledger.ensure_account("platform-equity", "ETH", AccountKind.EXTERNAL)
-    ledger.transfer(TransferRequest(id="sim-platform-equity-ETH",
-                                    debit_account=runtime.wallets.wallet_account(hot, "ETH"),
-                                    credit_account=equity.id, amount=PLATFORM_ETH_WEI,
-                                    reference="platform's own ETH for gas"))
+    for asset, amount in (("ETH", PLATFORM_ETH_WEI), ("USDC", PLATFORM_USDC_MINOR)):
+        equity = ledger.ensure_account("platform-equity", asset, AccountKind.EXTERNAL)
+        ledger.transfer(TransferRequest(id=f"sim-platform-equity-{asset}",
+                                        debit_account=runtime.wallets.wallet_account(hot, asset),
+                                        credit_account=equity.id, amount=amount,
+                                        reference="platform's own funds"))
+    # The exchange seeds its fund from its own wallet account (exchange.risk.clearing.WALLET); the
+    # USDC behind it is the platform's, booked above against the custody hot wallet.
+    with world.svc.exchange.command() as venue:
+        venue.seed_insurance(PLATFORM_USDC_MINOR)
 
 
 def bootstrap(world: World) -> None:
@@ -135,6 +154,7 @@ def _setup(seed: int, traders: int, workdir: Path | None) -> World:
 
 def _step(world: World, model: Model, action: Action, audit_every: int,
           index: int) -> tuple[str, list[Violation]]:
+    before = equities(world) if action["op"] in TRADING_OPS else None
     try:
         outcome = actors.apply(world, model, action)
     except RecoveryMismatch as exc:
@@ -142,11 +162,12 @@ def _step(world: World, model: Model, action: Action, audit_every: int,
     except Exception as exc:  # an unexpected exception out of the platform is a finding
         message = f"{action['op']} raised {type(exc).__name__}: {exc}"
         return "raised", [Violation("no_unexpected_exception", message)]
+    found = [] if before is None else fill_violations(world, action, before)
     checks = EVERY_STEP
     if model.audit_due or (audit_every and (index + 1) % audit_every == 0):
         checks = EVERY_STEP + AT_AUDIT
         model.audit_due = False
-    return outcome, check(world, checks)
+    return outcome, found + check(world, checks)
 
 
 def run(seed: int, steps: int, faults: Sequence[str] = actors.DEFAULT_FAULTS, *,
@@ -169,14 +190,45 @@ def run(seed: int, steps: int, faults: Sequence[str] = actors.DEFAULT_FAULTS, *,
                 result.failure = Failure(index, violations, action)
                 break
         else:
-            final = check(world, EVERY_STEP + AT_AUDIT)
+            quiesce(world)
+            final = check(world, EVERY_STEP + AT_AUDIT + AT_END)
             if final:
                 result.failure = Failure(total, final, None)
         result.restarts = world.restarts
+        result.events = exchange_events(world)
     finally:
         world.close()
         result.seconds = time.perf_counter() - started
     return result
+
+
+QUIESCE_ROUNDS = 2 * CONFIRMATIONS + 6
+
+
+def quiesce(world: World) -> None:
+    """Let time pass without new requests: mine, run the wallet round and the dispatcher, release
+    delayed withdrawals, until everything in flight had its chance to finish."""
+    svc = world.svc
+    for _ in range(QUIESCE_ROUNDS):
+        world.clock.advance(60_000)
+        world.chain.mine(1)
+        svc.runtime.tick()
+        for asset in ("ETH", "USDC"):
+            svc.runtime.treasury.consolidate(asset)
+        svc.dispatcher.run()
+    svc.runtime.tick()
+    svc.dispatcher.run()
+
+
+def exchange_events(world: World) -> dict[str, int]:
+    """Count the exchange's risk events and fills of the current process (since its last start)."""
+    svc = world.svc.exchange
+    counts: dict[str, int] = {}
+    for event in svc.events:
+        name = type(event).__name__
+        counts[name] = counts.get(name, 0) + 1
+    counts["fills"] = sum(len(f) for f in svc.venue.fills.values())
+    return dict(sorted(counts.items()))
 
 
 def replay(scenario: dict[str, Any], workdir: Path | None = None) -> RunResult:

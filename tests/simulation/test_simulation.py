@@ -108,7 +108,17 @@ def test_simulate_command_unknown_fault_is_refused() -> None:
     assert "unknown fault" in outcome.output
 
 
-@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.json")), ids=lambda p: p.stem)
+def _scenarios() -> list[Any]:
+    """Every kept scenario; one for a bug another issue is fixing carries ``"xfail": reason``."""
+    cases = []
+    for path in sorted(SCENARIOS.glob("*.json")):
+        reason = runner.read_scenario(path).get("xfail")
+        marks = [pytest.mark.xfail(reason=reason, strict=False)] if reason else []
+        cases.append(pytest.param(path, id=path.stem, marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize("path", _scenarios())
 def test_simulation_regression_scenario_passes(path: Path) -> None:
     scenario = runner.read_scenario(path)
     result = runner.replay(scenario)
