@@ -18,18 +18,14 @@ from typing import Any
 
 from exchange.journal import list_segments
 from strongroom.simulation.client import Reply, withdrawal_subject
-from strongroom.simulation.world import ADMIN, AUDITOR, CONFIRMATIONS, TREASURY, World, destination_of
+from strongroom.simulation.world import AUDITOR, CONFIRMATIONS, TREASURY, World, destination_of
 
 Action = dict[str, Any]
 
 ETH = 10**18
 USDC = 10**6
 PRICE_START = {"BTC": 60_000 * USDC, "ETH": 3_000 * USDC}
-# Perpetuals most of the time; the dated future and the options (which expire) some of the time.
-SYMBOLS = ("BTC-PERP", "BTC-PERP", "BTC-PERP", "ETH-PERP", "ETH-PERP", "BTC-27MAR26",
-           "BTC-27MAR26-60000-C", "BTC-27MAR26-50000-P", "ETH-27MAR26-3000-C")
-EXPIRY_MS = 1_774_598_400_000  # 2026-03-27T08:00:00Z, the dated instruments' expiry
-SOURCES = ("coinbase", "kraken", "bitstamp")
+PERP_WEIGHT = 4  # a perpetual is this many times likelier to be picked than a dated instrument
 MAX_SNAPSHOTS = 16  # chain snapshots kept for reorgs
 
 # Faults the scheduler may inject; ``--faults`` picks a subset (default: all of DEFAULT_FAULTS).
@@ -44,7 +40,7 @@ WEIGHTS: tuple[tuple[str, int, str | None], ...] = (
     ("approve", 5, None), ("reject", 1, None), ("dispatch", 6, None), ("release_due", 2, None),
     ("collateral", 5, None), ("order", 12, None), ("make_market", 6, None), ("collude", 3, None),
     ("cancel_orders", 2, None),
-    ("quote", 8, None), ("advance", 2, None), ("clock", 4, None),
+    ("quote", 8, None), ("market_tick", 4, None), ("clock", 4, None),
     ("checkpoint", 2, None), ("audit", 1, None), ("expire_holds", 1, None),
     ("crash", 1, "crash"), ("torn_tail", 1, "torn_tail"), ("duplicate", 3, "duplicate"),
     ("clock_jump", 1, "clock_jump"),
@@ -114,7 +110,7 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
         return _order(rng, world, trader)
     if op == "collude":
         a, b = rng.sample(world.traders, 2) if len(world.traders) > 1 else (trader, trader)
-        symbol = rng.choice(SYMBOLS)
+        symbol = _symbol(rng, world)
         # Far from the mark, at the band's edge: the loss lands on one colluder, the gain on the other.
         price = _band_price(world, symbol, rng.choice((-1, 1)) * rng.randint(5_000, 9_900))
         qty = rng.choice((1, 10, 50)) if _is_option(world, symbol) else rng.choice((5, 50, 500, 3_000))
@@ -123,7 +119,7 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
             action["margin_mode"] = "isolated"
         return action
     if op == "make_market":
-        symbol = rng.choice(SYMBOLS)
+        symbol = _symbol(rng, world)
         spread = rng.randint(20, 800)  # per 10,000 of the band on each side
         qty = rng.choice((1, 5, 20)) if _is_option(world, symbol) else rng.choice((50, 200, 1_000))
         return {"op": op, "trader": trader, "symbol": symbol, "qty": qty,
@@ -172,8 +168,16 @@ def _band_price(world: World, symbol: str, per_10k_of_band: int) -> int:
     return _round(ref + width * per_10k_of_band // 10_000, spec.tick_size)
 
 
+def _symbol(rng: random.Random, world: World) -> str:
+    """Pick a trading instrument (the listing calendar decides which exist); perpetuals mostly."""
+    venue = world.svc.exchange.venue
+    trading = sorted(s for s, spec in venue.specs.items() if venue.clearing.trading.get(s))
+    weights = [PERP_WEIGHT if venue.specs[s].kind == "perpetual" else 1 for s in trading]
+    return rng.choices(trading, weights=weights)[0] if trading else "BTC-PERP"
+
+
 def _order(rng: random.Random, world: World, trader: str) -> Action:
-    symbol = rng.choice(SYMBOLS)
+    symbol = _symbol(rng, world)
     side = rng.choice(("buy", "sell"))
     kind = rng.choice(("limit", "limit", "limit", "market"))
     sizes = (1, 5, 20, 50) if _is_option(world, symbol) else (1, 5, 20, 100, 500, 2_000, 6_000)
@@ -198,9 +202,8 @@ def _quote(rng: random.Random, model: Model) -> Action:
     jump = rng.random() < 0.08
     move_bps = rng.choice((-1, 1)) * rng.randint(500, 2_500) if jump else rng.randint(-60, 60)
     new_price = max(USDC, price * (10_000 + move_bps) // 10_000)
-    # Usually every source quotes; sometimes one or two stay silent (stale sources).
-    sources = list(SOURCES) if rng.random() < 0.8 else rng.sample(SOURCES, rng.randint(1, 2))
-    return {"op": "quote", "underlying": underlying, "price": new_price, "sources": sources}
+    # Sometimes the sources fall silent: the index goes stale and new risk halts.
+    return {"op": "quote", "underlying": underlying, "price": new_price, "silent": rng.random() < 0.1}
 
 
 def _available(world: World, owner: str, asset: str) -> int:
@@ -381,16 +384,26 @@ def _cancel_orders(world: World, model: Model, a: Action) -> str:
 
 
 def _quote_action(world: World, model: Model, a: Action) -> str:
-    model.prices[a["underlying"]] = a["price"]
-    last = None
-    for source in a["sources"]:
-        last = _api(world, model, ADMIN, "POST", "/api/v1/exchange/operator/quotes",
-                    {"underlying": a["underlying"], "source": source, "price": a["price"]}, remember=False)
-    return "no source" if last is None else _outcome(last)
+    """Move the outside market (or silence its sources), then let the market job run once."""
+    underlying = a["underlying"]
+    if a.get("silent"):
+        world.market_prices[underlying] = None
+        world.svc.feed.silence(underlying)
+    else:
+        model.prices[underlying] = a["price"]
+        world.market_prices[underlying] = a["price"]
+        world.svc.feed.set(underlying, a["price"])
+    return _market_tick(world, model, a)
 
 
-def _advance(world: World, model: Model, a: Action) -> str:
-    return _outcome(_api(world, model, ADMIN, "POST", "/api/v1/exchange/operator/advance", remember=False))
+def _market_tick(world: World, model: Model, a: Action) -> str:
+    """One round of the server's market job: funding and expiries due, index and marks, listings."""
+    report = world.svc.market.run_due()
+    parts = [f"funding {report.funding}" if report.funding else "",
+             f"settled {report.settlements}" if report.settlements else "",
+             f"listed {len(report.listed)}" if report.listed else "",
+             f"delisted {len(report.delisted)}" if report.delisted else ""]
+    return " ".join(p for p in parts if p) or "ok"
 
 
 def _clock(world: World, model: Model, a: Action) -> str:
@@ -399,9 +412,14 @@ def _clock(world: World, model: Model, a: Action) -> str:
 
 
 def _expiry_jump(world: World, model: Model, a: Action) -> str:
-    """Jump to ``before_ms`` before the dated instruments' expiry (if not past it already)."""
-    target = EXPIRY_MS - a["before_ms"]
-    if world.clock.now_ms >= target:
+    """Jump to ``before_ms`` before the next listed expiry (if not past that moment already)."""
+    now = world.clock.now_ms
+    expiries = [s.expiry_ms for s in world.svc.exchange.venue.specs.values()
+                if s.expiry_ms is not None and s.expiry_ms > now]
+    if not expiries:
+        return "nothing expires"
+    target = min(expiries) - a["before_ms"]
+    if now >= target:
         return "already there"
     world.clock.advance(target - world.clock.now_ms)
     return f"now {world.clock.now_ms}"
@@ -527,7 +545,7 @@ HANDLERS = {
     "withdraw": _withdraw, "withdraw_retry": _withdraw, "cancel": _cancel, "approve": _approve,
     "reject": _reject, "dispatch": _dispatch, "release_due": _release_due, "collateral": _collateral,
     "order": _order_action, "collude": _collude, "cancel_orders": _cancel_orders, "quote": _quote_action,
-    "advance": _advance, "clock": _clock, "checkpoint": _checkpoint, "audit": _audit,
+    "market_tick": _market_tick, "clock": _clock, "checkpoint": _checkpoint, "audit": _audit,
     "expire_holds": _expire_holds, "crash": _crash, "torn_tail": _torn_tail, "duplicate": _duplicate,
     "clock_jump": _clock, "reorg": _reorg, "deep_reorg": _reorg, "ledger_outage": _ledger_outage,
     "concurrent_withdraw": _concurrent_withdraw, "expiry_jump": _expiry_jump,

@@ -133,8 +133,7 @@ def bootstrap(world: World) -> None:
         world.chain.mine(1)
         world.svc.runtime.tick()
     for underlying, price in actors.PRICE_START.items():
-        actors.apply(world, model, {"op": "quote", "underlying": underlying, "price": price,
-                                    "sources": list(actors.SOURCES)})
+        actors.apply(world, model, {"op": "quote", "underlying": underlying, "price": price})
     for trader in world.traders:
         outcome = actors.apply(world, model, {"op": "collateral", "trader": trader, "direction": "deposit",
                                               "amount": 20_000 * actors.USDC})

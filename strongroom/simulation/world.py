@@ -29,6 +29,8 @@ from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
 from custody.wallets.runtime import WalletRuntime, build_runtime
 from custody.withdrawals.dispatch import WithdrawalDispatcher
+from exchange.feeds import ScriptedFeed
+from exchange.schedule import MarketScheduler
 from exchange.service import ExchangeService
 from policies.api_key import Scope
 from policies.mfa import totp_code
@@ -80,6 +82,8 @@ class Services:
     client: FlaskClient
     runtime: WalletRuntime
     dispatcher: WithdrawalDispatcher
+    feed: ScriptedFeed
+    market: MarketScheduler
 
     @property
     def ledger(self) -> Ledger:
@@ -119,6 +123,7 @@ class World:
     services: Services | None = None
     restarts: int = 0
     exchange_lag_steps: int = 0  # steps the invariants leave the exchange's ledger backlog alone
+    market_prices: dict[str, int | None] = field(default_factory=dict)  # None: sources silent
     balance_cache: dict[object, object] = field(default_factory=dict)  # chain reads, per head block
 
     @property
@@ -141,7 +146,14 @@ class World:
                          settings=settings)
         dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
                                           list(ASSETS), self.clock, app.extensions["strongroom.ledger"])
-        self.services = Services(app, app.test_client(), runtime, dispatcher)
+        exchange: ExchangeService = app.extensions["strongroom.exchange"]
+        # The outside market's prices survive a restart; the feed reading them is rebuilt.
+        feed = ScriptedFeed(exchange.venue.config.indices)
+        for underlying, price in sorted(self.market_prices.items()):
+            if price is not None:
+                feed.set(underlying, price)
+        market = MarketScheduler(exchange, self.clock, feed)
+        self.services = Services(app, app.test_client(), runtime, dispatcher, feed, market)
         return self.services
 
     def crash(self) -> None:
