@@ -281,6 +281,7 @@ class Venue:
 
     def deposit(self, account: str, amount: int) -> None:
         """Move spot balance into exchange collateral."""
+        _journalable(account, amount)
         _positive(amount)
         self.clearing.begin()
         self.clearing.deposit(account, amount)
@@ -288,6 +289,7 @@ class Venue:
 
     def withdraw(self, account: str, amount: int) -> RiskCode:
         """Move free collateral back to the spot balance."""
+        _journalable(account, amount)
         self.clearing.begin()
         code = self.clearing.withdraw(account, amount)
         self._log(Withdraw(account, amount))
@@ -295,6 +297,7 @@ class Venue:
 
     def seed_insurance(self, amount: int) -> None:
         """Capitalise the insurance fund."""
+        _journalable("insurance", amount)
         _positive(amount)
         self.clearing.begin()
         self.clearing.seed_insurance(amount)
@@ -309,6 +312,8 @@ class Venue:
         the journal could not hold; see `order_problem`.
         """
         problem = order_problem(cmd)
+        if problem is None and not _journal_str(symbol):
+            problem = ResultCode.INVALID_COMMAND, f"symbol was {_echo(symbol)}, must be a UTF-8 string"
         if problem is not None:
             raise InvalidCommand(*problem)
         return self._place(symbol, cmd)
@@ -1110,6 +1115,12 @@ class Venue:
             self._log(Drain())
             self.recorded = 0
         return self.clearing.drain()
+
+
+def _journalable(account: str, amount: int) -> None:
+    if not _journal_str(account) or not _journal_int(amount):
+        raise InvalidCommand(ResultCode.INVALID_COMMAND, f"account {_echo(account)} / amount "
+                             f"{_echo(amount)} cannot be journaled (UTF-8 string, 64-bit integer)")
 
 
 def _positive(amount: int) -> None:

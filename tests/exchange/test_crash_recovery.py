@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -300,3 +301,21 @@ def test_cancel_all_is_journaled_and_replays_to_the_same_state(tmp_path: Path) -
     expected = v.state_hash()
     durable.close()
     assert recover(tmp_path, load_instruments()).venue.state_hash() == expected
+
+
+@pytest.mark.parametrize("call", [
+    lambda v: v.deposit("a", 2**64), lambda v: v.withdraw("a\ud800", 1), lambda v: v.seed_insurance(2**70),
+    lambda v: v.quote("BTC", "src\ud800", BTC_PRICE, 1), lambda v: v.cancel("BTC-PERP", "\ud800", "a"),
+    lambda v: v.place("BTC-PERP\ud800", NewOrder(id="x", account="a", side="buy", qty=1, price=1)),
+    lambda v: v.place("BTC-PERP", NewOrder(id="x", account="a", side="buy", qty=2**64, price=1)),
+])
+def test_venue_refuses_what_the_journal_cannot_hold_before_any_change(tmp_path: Path, call: Any) -> None:
+    durable = _started(tmp_path)
+    v = durable.venue
+    before, seq = v.state_hash(), durable.command_seq
+    with pytest.raises(InvalidCommand):
+        call(v)
+    v.drain()
+    assert (v.state_hash(), durable.command_seq) == (before, seq)
+    durable.close()
+    assert recover(tmp_path, load_instruments()).venue.state_hash() == before
