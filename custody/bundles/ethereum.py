@@ -52,10 +52,21 @@ class EthereumBundles:
     ) -> None:
         assert fee_cap_wei > 0, f"fee_cap_wei was {fee_cap_wei}"
         self.adapter = adapter
-        self._chain_id = adapter.chain_id()
-        self.network = network or network_name(self._chain_id)
+        self._named_network = network
+        self._known_chain_id: int | None = None  # Asked of the node on first use, not at start-up.
         self._confirmations = dict(confirmations)
         self._fee_cap_wei = fee_cap_wei
+
+    @property
+    def _chain_id(self) -> int:
+        if self._known_chain_id is None:
+            self._known_chain_id = self.adapter.chain_id()
+        return self._known_chain_id
+
+    @property
+    def network(self) -> str:
+        """Return the network name the signer's anchors use (default from the node's chain id)."""
+        return self._named_network or network_name(self._chain_id)
 
     def confirmations(self, asset: str) -> int:
         return self._confirmations.get(asset, DEFAULT_CONFIRMATIONS)

@@ -153,7 +153,7 @@ class WithdrawalSource:
         rule = row.rule_id or "allow"
         terms = self._terms.named(row.asset, rule, wallet_name)
         if terms is None:
-            raise BundleError(BundleCode.CHAIN_NOT_CONFIGURED, f"no cold transfer terms for {row.asset}")
+            raise BundleError(BundleCode.CHAIN_NOT_CONFIGURED, _no_terms(row.asset))
         quorum = None
         outdated = 0
         if row.required_group is not None:
@@ -245,7 +245,7 @@ class RefillSource:
         wallet_id, wallet_name, address = _wallet(session, wallet_id=row.source_wallet_id)
         terms = self._terms.named(row.asset, treasury.REFILL_RULE, wallet_name)
         if terms is None:
-            raise BundleError(BundleCode.CHAIN_NOT_CONFIGURED, f"no cold transfer terms for {row.asset}")
+            raise BundleError(BundleCode.CHAIN_NOT_CONFIGURED, _no_terms(row.asset))
         quorum = verify_quorum(
             treasury.refill_subject(row.id, row.asset, row.amount_minor, row.destination, terms),
             treasury.refill_approvals(session, row.id),
@@ -294,3 +294,10 @@ class RefillSource:
             subject=request_id,
             details={"reason": reason},
         )
+
+
+def _no_terms(asset: str) -> str:
+    return (
+        f"the transfer terms of {asset[:16]} (chain, network, fee cap) are unknown: no chain for it is "
+        "configured, or its node does not answer"
+    )

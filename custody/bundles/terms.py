@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from custody.bundles.chains import BundleChains
 from custody.bundles.codes import BundleError
+from custody.chains.adapter import ChainError
 from custody.wallets.models import Wallet
 from custody.wallets.wallet import Temperature
 from policies.approval import TransferTerms
@@ -53,11 +54,12 @@ class TransferTermsBook:
         """Return the terms of a cold transfer of ``asset`` from the wallet called ``source_wallet``."""
         try:
             chain = self._chains.for_asset(asset)
-        except BundleError:
+            network = chain.network
+        except (BundleError, ChainError):
+            # Not configured, or the node cannot say which network it is on: the terms are unknown,
+            # so an approval made now binds none and will not count for the offline signer.
             return None
-        return TransferTerms(
-            rule_id, chain.chain.value, chain.network, source_wallet, chain.fee_cap_minor(asset)
-        )
+        return TransferTerms(rule_id, chain.chain.value, network, source_wallet, chain.fee_cap_minor(asset))
 
 
 class _TermsTaker(Protocol):

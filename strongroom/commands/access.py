@@ -36,8 +36,13 @@ DEFAULT_APPROVAL_TTL_MINUTES = 60
 ROLE_CHOICES = click.Choice(["trader", "treasury", "auditor", "compliance", "admin"])
 
 
-def services() -> AccessServices:
-    """Build the access services from the environment's settings."""
+def services(*, with_terms: bool = False) -> AccessServices:
+    """Build the access services from the environment's settings.
+
+    ``with_terms``: also connect to the configured chains, so cold withdrawals
+    show (and their approvals bind) their transfer terms; only the approval
+    commands need it, and only they fail when a node is unreachable.
+    """
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -45,6 +50,8 @@ def services() -> AccessServices:
     sessions = make_session_factory(make_engine(settings.database_url))
     keystore = LazyKeystore(lambda: open_keystore(settings))
     built = AccessServices.build(sessions, keystore, Ledger(sessions), wall_clock_ms)
+    if not with_terms:
+        return built
     from custody.bundles.terms import install_terms
     from strongroom.commands.wallets import bundle_chains, chain_runtimes_from_env
 
@@ -197,7 +204,7 @@ def approvals_show(withdrawal_id: str, text: bool) -> None:
     """Show a withdrawal, the policy's explanation and exactly what approvers sign (JSON, or --text)."""
 
     def run() -> None:
-        view = services().withdrawals.get(withdrawal_id)
+        view = services(with_terms=True).withdrawals.get(withdrawal_id)
         if not text:
             # One JSON document and nothing else, so it pipes into jq; the explanation is in "decision".
             click.echo(json.dumps(view.to_json(), indent=2))
@@ -272,7 +279,7 @@ def approvals_sign(
     """Sign an approval and print it (base64) for submission through the API."""
 
     def run() -> None:
-        svc = services()
+        svc = services(with_terms=True)
         approval = _sign(
             svc.withdrawals.get(withdrawal_id),
             username,
@@ -300,7 +307,7 @@ def approvals_approve(
     """Sign an approval with your keystore key and submit it."""
 
     def run() -> None:
-        svc = services()
+        svc = services(with_terms=True)
         view = svc.withdrawals.get(withdrawal_id)
         approval = _sign(view, username, keystore_path, key_name, key_id, ttl_minutes, svc.clock())
         result = svc.withdrawals.approve(svc.users.get_user(username), withdrawal_id, approval)
