@@ -169,6 +169,8 @@ def _verify_liability(args: argparse.Namespace, keys: Mapping[tuple[str, int], P
         pinned = key.public_key if key is not None else bytes(32)
     check = verify_liability_proof(proof, pinned, pinned_snapshot_hash=args.snapshot_hash,
                                    pinned_checkpoint=args.checkpoint)
+    if check.unusable:
+        raise FormatError(check.problems[0])
     if args.json:
         print(json.dumps({"ok": check.ok, "problems": check.problems, "asset": check.asset,
                           "user_id": check.user_id, "balance": str(check.balance),

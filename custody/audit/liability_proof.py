@@ -52,6 +52,7 @@ class LiabilityCheck:
     snapshot_hash: str = ""
     checkpoint: str = ""
     notes: list[str] = field(default_factory=list)
+    unusable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ def verify_liability_proof(
     try:
         parsed = _parse(proof)
     except FormatError as exc:
-        return LiabilityCheck(False, [f"malformed proof: {exc}"])
+        return LiabilityCheck(False, [f"malformed proof: {exc}"], unusable=True)
     problems: list[str] = []
     recomputed = root_from_proof(liability_leaf(parsed.salt, parsed.user_id, parsed.balance),
                                  parsed.index, parsed.size, parsed.path)

@@ -111,6 +111,28 @@ def lines(handle: BinaryIO, what: str, limit: int = MAX_LINE_BYTES) -> Iterator[
         raise FormatError(f"{what} line {number + 1} does not end with a newline (truncated file?)")
 
 
+def line_batches(handle: BinaryIO, what: str, limit: int = MAX_LINE_BYTES) -> Iterator[list[bytes]]:
+    """Yield the file's lines (without LF) one read chunk at a time: :func:`lines` for hot loops.
+
+    The length check runs once per chunk at C speed instead of once per line in Python.
+    """
+    rest = b""
+    number = 0
+    while True:
+        chunk = handle.read(READ_CHUNK_BYTES)
+        if not chunk:
+            break
+        parts = (rest + chunk).split(b"\n")
+        rest = parts.pop()
+        if len(rest) > limit or (parts and max(map(len, parts)) > limit):
+            long = next((i for i, p in enumerate(parts) if len(p) > limit), len(parts))
+            raise FormatError(f"{what} line {number + long + 1} is longer than {limit} bytes")
+        number += len(parts)
+        yield parts
+    if rest:
+        raise FormatError(f"{what} line {number + 1} does not end with a newline (truncated file?)")
+
+
 def printable(text: str) -> str:
     """Return ``text`` with every character outside printable ASCII escaped (\\x1b, \\u202e, ...)."""
     return _UNPRINTABLE.sub(_escape, text)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from msgspec import UNSET, UnsetType
 
 from custody.audit import snapshots as snapshot_checks
 from custody.audit.checkpoint import FIRST_PREV_CHECKPOINT, AssetTotals, Checkpoint
@@ -43,7 +42,7 @@ from custody.audit.export import (
 )
 from custody.audit.merkle import EMPTY_ROOT, NODE_PREFIX
 from custody.audit.state import AuditState
-from custody.audit.untrusted import FormatError, lines, loads, printable, read_json
+from custody.audit.untrusted import FormatError, line_batches, lines, loads, printable, read_json
 from custody.ledger.entry import (
     ACCOUNT_OWNER_PATTERN,
     ACTOR_PATTERN,
@@ -55,6 +54,7 @@ from custody.ledger.entry import (
     OPEN_ID_PREFIX,
     AccountKind,
     Entry,
+    canonical_json,
 )
 
 # Put a limit on everything: a badly broken export reports its first problems, not millions.
@@ -170,12 +170,36 @@ class Report:
         return "\n".join(printable(line) for line in lines_out)
 
 
-class _EntryStruct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
-    """The canonical entry object, fields in canonical (sorted) order for a cheap re-encode."""
+class _EntryStruct(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The canonical transfer entry, fields in canonical (sorted) order for a cheap re-encode.
 
-    account_flags: int | UnsetType = UNSET
-    account_kind: str | UnsetType = UNSET
-    account_owner: str | UnsetType = UNSET
+    The hot path decodes this; the rare ``open`` entry, whose account_* keys it
+    refuses, is decoded as :class:`_OpenStruct`.
+    """
+
+    actor: str
+    amount: str
+    asset: str
+    code: int
+    credit_account: int
+    debit_account: int
+    expires_ms: int | None
+    id: str
+    kind: str
+    pending_id: str | None
+    reference: str
+    seq: int
+    timeout_s: int
+    timestamp_ms: int
+    v: int
+
+
+class _OpenStruct(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """The canonical ``open`` entry: a transfer entry's keys plus the account's terms."""
+
+    account_flags: int
+    account_kind: str
+    account_owner: str
     actor: str
     amount: str
     asset: str
@@ -194,12 +218,20 @@ class _EntryStruct(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=
 
 
 _decode_entry = msgspec.json.Decoder(_EntryStruct).decode
+_decode_open = msgspec.json.Decoder(_OpenStruct).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def _parse_entry(raw: bytes) -> _EntryStruct:
+def _parse_entry(raw: bytes) -> _EntryStruct | _OpenStruct:
     """Parse canonical entry bytes; raise ValueError if they are not exactly canonical."""
-    parsed = _decode_entry(raw)
+    parsed: _EntryStruct | _OpenStruct
+    try:
+        parsed = _decode_entry(raw)
+    except msgspec.ValidationError:
+        # Keys are sorted, so account_* keys come first: b'{"acc' (a transfer starts b'{"act').
+        if raw[4:5] != b"c":
+            raise
+        parsed = _decode_open(raw)
     if _encode(parsed) != raw or not raw.isascii():
         # msgspec writes non-ASCII as UTF-8 where canonical form escapes it, and keeps the last
         # of duplicate keys: the reference parser accepts only the one canonical byte string.
@@ -207,22 +239,29 @@ def _parse_entry(raw: bytes) -> _EntryStruct:
     amount = parsed.amount
     if parsed.v != ENTRY_FORMAT_VERSION:
         raise ValueError(f"entry version was {parsed.v}, this verifier reads {ENTRY_FORMAT_VERSION}")
-    if parsed.kind == "open" or parsed.account_kind is not UNSET or (
-            parsed.account_flags is not UNSET or parsed.account_owner is not UNSET):
+    if parsed.kind == "open" or type(parsed) is _OpenStruct:
         _check_open_shape(parsed)
     elif not amount.isdigit() or amount.startswith("0") or (
             len(amount) >= AMOUNT_DIGITS_MAX and int(amount) >= AMOUNT_LIMIT):
         raise ValueError(f"entry amount {amount[:90]!r} must be a decimal string, 0 < amount < 2^256")
-    if not ACTOR_PATTERN.match(parsed.actor):
-        raise ValueError(f"entry actor {parsed.actor[:140]!r} is not user:<id> or service:<name>")
+    actor = parsed.actor
+    if actor not in _valid_actors:
+        if not ACTOR_PATTERN.match(actor):
+            raise ValueError(f"entry actor {actor[:140]!r} is not user:<id> or service:<name>")
+        if len(_valid_actors) < VALID_ACTORS_CACHED:
+            _valid_actors.add(actor)
     return parsed
 
 
-def _check_open_shape(parsed: _EntryStruct) -> None:
-    terms = (parsed.account_flags, parsed.account_kind, parsed.account_owner)
+# Actors repeat (a few services, the users): remember the valid ones, up to a bound.
+VALID_ACTORS_CACHED = 65_536
+_valid_actors: set[str] = set()
+
+
+def _check_open_shape(parsed: _EntryStruct | _OpenStruct) -> None:
     if parsed.kind != "open":
         raise ValueError(f"a {parsed.kind[:20]!r} entry must not carry account terms")
-    if any(term is UNSET for term in terms):
+    if not isinstance(parsed, _OpenStruct):
         raise ValueError("an open entry must carry account_owner, account_kind and account_flags")
     if parsed.amount != "0":
         raise ValueError(f"an open entry's amount was {parsed.amount[:90]!r}, must be \"0\"")
@@ -249,6 +288,7 @@ class _Replay:
 
     accounts: dict[int, list[Any]] = field(default_factory=dict)
     terms: dict[int, tuple[str, str, int]] = field(default_factory=dict)
+    opened_ms: dict[int, int] = field(default_factory=dict)
     pendings: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     ids: set[str] = field(default_factory=set)
     totals: dict[str, list[int]] = field(default_factory=dict)
@@ -313,8 +353,12 @@ def _choose_keys(
         return export_keys
     for ident, key in sorted(export_keys.items()):
         known = pinned.get(ident)
-        if known is not None and known.public_key != key.public_key:
-            report.fail("key_mismatch", f"keys.json: key {ident[0]} v{ident[1]} differs from the "
+        if known is None:
+            # A key the auditor never pinned: a rotation that skipped the key ceremony, or a lie.
+            report.fail("key_mismatch", f"keys.json: key {ident[0][:80]} v{ident[1]} is not among "
+                        "the pinned keys (pin new key versions in a key ceremony)")
+        elif known.public_key != key.public_key:
+            report.fail("key_mismatch", f"keys.json: key {ident[0][:80]} v{ident[1]} differs from the "
                         "pinned key of that name and version")
     return pinned
 
@@ -328,7 +372,10 @@ def _load_accounts(path: Path) -> dict[int, AccountRecord]:
     with handle:
         for number, line in enumerate(lines(handle, ACCOUNTS_FILE), start=1):
             where = f"{ACCOUNTS_FILE} line {number}"
-            record = AccountRecord.from_dict(loads(line, where))
+            data = loads(line, where)
+            record = AccountRecord.from_dict(data)
+            if canonical_json(data) != line:
+                raise FormatError(f"{where}: not canonical JSON (sorted keys, no whitespace, ASCII)")
             if record.id in accounts:
                 raise FormatError(f"{where}: account {record.id} appears twice")
             accounts[record.id] = record
@@ -358,7 +405,7 @@ def _scan_entries(
 ) -> _Scan:
     """Stream the entries once: chain, Merkle frontier, checkpoint roots, replay (the hot loop)."""
     scan = _Scan()
-    sha256, unhex, domain, node = hashlib.sha256, binascii.unhexlify, ENTRY_HASH_DOMAIN, NODE_PREFIX
+    sha256, tohex, domain, node = hashlib.sha256, binascii.hexlify, ENTRY_HASH_DOMAIN, NODE_PREFIX
     prev = bytes(32)
     accounts, ids, totals = replay.accounts, replay.ids, replay.totals
     stops = set(by_size) | capture_at
@@ -369,59 +416,58 @@ def _scan_entries(
     except OSError as exc:
         raise FormatError(f"cannot read {ENTRIES_FILE}: {exc.strerror}") from None
     with handle:
-        for line in lines(handle, ENTRIES_FILE, ENTRY_LINE_MAX_BYTES):
-            count += 1
-            raw = line[65:]
-            digest = sha256(domain + prev + raw).digest()
-            try:
-                stored = unhex(line[:64])
-            except (binascii.Error, ValueError):
-                stored = b""
-            if stored != digest or line[64:65] != b" ":
-                stored = _chain_mismatch(count, line, digest, report)
-            prev = stored
-            stack.append(sha256(b"\x00" + raw).digest())
-            size = count
-            while not size & 1:
-                right = stack.pop()
-                stack[-1] = sha256(node + stack[-1] + right).digest()
-                size >>= 1
-            try:
-                entry = _parse_entry(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-                report.fail("entry_malformed", f"entries.jsonl line {count}: not a canonical entry "
-                            f"({printable(str(exc))[:300]})", line=count)
-                entry = None
-            if entry is not None:
-                seq = entry.seq
-                if seq != max_seq + 1:
-                    _sequence_anomaly(scan, count, seq, max_seq)
-                if seq > max_seq:
-                    max_seq = seq
-                # Fast path for the commonest entry, a valid single transfer; all else goes to _apply.
-                debit, credit = accounts.get(entry.debit_account), accounts.get(entry.credit_account)
-                asset, tid = entry.asset, entry.id
-                if (entry.kind == "single" and debit is not None and credit is not None
-                        and debit is not credit and debit[0] == asset and credit[0] == asset
-                        and tid not in ids):
-                    amount = int(entry.amount)
-                    ids.add(tid)
-                    debit[3] += amount
-                    credit[5] += amount
-                    row = totals.get(asset) or totals.setdefault(asset, [0, 0, 0])
-                    row[0] += 1
-                    row[1] += amount
-                    if (debit[1] & DEBITS_LIMITED and debit[2] + debit[3] > debit[5]) or (
-                            credit[1] & CREDITS_LIMITED and credit[4] + credit[5] > credit[3]):
-                        _report_negatives(entry, replay, report)
+        for batch in line_batches(handle, ENTRIES_FILE, ENTRY_LINE_MAX_BYTES):
+            for line in batch:
+                count += 1
+                raw = line[65:]
+                digest = sha256(domain + prev + raw).digest()
+                # Compare the text: only the canonical lowercase hex of the recomputed hash passes.
+                if line[:64] != tohex(digest) or line[64:65] != b" ":
+                    prev = _chain_mismatch(count, line, digest, report)
                 else:
-                    _apply(entry, replay, report)
-            if count in stops:
-                if count in by_size:
-                    _check_root(by_size[count], stack, digest, replay, report)
-                    scan.roots_checked += 1
-                if count in capture_at:
-                    replay.captured[count] = _posted_balances(replay)
+                    prev = digest
+                stack.append(sha256(b"\x00" + raw).digest())
+                size = count
+                while not size & 1:
+                    right = stack.pop()
+                    stack[-1] = sha256(node + stack[-1] + right).digest()
+                    size >>= 1
+                try:
+                    entry = _parse_entry(raw)
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                    report.fail("entry_malformed", f"entries.jsonl line {count}: not a canonical entry "
+                                f"({printable(str(exc))[:300]})", line=count)
+                    entry = None
+                if entry is not None:
+                    seq = entry.seq
+                    if seq != max_seq + 1:
+                        _sequence_anomaly(scan, count, seq, max_seq)
+                    if seq > max_seq:
+                        max_seq = seq
+                    # Fast path for the commonest entry, a valid single transfer; all else goes to _apply.
+                    debit, credit = accounts.get(entry.debit_account), accounts.get(entry.credit_account)
+                    asset, tid = entry.asset, entry.id
+                    if (entry.kind == "single" and debit is not None and credit is not None
+                            and debit is not credit and debit[0] == asset and credit[0] == asset
+                            and tid not in ids):
+                        amount = int(entry.amount)
+                        ids.add(tid)
+                        debit[3] += amount
+                        credit[5] += amount
+                        row = totals.get(asset) or totals.setdefault(asset, [0, 0, 0])
+                        row[0] += 1
+                        row[1] += amount
+                        if (debit[1] & DEBITS_LIMITED and debit[2] + debit[3] > debit[5]) or (
+                                credit[1] & CREDITS_LIMITED and credit[4] + credit[5] > credit[3]):
+                            _report_negatives(entry, replay, report)
+                    else:
+                        _apply(entry, replay, report)
+                if count in stops:
+                    if count in by_size:
+                        _check_root(by_size[count], stack, digest, replay, report)
+                        scan.roots_checked += 1
+                    if count in capture_at:
+                        replay.captured[count] = _posted_balances(replay)
     scan.count, scan.last_seq, scan.head_hash = count, max_seq, prev.hex()
     return scan
 
@@ -467,9 +513,9 @@ def _sequence_anomaly(scan: _Scan, line: int, seq: int, max_seq: int) -> None:
         scan.late.append((line, seq, max_seq))
 
 
-def _apply(e: _EntryStruct, replay: _Replay, report: Report) -> None:
+def _apply(e: _EntryStruct | _OpenStruct, replay: _Replay, report: Report) -> None:
     """Replay one entry's effect on balances and totals, checking what the ledger guarantees."""
-    if e.kind == "open":
+    if isinstance(e, _OpenStruct):
         _open(e, replay, report)
         return
     amount, kind = int(e.amount), e.kind
@@ -498,10 +544,8 @@ def _apply(e: _EntryStruct, replay: _Replay, report: Report) -> None:
     _report_negatives(e, replay, report)
 
 
-def _open(e: _EntryStruct, replay: _Replay, report: Report) -> None:
+def _open(e: _OpenStruct, replay: _Replay, report: Report) -> None:
     """Open an account with the terms its hash-chained entry records, checking them."""
-    assert isinstance(e.account_owner, str) and isinstance(e.account_kind, str)
-    assert isinstance(e.account_flags, int)
     account_id = e.debit_account
     problem = None
     if e.credit_account != account_id or e.id != f"{OPEN_ID_PREFIX}{account_id}":
@@ -526,6 +570,7 @@ def _open(e: _EntryStruct, replay: _Replay, report: Report) -> None:
     # Replay with the constraint the kind requires, whatever the entry claims.
     replay.accounts[account_id] = [e.asset, required, 0, 0, 0, 0]
     replay.terms[account_id] = (e.account_owner, e.account_kind, e.seq)
+    replay.opened_ms[account_id] = e.timestamp_ms
     replay.ids.add(e.id)
     totals = replay.totals.get(e.asset)
     if totals is None:
@@ -533,7 +578,7 @@ def _open(e: _EntryStruct, replay: _Replay, report: Report) -> None:
     totals[0] += 1
 
 
-def _report_negatives(e: _EntryStruct, replay: _Replay, report: Report) -> None:
+def _report_negatives(e: _EntryStruct | _OpenStruct, replay: _Replay, report: Report) -> None:
     """Report each account of ``e`` that now breaks its constraint (once per account)."""
     debit, credit = replay.accounts[e.debit_account], replay.accounts[e.credit_account]
     if debit[1] & DEBITS_LIMITED and debit[2] + debit[3] > debit[5]:
@@ -736,11 +781,13 @@ def _check_accounts(accounts: Mapping[int, AccountRecord], replay: _Replay, repo
         if record is None:
             report.fail("account_missing", f"account {account_id} ({owner}, {kind}) is opened in the "
                         "journal but missing from accounts.jsonl", account=account_id)
-        elif (record.owner, record.asset, record.kind, record.flags) != (owner, state[0], kind, state[1]):
+        elif (record.owner, record.asset, record.kind, record.flags, record.created_ms) != (
+                owner, state[0], kind, state[1], replay.opened_ms[account_id]):
             report.fail("account_terms_mismatch", f"account {account_id}: accounts.jsonl says owner "
                         f"{record.owner[:140]!r}, asset {record.asset[:20]!r}, kind "
-                        f"{record.kind[:40]!r}, flags {record.flags}; its open entry says {owner!r}, "
-                        f"{state[0]!r}, {kind!r}, flags {state[1]}", account=account_id)
+                        f"{record.kind[:40]!r}, flags {record.flags}, created {record.created_ms}; its "
+                        f"open entry says {owner!r}, {state[0]!r}, {kind!r}, flags {state[1]}, "
+                        f"created {replay.opened_ms[account_id]}", account=account_id)
         claimed = None if record is None else [
             record.debits_pending, record.debits_posted, record.credits_pending, record.credits_posted]
         if claimed is not None and claimed != state[2:]:

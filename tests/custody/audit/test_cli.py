@@ -78,3 +78,16 @@ def test_offline_verifier_imports_neither_the_database_nor_flask() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_audit_keys_prints_the_document_and_the_fingerprint_the_auditor_recomputes(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["audit", "keys", "--out", str(tmp_path / "keys.json")], env=env)
+    assert result.exit_code == 0, result.output
+    document, fingerprint_line = result.output.rsplit("fingerprint: ", 1)
+    assert json.loads(document) == json.loads((tmp_path / "keys.json").read_text())
+    assert json.loads(document)["keys"][0]["name"] == "ledger-checkpoint"
+    assert audit_main(["keys-fingerprint", str(tmp_path / "keys.json")]) == 0
+    assert capsys.readouterr().out.split()[0] == fingerprint_line.strip()
