@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-# Put a limit on everything (docs/ledger-export.md, "Parsing limits").
+# Put a limit on everything (docs/ledger-export.md, "Output and exit status").
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 MAX_LINE_BYTES = 64 * 1024
 MAX_DEPTH = 16

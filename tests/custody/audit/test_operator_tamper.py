@@ -113,6 +113,26 @@ def test_insider_overdraft_is_named_by_account_and_seq_after_checkpoint_and_expo
     assert "result: FAILED" in out
 
 
+def test_account_inserted_behind_the_ledgers_back_is_never_opened_in_the_journal(
+    ledger: Ledger, keystore: LocalKeystore, tmp_path: Path
+) -> None:
+    audit = AuditService(ledger._sessions, ledger, keystore)
+    ids = accounts(ledger)
+    first_batch(ledger, ids)
+    with _engine(ledger).begin() as conn:
+        conn.execute(text("INSERT INTO ledger_accounts (owner, asset, kind, flags, created_ms, "
+                          "debits_pending, debits_posted, credits_pending, credits_posted, last_seq) "
+                          "VALUES ('mallory', 'BTC', 'user_available', 1, 1, 0, 0, 0, 0, 0)"))
+        mallory = conn.execute(text("SELECT id FROM ledger_accounts WHERE owner = 'mallory'")).scalar_one()
+    moved = ledger.transfer(TransferRequest(id="siphon", debit_account=ids["hot_wallet-BTC"],
+                                            credit_account=mallory, amount=1))
+    audit.create_checkpoint()
+    audit.export(tmp_path / "export")
+    report = verify_export(tmp_path / "export", _pinned(tmp_path / "export"))
+    assert finding(report, "entry_invalid")["seq"] == moved.entry.seq  # type: ignore[union-attr]
+    assert finding(report, "account_unknown")["account"] == mallory
+
+
 def test_signed_open_entry_whose_flags_do_not_match_the_kind_fails(tmp_path: Path) -> None:
     raws = [open_raw(1, 1, "platform", "hot_wallet", 2), open_raw(2, 2, "alice", "user_available", 0),
             open_raw(3, 3, "bob", "user_available", 1), single_raw(4, 2, 3, 5)]
@@ -228,15 +248,20 @@ def test_duplicate_keys_in_any_file_are_unusable_input(
     assert "duplicate key" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", [MANIFEST_FILE, KEYS_FILE, ACCOUNTS_FILE, "checkpoints.jsonl",
-                                  SNAPSHOTS_FILE, LIABILITIES_FILE])
-def test_deeply_nested_json_in_any_file_is_unusable_or_malformed_never_a_crash(
-    export_dir: Path, name: str, capsys: pytest.CaptureFixture[str]
+# A broken unsigned claim file is unusable input (2); a broken line of a file of signed records
+# is a failed check of that record (1), reported with the rest.
+@pytest.mark.parametrize(("name", "expected"), [
+    (MANIFEST_FILE, 2), (KEYS_FILE, 2), (ACCOUNTS_FILE, 2), (LIABILITIES_FILE, 2),
+    ("checkpoints.jsonl", 1), (SNAPSHOTS_FILE, 1), ("entries.jsonl", 1)])
+def test_deeply_nested_json_in_any_file_is_refused_with_its_exit_code_never_a_crash(
+    export_dir: Path, name: str, expected: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (export_dir / name).write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n")
-    assert _verify(export_dir) in (1, 2)
+    (export_dir / name).write_bytes(b"[" * 8_000 + b"]" * 8_000 + b"\n")
+    assert _verify(export_dir) == expected
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "result: VERIFIED" not in captured.out
+    assert ("nested more than 16 levels" in captured.err) if expected == 2 else (
+        "result: FAILED" in captured.out)
 
 
 def test_a_one_gib_line_is_refused_without_reading_it_into_memory(
