@@ -35,11 +35,11 @@ USERNAME_PATTERN = re.compile(r"^[a-z][a-z0-9._-]{1,63}$")
 # Ledger accounts of the platform itself have owners of their own ("platform" holds the hot
 # wallet, "exchange.clearing" the clearing house, ...). A user with such a name would own, and
 # trade from, the platform's accounts; so these names, and every name whose first segment (up to
-# the first ".", "-" or "_") is one of them, are refused.
-RESERVED_USERNAMES = frozenset({
-    "platform", "system", "root", "anonymous", "exchange", "clearing", "insurance", "external",
-    "network-fees", "strongroom", "treasury", "custody", "service", "demo",
+# the first ".", "-" or "_") is a platform owner's, are refused.
+PLATFORM_OWNER_NAMES = frozenset({
+    "platform", "exchange", "clearing", "insurance", "external", "network-fees", "strongroom",
 })
+RESERVED_USERNAMES = PLATFORM_OWNER_NAMES | {"system", "root", "anonymous", "service"}
 _NAME_SEPARATORS = re.compile(r"[._-]")
 MAX_KEYS_PER_USER = 32
 MAX_LABEL_CHARS = 128
@@ -339,7 +339,7 @@ def _check_username(username: str) -> None:
             f"username was {str(username)[:80]!r}, must match {USERNAME_PATTERN.pattern}",
         )
     first_segment = _NAME_SEPARATORS.split(username, maxsplit=1)[0]
-    if username in RESERVED_USERNAMES or first_segment in RESERVED_USERNAMES:
+    if username in RESERVED_USERNAMES or first_segment in PLATFORM_OWNER_NAMES:
         raise AccessError(AccessCode.USERNAME_INVALID,
                           f"username {username} is reserved for the platform's own accounts")
 

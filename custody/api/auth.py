@@ -10,9 +10,11 @@ decorator runs, in order:
    key state, IP allowlist, scope, replay.                      -> 401 / 403
 2. the user is not disabled                                      -> 401
 3. the user's roles grant the permission                          -> 403
-4. a retry with a known ``Idempotency-Key`` returns the stored result
+4. a POST with ``Idempotency-Key`` claims the key (unique per user) before any work:
+   a completed one returns the stored result, a running one answers 409; money-moving
+   endpoints refuse a POST without the header                    -> 400 / 409 / 422
 5. the ``X-Strongroom-MFA`` TOTP code, if required               -> 401 / 403 / 429
-6. the view; a 2xx result of a POST with ``Idempotency-Key`` is stored.
+6. the view; a 2xx result is stored under the key, anything else releases the claim.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class EndpointAccess:
     scope: Scope
     mfa: bool
     admin_only: bool
+    # Money-moving POSTs need an Idempotency-Key: a retry must never move money twice.
+    idempotency_key_required: bool = False
 
     def allows(self, roles: frozenset[Role]) -> bool:
         if self.admin_only:
@@ -91,12 +95,16 @@ def principal() -> Principal:
 
 
 def secured(
-    *permissions: Permission, scope: Scope, mfa: bool | None = None, admin_only: bool = False
+    *permissions: Permission, scope: Scope, mfa: bool | None = None, admin_only: bool = False,
+    moves_money: bool = False,
 ) -> Callable[[F], F]:
-    """Protect a view; see the module docstring for the order of checks."""
+    """Protect a view; see the module docstring for the order of checks.
+
+    ``moves_money`` makes the ``Idempotency-Key`` header required.
+    """
     assert permissions or admin_only, "an endpoint must name a permission or be admin-only"
     need_mfa = any(requires_mfa(p) for p in permissions) if mfa is None else mfa
-    access = EndpointAccess(tuple(permissions), scope, need_mfa, admin_only)
+    access = EndpointAccess(tuple(permissions), scope, need_mfa, admin_only, moves_money)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -110,25 +118,44 @@ def secured(
                     f"may not call this endpoint: it {access.describe()}",
                 )
             idempotency = _idempotency(caller)
-            if idempotency is not None:
-                stored = services().idempotency.lookup(caller.username, *idempotency)
-                if stored is not None:
-                    response = Response(stored.body, stored.status, mimetype="application/json")
-                    response.headers[HEADER_IDEMPOTENT_REPLAY] = "true"
-                    return response
-            if access.mfa:
-                _check_mfa(caller)
-            result = current_app.make_response(view(*args, **kwargs))
-            if idempotency is not None and 200 <= result.status_code < 300:
-                services().idempotency.store(
-                    caller.username, *idempotency, result.status_code, result.get_data(as_text=True)
-                )
-            return result
+            if idempotency is None:
+                if access.idempotency_key_required:
+                    raise AccessError(AccessCode.IDEMPOTENCY_KEY_REQUIRED,
+                                      f"this request moves money: send an {HEADER_IDEMPOTENCY_KEY} header "
+                                      "(reuse it when you retry)")
+                if access.mfa:
+                    _check_mfa(caller)
+                return view(*args, **kwargs)
+            return _run_claimed(caller, idempotency, access, lambda: view(*args, **kwargs))
 
         wrapper.endpoint_access = access  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
     return decorate
+
+
+def _run_claimed(caller: Principal, idempotency: tuple[str, str], access: EndpointAccess,
+                 run: Callable[[], ResponseReturnValue]) -> ResponseReturnValue:
+    """Claim the key before the work; store a 2xx result, release the claim otherwise."""
+    store = services().idempotency
+    key, fingerprint = idempotency
+    stored = store.claim(caller.username, key, fingerprint)
+    if stored is not None:
+        response = Response(stored.body, stored.status, mimetype="application/json")
+        response.headers[HEADER_IDEMPOTENT_REPLAY] = "true"
+        return response
+    try:
+        if access.mfa:
+            _check_mfa(caller)
+        result = current_app.make_response(run())
+    except BaseException:
+        store.release(caller.username, key)
+        raise
+    if 200 <= result.status_code < 300:
+        store.complete(caller.username, key, result.status_code, result.get_data(as_text=True))
+    else:
+        store.release(caller.username, key)
+    return result
 
 
 def authenticate(scope: Scope) -> Principal:

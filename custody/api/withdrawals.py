@@ -7,7 +7,6 @@ that does not exist, so ids cannot be probed.
 from __future__ import annotations
 
 import hashlib
-import secrets
 
 from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
@@ -76,10 +75,10 @@ def _readable(withdrawal_id: str) -> WithdrawalView:
 
 
 def _withdrawal_id(username: str) -> str:
-    # A retry with the same Idempotency-Key maps to the same withdrawal (and ledger hold) id.
+    # A retry with the same Idempotency-Key (required here) maps to the same withdrawal and ledger
+    # hold id, so even two concurrent copies create one withdrawal (the row's primary key).
     key = request.headers.get(HEADER_IDEMPOTENCY_KEY)
-    if key is None:
-        return "wd_" + secrets.token_hex(16)
+    assert key is not None, "secured(moves_money=True) lets no request through without the key"
     return "wd_" + hashlib.sha256(f"{username}\n{key}".encode()).hexdigest()[:32]
 
 
@@ -116,7 +115,7 @@ def remove_whitelist(entry_id: int) -> ResponseReturnValue:
 
 
 @bp.post("/withdrawals")
-@secured(Permission.WITHDRAW_REQUEST, scope=Scope.WITHDRAW)
+@secured(Permission.WITHDRAW_REQUEST, scope=Scope.WITHDRAW, moves_money=True)
 @accepts(WITHDRAWAL_SCHEMA)
 def create_withdrawal() -> ResponseReturnValue:
     """Request a withdrawal: funds are held, the policy decides, the decision is explained."""

@@ -257,6 +257,23 @@ class Ledger:
             return _linked_failure(requests, {r.index: r for r in results if not r.ok})
         return results
 
+    def submit_in(
+        self, session: Session, requests: Sequence[TransferRequest], *, actor: str = SERVICE_ACTOR,
+    ) -> list[TransferResult]:
+        """Apply unlinked ``requests`` inside the caller's open transaction ``session``.
+
+        For a service whose own rows must commit or roll back together with its
+        ledger entries (a withdrawal and its hold): nothing is written unless the
+        caller commits. The journal head stays locked until then.
+        """
+        _check_actor(actor)
+        if not requests:
+            raise LedgerError(LedgerCode.BATCH_EMPTY, "a batch must hold at least one transfer")
+        if len(requests) > MAX_BATCH:
+            raise LedgerError(LedgerCode.BATCH_TOO_LARGE,
+                              f"batch held {len(requests)} transfers, at most {MAX_BATCH} allowed")
+        return self._apply_batch(session, requests, _shape_failures(requests), linked=False, actor=actor)
+
     def _apply_batch(
         self,
         session: Session,

@@ -19,6 +19,8 @@ class WithdrawalCode(IntEnum):
     ASSET_NOT_WITHDRAWABLE = 4107
     ADDRESS_INVALID = 4108
     SOURCE_WALLET_INVALID = 4109
+    WITHDRAWAL_ID_INVALID = 4110
+    WITHDRAWAL_ID_RELEASED = 4111
 
     @property
     def error(self) -> str:
@@ -33,6 +35,7 @@ WITHDRAWAL_STATUS: dict[WithdrawalCode, int] = {
     WithdrawalCode.WHITELIST_EXISTS: 409,
     WithdrawalCode.WHITELIST_NOT_FOUND: 404,
     WithdrawalCode.NO_FUNDING_ACCOUNT: 422,
+    WithdrawalCode.WITHDRAWAL_ID_RELEASED: 409,
 }
 
 

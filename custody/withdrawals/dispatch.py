@@ -30,7 +30,7 @@ from custody.ledger.service import Ledger
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.withdrawal_executor import TxStatus, WithdrawalExecutor
 from custody.withdrawals.models import WithdrawalRequest
-from custody.withdrawals.service import APPROVED, BROADCASTING, COMPLETED, FAILED
+from custody.withdrawals.service import APPROVED, BROADCASTING, COMPLETED, FAILED, hold_is_live
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ class WithdrawalDispatcher:
             log.warning("withdrawal %s refused by the executor: %s", row_id, exc.message)
             reason = f"withdrawal {row_id} refused on chain: {exc.code.name.lower()}"
             self._ledger.submit([TransferRequest(id=f"{row_id}:void", kind=TransferKind.VOID, pending_id=hold,
-                                                 reference=reason[:REFERENCE_MAX_LEN])])
+                                                 reference=reason[:REFERENCE_MAX_LEN])],
+                                actor="service:withdrawal-dispatch")
             self._move(row_id, BROADCASTING, FAILED, f"refused by the hot wallet: {exc.message}"[:256])
             return TxStatus.FAILED
 
@@ -119,18 +120,27 @@ class WithdrawalDispatcher:
 
     def _dispatch(self, row_id: str) -> bool:
         # Claim first: once broadcasting, nothing can void the hold behind the executor's back.
-        if not self._move(row_id, APPROVED, BROADCASTING, "handed to the hot wallet"):
+        # The claim checks the hold is live: coins are never sent for funds nobody holds.
+        if not self._move(row_id, APPROVED, BROADCASTING, "handed to the hot wallet", require_live_hold=True):
             return False
         # execute() persists its record before any chain call and is idempotent by id,
         # so a crash here is repaired by the next round (see _status).
         self._execute(row_id)
         return True
 
-    def _move(self, row_id: str, from_state: str, to_state: str, reason: str) -> bool:
+    def _move(self, row_id: str, from_state: str, to_state: str, reason: str,
+              *, require_live_hold: bool = False) -> bool:
         now_ms = self._clock()
         with self._sessions.begin() as session:
             row = session.get(WithdrawalRequest, row_id, with_for_update=True)
             if row is None or row.state != from_state:
+                return False
+            if require_live_hold and not hold_is_live(session, row.hold_transfer_id):
+                row.state, row.updated_ms = FAILED, now_ms
+                row.closed_by, row.close_reason = "system", "not sent: its ledger hold is not live"
+                security_log.append(session, at_ms=now_ms, actor="system", action="withdrawal.hold_not_live",
+                                    subject=row_id, outcome=FAILED, details={"hold": row.hold_transfer_id})
+                log.error("withdrawal %s not sent: hold %s is not live", row_id, row.hold_transfer_id)
                 return False
             row.state, row.updated_ms = to_state, now_ms
             if to_state in (COMPLETED, FAILED):

@@ -21,12 +21,15 @@ transaction fails the hold is voided again.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from custody.access import security_log
 from custody.access.approvers import load_registry
@@ -35,9 +38,11 @@ from custody.access.models import User
 from custody.access.policy_store import PolicyStore, active_policy
 from custody.access.users import UserView
 from custody.assets import get_asset
+from custody.ledger.codes import LedgerError
 from custody.ledger.entry import AccountKind, TransferKind
-from custody.ledger.posting import TransferRequest
-from custody.ledger.service import Ledger
+from custody.ledger.models import LedgerAccount, LedgerTransfer
+from custody.ledger.posting import REFERENCE_MAX_LEN, TransferRequest
+from custody.ledger.service import Ledger, ResultStatus
 from custody.withdrawals.codes import WithdrawalCode, WithdrawalError
 from custody.withdrawals.models import WhitelistAddress, WithdrawalApprovalRow, WithdrawalRequest
 from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms, current_approvals
@@ -48,6 +53,8 @@ from policies.quorum import QuorumRequirement, verify_quorum
 from policies.results import PolicyError
 from policies.velocity import MAX_VELOCITY_WINDOW_S, MS_PER_S, PastWithdrawal, velocity_totals
 from policies.withdrawal_policy import Decision, Destination, WithdrawalContext, evaluate
+
+log = logging.getLogger(__name__)
 
 PLATFORM_OWNER = "platform"
 PENDING_APPROVAL, DELAYED, APPROVED = "pending_approval", "delayed", "approved"
@@ -60,7 +67,18 @@ OPEN_STATES = frozenset({PENDING_APPROVAL, DELAYED})
 # Withdrawals that count toward velocity limits: requested and not refused, withdrawn or
 # failed on chain (a failed transaction returned the funds).
 COUNTED_STATES = frozenset({PENDING_APPROVAL, DELAYED, APPROVED, AWAITING_SIGNATURE, BROADCASTING, COMPLETED})
+# Withdrawals whose hold has been (or must be) released: no transaction will ever be sent.
+RELEASED_STATES = frozenset({REJECTED, CANCELLED, BLOCKED})
 MAX_LIST = 500
+HOLD_SUFFIX = ":hold"
+WITHDRAWAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+POLICY_ACTOR = "service:withdrawal-policy"
+SWEEP_ACTOR = "service:withdrawal-sweep"
+# A hold with no withdrawal is released once it is this old. Creation writes both in one
+# transaction, so such holds only come from before that (or from a hand-made ledger entry);
+# the grace keeps the sweep well clear of any transaction still in flight.
+ORPHAN_HOLD_GRACE_MS = 5 * 60 * 1000
+SWEEP_BATCH_MAX = 100
 MAX_RELEASE_BATCH = 100
 MAX_LABEL_CHARS = 128
 # Resolves the terms (chain, network, source wallet, fee cap) approvers of a cold withdrawal of an
@@ -243,7 +261,16 @@ class Withdrawals:
     # -- requests ----------------------------------------------------------------------------
 
     def create(self, user: UserView, request: WithdrawalInput, withdrawal_id: str) -> WithdrawalView:
-        """Hold the funds and decide; return the withdrawal (state ``blocked`` if refused)."""
+        """Hold the funds and decide; return the withdrawal (state ``blocked`` if refused).
+
+        One database transaction writes the ledger hold, the withdrawal row and the
+        security-log event (and, if the policy blocks, the hold's void): a crash or a
+        refusal anywhere leaves none of them. A retry, or a concurrent duplicate, with
+        the same ``withdrawal_id`` returns the one withdrawal: the row's primary key
+        and the hold's transfer id make a second one impossible, and nothing here
+        ever voids a hold this call did not write.
+        """
+        _check_withdrawal_id(withdrawal_id)
         existing = self.find(withdrawal_id)
         if existing is not None:
             return existing
@@ -257,85 +284,102 @@ class Withdrawals:
         in_flight = self._ledger.ensure_account(
             PLATFORM_OWNER, request.asset, AccountKind.WITHDRAWALS_IN_FLIGHT
         )
-        hold_id = f"{withdrawal_id}:hold"
-        self._ledger.transfer(
-            TransferRequest(
-                id=hold_id,
-                kind=TransferKind.PENDING,
-                debit_account=funding.id,
-                credit_account=in_flight.id,
-                amount=request.amount_minor,
-                reference=f"withdrawal {withdrawal_id} hold",
-            )
+        self._policies.ensure_default()
+        hold = TransferRequest(
+            id=hold_id_of(withdrawal_id),
+            kind=TransferKind.PENDING,
+            debit_account=funding.id,
+            credit_account=in_flight.id,
+            amount=request.amount_minor,
+            reference=f"withdrawal {withdrawal_id} hold",
         )
         try:
-            view = self._decide_new(user, request, asset.decimals, withdrawal_id, hold_id)
-        except BaseException:
-            self._void_hold(withdrawal_id, hold_id)
-            raise
-        if view.state == BLOCKED:
-            self._void_hold(withdrawal_id, hold_id)
-        return view
+            with self._sessions.begin() as session:
+                # Serialise one user's withdrawals: velocity totals must include the other one,
+                # and a concurrent duplicate waits here, then finds the first one's row.
+                session.get(User, user.username, with_for_update=True)
+                row = session.get(WithdrawalRequest, withdrawal_id)
+                if row is not None:
+                    return _view(session, row, self._terms(session, row))
+                self._place_hold(session, user.username, hold)
+                return self._decide_new(session, user, request, asset.decimals, withdrawal_id, hold.id)
+        except IntegrityError:
+            # Another request inserted this id first (its transaction owns its hold; ours
+            # rolled back entirely): answer with that withdrawal.
+            found = self.find(withdrawal_id)
+            if found is None:
+                raise
+            return found
+
+    def _place_hold(self, session: Session, username: str, hold: TransferRequest) -> None:
+        result = self._ledger.submit_in(session, [hold], actor=f"user:{username}")[0]
+        if result.code is not None:
+            raise LedgerError(result.code, result.message)
+        # A hold written earlier under this id (before creation became one transaction) may
+        # have been released by the orphan sweep: a withdrawal must never stand on it.
+        if result.status is not ResultStatus.CREATED and not hold_is_live(session, hold.id):
+            raise WithdrawalError(
+                WithdrawalCode.WITHDRAWAL_ID_RELEASED,
+                f"withdrawal id {hold.id.removesuffix(HOLD_SUFFIX)} was used and released; "
+                "retry with a new Idempotency-Key",
+            )
 
     def _decide_new(
-        self, user: UserView, request: WithdrawalInput, decimals: int, withdrawal_id: str, hold_id: str
+        self, session: Session, user: UserView, request: WithdrawalInput, decimals: int,
+        withdrawal_id: str, hold_id: str,
     ) -> WithdrawalView:
         now_ms = self._clock()
-        self._policies.ensure_default()
-        with self._sessions.begin() as session:
-            # Serialise one user's withdrawals: velocity totals must include the other one.
-            session.get(User, user.username, with_for_update=True)
-            policy = active_policy(session).document
-            price = self._prices.get(request.asset)
-            context = WithdrawalContext(
-                withdrawal_id=withdrawal_id,
-                account_id=user.username,
-                initiator_id=user.username,
-                initiator_roles=user.roles,
-                kyc_tier=user.kyc_tier,
-                asset=request.asset,
-                asset_decimals=decimals,
-                amount_minor=request.amount_minor,
-                usd_cents_per_unit=price,
-                destination=Destination(
-                    request.destination, _whitelisted_at(session, user.username, request)
-                ),
-                source_wallet=WalletTemperature(request.source_wallet),
-                now_ms=now_ms,
-                velocity=_velocity(session, policy, user.username, request.asset, now_ms),
-            )
-            decision = evaluate(policy, context)
-            row = WithdrawalRequest(
-                id=withdrawal_id,
-                username=user.username,
-                asset=request.asset,
-                amount=request.amount_minor,
-                amount_usd_cents=0 if price is None else usd_cents(request.amount_minor, price, decimals),
-                destination=request.destination,
-                source_wallet=request.source_wallet,
-                hold_transfer_id=hold_id,
-                created_ms=now_ms,
-                delays_served="",
-            )
-            _apply_decision(row, decision, now_ms)
-            session.add(row)
-            session.flush()
-            security_log.append(
-                session,
-                at_ms=now_ms,
-                actor=user.username,
-                action="withdrawal.create",
-                subject=withdrawal_id,
-                outcome=row.state,
-                details={
-                    "asset": row.asset,
-                    "amount": str(row.amount),
-                    "destination": row.destination,
-                    "rule_id": row.rule_id,
-                    "policy_version": row.policy_version,
-                },
-            )
-            return WithdrawalView(row, (), self._terms(session, row))
+        policy = active_policy(session).document
+        price = self._prices.get(request.asset)
+        context = WithdrawalContext(
+            withdrawal_id=withdrawal_id,
+            account_id=user.username,
+            initiator_id=user.username,
+            initiator_roles=user.roles,
+            kyc_tier=user.kyc_tier,
+            asset=request.asset,
+            asset_decimals=decimals,
+            amount_minor=request.amount_minor,
+            usd_cents_per_unit=price,
+            destination=Destination(request.destination, _whitelisted_at(session, user.username, request)),
+            source_wallet=WalletTemperature(request.source_wallet),
+            now_ms=now_ms,
+            velocity=_velocity(session, policy, user.username, request.asset, now_ms),
+        )
+        decision = evaluate(policy, context)
+        row = WithdrawalRequest(
+            id=withdrawal_id,
+            username=user.username,
+            asset=request.asset,
+            amount=request.amount_minor,
+            amount_usd_cents=0 if price is None else usd_cents(request.amount_minor, price, decimals),
+            destination=request.destination,
+            source_wallet=request.source_wallet,
+            hold_transfer_id=hold_id,
+            created_ms=now_ms,
+            delays_served="",
+        )
+        _apply_decision(row, decision, now_ms)
+        session.add(row)
+        session.flush()
+        if row.state == BLOCKED:
+            self._void_hold_in(session, withdrawal_id, hold_id, "blocked by policy", POLICY_ACTOR)
+        security_log.append(
+            session,
+            at_ms=now_ms,
+            actor=user.username,
+            action="withdrawal.create",
+            subject=withdrawal_id,
+            outcome=row.state,
+            details={
+                "asset": row.asset,
+                "amount": str(row.amount),
+                "destination": row.destination,
+                "rule_id": row.rule_id,
+                "policy_version": row.policy_version,
+            },
+        )
+        return WithdrawalView(row, (), self._terms(session, row))
 
     def find(self, withdrawal_id: str) -> WithdrawalView | None:
         with self._sessions() as session:
@@ -378,19 +422,15 @@ class Withdrawals:
 
     def cancel(self, username: str, withdrawal_id: str) -> WithdrawalView:
         """Cancel one's own open withdrawal (a delay only if the rule made it cancellable)."""
-        view = self._close(
+        return self._close(
             withdrawal_id, CANCELLED, actor=username, reason="cancelled by owner", owner=username
         )
-        self._void_hold(withdrawal_id, view.row.hold_transfer_id)
-        return view
 
     def reject(self, actor: UserView, withdrawal_id: str, reason: str) -> WithdrawalView:
         """Veto an open withdrawal awaiting approval by a group ``actor`` belongs to."""
-        view = self._close(
+        return self._close(
             withdrawal_id, REJECTED, actor=actor.username, reason=reason[:256] or "rejected", approver=actor
         )
-        self._void_hold(withdrawal_id, view.row.hold_transfer_id)
-        return view
 
     def _close(
         self,
@@ -413,6 +453,8 @@ class Withdrawals:
                     f"withdrawal {withdrawal_id} is {row.state} and cannot be {state}",
                 )
             row.state, row.closed_by, row.close_reason, row.updated_ms = state, actor, reason, now_ms
+            # The hold is released in the same transaction: never a closed withdrawal holding funds.
+            self._void_hold_in(session, withdrawal_id, row.hold_transfer_id, state, f"user:{actor}")
             security_log.append(
                 session,
                 at_ms=now_ms,
@@ -494,11 +536,7 @@ class Withdrawals:
                     .limit(limit)
                 )
             )
-        released = [self._release(withdrawal_id) for withdrawal_id in due]
-        for view in released:
-            if view.state == BLOCKED:
-                self._void_hold(view.id, view.row.hold_transfer_id)
-        return released
+        return [self._release(withdrawal_id) for withdrawal_id in due]
 
     def _release(self, withdrawal_id: str) -> WithdrawalView:
         now_ms = self._clock()
@@ -534,6 +572,8 @@ class Withdrawals:
             )
             _apply_decision(row, evaluate(policy, context), now_ms)
             row.delays_served = ",".join(sorted(served))
+            if row.state == BLOCKED:
+                self._void_hold_in(session, row.id, row.hold_transfer_id, "blocked by policy", POLICY_ACTOR)
             security_log.append(
                 session,
                 at_ms=now_ms,
@@ -546,17 +586,99 @@ class Withdrawals:
             session.flush()
             return _view(session, row, self._terms(session, row))
 
-    def _void_hold(self, withdrawal_id: str, hold_id: str) -> None:
-        # Idempotent: the void's id is derived from the withdrawal id.
-        self._ledger.submit(
-            [
-                TransferRequest(
-                    id=f"{withdrawal_id}:void",
-                    kind=TransferKind.VOID,
-                    pending_id=hold_id,
-                    reference=f"withdrawal {withdrawal_id} released",
+    # -- orphan holds -------------------------------------------------------------------------
+
+    def sweep_orphan_holds(
+        self, grace_ms: int = ORPHAN_HOLD_GRACE_MS, limit: int = SWEEP_BATCH_MAX
+    ) -> list[str]:
+        """Void live withdrawal holds older than ``grace_ms`` that no open withdrawal stands on.
+
+        An orphan is a hold with no withdrawal row (written before creation became one
+        transaction), or the hold of a withdrawal closed without a transaction (rejected,
+        cancelled, blocked) whose void was lost the same way. Each void is checked again
+        under the journal lock in its own transaction, so a withdrawal being created on
+        that hold right now either committed first (and the hold is left alone) or will
+        find the hold released and refuse.
+        """
+        now_ms = self._clock()
+        with self._sessions() as session:
+            candidates = list(session.scalars(_orphan_holds(now_ms - grace_ms).limit(limit)))
+        return [hold_id for hold_id in candidates if self._sweep_one(hold_id, now_ms)]
+
+    def _sweep_one(self, hold_id: str, now_ms: int) -> bool:
+        withdrawal_id = hold_id.removesuffix(HOLD_SUFFIX)
+        try:
+            with self._sessions.begin() as session:
+                self._void_hold_in(session, withdrawal_id, hold_id, "orphan hold swept", SWEEP_ACTOR)
+                row = session.scalar(
+                    select(WithdrawalRequest).where(WithdrawalRequest.hold_transfer_id == hold_id)
                 )
-            ]
+                if row is not None and row.state not in RELEASED_STATES:
+                    raise _HoldInUse(hold_id)
+                security_log.append(session, at_ms=now_ms, actor="system", action="withdrawal.hold_swept",
+                                    subject=withdrawal_id,
+                                    details={"hold": hold_id, "withdrawal_state": row.state if row else None})
+        except _HoldInUse:
+            return False
+        except LedgerError as exc:
+            log.warning("orphan hold %s not swept: %s", hold_id, exc.message)
+            return False
+        log.info("orphan hold %s voided", hold_id)
+        return True
+
+    def _void_hold_in(self, session: Session, withdrawal_id: str, hold_id: str, why: str, actor: str) -> None:
+        """Void the withdrawal's own hold in ``session`` (committed with the state change, or not at all)."""
+        result = self._ledger.submit_in(session, [TransferRequest(
+            id=f"{withdrawal_id}:void", kind=TransferKind.VOID, pending_id=hold_id,
+            reference=f"withdrawal {withdrawal_id} released: {why}"[:REFERENCE_MAX_LEN],
+        )], actor=actor)[0]
+        if result.code is not None:
+            raise LedgerError(result.code, result.message)
+
+
+class _HoldInUse(Exception):
+    """Roll back a sweep: a withdrawal that still needs the hold was found under the lock."""
+
+
+def hold_id_of(withdrawal_id: str) -> str:
+    """Return the ledger transfer id of a withdrawal's hold."""
+    return withdrawal_id + HOLD_SUFFIX
+
+
+def hold_is_live(session: Session, hold_id: str) -> bool:
+    """Tell whether ``hold_id`` is a pending ledger transfer that nothing has posted, voided or expired."""
+    kind = session.scalar(select(LedgerTransfer.kind).where(LedgerTransfer.id == hold_id))
+    if kind != TransferKind.PENDING.value:
+        return False
+    resolved = session.scalar(select(LedgerTransfer.seq).where(LedgerTransfer.pending_id == hold_id).limit(1))
+    return resolved is None
+
+
+def _orphan_holds(older_than_ms: int) -> Any:
+    """Select ids of live withdrawal holds older than ``older_than_ms`` with no open withdrawal."""
+    resolver = aliased(LedgerTransfer)
+    in_flight = aliased(LedgerAccount)
+    return (
+        select(LedgerTransfer.id)
+        .join(in_flight, in_flight.id == LedgerTransfer.credit_account_id)
+        .where(
+            LedgerTransfer.kind == TransferKind.PENDING.value,
+            LedgerTransfer.id.endswith(HOLD_SUFFIX),
+            in_flight.kind == AccountKind.WITHDRAWALS_IN_FLIGHT.value,
+            LedgerTransfer.timestamp_ms <= older_than_ms,
+            ~exists().where(resolver.pending_id == LedgerTransfer.id),
+            ~exists().where(WithdrawalRequest.hold_transfer_id == LedgerTransfer.id,
+                            WithdrawalRequest.state.not_in(RELEASED_STATES)),
+        )
+        .order_by(LedgerTransfer.seq)
+    )
+
+
+def _check_withdrawal_id(withdrawal_id: str) -> None:
+    if not isinstance(withdrawal_id, str) or not WITHDRAWAL_ID_PATTERN.fullmatch(withdrawal_id):
+        raise WithdrawalError(
+            WithdrawalCode.WITHDRAWAL_ID_INVALID,
+            f"withdrawal id was {str(withdrawal_id)[:80]!r}, must match {WITHDRAWAL_ID_PATTERN.pattern}",
         )
 
 

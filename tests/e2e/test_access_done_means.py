@@ -69,6 +69,7 @@ def test_trader_withdrawal_with_treasury_quorum_and_admin_policy_change(
         "/api/v1/withdrawals",
         json={"asset": "BTC", "amount": "30000000", "destination": "bc1qalice"},
         mfa=True,
+        idempotency_key="done-means-withdrawal",
     )
     withdrawal = response.json["withdrawal"]
     assert (withdrawal["state"], withdrawal["policy"]["rule_id"]) == (

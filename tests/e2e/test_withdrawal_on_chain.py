@@ -49,7 +49,8 @@ def test_approved_hot_withdrawal_is_broadcast_confirmed_and_settled_in_the_ledge
                       mfa=True).status_code == 201
     clock.advance(DAY_MS + 1)
     created = alice.post("/api/v1/withdrawals", json={
-        "asset": "ETH", "amount": str(ETH // 10), "destination": DESTINATION}, mfa=True)
+        "asset": "ETH", "amount": str(ETH // 10), "destination": DESTINATION}, mfa=True,
+        idempotency_key="e2e-withdrawal-1")
     assert created.status_code == 201, created.json
     withdrawal = created.json["withdrawal"]
     assert withdrawal["state"] == "approved"
@@ -83,7 +84,8 @@ def test_withdrawal_the_hot_wallet_refuses_fails_and_returns_the_funds(
     assert alice.post("/api/v1/whitelist", json={"asset": "ETH", "address": bad}, mfa=True).status_code == 201
     clock.advance(DAY_MS + 1)
     created = alice.post("/api/v1/withdrawals", json={"asset": "ETH", "amount": str(ETH // 10),
-                                                       "destination": bad}, mfa=True)
+                                                       "destination": bad}, mfa=True,
+                         idempotency_key="e2e-withdrawal-bad")
     assert created.status_code == 201, created.json
     withdrawal = created.json["withdrawal"]
     assert harness.user_balance("alice", "ETH") == 2 * ETH  # posted balance; the hold is pending

@@ -14,7 +14,7 @@ from .helpers import SignedClient, access, assert_error
 
 PLATFORM_NAMES = ["exchange", "exchange.clearing", "clearing", "insurance", "external", "platform",
                   "network-fees", "exchange-ops", "platform_hot", "clearing.house", "insurance.fund",
-                  "system", "strongroom"]
+                  "system", "root", "strongroom-ops"]
 
 
 @pytest.mark.parametrize("name", PLATFORM_NAMES)
@@ -25,7 +25,7 @@ def test_create_user_with_a_platform_name_is_refused(app: Flask, name: str) -> N
     assert access(app).users.find_user(name) is None
 
 
-@pytest.mark.parametrize("name", ["exchangefan", "alice.exchange", "treasury1", "clearwater"])
+@pytest.mark.parametrize("name", ["exchangefan", "alice.exchange", "treasury1", "clearwater", "root-admin"])
 def test_create_user_whose_name_merely_contains_a_platform_word_is_allowed(app: Flask, name: str) -> None:
     user, _ = access(app).users.create_user(name, frozenset({Role.TRADER}))
     assert user.username == name

@@ -89,6 +89,7 @@ def test_no_endpoint_leaks_another_traders_data(app: Flask, alice: SignedClient,
         "/api/v1/withdrawals",
         json={"asset": "BTC", "amount": "1000000", "destination": "bc1qalicesecretaddr"},
         mfa=True,
+        idempotency_key="role-matrix-withdrawal",
     ).json["withdrawal"]
     fund(app, "bob", "ETH", 10**18)
     values = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -27,7 +28,12 @@ def whitelist(user: SignedClient, address: str = ADDRESS, *, age_ms: int = DAY_M
     return int(response.json["entry"]["id"])
 
 
+_KEYS = itertools.count(1)
+
+
 def withdraw(user: SignedClient, amount: int, address: str = ADDRESS, **kwargs: Any) -> Any:
+    """Request a withdrawal, each with an Idempotency-Key of its own unless one is given."""
+    kwargs.setdefault("idempotency_key", f"wd-test-{next(_KEYS)}")
     return user.post(
         "/api/v1/withdrawals",
         json={"asset": "BTC", "amount": str(amount), "destination": address},
@@ -101,7 +107,8 @@ def test_bad_withdrawal_input_is_refused_and_changes_nothing(
 ) -> None:
     whitelist(alice)
     body = {"asset": "BTC", "amount": str(SMALL_BTC), "destination": ADDRESS, **patch}
-    assert_error(alice.post("/api/v1/withdrawals", json=body, mfa=True), 400, error)
+    refused = alice.post("/api/v1/withdrawals", json=body, mfa=True, idempotency_key="bad-input")
+    assert_error(refused, 400, error)
     assert available(app, alice.extra["account_id"])[1] == 0
 
 

@@ -119,6 +119,7 @@ def test_cold_withdrawal_of_btc_goes_through_the_same_bundle_service(
         "/api/v1/withdrawals",
         json={"asset": "BTC", "amount": "120000", "destination": DESTINATION, "source_wallet": "cold"},
         mfa=True,
+        idempotency_key="btc-cold-1",
     )
     assert created.status_code == 201, created.json
     withdrawal = created.json["withdrawal"]

@@ -181,6 +181,7 @@ class ColdWorld:
             "/api/v1/withdrawals",
             json={"asset": asset, "amount": str(amount), "destination": destination, "source_wallet": "cold"},
             mfa=True,
+            idempotency_key=f"cold-{asset}-{self.alice.clock.now_ms}",
         )
         assert created.status_code == 201, created.json
         withdrawal = created.json["withdrawal"]

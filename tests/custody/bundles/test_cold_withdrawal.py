@@ -136,6 +136,7 @@ def test_export_refuses_requests_that_are_not_approved_cold_withdrawals(world: C
         "/api/v1/withdrawals",
         json={"asset": "ETH", "amount": str(AMOUNT), "destination": ETH_DESTINATION, "source_wallet": "cold"},
         mfa=True,
+        idempotency_key="cold-pending-1",
     )
     pending = created.json["withdrawal"]["id"]
     with pytest.raises(BundleError) as info:
