@@ -32,6 +32,7 @@ class AccessCode(IntEnum):
     PROPOSAL_CLOSED = 1121
     KYC_TIER_INVALID = 1122
     APPROVER_MISMATCH = 1123
+    PROPOSAL_INVALID = 1124
 
     @property
     def error(self) -> str:

@@ -160,3 +160,24 @@ class SecurityEvent(Base):
     details: Mapped[str] = mapped_column(Text)  # Canonical JSON; never secrets.
     prev_hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
     hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+
+
+class LedgerProposalRow(Base):
+    """A manual ledger operation (transfers, a mint, a correction) awaiting a second admin.
+
+    ``transfers`` is the JSON list of the transfer requests, applied all-or-nothing when
+    another admin approves with MFA; ``results`` is what the ledger answered.
+    """
+
+    __tablename__ = "ledger_proposals"
+    __table_args__ = (Index("ix_ledger_proposals_state", "state"),)
+
+    proposal_id: Mapped[str] = mapped_column(String(KEY_ID_MAX_LEN), primary_key=True)
+    proposer: Mapped[str] = mapped_column(ForeignKey("access_users.username"))
+    reason: Mapped[str] = mapped_column(String(256))
+    transfers: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    decided_by: Mapped[str | None] = mapped_column(String(USERNAME_MAX_LEN))
+    decided_ms: Mapped[int | None] = mapped_column(BigInteger)
+    results: Mapped[str | None] = mapped_column(Text)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.access import security_log
 from custody.access.approvers import Approvers
 from custody.access.idempotency import Idempotency
+from custody.access.ledger_ops import LedgerOperations
 from custody.access.mfa import Mfa
 from custody.access.policy_store import PolicyStore
 from custody.access.replay import DbReplayCache
@@ -42,6 +43,7 @@ class AccessServices:
     idempotency: Idempotency
     policies: PolicyStore
     withdrawals: Withdrawals
+    ledger_ops: LedgerOperations
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
 
     @classmethod
@@ -67,6 +69,7 @@ class AccessServices:
             idempotency=Idempotency(sessions, clock),
             policies=policies,
             withdrawals=Withdrawals(sessions, ledger, policies, clock, prices),
+            ledger_ops=LedgerOperations(sessions, ledger, clock),
             recv_window_ms=recv_window_ms,
         )
 

@@ -17,7 +17,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from custody.api.auth import principal, secured
+from custody.access.ledger_ops import EXECUTED, LIST_MAX, PROPOSAL_STATES
+from custody.api.auth import json_response, principal, secured, services
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import (
     field_amount,
@@ -36,7 +37,6 @@ from custody.ledger.service import (
     MAX_BATCH,
     AccountView,
     Ledger,
-    ResultStatus,
     TransferResult,
 )
 from policies.api_key import Scope
@@ -112,13 +112,6 @@ def parse_transfer(body: Any, where: str = "body") -> TransferRequest:
     )
 
 
-def _single_result(result: TransferResult) -> ResponseReturnValue:
-    if result.code is not None:
-        raise LedgerError(result.code, result.message)
-    status = 201 if result.status is ResultStatus.CREATED else 200
-    return jsonify(result_json(result)), status
-
-
 def readable_account(account_id: int) -> AccountView:
     """Return the account if the caller may read it; otherwise "unknown account"."""
     caller = principal()
@@ -179,17 +172,27 @@ def account_history(account_id: int) -> ResponseReturnValue:
     })
 
 
+# Every raw write below moves money: one admin proposes it (202, nothing applied yet), another
+# admin approves it with MFA (POST /ledger/proposals/{id}/approve). No single person moves money.
+
+
+def _proposed(requests: list[TransferRequest], reason: str) -> ResponseReturnValue:
+    view = services().ledger_ops.propose(principal().username, requests, reason)
+    return json_response({"proposal": view.to_json()}, 202)
+
+
 @bp.post("/transfers")
-@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
+@secured(scope=Scope.TRADE, admin_only=True, mfa=True, moves_money=True)
 def create_transfer() -> ResponseReturnValue:
-    """Submit one transfer (single or pending, or post/void with ``pending_id``)."""
-    return _single_result(ledger().submit([parse_transfer(json_object())])[0])
+    """Propose one transfer (single, pending, or post/void with ``pending_id``); another admin applies it."""
+    transfer = parse_transfer(json_object())
+    return _proposed([transfer], f"manual transfer {transfer.id}")
 
 
 @bp.post("/transfers/batch")
-@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
+@secured(scope=Scope.TRADE, admin_only=True, mfa=True, moves_money=True)
 def create_batch() -> ResponseReturnValue:
-    """Submit up to MAX_BATCH transfers; ``linked: true`` makes them all-or-nothing."""
+    """Propose up to MAX_BATCH transfers, applied all-or-nothing when another admin approves."""
     body = json_object()
     reject_unknown(body, {"transfers", "linked"})
     items = body.get("transfers")
@@ -197,11 +200,8 @@ def create_batch() -> ResponseReturnValue:
         raise ApiError(RequestCode.INVALID_FIELD,
                        f"transfers must be a list of 1..{MAX_BATCH} transfer objects")
     requests = [parse_transfer(item, f"transfers[{i}]") for i, item in enumerate(items)]
-    linked = field_bool(body, "linked")
-    results = ledger().submit(requests, linked=linked)
-    failed = [r for r in results if not r.ok]
-    status = 201 if not failed else (422 if linked or len(failed) == len(results) else 207)
-    return jsonify({"linked": linked, "results": [result_json(r) for r in results]}), status
+    field_bool(body, "linked")  # Accepted for compatibility: a proposal is always all-or-nothing.
+    return _proposed(requests, f"manual batch of {len(requests)} transfers")
 
 
 def _resolve(pending_id: str, kind: TransferKind) -> ResponseReturnValue:
@@ -213,21 +213,60 @@ def _resolve(pending_id: str, kind: TransferKind) -> ResponseReturnValue:
         code=field_int(body, "code", required=False, default=0) or 0,
         reference=field_str(body, "reference", required=False, default="") or "",
     )
-    return _single_result(ledger().submit([resolution])[0])
+    return _proposed([resolution], f"manual {kind.value} of {pending_id[:80]}")
 
 
 @bp.post("/transfers/<pending_id>/post")
-@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
+@secured(scope=Scope.TRADE, admin_only=True, mfa=True, moves_money=True)
 def post_pending(pending_id: str) -> ResponseReturnValue:
-    """Post all (or ``amount`` of) a pending transfer."""
+    """Propose posting all (or ``amount`` of) a pending transfer."""
     return _resolve(pending_id, TransferKind.POST)
 
 
 @bp.post("/transfers/<pending_id>/void")
-@secured(scope=Scope.TRADE, admin_only=True, mfa=False)
+@secured(scope=Scope.TRADE, admin_only=True, mfa=True, moves_money=True)
 def void_pending(pending_id: str) -> ResponseReturnValue:
-    """Void a pending transfer, releasing its hold."""
+    """Propose voiding a pending transfer, releasing its hold."""
     return _resolve(pending_id, TransferKind.VOID)
+
+
+@bp.get("/proposals")
+@secured(scope=Scope.READ, admin_only=True, mfa=False)
+def list_proposals() -> ResponseReturnValue:
+    """List manual ledger operations, newest first (``?state=proposed`` for those awaiting approval)."""
+    state = request.args.get("state")
+    if state is not None and state not in PROPOSAL_STATES:
+        raise ApiError(RequestCode.INVALID_FIELD, f"state must be one of {', '.join(PROPOSAL_STATES)}")
+    views = services().ledger_ops.list(state, query_int("limit", 100, low=1, high=LIST_MAX))
+    return json_response({"proposals": [v.to_json() for v in views]})
+
+
+@bp.get("/proposals/<proposal_id>")
+@secured(scope=Scope.READ, admin_only=True, mfa=False)
+def get_proposal(proposal_id: str) -> ResponseReturnValue:
+    """Return one manual ledger operation, its state and, once decided, the ledger's answers."""
+    return json_response({"proposal": services().ledger_ops.get(proposal_id).to_json()})
+
+
+@bp.post("/proposals/<proposal_id>/approve")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=True, moves_money=True)
+def approve_proposal(proposal_id: str) -> ResponseReturnValue:
+    """Approve another admin's proposal: its transfers are applied, all or none."""
+    view, _ = services().ledger_ops.approve(principal().username, proposal_id)
+    body = view.to_json()
+    status = 200 if view.state == EXECUTED else 422
+    return json_response({"proposal": body, "results": body["results"]}, status)
+
+
+@bp.post("/proposals/<proposal_id>/reject")
+@secured(scope=Scope.TRADE, admin_only=True, mfa=True)
+def reject_proposal(proposal_id: str) -> ResponseReturnValue:
+    """Reject a proposal; the ledger is not touched."""
+    body = json_object()
+    reject_unknown(body, {"reason"})
+    reason = field_str(body, "reason", required=False, default="") or ""
+    return json_response({"proposal": services().ledger_ops.reject(principal().username, proposal_id,
+                                                                   reason).to_json()})
 
 
 @bp.get("/transfers/<transfer_id>")

@@ -172,6 +172,16 @@ class Operation:
 OK = "200"
 CREATED = "201"
 
+# A manual ledger operation awaiting (or after) a second admin's approval (custody.access.ledger_ops).
+LEDGER_PROPOSAL: Final[Schema] = obj({
+    "id": STR, "proposer": STR, "reason": STR,
+    "state": {"enum": ["proposed", "executed", "failed", "rejected"]},
+    "transfers": array(OBJECT), "created_ms": INT, "decided_by": nullable(STR), "decided_ms": nullable(INT),
+    "results": nullable(array(OBJECT)),
+})
+LEDGER_PROPOSAL_ANSWER: Final[Schema] = obj({"proposal": LEDGER_PROPOSAL})
+LEDGER_DECISION: Final[Schema] = obj({"proposal": LEDGER_PROPOSAL, "results": array(OBJECT)})
+
 # Views of custody (and of the app itself) described by endpoint name. Request bodies the
 # views declare with @accepts take precedence over ``request`` here.
 OPERATIONS: Final[dict[str, Operation]] = {
@@ -226,16 +236,18 @@ OPERATIONS: Final[dict[str, Operation]] = {
     "ledger.get_account": Operation({OK: ref("LedgerAccount")}),
     "ledger.account_history": Operation({OK: obj({"entries": array(ref("LedgerEntry")),
                                                   "next_cursor": nullable(DIGITS)})}),
-    "ledger.create_transfer": Operation({OK: ref("TransferResult"), CREATED: ref("TransferResult")},
-                                        request=ref("TransferRequest")),
+    "ledger.create_transfer": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferRequest")),
     "ledger.create_batch": Operation(
-        {CREATED: BATCH_ANSWER, "207": BATCH_ANSWER, "422": {"anyOf": [BATCH_ANSWER, ref("Error")]}},
+        {"202": LEDGER_PROPOSAL_ANSWER},
         request=obj({"transfers": {**array(ref("TransferRequest")), "minItems": 1, "maxItems": 8190}},
                     {"linked": BOOL}) | {"additionalProperties": False}),
-    "ledger.post_pending": Operation({OK: ref("TransferResult"), CREATED: ref("TransferResult")},
-                                     request=ref("TransferResolution")),
-    "ledger.void_pending": Operation({OK: ref("TransferResult"), CREATED: ref("TransferResult")},
-                                     request=ref("TransferVoid")),
+    "ledger.post_pending": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferResolution")),
+    "ledger.void_pending": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferVoid")),
+    "ledger.list_proposals": Operation({OK: _wrap("proposals", array(LEDGER_PROPOSAL))}),
+    "ledger.get_proposal": Operation({OK: LEDGER_PROPOSAL_ANSWER}),
+    "ledger.approve_proposal": Operation({OK: LEDGER_DECISION, "422": LEDGER_DECISION}),
+    "ledger.reject_proposal": Operation({OK: LEDGER_PROPOSAL_ANSWER}, request=obj(
+        {}, {"reason": {"type": "string", "maxLength": 256}}) | {"additionalProperties": False}),
     "ledger.get_transfer": Operation({OK: ref("LedgerEntry")}),
     # ---------------------------------------------------------------- audit
     "audit.keys": Operation({OK: obj({"format": STR, "version": INT, "keys": array(OBJECT)})}),
@@ -294,5 +306,5 @@ BODYLESS_WRITES: Final = frozenset({
     "access.revoke_api_key", "access.mfa_enrol", "access.disable_user", "access.revoke_approver_key",
     "audit.create_checkpoint", "audit.create_snapshot", "wallets.run_reconciliation",
     "withdrawals.remove_whitelist", "withdrawals.cancel_withdrawal", "exchange.advance",
-    "exchange.cancel_order", "exchange.cancel_all_orders",
+    "exchange.cancel_order", "exchange.cancel_all_orders", "ledger.approve_proposal",
 })
