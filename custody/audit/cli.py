@@ -4,7 +4,7 @@
                      [--trusted-checkpoint HASH] [--json]
                      [--allow-unsigned-tail] [--allow-no-checkpoints] [--allow-unpinned-keys]
     strongroom-audit verify-liability PROOF.json --keys KEYS.json [--snapshot-hash HASH]
-                     [--checkpoint HASH] [--json]
+                     [--checkpoint HASH] [--root HASH] [--json]
     strongroom-audit keys-fingerprint KEYS.json
     strongroom-audit prove-inclusion EXPORT_DIR --seq N [--tree-size N]
     strongroom-audit prove-consistency EXPORT_DIR --first N --second N
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     liability.add_argument("--keys", type=Path, help="pinned public keys (keys.json format)")
     liability.add_argument("--snapshot-hash", help="the published snapshot hash the proof must match")
     liability.add_argument("--checkpoint", help="the signed checkpoint hash the snapshot must name")
+    liability.add_argument("--root", help="the published liabilities root (hash) of the proof's asset")
     liability.add_argument("--allow-unpinned-keys", action="store_true",
                            help="DOWNGRADE: use the key embedded in the proof")
     liability.add_argument("--json", action="store_true")
@@ -168,7 +169,7 @@ def _verify_liability(args: argparse.Namespace, keys: Mapping[tuple[str, int], P
         # An unknown key pins an all-zero key, so the signature check fails as it should.
         pinned = key.public_key if key is not None else bytes(32)
     check = verify_liability_proof(proof, pinned, pinned_snapshot_hash=args.snapshot_hash,
-                                   pinned_checkpoint=args.checkpoint)
+                                   pinned_checkpoint=args.checkpoint, pinned_root=args.root)
     if check.unusable:
         raise FormatError(check.problems[0])
     if args.json:

@@ -75,6 +75,7 @@ def verify_liability_proof(
     *,
     pinned_snapshot_hash: str | None = None,
     pinned_checkpoint: str | None = None,
+    pinned_root: str | None = None,
 ) -> LiabilityCheck:
     """Check a liability proof document; every problem is a message, never an exception."""
     try:
@@ -101,7 +102,10 @@ def verify_liability_proof(
     if pinned_checkpoint is not None and pinned_checkpoint.lower() != parsed.snapshot.checkpoint:
         problems.append(f"the snapshot is bound to checkpoint {parsed.snapshot.checkpoint}, not the "
                         f"pinned {pinned_checkpoint[:64]}")
-    if pinned_snapshot_hash is None and pinned_checkpoint is None:
+    if pinned_root is not None and pinned_root.lower() != parsed.root.hash.hex():
+        problems.append(f"the {parsed.asset[:20]} root is {parsed.root.hash.hex()}, not the pinned "
+                        f"{pinned_root[:64]}: this user is being shown a different tree")
+    if pinned_snapshot_hash is None and pinned_checkpoint is None and pinned_root is None:
         notes.append("no snapshot hash or checkpoint pinned: compare the snapshot hash above with "
                      "the published one to rule out a tree made for you alone")
     return LiabilityCheck(not problems, problems, parsed.asset, parsed.user_id, parsed.balance,

@@ -421,3 +421,6 @@ def test_liability_proof_from_a_different_snapshot_than_the_pinned_one_fails(
     assert audit_main(["verify-liability", str(proof), "--keys", str(keys),
                        "--checkpoint", "ab" * 32]) == 1
     assert "bound to checkpoint" in capsys.readouterr().out
+    published_root = published["liabilities"]["BTC"]["root"]  # type: ignore[index]
+    assert audit_main(["verify-liability", str(proof), "--keys", str(keys), "--root", published_root]) == 1
+    assert "this user is being shown a different tree" in capsys.readouterr().out

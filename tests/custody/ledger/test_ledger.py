@@ -368,3 +368,34 @@ def test_expiry_entries_record_the_expiry_service(ledger: Ledger, clock) -> None
     [expired] = ledger.expire_pending()
     assert expired.actor == "service:ledger-expiry"
     assert ledger.get_transfer(expired.id).actor == "service:ledger-expiry"
+
+
+def test_opening_an_account_journals_its_terms_and_actor_in_a_chained_entry(ledger: Ledger) -> None:
+    account = ledger.create_account("alice", "BTC", AccountKind.USER_AVAILABLE, actor="user:7")
+    opening = ledger.get_transfer(f"open:{account.id}")
+    assert (opening.kind, opening.debit_account, opening.credit_account, opening.amount) == (
+        TransferKind.OPEN, account.id, account.id, 0)
+    assert (opening.account_owner, opening.account_kind, opening.account_flags, opening.actor) == (
+        "alice", "user_available", 1, "user:7")
+    assert ledger.head()[0] == opening.seq
+    assert ledger.history(account.id).entries == []  # an opening is not a transfer
+
+
+def test_transfer_ids_with_the_reserved_open_prefix_are_refused(ledger: Ledger) -> None:
+    alice, _ = funded_user(ledger, "alice", "BTC", 100)
+    bob, _ = funded_user(ledger, "bob", "BTC", 0)
+    with pytest.raises(LedgerError) as err:
+        ledger.transfer(single("open:99", alice.id, bob.id, 1))
+    assert err.value.code is LedgerCode.INVALID_TRANSFER_ID
+
+
+@pytest.mark.parametrize(("kind", "flags"), [(AccountKind.USER_AVAILABLE, 0), (AccountKind.HOT_WALLET, 1),
+                                             (AccountKind.USER_MARGIN, 1), (AccountKind.EXTERNAL, 2)])
+def test_flags_other_than_the_kind_requires_are_refused(
+    ledger: Ledger, kind: AccountKind, flags: int
+) -> None:
+    before = ledger.head()
+    with pytest.raises(LedgerError) as err:
+        ledger.create_account("alice", "BTC", kind, flags=flags)
+    assert err.value.code is LedgerCode.INVALID_FLAGS
+    assert ledger.head() == before
