@@ -569,18 +569,20 @@ class Venue:
         if not ids:
             return []
         payer = ch.accounts[ch.orders[(symbol, next(iter(ids)))].payer]
-        short = -ch.available(payer)
-        if short <= 0:
+        short = -ch.available(payer)  # risk-increasing orders must fit above initial margin
+        below = -ch.free_above_maintenance(payer)  # and nothing may fill below maintenance
+        if short <= 0 and below <= 0:
             return []
         book = self.books[symbol]
         cmds: list[Any] = []
         for _, order_id in sorted(((self._oid(book, i), i) for i in ids), reverse=True):
             res = ch.orders[(symbol, order_id)]
-            if res.im <= 0 or res.reduce_only:
+            if res.im <= 0 or (res.reduce_only and below <= 0):
                 continue
             cmds.append(Cancel(order_id, account, self.now_ms))
             short -= res.im
-            if short <= 0:
+            below -= res.im
+            if short <= 0 and below <= 0:
                 break
         return cmds
 
@@ -660,12 +662,43 @@ class Venue:
     def _set_mark(self, symbol: str, mark: int, index: int) -> None:
         ch = self.clearing
         ch.events.append(MarkSet(ch.seq, symbol, mark, index))
-        for account_id in ch.set_mark(symbol, mark):
+        unsafe = ch.set_mark(symbol, mark)
+        # Before anything trades at the new mark: resting orders it moved through are re-priced
+        # (a liquidation order must not fill against a maker who cannot pay for that fill).
+        self._recheck_crossed_orders(symbol, mark)
+        for account_id in unsafe:
             self._liquidate(account_id)
         self._run(symbol, SetReference(mark, self.now_ms))
         self._run(symbol, PriceUpdate("mark", mark, self.now_ms))
         if self.tpsl:
             self._fire_tpsl(symbol, mark)
+
+    def _recheck_crossed_orders(self, symbol: str, mark: int) -> None:
+        """Re-price the resting orders the new mark moved *through* (bids above it, asks below).
+
+        Their fill would now be a loss against the mark that their reservation
+        may not cover; their accounts' reservations are recomputed and what
+        they can no longer afford is cancelled. Only the crossed levels at the
+        top of each side are walked (normally none).
+        """
+        book = self.books[symbol]
+        ch = self.clearing
+        accounts: set[str] = set()
+        for side, sign in ((book.bids, 1), (book.asks, -1)):
+            keys = side.keys
+            for i in range(len(keys) - 1, -1, -1):
+                level = side.levels[keys[i]]
+                if sign * (level.price - mark) <= 0:  # bids above the mark, asks below it
+                    break
+                o = level.head
+                while o is not None:
+                    accounts.add(o.account)
+                    o = o.next
+        for account in sorted(accounts):
+            if (account, symbol) in ch.order_index:
+                ch.moved.add((account, symbol))
+        if ch.moved:
+            self._after_fills()
 
     @staticmethod
     def _next_boundary(spec: InstrumentSpec, now_ms: int) -> int:

@@ -15,7 +15,10 @@ counterparty of realised PnL, funding and settlement), ``fees``,
 insurance fund). Platform identity, checked by ``check_invariants``:
 
     clearing == -sum(cost of open futures positions)
-    sum(cash) + clearing + fees + insurance == deposits - withdrawals + seeded insurance
+    sum(cash) + clearing + fees + insurance + bad_debt == deposits - withdrawals + seeded insurance
+
+``bad_debt`` (<= 0, ledger key ``bad_debt``) holds what was written off after
+the insurance fund and ADL could not absorb a shortfall.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from exchange.margin.position import Position
 from exchange.margin.requirement import (
     linear_im,
     linear_margin,
+    linear_mm,
     option_seller_margin,
     position_margin,
     position_value,
@@ -139,6 +143,7 @@ class Clearinghouse:
         self.dirty: set[str] = set()  # accounts to re-band
         self.touched: set[str] = set()  # accounts whose ledger hold may need adjusting
         self.liquidating: str | None = None
+        self._iso_carry: dict[str, int] = {}
 
     # -------------------------------------------------------------- sequencing
 
@@ -282,6 +287,8 @@ class Clearinghouse:
             acct = self.account(c.account)
         except KeyError:
             return RiskCode.UNKNOWN_ACCOUNT, f"account {c.account!r} has no collateral"
+        if acct.parent is not None and acct.id != isolated_account(acct.parent, symbol):
+            return RiskCode.INVALID_MARGIN_MODE, f"isolated account {acct.id!r} trades only its own symbol"
         mark = self.marks.get(symbol)
         if mark is None:
             return RiskCode.NO_MARK_PRICE, f"{symbol} has no mark price yet"
@@ -347,6 +354,13 @@ class Clearinghouse:
         index = self.index_of.get(spec.underlying, mark)
         return option_seller_margin(spec, -spec.contracts_per_unit, mark, index)[0]
 
+    def _unit_mm(self, spec: InstrumentSpec, long: bool, mark: int) -> int:
+        """Return the maintenance margin per ``contracts_per_unit`` contracts of an option position."""
+        if long:
+            return mark
+        index = self.index_of.get(spec.underlying, mark)
+        return option_seller_margin(spec, -spec.contracts_per_unit, mark, index)[1]
+
     def _reservation(self, acct: Account, spec: InstrumentSpec, pos: Position, side: int, qty: int,
                      price: int, closable: int, gross: int) -> tuple[int, int, int, int]:
         """Return (reserve, opening qty, closable left, gross left) for one order on ``side``.
@@ -360,9 +374,11 @@ class Clearinghouse:
         opening = qty - closing
         loss = -(-max(0, side * (price - mark)) * qty // cpu)
         fee = -(-qty * price * max(spec.taker_fee_ppm, 0) // (cpu * PPM))
+        # The closing part is credited the *maintenance* margin it frees, not the initial:
+        # a closing order may use the buffer above maintenance, never go below it.
         if spec.is_option:
             open_im = -(-opening * self._unit_im(spec, side > 0, mark) // cpu)
-            freed = closing * self._unit_im(spec, side < 0, mark) // cpu
+            freed = closing * self._unit_mm(spec, side < 0, mark) // cpu
         else:
             lev = acct.leverage.get(spec.symbol, 0)
             im_price = max(price, mark)
@@ -372,8 +388,8 @@ class Clearinghouse:
                            - linear_im(spec, gross * im_price // cpu, lev))
             freed = 0
             if closing:
-                freed = (linear_im(spec, closable * mark // cpu, lev)
-                         - linear_im(spec, (closable - closing) * mark // cpu, lev))
+                freed = (linear_mm(spec, closable * mark // cpu)
+                         - linear_mm(spec, (closable - closing) * mark // cpu))
         reserve = max(0, open_im - freed + loss + fee)
         return reserve, opening, closable - closing, gross + opening
 
@@ -525,6 +541,9 @@ class Clearinghouse:
 
     def apply(self, symbol: str, events: list[Event]) -> None:
         """Fold the engine's events for ``symbol`` into positions, reservations and postings."""
+        # Reservation an isolated order released but its fill did not need yet: a taker's
+        # later, worse fills in the same command may (see _top_up_isolated).
+        self._iso_carry = {}
         for ev in events:
             if type(ev) is Trade:
                 self._on_trade(symbol, ev)
@@ -565,8 +584,8 @@ class Clearinghouse:
             maker_fee = -(notional * -spec.maker_fee_ppm // PPM)
         self._pay(maker, FEES, maker_fee)
         self.fees += maker_fee
-        self._top_up_isolated(taker, symbol, taker_part)
-        self._top_up_isolated(maker, symbol, maker_part)
+        self._top_up_isolated(taker, symbol, t.taker, taker_part)
+        self._top_up_isolated(maker, symbol, t.maker, maker_part)
 
     def _pay(self, acct: Account, to: str, amount: int) -> None:
         """Move ``amount`` (may be negative: a rebate) from an account to a platform key."""
@@ -612,20 +631,32 @@ class Clearinghouse:
         if pos.idle():
             del acct.positions[symbol]
 
-    def _top_up_isolated(self, acct: Account, symbol: str, reserved: int) -> None:
+    def _top_up_isolated(self, acct: Account, symbol: str, order_id: str, released: int) -> None:
         """Fund an isolated sub-account towards its initial margin from what its order reserved.
 
         An isolated position never draws more from the parent than the
-        reservation its fill released (``reserved``) or margin added
-        explicitly; when its position is gone (and no order is live), the
-        rest goes back.
+        reservation its fill released (``released``, plus what earlier fills of
+        the same order left unused) or margin added explicitly. The parent's
+        free margin (equity, so unrealised gains count) backed that
+        reservation, so its cash may dip below zero like any cross wallet.
+        When the position is gone (and no order is live), the rest goes back.
         """
         if acct.parent is None:
             return
+        reserved = self._iso_carry.pop(order_id, 0) + released
         parent = self.accounts[acct.parent]
         pos = acct.positions.get(symbol)
         if pos is None or pos.size == 0:
-            if pos is None and acct.cash > 0:
+            if acct.cash < 0:
+                # Closed at a loss beyond its margin: the closing order's reservation pays it.
+                amount = min(-acct.cash, reserved)
+                if amount:
+                    self._post(f"m:{parent.id}", f"m:{acct.id}", amount)
+                    self._credit(parent, -amount)
+                    self._credit(acct, amount)
+                if reserved > amount:
+                    self._iso_carry[order_id] = reserved - amount
+            elif pos is None and acct.cash > 0:
                 back = acct.cash
                 self._post(f"m:{acct.id}", f"m:{parent.id}", back)
                 self._credit(acct, -back)
@@ -633,12 +664,13 @@ class Clearinghouse:
             return
         equity, im, _ = self.valuation(acct)
         need = im - equity
-        if need > 0:
-            amount = min(need, reserved, max(0, parent.cash))
-            if amount:
-                self._post(f"m:{parent.id}", f"m:{acct.id}", amount)
-                self._credit(parent, -amount)
-                self._credit(acct, amount)
+        amount = min(max(0, need), reserved)
+        if amount:
+            self._post(f"m:{parent.id}", f"m:{acct.id}", amount)
+            self._credit(parent, -amount)
+            self._credit(acct, amount)
+        if reserved > amount:
+            self._iso_carry[order_id] = reserved - amount
 
     # ---------------------------------------------------------- marks and the index
 
@@ -793,9 +825,7 @@ class Clearinghouse:
             pnl = position_value(spec, pos.size, pos.cost, mark) - (pos.cost if spec.is_option else 0)
             notional = max(1, abs(pos.size) * mark // spec.contracts_per_unit)
             equity = max(1, self.valuation(cp)[0])
-            pnl_ppm = pnl * PPM // max(1, abs(pos.cost))
-            score = pnl_ppm * notional // equity if pnl_ppm >= 0 else pnl_ppm * equity // notional
-            ranked.append((-score, cp_id))
+            ranked.append((-adl_score(pnl, pos.cost, notional, equity), cp_id))
         ranked.sort()
         out: list[tuple[str, int]] = []
         remaining = abs(size)
@@ -1008,6 +1038,16 @@ def intrinsic_value(spec: InstrumentSpec, price: int) -> int:
     if spec.option_type == "call":
         return max(0, price - spec.strike)
     return max(0, spec.strike - price)
+
+
+def adl_score(pnl: int, cost: int, notional: int, equity: int) -> int:
+    """Return Binance's ADL ranking score: PnL% * leverage if profitable, PnL% / leverage if not.
+
+    PnL% = ``pnl / |cost|`` and effective leverage = ``notional / equity``, in ppm of PnL%.
+    """
+    pnl_ppm = pnl * PPM // max(1, abs(cost))
+    notional, equity = max(1, notional), max(1, equity)
+    return pnl_ppm * notional // equity if pnl_ppm >= 0 else pnl_ppm * equity // notional
 
 
 def allocate(total: int, weights: dict[str, int]) -> dict[str, int]:
