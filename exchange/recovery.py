@@ -28,6 +28,7 @@ import itertools
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -145,9 +146,17 @@ class RecoveredVenue:
     truncate_at: tuple[Path, int] | None = None  # where the journal should end
 
 
-def recover(directory: Path, config: ExchangeConfig, record_fills: bool = True) -> RecoveredVenue:
+# Called with the venue loaded from its snapshot and the snapshot's command seq, before the
+# journal tail is replayed: a read model (exchange/marketdata.py) attaches here and follows the replay.
+Observer = Callable[[Venue, int], None]
+
+
+def recover(directory: Path, config: ExchangeConfig, record_fills: bool = True,
+            observe: Observer | None = None) -> RecoveredVenue:
     """Rebuild the venue from the newest good snapshot plus the journal tail (read-only)."""
     snap, venue = _latest_snapshot(directory, config, record_fills)
+    if observe is not None:
+        observe(venue, snap.command_seq)
     tail: list[tuple[int, VenueCommand, Path, int]] = []
     last: tuple[Path, int] | None = None  # last segment and where its intact records end
     torn_bytes = 0
@@ -221,6 +230,8 @@ class DurableVenue:
         self.interval_ms = interval_ms
         self.snapshot_every = snapshot_every
         self.since_snapshot = 0
+        # Called after each snapshot with (directory, command seq): the read model saves its own.
+        self.on_snapshot: Callable[[Path, int], object] | None = None
         self._lock: int | None = None
         self._writer = VenueJournalWriter(directory / segment_name(command_seq + 1), policy, interval_ms)
         venue.journal = self
@@ -229,7 +240,8 @@ class DurableVenue:
     @classmethod
     def open(cls, directory: Path, config: ExchangeConfig, *, namespace: str = "x",
              record_fills: bool = True, policy: FsyncPolicy = FsyncPolicy.ALWAYS, interval_ms: int = 5,
-             snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> tuple[DurableVenue, RecoveredVenue]:
+             snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
+             observe: Observer | None = None) -> tuple[DurableVenue, RecoveredVenue]:
         """Recover ``directory`` (or start it with snapshot 0 of an empty venue) and journal on."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = _lock(directory)
@@ -238,9 +250,11 @@ class DurableVenue:
                 raise SnapshotCorrupt(f"{directory}: journal segments but no venue snapshot")
             venue = Venue(config, namespace, record_fills)
             write_snapshot(directory, 0, venue, config_hash(config))
+            if observe is not None:
+                observe(venue, 0)
             rec = RecoveredVenue(venue, 0, 0, 0)
         else:
-            rec = recover(directory, config, record_fills)
+            rec = recover(directory, config, record_fills, observe)
             if rec.venue.clearing.ns != namespace:
                 raise ValueError(f"{directory} holds namespace {rec.venue.clearing.ns!r}, "
                                  f"configured {namespace!r}")
@@ -278,6 +292,8 @@ class DurableVenue:
                                           self.policy, self.interval_ms)
         self.since_snapshot = 0
         self.prune()
+        if self.on_snapshot is not None:
+            self.on_snapshot(self.directory, self.command_seq)
         return path
 
     def prune(self, keep: int = SNAPSHOTS_KEPT) -> None:

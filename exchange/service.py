@@ -37,6 +37,7 @@ from custody.ledger.posting import TransferRequest
 from custody.ledger.service import MAX_BATCH, Ledger
 from exchange.engine.journal import FsyncPolicy
 from exchange.instruments import ExchangeConfig
+from exchange.marketdata import MarketData
 from exchange.recovery import DEFAULT_SNAPSHOT_EVERY, DurableVenue
 from exchange.risk.clearing import BAD_DEBT, CLEARING, FEES, INSURANCE, WALLET, Posting
 from exchange.risk.events import RiskEvent
@@ -66,7 +67,7 @@ class ExchangeService:
     """The venue plus its ledger accounts; every public method leaves the ledger in sync."""
 
     def __init__(self, ledger: Ledger, venue: Venue, asset: str = "USDC",
-                 durable: DurableVenue | None = None) -> None:
+                 durable: DurableVenue | None = None, market: MarketData | None = None) -> None:
         self.ledger = ledger
         self.venue = venue
         self.asset = asset
@@ -75,6 +76,11 @@ class ExchangeService:
         self.events: list[RiskEvent] = []
         self._ids: dict[str, int] = {}
         self._backlog: list[Posting] = []  # drained, journaled, not yet accepted by the ledger
+        # The market-data read model (exchange/marketdata.py), fed by the venue's tap.
+        if market is None:
+            market = MarketData()
+            market.attach(venue)
+        self.market = market
         # The shell's clock (ms). With one, every command first runs the funding intervals and
         # expiries due before it, so nothing trades past a boundary that was not yet settled.
         self.clock: Callable[[], int] | None = None
@@ -83,10 +89,17 @@ class ExchangeService:
     def open(cls, ledger: Ledger, config: ExchangeConfig, directory: Path, *, namespace: str = "x",
              asset: str = "USDC", policy: FsyncPolicy = FsyncPolicy.ALWAYS,
              snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> ExchangeService:
-        """Recover the venue journaled in ``directory`` and bring the ledger up to date with it."""
+        """Recover the venue journaled in ``directory`` and bring the ledger up to date with it.
+
+        The market-data read model follows the recovery: it loads its snapshot taken with the
+        venue snapshot recovery starts from, then sees the replayed journal tail.
+        """
+        market = MarketData()
         durable, rec = DurableVenue.open(directory, config, namespace=namespace, policy=policy,
-                                         snapshot_every=snapshot_every)
-        svc = cls(ledger, rec.venue, asset, durable)
+                                         snapshot_every=snapshot_every,
+                                         observe=market.recovering(directory))
+        durable.on_snapshot = market.save_snapshot
+        svc = cls(ledger, rec.venue, asset, durable, market=market)
         svc.events.extend(rec.events)
         svc._backlog = rec.postings
         log.info("exchange venue recovered from %s: snapshot %d, %d records replayed, %d postings "

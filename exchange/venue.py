@@ -88,6 +88,9 @@ PARTIAL_TARGET_DEN: Final = 10
 JOURNAL_INT_MIN: Final = -(2**63)
 JOURNAL_INT_MAX: Final = 2**63 - 1
 MAX_ECHO_CHARS: Final = 40  # how much of a refused value an error message repeats
+# Engine commands carry the edge's time in nanoseconds (`NewOrder.ts`): the venue's own orders,
+# cancels and price updates too, so every fill's `ts` has one unit (docs/market-data.md).
+NS_PER_MS: Final = 1_000_000
 
 SIDES: Final[frozenset[str]] = frozenset(get_args(Side))
 ORDER_TYPES: Final[frozenset[str]] = frozenset(get_args(OrderType))
@@ -176,6 +179,18 @@ def amend_problem(cmd: Amend) -> tuple[ResultCode, str] | None:
     return None
 
 
+class VenueTap(Protocol):
+    """A read model fed by the venue as it runs (exchange/marketdata.py); it must not mutate it."""
+
+    def ran(self, symbol: str, cmd: Any, events: list[Event]) -> None:
+        """Observe one engine command of ``symbol`` and the events it produced (after settlement)."""
+        ...
+
+    def drained(self, events: list[RiskEvent]) -> None:
+        """Observe the end of a batch: the clearing events handed out by ``drain()``."""
+        ...
+
+
 class CommandLog(Protocol):
     """Where the venue records each command it ran (the venue journal, see exchange/recovery.py)."""
 
@@ -250,6 +265,8 @@ class Venue:
         self.tpsl: dict[tuple[str, str], tuple[int, int | None, int | None]] = {}
         # Set by the shell to journal commands; None (tests, benchmarks, replay) records nothing.
         self.journal: CommandLog | None = None
+        # Set by the shell to feed the market-data read model; None (the default) costs one test.
+        self.tap: VenueTap | None = None
         self.recorded = 0  # commands recorded since the last Drain marker
 
     def _log(self, cmd: VenueCommand) -> None:
@@ -413,7 +430,7 @@ class Venue:
             raise InvalidCommand(ResultCode.BAD_ID, f"order id was {_echo(order_id)}, "
                                  "must be a UTF-8 string")
         self.clearing.begin()
-        events = self._run(symbol, Cancel(order_id, account, self.now_ms))
+        events = self._run(symbol, Cancel(order_id, account, self.now_ms * NS_PER_MS))
         self._log(CancelOrder(symbol, order_id, account))
         return events
 
@@ -424,7 +441,7 @@ class Venue:
             raise InvalidCommand(ResultCode.INVALID_COMMAND, f"account was {_echo(account)}, "
                                  "must be a UTF-8 string")
         self.clearing.begin()
-        events = self._run(symbol, CancelAll(account, self.now_ms))
+        events = self._run(symbol, CancelAll(account, self.now_ms * NS_PER_MS))
         self._log(CancelAllOrders(symbol, account))
         return events
 
@@ -500,6 +517,8 @@ class Venue:
         self.clearing.apply(symbol, events)
         if self.record_fills:
             self._record(symbol, events)
+        if self.tap is not None:
+            self.tap.ran(symbol, cmd, events)
         if self.clearing.moved:
             events = events + self._after_fills()
         return events
@@ -549,10 +568,10 @@ class Venue:
             if left >= res.qty:
                 room[res.side] = left - res.qty
             elif left > 0 and order_id in book.orders:
-                cmds.append(Amend(order_id, qty=left, account=account, ts=self.now_ms))
+                cmds.append(Amend(order_id, qty=left, account=account, ts=self.now_ms * NS_PER_MS))
                 room[res.side] = 0
             else:
-                cmds.append(Cancel(order_id, account, self.now_ms))
+                cmds.append(Cancel(order_id, account, self.now_ms * NS_PER_MS))
         return cmds
 
     @staticmethod
@@ -579,7 +598,7 @@ class Venue:
             res = ch.orders[(symbol, order_id)]
             if res.im <= 0 or (res.reduce_only and below <= 0):
                 continue
-            cmds.append(Cancel(order_id, account, self.now_ms))
+            cmds.append(Cancel(order_id, account, self.now_ms * NS_PER_MS))
             short -= res.im
             below -= res.im
             if short <= 0 and below <= 0:
@@ -668,8 +687,8 @@ class Venue:
         self._recheck_crossed_orders(symbol, mark)
         for account_id in unsafe:
             self._liquidate(account_id)
-        self._run(symbol, SetReference(mark, self.now_ms))
-        self._run(symbol, PriceUpdate("mark", mark, self.now_ms))
+        self._run(symbol, SetReference(mark, self.now_ms * NS_PER_MS))
+        self._run(symbol, PriceUpdate("mark", mark, self.now_ms * NS_PER_MS))
         if self.tpsl:
             self._fire_tpsl(symbol, mark)
 
@@ -800,7 +819,7 @@ class Venue:
             self._liq_n += 1
             cmd = NewOrder(id=f"tpsl.{ch.seq}.{self._liq_n}", account=account,
                            side="sell" if pos.size > 0 else "buy", qty=abs(pos.size), type="market",
-                           reduce_only=True, ts=self.now_ms * 1_000_000)
+                           reduce_only=True, ts=self.now_ms * NS_PER_MS)
             code, message = ch.check_new(symbol, cmd, self._sweep_price(symbol, cmd))
             if code:
                 ch.events.append(TpSlRefused(ch.seq, account, symbol, int(code), message))
@@ -825,7 +844,7 @@ class Venue:
         ch.events.append(LiquidationStarted(ch.seq, account_id, equity, mm,
                                             "partial" if equity > 0 else "full"))
         for symbol in sorted(s for s, p in acct.positions.items() if p.open_buy or p.open_sell):
-            self._run(symbol, CancelAll(account_id, self.now_ms))
+            self._run(symbol, CancelAll(account_id, self.now_ms * NS_PER_MS))
         ch.liquidating = account_id
         try:
             for stage in ("partial", "full"):
@@ -876,7 +895,8 @@ class Venue:
         self._liq_n += 1
         side: Side = "sell" if pos.size > 0 else "buy"
         return NewOrder(id=f"liq.{ch.seq}.{self._liq_n}", account=account_id, side=side, qty=qty,
-                        type="limit", price=limit, tif="IOC", reduce_only=True, ts=self.now_ms)
+                        type="limit", price=limit, tif="IOC", reduce_only=True,
+                        ts=self.now_ms * NS_PER_MS)
 
     def _inside_band(self, symbol: str, price: int) -> int:
         book = self.books[symbol]
@@ -1063,7 +1083,7 @@ class Venue:
         book = self.books[symbol]
         owners = sorted({o.account for o in book.orders.values()} | {s.account for s in book.stops.values()})
         for account in owners:
-            self._run(symbol, CancelAll(account, at_ms))
+            self._run(symbol, CancelAll(account, at_ms * NS_PER_MS))
         price = self.settlement_price(symbol, now_ms)
         if price is None:
             if ch.trading[symbol]:
@@ -1147,7 +1167,10 @@ class Venue:
             self.recorded = 0
             self._log(Drain())
             self.recorded = 0
-        return self.clearing.drain()
+        postings, events = self.clearing.drain()
+        if self.tap is not None:
+            self.tap.drained(events)
+        return postings, events
 
 
 def _journalable(account: str, amount: int) -> None:

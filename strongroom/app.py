@@ -27,6 +27,7 @@ from custody.db import make_engine, make_session_factory
 from custody.keystore import KeystoreError
 from custody.ledger.service import Ledger, wall_clock_ms
 from exchange.api import blueprint as exchange_api
+from exchange.api import marketdata as marketdata_api
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
 
@@ -92,6 +93,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
         install_terms(bundle_chains(chains), app.extensions["strongroom.access"].withdrawals,
                       [runtime.treasury for runtime in chains.values()])
     exchange_api.init_app(app)
+    marketdata_api.init_app(app)
     init_rate_limits(app)
     _register_meta_routes(app)
     return app

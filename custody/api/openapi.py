@@ -169,6 +169,7 @@ def _operation(
         {"name": n, "in": "query", "required": False, "schema": s}
         for n, s in QUERY_PARAMETERS.get(endpoint, [])
     ]
+    parameters += getattr(view, "query_schemas", [])  # a view's own (exchange/api/marketdata.py)
     documented = _documented(endpoint, view)
     operation: dict[str, Any] = {
         "operationId": endpoint,

@@ -144,6 +144,9 @@ class Clearinghouse:
         self.touched: set[str] = set()  # accounts whose ledger hold may need adjusting
         self.liquidating: str | None = None
         self._iso_carry: dict[str, int] = {}
+        # (taker fee, maker fee) of each trade, in order, while a read model listens
+        # (exchange/marketdata.py takes them after each engine command); None: not kept.
+        self.trade_fees: list[tuple[int, int]] | None = None
 
     # -------------------------------------------------------------- sequencing
 
@@ -584,6 +587,8 @@ class Clearinghouse:
             maker_fee = -(notional * -spec.maker_fee_ppm // PPM)
         self._pay(maker, FEES, maker_fee)
         self.fees += maker_fee
+        if self.trade_fees is not None:
+            self.trade_fees.append((fee, maker_fee))
         self._top_up_isolated(taker, symbol, t.taker, taker_part)
         self._top_up_isolated(maker, symbol, t.maker, maker_part)
 
