@@ -316,7 +316,7 @@ def _approve(world: World, model: Model, a: Action) -> str:
         return "nothing to approve"
     person = world.people[a["approver"]]
     approval = person.approve(withdrawal_subject(view.to_json()), world.clock.now_ms)
-    return _outcome(_api(world, model, a["approver"], "POST", f"/api/v1/withdrawals/{wid}/approve",
+    return _outcome(_api(world, model, a["approver"], "POST", f"/api/v1/withdrawals/{wid}/approvals",
                          {"approval": approval}, mfa=True))
 
 

@@ -85,4 +85,7 @@ def withdrawal_subject(withdrawal: dict[str, Any]) -> ApprovalSubject:
     s = withdrawal["subject"]
     return ApprovalSubject(kind=SubjectKind.WITHDRAWAL, subject_id=s["subject_id"], policy_id=s["policy_id"],
                            policy_version=s["policy_version"], asset=s["asset"],
-                           amount_minor=int(s["amount_minor"]), destination=s["destination"])
+                           amount_minor=int(s["amount_minor"]), destination=s["destination"],
+                           rule_id=s.get("rule_id", ""), chain=s.get("chain", ""),
+                           network=s.get("network", ""), source_wallet=s.get("source_wallet", ""),
+                           fee_cap_minor=int(s.get("fee_cap_minor", "0")))

@@ -47,6 +47,25 @@ def test_simulation_scenario_replay_reproduces_the_trace(tmp_path: Path) -> None
     assert replayed.trace == original.trace
 
 
+def test_simulation_large_withdrawal_approved_by_two_treasurers_is_sent_and_settled() -> None:
+    key = "big-1"
+    result = runner.run(11, 6, actions=[
+        {"op": "withdraw", "trader": "trader0", "asset": "ETH", "amount": 3 * actors.ETH, "key": key},
+        {"op": "approve", "trader": "trader0", "key": key, "approver": "treasury1"},
+        {"op": "approve", "trader": "trader0", "key": key, "approver": "treasury1"},
+        {"op": "approve", "trader": "trader0", "key": key, "approver": "treasury2"},
+        {"op": "dispatch"},
+        {"op": "mine", "blocks": 3},
+    ])
+    assert result.ok, _explain(result)
+    outcomes = [entry["outcome"] for entry in result.trace]
+    assert outcomes[0] == "201 pending_approval"
+    assert outcomes[1] == "200"
+    assert outcomes[2].startswith("4")  # the same approver twice is refused
+    assert outcomes[3] == "200"
+    assert outcomes[4] == "dispatched 1 completed 0"
+
+
 def _send_twice(world: World, model: actors.Model, a: dict[str, Any]) -> str:
     """A planted bug: a trader's destination is paid without a withdrawal (a second payment)."""
     world.chain.send_eth(destination_of(a["trader"]), a["amount"])
