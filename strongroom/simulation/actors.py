@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exchange.journal import list_segments
+from strongroom.simulation import cold
 from strongroom.simulation.client import Reply, withdrawal_subject
 from strongroom.simulation.world import AUDITOR, CONFIRMATIONS, TREASURY, World, destination_of
 
@@ -33,11 +34,15 @@ FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "d
           "concurrent")
 DEFAULT_FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "ledger_outage")
 
+# Actions on a withdrawal a trader asked for earlier (named by trader and idempotency key).
+KEYED_OPS = frozenset({"withdraw_retry", "cancel", "approve", "reject", "export_bundle", "sign_bundle",
+                       "import_bundle"})
 # (op, weight, fault that enables it or None)
 WEIGHTS: tuple[tuple[str, int, str | None], ...] = (
     ("deposit", 8, None), ("mine", 10, None), ("wallet_tick", 8, None), ("consolidate", 3, None),
     ("withdraw", 8, None), ("withdraw_retry", 3, None), ("cancel", 2, None),
     ("approve", 5, None), ("reject", 1, None), ("dispatch", 6, None), ("release_due", 2, None),
+    ("rebalance", 2, None), ("export_bundle", 3, None), ("sign_bundle", 3, None), ("import_bundle", 3, None),
     ("collateral", 5, None), ("order", 12, None), ("make_market", 6, None), ("collude", 3, None),
     ("cancel_orders", 2, None),
     ("quote", 8, None), ("market_tick", 4, None), ("clock", 4, None),
@@ -61,6 +66,9 @@ class Model:
     last_request: Action | None = None
     counter: int = 0
     audit_due: bool = False
+    market_ran_ms: int = 0
+    exported: dict[str, list[bytes]] = field(default_factory=dict)  # withdrawal id -> bundles
+    signed: dict[str, list[bytes]] = field(default_factory=dict)  # withdrawal id -> signed answers
 
     def next_id(self, prefix: str) -> str:
         self.counter += 1
@@ -87,8 +95,13 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
         amount = max(1, rng.choice((available // 4, available // 2, available, available + 1,
                                     rng.randint(1, 5) * (ETH // 10 if asset == "ETH" else 1000 * USDC))))
         key = f"{trader}-{rng.random():.6f}"
-        return {"op": op, "trader": trader, "asset": asset, "amount": amount, "key": key}
-    if op in ("withdraw_retry", "cancel", "approve", "reject"):
+        new: Action = {"op": op, "trader": trader, "asset": asset, "amount": amount, "key": key}
+        if rng.random() < 0.25:
+            new["source"] = "cold"  # two treasury approvals, then the offline signer
+        return new
+    if op == "rebalance":
+        return {"op": op, "asset": rng.choice(("ETH", "USDC"))}
+    if op in KEYED_OPS:
         known = [(t, k) for t in world.traders for k in model.keys.get(t, [])]
         if not known:
             return {"op": "clock", "ms": 1_000}
@@ -100,6 +113,11 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
             action.update(asset=asset, amount=amount + rng.randint(1, 10**6) if lie else amount)
         if op in ("approve", "reject"):
             action["approver"] = rng.choice(TREASURY)
+        if op == "sign_bundle":
+            # Usually at once, sometimes hours later (the bundle may have expired by then).
+            action["late_ms"] = rng.choice((0, 0, 0, 60_000, 6 * 3_600_000, 30 * 3_600_000))
+        if op == "import_bundle":
+            action["which"] = rng.choice((-1, -1, 0))  # the newest answer, or an older one again
         return action
     if op == "collateral":
         direction = rng.choice(("deposit", "withdraw"))
@@ -228,6 +246,10 @@ def apply(world: World, model: Model, action: Action) -> str:
     """Carry out ``action``; return a short outcome for the trace. Refusals are outcomes, not errors."""
     handler = HANDLERS[action["op"]]
     remember_head(world, model)
+    if world.clock.now_ms != model.market_ran_ms:
+        # The server's market job runs every second: whatever time passed, it ran before this step.
+        world.svc.market.run_due()
+        model.market_ran_ms = world.clock.now_ms
     return handler(world, model, action)
 
 
@@ -284,7 +306,42 @@ def _reorg(world: World, model: Model, a: Action) -> str:
 
 def _wallet_tick(world: World, model: Model, a: Action) -> str:
     report, views = world.svc.runtime.tick()
-    return f"credited {report.credited} voided {report.voided} txs {len(views)}"
+    bundles = world.svc.cold.tick()
+    return f"credited {report.credited} voided {report.voided} txs {len(views)} bundles {len(bundles)}"
+
+
+def _rebalance(world: World, model: Model, a: Action) -> str:
+    """Sweep the hot wallet's surplus above its ceiling to the cold wallet (or propose a refill)."""
+    result = world.svc.runtime.treasury.rebalance(a["asset"])
+    return "nothing to do" if result is None else type(result).__name__
+
+
+def _export_bundle(world: World, model: Model, a: Action) -> str:
+    wid = withdrawal_id(a["trader"], a["key"])
+    data, outcome = cold.export(world.svc.cold, wid)
+    if data is not None:
+        model.exported.setdefault(wid, []).append(data)
+    return outcome
+
+
+def _sign_bundle(world: World, model: Model, a: Action) -> str:
+    wid = withdrawal_id(a["trader"], a["key"])
+    exported = model.exported.get(wid)
+    if not exported or world.signer is None:
+        return "nothing to sign"
+    world.clock.advance(a.get("late_ms", 0))
+    signed, outcome = world.signer.sign(exported[-1], world.clock.now_ms)
+    if signed is not None:
+        model.signed.setdefault(wid, []).append(signed)
+    return outcome
+
+
+def _import_bundle(world: World, model: Model, a: Action) -> str:
+    wid = withdrawal_id(a["trader"], a["key"])
+    answers = model.signed.get(wid)
+    if not answers:
+        return "nothing to import"
+    return cold.import_signed(world.svc.cold, answers[a.get("which", -1)])
 
 
 def _consolidate(world: World, model: Model, a: Action) -> str:
@@ -297,9 +354,10 @@ def _withdraw(world: World, model: Model, a: Action) -> str:
     known = model.keys.setdefault(trader, [])
     if all(k != a["key"] for k, _, _ in known):
         known.append((a["key"], a["asset"], a["amount"]))
-    reply = _api(world, model, trader, "POST", "/api/v1/withdrawals",
-                 {"asset": a["asset"], "amount": str(a["amount"]), "destination": destination_of(trader)},
-                 mfa=True, key=a["key"])
+    body = {"asset": a["asset"], "amount": str(a["amount"]), "destination": destination_of(trader)}
+    if a.get("source") == "cold":
+        body["source_wallet"] = "cold"
+    reply = _api(world, model, trader, "POST", "/api/v1/withdrawals", body, mfa=True, key=a["key"])
     state = reply.body.get("withdrawal", {}).get("state", "")
     return f"{_outcome(reply)} {state}".strip()
 
@@ -549,5 +607,6 @@ HANDLERS = {
     "expire_holds": _expire_holds, "crash": _crash, "torn_tail": _torn_tail, "duplicate": _duplicate,
     "clock_jump": _clock, "reorg": _reorg, "deep_reorg": _reorg, "ledger_outage": _ledger_outage,
     "concurrent_withdraw": _concurrent_withdraw, "expiry_jump": _expiry_jump,
-    "make_market": _make_market,
+    "make_market": _make_market, "rebalance": _rebalance, "export_bundle": _export_bundle,
+    "sign_bundle": _sign_bundle, "import_bundle": _import_bundle,
 }

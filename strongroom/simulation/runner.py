@@ -132,6 +132,10 @@ def bootstrap(world: World) -> None:
     for _ in range(CONFIRMATIONS + 2):
         world.chain.mine(1)
         world.svc.runtime.tick()
+    # The hot wallet keeps 20-60 ETH and 50k-150k USDC; ``rebalance`` sweeps the rest to cold.
+    treasury = world.svc.runtime.treasury
+    treasury.set_limits("ETH", 20 * actors.ETH, 40 * actors.ETH, 60 * actors.ETH)
+    treasury.set_limits("USDC", 50_000 * actors.USDC, 100_000 * actors.USDC, 150_000 * actors.USDC)
     for underlying, price in actors.PRICE_START.items():
         actors.apply(world, model, {"op": "quote", "underlying": underlying, "price": price})
     for trader in world.traders:
@@ -201,7 +205,7 @@ def run(seed: int, steps: int, faults: Sequence[str] = actors.DEFAULT_FAULTS, *,
     return result
 
 
-QUIESCE_ROUNDS = 2 * CONFIRMATIONS + 6
+QUIESCE_ROUNDS = 2 * CONFIRMATIONS + 2
 
 
 def quiesce(world: World) -> None:
@@ -215,7 +219,9 @@ def quiesce(world: World) -> None:
         for asset in ("ETH", "USDC"):
             svc.runtime.treasury.consolidate(asset)
         svc.dispatcher.run()
+        svc.cold.tick()
     svc.runtime.tick()
+    svc.cold.tick()
     svc.dispatcher.run()
 
 

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from eth_utils.address import to_checksum_address
 from flask import Flask
 from flask.testing import FlaskClient
 
 from custody.access.service import AccessServices
 from custody.audit.export import PublicKey
 from custody.audit.service import AuditService
+from custody.bundles.service import ColdTransfers
 from custody.chains.ethereum.devchain import EmbeddedChain
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
@@ -41,9 +43,9 @@ from strongroom.app import create_app
 from strongroom.settings import Settings
 from strongroom.simulation.client import TOTP_STEP_MS, Person
 from strongroom.simulation.clock import SimClock
+from strongroom.simulation.cold import SignerMachine, anchors, cold_address, cold_transfers, signer_seed
 
 CONFIRMATIONS = 2
-COLD_ADDRESS = "0x000000000000000000000000000000000000C01D"
 ASSETS = ("ETH", "USDC")
 KEYSTORE_SCRYPT_LOG2_N = 10  # cheap: the simulation's keystore protects nothing real
 DAY_MS = 86_400_000
@@ -71,7 +73,8 @@ def migrated_sqlite(path: Path) -> str:
 def destination_of(username: str) -> str:
     """Return the outside address ``username`` withdraws to (unique per trader, holds nothing else)."""
     digest = username.encode().hex()[-38:]
-    return "0x" + digest.rjust(40, "d")
+    # EIP-55 checksummed: the cold path refuses any other spelling (see docs/simulation.md, findings).
+    return str(to_checksum_address("0x" + digest.rjust(40, "d")))
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Services:
     dispatcher: WithdrawalDispatcher
     feed: ScriptedFeed
     market: MarketScheduler
+    cold: ColdTransfers
 
     @property
     def ledger(self) -> Ledger:
@@ -121,8 +125,10 @@ class World:
     traders: list[str] = field(default_factory=list)
     pinned_keys: dict[tuple[str, int], PublicKey] = field(default_factory=dict)
     services: Services | None = None
+    signer: SignerMachine | None = None
     restarts: int = 0
     exchange_lag_steps: int = 0  # steps the invariants leave the exchange's ledger backlog alone
+    token_slot: int | None = None  # the dev token's balance mapping slot, found on first read
     market_prices: dict[str, int | None] = field(default_factory=dict)  # None: sources silent
     balance_cache: dict[object, object] = field(default_factory=dict)  # chain reads, per head block
 
@@ -153,7 +159,9 @@ class World:
             if price is not None:
                 feed.set(underlying, price)
         market = MarketScheduler(exchange, self.clock, feed)
-        self.services = Services(app, app.test_client(), runtime, dispatcher, feed, market)
+        cold = cold_transfers(app.extensions["strongroom.sessions"], runtime, self.keystore,
+                              app.extensions["strongroom.access"].withdrawals, self.clock, CONFIRMATIONS)
+        self.services = Services(app, app.test_client(), runtime, dispatcher, feed, market, cold)
         return self.services
 
     def crash(self) -> None:
@@ -210,10 +218,15 @@ def build_world(seed: int, traders: int, workdir: Path | None = None) -> World:
     chain.ensure_token()
     world = World(seed, base, SimClock(), chain, keystore, url)
     services = world.start()
-    services.runtime.setup_wallets(COLD_ADDRESS)
+    seed_bytes = signer_seed(rng.randbytes(32))
+    world.signer = SignerMachine(seed_bytes, base / "signer")
+    # The cold wallet is the offline signer's address; the platform only watches it.
+    services.runtime.setup_wallets(cold_address(seed_bytes))
     # The embedded chain mines every transaction into its own block as it arrives: py-evm checks a
     # new transaction's nonce against the last block, so a mempool could hold one per sender only.
     _people(world, services, rng, traders)
+    world.signer.anchors = anchors(services.cold, [world.people[name] for name in TREASURY],
+                                   services.runtime)
     world.pinned_keys = {(k.name, k.version): k for k in services.audit().public_keys()}
     return world
 

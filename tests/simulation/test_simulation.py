@@ -66,6 +66,31 @@ def test_simulation_large_withdrawal_approved_by_two_treasurers_is_sent_and_sett
     assert outcomes[4] == "dispatched 1 completed 0"
 
 
+def test_simulation_cold_withdrawal_through_the_offline_signer_is_signed_once_and_settled() -> None:
+    key = "cold-1"
+    result = runner.run(12, 13, actions=[
+        {"op": "rebalance", "asset": "ETH"},  # the hot surplus is swept to the signer's cold address
+        {"op": "mine", "blocks": 3}, {"op": "wallet_tick"},
+        {"op": "withdraw", "trader": "trader0", "asset": "ETH", "amount": actors.ETH, "key": key,
+         "source": "cold"},
+        {"op": "approve", "trader": "trader0", "key": key, "approver": "treasury1"},
+        {"op": "approve", "trader": "trader0", "key": key, "approver": "treasury2"},
+        {"op": "export_bundle", "trader": "trader0", "key": key},
+        {"op": "sign_bundle", "trader": "trader0", "key": key, "late_ms": 0},
+        {"op": "sign_bundle", "trader": "trader0", "key": key, "late_ms": 0},
+        {"op": "import_bundle", "trader": "trader0", "key": key, "which": -1},
+        {"op": "import_bundle", "trader": "trader0", "key": key, "which": 0},
+        {"op": "mine", "blocks": 3}, {"op": "wallet_tick"},
+    ])
+    assert result.ok, _explain(result)
+    outcomes = [entry["outcome"] for entry in result.trace]
+    assert outcomes[3] == "201 pending_approval" and outcomes[5] == "200"
+    assert outcomes[6].startswith("exported") and outcomes[7] == "signed"
+    assert outcomes[8].startswith("refused 7060 already_signed")  # the signer signs a bundle once
+    assert outcomes[9] == outcomes[10] == "imported broadcast"  # a second import changes nothing
+    assert "bundles 1" in outcomes[12]
+
+
 def _send_twice(world: World, model: actors.Model, a: dict[str, Any]) -> str:
     """A planted bug: a trader's destination is paid without a withdrawal (a second payment)."""
     world.chain.send_eth(destination_of(a["trader"]), a["amount"])
