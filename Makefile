@@ -19,11 +19,16 @@ bootstrap:
 lint: bootstrap
 	.venv/bin/ruff check . && .venv/bin/lint-imports && .venv/bin/mypy policies signer exchange/engine && .venv/bin/mypy custody strongroom exchange
 
+# Every benchmark in benchmarks/; the engine ones on the compiled core (built
+# here), peers_bench.py side by side with PyPI order books in a throwaway venv.
 bench: bootstrap
+	scripts/build-engine.sh
+	.venv/bin/python benchmarks/engine_bench.py --repeat 3
+	.venv/bin/python benchmarks/peers_bench.py --repeat 3
 	.venv/bin/python benchmarks/ledger_bench.py
-	.venv/bin/python benchmarks/engine_bench.py
 	.venv/bin/python benchmarks/audit_bench.py
 	.venv/bin/python benchmarks/risk_bench.py
+	.venv/bin/python benchmarks/simulation_bench.py
 
 clean:
 	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,7 @@
 cimport cython
 
 
+@cython.final
 cdef class Order:
     cdef public long long oid
     cdef public object id
@@ -27,6 +28,7 @@ cdef class Order:
     cdef public Order next
 
 
+@cython.final
 cdef class Level:
     cdef public long long key
     cdef public long long price
@@ -36,12 +38,19 @@ cdef class Level:
     cdef public Order tail
 
 
+@cython.final
 cdef class BookSide:
     cdef public long long sign
     cdef public dict levels
     cdef public list keys
 
 
+@cython.locals(o=Order)
+cdef Order _make_order(long long oid, id, account, bint is_buy, long long price, long long qty,
+                       post_only, long long stp, reduce_only)
+
+
+@cython.final
 cdef class OrderBook:
     # Attributes added to the pure source later still work (slower) through
     # the instance dict until they are declared here.
@@ -73,16 +82,18 @@ cdef class OrderBook:
     # Internal methods are cpdef so the core calls them as C functions.
     # Arguments stay Python objects until the pure code has validated them.
     cpdef process(self, cmd)
+    cpdef process_many(self, list cmds)
     @cython.locals(is_buy=bint, stp=cython.longlong, oid=cython.longlong, is_market=bint,
                    limit=cython.longlong, seq=cython.longlong, remaining=cython.longlong,
                    code=cython.longlong)
     cpdef _on_new(self, c)
     cpdef _accept_stop(self, c, oid, is_buy, stp)
-    cpdef long long _validate_new(self, c, id, side, qty, t, price, tif, stp_name) except? -1
-    cpdef long long _validate_type(self, c, t, price, tif) except? -1
-    cpdef long long _validate_trigger(self, c) except? -1
-    cpdef long long _protection_bound(self, bint is_buy) except? -1
-    cpdef long long _check_against_book(self, account, bint is_buy, bint is_market,
+    cpdef int _validate_new(self, c, id, account, side, qty, t, price, tif, stp_name,
+                            reduce_only, trigger_price) except? -1
+    cpdef int _validate_type(self, c, t, price, tif, trigger_price) except? -1
+    cpdef int _validate_trigger(self, c) except? -1
+    cpdef Py_ssize_t _protection_bound(self, bint is_buy) except? -1
+    cpdef int _check_against_book(self, account, bint is_buy, bint is_market,
                                         long long limit, qty, tif, long long stp) except? -1
     @cython.locals(opp=BookSide, keys=list, levels=dict, level=Level, o=Order, i=Py_ssize_t)
     cpdef bint _fillable(self, account, bint is_buy, long long bound, qty,
@@ -94,7 +105,7 @@ cdef class OrderBook:
                    key=cython.longlong, price=cython.longlong, oqty=cython.longlong,
                    level=Level, o=Order, nxt=Order, opp=BookSide, keys=list, levels=dict,
                    events=list, orders=dict)
-    cpdef long long _match(self, id, account, bint is_buy, long long bound, long long qty,
+    cpdef Py_ssize_t _match(self, id, account, bint is_buy, long long bound, long long qty,
                            long long stp, ts) except? -1
     @cython.locals(nxt=Order)
     cpdef _unlink_head(self, Level level, Order o)
