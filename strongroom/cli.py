@@ -2,26 +2,87 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from custody.assets import get_asset
-from custody.db import make_engine, make_session_factory
-from custody.ledger.codes import LedgerError
-from custody.ledger.entry import AccountFlags, TransferKind
-from custody.ledger.posting import TransferRequest
-from custody.ledger.service import HISTORY_PAGE_MAX, AccountView, Ledger
-from custody.money import AmountError, parse_amount
-from strongroom import migrate as migrations
 from strongroom.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from custody.ledger.posting import TransferRequest
+    from custody.ledger.service import AccountView, Ledger
 
 # Ids are database BIGINTs: anything larger names nothing and is refused as a usage error.
 DB_ID = click.IntRange(0, 2**63 - 1)
+
+# Commands defined in other modules, imported only when run (a treasury operator runs dozens of
+# CLI calls: web3, SQLAlchemy and Alembic at start-up cost seconds each time). The help line is
+# shown by `strongroom --help` without importing; tests check every name resolves.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "api": ("strongroom.commands.client", "Send a request signed with HMAC-SHA256 (like curl)."),
+    "approvals": ("strongroom.commands.access", "List, inspect, sign and approve withdrawals."),
+    "approver": ("strongroom.commands.access", "Manage approver signing keys."),
+    "audit": ("strongroom.commands.audit", "Audit keys for the key ceremony."),
+    "bundle": ("strongroom.commands.bundles", "Cold transfers through the offline signer."),
+    "market-day": ("strongroom.commands.exchange", "Run the market day and print its report."),
+    "reserves": ("strongroom.commands.audit", "Proof of reserves: snapshots, proofs, reports."),
+    "simulate": ("strongroom.commands.simulate", "Run the platform under a seeded simulation."),
+    "users": ("strongroom.commands.access", "Create and list users."),
+    "wallet": ("strongroom.commands.wallets", "Wallets, deposits, on-chain withdrawals, sweeps."),
+    "withdrawals": ("strongroom.commands.access", "Withdrawal maintenance."),
+}
+LAZY_LEDGER_COMMANDS: dict[str, tuple[str, str]] = {
+    "checkpoint": ("strongroom.commands.audit", "Write a signed ledger checkpoint."),
+    "export": ("strongroom.commands.audit", "Export the ledger for offline audit."),
+}
+_LOADED: set[str] = set()
+
+
+def _load(module_name: str) -> None:
+    """Import a command module once and let it add its commands."""
+    if module_name in _LOADED:
+        return
+    _LOADED.add(module_name)
+    module = importlib.import_module(module_name)
+    if module_name == "strongroom.commands.client":
+        main.add_command(module.api)
+    elif module_name == "strongroom.commands.audit":
+        module.register(main, ledger)
+    else:
+        module.register(main)
+
+
+class LazyGroup(click.Group):
+    """A group whose commands from ``lazy`` are imported on first use, not at start-up."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            _load(self.lazy[cmd_name][0])
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+            elif command is None:
+                rows.append((name, self.lazy[name][1]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def _settings() -> Settings:
@@ -32,6 +93,9 @@ def _settings() -> Settings:
 
 
 def _ledger(settings: Settings) -> Ledger:
+    from custody.db import make_engine, make_session_factory
+    from custody.ledger.service import Ledger
+
     return Ledger(make_session_factory(make_engine(settings.database_url)))
 
 
@@ -43,13 +107,15 @@ def _fail(code: Any, message: str) -> None:
 
 def _guard(fn: Callable[[], None]) -> None:
     """Run ``fn``, turning expected refusals into a JSON error line and exit status 1."""
+    from custody.ledger.codes import LedgerError
+
     try:
         fn()
     except LedgerError as exc:
         _fail(exc.code, exc.message)
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 def main() -> None:
     """Strongroom: custody platform and derivatives exchange."""
 
@@ -59,6 +125,8 @@ def init() -> None:
     """Create the data directory and migrate the database to the latest schema."""
     settings = _settings()
     settings.ensure_data_dir()
+    from strongroom import migrate as migrations
+
     migrations.upgrade(settings.database_url)
     click.echo(f"initialised data dir {settings.data_dir}")
 
@@ -69,6 +137,8 @@ def migrate(revision: str) -> None:
     """Apply database migrations."""
     settings = _settings()
     settings.ensure_data_dir()
+    from strongroom import migrate as migrations
+
     migrations.upgrade(settings.database_url, revision)
     click.echo(f"database at {revision}")
 
@@ -125,6 +195,8 @@ def demo() -> None:
     settings.ensure_data_dir()
     if settings.keystore_passphrase_file is not None and not settings.keystore_passphrase:
         ensure_demo_passphrase_file(settings.keystore_passphrase_file)
+    from strongroom import migrate as migrations
+
     migrations.upgrade(settings.database_url)
     data = seed_demo(_ledger(settings))
     click.echo(f"demo data ready ({data.transfers_created} new transfers)")
@@ -141,6 +213,9 @@ def demo() -> None:
 
 
 def _account_line(account: AccountView) -> str:
+    from custody.assets import get_asset
+    from custody.ledger.entry import AccountFlags
+
     asset = get_asset(account.asset)
     assert asset is not None
     b = account.balance
@@ -152,9 +227,9 @@ def _account_line(account: AccountView) -> str:
             f"{account.asset:<5} balance {shown}  pending debits {asset.format(b.debits_pending)}")
 
 
-@main.group()
+@main.group(cls=LazyGroup, lazy=LAZY_LEDGER_COMMANDS)
 def ledger() -> None:
-    """Read balances and submit transfers."""
+    """Read balances; propose and approve transfers (two admins)."""
 
 
 @ledger.command("accounts")
@@ -193,12 +268,18 @@ def ledger_create_account(owner: str, asset: str, kind: str) -> None:
 
 
 def _amount(value: str | None) -> int | None:
+    from custody.money import AmountError, parse_amount
+
     if value is None:
         return None
     try:
         return parse_amount(value)
     except AmountError as exc:
         raise click.BadParameter(str(exc), param_hint="--amount") from None
+
+
+BY_OPTION = click.option("--by", "proposer", required=True,
+                         help="The admin proposing it; another admin applies it with `ledger approve`.")
 
 
 @ledger.command("transfer")
@@ -210,47 +291,115 @@ def _amount(value: str | None) -> int | None:
 @click.option("--timeout", "timeout_s", type=click.IntRange(0, 2**31 - 1), default=0,
               help="Pending timeout in seconds.")
 @click.option("--reference", default="")
+@BY_OPTION
 def ledger_transfer(transfer_id: str, debit: int, credit: int, amount: str, pending: bool,
-                    timeout_s: int, reference: str) -> None:
-    """Move AMOUNT from the debit account to the credit account."""
-    request = TransferRequest(
+                    timeout_s: int, reference: str, proposer: str) -> None:
+    """Propose moving AMOUNT from the debit to the credit account (a second admin approves)."""
+    from custody.ledger.entry import TransferKind
+    from custody.ledger.posting import TransferRequest
+
+    _propose(proposer, TransferRequest(
         id=transfer_id, kind=TransferKind.PENDING if pending else TransferKind.SINGLE,
         debit_account=debit, credit_account=credit, amount=_amount(amount),
-        timeout_s=timeout_s, reference=reference)
-    _submit_one(request)
+        timeout_s=timeout_s, reference=reference))
 
 
 @ledger.command("post")
 @click.argument("pending_id")
 @click.option("--id", "transfer_id", required=True)
 @click.option("--amount", default=None, help="Post only part of the pending amount.")
-def ledger_post(pending_id: str, transfer_id: str, amount: str | None) -> None:
-    """Post a pending transfer."""
-    _submit_one(TransferRequest(id=transfer_id, kind=TransferKind.POST, pending_id=pending_id,
-                                amount=_amount(amount)))
+@BY_OPTION
+def ledger_post(pending_id: str, transfer_id: str, amount: str | None, proposer: str) -> None:
+    """Propose posting a pending transfer."""
+    from custody.ledger.entry import TransferKind
+    from custody.ledger.posting import TransferRequest
+
+    _propose(proposer, TransferRequest(id=transfer_id, kind=TransferKind.POST, pending_id=pending_id,
+                                       amount=_amount(amount)))
 
 
 @ledger.command("void")
 @click.argument("pending_id")
 @click.option("--id", "transfer_id", required=True)
-def ledger_void(pending_id: str, transfer_id: str) -> None:
-    """Void a pending transfer."""
-    _submit_one(TransferRequest(id=transfer_id, kind=TransferKind.VOID, pending_id=pending_id))
+@BY_OPTION
+def ledger_void(pending_id: str, transfer_id: str, proposer: str) -> None:
+    """Propose voiding a pending transfer."""
+    from custody.ledger.entry import TransferKind
+    from custody.ledger.posting import TransferRequest
+
+    _propose(proposer, TransferRequest(id=transfer_id, kind=TransferKind.VOID, pending_id=pending_id))
 
 
-def _submit_one(request: TransferRequest) -> None:
+@ledger.command("approve")
+@click.argument("proposal_id")
+@click.option("--by", "approver", required=True, help="The approving admin (not the proposer).")
+@click.option("--mfa", "mfa_code", required=True, help="The approver's current TOTP code.")
+def ledger_approve(proposal_id: str, approver: str, mfa_code: str) -> None:
+    """Apply another admin's proposal, all its transfers or none (needs your TOTP code)."""
+
     def run() -> None:
-        result = _ledger(_settings()).transfer(request)
-        assert result.entry is not None
-        click.echo(json.dumps({"status": result.status.value, "transfer": result.entry.to_dict()}))
+        services = _admin_services(approver)
+        refusal = services.mfa.verify(approver, mfa_code)
+        if refusal is not None:
+            _fail(refusal.code, refusal.message)
+        view, _ = services.ledger_ops.approve(approver, proposal_id)
+        click.echo(json.dumps({"proposal": view.to_json()}))
+        if view.state != "executed":
+            sys.exit(1)
 
-    _guard(run)
+    _guard_access(run)
+
+
+@ledger.command("proposals")
+@click.option("--state", type=click.Choice(["proposed", "executed", "failed", "rejected"]), default=None)
+def ledger_proposals(state: str | None) -> None:
+    """List manual ledger operations, newest first."""
+    from strongroom.commands.access import services
+
+    for view in services().ledger_ops.list(state):
+        click.echo(json.dumps(view.to_json()))
+
+
+def _admin_services(username: str) -> Any:
+    """Return the access services after checking ``username`` is an enabled admin."""
+    from policies.results import PolicyError, ResultCode
+    from policies.roles import Role
+    from strongroom.commands.access import services
+
+    svc = services()
+    user = svc.users.find_user(username)
+    if user is None or user.disabled_ms is not None or Role.ADMIN not in user.roles:
+        raise PolicyError(ResultCode.PERMISSION_DENIED, f"{username[:64]} is not an enabled admin")
+    return svc
+
+
+def _propose(proposer: str, request: TransferRequest) -> None:
+    def run() -> None:
+        view = _admin_services(proposer).ledger_ops.propose(proposer, [request],
+                                                           f"manual {request.kind.value} {request.id}")
+        click.echo(json.dumps({"proposal": view.to_json()}))
+
+    _guard_access(run)
+
+
+def _guard_access(fn: Callable[[], None]) -> None:
+    """Like `_guard`, for commands that also meet access and policy refusals."""
+    from custody.access.errors import CustodyRefusal
+    from custody.keystore import KeystoreError
+    from policies.results import PolicyError
+
+    try:
+        _guard(fn)
+    except (CustodyRefusal, PolicyError) as exc:
+        _fail(exc.code, exc.message)
+    except KeystoreError as exc:
+        _fail(exc.code, exc.message)
 
 
 @ledger.command("history")
 @click.argument("account_id", type=DB_ID)
 @click.option("--cursor", type=DB_ID, default=0)
-@click.option("--limit", type=click.IntRange(1, HISTORY_PAGE_MAX), default=100)
+@click.option("--limit", type=click.IntRange(min=1), default=100, help="At most 1000.")
 def ledger_history(account_id: int, cursor: int, limit: int) -> None:
     """Print an account's journal entries as JSON lines."""
 
@@ -269,39 +418,3 @@ def ledger_expire() -> None:
     """Release pending transfers whose timeout has passed."""
     entries = _ledger(_settings()).expire_pending()
     click.echo(f"expired {len(entries)} pending transfer(s)")
-
-
-# Audit commands (ledger checkpoint, ledger export, reserves ...) live in their own module.
-from strongroom.commands import audit as _audit_commands  # noqa: E402
-
-_audit_commands.register(main, ledger)
-
-# Access commands (users, approver keys, approvals) live in their own module.
-from strongroom.commands import access as _access_commands  # noqa: E402
-
-_access_commands.register(main)
-
-# Wallet commands (tick, reconcile) live in their own module.
-from strongroom.commands import wallets as _wallet_commands  # noqa: E402
-
-_wallet_commands.register(main)
-
-# Exchange commands (market-day) live in their own module.
-from strongroom.commands import exchange as _exchange_commands  # noqa: E402
-
-_exchange_commands.register(main)
-
-# A signed-request client for the HTTP API (`strongroom api GET /api/v1/me`).
-from strongroom.commands.client import api as _api_command  # noqa: E402
-
-main.add_command(_api_command)
-
-# Cold transfers through the offline signer (bundle key/export/import/tick/list).
-from strongroom.commands import bundles as _bundle_commands  # noqa: E402
-
-_bundle_commands.register(main)
-
-# The seeded whole-platform simulation (docs/simulation.md); its imports load only when it runs.
-from strongroom.commands import simulate as _simulate_command  # noqa: E402
-
-_simulate_command.register(main)
