@@ -25,14 +25,26 @@ out-of-the-money discount applies to initial margin only).
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from exchange.instruments import PPM, InstrumentSpec, RiskTier
 
+_CUM: dict[int, tuple[tuple[RiskTier, ...], tuple[int, ...]]] = {}
 
-@lru_cache(maxsize=256)
+
 def maintenance_amounts(tiers: tuple[RiskTier, ...]) -> tuple[int, ...]:
-    """Return the maintenance amount of each tier (continuity offsets, Binance's ``cum``)."""
+    """Return the maintenance amount of each tier (continuity offsets, Binance's ``cum``).
+
+    Cached by the identity of the (immutable) tier tuple: hashing frozen
+    dataclasses on every margin computation costs more than the arithmetic.
+    """
+    cached = _CUM.get(id(tiers))
+    if cached is not None and cached[0] is tiers:
+        return cached[1]
+    amounts = _maintenance_amounts(tiers)
+    _CUM[id(tiers)] = (tiers, amounts)
+    return amounts
+
+
+def _maintenance_amounts(tiers: tuple[RiskTier, ...]) -> tuple[int, ...]:
     out: list[int] = []
     cum = 0
     previous: RiskTier | None = None
@@ -63,8 +75,14 @@ def linear_im(spec: InstrumentSpec, notional: int, leverage_ppm: int = 0) -> int
 
 def linear_mm(spec: InstrumentSpec, notional: int) -> int:
     """Return the maintenance margin of a linear position of ``notional`` (continuous in it)."""
-    i = tier_index(spec, notional)
-    return max(0, notional * spec.tiers[i].mm_ppm // PPM - maintenance_amounts(spec.tiers)[i])
+    tiers = spec.tiers
+    i = 0
+    last = len(tiers) - 1
+    while i < last and notional > tiers[i].max_notional:
+        i += 1
+    if i == 0:
+        return notional * tiers[0].mm_ppm // PPM
+    return max(0, notional * tiers[i].mm_ppm // PPM - maintenance_amounts(tiers)[i])
 
 
 def linear_margin(spec: InstrumentSpec, size: int, mark: int, leverage_ppm: int = 0) -> tuple[int, int]:
