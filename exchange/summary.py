@@ -93,7 +93,8 @@ def position_views(venue: Venue, owner: str) -> list[dict[str, Any]]:
                 continue
             spec = ch.specs[symbol]
             mark = ch.marks[symbol]
-            im, mm = position_margin(spec, pos.size, mark, ch.index_of.get(spec.underlying, mark))
+            im, mm = position_margin(spec, pos.size, mark, ch.index_of.get(spec.underlying, mark),
+                                     acct.leverage.get(symbol, 0))
             out.append({
                 "symbol": symbol, "margin_mode": "cross" if acct.parent is None else "isolated",
                 "size": pos.size, "entry_price": pos.entry_price(spec.contracts_per_unit),
