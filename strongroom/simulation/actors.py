@@ -31,7 +31,7 @@ MAX_SNAPSHOTS = 16  # chain snapshots kept for reorgs
 
 # Faults the scheduler may inject; ``--faults`` picks a subset (default: all of DEFAULT_FAULTS).
 FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "deep_reorg", "ledger_outage",
-          "concurrent")
+          "concurrent", "insider")
 DEFAULT_FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "ledger_outage")
 
 # Actions on a withdrawal a trader asked for earlier (named by trader and idempotency key).
@@ -51,6 +51,7 @@ WEIGHTS: tuple[tuple[str, int, str | None], ...] = (
     ("clock_jump", 1, "clock_jump"),
     ("expiry_jump", 1, "expiry"), ("reorg", 2, "reorg"), ("deep_reorg", 1, "deep_reorg"),
     ("ledger_outage", 1, "ledger_outage"), ("concurrent_withdraw", 3, "concurrent"),
+    ("insider_overdraft", 1, "insider"),
 )
 
 
@@ -164,6 +165,9 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
         amount = max(1, _available(world, trader, asset) // rng.choice((2, 3, 10)))
         return {"op": op, "trader": trader, "asset": asset, "amount": amount,
                 "key": f"{trader}-c{rng.random():.6f}", "copies": rng.randint(2, 4)}
+    if op == "insider_overdraft":
+        return {"op": op, "trader": trader, "asset": rng.choice(("ETH", "USDC")),
+                "extra": rng.randint(1, 10**9)}
     if op == "torn_tail":
         return {"op": op, "garbage": rng.randbytes(rng.randint(1, 40)).hex()}
     return {"op": op}
@@ -594,6 +598,35 @@ def _concurrent_withdraw(world: World, model: Model, a: Action) -> str:
     return " ".join(sorted(outcomes))
 
 
+def _insider_overdraft(world: World, model: Model, a: Action) -> str:
+    """An insider with database access (not the signing key) lifts a user account's overdraft
+    protection (dropping the trigger that freezes account terms first) and overdraws it with a
+    normal ledger transfer. The platform cannot prevent this; the auditor must catch it."""
+    from sqlalchemy import text
+
+    from custody.ledger.entry import AccountKind
+    from custody.ledger.posting import TransferRequest
+
+    ledger = world.svc.ledger
+    account = ledger.find_account(a["trader"], a["asset"], AccountKind.USER_AVAILABLE)
+    if account is None:
+        return "no account"
+    engine = world.svc.app.extensions["strongroom.engine"]
+    with engine.begin() as connection:
+        connection.execute(text("DROP TRIGGER IF EXISTS ledger_accounts_terms_frozen"))
+        connection.execute(text("UPDATE ledger_accounts SET flags = 0 WHERE id = :id"), {"id": account.id})
+    world.tampered = True
+    sink = ledger.ensure_account("insider", a["asset"], AccountKind.USER_AVAILABLE)
+    amount = account.balance.credit_balance_available + a["extra"]
+    model.audit_due = True
+    try:
+        result = ledger.transfer(TransferRequest(id=model.next_id("insider-"), debit_account=account.id,
+                                                 credit_account=sink.id, amount=amount, reference="insider"))
+    except (RuntimeError, AssertionError) as exc:  # the ledger noticed the tampered terms: good
+        return f"ledger refused: {str(exc)[:80]}"
+    return f"overdrew {a['trader']} by {a['extra']}: {result.status.value}"
+
+
 class RecoveryMismatch(AssertionError):
     """The exchange recovered to a different state than the one that crashed."""
 
@@ -608,5 +641,5 @@ HANDLERS = {
     "clock_jump": _clock, "reorg": _reorg, "deep_reorg": _reorg, "ledger_outage": _ledger_outage,
     "concurrent_withdraw": _concurrent_withdraw, "expiry_jump": _expiry_jump,
     "make_market": _make_market, "rebalance": _rebalance, "export_bundle": _export_bundle,
-    "sign_bundle": _sign_bundle, "import_bundle": _import_bundle,
+    "sign_bundle": _sign_bundle, "import_bundle": _import_bundle, "insider_overdraft": _insider_overdraft,
 }

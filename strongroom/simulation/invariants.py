@@ -289,7 +289,8 @@ def chain_reconciles(world: World) -> list[Violation]:
 
 
 def audit_export_verifies(world: World) -> list[Violation]:
-    """A fresh export of the ledger verifies strictly against the keys pinned at setup."""
+    """A fresh export of the ledger verifies strictly against the keys pinned at setup; after an
+    insider's database edit (``insider`` fault) it must *fail*: the auditor catches the insider."""
     audit = world.svc.audit()
     with tempfile.TemporaryDirectory(prefix="sim-export-") as tmp:
         target = Path(tmp) / "export"
@@ -297,6 +298,10 @@ def audit_export_verifies(world: World) -> list[Violation]:
         # Entries since the last simulated checkpoint are legitimately not signed yet.
         report = verify_export(target, world.pinned_keys or None,
                                allow=frozenset({ALLOW_UNSIGNED_TAIL}))
+    if world.tampered:
+        return [] if report.failures else [Violation(
+            "audit_detects_insider", "an insider overdrew an account through the database and the "
+            "export still verifies")]
     return [Violation("audit_export_verifies", f"{f.code}: {f.message}") for f in report.failures[:5]]
 
 

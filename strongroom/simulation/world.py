@@ -127,6 +127,7 @@ class World:
     services: Services | None = None
     signer: SignerMachine | None = None
     restarts: int = 0
+    tampered: bool = False  # an insider changed the database behind the ledger's back
     exchange_lag_steps: int = 0  # steps the invariants leave the exchange's ledger backlog alone
     token_slot: int | None = None  # the dev token's balance mapping slot, found on first read
     market_prices: dict[str, int | None] = field(default_factory=dict)  # None: sources silent

@@ -134,6 +134,15 @@ def test_simulation_insider_database_edit_breaks_the_zero_sum(monkeypatch: pytes
     assert "ledger_zero_sum" in {v.name for v in result.failure.violations}
 
 
+def test_simulation_insider_overdraft_is_refused_and_caught_by_the_auditor() -> None:
+    actions = [{"op": "insider_overdraft", "trader": "trader1", "asset": "USDC", "extra": 1000},
+               {"op": "checkpoint"}, {"op": "audit"}]
+    result = runner.run(13, len(actions), ("insider",), actions=actions)
+    # The audit invariant turns around after tampering: the export must fail verification.
+    assert result.ok, _explain(result)
+    assert result.trace[0]["outcome"].startswith("ledger refused")
+
+
 def test_simulate_command_reports_one_json_line_per_seed() -> None:
     from strongroom.commands.simulate import simulate
 
