@@ -69,13 +69,18 @@ def setup_ledger(url: str) -> tuple[Ledger, list[int], int]:
     return ledger, users, wallet
 
 
-def bench_single(ledger: Ledger, users: list[int], count: int) -> float:
-    """Return transfers/s when every transfer is its own database transaction."""
+def bench_single(ledger: Ledger, users: list[int], count: int) -> tuple[float, float, float]:
+    """Return transfers/s, median and p99 ms when every transfer is its own durable transaction."""
+    samples = []
     start = time.perf_counter()
     for i in range(count):
+        t0 = time.perf_counter_ns()
         ledger.transfer(TransferRequest(id=f"s{i}", debit_account=users[i % USERS],
                                         credit_account=users[(i * 7 + 1) % USERS], amount=1))
-    return count / (time.perf_counter() - start)
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    rate = count / (time.perf_counter() - start)
+    samples.sort()
+    return rate, statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
 
 
 def bench_batched(ledger: Ledger, users: list[int], count: int, batch: int, tag: str) -> float:
@@ -115,9 +120,10 @@ def grow_history(ledger: Ledger, hot: int, users: list[int], entries: int) -> No
 def run(backend: str, url: str, args: argparse.Namespace) -> None:
     """Run every measurement on one backend and print the figures."""
     ledger, users, _ = setup_ledger(url)
-    single = bench_single(ledger, users, args.single)
+    single, single_med, single_p99 = bench_single(ledger, users, args.single)
     batched = bench_batched(ledger, users, args.batched, args.batch, "b")
-    print(f"[{backend}] single transfers (one tx each): {single:,.0f} transfers/s ({args.single:,})")
+    print(f"[{backend}] single transfers (one durable tx each): {single:,.0f} transfers/s "
+          f"({args.single:,}), latency median {single_med:.2f} ms, p99 {single_p99:.2f} ms")
     print(f"[{backend}] batched transfers ({args.batch}/tx): {batched:,.0f} transfers/s "
           f"({args.batched:,})")
     hot = users[0]
