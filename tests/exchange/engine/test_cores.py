@@ -112,3 +112,25 @@ def test_compiled_core_restores_from_pure_state() -> None:
         pure.process(cmd)
     restored = orderbook.OrderBook.from_state(pure.state())
     assert restored.state_hash() == pure.state_hash()
+
+
+@pytest.mark.parametrize("market_data", [False, True])
+def test_process_many_emits_the_events_of_process_one_by_one(market_data: bool) -> None:
+    for seed in range(60):
+        commands = random_stream(seed, 80)
+        one = orderbook.OrderBook(INSTRUMENT, market_data=market_data)
+        for cmd in commands:
+            one.process(cmd)
+        many = orderbook.OrderBook(INSTRUMENT, market_data=market_data)
+        many.process_many(commands[:35])
+        many.process_many([])
+        many.process_many(commands[35:])
+        many.validate_internal_state()
+        assert _encoder.encode_lines(many.take_events()) == _encoder.encode_lines(one.take_events())
+        assert many.state_hash() == one.state_hash()
+
+
+def test_new_order_fields_are_in_the_order_the_core_unpacks_them() -> None:
+    # _on_new unpacks msgspec.structs.astuple(NewOrder) positionally; the module
+    # refuses to import when the fields change, and this names the coupling.
+    assert NewOrder.__struct_fields__ == orderbook._NEW_ORDER_FIELDS
