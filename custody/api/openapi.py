@@ -162,7 +162,10 @@ def _operation(
 ) -> dict[str, Any]:
     doc = (view.__doc__ or endpoint).strip().splitlines()
     access: EndpointAccess | None = getattr(view, "endpoint_access", None)
-    narrower: dict[str, Any] = getattr(view, "path_schemas", {})
+    documented = _documented(endpoint, view)
+    table = OPERATIONS.get(endpoint)
+    narrower: dict[str, Any] = {**((table.path or {}) if table is not None else {}),
+                                **getattr(view, "path_schemas", {})}
     parameters = [dict(p, schema=narrower[p["name"]]) if p["name"] in narrower else p
                   for p in path_parameters]
     parameters += [
@@ -170,7 +173,6 @@ def _operation(
         for n, s in QUERY_PARAMETERS.get(endpoint, [])
     ]
     parameters += getattr(view, "query_schemas", [])  # a view's own (exchange/api/marketdata.py)
-    documented = _documented(endpoint, view)
     operation: dict[str, Any] = {
         "operationId": endpoint,
         "summary": doc[0],

@@ -166,11 +166,14 @@ class Operation:
     responses: dict[str, Schema]
     request: Schema | None = None
     media_type: str = "application/json"
+    path: dict[str, Schema] | None = None  # path parameters narrower than their converter
     undocumented: bool = False  # not in the table nor on the view: the completeness test fails
 
 
 OK = "200"
 CREATED = "201"
+# Transfer ids (custody.ledger.posting.TRANSFER_ID_PATTERN).
+_TRANSFER_ID: Final[Schema] = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,119}$"}
 
 # A manual ledger operation awaiting (or after) a second admin's approval (custody.access.ledger_ops).
 LEDGER_PROPOSAL: Final[Schema] = obj({
@@ -241,8 +244,10 @@ OPERATIONS: Final[dict[str, Operation]] = {
         {"202": LEDGER_PROPOSAL_ANSWER},
         request=obj({"transfers": {**array(ref("TransferRequest")), "minItems": 1, "maxItems": 8190}},
                     {"linked": BOOL}) | {"additionalProperties": False}),
-    "ledger.post_pending": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferResolution")),
-    "ledger.void_pending": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferVoid")),
+    "ledger.post_pending": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferResolution"),
+                                     path={"pending_id": _TRANSFER_ID}),
+    "ledger.void_pending": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferVoid"),
+                                     path={"pending_id": _TRANSFER_ID}),
     "ledger.list_proposals": Operation({OK: _wrap("proposals", array(LEDGER_PROPOSAL))}),
     "ledger.get_proposal": Operation({OK: LEDGER_PROPOSAL_ANSWER}),
     "ledger.approve_proposal": Operation({OK: LEDGER_DECISION, "422": LEDGER_DECISION}),
@@ -280,15 +285,15 @@ OPERATIONS: Final[dict[str, Operation]] = {
     "wallets.run_reconciliation": Operation({CREATED: ref("Reconciliation")}),
 }
 
-_ID: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 128}
+_ID: Final[Schema] = _TRANSFER_ID
 _AMOUNT: Final[Schema] = {"type": "string", "pattern": "^[1-9][0-9]{0,77}$"}
 _CODE: Final[Schema] = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
-_ACCOUNT_ID: Final[Schema] = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_ACCOUNT_ID: Final[Schema] = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}  # existence: at approval
 REQUEST_COMPONENTS: Final[dict[str, Schema]] = {
     "TransferRequest": obj({"id": _ID}, {
         "kind": {"type": "string", "enum": ["single", "pending", "post", "void"]},
         "debit_account": _ACCOUNT_ID, "credit_account": _ACCOUNT_ID, "amount": _AMOUNT,
-        "asset": {"type": "string", "maxLength": 16}, "pending_id": _ID,
+        "asset": STR, "pending_id": _ID,
         "timeout_s": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "code": _CODE,
         "reference": {"type": "string", "maxLength": 256},
     }) | {"additionalProperties": False},

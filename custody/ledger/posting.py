@@ -68,7 +68,8 @@ class TransferRequest:
 
 def validate_request_shape(req: TransferRequest) -> None:
     """Check the fields that need no state: ids, kinds, amounts, lengths."""
-    if not TRANSFER_ID_PATTERN.match(req.id) or req.id.startswith(OPEN_ID_PREFIX):
+    # fullmatch: with match, "$" also accepts a trailing newline ("t1\n").
+    if not TRANSFER_ID_PATTERN.fullmatch(req.id) or req.id.startswith(OPEN_ID_PREFIX):
         raise LedgerError(
             LedgerCode.INVALID_TRANSFER_ID,
             f"transfer id was {req.id[:140]!r}, must be 1-120 characters of [A-Za-z0-9._:-] "
@@ -112,6 +113,11 @@ def _validate_new_funds_shape(req: TransferRequest) -> None:
 def _validate_resolution_shape(req: TransferRequest) -> None:
     if req.pending_id is None:
         raise LedgerError(LedgerCode.INVALID_FIELD, f"pending_id is required for {req.kind.value}")
+    if not TRANSFER_ID_PATTERN.fullmatch(req.pending_id):
+        # Not a transfer id, so it can name no pending transfer: refused now, not at approval.
+        raise LedgerError(LedgerCode.INVALID_TRANSFER_ID,
+                          f"pending_id was {req.pending_id[:140]!r}, must be a transfer id "
+                          "(1-120 characters of [A-Za-z0-9._:-])")
     if req.timeout_s != 0:
         raise LedgerError(LedgerCode.INVALID_TIMEOUT, "timeout_s is only for pending transfers")
     if req.kind is TransferKind.VOID and req.amount not in (None, 0):
