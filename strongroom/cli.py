@@ -386,6 +386,7 @@ def _propose(proposer: str, request: TransferRequest) -> None:
 def _guard_access(fn: Callable[[], None]) -> None:
     """Like `_guard`, for commands that also meet access and policy refusals."""
     from custody.access.errors import CustodyRefusal
+    from custody.access.ledger_ops import ProposalRefused
     from custody.keystore import KeystoreError
     from policies.results import PolicyError
 
@@ -393,6 +394,9 @@ def _guard_access(fn: Callable[[], None]) -> None:
         _guard(fn)
     except (CustodyRefusal, PolicyError) as exc:
         _fail(exc.code, exc.message)
+    except ProposalRefused as exc:
+        failed = next(r for r in exc.results if r.code is not None)
+        _fail(failed.code, f"transfer {failed.id}: {failed.message}")
     except KeystoreError as exc:
         _fail(exc.code, exc.message)
 

@@ -81,6 +81,7 @@ class LedgerOperations:
             raise AccessError(AccessCode.PROPOSAL_INVALID, f"a proposal holds 1..{MAX_BATCH} transfers")
         for request in requests:
             validate_request_shape(request)
+        self._dry_run(proposer, requests)
         if len(reason) > REASON_MAX_CHARS:
             raise AccessError(AccessCode.PROPOSAL_INVALID, f"reason must be at most {REASON_MAX_CHARS} chars")
         now_ms = self._clock()
@@ -96,6 +97,21 @@ class LedgerOperations:
                                 subject=row.proposal_id, outcome=PROPOSED,
                                 details={"transfers": len(requests), "reason": reason})
             return LedgerProposalView(row)
+
+    def _dry_run(self, proposer: str, requests: Sequence[TransferRequest]) -> None:
+        """Apply ``requests`` in a transaction that is rolled back; refuse what cannot apply now.
+
+        A proposal another admin could only ever see fail (an unknown account, short
+        funds, a pending transfer that does not exist) is refused at once. The ledger
+        may still change before the approval; then the approval fails, applying nothing.
+        """
+        with self._sessions() as session:
+            try:
+                results = self._ledger.submit_in(session, requests, actor=f"user:{proposer}")
+            finally:
+                session.rollback()
+        if not all(r.ok for r in results):
+            raise ProposalRefused(results)
 
     def approve(self, approver: str, proposal_id: str) -> tuple[LedgerProposalView, list[TransferResult]]:
         """Apply the proposal's transfers (all or none) on behalf of its proposer; ``approver`` must differ.
@@ -186,6 +202,14 @@ def _request_from_json(data: dict[str, Any]) -> TransferRequest:
 
 def _not_found(proposal_id: str) -> AccessError:
     return AccessError(AccessCode.PROPOSAL_NOT_FOUND, f"ledger proposal {proposal_id[:80]} does not exist")
+
+
+class ProposalRefused(Exception):
+    """The ledger would refuse the proposed transfers now: nothing was stored."""
+
+    def __init__(self, results: list[TransferResult]) -> None:
+        super().__init__("the ledger would refuse the proposal")
+        self.results = results
 
 
 class _Refused(Exception):

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from custody.access.ledger_ops import EXECUTED, LIST_MAX, PROPOSAL_STATES
+from custody.access.ledger_ops import EXECUTED, LIST_MAX, PROPOSAL_STATES, ProposalRefused
 from custody.api.auth import json_response, principal, secured, services
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import (
@@ -177,7 +177,16 @@ def account_history(account_id: int) -> ResponseReturnValue:
 
 
 def _proposed(requests: list[TransferRequest], reason: str) -> ResponseReturnValue:
-    view = services().ledger_ops.propose(principal().username, requests, reason)
+    try:
+        view = services().ledger_ops.propose(principal().username, requests, reason)
+    except ProposalRefused as refused:
+        failed = next(r for r in refused.results if r.code is not None)
+        if len(requests) == 1:
+            raise LedgerError(failed.code, failed.message) from None  # type: ignore[arg-type]
+        # A batch answers with every item, as the ledger would (nothing was stored).
+        results = [result_json(r) if r.code is not None else
+                   {"index": r.index, "id": r.id, "status": "not_applied"} for r in refused.results]
+        return json_response({"linked": True, "results": results}, 422)
     return json_response({"proposal": view.to_json()}, 202)
 
 

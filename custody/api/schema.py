@@ -241,7 +241,7 @@ OPERATIONS: Final[dict[str, Operation]] = {
                                                   "next_cursor": nullable(DIGITS)})}),
     "ledger.create_transfer": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferRequest")),
     "ledger.create_batch": Operation(
-        {"202": LEDGER_PROPOSAL_ANSWER},
+        {"202": LEDGER_PROPOSAL_ANSWER, "422": {"anyOf": [BATCH_ANSWER, ref("Error")]}},
         request=obj({"transfers": {**array(ref("TransferRequest")), "minItems": 1, "maxItems": 8190}},
                     {"linked": BOOL}) | {"additionalProperties": False}),
     "ledger.post_pending": Operation({"202": LEDGER_PROPOSAL_ANSWER}, request=ref("TransferResolution"),

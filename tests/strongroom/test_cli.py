@@ -85,12 +85,11 @@ def test_ledger_transfer_refusals_print_code_and_exit_nonzero(
     env: dict[str, str], admins: dict[str, str]
 ) -> None:
     runner = CliRunner()
-    proposal = _propose(env, "--id", "cli-2", "--debit", "8", "--credit", "9", "--amount", str(10**20),
-                        "--by", "boss1")
-    refused = runner.invoke(main, ["ledger", "approve", proposal, "--by", "boss2", "--mfa", admins["boss2"]],
-                            env=env)
+    refused = runner.invoke(main, ["ledger", "transfer", "--id", "cli-2", "--debit", "8", "--credit", "9",
+                                   "--amount", str(10**20), "--by", "boss1"], env=env)
     assert refused.exit_code == 1
-    assert json.loads(refused.output)["proposal"]["state"] == "failed"
+    assert json.loads(refused.stderr)["error"] == "insufficient_funds"
+    assert runner.invoke(main, ["ledger", "proposals"], env=env).output == ""
     bad = runner.invoke(main, ["ledger", "transfer", "--id", "cli-3", "--debit", "8",
                                "--credit", "9", "--amount", "1.5", "--by", "boss1"], env=env)
     assert bad.exit_code == 2

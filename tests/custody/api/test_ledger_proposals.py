@@ -101,18 +101,39 @@ def test_second_admin_approval_applies_it_with_the_proposer_as_actor_and_logs_ea
     assert_error(again, 409, "proposal_closed")
 
 
-def test_refused_proposal_applies_nothing_and_is_closed_as_failed(
+def test_proposal_the_ledger_would_refuse_is_not_stored(
     app: Flask, admins: list[SignedClient], accounts: dict[str, int]
 ) -> None:
-    proposal = admins[0].post("/api/v1/ledger/transfers/batch", json={"transfers": [
+    before = _seq(app)
+    refused = admins[0].post("/api/v1/ledger/transfers/batch", json={"transfers": [
         {"id": "x1", "debit_account": accounts["alice"], "credit_account": accounts["bob"], "amount": 100},
         {"id": "x2", "debit_account": accounts["bob"], "credit_account": accounts["alice"], "amount": 10**9},
-    ]}, mfa=True, idempotency_key="b1").json["proposal"]["id"]
+    ]}, mfa=True, idempotency_key="b1")
+    assert refused.status_code == 422
+    assert [r["status"] for r in refused.json["results"]] == ["not_applied", "failed"]
+    unknown = admins[0].post("/api/v1/ledger/transfers", json={
+        "id": "p1", "kind": "post", "pending_id": "", "amount": "1"}, mfa=True, idempotency_key="b2")
+    assert_error(unknown, 404, "pending_transfer_not_found")
+    assert admins[0].get("/api/v1/ledger/proposals").json["proposals"] == []
+    assert _seq(app) == before
+
+
+def test_proposal_refused_by_the_ledger_at_approval_applies_nothing_and_is_closed_as_failed(
+    app: Flask, admins: list[SignedClient], accounts: dict[str, int]
+) -> None:
+    def propose(transfer_id: str, key: str) -> str:
+        return str(admins[0].post("/api/v1/ledger/transfers", json={
+            "id": transfer_id, "debit_account": accounts["alice"], "credit_account": accounts["bob"],
+            "amount": "400"}, mfa=True, idempotency_key=key).json["proposal"]["id"])
+
+    first, second = propose("spend-1", "s1"), propose("spend-2", "s2")  # each fits alone, not both
+    assert admins[1].post(f"/api/v1/ledger/proposals/{first}/approve", mfa=True,
+                          idempotency_key="a1").status_code == 200
     before = _seq(app)
-    failed = admins[1].post(f"/api/v1/ledger/proposals/{proposal}/approve", mfa=True, idempotency_key="a1")
+    failed = admins[1].post(f"/api/v1/ledger/proposals/{second}/approve", mfa=True, idempotency_key="a2")
     assert failed.status_code == 422
-    assert [r["status"] for r in failed.json["results"]] == ["not_applied", "failed"]
     assert failed.json["proposal"]["state"] == "failed"
+    assert [r["error"] for r in failed.json["results"]] == ["insufficient_funds"]
     assert _seq(app) == before
 
 
