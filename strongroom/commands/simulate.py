@@ -50,7 +50,12 @@ def _faults(value: str) -> tuple[str, ...]:
 def simulate(seed: int, seeds: int, steps: int, faults: str, traders: int, audit_every: int,
              replay_file: Path | None, out_dir: Path, no_shrink: bool) -> None:
     """Run the platform under a seeded scheduler of actors and faults; check invariants every step."""
+    import logging
+
     from strongroom.simulation import runner
+
+    # The report is the JSON lines; the platform's INFO logging (recoveries, listings) would bury it.
+    logging.basicConfig(level=logging.WARNING)
 
     if replay_file is not None:
         result = runner.replay(runner.read_scenario(replay_file))
