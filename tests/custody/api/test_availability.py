@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 
 from custody.api.body import MAX_JSON_DEPTH, SANE_RECURSION_LIMIT
 from custody.keystore import KeystoreError, KeystoreErrorCode, LocalKeystore
+from policies.request_signing import sign_request
 from policies.roles import Role
 from strongroom.app import create_app
 from strongroom.keystores import LazyKeystore
@@ -95,9 +96,13 @@ SERVER_SCRIPT = textwrap.dedent("""
     upgrade(url)
     keystore = LocalKeystore(data / "keystore.srks", "test passphrase", scrypt_log2_n=10)
     app = create_app({"KEYSTORE": keystore}, settings=Settings(data_dir=data, database_url=url))
+    from policies.roles import Role
+    from policies.api_key import Scope
+    _, key = app.extensions["strongroom.access"].users.create_user(
+        "alice", frozenset({Role.TRADER}), key_scopes=frozenset(Scope))
     sys.setrecursionlimit(100_000)  # as if a dependency were imported after start-up
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    print(server.server_port, flush=True)
+    print(server.server_port, key.credentials.key_id, key.credentials.secret, flush=True)
     server.serve_forever()
 """)
 
@@ -108,10 +113,15 @@ def test_server_stays_up_after_a_100000_deep_json_request(tmp_path: Path) -> Non
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout is not None
-        base = f"http://127.0.0.1:{int(server.stdout.readline())}"
+        port, key_id, secret = server.stdout.readline().split()
+        base = f"http://127.0.0.1:{port}"
         for path in ("/api/v1/withdrawals", "/api/v1/exchange/orders", "/api/v1/ledger/transfers"):
+            # Signed by a real key, as an attacker with any trade-scoped key would.
+            headers = sign_request(key_id=key_id, secret=secret, timestamp_ms=time.time_ns() // 1_000_000,
+                                   method="POST", path=path, query="", body=_deep(DEEP))
             request = urllib.request.Request(base + path, data=_deep(DEEP), method="POST",
-                                             headers={"Content-Type": "application/json"})
+                                             headers={**headers, "Content-Type": "application/json",
+                                                      "Idempotency-Key": "deep-1"})
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(request, timeout=30)
             assert refused.value.code == 400
