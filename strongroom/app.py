@@ -28,6 +28,7 @@ from custody.keystore import KeystoreError
 from custody.ledger.service import Ledger, wall_clock_ms
 from exchange.api import blueprint as exchange_api
 from exchange.api import marketdata as marketdata_api
+from strongroom import console
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
 
@@ -94,6 +95,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
                       [runtime.treasury for runtime in chains.values()])
     exchange_api.init_app(app)
     marketdata_api.init_app(app)
+    console.init_app(app)
     init_rate_limits(app)
     _register_meta_routes(app)
     return app

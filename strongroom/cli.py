@@ -171,6 +171,8 @@ def serve(host: str | None, port: int | None) -> None:
     market = JobRunner(exchange_jobs(app), time.monotonic, name="strongroom-market")
     market.start()
     click.echo(f"Strongroom API on http://{bind_host}:{bind_port}/api/v1/health")
+    click.echo(f"Strongroom console on http://{bind_host}:{bind_port}/console/ "
+               "(demo logins: printed by `strongroom demo`, docs/console.md)")
     try:
         waitress_serve(app, host=bind_host, port=bind_port, threads=8)
     except (OSError, ValueError) as exc:
@@ -206,7 +208,12 @@ def demo() -> None:
     from strongroom.commands.access import services as _access_services
     from strongroom.demo import seed_demo_access
 
-    for line in seed_demo_access(_access_services()):
+    access_services = _access_services()
+    for line in seed_demo_access(access_services):
+        click.echo(line)
+    from strongroom.demo import seed_demo_console
+
+    for line in seed_demo_console(access_services):
         click.echo(line)
     from strongroom.commands.wallets import run_demo as _wallet_demo
 

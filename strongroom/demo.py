@@ -116,3 +116,40 @@ def seed_demo_access(services: AccessServices) -> list[str]:
 
 def parse_scopes_all() -> frozenset[Scope]:
     return frozenset(Scope)
+
+
+def seed_demo_console(services: AccessServices) -> list[str]:
+    """Give every demo person a fresh console password and authenticator; return lines to print.
+
+    Demo only: each run replaces the demo people's passwords and TOTP secrets (shown once,
+    here), the way the demo API key is replaced. Real users set their own.
+    """
+    import secrets
+
+    import pyotp
+    from sqlalchemy import delete
+
+    from custody.access.models import MfaRow
+    from strongroom.console.accounts import ConsoleAccounts
+
+    accounts = ConsoleAccounts(services.sessions, services.mfa, services.clock)
+    lines = ["web console demo logins (replaced on every `strongroom demo`; shown once):",
+             f"  {'user':<10} {'role':<9} {'password':<22} TOTP secret (add to an authenticator app)"]
+    for username, roles, _tier in DEMO_PEOPLE:
+        password = secrets.token_urlsafe(12)
+        accounts.set_password(username, password, actor="demo")
+        with services.sessions.begin() as session:
+            session.execute(delete(MfaRow).where(MfaRow.username == username))
+        try:
+            enrolment = services.mfa.enrol(username)
+        except KeystoreError as exc:
+            return [f"no console logins: {exc.message}"]
+        # Confirmed with the previous step's code, so the code on screen now is still unused.
+        code = pyotp.TOTP(enrolment.secret_base32).at(services.clock() // 1000 - 30)
+        refusal = services.mfa.confirm(username, code)
+        if refusal is not None:
+            raise RuntimeError(f"demo authenticator for {username} not confirmed: {refusal.message}")
+        lines.append(f"  {username:<10} {roles[0]:<9} {password:<22} {enrolment.secret_base32}")
+    lines.append("  current code without an app: .venv/bin/python -c \"import pyotp; "
+                 "print(pyotp.TOTP('SECRET').now())\"")
+    return lines

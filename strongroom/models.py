@@ -8,6 +8,7 @@ from custody.db import Base
 from custody.ledger import models as ledger_models
 from custody.wallets import models as wallet_models
 from custody.withdrawals import models as withdrawal_models
+from strongroom.console import models as console_models
 
 __all__ = [
     "Base",
@@ -15,6 +16,7 @@ __all__ = [
     "audit_models",
     "bitcoin_models",
     "bundle_models",
+    "console_models",
     "ledger_models",
     "wallet_models",
     "withdrawal_models",

@@ -19,9 +19,11 @@ decorator runs, in order:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -48,6 +50,10 @@ HEADER_IDEMPOTENCY_KEY = "Idempotency-Key"
 HEADER_IDEMPOTENT_REPLAY = "Idempotent-Replayed"
 
 F = TypeVar("F", bound=Callable[..., ResponseReturnValue])
+# The web console (strongroom/console) authenticates people with a session instead of a signed
+# request and then calls these same views in-process; it sets the caller here for that one call.
+# Only code in this process can set it: nothing an HTTP client sends reaches it.
+_session_caller: ContextVar[Principal | None] = ContextVar("strongroom_session_caller", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,16 @@ class EndpointAccess:
         return f"needs {who}; key scope {self.scope.value}" + ("; MFA code" if self.mfa else "")
 
 
+@contextlib.contextmanager
+def acting_as(caller: Principal) -> Iterator[None]:
+    """Run in-process API calls as ``caller`` (a console session), with every other check unchanged."""
+    token = _session_caller.set(caller)
+    try:
+        yield
+    finally:
+        _session_caller.reset(token)
+
+
 def services() -> AccessServices:
     found: AccessServices = current_app.extensions["strongroom.access"]
     return found
@@ -109,7 +125,7 @@ def secured(
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
-            caller = authenticate(access.scope)
+            caller = _session_caller.get() or authenticate(access.scope)
             g.principal = caller
             if not access.allows(caller.user.roles):
                 raise PolicyError(

@@ -1,0 +1,185 @@
+// Strongroom console: progressive enhancement only. Every page works as plain HTML forms; this
+// script adds the live book and trades, the order form's fields per type, the offline shell,
+// and the approval device (an Ed25519 key that never leaves this browser).
+"use strict";
+
+const POLL_MS = 1000;
+const APPROVAL_DOMAIN = "strongroom/approval/v2";
+const SUBJECT_KINDS = { withdrawal: 1, refill: 2, policy_change: 3 };
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+// ---------------------------------------------------------------- live book and trades
+
+async function getJson(url) {
+  const response = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  return response.json();
+}
+
+function renderLevels(body, levels, reverse) {
+  body.replaceChildren();
+  const rows = reverse ? levels.slice().reverse() : levels;
+  for (const [price, qty, orders] of rows) {
+    const row = body.insertRow();
+    cell(row, price); cell(row, qty); cell(row, orders);
+  }
+}
+
+async function pollMarket(symbol) {
+  try {
+    const depth = await getJson(`/api/v1/market/depth?symbol=${encodeURIComponent(symbol)}&limit=12`);
+    renderLevels(document.getElementById("asks"), depth.asks, true);
+    renderLevels(document.getElementById("bids"), depth.bids, false);
+    document.getElementById("book-seq").textContent = `seq ${depth.seq}`;
+    const trades = await getJson(`/api/v1/market/trades?symbol=${encodeURIComponent(symbol)}&limit=20`);
+    const body = document.querySelector("#trades tbody");
+    body.replaceChildren();
+    for (const t of trades.trades.slice().reverse()) {
+      const row = body.insertRow();
+      cell(row, t.price, t.side === "buy" ? "up" : "down");
+      cell(row, t.qty);
+      cell(row, new Date(t.time_ms).toISOString().slice(11, 19));
+    }
+  } catch (err) {
+    document.getElementById("book-seq").textContent = "reconnecting…";
+  }
+  setTimeout(() => pollMarket(symbol), POLL_MS);
+}
+
+function orderTypeFields() {
+  const select = document.getElementById("order-type");
+  if (!select) return;
+  const update = () => {
+    const type = select.value;
+    document.querySelector(".needs-price").hidden = !(type === "limit" || type === "stop_limit");
+    document.querySelector(".needs-trigger").hidden = !type.startsWith("stop");
+  };
+  select.addEventListener("change", update);
+  update();
+}
+
+// ---------------------------------------------------------------- approval device
+
+function idb() {
+  return new Promise((resolve, reject) => {
+    const open = indexedDB.open("strongroom-console", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("keys");
+    open.onsuccess = () => resolve(open.result);
+    open.onerror = () => reject(open.error);
+  });
+}
+
+async function idbDo(mode, action) {
+  const db = await idb();
+  return new Promise((resolve, reject) => {
+    const tx = db.transaction("keys", mode);
+    const request = action(tx.objectStore("keys"));
+    tx.oncomplete = () => resolve(request.result);
+    tx.onerror = () => reject(tx.error);
+  });
+}
+
+const deviceSlot = () => `approver:${document.body.dataset.user}`;
+const loadDevice = () => idbDo("readonly", (store) => store.get(deviceSlot()));
+const saveDevice = (device) => idbDo("readwrite", (store) => store.put(device, deviceSlot()));
+const hex = (bytes) => Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
+
+// The canonical encoding of policies/wire_format.py: big-endian unsigned integers, UTF-8 strings
+// and blobs with a 16-bit length. The page encodes what it shows, so it signs what it shows.
+class Writer {
+  constructor() { this.parts = []; }
+  uint(value, width) {
+    let v = BigInt(value);
+    const out = new Uint8Array(width);
+    for (let i = width - 1; i >= 0; i--) { out[i] = Number(v & 0xffn); v >>= 8n; }
+    if (v !== 0n) throw new Error(`value ${value} does not fit in ${width} bytes`);
+    this.parts.push(out);
+    return this;
+  }
+  u8(v) { return this.uint(v, 1); }
+  u64(v) { return this.uint(v, 8); }
+  u256(v) { return this.uint(v, 32); }
+  text(s) { const b = new TextEncoder().encode(s); this.uint(b.length, 2); this.parts.push(b); return this; }
+  bytes() {
+    const out = new Uint8Array(this.parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of this.parts) { out.set(p, at); at += p.length; }
+    return out;
+  }
+}
+
+async function approvalDigest(subject, signedAt, expiresAt) {
+  const w = new Writer().text(APPROVAL_DOMAIN);
+  w.u8(SUBJECT_KINDS[subject.kind]).text(subject.subject_id).text(subject.policy_id).u64(subject.policy_version);
+  w.text(subject.rule_id).text(subject.chain).text(subject.network).text(subject.source_wallet);
+  w.text(subject.asset).u256(subject.amount_minor).text(subject.destination);
+  w.u256(subject.fee_cap_minor).text(subject.document_sha256);
+  w.u64(signedAt).u64(expiresAt);
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", w.bytes()));
+}
+
+function deviceForm() {
+  const form = document.getElementById("device-form");
+  if (!form) return;
+  const hint = document.getElementById("device-hint");
+  loadDevice().then((device) => {
+    hint.textContent = device ? `This browser holds approval key ${device.keyId}.` : "This browser holds no approval key.";
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const pair = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
+      const publicHex = hex(await crypto.subtle.exportKey("raw", pair.publicKey));
+      const keyId = form.elements.key_id.value;
+      await saveDevice({ keyId, privateKey: pair.privateKey, publicHex });
+      form.elements.public_key.value = publicHex;
+      form.submit();
+    } catch (err) {
+      hint.textContent = `This browser cannot make an Ed25519 key: ${err.message}`;
+    }
+  });
+}
+
+function approveForms() {
+  for (const form of document.querySelectorAll(".approve-form")) {
+    const status = form.querySelector(".device-status");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      try {
+        const device = await loadDevice();
+        if (!device) { status.textContent = "Register this browser as an approval device first."; return; }
+        const subject = JSON.parse(form.dataset.subject);
+        const digest = await approvalDigest(subject, form.dataset.signedAt, form.dataset.expiresAt);
+        if (hex(digest) !== form.dataset.digest) {
+          status.textContent = "The server's digest differs from what this page shows: not signed.";
+          return;
+        }
+        const signature = await crypto.subtle.sign({ name: "Ed25519" }, device.privateKey, digest);
+        form.elements.signature.value = hex(signature);
+        form.elements.key_id.value = device.keyId;
+        form.submit();
+      } catch (err) {
+        status.textContent = `Could not sign: ${err.message}`;
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+document.addEventListener("DOMContentLoaded", () => {
+  if ("serviceWorker" in navigator) {
+    navigator.serviceWorker.register("/console/sw.js", { scope: "/console/" }).catch(() => {});
+  }
+  const book = document.getElementById("book-card");
+  if (book) pollMarket(book.dataset.symbol);
+  orderTypeFields();
+  deviceForm();
+  approveForms();
+});

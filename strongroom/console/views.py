@@ -1,0 +1,424 @@
+"""Console pages. Reads and actions go through the REST views in-process (`api.call`)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+from flask import Blueprint, Response, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from custody.assets import ASSETS, get_asset
+from policies.results import PolicyError
+from policies.roles import Permission
+from strongroom.console import api
+from strongroom.console.web import (
+    accounts,
+    check_csrf,
+    clear_session_cookie,
+    flash,
+    load_session,
+    may,
+    notices,
+    page,
+    plain_http_loopback,
+    security_headers,
+    session_token,
+    set_session_cookie,
+    to_minor,
+    units,
+)
+
+bp = Blueprint("console", __name__, url_prefix="/console", template_folder="templates",
+               static_folder="static")
+USDC_DECIMALS = 6
+ORDER_TYPES = ("limit", "market", "stop_market", "stop_limit")
+# Pages in the navigation: (endpoint, label, permissions that open it).
+NAVIGATION = (
+    ("console.trade", "Trade", (Permission.TRADE,)),
+    ("console.wallet", "Wallet", (Permission.WITHDRAW_REQUEST,)),
+    ("console.treasury", "Treasury", (Permission.WITHDRAW_APPROVE,)),
+    ("console.audit", "Audit", (Permission.AUDIT_READ,)),
+    ("console.admin", "Admin", (Permission.USERS_MANAGE,)),
+)
+
+
+@bp.before_request
+def _before() -> None:
+    load_session()
+    check_csrf()
+
+
+@bp.after_request
+def _after(response: Response) -> Response:
+    return security_headers(response)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> ResponseReturnValue:
+    status = exc.code or 500
+    return render_template("error.html", status=status, message=exc.description), status
+
+
+@bp.app_context_processor
+def _template_helpers() -> dict[str, Any]:
+    nav = [(endpoint, label) for endpoint, label, perms in NAVIGATION if any(may(p) for p in perms)]
+    return {"nav": nav, "units": units, "user": g.get("console_user"), "csrf": g.get("csrf", ""),
+            "notices": notices}
+
+
+def _refused(answer: api.Answer) -> None:
+    flash(answer.message, "error")
+
+
+def _back(endpoint: str, **values: Any) -> ResponseReturnValue:
+    return redirect(url_for(endpoint, **values), code=303)
+
+
+# ------------------------------------------------------------------ login
+
+
+@bp.get("/")
+def home() -> ResponseReturnValue:
+    if g.console_user is None:
+        return _back("console.login")
+    for endpoint, _label, perms in NAVIGATION:
+        if any(may(p) for p in perms):
+            return _back(endpoint)
+    return render_template("error.html", status=403, message="Your roles have no console page."), 403
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    if request.method == "GET":
+        return render_template("login.html", dev_cookie=plain_http_loopback())
+    result = accounts().login(request.form.get("username", ""), request.form.get("password", ""),
+                              request.form.get("code", "").strip(), request.remote_addr or "")
+    if result.token is None:
+        return render_template("login.html", error=result.refusal, dev_cookie=plain_http_loopback()), 401
+    response = redirect(url_for("console.home"), code=303)
+    set_session_cookie(response, result.token)
+    return response
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    token = session_token()
+    if token:
+        accounts().logout(token)
+    response = redirect(url_for("console.login"), code=303)
+    clear_session_cookie(response)
+    return response
+
+
+# ------------------------------------------------------------------ trader
+
+
+def _instruments() -> list[dict[str, Any]]:
+    answer = api.call("GET", "/api/v1/exchange/instruments")
+    return list(answer.body.get("instruments", [])) if answer.ok else []
+
+
+@bp.get("/trade")
+@page(Permission.TRADE)
+def trade() -> ResponseReturnValue:
+    instruments = _instruments()
+    symbols = [i["symbol"] for i in instruments]
+    symbol = request.args.get("symbol") or (symbols[0] if symbols else "")
+    if symbol not in symbols and symbols:
+        symbol = symbols[0]
+    return render_template(
+        "trade.html", symbol=symbol, instruments=instruments,
+        instrument=next((i for i in instruments if i["symbol"] == symbol), None),
+        orders=api.call("GET", "/api/v1/exchange/orders").body.get("orders", []),
+        positions=api.call("GET", "/api/v1/exchange/positions").body.get("positions", []),
+        fills=list(reversed(api.call("GET", "/api/v1/exchange/fills").body.get("fills", [])))[:50],
+        summary=api.call("GET", "/api/v1/exchange/account").body, order_types=ORDER_TYPES,
+        new_order_id="c" + secrets.token_hex(6))
+
+
+@bp.post("/trade/orders")
+@page(Permission.TRADE)
+def place_order() -> ResponseReturnValue:
+    form = request.form
+    symbol = form.get("symbol", "")
+    kind = form.get("type", "limit")
+    body: dict[str, Any] = {"symbol": symbol, "id": form.get("id", ""), "side": form.get("side", ""),
+                            "type": kind, "tif": form.get("tif") or "GTC",
+                            "margin_mode": form.get("margin_mode") or "cross",
+                            "reduce_only": form.get("reduce_only") == "on"}
+    try:
+        body["qty"] = int(form.get("qty", "0"))
+        if kind in ("limit", "stop_limit"):
+            body["price"] = to_minor(form.get("price", ""), USDC_DECIMALS, "price")
+        if kind.startswith("stop"):
+            body["trigger_price"] = to_minor(form.get("trigger_price", ""), USDC_DECIMALS, "trigger price")
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return _back("console.trade", symbol=symbol)
+    if kind == "market":
+        body.pop("tif")
+    answer = api.call("POST", "/api/v1/exchange/orders", body=body)
+    if answer.ok:
+        flash(f"order {body['id']} placed: {', '.join(e['type'] for e in answer.body['events'])}", "ok")
+    else:
+        _refused(answer)
+    return _back("console.trade", symbol=symbol)
+
+
+@bp.post("/trade/orders/<symbol>/<order_id>/cancel")
+@page(Permission.TRADE)
+def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
+    answer = api.call("DELETE", f"/api/v1/exchange/orders/{symbol}/{order_id}")
+    flash(f"order {order_id} cancelled", "ok") if answer.ok else _refused(answer)
+    return _back("console.trade", symbol=symbol)
+
+
+@bp.post("/trade/collateral")
+@page(Permission.TRADE)
+def collateral() -> ResponseReturnValue:
+    direction = "deposit" if request.form.get("direction") == "deposit" else "withdraw"
+    symbol = request.form.get("symbol", "")
+    try:
+        amount = to_minor(request.form.get("amount", ""), USDC_DECIMALS, "amount")
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return _back("console.trade", symbol=symbol)
+    answer = api.call("POST", f"/api/v1/exchange/collateral/{direction}", body={"amount": amount})
+    if answer.ok:
+        flash(f"collateral {direction}: {units('USDC', amount)} USDC", "ok")
+    else:
+        _refused(answer)
+    return _back("console.trade", symbol=symbol)
+
+
+@bp.post("/trade/positions/<symbol>/margin")
+@page(Permission.TRADE)
+def position_margin(symbol: str) -> ResponseReturnValue:
+    direction = "add" if request.form.get("direction") == "add" else "remove"
+    try:
+        amount = to_minor(request.form.get("amount", ""), USDC_DECIMALS, "amount")
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return _back("console.trade", symbol=symbol)
+    answer = api.call("POST", f"/api/v1/exchange/positions/{symbol}/isolated-margin/{direction}",
+                      body={"amount": amount})
+    flash(f"margin {direction}ed", "ok") if answer.ok else _refused(answer)
+    return _back("console.trade", symbol=symbol)
+
+
+# ------------------------------------------------------------------ wallet
+
+
+def _balances() -> list[dict[str, Any]]:
+    rows = []
+    for account in api.call("GET", "/api/v1/ledger/accounts").body.get("accounts", []):
+        b = account["balance"]
+        posted = int(b["credits_posted"]) - int(b["debits_posted"])
+        rows.append({"asset": account["asset"], "kind": account["kind"], "posted": posted,
+                     "held": int(b["debits_pending"]),
+                     "available": posted - int(b["debits_pending"])})
+    return rows
+
+
+def _deposit_addresses() -> list[dict[str, Any]]:
+    """Return this user's deposit address per configured chain, with a QR code (inline SVG)."""
+    from flask import current_app
+
+    from custody.wallets.codes import WalletError
+    from strongroom.console.qr import qr_svg
+
+    found = []
+    for chain, runtime in sorted((current_app.extensions.get("strongroom.chains") or {}).items()):
+        try:
+            info = runtime.wallets.deposit_address(f"{chain}-deposits", g.console_user.username)
+        except WalletError:
+            continue  # the chain's deposit wallet is not set up
+        found.append({"chain": chain, "address": info.address, "qr": qr_svg(info.address)})
+    return found
+
+
+@bp.get("/wallet")
+@page(Permission.WITHDRAW_REQUEST)
+def wallet() -> ResponseReturnValue:
+    return render_template(
+        "wallet.html", balances=_balances(), addresses=_deposit_addresses(),
+        withdrawals=api.call("GET", "/api/v1/withdrawals", query={"limit": 50}).body.get("withdrawals", []),
+        whitelist=api.call("GET", "/api/v1/whitelist").body.get("entries", []),
+        assets=sorted(ASSETS), idempotency_key="w" + secrets.token_hex(16))
+
+
+@bp.post("/wallet/withdrawals")
+@page(Permission.WITHDRAW_REQUEST)
+def withdraw() -> ResponseReturnValue:
+    form = request.form
+    asset = get_asset(form.get("asset", ""))
+    if asset is None:
+        flash("choose an asset", "error")
+        return _back("console.wallet")
+    try:
+        amount = to_minor(form.get("amount", ""), asset.decimals, "amount")
+    except ValueError as exc:
+        flash(str(exc), "error")
+        return _back("console.wallet")
+    answer = api.call("POST", "/api/v1/withdrawals", mfa=form.get("code", "").strip(),
+                      idempotency_key=form.get("idempotency_key", "")[:128],
+                      body={"asset": asset.code, "amount": str(amount),
+                            "destination": form.get("destination", "").strip()})
+    if answer.ok:
+        w = answer.body["withdrawal"]
+        flash(f"withdrawal {w['id']} of {units(w['asset'], w['amount'])} {w['asset']}: {w['state']}", "ok")
+    else:
+        _refused(answer)
+    return _back("console.wallet")
+
+
+@bp.post("/wallet/withdrawals/<withdrawal_id>/cancel")
+@page(Permission.WITHDRAW_REQUEST)
+def cancel_withdrawal(withdrawal_id: str) -> ResponseReturnValue:
+    answer = api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/cancel")
+    flash("withdrawal cancelled", "ok") if answer.ok else _refused(answer)
+    return _back("console.wallet")
+
+
+@bp.post("/wallet/whitelist")
+@page(Permission.WHITELIST_MANAGE_OWN)
+def add_whitelist() -> ResponseReturnValue:
+    form = request.form
+    answer = api.call("POST", "/api/v1/whitelist", mfa=form.get("code", "").strip(),
+                      body={"asset": form.get("asset", ""), "address": form.get("address", "").strip(),
+                            "label": form.get("label", "")[:128]})
+    flash("address whitelisted; the policy's timelock starts now", "ok") if answer.ok else _refused(answer)
+    return _back("console.wallet")
+
+
+# ------------------------------------------------------------------ treasury
+
+
+@bp.get("/treasury")
+@page(Permission.WITHDRAW_APPROVE)
+def treasury() -> ResponseReturnValue:
+    from strongroom.console.approvals import pending_with_digests
+
+    platform = api.call("GET", "/api/v1/ledger/accounts", query={"owner": "platform"})
+    wallets = [a for a in platform.body.get("accounts", []) if a["kind"] in ("hot_wallet", "cold_wallet")]
+    for a in wallets:
+        b = a["balance"]
+        a["held"] = int(b["debits_posted"]) - int(b["credits_posted"])
+    keys = api.call("GET", "/api/v1/approver-keys").body.get("approver_keys", [])
+    refills = api.call("GET", "/api/v1/wallets/refills")
+    return render_template(
+        "treasury.html", pending=pending_with_digests(), wallets=wallets,
+        approver_keys=[k for k in keys if not k.get("revoked_ms")],
+        refills=refills.body.get("refills", []) if refills.ok else [],
+        key_id="browser-" + secrets.token_hex(4))
+
+
+@bp.post("/treasury/device")
+@page(Permission.WITHDRAW_APPROVE)
+def register_device() -> ResponseReturnValue:
+    form = request.form
+    answer = api.call("POST", "/api/v1/approver-keys", mfa=form.get("code", "").strip(),
+                      body={"key_id": form.get("key_id", ""), "public_key": form.get("public_key", ""),
+                            "scheme": "ed25519"})
+    flash("this browser is now one of your approval devices", "ok") if answer.ok else _refused(answer)
+    return _back("console.treasury")
+
+
+@bp.post("/treasury/withdrawals/<withdrawal_id>/approve")
+@page(Permission.WITHDRAW_APPROVE)
+def approve(withdrawal_id: str) -> ResponseReturnValue:
+    from strongroom.console.approvals import signed_approval
+
+    form = request.form
+    try:
+        approval = signed_approval(withdrawal_id, g.console_user.username, form)
+    except (ValueError, PolicyError) as exc:
+        flash(str(exc), "error")
+        return _back("console.treasury")
+    answer = api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/approvals",
+                      mfa=form.get("code", "").strip(),
+                      body={"approval": base64.b64encode(approval).decode("ascii")})
+    if answer.ok:
+        flash(f"approved: withdrawal is now {answer.body['withdrawal']['state']}", "ok")
+    else:
+        _refused(answer)
+    return _back("console.treasury")
+
+
+@bp.post("/treasury/withdrawals/<withdrawal_id>/reject")
+@page(Permission.WITHDRAW_APPROVE)
+def reject(withdrawal_id: str) -> ResponseReturnValue:
+    form = request.form
+    answer = api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/reject", mfa=form.get("code", "").strip(),
+                      body={"reason": form.get("reason", "")[:256]})
+    flash("withdrawal rejected; the hold is released", "ok") if answer.ok else _refused(answer)
+    return _back("console.treasury")
+
+
+# ------------------------------------------------------------------ auditor
+
+
+@bp.get("/audit")
+@page(Permission.AUDIT_READ)
+def audit() -> ResponseReturnValue:
+    checkpoints = api.call("GET", "/api/v1/audit/checkpoints").body.get("checkpoints", [])
+    report = api.call("GET", "/api/v1/audit/reserves/report")
+    log = api.call("GET", "/api/v1/security-log", query={"limit": 200}).body.get("events", [])
+    return render_template("audit.html", checkpoints=list(reversed(checkpoints))[:50],
+                           report=report.body if report.ok else None,
+                           report_error=None if report.ok else report.message,
+                           events=list(reversed(log))[:100])
+
+
+# ------------------------------------------------------------------ admin
+
+
+@bp.get("/admin")
+@page(Permission.USERS_MANAGE)
+def admin() -> ResponseReturnValue:
+    from flask import current_app
+
+    from strongroom.app import component_checks
+
+    return render_template(
+        "admin.html", users=api.call("GET", "/api/v1/users").body.get("users", []),
+        keys=api.call("GET", "/api/v1/api-keys").body.get("keys", []),
+        instruments=_market_instruments(), health=component_checks(current_app))
+
+
+def _market_instruments() -> list[dict[str, Any]]:
+    answer = api.call("GET", "/api/v1/market/instruments")
+    return list(answer.body.get("instruments", [])) if answer.ok else []
+
+
+@bp.post("/admin/users/<username>/disable")
+@page(Permission.USERS_MANAGE)
+def disable_user(username: str) -> ResponseReturnValue:
+    answer = api.call("POST", f"/api/v1/users/{username}/disable", mfa=request.form.get("code", "").strip())
+    if answer.ok:
+        accounts().end_sessions_of(username)
+        flash(f"{username} disabled: keys stop working, console sessions ended", "ok")
+    else:
+        _refused(answer)
+    return _back("console.admin")
+
+
+# ------------------------------------------------------------------ PWA
+
+
+@bp.get("/manifest.webmanifest")
+def manifest() -> ResponseReturnValue:
+    response = bp.send_static_file("manifest.webmanifest")
+    response.mimetype = "application/manifest+json"
+    return response
+
+
+@bp.get("/sw.js")
+def service_worker() -> ResponseReturnValue:
+    # Served from /console/ so its scope is the whole console (an offline shell, no data cached).
+    response = bp.send_static_file("sw.js")
+    response.headers["Service-Worker-Allowed"] = "/console/"
+    return response
