@@ -211,13 +211,14 @@ def demo() -> None:
     access_services = _access_services()
     for line in seed_demo_access(access_services):
         click.echo(line)
-    from strongroom.demo import seed_demo_console
-
-    for line in seed_demo_console(access_services):
-        click.echo(line)
     from strongroom.commands.wallets import run_demo as _wallet_demo
 
     _wallet_demo(settings)
+    from strongroom.demo import seed_demo_console
+
+    # Last, so the logins are on screen when `make run` starts the server.
+    for line in seed_demo_console(access_services):
+        click.echo(line)
 
 
 def _account_line(account: AccountView) -> str:
