@@ -150,3 +150,34 @@ def test_rejected_proposal_can_never_be_approved(
     assert _seq(app) == before
     listed = admins[0].get("/api/v1/ledger/proposals", query={"state": "rejected"}).json["proposals"]
     assert [p["id"] for p in listed] == [proposal]
+
+
+def test_concurrent_approvals_apply_a_proposal_exactly_once(
+    app: Flask, admins: list[SignedClient], accounts: dict[str, int]
+) -> None:
+    import threading
+
+    from custody.access.errors import AccessError
+
+    proposal = admins[0].post("/api/v1/ledger/transfers", json={
+        "id": "once", "debit_account": accounts["alice"], "credit_account": accounts["bob"], "amount": "300"},
+        mfa=True, idempotency_key="once").json["proposal"]["id"]
+    ops = app.extensions["strongroom.access"].ledger_ops
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def approve() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(ops.approve("ops2", proposal)[0].state)
+        except AccessError as exc:
+            outcomes.append(exc.code.name)
+
+    threads = [threading.Thread(target=approve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(outcomes) == ["PROPOSAL_CLOSED"] * 7 + ["executed"]
+    ledger: Ledger = app.extensions["strongroom.ledger"]
+    assert ledger.balance(accounts["bob"]).credits_posted == 300
