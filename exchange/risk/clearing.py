@@ -295,6 +295,13 @@ class Clearinghouse:
         mark = self.marks.get(symbol)
         if mark is None:
             return RiskCode.NO_MARK_PRICE, f"{symbol} has no mark price yet"
+        if not liquidation and c.type == "limit" and c.price is not None:
+            # The engine's band follows the last trade, which trades can walk away from the
+            # mark; limits are also held to the band around the mark itself.
+            width = mark * spec.band_bps // 10_000
+            if not mark - width <= c.price <= mark + width:
+                return RiskCode.PRICE_OUTSIDE_MARK_BAND, (
+                    f"price was {c.price}, must be within {spec.band_bps} bps of the mark {mark}")
         pos = acct.positions.get(symbol)
         if pos is None:
             pos = acct.positions[symbol] = Position(symbol)

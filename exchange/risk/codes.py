@@ -22,6 +22,7 @@ class RiskCode(IntEnum):
     INVALID_LEVERAGE = 2013
     POSITION_MARGIN_LOCKED = 2014
     REDUCE_ONLY_EXCEEDS_POSITION = 2015
+    PRICE_OUTSIDE_MARK_BAND = 2016
     # Market operation (2020..2029): the scheduler, feeds and operator endpoints.
     PRICE_OVERRIDE_DISABLED = 2020
 

@@ -178,3 +178,18 @@ def test_liquidation_fill_is_never_worse_than_bankruptcy_beyond_the_cap() -> Non
     fund_paid = sum(e.amount for e in events if type(e) is InsuranceUsed)
     # The cap: the liquidation fee rate (0.5 %) of the position's ~58,400 notional.
     assert fund_paid <= 58_400 * USDC * 5_000 // 1_000_000 + USDC
+
+
+def test_limit_price_outside_the_band_around_the_mark_is_refused_even_after_walking_the_reference() -> None:
+    v = venue(accounts={"x": 50_000 * USDC, "y": 50_000 * USDC})
+    # Walk the engine's band (it follows the last trade) up twice, 9 % each time.
+    price = BTC
+    for i in range(2):
+        price = price * 109 // 100 // TICK * TICK
+        r1 = v.place(PERP, order(f"y{i}", "y", "sell", 10, price))
+        r2 = v.place(PERP, order(f"x{i}", "x", "buy", 10, price))
+        if r1.code or r2.code:
+            break
+    # The second step is 18.8 % above the 60,000 mark: outside its 10 % band.
+    assert r1.code == RiskCode.PRICE_OUTSIDE_MARK_BAND and "of the mark" in r1.message
+    assert v.books[PERP].reference_price is not None and v.books[PERP].reference_price <= BTC * 110 // 100

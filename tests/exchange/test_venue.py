@@ -28,7 +28,7 @@ def trade(v, maker: str, taker: str, qty: int, price: int = BTC, symbol: str = P
 def test_order_without_enough_margin_is_rejected_with_2001_and_reserves_nothing() -> None:
     v = venue(accounts={"a": 100 * USDC})
     # 1 BTC notional (1000 contracts) needs 2 % = 1,200 USDC initial margin.
-    r = v.place(PERP, order("o1", "a", "buy", 1000, BTC - 10_000_000_000))
+    r = v.place(PERP, order("o1", "a", "buy", 1000, BTC - 1_000_000_000))
     assert r.code == RiskCode.INSUFFICIENT_MARGIN and "needs initial margin" in r.message
     assert not v.clearing.orders and v.clearing.accounts["a"].order_im == 0
     assert v.books[PERP].orders == {}
