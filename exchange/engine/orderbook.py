@@ -55,6 +55,7 @@ from exchange.engine.state import BookState, RestingOrderState, StopOrderState
 MAX_LIVE_ORDERS: Final = 10_000_000
 MAX_ID_LEN: Final = 64
 MAX_SNAPSHOT_DEPTH: Final = 1_000
+MAX_SHARED_ACCOUNTS: Final = 100_000
 
 STP_NONE: Final = 0
 STP_CANCEL_TAKER: Final = 1
@@ -304,6 +305,10 @@ class OrderBook:
         self._halt_reason = ""
         self._touched: list[Level] = []
         self._bbo: tuple[int, int, int, int] = (0, 0, 0, 0)
+        # One string object per account for resting orders: decoded commands
+        # carry a fresh copy each, and a shared one is both smaller and warm
+        # in the cache when a fill copies it into a Trade. Bounded.
+        self._accounts: dict[str, str] = {}
 
     # ------------------------------------------------------------------ API
 
@@ -399,8 +404,17 @@ class OrderBook:
             self.seq += 1
             self.events.append(Cancelled(self.seq, id, remaining, self._halt_reason))
             return
-        self._rest(_make_order(oid, id, account, is_buy, limit, remaining, False, stp,
+        self._rest(_make_order(oid, id, self._shared(account), is_buy, limit, remaining, False, stp,
                                reduce_only))
+
+    def _shared(self, account: str) -> str:
+        """Return the book's copy of `account` (an equal string), keeping at most MAX_SHARED_ACCOUNTS."""
+        shared = self._accounts.get(account)
+        if shared is not None:
+            return shared
+        if len(self._accounts) < MAX_SHARED_ACCOUNTS:
+            self._accounts[account] = account
+        return account
 
     def _accept_stop(self, c: NewOrder, oid: int, is_buy: bool, stp: int) -> None:
         trigger_price = c.trigger_price
@@ -570,7 +584,8 @@ class OrderBook:
         elif tif == "IOC" or tif == "FOK":
             reason = "ioc" if tif == "IOC" else "fok"
         else:
-            self._rest(_make_order(oid, id, account, is_buy, limit, remaining, tif == "POST_ONLY",
+            self._rest(_make_order(oid, id, self._shared(account), is_buy, limit, remaining,
+                                   tif == "POST_ONLY",
                                    stp, reduce_only))
             return
         self.seq += 1

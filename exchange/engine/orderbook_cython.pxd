@@ -78,6 +78,7 @@ cdef class OrderBook:
     cdef public object _halt_reason
     cdef public list _touched
     cdef public tuple _bbo
+    cdef public dict _accounts
 
     # Internal methods are cpdef so the core calls them as C functions.
     # Arguments stay Python objects until the pure code has validated them.
@@ -87,6 +88,7 @@ cdef class OrderBook:
                    limit=cython.longlong, seq=cython.longlong, remaining=cython.longlong,
                    code=cython.longlong)
     cpdef _on_new(self, c)
+    cpdef _shared(self, account)
     cpdef _accept_stop(self, c, oid, is_buy, stp)
     cpdef int _validate_new(self, c, id, account, side, qty, t, price, tif, stp_name,
                             reduce_only, trigger_price) except? -1

@@ -464,3 +464,14 @@ def test_event_sequence_numbers_strictly_increase() -> None:
                  Cancel("s1"), Cancel("s1"))
     seqs = [e.seq for e in events]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_resting_orders_of_one_account_share_one_account_string() -> None:
+    book = OrderBook(PLAIN)
+    first, second = "".join(["ac", "ct-1"]), "".join(["ac", "ct-1"])
+    assert first is not second
+    book.process(NewOrder("x", first, "buy", 1, price=100))
+    book.process(NewOrder("y", second, "buy", 2, price=99))
+    assert book.orders["x"].account is book.orders["y"].account
+    assert book.orders["y"].account == "acct-1"
+    book.validate_internal_state()
