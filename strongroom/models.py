@@ -1,5 +1,6 @@
 """Import every table module so ``Base.metadata`` is complete (for Alembic and tests)."""
 
+from custody import freezes as freeze_models
 from custody.access import models as access_models
 from custody.audit import models as audit_models
 from custody.bundles import models as bundle_models
@@ -17,6 +18,7 @@ __all__ = [
     "bitcoin_models",
     "bundle_models",
     "console_models",
+    "freeze_models",
     "ledger_models",
     "wallet_models",
     "withdrawal_models",

@@ -8,9 +8,16 @@ restart at any point re-submits the same ids and the ledger answers "exists"):
 - confirmed: POST both (user credited; wallet account holds the coins)
 - reorged:   VOID both. If the transaction reappears in another block it is
              applied again as attempt ``a+1`` with fresh ids.
-- reorged after it was already posted (deeper than N): a compensating SINGLE
-  transfer pair takes the credit back; if the user already spent it the
-  deposit is marked ``shortfall`` and logged as an alert for treasury.
+- reorged after it was already posted (deeper than N): the owner's withdrawals
+  are frozen (``custody.freezes``) and a ``deposit.reorged_after_credit`` alert
+  is appended to the security log, in the transaction that records the reorg;
+  then a correcting entry by ``service:reorg-correction`` takes the credit
+  back (``<dep>:a<a>:user:reversal`` user -> deposits_in_flight and
+  ``<dep>:a<a>:wallet:reversal`` deposits_in_flight -> wallet, linked). If the
+  owner already spent part of it, the correction takes what the owner still
+  has and books the rest to ``platform.reorg-shortfall`` (EXTERNAL, a claim on
+  the owner): ``<dep>:a<a>:correction:{user,shortfall,wallet}``, status
+  ``shortfall``, and a ``deposit.reorg_shortfall`` alert (docs/wallets.md).
 
 Each status change is committed to ``chain_deposits`` with ``ledger_synced``
 false *before* the ledger write, and set true after it; every tick first
@@ -31,9 +38,11 @@ from typing import Protocol
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody import freezes
+from custody.access import security_log
 from custody.chains.adapter import Block, ChainAdapter
 from custody.ledger.codes import LedgerCode, LedgerError
-from custody.ledger.entry import AccountKind, TransferKind
+from custody.ledger.entry import SERVICE_ACTOR, AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.wallets.models import ChainBlock, ChainDeposit
 from custody.wallets.wallet import AddressInfo, Temperature, WalletRegistry
@@ -46,6 +55,10 @@ MAX_REORG_DEPTH = 128
 KEPT_BLOCKS = 2 * MAX_REORG_DEPTH
 MAX_UNSYNCED_PER_TICK = 1000
 DEFAULT_CONFIRMATIONS = {"ETH": 12, "USDC": 12, "BTC": 6}
+# The watcher's own entries keep the ledger's service actor; alerts name the watcher.
+WATCHER_ACTOR = "service:deposit-watcher"
+CORRECTION_ACTOR = "service:reorg-correction"
+SHORTFALL_OWNER = "platform.reorg-shortfall"
 
 
 class DepositStatus:
@@ -196,6 +209,8 @@ class DepositWatcher:
                 )
             ).all()
             for row in dropped:
+                if row.status == DepositStatus.CREDITED:
+                    _alert_reorged_credit(session, row, fork_height, now)
                 row.status = (
                     DepositStatus.VOIDED if row.status == DepositStatus.SEEN else DepositStatus.REVERSED
                 )
@@ -342,30 +357,75 @@ class DepositWatcher:
                     debit_account=user,
                     credit_account=in_flight,
                     amount=row.amount_minor,
-                    reference=f"reorg reversal of {ref}",
+                    reference=f"reorg correction of {ref}",
                 ),
                 TransferRequest(
                     id=f"{base}:wallet:reversal",
                     debit_account=in_flight,
                     credit_account=wallet,
                     amount=row.amount_minor,
-                    reference=f"reorg reversal of {ref}",
+                    reference=f"reorg correction of {ref}",
                 ),
             ]
         else:
             return row.status
-        results = self._ledger.submit(requests, linked=True)
+        actor = CORRECTION_ACTOR if row.status == DepositStatus.REVERSED else SERVICE_ACTOR
+        results = self._ledger.submit(requests, linked=True, actor=actor)
         failed = [r for r in results if not r.ok and r.code is not LedgerCode.LINKED_TRANSFER_FAILED]
         if not failed:
             return row.status
         if row.status == DepositStatus.VOIDED and failed[0].code is LedgerCode.PENDING_TRANSFER_NOT_FOUND:
             return row.status  # the pending was never written: nothing to undo
         if row.status == DepositStatus.REVERSED and failed[0].code is LedgerCode.INSUFFICIENT_FUNDS:
-            alert = (
-                f"deposit {row.id} was reorged out after crediting {row.owner}, who has already "
-                f"spent it: shortfall of {row.amount_minor} {row.asset}"
-            )
-            log.error(alert)
-            report.alerts.append(alert)
-            return DepositStatus.SHORTFALL
+            return self._correct_shortfall(row, user, in_flight, wallet, report)
         raise LedgerError(failed[0].code or LedgerCode.INVALID_FIELD, failed[0].message)
+
+    def _correct_shortfall(
+        self, row: ChainDeposit, user: int, in_flight: int, wallet: int, report: TickReport
+    ) -> str:
+        """Take back what the owner still has; book the rest as a claim on the owner; alert."""
+        available = self._ledger.get_account(user).balance.credit_balance_available
+        taken = max(0, min(available, row.amount_minor))
+        missing = row.amount_minor - taken
+        shortfall = self._ledger.ensure_account(SHORTFALL_OWNER, row.asset, AccountKind.EXTERNAL).id
+        base, ref = f"{row.id}:a{row.attempt}:correction", f"reorg correction of deposit {row.txid}"
+        requests = [
+            TransferRequest(id=f"{base}:user", debit_account=user, credit_account=in_flight, amount=taken,
+                            reference=ref) if taken else None,
+            TransferRequest(id=f"{base}:shortfall", debit_account=shortfall, credit_account=in_flight,
+                            amount=missing, reference=f"{ref}: owed by {row.owner}"),
+            TransferRequest(id=f"{base}:wallet", debit_account=in_flight, credit_account=wallet,
+                            amount=row.amount_minor, reference=ref),
+        ]
+        results = self._ledger.submit([r for r in requests if r is not None], linked=True,
+                                      actor=CORRECTION_ACTOR)
+        failed = [r for r in results if not r.ok and r.code is not LedgerCode.LINKED_TRANSFER_FAILED]
+        if failed:
+            # The owner spent more meanwhile: the row stays unsynced and the next tick recomputes.
+            raise LedgerError(failed[0].code or LedgerCode.INVALID_FIELD, failed[0].message)
+        alert = (
+            f"deposit {row.id} was reorged out after crediting {row.owner}, who has already "
+            f"spent it: shortfall of {missing} {row.asset} booked to {SHORTFALL_OWNER}"
+        )
+        log.error(alert)
+        report.alerts.append(alert)
+        with self._sessions.begin() as session:
+            security_log.append(session, at_ms=self._clock(), actor=CORRECTION_ACTOR,
+                                action="deposit.reorg_shortfall", subject=row.id, outcome="alert",
+                                details={"owner": row.owner, "asset": row.asset, "taken": str(taken),
+                                         "shortfall": str(missing)})
+        return DepositStatus.SHORTFALL
+
+
+def _alert_reorged_credit(session: Session, row: ChainDeposit, fork_height: int, now_ms: int) -> None:
+    """Freeze the owner's withdrawals and raise the alert, in the reorg's own transaction."""
+    reason = (f"deposit {row.txid} of {row.amount_minor} {row.asset} left the {row.chain} chain "
+              f"after it was credited (fork below block {row.block_height})")
+    freezes.freeze(session, freeze_id=f"reorg:{row.id}:a{row.attempt}", owner=row.owner, reason=reason,
+                   raised_by=WATCHER_ACTOR, now_ms=now_ms)
+    security_log.append(session, at_ms=now_ms, actor=WATCHER_ACTOR, action="deposit.reorged_after_credit",
+                        subject=row.id, outcome="alert",
+                        details={"owner": row.owner, "asset": row.asset, "amount": str(row.amount_minor),
+                                 "txid": row.txid, "block_height": row.block_height,
+                                 "fork_height": fork_height})
+    log.error("security alert: %s; %s's withdrawals are frozen", reason, row.owner)

@@ -21,6 +21,7 @@ class WithdrawalCode(IntEnum):
     SOURCE_WALLET_INVALID = 4109
     WITHDRAWAL_ID_INVALID = 4110
     WITHDRAWAL_ID_RELEASED = 4111
+    ACCOUNT_FROZEN = 4112
 
     @property
     def error(self) -> str:
@@ -36,6 +37,7 @@ WITHDRAWAL_STATUS: dict[WithdrawalCode, int] = {
     WithdrawalCode.WHITELIST_NOT_FOUND: 404,
     WithdrawalCode.NO_FUNDING_ACCOUNT: 422,
     WithdrawalCode.WITHDRAWAL_ID_RELEASED: 409,
+    WithdrawalCode.ACCOUNT_FROZEN: 423,
 }
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody import freezes
 from custody.access import security_log
 from custody.ledger.entry import TransferKind
 from custody.ledger.posting import REFERENCE_MAX_LEN, TransferRequest
@@ -119,6 +120,10 @@ class WithdrawalDispatcher:
                 .order_by(WithdrawalRequest.created_ms).limit(limit)))
 
     def _dispatch(self, row_id: str) -> bool:
+        with self._sessions() as session:
+            owner = session.scalar(select(WithdrawalRequest.username).where(WithdrawalRequest.id == row_id))
+            if owner is not None and freezes.is_frozen(session, owner):
+                return False  # frozen (a deposit reorged out after credit): wait for the review
         # Claim first: once broadcasting, nothing can void the hold behind the executor's back.
         # The claim checks the hold is live: coins are never sent for funds nobody holds.
         if not self._move(row_id, APPROVED, BROADCASTING, "handed to the hot wallet", require_live_hold=True):

@@ -31,6 +31,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from custody import freezes
 from custody.access import security_log
 from custody.access.approvers import load_registry
 from custody.access.errors import AccessCode, AccessError
@@ -301,6 +302,11 @@ class Withdrawals:
                 row = session.get(WithdrawalRequest, withdrawal_id)
                 if row is not None:
                     return _view(session, row, self._terms(session, row))
+                if freezes.is_frozen(session, user.username):
+                    raise WithdrawalError(
+                        WithdrawalCode.ACCOUNT_FROZEN,
+                        f"{user.username}'s withdrawals are frozen pending review (docs/wallets.md)",
+                    )
                 self._place_hold(session, user.username, hold)
                 return self._decide_new(session, user, request, asset.decimals, withdrawal_id, hold.id)
         except IntegrityError:

@@ -1,0 +1,38 @@
+"""A frozen owner (deposit reorged out after credit) cannot withdraw; nothing is held or written."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from custody import freezes
+from custody.ledger.entry import AccountKind
+
+from .helpers import SignedClient, assert_error
+from .test_withdrawals_api import SMALL_BTC, available, whitelist, withdraw
+
+
+def _freeze(app: Flask, owner: str) -> None:
+    with app.extensions["strongroom.sessions"].begin() as session:
+        freezes.freeze(session, freeze_id=f"reorg:test:{owner}", owner=owner, reason="test reorg",
+                       raised_by="service:deposit-watcher", now_ms=1)
+
+
+def test_withdrawal_of_frozen_owner_refused_423_nothing_held(alice: SignedClient, app: Flask) -> None:
+    whitelist(alice)
+    _freeze(app, "alice")
+    ledger = app.extensions["strongroom.ledger"]
+    funding = ledger.find_account("alice", "BTC", AccountKind.USER_AVAILABLE)
+    before = available(app, funding.id)
+    body = assert_error(withdraw(alice, SMALL_BTC), 423, "account_frozen")
+    assert body["code"] == 4112
+    assert available(app, funding.id) == before
+    assert alice.get("/api/v1/withdrawals").json["withdrawals"] == []
+
+
+def test_withdrawal_after_freeze_lifted_by_two_admins_goes_through(alice: SignedClient, app: Flask) -> None:
+    whitelist(alice)
+    _freeze(app, "alice")
+    with app.extensions["strongroom.sessions"].begin() as session:
+        lifted = freezes.lift(session, "reorg:test:alice", admins=("root", "root2"), now_ms=2)
+    assert lifted is not None and lifted.lifted_by == "root,root2"
+    assert withdraw(alice, SMALL_BTC).status_code == 201

@@ -1,0 +1,119 @@
+"""Settle, then reorganise on the devnet: the platform (wired from the devnet's environment, in
+another process's view: over RPC) freezes the owner, raises the alert and books the correction."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from custody import freezes
+from custody.access.models import SecurityEvent
+from custody.db import make_engine, make_session_factory
+from custody.ledger.models import LedgerTransfer
+from custody.wallets.deposit_watcher import CORRECTION_ACTOR, DepositStatus
+from custody.wallets.models import ChainDeposit
+from strongroom import migrate
+from strongroom.commands.wallets import bitcoin_runtime_from_env, runtime_from_env
+from strongroom.devnet.control import BitcoinControl, EthereumControl
+from strongroom.devnet.ethereum import anvil_binary
+from strongroom.devnet.runner import Devnet, start
+from strongroom.settings import Settings
+
+from ..signer.helpers import World
+
+COLD_ADDRESS = "0x000000000000000000000000000000000000C01D"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(params=["anvil", "facade"])
+def devnet(request: pytest.FixtureRequest, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Devnet, Settings]]:
+    if request.param == "anvil" and anvil_binary() is None:
+        if os.environ.get("STRONGROOM_REQUIRE_ANVIL") == "1":
+            pytest.fail("anvil not installed but STRONGROOM_REQUIRE_ANVIL=1")
+        pytest.skip("anvil not installed: run scripts/install-node-deps.sh")
+    net = start(tmp_path / "data", eth_port=_free_port(), btc_port=_free_port(),
+                use_anvil=request.param == "anvil")
+    assert net.info.eth_kind == request.param
+    try:
+        env = {**net.info.environment(), "STRONGROOM_DATA_DIR": str(tmp_path / "data"),
+               "STRONGROOM_KEYSTORE_PASSPHRASE": "devnet-test-passphrase",
+               "STRONGROOM_ETH_COLD_ADDRESS": COLD_ADDRESS,
+               "STRONGROOM_BTC_COLD_DESCRIPTOR": World().descriptor}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings.from_env(dict(os.environ))
+        migrate.upgrade(settings.database_url)
+        yield net, settings
+    finally:
+        net.close()
+
+
+def _deposit(settings: Settings, chain: str) -> ChainDeposit:
+    with make_session_factory(make_engine(settings.database_url))() as session:
+        [row] = session.scalars(select(ChainDeposit).where(ChainDeposit.chain == chain)).all()
+        return row
+
+
+def _alerts(settings: Settings) -> list[str]:
+    with make_session_factory(make_engine(settings.database_url))() as session:
+        return [e.subject for e in session.scalars(
+            select(SecurityEvent).where(SecurityEvent.action == "deposit.reorged_after_credit"))]
+
+
+def test_devnet_settle_then_reorg_freezes_alerts_and_corrects_on_both_chains(
+    devnet: tuple[Devnet, Settings],
+) -> None:
+    net, settings = devnet
+    ethereum, bitcoin = runtime_from_env(settings), bitcoin_runtime_from_env(settings)
+    assert ethereum is not None and bitcoin is not None
+    eth, btc = EthereumControl(net.info), BitcoinControl(net.info)
+    ethereum.watcher.tick()  # a fresh watcher starts at the tip (as the server's first round does)
+    bitcoin.watcher.tick()
+
+    eth_address = ethereum.wallets.deposit_address("ethereum-deposits", "alice").address
+    eth.fund(eth_address, "USDC", 40_000_000)
+    eth.mine(3)
+    ethereum.watcher.tick()
+    btc_address = bitcoin.wallets.deposit_address("bitcoin-deposits", "bob").address
+    btc.fund(btc_address, 250_000)
+    btc.mine(3)
+    bitcoin.watcher.tick()
+    assert _deposit(settings, "ethereum").status == DepositStatus.CREDITED
+    assert _deposit(settings, "bitcoin").status == DepositStatus.CREDITED
+    user = ethereum.wallets.user_account("alice", "USDC")
+    assert ethereum.wallets.ledger.get_account(user).balance.credit_balance_posted == 40_000_000
+
+    eth.reorg(5)  # deeper than the 3 confirmations: the settled deposit's block is replaced
+    btc.reorg(5)
+    ethereum.watcher.tick()
+    bitcoin.watcher.tick()
+
+    for chain, owner in (("ethereum", "alice"), ("bitcoin", "bob")):
+        row = _deposit(settings, chain)
+        assert row.status == DepositStatus.REVERSED, chain
+        with make_session_factory(make_engine(settings.database_url))() as session:
+            assert freezes.is_frozen(session, owner)
+    assert sorted(_alerts(settings)) == sorted([_deposit(settings, "ethereum").id,
+                                                _deposit(settings, "bitcoin").id])
+    ledger = ethereum.wallets.ledger
+    assert ledger.get_account(user).balance.credit_balance_posted == 0
+    bob = bitcoin.wallets.user_account("bob", "BTC")
+    assert ledger.get_account(bob).balance.credit_balance_posted == 0
+    for runtime in (ethereum, bitcoin):
+        report = runtime.reconciler.run()
+        assert report.status == "ok", report.to_json()
+    with make_session_factory(make_engine(settings.database_url))() as session:
+        query = select(LedgerTransfer.actor).where(LedgerTransfer.id.like("%:reversal"))
+        actors = set(session.scalars(query))
+    assert actors == {CORRECTION_ACTOR}
