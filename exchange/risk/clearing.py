@@ -824,7 +824,8 @@ class Clearinghouse:
         Binance's ranking: with PnL% = unrealised PnL / |cost| and effective
         leverage = notional / equity, a profitable position scores
         PnL% * leverage, a losing one PnL% / leverage; highest first, ties by
-        account id (see docs/margin.md).
+        account id (see docs/margin.md). Equity is approximated by collateral
+        plus this position's PnL, so the scan is O(1) per holder.
         """
         spec = self.specs[symbol]
         mark = self.marks[symbol]
@@ -836,8 +837,9 @@ class Clearinghouse:
                 continue
             pnl = position_value(spec, pos.size, pos.cost, mark) - (pos.cost if spec.is_option else 0)
             notional = max(1, abs(pos.size) * mark // spec.contracts_per_unit)
-            equity = max(1, self.valuation(cp)[0])
-            ranked.append((-adl_score(pnl, pos.cost, notional, equity), cp_id))
+            # Equity ~ collateral + this position's PnL: O(1) per holder (no revaluation of
+            # the holder's other positions), as the scan runs over every holder.
+            ranked.append((-adl_score(pnl, pos.cost, notional, cp.cash + pnl), cp_id))
         ranked.sort()
         out: list[tuple[str, int]] = []
         remaining = abs(size)
