@@ -18,6 +18,7 @@ import hashlib
 import os
 import warnings
 from bisect import bisect_left, insort
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -335,7 +336,7 @@ class OrderBook:
         if self.market_data:
             self._flush_market_data()
 
-    def process_many(self, cmds: list[Command]) -> None:
+    def process_many(self, cmds: Iterable[Command]) -> None:
         """Apply `cmds` in order, as `process()` on each; events go to `self.events`.
 
         One call per batch instead of one per command: the loop runs in C

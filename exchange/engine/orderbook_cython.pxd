@@ -83,7 +83,7 @@ cdef class OrderBook:
     # Internal methods are cpdef so the core calls them as C functions.
     # Arguments stay Python objects until the pure code has validated them.
     cpdef process(self, cmd)
-    cpdef process_many(self, list cmds)
+    cpdef process_many(self, cmds)
     @cython.locals(is_buy=bint, stp=cython.longlong, oid=cython.longlong, is_market=bint,
                    limit=cython.longlong, seq=cython.longlong, remaining=cython.longlong,
                    code=cython.longlong)
