@@ -112,7 +112,8 @@ def test_proposal_the_ledger_would_refuse_is_not_stored(
     assert refused.status_code == 422
     assert [r["status"] for r in refused.json["results"]] == ["not_applied", "failed"]
     unknown = admins[0].post("/api/v1/ledger/transfers", json={
-        "id": "p1", "kind": "post", "pending_id": "", "amount": "1"}, mfa=True, idempotency_key="b2")
+        "id": "p1", "kind": "post", "pending_id": "no-such-hold", "amount": "1"},
+        mfa=True, idempotency_key="b2")
     assert_error(unknown, 404, "pending_transfer_not_found")
     assert admins[0].get("/api/v1/ledger/proposals").json["proposals"] == []
     assert _seq(app) == before
