@@ -31,8 +31,9 @@ MAX_SNAPSHOTS = 16  # chain snapshots kept for reorgs
 
 # Faults the scheduler may inject; ``--faults`` picks a subset (default: all of DEFAULT_FAULTS).
 FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "deep_reorg", "ledger_outage",
-          "concurrent", "insider")
-DEFAULT_FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "ledger_outage")
+          "broadcast_crash", "concurrent", "insider")
+DEFAULT_FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "ledger_outage",
+                  "broadcast_crash")
 
 # Actions on a withdrawal a trader asked for earlier (named by trader and idempotency key).
 KEYED_OPS = frozenset({"withdraw_retry", "cancel", "approve", "reject", "export_bundle", "sign_bundle",
@@ -51,7 +52,7 @@ WEIGHTS: tuple[tuple[str, int, str | None], ...] = (
     ("clock_jump", 1, "clock_jump"),
     ("expiry_jump", 1, "expiry"), ("reorg", 2, "reorg"), ("deep_reorg", 1, "deep_reorg"),
     ("ledger_outage", 1, "ledger_outage"), ("concurrent_withdraw", 3, "concurrent"),
-    ("insider_overdraft", 1, "insider"),
+    ("insider_overdraft", 1, "insider"), ("broadcast_crash", 2, "broadcast_crash"),
 )
 
 
@@ -165,6 +166,8 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
         amount = max(1, _available(world, trader, asset) // rng.choice((2, 3, 10)))
         return {"op": op, "trader": trader, "asset": asset, "amount": amount,
                 "key": f"{trader}-c{rng.random():.6f}", "copies": rng.randint(2, 4)}
+    if op == "broadcast_crash":
+        return {"op": op, "round": rng.choice(("dispatch", "wallet"))}
     if op == "insider_overdraft":
         return {"op": op, "trader": trader, "asset": rng.choice(("ETH", "USDC")),
                 "extra": rng.randint(1, 10**9)}
@@ -627,6 +630,35 @@ def _insider_overdraft(world: World, model: Model, a: Action) -> str:
     return f"overdrew {a['trader']} by {a['extra']}: {result.status.value}"
 
 
+class ProcessKilled(BaseException):
+    """The simulated process died here (BaseException: no ``except Exception`` may swallow it)."""
+
+
+def _broadcast_crash(world: World, model: Model, a: Action) -> str:
+    """The process dies right after a transaction reached the network, before anything recorded
+    that it was sent (during a dispatcher round or a wallet round); then it restarts."""
+    adapter = world.svc.runtime.adapter
+    real = adapter.broadcast
+
+    def broadcast_then_die(raw: bytes) -> str:
+        real(raw)
+        raise ProcessKilled
+
+    adapter.broadcast = broadcast_then_die  # type: ignore[method-assign]
+    try:
+        if a.get("round") == "wallet":
+            world.svc.runtime.tick()
+        else:
+            world.svc.dispatcher.run()
+        outcome = "nothing was broadcast"
+    except ProcessKilled:
+        outcome = "killed after a broadcast"
+    finally:
+        del adapter.broadcast
+    world.restart()
+    return f"{outcome}; restarted ({world.restarts})"
+
+
 class RecoveryMismatch(AssertionError):
     """The exchange recovered to a different state than the one that crashed."""
 
@@ -642,4 +674,5 @@ HANDLERS = {
     "concurrent_withdraw": _concurrent_withdraw, "expiry_jump": _expiry_jump,
     "make_market": _make_market, "rebalance": _rebalance, "export_bundle": _export_bundle,
     "sign_bundle": _sign_bundle, "import_bundle": _import_bundle, "insider_overdraft": _insider_overdraft,
+    "broadcast_crash": _broadcast_crash,
 }

@@ -119,6 +119,19 @@ def test_simulation_cold_withdrawal_to_a_lower_case_address_can_be_exported(
     assert result.trace[6]["outcome"].startswith("exported"), result.trace[6]["outcome"]
 
 
+def test_simulation_crash_right_after_a_broadcast_sends_each_withdrawal_once() -> None:
+    result = runner.run(14, 8, actions=[
+        {"op": "withdraw", "trader": "trader0", "asset": "ETH", "amount": actors.ETH // 2, "key": "k1"},
+        {"op": "withdraw", "trader": "trader1", "asset": "ETH", "amount": actors.ETH // 3, "key": "k2"},
+        {"op": "broadcast_crash", "round": "dispatch"},
+        {"op": "dispatch"}, {"op": "wallet_tick"}, {"op": "mine", "blocks": 3}, {"op": "wallet_tick"},
+        {"op": "dispatch"},
+    ])
+    assert result.ok, _explain(result)  # no_double_send and hold_matches_withdrawal after every step
+    assert result.trace[2]["outcome"] == "killed after a broadcast; restarted (1)"
+    assert result.trace[7]["outcome"] == "dispatched 0 completed 2"
+
+
 def _send_twice(world: World, model: actors.Model, a: dict[str, Any]) -> str:
     """A planted bug: a trader's destination is paid without a withdrawal (a second payment)."""
     world.chain.send_eth(destination_of(a["trader"]), a["amount"])
