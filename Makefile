@@ -6,9 +6,9 @@ export STRONGROOM_DATA_DIR ?= $(CURDIR)/var
 # Production sets STRONGROOM_KEYSTORE_PASSPHRASE(_FILE) from a secrets manager.
 export STRONGROOM_KEYSTORE_PASSPHRASE_FILE ?= $(STRONGROOM_DATA_DIR)/demo-keystore-passphrase
 
+# The devnet (docs/devnet.md), the demo on it, then the server configured for it: scripts/run.sh.
 run: bootstrap
-	.venv/bin/strongroom demo
-	STRONGROOM_EXCHANGE_DEMO_MAKER=$${STRONGROOM_EXCHANGE_DEMO_MAKER:-1} .venv/bin/strongroom serve
+	scripts/run.sh
 
 test:
 	scripts/test.sh

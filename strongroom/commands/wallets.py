@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -46,6 +47,7 @@ from custody.wallets.codes import WalletError
 from custody.wallets.runtime import WalletRuntime, build_runtime
 from custody.wallets.wallet import Temperature
 from strongroom import migrate as migrations
+from strongroom.devnet.control import DevnetInfo
 from strongroom.keystores import open_keystore
 from strongroom.settings import Settings
 
@@ -177,14 +179,47 @@ def register(main: click.Group) -> None:
             raise SystemExit(2)
 
 
-def run_demo(settings: Settings, echo: object = click.echo) -> dict[str, object]:
-    """Show the wallet flow end to end on the in-process chain; return a summary.
+def _devnet_for(settings: Settings) -> DevnetInfo | None:
+    """Return the running devnet when this process is configured for it (``make run``), else None."""
+    from strongroom.devnet.control import DevnetError
+    from strongroom.devnet.runner import devnet_dir
 
-    The embedded chain lives only in this process, so the demo uses its own
-    throwaway SQLite database and keystore next to the data directory rather
-    than the platform database (whose wallets would not match a fresh chain).
+    try:
+        info = DevnetInfo.read(devnet_dir(settings.data_dir))
+    except DevnetError:
+        return None
+    configured = (os.environ.get("STRONGROOM_ETH_RPC_URL"), os.environ.get("STRONGROOM_BTC_RPC_URL"))
+    return info if configured == (info.eth_url, info.btc_url) else None
+
+
+def run_devnet_demo(settings: Settings, info: DevnetInfo, say: Callable[[str], object]) -> dict[str, object]:
+    """Run the wallet demo on the devnet, in the platform database: the ledger the auditor exports."""
+    from strongroom.devnet import demo
+
+    ethereum, bitcoin = runtime_from_env(settings), bitcoin_runtime_from_env(settings)
+    assert ethereum is not None and bitcoin is not None, "the devnet environment configures both chains"
+    ethereum.setup_wallets(os.environ.get(ETH_COLD_ADDRESS_ENV) or DEMO_COLD_ADDRESS)
+    bitcoin.setup_wallets(os.environ.get("STRONGROOM_BTC_COLD_DESCRIPTOR")
+                          or demo.demo_cold_descriptor(settings.data_dir, _demo_cold_descriptor))
+    run_id = str(wall_clock_ms())
+    return {"ethereum": demo.run_ethereum(ethereum, info, run_id, say),
+            "bitcoin": demo.run_bitcoin(bitcoin, info, run_id, say)}
+
+
+def run_demo(settings: Settings, echo: object = click.echo) -> dict[str, object]:
+    """Show the wallet flow end to end; return a summary.
+
+    With a devnet configured (``make run``: ``strongroom devnet up`` and its
+    environment) the flow runs on the devnet's chains in the platform database,
+    so its deposits, withdrawals and sweeps are in the ledger the auditor
+    exports. Without one, the in-process chains live only in this process, so
+    the demo uses its own throwaway SQLite database and keystore next to the
+    data directory (whose wallets would not match a fresh chain).
     """
     say = echo if callable(echo) else click.echo
+    devnet = _devnet_for(settings)
+    if devnet is not None:
+        return run_devnet_demo(settings, devnet, say)
     workdir = Path(tempfile.mkdtemp(prefix="wallet-demo-", dir=settings.ensure_data_dir()))
     url = f"sqlite:///{workdir / 'wallets.db'}"
     migrations.upgrade(url)

@@ -117,3 +117,19 @@ def test_devnet_settle_then_reorg_freezes_alerts_and_corrects_on_both_chains(
         query = select(LedgerTransfer.actor).where(LedgerTransfer.id.like("%:reversal"))
         actors = set(session.scalars(query))
     assert actors == {CORRECTION_ACTOR}
+
+
+@pytest.mark.parametrize("devnet", ["anvil"], indirect=True)
+def test_devnet_demo_lands_in_the_platform_ledger(devnet: tuple[Devnet, Settings]) -> None:
+    from strongroom.commands.wallets import run_demo
+
+    _, settings = devnet
+    lines: list[str] = []
+    summary = run_demo(settings, lines.append)
+    assert summary == {"ethereum": {"withdrawal": "confirmed", "reconciliation": "ok"},
+                       "bitcoin": {"withdrawal": "confirmed", "reconciliation": "ok"}}, lines
+    with make_session_factory(make_engine(settings.database_url))() as session:
+        ids = list(session.scalars(select(LedgerTransfer.id)))
+    assert any(i.startswith("dep:ethereum:") for i in ids) and any(i.startswith("dep:bitcoin:") for i in ids)
+    assert any(i.startswith("sweep:") for i in ids) and any(i.startswith("wd:demo-btc-") for i in ids)
+    assert not list((settings.data_dir).glob("wallet-demo-*"))  # no throwaway database
