@@ -81,13 +81,29 @@ def fresh_venue() -> Venue:
     return v
 
 
-def run(stream: list[tuple[str, Any]], batch: int, market: MarketData | None) -> float:
-    """Run the stream on a fresh venue; return engine commands per second."""
+def run(stream: list[tuple[str, Any]], batch: int, market: MarketData | None,
+        fold: bool = False) -> tuple[float, float]:
+    """Run the stream on a fresh venue; return (commands/s wall, commands/s of engine-thread CPU).
+
+    ``fold``: a thread folds the recorded commands in every 10 ms, as the stream feed does
+    in the server (without one the tap folds them in itself every 10,000 commands).
+    """
+    import threading
+
     v = fresh_venue()
     if market is not None:
         market.attach(v)
+    stop = threading.Event()
+    folder = None
+    if market is not None and fold:
+        def fold_every_10_ms() -> None:
+            while not stop.wait(0.01):
+                market.catch_up()
+
+        folder = threading.Thread(target=fold_every_10_ms)
+        folder.start()
     gc.collect()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for n, (kind, payload) in enumerate(stream):
         if kind == "place":
             v.place(SYMBOL, payload)
@@ -96,7 +112,90 @@ def run(stream: list[tuple[str, Any]], batch: int, market: MarketData | None) ->
         if n % batch == batch - 1:
             v.drain()
     v.drain()
-    return len(stream) / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    stop.set()
+    if folder is not None:
+        folder.join()
+    if market is not None:
+        market.catch_up()
+        assert market.broken is None, market.broken
+    return len(stream) / wall, len(stream) / cpu
+
+
+def with_subscribers(bench: Any, count: int) -> tuple[tuple[float, float], int, int]:
+    """Run ``bench(market)`` with the feed, a stream server process and ``count`` websocket clients.
+
+    The clients run in their own process (as they would on other machines), subscribed to the
+    instrument's depth and trades; return (engine rate, messages they received, slow disconnects).
+    """
+    import socket
+    import subprocess
+    import tempfile
+
+    from exchange.api.blueprint import order_scope
+    from exchange.api.streamfeed import StreamFeed
+
+    specs = dict(load_instruments().instruments)
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="srb") as directory:
+        market = MarketData()
+        feed = StreamFeed(market, lambda: specs, order_scope, Path(directory) / "feed.sock")
+        feed.start()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        root = Path(__file__).resolve().parent.parent
+        server = subprocess.Popen([sys.executable, "-m", "exchange.api.stream", "--feed",
+                                   str(Path(directory) / "feed.sock"), "--port", str(port)], cwd=root)
+        clients = subprocess.Popen([sys.executable, __file__, "--clients", str(count), "--port", str(port)],
+                                   stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        try:
+            assert clients.stdout is not None and clients.stdin is not None
+            assert clients.stdout.readline().strip() == "ready"
+            rate = bench(market)
+            time.sleep(1.0)  # let the fan-out finish
+            clients.stdin.close()
+            delivered, slow = (int(x) for x in clients.stdout.readline().split())
+        finally:
+            clients.kill()
+            server.terminate()
+            server.wait(10)
+            feed.stop()
+    return rate, delivered, slow
+
+
+def client_process(count: int, port: int) -> None:
+    """Open ``count`` subscribers; print ready; on stdin EOF print (messages, closed) and exit."""
+    import asyncio
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    received = [0]
+    closed = [0]
+
+    async def one() -> None:
+        try:
+            async with connect(f"ws://127.0.0.1:{port}/", max_size=2**24) as ws:
+                await ws.send('{"op": "subscribe", "channels": ["depth:BTC-PERP", "trades:BTC-PERP"]}')
+                async for _ in ws:
+                    received[0] += 1
+        except ConnectionClosed:
+            closed[0] += 1
+
+    async def main() -> None:
+        tasks = []
+        for _ in range(count):
+            tasks.append(asyncio.create_task(one()))
+            await asyncio.sleep(0.001)
+        while received[0] < 2 * count:  # every subscriber has its two answers
+            await asyncio.sleep(0.05)
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        print(received[0] - 2 * count, closed[0], flush=True)
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(main())
 
 
 def main() -> None:
@@ -106,22 +205,38 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--clients", type=int, default=0, help=argparse.SUPPRESS)  # the client process
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.clients:
+        client_process(args.clients, args.port)
+        return
     stream = commands(args.orders, args.seed)
-    results: dict[str, float] = {}
-    results["engine alone"] = statistics.median(run(stream, args.batch, None) for _ in range(args.repeat))
-    results["with read model"] = statistics.median(
-        run(stream, args.batch, MarketData()) for _ in range(args.repeat))
-    if args.subscribers:
-        from benchmarks_stream import with_subscribers  # type: ignore[import-not-found]
+    results: dict[str, tuple[float, float]] = {}
 
-        results[f"with read model + {args.subscribers:,} subscribers"] = statistics.median(
-            with_subscribers(lambda md: run(stream, args.batch, md), args.subscribers, SYMBOL)
-            for _ in range(args.repeat))
-    base = results["engine alone"]
-    print(f"{len(stream):,} commands, drain every {args.batch}, median of {args.repeat}:")
-    for name, rate in results.items():
-        print(f"  {name:<45} {rate:>10,.0f} commands/s  ({rate / base - 1:+.1%})")
+    def median(runs: list[tuple[float, float]]) -> tuple[float, float]:
+        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+    results["engine alone"] = median([run(stream, args.batch, None) for _ in range(args.repeat)])
+    results["read model folded by the engine thread"] = median(
+        [run(stream, args.batch, MarketData()) for _ in range(args.repeat)])
+    results["read model folded by another thread"] = median(
+        [run(stream, args.batch, MarketData(), fold=True) for _ in range(args.repeat)])
+    if args.subscribers:
+        runs = []
+        for _ in range(args.repeat):
+            rates, delivered, slow = with_subscribers(lambda md: run(stream, args.batch, md),
+                                                      args.subscribers)
+            runs.append(rates)
+            print(f"  (stream: {delivered:,} messages delivered to {args.subscribers:,} subscribers, "
+                  f"{slow} disconnected as slow)")
+        results[f"+ feed, stream server, {args.subscribers:,} subscribers"] = median(runs)
+    base_wall, base_cpu = results["engine alone"]
+    print(f"{len(stream):,} commands, drain every {args.batch}, median of {args.repeat} "
+          "(wall: the machine is shared; engine CPU: time.thread_time of the engine thread):")
+    for name, (wall, cpu) in results.items():
+        print(f"  {name:<48} wall {wall:>8,.0f}/s ({wall / base_wall - 1:+6.1%})   "
+              f"engine CPU {cpu:>8,.0f}/s ({cpu / base_cpu - 1:+6.1%})")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from typing import Any, Final
 import msgspec
 
 from exchange.engine.messages import Accepted, Amended, Cancelled, Event, NewOrder, Rejected, Trade, Triggered
+from exchange.instruments import InstrumentSpec
 from exchange.margin.position import Position
 from exchange.risk.clearing import allocate, intrinsic_value, isolated_parent
 from exchange.risk.events import (
@@ -65,6 +66,7 @@ MAX_TRADES_KEPT: Final = 1_000  # public trades per symbol
 MAX_CANDLES_KEPT: Final = 1_500  # per symbol and interval (1m: 25 h, enough for the 24 h ticker)
 MAX_ROWS_KEPT: Final = 1_000  # per account: closed orders, fills, income rows, closed positions
 MAX_LIQUIDATIONS_KEPT: Final = 200  # public liquidation orders per symbol
+MAX_PENDING: Final = 10_000  # recorded engine commands before the tap folds them in itself
 LIQUIDATION_PREFIX: Final = "liq."
 SNAPSHOT_MAGIC: Final = b"SRMDS001"
 SNAPSHOT_PREFIX: Final = "marketdata-"
@@ -97,7 +99,7 @@ class MarketData:
     """The read model; see the module docstring."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.venue: Venue | None = None
         self.broken: str | None = None
         self.clock_ms = 0
@@ -121,6 +123,16 @@ class MarketData:
         self._moved: set[str] = set()  # accounts whose positions or collateral changed this batch
         self._adl_n = 0
         self._live: dict[str, str] = {}  # live order id -> account
+        # Recorded by the tap (engine thread), folded in by `catch_up` (any thread).
+        self._pending: deque[tuple[Any, ...]] = deque()
+        self._specs: dict[str, InstrumentSpec] = {}
+        self._marks_pending = False
+        self._funding_clocks: dict[str, tuple[int, int | None]] = {}
+        self._marks_changed: set[str] = set()
+        # The book mirrored from the engine's events: resting orders and untriggered stops.
+        self.resting: dict[tuple[str, str], list[Any]] = {}  # (symbol, id) -> [side, price, open qty]
+        self.stops: dict[tuple[str, str], list[Any]] = {}  # (symbol, id) -> [side, limit or None, qty]
+        self._book_seq: dict[str, int] = {}
 
     # ------------------------------------------------------------------ attaching
 
@@ -142,8 +154,12 @@ class MarketData:
                             shadow.pos.size, shadow.pos.cost = pos.size, pos.cost
                             shadow.pos.realised = pos.realised
                             self.open_interest[symbol] = self.open_interest.get(symbol, 0) + max(0, pos.size)
+            self._specs = dict(venue.specs)
+            self._funding_clocks = {sym: (venue.funding_rate(sym), venue.next_funding_ms.get(sym))
+                                    for sym in venue.premium}
             for symbol, mark in venue.clearing.marks.items():
                 self.marks.setdefault(symbol, self._mark_view(symbol, mark, None))
+            self.resting, self.stops, self.depth = {}, {}, {}
             for symbol in venue.books:
                 self._mirror_book(symbol)
 
@@ -156,88 +172,166 @@ class MarketData:
         return observe
 
     def _mirror_book(self, symbol: str) -> None:
+        """Start the mirror of one book from its resting orders and stops (before any replay)."""
         assert self.venue is not None
         book = self.venue.books[symbol]
-        snap = book.depth_snapshot(1 << 30)
-        self.depth[symbol] = ({p: (q, c) for p, q, c in snap.bids}, {p: (q, c) for p, q, c in snap.asks})
-        self.depth_seq[symbol] = book.seq
+        bids: dict[int, tuple[int, int]] = {}
+        asks: dict[int, tuple[int, int]] = {}
+        for o in book.orders.values():
+            side = "buy" if o.is_buy else "sell"
+            self.resting[(symbol, o.id)] = [side, o.price, o.qty]
+            levels = bids if o.is_buy else asks
+            qty, count = levels.get(o.price, (0, 0))
+            levels[o.price] = (qty + o.qty, count + 1)
+        for st in book.stops.values():
+            self.stops[(symbol, st.id)] = ["buy" if st.is_buy else "sell", st.price, st.qty]
+        self.depth[symbol] = (bids, asks)
+        self.depth_seq[symbol] = self._book_seq[symbol] = book.seq
+
+    def level(self, symbol: str, side: str, price: int, qty: int, count: int) -> None:
+        """Change one mirrored level by (qty, count) and mark it for the next depth diff."""
+        if symbol not in self.depth:
+            self.depth[symbol], self.depth_seq[symbol] = ({}, {}), 0
+        levels = self.depth[symbol][0 if side == "buy" else 1]
+        old_qty, old_count = levels.get(price, (0, 0))
+        new = (old_qty + qty, old_count + count)
+        if new[1] <= 0:
+            levels.pop(price, None)
+        else:
+            levels[price] = new
+        self._touched.add((symbol, side, price))
 
     # ------------------------------------------------------------------ the tap
 
     def ran(self, symbol: str, cmd: Any, events: list[Event]) -> None:
-        """Fold one engine command's events in (called by the venue, under the exchange lock)."""
-        if self.broken is not None:
-            return
-        try:
-            with self.lock:
-                self._ran(symbol, cmd, events)
-        except Exception as exc:  # the engine must go on; the read model is marked broken
-            self._break(exc)
+        """Record one engine command's events (the venue calls this under the exchange lock).
+
+        Only what a later `catch_up` needs and could not read later is taken here, in
+        O(1): the events, the trades' fees, new clearing events, the venue clock, the spec.
+        """
+        venue = self.venue
+        assert venue is not None
+        ch = venue.clearing
+        risk = ch.events
+        new_risk = risk[self._risk_seen:] if len(risk) > self._risk_seen else None
+        if new_risk is not None:
+            self._marks_pending = True
+        self._risk_seen = len(risk)
+        fees = ch.trade_fees
+        if fees:
+            ch.trade_fees = []
+        else:
+            fees = None  # the empty list stays the clearing house's
+        ts = cmd.ts if type(cmd) is NewOrder else 0
+        self._pending.append((symbol, cmd, events, fees, new_risk, venue.now_ms, ts, venue.specs[symbol]))
+        if len(self._pending) >= MAX_PENDING:
+            self.catch_up()
 
     def drained(self, events: list[RiskEvent]) -> None:
-        """Close a batch: the remaining clearing events, depth diffs, then publish."""
+        """Record the end of a batch: the clearing events not seen yet and the funding clocks."""
+        venue = self.venue
+        assert venue is not None
+        new_risk = events[self._risk_seen:] if len(events) > self._risk_seen else None
+        self._risk_seen = 0
+        funding = None
+        if new_risk is not None or self._marks_pending:
+            funding = {s: (venue.funding_rate(s), venue.next_funding_ms.get(s)) for s in venue.premium}
+            self._marks_pending = False
+        if len(venue.specs) != len(self._specs):
+            self._specs.update(venue.specs)
+        self._pending.append((None, None, None, None, new_risk, venue.now_ms, 0, funding))
+        if len(self._pending) >= MAX_PENDING:
+            self.catch_up()
+
+    def catch_up(self) -> None:
+        """Fold everything recorded so far in and publish the stream batches (any thread)."""
         if self.broken is not None:
+            self._pending.clear()
             return
-        try:
-            with self.lock:
-                batch = self._drained(events)
-        except Exception as exc:
-            self._break(exc)
-            return
-        for listener in self.listeners:
+        batches: list[list[Message]] = []
+        pending = self._pending
+        with self.lock:
             try:
-                listener(batch)
-            except Exception:  # a listener's failure is its own (it only enqueues)
-                log.exception("market-data listener failed")
+                while pending:
+                    rec = pending.popleft()  # the engine appends at the other end meanwhile
+                    if rec[0] is None:
+                        batch = self._drained(rec)
+                        if batch:
+                            batches.append(batch)
+                    else:
+                        self._ran(rec)
+            except Exception as exc:  # the engine must go on; the read model is marked broken
+                self._break(exc)
+                return
+        for batch in batches:
+            for listener in self.listeners:
+                try:
+                    listener(batch)
+                except Exception:  # a listener's failure is its own (it only enqueues)
+                    log.exception("market-data listener failed")
 
     def _break(self, exc: Exception) -> None:
         self.broken = f"{type(exc).__name__}: {exc}"[:200]
         log.exception("market-data read model stopped; the engine goes on, market data answers 503")
 
-    def _ran(self, symbol: str, cmd: Any, events: list[Event]) -> None:
-        venue = self.venue
-        assert venue is not None
-        ch = venue.clearing
-        self._risk(ch.events)
-        ts = cmd.ts if isinstance(cmd, NewOrder) else 0
-        self.clock_ms = now = max(self.clock_ms, venue.now_ms, ts // NS_PER_MS)
-        fees = ch.trade_fees
-        assert fees is not None
+    def _ran(self, rec: tuple[Any, ...]) -> None:
+        symbol, cmd, events, fees, new_risk, now_ms, ts, spec = rec
+        if new_risk:
+            self._risk(new_risk)
+        self.clock_ms = now = max(self.clock_ms, now_ms, ts // NS_PER_MS)
+        self._specs.setdefault(symbol, spec)
+        book = BookRun(self, symbol, cmd)
         n = 0
         for e in events:
             t = type(e)
             if t is Trade:
                 fee, maker_fee = fees[n]
                 n += 1
-                self._trade(symbol, e, fee, maker_fee, now)  # type: ignore[arg-type]
+                book.trade(e)
+                self._trade(symbol, e, fee, maker_fee, now)
             elif t is Accepted:
-                self._accepted(symbol, e, cmd, now)  # type: ignore[arg-type]
+                self._accepted(symbol, e, cmd, now)
+                book.accepted(e)
             elif t is Cancelled:
-                self._cancelled(symbol, e, now)  # type: ignore[arg-type]
+                book.cancelled(e)
+                self._cancelled(symbol, e, now)
             elif t is Amended:
-                self._amended(symbol, e, now)  # type: ignore[arg-type]
+                book.amended(e)
+                self._amended(symbol, e, now)
             elif t is Triggered:
-                self._triggered(e, now)  # type: ignore[arg-type]
+                book.triggered(e)
+                self._triggered(e, now)
             elif t is Rejected:
-                self._rejected(symbol, e, cmd, now)  # type: ignore[arg-type]
-        assert n == len(fees), f"{len(fees)} trade fees for {n} trades"
-        fees.clear()
+                book.rejected(e)
+                self._rejected(symbol, e, cmd, now)
+        book.finish()
+        if events:
+            self._book_seq[symbol] = events[-1].seq
+        assert n == (len(fees) if fees else 0), f"{len(fees or ())} trade fees for {n} trades"
 
-    def _drained(self, events: list[RiskEvent]) -> list[Message]:
-        venue = self.venue
-        assert venue is not None
-        self._risk(events)
-        self._risk_seen = 0
-        self.clock_ms = max(self.clock_ms, venue.now_ms)
+    def _drained(self, rec: tuple[Any, ...]) -> list[Message]:
+        _, _, _, _, new_risk, now_ms, _, funding = rec
+        if new_risk:
+            self._risk(new_risk)
+        if funding is not None:
+            self._funding_clocks = funding
+        self.clock_ms = max(self.clock_ms, now_ms)
+        for symbol in sorted(self._marks_changed):
+            view = self.marks[symbol]
+            view.update(self._funding_view(symbol))
+            self._emit("mark", None, dict(view))
+        self._marks_changed.clear()
         self._depth_diffs()
         if self.listeners:  # private balance and position updates only for someone listening
-            ch = venue.clearing
+            venue = self.venue
+            assert venue is not None
             for account in sorted(self._moved):
-                acct = ch.accounts.get(account)
+                # The collateral as it is now (read without the exchange lock: one integer).
+                acct = venue.clearing.accounts.get(account)
                 if acct is not None:
                     self._emit("balances", account, {"account": account, "collateral": acct.cash,
                                                      "time_ms": self.clock_ms})
-                for symbol in sorted(venue.specs):
+                for symbol in sorted(self._specs):
                     shadow = self.shadows.get((account, symbol))
                     if shadow is not None:
                         self._emit("positions", account, self._position_view(account, symbol, shadow))
@@ -283,14 +377,10 @@ class MarketData:
         else:  # a stop that triggered runs as an order with the same id
             rec["status"] = "new"
             rec["updated_ms"] = now
-        if e.price is not None and rec["status"] == "new":
-            self._touched.add((symbol, e.side, e.price))
         self._emit_order(rec)
 
     def _trade(self, symbol: str, e: Trade, fee: int, maker_fee: int, now: int) -> None:
-        venue = self.venue
-        assert venue is not None
-        spec = venue.specs[symbol]
+        spec = self._specs[symbol]
         maker_side = "sell" if e.taker_side == "buy" else "buy"
         liquidation = e.taker.startswith(LIQUIDATION_PREFIX)
         trade_id = str(e.seq)
@@ -299,7 +389,6 @@ class MarketData:
         self.trades.setdefault(symbol, deque(maxlen=MAX_TRADES_KEPT)).append(public)
         self._emit("trades", None, public)
         self._candle(symbol, e.price, e.qty, spec.notional(e.qty, e.price), now)
-        self._touched.add((symbol, maker_side, e.price))
         sign = 1 if e.taker_side == "buy" else -1
         for account, order_id, side, qty, paid, liquidity in (
                 (e.taker_account, e.taker, e.taker_side, sign * e.qty, fee, "taker"),
@@ -328,8 +417,6 @@ class MarketData:
         rec = self._find(e.id)
         if rec is None:
             return
-        if rec["price"] is not None and rec["status"] in ("new", "partially_filled"):
-            self._touched.add((symbol, rec["side"], rec["price"]))
         rec["reason"] = e.reason
         rec["updated_ms"] = now
         self._close_order(rec, "cancelled")
@@ -339,9 +426,6 @@ class MarketData:
         rec = self._find(e.id)
         if rec is None:
             return
-        if rec["price"] is not None:
-            self._touched.add((symbol, rec["side"], rec["price"]))
-        self._touched.add((symbol, rec["side"], e.price))
         rec["price"] = e.price
         rec["qty"] = rec["filled_qty"] + e.qty
         rec["updated_ms"] = now
@@ -352,8 +436,6 @@ class MarketData:
         if rec is not None:
             rec["status"] = "new"
             rec["updated_ms"] = now
-            if rec["price"] is not None:
-                self._touched.add((rec["symbol"], rec["side"], rec["price"]))
 
     def _rejected(self, symbol: str, e: Rejected, cmd: Any, now: int) -> None:
         if not isinstance(cmd, NewOrder) or e.id is None or cmd.id != e.id or self._find(e.id) is not None:
@@ -393,9 +475,7 @@ class MarketData:
 
     def _fill(self, account: str, symbol: str, qty: int, price: int, now: int, fee: int) -> int:
         """Apply a signed fill to the mirrored position; return its realised PnL (0 for options)."""
-        venue = self.venue
-        assert venue is not None
-        spec = venue.specs[symbol]
+        spec = self._specs[symbol]
         shadow = self._shadow(account, symbol)
         pos = shadow.pos
         before = pos.size
@@ -436,8 +516,8 @@ class MarketData:
         self._emit("income", account, row)
 
     def _risk(self, events: list[RiskEvent]) -> None:
-        """Fold the clearing events not seen yet (funding, ADL, settlement, marks, liquidations)."""
-        for e in events[self._risk_seen:]:
+        """Fold clearing events in (funding, ADL, settlement, marks, liquidations)."""
+        for e in events:
             t = type(e)
             if t is MarkSet:
                 self._mark(e)  # type: ignore[arg-type]
@@ -449,26 +529,22 @@ class MarketData:
                 self._settled(e)  # type: ignore[arg-type]
             elif t is LiquidationOrder:
                 self._liquidation(e)  # type: ignore[arg-type]
-        self._risk_seen = len(events)
+
+    def _funding_view(self, symbol: str) -> dict[str, Any]:
+        rate, next_ms = self._funding_clocks.get(symbol, (None, None))
+        return {"funding_rate_ppm": rate, "next_funding_ms": next_ms}
 
     def _mark_view(self, symbol: str, mark: int, index: int | None) -> dict[str, Any]:
-        venue = self.venue
-        assert venue is not None
-        perpetual = symbol in venue.premium
-        return {"symbol": symbol, "mark": mark, "index": index,
-                "funding_rate_ppm": venue.funding_rate(symbol) if perpetual else None,
-                "next_funding_ms": venue.next_funding_ms.get(symbol) if perpetual else None,
+        return {"symbol": symbol, "mark": mark, "index": index, **self._funding_view(symbol),
                 "time_ms": self.clock_ms}
 
     def _mark(self, e: MarkSet) -> None:
-        view = self._mark_view(e.symbol, e.mark, e.index)
-        self.marks[e.symbol] = view
-        self._emit("mark", None, view)
+        # The funding fields are filled in at the batch end, with the clocks the batch left.
+        self.marks[e.symbol] = self._mark_view(e.symbol, e.mark, e.index)
+        self._marks_changed.add(e.symbol)
 
     def _funding(self, e: FundingPaid) -> None:
-        venue = self.venue
-        assert venue is not None
-        spec = venue.specs[e.symbol]
+        spec = self._specs[e.symbol]
         held = sorted((a, s) for (a, sym), s in self.shadows.items() if sym == e.symbol and s.pos.size)
         longs = [(a, s) for a, s in held if s.pos.size > 0]
         shorts = [(a, s) for a, s in held if s.pos.size < 0]
@@ -514,9 +590,7 @@ class MarketData:
                 "adl": True, "time_ms": now})
 
     def _settled(self, e: Settled) -> None:
-        venue = self.venue
-        assert venue is not None
-        spec = venue.specs[e.symbol]
+        spec = self._specs[e.symbol]
         for (account, symbol), shadow in sorted(self.shadows.items()):
             if symbol != e.symbol or shadow.pos.size == 0:
                 continue
@@ -559,33 +633,17 @@ class MarketData:
                 bar[6] += 1
 
     def _depth_diffs(self) -> None:
-        venue = self.venue
-        assert venue is not None
         if not self._touched:
             return
         changed: dict[str, tuple[list[list[int]], list[list[int]]]] = {}
-        for symbol, side, price in sorted(self._touched):
-            book = venue.books.get(symbol)
-            if book is None:
-                continue
-            if symbol not in self.depth:
-                self.depth[symbol], self.depth_seq[symbol] = ({}, {}), 0
+        for symbol, side, price in self._touched:
             buy = side == "buy"
-            level = (book.bids if buy else book.asks).levels.get(price if buy else -price)
-            now = (level.total, level.count) if level is not None else (0, 0)
-            mirror = self.depth[symbol][0 if buy else 1]
-            if mirror.get(price, (0, 0)) == now:
-                continue
-            if now[0]:
-                mirror[price] = now
-            else:
-                mirror.pop(price, None)
-            out = changed.setdefault(symbol, ([], []))
-            out[0 if buy else 1].append([price, now[0], now[1]])
+            qty, count = self.depth[symbol][0 if buy else 1].get(price, (0, 0))
+            changed.setdefault(symbol, ([], []))[0 if buy else 1].append([price, qty, count])
         self._touched.clear()
         for symbol, (bids, asks) in sorted(changed.items()):
-            seq = venue.books[symbol].seq
-            prev, self.depth_seq[symbol] = self.depth_seq[symbol], seq
+            seq = self._book_seq.get(symbol, 0)
+            prev, self.depth_seq[symbol] = self.depth_seq.get(symbol, 0), seq
             self._emit("depth", None, {"symbol": symbol, "seq": seq, "prev_seq": prev,
                                        "bids": sorted(bids, reverse=True), "asks": sorted(asks)})
 
@@ -633,11 +691,9 @@ class MarketData:
                 "avg_price": rec["filled_notional"] // filled if filled else None}
 
     def _position_view(self, account: str, symbol: str, shadow: Shadow) -> dict[str, Any]:
-        venue = self.venue
-        assert venue is not None
         pos = shadow.pos
         return {"symbol": symbol, "margin_mode": "isolated" if isolated_parent(account) else "cross",
-                "size": pos.size, "entry_price": pos.entry_price(venue.specs[symbol].contracts_per_unit),
+                "size": pos.size, "entry_price": pos.entry_price(self._specs[symbol].contracts_per_unit),
                 "realised_pnl": pos.realised, "funding": shadow.funding, "fees": shadow.fees,
                 "opened_ms": shadow.opened_ms, "status": "open"}
 
@@ -654,6 +710,7 @@ class MarketData:
 
     def state(self) -> dict[str, Any]:
         """Return the model as builtins (the snapshot); depth is rebuilt from the books."""
+        self.catch_up()
         return {
             "version": STATE_VERSION, "clock_ms": self.clock_ms, "adl_n": self._adl_n,
             "trades": {s: list(d) for s, d in sorted(self.trades.items())},
@@ -701,6 +758,7 @@ class MarketData:
 
     def save_snapshot(self, directory: Path, command_seq: int) -> Path:
         """Write the model as of venue snapshot ``command_seq`` (temp file, fsync, rename); prune."""
+        self.catch_up()
         with self.lock:
             body = msgspec.msgpack.encode(self.state())
         path = directory / f"{SNAPSHOT_PREFIX}{command_seq:020d}{SNAPSHOT_SUFFIX}"
@@ -734,3 +792,87 @@ def load_snapshot(directory: Path, command_seq: int) -> dict[str, Any] | None:
         return None
     state: dict[str, Any] = msgspec.msgpack.decode(body)
     return state
+
+
+class BookRun:
+    """Mirror one engine command's effect on its book from the events alone (no book access).
+
+    The order being matched (new, amended or triggered) takes its trades as taker;
+    what is left when the next one starts, or when the command ends, rests at its
+    limit unless a ``Cancelled`` (IOC, market, self-trade prevention) took it away.
+    """
+
+    __slots__ = ("cmd", "incoming", "md", "symbol")
+
+    def __init__(self, md: MarketData, symbol: str, cmd: Any) -> None:
+        self.md = md
+        self.symbol = symbol
+        self.cmd = cmd
+        self.incoming: list[Any] | None = None  # [id, side, limit or None, open qty]
+
+    def _seq(self, seq: int) -> None:
+        self.md._book_seq[self.symbol] = seq
+
+    def accepted(self, e: Accepted) -> None:
+        self.finish()
+        self._seq(e.seq)
+        cmd = self.cmd
+        if type(cmd) is NewOrder and cmd.id == e.id and cmd.type in ("stop_limit", "stop_market"):
+            self.md.stops[(self.symbol, e.id)] = [e.side, cmd.price, e.qty]
+        else:
+            self.incoming = [e.id, e.side, e.price, e.qty]
+
+    def trade(self, e: Trade) -> None:
+        self._seq(e.seq)
+        md, key = self.md, (self.symbol, e.maker)
+        maker = md.resting.get(key)
+        if maker is not None:
+            maker[2] -= e.qty
+            gone = maker[2] <= 0
+            md.level(self.symbol, maker[0], maker[1], -e.qty, -1 if gone else 0)
+            if gone:
+                del md.resting[key]
+        incoming = self.incoming
+        if incoming is not None and incoming[0] == e.taker:
+            incoming[3] -= e.qty
+
+    def cancelled(self, e: Cancelled) -> None:
+        self._seq(e.seq)
+        md, key = self.md, (self.symbol, e.id)
+        resting = md.resting.pop(key, None)
+        if resting is not None:
+            md.level(self.symbol, resting[0], resting[1], -resting[2], -1)
+        elif self.incoming is not None and self.incoming[0] == e.id:
+            self.incoming = None
+        else:
+            md.stops.pop(key, None)
+
+    def amended(self, e: Amended) -> None:
+        self.finish()
+        self._seq(e.seq)
+        md = self.md
+        resting = md.resting.pop((self.symbol, e.id), None)
+        if resting is not None:
+            md.level(self.symbol, resting[0], resting[1], -resting[2], -1)
+            self.incoming = [e.id, resting[0], e.price, e.qty]
+
+    def triggered(self, e: Triggered) -> None:
+        self.finish()
+        self._seq(e.seq)
+        stop = self.md.stops.pop((self.symbol, e.id), None)
+        if stop is not None:
+            self.incoming = [e.id, stop[0], stop[1], stop[2]]
+
+    def rejected(self, e: Rejected) -> None:
+        self._seq(e.seq)
+        if self.incoming is not None and self.incoming[0] == e.id:
+            self.incoming = None
+
+    def finish(self) -> None:
+        """Rest what is left of the order being matched."""
+        incoming = self.incoming
+        self.incoming = None
+        if incoming is not None and incoming[3] > 0 and incoming[2] is not None:
+            order_id, side, price, qty = incoming
+            self.md.resting[(self.symbol, order_id)] = [side, price, qty]
+            self.md.level(self.symbol, side, price, qty, 1)

@@ -144,6 +144,32 @@ def migrate(revision: str) -> None:
     click.echo(f"database at {revision}")
 
 
+def _start_streams(app: Any, settings: Any, host: str, port: int) -> Any:
+    """Start the websocket stream server process and its feed (docs/market-data.md, "Streams").
+
+    ``STRONGROOM_STREAM_PORT`` (default: the API port + 1; 0 turns streams off).
+    """
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from exchange.api.marketdata import start_stream_feed
+
+    text = os.environ.get("STRONGROOM_STREAM_PORT", str(port + 1))
+    if not text.isascii() or not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise click.ClickException(f"STRONGROOM_STREAM_PORT was {text[:20]!r}, must be 0..65535")
+    stream_port = int(text)
+    if stream_port == 0:
+        return None
+    feed_path = Path(settings.data_dir) / "stream.sock"
+    start_stream_feed(app, feed_path)
+    command = [sys.executable, "-m", "exchange.api.stream", "--feed", str(feed_path), "--host", host,
+               "--port", str(stream_port)]
+    process = subprocess.Popen(command)  # noqa: S603 (our own module, our own arguments)
+    click.echo(f"Strongroom streams on ws://{host}:{stream_port}/ (docs/market-data.md)")
+    return process
+
+
 @main.command()
 @click.option("--host", default=None, help="Bind address (default STRONGROOM_HOST or 127.0.0.1).")
 @click.option("--port", default=None, type=click.IntRange(1, 65535),
@@ -173,6 +199,7 @@ def serve(host: str | None, port: int | None) -> None:
     click.echo(f"Strongroom API on http://{bind_host}:{bind_port}/api/v1/health")
     click.echo(f"Strongroom console on http://{bind_host}:{bind_port}/console/ "
                "(demo logins: printed by `strongroom demo`, docs/console.md)")
+    streams = _start_streams(app, settings, bind_host, bind_port)
     try:
         waitress_serve(app, host=bind_host, port=bind_port, threads=8)
     except (OSError, ValueError) as exc:
@@ -180,6 +207,9 @@ def serve(host: str | None, port: int | None) -> None:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise click.ClickException(f"cannot listen on {bind_host}:{bind_port}: {reason}") from None
     finally:
+        if streams is not None:
+            streams.terminate()
+            streams.wait(timeout=10)
         market.stop()
         runner.stop()
         # A final exchange snapshot, so the next start has no journal tail to replay.

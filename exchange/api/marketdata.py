@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from custody.api.auth import principal, secured
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import query_int
 from custody.api.schema import BOOL, INT, MAYBE_INT, MAYBE_STR, STR, answers, array, nullable, obj
@@ -40,6 +41,8 @@ from exchange.instruments import InstrumentSpec
 from exchange.marketdata import INTERVALS_MS, MarketData, owner_of
 from exchange.risk.codes import RiskCode
 from exchange.summary import position_views
+from policies.api_key import Scope
+from policies.roles import Permission
 
 public = Blueprint("market", __name__, url_prefix="/api/v1/market")
 private = Blueprint("exchange_history", __name__, url_prefix="/api/v1/exchange")
@@ -121,6 +124,7 @@ def money_str(amount: int | None) -> str | None:
 def market() -> MarketData:
     """Return the read model, or refuse with 503 when it stopped (the engine goes on)."""
     md = service().market
+    md.catch_up()  # fold in what the engine recorded since the last read
     if md.broken is not None:
         raise ApiError(RequestCode.NOT_READY, "market data is unavailable; the exchange is trading, "
                        "the read model stopped and needs a restart", 503)
@@ -532,6 +536,48 @@ def position_history() -> ResponseReturnValue:
     closed_rows = [{**r, "realised_pnl": money_str(r["realised_pnl"]), "funding": money_str(r["funding"]),
                     "fees": money_str(r["fees"]), "status": "closed"} for _, r in closed[-limit:]]
     return jsonify({"open": open_rows, "closed": closed_rows})
+
+
+# ------------------------------------------------------------------ streams
+
+FEED_EXTENSION: Final = "strongroom.stream_feed"
+STREAM = secured(Permission.TRADE, Permission.LEDGER_READ_OWN, Permission.WITHDRAW_APPROVE,
+                 scope=Scope.READ, mfa=False)
+
+
+@private.post("/stream-token")
+@STREAM
+@answers({"201": obj({"token": STR, "expires_ms": INT})})
+def stream_token() -> ResponseReturnValue:
+    """Issue a short-lived, single-use listen token for the websocket streams' private channels."""
+    feed = current_app.extensions.get(FEED_EXTENSION)
+    if feed is None:
+        raise ApiError(RequestCode.NOT_READY, "the websocket streams are not running on this server", 503)
+    caller = principal()
+    clock = current_app.extensions.get("strongroom.clock")
+    now = int(clock()) if clock is not None else 0
+    try:
+        token, expires = feed.issue_token(caller.username, [str(r) for r in caller.user.roles], now)
+    except OverflowError:
+        raise ApiError(RequestCode.RATE_LIMITED, "too many live listen tokens; try again shortly",
+                       429) from None
+    return jsonify({"token": token, "expires_ms": expires}), 201
+
+
+def start_stream_feed(app: Any, path: Any) -> Any:
+    """Start the feed of the websocket stream server(s) on Unix socket ``path``; return it."""
+    from exchange.api.streamfeed import StreamFeed, withdrawal_poller
+
+    svc = app.extensions["strongroom.exchange"]
+
+    def specs() -> dict[str, InstrumentSpec]:
+        with svc.lock:
+            return dict(svc.venue.specs)
+
+    feed = StreamFeed(svc.market, specs, order_scope, path, poll=withdrawal_poller(app))
+    feed.start()
+    app.extensions[FEED_EXTENSION] = feed
+    return feed
 
 
 def init_app(app: Any) -> None:

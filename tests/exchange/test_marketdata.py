@@ -39,6 +39,7 @@ def test_marketdata_trade_records_fee_trade_id_and_both_sides() -> None:
     md = watched(v)
     trade(v, "a", "b", 1000, ts_ms=NOW + 5)
     v.drain()
+    md.catch_up()
     (taker,), (maker,) = md.fills["b"], md.fills["a"]
     assert taker["trade_id"] == maker["trade_id"] == md.trades[PERP][-1]["trade_id"]
     # 60,000 USDC notional: taker 0.05 % = 30 USDC, maker rebate 0.01 % = -6 USDC.
@@ -57,6 +58,7 @@ def test_marketdata_flat_position_stays_in_history_with_realised_pnl() -> None:
     assert v.place(PERP, order("c1", "c", "buy", 1000, BTC + 1_000 * USDC)).code == 0
     assert v.place(PERP, order("b2", "b", "sell", 1000, BTC + 1_000 * USDC)).code == 0
     v.drain()
+    md.catch_up()
     assert PERP not in v.clearing.accounts["b"].positions  # the clearing house forgot it
     (closed,) = md.closed_positions["b"]
     assert closed["realised_pnl"] == 1_000 * USDC and closed["side"] == "long"
@@ -73,6 +75,7 @@ def test_marketdata_liquidation_fill_carries_nanoseconds_like_every_fill() -> No
         assert v.place(PERP, order(f"bid{i}", "bid", "buy", 300, px, ts=NOW * NS_PER_MS)).code == 0
     move(v, "BTC", BTC - 900 * USDC, NOW + 1000)
     v.drain()
+    md.catch_up()
     kept = list(v.fills["lev"])
     liquidation = [f for f in kept if f["order_id"].startswith("liq.")]
     assert liquidation and all(f["ts"] == (NOW + 1000) * NS_PER_MS for f in liquidation)
@@ -91,6 +94,7 @@ def test_marketdata_adl_counterparty_sees_its_adl_fill() -> None:
     trade(v, "short2", "lev", 400)
     move(v, "BTC", BTC - 3_000 * USDC, NOW + 1000)  # far past bankruptcy, an empty book: ADL
     v.drain()
+    md.catch_up()
     assert md.broken is None
     for account, qty in (("short", 600), ("short2", 400)):
         adl = [f for f in md.fills[account] if f["adl"]]
@@ -107,8 +111,10 @@ def test_marketdata_funding_is_attributed_per_account_and_sums_to_the_cleared_to
     md = watched(v)
     trade(v, "a", "b", 1000)
     v.drain()
+    md.catch_up()
     v.advance(NOW + 8 * 3_600_000)
     v.drain()
+    md.catch_up()
     assert md.broken is None
     paid = [r for r in md.income["b"] if r["type"] == "funding"]
     got = [r for r in md.income["a"] if r["type"] == "funding"]
@@ -152,6 +158,7 @@ def test_marketdata_depth_mirror_matches_the_book_after_random_trading() -> None
     for batch in random_batches(seed=7, count=200):
         apply_batch(v, batch)
         v.drain()
+    md.catch_up()
     assert md.broken is None
     for symbol, book in v.books.items():
         snap = book.depth_snapshot(10_000)
