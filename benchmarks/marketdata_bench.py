@@ -145,18 +145,27 @@ def with_subscribers(bench: Any, count: int) -> tuple[tuple[float, float], int, 
             port = probe.getsockname()[1]
         root = Path(__file__).resolve().parent.parent
         server = subprocess.Popen([sys.executable, "-m", "exchange.api.stream", "--feed",
-                                   str(Path(directory) / "feed.sock"), "--port", str(port)], cwd=root)
-        clients = subprocess.Popen([sys.executable, __file__, "--clients", str(count), "--port", str(port)],
-                                   stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+                                   str(Path(directory) / "feed.sock"), "--port", str(port)], cwd=root,
+                                  stderr=subprocess.DEVNULL)
+        clients = None
+        if count:
+            clients = subprocess.Popen([sys.executable, __file__, "--clients", str(count), "--port",
+                                        str(port)], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         try:
-            assert clients.stdout is not None and clients.stdin is not None
-            assert clients.stdout.readline().strip() == "ready"
-            rate = bench(market)
-            time.sleep(1.0)  # let the fan-out finish
-            clients.stdin.close()
-            delivered, slow = (int(x) for x in clients.stdout.readline().split())
+            delivered = slow = 0
+            if clients is None:
+                time.sleep(1.0)  # the server has connected to the feed
+                rate = bench(market)
+            else:
+                assert clients.stdout is not None and clients.stdin is not None
+                assert clients.stdout.readline().strip() == "ready"
+                rate = bench(market)
+                time.sleep(1.0)  # let the fan-out finish
+                clients.stdin.close()
+                delivered, slow = (int(x) for x in clients.stdout.readline().split())
         finally:
-            clients.kill()
+            if clients is not None:
+                clients.kill()
             server.terminate()
             server.wait(10)
             feed.stop()
@@ -222,15 +231,15 @@ def main() -> None:
         [run(stream, args.batch, MarketData()) for _ in range(args.repeat)])
     results["read model folded by another thread"] = median(
         [run(stream, args.batch, MarketData(), fold=True) for _ in range(args.repeat)])
-    if args.subscribers:
+    for subscribers in ((0, args.subscribers) if args.subscribers else ()):
         runs = []
         for _ in range(args.repeat):
-            rates, delivered, slow = with_subscribers(lambda md: run(stream, args.batch, md),
-                                                      args.subscribers)
+            rates, delivered, slow = with_subscribers(lambda md: run(stream, args.batch, md), subscribers)
             runs.append(rates)
-            print(f"  (stream: {delivered:,} messages delivered to {args.subscribers:,} subscribers, "
-                  f"{slow} disconnected as slow)")
-        results[f"+ feed, stream server, {args.subscribers:,} subscribers"] = median(runs)
+            if subscribers:
+                print(f"  (stream: {delivered:,} messages delivered to {subscribers:,} subscribers, "
+                      f"{slow} disconnected as slow)")
+        results[f"+ feed, stream server, {subscribers:,} subscribers"] = median(runs)
     base_wall, base_cpu = results["engine alone"]
     print(f"{len(stream):,} commands, drain every {args.batch}, median of {args.repeat} "
           "(wall: the machine is shared; engine CPU: time.thread_time of the engine thread):")
