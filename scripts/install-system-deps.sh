@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite runs against, if they are missing:
-# PostgreSQL (server), SoftHSM2 (PKCS#11 HSM), Node.js + npm (for anvil and solcjs). Needs root (CI runs as root);
+# PostgreSQL (server), SoftHSM2 (PKCS#11 HSM), Node.js + npm (for anvil and solcjs), chromium (console browser tests). Needs root (CI runs as root);
 # as a normal user it only reports what is missing.
 set -euo pipefail
 
@@ -11,6 +11,8 @@ have_pg_server() {
 have_pg_server || missing+=(postgresql)
 [ -e /usr/lib/softhsm/libsofthsm2.so ] || ls /usr/lib/*/softhsm/libsofthsm2.so >/dev/null 2>&1 || missing+=(softhsm2)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# The console's browser tests drive Debian's chromium headless (tests/e2e/test_console_browser.py).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -302,11 +302,13 @@ def add_whitelist() -> ResponseReturnValue:
 def treasury() -> ResponseReturnValue:
     from strongroom.console.approvals import pending_with_digests
 
-    platform = api.call("GET", "/api/v1/ledger/accounts", query={"owner": "platform"})
-    wallets = [a for a in platform.body.get("accounts", []) if a["kind"] in ("hot_wallet", "cold_wallet")]
-    for a in wallets:
-        b = a["balance"]
-        a["held"] = int(b["debits_posted"]) - int(b["credits_posted"])
+    wallets = []
+    for chain in ("bitcoin", "ethereum"):
+        # Treasury reads wallets (wallet.read), not the whole ledger: the newest reconciliation
+        # has each wallet's on-chain balance next to what the ledger expects.
+        report = api.call("GET", "/api/v1/wallets/reconciliation/latest", query={"chain": chain})
+        if report.ok:
+            wallets += [dict(line, chain=chain) for line in report.body.get("lines", [])]
     keys = api.call("GET", "/api/v1/approver-keys").body.get("approver_keys", [])
     refills = api.call("GET", "/api/v1/wallets/refills")
     return render_template(

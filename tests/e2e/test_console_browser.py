@@ -1,0 +1,310 @@
+"""The web console in a real browser (Debian's chromium, headless) against a real ``strongroom serve``.
+
+One server on SQLite with the demo market maker is started for the module; each role gets its own
+browser profile (a new empty user-data-dir). Journeys: the trader moves collateral, places an order
+and sees it on the live book, cancels it and sees it leave, and withdraws with a TOTP code; treasury
+registers the browser as an approval device and approves that withdrawal (signed in the page,
+step-up TOTP); the auditor reads checkpoints and reserves; the admin disables a user. Refusals: a role
+cannot open another's pages (403), an inline script is blocked by the CSP, a POST without the CSRF
+token is refused. Screenshots at 1280 and 390 px wide go to ``STRONGROOM_TEST_ARTIFACTS``
+(default ``var/test-artifacts/console``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyotp
+import pytest
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("Debian's chromium is not installed (scripts/install-system-deps.sh)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+TWO_DAYS_MS = 2 * 86_400_000
+WITHDRAW_TO = "bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh"
+START_TIMEOUT_S = 90
+UI_TIMEOUT_MS = 15_000
+
+
+@dataclass
+class Login:
+    password: str
+    totp: pyotp.TOTP
+
+
+@dataclass
+class Server:
+    url: str
+    logins: dict[str, Login]
+    artifacts: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _seed(env: dict[str, str]) -> dict[str, Login]:
+    """Demo data, logins and a whitelisted address, as if set up two days ago (the timelock passed)."""
+    script = r"""
+import json, os, time
+from custody.access.service import AccessServices
+from custody.audit.service import AuditService
+from custody.audit.reserves import ReservesService
+from custody.db import make_engine, make_session_factory
+from custody.ledger.service import Ledger
+from strongroom import migrate
+from strongroom.demo import seed_demo, seed_demo_access, seed_demo_console
+from strongroom.keystores import ensure_demo_passphrase_file, open_keystore
+from strongroom.settings import Settings
+
+settings = Settings.from_env()
+settings.ensure_data_dir()
+ensure_demo_passphrase_file(settings.keystore_passphrase_file)
+migrate.upgrade(settings.database_url)
+sessions = make_session_factory(make_engine(settings.database_url))
+ledger = Ledger(sessions)
+keystore = open_keystore(settings)
+seed_demo(ledger)
+past = lambda: int(time.time() * 1000) - int(os.environ["CONSOLE_E2E_PAST_MS"])
+services = AccessServices.build(sessions, keystore, ledger, past)
+seed_demo_access(services)
+lines = seed_demo_console(services)
+services.withdrawals.add_whitelist("alice", "BTC", os.environ["CONSOLE_E2E_WHITELIST"], "my cold wallet")
+audit = AuditService(sessions, ledger, keystore)
+audit.create_checkpoint()
+ReservesService(sessions, audit).create_snapshot()
+print(json.dumps([line.split() for line in lines[2:-1]]))
+"""
+    env = dict(env, CONSOLE_E2E_PAST_MS=str(TWO_DAYS_MS), CONSOLE_E2E_WHITELIST=WITHDRAW_TO)
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True,
+                         timeout=120)
+    import json
+
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    return {user: Login(password, pyotp.TOTP(secret)) for user, _role, password, secret in rows}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data = tmp_path_factory.mktemp("console-e2e")
+    port = _free_port()
+    env = dict(os.environ, STRONGROOM_DATA_DIR=str(data), PYTHONPATH=str(ROOT),
+               STRONGROOM_KEYSTORE_PASSPHRASE_FILE=str(data / "passphrase"), STRONGROOM_PORT=str(port),
+               STRONGROOM_EXCHANGE_DEMO_MAKER="1", STRONGROOM_LOG_LEVEL="WARNING")
+    logins = _seed(env)
+    log = (data / "serve.log").open("w")
+    serve = [sys.executable, "-c", "from strongroom.cli import main; main()", "serve"]
+    process = subprocess.Popen(serve, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/console/login", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("strongroom serve did not start:\n" + (data / "serve.log").read_text()[-3000:])
+        time.sleep(0.3)
+    default_artifacts = ROOT / "var" / "test-artifacts" / "console"
+    artifacts = Path(os.environ.get("STRONGROOM_TEST_ARTIFACTS") or default_artifacts)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        yield Server(url, logins, artifacts)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[object]:
+    with playwright_sync.sync_playwright() as p:
+        yield p
+
+
+def _browser(playwright, tmp_path: Path, name: str):
+    profile = tmp_path / f"profile-{name}"
+    shutil.rmtree(profile, ignore_errors=True)
+    context = playwright.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, viewport=DESKTOP)
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    return context
+
+
+def _code(login: Login, offset_s: int = 0) -> str:
+    """Return the code of the step ``offset_s`` away, never within 5 s of a step change.
+
+    The server accepts the previous, current and next step, each once and in increasing order;
+    a code for the previous step computed just before a step change would arrive as stale.
+    """
+    into_step = time.time() % 30
+    if into_step > 25:
+        time.sleep(30.5 - into_step)
+    return login.totp.at(int(time.time()) + offset_s)
+
+
+def _log_in(page, server: Server, user: str, offset_s: int = 0) -> None:
+    login = server.logins[user]
+    page.goto(server.url + "/console/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", login.password)
+    page.fill("input[name=code]", _code(login, offset_s))
+    page.click("button[type=submit]")
+    try:
+        page.wait_for_url(re.compile(r".*/console/(trade|treasury|audit|admin).*"))
+    except playwright_sync.TimeoutError:
+        pytest.fail(f"{user} could not log in: {page.url}\n{page.content()[:3000]}")
+
+
+def _notice(page) -> str:
+    return page.locator(".notice").first.inner_text()
+
+
+def _shot(page, server: Server, name: str) -> None:
+    page.screenshot(path=str(server.artifacts / f"{name}.png"), full_page=False)
+
+
+def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Server, playwright, tmp_path):
+    context = _browser(playwright, tmp_path, "alice")
+    page = context.pages[0] if context.pages else context.new_page()
+    _log_in(page, server, "alice", offset_s=-30)
+    page.goto(server.url + "/console/trade?symbol=BTC-PERP")
+    page.wait_for_selector("#bids tr", timeout=30_000)  # the demo maker's quotes, polled live
+    page.fill("form.collateral input[name=amount]", "20000")
+    page.click("form.collateral button[value=deposit]")
+    assert "collateral deposit" in _notice(page)
+
+    mark = page.request.get(server.url + "/api/v1/market/mark?symbol=BTC-PERP").json()
+    mark_price = mark["marks"][0]["mark"] if "marks" in mark else mark["mark"]
+    price = (int(float(mark_price) * 0.95) // 10) * 10
+    page.check("label.buy input")
+    page.select_option("#order-type", "limit")
+    page.fill("input[name=qty]", "7")
+    page.fill("input[name=price]", str(price))
+    page.click("#place-order")
+    assert "placed" in _notice(page)
+    level = page.locator("#bids tr", has_text=f"{price}.0")
+    level.first.wait_for()  # our order on the book, seen through the polled depth
+    _shot(page, server, "trader-desktop")
+    order_id = page.locator("#open-orders tbody tr[data-order-id]").first.get_attribute("data-order-id")
+    page.locator(f"#open-orders tr[data-order-id='{order_id}'] button").click()
+    assert "cancelled" in _notice(page)
+    page.wait_for_function(
+        "price => ![...document.querySelectorAll('#bids tr td:first-child')]"
+        ".some(td => td.textContent === price)",
+        arg=f"{price}.0")
+
+    page.set_viewport_size(PHONE)
+    page.goto(server.url + "/console/trade?symbol=BTC-PERP")
+    page.wait_for_selector("#bids tr")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"] + 1
+    _shot(page, server, "trader-mobile")
+    page.set_viewport_size(DESKTOP)
+
+    page.goto(server.url + "/console/wallet")
+    page.select_option("#withdraw-form select[name=asset]", "BTC")
+    page.fill("#withdraw-form input[name=amount]", "0.2")
+    page.fill("#withdraw-form input[name=code]", "000000")
+    page.click("#withdraw-form button")
+    assert "mfa" in _notice(page).lower()
+    page.select_option("#withdraw-form select[name=asset]", "BTC")
+    page.fill("#withdraw-form input[name=amount]", "0.2")
+    page.fill("#withdraw-form input[name=code]", _code(server.logins["alice"], 0))
+    page.click("#withdraw-form button")
+    assert "pending_approval" in _notice(page)
+    assert page.locator("#withdrawals tr[data-state=pending_approval]").count() == 1
+    _shot(page, server, "trader-wallet")
+
+    # Another role's page, and forged requests, are refused.
+    assert page.goto(server.url + "/console/treasury").status == 403
+    blocked = page.request.post(server.url + "/console/trade/orders",
+                                form={"symbol": "BTC-PERP", "id": "forged", "side": "buy", "qty": "1"})
+    assert blocked.status == 403
+    page.goto(server.url + "/console/trade")
+    injected = page.evaluate("""() => { const s = document.createElement('script');
+        s.textContent = 'window.__injected = 1'; document.body.appendChild(s);
+        return window.__injected === undefined; }""")
+    assert injected, "an inline script ran: the CSP did not block it"
+    context.close()
+
+
+def test_treasury_approves_with_device_key_and_totp(server: Server, playwright, tmp_path):
+    context = _browser(playwright, tmp_path, "treasury1")
+    page = context.pages[0] if context.pages else context.new_page()
+    _log_in(page, server, "treasury1", offset_s=-30)
+    page.goto(server.url + "/console/treasury")
+    intent = page.locator("article.intent").first
+    intent.wait_for()
+    assert "0.20000000 BTC" in intent.inner_text() and WITHDRAW_TO in intent.inner_text()
+    assert "large-hot-approvals" in intent.inner_text()
+    page.fill("#device-form input[name=code]", _code(server.logins["treasury1"], 0))
+    page.click("#device-form button")
+    assert "approval devices" in _notice(page)
+    page.locator("article.intent .approve-form input[name=code]").first.fill(
+        _code(server.logins["treasury1"], 30))
+    page.locator("article.intent .approve-form button").first.click()
+    page.wait_for_selector(".notice")
+    assert "approved: withdrawal is now" in _notice(page), _notice(page)
+    _shot(page, server, "treasury-desktop")
+    assert page.goto(server.url + "/console/admin").status == 403
+    context.close()
+
+
+def test_auditor_sees_checkpoints_reserves_and_verify_line(server: Server, playwright, tmp_path):
+    context = _browser(playwright, tmp_path, "auditor")
+    page = context.pages[0] if context.pages else context.new_page()
+    _log_in(page, server, "auditor")
+    page.goto(server.url + "/console/audit")
+    pinned = page.locator("#checkpoints code.hash").first.inner_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", pinned)
+    assert f"--trusted-checkpoint {pinned}" in page.locator("#verify-line").inner_text()
+    assert page.locator("#reserves tbody tr").count() >= 3
+    assert page.locator("#security-log tbody tr").count() > 0
+    _shot(page, server, "auditor-desktop")
+    assert page.goto(server.url + "/console/trade").status == 403
+    assert page.goto(server.url + "/console/admin").status == 403
+    context.close()
+
+
+def test_admin_disables_a_user(server: Server, playwright, tmp_path):
+    context = _browser(playwright, tmp_path, "admin")
+    page = context.pages[0] if context.pages else context.new_page()
+    _log_in(page, server, "admin", offset_s=-30)
+    page.goto(server.url + "/console/admin")
+    row = page.locator("#users tr[data-user=bob]")
+    row.locator("input[name=code]").fill(_code(server.logins["admin"], 0))
+    row.locator("button").click()
+    assert "bob disabled" in _notice(page)
+    assert page.locator("#users tr[data-user=bob] .state").inner_text() == "disabled"
+    _shot(page, server, "admin-desktop")
+    page.set_viewport_size(PHONE)
+    _shot(page, server, "admin-mobile")
+    assert page.goto(server.url + "/console/wallet").status == 403
+    context.close()
