@@ -161,6 +161,7 @@ def _start_streams(app: Any, settings: Any, host: str, port: int) -> Any:
     stream_port = int(text)
     if stream_port == 0:
         return None
+    app.config["STREAM_PORT"] = stream_port  # the console's live book connects here
     feed_path = Path(settings.data_dir) / "stream.sock"
     start_stream_feed(app, feed_path)
     command = [sys.executable, "-m", "exchange.api.stream", "--feed", str(feed_path), "--host", host,

@@ -27,6 +27,7 @@ from strongroom.console.web import (
     security_headers,
     session_token,
     set_session_cookie,
+    stream_url,
     to_minor,
     units,
 )
@@ -134,9 +135,15 @@ def trade() -> ResponseReturnValue:
         instrument=next((i for i in instruments if i["symbol"] == symbol), None),
         orders=api.call("GET", "/api/v1/exchange/orders").body.get("orders", []),
         positions=api.call("GET", "/api/v1/exchange/positions").body.get("positions", []),
-        fills=list(reversed(api.call("GET", "/api/v1/exchange/fills").body.get("fills", [])))[:50],
+        fills=_history("/api/v1/exchange/trade-history", "trades"),
+        income=_history("/api/v1/exchange/income", "income"), stream=stream_url(),
         summary=api.call("GET", "/api/v1/exchange/account").body, order_types=ORDER_TYPES,
         new_order_id="c" + secrets.token_hex(6))
+
+
+def _history(path: str, key: str) -> list[dict[str, Any]]:
+    answer = api.call("GET", path, query={"limit": 50})
+    return list(reversed(answer.body.get(key, []))) if answer.ok else []
 
 
 @bp.post("/trade/orders")

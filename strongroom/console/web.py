@@ -27,7 +27,7 @@ CSRF_FIELD = "csrf_token"
 # No inline script or style, nothing from another origin, no framing, forms post only here.
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; manifest-src 'self'; worker-src 'self'; font-src 'self'; "
+    "connect-src 'self'{stream}; manifest-src 'self'; worker-src 'self'; font-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 LOOPBACK_NAMES = ("localhost",)
@@ -101,8 +101,20 @@ def check_csrf() -> None:
         abort(403, description="cross-origin form post refused")
 
 
+def stream_url() -> str | None:
+    """Return the websocket stream endpoint on this host (docs/market-data.md), or None if off."""
+    port = current_app.config.get("STREAM_PORT")
+    if not port:
+        return None
+    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    return f"{'wss' if request.is_secure else 'ws'}://{host}:{int(port)}/"
+
+
 def security_headers(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    stream = stream_url()
+    # The only other origin a page may talk to: this server's own stream endpoint.
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.format(
+        stream=f" {stream}" if stream else "")
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     # same-origin, not no-referrer: under no-referrer browsers send "Origin: null" on form posts.

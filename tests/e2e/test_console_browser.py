@@ -108,8 +108,9 @@ print(json.dumps([line.split() for line in lines[2:-1]]))
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data = tmp_path_factory.mktemp("console-e2e")
-    port = _free_port()
+    port, stream_port = _free_port(), _free_port()
     env = dict(os.environ, STRONGROOM_DATA_DIR=str(data), PYTHONPATH=str(ROOT),
+               STRONGROOM_STREAM_PORT=str(stream_port),
                STRONGROOM_KEYSTORE_PASSPHRASE_FILE=str(data / "passphrase"), STRONGROOM_PORT=str(port),
                STRONGROOM_EXCHANGE_DEMO_MAKER="1", STRONGROOM_LOG_LEVEL="WARNING")
     logins = _seed(env)
@@ -196,7 +197,8 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
     page = context.pages[0] if context.pages else context.new_page()
     _log_in(page, server, "alice", offset_s=-30)
     page.goto(server.url + "/console/trade?symbol=BTC-PERP")
-    page.wait_for_selector("#bids tr", timeout=30_000)  # the demo maker's quotes, polled live
+    page.wait_for_selector("#bids tr", timeout=30_000)  # the demo maker's quotes, live
+    page.wait_for_function("document.getElementById('book-seq').textContent.startsWith('live')")
     page.fill("form.collateral input[name=amount]", "20000")
     page.click("form.collateral button[value=deposit]")
     assert "collateral deposit" in _notice(page)

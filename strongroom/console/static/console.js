@@ -31,25 +31,91 @@ function renderLevels(body, levels, reverse) {
   }
 }
 
+function renderTrades(trades) {
+  const body = document.querySelector("#trades tbody");
+  body.replaceChildren();
+  for (const t of trades) {
+    const row = body.insertRow();
+    cell(row, t.price, t.side === "buy" ? "up" : "down");
+    cell(row, t.qty);
+    cell(row, new Date(t.time_ms).toISOString().slice(11, 19));
+  }
+}
+
+function setBookStatus(text) {
+  document.getElementById("book-seq").textContent = text;
+}
+
 async function pollMarket(symbol) {
   try {
     const depth = await getJson(`/api/v1/market/depth?symbol=${encodeURIComponent(symbol)}&limit=12`);
     renderLevels(document.getElementById("asks"), depth.asks, true);
     renderLevels(document.getElementById("bids"), depth.bids, false);
-    document.getElementById("book-seq").textContent = `seq ${depth.seq}`;
+    setBookStatus(`polling · seq ${depth.seq}`);
     const trades = await getJson(`/api/v1/market/trades?symbol=${encodeURIComponent(symbol)}&limit=20`);
-    const body = document.querySelector("#trades tbody");
-    body.replaceChildren();
-    for (const t of trades.trades.slice().reverse()) {
-      const row = body.insertRow();
-      cell(row, t.price, t.side === "buy" ? "up" : "down");
-      cell(row, t.qty);
-      cell(row, new Date(t.time_ms).toISOString().slice(11, 19));
-    }
+    renderTrades(trades.trades.slice().reverse());
   } catch (err) {
-    document.getElementById("book-seq").textContent = "reconnecting…";
+    setBookStatus("reconnecting…");
   }
   setTimeout(() => pollMarket(symbol), POLL_MS);
+}
+
+// The live book over the websocket stream (docs/market-data.md, "Depth: sequence numbers, the gap
+// rule, resync"): a snapshot, then diffs applied only when prev_seq is our seq; anything else is a
+// gap, so the book is dropped and a resync asked for. If the stream is unreachable or closes, the
+// page falls back to polling the REST depth.
+function streamMarket(symbol, url) {
+  const depthChannel = `depth:${symbol}`;
+  const tradesChannel = `trades:${symbol}`;
+  let book = null;
+  let trades = [];
+  let fellBack = false;
+  const fallBack = () => { if (!fellBack) { fellBack = true; pollMarket(symbol); } };
+  let ws;
+  try { ws = new WebSocket(url); } catch (err) { fallBack(); return; }
+  getJson(`/api/v1/market/trades?symbol=${encodeURIComponent(symbol)}&limit=20`)
+    .then((body) => { trades = body.trades.slice().reverse().concat(trades).slice(0, 20); renderTrades(trades); })
+    .catch(() => {});
+  const levels = (side, ascending) => Array.from(side.values())
+    .sort((a, b) => (ascending ? 1 : -1) * (Number(a[0]) - Number(b[0]))).slice(0, 12);
+  const render = () => {
+    renderLevels(document.getElementById("asks"), levels(book.asks, true), true);
+    renderLevels(document.getElementById("bids"), levels(book.bids, false), false);
+    setBookStatus(`live · seq ${book.seq}`);
+  };
+  const apply = (side, changes) => {
+    for (const level of changes) {
+      if (Number(level[1]) === 0) side.delete(level[0]); else side.set(level[0], level);
+    }
+  };
+  const onDepth = (d) => {
+    if (d.type === "snapshot") {
+      book = { seq: d.seq, bids: new Map(d.bids.map((l) => [l[0], l])), asks: new Map(d.asks.map((l) => [l[0], l])) };
+      render();
+      return;
+    }
+    if (book === null || d.seq <= book.seq) return;
+    if (d.prev_seq !== book.seq) {
+      book = null;
+      setBookStatus("gap: resyncing…");
+      ws.send(JSON.stringify({ op: "resync", channel: depthChannel }));
+      return;
+    }
+    apply(book.bids, d.bids);
+    apply(book.asks, d.asks);
+    book.seq = d.seq;
+    render();
+  };
+  ws.addEventListener("open", () => {
+    ws.send(JSON.stringify({ op: "subscribe", id: 1, channels: [depthChannel, tradesChannel] }));
+  });
+  ws.addEventListener("message", (event) => {
+    const msg = JSON.parse(event.data);
+    if (msg.channel === depthChannel) onDepth(msg.data);
+    else if (msg.channel === tradesChannel) { trades = [msg.data].concat(trades).slice(0, 20); renderTrades(trades); }
+  });
+  ws.addEventListener("close", fallBack);
+  ws.addEventListener("error", fallBack);
 }
 
 function orderTypeFields() {
@@ -178,7 +244,8 @@ document.addEventListener("DOMContentLoaded", () => {
     navigator.serviceWorker.register("/console/sw.js", { scope: "/console/" }).catch(() => {});
   }
   const book = document.getElementById("book-card");
-  if (book) pollMarket(book.dataset.symbol);
+  if (book && book.dataset.stream) streamMarket(book.dataset.symbol, book.dataset.stream);
+  else if (book) pollMarket(book.dataset.symbol);
   orderTypeFields();
   deviceForm();
   approveForms();

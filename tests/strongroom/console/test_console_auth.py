@@ -176,3 +176,11 @@ def test_disabled_user_session_ends(console_app, people, clock):
 def test_console_routes_not_in_openapi_document(console_app):
     paths = build_openapi(console_app)["paths"]
     assert paths and all(p.startswith("/api/v1") for p in paths)
+
+
+def test_csp_allows_only_this_servers_stream_endpoint_besides_self(console_app, people, clock):
+    console_app.config["STREAM_PORT"] = 8601
+    client = logged_in(console_app, people["alice"], clock)
+    response = client.get("/console/trade", base_url=LOCAL)
+    assert "connect-src 'self' ws://127.0.0.1:8601/;" in response.headers["Content-Security-Policy"]
+    assert 'data-stream="ws://127.0.0.1:8601/"' in response.get_data(as_text=True)
