@@ -134,11 +134,24 @@ def trade() -> ResponseReturnValue:
         "trade.html", symbol=symbol, instruments=instruments,
         instrument=next((i for i in instruments if i["symbol"] == symbol), None),
         orders=api.call("GET", "/api/v1/exchange/orders").body.get("orders", []),
-        positions=api.call("GET", "/api/v1/exchange/positions").body.get("positions", []),
+        positions=_with_leverage(api.call("GET", "/api/v1/exchange/positions").body.get("positions", [])),
+        closed=api.call("GET", "/api/v1/exchange/position-history",
+                        query={"limit": 20}).body.get("closed", []),
         fills=_history("/api/v1/exchange/trade-history", "trades"),
         income=_history("/api/v1/exchange/income", "income"), stream=stream_url(),
         summary=api.call("GET", "/api/v1/exchange/account").body, order_types=ORDER_TYPES,
         new_order_id="c" + secrets.token_hex(6))
+
+
+def _with_leverage(positions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add each position's effective leverage: notional at the mark over its initial margin."""
+    per_unit = {i["symbol"]: int(i["contracts_per_unit"]) for i in _market_instruments()}
+    for p in positions:
+        units_per = per_unit.get(p["symbol"])
+        if units_per and p.get("initial_margin"):
+            notional_minor = abs(int(p["size"])) * int(p["mark"]) // units_per
+            p["leverage"] = f"{notional_minor * 10 // int(p['initial_margin']) / 10:.1f}x"
+    return positions
 
 
 def _history(path: str, key: str) -> list[dict[str, Any]]:
@@ -198,6 +211,20 @@ def collateral() -> ResponseReturnValue:
         flash(f"collateral {direction}: {units('USDC', amount)} USDC", "ok")
     else:
         _refused(answer)
+    return _back("console.trade", symbol=symbol)
+
+
+@bp.post("/trade/positions/<symbol>/leverage")
+@page(Permission.TRADE)
+def position_leverage(symbol: str) -> ResponseReturnValue:
+    try:
+        chosen = int(request.form.get("leverage", ""))
+    except ValueError:
+        flash("leverage must be a whole number", "error")
+        return _back("console.trade", symbol=symbol)
+    answer = api.call("POST", f"/api/v1/exchange/positions/{symbol}/leverage",
+                      body={"leverage": chosen, "margin_mode": request.form.get("margin_mode") or "cross"})
+    flash(f"{symbol} leverage set to {chosen}x", "ok") if answer.ok else _refused(answer)
     return _back("console.trade", symbol=symbol)
 
 
@@ -317,12 +344,24 @@ def treasury() -> ResponseReturnValue:
         if report.ok:
             wallets += [dict(line, chain=chain) for line in report.body.get("lines", [])]
     keys = api.call("GET", "/api/v1/approver-keys").body.get("approver_keys", [])
+    bundles = _bundles() if may(Permission.WALLET_READ) else []
     refills = api.call("GET", "/api/v1/wallets/refills")
     return render_template(
         "treasury.html", pending=pending_with_digests(), wallets=wallets,
         approver_keys=[k for k in keys if not k.get("revoked_ms")],
-        refills=refills.body.get("refills", []) if refills.ok else [],
+        refills=refills.body.get("refills", []) if refills.ok else [], bundles=bundles,
         key_id="browser-" + secrets.token_hex(4))
+
+
+def _bundles() -> list[dict[str, Any]]:
+    """Return the newest cold bundles (no REST view lists them yet; read under wallet.read)."""
+    from flask import current_app
+
+    from strongroom.jobs import cold_transfers
+
+    if not current_app.extensions.get("strongroom.chains"):
+        return []
+    return [view.to_json() for view in cold_transfers(current_app).recent(limit=50)]
 
 
 @bp.post("/treasury/device")

@@ -223,6 +223,14 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
         ".some(td => td.textContent === price)",
         arg=f"{price}.0")
 
+    # A market buy against the maker's asks opens a position: size, entry, mark, uPnL, leverage.
+    page.select_option("#order-type", "market")
+    page.fill("input[name=qty]", "1")
+    page.click("#place-order")
+    assert "trade" in _notice(page), _notice(page)
+    position = page.locator("#positions tbody tr", has_text="BTC-PERP").first
+    assert re.search(r"\d+\.\dx", position.inner_text()), position.inner_text()
+
     page.set_viewport_size(PHONE)
     page.goto(server.url + "/console/trade?symbol=BTC-PERP")
     page.wait_for_selector("#bids tr")
@@ -267,12 +275,13 @@ def test_treasury_approves_with_device_key_and_totp(server: Server, playwright, 
     assert "0.20000000 BTC" in intent.inner_text() and WITHDRAW_TO in intent.inner_text()
     assert "large-hot-approvals" in intent.inner_text()
     page.fill("#device-form input[name=code]", _code(server.logins["treasury1"], 0))
-    page.click("#device-form button")
+    with page.expect_navigation():  # the page makes the key, then submits the form itself
+        page.click("#device-form button")
     assert "approval devices" in _notice(page)
     page.locator("article.intent .approve-form input[name=code]").first.fill(
         _code(server.logins["treasury1"], 30))
-    page.locator("article.intent .approve-form button").first.click()
-    page.wait_for_selector(".notice")
+    with page.expect_navigation():  # the page signs, then submits the form itself
+        page.locator("article.intent .approve-form button").first.click()
     assert "approved: withdrawal is now" in _notice(page), _notice(page)
     _shot(page, server, "treasury-desktop")
     assert page.goto(server.url + "/console/admin").status == 403
@@ -309,4 +318,15 @@ def test_admin_disables_a_user(server: Server, playwright, tmp_path):
     page.set_viewport_size(PHONE)
     _shot(page, server, "admin-mobile")
     assert page.goto(server.url + "/console/wallet").status == 403
+
+    # Installable and offline: the manifest, and the service worker's shell when the network is gone.
+    manifest = page.request.get(server.url + "/console/manifest.webmanifest")
+    assert manifest.headers["content-type"].startswith("application/manifest+json")
+    assert manifest.json()["start_url"] == "/console/"
+    page.goto(server.url + "/console/admin")
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    context.set_offline(True)
+    page.goto(server.url + "/console/admin")
+    assert "You are offline" in page.content()
+    context.set_offline(False)
     context.close()
