@@ -51,6 +51,7 @@ MAX_CLIENT_MESSAGE_BYTES: Final = 4_096
 MAX_CONNECTIONS: Final = 20_000
 MAX_FEED_LINE_BYTES: Final = 64 * 1024 * 1024
 SNAPSHOT_LEVELS: Final = 1_000
+DEPTH_INTERVAL_S: Final = 0.1  # depth diffs of one symbol are merged and sent at most this often
 FEED_RETRY_S: Final = 0.5
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_FEED_RESET: Final = 4010
@@ -77,9 +78,13 @@ class Client:
 class StreamServer:
     """Fan-out of the feed to websocket clients; see the module docstring."""
 
-    def __init__(self, feed_path: Path, max_queue: int = MAX_QUEUE) -> None:
+    def __init__(self, feed_path: Path, max_queue: int = MAX_QUEUE,
+                 depth_interval_s: float = DEPTH_INTERVAL_S) -> None:
         self.feed_path = feed_path
         self.max_queue = max_queue
+        self.depth_interval_s = depth_interval_s
+        # symbol -> the diffs received since the last flush, merged (the first prev_seq, the last seq)
+        self.pending_depth: dict[str, dict[str, Any]] = {}
         self.clients: set[Client] = set()
         self.public: dict[str, set[Client]] = {}  # "trades:BTC-PERP" -> clients
         self.private: dict[str, set[Client]] = {}  # username -> clients
@@ -114,6 +119,7 @@ class StreamServer:
             self.depth = {s: (v["seq"], {p: [p, q, n] for p, q, n in v["bids"]},
                               {p: [p, q, n] for p, q, n in v["asks"]}) for s, v in frame["depth"].items()}
             self.marks = dict(frame["marks"])
+            self.pending_depth.clear()  # the snapshots below replace whatever was merged
             for t in frame["tokens"]:
                 self.tokens[t["hash"]] = (t["user"], t["roles"], time.monotonic() + t["ttl_ms"] / 1000)
             self.feed_connected.set()
@@ -139,6 +145,9 @@ class StreamServer:
             symbol = data.get("symbol", "")
             if channel == "depth":
                 self._apply_depth(symbol, data)
+                if self.depth_interval_s > 0:
+                    self._merge_depth(symbol, data)
+                    return
                 data = {**data, "type": "diff"}
             elif channel == "mark":
                 self.marks[symbol] = data
@@ -165,6 +174,38 @@ class StreamServer:
                 else:
                     book[p] = [p, q, n]
         self.depth[symbol] = (diff["seq"], bids, asks)
+
+    def _merge_depth(self, symbol: str, diff: dict[str, Any]) -> None:
+        merged = self.pending_depth.get(symbol)
+        if merged is None:
+            merged = self.pending_depth[symbol] = {"prev_seq": diff["prev_seq"], "bids": {}, "asks": {}}
+        merged["seq"] = diff["seq"]
+        for side in ("bids", "asks"):
+            for level in diff[side]:
+                merged[side][level[0]] = level
+
+    def flush_depth(self, only: str | None = None) -> None:
+        """Send the merged depth diffs (of ``only``, or of every symbol) to their subscribers."""
+        for symbol in ([only] if only is not None else sorted(self.pending_depth)):
+            merged = self.pending_depth.pop(symbol, None)
+            if merged is None:
+                continue
+            key = f"depth:{symbol}"
+            clients = list(self.public.get(key, ()))
+            if not clients:
+                continue
+            data = {"symbol": symbol, "seq": merged["seq"], "prev_seq": merged["prev_seq"],
+                    "bids": sorted(merged["bids"].values(), key=lambda lv: Decimal(lv[0]), reverse=True),
+                    "asks": sorted(merged["asks"].values(), key=lambda lv: Decimal(lv[0])), "type": "diff"}
+            text = _dumps({"channel": key, "data": data})
+            for c in clients:
+                self.send(c, text)
+
+    async def flush_depth_forever(self) -> None:
+        """Flush merged depth diffs every ``depth_interval_s``."""
+        while self.depth_interval_s > 0:
+            await asyncio.sleep(self.depth_interval_s)
+            self.flush_depth()
 
     def snapshot(self, symbol: str) -> str:
         """Return the depth snapshot message of ``symbol`` (best first, the first SNAPSHOT_LEVELS)."""
@@ -269,6 +310,9 @@ class StreamServer:
             if not isinstance(key, str) or not key.startswith("depth:") or key not in c.channels:
                 self.send(c, self._error(ref, "bad_channel", "resync a depth:<symbol> you subscribed to"))
                 return
+            # What is merged but unsent goes out first, so the snapshot's seq is where the
+            # next diff starts (its prev_seq).
+            self.flush_depth(key[len("depth:"):])
             self.send(c, self.snapshot(key[len("depth:"):]))
         else:
             self.send(c, self._error(ref, "bad_op", "op must be subscribe|unsubscribe|auth|resync|ping"))
@@ -307,6 +351,8 @@ class StreamServer:
             self.send(c, self._error(ref, "bad_channel", f"unknown channel {key[:40]!r}"))
             return
         for key in channels:
+            if key.startswith("depth:"):
+                self.flush_depth(key[len("depth:"):])  # before this client joins: see resync
             c.channels.add(key)
             if key in PRIVATE:
                 assert c.user is not None
@@ -322,10 +368,12 @@ class StreamServer:
 
 
 async def run(feed_path: Path, host: str, port: int, ready: threading.Event | None = None,
-              holder: list[Any] | None = None, max_queue: int = MAX_QUEUE) -> None:
+              holder: list[Any] | None = None, max_queue: int = MAX_QUEUE,
+              depth_interval_s: float = DEPTH_INTERVAL_S) -> None:
     """Serve websockets on ``host:port`` fed from ``feed_path`` until cancelled."""
-    server = StreamServer(feed_path, max_queue)
+    server = StreamServer(feed_path, max_queue, depth_interval_s)
     feed = asyncio.get_running_loop().create_task(server.follow_feed())
+    flusher = asyncio.get_running_loop().create_task(server.flush_depth_forever())
     async with serve(server.handler, host, port, max_size=MAX_CLIENT_MESSAGE_BYTES, max_queue=16,
                      ping_interval=20, ping_timeout=20) as ws_server:
         if holder is not None:
@@ -336,17 +384,19 @@ async def run(feed_path: Path, host: str, port: int, ready: threading.Event | No
             await asyncio.Future()
         finally:
             feed.cancel()
+            flusher.cancel()
 
 
 class ThreadedStreamServer:
     """The stream server on its own event loop in a thread (tests, the benchmark)."""
 
     def __init__(self, feed_path: Path, host: str = "127.0.0.1", port: int = 0,
-                 max_queue: int = MAX_QUEUE) -> None:
+                 max_queue: int = MAX_QUEUE, depth_interval_s: float = DEPTH_INTERVAL_S) -> None:
         self._ready = threading.Event()
         self._holder: list[Any] = []
         self._thread = threading.Thread(target=lambda: asyncio.run(
-            self._main(feed_path, host, port, max_queue)), daemon=True, name="stream-server")
+            self._main(feed_path, host, port, max_queue, depth_interval_s)), daemon=True,
+            name="stream-server")
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("stream server did not start")
@@ -355,10 +405,11 @@ class ThreadedStreamServer:
         self.loop: asyncio.AbstractEventLoop = self._holder[2]
         self.port = next(iter(ws.sockets)).getsockname()[1]
 
-    async def _main(self, feed_path: Path, host: str, port: int, max_queue: int) -> None:
+    async def _main(self, feed_path: Path, host: str, port: int, max_queue: int,
+                    depth_interval_s: float) -> None:
         self._task: asyncio.Task[Any] | None = asyncio.current_task()
         with contextlib.suppress(asyncio.CancelledError):
-            await run(feed_path, host, port, self._ready, self._holder, max_queue)
+            await run(feed_path, host, port, self._ready, self._holder, max_queue, depth_interval_s)
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the server's loop and return its result."""

@@ -33,7 +33,7 @@ TIMEOUT_S = 5
 class Stack:
     """A venue with its read model, the feed thread and a stream server on a free port."""
 
-    def __init__(self, directory: Path, max_queue: int = 1_000) -> None:
+    def __init__(self, directory: Path, max_queue: int = 1_000, depth_interval_s: float = 0) -> None:
         self.venue: Venue = venue(accounts={f"{o}@x": 100_000 * USDC for o in ("alice", "bob", "carol")})
         self.market = MarketData()
         self.market.attach(self.venue)
@@ -41,7 +41,9 @@ class Stack:
         self.feed = StreamFeed(self.market, lambda: dict(self.venue.specs), order_scope,
                                directory / "feed.sock")
         self.feed.start()
-        self.server = ThreadedStreamServer(directory / "feed.sock", max_queue=max_queue)
+        # Depth diffs one per batch unless a test asks for the server's coalescing.
+        self.server = ThreadedStreamServer(directory / "feed.sock", max_queue=max_queue,
+                                           depth_interval_s=depth_interval_s)
         self.url = f"ws://127.0.0.1:{self.server.port}/"
         self.n = 0
         deadline = time.monotonic() + TIMEOUT_S
@@ -375,3 +377,35 @@ def test_stream_doc_examples_parse_and_match_served_messages(stack: Stack) -> No
         same_shape(found["fill"], seen["fills"])
         same_shape(found["trade"], seen["trades:BTC-PERP"])
         same_shape(found["depth-diff"], seen["depth:BTC-PERP"])
+
+
+def test_stream_depth_diffs_are_coalesced_and_keep_the_sequence_rule() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="srs") as directory:
+        s = Stack(Path(directory), depth_interval_s=0.1)
+        try:
+            client = DepthClient()
+            with connect(s.url) as ws:
+                ws.send(json.dumps({"op": "subscribe", "channels": [f"depth:{PERP}"]}))
+                recv(ws)
+                assert client.on(recv(ws)["data"])
+                for i in range(20):
+                    s.order("alice@x", "sell", 1 + i % 3, BTC + (i % 7 + 1) * 100_000_000)
+                time.sleep(0.3)  # past the coalescing interval
+                diffs = drain_to_pong(ws)
+                assert 0 < len(diffs) < 20  # merged
+                for m in diffs:
+                    assert client.on(m["data"])  # no gap
+                assert client.gaps == 0 and (client.bids, client.asks) == served_depth(s)
+                # A second subscriber joining now starts from a snapshot the next diff follows.
+                with connect(s.url) as late:
+                    late.send(json.dumps({"op": "subscribe", "channels": [f"depth:{PERP}"]}))
+                    recv(late)
+                    other = DepthClient()
+                    other.on(recv(late)["data"])
+                    s.order("bob@x", "buy", 2, BTC - 100_000_000)
+                    time.sleep(0.3)
+                    for m in drain_to_pong(late):
+                        assert other.on(m["data"])
+                    assert other.gaps == 0 and (other.bids, other.asks) == served_depth(s)
+        finally:
+            s.close()
