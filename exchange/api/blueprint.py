@@ -393,7 +393,9 @@ def amend_order(symbol: str, order_id: str) -> ResponseReturnValue:
     with svc.command() as venue:
         _known(venue, symbol)
         engine_id, owner = _resolve(venue, symbol, account, client_id)
-        result = _invalid_to_400(lambda: venue.amend(symbol, Amend(engine_id, qty, price, owner)))
+        # The edge's time in ns, like a new order's: a crossing amend's trades carry it.
+        amend = Amend(engine_id, qty, price, owner, _now_ms() * 1_000_000)
+        result = _invalid_to_400(lambda: venue.amend(symbol, amend))
     if result.code:
         raise _risk(result.code, result.message.replace(engine_id, client_id))
     return _events_response(result.events, account, status=200)

@@ -13,8 +13,10 @@ every book with its sequence, the marks, and the live listen tokens. When
 more than ``MAX_PENDING_BATCHES`` batches wait (the feed thread starved),
 they are dropped and every server gets a new ``hello`` (its depth
 subscribers get fresh snapshots; other messages of the gap are lost and
-clients are told with a ``reset``). A server that cannot take a write
-within ``WRITE_TIMEOUT_S`` is disconnected (it reconnects and gets a hello).
+clients are told with a ``reset``). Writes never block the feed thread: what
+a server has not taken yet waits in its buffer; a server more than
+``MAX_SERVER_BUFFER_BYTES`` behind is disconnected (it reconnects and gets a
+hello).
 
 Listen tokens (``POST /api/v1/exchange/stream-token``): 32 random bytes,
 valid ``TOKEN_TTL_MS`` and once; only their SHA-256 leaves this process.
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FEED_INTERVAL_S: Final = 0.01
 MAX_PENDING_BATCHES: Final = 50_000
-WRITE_TIMEOUT_S: Final = 2.0
+MAX_SERVER_BUFFER_BYTES: Final = 256 * 1024 * 1024
 MAX_SERVERS: Final = 8
 TOKEN_TTL_MS: Final = 60_000
 MAX_TOKENS: Final = 10_000
@@ -105,7 +107,7 @@ class StreamFeed:
         self.overrun = False
         self.tokens: dict[str, tuple[str, list[str], float]] = {}  # sha256 -> (user, roles, deadline)
         self._control: list[dict[str, Any]] = []
-        self._servers: list[socket.socket] = []
+        self._servers: dict[socket.socket, bytearray] = {}  # server -> bytes it has not taken yet
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: socket.socket | None = None
@@ -168,7 +170,7 @@ class StreamFeed:
             self._thread.join(timeout=5)
         for s in [*self._servers, *([self._listener] if self._listener else [])]:
             s.close()
-        self._servers = []
+        self._servers = {}
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -204,10 +206,9 @@ class StreamFeed:
                                 a if c in EXCHANGE_PRIVATE else None, p)]
                         for batch in batches for c, a, p in batch]
             lines.append(_encode({"t": "batch", "m": rendered}) + b"\n")
-        if lines and self._servers:
-            data = b"".join(lines)
-            for server in list(self._servers):
-                self._write(server, data)
+        data = b"".join(lines)
+        for server in list(self._servers):
+            self._write(server, data)
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -219,20 +220,30 @@ class StreamFeed:
             if len(self._servers) >= MAX_SERVERS:
                 conn.close()
                 continue
-            conn.settimeout(WRITE_TIMEOUT_S)
-            if self._write(conn, self._hello()):
-                self._servers.append(conn)
+            conn.setblocking(False)
+            self._servers[conn] = bytearray()
+            self._write(conn, self._hello())
 
-    def _write(self, server: socket.socket, data: bytes) -> bool:
+    def _write(self, server: socket.socket, data: bytes) -> None:
+        """Send what the server can take now; keep the rest for the next round (never block)."""
+        buffer = self._servers[server]
+        buffer += data
         try:
-            server.sendall(data)
-            return True
+            while buffer:
+                sent = server.send(buffer)
+                del buffer[:sent]
+        except BlockingIOError:
+            pass
         except OSError:
-            log.warning("stream server did not take the feed; disconnected (it reconnects)")
-            server.close()
-            if server in self._servers:
-                self._servers.remove(server)
-            return False
+            self._drop(server, "went away")
+            return
+        if len(buffer) > MAX_SERVER_BUFFER_BYTES:
+            self._drop(server, f"is more than {MAX_SERVER_BUFFER_BYTES} bytes behind")
+
+    def _drop(self, server: socket.socket, why: str) -> None:
+        log.warning("stream server %s; disconnected (it reconnects and gets the current state)", why)
+        server.close()
+        self._servers.pop(server, None)
 
     def _hello(self) -> bytes:
         specs = self.specs()

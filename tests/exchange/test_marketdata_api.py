@@ -189,3 +189,16 @@ def test_private_history_needs_a_signature(client: FlaskClient) -> None:
     for path in ("/order-history", "/trade-history", "/income", "/position-history",
                  "/orders/BTC-PERP/s1"):
         assert get(client, EX + path).status_code == 401
+
+
+def test_fills_carry_nanoseconds_also_when_an_amend_crosses(market: tuple[Caller, Caller], clock: Any) -> None:
+    alice, bob = market
+    assert alice.call("POST", f"{EX}/orders", {"symbol": "BTC-PERP", "id": "x1", "side": "sell",
+                                               "qty": 100, "price": BTC + 200 * USDC}).status_code == 201
+    r = bob.call("PATCH", f"{EX}/orders/BTC-PERP/b2", {"price": BTC + 200 * USDC, "qty": 100})
+    assert r.status_code == 200, r.get_json()
+    fills = bob.call("GET", f"{EX}/fills").get_json()["fills"]
+    crossed = [f for f in fills if f["order_id"] == "b2"]
+    assert crossed and all(f["ts"] % 1_000_000 == 0 and f["ts"] // 1_000_000 >= clock.now_ms - 10
+                           for f in crossed)
+    assert all(f["ts"] > 10**15 for f in fills)  # every fill in nanoseconds
