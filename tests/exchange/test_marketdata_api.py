@@ -191,7 +191,8 @@ def test_private_history_needs_a_signature(client: FlaskClient) -> None:
         assert get(client, EX + path).status_code == 401
 
 
-def test_fills_carry_nanoseconds_also_when_an_amend_crosses(market: tuple[Caller, Caller], clock: Any) -> None:
+def test_fills_carry_nanoseconds_also_when_an_amend_crosses(
+        market: tuple[Caller, Caller], clock: Any) -> None:
     alice, bob = market
     assert alice.call("POST", f"{EX}/orders", {"symbol": "BTC-PERP", "id": "x1", "side": "sell",
                                                "qty": 100, "price": BTC + 200 * USDC}).status_code == 201
