@@ -250,6 +250,7 @@ def test_cold_withdrawal_subject_binds_chain_network_wallet_fee_cap_and_rule(wor
         "/api/v1/withdrawals",
         json={"asset": "ETH", "amount": str(ETH), "destination": ETH_DESTINATION, "source_wallet": "cold"},
         mfa=True,
+        idempotency_key="cold-subject-1",
     )
     subject = created.json["withdrawal"]["subject"]
     assert (subject["chain"], subject["network"], subject["source_wallet"]) == (
