@@ -43,7 +43,10 @@ NAVIGATION = (
     ("console.treasury", "Treasury", (Permission.WITHDRAW_APPROVE,)),
     ("console.audit", "Audit", (Permission.AUDIT_READ,)),
     ("console.admin", "Admin", (Permission.USERS_MANAGE,)),
+    ("console.keys", "API keys", (Permission.APIKEY_MANAGE_OWN,)),
 )
+ROLE_NAMES = ("trader", "treasury", "auditor", "compliance", "admin")
+SCOPE_NAMES = ("read", "trade", "withdraw")
 
 
 @bp.before_request
@@ -432,7 +435,7 @@ def admin() -> ResponseReturnValue:
     from strongroom.app import component_checks
 
     return render_template(
-        "admin.html", users=api.call("GET", "/api/v1/users").body.get("users", []),
+        "admin.html", users=api.call("GET", "/api/v1/users").body.get("users", []), roles=ROLE_NAMES,
         keys=api.call("GET", "/api/v1/api-keys").body.get("keys", []),
         instruments=_market_instruments(), health=component_checks(current_app))
 
@@ -440,6 +443,55 @@ def admin() -> ResponseReturnValue:
 def _market_instruments() -> list[dict[str, Any]]:
     answer = api.call("GET", "/api/v1/market/instruments")
     return list(answer.body.get("instruments", [])) if answer.ok else []
+
+
+@bp.post("/admin/users")
+@page(Permission.USERS_MANAGE)
+def create_user() -> ResponseReturnValue:
+    form = request.form
+    roles = [r for r in form.getlist("roles") if r in ROLE_NAMES]
+    try:
+        tier = int(form.get("kyc_tier", "0"))
+    except ValueError:
+        tier = -1
+    answer = api.call("POST", "/api/v1/users", mfa=form.get("code", "").strip(),
+                      body={"username": form.get("username", "").strip(), "roles": roles, "kyc_tier": tier})
+    if answer.ok:
+        flash(f"user {answer.body['user']['username']} created; first API key "
+              f"{answer.body['key']['key_id']} secret (shown once): {answer.body['secret']}", "ok")
+    else:
+        _refused(answer)
+    return _back("console.admin")
+
+
+@bp.get("/keys")
+@page(Permission.APIKEY_MANAGE_OWN)
+def keys() -> ResponseReturnValue:
+    return render_template("keys.html", keys=api.call("GET", "/api/v1/api-keys").body.get("keys", []),
+                           scopes=SCOPE_NAMES)
+
+
+@bp.post("/keys")
+@page(Permission.APIKEY_MANAGE_OWN)
+def create_key() -> ResponseReturnValue:
+    form = request.form
+    answer = api.call("POST", "/api/v1/api-keys", mfa=form.get("code", "").strip(),
+                      body={"scopes": [s for s in form.getlist("scopes") if s in SCOPE_NAMES],
+                            "label": form.get("label", "")[:128]})
+    if answer.ok:
+        flash(f"key {answer.body['key']['key_id']} created; secret (shown once, store it now): "
+              f"{answer.body['secret']}", "ok")
+    else:
+        _refused(answer)
+    return _back("console.keys")
+
+
+@bp.post("/keys/<key_id>/revoke")
+@page(Permission.APIKEY_MANAGE_OWN)
+def revoke_key(key_id: str) -> ResponseReturnValue:
+    answer = api.call("POST", f"/api/v1/api-keys/{key_id}/revoke", mfa=request.form.get("code", "").strip())
+    flash(f"key {key_id} revoked", "ok") if answer.ok else _refused(answer)
+    return _back("console.keys")
 
 
 @bp.post("/admin/users/<username>/disable")

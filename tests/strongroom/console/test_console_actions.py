@@ -145,3 +145,30 @@ def test_approval_with_forged_signature_refused(console_app, people, clock):
                  code=people["treasury1"].totp.at(clock() // 1000 + 30))
     assert "approved:" not in html and "signature" in html.lower()
     assert not access.withdrawals.get("wd_" + "2" * 32).approvals
+
+
+def test_admin_creates_user_with_roles_first_key_secret_shown_once(console_app, people, clock):
+    client = logged_in(console_app, people["admin"], clock)
+    html = _page(client, "/console/admin")
+    response = client.post("/console/admin/users", base_url=LOCAL, data={
+        "csrf_token": csrf_of(html), "username": "carol", "roles": ["trader", "bogus"], "kyc_tier": "1",
+        "code": people["admin"].totp.at(clock() // 1000 + 30)})
+    shown = _page(client, response.headers["Location"])
+    assert "user carol created" in shown and "srs_" in " ".join(notices(shown))
+    user = console_app.extensions["strongroom.access"].users.get_user("carol")
+    assert sorted(user.roles) == ["trader"] and user.kyc_tier == 1
+    assert "srs_" not in _page(client, "/console/admin")  # the secret is never shown again
+
+
+def test_trader_creates_and_revokes_own_api_key_with_totp(console_app, people, clock):
+    client = logged_in(console_app, people["alice"], clock)
+    html = _page(client, "/console/keys")
+    html = _post(client, "/console/keys", html, scopes="read", label="bot",
+                 code=people["alice"].totp.at(clock() // 1000 + 30))
+    assert "secret (shown once" in html, notices(html)
+    key_id = re.search(r'data-key="([^"]+)"', html).group(1)
+    clock.advance(30_000)
+    html = _post(client, f"/console/keys/{key_id}/revoke", html,
+                 code=people["alice"].totp.at(clock() // 1000 + 30))
+    assert f"key {key_id} revoked" in html
+    assert re.search(rf'data-key="{key_id}">.*?class="state">revoked<', html, re.S)

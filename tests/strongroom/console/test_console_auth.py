@@ -184,3 +184,23 @@ def test_csp_allows_only_this_servers_stream_endpoint_besides_self(console_app, 
     response = client.get("/console/trade", base_url=LOCAL)
     assert "connect-src 'self' ws://127.0.0.1:8601/;" in response.headers["Content-Security-Policy"]
     assert 'data-stream="ws://127.0.0.1:8601/"' in response.get_data(as_text=True)
+
+
+def test_action_of_another_role_refused_and_changes_nothing(console_app, people, clock):
+    client = logged_in(console_app, people["alice"], clock)
+    token = csrf_of(client.get("/console/trade", base_url=LOCAL).get_data(as_text=True))
+    response = client.post("/console/admin/users/auditor/disable", base_url=LOCAL,
+                           data={"csrf_token": token, "code": people["alice"].totp.at(clock() // 1000 + 30)})
+    assert response.status_code == 403
+    assert console_app.extensions["strongroom.access"].users.get_user("auditor").disabled_ms is None
+
+
+def test_admin_action_still_needs_the_apis_step_up_code(console_app, people, clock):
+    client = logged_in(console_app, people["admin"], clock)
+    token = csrf_of(client.get("/console/admin", base_url=LOCAL).get_data(as_text=True))
+    response = client.post("/console/admin/users/auditor/disable", base_url=LOCAL,
+                           data={"csrf_token": token, "code": ""})
+    assert response.status_code == 303
+    page = client.get("/console/admin", base_url=LOCAL).get_data(as_text=True)
+    assert "mfa_required" in page
+    assert console_app.extensions["strongroom.access"].users.get_user("auditor").disabled_ms is None
