@@ -160,7 +160,7 @@ def with_subscribers(bench: Any, count: int) -> tuple[tuple[float, float], int, 
                 assert clients.stdout is not None and clients.stdin is not None
                 assert clients.stdout.readline().strip() == "ready"
                 rate = bench(market)
-                time.sleep(1.0)  # let the fan-out finish
+                time.sleep(5.0)  # let the fan-out finish
                 clients.stdin.close()
                 delivered, slow = (int(x) for x in clients.stdout.readline().split())
         finally:

@@ -85,6 +85,7 @@ class StreamServer:
         self.depth_interval_s = depth_interval_s
         # symbol -> the diffs received since the last flush, merged (the first prev_seq, the last seq)
         self.pending_depth: dict[str, dict[str, Any]] = {}
+        self.pending_trades: dict[str, list[dict[str, Any]]] = {}  # symbol -> trades not sent yet
         self.clients: set[Client] = set()
         self.public: dict[str, set[Client]] = {}  # "trades:BTC-PERP" -> clients
         self.private: dict[str, set[Client]] = {}  # username -> clients
@@ -149,6 +150,15 @@ class StreamServer:
                     self._merge_depth(symbol, data)
                     return
                 data = {**data, "type": "diff"}
+            elif channel == "trades":
+                # Trades of one symbol go out as a list, every ``depth_interval_s`` (Deribit's
+                # ``trades.<instrument>.100ms``): one frame per subscriber per interval.
+                if f"trades:{symbol}" in self.public:
+                    self.pending_trades.setdefault(symbol, []).append(data)
+                if self.depth_interval_s > 0:
+                    return
+                self.flush_trades(symbol)
+                return
             elif channel == "mark":
                 self.marks[symbol] = data
             key = f"{channel}:{symbol}"
@@ -201,11 +211,23 @@ class StreamServer:
             for c in clients:
                 self.send(c, text)
 
+    def flush_trades(self, only: str | None = None) -> None:
+        """Send the trades collected (of ``only``, or of every symbol) as one list per symbol."""
+        for symbol in ([only] if only is not None else sorted(self.pending_trades)):
+            trades = self.pending_trades.pop(symbol, None)
+            key = f"trades:{symbol}"
+            if not trades or key not in self.public:
+                continue
+            text = _dumps({"channel": key, "data": trades})
+            for c in list(self.public[key]):
+                self.send(c, text)
+
     async def flush_depth_forever(self) -> None:
-        """Flush merged depth diffs every ``depth_interval_s``."""
+        """Flush merged depth diffs and collected trades every ``depth_interval_s``."""
         while self.depth_interval_s > 0:
             await asyncio.sleep(self.depth_interval_s)
             self.flush_depth()
+            self.flush_trades()
 
     def snapshot(self, symbol: str) -> str:
         """Return the depth snapshot message of ``symbol`` (best first, the first SNAPSHOT_LEVELS)."""

@@ -158,7 +158,7 @@ def test_stream_subscribe_gets_snapshot_then_diffs_and_trades(stack: Stack) -> N
         snap = recv(ws)["data"]
         assert snap["type"] == "snapshot" and snap["asks"] == [["60000.0", "0.010", "1"]]
         stack.order("bob@x", "buy", 4)
-        trade = until(ws, lambda m: m.get("channel") == f"trades:{PERP}")["data"]
+        (trade,) = until(ws, lambda m: m.get("channel") == f"trades:{PERP}")["data"]
         assert (trade["price"], trade["qty"], trade["side"]) == ("60000.0", "0.004", "buy")
         diff = until(ws, lambda m: m.get("channel") == f"depth:{PERP}")["data"]
         assert diff["type"] == "diff" and diff["prev_seq"] == snap["seq"] < diff["seq"]
@@ -265,13 +265,13 @@ def test_stream_slow_consumer_is_disconnected_and_others_keep_their_stream() -> 
                                   {"symbol": PERP, "trade_id": str(sent), "pad": padding})
                     sent += 1
                     got = fast.recv(timeout=TIMEOUT_S)  # the fast client keeps up
-                    assert json.loads(got)["data"]["trade_id"] == str(sent - 1)
+                    assert json.loads(got)["data"][0]["trade_id"] == str(sent - 1)
                 assert s.server.server.slow_disconnects == 1
                 assert len(s.server.server.clients) == 1  # only the fast one is left
                 slow.close()
                 s.order("alice@x", "sell", 1)
                 s.order("bob@x", "buy", 1)
-                assert until(fast, lambda m: m["data"].get("price") == "60000.0")
+                assert until(fast, lambda m: m["data"][0].get("price") == "60000.0")
         finally:
             s.close()
 
@@ -407,5 +407,24 @@ def test_stream_depth_diffs_are_coalesced_and_keep_the_sequence_rule() -> None:
                     for m in drain_to_pong(late):
                         assert other.on(m["data"])
                     assert other.gaps == 0 and (other.bids, other.asks) == served_depth(s)
+        finally:
+            s.close()
+
+
+def test_stream_trades_of_an_interval_arrive_as_one_list_in_order() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="srs") as directory:
+        s = Stack(Path(directory), depth_interval_s=0.1)
+        try:
+            with connect(s.url) as ws:
+                ws.send(json.dumps({"op": "subscribe", "channels": [f"trades:{PERP}"]}))
+                recv(ws)
+                s.order("alice@x", "sell", 30)
+                for _ in range(5):
+                    s.order("bob@x", "buy", 2)
+                time.sleep(0.3)
+                frames = [m["data"] for m in drain_to_pong(ws)]
+                trades = [t for frame in frames for t in frame]
+                assert len(frames) < 5 and len(trades) == 5
+                assert [int(t["trade_id"]) for t in trades] == sorted(int(t["trade_id"]) for t in trades)
         finally:
             s.close()
