@@ -230,11 +230,18 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
         ".some(td => td.textContent === price)",
         arg=f"{price}.0")
 
-    # A market buy against the maker's asks opens a position: size, entry, mark, uPnL, leverage.
-    page.select_option("#order-type", "market")
-    page.fill("input[name=qty]", "1")
-    page.click("#place-order")
-    assert "trade" in _notice(page), _notice(page)
+    # A market buy from a second tab: this tab, not reloaded, sees the trade arrive on the stream.
+    other = context.new_page()
+    other.goto(server.url + "/console/trade?symbol=BTC-PERP")
+    other.select_option("#order-type", "market")
+    other.fill("input[name=qty]", "1")
+    other.click("#place-order")
+    assert "trade" in _notice(other), _notice(other)
+    page.wait_for_function("[...document.querySelectorAll('#trades tbody tr td:nth-child(2)')]"
+                           ".some(td => td.textContent === '0.001')")
+    other.close()
+    # The position it opened: size, entry, mark, uPnL, liquidation price, leverage.
+    page.reload()
     position = page.locator("#positions tbody tr", has_text="BTC-PERP").first
     assert re.search(r"\d+\.\dx", position.inner_text()), position.inner_text()
 

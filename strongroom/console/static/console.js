@@ -112,7 +112,12 @@ function streamMarket(symbol, url) {
   ws.addEventListener("message", (event) => {
     const msg = JSON.parse(event.data);
     if (msg.channel === depthChannel) onDepth(msg.data);
-    else if (msg.channel === tradesChannel) { trades = [msg.data].concat(trades).slice(0, 20); renderTrades(trades); }
+    else if (msg.channel === tradesChannel) {
+      // A batch of trades, oldest first (docs/market-data.md); the table shows the newest first.
+      const batch = Array.isArray(msg.data) ? msg.data : [msg.data];
+      trades = batch.slice().reverse().concat(trades).slice(0, 20);
+      renderTrades(trades);
+    }
   });
   ws.addEventListener("close", fallBack);
   ws.addEventListener("error", fallBack);
