@@ -203,3 +203,25 @@ def test_fills_carry_nanoseconds_also_when_an_amend_crosses(
     assert crossed and all(f["ts"] % 1_000_000 == 0 and f["ts"] // 1_000_000 >= clock.now_ms - 10
                            for f in crossed)
     assert all(f["ts"] > 10**15 for f in fills)  # every fill in nanoseconds
+
+
+def test_market_public_endpoints_are_rate_limited_per_client_ip(
+        database_url: str, clock: Any, keystore: Any, tmp_path: Any) -> None:
+    from exchange.instruments import DEFAULT_CONFIG
+    from strongroom.app import create_app
+    from strongroom.settings import Settings
+
+    limited = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
+                          "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG, "RATELIMIT_PER_IP": "5 per minute"},
+                         settings=Settings(data_dir=tmp_path / "data", database_url=database_url))
+    try:
+        client = limited.test_client()
+        statuses = [get(client, f"{MD}/trades", symbol="BTC-PERP").status_code for _ in range(6)]
+        assert statuses == [200] * 5 + [429]
+        refused = get(client, f"{MD}/trades", symbol="BTC-PERP")
+        assert refused.status_code == 429 and refused.get_json()["code"] == 9029
+        assert "Retry-After" in refused.headers
+        other = client.get(f"{MD}/trades?symbol=BTC-PERP", environ_base={"REMOTE_ADDR": "192.0.2.8"})
+        assert other.status_code == 200  # another client's budget is its own
+    finally:
+        limited.extensions["strongroom.engine"].dispose()
