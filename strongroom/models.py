@@ -5,6 +5,7 @@ from custody.access import models as access_models
 from custody.audit import models as audit_models
 from custody.bundles import models as bundle_models
 from custody.chains.bitcoin import models as bitcoin_models
+from custody.compliance import models as compliance_models
 from custody.db import Base
 from custody.ledger import models as ledger_models
 from custody.wallets import models as wallet_models
@@ -17,6 +18,7 @@ __all__ = [
     "audit_models",
     "bitcoin_models",
     "bundle_models",
+    "compliance_models",
     "console_models",
     "freeze_models",
     "ledger_models",

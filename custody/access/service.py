@@ -17,6 +17,8 @@ from custody.access.policy_store import PolicyStore
 from custody.access.replay import DbReplayCache
 from custody.access.secret_box import SecretBox
 from custody.access.users import Users
+from custody.compliance.cases import Cases
+from custody.compliance.screening import Screening
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.withdrawals.service import Withdrawals
@@ -44,6 +46,8 @@ class AccessServices:
     policies: PolicyStore
     withdrawals: Withdrawals
     ledger_ops: LedgerOperations
+    screening: Screening
+    cases: Cases
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
 
     @classmethod
@@ -59,6 +63,10 @@ class AccessServices:
         secrets = SecretBox(keystore)
         policies = PolicyStore(sessions, clock)
         prices = DEFAULT_PRICES_USD_CENTS if prices_usd_cents is None else prices_usd_cents
+        withdrawals = Withdrawals(sessions, ledger, policies, clock, prices)
+        screening = Screening(sessions, clock)
+        # Every destination and whitelist entry is screened against the current sanctions list.
+        withdrawals.screen = screening.screen_destination
         return cls(
             sessions=sessions,
             clock=clock,
@@ -68,8 +76,10 @@ class AccessServices:
             replay_cache=DbReplayCache(sessions),
             idempotency=Idempotency(sessions, clock),
             policies=policies,
-            withdrawals=Withdrawals(sessions, ledger, policies, clock, prices),
+            withdrawals=withdrawals,
             ledger_ops=LedgerOperations(sessions, ledger, clock),
+            screening=screening,
+            cases=Cases(sessions, clock),
             recv_window_ms=recv_window_ms,
         )
 

@@ -85,6 +85,11 @@ MAX_LABEL_CHARS = 128
 # Resolves the terms (chain, network, source wallet, fee cap) approvers of a cold withdrawal of an
 # asset under a rule also bind; set by the composition root when cold transfers are configured.
 TermsResolver = Callable[[Session, str, str], TransferTerms | None]
+# Screens a destination (session, username, asset, address, subject such as "withdrawal:<id>") in the
+# caller's transaction and returns why it is refused, or None; it may alert and freeze in that
+# transaction. Set by the composition root (custody.compliance.screening, docs/compliance.md).
+DestinationScreen = Callable[[Session, str, str, str, str], str | None]
+COMPLIANCE_ACTOR = "compliance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,7 @@ class Withdrawals:
         self._clock = clock
         self._prices = dict(prices_usd_cents)
         self.terms: TermsResolver | None = None
+        self.screen: DestinationScreen | None = None
 
     def _terms(self, session: Session, row: WithdrawalRequest) -> TransferTerms | None:
         if self.terms is None or row.source_wallet != WalletTemperature.COLD.value or not row.rule_id:
@@ -221,6 +227,9 @@ class Withdrawals:
                 session.add(row)
             row.label, row.added_ms, row.removed_ms = label, now_ms, None
             session.flush()
+            if self.screen is not None:
+                # A listed address is kept on file (the case needs it); its owner is frozen.
+                self.screen(session, username, asset, address, f"whitelist:{row.id}")
             security_log.append(
                 session,
                 at_ms=now_ms,
@@ -366,6 +375,10 @@ class Withdrawals:
             delays_served="",
         )
         _apply_decision(row, decision, now_ms)
+        refused = None if self.screen is None else self.screen(
+            session, user.username, request.asset, request.destination, f"withdrawal:{withdrawal_id}")
+        if refused is not None:
+            row.state, row.closed_by, row.close_reason = BLOCKED, COMPLIANCE_ACTOR, refused[:256]
         session.add(row)
         session.flush()
         if row.state == BLOCKED:

@@ -1,0 +1,207 @@
+"""Compliance officer endpoints: the work queue, cases, alerts, sanctions hits and lists, name screening.
+
+Everything here needs ``aml.review`` (the compliance role); traders hold no
+permission that reaches it, so they never see an alert, least of all one
+about themselves. An officer's own cases and alerts are left out of every
+list and answer 404 ("not found") by id. Changing a case needs a fresh MFA
+code, and every change is in the security log (custody.compliance.cases).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Blueprint, request
+from flask.typing import ResponseReturnValue
+
+from custody.api.auth import json_response, principal, secured, services
+from custody.api.request import field_str, json_object, query_int, reject_unknown
+from custody.api.schema import INT, MAYBE_INT, MAYBE_STR, OBJECT, STR, accepts, answers, array, obj
+from custody.compliance.cases import CASE_STATES, MAX_LIST, RESOLUTIONS
+from custody.compliance.codes import ComplianceCode, ComplianceError
+from custody.compliance.screening import SANCTIONS
+from policies.api_key import Scope
+from policies.roles import Permission, has_permission
+
+F = TypeVar("F", bound=Callable[..., Any])
+bp = Blueprint("compliance", __name__, url_prefix="/api/v1/compliance")
+
+CASE = obj({"id": INT, "username": STR, "kind": STR, "state": {"type": "string", "enum": list(CASE_STATES)},
+            "score": INT, "title": STR, "assignee": MAYBE_STR, "opened_ms": INT, "updated_ms": INT,
+            "closed_by": MAYBE_STR, "closed_ms": MAYBE_INT, "resolution": MAYBE_STR,
+            "close_reason": MAYBE_STR})
+ALERT = obj({"id": STR, "kind": STR, "rule_id": STR, "username": STR, "subject_kind": STR, "subject": STR,
+             "score": INT, "evidence": OBJECT, "created_ms": INT, "case_id": INT})
+COMMENT = obj({"id": INT, "author": STR, "kind": STR, "body": STR, "at_ms": INT})
+CASE_DETAIL = {**CASE,
+               "properties": {**CASE["properties"], "alerts": array(ALERT), "comments": array(COMMENT)},
+               "required": sorted([*CASE["required"], "alerts", "comments"])}
+LIST_VERSION = obj({"version": INT, "source": STR, "digest": STR, "entry_count": INT, "address_count": INT,
+                    "loaded_by": STR, "loaded_ms": INT, "diff": OBJECT})
+NAME_HIT = obj({"ent_num": INT, "listed_name": STR, "matched_name": STR, "score": INT})
+_LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_LIST}
+
+
+def _text(max_length: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, "pattern": r"\S"}
+
+
+ASSIGN_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["assignee"],
+                 "properties": {"assignee": {"type": "string", "minLength": 1, "maxLength": 64}}}
+COMMENT_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["body"],
+                  "properties": {"body": _text(4000)}}
+ESCALATE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["reason"],
+                   "properties": {"reason": _text(512)}}
+CLOSE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["resolution", "reason"],
+                "properties": {"resolution": {"enum": list(RESOLUTIONS)}, "reason": _text(512)}}
+SCREEN_NAME_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name"],
+                      "properties": {"name": _text(256)}}
+
+READ = secured(Permission.AML_REVIEW, scope=Scope.READ, mfa=False)
+# Changing a case is a decision about a customer: it needs a fresh second factor.
+DECIDE = secured(Permission.AML_REVIEW, scope=Scope.READ, mfa=True)
+
+
+def query(*params: tuple[str, dict[str, Any]]) -> Callable[[F], F]:
+    """Attach the optional query parameters of a view for the OpenAPI document."""
+
+    def decorate(view: F) -> F:
+        view.query_schemas = [  # type: ignore[attr-defined]
+            {"name": n, "in": "query", "required": False, "schema": s} for n, s in params]
+        return view
+
+    return decorate
+
+
+def _viewer() -> str:
+    return principal().username
+
+
+def _state() -> str | None:
+    state = request.args.get("state")
+    if state is not None and state not in CASE_STATES:
+        raise ComplianceError(ComplianceCode.CASE_INPUT_INVALID,
+                              f"state was {state[:40]!r}, must be one of {', '.join(CASE_STATES)}")
+    return state
+
+
+@bp.get("/queue")
+@READ
+@query(("limit", _LIMIT))
+@answers({"200": obj({"cases": array(CASE)})})
+def queue() -> ResponseReturnValue:
+    """List the active cases to work: escalated first, then by score, unassigned before assigned."""
+    limit = query_int("limit", 100, low=1, high=MAX_LIST)
+    return json_response({"cases": services().cases.queue(_viewer(), limit)})
+
+
+@bp.get("/cases")
+@READ
+@query(("state", {"type": "string", "enum": list(CASE_STATES)}), ("limit", _LIMIT))
+@answers({"200": obj({"cases": array(CASE)})})
+def list_cases() -> ResponseReturnValue:
+    """List cases, newest first (``?state=`` to filter)."""
+    limit = query_int("limit", 100, low=1, high=MAX_LIST)
+    return json_response({"cases": services().cases.list_cases(_viewer(), state=_state(), limit=limit)})
+
+
+@bp.get("/cases/<int:case_id>")
+@READ
+@answers({"200": obj({"case": CASE_DETAIL})})
+def get_case(case_id: int) -> ResponseReturnValue:
+    """Return one case with its alerts (and their evidence) and its comments."""
+    return json_response({"case": services().cases.get(_viewer(), case_id)})
+
+
+@bp.post("/cases/<int:case_id>/assign")
+@DECIDE
+@accepts(ASSIGN_SCHEMA)
+@answers({"200": obj({"case": CASE})})
+def assign_case(case_id: int) -> ResponseReturnValue:
+    """Assign a case to a compliance officer (not the user it is about)."""
+    body = json_object()
+    reject_unknown(body, {"assignee"})
+    assignee = field_str(body, "assignee") or ""
+    user = services().users.find_user(assignee)
+    if user is None or not has_permission(user.roles, Permission.AML_REVIEW):
+        raise ComplianceError(ComplianceCode.CASE_INPUT_INVALID,
+                              f"assignee was {assignee[:64]!r}, must be a compliance officer")
+    return json_response({"case": services().cases.assign(_viewer(), case_id, assignee)})
+
+
+@bp.post("/cases/<int:case_id>/comment")
+@DECIDE
+@accepts(COMMENT_SCHEMA)
+@answers({"200": obj({"case": CASE})})
+def comment_case(case_id: int) -> ResponseReturnValue:
+    """Add a comment to a case."""
+    body = json_object()
+    reject_unknown(body, {"body"})
+    text = field_str(body, "body") or ""
+    return json_response({"case": services().cases.comment(_viewer(), case_id, text)})
+
+
+@bp.post("/cases/<int:case_id>/escalate")
+@DECIDE
+@accepts(ESCALATE_SCHEMA)
+@answers({"200": obj({"case": CASE})})
+def escalate_case(case_id: int) -> ResponseReturnValue:
+    """Escalate an open case, with the reason."""
+    body = json_object()
+    reject_unknown(body, {"reason"})
+    reason = field_str(body, "reason") or ""
+    return json_response({"case": services().cases.escalate(_viewer(), case_id, reason)})
+
+
+@bp.post("/cases/<int:case_id>/close")
+@DECIDE
+@accepts(CLOSE_SCHEMA)
+@answers({"200": obj({"case": CASE})})
+def close_case(case_id: int) -> ResponseReturnValue:
+    """Close a case with a resolution and reason (a freeze it raised stays until two admins lift it)."""
+    body = json_object()
+    reject_unknown(body, {"resolution", "reason"})
+    case = services().cases.close(_viewer(), case_id, field_str(body, "resolution") or "",
+                                  field_str(body, "reason") or "")
+    return json_response({"case": case})
+
+
+@bp.get("/alerts")
+@READ
+@query(("limit", _LIMIT))
+@answers({"200": obj({"alerts": array(ALERT)})})
+def list_alerts() -> ResponseReturnValue:
+    """List alerts of every kind, newest first."""
+    limit = query_int("limit", 100, low=1, high=MAX_LIST)
+    return json_response({"alerts": services().cases.list_alerts(_viewer(), limit=limit)})
+
+
+@bp.get("/hits")
+@READ
+@query(("limit", _LIMIT))
+@answers({"200": obj({"hits": array(ALERT)})})
+def list_hits() -> ResponseReturnValue:
+    """List sanctions screening hits (address and name alerts), newest first."""
+    limit = query_int("limit", 100, low=1, high=MAX_LIST)
+    return json_response({"hits": services().cases.list_alerts(_viewer(), kind=SANCTIONS, limit=limit)})
+
+
+@bp.get("/sanctions/lists")
+@READ
+@answers({"200": obj({"versions": array(LIST_VERSION)})})
+def list_sanctions_lists() -> ResponseReturnValue:
+    """List the loaded sanctions list versions, newest first, each with its diff to the previous."""
+    return json_response({"versions": services().screening.versions()})
+
+
+@bp.post("/sanctions/screen-name")
+@READ
+@accepts(SCREEN_NAME_SCHEMA)
+@answers({"200": obj({"hits": array(NAME_HIT)})})
+def screen_name() -> ResponseReturnValue:
+    """Screen a name against the current list (fuzzy, primary and alternate names); nothing is recorded."""
+    body = json_object()
+    reject_unknown(body, {"name"})
+    hits = services().screening.screen_name(field_str(body, "name") or "")
+    return json_response({"hits": [h.to_json() for h in hits]})

@@ -1,0 +1,1 @@
+"""Compliance: sanctions screening, alerts and cases (docs/compliance.md)."""

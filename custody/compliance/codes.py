@@ -1,0 +1,35 @@
+"""Result codes of compliance (the 45xx block of the custody range)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from custody.access.errors import CustodyRefusal
+
+
+class ComplianceCode(IntEnum):
+    """Stable refusals of screening and case management."""
+
+    SANCTIONS_LIST_INVALID = 4501
+    CASE_NOT_FOUND = 4502
+    CASE_TRANSITION_INVALID = 4503
+    CASE_INPUT_INVALID = 4504
+    SCREEN_INPUT_INVALID = 4505
+
+    @property
+    def error(self) -> str:
+        """Return the stable snake_case name used as the API ``error`` field."""
+        return self.name.lower()
+
+
+COMPLIANCE_STATUS: dict[ComplianceCode, int] = {
+    ComplianceCode.CASE_NOT_FOUND: 404,
+    ComplianceCode.CASE_TRANSITION_INVALID: 409,
+}
+
+
+class ComplianceError(CustodyRefusal):
+    """A refusal by the compliance services."""
+
+    def __init__(self, code: ComplianceCode, message: str) -> None:
+        super().__init__(code, message, COMPLIANCE_STATUS.get(code, 400))

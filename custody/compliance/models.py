@@ -1,0 +1,98 @@
+"""Compliance tables: sanctions list versions and their addresses, alerts, cases and comments."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from custody.db import Base
+
+ALERT_ID_MAX_LEN = 80
+SUBJECT_MAX_LEN = 256
+REASON_MAX_LEN = 512
+COMMENT_MAX_LEN = 4000
+
+
+class SanctionsListVersion(Base):
+    """One loaded sanctions list: its digest, its entries (canonical JSON) and its diff to the previous."""
+
+    __tablename__ = "compliance_sanctions_lists"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    source: Mapped[str] = mapped_column(String(256))
+    digest: Mapped[str] = mapped_column(String(64))
+    entry_count: Mapped[int] = mapped_column(Integer)
+    address_count: Mapped[int] = mapped_column(Integer)
+    entries: Mapped[str] = mapped_column(Text)  # JSON list of SdnEntry.to_json(), by ent_num.
+    diff: Mapped[str] = mapped_column(Text)  # ListDiff.to_json() against the previous version.
+    loaded_by: Mapped[str] = mapped_column(String(64))
+    loaded_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class SanctionedAddress(Base):
+    """A digital-currency address of a list version, in canonical form (custody.compliance.addresses)."""
+
+    __tablename__ = "compliance_sanctioned_addresses"
+    __table_args__ = (Index("ix_compliance_sanctioned_addresses_lookup", "version", "family", "normalised"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(ForeignKey("compliance_sanctions_lists.version"))
+    family: Mapped[str] = mapped_column(String(16))
+    normalised: Mapped[str] = mapped_column(String(SUBJECT_MAX_LEN))
+    currency: Mapped[str] = mapped_column(String(16))
+    ent_num: Mapped[int] = mapped_column(Integer)
+
+
+class ComplianceCase(Base):
+    """An investigation of one user: open -> escalated -> closed (docs/compliance.md)."""
+
+    __tablename__ = "compliance_cases"
+    __table_args__ = (Index("ix_compliance_cases_username_state", "username", "state"),
+                      Index("ix_compliance_cases_state", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    score: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(String(256))
+    assignee: Mapped[str | None] = mapped_column(String(64))
+    opened_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+    closed_by: Mapped[str | None] = mapped_column(String(64))
+    closed_ms: Mapped[int | None] = mapped_column(BigInteger)
+    resolution: Mapped[str | None] = mapped_column(String(32))
+    close_reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LEN))
+
+
+class ComplianceAlert(Base):
+    """A scored finding with its evidence; idempotent by id (the fact that raised it)."""
+
+    __tablename__ = "compliance_alerts"
+    __table_args__ = (Index("ix_compliance_alerts_case_id", "case_id"),
+                      Index("ix_compliance_alerts_username", "username"))
+
+    id: Mapped[str] = mapped_column(String(ALERT_ID_MAX_LEN), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    rule_id: Mapped[str] = mapped_column(String(128))
+    username: Mapped[str] = mapped_column(String(64))
+    subject_kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(SUBJECT_MAX_LEN))
+    score: Mapped[int] = mapped_column(Integer)
+    evidence: Mapped[str] = mapped_column(Text)  # JSON object.
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    case_id: Mapped[int] = mapped_column(ForeignKey("compliance_cases.id"))
+
+
+class ComplianceCaseComment(Base):
+    """A note on a case; comments are never edited or deleted."""
+
+    __tablename__ = "compliance_case_comments"
+    __table_args__ = (Index("ix_compliance_case_comments_case_id", "case_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("compliance_cases.id"))
+    author: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # comment, assign, escalate, close
+    body: Mapped[str] = mapped_column(Text)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
