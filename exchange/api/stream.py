@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -53,6 +54,7 @@ MAX_FEED_LINE_BYTES: Final = 64 * 1024 * 1024
 SNAPSHOT_LEVELS: Final = 1_000
 DEPTH_INTERVAL_S: Final = 0.1  # depth diffs of one symbol are merged and sent at most this often
 FEED_RETRY_S: Final = 0.5
+PARENT_CHECK_S: Final = 1.0
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_FEED_RESET: Final = 4010
 PUBLIC: Final = frozenset({"depth", "trades", "mark", "liquidations"})
@@ -389,10 +391,17 @@ class StreamServer:
                 self.send(c, _dumps({"channel": key, "data": self.marks[key[len("mark:"):]]}))
 
 
+async def exit_with_parent(parent: int) -> None:
+    """Return once the process that started this one is gone (even killed with SIGKILL)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK_S)
+    log.info("the server that started the stream server is gone; stopping")
+
+
 async def run(feed_path: Path, host: str, port: int, ready: threading.Event | None = None,
               holder: list[Any] | None = None, max_queue: int = MAX_QUEUE,
-              depth_interval_s: float = DEPTH_INTERVAL_S) -> None:
-    """Serve websockets on ``host:port`` fed from ``feed_path`` until cancelled."""
+              depth_interval_s: float = DEPTH_INTERVAL_S, parent: int | None = None) -> None:
+    """Serve websockets on ``host:port`` fed from ``feed_path`` until cancelled (or ``parent`` exits)."""
     server = StreamServer(feed_path, max_queue, depth_interval_s)
     feed = asyncio.get_running_loop().create_task(server.follow_feed())
     flusher = asyncio.get_running_loop().create_task(server.flush_depth_forever())
@@ -403,7 +412,7 @@ async def run(feed_path: Path, host: str, port: int, ready: threading.Event | No
         if ready is not None:
             ready.set()
         try:
-            await asyncio.Future()
+            await (exit_with_parent(parent) if parent is not None else asyncio.Future())
         finally:
             feed.cancel()
             flusher.cancel()
@@ -454,8 +463,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
+    # Started by `strongroom serve`: never outlive it, even when it is killed with SIGKILL.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(args.feed, args.host, args.port))
+        asyncio.run(run(args.feed, args.host, args.port, parent=os.getppid()))
 
 
 if __name__ == "__main__":

@@ -428,3 +428,35 @@ def test_stream_trades_of_an_interval_arrive_as_one_list_in_order() -> None:
                 assert [int(t["trade_id"]) for t in trades] == sorted(int(t["trade_id"]) for t in trades)
         finally:
             s.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited
+
+
+def test_stream_server_exits_when_the_server_that_started_it_is_killed() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    starter = ("import subprocess, sys, time\n"
+               "p = subprocess.Popen([sys.executable, '-m', 'exchange.api.stream', '--feed',"
+               " '/nonexistent/feed.sock', '--port', '0'])\n"
+               "print(p.pid, flush=True)\n"
+               "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True,
+                              cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)
+    assert _running(child)
+    parent.kill()  # SIGKILL: `strongroom serve` gets no chance to stop its stream server
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _running(child):
+        assert time.monotonic() < deadline, "the stream server outlived the server that started it"
+        time.sleep(0.1)
