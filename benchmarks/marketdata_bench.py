@@ -1,7 +1,7 @@
 """Benchmark the engine with and without market data: the read model's tap and 1,000 stream subscribers.
 
-    python benchmarks/marketdata_bench.py                    # 20k commands, short
-    python benchmarks/marketdata_bench.py --orders 200000 --subscribers 1000
+    python benchmarks/marketdata_bench.py                    # 5k commands, once, 1,000 subscribers (short)
+    python benchmarks/marketdata_bench.py --orders 10000 --repeat 3   # the figures below
 
 The same seeded stream of commands (limit orders around the mark 60 %,
 cancels 30 %, market orders 10 %, 200 funded accounts on one perpetual) runs
@@ -232,10 +232,10 @@ def client_process(count: int, port: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument("--orders", type=int, default=5_000)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--subscribers", type=int, default=1_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--clients", type=int, default=0, help=argparse.SUPPRESS)  # the client process
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
