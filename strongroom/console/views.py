@@ -69,8 +69,10 @@ def _http_error(exc: HTTPException) -> ResponseReturnValue:
 @bp.app_context_processor
 def _template_helpers() -> dict[str, Any]:
     nav = [(endpoint, label) for endpoint, label, perms in NAVIGATION if any(may(p) for p in perms)]
+    # A background refresh (?partial=1, console.js) must not consume the notices of the next page.
+    shown = (lambda: []) if request.args.get("partial") else notices
     return {"nav": nav, "units": units, "user": g.get("console_user"), "csrf": g.get("csrf", ""),
-            "notices": notices}
+            "notices": shown, "stream": stream_url() if g.get("console_user") else None}
 
 
 def _refused(answer: api.Answer) -> None:
@@ -115,6 +117,18 @@ def logout() -> ResponseReturnValue:
     response = redirect(url_for("console.login"), code=303)
     clear_session_cookie(response)
     return response
+
+
+@bp.post("/stream-token")
+@page(Permission.TRADE, Permission.LEDGER_READ_OWN, Permission.WITHDRAW_APPROVE)
+def stream_token() -> ResponseReturnValue:
+    """Return a single-use listen token for the private stream channels (the API's own endpoint)."""
+    from flask import jsonify
+
+    answer = api.call("POST", "/api/v1/exchange/stream-token")
+    if not answer.ok:
+        return jsonify({"error": answer.message}), answer.status
+    return jsonify({"token": answer.body["token"], "expires_ms": answer.body["expires_ms"]})
 
 
 # ------------------------------------------------------------------ trader

@@ -240,9 +240,10 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
     page.wait_for_function("[...document.querySelectorAll('#trades tbody tr td:nth-child(2)')]"
                            ".some(td => td.textContent === '0.001')")
     other.close()
-    # The position it opened: size, entry, mark, uPnL, liquidation price, leverage.
-    page.reload()
+    # The position it opened reaches this page over the private stream (listen token), no reload:
+    # size, entry, mark, uPnL, liquidation price, leverage.
     position = page.locator("#positions tbody tr", has_text="BTC-PERP").first
+    position.wait_for()
     assert re.search(r"\d+\.\dx", position.inner_text()), position.inner_text()
 
     page.set_viewport_size(PHONE)

@@ -218,7 +218,8 @@ function deviceForm() {
 }
 
 function approveForms() {
-  for (const form of document.querySelectorAll(".approve-form")) {
+  for (const form of document.querySelectorAll(".approve-form:not([data-bound])")) {
+    form.dataset.bound = "1";
     const status = form.querySelector(".device-status");
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
@@ -242,6 +243,64 @@ function approveForms() {
   }
 }
 
+// ---------------------------------------------------------------- private updates
+
+// What each page listens to on the private channels, and which of its parts it then re-reads from
+// the server (the same page, rendered again; nothing is computed in the browser).
+const LIVE = {
+  trade: { channels: ["orders", "fills", "positions", "balances", "income"],
+           parts: ["#summary", "#positions", "#closed-positions", "#open-orders", "#fills", "#income"] },
+  wallet: { channels: ["withdrawals", "balances"], parts: ["#balances", "#withdrawals"] },
+  treasury: { channels: ["approvals"], parts: ["#approvals"] },
+};
+
+async function refreshParts(parts) {
+  const url = new URL(location.href);
+  url.searchParams.set("partial", "1");
+  const response = await fetch(url, { credentials: "same-origin", cache: "no-store" });
+  if (!response.ok || response.redirected) return;
+  const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+  for (const selector of parts) {
+    const now = document.querySelector(selector);
+    const next = fresh.querySelector(selector);
+    if (now && next) now.replaceWith(document.importNode(next, true));
+  }
+  approveForms();
+}
+
+function privateUpdates(url) {
+  const live = LIVE[document.body.dataset.page];
+  if (!live || !url) return;
+  let pending = null;
+  const schedule = () => {
+    if (pending === null) pending = setTimeout(() => { pending = null; refreshParts(live.parts).catch(() => {}); }, 300);
+  };
+  const ws = new WebSocket(url);
+  let attempts = 0;
+  // A new listen token reaches the stream server through the app's feed a moment after it is
+  // issued, so the first auth may find it unknown: wait, then try again with a fresh token.
+  const authenticate = async () => {
+    attempts += 1;
+    if (attempts > 6) return;
+    const csrf = document.querySelector("meta[name=csrf-token]").content;
+    const response = await fetch("/console/stream-token", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams({ csrf_token: csrf }),
+    });
+    if (!response.ok) return;
+    const token = (await response.json()).token;
+    setTimeout(() => ws.send(JSON.stringify({ op: "auth", id: 1, token })), 150 * attempts);
+  };
+  ws.addEventListener("open", () => { authenticate().catch(() => {}); });
+  ws.addEventListener("message", (event) => {
+    const msg = JSON.parse(event.data);
+    if (msg.type === "authenticated") ws.send(JSON.stringify({ op: "subscribe", id: 2, channels: live.channels }));
+    else if (msg.type === "error" && msg.id === 1) authenticate().catch(() => {});
+    else if (msg.channel && live.channels.includes(msg.channel)) schedule();
+  });
+}
+
 // ---------------------------------------------------------------- start
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -254,4 +313,5 @@ document.addEventListener("DOMContentLoaded", () => {
   orderTypeFields();
   deviceForm();
   approveForms();
+  privateUpdates(document.body.dataset.stream);
 });
