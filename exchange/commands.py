@@ -157,6 +157,32 @@ class SetTpSl(_VenueCommand, frozen=True, tag="tpsl"):
     stop_loss: int | None = None
 
 
+class SetMarketStatus(_VenueCommand, frozen=True, tag="market_status"):
+    """Put a market in a mode: open, cancel_only or halted (exchange/controls.py)."""
+
+    symbol: str
+    mode: str
+    until_ms: int = 0
+    reason: str = ""
+
+
+class SetBreaker(_VenueCommand, frozen=True, tag="breaker"):
+    """Configure (``max_move_bps`` > 0) or remove (0) a market's max-move circuit breaker."""
+
+    symbol: str
+    max_move_bps: int
+    window_ms: int = 0
+    cooldown_ms: int = 0
+
+
+class ArmDeadman(_VenueCommand, frozen=True, tag="deadman"):
+    """Arm, re-arm or (``timeout_ms`` 0) disarm an account's dead man's switch at ``now_ms``."""
+
+    account: str
+    timeout_ms: int
+    now_ms: int
+
+
 class Drain(_VenueCommand, frozen=True, tag="drain"):
     """The shell took the queued postings (and the batch before it is complete)."""
 
@@ -164,5 +190,5 @@ class Drain(_VenueCommand, frozen=True, tag="drain"):
 VenueCommand = (
     Deposit | Withdraw | SeedInsurance | Place | CancelOrder | CancelAllOrders | AmendOrder | Quote
     | Tick | SetMark | Advance | Fund | Expire | Liquidate | ListInstrument | Delist | Drain
-    | AdjustIsolatedMargin | SetLeverage | SetTpSl
+    | AdjustIsolatedMargin | SetLeverage | SetTpSl | SetMarketStatus | SetBreaker | ArmDeadman
 )

@@ -36,6 +36,7 @@ from typing import Final
 import msgspec
 
 from exchange.commands import Drain, VenueCommand
+from exchange.controls import ControlsState, MarketControls
 from exchange.engine.journal import FsyncPolicy, JournalCorrupt, fsync_dir
 from exchange.instruments import ExchangeConfig
 from exchange.journal import (
@@ -77,6 +78,8 @@ class VenueSnapshot(msgspec.Struct, frozen=True):
     state_hash: str
     config_hash: str
     state: VenueState
+    # Kill switches (exchange/controls.py); absent in snapshots of venues that never set one.
+    controls: ControlsState | None = None
 
 
 def config_hash(config: ExchangeConfig) -> str:
@@ -96,9 +99,8 @@ def list_snapshots(directory: Path) -> list[Path]:
 
 def write_snapshot(directory: Path, command_seq: int, venue: Venue, cfg_hash: str) -> Path:
     """Atomically write the venue's state after ``command_seq`` (temp file, fsync, rename)."""
-    state = venue.state()
-    state_hash = hashlib.sha256(msgspec.msgpack.encode(state)).hexdigest()
-    body = msgspec.msgpack.encode(VenueSnapshot(command_seq, state_hash, cfg_hash, state))
+    body = msgspec.msgpack.encode(VenueSnapshot(command_seq, venue.state_hash(), cfg_hash, venue.state(),
+                                                venue.controls_state()))
     path = directory / snapshot_name(command_seq)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -124,6 +126,8 @@ def read_snapshot(path: Path, config: ExchangeConfig,
     try:
         snap = msgspec.msgpack.decode(body, type=VenueSnapshot)
         venue = Venue.from_state(config, snap.state, record_fills)
+        if snap.controls is not None:
+            venue.controls = MarketControls.from_state(snap.controls)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, KeyError) as exc:
         raise SnapshotCorrupt(f"{path}: {exc}") from exc
     if venue.state_hash() != snap.state_hash:

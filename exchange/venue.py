@@ -23,6 +23,7 @@ from exchange.commands import (
     AdjustIsolatedMargin,
     Advance,
     AmendOrder,
+    ArmDeadman,
     CancelAllOrders,
     CancelOrder,
     Delist,
@@ -35,13 +36,16 @@ from exchange.commands import (
     Place,
     Quote,
     SeedInsurance,
+    SetBreaker,
     SetLeverage,
     SetMark,
+    SetMarketStatus,
     SetTpSl,
     Tick,
     VenueCommand,
     Withdraw,
 )
+from exchange.controls import ControlsState, MarketControls
 from exchange.engine.codes import ResultCode
 from exchange.engine.messages import (
     Amend,
@@ -63,7 +67,7 @@ from exchange.engine.messages import (
 from exchange.engine.orderbook import OrderBook
 from exchange.instruments import PPM, ExchangeConfig, InstrumentSpec
 from exchange.prices import BasisTracker, IndexPrice, IndexState, Twap, linear_mark, option_mark
-from exchange.risk.clearing import Clearinghouse, Posting
+from exchange.risk.clearing import ISOLATED_SEP, Clearinghouse, Posting
 from exchange.risk.codes import RiskCode
 from exchange.risk.events import (
     FundingPaid,
@@ -268,6 +272,8 @@ class Venue:
         # Set by the shell to feed the market-data read model; None (the default) costs one test.
         self.tap: VenueTap | None = None
         self.recorded = 0  # commands recorded since the last Drain marker
+        # Kill switches, circuit breakers, dead man's switches (exchange/controls.py); journaled.
+        self.controls = MarketControls()
 
     def _log(self, cmd: VenueCommand) -> None:
         journal = self.journal
@@ -398,6 +404,10 @@ class Venue:
         if spec is None:
             return RiskCode.OK, ""  # check_new names the unknown instrument
         now_ms = max(self.now_ms, cmd.ts // 1_000_000)
+        if self.controls.status:
+            code, message = self.controls.refusal(symbol, now_ms)
+            if code:
+                return code, message
         if spec.expiry_ms is not None and now_ms >= spec.expiry_ms:
             return RiskCode.INSTRUMENT_NOT_TRADING, (
                 f"{symbol} expired at {spec.expiry_ms} (now {now_ms}) and no longer trades")
@@ -429,6 +439,7 @@ class Venue:
         if not _journal_str(order_id) or not (account is None or _journal_str(account)):
             raise InvalidCommand(ResultCode.BAD_ID, f"order id was {_echo(order_id)}, "
                                  "must be a UTF-8 string")
+        self._cancel_allowed(symbol)
         self.clearing.begin()
         events = self._run(symbol, Cancel(order_id, account, self.now_ms * NS_PER_MS))
         self._log(CancelOrder(symbol, order_id, account))
@@ -440,10 +451,18 @@ class Venue:
         if not _journal_str(account):
             raise InvalidCommand(ResultCode.INVALID_COMMAND, f"account was {_echo(account)}, "
                                  "must be a UTF-8 string")
+        self._cancel_allowed(symbol)
         self.clearing.begin()
         events = self._run(symbol, CancelAll(account, self.now_ms * NS_PER_MS))
         self._log(CancelAllOrders(symbol, account))
         return events
+
+    def _cancel_allowed(self, symbol: str) -> None:
+        """Raise `MarketClosed` (nothing changed, nothing journaled) for a cancel on a halted market."""
+        if self.controls.status:
+            refused = self.controls.cancel_refusal(symbol, self.now_ms)
+            if refused is not None:
+                raise refused
 
     def amend(self, symbol: str, cmd: Amend) -> OrderResult:
         """Amend a resting order; a larger quantity or price needs margin for the difference.
@@ -519,9 +538,16 @@ class Venue:
             self._record(symbol, events)
         if self.tap is not None:
             self.tap.ran(symbol, cmd, events)
+        if self.controls.breakers and symbol in self.controls.breakers:
+            self._feed_breaker(symbol, events)
         if self.clearing.moved:
             events = events + self._after_fills()
         return events
+
+    def _feed_breaker(self, symbol: str, events: list[Event]) -> None:
+        for e in events:
+            if type(e) is Trade:
+                self.controls.on_trade(symbol, max(self.now_ms, e.ts // NS_PER_MS), e.price)
 
     def _after_fills(self) -> list[Event]:
         """Keep every live order of the accounts whose positions just moved within the rules.
@@ -820,7 +846,9 @@ class Venue:
             cmd = NewOrder(id=f"tpsl.{ch.seq}.{self._liq_n}", account=account,
                            side="sell" if pos.size > 0 else "buy", qty=abs(pos.size), type="market",
                            reduce_only=True, ts=self.now_ms * NS_PER_MS)
-            code, message = ch.check_new(symbol, cmd, self._sweep_price(symbol, cmd))
+            code, message = self.controls.refusal(symbol, self.now_ms)
+            if not code:
+                code, message = ch.check_new(symbol, cmd, self._sweep_price(symbol, cmd))
             if code:
                 ch.events.append(TpSlRefused(ch.seq, account, symbol, int(code), message))
                 continue
@@ -934,6 +962,8 @@ class Venue:
             else:
                 tried.add(symbol)  # a settlement still pending is retried at the next advance
                 self._expire(symbol, at, now_ms)
+        if self.controls.deadman:
+            self._fire_deadman(now_ms)
         self._log(Advance(now_ms))
 
     def _next_due(self, now_ms: int, tried: set[str] | None = None) -> tuple[int, int, str] | None:
@@ -962,8 +992,43 @@ class Venue:
         return best
 
     def due(self, now_ms: int) -> bool:
-        """Tell whether a funding interval or an expiry is due at ``now_ms`` (``advance`` has work)."""
-        return self._next_due(now_ms) is not None
+        """Tell whether a funding interval, an expiry or a dead man's switch is due at ``now_ms``."""
+        return self._next_due(now_ms) is not None or self.controls.deadman_due(now_ms)
+
+    # ---------------------------------------------------------------- kill switches
+
+    def set_market_status(self, symbol: str, mode: str, until_ms: int = 0, reason: str = "") -> None:
+        """Put ``symbol`` in ``mode`` (open, cancel_only, halted); see exchange/controls.py."""
+        self._known(symbol)
+        if not _journal_str(reason):
+            raise InvalidCommand(ResultCode.INVALID_COMMAND, "reason must be a UTF-8 string")
+        self.controls.set_status(symbol, mode, until_ms, reason)
+        self._log(SetMarketStatus(symbol, mode, until_ms, reason))
+
+    def set_breaker(self, symbol: str, max_move_bps: int, window_ms: int, cooldown_ms: int) -> None:
+        """Configure (``max_move_bps`` > 0) or remove (0) the max-move circuit breaker of ``symbol``."""
+        self._known(symbol)
+        self.controls.set_breaker(symbol, max_move_bps, window_ms, cooldown_ms)
+        self._log(SetBreaker(symbol, max_move_bps, window_ms, cooldown_ms))
+
+    def arm_deadman(self, account: str, timeout_ms: int, now_ms: int) -> int:
+        """Arm (re-arm; 0 disarms) ``account``'s dead man's switch at ``now_ms``; return its deadline."""
+        if not _journal_str(account) or not _journal_int(now_ms):
+            raise InvalidCommand(ResultCode.INVALID_COMMAND, f"account {_echo(account)} / now_ms "
+                                 f"{_echo(now_ms)} cannot be journaled")
+        deadline = self.controls.arm(account, timeout_ms, now_ms)
+        self._log(ArmDeadman(account, timeout_ms, now_ms))
+        return deadline
+
+    def _fire_deadman(self, now_ms: int) -> None:
+        """Cancel every live order (cross and isolated, every market) of each account past its deadline."""
+        for account in self.controls.expired_accounts(now_ms):
+            prefix = account + ISOLATED_SEP
+            for symbol, book in sorted(self.books.items()):
+                owners = {o.account for o in book.orders.values()} | {o.account for o in book.stops.values()}
+                for owner in sorted(o for o in owners if o == account or o.startswith(prefix)):
+                    self.clearing.begin()
+                    self._run(symbol, CancelAll(owner, now_ms * NS_PER_MS))
 
     def funding_rate(self, symbol: str) -> int:
         """Return the rate of the current interval: premium + clamp(interest - premium), capped."""
@@ -1118,8 +1183,19 @@ class Venue:
         )
 
     def state_hash(self) -> str:
-        """Return the SHA-256 (hex) of the canonical msgpack encoding of ``state()``."""
-        return hashlib.sha256(msgspec.msgpack.encode(self.state())).hexdigest()
+        """Return the SHA-256 (hex) of the canonical msgpack encoding of ``state()`` (and controls).
+
+        Kill-switch state is hashed only once any was set, so venues that never used one
+        (and their snapshots) keep the hash they always had.
+        """
+        h = hashlib.sha256(msgspec.msgpack.encode(self.state()))
+        if not self.controls.empty():
+            h.update(msgspec.msgpack.encode(self.controls.state()))
+        return h.hexdigest()
+
+    def controls_state(self) -> ControlsState | None:
+        """Return the kill-switch state for a snapshot (None: nothing was ever set)."""
+        return None if self.controls.empty() else self.controls.state()
 
     @classmethod
     def from_state(cls, config: ExchangeConfig, state: VenueState, record_fills: bool = True) -> Venue:
@@ -1199,4 +1275,7 @@ _DISPATCH: dict[type, Any] = {
     AdjustIsolatedMargin: lambda v, c: v.adjust_isolated_margin(c.account, c.symbol, c.amount),
     SetLeverage: lambda v, c: v.set_leverage(c.account, c.symbol, c.leverage),
     SetTpSl: lambda v, c: v.set_tpsl(c.account, c.symbol, c.take_profit, c.stop_loss),
+    SetMarketStatus: lambda v, c: v.set_market_status(c.symbol, c.mode, c.until_ms, c.reason),
+    SetBreaker: lambda v, c: v.set_breaker(c.symbol, c.max_move_bps, c.window_ms, c.cooldown_ms),
+    ArmDeadman: lambda v, c: v.arm_deadman(c.account, c.timeout_ms, c.now_ms),
 }

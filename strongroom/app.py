@@ -15,6 +15,7 @@ from custody.access.service import AccessServices
 from custody.api import access as access_api
 from custody.api import audit as audit_api
 from custody.api import compliance as compliance_api
+from custody.api import halts as halts_api
 from custody.api import ledger as ledger_api
 from custody.api import openapi as openapi_api
 from custody.api import policy as policy_api
@@ -28,6 +29,7 @@ from custody.db import make_engine, make_session_factory
 from custody.keystore import KeystoreError
 from custody.ledger.service import Ledger, wall_clock_ms
 from exchange.api import blueprint as exchange_api
+from exchange.api import controls as exchange_controls_api
 from exchange.api import marketdata as marketdata_api
 from strongroom import console
 from strongroom.keystores import LazyKeystore, open_keystore
@@ -82,6 +84,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.register_blueprint(audit_api.bp)
     app.register_blueprint(wallets_api.bp)
     app.register_blueprint(compliance_api.bp)
+    app.register_blueprint(halts_api.bp)
     app.extensions["strongroom.wallets"] = app.config.get("WALLETS")
     # Every chain's wallet runtime by chain name (Bitcoin next to Ethereum); jobs iterate over it.
     chains = dict(app.config.get("CHAIN_RUNTIMES") or {})
@@ -96,6 +99,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
         install_terms(bundle_chains(chains), app.extensions["strongroom.access"].withdrawals,
                       [runtime.treasury for runtime in chains.values()])
     exchange_api.init_app(app)
+    exchange_controls_api.init_app(app)
     marketdata_api.init_app(app)
     console.init_app(app)
     init_rate_limits(app)

@@ -30,6 +30,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("strongroom.commands.audit", "Audit keys for the key ceremony."),
     "bundle": ("strongroom.commands.bundles", "Cold transfers through the offline signer."),
     "devnet": ("strongroom.commands.devnet", "Local Ethereum and Bitcoin chains: up, mine, fund, reorg."),
+    "halt": ("strongroom.commands.controls", "Kill switches: withdrawal halts, market halts, breakers."),
     "market-day": ("strongroom.commands.exchange", "Run the market day and print its report."),
     "reserves": ("strongroom.commands.audit", "Proof of reserves: snapshots, proofs, reports."),
     "simulate": ("strongroom.commands.simulate", "Run the platform under a seeded simulation."),

@@ -1,6 +1,7 @@
 """Import every table module so ``Base.metadata`` is complete (for Alembic and tests)."""
 
 from custody import freezes as freeze_models
+from custody import withdrawal_halts as withdrawal_halt_models
 from custody.access import models as access_models
 from custody.audit import models as audit_models
 from custody.bundles import models as bundle_models
@@ -23,5 +24,6 @@ __all__ = [
     "freeze_models",
     "ledger_models",
     "wallet_models",
+    "withdrawal_halt_models",
     "withdrawal_models",
 ]

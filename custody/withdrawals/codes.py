@@ -22,6 +22,7 @@ class WithdrawalCode(IntEnum):
     WITHDRAWAL_ID_INVALID = 4110
     WITHDRAWAL_ID_RELEASED = 4111
     ACCOUNT_FROZEN = 4112
+    WITHDRAWALS_HALTED = 4120
 
     @property
     def error(self) -> str:
@@ -38,6 +39,7 @@ WITHDRAWAL_STATUS: dict[WithdrawalCode, int] = {
     WithdrawalCode.NO_FUNDING_ACCOUNT: 422,
     WithdrawalCode.WITHDRAWAL_ID_RELEASED: 409,
     WithdrawalCode.ACCOUNT_FROZEN: 423,
+    WithdrawalCode.WITHDRAWALS_HALTED: 423,
 }
 
 

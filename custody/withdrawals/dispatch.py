@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody import freezes
+from custody import freezes, withdrawal_halts
 from custody.access import security_log
 from custody.ledger.entry import TransferKind
 from custody.ledger.posting import REFERENCE_MAX_LEN, TransferRequest
@@ -121,9 +121,12 @@ class WithdrawalDispatcher:
 
     def _dispatch(self, row_id: str) -> bool:
         with self._sessions() as session:
-            owner = session.scalar(select(WithdrawalRequest.username).where(WithdrawalRequest.id == row_id))
+            owner, asset = session.execute(select(WithdrawalRequest.username, WithdrawalRequest.asset)
+                                           .where(WithdrawalRequest.id == row_id)).one_or_none() or (None, "")
             if owner is not None and freezes.is_frozen(session, owner):
                 return False  # frozen (a deposit reorged out after credit): wait for the review
+            if withdrawal_halts.halted(session, asset) is not None:
+                return False  # withdrawals of its chain (or all) are halted: it waits, its hold intact
         # Claim first: once broadcasting, nothing can void the hold behind the executor's back.
         # The claim checks the hold is live: coins are never sent for funds nobody holds.
         if not self._move(row_id, APPROVED, BROADCASTING, "handed to the hot wallet", require_live_hold=True):

@@ -31,7 +31,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from custody import freezes
+from custody import freezes, withdrawal_halts
 from custody.access import security_log
 from custody.access.approvers import load_registry
 from custody.access.errors import AccessCode, AccessError
@@ -311,6 +311,13 @@ class Withdrawals:
                 row = session.get(WithdrawalRequest, withdrawal_id)
                 if row is not None:
                     return _view(session, row, self._terms(session, row))
+                stop = withdrawal_halts.halted(session, request.asset)
+                if stop is not None:
+                    raise WithdrawalError(
+                        WithdrawalCode.WITHDRAWALS_HALTED,
+                        f"{request.asset} withdrawals are halted ({stop.scope}: {stop.reason[:80]}); "
+                        "try again once operators lift the halt",
+                    )
                 if freezes.is_frozen(session, user.username):
                     raise WithdrawalError(
                         WithdrawalCode.ACCOUNT_FROZEN,

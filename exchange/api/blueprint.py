@@ -91,6 +91,8 @@ RISK_STATUS = {
     RiskCode.NO_MARK_PRICE: 409,
     RiskCode.DUPLICATE_ORDER_ID: 409,
     RiskCode.INDEX_STALE: 409,
+    RiskCode.MARKET_HALTED: 409,
+    RiskCode.MARKET_CANCEL_ONLY: 409,
     RiskCode.PRICE_OVERRIDE_DISABLED: 403,
 }
 # Client order ids: 1..40 of A-Z a-z 0-9 . _ -, starting with a letter or digit, so an id is

@@ -25,6 +25,9 @@ class RiskCode(IntEnum):
     PRICE_OUTSIDE_MARK_BAND = 2016
     # Market operation (2020..2029): the scheduler, feeds and operator endpoints.
     PRICE_OVERRIDE_DISABLED = 2020
+    MARKET_HALTED = 2021
+    MARKET_CANCEL_ONLY = 2022
+    INVALID_CONTROL = 2023
 
     @property
     def reason(self) -> str:

@@ -1,0 +1,142 @@
+"""Withdrawal kill switches: a per-chain halt and the global freeze (docs/operations.md).
+
+One admin stops withdrawals at once: of one chain (``chain:bitcoin``,
+``chain:ethereum``) or of everything (``global``). While a halt covers a
+withdrawal's chain, creating it is refused (4120 ``withdrawals_halted``) and
+an approved one is not handed to the hot wallet (it waits, its hold intact).
+Lifting needs two people: one admin proposes the lift, a *different* admin
+approves it with MFA (checked by the API / CLI before these functions run).
+Every step is in the security log, in the same transaction as the change.
+
+State of one halt::
+
+    active --propose_lift (admin A)--> lift proposed --approve_lift (admin B != A)--> lifted
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import BigInteger, Index, String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from custody.access import security_log
+from custody.access.errors import AccessCode, AccessError
+from custody.db import Base
+
+GLOBAL: Final = "global"
+CHAIN_OF_ASSET: Final[dict[str, str]] = {"BTC": "bitcoin", "ETH": "ethereum", "USDC": "ethereum"}
+SCOPES: Final = (GLOBAL, *sorted({f"chain:{c}" for c in CHAIN_OF_ASSET.values()}))
+REASON_MAX_CHARS: Final = 256
+
+
+class WithdrawalHalt(Base):
+    """One halt of withdrawals (global or one chain), until two admins lift it."""
+
+    __tablename__ = "withdrawal_halts"
+    __table_args__ = (Index("ix_withdrawal_halts_scope", "scope"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(String(REASON_MAX_CHARS))
+    raised_by: Mapped[str] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    lift_proposed_by: Mapped[str | None] = mapped_column(String(64))
+    lift_proposed_ms: Mapped[int | None] = mapped_column(BigInteger)
+    lifted_by: Mapped[str | None] = mapped_column(String(64))
+    lifted_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+@dataclass(frozen=True, slots=True)
+class HaltView:
+    """A halt as operators see it."""
+
+    id: str
+    scope: str
+    reason: str
+    raised_by: str
+    created_ms: int
+    lift_proposed_by: str | None
+    lifted_by: str | None
+    lifted_ms: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "scope": self.scope, "reason": self.reason, "raised_by": self.raised_by,
+                "created_ms": self.created_ms, "lift_proposed_by": self.lift_proposed_by,
+                "lifted_by": self.lifted_by, "lifted_ms": self.lifted_ms, "active": self.lifted_ms is None}
+
+
+def scope_of_asset(asset: str) -> str | None:
+    """Return the chain scope (``chain:<name>``) an asset's withdrawals move on, if known."""
+    chain = CHAIN_OF_ASSET.get(asset)
+    return None if chain is None else f"chain:{chain}"
+
+
+def halted(session: Session, asset: str) -> HaltView | None:
+    """Return the active halt that stops withdrawals of ``asset`` (the global freeze first), or None."""
+    scopes = [GLOBAL]
+    chain = scope_of_asset(asset)
+    if chain is not None:
+        scopes.append(chain)
+    rows = session.scalars(select(WithdrawalHalt).where(
+        WithdrawalHalt.scope.in_(scopes), WithdrawalHalt.lifted_ms.is_(None)
+    ).order_by(WithdrawalHalt.created_ms))
+    found = sorted(rows, key=lambda r: (r.scope != GLOBAL, r.created_ms))
+    return _view(found[0]) if found else None
+
+
+def halt(session: Session, *, scope: str, reason: str, admin: str, now_ms: int) -> HaltView:
+    """Stop withdrawals of ``scope`` now (one admin); an active halt of the scope is returned as is."""
+    if scope not in SCOPES:
+        raise AccessError(AccessCode.PROPOSAL_INVALID, f"scope was {scope[:40]!r}, must be one of "
+                          f"{', '.join(SCOPES)}")
+    if len(reason) > REASON_MAX_CHARS:
+        raise AccessError(AccessCode.PROPOSAL_INVALID, f"reason must be at most {REASON_MAX_CHARS} chars")
+    existing = session.scalars(select(WithdrawalHalt).where(
+        WithdrawalHalt.scope == scope, WithdrawalHalt.lifted_ms.is_(None)).with_for_update()).first()
+    if existing is not None:
+        return _view(existing)
+    row = WithdrawalHalt(id="wh_" + secrets.token_hex(12), scope=scope, reason=reason, raised_by=admin[:64],
+                         created_ms=now_ms)
+    session.add(row)
+    session.flush()
+    security_log.append(session, at_ms=now_ms, actor=admin, action="withdrawals.halt", subject=row.id,
+                        outcome="halted", details={"scope": scope, "reason": reason})
+    return _view(row)
+
+
+def lift(session: Session, halt_id: str, *, admin: str, now_ms: int) -> HaltView:
+    """Propose the lift (first admin) or approve it (a second, different admin): the halt ends then."""
+    row = session.get(WithdrawalHalt, halt_id, with_for_update=True)
+    if row is None:
+        raise AccessError(AccessCode.PROPOSAL_NOT_FOUND, f"withdrawal halt {halt_id[:80]} does not exist")
+    if row.lifted_ms is not None:
+        raise AccessError(AccessCode.PROPOSAL_CLOSED, f"withdrawal halt {row.id} is already lifted")
+    if row.lift_proposed_by is None:
+        row.lift_proposed_by, row.lift_proposed_ms = admin[:64], now_ms
+        security_log.append(session, at_ms=now_ms, actor=admin, action="withdrawals.halt_lift_propose",
+                            subject=row.id, outcome="proposed", details={"scope": row.scope})
+        return _view(row)
+    if row.lift_proposed_by == admin[:64]:
+        raise AccessError(AccessCode.APPROVER_MISMATCH, "a second admin must approve the lift: the "
+                          "proposer cannot approve their own proposal")
+    row.lifted_by, row.lifted_ms = admin[:64], now_ms
+    security_log.append(session, at_ms=now_ms, actor=admin, action="withdrawals.halt_lift",
+                        subject=row.id, outcome="lifted",
+                        details={"scope": row.scope, "proposer": row.lift_proposed_by})
+    return _view(row)
+
+
+def listing(session: Session, *, active_only: bool = True) -> list[HaltView]:
+    """Return the halts (active ones only by default), oldest first."""
+    query = select(WithdrawalHalt).order_by(WithdrawalHalt.created_ms).limit(500)
+    if active_only:
+        query = query.where(WithdrawalHalt.lifted_ms.is_(None))
+    return [_view(row) for row in session.scalars(query)]
+
+
+def _view(row: WithdrawalHalt) -> HaltView:
+    return HaltView(row.id, row.scope, row.reason, row.raised_by, row.created_ms, row.lift_proposed_by,
+                    row.lifted_by, row.lifted_ms)

@@ -1,0 +1,166 @@
+"""Exchange kill switches over HTTP: market modes, circuit breakers, the dead man's switch.
+
+Admins put a market in ``open`` / ``cancel_only`` / ``halted`` and configure its
+max-move circuit breaker (admin key, MFA); each change is a journaled venue
+command (it survives a restart and replays) and an event in the security log.
+A trader arms their own dead man's switch: every live order of theirs is
+cancelled ``timeout_ms`` after the last arm unless they re-arm it first
+(``timeout_ms`` 0 disarms). See docs/operations.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from flask import Blueprint, Flask, current_app, jsonify
+from flask.typing import ResponseReturnValue
+
+from custody.access import security_log
+from custody.api.auth import secured
+from custody.api.errors import ApiError, error_body
+from custody.api.request import field_int, field_str, json_object, reject_unknown
+from custody.api.schema import INT, STR, accepts, answers, array, obj, path_parameters
+from exchange.api.blueprint import _now_ms, current_principal, service
+from exchange.controls import (
+    BREAKER_COOLDOWN_MAX_MS,
+    BREAKER_MAX_BPS,
+    BREAKER_WINDOW_MAX_MS,
+    DEADMAN_MAX_MS,
+    MODES,
+    REASON_MAX_CHARS,
+    ControlError,
+    MarketClosed,
+)
+from exchange.risk.codes import RiskCode
+from policies.api_key import Scope
+from policies.roles import Permission
+
+bp = Blueprint("exchange_controls", __name__, url_prefix="/api/v1/exchange")
+
+ADMIN = secured(admin_only=True, scope=Scope.TRADE, mfa=True)
+READ_ADMIN = secured(admin_only=True, scope=Scope.READ, mfa=False)
+TRADE = secured(Permission.TRADE, scope=Scope.TRADE, mfa=False)
+CLOSED_STATUS: Final = 409
+_SYMBOL: Final = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,32}$"}
+STATUS_SCHEMA: Final = obj({"mode": {"type": "string", "enum": list(MODES)}}, {
+    "reason": {"type": "string", "maxLength": REASON_MAX_CHARS},
+    "until_ms": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+}) | {"additionalProperties": False, "example": {"mode": "halted", "reason": "incident 42"}}
+BREAKER_SCHEMA: Final = obj({"max_move_bps": {"type": "integer", "minimum": 0, "maximum": BREAKER_MAX_BPS}}, {
+    "window_ms": {"type": "integer", "minimum": 0, "maximum": BREAKER_WINDOW_MAX_MS},
+    "cooldown_ms": {"type": "integer", "minimum": 0, "maximum": BREAKER_COOLDOWN_MAX_MS},
+}) | {"additionalProperties": False,
+      "example": {"max_move_bps": 1000, "window_ms": 300_000, "cooldown_ms": 120_000}}
+DEADMAN_SCHEMA: Final = obj({"timeout_ms": {"type": "integer", "minimum": 0, "maximum": DEADMAN_MAX_MS}}) | {
+    "additionalProperties": False, "example": {"timeout_ms": 60_000}}
+MARKET_VIEW: Final = obj({"symbol": STR, "mode": STR, "until_ms": INT, "reason": STR},
+                         {"breaker": obj({"max_move_bps": INT, "window_ms": INT, "cooldown_ms": INT})})
+
+
+def init_app(app: Flask) -> None:
+    """Register the blueprint and the 409 answer to a cancel on a halted market."""
+    app.register_blueprint(bp)
+
+    @app.errorhandler(MarketClosed)
+    def _closed(exc: MarketClosed) -> ResponseReturnValue:
+        return jsonify(error_body(exc.code, exc.message)), CLOSED_STATUS
+
+
+def _market_view(symbol: str) -> dict[str, Any]:
+    venue = service().venue
+    controls = venue.controls
+    now_ms = max(venue.now_ms, _now_ms())
+    st = controls.status.get(symbol)
+    mode = controls.mode(symbol, now_ms)
+    view: dict[str, Any] = {"symbol": symbol, "mode": mode,
+                            "until_ms": st.until_ms if st is not None and mode != "open" else 0,
+                            "reason": st.reason if st is not None and mode != "open" else ""}
+    breaker = controls.breakers.get(symbol)
+    if breaker is not None:
+        view["breaker"] = {"max_move_bps": breaker.max_move_bps, "window_ms": breaker.window_ms,
+                           "cooldown_ms": breaker.cooldown_ms}
+    return view
+
+
+def _log(action: str, subject: str, details: dict[str, Any]) -> None:
+    sessions = current_app.extensions["strongroom.sessions"]
+    with sessions.begin() as session:
+        security_log.append(session, at_ms=_now_ms(), actor=current_principal(), action=action,
+                            subject=subject, details=details)
+
+
+def _known(symbol: str) -> None:
+    if symbol not in service().venue.specs:
+        raise ApiError(RiskCode.UNKNOWN_INSTRUMENT, f"symbol was {symbol[:40]!r}, not listed", 404)
+
+
+@bp.get("/admin/markets")
+@READ_ADMIN
+@answers({"200": obj({"markets": array(MARKET_VIEW)})})
+def markets() -> ResponseReturnValue:
+    """List every market's mode (open, cancel_only, halted) and circuit breaker."""
+    with service().lock:
+        return jsonify({"markets": [_market_view(s) for s in sorted(service().venue.specs)]})
+
+
+@bp.post("/admin/markets/<symbol>/status")
+@ADMIN
+@path_parameters(symbol=_SYMBOL)
+@accepts(STATUS_SCHEMA)
+@answers({"200": MARKET_VIEW})
+def set_status(symbol: str) -> ResponseReturnValue:
+    """Halt a market, make it cancel-only, or reopen it (journaled, security-logged)."""
+    body = json_object()
+    reject_unknown(body, {"mode", "reason", "until_ms"})
+    mode = field_str(body, "mode") or ""
+    reason = field_str(body, "reason", required=False, default="") or ""
+    until_ms = field_int(body, "until_ms", required=False, default=0) or 0
+    _known(symbol)
+    with service().command() as venue:
+        try:
+            venue.set_market_status(symbol, mode, until_ms, reason)
+        except ControlError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        view = _market_view(symbol)
+    _log("market.status", symbol, {"mode": mode, "until_ms": until_ms, "reason": reason})
+    return jsonify(view)
+
+
+@bp.post("/admin/markets/<symbol>/breaker")
+@ADMIN
+@path_parameters(symbol=_SYMBOL)
+@accepts(BREAKER_SCHEMA)
+@answers({"200": MARKET_VIEW})
+def set_breaker(symbol: str) -> ResponseReturnValue:
+    """Configure (max_move_bps > 0) or remove (0) a market's max-move circuit breaker."""
+    body = json_object()
+    reject_unknown(body, {"max_move_bps", "window_ms", "cooldown_ms"})
+    bps = field_int(body, "max_move_bps") or 0
+    window_ms = field_int(body, "window_ms", required=False, default=0) or 0
+    cooldown_ms = field_int(body, "cooldown_ms", required=False, default=0) or 0
+    _known(symbol)
+    with service().command() as venue:
+        try:
+            venue.set_breaker(symbol, bps, window_ms, cooldown_ms)
+        except ControlError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        view = _market_view(symbol)
+    _log("market.breaker", symbol, {"max_move_bps": bps, "window_ms": window_ms, "cooldown_ms": cooldown_ms})
+    return jsonify(view)
+
+
+@bp.post("/deadman")
+@TRADE
+@accepts(DEADMAN_SCHEMA)
+@answers({"200": obj({"timeout_ms": INT, "deadline_ms": INT})})
+def deadman() -> ResponseReturnValue:
+    """Arm or re-arm your dead man's switch: all your orders are cancelled after timeout_ms (0 disarms)."""
+    body = json_object()
+    reject_unknown(body, {"timeout_ms"})
+    timeout_ms = field_int(body, "timeout_ms") or 0
+    with service().command() as venue:
+        try:
+            deadline = venue.arm_deadman(current_principal(), timeout_ms, max(venue.now_ms, _now_ms()))
+        except ControlError as exc:
+            raise ApiError(exc.code, exc.message) from None
+    return jsonify({"timeout_ms": timeout_ms, "deadline_ms": deadline})
