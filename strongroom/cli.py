@@ -29,6 +29,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "approver": ("strongroom.commands.access", "Manage approver signing keys."),
     "audit": ("strongroom.commands.audit", "Audit keys for the key ceremony."),
     "bundle": ("strongroom.commands.bundles", "Cold transfers through the offline signer."),
+    "compliance": ("strongroom.commands.compliance", "Sanctions lists and screening."),
     "devnet": ("strongroom.commands.devnet", "Local Ethereum and Bitcoin chains: up, mine, fund, reorg."),
     "halt": ("strongroom.commands.controls", "Kill switches: withdrawal halts, market halts, breakers."),
     "market-day": ("strongroom.commands.exchange", "Run the market day and print its report."),

@@ -1,0 +1,51 @@
+"""CLI for compliance: load a sanctions list (a new version and a re-screen), re-screen, list versions.
+
+``strongroom compliance load-sdn DIR`` reads OFAC's SDN CSV set from DIR
+(sdn.csv, and alt.csv, add.csv, sdn_comments.csv if present; docs/compliance.md).
+The shipped fabricated fixture list is ``custody/compliance/data/fixture_sdn``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from strongroom.commands.access import guard, services
+
+FIXTURE_DIR = Path(__file__).resolve().parents[2] / "custody" / "compliance" / "data" / "fixture_sdn"
+
+
+@click.group("compliance")
+def compliance() -> None:
+    """Sanctions lists and screening."""
+
+
+@compliance.command("load-sdn")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--actor", default="operator", show_default=True, help="Who loads the list (security log).")
+def load_sdn(directory: Path, actor: str) -> None:
+    """Load the SDN CSV set in DIRECTORY as a new list version and re-screen everything."""
+
+    def run() -> None:
+        result = services().screening.load_directory(directory, actor=actor)
+        click.echo(json.dumps(result.to_json(), sort_keys=True))
+
+    guard(run)
+
+
+@compliance.command("rescreen")
+def rescreen() -> None:
+    """Screen every whitelist entry, unsent withdrawal and user name against the current list."""
+    guard(lambda: click.echo(json.dumps({"new_alerts": services().screening.rescreen_all()})))
+
+
+@compliance.command("lists")
+def lists() -> None:
+    """Print the loaded list versions with their diffs, newest first."""
+    guard(lambda: click.echo(json.dumps({"versions": services().screening.versions()}, sort_keys=True)))
+
+
+def register(main: click.Group) -> None:
+    main.add_command(compliance)
