@@ -35,7 +35,8 @@ def officer2(app: Flask, client: FlaskClient, clock: Any) -> SignedClient:
 
 def _security_actions(app: Flask, prefix: str) -> list[tuple[str, str, str]]:
     with app.extensions["strongroom.sessions"]() as session:
-        return [(e.actor, e.action, e.outcome) for e in page(session, limit=500) if e.action.startswith(prefix)]
+        events = page(session, limit=500)
+    return [(e.actor, e.action, e.outcome) for e in events if e.action.startswith(prefix)]
 
 
 def test_case_lifecycle_assign_comment_escalate_close_all_in_security_log(
@@ -44,8 +45,10 @@ def test_case_lifecycle_assign_comment_escalate_close_all_in_security_log(
     assigned = officer.post(f"{base}/assign", json={"assignee": "officer2"}, mfa=True)
     assert assigned.status_code == 200, assigned.json
     assert assigned.json["case"]["assignee"] == "officer2"
-    assert officer2.post(f"{base}/comment", json={"body": "Address matches ent 90001."}, mfa=True).status_code == 200
-    escalated = officer2.post(f"{base}/escalate", json={"reason": "Confirmed match; MLRO to decide."}, mfa=True)
+    noted = officer2.post(f"{base}/comment", json={"body": "Address matches ent 90001."}, mfa=True)
+    assert noted.status_code == 200
+    reason = {"reason": "Confirmed match; MLRO to decide."}
+    escalated = officer2.post(f"{base}/escalate", json=reason, mfa=True)
     assert escalated.json["case"]["state"] == "escalated"
     queue = officer.get("/api/v1/compliance/queue").json["cases"]
     assert [c["id"] for c in queue] == [case_id]
@@ -59,17 +62,19 @@ def test_case_lifecycle_assign_comment_escalate_close_all_in_security_log(
     assert officer.get("/api/v1/compliance/queue").json["cases"] == []
     assert _security_actions(app, "compliance.case.")[1:] == [
         ("officer1", "compliance.case.assign", "open"), ("officer2", "compliance.case.comment", "open"),
-        ("officer2", "compliance.case.escalate", "escalated"), ("officer1", "compliance.case.close", "closed")]
+        ("officer2", "compliance.case.escalate", "escalated"),
+        ("officer1", "compliance.case.close", "closed")]
 
 
 @pytest.mark.parametrize(("action", "body"), [
     ("escalate", {"reason": "again"}), ("close", {"resolution": "no_action", "reason": "again"}),
     ("comment", {"body": "late"}), ("assign", {"assignee": "officer1"}),
 ])
-def test_closed_case_refuses_every_change_409(officer: SignedClient, case_id: int, action: str,
-                                              body: dict[str, str]) -> None:
+def test_closed_case_refuses_every_change_409(
+        officer: SignedClient, case_id: int, action: str, body: dict[str, str]) -> None:
     base = f"/api/v1/compliance/cases/{case_id}"
-    officer.post(f"{base}/close", json={"resolution": "false_positive", "reason": "Different chain."}, mfa=True)
+    closing = {"resolution": "false_positive", "reason": "Different chain."}
+    officer.post(f"{base}/close", json=closing, mfa=True)
     assert_error(officer.post(f"{base}/{action}", json=body, mfa=True), 409, "case_transition_invalid")
 
 
@@ -81,8 +86,8 @@ def test_closed_case_refuses_every_change_409(officer: SignedClient, case_id: in
     ("assign", {"assignee": "nobody"}, "case_input_invalid"),
     ("comment", {"body": "x", "extra": 1}, "invalid_field"),
 ])
-def test_bad_case_input_is_refused_and_changes_nothing(officer: SignedClient, case_id: int, action: str,
-                                                       body: dict[str, Any], error: str) -> None:
+def test_bad_case_input_is_refused_and_changes_nothing(
+        officer: SignedClient, case_id: int, action: str, body: dict[str, Any], error: str) -> None:
     base = f"/api/v1/compliance/cases/{case_id}"
     assert_error(officer.post(f"{base}/{action}", json=body, mfa=True), 400, error)
     case = officer.get(base).json["case"]

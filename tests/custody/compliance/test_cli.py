@@ -22,7 +22,8 @@ def env(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
     return values
 
 
-def test_compliance_load_sdn_versions_once_and_refuses_broken_list(env: dict[str, str], tmp_path: Path) -> None:
+def test_compliance_load_sdn_versions_once_and_refuses_broken_list(
+        env: dict[str, str], tmp_path: Path) -> None:
     runner = CliRunner()
     first = runner.invoke(main, ["compliance", "load-sdn", str(FIXTURE_DIR), "--actor", "mlro"], env=env)
     assert first.exit_code == 0, first.output

@@ -1,4 +1,4 @@
-"""docs/compliance.md: the worked SDN example parses to the documented entry; the transition table is the code's."""
+"""docs/compliance.md: the worked SDN example parses to the documented entry; transitions match."""
 
 from __future__ import annotations
 
