@@ -260,6 +260,25 @@ class Treasury:
             return self.propose_refill(asset, limits.target_minor - balance, SYSTEM_INITIATOR)
         return None
 
+    def sweep(self, asset: str, amount_minor: int) -> TransactionView:
+        """Sweep ``amount_minor`` of ``asset`` from hot to cold now (an operator's request).
+
+        The same transfer as :meth:`rebalance`'s sweep (internal-transfer policy,
+        ledger reservation, one open sweep per asset); refused if the hot wallet
+        cannot send that much.
+        """
+        if amount_minor <= 0:
+            raise WalletError(WalletCode.INVALID_AMOUNT, f"amount was {amount_minor}, must be positive")
+        hot = self._wallets.one(self._chain, Temperature.HOT)
+        b = self._wallets.ledger.get_account(self._wallets.wallet_account(hot, asset)).balance
+        sendable = b.debits_posted - b.credits_posted - b.credits_pending
+        if amount_minor > sendable:
+            raise WalletError(WalletCode.INVALID_AMOUNT,
+                              f"amount was {amount_minor}, the hot wallet can send {sendable} {asset}")
+        if self._open(Purpose.SWEEP, asset):
+            raise WalletError(WalletCode.TRANSACTION_CONFLICT, f"a {asset} sweep is already in flight")
+        return self._sweep(asset, amount_minor)
+
     def _sweep(self, asset: str, amount_minor: int) -> TransactionView:
         hot = self._wallets.one(self._chain, Temperature.HOT)
         cold = self._wallets.one(self._chain, Temperature.COLD)

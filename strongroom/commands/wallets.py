@@ -33,6 +33,7 @@ from web3 import Web3
 from custody.bundles.bitcoin import BitcoinBundles
 from custody.bundles.chains import BundleChain, BundleChains
 from custody.bundles.ethereum import EthereumBundles
+from custody.chains.adapter import ChainError
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.network import network as bitcoin_network
 from custody.chains.bitcoin.rpc import BitcoinRpc
@@ -43,7 +44,7 @@ from custody.db import make_engine, make_session_factory
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import Ledger, wall_clock_ms
-from custody.wallets.codes import WalletError
+from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.runtime import WalletRuntime, build_runtime
 from custody.wallets.wallet import Temperature
 from strongroom import migrate as migrations
@@ -136,6 +137,20 @@ def bundle_chains(runtimes: dict[str, ChainRuntime]) -> BundleChains:
     return BundleChains(chains)
 
 
+def _runtime_with_terms(chain: str) -> ChainRuntime:
+    """Return ``chain``'s runtime whose refills show (and whose approvals bind) their transfer terms."""
+    from custody.bundles.terms import TransferTermsBook
+
+    runtimes = chain_runtimes_from_env(Settings.from_env())
+    if chain not in runtimes:
+        variable = "STRONGROOM_ETH_RPC_URL" if chain == "ethereum" else "STRONGROOM_BTC_RPC_URL"
+        raise click.UsageError(f"no {chain} node configured: set {variable}")
+    book = TransferTermsBook(bundle_chains(runtimes))
+    for runtime in runtimes.values():
+        runtime.treasury.terms = book.named
+    return runtimes[chain]
+
+
 def _runtime_or_exit(chain: str = "ethereum") -> ChainRuntime:
     settings = Settings.from_env()
     runtime = runtime_from_env(settings) if chain == "ethereum" else bitcoin_runtime_from_env(settings)
@@ -155,6 +170,8 @@ def register(main: click.Group) -> None:
     chain_option = click.option("--chain", type=click.Choice(CHAINS), default="ethereum", show_default=True,
                                 help="Which chain's wallets.")
 
+    register_treasury(wallet)
+
     @wallet.command("tick")
     @chain_option
     def tick(chain: str) -> None:
@@ -172,7 +189,7 @@ def register(main: click.Group) -> None:
         runtime = _runtime_or_exit(chain)
         try:
             report = runtime.reconciler.latest() if latest else runtime.reconciler.run()
-        except WalletError as exc:
+        except (WalletError, ChainError) as exc:
             raise click.ClickException(exc.message) from None
         click.echo(json.dumps(report.to_json(), indent=2))
         if report.status != "ok":
@@ -361,3 +378,185 @@ def run_bitcoin_demo(settings: Settings, echo: object = click.echo) -> dict[str,
         say(f"    {line['wallet']:<20} {line['asset']:<5} on chain {line['on_chain']:>14} "
             f"expected {line['expected']:>14} {line['status']}")
     return {"withdrawal": withdrawal.status.value, "cold_sat": cold_sat, "reconciliation": report.status}
+
+
+def register_treasury(wallet: click.Group) -> None:
+    """Add the operator's treasury commands (what only the demo did) to ``wallet``."""
+    chain_option = click.option("--chain", type=click.Choice(CHAINS), default="ethereum", show_default=True)
+
+    def guarded(fn: Callable[[], object]) -> None:
+        from strongroom.commands.access import guard
+
+        def run() -> None:
+            try:
+                result = fn()
+            except (WalletError, ChainError) as exc:
+                click.echo(json.dumps({"code": int(exc.code), "error": exc.code.name.lower(),
+                                       "message": exc.message}), err=True)
+                raise SystemExit(1) from None
+            click.echo(json.dumps(result, indent=2))
+
+        guard(run)
+
+    @wallet.command("register-cold")
+    @click.argument("cold")
+    @chain_option
+    def register_cold(cold: str, chain: str) -> None:
+        """Set up the hot and deposit wallets and register the cold one (idempotent).
+
+        COLD is the Ethereum cold address (the offline signer's, `strongroom-signer keys`) or the
+        Bitcoin 2-of-3 `wsh(sortedmulti(...))` descriptor with key origins.
+        """
+        runtime = _runtime_or_exit(chain)
+
+        def run() -> object:
+            runtime.setup_wallets(cold)
+            return _wallet_list(runtime)
+
+        guarded(run)
+
+    @wallet.command("list")
+    @chain_option
+    def wallet_list(chain: str) -> None:
+        """List the chain's wallets with their primary addresses."""
+        runtime = _runtime_or_exit(chain)
+        guarded(lambda: _wallet_list(runtime))
+
+    @wallet.command("deposit-address")
+    @click.argument("owner")
+    @chain_option
+    @click.option("--plain", is_flag=True, help="Print only the address (for shell scripts).")
+    def deposit_address(owner: str, chain: str, plain: bool) -> None:
+        """Print OWNER's deposit address (derived once, then the same)."""
+        runtime = _runtime_or_exit(chain)
+        if plain:
+            try:
+                click.echo(runtime.wallets.deposit_address(f"{chain}-deposits", owner).address)
+            except WalletError as exc:
+                raise click.ClickException(exc.message) from None
+            return
+
+        def run() -> object:
+            info = runtime.wallets.deposit_address(f"{chain}-deposits", owner)
+            return {"owner": owner, "chain": chain, "address": info.address, "path": info.path}
+
+        guarded(run)
+
+    @wallet.command("consolidate")
+    @click.argument("asset")
+    @chain_option
+    def consolidate(asset: str, chain: str) -> None:
+        """Move credited deposits of ASSET to the hot wallet (at most 20 per run)."""
+        runtime = _runtime_or_exit(chain)
+        guarded(lambda: [view.to_json() for view in runtime.treasury.consolidate(asset)])
+
+    @wallet.command("limits")
+    @click.argument("asset")
+    @click.option("--floor", "floor_minor", type=click.IntRange(0), default=None, help="Minor units.")
+    @click.option("--target", "target_minor", type=click.IntRange(0), default=None, help="Minor units.")
+    @click.option("--ceiling", "ceiling_minor", type=click.IntRange(0), default=None, help="Minor units.")
+    @chain_option
+    def limits(asset: str, floor_minor: int | None, target_minor: int | None, ceiling_minor: int | None,
+               chain: str) -> None:
+        """Show, or set (all three), the hot wallet's floor <= target <= ceiling for ASSET."""
+        runtime = _runtime_or_exit(chain)
+        given = [v for v in (floor_minor, target_minor, ceiling_minor) if v is not None]
+        if given and len(given) != 3:
+            raise click.UsageError("give --floor, --target and --ceiling together")
+
+        def run() -> object:
+            if given:
+                runtime.treasury.set_limits(asset, *given)
+            found = runtime.treasury.limits(asset)
+            return {"chain": chain, "asset": asset, "limits": None if found is None else {
+                "floor_minor": str(found.floor_minor), "target_minor": str(found.target_minor),
+                "ceiling_minor": str(found.ceiling_minor)}}
+
+        guarded(run)
+
+    @wallet.command("rebalance")
+    @click.argument("asset")
+    @chain_option
+    def rebalance(asset: str, chain: str) -> None:
+        """Sweep the hot surplus above the ceiling to cold, or propose a refill below the floor."""
+        runtime = _runtime_or_exit(chain)
+
+        def run() -> object:
+            result = runtime.treasury.rebalance(asset)
+            return {"result": None if result is None else result.to_json()}
+
+        guarded(run)
+
+    @wallet.command("sweep")
+    @click.argument("asset")
+    @click.argument("amount_minor", type=click.IntRange(1))
+    @chain_option
+    def sweep(asset: str, amount_minor: int, chain: str) -> None:
+        """Sweep AMOUNT_MINOR of ASSET from the hot wallet to the cold wallet now."""
+        runtime = _runtime_or_exit(chain)
+        guarded(lambda: runtime.treasury.sweep(asset, amount_minor).to_json())
+
+    @wallet.command("refill")
+    @click.argument("asset")
+    @click.argument("amount_minor", type=click.IntRange(1))
+    @click.option("--by", "proposed_by", required=True, help="You, the treasury proposer.")
+    @chain_option
+    def refill(asset: str, amount_minor: int, proposed_by: str, chain: str) -> None:
+        """Propose a cold -> hot refill (two other treasury approvers, then the offline signer)."""
+        runtime = _runtime_with_terms(chain)
+        guarded(lambda: runtime.treasury.propose_refill(asset, amount_minor, proposed_by).to_json())
+
+    @wallet.command("refill-approve")
+    @click.argument("proposal_id")
+    @click.option("--username", required=True, help="You, the approver.")
+    @click.option("--keystore", "keystore_path", required=True, type=click.Path(path_type=Path, exists=True))
+    @click.option("--key-name", default="approver", show_default=True)
+    @click.option("--key-id", default=None, help="Registered key id (default USERNAME-KEYNAME).")
+    @click.option("--ttl-minutes", type=click.IntRange(1, 72 * 60), default=24 * 60, show_default=True)
+    @chain_option
+    def refill_approve(proposal_id: str, username: str, keystore_path: Path, key_name: str,
+                       key_id: str | None, ttl_minutes: int, chain: str) -> None:
+        """Sign the refill's approval subject with your approver key and submit it."""
+        from policies.approval import Approval, approval_digest
+        from policies.signature_scheme import SignatureScheme
+        from strongroom.commands.access import approver_keystore
+
+        runtime = _runtime_with_terms(chain)
+
+        def run() -> object:
+            view = next((r for r in runtime.treasury.refills() if r.id == proposal_id), None)
+            if view is None:
+                raise WalletError(WalletCode.PROPOSAL_NOT_FOUND, f"no refill {proposal_id[:80]}")
+            now_ms = wall_clock_ms()
+            expires_ms = now_ms + ttl_minutes * 60_000
+            signature = approver_keystore(keystore_path).sign(
+                key_name, approval_digest(view.subject, now_ms, expires_ms))
+            approval = Approval(approver_id=username, key_id=key_id or f"{username}-{key_name}",
+                                scheme=SignatureScheme.ED25519, subject=view.subject, signed_at_ms=now_ms,
+                                expires_at_ms=expires_ms, signature=signature.value)
+            return runtime.treasury.approve_refill(proposal_id, username, approval).to_json()
+
+        guarded(run)
+
+    @wallet.command("freezes")
+    @click.option("--owner", default=None)
+    def freezes_list(owner: str | None) -> None:
+        """List active freezes (owners whose withdrawals stop after a deposit reorged out)."""
+        from custody import freezes
+
+        settings = Settings.from_env()
+        with make_session_factory(make_engine(settings.database_url))() as session:
+            click.echo(json.dumps([f.to_json() for f in freezes.active(session, owner)], indent=2))
+
+
+def _wallet_list(runtime: ChainRuntime) -> list[dict[str, object]]:
+    chain = runtime.adapter.chain
+    out: list[dict[str, object]] = []
+    for wallet in runtime.wallets.list_wallets(chain):
+        try:
+            address: str | None = runtime.wallets.primary_address(wallet.id).address
+        except WalletError:
+            address = None
+        out.append({"name": wallet.name, "chain": chain, "temperature": wallet.temperature.value,
+                    "address": address})
+    return out

@@ -3,6 +3,7 @@ another process's view: over RPC) freezes the owner, raises the alert and books 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -133,3 +134,35 @@ def test_devnet_demo_lands_in_the_platform_ledger(devnet: tuple[Devnet, Settings
     assert any(i.startswith("dep:ethereum:") for i in ids) and any(i.startswith("dep:bitcoin:") for i in ids)
     assert any(i.startswith("sweep:") for i in ids) and any(i.startswith("wd:demo-btc-") for i in ids)
     assert not list((settings.data_dir).glob("wallet-demo-*"))  # no throwaway database
+
+
+@pytest.mark.parametrize("devnet", ["anvil"], indirect=True)
+def test_wallet_treasury_commands_set_limits_rebalance_and_refuse_cleanly(
+    devnet: tuple[Devnet, Settings],
+) -> None:
+    from click.testing import CliRunner
+
+    from strongroom.cli import main
+
+    runner = CliRunner()
+
+    def wallet(*args: str) -> tuple[int, str, str]:
+        done = runner.invoke(main, ["wallet", *args, "--chain", "bitcoin"], catch_exceptions=False)
+        return done.exit_code, done.stdout, done.stderr
+
+    code, out, _ = wallet("limits", "BTC", "--floor", "100000", "--target", "300000", "--ceiling", "500000")
+    assert code == 0 and json.loads(out)["limits"]["target_minor"] == "300000"
+    code, _, err = wallet("limits", "BTC", "--floor", "5", "--target", "1", "--ceiling", "9")
+    assert code == 1 and json.loads(err)["error"] == "invalid_amount"
+    code, _, err = wallet("limits", "BTC", "--floor", "5")
+    assert code == 2 and "together" in err
+    code, _, err = wallet("sweep", "BTC", "5000")  # the hot wallet holds nothing yet
+    assert code == 1 and json.loads(err)["code"] == 4404
+    code, out, _ = wallet("rebalance", "BTC")  # below the floor: a refill proposal
+    refill = json.loads(out)["result"]
+    assert code == 0 and refill["id"].startswith("refill:BTC:") and refill["amount"] == "300000"
+    assert refill["subject"]["policy_id"] == "treasury-refill"
+    code, out, _ = wallet("list")
+    assert {w["temperature"] for w in json.loads(out)} == {"hot", "deposit", "cold"}
+    done = runner.invoke(main, ["wallet", "freezes"], catch_exceptions=False)
+    assert done.exit_code == 0 and json.loads(done.stdout) == []
