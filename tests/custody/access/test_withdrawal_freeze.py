@@ -36,3 +36,33 @@ def test_withdrawal_after_freeze_lifted_by_two_admins_goes_through(alice: Signed
         lifted = freezes.lift(session, "reorg:test:alice", admins=("root", "root2"), now_ms=2)
     assert lifted is not None and lifted.lifted_by == "root,root2"
     assert withdraw(alice, SMALL_BTC).status_code == 201
+
+
+def test_dispatcher_holds_back_approved_withdrawal_of_frozen_owner(alice: SignedClient, app: Flask) -> None:
+    from typing import Any
+
+    from custody.withdrawals.dispatch import WithdrawalDispatcher
+    from custody.withdrawals.service import WithdrawalInput
+
+    from .helpers import access
+    from .test_withdrawals_api import ADDRESS
+
+    whitelist(alice)
+    withdrawals = access(app).withdrawals
+    user = access(app).users.find_user("alice")
+    assert user is not None
+    view = withdrawals.create(user, WithdrawalInput("BTC", SMALL_BTC, ADDRESS), "wd_frozen")
+    assert view.state == "approved"
+    _freeze(app, "alice")  # the deposit behind it left the chain after the approval
+
+    class Executor:  # nothing may be sent: it records any attempt
+        def execute(self, *args: Any) -> Any:
+            raise AssertionError(f"the dispatcher sent {args[0]} for a frozen owner")
+
+        def get(self, transfer_id: str) -> Any:
+            raise AssertionError("no transaction was ever made")
+
+    dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], Executor(),  # type: ignore[arg-type]
+                                      ["BTC"], alice.clock, app.extensions["strongroom.ledger"])
+    assert dispatcher.run().dispatched == []
+    assert withdrawals.get("wd_frozen").state == "approved"
