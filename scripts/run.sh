@@ -10,7 +10,7 @@ export STRONGROOM_DATA_DIR
 mkdir -p "$STRONGROOM_DATA_DIR/devnet"
 chmod 700 "$STRONGROOM_DATA_DIR"
 
-devnet_args=()
+devnet_args=(--eth-port "${STRONGROOM_DEVNET_ETH_PORT:-8545}" --btc-port "${STRONGROOM_DEVNET_BTC_PORT:-18443}")
 if ! scripts/install-node-deps.sh >"$STRONGROOM_DATA_DIR/devnet/install-node-deps.log" 2>&1; then
   if ! node_modules/.bin/anvil --version >/dev/null 2>&1; then
     echo "run: anvil could not be installed (see $STRONGROOM_DATA_DIR/devnet/install-node-deps.log);" \

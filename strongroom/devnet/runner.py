@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,7 @@ def _password(directory: Path) -> str:
     """Return the devnet's Bitcoin RPC password, created once (owner-only file)."""
     path = directory / "rpc-password"
     if not path.exists():
-        path.write_text(secrets.token_hex(16))
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(16))
     return path.read_text().strip()
