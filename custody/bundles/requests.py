@@ -23,7 +23,6 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from custody.access import security_log
 from custody.access.approvers import load_registry
 from custody.bundles.chains import BundleChains, ColdRequest
 from custody.bundles.codes import BundleCode, BundleError
@@ -32,7 +31,9 @@ from custody.ledger.entry import AccountKind
 from custody.wallets import treasury
 from custody.wallets.models import RefillProposal, Wallet, WalletAddress
 from custody.wallets.wallet import Temperature, WalletRegistry
+from custody.withdrawals import lifecycle
 from custody.withdrawals import service as withdrawals
+from custody.withdrawals.lifecycle import Event, Kind
 from custody.withdrawals.models import WithdrawalApprovalRow, WithdrawalRequest
 from policies.approval import ApprovalSubject, SubjectKind, current_approvals
 from policies.quorum import QuorumRequirement, QuorumResult, verify_quorum
@@ -124,7 +125,7 @@ class WithdrawalSource:
     """Cold-source withdrawals (custody.withdrawals)."""
 
     kind = SubjectKind.WITHDRAWAL
-    _STAGES = {
+    _STAGES: dict[str, str] = {
         withdrawals.APPROVED: EXPORTABLE,
         withdrawals.AWAITING_SIGNATURE: EXPORTED,
         withdrawals.BROADCASTING: IN_FLIGHT,
@@ -195,23 +196,10 @@ class WithdrawalSource:
     def move(self, session: Session, request_id: str, stage: str, reason: str, now_ms: int) -> None:
         row = session.get(WithdrawalRequest, request_id, with_for_update=True)
         assert row is not None, f"withdrawal {request_id} vanished"
-        target = {
-            EXPORTED: withdrawals.AWAITING_SIGNATURE,
-            IN_FLIGHT: withdrawals.BROADCASTING,
-            "completed": withdrawals.COMPLETED,
-            "failed": withdrawals.FAILED,
-        }[stage]
-        if row.state == target:
-            return
-        row.state, row.updated_ms = target, now_ms
-        if target in (withdrawals.COMPLETED, withdrawals.FAILED):
-            row.closed_by, row.close_reason = "system", reason[:256]
-        security_log.append(
-            session,
-            at_ms=now_ms,
-            actor="system",
-            action=f"withdrawal.{target}",
-            subject=request_id,
+        closing = stage in ("completed", "failed")
+        lifecycle.transition(
+            session, Kind.WITHDRAWAL, request_id, row.state, _EVENTS[stage], actor="system", now_ms=now_ms,
+            values={"closed_by": "system", "close_reason": reason[:256]} if closing else None,
             details={"reason": reason},
         )
 
@@ -277,23 +265,14 @@ class RefillSource:
     def move(self, session: Session, request_id: str, stage: str, reason: str, now_ms: int) -> None:
         row = session.get(RefillProposal, request_id, with_for_update=True)
         assert row is not None, f"refill {request_id} vanished"
-        target = {
-            EXPORTED: treasury.AWAITING_SIGNATURE,
-            IN_FLIGHT: treasury.BROADCASTING,
-            "completed": treasury.COMPLETED,
-            "failed": treasury.FAILED,
-        }[stage]
-        if row.status == target:
-            return
-        row.status, row.updated_ms = target, now_ms
-        security_log.append(
-            session,
-            at_ms=now_ms,
-            actor="system",
-            action=f"refill.{target}",
-            subject=request_id,
+        lifecycle.transition(
+            session, Kind.REFILL, request_id, row.status, _EVENTS[stage], actor="system", now_ms=now_ms,
             details={"reason": reason},
         )
+
+
+# What a bundle stage means to the request's lifecycle (custody.withdrawals.lifecycle).
+_EVENTS = {EXPORTED: Event.EXPORT, IN_FLIGHT: Event.SIGNED, "completed": Event.CONFIRM, "failed": Event.FAIL}
 
 
 def _no_terms(asset: str) -> str:

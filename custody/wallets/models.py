@@ -3,7 +3,7 @@ nonces, refill proposals and their signed approvals, and reconciliation runs."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from custody.db import Base
@@ -172,7 +172,15 @@ class RefillProposal(Base):
     """A proposal to move funds cold -> hot; needs treasury approvals, then the offline signer."""
 
     __tablename__ = "wallet_refill_proposals"
-    __table_args__ = (Index("ix_wallet_refill_proposals_status", "status"),)
+    __table_args__ = (
+        Index("ix_wallet_refill_proposals_status", "status"),
+        # custody.withdrawals.lifecycle.RefillState (SQLite: triggers, migration 0014_lifecycle_states).
+        CheckConstraint(
+            "status IN ('proposed', 'awaiting_signer', 'awaiting_signature', 'broadcasting', "
+            "'completed', 'failed')",
+            name="status",
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(RECORD_ID_MAX_LEN), primary_key=True)
     chain: Mapped[str] = mapped_column(String(CHAIN_MAX_LEN))

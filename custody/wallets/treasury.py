@@ -38,6 +38,8 @@ from custody.wallets.withdrawal_executor import (
     TransactionView,
     WithdrawalExecutor,
 )
+from custody.withdrawals import lifecycle
+from custody.withdrawals.lifecycle import Event, Kind
 from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms, current_approvals
 from policies.policy_document import Allow, PolicyDocument, WalletTemperature
 from policies.policy_json import parse_policy_object
@@ -373,9 +375,12 @@ class Treasury:
             met = self._add_signed(session, row, approval, now_ms, terms.get(row.asset))
             approvals.append({"approver": approver, "at_ms": now_ms, "signed": True})
             row.approvals = json.dumps(approvals)
-            if met:
-                row.status = AWAITING_SIGNER
             row.updated_ms = now_ms
+            if met and row.status == PROPOSED:
+                lifecycle.transition(
+                    session, Kind.REFILL, row.id, PROPOSED, Event.QUORUM_MET, actor="system", now_ms=now_ms,
+                    details={"approvers": sorted({a["approver"] for a in approvals if a.get("signed")})},
+                )
         return _refill(row, terms.get(row.asset))
 
     def _add_signed(

@@ -23,6 +23,8 @@ class WithdrawalCode(IntEnum):
     WITHDRAWAL_ID_RELEASED = 4111
     ACCOUNT_FROZEN = 4112
     WITHDRAWALS_HALTED = 4120
+    # custody.withdrawals.lifecycle: the event does not apply to the state, or another change won.
+    WITHDRAWAL_STATE_CONFLICT = 4125
 
     @property
     def error(self) -> str:
@@ -40,6 +42,7 @@ WITHDRAWAL_STATUS: dict[WithdrawalCode, int] = {
     WithdrawalCode.WITHDRAWAL_ID_RELEASED: 409,
     WithdrawalCode.ACCOUNT_FROZEN: 423,
     WithdrawalCode.WITHDRAWALS_HALTED: 423,
+    WithdrawalCode.WITHDRAWAL_STATE_CONFLICT: 409,
 }
 
 

@@ -24,14 +24,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody import freezes, withdrawal_halts
-from custody.access import security_log
 from custody.ledger.entry import TransferKind
 from custody.ledger.posting import REFERENCE_MAX_LEN, TransferRequest
 from custody.ledger.service import Ledger
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.withdrawal_executor import TxStatus, WithdrawalExecutor
+from custody.withdrawals import lifecycle
+from custody.withdrawals.lifecycle import Event, Kind
 from custody.withdrawals.models import WithdrawalRequest
-from custody.withdrawals.service import APPROVED, BROADCASTING, COMPLETED, FAILED, hold_is_live
+from custody.withdrawals.service import APPROVED, BROADCASTING, FAILED, hold_is_live
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class WithdrawalDispatcher:
         for row_id in self._ids(BROADCASTING, limit):
             status = self._status(row_id)
             if status is TxStatus.CONFIRMED:
-                self._move(row_id, BROADCASTING, COMPLETED, "transaction confirmed")
+                self._move(row_id, BROADCASTING, Event.CONFIRM, "transaction confirmed")
                 completed.append(row_id)
             elif status is TxStatus.FAILED:
                 failed.append(row_id)
@@ -89,7 +90,7 @@ class WithdrawalDispatcher:
             # Claimed, then the process stopped before execute() recorded anything: do it now.
             status = self._execute(row_id)
         if status is TxStatus.FAILED:
-            self._move(row_id, BROADCASTING, FAILED, "transaction failed; hold returned")
+            self._move(row_id, BROADCASTING, Event.FAIL, "transaction failed; hold returned")
         return status
 
     def _execute(self, row_id: str) -> TxStatus:
@@ -108,7 +109,7 @@ class WithdrawalDispatcher:
             self._ledger.submit([TransferRequest(id=f"{row_id}:void", kind=TransferKind.VOID, pending_id=hold,
                                                  reference=reason[:REFERENCE_MAX_LEN])],
                                 actor="service:withdrawal-dispatch")
-            self._move(row_id, BROADCASTING, FAILED, f"refused by the hot wallet: {exc.message}"[:256])
+            self._move(row_id, BROADCASTING, Event.FAIL, f"refused by the hot wallet: {exc.message}"[:256])
             return TxStatus.FAILED
 
     def _ids(self, state: str, limit: int) -> list[str]:
@@ -129,14 +130,15 @@ class WithdrawalDispatcher:
                 return False  # withdrawals of its chain (or all) are halted: it waits, its hold intact
         # Claim first: once broadcasting, nothing can void the hold behind the executor's back.
         # The claim checks the hold is live: coins are never sent for funds nobody holds.
-        if not self._move(row_id, APPROVED, BROADCASTING, "handed to the hot wallet", require_live_hold=True):
+        handed = "handed to the hot wallet"
+        if not self._move(row_id, APPROVED, Event.DISPATCH, handed, require_live_hold=True):
             return False
         # execute() persists its record before any chain call and is idempotent by id,
         # so a crash here is repaired by the next round (see _status).
         self._execute(row_id)
         return True
 
-    def _move(self, row_id: str, from_state: str, to_state: str, reason: str,
+    def _move(self, row_id: str, from_state: str, event: Event, reason: str,
               *, require_live_hold: bool = False) -> bool:
         now_ms = self._clock()
         with self._sessions.begin() as session:
@@ -144,16 +146,19 @@ class WithdrawalDispatcher:
             if row is None or row.state != from_state:
                 return False
             if require_live_hold and not hold_is_live(session, row.hold_transfer_id):
-                row.state, row.updated_ms = FAILED, now_ms
-                row.closed_by, row.close_reason = "system", "not sent: its ledger hold is not live"
-                security_log.append(session, at_ms=now_ms, actor="system", action="withdrawal.hold_not_live",
-                                    subject=row_id, outcome=FAILED, details={"hold": row.hold_transfer_id})
+                lifecycle.transition(
+                    session, Kind.WITHDRAWAL, row_id, from_state, Event.FAIL, actor="system", now_ms=now_ms,
+                    values={"closed_by": "system", "close_reason": "not sent: its ledger hold is not live"},
+                    action="withdrawal.hold_not_live", outcome=FAILED, details={"hold": row.hold_transfer_id},
+                )
                 log.error("withdrawal %s not sent: hold %s is not live", row_id, row.hold_transfer_id)
                 return False
-            row.state, row.updated_ms = to_state, now_ms
-            if to_state in (COMPLETED, FAILED):
-                row.closed_by, row.close_reason = "system", reason
-            security_log.append(session, at_ms=now_ms, actor="system", action=f"withdrawal.{to_state}",
-                                subject=row_id, details={"reason": reason})
+            closing = event in (Event.CONFIRM, Event.FAIL)
+            moved = lifecycle.transition(
+                session, Kind.WITHDRAWAL, row_id, from_state, event, actor="system", now_ms=now_ms,
+                values={"closed_by": "system", "close_reason": reason} if closing else None,
+                details={"reason": reason},
+            )
+        to_state = moved.to_state
         log.info("withdrawal %s: %s -> %s", row_id, from_state, to_state)
         return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from custody.db import Base
@@ -37,6 +37,12 @@ class WithdrawalRequest(Base):
         Index("ix_withdrawal_requests_username_created", "username", "created_ms"),
         Index("ix_withdrawal_requests_state", "state"),
         Index("ix_withdrawal_requests_created", "created_ms"),
+        # custody.withdrawals.lifecycle.WithdrawalState (SQLite: triggers, migration 0014_lifecycle_states).
+        CheckConstraint(
+            "state IN ('pending_approval', 'delayed', 'approved', 'rejected', 'cancelled', 'blocked', "
+            "'awaiting_signature', 'broadcasting', 'completed', 'failed')",
+            name="state",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(WITHDRAWAL_ID_MAX_LEN), primary_key=True)

@@ -1,6 +1,7 @@
 """Withdrawal requests: hold the funds, let the policy decide, collect signed approvals.
 
-State machine (docs/api.md draws it)::
+State machine (docs/api.md draws it; custody.withdrawals.lifecycle holds the table and is
+the only writer of the state column)::
 
     create --block--> blocked                      (hold voided)
            --allow--> approved                     (then custody.withdrawals.dispatch)
@@ -44,7 +45,10 @@ from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.models import LedgerAccount, LedgerTransfer
 from custody.ledger.posting import REFERENCE_MAX_LEN, TransferRequest
 from custody.ledger.service import Ledger, ResultStatus
+from custody.withdrawals import lifecycle
 from custody.withdrawals.codes import WithdrawalCode, WithdrawalError
+from custody.withdrawals.lifecycle import Event, Kind
+from custody.withdrawals.lifecycle import WithdrawalState as State
 from custody.withdrawals.models import WhitelistAddress, WithdrawalApprovalRow, WithdrawalRequest
 from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms, current_approvals
 from policies.identifier import MAX_ADDRESS_CHARS, is_identifier
@@ -58,12 +62,13 @@ from policies.withdrawal_policy import Decision, Destination, WithdrawalContext,
 log = logging.getLogger(__name__)
 
 PLATFORM_OWNER = "platform"
-PENDING_APPROVAL, DELAYED, APPROVED = "pending_approval", "delayed", "approved"
-REJECTED, CANCELLED, BLOCKED = "rejected", "cancelled", "blocked"
+# The states and every move between them: custody.withdrawals.lifecycle.
+PENDING_APPROVAL, DELAYED, APPROVED = State.PENDING_APPROVAL, State.DELAYED, State.APPROVED
+REJECTED, CANCELLED, BLOCKED = State.REJECTED, State.CANCELLED, State.BLOCKED
 # On chain (custody.withdrawals.dispatch): handed to the hot wallet, then final.
-BROADCASTING, COMPLETED, FAILED = "broadcasting", "completed", "failed"
+BROADCASTING, COMPLETED, FAILED = State.BROADCASTING, State.COMPLETED, State.FAILED
 # Cold source (custody.bundles): an unsigned bundle is out at the offline signer.
-AWAITING_SIGNATURE = "awaiting_signature"
+AWAITING_SIGNATURE = State.AWAITING_SIGNATURE
 OPEN_STATES = frozenset({PENDING_APPROVAL, DELAYED})
 # Withdrawals that count toward velocity limits: requested and not refused, withdrawn or
 # failed on chain (a failed transaction returned the funds).
@@ -381,11 +386,13 @@ class Withdrawals:
             created_ms=now_ms,
             delays_served="",
         )
-        _apply_decision(row, decision, now_ms)
+        event = _apply_decision(row, decision, now_ms)
         refused = None if self.screen is None else self.screen(
             session, user.username, request.asset, request.destination, f"withdrawal:{withdrawal_id}")
         if refused is not None:
-            row.state, row.closed_by, row.close_reason = BLOCKED, COMPLIANCE_ACTOR, refused[:256]
+            event = Event.BLOCK
+            row.closed_by, row.close_reason = COMPLIANCE_ACTOR, refused[:256]
+        row.state = lifecycle.initial_withdrawal_state(event)
         session.add(row)
         session.flush()
         if row.state == BLOCKED:
@@ -478,17 +485,14 @@ class Withdrawals:
                     WithdrawalCode.WITHDRAWAL_NOT_CANCELLABLE,
                     f"withdrawal {withdrawal_id} is {row.state} and cannot be {state}",
                 )
-            row.state, row.closed_by, row.close_reason, row.updated_ms = state, actor, reason, now_ms
-            # The hold is released in the same transaction: never a closed withdrawal holding funds.
-            self._void_hold_in(session, withdrawal_id, row.hold_transfer_id, state, f"user:{actor}")
-            security_log.append(
-                session,
-                at_ms=now_ms,
-                actor=actor,
-                action=f"withdrawal.{state}",
-                subject=withdrawal_id,
+            lifecycle.transition(
+                session, Kind.WITHDRAWAL, withdrawal_id, row.state,
+                Event.REJECT if state == REJECTED else Event.CANCEL,
+                actor=actor, now_ms=now_ms, values={"closed_by": actor, "close_reason": reason},
                 details={"reason": reason},
             )
+            # The hold is released in the same transaction: never a closed withdrawal holding funds.
+            self._void_hold_in(session, withdrawal_id, row.hold_transfer_id, state, f"user:{actor}")
             session.flush()
             return _view(session, row, self._terms(session, row))
 
@@ -538,13 +542,9 @@ class Withdrawals:
                 details={"approval_id": approval.approval_id, "key_id": approval.key_id},
             )
             if result.met:
-                row.state, row.updated_ms, row.closed_by = APPROVED, now_ms, actor.username
-                security_log.append(
-                    session,
-                    at_ms=now_ms,
-                    actor="system",
-                    action="withdrawal.approved",
-                    subject=withdrawal_id,
+                lifecycle.transition(
+                    session, Kind.WITHDRAWAL, withdrawal_id, PENDING_APPROVAL, Event.QUORUM_MET,
+                    actor="system", now_ms=now_ms, values={"closed_by": actor.username},
                     details={"approvers": sorted(result.approver_ids)},
                 )
             session.flush()
@@ -596,19 +596,15 @@ class Withdrawals:
                 velocity=_velocity(session, policy, row.username, row.asset, now_ms, exclude=row.id),
                 delays_served=served,
             )
-            _apply_decision(row, evaluate(policy, context), now_ms)
+            event = _apply_decision(row, evaluate(policy, context), now_ms)
             row.delays_served = ",".join(sorted(served))
-            if row.state == BLOCKED:
-                self._void_hold_in(session, row.id, row.hold_transfer_id, "blocked by policy", POLICY_ACTOR)
-            security_log.append(
-                session,
-                at_ms=now_ms,
-                actor="system",
-                action="withdrawal.release",
-                subject=row.id,
-                outcome=row.state,
+            moved = lifecycle.transition(
+                session, Kind.WITHDRAWAL, row.id, DELAYED, event, actor="system", now_ms=now_ms,
+                action="withdrawal.release", outcome=lifecycle.initial_withdrawal_state(event),
                 details={"rule_id": row.rule_id},
             )
+            if moved.to_state == BLOCKED:
+                self._void_hold_in(session, row.id, row.hold_transfer_id, "blocked by policy", POLICY_ACTOR)
             session.flush()
             return _view(session, row, self._terms(session, row))
 
@@ -740,7 +736,8 @@ def subject_json(subject: ApprovalSubject) -> dict[str, object]:
     }
 
 
-def _apply_decision(row: WithdrawalRequest, decision: Decision, now_ms: int) -> None:
+def _apply_decision(row: WithdrawalRequest, decision: Decision, now_ms: int) -> Event:
+    """Write ``decision`` into ``row`` (not its state); return the lifecycle event it is."""
     action = decision.action
     row.policy_id, row.policy_version = decision.policy_id, decision.policy_version
     row.policy_digest, row.rule_id = decision.policy_digest, decision.rule_id
@@ -748,15 +745,17 @@ def _apply_decision(row: WithdrawalRequest, decision: Decision, now_ms: int) -> 
     row.required_count, row.required_group, row.release_at_ms = 0, None, None
     row.updated_ms = now_ms
     if decision.refusal is not None:
-        row.state, row.closed_by, row.close_reason = BLOCKED, "policy", decision.refusal.message[:256]
-    elif isinstance(action, Allow):
-        row.state, row.closed_by = APPROVED, "policy"
-    elif isinstance(action, RequireApprovals):
-        row.state = PENDING_APPROVAL
+        row.closed_by, row.close_reason = "policy", decision.refusal.message[:256]
+        return Event.BLOCK
+    if isinstance(action, Allow):
+        row.closed_by = "policy"
+        return Event.ALLOW
+    if isinstance(action, RequireApprovals):
         row.required_count, row.required_group = action.requirement.count, action.requirement.group
-    else:
-        assert isinstance(action, Delay), f"unexpected action {action!r}"
-        row.state, row.release_at_ms = DELAYED, decision.release_at_ms
+        return Event.REQUIRE_APPROVALS
+    assert isinstance(action, Delay), f"unexpected action {action!r}"
+    row.release_at_ms = decision.release_at_ms
+    return Event.DELAY
 
 
 def _cancellable(row: WithdrawalRequest) -> bool:
