@@ -43,9 +43,11 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(database_url)
     factory = make_session_factory(engine)
     with factory.begin() as session:
-        session.add(User(username="alice", roles="trader", kyc_tier=1, created_ms=NOW_MS, disabled_ms=None))
+        session.add(User(username="alice", roles="trader", kyc_tier=1, created_ms=NOW_MS,
+                         disabled_ms=None))
         session.add(Wallet(id=1, name="cold-eth", chain="ethereum", temperature="cold", kek_name=None,
-                           sealed_seed=None, account_path=None, account_xpub=None, next_index=0, created_ms=NOW_MS))
+                           sealed_seed=None, account_path=None, account_xpub=None, next_index=0,
+                           created_ms=NOW_MS))
     yield factory
     engine.dispose()
 
@@ -61,9 +63,9 @@ def _insert(session: Session, kind: Kind, row_id: str, state: str) -> None:
         ))
     else:
         session.add(RefillProposal(
-            id=row_id, chain="ethereum", asset="ETH", amount_minor=10, source_wallet_id=1, destination="0xabc",
-            status=state, required_approvals=2, approvals="[]", proposed_by="bob", created_ms=NOW_MS,
-            updated_ms=NOW_MS,
+            id=row_id, chain="ethereum", asset="ETH", amount_minor=10, source_wallet_id=1,
+            destination="0xabc", status=state, required_approvals=2, approvals="[]", proposed_by="bob",
+            created_ms=NOW_MS, updated_ms=NOW_MS,
         ))
 
 
@@ -98,7 +100,9 @@ def test_lifecycle_every_state_and_event_moves_as_the_table_says_or_changes_noth
                 assert (_state(session, kind, row_id), _log_count(session)) == (state, logged)
         else:
             with sessions.begin() as session:
-                done = lifecycle.transition(session, kind, row_id, state, event, actor="system", now_ms=NOW_MS + 1)
+                done = lifecycle.transition(
+                    session, kind, row_id, state, event, actor="system", now_ms=NOW_MS + 1
+                )
             assert done.to_state == expected
             moved += 1
             with sessions() as session:
@@ -117,8 +121,8 @@ def test_lifecycle_event_from_a_state_the_row_has_left_is_refused_and_changes_no
         _insert(session, Kind.WITHDRAWAL, "w1", WithdrawalState.CANCELLED)
     with pytest.raises(WithdrawalError) as refusal, sessions.begin() as session:
         # The caller believes it is still pending approval: the UPDATE's WHERE finds no row.
-        lifecycle.transition(session, Kind.WITHDRAWAL, "w1", WithdrawalState.PENDING_APPROVAL, Event.QUORUM_MET,
-                             actor="system", now_ms=NOW_MS)
+        lifecycle.transition(session, Kind.WITHDRAWAL, "w1", WithdrawalState.PENDING_APPROVAL,
+                             Event.QUORUM_MET, actor="system", now_ms=NOW_MS)
     assert refusal.value.code == WithdrawalCode.WITHDRAWAL_STATE_CONFLICT
     with sessions() as session:
         assert _state(session, Kind.WITHDRAWAL, "w1") == WithdrawalState.CANCELLED
@@ -129,11 +133,11 @@ def test_lifecycle_table_has_only_known_states_and_final_states_have_no_way_out(
     for (state, _event), to in WITHDRAWAL_TRANSITIONS.items():
         assert isinstance(state, WithdrawalState) and isinstance(to, WithdrawalState)
     assert set(WITHDRAWAL_INITIAL.values()) <= set(WithdrawalState)
-    assert lifecycle.WITHDRAWAL_FINAL == {
+    assert {
         WithdrawalState.REJECTED, WithdrawalState.CANCELLED, WithdrawalState.BLOCKED,
         WithdrawalState.COMPLETED, WithdrawalState.FAILED,
-    }
-    assert lifecycle.REFILL_FINAL == {RefillState.COMPLETED, RefillState.FAILED}
+    } == lifecycle.WITHDRAWAL_FINAL
+    assert {RefillState.COMPLETED, RefillState.FAILED} == lifecycle.REFILL_FINAL
     for event in Event:
         if event in WITHDRAWAL_INITIAL:
             assert lifecycle.initial_withdrawal_state(event) == WITHDRAWAL_INITIAL[event]
