@@ -184,7 +184,7 @@ class RefillProposal(Base):
     __tablename__ = "wallet_refill_proposals"
     __table_args__ = (
         Index("ix_wallet_refill_proposals_status", "status"),
-        # custody.withdrawals.lifecycle.RefillState (SQLite: triggers, migration 0015_lifecycle_states).
+        # custody.withdrawals.lifecycle.RefillState (SQLite: triggers, migration 0016_lifecycle_states).
         CheckConstraint(
             "status IN ('proposed', 'awaiting_signer', 'awaiting_signature', 'broadcasting', "
             "'completed', 'failed')",

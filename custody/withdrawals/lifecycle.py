@@ -8,7 +8,7 @@ and the move are one statement: of two concurrent transitions from the same
 state exactly one matches a row, the other is refused), and appends the
 security-log event in the caller's transaction. A new withdrawal's first state
 comes from `initial_withdrawal_state`, from the same table. The database
-refuses any other value in the state column (migration 0015_lifecycle_states).
+refuses any other value in the state column (migration 0016_lifecycle_states).
 
 Withdrawals::
 

@@ -37,7 +37,7 @@ class WithdrawalRequest(Base):
         Index("ix_withdrawal_requests_username_created", "username", "created_ms"),
         Index("ix_withdrawal_requests_state", "state"),
         Index("ix_withdrawal_requests_created", "created_ms"),
-        # custody.withdrawals.lifecycle.WithdrawalState (SQLite: triggers, migration 0015_lifecycle_states).
+        # custody.withdrawals.lifecycle.WithdrawalState (SQLite: triggers, migration 0016_lifecycle_states).
         CheckConstraint(
             "state IN ('pending_approval', 'delayed', 'approved', 'rejected', 'cancelled', 'blocked', "
             "'awaiting_signature', 'broadcasting', 'completed', 'failed')",

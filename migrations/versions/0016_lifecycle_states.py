@@ -1,7 +1,7 @@
 """lifecycle states: the database refuses a withdrawal or refill state the lifecycle does not know
 
-Revision ID: 0015_lifecycle_states
-Revises: 0014_compliance
+Revision ID: 0016_lifecycle_states
+Revises: 0015_withdrawal_halts
 Create Date: 2026-12-02 00:05:00
 
 custody/withdrawals/lifecycle.py is the only writer of these columns; this is
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0015_lifecycle_states"
-down_revision: str | Sequence[str] | None = "0014_compliance"
+revision: str = "0016_lifecycle_states"
+down_revision: str | Sequence[str] | None = "0015_withdrawal_halts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
