@@ -1,0 +1,123 @@
+"""``strongroom engine-worker`` and ``strongroom settlement-worker``: the scale-out processes.
+
+See docs/scale-out.md. Run one engine worker per market (plus standbys with
+the same market) and one settlement worker, all pointed at the same NATS
+JetStream cluster. SIGTERM/SIGINT stop a worker cleanly (it releases its
+lease so a standby takes over at once); SIGKILL leaves the lease to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+
+import click
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+
+
+def _urls(value: str) -> list[str]:
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+@click.command("engine-worker")
+@click.option("--market", required=True, help="Market symbol, e.g. BTC-PERP.")
+@click.option("--nats", "nats_urls", default=DEFAULT_NATS, show_default=True,
+              help="Comma-separated NATS server URLs.")
+@click.option("--name", default=None, help="Worker name in the lease (default: host:pid).")
+@click.option("--replicas", type=int, default=3, show_default=True,
+              help="Replicas of the streams and buckets it creates if absent.")
+@click.option("--tick-size", type=int, default=1, show_default=True)
+@click.option("--lot-size", type=int, default=1, show_default=True)
+@click.option("--min-qty", type=int, default=1, show_default=True)
+@click.option("--max-qty", type=int, default=1_000_000_000, show_default=True)
+@click.option("--band-bps", type=int, default=None)
+@click.option("--snapshot-every", type=int, default=10_000, show_default=True)
+def engine_worker(market: str, nats_urls: str, name: str | None, replicas: int, tick_size: int,
+                  lot_size: int, min_qty: int, max_qty: int, band_bps: int | None,
+                  snapshot_every: int) -> None:
+    """Lead or stand by for one market's matching engine over NATS JetStream."""
+    import nats
+
+    from exchange.engine.instrument import Instrument
+    from exchange.stream.topology import check_symbol, ensure_topology
+    from exchange.stream.worker import Fenced, run_worker
+
+    try:
+        instrument = Instrument(symbol=check_symbol(market), tick_size=tick_size,
+                                lot_size=lot_size, min_qty=min_qty, max_qty=max_qty,
+                                band_bps=band_bps)
+        instrument.check()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def main() -> dict[str, int]:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        nc = await nats.connect(servers=_urls(nats_urls))
+        await ensure_topology(nc.jetstream(), [market], replicas)
+        await nc.close()
+        stats = await run_worker(_urls(nats_urls), instrument, name=worker_name,
+                                 snapshot_every=snapshot_every, stop=stop)
+        return stats.__dict__
+
+    try:
+        click.echo(json.dumps({"market": market, "worker": worker_name, **asyncio.run(main())}))
+    except Fenced as exc:
+        # Exit non-zero so a supervisor restarts this worker as a standby.
+        click.echo(f"engine-worker: fenced: {exc}", err=True)
+        raise SystemExit(3) from None
+
+
+@click.command("settlement-worker")
+@click.option("--nats", "nats_urls", default=DEFAULT_NATS, show_default=True,
+              help="Comma-separated NATS server URLs.")
+@click.option("--asset", default="USDC", show_default=True)
+@click.option("--taker-fee-ppm", type=int, default=500, show_default=True)
+@click.option("--maker-fee-ppm", type=int, default=200, show_default=True)
+def settlement_worker(nats_urls: str, asset: str, taker_fee_ppm: int, maker_fee_ppm: int) -> None:
+    """Write fee postings of every market's engine events to the ledger (STRONGROOM_DATABASE_URL)."""
+    import nats
+
+    from custody.db import make_engine, make_session_factory
+    from custody.ledger.service import Ledger
+    from exchange.stream.settlement import FeeSchedule, Settlement, run_settlement
+    from strongroom.settings import Settings
+
+    try:
+        fees = FeeSchedule(asset, taker_fee_ppm, maker_fee_ppm)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    settings = Settings.from_env()
+    settlement = Settlement(Ledger(make_session_factory(make_engine(settings.database_url))), fees)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        nc = await nats.connect(servers=_urls(nats_urls), max_reconnect_attempts=-1)
+        try:
+            await run_settlement(nc.jetstream(), settlement, stop)
+        finally:
+            await nc.close()
+
+    asyncio.run(main())
+    click.echo(json.dumps(settlement.stats.__dict__))
+
+
+def register(main: click.Group) -> None:
+    """Add the scale-out worker commands to the ``strongroom`` CLI."""
+    main.add_command(engine_worker)
+    main.add_command(settlement_worker)
