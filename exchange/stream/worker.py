@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
@@ -61,11 +61,13 @@ log = logging.getLogger("strongroom.engine_worker")
 BATCH_MAX_COMMANDS = 256
 FETCH_TIMEOUT_S = 0.25
 PUBLISH_TIMEOUT_S = 5.0
-PUBLISH_ATTEMPTS = 5
+PUBLISH_DEADLINE_S = 30.0
+PUBLISH_RETRY_S = 0.2
 DEFAULT_SNAPSHOT_EVERY = 10_000
 # Event batches are split before they reach the stream's message size limit.
 BATCH_MAX_BYTES = MAX_MSG_BYTES // 2
 WRONG_LAST_SEQUENCE = (10071, 10164)
+STALL_CHECK_S = 1.0
 
 
 class Fenced(Exception):
@@ -84,6 +86,14 @@ class WorkerStats:
     processed: int = 0
     batches: int = 0
     snapshots: int = 0
+    terms_lost: int = 0
+
+    def add(self, other: WorkerStats) -> None:
+        """Add the counters of one term of leadership."""
+        self.replayed += other.replayed
+        self.processed += other.processed
+        self.batches += other.batches
+        self.snapshots += other.snapshots
 
 
 class EngineWorker:
@@ -107,14 +117,16 @@ class EngineWorker:
         self.stats = WorkerStats()
         self._lease_revision = 0
         self._lease_lost = asyncio.Event()
+        self._last_stall_check = 0.0
 
     # -- leadership -----------------------------------------------------------------------
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until this worker holds the market's lease (True) or `stop` is set (False)."""
-        kv = await lease_bucket(self.js)
+        kv: KeyValue | None = None
         while not stop.is_set():
             try:
+                kv = kv or await lease_bucket(self.js)
                 self._lease_revision = await kv.create(self.symbol, self.name.encode())
                 log.info("worker %s leads %s", self.name, self.symbol)
                 return True
@@ -180,12 +192,40 @@ class EngineWorker:
         return await self.js.pull_subscribe(command_subject(self.symbol),
                                             stream=command_stream(self.symbol), config=config)
 
+    async def _resubscribe(
+        self, sub: JetStreamContext.PullSubscription
+    ) -> JetStreamContext.PullSubscription:
+        with contextlib.suppress(NatsError):
+            await sub.unsubscribe()
+        while True:
+            try:
+                return await self._subscribe()
+            except NatsError as exc:
+                log.warning("resubscribing %s failed: %s", self.symbol, exc)
+                await asyncio.sleep(FETCH_TIMEOUT_S)
+
+    async def _consumer_stuck(self) -> bool:
+        """Tell whether the stream holds commands our (idle) consumer does not deliver.
+
+        The ephemeral consumer lives on one server; when that server dies the fetches
+        only time out, which looks like an idle market. Checked at most once a second.
+        """
+        now = time.monotonic()
+        if now - self._last_stall_check < STALL_CHECK_S:
+            return False
+        self._last_stall_check = now
+        try:
+            info = await self.js.stream_info(command_stream(self.symbol))
+        except NatsError:
+            return False
+        return info.state.last_seq > self.seq
+
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[tuple[int, bytes]]:
         try:
             msgs = await sub.fetch(BATCH_MAX_COMMANDS, timeout=FETCH_TIMEOUT_S)
-        except NatsTimeoutError:
+        except TimeoutError:  # nats' own and, on some paths, asyncio's: nothing new
             return []
-        out = []
+        out: list[tuple[int, bytes]] = []
         for msg in msgs:
             seq = msg.metadata.sequence.stream
             if seq <= self.seq + len(out):
@@ -222,7 +262,10 @@ class EngineWorker:
     async def _publish_one(self, batch: EventBatch, data: bytes) -> None:
         headers = {"Nats-Msg-Id": batch_msg_id(batch),
                    "Nats-Expected-Last-Subject-Sequence": str(self.events_subject_seq)}
-        for attempt in range(PUBLISH_ATTEMPTS):
+        deadline = time.monotonic() + PUBLISH_DEADLINE_S
+        attempt = 0
+        while True:
+            attempt += 1
             if self._lease_lost.is_set():
                 raise Fenced(f"{self.name} lost the lease of {self.symbol}")
             try:
@@ -233,16 +276,21 @@ class EngineWorker:
                 if exc.err_code in WRONG_LAST_SEQUENCE:
                     raise Fenced(f"{self.symbol}: another worker published events") from None
                 log.warning("publish of %s failed (attempt %d): %s", batch_msg_id(batch),
-                            attempt + 1, exc)
-            except NatsTimeoutError:
-                # Retrying with the same Nats-Msg-Id is safe: a stored copy is not stored twice.
-                log.warning("publish of %s timed out (attempt %d)", batch_msg_id(batch), attempt + 1)
+                            attempt, exc)
+            except NatsError as exc:
+                # No response or a timeout (e.g. the stream is electing a new leader after a
+                # node loss). Retrying with the same Nats-Msg-Id is safe: a copy that was
+                # stored after all is not stored twice.
+                log.warning("publish of %s: %s (attempt %d)", batch_msg_id(batch),
+                            type(exc).__name__, attempt)
             else:
                 self.events_subject_seq = ack.seq
                 self.published_seq = batch.last_seq
                 self.stats.batches += 1
                 return
-        raise TimeoutError(f"events of {self.symbol} could not be published")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"events of {self.symbol} could not be published")
+            await asyncio.sleep(PUBLISH_RETRY_S)
 
     async def snapshot(self) -> None:
         """Store the book after `self.seq` (only ever at or behind published events)."""
@@ -273,9 +321,14 @@ class EngineWorker:
                     # The ephemeral consumer went away (node loss): read on from where we are.
                     log.warning("consumer of %s reset: %s", self.symbol, exc)
                     await asyncio.sleep(FETCH_TIMEOUT_S)
-                    sub = await self._subscribe()
+                    sub = await self._resubscribe(sub)
                     continue
                 if not commands:
+                    if await self._consumer_stuck():
+                        log.warning("consumer of %s stalled at %d: resubscribing",
+                                    self.symbol, self.seq)
+                        sub = await self._resubscribe(sub)
+                        continue
                     await self.snapshot()  # idle: bring the snapshot up to date
                     continue
                 replay_end = self.published_seq
@@ -294,30 +347,46 @@ class EngineWorker:
 
     async def release(self) -> None:
         """Give the lease up (clean shutdown), so a standby need not wait for it to expire."""
-        kv = await lease_bucket(self.js)
-        with contextlib.suppress(NatsError):
+        with contextlib.suppress(NatsError, TimeoutError):
+            kv = await lease_bucket(self.js)
             await kv.delete(self.symbol, last=self._lease_revision)
 
 
 async def run_worker(urls: list[str], instrument: Instrument, *, name: str,
                      snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
                      stop: asyncio.Event | None = None) -> WorkerStats:
-    """Connect, wait for leadership of `instrument`'s market, lead until stopped or fenced."""
+    """Connect and serve `instrument`'s market until `stop`: stand by, lead, repeat.
+
+    A term of leadership ends when the worker is fenced, loses its lease (e.g. the
+    lease bucket was unreachable for longer than its TTL during a NATS node loss) or
+    cannot publish; the worker then drops its book and stands by again, so it takes
+    the market back (rebuilding from snapshot + stream) if no other worker did.
+    A corrupt stream or snapshot (StreamCorrupt) is not retried: it stops the worker.
+    """
     import nats
 
     stop = stop or asyncio.Event()
+    total = WorkerStats()
     nc = await nats.connect(servers=urls, name=f"engine-{instrument.symbol}-{name}",
                             max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         js = nc.jetstream()
-        worker = EngineWorker(nc, js, instrument, name=name, snapshot_every=snapshot_every)
-        if await worker.acquire(stop):
+        while not stop.is_set():
+            worker = EngineWorker(nc, js, instrument, name=name, snapshot_every=snapshot_every)
+            if not await worker.acquire(stop):
+                break
             try:
                 await worker.lead(stop)
                 await worker.snapshot()
+            except (Fenced, NatsError, TimeoutError) as exc:
+                log.warning("worker %s stops leading %s: %s: %s; standing by", name,
+                            instrument.symbol, type(exc).__name__, exc, exc_info=True)
+                total.terms_lost += 1
+                await asyncio.sleep(LEASE_RENEW_S)
             finally:
                 if stop.is_set():
                     await worker.release()
-        return worker.stats
+                total.add(worker.stats)
+        return total
     finally:
         await nc.close()

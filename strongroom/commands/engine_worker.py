@@ -51,7 +51,7 @@ def engine_worker(market: str, nats_urls: str, name: str | None, replicas: int, 
 
     from exchange.engine.instrument import Instrument
     from exchange.stream.topology import check_symbol, ensure_topology
-    from exchange.stream.worker import Fenced, run_worker
+    from exchange.stream.worker import run_worker
 
     try:
         instrument = Instrument(symbol=check_symbol(market), tick_size=tick_size,
@@ -73,12 +73,7 @@ def engine_worker(market: str, nats_urls: str, name: str | None, replicas: int, 
                                  snapshot_every=snapshot_every, stop=stop)
         return stats.__dict__
 
-    try:
-        click.echo(json.dumps({"market": market, "worker": worker_name, **asyncio.run(main())}))
-    except Fenced as exc:
-        # Exit non-zero so a supervisor restarts this worker as a standby.
-        click.echo(f"engine-worker: fenced: {exc}", err=True)
-        raise SystemExit(3) from None
+    click.echo(json.dumps({"market": market, "worker": worker_name, **asyncio.run(main())}))
 
 
 @click.command("settlement-worker")

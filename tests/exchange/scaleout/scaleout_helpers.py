@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 
 import msgspec
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -18,9 +20,26 @@ from exchange.engine.orderbook import OrderBook
 from exchange.stream.topology import EVENTS_STREAM, command_stream, command_subject, events_subject
 from exchange.stream.wire import EventBatch, batch_decoder
 
+READ_RETRY_S = 20.0
+
 
 async def read_all(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
-    """Return the bodies of every message of `subject` in `stream`, in stream order."""
+    """Return the bodies of every message of `subject` in `stream`, in stream order.
+
+    Retried while JetStream is unavailable (a stream or the meta leader being
+    re-elected after a node loss).
+    """
+    deadline = time.monotonic() + READ_RETRY_S
+    while True:
+        try:
+            return await _read_all(js, stream, subject)
+        except NatsError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+async def _read_all(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
     config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE,
                             mem_storage=True, num_replicas=1, inactive_threshold=10.0)
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
@@ -57,10 +76,13 @@ async def last_published(js: JetStreamContext, symbol: str) -> int:
 async def wait_published(js: JetStreamContext, symbol: str, seq: int, timeout_s: float) -> None:
     """Wait until the events of command `seq` are published."""
     deadline = time.monotonic() + timeout_s
-    while await last_published(js, symbol) < seq:
+    last = 0
+    while last < seq:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{symbol}: events up to {seq} not published; "
-                               f"last {await last_published(js, symbol)}")
+            raise TimeoutError(f"{symbol}: events up to {seq} not published; last {last}")
+        # A timeout: the stream is electing a new leader after a node loss.
+        with contextlib.suppress(NatsTimeoutError):
+            last = await last_published(js, symbol)
         await asyncio.sleep(0.05)
 
 
