@@ -1,8 +1,13 @@
-"""A 3-node JetStream cluster on localhost for the scale-out tests, started and removed here."""
+"""A 3-node JetStream cluster on localhost for the scale-out tests, started and removed here.
+
+pytest runs with --import-mode=importlib, which does not put test directories
+on sys.path: this adds ours so the tests import `scaleout_helpers`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +19,9 @@ from exchange.stream.cluster import LocalCluster
 from exchange.stream.topology import ensure_topology
 
 READY_TIMEOUT_S = 30.0
+_HERE = str(Path(__file__).parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
 
 
 async def _wait_ready(urls: list[str]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import nats
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scaleout_helpers import event_batches, order_flow, wait_published
 from sqlalchemy import func, select
@@ -143,6 +143,7 @@ def test_settlement_transfer_id_taken_with_other_amount_refused(
     assert missing.value.code is LedgerCode.TRANSFER_NOT_FOUND
 
 
+@settings(deadline=None, max_examples=50)
 @given(st.lists(st.lists(st.tuples(st.integers(1, 10**9), st.integers(1, 10**6)), max_size=5),
                 min_size=1, max_size=8))
 def test_fee_postings_any_trades_ids_unique_and_amounts_floored(
