@@ -120,7 +120,7 @@ def test_devnet_settle_then_reorg_freezes_alerts_and_corrects_on_both_chains(
     assert actors == {CORRECTION_ACTOR}
 
 
-@pytest.mark.parametrize("devnet", ["anvil"], indirect=True)
+@pytest.mark.parametrize("devnet", ["anvil", "facade"], indirect=True)
 def test_devnet_demo_lands_in_the_platform_ledger(devnet: tuple[Devnet, Settings]) -> None:
     from strongroom.commands.wallets import run_demo
 
