@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody import freezes
 from custody.access import security_log
 from custody.bundles.chains import BundleChain, BundleChains, Finished
 from custody.bundles.codes import BundleCode, BundleError
@@ -236,6 +237,11 @@ class ColdTransfers:
             opened = source.open(session, request_id, now_ms, lock=False)
             current = self._newest(session, kind, request_id)
             pending = self._pending(session, opened.source_wallet_id, exclude=current)
+            owner = opened.request.initiator_id
+            if kind == "withdrawal" and freezes.is_frozen(session, owner):
+                # A deposit of this owner left the chain after it was credited (docs/wallets.md).
+                raise BundleError(BundleCode.REQUEST_NOT_READY,
+                                  f"{owner}'s withdrawals are frozen pending review; not exported")
         if opened.stage == EXPORTED and current is not None and current.state == EXPORTED:
             if current.expires_at_ms > now_ms:
                 return Exported(_view(current), current.bundle)

@@ -260,3 +260,17 @@ def test_cold_withdrawal_subject_binds_chain_network_wallet_fee_cap_and_rule(wor
     )
     assert subject["rule_id"] == COLD_RULE
     assert subject["fee_cap_minor"] == str(21_000 * 500 * 10**9)  # Gas limit x the 500 gwei cap.
+
+
+def test_export_refuses_a_cold_withdrawal_of_a_frozen_owner(world: ColdWorld, app: Flask) -> None:
+    from custody import freezes
+
+    withdrawal_id = world.cold_withdrawal(AMOUNT)
+    with app.extensions["strongroom.sessions"].begin() as session:
+        freezes.freeze(session, freeze_id="reorg:test", owner="alice", reason="deposit reorged out",
+                       raised_by="service:deposit-watcher", now_ms=1)
+    with pytest.raises(BundleError) as info:
+        world.transfers.export("withdrawal", withdrawal_id)
+    assert info.value.code is BundleCode.REQUEST_NOT_READY and "frozen" in info.value.message
+    assert world.withdrawal_state(withdrawal_id) == "approved"
+    assert world.transfers.recent() == []
