@@ -4,6 +4,7 @@
     python benchmarks/risk_bench.py --skip-1m           # 10k and 100k only
     python benchmarks/risk_bench.py --orders 500000     # order-entry stream length
     python benchmarks/risk_bench.py --journal /tmp/j    # order entry also through the venue journal
+    python benchmarks/risk_bench.py --book-cancels      # also the old shortcut (cancels to the book)
 
 Mark tick: positions are spread over 10 perpetuals, 10 per account (so 100k
 positions = 10k accounts). 2 % of accounts run at ~83x leverage, the rest at
@@ -15,9 +16,13 @@ size). Executing them (cancel, book, ADL) is timed separately.
 
 Order entry: a seeded stream of limit orders around the mark (60 %),
 cancels (30 %) and market orders (10 %) from 1,000 funded accounts on one
-perpetual, each command through the pre-trade margin check, the book and
-the clearing of its fills; postings drained every 10,000 commands (the
-ledger write itself is the shell's, batched, and not timed here).
+perpetual, each command through the venue (``Venue.place`` / ``Venue.cancel``:
+the pre-trade margin check, the book, the clearing of its fills and the
+re-reservation of the accounts whose positions moved); postings drained
+every 10,000 commands (the ledger write itself is the shell's, batched, and
+not timed here). ``--book-cancels`` also runs the stream the way this script
+used to, cancels handed straight to the book and the clearing house (skipping
+the venue's checks and its after-fill pass), for comparison only.
 
 Not a pass/fail test.
 """
@@ -120,7 +125,7 @@ def bench_tick(positions: int) -> None:
           f"executing one (book + ADL) {execute_ms:7.1f} ms; setup {setup_s:5.1f} s")
 
 
-def bench_orders(count: int, seed: int, journal: Path | None = None) -> None:
+def bench_orders(count: int, seed: int, journal: Path | None = None, book_cancels: bool = False) -> None:
     venue = Venue(load_instruments(), record_fills=False)
     durable = None
     if journal is not None:
@@ -160,6 +165,7 @@ def bench_orders(count: int, seed: int, journal: Path | None = None) -> None:
             live.append(f"o{i}")
     book = venue.books[symbol]
     place = venue.place
+    cancel = venue.cancel
     rejected = 0
     gc.collect()
     gc.disable()
@@ -168,12 +174,12 @@ def bench_orders(count: int, seed: int, journal: Path | None = None) -> None:
         if type(cmd) is NewOrder:
             if place(symbol, cmd).code:
                 rejected += 1
-        elif durable is not None:
-            venue.cancel(symbol, cmd.id, None)  # type: ignore[attr-defined]
-        else:
+        elif book_cancels:
             ch.begin()
             book.process(cmd)  # type: ignore[arg-type]
             ch.apply(symbol, book.take_events())
+        else:
+            cancel(symbol, cmd.id, None)  # type: ignore[attr-defined]
         if n % 10_000 == 9_999:
             venue.drain()
             if durable is not None:
@@ -185,7 +191,8 @@ def bench_orders(count: int, seed: int, journal: Path | None = None) -> None:
     cpu = time.process_time() - c0
     gc.enable()
     print(f"  {count:,} commands in {elapsed:.2f} s = {count / elapsed:,.0f} commands/s "
-          f"(cpu {cpu:.2f} s = {count / cpu:,.0f} commands/s){' journaled' if durable else ''} "
+          f"(cpu {cpu:.2f} s = {count / cpu:,.0f} commands/s)"
+          f"{' journaled' if durable else ''}{' cancels to the book' if book_cancels else ''} "
           f"through risk + engine ({rejected:,} risk rejections, "
           f"{len(book.orders):,} resting at the end)")
 
@@ -195,17 +202,23 @@ def main() -> None:
     parser.add_argument("--skip-1m", action="store_true", help="skip the 1M-position run")
     parser.add_argument("--orders", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--only-orders", action="store_true", help="skip the mark-tick runs")
+    parser.add_argument("--book-cancels", action="store_true",
+                        help="also run order entry with cancels sent straight to the book (old shortcut)")
     parser.add_argument("--journal", type=Path, default=None,
                         help="also run order entry through a venue journal in this (new) directory")
     args = parser.parse_args()
     compiled = not str(orderbook_module.__file__).endswith(".py")
     print(f"engine core: {'compiled (mypyc)' if compiled else 'pure Python'}; "
           f"clearing house: pure Python ({Clearinghouse.__module__})")
-    print("mark tick, 1 % of accounts to liquidate:")
-    for positions in (10_000, 100_000) + (() if args.skip_1m else (1_000_000,)):
-        bench_tick(positions)
+    if not args.only_orders:
+        print("mark tick, 1 % of accounts to liquidate:")
+        for positions in (10_000, 100_000) + (() if args.skip_1m else (1_000_000,)):
+            bench_tick(positions)
     print("order entry with pre-trade margin check:")
     bench_orders(args.orders, args.seed)
+    if args.book_cancels:
+        bench_orders(args.orders, args.seed, book_cancels=True)
     if args.journal is not None:
         bench_orders(args.orders, args.seed, args.journal)
 

@@ -414,7 +414,7 @@ class Venue:
         index = self.indices[spec.underlying]
         # An underlying nobody ever quoted is marked directly (set_mark: tests, replays of old
         # journals); one that is fed must be fresh at the order's time, checked on every order.
-        if index.quotes and index.compute(now_ms).stale and not self._reduces(symbol, cmd):
+        if index.quotes and _index_stale(index, now_ms) and not self._reduces(symbol, cmd):
             cfg = index.config
             return RiskCode.INDEX_STALE, (
                 f"{spec.underlying} index is stale at {now_ms}: fewer than {cfg.min_sources} of "
@@ -584,8 +584,9 @@ class Venue:
         book = self.books[symbol]
         pos = ch.accounts[account].positions.get(symbol)
         size = 0 if pos is None else pos.size
-        ids = sorted(ch.order_index.get((account, symbol), ()))
-        live = [(self._oid(book, i), i) for i in ids if ch.orders[(symbol, i)].reduce_only]
+        orders = ch.orders
+        live = [(self._oid(book, i), i) for i in ch.order_index.get((account, symbol), ())
+                if orders[(symbol, i)].reduce_only]
         cmds: list[Any] = []
         room = {1: max(0, -size), -1: max(0, size)}
         for _, order_id in sorted(live):
@@ -1247,6 +1248,20 @@ class Venue:
         if self.tap is not None:
             self.tap.drained(events)
         return postings, events
+
+
+def _index_stale(index: IndexPrice, now_ms: int) -> bool:
+    """``index.compute(now_ms).stale`` without the median: fewer than min_sources fresh quotes.
+
+    Runs on every order; the same freshness rule as ``IndexPrice.compute``.
+    """
+    cfg = index.config
+    limit = cfg.staleness_ms
+    fresh = 0
+    for _, ts in index.quotes.values():
+        if 0 <= now_ms - ts <= limit:
+            fresh += 1
+    return fresh < cfg.min_sources
 
 
 def _journalable(account: str, amount: int) -> None:

@@ -390,16 +390,16 @@ class Clearinghouse:
             open_im = -(-opening * self._unit_im(spec, side > 0, mark) // cpu)
             freed = closing * self._unit_mm(spec, side < 0, mark) // cpu
         else:
-            lev = acct.leverage.get(spec.symbol, 0)
+            lev = acct.leverage.get(spec.symbol, 0) if acct.leverage else 0
             im_price = max(price, mark)
             open_im = 0
             if opening:
-                open_im = (linear_im(spec, (gross + opening) * im_price // cpu, lev)
-                           - linear_im(spec, gross * im_price // cpu, lev))
+                open_im = (_linear_im(spec, (gross + opening) * im_price // cpu, lev)
+                           - _linear_im(spec, gross * im_price // cpu, lev))
             freed = 0
             if closing:
-                freed = (linear_mm(spec, closable * mark // cpu)
-                         - linear_mm(spec, (closable - closing) * mark // cpu))
+                freed = (_linear_mm(spec, closable * mark // cpu)
+                         - _linear_mm(spec, (closable - closing) * mark // cpu))
         reserve = max(0, open_im - freed + loss + fee)
         return reserve, opening, closable - closing, gross + opening
 
@@ -407,7 +407,9 @@ class Clearinghouse:
         """Recompute the reservations of an account's live orders on ``symbol`` after its position moved.
 
         Closing capacity goes to reduce-only orders first, then by order id, so the
-        result depends only on the state (replay- and snapshot-stable).
+        result depends only on the state (replay- and snapshot-stable). Linear
+        instruments take the inlined arithmetic of ``_reservation`` (same integers;
+        tests/exchange/test_rereserve_fast.py checks it against the reference).
         """
         ids = self.order_index.get((account_id, symbol))
         acct = self.accounts.get(account_id)
@@ -415,10 +417,72 @@ class Clearinghouse:
             return
         spec = self.specs[symbol]
         pos = acct.positions[symbol]
-        orders = sorted((not self.orders[(symbol, i)].reduce_only, i) for i in ids)
+        orders = self.orders
+        ranked = sorted([(not res.reduce_only, i, res) for i in ids for res in (orders[(symbol, i)],)])
+        size = pos.size
+        if spec.is_option or not spec.tiers:
+            self._rereserve_generic(acct, spec, pos, ranked)
+            return
+        mark = self.marks[symbol]
+        cpu = spec.contracts_per_unit
+        fee_ppm = max(spec.taker_fee_ppm, 0)
+        fee_div = cpu * PPM
+        lev = acct.leverage.get(symbol, 0)
+        tiers = spec.tiers
+        t0 = tiers[0]
+        t0_max = t0.max_notional
+        t0_im = max(t0.im_ppm, lev)
+        t0_mm = t0.mm_ppm
+        one_tier = len(tiers) == 1
+        buy_closable, buy_gross = max(0, -size), max(0, size)
+        sell_closable, sell_gross = max(0, size), max(0, -size)
+        accounts = self.accounts
+        touched = self.touched
+        for _, _, res in ranked:
+            side, qty, price = res.side, res.qty, res.price
+            if side > 0:
+                closable, gross = buy_closable, buy_gross
+                loss = -(-(price - mark) * qty // cpu) if price > mark else 0
+            else:
+                closable, gross = sell_closable, sell_gross
+                loss = -(-(mark - price) * qty // cpu) if price < mark else 0
+            closing = qty if qty < closable else closable
+            opening = qty - closing
+            reserve = loss - (-qty * price * fee_ppm // fee_div)
+            if opening:
+                im_price = price if price > mark else mark
+                n1 = (gross + opening) * im_price // cpu
+                n0 = gross * im_price // cpu
+                if n1 <= t0_max or one_tier:
+                    reserve += -(-n1 * t0_im // PPM)
+                else:
+                    reserve += linear_im(spec, n1, lev)
+                if n0 <= t0_max or one_tier:
+                    reserve -= -(-n0 * t0_im // PPM)
+                else:
+                    reserve -= linear_im(spec, n0, lev)
+                gross += opening
+            if closing:
+                n1 = closable * mark // cpu
+                n0 = (closable - closing) * mark // cpu
+                reserve -= (n1 * t0_mm // PPM if n1 <= t0_max or one_tier else linear_mm(spec, n1))
+                reserve += (n0 * t0_mm // PPM if n0 <= t0_max or one_tier else linear_mm(spec, n0))
+                closable -= closing
+            if side > 0:
+                buy_closable, buy_gross = closable, gross
+            else:
+                sell_closable, sell_gross = closable, gross
+            im = reserve if reserve > 0 else 0
+            if im != res.im:
+                accounts[res.payer].order_im += im - res.im
+                res.im = im
+                touched.add(res.payer)
+
+    def _rereserve_generic(self, acct: Account, spec: InstrumentSpec, pos: Position,
+                           ranked: list[tuple[bool, str, OrderReservation]]) -> None:
+        """``rereserve`` through ``_reservation`` (options; the reference for linear instruments)."""
         state = {1: [max(0, -pos.size), max(0, pos.size)], -1: [max(0, pos.size), max(0, -pos.size)]}
-        for _, order_id in orders:
-            res = self.orders[(symbol, order_id)]
+        for _, _, res in ranked:
             closable, gross = state[res.side]
             im, _, closable, gross = self._reservation(acct, spec, pos, res.side, res.qty, res.price,
                                                        closable, gross)
@@ -1044,6 +1108,23 @@ def _account_state(acct: Account) -> AccountState:
                         [PositionState(s, p.size, p.cost, p.realised, p.open_buy, p.open_sell, p.order_im)
                          for s, p in sorted(acct.positions.items())],
                         dict(sorted(acct.leverage.items())))
+
+
+def _linear_im(spec: InstrumentSpec, notional: int, leverage_ppm: int) -> int:
+    """``linear_im`` with the first tier inline (the common case; same integer)."""
+    t0 = spec.tiers[0]
+    if notional <= t0.max_notional:
+        rate = t0.im_ppm if t0.im_ppm >= leverage_ppm else leverage_ppm
+        return -(-notional * rate // PPM)
+    return linear_im(spec, notional, leverage_ppm)
+
+
+def _linear_mm(spec: InstrumentSpec, notional: int) -> int:
+    """``linear_mm`` with the first tier inline (the common case; same integer)."""
+    t0 = spec.tiers[0]
+    if notional <= t0.max_notional:
+        return notional * t0.mm_ppm // PPM
+    return linear_mm(spec, notional)
 
 
 def intrinsic_value(spec: InstrumentSpec, price: int) -> int:
