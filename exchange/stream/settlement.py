@@ -16,7 +16,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -147,10 +146,11 @@ async def run_settlement(js: JetStreamContext, settlement: Settlement, stop: asy
                             max_ack_pending=FETCH_BATCH * 4)
     sub = await js.pull_subscribe(subject, durable=durable, stream=EVENTS_STREAM,
                                   config=config)
+    log.info("settlement consuming %s as %s", subject, durable)
     while not stop.is_set():
         try:
             msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-        except NatsTimeoutError:
+        except TimeoutError:  # nats' own and, on some paths, asyncio's: nothing new
             continue
         for msg in msgs:
             # The ledger is a blocking SQLAlchemy client: keep the event loop (and the

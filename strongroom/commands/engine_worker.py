@@ -79,20 +79,31 @@ def engine_worker(market: str, nats_urls: str, name: str | None, replicas: int, 
 @click.command("settlement-worker")
 @click.option("--nats", "nats_urls", default=DEFAULT_NATS, show_default=True,
               help="Comma-separated NATS server URLs.")
+@click.option("--market", default=None,
+              help="Settle only this market (durable consumer settlement-SYMBOL); default: all.")
 @click.option("--asset", default="USDC", show_default=True)
 @click.option("--taker-fee-ppm", type=int, default=500, show_default=True)
 @click.option("--maker-fee-ppm", type=int, default=200, show_default=True)
-def settlement_worker(nats_urls: str, asset: str, taker_fee_ppm: int, maker_fee_ppm: int) -> None:
-    """Write fee postings of every market's engine events to the ledger (STRONGROOM_DATABASE_URL)."""
+def settlement_worker(nats_urls: str, market: str | None, asset: str, taker_fee_ppm: int,
+                      maker_fee_ppm: int) -> None:
+    """Write fee postings of engine events to the ledger (STRONGROOM_DATABASE_URL)."""
     import nats
 
     from custody.db import make_engine, make_session_factory
     from custody.ledger.service import Ledger
-    from exchange.stream.settlement import FeeSchedule, Settlement, run_settlement
+    from exchange.stream.settlement import (
+        SETTLEMENT_DURABLE,
+        FeeSchedule,
+        Settlement,
+        run_settlement,
+    )
+    from exchange.stream.topology import check_symbol, events_subject
     from strongroom.settings import Settings
 
     try:
         fees = FeeSchedule(asset, taker_fee_ppm, maker_fee_ppm)
+        subject = events_subject(market) if market else "evt.*"
+        durable = f"{SETTLEMENT_DURABLE}-{check_symbol(market)}" if market else SETTLEMENT_DURABLE
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     settings = Settings.from_env()
@@ -104,7 +115,8 @@ def settlement_worker(nats_urls: str, asset: str, taker_fee_ppm: int, maker_fee_
         _install_stop(stop)
         nc = await nats.connect(servers=_urls(nats_urls), max_reconnect_attempts=-1)
         try:
-            await run_settlement(nc.jetstream(), settlement, stop)
+            await run_settlement(nc.jetstream(), settlement, stop, durable=durable,
+                                 subject=subject)
         finally:
             await nc.close()
 

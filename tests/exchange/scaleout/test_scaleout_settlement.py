@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -34,6 +39,7 @@ from exchange.stream.topology import EVENTS_STREAM, ensure_topology
 from exchange.stream.wire import CommandEvents, EventBatch
 from exchange.stream.worker import run_worker
 
+ROOT = Path(__file__).resolve().parents[3]
 FEES = FeeSchedule("USDC", taker_fee_ppm=500, maker_fee_ppm=200)
 DRAIN_TIMEOUT_S = 30.0
 
@@ -158,3 +164,63 @@ def test_fee_postings_any_trades_ids_unique_and_amounts_floored(
                    for cmd in trades for p, q in cmd)
     assert sum(p.amount for p in postings) == expected
     assert all(p.amount > 0 for p in postings)
+
+
+def _wait_rows(engine: object, market: str, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _fee_rows(engine, market)[0] < count:
+        assert time.monotonic() < deadline, f"only {_fee_rows(engine, market)[0]} of {count} rows"
+        time.sleep(0.1)
+
+
+def test_settlement_worker_process_killed_and_restarted_writes_each_fee_once(
+    nats_cluster: LocalCluster, pg_ledger: tuple[Ledger, object], postgres_url: str,
+) -> None:
+    _, engine = pg_ledger
+    market = "ST3"
+
+    async def produce() -> list[int]:
+        nc = await nats.connect(servers=nats_cluster.urls)
+        js = nc.jetstream()
+        await ensure_topology(js, [market], 3)
+        try:
+            publisher = CommandPublisher(js, {market})
+            for command_id, cmd in order_flow(300, seed=11):
+                await publisher.append(market, command_id, cmd)
+            stop = asyncio.Event()
+            worker = asyncio.create_task(run_worker(nats_cluster.urls, Instrument(symbol=market),
+                                                    name="w", stop=stop))
+            await wait_published(js, market, 300, 30.0)
+            stop.set()
+            await worker
+            return [p.amount for b in await event_batches(js, market)
+                    for p in fee_postings(b, FEES)]
+        finally:
+            await nc.close()
+
+    amounts = asyncio.run(produce())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STRONGROOM_DATABASE_URL": postgres_url}
+    args = [sys.executable, "-c", "from strongroom.cli import main; main()", "settlement-worker",
+            "--market", market, "--nats", ",".join(nats_cluster.urls)]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_rows(engine, market, 1, 60.0)
+        first.kill()  # mid-stream or after: either way nothing may be written twice
+        first.wait()
+        second = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert second.stderr is not None
+        while b"settlement consuming" not in second.stderr.readline():
+            assert second.poll() is None, "settlement worker exited"
+        _wait_rows(engine, market, len(amounts), 60.0)
+        time.sleep(1.0)  # let any redelivered batch land
+        second.terminate()
+        out, _ = second.communicate(timeout=30)
+        assert second.returncode == 0
+        assert _fee_rows(engine, market) == (len(amounts), sum(amounts))
+        # What the restarted worker wrote anew plus what it found written is all of it.
+        stats = json.loads(out.decode().strip().splitlines()[-1])
+        assert stats["created"] <= len(amounts)
+    finally:
+        for proc in (first,):
+            if proc.poll() is None:
+                proc.kill()
