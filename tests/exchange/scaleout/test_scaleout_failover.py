@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -62,14 +63,18 @@ async def _failover(cluster: LocalCluster, market: str) -> None:
     try:
         publisher = CommandPublisher(js, {market})
         flow = order_flow(COMMANDS, seed=21)
-        for command_id, cmd in flow[:KILL_AFTER + 400]:
-            await publisher.append(market, command_id, cmd)
-        # Kill the leader while it is still working through the published commands.
+
+        async def append_all() -> None:
+            for command_id, cmd in flow:
+                await publisher.append(market, command_id, cmd)
+
+        # Commands keep flowing in while the leader is killed.
+        appending = asyncio.create_task(append_all())
         await wait_published(js, market, KILL_AFTER, 30.0)
+        assert not appending.done()
         leader.kill()
         leader.wait()
-        for command_id, cmd in flow[KILL_AFTER + 400:]:
-            await publisher.append(market, command_id, cmd)
+        await appending
         await wait_published(js, market, COMMANDS, 60.0)
         assert await _lease_holder(js, market, 1.0) == "b"
 
@@ -93,6 +98,11 @@ async def _failover(cluster: LocalCluster, market: str) -> None:
             await asyncio.sleep(0.1)
         assert body.command_seq == COMMANDS
         assert body.state_hash == state_hash
+        standby.terminate()
+        out, _ = standby.communicate(timeout=20)
+        stats = json.loads(out.decode().strip().splitlines()[-1])
+        # The standby published the tail after taking over, and nothing before it.
+        assert 0 < stats["processed"] < COMMANDS - KILL_AFTER + 1
     finally:
         for proc in (leader, standby):
             if proc.poll() is None:
