@@ -28,7 +28,7 @@ MAX_DELAY_S = 30 * 24 * 3600
 MAX_TIMELOCK_S = 30 * 24 * 3600
 # Tiers: 0 unverified, 1 basic, 2 verified, 3 institutional. The default
 # policy sets a limit for each, so adding a tier means adding its limit.
-MAX_KYC_TIER = 3
+MAX_KYC_TIER = 4
 
 
 class DestinationStatus(enum.StrEnum):

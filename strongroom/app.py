@@ -77,6 +77,9 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
         sessions, app.extensions["strongroom.keystore"], app.extensions["strongroom.ledger"], clock,
         prices_usd_cents=app.config.get("PRICES_USD_CENTS"))
 
+    # KYC providers that answer by signed callback: {"name": secret bytes} (docs/compliance.md).
+    kyc_secrets = app.config.get("KYC_PROVIDER_SECRETS") or {}
+    app.extensions["strongroom.access"].kyc.provider_secrets = dict(kyc_secrets)
     register_error_handlers(app)
     _register_availability_handlers(app)
     for blueprint in (ledger_api.bp, access_api.bp, withdrawals_api.bp, policy_api.bp, openapi_api.bp):
@@ -84,6 +87,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.register_blueprint(audit_api.bp)
     app.register_blueprint(wallets_api.bp)
     app.register_blueprint(compliance_api.bp)
+    app.register_blueprint(compliance_api.kyc_bp)
     app.register_blueprint(halts_api.bp)
     app.extensions["strongroom.wallets"] = app.config.get("WALLETS")
     # Every chain's wallet runtime by chain name (Bitcoin next to Ethereum); jobs iterate over it.

@@ -18,6 +18,7 @@ from custody.access.replay import DbReplayCache
 from custody.access.secret_box import SecretBox
 from custody.access.users import Users
 from custody.compliance.cases import Cases
+from custody.compliance.kyc import Kyc
 from custody.compliance.screening import Screening
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
@@ -48,6 +49,7 @@ class AccessServices:
     ledger_ops: LedgerOperations
     screening: Screening
     cases: Cases
+    kyc: Kyc
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
 
     @classmethod
@@ -80,6 +82,7 @@ class AccessServices:
             ledger_ops=LedgerOperations(sessions, ledger, clock),
             screening=screening,
             cases=Cases(sessions, clock),
+            kyc=Kyc(sessions, clock),
             recv_window_ms=recv_window_ms,
         )
 

@@ -50,7 +50,7 @@ USER_SCHEMA = {
     "properties": {
         "username": {"type": "string", "maxLength": 64},
         "roles": _STRING_LIST,
-        "kyc_tier": {"type": "integer", "minimum": 0, "maximum": 3},
+        "kyc_tier": {"type": "integer", "minimum": 0, "maximum": 4},
         "scopes": _STRING_LIST,
     },
 }

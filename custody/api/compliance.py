@@ -16,12 +16,15 @@ from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
 
 from custody.api.auth import json_response, principal, secured, services
-from custody.api.request import field_str, json_object, query_int, reject_unknown
-from custody.api.schema import INT, MAYBE_INT, MAYBE_STR, OBJECT, STR, accepts, answers, array, obj
+from custody.api.request import field_int, field_str, json_object, query_int, reject_unknown
+from custody.api.schema import BOOL, INT, MAYBE_INT, MAYBE_STR, OBJECT, STR, accepts, answers, array, obj
 from custody.compliance.cases import CASE_STATES, MAX_LIST, RESOLUTIONS
 from custody.compliance.codes import ComplianceCode, ComplianceError
+from custody.compliance.kyc import REVIEW_STATES
 from custody.compliance.screening import SANCTIONS
 from policies.api_key import Scope
+from policies.kyc import TIERS, tier_limits, withdrawal_limits
+from policies.policy_document import MAX_KYC_TIER
 from policies.roles import Permission, has_permission
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -205,3 +208,115 @@ def screen_name() -> ResponseReturnValue:
     reject_unknown(body, {"name"})
     hits = services().screening.screen_name(field_str(body, "name") or "")
     return json_response({"hits": [h.to_json() for h in hits]})
+
+
+# ------------------------------------------------------------------ KYC
+
+kyc_bp = Blueprint("kyc", __name__, url_prefix="/api/v1/kyc")
+REVIEW = obj({"id": INT, "username": STR, "requested_tier": INT, "country": STR, "provider": STR,
+              "state": {"type": "string", "enum": list(REVIEW_STATES)}, "reason": MAYBE_STR,
+              "decided_by": MAYBE_STR, "created_ms": INT, "updated_ms": INT})
+TIER = obj({"tier": INT, "name": STR, "deposit_daily_usd_cents": MAYBE_INT, "max_leverage": INT,
+            "max_notional_usd_cents": MAYBE_INT, "withdrawal_limits": array(OBJECT)})
+KYC_REQUEST_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["tier", "country"],
+                      "properties": {"tier": {"type": "integer", "minimum": 1, "maximum": MAX_KYC_TIER},
+                                     "country": {"type": "string", "pattern": "^[A-Za-z]{2}$"}}}
+DECISION_SCHEMA = {"type": "object", "additionalProperties": False,
+                   "properties": {"reason": {"type": "string", "maxLength": 512}}}
+REASON_REQUIRED_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["reason"],
+                          "properties": {"reason": _text(512)}}
+SIGNATURE_HEADER = "X-Strongroom-KYC-Signature"
+OWN = secured(Permission.LEDGER_READ_OWN, scope=Scope.READ, mfa=False)
+KYC_READ = secured(Permission.KYC_READ, scope=Scope.READ, mfa=False)
+KYC_DECIDE = secured(Permission.KYC_MANAGE, scope=Scope.READ, mfa=True)
+
+
+def _tiers() -> list[dict[str, Any]]:
+    policy = services().policies.active().document
+    return [{**tier_limits(t).to_json(), "withdrawal_limits": withdrawal_limits(policy, t)} for t in TIERS]
+
+
+@kyc_bp.get("/tiers")
+@OWN
+@answers({"200": obj({"tiers": array(TIER)})})
+def kyc_tiers() -> ResponseReturnValue:
+    """List the KYC tiers with their caps and the withdrawal limits the active policy applies to each."""
+    return json_response({"tiers": _tiers()})
+
+
+@kyc_bp.get("")
+@OWN
+@answers({"200": obj({"kyc_tier": INT, "limits": TIER, "reviews": array(REVIEW)})})
+def my_kyc() -> ResponseReturnValue:
+    """Return your KYC tier, its limits and your reviews."""
+    caller = principal()
+    tier = caller.user.kyc_tier
+    reviews = services().kyc.reviews(caller.username, username=caller.username)
+    return json_response({"kyc_tier": tier, "limits": _tiers()[tier], "reviews": reviews})
+
+
+@kyc_bp.post("/requests")
+@secured(Permission.LEDGER_READ_OWN, scope=Scope.READ, mfa=True)
+@accepts(KYC_REQUEST_SCHEMA)
+@answers({"201": obj({"review": REVIEW})})
+def request_kyc() -> ResponseReturnValue:
+    """Ask for a KYC tier (reviewed by a compliance officer); a blocked jurisdiction is rejected at once."""
+    body = json_object()
+    reject_unknown(body, {"tier", "country"})
+    review = services().kyc.request(principal().username, field_int(body, "tier") or 0,
+                                    field_str(body, "country") or "")
+    return json_response({"review": review}, 201)
+
+
+@kyc_bp.post("/providers/<provider>/callback")
+@answers({"200": obj({"duplicate": BOOL, "review": REVIEW})})
+def provider_callback(provider: str) -> ResponseReturnValue:
+    """Receive a KYC provider's signed answer (HMAC-SHA256 of the body in X-Strongroom-KYC-Signature)."""
+    signature = request.headers.get(SIGNATURE_HEADER, "")
+    body = request.get_data(cache=True)
+    return json_response(services().kyc.provider_callback(provider[:32], body, signature[:128]))
+
+
+@bp.get("/kyc/reviews")
+@KYC_READ
+@query(("state", {"type": "string", "enum": list(REVIEW_STATES)}), ("limit", _LIMIT))
+@answers({"200": obj({"reviews": array(REVIEW)})})
+def list_kyc_reviews() -> ResponseReturnValue:
+    """List KYC reviews, newest first (``?state=pending`` for the review queue)."""
+    limit = query_int("limit", 100, low=1, high=MAX_LIST)
+    reviews = services().kyc.reviews(_viewer(), state=request.args.get("state"), limit=limit)
+    return json_response({"reviews": reviews})
+
+
+def _decide(review_id: int, action: str, allowed: set[str]) -> ResponseReturnValue:
+    body = json_object()
+    reject_unknown(body, allowed)
+    reason = field_str(body, "reason", required=False, default="") or ""
+    return json_response({"review": services().kyc.decide(_viewer(), review_id, action, reason)})
+
+
+@bp.post("/kyc/reviews/<int:review_id>/approve")
+@KYC_DECIDE
+@accepts(DECISION_SCHEMA)
+@answers({"200": obj({"review": REVIEW})})
+def approve_kyc(review_id: int) -> ResponseReturnValue:
+    """Approve a pending review: the user's tier (and so their limits) becomes the requested tier."""
+    return _decide(review_id, "approve", {"reason"})
+
+
+@bp.post("/kyc/reviews/<int:review_id>/reject")
+@KYC_DECIDE
+@accepts(REASON_REQUIRED_SCHEMA)
+@answers({"200": obj({"review": REVIEW})})
+def reject_kyc(review_id: int) -> ResponseReturnValue:
+    """Reject a pending review, with the reason."""
+    return _decide(review_id, "reject", {"reason"})
+
+
+@bp.post("/kyc/reviews/<int:review_id>/request-more")
+@KYC_DECIDE
+@accepts(REASON_REQUIRED_SCHEMA)
+@answers({"200": obj({"review": REVIEW})})
+def request_more_kyc(review_id: int) -> ResponseReturnValue:
+    """Ask the user for more (documents, answers); they submit a new request."""
+    return _decide(review_id, "request_more", {"reason"})

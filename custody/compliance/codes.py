@@ -15,6 +15,11 @@ class ComplianceCode(IntEnum):
     CASE_TRANSITION_INVALID = 4503
     CASE_INPUT_INVALID = 4504
     SCREEN_INPUT_INVALID = 4505
+    KYC_REVIEW_NOT_FOUND = 4506
+    KYC_REVIEW_NOT_PENDING = 4507
+    KYC_INPUT_INVALID = 4508
+    KYC_PROVIDER_UNKNOWN = 4509
+    KYC_SIGNATURE_INVALID = 4510
 
     @property
     def error(self) -> str:
@@ -25,6 +30,10 @@ class ComplianceCode(IntEnum):
 COMPLIANCE_STATUS: dict[ComplianceCode, int] = {
     ComplianceCode.CASE_NOT_FOUND: 404,
     ComplianceCode.CASE_TRANSITION_INVALID: 409,
+    ComplianceCode.KYC_REVIEW_NOT_FOUND: 404,
+    ComplianceCode.KYC_REVIEW_NOT_PENDING: 409,
+    ComplianceCode.KYC_PROVIDER_UNKNOWN: 404,
+    ComplianceCode.KYC_SIGNATURE_INVALID: 401,
 }
 
 

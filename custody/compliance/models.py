@@ -96,3 +96,33 @@ class ComplianceCaseComment(Base):
     kind: Mapped[str] = mapped_column(String(16))  # comment, assign, escalate, close
     body: Mapped[str] = mapped_column(Text)
     at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class KycReview(Base):
+    """A request to move a user to a KYC tier, decided by a provider (``manual``: an officer)."""
+
+    __tablename__ = "compliance_kyc_reviews"
+    __table_args__ = (Index("ix_compliance_kyc_reviews_username", "username"),
+                      Index("ix_compliance_kyc_reviews_state", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64))
+    requested_tier: Mapped[int] = mapped_column(Integer)
+    country: Mapped[str] = mapped_column(String(2))
+    provider: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LEN))
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class KycProviderEvent(Base):
+    """A provider callback already applied (idempotency: the same event id is applied once)."""
+
+    __tablename__ = "compliance_kyc_provider_events"
+
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)  # "<provider>:<event id>"
+    review_id: Mapped[int] = mapped_column(ForeignKey("compliance_kyc_reviews.id"))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    received_ms: Mapped[int] = mapped_column(BigInteger)

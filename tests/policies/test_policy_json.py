@@ -69,7 +69,7 @@ def test_policy_json_every_action_type_parses() -> None:
         ({"destination_in": ["trusted"]}, "rules[0].when.destination_in[0] must be one of"),
         ({"source_wallet_in": ["warm"]}, "rules[0].when.source_wallet_in[0] must be one of hot"),
         ({"initiator_role_in": ["root"]}, "rules[0].when.initiator_role_in[0] must be one of"),
-        ({"kyc_tier_in": [4]}, "rules[0].when.kyc_tier_in[0] must be an integer from 0 to 3"),
+        ({"kyc_tier_in": [5]}, "rules[0].when.kyc_tier_in[0] must be an integer from 0 to 4"),
         (
             {"amount_minor_gte": 5},
             "rules[0].when.amount_minor_gte needs asset_in with exactly one asset",

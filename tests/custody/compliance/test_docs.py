@@ -28,3 +28,22 @@ def test_docs_case_transition_table_matches_the_code() -> None:
     section = text.split("Case transitions", 1)[1].split("\n\n", 2)[1]
     rows = [line.strip("| ").split(" | ") for line in section.splitlines()[2:]]
     assert {(state, action): target for state, action, target in rows} == dict(TRANSITIONS)
+
+
+def test_docs_kyc_review_transitions_match_the_code() -> None:
+    from custody.compliance.kyc import TRANSITIONS as KYC_TRANSITIONS
+
+    text = DOC.read_text(encoding="utf-8")
+    section = text.split("Reviews move through:", 1)[1].split("\n\n", 2)[1]
+    rows = [line.strip("| ").split(" | ") for line in section.splitlines()[2:]]
+    assert {(state, action): target for state, action, target in rows} == dict(KYC_TRANSITIONS)
+
+
+def test_docs_kyc_tier_table_matches_tier_limits() -> None:
+    from policies.kyc import TIERS, tier_limits
+
+    text = DOC.read_text(encoding="utf-8")
+    section = text.split("| tier | name |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.strip("| ").split(" | ") for line in section.splitlines()[2:]]
+    assert [(int(r[0]), r[1], int(r[4])) for r in rows] == [
+        (t, tier_limits(t).name, tier_limits(t).max_leverage) for t in TIERS]

@@ -1,0 +1,77 @@
+"""KYC tiers 0..4: what each tier may do, and the jurisdictions Strongroom does not serve.
+
+Pure data and decisions (no I/O). Withdrawal limits per tier are not
+repeated here: they live in the withdrawal policy (rules with
+``kyc_tier_in`` and a USD velocity limit, docs/policy-format.md), and
+`withdrawal_limits` reads them from the active policy document, so a tier
+change moves the limits the policy applies and nothing can drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policies.policy_document import MAX_KYC_TIER, Block, Conditions, PolicyDocument, VelocityMetric
+
+TIERS = tuple(range(MAX_KYC_TIER + 1))
+# ISO 3166-1 alpha-2 codes of comprehensively sanctioned jurisdictions (OFAC/FATF call for action):
+# residents cannot be onboarded above tier 0. Configurable per deployment; this is the default.
+DEFAULT_BLOCKED_JURISDICTIONS: frozenset[str] = frozenset({"CU", "IR", "KP", "SY"})
+UNLIMITED = None
+
+
+@dataclass(frozen=True, slots=True)
+class TierLimits:
+    """Caps of one tier: deposits per rolling 24h (USD cents), leverage and position notional (USD cents)."""
+
+    tier: int
+    name: str
+    deposit_daily_usd_cents: int | None
+    max_leverage: int
+    max_notional_usd_cents: int | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"tier": self.tier, "name": self.name, "deposit_daily_usd_cents": self.deposit_daily_usd_cents,
+                "max_leverage": self.max_leverage, "max_notional_usd_cents": self.max_notional_usd_cents}
+
+
+DEFAULT_TIERS: tuple[TierLimits, ...] = (
+    TierLimits(0, "unverified", 0, 0, 0),
+    TierLimits(1, "basic", 1_000_000, 3, 2_500_000),
+    TierLimits(2, "verified", 10_000_000, 10, 100_000_000),
+    TierLimits(3, "institutional", 1_000_000_000, 20, 5_000_000_000),
+    TierLimits(4, "institutional plus", UNLIMITED, 50, UNLIMITED),
+)
+assert tuple(t.tier for t in DEFAULT_TIERS) == TIERS, "one TierLimits per tier, in order"
+
+
+def tier_limits(tier: int) -> TierLimits:
+    """Return the caps of ``tier`` (0..MAX_KYC_TIER)."""
+    assert tier in TIERS, f"kyc tier was {tier}, must be 0..{MAX_KYC_TIER}"
+    return DEFAULT_TIERS[tier]
+
+
+def withdrawal_limits(policy: PolicyDocument, tier: int) -> list[dict[str, object]]:
+    """Return the policy's blocking rules for ``tier``: USD velocity caps, or a block of the whole tier."""
+    limits: list[dict[str, object]] = []
+    for rule in policy.rules:
+        tiers = rule.when.kyc_tier_in
+        if not isinstance(rule.action, Block) or tiers is None or tier not in tiers:
+            continue
+        if rule.when == Conditions(kyc_tier_in=tiers):
+            limits.append({"rule_id": rule.rule_id, "blocked": True})
+        for limit in rule.when.velocity:
+            if limit.metric is VelocityMetric.TOTAL_USD_CENTS_GT:
+                limits.append({"rule_id": rule.rule_id, "window_s": limit.window.window_s,
+                               "max_usd_cents": limit.threshold})
+    return limits
+
+
+def jurisdiction_refusal(country: str, blocked: frozenset[str] = DEFAULT_BLOCKED_JURISDICTIONS) -> str | None:
+    """Return why a resident of ``country`` (ISO alpha-2) cannot be onboarded, or None."""
+    code = country.strip().upper()
+    if len(code) != 2 or not code.isascii() or not code.isalpha():
+        return f"country was {country[:8]!r}, must be an ISO 3166-1 alpha-2 code"
+    if code in blocked:
+        return f"residents of {code} cannot be onboarded (blocked jurisdiction)"
+    return None
