@@ -296,7 +296,7 @@ def test_evaluate_missing_velocity_window_blocks() -> None:
     [
         ({"amount_minor": -5}, "amount_minor was -5"),
         ({"amount_minor": 0}, "amount_minor was 0"),
-        ({"kyc_tier": 4}, "kyc_tier was 4"),
+        ({"kyc_tier": 5}, "kyc_tier was 5"),
         ({"asset_decimals": 31}, "asset_decimals was 31"),
         ({"usd_cents_per_unit": -1}, "usd_cents_per_unit was -1"),
         ({"asset": "B TC"}, "asset"),
