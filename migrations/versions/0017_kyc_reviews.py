@@ -1,7 +1,7 @@
 """kyc reviews: tier requests decided by a provider (manual review by default), provider callback events
 
-Revision ID: 0016_kyc_reviews
-Revises: 0015_withdrawal_halts
+Revision ID: 0017_kyc_reviews
+Revises: 0016_lifecycle_states
 Create Date: 2026-12-02 00:20:00
 
 See custody/compliance/kyc.py and docs/compliance.md.
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0016_kyc_reviews"
-down_revision: str | Sequence[str] | None = "0015_withdrawal_halts"
+revision: str = "0017_kyc_reviews"
+down_revision: str | Sequence[str] | None = "0016_lifecycle_states"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
