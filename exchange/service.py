@@ -40,7 +40,7 @@ from exchange.instruments import ExchangeConfig
 from exchange.marketdata import MarketData
 from exchange.recovery import DEFAULT_SNAPSHOT_EVERY, DurableVenue
 from exchange.risk.clearing import BAD_DEBT, CLEARING, FEES, INSURANCE, WALLET, Posting
-from exchange.risk.events import RiskEvent
+from exchange.risk.events import LiquidationStarted, RiskEvent
 from exchange.venue import Venue
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class ExchangeService:
         self.durable = durable
         self.lock = threading.RLock()
         self.events: list[RiskEvent] = []
+        self.liquidations = 0  # started since this process began (strongroom_exchange_liquidations)
         self._ids: dict[str, int] = {}
         self._backlog: list[Posting] = []  # drained, journaled, not yet accepted by the ledger
         # The market-data read model (exchange/marketdata.py), fed by the venue's tap.
@@ -156,6 +157,7 @@ class ExchangeService:
             if self.durable is not None:
                 self.durable.commit()
             self.events.extend(events)
+            self.liquidations += sum(1 for e in events if type(e) is LiquidationStarted)
             if len(self.events) > MAX_EVENTS_KEPT:
                 del self.events[: len(self.events) - MAX_EVENTS_KEPT]
             backlog = self._backlog

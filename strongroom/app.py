@@ -31,7 +31,7 @@ from custody.ledger.service import Ledger, wall_clock_ms
 from exchange.api import blueprint as exchange_api
 from exchange.api import controls as exchange_controls_api
 from exchange.api import marketdata as marketdata_api
-from strongroom import console
+from strongroom import console, logs, metrics
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
 
@@ -61,6 +61,8 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
                       JSON_SORT_KEYS=False)
     app.config.update(config or {})
     logging.basicConfig(level=settings.log_level)
+    logs.configure(settings.log_level)
+    logs.init_app(app)
 
     engine = make_engine(app.config["DATABASE_URL"])
     sessions = make_session_factory(engine)
@@ -102,11 +104,15 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
         # Approvers of cold withdrawals and refills bind the chain, network, wallet and fee cap.
         install_terms(bundle_chains(chains), app.extensions["strongroom.access"].withdrawals,
                       [runtime.treasury for runtime in chains.values()])
-    exchange_api.init_app(app)
-    exchange_controls_api.init_app(app)
-    marketdata_api.init_app(app)
+    # The exchange venue lives in one process (its journal directory is locked): a pool of
+    # stateless API workers runs with EXCHANGE_ENABLED off (docs/production.md).
+    if app.config.get("EXCHANGE_ENABLED", True):
+        exchange_api.init_app(app)
+        exchange_controls_api.init_app(app)
+        marketdata_api.init_app(app)
     console.init_app(app)
     init_rate_limits(app)
+    metrics.init_app(app)
     _register_meta_routes(app)
     return app
 
