@@ -221,9 +221,9 @@ class PositionHook:
         closable = -pos.size if side == "buy" else pos.size
         sign = 1 if side == "buy" else -1
         resting = 0
-        for order_id in ch.order_index.get((account, self.symbol), ()):
+        for order_id in ch.reduce_only_index.get((account, self.symbol), ()):
             res = ch.orders[(self.symbol, order_id)]
-            if res.reduce_only and res.side == sign:
+            if res.side == sign:
                 resting += res.qty
         # The order being checked is already reserved (the risk check runs first).
         return closable > 0 and resting <= closable
@@ -581,12 +581,13 @@ class Venue:
 
     def _reduce_only_fixes(self, account: str, symbol: str) -> list[Any]:
         ch = self.clearing
+        reduce_only = ch.reduce_only_index.get((account, symbol))
+        if not reduce_only:
+            return []
         book = self.books[symbol]
         pos = ch.accounts[account].positions.get(symbol)
         size = 0 if pos is None else pos.size
-        orders = ch.orders
-        live = [(self._oid(book, i), i) for i in ch.order_index.get((account, symbol), ())
-                if orders[(symbol, i)].reduce_only]
+        live = [(self._oid(book, i), i) for i in reduce_only]
         cmds: list[Any] = []
         room = {1: max(0, -size), -1: max(0, size)}
         for _, order_id in sorted(live):

@@ -126,6 +126,9 @@ class Clearinghouse:
         self.holders: dict[str, set[str]] = {s: set() for s in specs}
         self.orders: dict[tuple[str, str], OrderReservation] = {}
         self.order_index: dict[tuple[str, str], set[str]] = {}  # (account, symbol) -> live order ids
+        # The reduce-only ones among them (derived: rebuilt by from_state, checked by check_invariants),
+        # so the venue's after-fill pass does not scan every live order of a moved account.
+        self.reduce_only_index: dict[tuple[str, str], set[str]] = {}
         self.moved: set[tuple[str, str]] = set()  # (account, symbol) whose position changed
         self.liq_index: dict[str, LiquidationIndex] = {s: LiquidationIndex() for s in specs}
         self.epochs: dict[str, int] = {}
@@ -325,6 +328,8 @@ class Clearinghouse:
                     f"the mark {mark}), account {payer.id} has {max(free, 0)} free above {kind} margin")
         self.orders[key] = OrderReservation(acct.id, payer.id, side, c.qty, im, price, c.reduce_only)
         self.order_index.setdefault((acct.id, symbol), set()).add(c.id)
+        if c.reduce_only:
+            self.reduce_only_index.setdefault((acct.id, symbol), set()).add(c.id)
         payer.order_im += im
         if im:
             self.touched.add(payer.id)
@@ -502,6 +507,8 @@ class Clearinghouse:
             pos = acct.positions[symbol] = Position(symbol)
         self.orders[(symbol, order_id)] = OrderReservation(account, payer, side, qty, im, price, reduce_only)
         self.order_index.setdefault((account, symbol), set()).add(order_id)
+        if reduce_only:
+            self.reduce_only_index.setdefault((account, symbol), set()).add(order_id)
         self.accounts[payer].order_im += im
         self.touched.add(payer)
         if side > 0:
@@ -533,6 +540,11 @@ class Clearinghouse:
             ids.discard(order_id)
             if not ids:
                 del self.order_index[(res.account, symbol)]
+            if res.reduce_only:
+                ro = self.reduce_only_index[(res.account, symbol)]
+                ro.discard(order_id)
+                if not ro:
+                    del self.reduce_only_index[(res.account, symbol)]
         if pos.idle():
             del acct.positions[symbol]
         return part
@@ -1076,6 +1088,8 @@ class Clearinghouse:
             ch.orders[(r.symbol, r.order_id)] = OrderReservation(r.account, r.payer, r.side, r.qty, r.im,
                                                                  r.price, r.reduce_only)
             ch.order_index.setdefault((r.account, r.symbol), set()).add(r.order_id)
+            if r.reduce_only:
+                ch.reduce_only_index.setdefault((r.account, r.symbol), set()).add(r.order_id)
         for ix in state.liq_index:
             index = ch.liq_index[ix.symbol]
             # Sorted lists are valid heaps.
@@ -1100,6 +1114,9 @@ class Clearinghouse:
         assert self.bad_debt <= 0 and self.insurance >= 0
         for symbol, holders in self.holders.items():
             assert sum(self.accounts[a].positions[symbol].size for a in holders) == 0, symbol
+        assert self.reduce_only_index == {
+            key: ro for key, ids in self.order_index.items()
+            if (ro := {i for i in ids if self.orders[(key[1], i)].reduce_only})}, "reduce-only index"
 
 
 def _account_state(acct: Account) -> AccountState:

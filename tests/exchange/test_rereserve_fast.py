@@ -175,3 +175,40 @@ def test_reservation_of_a_new_order_equals_the_reference(
     price = max(spec.tick_size, ch.marks[symbol] + offset * spec.tick_size)
     assert ch._reservation(acct, spec, pos, side, qty, price, closable, gross) == reference_reservation(
         ch, acct, spec, pos, side, qty, price, closable, gross)
+
+
+venue_cmd_st = st.one_of(
+    st.tuples(st.just("place"), st.sampled_from(ACCOUNTS), st.sampled_from(("buy", "sell")),
+              st.integers(1, 30), st.integers(-20, 20), st.booleans(), st.booleans()),
+    st.tuples(st.just("cancel"), st.integers(0, 60)),
+    st.tuples(st.just("amend"), st.integers(0, 60), st.integers(1, 30)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cmds=st.lists(venue_cmd_st, max_size=40))
+def test_reduce_only_index_after_random_venue_commands_equals_a_scan(cmds: list[tuple]) -> None:  # type: ignore[type-arg]
+    from exchange.engine.messages import Amend
+
+    from .helpers import venue
+
+    v = venue(accounts={name: 5_000 * USDC for name in ACCOUNTS})
+    ch = v.clearing
+    spec = v.specs[PERP]
+    for n, cmd in enumerate(cmds):
+        if cmd[0] == "place":
+            _, account, side, qty, offset, reduce_only, market = cmd
+            price = None if market else BTC + offset * spec.tick_size
+            v.place(PERP, NewOrder(id=f"o{n}", account=account, side=side, qty=qty, price=price,
+                                   type="market" if market else "limit", reduce_only=reduce_only))
+        elif cmd[0] == "cancel":
+            v.cancel(PERP, f"o{cmd[1]}", None)
+        else:
+            v.amend(PERP, Amend(f"o{cmd[1]}", qty=cmd[2]))
+        scan = {key: ro for key, ids in ch.order_index.items()
+                if (ro := {i for i in ids if ch.orders[(key[1], i)].reduce_only})}
+        assert ch.reduce_only_index == scan
+        ch.check_invariants()
+    # A snapshot restores the same index.
+    v.drain()
+    assert Clearinghouse.from_state(ch.specs, ch.state()).reduce_only_index == ch.reduce_only_index
