@@ -31,6 +31,7 @@ from exchange.controls import (
     ControlError,
     MarketClosed,
 )
+from exchange.risk.clearing import ISOLATED_SEP
 from exchange.risk.codes import RiskCode
 from policies.api_key import Scope
 from policies.roles import Permission
@@ -55,6 +56,27 @@ DEADMAN_SCHEMA: Final = obj({"timeout_ms": {"type": "integer", "minimum": 0, "ma
     "additionalProperties": False, "example": {"timeout_ms": 60_000}}
 MARKET_VIEW: Final = obj({"symbol": STR, "mode": STR, "until_ms": INT, "reason": STR},
                          {"breaker": obj({"max_move_bps": INT, "window_ms": INT, "cooldown_ms": INT})})
+
+
+def cancel_everywhere(svc: Any, user: str) -> int:
+    """Cancel every live order of ``user`` (cross and isolated, every market); return how many books.
+
+    Cancel-on-disconnect of a websocket session ends here. A halted market keeps its
+    book frozen, so its orders stay (the halt's rule wins); everything else is journaled
+    like a trader's own cancel-all.
+    """
+    books = 0
+    prefix = user + ISOLATED_SEP
+    with svc.command() as venue:
+        for symbol, book in sorted(venue.books.items()):
+            owners = {o.account for o in book.orders.values()} | {o.account for o in book.stops.values()}
+            for owner in sorted(o for o in owners if o == user or o.startswith(prefix)):
+                try:
+                    venue.cancel_all(symbol, owner)
+                    books += 1
+                except MarketClosed:
+                    pass
+    return books
 
 
 def init_app(app: Flask) -> None:

@@ -575,6 +575,9 @@ def start_stream_feed(app: Any, path: Any) -> Any:
             return dict(svc.venue.specs)
 
     feed = StreamFeed(svc.market, specs, order_scope, path, poll=withdrawal_poller(app))
+    from exchange.api.controls import cancel_everywhere
+
+    feed.on_disconnect = lambda user: cancel_everywhere(svc, user)
     feed.start()
     app.extensions[FEED_EXTENSION] = feed
     return feed

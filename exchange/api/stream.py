@@ -12,7 +12,8 @@ Protocol (docs/market-data.md, "Streams"): the client sends
 ``{"op": "subscribe" | "unsubscribe", "channels": [...], "id": n}``,
 ``{"op": "auth", "token": ...}`` (a listen token from
 ``POST /api/v1/exchange/stream-token``), ``{"op": "resync", "channel":
-"depth:<symbol>"}``, ``{"op": "ping"}``. Data messages are
+"depth:<symbol>"}``, ``{"op": "ping"}``, ``{"op": "cancel_on_disconnect", "enabled":
+true}`` (docs/operations.md). Data messages are
 ``{"channel": ..., "data": {...}}``. Depth: a ``snapshot`` on subscribe
 (and on resync), then ``diff`` messages; each diff carries ``seq`` and
 ``prev_seq`` and applies only on top of the state whose sequence is
@@ -75,6 +76,7 @@ class Client:
         self.channels: set[str] = set()
         self.queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUE)
         self.closed = False
+        self.cancel_on_disconnect = False
 
 
 class StreamServer:
@@ -96,6 +98,8 @@ class StreamServer:
         self.tokens: dict[str, tuple[str, list[str], float]] = {}  # sha256 -> (user, roles, deadline)
         self.feed_connected = asyncio.Event()
         self.slow_disconnects = 0
+        self.feed_writer: asyncio.StreamWriter | None = None  # cancel-on-disconnect reports go back here
+        self.disconnects_reported = 0
 
     # ------------------------------------------------------------------ the feed
 
@@ -103,7 +107,9 @@ class StreamServer:
         """Read the app's feed forever, reconnecting when it goes away."""
         while True:
             try:
-                reader, _ = await asyncio.open_unix_connection(str(self.feed_path), limit=MAX_FEED_LINE_BYTES)
+                reader, writer = await asyncio.open_unix_connection(str(self.feed_path),
+                                                                   limit=MAX_FEED_LINE_BYTES)
+                self.feed_writer = writer
             except OSError:
                 await asyncio.sleep(FEED_RETRY_S)
                 continue
@@ -290,6 +296,7 @@ class StreamServer:
         except ConnectionClosed:
             pass
         finally:
+            self.report_disconnect(c)
             self._forget(c)
             writer.cancel()
 
@@ -329,6 +336,8 @@ class StreamServer:
                 for key in channels:
                     self._unsubscribe(c, key)
                 self.send(c, _dumps({"type": "unsubscribed", "id": ref, "channels": channels}))
+        elif op == "cancel_on_disconnect":
+            self._cancel_on_disconnect(c, ref, msg.get("enabled", True))
         elif op == "resync":
             key = msg.get("channel")
             if not isinstance(key, str) or not key.startswith("depth:") or key not in c.channels:
@@ -339,7 +348,32 @@ class StreamServer:
             self.flush_depth(key[len("depth:"):])
             self.send(c, self.snapshot(key[len("depth:"):]))
         else:
-            self.send(c, self._error(ref, "bad_op", "op must be subscribe|unsubscribe|auth|resync|ping"))
+            self.send(c, self._error(ref, "bad_op", "op must be subscribe|unsubscribe|auth|resync|ping|"
+                                     "cancel_on_disconnect"))
+
+    def _cancel_on_disconnect(self, c: Client, ref: Any, enabled: Any) -> None:
+        """Deribit-style: when this session closes, every order of its user is cancelled.
+
+        The report travels back up the feed socket; if the feed is down at that moment
+        it is lost, which is why docs/operations.md pairs it with the dead man's switch.
+        """
+        if c.user is None:
+            self.send(c, self._error(ref, "unauthenticated", "auth first: cancel-on-disconnect is per user"))
+            return
+        if not isinstance(enabled, bool):
+            self.send(c, self._error(ref, "bad_message", "enabled must be true or false"))
+            return
+        c.cancel_on_disconnect = enabled
+        self.send(c, _dumps({"type": "cancel_on_disconnect", "id": ref, "enabled": enabled}))
+
+    def report_disconnect(self, c: Client) -> None:
+        """Tell the app (back up the feed socket) that a cancel-on-disconnect session closed."""
+        writer = self.feed_writer
+        if c.user is None or not c.cancel_on_disconnect or writer is None:
+            return
+        self.disconnects_reported += 1
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write(json.dumps({"t": "disconnected", "user": c.user}).encode() + b"\n")
 
     def _auth(self, c: Client, ref: Any, token: Any) -> None:
         now = time.monotonic()

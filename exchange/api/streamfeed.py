@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -50,6 +51,7 @@ FEED_INTERVAL_S: Final = 0.01
 MAX_PENDING_BATCHES: Final = 50_000
 MAX_SERVER_BUFFER_BYTES: Final = 256 * 1024 * 1024
 MAX_SERVERS: Final = 8
+MAX_REPORT_BYTES: Final = 64 * 1024  # what one round reads back from a stream server
 TOKEN_TTL_MS: Final = 60_000
 MAX_TOKENS: Final = 10_000
 POLL_EVERY_S: Final = 2.0
@@ -108,6 +110,9 @@ class StreamFeed:
         self.tokens: dict[str, tuple[str, list[str], float]] = {}  # sha256 -> (user, roles, deadline)
         self._control: list[dict[str, Any]] = []
         self._servers: dict[socket.socket, bytearray] = {}  # server -> bytes it has not taken yet
+        self._inbound: dict[socket.socket, bytearray] = {}  # server -> a partial report line
+        # Called with a user whose cancel-on-disconnect stream session closed (set by the app).
+        self.on_disconnect: Callable[[str], object] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: socket.socket | None = None
@@ -185,6 +190,7 @@ class StreamFeed:
         """Accept servers, then send what is pending to every server (one round of the thread)."""
         self.market.catch_up()  # the read model's work happens here, off the engine thread
         self._accept()
+        self._read_reports()
         lines: list[bytes] = []
         if self.overrun:
             self.pending, self.overrun = [], False
@@ -209,6 +215,37 @@ class StreamFeed:
         data = b"".join(lines)
         for server in list(self._servers):
             self._write(server, data)
+
+    def _read_reports(self) -> None:
+        """Take what stream servers sent back: cancel-on-disconnect reports (docs/operations.md)."""
+        for server in list(self._servers):
+            try:
+                data = server.recv(MAX_REPORT_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                self._drop(server, "went away")
+                continue
+            if not data:
+                continue
+            inbound = self._inbound.setdefault(server, bytearray())
+            inbound += data
+            *lines, rest = bytes(inbound).split(b"\n")
+            inbound[:] = rest[-MAX_REPORT_BYTES:]
+            for line in lines:
+                self._report(line)
+
+    def _report(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return
+        user = msg.get("user") if isinstance(msg, dict) and msg.get("t") == "disconnected" else None
+        if isinstance(user, str) and self.on_disconnect is not None:
+            try:
+                self.on_disconnect(user)
+            except Exception:  # the feed must keep running; the dead man's switch is the backstop
+                log.exception("cancel-on-disconnect for a stream session failed")
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -244,6 +281,7 @@ class StreamFeed:
         log.warning("stream server %s; disconnected (it reconnects and gets the current state)", why)
         server.close()
         self._servers.pop(server, None)
+        self._inbound.pop(server, None)
 
     def _hello(self) -> bytes:
         specs = self.specs()

@@ -126,3 +126,68 @@ def test_deadman_with_bad_timeout_is_refused(traders: tuple[Caller, Caller]) -> 
     alice, _ = traders
     r = alice.call("POST", f"{BASE}/deadman", {"timeout_ms": 10})
     assert r.status_code == 400 and r.get_json()["code"] == 2023
+
+
+def test_websocket_cancel_on_disconnect_cancels_the_users_orders_when_the_session_closes() -> None:
+    import json as json_module
+    import tempfile
+    import time as time_module
+
+    from websockets.sync.client import connect
+
+    from tests.exchange.test_stream import Stack, recv
+
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="srk") as directory:
+        s = Stack(Path(directory))
+        try:
+            svc = _VenueService(s)
+            s.feed.on_disconnect = lambda user: _cancel(svc, user)
+            s.order("alice@x", "buy", 10, price=BTC - 100 * USDC)
+            s.order("bob@x", "buy", 10, price=BTC - 100 * USDC)
+            token, _ = s.feed.issue_token("alice@x", ["trader"], int(time_module.time() * 1000))
+            time_module.sleep(0.1)
+            with connect(s.url) as ws:
+                ws.send(json_module.dumps({"op": "cancel_on_disconnect", "id": 1}))
+                assert recv(ws)["error"] == "unauthenticated"
+                ws.send(json_module.dumps({"op": "auth", "id": 2, "token": token}))
+                assert recv(ws)["type"] == "authenticated"
+                ws.send(json_module.dumps({"op": "cancel_on_disconnect", "id": 3, "enabled": True}))
+                assert recv(ws) == {"type": "cancel_on_disconnect", "id": 3, "enabled": True}
+                assert _owners(s, svc) == {"alice@x", "bob@x"}
+            deadline = time_module.monotonic() + 5
+            while "alice@x" in _owners(s, svc):
+                assert time_module.monotonic() < deadline, "alice's orders outlived her session"
+                time_module.sleep(0.02)
+            assert _owners(s, svc) == {"bob@x"}
+        finally:
+            s.close()
+
+
+class _VenueService:
+    """The shell's lock-and-command shape around the stack's bare venue."""
+
+    def __init__(self, stack: Any) -> None:
+        import threading
+        from contextlib import contextmanager
+
+        self.venue = stack.venue
+        self.lock = threading.RLock()
+
+        @contextmanager
+        def command() -> Iterator[Any]:
+            with self.lock:
+                yield self.venue
+                self.venue.drain()
+
+        self.command = command
+
+
+def _cancel(svc: Any, user: str) -> None:
+    from exchange.api.controls import cancel_everywhere
+
+    cancel_everywhere(svc, user)
+
+
+def _owners(s: Any, svc: Any) -> set[str]:
+    with svc.lock:  # the feed thread cancels under the same lock
+        return {o.account for o in s.venue.books["BTC-PERP"].orders.values()}
