@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from exchange.controls import ControlError, MarketClosed
 from exchange.engine.journal import FsyncPolicy
@@ -184,3 +186,53 @@ def test_venue_without_kill_switches_keeps_its_old_state_hash() -> None:
     import msgspec
 
     assert v.state_hash() == hashlib.sha256(msgspec.msgpack.encode(v.state())).hexdigest()
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.commands: list[object] = []
+
+    def record(self, cmd: object) -> None:
+        self.commands.append(cmd)
+
+
+_STEPS = st.lists(st.tuples(
+    st.sampled_from(["order", "cancel_all", "halt", "cancel_only", "open", "breaker", "deadman", "advance"]),
+    st.sampled_from(["alice", "bob", "carol"]),
+    st.integers(-30, 30),  # price offset in 0.1 % steps
+    st.integers(0, 20_000),  # ms to move the clock
+), min_size=1, max_size=40)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=_STEPS)
+def test_kill_switch_commands_replay_to_the_same_state_hash(steps: list[tuple[str, str, int, int]]) -> None:
+    v = _funded()
+    log = _Log()
+    v.journal = log  # type: ignore[assignment]
+    t = NOW
+    for i, (kind, who, offset, dt) in enumerate(steps):
+        t += dt
+        price = (BTC + BTC * offset // 1000) // 1_000_000 * 1_000_000
+        try:
+            if kind == "order":
+                v.place(SYM, _order(f"o{i}", who, "buy" if offset % 2 else "sell", price, ts_ms=t))
+            elif kind == "cancel_all":
+                v.cancel_all(SYM, who)
+            elif kind in ("halt", "cancel_only", "open"):
+                v.set_market_status(SYM, "halted" if kind == "halt" else kind,
+                                    until_ms=t + dt if kind == "halt" and offset > 0 else 0)
+            elif kind == "breaker":
+                v.set_breaker(SYM, abs(offset) * 10, 60_000, 5_000)
+            elif kind == "deadman":
+                v.arm_deadman(who, 1_000 + dt, t)
+            else:
+                v.advance(t)
+        except MarketClosed:
+            pass
+        v.drain()
+    replayed = _funded()
+    for cmd in log.commands:
+        replayed.execute(cmd)  # type: ignore[arg-type]
+    assert replayed.state_hash() == v.state_hash()
+    assert replayed.controls.state() == v.controls.state()
