@@ -19,6 +19,7 @@ from custody.access.secret_box import SecretBox
 from custody.access.users import Users
 from custody.compliance.cases import Cases
 from custody.compliance.kyc import Kyc
+from custody.compliance.monitoring import Monitoring
 from custody.compliance.screening import Screening
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
@@ -50,6 +51,7 @@ class AccessServices:
     screening: Screening
     cases: Cases
     kyc: Kyc
+    monitoring: Monitoring
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
 
     @classmethod
@@ -83,6 +85,7 @@ class AccessServices:
             screening=screening,
             cases=Cases(sessions, clock),
             kyc=Kyc(sessions, clock),
+            monitoring=Monitoring(sessions, clock, prices),
             recv_window_ms=recv_window_ms,
         )
 

@@ -41,6 +41,13 @@ def rescreen() -> None:
     guard(lambda: click.echo(json.dumps({"new_alerts": services().screening.rescreen_all()})))
 
 
+@compliance.command("monitor")
+@click.option("--username", default=None, help="Only this user (default: everyone).")
+def monitor(username: str | None) -> None:
+    """Run the transaction-monitoring rules over users' activity; print the alerts raised now."""
+    guard(lambda: click.echo(json.dumps({"new_alerts": services().monitoring.run(username)})))
+
+
 @compliance.command("lists")
 def lists() -> None:
     """Print the loaded list versions with their diffs, newest first."""

@@ -37,3 +37,4 @@ def test_compliance_load_sdn_versions_once_and_refuses_broken_list(
     listed = json.loads(runner.invoke(main, ["compliance", "lists"], env=env).output)
     assert [v["version"] for v in listed["versions"]] == [1]
     assert json.loads(runner.invoke(main, ["compliance", "rescreen"], env=env).output) == {"new_alerts": []}
+    assert json.loads(runner.invoke(main, ["compliance", "monitor"], env=env).output) == {"new_alerts": []}

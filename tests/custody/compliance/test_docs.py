@@ -47,3 +47,23 @@ def test_docs_kyc_tier_table_matches_tier_limits() -> None:
     rows = [line.strip("| ").split(" | ") for line in section.splitlines()[2:]]
     assert [(int(r[0]), r[1], int(r[4])) for r in rows] == [
         (t, tier_limits(t).name, tier_limits(t).max_leverage) for t in TIERS]
+
+
+def test_docs_monitoring_worked_example_gives_the_documented_findings() -> None:
+    from policies.monitoring import ActivityEvent, evaluate, parse_monitoring_json
+
+    blocks = _blocks()
+    rules = parse_monitoring_json(blocks["rules.json"].encode())
+    history = [ActivityEvent(**item) for item in json.loads(blocks["history.json"])]
+    findings = [f.to_json() for f in evaluate(rules, history, 1_767_232_800_000)]
+    assert findings == json.loads(blocks["findings.json"])
+
+
+def test_docs_monitoring_rule_table_lists_every_rule_type_and_its_parameters() -> None:
+    from policies.monitoring import RULE_PARAMS
+
+    text = DOC.read_text(encoding="utf-8")
+    section = text.split("| type | parameters | fires when |", 1)[1].split("\n\n", 1)[0]
+    rows = [line.strip("| ").split(" | ") for line in section.splitlines()[2:]]
+    documented = {r[0].strip("`"): {p.strip().strip("`") for p in r[1].split(",")} for r in rows}
+    assert documented == {kind: set(params) for kind, params in RULE_PARAMS.items()}
