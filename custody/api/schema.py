@@ -312,4 +312,5 @@ BODYLESS_WRITES: Final = frozenset({
     "audit.create_checkpoint", "audit.create_snapshot", "wallets.run_reconciliation",
     "withdrawals.remove_whitelist", "withdrawals.cancel_withdrawal", "exchange.advance",
     "exchange.cancel_order", "exchange.cancel_all_orders", "ledger.approve_proposal",
+    "exchange_history.stream_token",
 })
