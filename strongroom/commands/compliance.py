@@ -48,6 +48,27 @@ def monitor(username: str | None) -> None:
     guard(lambda: click.echo(json.dumps({"new_alerts": services().monitoring.run(username)})))
 
 
+@compliance.command("case-report")
+@click.argument("case_id", type=click.IntRange(1, 2**63 - 1))
+@click.option("--format", "fmt", type=click.Choice(["csv", "pdf"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--officer", default="operator", show_default=True,
+              help="Who exports (their own cases are not exported to them).")
+def case_report(case_id: int, fmt: str, out: Path, officer: str) -> None:
+    """Export a case (alerts with evidence, comments) as CSV or PDF to OUT."""
+    from custody.compliance.reports import case_csv, case_pdf
+
+    def run() -> None:
+        case = services().cases.get(officer, case_id)
+        if fmt == "csv":
+            out.write_text(case_csv(case), encoding="utf-8")
+        else:
+            out.write_bytes(case_pdf(case))
+        click.echo(json.dumps({"case": case_id, "format": fmt, "out": str(out)}))
+
+    guard(run)
+
+
 @compliance.command("lists")
 def lists() -> None:
     """Print the loaded list versions with their diffs, newest first."""
