@@ -274,7 +274,7 @@ _TX_TYPES: dict[Chain, type[BitcoinTransaction] | type[EthereumTransaction]] = {
 
 @dataclass(frozen=True, slots=True)
 class BundleBody:
-    """Everything the platform signs. Build it with `signer.builder.build_bundle`."""
+    """Everything the platform signs. The platform builds it with `custody.bundles.builder.build_bundle`."""
 
     bundle_id: str
     chain: Chain

@@ -8,8 +8,6 @@ in the bundle), `value` is zero, and the calldata is exactly
 
 from __future__ import annotations
 
-from typing import Any
-
 from eth_account import Account
 from eth_utils.address import to_checksum_address
 
@@ -18,6 +16,7 @@ from signer.bitcoin import root_key
 from signer.bundle import EthereumTransaction, Intent
 from signer.checks import TxCheck
 from signer.results import SignerCode, SignerError
+from signer.wire import transaction_dict
 
 ERC20_TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")
 ERC20_TRANSFER_BYTES = 4 + 32 + 32
@@ -124,22 +123,6 @@ def _check_token(intent: Intent, tx: EthereumTransaction, contract: str, check: 
             SignerCode.AMOUNT_MISMATCH,
             f"calldata amount is {amount_minor}, intent says {intent.amount_minor}",
         )
-
-
-def transaction_dict(tx: EthereumTransaction) -> dict[str, Any]:
-    """Return the transaction in the dict form eth-account signs."""
-    return {
-        "type": 2,
-        "chainId": tx.chain_id,
-        "nonce": tx.nonce,
-        "to": tx.to,
-        "value": tx.value_wei,
-        "data": "0x" + tx.data.hex(),
-        "gas": tx.gas_limit,
-        "maxFeePerGas": tx.max_fee_per_gas_wei,
-        "maxPriorityFeePerGas": tx.max_priority_fee_per_gas_wei,
-        "accessList": [],
-    }
 
 
 def ethereum_private_key(seed: bytes, path: str) -> bytes:

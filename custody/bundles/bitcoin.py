@@ -22,13 +22,14 @@ from collections.abc import Mapping, Sequence
 
 from custody.bundles.chains import ColdRequest, Finished, Unsigned
 from custody.bundles.codes import BundleCode, BundleError
+from custody.bundles.signed import check_signed, combine_bitcoin
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.bundle import check_final
 from custody.chains.bitcoin.cold import REQUIRED_SIGNATURES, ColdWallet
 from custody.wallets.codes import WalletCode, WalletError
 from signer.bundle import SEQUENCE_RBF, BitcoinTransaction, Bundle, Chain
 from signer.results import SignerCode, SignerError
-from signer.signed import SignedBundle, check_signed, combine_bitcoin
+from signer.signed import SignedBundle
 
 DEFAULT_CONFIRMATIONS = 6
 # The signer's default change window (signer.anchors.DEFAULT_CHANGE_INDEX_MAX), suggested for anchors.

@@ -18,11 +18,12 @@ from web3 import Web3
 
 from custody.bundles.chains import ColdRequest, Finished, Unsigned
 from custody.bundles.codes import BundleCode, BundleError
+from custody.bundles.signed import check_signed
 from custody.chains.ethereum.adapter import EthereumAdapter
 from custody.chains.ethereum.token import NATIVE_TRANSFER_GAS, TOKEN_TRANSFER_GAS, transfer_calldata
 from signer.bundle import Bundle, Chain, EthereumTransaction
 from signer.results import SignerCode, SignerError
-from signer.signed import SignedBundle, check_signed
+from signer.signed import SignedBundle
 
 NETWORK_NAMES = {1: "mainnet", 11155111: "sepolia", 17000: "holesky", 31337: "anvil"}
 DEFAULT_CONFIRMATIONS = 12

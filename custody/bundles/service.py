@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from custody import freezes
 from custody.access import security_log
+from custody.bundles.builder import build_bundle, platform_sign
 from custody.bundles.chains import BundleChain, BundleChains, Finished
 from custody.bundles.codes import BundleCode, BundleError
 from custody.bundles.models import NOTE_MAX_LEN, ColdBundle, ColdBundleSignature
@@ -55,7 +56,6 @@ from custody.ledger.posting import TransferRequest
 from custody.wallets.settlement import refusal, settlement_requests
 from custody.wallets.wallet import Temperature, WalletRegistry
 from policies.approval import APPROVAL_OUTDATED_MESSAGE, SubjectKind
-from signer.builder import build_bundle, platform_sign
 from signer.bundle import Bundle, Intent, RequestRef, signing_message
 from signer.results import SignerError
 from signer.signed import SignedBundle

@@ -81,7 +81,8 @@ def _tampered_answer(signed_path: Path, exported: bytes) -> bytes:
     from eth_account import Account
 
     from signer.canonical import canonical_bytes
-    from signer.ethereum import ethereum_private_key, transaction_dict
+    from signer.ethereum import ethereum_private_key
+    from signer.wire import transaction_dict
 
     tx = Bundle.from_bytes(exported).body.transaction
     assert isinstance(tx, EthereumTransaction)

@@ -20,11 +20,11 @@ from embit.networks import NETWORKS
 from embit.script import address_to_scriptpubkey
 from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
+from custody.bundles.builder import build_bundle, ed25519_signer, platform_sign
+from custody.chains.bitcoin.psbt import Utxo, build_psbt
 from policies.approval import Approval, SubjectKind, sign_approval
 from policies.signature_scheme import ed25519_public_bytes
 from signer.anchors import TrustAnchors
-from signer.bitcoin import Utxo, build_psbt
-from signer.builder import build_bundle, ed25519_signer, platform_sign
 from signer.bundle import (
     BitcoinTransaction,
     Bundle,

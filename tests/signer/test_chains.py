@@ -10,9 +10,10 @@ from embit.psbt import PSBT
 from embit.transaction import Transaction
 from eth_account import Account
 
+from custody.bundles.signed import check_signed, combine_bitcoin
 from signer.ethereum import decode_erc20_transfer, encode_erc20_transfer
 from signer.results import SignerCode, SignerError
-from signer.signed import SignedBundle, check_signed, combine_bitcoin
+from signer.signed import SignedBundle
 from signer.signing import sign_bundle
 
 from .helpers import EMPTY_HISTORY, ETH_DESTINATION, NOW_MS, World, seed

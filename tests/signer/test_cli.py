@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from custody.bundles.signed import check_signed
 from signer.cli import CliEnvironment, main
 from signer.network import Interface
-from signer.signed import SignedBundle, check_signed
+from signer.signed import SignedBundle
 from signer.signing_log import SigningLog
 
 from .helpers import BTC_ATTACKER, HOUR_MS, NOW_MS, PASSPHRASE, World, mnemonic

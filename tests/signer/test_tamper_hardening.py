@@ -49,7 +49,7 @@ def _change_output(psbt: Any, branch: int, index: int) -> None:
     other = PSBT.from_string(WORLD.btc_psbt(change_index=index))
     if branch != 1:
         derived = descriptor_of(WORLD.descriptor).derive(index, branch_index=branch)
-        from signer.bitcoin import _add_origins
+        from custody.chains.bitcoin.psbt import _add_origins
 
         scope = other.outputs[1]
         scope.bip32_derivations.clear()
@@ -125,7 +125,7 @@ def test_dust_destination_output_refused_output_dust() -> None:
 def test_transaction_above_standard_weight_refused_tx_too_large() -> None:
     from embit.transaction import Transaction, TransactionInput, TransactionOutput
 
-    from signer.bitcoin import Utxo, build_psbt
+    from custody.chains.bitcoin.psbt import Utxo, build_psbt
 
     script = descriptor_of(WORLD.descriptor).derive(3, branch_index=0).script_pubkey()
     utxos = []

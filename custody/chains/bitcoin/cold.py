@@ -26,11 +26,11 @@ from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.coin_selection import Coin, Shape, select_coins
 from custody.chains.bitcoin.models import BitcoinColdSpend, BitcoinColdWallet, BitcoinUtxo
 from custody.chains.bitcoin.network import address_of
+from custody.chains.bitcoin.psbt import Utxo, build_psbt
 from custody.chains.bitcoin.utxo import UtxoSet
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import Wallet, WalletAddress
 from custody.wallets.wallet import Temperature, WalletInfo, WalletRegistry
-from signer.bitcoin import Utxo, build_psbt
 
 REQUIRED_SIGNATURES = 2
 COSIGNERS = 3

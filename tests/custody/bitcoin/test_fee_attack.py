@@ -22,8 +22,9 @@ from embit.finalizer import finalize_psbt
 from embit.psbt import PSBT
 
 from custody.chains.bitcoin.network import address_of, network
+from custody.chains.bitcoin.psbt import Utxo, build_psbt
 from custody.chains.bitcoin.regtest import RegtestChain
-from signer.bitcoin import Utxo, build_psbt, root_key
+from signer.bitcoin import root_key
 from signer.bundle import BitcoinTransaction, Bundle, RequestRef
 from signer.results import SignerCode
 from signer.signing import sign_bundle
@@ -152,7 +153,7 @@ def test_fee_attack_honest_bundle_signs_finalizes_and_is_accepted(coins: Coins) 
         assert outcome.verification.check is not None
         assert outcome.verification.check.fee_minor == REAL_FEE_SAT
         signed.append(outcome.signed)
-    from signer.signed import combine_bitcoin
+    from custody.bundles.signed import combine_bitcoin
 
     raw_hex, txid = combine_bitcoin(bundle, signed)
     assert coins.chain.sendrawtransaction(raw_hex) == txid

@@ -90,7 +90,8 @@ def _resigned_to(world: ColdWorld, exported: bytes, destination: str) -> bytes:
     """A signed result whose transaction pays ``destination``, signed by the real cold key."""
     from eth_account import Account
 
-    from signer.ethereum import ethereum_private_key, transaction_dict
+    from signer.ethereum import ethereum_private_key
+    from signer.wire import transaction_dict
 
     from ...signer.helpers import ETH_PATH, seed
 

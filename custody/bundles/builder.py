@@ -5,7 +5,8 @@ The platform assembles the body from its withdrawal/refill record
 callable (`platform_sign`; the custody keystore's sign function fits), and
 writes `Bundle.to_bytes()` to the file or QR frames. On import it parses
 the answer with `SignedBundle.from_bytes` and checks it with
-`signer.signed.check_signed` (and `combine_bitcoin` for multisig).
+`custody.bundles.signed.check_signed` (and `combine_bitcoin` for multisig).
+Platform code: moved here from the offline signer package, which only checks and signs.
 """
 
 from __future__ import annotations
