@@ -24,7 +24,6 @@ were. The venue now refuses such orders before journaling them
 from __future__ import annotations
 
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -33,14 +32,11 @@ import msgspec
 
 from exchange.commands import Place, VenueCommand
 from exchange.engine.journal import (
-    HEADER,
-    MAX_RECORD_BYTES,
-    SEQ,
     FramedWriter,
     FsyncPolicy,
     JournalCorrupt,
-    check_record,
-    claimed_end,
+    frame_record,
+    scan_frames,
 )
 from exchange.engine.messages import NewOrder
 
@@ -113,11 +109,7 @@ def list_segments(directory: Path) -> list[Path]:
 
 def encode_record(seq: int, cmd: VenueCommand) -> bytes:
     """Return one framed record."""
-    payload = _encoder.encode(cmd)
-    if len(payload) > MAX_RECORD_BYTES:
-        raise ValueError(f"command encodes to {len(payload)} bytes, max {MAX_RECORD_BYTES}")
-    crc = zlib.crc32(payload, zlib.crc32(SEQ.pack(seq)))
-    return HEADER.pack(len(payload), crc, seq) + payload
+    return frame_record(seq, _encoder.encode(cmd))
 
 
 class VenueJournalWriter(FramedWriter[VenueCommand]):
@@ -139,27 +131,11 @@ class SegmentScan:
 
 
 def read_segment(path: Path) -> SegmentScan:
-    """Read every intact record of a segment; detect and drop a torn tail."""
-    data = path.read_bytes()
-    if len(data) < len(MAGIC):
-        if MAGIC.startswith(data):
-            return SegmentScan([], [], 0, len(data))
-        raise JournalCorrupt(f"{path}: bad magic {data!r}")
-    if data[: len(MAGIC)] != MAGIC:
-        raise JournalCorrupt(f"{path}: bad magic {data[: len(MAGIC)]!r}")
+    """Read every intact record of a segment; detect and drop a torn tail (the engine's framing)."""
+    frames, valid, torn = scan_frames(path, path.read_bytes(), MAGIC)
     records: list[tuple[int, VenueCommand]] = []
     offsets: list[int] = []
-    pos = len(MAGIC)
-    end = len(data)
-    while pos < end:
-        problem = check_record(data, pos)
-        if problem:
-            if claimed_end(data, pos) >= end or not data[pos:].strip(b"\0"):
-                return SegmentScan(records, offsets, pos, end - pos)
-            raise JournalCorrupt(f"{path}: {problem} at byte {pos} with data after it")
-        length, _, seq = HEADER.unpack_from(data, pos)
-        start = pos + HEADER.size
-        payload = data[start:start + length]
+    for pos, seq, payload in frames:
         try:
             cmd = _decoder.decode(payload)
         except msgspec.ValidationError as exc:
@@ -173,5 +149,4 @@ def read_segment(path: Path) -> SegmentScan:
             raise JournalCorrupt(f"{path}: record seq {seq} at byte {pos}: {exc}") from exc
         records.append((seq, cmd))
         offsets.append(pos)
-        pos = start + length
-    return SegmentScan(records, offsets, pos, 0)
+    return SegmentScan(records, offsets, valid, torn)

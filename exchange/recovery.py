@@ -26,8 +26,6 @@ import fcntl
 import hashlib
 import itertools
 import os
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ import msgspec
 from exchange.commands import Drain, VenueCommand
 from exchange.controls import ControlsState, MarketControls
 from exchange.engine.journal import FsyncPolicy, JournalCorrupt, fsync_dir
+from exchange.engine.snapshot import SnapshotCorrupt, read_framed, write_framed
 from exchange.instruments import ExchangeConfig
 from exchange.journal import (
     VenueJournalWriter,
@@ -52,15 +51,10 @@ from exchange.state import VenueState
 from exchange.venue import Venue
 
 SNAPSHOT_MAGIC: Final = b"SRVSNP01"
-SNAPSHOT_HEADER: Final = struct.Struct("<IQ")
 SNAPSHOT_PREFIX: Final = "venue-snapshot-"
 SNAPSHOT_SUFFIX: Final = ".snap"
 DEFAULT_SNAPSHOT_EVERY: Final = 100_000
 SNAPSHOTS_KEPT: Final = 2
-
-
-class SnapshotCorrupt(Exception):
-    """A venue snapshot is damaged or does not reproduce its state hash."""
 
 
 class VenueLocked(Exception):
@@ -101,28 +95,13 @@ def write_snapshot(directory: Path, command_seq: int, venue: Venue, cfg_hash: st
     """Atomically write the venue's state after ``command_seq`` (temp file, fsync, rename)."""
     body = msgspec.msgpack.encode(VenueSnapshot(command_seq, venue.state_hash(), cfg_hash, venue.state(),
                                                 venue.controls_state()))
-    path = directory / snapshot_name(command_seq)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(SNAPSHOT_MAGIC + SNAPSHOT_HEADER.pack(zlib.crc32(body), len(body)) + body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(directory)
-    return path
+    return write_framed(directory / snapshot_name(command_seq), SNAPSHOT_MAGIC, body)
 
 
 def read_snapshot(path: Path, config: ExchangeConfig,
                   record_fills: bool = True) -> tuple[VenueSnapshot, Venue]:
     """Load a snapshot and rebuild its venue; refuse one that does not reproduce its hash."""
-    data = path.read_bytes()
-    start = len(SNAPSHOT_MAGIC) + SNAPSHOT_HEADER.size
-    if len(data) < start or data[:len(SNAPSHOT_MAGIC)] != SNAPSHOT_MAGIC:
-        raise SnapshotCorrupt(f"{path}: bad magic or short file ({len(data)} bytes)")
-    crc, length = SNAPSHOT_HEADER.unpack_from(data, len(SNAPSHOT_MAGIC))
-    body = data[start:]
-    if len(body) != length or zlib.crc32(body) != crc:
-        raise SnapshotCorrupt(f"{path}: body length/CRC mismatch")
+    body = read_framed(path, SNAPSHOT_MAGIC)
     try:
         snap = msgspec.msgpack.decode(body, type=VenueSnapshot)
         venue = Venue.from_state(config, snap.state, record_fills)

@@ -552,7 +552,12 @@ class WithdrawalExecutor:
         return None
 
     def _rebroadcast_or_replace(self, row: ChainTransaction) -> None:
-        assert row.current_txid is not None and row.nonce is not None
+        """Send the current transaction again; once stuck for ``stuck_after_blocks``, replace it.
+
+        Shared by every chain: what "replace" means (same nonce with higher fees on
+        Ethereum, BIP125 from the change output on Bitcoin) is the chain's `_replace`.
+        """
+        assert row.current_txid is not None
         head = self._adapter.head_height()
         waited = head - (row.broadcast_height if row.broadcast_height is not None else head)
         if waited < self.config.stuck_after_blocks:

@@ -79,7 +79,11 @@ def list_segments(directory: Path) -> list[Path]:
 
 def encode_record(seq: int, cmd: Command) -> bytes:
     """Return one framed record."""
-    payload = _encoder.encode(cmd)
+    return frame_record(seq, _encoder.encode(cmd))
+
+
+def frame_record(seq: int, payload: bytes) -> bytes:
+    """Return ``payload`` framed as record ``seq`` (shared by the engine and venue journals)."""
     if len(payload) > MAX_RECORD_BYTES:
         raise ValueError(f"command encodes to {len(payload)} bytes, max {MAX_RECORD_BYTES}")
     crc = zlib.crc32(payload, zlib.crc32(SEQ.pack(seq)))
@@ -155,32 +159,44 @@ class SegmentScan:
 
 def read_segment(path: Path) -> SegmentScan:
     """Read every intact record of a segment; detect and drop a torn tail."""
-    data = path.read_bytes()
-    if len(data) < len(MAGIC):
-        if MAGIC.startswith(data):
-            return SegmentScan([], 0, len(data))
-        raise JournalCorrupt(f"{path}: bad magic {data!r}")
-    if data[: len(MAGIC)] != MAGIC:
-        raise JournalCorrupt(f"{path}: bad magic {data[: len(MAGIC)]!r}")
+    frames, valid, torn = scan_frames(path, path.read_bytes(), MAGIC)
     records: list[tuple[int, Command]] = []
-    pos = len(MAGIC)
+    for pos, seq, payload in frames:
+        try:
+            records.append((seq, _decoder.decode(payload)))
+        except msgspec.DecodeError as exc:
+            raise JournalCorrupt(f"{path}: record seq {seq} at byte {pos}: {exc}") from exc
+    return SegmentScan(records, valid, torn)
+
+
+def scan_frames(path: Path, data: bytes, magic: bytes) -> tuple[list[tuple[int, int, bytes]], int, int]:
+    """Return the intact records of a segment as (byte offset, seq, payload), its valid bytes and torn tail.
+
+    The one reader of the framing, shared by the engine and venue journals
+    (each checks its own ``magic`` and decodes its own payloads). An incomplete
+    or bad last record is a torn tail and dropped; a bad record with data after
+    it is `JournalCorrupt`.
+    """
+    if len(data) < len(magic):
+        if magic.startswith(data):
+            return [], 0, len(data)
+        raise JournalCorrupt(f"{path}: bad magic {data!r}")
+    if data[: len(magic)] != magic:
+        raise JournalCorrupt(f"{path}: bad magic {data[: len(magic)]!r}")
+    frames: list[tuple[int, int, bytes]] = []
+    pos = len(magic)
     end = len(data)
     while pos < end:
         problem = check_record(data, pos)
         if problem:
-            record_end = claimed_end(data, pos)
-            if record_end >= end or not data[pos:].strip(b"\0"):
-                return SegmentScan(records, pos, end - pos)
+            if claimed_end(data, pos) >= end or not data[pos:].strip(b"\0"):
+                return frames, pos, end - pos
             raise JournalCorrupt(f"{path}: {problem} at byte {pos} with data after it")
         length, _, seq = HEADER.unpack_from(data, pos)
         start = pos + HEADER.size
-        try:
-            cmd = _decoder.decode(data[start : start + length])
-        except msgspec.DecodeError as exc:
-            raise JournalCorrupt(f"{path}: record seq {seq} at byte {pos}: {exc}") from exc
-        records.append((seq, cmd))
+        frames.append((pos, seq, data[start : start + length]))
         pos = start + length
-    return SegmentScan(records, pos, 0)
+    return frames, pos, 0
 
 
 def claimed_end(data: bytes, pos: int) -> int:

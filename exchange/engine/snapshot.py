@@ -50,29 +50,42 @@ def list_snapshots(directory: Path) -> list[Path]:
 def write_snapshot(directory: Path, command_seq: int, book: OrderBook) -> Path:
     """Atomically write the state of `book` after `command_seq`; return the path."""
     body = msgspec.msgpack.encode(SnapshotBody(command_seq, book.state_hash(), book.state()))
-    path = directory / snapshot_name(command_seq)
+    return write_framed(directory / snapshot_name(command_seq), MAGIC, body)
+
+
+def write_framed(path: Path, magic: bytes, body: bytes) -> Path:
+    """Atomically write ``magic | u32 CRC32(body) | u64 len | body`` (temp file, fsync, rename).
+
+    The one snapshot framing, shared by the engine and venue snapshots.
+    """
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        f.write(MAGIC + HEADER.pack(zlib.crc32(body), len(body)) + body)
+        f.write(magic + HEADER.pack(zlib.crc32(body), len(body)) + body)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(directory)
+    fsync_dir(path.parent)
     return path
+
+
+def read_framed(path: Path, magic: bytes) -> bytes:
+    """Return the body of a file `write_framed` wrote; raise `SnapshotCorrupt` if damaged."""
+    data = path.read_bytes()
+    start = len(magic) + HEADER.size
+    if len(data) < start or data[: len(magic)] != magic:
+        raise SnapshotCorrupt(f"{path}: bad magic or short file ({len(data)} bytes)")
+    crc, length = HEADER.unpack_from(data, len(magic))
+    body = data[start:]
+    if len(body) != length or zlib.crc32(body) != crc:
+        raise SnapshotCorrupt(f"{path}: body length/CRC mismatch")
+    return body
 
 
 def read_snapshot(
     path: Path, reduce_only_hook: ReduceOnlyHook | None = None
 ) -> tuple[int, OrderBook]:
     """Load a snapshot; return (command seq, rebuilt book)."""
-    data = path.read_bytes()
-    start = len(MAGIC) + HEADER.size
-    if len(data) < start or data[: len(MAGIC)] != MAGIC:
-        raise SnapshotCorrupt(f"{path}: bad magic or short file ({len(data)} bytes)")
-    crc, length = HEADER.unpack_from(data, len(MAGIC))
-    body = data[start:]
-    if len(body) != length or zlib.crc32(body) != crc:
-        raise SnapshotCorrupt(f"{path}: body length/CRC mismatch")
+    body = read_framed(path, MAGIC)
     try:
         snap = msgspec.msgpack.decode(body, type=SnapshotBody)
     except msgspec.DecodeError as exc:

@@ -376,16 +376,8 @@ class BitcoinExecutor(WithdrawalExecutor):
 
     # -- stuck -> replaced (RBF) -------------------------------------------------------------------
 
-    def _rebroadcast_or_replace(self, row: ChainTransaction) -> None:
-        assert row.current_txid is not None
-        head = self.btc.head_height()
-        waited = head - (row.broadcast_height if row.broadcast_height is not None else head)
-        if waited < self.config.stuck_after_blocks:
-            try:
-                self.btc.broadcast(self._raw(row.current_txid))
-            except ChainError as exc:
-                log.info("re-broadcast of %s refused: %s", row.id, exc.message)
-            return
+    def _replace(self, row: ChainTransaction, head: int) -> None:
+        # Stuck: the shared _rebroadcast_or_replace decided; Bitcoin replaces by BIP125.
         self.bump_fee(row.id, head)
 
     def bump_fee(self, record_id: str, head: int | None = None) -> TransactionView:
