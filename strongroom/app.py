@@ -11,7 +11,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.routing import IntegerConverter
 
-from custody.access.service import AccessServices
 from custody.api import access as access_api
 from custody.api import audit as audit_api
 from custody.api import compliance as compliance_api
@@ -34,6 +33,7 @@ from exchange.api import marketdata as marketdata_api
 from strongroom import console, logs, metrics
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
+from strongroom.wiring import build_access_services
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 # Ids in paths are database BIGINTs: a larger number names nothing, so the route does not match (404).
@@ -75,7 +75,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.extensions["strongroom.settings"] = settings
     clock = app.config.get("CLOCK") or wall_clock_ms
     app.extensions["strongroom.clock"] = clock
-    app.extensions["strongroom.access"] = AccessServices.build(
+    app.extensions["strongroom.access"] = build_access_services(
         sessions, app.extensions["strongroom.keystore"], app.extensions["strongroom.ledger"], clock,
         prices_usd_cents=app.config.get("PRICES_USD_CENTS"))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from custody.access.service import AccessServices
+from custody.api.services import AccessServices
 from custody.keystore import KeystoreError
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest

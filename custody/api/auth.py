@@ -32,8 +32,8 @@ from flask.typing import ResponseReturnValue
 
 from custody.access.errors import AccessCode, AccessError
 from custody.access.idempotency import check_key, request_fingerprint
-from custody.access.service import AccessServices
 from custody.access.users import UserView
+from custody.api.services import AccessServices
 from policies.api_key import ApiKey, Scope
 from policies.request_signing import (
     HEADER_KEY_ID,

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from custody.access.errors import CustodyRefusal
-from custody.access.service import AccessServices
+from custody.api.services import AccessServices
 from custody.db import make_engine, make_session_factory
 from custody.keystore import KeystoreError, KeyType, LocalKeystore
 from custody.ledger.codes import LedgerError
@@ -30,6 +30,7 @@ from policies.results import PolicyError
 from policies.signature_scheme import SignatureScheme
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings, SettingsError
+from strongroom.wiring import build_access_services
 
 APPROVER_PASSPHRASE_ENV = "STRONGROOM_APPROVER_PASSPHRASE"  # noqa: S105 (a variable name)
 DEFAULT_APPROVAL_TTL_MINUTES = 60
@@ -49,7 +50,7 @@ def services(*, with_terms: bool = False) -> AccessServices:
         raise click.UsageError(str(exc)) from None
     sessions = make_session_factory(make_engine(settings.database_url))
     keystore = LazyKeystore(lambda: open_keystore(settings))
-    built = AccessServices.build(sessions, keystore, Ledger(sessions), wall_clock_ms)
+    built = build_access_services(sessions, keystore, Ledger(sessions), wall_clock_ms)
     if not with_terms:
         return built
     from custody.bundles.terms import install_terms

@@ -22,7 +22,7 @@ from eth_utils.address import to_checksum_address
 from flask import Flask
 from flask.testing import FlaskClient
 
-from custody.access.service import AccessServices
+from custody.api.services import AccessServices
 from custody.audit.export import PublicKey
 from custody.audit.service import AuditService
 from custody.bundles.service import ColdTransfers

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from custody.access.service import AccessServices
+from custody.api.services import AccessServices
 from policies.api_key import Scope
 from policies.approval import ApprovalSubject, SubjectKind, sign_approval
 from policies.mfa import TOTP_STEP_S, totp_code

@@ -14,13 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.access import security_log
 from custody.access.models import SecurityEvent
 from custody.access.replay import DbReplayCache
-from custody.access.service import AccessServices
 from custody.db import make_engine, make_session_factory
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
 from custody.withdrawals.models import WithdrawalRequest
 from policies.api_key import Scope
 from policies.roles import Role
+from strongroom.wiring import build_access_services
 
 from ...conftest import DATABASES, fresh_database_url
 
@@ -65,7 +65,7 @@ def test_secrets_are_never_stored_in_clear(
     sessions: sessionmaker[Session], tmp_path: Path, clock: Any
 ) -> None:
     keystore = LocalKeystore(tmp_path / "k.srks", "test passphrase, not a secret", scrypt_log2_n=10)
-    svc = AccessServices.build(sessions, keystore, Ledger(sessions, clock=clock), clock)
+    svc = build_access_services(sessions, keystore, Ledger(sessions, clock=clock), clock)
     _, key = svc.users.create_user("alice", frozenset({Role.TRADER}), key_scopes=frozenset({Scope.READ}))
     assert key is not None and "srs_" not in repr(key)
     enrolment = svc.mfa.enrol("alice")

@@ -9,7 +9,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from embit import bip39
 from sqlalchemy import select
 
-from custody.access.service import AccessServices
 from custody.chains.ethereum.devchain import EmbeddedChain
 from custody.db import make_engine, make_session_factory
 from custody.wallets import hd
@@ -20,6 +19,7 @@ from custody.wallets.wallet import Temperature
 from policies.approval import Approval, ApprovalSubject, sign_approval
 from policies.roles import Role
 from policies.signature_scheme import ed25519_public_bytes
+from strongroom.wiring import build_access_services
 
 from .helpers import ETH, Harness, make_harness
 
@@ -87,7 +87,7 @@ def test_execute_same_withdrawal_twice_is_one_record_and_different_body_conflict
 def _treasury_approvers(harness: Harness, names: tuple[str, ...]) -> dict[str, Ed25519PrivateKey]:
     """Create treasury users with registered approval keys; return their private keys."""
     sessions = make_session_factory(make_engine(harness.url))
-    services = AccessServices.build(sessions, harness.keystore, harness.ledger,
+    services = build_access_services(sessions, harness.keystore, harness.ledger,
                                     harness.clock)  # type: ignore[arg-type]
     keys = {}
     for name in names:

@@ -13,8 +13,8 @@ from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 
-from custody.access.service import AccessServices
 from custody.access.users import parse_roles
+from custody.api.services import AccessServices
 from custody.keystore.local import LocalKeystore
 
 LOCAL = "http://127.0.0.1:8600"
