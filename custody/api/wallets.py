@@ -4,15 +4,15 @@ Reads need ``wallet.read`` (treasury, admin, auditor); the reconciliation
 report is also open to ``audit.read``; approving a refill needs
 ``wallet.manage`` with MFA and the approver's signed approval. Running a
 reconciliation needs a configured chain: ``app.extensions["strongroom.chains"]``
-maps each chain name to its runtime (:class:`WalletRuntime` for Ethereum,
-:class:`BitcoinRuntime` for Bitcoin). Endpoints about one chain take a
+maps each chain name to its runtime (built by the composition root,
+strongroom.runtimes; this module needs only `ChainServices` of it). Endpoints about one chain take a
 ``chain`` query parameter (``ethereum`` by default); lists take it as an
 optional filter.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -25,12 +25,10 @@ from custody.api.errors import ApiError, RequestCode, error_body
 from custody.api.request import json_object, reject_unknown
 from custody.api.schema import accepts
 from custody.chains.adapter import ChainError
-from custody.chains.bitcoin.runtime import BitcoinRuntime
-from custody.reconciliation import report_from_row
+from custody.reconciliation import Reconciler, report_from_row
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import ChainTransaction, ReconciliationRun, RefillProposal, Wallet, WalletAddress
-from custody.wallets.runtime import WalletRuntime
-from custody.wallets.treasury import refill_subject
+from custody.wallets.treasury import Treasury, refill_subject
 from custody.withdrawals.service import subject_json
 from policies.api_key import Scope
 from policies.approval import Approval
@@ -74,9 +72,19 @@ def _chain(default: str | None = DEFAULT_CHAIN) -> str | None:
     return chain
 
 
-def _runtime(chain: str) -> WalletRuntime | BitcoinRuntime:
+class ChainServices(Protocol):
+    """What these endpoints use of one chain's runtime (strongroom.runtimes provides it)."""
+
+    @property
+    def treasury(self) -> Treasury: ...
+
+    @property
+    def reconciler(self) -> Reconciler: ...
+
+
+def _runtime(chain: str) -> ChainServices:
     found = current_app.extensions.get("strongroom.chains")
-    runtimes: dict[str, WalletRuntime | BitcoinRuntime] = found or {}
+    runtimes: dict[str, ChainServices] = found or {}
     runtime = runtimes.get(chain)
     if runtime is None:
         variable = "STRONGROOM_BTC_RPC_URL" if chain == "bitcoin" else "STRONGROOM_ETH_RPC_URL"

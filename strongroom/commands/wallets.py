@@ -37,7 +37,6 @@ from custody.chains.adapter import ChainError
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.network import network as bitcoin_network
 from custody.chains.bitcoin.rpc import BitcoinRpc
-from custody.chains.bitcoin.runtime import BitcoinRuntime, build_bitcoin_runtime
 from custody.chains.ethereum.adapter import EthereumAdapter
 from custody.chains.ethereum.devchain import EmbeddedChain
 from custody.db import make_engine, make_session_factory
@@ -45,11 +44,12 @@ from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import Ledger, wall_clock_ms
 from custody.wallets.codes import WalletCode, WalletError
-from custody.wallets.runtime import WalletRuntime, build_runtime
 from custody.wallets.wallet import Temperature
 from strongroom import migrate as migrations
 from strongroom.devnet.control import DevnetInfo
 from strongroom.keystores import open_keystore
+from strongroom.runtimes.bitcoin import BitcoinRuntime, build_bitcoin_runtime
+from strongroom.runtimes.ethereum import WalletRuntime, build_runtime
 from strongroom.settings import Settings
 
 DEFAULT_CONFIRMATIONS = 12

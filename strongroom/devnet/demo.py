@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from custody.chains.bitcoin.runtime import BitcoinRuntime
+from custody.wallets.runtime import WalletRuntime
+
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
-from custody.wallets.runtime import WalletRuntime
 from custody.wallets.wallet import Temperature
 from strongroom.devnet.control import DEVNET_CONFIRMATIONS, BitcoinControl, DevnetInfo, EthereumControl
 

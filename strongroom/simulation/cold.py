@@ -18,7 +18,6 @@ from custody.bundles.chains import BundleChains
 from custody.bundles.ethereum import DEFAULT_COLD_PATH, EthereumBundles
 from custody.bundles.service import ColdTransfers
 from custody.bundles.terms import install_terms
-from custody.wallets.runtime import WalletRuntime
 from custody.wallets.treasury import REFILL_POLICY_ID, REFILL_RULE
 from custody.withdrawals.service import Withdrawals
 from policies.signature_scheme import ed25519_public_bytes
@@ -28,6 +27,7 @@ from signer.canonical import sha256_hex
 from signer.ethereum import ethereum_address
 from signer.signing import sign_bundle
 from signer.signing_log import EVENT_SIGNED, SigningLog
+from strongroom.runtimes.ethereum import WalletRuntime
 from strongroom.simulation.client import Person
 
 NETWORK = "embedded"

@@ -29,7 +29,6 @@ from custody.bundles.service import ColdTransfers
 from custody.chains.ethereum.devchain import EmbeddedChain
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
-from custody.wallets.runtime import WalletRuntime, build_runtime
 from custody.withdrawals.dispatch import WithdrawalDispatcher
 from exchange.feeds import ScriptedFeed
 from exchange.schedule import MarketScheduler
@@ -40,6 +39,7 @@ from policies.roles import Role
 from policies.signature_scheme import ed25519_public_bytes
 from strongroom import migrate as migrations
 from strongroom.app import create_app
+from strongroom.runtimes.ethereum import WalletRuntime, build_runtime
 from strongroom.settings import Settings
 from strongroom.simulation.client import TOTP_STEP_MS, Person
 from strongroom.simulation.clock import SimClock

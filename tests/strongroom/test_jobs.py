@@ -76,12 +76,12 @@ def test_server_jobs_tick_each_chain_and_cold_bundles_once(  # type: ignore[no-u
     from custody.chains.bitcoin.adapter import BitcoinAdapter
     from custody.chains.bitcoin.network import network
     from custody.chains.bitcoin.regtest import RegtestChain
-    from custody.chains.bitcoin.runtime import build_bitcoin_runtime
     from custody.chains.ethereum.devchain import EmbeddedChain
     from custody.db import make_engine, make_session_factory
     from custody.ledger.service import Ledger
-    from custody.wallets.runtime import build_runtime
     from strongroom.app import create_app
+    from strongroom.runtimes.bitcoin import build_bitcoin_runtime
+    from strongroom.runtimes.ethereum import build_runtime
     from strongroom.settings import Settings
 
     sessions = make_session_factory(make_engine(database_url))

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.network import network
 from custody.chains.bitcoin.regtest import RegtestChain
-from custody.chains.bitcoin.runtime import BitcoinRuntime, build_bitcoin_runtime
 from custody.db import make_engine, make_session_factory
 from custody.keystore import LocalKeystore
 from custody.ledger.entry import AccountKind
 from custody.ledger.service import Ledger
 from custody.wallets.wallet import Temperature
 from custody.wallets.withdrawal_executor import TxStatus
+from strongroom.runtimes.bitcoin import BitcoinRuntime, build_bitcoin_runtime
 
 from ...signer.helpers import World
 from ..wallets.helpers import Harness

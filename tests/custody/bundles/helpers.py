@@ -24,7 +24,6 @@ from custody.chains.ethereum.devchain import DevChain
 from custody.db import make_engine, make_session_factory
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
-from custody.wallets.runtime import build_runtime
 from custody.wallets.treasury import REFILL_POLICY_ID, REFILL_RULE
 from custody.wallets.wallet import Temperature
 from policies.roles import Role
@@ -36,6 +35,7 @@ from signer.keystore import restore_keystore
 from signer.signed import SignedBundle
 from signer.signing import sign_bundle
 from signer.signing_log import History
+from strongroom.runtimes.ethereum import build_runtime
 
 from ...signer.helpers import ETH_DESTINATION, ETH_PATH, PASSPHRASE, TEST_SCRYPT_LOG2_N, mnemonic, seed
 from ..access.helpers import SignedClient, make_user, withdrawal_subject

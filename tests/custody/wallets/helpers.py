@@ -10,8 +10,8 @@ from custody.keystore import LocalKeystore
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import Ledger
-from custody.wallets.runtime import WalletRuntime, build_runtime
 from custody.wallets.wallet import Temperature
+from strongroom.runtimes.ethereum import WalletRuntime, build_runtime
 
 CONFIRMATIONS = {"ETH": 3, "USDC": 3}
 COLD_ADDRESS = "0x000000000000000000000000000000000000c01d"
