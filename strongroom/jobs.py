@@ -45,7 +45,7 @@ class Job:
 def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_EVERY_ENTRIES) -> list[Job]:
     """Return the server's jobs: hold expiry, signed checkpoints and, with a chain, wallet rounds."""
     from custody.api.audit import audit
-    from custody.withdrawals.dispatch import WithdrawalDispatcher
+    from custody.wallets.dispatch import WithdrawalDispatcher
 
     ledger = app.extensions["strongroom.ledger"]
 

@@ -267,6 +267,7 @@ class RefillSource:
         assert row is not None, f"refill {request_id} vanished"
         lifecycle.transition(
             session, Kind.REFILL, request_id, row.status, _EVENTS[stage], actor="system", now_ms=now_ms,
+            row=row,
             details={"reason": reason},
         )
 

@@ -379,6 +379,7 @@ class Treasury:
             if met and row.status == PROPOSED:
                 lifecycle.transition(
                     session, Kind.REFILL, row.id, PROPOSED, Event.QUORUM_MET, actor="system", now_ms=now_ms,
+                    row=row,
                     details={"approvers": sorted({a["approver"] for a in approvals if a.get("signed")})},
                 )
         return _refill(row, terms.get(row.asset))

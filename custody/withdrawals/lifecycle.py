@@ -17,7 +17,7 @@ Withdrawals::
     delayed  --allow/require_approvals/delay/block--> (evaluated again, the delay served)
     pending_approval --quorum_met--> approved
     pending_approval / delayed --cancel--> cancelled, --reject--> rejected
-    approved --dispatch--> broadcasting                  (hot: custody.withdrawals.dispatch)
+    approved --dispatch--> broadcasting                  (hot: custody.wallets.dispatch)
     approved --export--> awaiting_signature              (cold: custody.bundles)
     approved --fail--> failed                            (its hold is not live: never sent)
     awaiting_signature --export--> awaiting_signature    (the unsigned bundle expired; a new one)
@@ -38,13 +38,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import column, table, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from custody.access import security_log
-from custody.wallets.models import RefillProposal
 from custody.withdrawals.codes import WithdrawalCode, WithdrawalError
 from custody.withdrawals.models import WithdrawalRequest
+
+# The refill table (custody.wallets.models.RefillProposal) by name: the wallets package
+# uses this module, so this module does not import the wallets package back.
+_REFILLS = table("wallet_refill_proposals", column("id"), column("status"), column("updated_ms"))
 
 
 class WithdrawalState(StrEnum):
@@ -181,14 +185,17 @@ def transition(
     action: str | None = None,
     outcome: str = "ok",
     details: Mapping[str, Any] | None = None,
+    row: Any = None,
 ) -> Transition:
     """Move ``subject_id`` from ``from_state`` by ``event`` in ``session``'s transaction; log it.
 
     ``values`` are other columns written by the same UPDATE (``closed_by``...).
     The security-log action is ``<kind>.<to_state>`` unless ``action`` names
-    another. Raises `WithdrawalError` ``WITHDRAWAL_STATE_CONFLICT`` if the table
-    has no such transition or the row is no longer in ``from_state`` (another
-    transition won); nothing is written then.
+    another. ``row``, a refill row loaded in ``session``, is given its new state
+    and time (withdrawal rows in the session are updated by the ORM). Raises
+    `WithdrawalError` ``WITHDRAWAL_STATE_CONFLICT`` if the table has no such
+    transition or the row is no longer in ``from_state`` (another transition
+    won); nothing is written then.
     """
     to_state = next_state(kind, from_state, event)
     if to_state is None:
@@ -205,16 +212,20 @@ def transition(
         )
     else:
         statement = (
-            update(RefillProposal)
-            .where(RefillProposal.id == subject_id, RefillProposal.status == from_state)
+            update(_REFILLS)
+            .where(_REFILLS.c.id == subject_id, _REFILLS.c.status == from_state)
             .values(status=to_state, updated_ms=now_ms, **extra)
         )
-    result = session.execute(statement, execution_options={"synchronize_session": "fetch"})
+    options = {"synchronize_session": "fetch"} if kind is Kind.WITHDRAWAL else {}
+    result = session.execute(statement, execution_options=options)
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise WithdrawalError(
             WithdrawalCode.WITHDRAWAL_STATE_CONFLICT,
             f"{kind} {subject_id[:80]} is no longer {from_state[:32]}; '{event}' was not applied",
         )
+    if row is not None and kind is Kind.REFILL:
+        for name, value in {"status": to_state, "updated_ms": now_ms, **extra}.items():
+            set_committed_value(row, name, value)
     security_log.append(
         session,
         at_ms=now_ms,

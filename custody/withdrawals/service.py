@@ -4,7 +4,7 @@ State machine (docs/api.md draws it; custody.withdrawals.lifecycle holds the tab
 the only writer of the state column)::
 
     create --block--> blocked                      (hold voided)
-           --allow--> approved                     (then custody.withdrawals.dispatch)
+           --allow--> approved                     (then custody.wallets.dispatch)
            --require_approvals--> pending_approval --quorum--> approved
            --delay--> delayed --release_due--> (evaluated again, delay served)
     approved (cold source) --bundle export--> awaiting_signature --signed bundle imported-->
@@ -65,7 +65,7 @@ PLATFORM_OWNER = "platform"
 # The states and every move between them: custody.withdrawals.lifecycle.
 PENDING_APPROVAL, DELAYED, APPROVED = State.PENDING_APPROVAL, State.DELAYED, State.APPROVED
 REJECTED, CANCELLED, BLOCKED = State.REJECTED, State.CANCELLED, State.BLOCKED
-# On chain (custody.withdrawals.dispatch): handed to the hot wallet, then final.
+# On chain (custody.wallets.dispatch): handed to the hot wallet, then final.
 BROADCASTING, COMPLETED, FAILED = State.BROADCASTING, State.COMPLETED, State.FAILED
 # Cold source (custody.bundles): an unsigned bundle is out at the offline signer.
 AWAITING_SIGNATURE = State.AWAITING_SIGNATURE

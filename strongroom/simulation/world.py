@@ -29,7 +29,7 @@ from custody.bundles.service import ColdTransfers
 from custody.chains.ethereum.devchain import EmbeddedChain
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
-from custody.withdrawals.dispatch import WithdrawalDispatcher
+from custody.wallets.dispatch import WithdrawalDispatcher
 from exchange.feeds import ScriptedFeed
 from exchange.schedule import MarketScheduler
 from exchange.service import ExchangeService

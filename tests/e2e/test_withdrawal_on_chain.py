@@ -8,7 +8,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from custody.chains.ethereum.devchain import EmbeddedChain
-from custody.withdrawals.dispatch import WithdrawalDispatcher
+from custody.wallets.dispatch import WithdrawalDispatcher
 from policies.roles import Role
 
 from ..custody.access.helpers import make_user

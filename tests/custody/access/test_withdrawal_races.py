@@ -265,7 +265,7 @@ def test_retry_on_a_legacy_live_hold_adopts_it_instead_of_holding_twice(
 def test_dispatcher_refuses_to_send_a_withdrawal_whose_hold_is_not_live(
     app: Flask, alice: SignedClient
 ) -> None:
-    from custody.withdrawals.dispatch import WithdrawalDispatcher
+    from custody.wallets.dispatch import WithdrawalDispatcher
 
     withdrawals: Withdrawals = access(app).withdrawals
     withdrawals.create(_alice_view(app), WithdrawalInput("BTC", AMOUNT, DESTINATION), "wd_unheld")
