@@ -69,7 +69,7 @@ def _seed(env: dict[str, str]) -> dict[str, Login]:
     """Demo data, logins and a whitelisted address, as if set up two days ago (the timelock passed)."""
     script = r"""
 import json, os, time
-from custody.access.service import AccessServices
+from strongroom.wiring import build_access_services
 from custody.audit.service import AuditService
 from custody.audit.reserves import ReservesService
 from custody.db import make_engine, make_session_factory
@@ -88,13 +88,13 @@ ledger = Ledger(sessions)
 keystore = open_keystore(settings)
 seed_demo(ledger)
 past = lambda: int(time.time() * 1000) - int(os.environ["CONSOLE_E2E_PAST_MS"])
-services = AccessServices.build(sessions, keystore, ledger, past)
+services = build_access_services(sessions, keystore, ledger, past)
 seed_demo_access(services)
 lines = seed_demo_console(services)
 services.withdrawals.add_whitelist("alice", "BTC", os.environ["CONSOLE_E2E_WHITELIST"], "my cold wallet")
 # A withdrawal waiting for treasury now, so the treasury journey does not depend on the trader's.
 from custody.withdrawals.service import WithdrawalInput
-today = AccessServices.build(sessions, keystore, ledger, lambda: int(time.time() * 1000))
+today = build_access_services(sessions, keystore, ledger, lambda: int(time.time() * 1000))
 today.withdrawals.create(today.users.get_user("alice"), WithdrawalInput(
     asset="BTC", amount_minor=25_000_000, destination=os.environ["CONSOLE_E2E_WHITELIST"],
     source_wallet="hot"), "wd_" + "e2e0" * 8)

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from custody.access.service import AccessServices
 from flask import Flask
 from flask.testing import FlaskClient
 
+from custody.api.services import AccessServices
 from policies.roles import Role
 
 from ..access.conftest import fund
