@@ -7,13 +7,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from custody.chains.bitcoin.runtime import BitcoinRuntime
-from custody.wallets.runtime import WalletRuntime
-
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.wallets.wallet import Temperature
 from strongroom.devnet.control import DEVNET_CONFIRMATIONS, BitcoinControl, DevnetInfo, EthereumControl
+from strongroom.runtimes.bitcoin import BitcoinRuntime
+from strongroom.runtimes.ethereum import WalletRuntime
 
 Say = Callable[[str], object]
 SETTLE_ROUNDS = DEVNET_CONFIRMATIONS + 3

@@ -41,7 +41,7 @@ def test_withdrawal_after_freeze_lifted_by_two_admins_goes_through(alice: Signed
 def test_dispatcher_holds_back_approved_withdrawal_of_frozen_owner(alice: SignedClient, app: Flask) -> None:
     from typing import Any
 
-    from custody.withdrawals.dispatch import WithdrawalDispatcher
+    from custody.wallets.dispatch import WithdrawalDispatcher
     from custody.withdrawals.service import WithdrawalInput
 
     from .helpers import access

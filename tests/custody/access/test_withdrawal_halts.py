@@ -108,7 +108,7 @@ def _halts(app: Flask) -> list[Any]:
 def test_dispatcher_does_not_send_approved_withdrawals_while_halted(
     alice: SignedClient, admins: list[SignedClient], app: Flask
 ) -> None:
-    from custody.withdrawals.dispatch import WithdrawalDispatcher
+    from custody.wallets.dispatch import WithdrawalDispatcher
 
     whitelist(alice)
     withdrawals: Withdrawals = access(app).withdrawals
