@@ -22,7 +22,7 @@ from typing import Any, Final
 from sqlalchemy import BigInteger, Index, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.errors import AccessCode, AccessError
 from custody.db import Base
 

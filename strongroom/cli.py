@@ -430,9 +430,9 @@ def _propose(proposer: str, request: TransferRequest) -> None:
 
 def _guard_access(fn: Callable[[], None]) -> None:
     """Like `_guard`, for commands that also meet access and policy refusals."""
-    from custody.access.errors import CustodyRefusal
     from custody.access.ledger_ops import ProposalRefused
     from custody.keystore import KeystoreError
+    from custody.refusal import CustodyRefusal
     from policies.results import PolicyError
 
     try:

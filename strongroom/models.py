@@ -1,6 +1,7 @@
 """Import every table module so ``Base.metadata`` is complete (for Alembic and tests)."""
 
 from custody import freezes as freeze_models
+from custody import security_log as security_log_models
 from custody import withdrawal_halts as withdrawal_halt_models
 from custody.access import models as access_models
 from custody.audit import models as audit_models
@@ -23,6 +24,7 @@ __all__ = [
     "console_models",
     "freeze_models",
     "ledger_models",
+    "security_log_models",
     "wallet_models",
     "withdrawal_halt_models",
     "withdrawal_models",

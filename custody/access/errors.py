@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from custody.refusal import CustodyRefusal
+
 
 class AccessCode(IntEnum):
     """Stable refusals of users, keys, MFA enrolment, approver keys and idempotency."""
@@ -56,16 +58,6 @@ ACCESS_STATUS: dict[AccessCode, int] = {
     AccessCode.PROPOSAL_CLOSED: 409,
     AccessCode.APPROVER_MISMATCH: 403,
 }
-
-
-class CustodyRefusal(Exception):
-    """An expected refusal by a custody service: a stable code, a message and an HTTP status."""
-
-    def __init__(self, code: IntEnum, message: str, status: int = 400) -> None:
-        super().__init__(f"{code.name.lower()}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 class AccessError(CustodyRefusal):

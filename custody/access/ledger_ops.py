@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.errors import AccessCode, AccessError
 from custody.access.models import LedgerProposalRow
 from custody.ledger.entry import TransferKind

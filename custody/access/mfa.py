@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.errors import AccessCode, AccessError
 from custody.access.models import MfaRow, User
 from custody.access.secret_box import SecretBox

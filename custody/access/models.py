@@ -1,5 +1,5 @@
 """Access-control tables: users, API keys, MFA, approver keys, replay nonces,
-idempotency records, policy documents and proposals, and the security log.
+idempotency records, policy documents and proposals (the security log: custody.security_log).
 
 Secrets (API-key HMAC secrets, TOTP secrets) are stored only as keystore
 ciphertext; nothing in these tables is a secret in clear.
@@ -144,22 +144,6 @@ class PolicyChangeApprovalRow(Base):
     approver: Mapped[str] = mapped_column(String(USERNAME_MAX_LEN))
     approval: Mapped[bytes] = mapped_column(LargeBinary)
     created_ms: Mapped[int] = mapped_column(BigInteger)
-
-
-class SecurityEvent(Base):
-    """One entry of the append-only, hash-chained security log (triggers reject changes)."""
-
-    __tablename__ = "access_security_log"
-
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    at_ms: Mapped[int] = mapped_column(BigInteger)
-    actor: Mapped[str] = mapped_column(String(USERNAME_MAX_LEN))
-    action: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str] = mapped_column(String(256))
-    outcome: Mapped[str] = mapped_column(String(32))
-    details: Mapped[str] = mapped_column(Text)  # Canonical JSON; never secrets.
-    prev_hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
-    hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
 
 
 class LedgerProposalRow(Base):

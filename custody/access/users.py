@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.errors import AccessCode, AccessError
 from custody.access.models import ApiKeyRow, User
 from custody.access.secret_box import SecretBox

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.errors import AccessCode, AccessError
 from custody.access.users import parse_roles, parse_scopes
 from custody.api.auth import json_response, principal, secured, services

@@ -15,8 +15,8 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from custody.access.errors import CustodyRefusal
 from custody.ledger.codes import LedgerCode, LedgerError
+from custody.refusal import CustodyRefusal
 from policies.results import PolicyError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.approvers import Approvers
 from custody.access.idempotency import Idempotency
 from custody.access.ledger_ops import LedgerOperations

@@ -33,8 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody import freezes
-from custody.access import security_log
+from custody import freezes, security_log
 from custody.bundles.builder import build_bundle, platform_sign
 from custody.bundles.chains import BundleChain, BundleChains, Finished
 from custody.bundles.codes import BundleCode, BundleError

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access import security_log
+from custody import security_log
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.models import (
     COMMENT_MAX_LEN,

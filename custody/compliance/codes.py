@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from custody.access.errors import CustodyRefusal
+from custody.refusal import CustodyRefusal
 
 
 class ComplianceCode(IntEnum):

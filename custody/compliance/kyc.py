@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.models import User
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.models import REASON_MAX_LEN, KycProviderEvent, KycReview

@@ -29,8 +29,7 @@ from rapidfuzz import fuzz, process, utils
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody import freezes
-from custody.access import security_log
+from custody import freezes, security_log
 from custody.access.models import User
 from custody.compliance.addresses import normalise_for_asset
 from custody.compliance.cases import AlertInput, raise_alert

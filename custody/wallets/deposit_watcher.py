@@ -38,8 +38,7 @@ from typing import Protocol
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody import freezes
-from custody.access import security_log
+from custody import freezes, security_log
 from custody.chains.adapter import Block, ChainAdapter
 from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import SERVICE_ACTOR, AccountKind, TransferKind

@@ -42,7 +42,7 @@ from sqlalchemy import column, table, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from custody.access import security_log
+from custody import security_log
 from custody.withdrawals.codes import WithdrawalCode, WithdrawalError
 from custody.withdrawals.models import WithdrawalRequest
 

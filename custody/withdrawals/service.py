@@ -32,8 +32,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from custody import freezes, withdrawal_halts
-from custody.access import security_log
+from custody import freezes, security_log, withdrawal_halts
 from custody.access.approvers import load_registry
 from custody.access.errors import AccessCode, AccessError
 from custody.access.models import User

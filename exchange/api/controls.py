@@ -15,7 +15,7 @@ from typing import Any, Final
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from custody.access import security_log
+from custody import security_log
 from custody.api.auth import secured
 from custody.api.errors import ApiError, error_body
 from custody.api.request import field_int, field_str, json_object, reject_unknown

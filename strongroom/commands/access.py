@@ -18,12 +18,12 @@ from pathlib import Path
 
 import click
 
-from custody.access.errors import CustodyRefusal
 from custody.api.services import AccessServices
 from custody.db import make_engine, make_session_factory
 from custody.keystore import KeystoreError, KeyType, LocalKeystore
 from custody.ledger.codes import LedgerError
 from custody.ledger.service import Ledger, wall_clock_ms
+from custody.refusal import CustodyRefusal
 from custody.withdrawals.service import PENDING_APPROVAL, WithdrawalView
 from policies.approval import Approval, approval_digest
 from policies.results import PolicyError

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import click
 
-from custody.access.errors import CustodyRefusal
 from custody.bundles.service import ColdTransfers
 from custody.chains.adapter import ChainError
 from custody.db import make_engine, make_session_factory
 from custody.keystore import KeystoreError
 from custody.ledger.codes import LedgerError
 from custody.ledger.service import wall_clock_ms
+from custody.refusal import CustodyRefusal
 from custody.wallets.codes import WalletError
 from policies.results import PolicyError
 from signer import qr

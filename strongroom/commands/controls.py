@@ -86,7 +86,7 @@ def halt_list(everything: bool) -> None:
 
 def _venue_command(admin: str, action: str, symbol: str, details: dict[str, Any], apply: Any) -> None:
     """Append one control command to the stopped server's venue journal and log it."""
-    from custody.access import security_log
+    from custody import security_log
     from exchange.controls import ControlError
     from exchange.instruments import MARKET_CONFIG, load_instruments
     from exchange.recovery import VenueLocked

@@ -28,7 +28,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.mfa import Mfa
 from custody.access.models import User
 from custody.access.users import UserView, user_view

@@ -13,11 +13,11 @@ from typing import Any
 
 from embit import bip39  # type: ignore[import-untyped, unused-ignore]
 
-from custody.access.errors import CustodyRefusal
 from custody.bundles.chains import BundleChains
 from custody.bundles.ethereum import DEFAULT_COLD_PATH, EthereumBundles
 from custody.bundles.service import ColdTransfers
 from custody.bundles.terms import install_terms
+from custody.refusal import CustodyRefusal
 from custody.wallets.treasury import REFILL_POLICY_ID, REFILL_RULE
 from custody.withdrawals.service import Withdrawals
 from policies.signature_scheme import ed25519_public_bytes

@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from custody.access import security_log
+from custody import security_log
 from custody.ledger.entry import AccountKind
 from custody.ledger.posting import TransferRequest
 from policies.roles import Role

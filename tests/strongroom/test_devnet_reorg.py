@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from custody import freezes
-from custody.access.models import SecurityEvent
 from custody.db import make_engine, make_session_factory
 from custody.ledger.models import LedgerTransfer
+from custody.security_log import SecurityEvent
 from custody.wallets.deposit_watcher import CORRECTION_ACTOR, DepositStatus
 from custody.wallets.models import ChainDeposit
 from strongroom import migrate

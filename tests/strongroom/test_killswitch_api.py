@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from custody.access.models import SecurityEvent
+from custody.security_log import SecurityEvent
 from policies.roles import Role
 from tests.conftest import fresh_database_url
 from tests.custody.access.helpers import SignedClient, make_user

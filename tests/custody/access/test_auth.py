@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from custody.access import security_log
+from custody import security_log
 from policies.api_key import Scope
 from policies.mfa import LOCKOUT_MS, MAX_CONSECUTIVE_FAILURES
 from policies.roles import Role

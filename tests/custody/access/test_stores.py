@@ -11,12 +11,12 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access import security_log
-from custody.access.models import SecurityEvent
+from custody import security_log
 from custody.access.replay import DbReplayCache
 from custody.db import make_engine, make_session_factory
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
+from custody.security_log import SecurityEvent
 from custody.withdrawals.models import WithdrawalRequest
 from policies.api_key import Scope
 from policies.roles import Role

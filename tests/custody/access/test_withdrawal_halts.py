@@ -7,10 +7,10 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import select
 
-from custody.access import security_log
-from custody.access.models import SecurityEvent
+from custody import security_log
 from custody.ledger.entry import AccountKind
 from custody.ledger.service import Ledger
+from custody.security_log import SecurityEvent
 from custody.withdrawals.service import WithdrawalInput, Withdrawals
 
 from .helpers import SignedClient, access, assert_error

@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.users import UserView
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.models import LedgerTransfer

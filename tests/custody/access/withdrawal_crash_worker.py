@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from custody.access import security_log
+from custody import security_log
 from custody.access.models import User
 from custody.access.policy_store import PolicyStore
 from custody.access.users import user_view

@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from custody import freezes
-from custody.access.models import SecurityEvent
 from custody.ledger.entry import AccountKind
 from custody.ledger.models import LedgerTransfer
+from custody.security_log import SecurityEvent
 from custody.wallets.deposit_watcher import CORRECTION_ACTOR, SHORTFALL_OWNER, DepositStatus
 from custody.wallets.models import ChainDeposit
 from custody.wallets.wallet import Temperature

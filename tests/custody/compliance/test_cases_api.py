@@ -8,7 +8,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from custody.access.security_log import page
+from custody.security_log import page
 from policies.roles import Role
 
 from ..access.helpers import SignedClient, assert_error, make_user

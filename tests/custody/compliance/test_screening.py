@@ -10,10 +10,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from custody import freezes
-from custody.access.security_log import page, verify_chain
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.screening import ScreeningPolicy, alert_id
 from custody.ledger.entry import AccountKind
+from custody.security_log import page, verify_chain
 from policies.roles import Role
 
 from ..access.helpers import SignedClient, assert_error, make_user

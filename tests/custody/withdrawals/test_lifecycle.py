@@ -16,8 +16,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.access.models import SecurityEvent, User
+from custody.access.models import User
 from custody.db import make_engine, make_session_factory
+from custody.security_log import SecurityEvent
 from custody.wallets.models import RefillProposal, Wallet
 from custody.withdrawals import lifecycle
 from custody.withdrawals.codes import WithdrawalCode, WithdrawalError

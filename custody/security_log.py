@@ -1,4 +1,4 @@
-"""The append-only, hash-chained security log.
+"""The append-only, hash-chained security log (a neutral module: every custody layer writes it).
 
 Each event's hash covers the previous hash and the event's canonical JSON, so
 removing or editing an event breaks every later hash. The table also has
@@ -15,15 +15,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import BigInteger, String, Text, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from custody.access.models import SecurityEvent
+from custody.db import Base
 
 GENESIS_HASH = "0" * 64
+ACTOR_MAX_LEN = 64  # custody.access.models.USERNAME_MAX_LEN
+HASH_HEX_LEN = 64
 MAX_PAGE = 1000
 MAX_SUBJECT_CHARS = 256
 _FORBIDDEN_DETAIL_KEYS = frozenset({"secret", "password", "passphrase", "private_key", "totp_secret"})
+
+
+class SecurityEvent(Base):
+    """One entry of the append-only, hash-chained security log (triggers reject changes)."""
+
+    __tablename__ = "access_security_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(ACTOR_MAX_LEN))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    outcome: Mapped[str] = mapped_column(String(32))
+    details: Mapped[str] = mapped_column(Text)  # Canonical JSON; never secrets.
+    prev_hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
+    hash: Mapped[str] = mapped_column(String(HASH_HEX_LEN))
 
 
 @dataclass(frozen=True, slots=True)
