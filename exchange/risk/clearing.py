@@ -423,10 +423,12 @@ class Clearinghouse:
         spec = self.specs[symbol]
         pos = acct.positions[symbol]
         orders = self.orders
-        ranked = sorted([(not res.reduce_only, i, res) for i in ids for res in (orders[(symbol, i)],)])
+        # Reduce-only orders first, then by order id.
+        reduce_only = self.reduce_only_index.get((account_id, symbol))
+        ranked = sorted(ids) if not reduce_only else sorted(reduce_only) + sorted(ids - reduce_only)
         size = pos.size
         if spec.is_option or not spec.tiers:
-            self._rereserve_generic(acct, spec, pos, ranked)
+            self._rereserve_generic(acct, spec, pos, [orders[(symbol, i)] for i in ranked])
             return
         mark = self.marks[symbol]
         cpu = spec.contracts_per_unit
@@ -443,7 +445,8 @@ class Clearinghouse:
         sell_closable, sell_gross = max(0, size), max(0, -size)
         accounts = self.accounts
         touched = self.touched
-        for _, _, res in ranked:
+        for order_id in ranked:
+            res = orders[(symbol, order_id)]
             side, qty, price = res.side, res.qty, res.price
             if side > 0:
                 closable, gross = buy_closable, buy_gross
@@ -484,10 +487,10 @@ class Clearinghouse:
                 touched.add(res.payer)
 
     def _rereserve_generic(self, acct: Account, spec: InstrumentSpec, pos: Position,
-                           ranked: list[tuple[bool, str, OrderReservation]]) -> None:
+                           ranked: list[OrderReservation]) -> None:
         """``rereserve`` through ``_reservation`` (options; the reference for linear instruments)."""
         state = {1: [max(0, -pos.size), max(0, pos.size)], -1: [max(0, pos.size), max(0, -pos.size)]}
-        for _, _, res in ranked:
+        for res in ranked:
             closable, gross = state[res.side]
             im, _, closable, gross = self._reservation(acct, spec, pos, res.side, res.qty, res.price,
                                                        closable, gross)
