@@ -47,7 +47,7 @@ UNSENT_STATES = ("pending_approval", "delayed", "approved", "awaiting_signature"
 SDN_FILES = {"sdn": "sdn.csv", "alt": "alt.csv", "add": "add.csv", "comments": "sdn_comments.csv"}
 MAX_NAME_CHARS = 256
 MAX_NAME_HITS = 10
-RESCREEN_BATCH = 1000
+RESCREEN_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,21 +218,39 @@ class Screening:
         return sorted(best.values(), key=lambda h: (-h.score, h.ent_num))[:MAX_NAME_HITS]
 
     def rescreen_all(self) -> list[str]:
-        """Screen every active whitelist entry, unsent withdrawal and user name; return new alert ids."""
+        """Screen every active whitelist entry, unsent withdrawal and user name; return new alert ids.
+
+        The work is paged (`RESCREEN_BATCH` subjects per transaction), so a large platform is
+        screened completely without one long transaction holding the database.
+        """
         created: list[str] = []
-        with self._sessions.begin() as session:
-            entries = session.scalars(select(WhitelistAddress).where(WhitelistAddress.removed_ms.is_(None))
-                                      .order_by(WhitelistAddress.id).limit(RESCREEN_BATCH * 100))
-            targets = [(e.username, e.asset, e.address, f"whitelist:{e.id}") for e in entries]
-            withdrawals = session.scalars(select(WithdrawalRequest).where(
-                WithdrawalRequest.state.in_(UNSENT_STATES)).limit(RESCREEN_BATCH * 100))
-            targets += [(w.username, w.asset, w.destination, f"withdrawal:{w.id}") for w in withdrawals]
-            for username, asset, address, subject in targets:
-                raised = self._screen_destination(session, username, asset, address, subject)
-                created += [alert for alert, new in raised if new]
-            for username in session.scalars(select(User.username).order_by(User.username)):
-                created += self._screen_user_name(session, username)
+        with self._sessions() as session:
+            entry_ids = list(session.scalars(select(WhitelistAddress.id).where(
+                WhitelistAddress.removed_ms.is_(None)).order_by(WhitelistAddress.id)))
+            withdrawal_ids = list(session.scalars(select(WithdrawalRequest.id).where(
+                WithdrawalRequest.state.in_(UNSENT_STATES)).order_by(WithdrawalRequest.id)))
+            usernames = list(session.scalars(select(User.username).order_by(User.username)))
+        for start in range(0, len(entry_ids), RESCREEN_BATCH):
+            with self._sessions.begin() as session:
+                entries = session.scalars(select(WhitelistAddress).where(
+                    WhitelistAddress.id.in_(entry_ids[start:start + RESCREEN_BATCH])))
+                for e in entries:
+                    created += self._new(session, e.username, e.asset, e.address, f"whitelist:{e.id}")
+        for start in range(0, len(withdrawal_ids), RESCREEN_BATCH):
+            with self._sessions.begin() as session:
+                withdrawals = session.scalars(select(WithdrawalRequest).where(
+                    WithdrawalRequest.id.in_(withdrawal_ids[start:start + RESCREEN_BATCH])))
+                for w in withdrawals:
+                    created += self._new(session, w.username, w.asset, w.destination, f"withdrawal:{w.id}")
+        for start in range(0, len(usernames), RESCREEN_BATCH):
+            with self._sessions.begin() as session:
+                for username in usernames[start:start + RESCREEN_BATCH]:
+                    created += self._screen_user_name(session, username)
         return created
+
+    def _new(self, session: Session, username: str, asset: str, address: str, subject: str) -> list[str]:
+        return [alert for alert, new in self._screen_destination(session, username, asset, address, subject)
+                if new]
 
     def _screen_user_name(self, session: Session, username: str) -> list[str]:
         created = []

@@ -147,3 +147,19 @@ def test_security_log_records_load_alert_case_and_freeze_chain_intact(
     assert "compliance.sanctions.load" in actions
     assert actions.index("compliance.case.open") < actions.index("compliance.alert")
 
+
+
+def test_rescreen_pages_through_every_entry_in_batches(
+        app: Flask, alice: SignedClient, loaded: int, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import custody.compliance.screening as screening_module
+
+    monkeypatch.setattr(screening_module, "RESCREEN_BATCH", 1)
+    first, second = whitelist(alice, "bc1qpagedone"), whitelist(alice, "bc1qpagedtwo")
+    updated = list_copy(tmp_path)
+    add_sdn_row(updated, '90006,"PAGED FIXTURE, Person","individual","CYBER2",-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,'
+                         '-0- ,"Digital Currency Address - XBT bc1qpagedone; alt. Digital Currency Address - '
+                         'XBT bc1qpagedtwo; FABRICATED."')
+    result = services(app).screening.load_directory(updated, actor="officer1")
+    expected = [alert_id("whitelist", f"whitelist:{entry}", 90006) for entry in (first, second)]
+    assert sorted(result.new_alerts) == sorted(expected)
