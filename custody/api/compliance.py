@@ -226,6 +226,12 @@ DECISION_SCHEMA = {"type": "object", "additionalProperties": False,
 REASON_REQUIRED_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["reason"],
                           "properties": {"reason": _text(512)}}
 SIGNATURE_HEADER = "X-Strongroom-KYC-Signature"
+CALLBACK_SCHEMA = {"type": "object", "additionalProperties": False,
+                   "required": ["event_id", "review_id", "answer"],
+                   "properties": {"event_id": {"type": "string", "minLength": 1, "maxLength": 120},
+                                  "review_id": {"type": "integer", "minimum": 1},
+                                  "answer": {"enum": ["approved", "rejected", "more_info"]},
+                                  "reason": {"type": "string", "maxLength": 512}}}
 OWN = secured(Permission.LEDGER_READ_OWN, scope=Scope.READ, mfa=False)
 KYC_READ = secured(Permission.KYC_READ, scope=Scope.READ, mfa=False)
 KYC_DECIDE = secured(Permission.KYC_MANAGE, scope=Scope.READ, mfa=True)
@@ -269,6 +275,7 @@ def request_kyc() -> ResponseReturnValue:
 
 
 @kyc_bp.post("/providers/<provider>/callback")
+@accepts(CALLBACK_SCHEMA)
 @answers({"200": obj({"duplicate": BOOL, "review": REVIEW})})
 def provider_callback(provider: str) -> ResponseReturnValue:
     """Receive a KYC provider's signed answer (HMAC-SHA256 of the body in X-Strongroom-KYC-Signature)."""
