@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import exists, select
@@ -45,6 +45,7 @@ from custody.ledger.models import LedgerAccount, LedgerTransfer
 from custody.ledger.posting import REFERENCE_MAX_LEN, TransferRequest
 from custody.ledger.service import Ledger, ResultStatus
 from custody.withdrawals import lifecycle
+from custody.withdrawals.address import canonical_destination
 from custody.withdrawals.codes import WithdrawalCode, WithdrawalError
 from custody.withdrawals.lifecycle import Event, Kind
 from custody.withdrawals.lifecycle import WithdrawalState as State
@@ -211,6 +212,7 @@ class Withdrawals:
         """Whitelist ``address`` for ``asset``; re-adding a removed one restarts its timelock."""
         _check_asset(asset)
         _check_address(address)
+        address = canonical_destination(asset, address)
         if len(label) > MAX_LABEL_CHARS:
             raise WithdrawalError(
                 WithdrawalCode.ADDRESS_INVALID, f"label must be at most {MAX_LABEL_CHARS} chars"
@@ -289,6 +291,7 @@ class Withdrawals:
         if existing is not None:
             return existing
         asset = _check_request(request)
+        request = replace(request, destination=canonical_destination(request.asset, request.destination))
         funding = self._ledger.find_account(user.username, request.asset, AccountKind.USER_AVAILABLE)
         if funding is None:
             raise WithdrawalError(

@@ -92,11 +92,6 @@ def test_simulation_cold_withdrawal_through_the_offline_signer_is_signed_once_an
     assert "bundles 1" in outcomes[12]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "found by the simulator: an Ethereum destination whitelisted and approved in lower case is "
-    "accepted by the API and the policy, but the cold bundle export refuses it (request_mismatch, "
-    "EIP-55 only), so the approved withdrawal's hold stays live forever; address validation in "
-    "custody/withdrawals (or the bundle builder) is not this issue's to change"))
 def test_simulation_cold_withdrawal_to_a_lower_case_address_can_be_exported(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
