@@ -32,6 +32,7 @@ bench: bootstrap
 	.venv/bin/python benchmarks/market_bench.py
 	.venv/bin/python benchmarks/marketdata_bench.py
 	.venv/bin/python benchmarks/scaleout_bench.py
+	.venv/bin/python benchmarks/compliance_bench.py
 
 clean:
 	rm -rf .venv var .pytest_cache .mypy_cache .ruff_cache
