@@ -194,27 +194,12 @@ class _EntryStruct(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     v: int
 
 
-class _OpenStruct(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+class _OpenStruct(_EntryStruct):
     """The canonical ``open`` entry: a transfer entry's keys plus the account's terms."""
 
     account_flags: int
     account_kind: str
     account_owner: str
-    actor: str
-    amount: str
-    asset: str
-    code: int
-    credit_account: int
-    debit_account: int
-    expires_ms: int | None
-    id: str
-    kind: str
-    pending_id: str | None
-    reference: str
-    seq: int
-    timeout_s: int
-    timestamp_ms: int
-    v: int
 
 
 _decode_entry = msgspec.json.Decoder(_EntryStruct).decode

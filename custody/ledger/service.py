@@ -241,12 +241,7 @@ class Ledger:
         hash-chained bytes; a retry that finds the entry already written does not
         change the recorded actor.
         """
-        _check_actor(actor)
-        if not requests:
-            raise LedgerError(LedgerCode.BATCH_EMPTY, "a batch must hold at least one transfer")
-        if len(requests) > MAX_BATCH:
-            raise LedgerError(LedgerCode.BATCH_TOO_LARGE,
-                              f"batch held {len(requests)} transfers, at most {MAX_BATCH} allowed")
+        _check_batch(requests, actor)
         failures = _shape_failures(requests)
         if linked and failures:
             return _linked_failure(requests, failures)
@@ -266,12 +261,7 @@ class Ledger:
         ledger entries (a withdrawal and its hold): nothing is written unless the
         caller commits. The journal head stays locked until then.
         """
-        _check_actor(actor)
-        if not requests:
-            raise LedgerError(LedgerCode.BATCH_EMPTY, "a batch must hold at least one transfer")
-        if len(requests) > MAX_BATCH:
-            raise LedgerError(LedgerCode.BATCH_TOO_LARGE,
-                              f"batch held {len(requests)} transfers, at most {MAX_BATCH} allowed")
+        _check_batch(requests, actor)
         return self._apply_batch(session, requests, _shape_failures(requests), linked=False, actor=actor)
 
     def _apply_batch(
@@ -397,6 +387,16 @@ class Ledger:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+def _check_batch(requests: Sequence[TransferRequest], actor: str) -> None:
+    """Refuse a bad actor, an empty batch or one above MAX_BATCH before anything is opened."""
+    _check_actor(actor)
+    if not requests:
+        raise LedgerError(LedgerCode.BATCH_EMPTY, "a batch must hold at least one transfer")
+    if len(requests) > MAX_BATCH:
+        raise LedgerError(LedgerCode.BATCH_TOO_LARGE,
+                          f"batch held {len(requests)} transfers, at most {MAX_BATCH} allowed")
+
 
 def _check_actor(actor: str) -> None:
     if not valid_actor(actor):
