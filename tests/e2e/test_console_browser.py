@@ -157,6 +157,19 @@ def playwright() -> Iterator[object]:
         yield p
 
 
+def _wait_until(page, predicate: str, arg: object = None, timeout_s: float = 30.0) -> None:
+    """Poll ``predicate`` (a JS function) from Python until it is truthy.
+
+    ``page.wait_for_function`` polls inside the page by compiling the predicate with
+    ``new Function``, which the console's CSP (no 'unsafe-eval') refuses whenever the
+    first check is false; ``page.evaluate`` runs through the DevTools protocol instead.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(predicate, arg):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {predicate}"
+        time.sleep(0.1)
+
+
 def _browser(playwright, tmp_path: Path, name: str):
     profile = tmp_path / f"profile-{name}"
     shutil.rmtree(profile, ignore_errors=True)
@@ -205,7 +218,7 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
     _log_in(page, server, "alice", offset_s=-30)
     page.goto(server.url + "/console/trade?symbol=BTC-PERP")
     page.wait_for_selector("#bids tr", timeout=30_000)  # the demo maker's quotes, live
-    page.wait_for_function("document.getElementById('book-seq').textContent.startsWith('live')")
+    _wait_until(page, "() => document.getElementById('book-seq').textContent.startsWith('live')")
     page.fill("form.collateral input[name=amount]", "20000")
     page.click("form.collateral button[value=deposit]")
     assert "collateral deposit" in _notice(page)
@@ -225,10 +238,11 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
     order_id = page.locator("#open-orders tbody tr[data-order-id]").first.get_attribute("data-order-id")
     page.locator(f"#open-orders tr[data-order-id='{order_id}'] button").click()
     assert "cancelled" in _notice(page)
-    page.wait_for_function(
+    _wait_until(
+        page,
         "price => ![...document.querySelectorAll('#bids tr td:first-child')]"
         ".some(td => td.textContent === price)",
-        arg=f"{price}.0")
+        f"{price}.0")
 
     # A market buy from a second tab: this tab, not reloaded, sees the trade arrive on the stream.
     other = context.new_page()
@@ -237,8 +251,8 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
     other.fill("input[name=qty]", "1")
     other.click("#place-order")
     assert "trade" in _notice(other), _notice(other)
-    page.wait_for_function("[...document.querySelectorAll('#trades tbody tr td:nth-child(2)')]"
-                           ".some(td => td.textContent === '0.001')")
+    _wait_until(page, "() => [...document.querySelectorAll('#trades tbody tr td:nth-child(2)')]"
+                      ".some(td => td.textContent === '0.001')")
     other.close()
     # The position it opened reaches this page over the private stream (listen token), no reload:
     # size, entry, mark, uPnL, liquidation price, leverage.
