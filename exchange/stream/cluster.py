@@ -7,6 +7,7 @@ interpreter. Every node gets free ports and its own store directory under
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 START_TIMEOUT_S = 20.0
 NODES_MAX = 7
+START_ATTEMPTS = 3
 
 
 def server_binary() -> str:
@@ -30,21 +32,29 @@ def server_binary() -> str:
     return found
 
 
-def free_port() -> int:
-    """Return a TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(n: int) -> list[int]:
+    """Return `n` distinct TCP ports that were free a moment ago on 127.0.0.1."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
-def _wait_port(port: int, deadline: float) -> None:
+class NodeStartFailed(Exception):
+    """A nats-server exited or did not listen in time (e.g. another process took its port)."""
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise NodeStartFailed(f"nats-server on port {port} exited with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nats-server did not listen on port {port} in time")
+    raise NodeStartFailed(f"nats-server did not listen on port {port} in time")
 
 
 @dataclass
@@ -82,8 +92,24 @@ class LocalCluster:
         return [n.url for n in self.nodes]
 
     def start(self) -> LocalCluster:
-        """Write each node's configuration and start all nodes; wait until they listen."""
-        ports = [(free_port(), free_port()) for _ in range(self.size)]
+        """Write each node's configuration and start all nodes; wait until they listen.
+
+        A port picked free can be taken by another process before the node binds it;
+        the whole cluster then starts again on new ports (START_ATTEMPTS in all).
+        """
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_once()
+            except NodeStartFailed:
+                self.stop()
+                self.nodes.clear()
+                if attempt == START_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> LocalCluster:
+        flat = free_ports(2 * self.size)
+        ports = list(zip(flat[::2], flat[1::2], strict=True))
         routes = ", ".join(f"nats-route://127.0.0.1:{c}" for _, c in ports)
         for i, (client, route) in enumerate(ports):
             name = f"n{i + 1}"
@@ -110,7 +136,7 @@ class LocalCluster:
         node.process = subprocess.Popen([server_binary(), "-c", str(node.config)],  # noqa: S603
                                         stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        _wait_port(node.client_port, time.monotonic() + START_TIMEOUT_S)
+        _wait_port(node.client_port, node.process, time.monotonic() + START_TIMEOUT_S)
 
     def kill_node(self, node: Node) -> None:
         """Kill one node (SIGKILL) and reap it."""

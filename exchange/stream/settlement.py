@@ -13,9 +13,11 @@ nothing. A batch is acknowledged only after the ledger committed it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -37,6 +39,7 @@ PLATFORM_OWNER = "platform"
 FETCH_BATCH = 64
 FETCH_TIMEOUT_S = 0.25
 ACK_WAIT_S = 30.0
+RETRY_S = 0.5  # pause before subscribing again after NATS trouble
 
 
 class SettlementRefused(Exception):
@@ -140,13 +143,32 @@ class Settlement:
 
 async def run_settlement(js: JetStreamContext, settlement: Settlement, stop: asyncio.Event, *,
                          durable: str = SETTLEMENT_DURABLE, subject: str = "evt.*") -> None:
-    """Consume the events stream with the durable settlement consumer until `stop`."""
+    """Consume the events stream with the durable settlement consumer until `stop`.
+
+    NATS trouble (a node lost, a leader election answering 503, an ack that timed
+    out) never stops the consumer: it waits RETRY_S and subscribes again. Nothing is
+    lost or doubled by that: an unacknowledged batch is delivered again and its
+    postings already in the ledger are found `existing`. A SettlementRefused (the
+    ledger refused a posting) does stop it: that is corrupt state, not weather.
+    """
     config = ConsumerConfig(durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
                             deliver_policy=DeliverPolicy.ALL, ack_wait=ACK_WAIT_S,
                             max_ack_pending=FETCH_BATCH * 4)
-    sub = await js.pull_subscribe(subject, durable=durable, stream=EVENTS_STREAM,
-                                  config=config)
-    log.info("settlement consuming %s as %s", subject, durable)
+    while not stop.is_set():
+        try:
+            sub = await js.pull_subscribe(subject, durable=durable, stream=EVENTS_STREAM,
+                                          config=config)
+            log.info("settlement consuming %s as %s", subject, durable)
+            await _consume(sub, settlement, stop)
+        except (NatsError, TimeoutError) as exc:
+            log.warning("settlement consumer %s: %s: %s; subscribing again in %ss", durable,
+                        type(exc).__name__, exc, RETRY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_S)
+
+
+async def _consume(sub: JetStreamContext.PullSubscription, settlement: Settlement,
+                   stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)

@@ -78,6 +78,14 @@ class StreamCorrupt(Exception):
     """The command stream has a gap, or a snapshot does not match the configured market."""
 
 
+class ConsumerGap(Exception):
+    """The consumer skipped a command: lost in transit, or missing from the stream."""
+
+    def __init__(self, symbol: str, missing: int, got: int) -> None:
+        super().__init__(f"{symbol}: command {missing} missing, got {got}")
+        self.missing = missing
+
+
 @dataclass
 class WorkerStats:
     """Counters of one worker run (read by the benchmark and tests)."""
@@ -231,10 +239,19 @@ class EngineWorker:
             if seq <= self.seq + len(out):
                 continue  # redelivered after a consumer reset
             if seq != self.seq + len(out) + 1:
-                raise StreamCorrupt(f"{self.symbol}: command {self.seq + len(out) + 1} missing, "
-                                    f"got {seq}")
+                raise ConsumerGap(self.symbol, self.seq + len(out) + 1, seq)
             out.append((seq, msg.data))
         return out
+
+    async def _stream_lacks(self, seq: int) -> bool:
+        """Tell whether command `seq` is gone from the stream itself (not just undelivered)."""
+        try:
+            await self.js.get_msg(command_stream(self.symbol), seq)
+        except NotFoundError:
+            return True
+        except NatsError:
+            return False  # cannot tell now: resubscribe and look again on the next gap
+        return False
 
     def _apply(self, commands: list[tuple[int, bytes]]) -> list[CommandEvents]:
         book = self.book
@@ -317,6 +334,15 @@ class EngineWorker:
             while not stop.is_set() and not self._lease_lost.is_set():
                 try:
                     commands = await self._fetch(sub)
+                except ConsumerGap as gap:
+                    # A consumer without acks counts a message lost in transit (a node or
+                    # connection lost mid-fetch) as delivered: read again from our position.
+                    # Only a command missing from the stream itself is corruption.
+                    if await self._stream_lacks(gap.missing):
+                        raise StreamCorrupt(str(gap)) from gap
+                    log.warning("consumer of %s skipped: %s; resubscribing", self.symbol, gap)
+                    sub = await self._resubscribe(sub)
+                    continue
                 except (APIError, NotFoundError) as exc:
                     # The ephemeral consumer went away (node loss): read on from where we are.
                     log.warning("consumer of %s reset: %s", self.symbol, exc)

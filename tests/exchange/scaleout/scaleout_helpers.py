@@ -12,7 +12,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from exchange.engine.instrument import Instrument
 from exchange.engine.messages import Cancel, Command, NewOrder
@@ -80,8 +80,8 @@ async def wait_published(js: JetStreamContext, symbol: str, seq: int, timeout_s:
     while last < seq:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{symbol}: events up to {seq} not published; last {last}")
-        # A timeout: the stream is electing a new leader after a node loss.
-        with contextlib.suppress(NatsTimeoutError):
+        # A timeout or a 503: the stream is electing a new leader after a node loss.
+        with contextlib.suppress(NatsTimeoutError, ServiceUnavailableError):
             last = await last_published(js, symbol)
         await asyncio.sleep(0.05)
 

@@ -69,13 +69,17 @@ async def _settle_all(js: nats.js.JetStreamContext, settlement: Settlement, dura
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
         await asyncio.sleep(0.1)
+        if task.done():  # the consumer rides out NATS trouble: it must not have stopped
+            task.result()
+            raise AssertionError("settlement consumer stopped before it was told to")
+        assert time.monotonic() < deadline, ("settlement did not drain", settlement.stats)
         try:
             info = await js.consumer_info(EVENTS_STREAM, durable)
-        except nats.js.errors.NotFoundError:
+        except (nats.js.errors.NotFoundError, nats.js.errors.ServiceUnavailableError,
+                nats.errors.TimeoutError):
             continue
         if settlement.stats.batches >= batches and info.num_ack_pending == 0:
             break
-        assert time.monotonic() < deadline, "settlement did not drain"
     stop.set()
     await task
 

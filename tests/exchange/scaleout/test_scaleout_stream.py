@@ -23,7 +23,7 @@ from exchange.stream.cluster import LocalCluster
 from exchange.stream.publisher import CommandPublisher, StreamCode, StreamRefused
 from exchange.stream.topology import command_stream, ensure_topology
 from exchange.stream.wire import CommandEvents, EventBatch, batch_encoder
-from exchange.stream.worker import EngineWorker, Fenced, run_worker
+from exchange.stream.worker import EngineWorker, Fenced, StreamCorrupt, run_worker
 
 APPEND_RETRY_S = 20.0
 
@@ -170,5 +170,26 @@ def test_engine_nats_node_lost_mid_stream_commands_and_events_survive(
             await nc.close()
             if victim.process is None:
                 nats_cluster.start_node(victim)
+
+    asyncio.run(run())
+
+
+def test_engine_command_deleted_from_stream_stops_worker_as_corrupt(
+    nats_cluster: LocalCluster,
+) -> None:
+    # A hole in the command stream itself (an insider deleted command 3) is corruption:
+    # the worker must stop rather than skip it or resubscribe forever.
+    async def run() -> None:
+        nc, js = await _connect(nats_cluster, "GAP1")
+        try:
+            publisher = CommandPublisher(js, {"GAP1"})
+            for command_id, cmd in order_flow(6, seed=5):
+                await publisher.append("GAP1", command_id, cmd)
+            await js.delete_msg(command_stream("GAP1"), 3)
+            with pytest.raises(StreamCorrupt, match="command 3 missing"):
+                await asyncio.wait_for(run_worker(nats_cluster.urls, Instrument(symbol="GAP1"),
+                                                  name="w"), 30.0)
+        finally:
+            await nc.close()
 
     asyncio.run(run())
