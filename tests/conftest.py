@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import hypothesis
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
@@ -21,6 +22,12 @@ from custody.db import make_engine, make_session_factory, scratch_postgres_datab
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
 from strongroom.migrate import upgrade
+
+# Property tests judge behaviour, never wall-clock time: on a loaded 2-core CI machine a
+# per-example deadline or the "too slow" health check would fail a correct test.
+hypothesis.settings.register_profile("strongroom", deadline=None,
+                                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile("strongroom")
 
 POSTGRES_ENV = "STRONGROOM_TEST_POSTGRES_URL"
 DATABASES = ["sqlite", "postgres"]
