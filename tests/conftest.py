@@ -13,8 +13,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import hypothesis
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
