@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.js.api import StorageType
 
 from exchange.stream.cluster import LocalCluster
 from exchange.stream.topology import ensure_topology
@@ -25,12 +26,17 @@ if _HERE not in sys.path:
 
 
 async def _wait_ready(urls: list[str]) -> None:
+    """Wait until a new 3-replica stream can be placed: every node is up and a JetStream peer."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         try:
             nc = await nats.connect(servers=urls, connect_timeout=1)
             try:
-                await ensure_topology(nc.jetstream(), ["READY"], 3)
+                js = nc.jetstream()
+                await ensure_topology(js, ["READY"], 3)
+                await js.add_stream(name="PROBE", subjects=["probe.ready"], num_replicas=3,
+                                    storage=StorageType.MEMORY)
+                await js.delete_stream("PROBE")
                 return
             finally:
                 await nc.close()
@@ -41,11 +47,21 @@ async def _wait_ready(urls: list[str]) -> None:
 
 
 @pytest.fixture(scope="session")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def _nats_cluster_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     base: Path = tmp_path_factory.mktemp("nats")
     cluster = LocalCluster(base, 3).start()
     try:
-        asyncio.run(_wait_ready(cluster.urls))
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def nats_cluster(_nats_cluster_process: LocalCluster) -> LocalCluster:
+    """The shared cluster, whole again: a test that killed a node does not leak it to the next."""
+    cluster = _nats_cluster_process
+    for node in cluster.nodes:
+        if node.process is None or node.process.poll() is not None:
+            cluster.start_node(node)
+    asyncio.run(_wait_ready(cluster.urls))
+    return cluster
