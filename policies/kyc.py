@@ -75,3 +75,26 @@ def jurisdiction_refusal(country: str, blocked: frozenset[str] = DEFAULT_BLOCKED
     if code in blocked:
         return f"residents of {code} cannot be onboarded (blocked jurisdiction)"
     return None
+
+
+DEPOSIT_WINDOW_MS = 24 * 60 * 60 * 1000
+
+
+def deposit_cap_refusal(tier: int, credited_usd_cents: int, amount_usd_cents: int | None) -> str | None:
+    """Return why a deposit must be held for review instead of credited, or None to credit it.
+
+    ``credited_usd_cents`` is what the user was credited in the rolling
+    DEPOSIT_WINDOW_MS before it. An unpriced deposit cannot be checked
+    against a USD cap, so it is held (unless the tier has no cap).
+    """
+    assert credited_usd_cents >= 0, f"credited_usd_cents was {credited_usd_cents}, must be >= 0"
+    cap = tier_limits(tier).deposit_daily_usd_cents
+    if cap is UNLIMITED:
+        return None
+    if amount_usd_cents is None:
+        return f"no USD price for the asset: the tier {tier} cap of {cap} USD cents per 24h cannot be checked"
+    assert amount_usd_cents >= 0, f"amount_usd_cents was {amount_usd_cents}, must be >= 0"
+    if credited_usd_cents + amount_usd_cents > cap:
+        return (f"deposit of {amount_usd_cents} USD cents after {credited_usd_cents} credited in 24h "
+                f"exceeds the tier {tier} cap of {cap} USD cents")
+    return None

@@ -21,6 +21,7 @@ from custody.access.secret_box import SecretBox
 from custody.access.users import Users
 from custody.api.services import AccessServices
 from custody.compliance.cases import Cases
+from custody.compliance.deposits import DepositCompliance
 from custody.compliance.kyc import Kyc
 from custody.compliance.monitoring import Monitoring
 from custody.compliance.screening import Screening
@@ -67,3 +68,14 @@ def build_access_services(
         monitoring=Monitoring(sessions, clock, prices),
         recv_window_ms=recv_window_ms,
     )
+
+
+def build_deposit_gate(
+    sessions: sessionmaker[Session],
+    ledger: Ledger,
+    clock: Callable[[], int],
+    prices_usd_cents: Mapping[str, int] | None = None,
+) -> DepositCompliance:
+    """Build compliance's gate over incoming deposits: sanctioned senders and KYC tier caps."""
+    prices = DEFAULT_PRICES_USD_CENTS if prices_usd_cents is None else prices_usd_cents
+    return DepositCompliance(sessions, ledger, Screening(sessions, clock), clock, prices)

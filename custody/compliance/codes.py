@@ -20,6 +20,9 @@ class ComplianceCode(IntEnum):
     KYC_INPUT_INVALID = 4508
     KYC_PROVIDER_UNKNOWN = 4509
     KYC_SIGNATURE_INVALID = 4510
+    DEPOSIT_NOT_FOUND = 4511
+    DEPOSIT_NOT_RELEASABLE = 4512
+    DEPOSIT_INPUT_INVALID = 4513
 
     @property
     def error(self) -> str:
@@ -34,6 +37,8 @@ COMPLIANCE_STATUS: dict[ComplianceCode, int] = {
     ComplianceCode.KYC_REVIEW_NOT_PENDING: 409,
     ComplianceCode.KYC_PROVIDER_UNKNOWN: 404,
     ComplianceCode.KYC_SIGNATURE_INVALID: 401,
+    ComplianceCode.DEPOSIT_NOT_FOUND: 404,
+    ComplianceCode.DEPOSIT_NOT_RELEASABLE: 409,
 }
 
 

@@ -1,4 +1,4 @@
-"""Compliance tables: sanctions list versions and their addresses, alerts, cases and comments."""
+"""Compliance tables: sanctions lists, alerts, cases, comments, KYC reviews, deposit decisions."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from custody.db import Base
+from custody.money import U256
 
 ALERT_ID_MAX_LEN = 80
 SUBJECT_MAX_LEN = 256
@@ -126,3 +127,31 @@ class KycProviderEvent(Base):
     review_id: Mapped[int] = mapped_column(ForeignKey("compliance_kyc_reviews.id"))
     body_sha256: Mapped[str] = mapped_column(String(64))
     received_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class ComplianceDeposit(Base):
+    """Compliance's decision on one incoming deposit: credited, held over the tier cap, or quarantined.
+
+    Written in the deposit watcher's transaction that first records the
+    deposit, so a deposit is never booked before it is decided. The decision
+    never changes; releasing a tier-cap hold is recorded beside it.
+    """
+
+    __tablename__ = "compliance_deposits"
+    __table_args__ = (Index("ix_compliance_deposits_owner_decided", "owner", "decided_ms"),
+                      Index("ix_compliance_deposits_decision", "decision"))
+
+    deposit_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    asset: Mapped[str] = mapped_column(String(16))
+    amount_minor: Mapped[int] = mapped_column(U256)
+    usd_cents: Mapped[int | None] = mapped_column(BigInteger)  # None: no price, so the cap is undecidable.
+    sender: Mapped[str] = mapped_column(String(SUBJECT_MAX_LEN))
+    tier: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[str] = mapped_column(String(24))  # credit, held_tier_cap, quarantined
+    reason: Mapped[str] = mapped_column(String(REASON_MAX_LEN))
+    alert_id: Mapped[str | None] = mapped_column(String(ALERT_ID_MAX_LEN))
+    decided_ms: Mapped[int] = mapped_column(BigInteger)
+    released_by: Mapped[str | None] = mapped_column(String(64))
+    released_ms: Mapped[int | None] = mapped_column(BigInteger)
+    release_reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LEN))

@@ -174,6 +174,12 @@ class Screening:
         """Screen a destination in the caller's transaction; on a hit alert, freeze and return why."""
         return BLOCK_REASON if self._screen_destination(session, username, asset, address, subject) else None
 
+    def screen_deposit_source(self, session: Session, username: str, asset: str, sender: str,
+                              subject: str) -> str | None:
+        """Screen a deposit's sender in the caller's transaction; on a hit alert, freeze, return the alert."""
+        raised = self._screen_destination(session, username, asset, sender, subject)
+        return raised[0][0] if raised else None
+
     def _screen_destination(self, session: Session, username: str, asset: str, address: str,
                             subject: str) -> list[tuple[str, bool]]:
         """Alert (and freeze) on each hit of ``address``; return ``(alert id, newly raised)`` per hit."""

@@ -23,6 +23,10 @@ Each status change is committed to ``chain_deposits`` with ``ledger_synced``
 false *before* the ledger write, and set true after it; every tick first
 finishes unsynced rows, so a crash between the two never loses or doubles a credit.
 
+A :class:`DepositGate` (compliance) decides each new deposit in the
+transaction that records it and may name another account to credit than the
+owner's available balance (held over a KYC cap, sanctions quarantine).
+
 UTXO chains plug in a :class:`BlockObserver`: it sees every scanned block and
 every reorg inside the same database transaction as the watcher's own
 bookkeeping (Bitcoin keeps its UTXO set this way), so the two never disagree.
@@ -82,6 +86,18 @@ class BlockObserver(Protocol):
         ...
 
 
+class DepositGate(Protocol):
+    """Compliance's say over incoming deposits (custody.compliance.deposits implements it)."""
+
+    def on_seen(self, session: Session, deposit: ChainDeposit, sender: str, now_ms: int) -> None:
+        """Decide, in the transaction that first records ``deposit``, whether it is credited or held."""
+        ...
+
+    def credit_account(self, deposit: ChainDeposit) -> int | None:
+        """Return the account that receives ``deposit`` instead of its owner's available balance, or None."""
+        ...
+
+
 class ReorgTooDeep(RuntimeError):
     """The chain forked deeper than MAX_REORG_DEPTH: stop and let an operator look."""
 
@@ -116,9 +132,11 @@ class DepositWatcher:
         confirmations: Mapping[str, int] | None = None,
         start_height: int | None = None,
         observer: BlockObserver | None = None,
+        gate: DepositGate | None = None,
     ) -> None:
         self._sessions = sessions
         self._observer = observer
+        self._gate = gate
         self._wallets = wallets
         self._ledger = wallets.ledger
         self._adapter = adapter
@@ -242,25 +260,26 @@ class DepositWatcher:
                 row = session.get(ChainDeposit, dep_id)
                 if row is None:
                     assert target.owner is not None
-                    session.add(
-                        ChainDeposit(
-                            id=dep_id,
-                            chain=self._chain,
-                            asset=transfer.asset,
-                            txid=transfer.txid,
-                            log_index=transfer.index,
-                            address=target.address,
-                            owner=target.owner,
-                            wallet_id=target.wallet_id,
-                            amount_minor=transfer.amount_minor,
-                            block_height=block.height,
-                            block_hash=block.hash,
-                            attempt=0,
-                            status=DepositStatus.SEEN,
-                            ledger_synced=False,
-                            updated_ms=now,
-                        )
+                    row = ChainDeposit(
+                        id=dep_id,
+                        chain=self._chain,
+                        asset=transfer.asset,
+                        txid=transfer.txid,
+                        log_index=transfer.index,
+                        address=target.address,
+                        owner=target.owner,
+                        wallet_id=target.wallet_id,
+                        amount_minor=transfer.amount_minor,
+                        block_height=block.height,
+                        block_hash=block.hash,
+                        attempt=0,
+                        status=DepositStatus.SEEN,
+                        ledger_synced=False,
+                        updated_ms=now,
                     )
+                    session.add(row)
+                    if self._gate is not None:
+                        self._gate.on_seen(session, row, transfer.sender, now)
                     report.seen += 1
                 elif row.status in (DepositStatus.VOIDED, DepositStatus.REVERSED) and row.ledger_synced:
                     # The transaction came back in another block: apply it again with fresh ids.
@@ -317,7 +336,8 @@ class DepositWatcher:
                     fresh.status, fresh.ledger_synced = status, True
 
     def _apply(self, row: ChainDeposit, report: TickReport) -> str:
-        user = self._wallets.user_account(row.owner, row.asset)
+        held = self._gate.credit_account(row) if self._gate is not None else None
+        user = self._wallets.user_account(row.owner, row.asset) if held is None else held
         in_flight = self._wallets.platform_account(AccountKind.DEPOSITS_IN_FLIGHT, row.asset)
         wallet = self._wallets.wallet_account(self._wallets.get_by_id(row.wallet_id), row.asset)
         base = f"{row.id}:a{row.attempt}"

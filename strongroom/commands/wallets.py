@@ -51,6 +51,7 @@ from strongroom.keystores import open_keystore
 from strongroom.runtimes.bitcoin import BitcoinRuntime, build_bitcoin_runtime
 from strongroom.runtimes.ethereum import WalletRuntime, build_runtime
 from strongroom.settings import Settings
+from strongroom.wiring import build_deposit_gate
 
 DEFAULT_CONFIRMATIONS = 12
 DEFAULT_BTC_CONFIRMATIONS = 6
@@ -77,8 +78,10 @@ def runtime_from_env(settings: Settings) -> WalletRuntime | None:
     n = int(os.environ.get("STRONGROOM_ETH_CONFIRMATIONS", DEFAULT_CONFIRMATIONS))
     adapter = EthereumAdapter(Web3(Web3.HTTPProvider(url)), tokens)
     sessions = make_session_factory(make_engine(settings.database_url))
-    runtime = build_runtime(sessions, Ledger(sessions), open_keystore(settings), adapter, wall_clock_ms,
-                            {asset: n for asset in adapter.assets()})
+    ledger = Ledger(sessions)
+    runtime = build_runtime(sessions, ledger, open_keystore(settings), adapter, wall_clock_ms,
+                            {asset: n for asset in adapter.assets()},
+                            gate=build_deposit_gate(sessions, ledger, wall_clock_ms))
     cold_address = os.environ.get(ETH_COLD_ADDRESS_ENV)
     if cold_address:
         runtime.setup_wallets(cold_address)
@@ -103,8 +106,10 @@ def bitcoin_runtime_from_env(settings: Settings) -> BitcoinRuntime | None:
     adapter = BitcoinAdapter(backend, net)
     n = int(os.environ.get("STRONGROOM_BTC_CONFIRMATIONS", DEFAULT_BTC_CONFIRMATIONS))
     sessions = make_session_factory(make_engine(settings.database_url))
-    runtime = build_bitcoin_runtime(sessions, Ledger(sessions), open_keystore(settings), adapter,
-                                    wall_clock_ms, {"BTC": n})
+    ledger = Ledger(sessions)
+    runtime = build_bitcoin_runtime(sessions, ledger, open_keystore(settings), adapter,
+                                    wall_clock_ms, {"BTC": n},
+                                    gate=build_deposit_gate(sessions, ledger, wall_clock_ms))
     descriptor = os.environ.get("STRONGROOM_BTC_COLD_DESCRIPTOR")
     if descriptor:
         runtime.setup_wallets(descriptor)

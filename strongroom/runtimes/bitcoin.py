@@ -17,7 +17,7 @@ from custody.chains.bitcoin.utxo import UtxoSet
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.reconciliation import Reconciler
-from custody.wallets.deposit_watcher import DepositWatcher, TickReport
+from custody.wallets.deposit_watcher import DepositGate, DepositWatcher, TickReport
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.wallets.withdrawal_executor import ExecutorConfig, TransactionView
 
@@ -74,13 +74,14 @@ def build_bitcoin_runtime(
     confirmations: Mapping[str, int],
     start_height: int | None = None,
     fees: FeePolicy | None = None,
+    gate: DepositGate | None = None,
 ) -> BitcoinRuntime:
     """Build the Bitcoin wallet services for ``adapter``."""
     wallets = WalletRegistry(sessions, ledger, keystore, clock)
     wallets.add_scheme(CHAIN, Bip84Scheme(adapter.network))
     utxos = UtxoSet(CHAIN)
     watcher = DepositWatcher(
-        sessions, wallets, adapter, clock, confirmations, start_height=start_height, observer=utxos
+        sessions, wallets, adapter, clock, confirmations, start_height=start_height, observer=utxos, gate=gate
     )
     executor = BitcoinExecutor(sessions, wallets, adapter, utxos, clock, ExecutorConfig(confirmations), fees)
     treasury = BitcoinTreasury(sessions, wallets, adapter, executor, clock, utxos=utxos)

@@ -11,7 +11,7 @@ from custody.chains.ethereum.adapter import EthereumAdapter
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.reconciliation import Reconciler
-from custody.wallets.deposit_watcher import DepositWatcher, TickReport
+from custody.wallets.deposit_watcher import DepositGate, DepositWatcher, TickReport
 from custody.wallets.treasury import Treasury
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.wallets.withdrawal_executor import ExecutorConfig, TransactionView, WithdrawalExecutor
@@ -49,10 +49,12 @@ def build_runtime(
     confirmations: Mapping[str, int],
     start_height: int | None = None,
     fee_cap_wei: int | None = None,
+    gate: DepositGate | None = None,
 ) -> WalletRuntime:
-    """Build the wallet services for ``adapter``'s chain."""
+    """Build the wallet services for ``adapter``'s chain (``gate``: compliance's say over deposits)."""
     wallets = WalletRegistry(sessions, ledger, keystore, clock)
-    watcher = DepositWatcher(sessions, wallets, adapter, clock, confirmations, start_height=start_height)
+    watcher = DepositWatcher(sessions, wallets, adapter, clock, confirmations, start_height=start_height,
+                             gate=gate)
     config = (
         ExecutorConfig(confirmations) if fee_cap_wei is None else ExecutorConfig(confirmations, fee_cap_wei)
     )
