@@ -22,6 +22,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -40,6 +41,7 @@ from custody.audit.export import (
     PublicKey,
     parse_keys,
 )
+from custody.audit.fastscan import load as load_fast_path
 from custody.audit.merkle import EMPTY_ROOT, NODE_PREFIX
 from custody.audit.state import AuditState
 from custody.audit.untrusted import FormatError, line_batches, lines, loads, printable, read_json
@@ -71,6 +73,9 @@ KIND_FLAGS: dict[str, int] = {kind.value: int(flags) for kind, flags in DEFAULT_
 MARGIN_KIND = AccountKind.USER_MARGIN.value
 USER_KINDS = frozenset({AccountKind.USER_AVAILABLE.value, AccountKind.USER_HELD.value, MARGIN_KIND})
 WALLET_KINDS = frozenset({AccountKind.HOT_WALLET.value, AccountKind.COLD_WALLET.value})
+
+# The compiled fast path over entries.jsonl, if built from the current source (custody/audit/fastscan.py).
+FAST = load_fast_path()
 
 # Named downgrades (strongroom-audit verify --allow-...): each makes one requirement a warning.
 ALLOW_UNSIGNED_TAIL = "unsigned-tail"
@@ -289,13 +294,18 @@ def verify_export(
     *,
     allow: frozenset[str] = frozenset(),
     state: AuditState | None = None,
+    fast: ModuleType | str | None = "built",
 ) -> Report:
     """Verify an export directory; raise :class:`FormatError` if it is unusable.
 
     Without ``pinned_keys`` the export's own keys.json is used, which fails unless
     ``allow`` holds :data:`ALLOW_UNPINNED_KEYS`. With ``state`` (the previous
-    audit's newest checkpoint) the export must extend that checkpoint.
+    audit's newest checkpoint) the export must extend that checkpoint. ``fast``
+    is the compiled fast path: ``"built"`` (default) uses :data:`FAST`, the built
+    extension if any; None forces pure Python. Both give the same report.
     """
+    compiled = FAST if fast == "built" else fast
+    assert compiled is None or isinstance(compiled, ModuleType), "fast must be a module, None or 'built'"
     unknown = set(allow) - DOWNGRADES
     assert not unknown, f"unknown downgrades {sorted(unknown)}"
     report = Report()
@@ -310,7 +320,7 @@ def verify_export(
     replay = _Replay()
     by_size = {c.tree_size: c for c in checkpoints}
     capture_at = {s.ledger_seq for s in snapshots}
-    scan = _scan_entries(directory / ENTRIES_FILE, by_size, capture_at, replay, report)
+    scan = _scan_entries(directory / ENTRIES_FILE, by_size, capture_at, replay, report, compiled)
     report.summary.update(entries=scan.count, head_seq=scan.last_seq, head_hash=scan.head_hash)
     _report_sequence(scan, report)
     _check_checkpoint_chain(checkpoints, keys, scan, allow, report)
@@ -386,75 +396,114 @@ def _load_checkpoints(path: Path, report: Report) -> list[Checkpoint]:
 
 def _scan_entries(
     path: Path, by_size: Mapping[int, Checkpoint], capture_at: set[int], replay: _Replay,
-    report: Report,
+    report: Report, fast: ModuleType | None = None,
 ) -> _Scan:
-    """Stream the entries once: chain, Merkle frontier, checkpoint roots, replay (the hot loop)."""
+    """Stream the entries once: chain, Merkle frontier, checkpoint roots, replay.
+
+    With ``fast`` (the compiled :mod:`custody.audit.fastscan` module) the common
+    lines go through C and every line it leaves is checked here, one at a time.
+    """
     scan = _Scan()
-    sha256, tohex, domain, node = hashlib.sha256, binascii.hexlify, ENTRY_HASH_DOMAIN, NODE_PREFIX
-    prev = bytes(32)
-    accounts, ids, totals = replay.accounts, replay.ids, replay.totals
     stops = set(by_size) | capture_at
-    stack: list[bytes] = []
-    count = max_seq = 0
+    cursor = _Cursor()
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below; a with-block would indent the hot loop
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise FormatError(f"cannot read {ENTRIES_FILE}: {exc.strerror}") from None
     with handle:
-        for batch in line_batches(handle, ENTRIES_FILE, ENTRY_LINE_MAX_BYTES):
-            for line in batch:
-                count += 1
-                raw = line[65:]
-                digest = sha256(domain + prev + raw).digest()
-                # Compare the text: only the canonical lowercase hex of the recomputed hash passes.
-                if line[:64] != tohex(digest) or line[64:65] != b" ":
-                    prev = _chain_mismatch(count, line, digest, report)
-                else:
-                    prev = digest
-                stack.append(sha256(b"\x00" + raw).digest())
-                size = count
-                while not size & 1:
-                    right = stack.pop()
-                    stack[-1] = sha256(node + stack[-1] + right).digest()
-                    size >>= 1
-                try:
-                    entry = _parse_entry(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-                    report.fail("entry_malformed", f"entries.jsonl line {count}: not a canonical entry "
-                                f"({printable(str(exc))[:300]})", line=count)
-                    entry = None
-                if entry is not None:
-                    seq = entry.seq
-                    if seq != max_seq + 1:
-                        _sequence_anomaly(scan, count, seq, max_seq)
-                    if seq > max_seq:
-                        max_seq = seq
-                    # Fast path for the commonest entry, a valid single transfer; all else goes to _apply.
-                    debit, credit = accounts.get(entry.debit_account), accounts.get(entry.credit_account)
-                    asset, tid = entry.asset, entry.id
-                    if (entry.kind == "single" and debit is not None and credit is not None
-                            and debit is not credit and debit[0] == asset and credit[0] == asset
-                            and tid not in ids):
-                        amount = int(entry.amount)
-                        ids.add(tid)
-                        debit[3] += amount
-                        credit[5] += amount
-                        row = totals.get(asset) or totals.setdefault(asset, [0, 0, 0])
-                        row[0] += 1
-                        row[1] += amount
-                        if (debit[1] & DEBITS_LIMITED and debit[2] + debit[3] > debit[5]) or (
-                                credit[1] & CREDITS_LIMITED and credit[4] + credit[5] > credit[3]):
-                            _report_negatives(entry, replay, report)
-                    else:
-                        _apply(entry, replay, report)
-                if count in stops:
-                    if count in by_size:
-                        _check_root(by_size[count], stack, digest, replay, report)
-                        scan.roots_checked += 1
-                    if count in capture_at:
-                        replay.captured[count] = _posted_balances(replay)
-    scan.count, scan.last_seq, scan.head_hash = count, max_seq, prev.hex()
+        batches = line_batches(handle, ENTRIES_FILE, ENTRY_LINE_MAX_BYTES)
+        if fast is None:
+            for batch in batches:
+                _scan_lines(batch, cursor, scan, by_size, capture_at, stops, replay, report)
+        else:
+            scanner = fast.Scanner(replay.accounts, replay.ids, replay.totals, replay.pendings, stops)
+            for batch in batches:
+                index, size = 0, len(batch)
+                while index < size:
+                    index = scanner.scan(batch, index)
+                    if index < size:
+                        # A line the compiled path leaves: the pure path checks (and reports) it.
+                        cursor.prev, cursor.stack, cursor.count, cursor.max_seq = scanner.get_state()
+                        _scan_lines(batch[index:index + 1], cursor, scan, by_size, capture_at, stops,
+                                    replay, report)
+                        scanner.set_state(cursor.prev, cursor.stack, cursor.count, cursor.max_seq)
+                        index += 1
+            cursor.prev, cursor.stack, cursor.count, cursor.max_seq = scanner.get_state()
+    scan.count, scan.last_seq, scan.head_hash = cursor.count, cursor.max_seq, cursor.prev.hex()
     return scan
+
+
+@dataclass
+class _Cursor:
+    """Where the pass over the entries stands: chain hash, Merkle frontier, lines, highest seq."""
+
+    prev: bytes = bytes(32)
+    stack: list[bytes] = field(default_factory=list)
+    count: int = 0
+    max_seq: int = 0
+
+
+def _scan_lines(
+    batch: list[bytes], cursor: _Cursor, scan: _Scan, by_size: Mapping[int, Checkpoint],
+    capture_at: set[int], stops: set[int], replay: _Replay, report: Report,
+) -> None:
+    """Check and replay lines (the pure hot loop, and the reference for the compiled path)."""
+    sha256, tohex, domain, node = hashlib.sha256, binascii.hexlify, ENTRY_HASH_DOMAIN, NODE_PREFIX
+    accounts, ids, totals = replay.accounts, replay.ids, replay.totals
+    prev, stack, count, max_seq = cursor.prev, cursor.stack, cursor.count, cursor.max_seq
+    digest = prev
+    for line in batch:
+        count += 1
+        raw = line[65:]
+        digest = sha256(domain + prev + raw).digest()
+        # Compare the text: only the canonical lowercase hex of the recomputed hash passes.
+        if line[:64] != tohex(digest) or line[64:65] != b" ":
+            prev = _chain_mismatch(count, line, digest, report)
+        else:
+            prev = digest
+        stack.append(sha256(b"\x00" + raw).digest())
+        size = count
+        while not size & 1:
+            right = stack.pop()
+            stack[-1] = sha256(node + stack[-1] + right).digest()
+            size >>= 1
+        try:
+            entry = _parse_entry(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            report.fail("entry_malformed", f"entries.jsonl line {count}: not a canonical entry "
+                        f"({printable(str(exc))[:300]})", line=count)
+            entry = None
+        if entry is not None:
+            seq = entry.seq
+            if seq != max_seq + 1:
+                _sequence_anomaly(scan, count, seq, max_seq)
+            if seq > max_seq:
+                max_seq = seq
+            # Fast path for the commonest entry, a valid single transfer; all else goes to _apply.
+            debit, credit = accounts.get(entry.debit_account), accounts.get(entry.credit_account)
+            asset, tid = entry.asset, entry.id
+            if (entry.kind == "single" and debit is not None and credit is not None
+                    and debit is not credit and debit[0] == asset and credit[0] == asset
+                    and tid not in ids and not tid.startswith(OPEN_ID_PREFIX)):
+                amount = int(entry.amount)
+                ids.add(tid)
+                debit[3] += amount
+                credit[5] += amount
+                row = totals.get(asset) or totals.setdefault(asset, [0, 0, 0])
+                row[0] += 1
+                row[1] += amount
+                if (debit[1] & DEBITS_LIMITED and debit[2] + debit[3] > debit[5]) or (
+                        credit[1] & CREDITS_LIMITED and credit[4] + credit[5] > credit[3]):
+                    _report_negatives(entry, replay, report)
+            else:
+                _apply(entry, replay, report)
+        if count in stops:
+            if count in by_size:
+                _check_root(by_size[count], stack, digest, replay, report)
+                scan.roots_checked += 1
+            if count in capture_at:
+                replay.captured[count] = _posted_balances(replay)
+    cursor.prev, cursor.count, cursor.max_seq = prev, count, max_seq
 
 
 def _posted_balances(replay: _Replay) -> dict[int, int]:
