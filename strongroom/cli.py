@@ -34,6 +34,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                       "Scale-out: one market's matching engine over NATS JetStream."),
     "devnet": ("strongroom.commands.devnet", "Local Ethereum and Bitcoin chains: up, mine, fund, reorg."),
     "halt": ("strongroom.commands.controls", "Kill switches: withdrawal halts, market halts, breakers."),
+    "margin-worker": ("strongroom.commands.engine_worker",
+                      "Scale-out: keep order and position margin in the ledger from the events."),
     "market-day": ("strongroom.commands.exchange", "Run the market day and print its report."),
     "reserves": ("strongroom.commands.audit", "Proof of reserves: snapshots, proofs, reports."),
     "settlement-worker": ("strongroom.commands.engine_worker",

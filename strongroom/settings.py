@@ -41,6 +41,9 @@ class Settings:
     exchange_feed_seed: int = 1
     exchange_dev_mode: bool = False
     exchange_demo_maker: bool = False
+    # Scale-out order entry (docs/scale-out.md): NATS servers of the engines' command streams;
+    # empty means the in-process engine (the embedded default).
+    exchange_nats_urls: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -82,7 +85,9 @@ class Settings:
                    checkpoint_every_entries=int(every_text), exchange_feed=feed,
                    exchange_feed_seed=int(seed_text),
                    exchange_dev_mode=_flag(env, "STRONGROOM_EXCHANGE_DEV_MODE"),
-                   exchange_demo_maker=_flag(env, "STRONGROOM_EXCHANGE_DEMO_MAKER"))
+                   exchange_demo_maker=_flag(env, "STRONGROOM_EXCHANGE_DEMO_MAKER"),
+                   exchange_nats_urls=tuple(u.strip() for u in env.get(
+                       "STRONGROOM_EXCHANGE_NATS_URLS", "").split(",") if u.strip()))
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory readable by its owner only, and return it."""

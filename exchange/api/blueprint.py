@@ -43,6 +43,7 @@ from custody.api.schema import (
     obj,
     path_parameters,
 )
+from exchange.api import scaleout
 from exchange.engine.codes import ResultCode
 from exchange.engine.journal import FsyncPolicy
 from exchange.engine.messages import (
@@ -176,6 +177,7 @@ def init_app(app: Flask) -> None:
     if clock is not None:
         # Funding and expiry due before a command run before it (exchange/schedule.py).
         app.extensions[EXTENSION].clock = clock
+    scaleout.init_scaleout(app, sorted(config.instruments))
     app.register_blueprint(bp)
 
 
@@ -335,6 +337,12 @@ def place_order() -> ResponseReturnValue:
     problem = order_problem(cmd)
     if problem is not None:
         raise ApiError(problem[0], problem[1])
+    gw = scaleout.gateway()
+    if gw is not None:  # scale-out mode: margin reserved, then the market's command stream
+        if mode != "cross":
+            raise _risk(RiskCode.INVALID_MARGIN_MODE, "scale-out mode takes cross margin only")
+        seq, events = scaleout.place(gw, symbol, cmd, client_id)
+        return scaleout.pending_response(seq) if events is None else _events_response(events, account)
     svc = service()
     with svc.command() as venue:
         _known(venue, symbol)
@@ -427,6 +435,10 @@ def open_orders() -> ResponseReturnValue:
     svc = service()
     account = current_principal()
     scope = order_scope(account)
+    gw = scaleout.gateway()
+    if gw is not None:  # scale-out mode: the gateway's event-fed state
+        return jsonify({"orders": [dict(o, id=client_order_id(scope, str(o["id"])), account=account,
+                                        status="resting") for o in gw.open_orders(account)]})
     with svc.lock:
         views = order_views(svc.venue, account)
     for view in views:
@@ -453,10 +465,29 @@ def fills() -> ResponseReturnValue:
 @READ
 @answers({"200": POSITIONS_ANSWER})
 def positions() -> ResponseReturnValue:
-    """List the caller's positions with entry, mark, PnL and liquidation price."""
+    """List the caller's positions with entry, mark, PnL and liquidation price.
+
+    In scale-out mode: size, entry cost and entry price from the event-fed state.
+    """
+    gw = scaleout.gateway()
+    if gw is not None:
+        return jsonify({"positions": scaleout.position_views(gw, current_principal())})
     svc = service()
     with svc.lock:
         return jsonify({"positions": position_views(svc.venue, current_principal())})
+
+
+@bp.get("/depth/<symbol>")
+@READ
+@answers({"200": obj({"symbol": STR, "seq": INT, "bids": array(array(INT)),
+                      "asks": array(array(INT))})})
+def depth(symbol: str) -> ResponseReturnValue:
+    """Return book levels [price, size] from the event-fed state (scale-out mode only)."""
+    gw = scaleout.gateway()
+    if gw is None:
+        raise ApiError(RequestCode.NOT_FOUND, "book depth here is served in scale-out mode only; "
+                       "see /api/v1/market", 404)
+    return jsonify(scaleout.depth_view(gw, symbol, 10))
 
 
 @bp.get("/account")

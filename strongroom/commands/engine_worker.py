@@ -124,7 +124,50 @@ def settlement_worker(nats_urls: str, market: str | None, asset: str, taker_fee_
     click.echo(json.dumps(settlement.stats.__dict__))
 
 
+@click.command("margin-worker")
+@click.option("--nats", "nats_urls", default=DEFAULT_NATS, show_default=True,
+              help="Comma-separated NATS server URLs.")
+@click.option("--market", "markets", multiple=True, required=True,
+              help="Market symbol (repeat for several markets).")
+@click.option("--asset", default="USDC", show_default=True)
+@click.option("--im-ppm", type=int, default=100_000, show_default=True,
+              help="Initial margin rate; must equal the API's EXCHANGE_SCALEOUT_IM_PPM.")
+def margin_worker(nats_urls: str, markets: tuple[str, ...], asset: str, im_ppm: int) -> None:
+    """Keep order holds and position margin in the ledger true to the events stream."""
+    import nats
+
+    from custody.db import make_engine, make_session_factory
+    from custody.ledger.service import Ledger
+    from exchange.stream.margin import MarginLedger, MarginWorker, initial_margin
+    from exchange.stream.topology import check_symbol
+    from strongroom.settings import Settings
+
+    try:
+        symbols = [check_symbol(m) for m in markets]
+        initial_margin(1, 1, im_ppm)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    settings = Settings.from_env()
+    sessions = make_session_factory(make_engine(settings.database_url))
+    ledger = MarginLedger(Ledger(sessions), sessions, asset)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def main() -> dict[str, int]:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        nc = await nats.connect(servers=_urls(nats_urls), max_reconnect_attempts=-1)
+        try:
+            worker = MarginWorker(nc.jetstream(), ledger, im_ppm, symbols)
+            await worker.run(stop)
+            return worker.written
+        finally:
+            await nc.close()
+
+    click.echo(json.dumps({"written": asyncio.run(main())}))
+
+
 def register(main: click.Group) -> None:
     """Add the scale-out worker commands to the ``strongroom`` CLI."""
     main.add_command(engine_worker)
     main.add_command(settlement_worker)
+    main.add_command(margin_worker)

@@ -5,22 +5,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
+from collections.abc import Callable
 
 import msgspec
+import nats
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
+from sqlalchemy.engine import Engine
 
+from custody.db import make_engine, make_session_factory
+from custody.ledger.entry import AccountKind
+from custody.ledger.posting import TransferRequest
+from custody.ledger.service import Ledger
 from exchange.engine.instrument import Instrument
 from exchange.engine.messages import Cancel, Command, NewOrder
 from exchange.engine.orderbook import OrderBook
-from exchange.stream.topology import EVENTS_STREAM, command_stream, command_subject, events_subject
+from exchange.stream.margin import MarginLedger, MarginWorker
+from exchange.stream.topology import (
+    EVENTS_STREAM,
+    command_stream,
+    command_subject,
+    ensure_topology,
+    events_subject,
+)
 from exchange.stream.wire import EventBatch, batch_decoder
+from exchange.stream.worker import run_worker
 
 READ_RETRY_S = 20.0
+SETTLE_TIMEOUT_S = 60.0
+IM_PPM = 100_000  # 10 %
 
 
 async def read_all(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
@@ -120,3 +138,89 @@ def replay_single_process(instrument: Instrument, bodies: list[bytes]) -> tuple[
         book.process(parse_line(i, body, skip_invalid=True))
         per_command.append([msgspec.to_builtins(e) for e in book.take_events()])
     return per_command, book.state_hash()
+
+
+def margin_ledger(url: str) -> tuple[MarginLedger, Engine]:
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    return MarginLedger(Ledger(sessions), sessions), engine
+
+
+def fund(margin: MarginLedger, account: str, amount: int) -> None:
+    ledger = margin.ledger
+    src = ledger.ensure_account("funding", "USDC", AccountKind.EXTERNAL.value).id
+    ledger.transfer(TransferRequest(id=f"fund.{account}", debit_account=src,
+                                    credit_account=margin.accounts(account)[0], amount=amount,
+                                    asset="USDC"))
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class Stack:
+    """An engine worker and the margin worker for one market, on a loop in a thread."""
+
+    def __init__(self, urls: list[str], market: str, ledger: MarginLedger, tick: int) -> None:
+        self.urls, self.market, self.ledger, self.tick = urls, market, ledger, tick
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> Stack:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(2 * SETTLE_TIMEOUT_S)
+        return self
+
+    async def _start(self) -> None:
+        nc = await nats.connect(servers=self.urls, max_reconnect_attempts=-1)
+        self.nc, self.js = nc, nc.jetstream()
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:  # a loaded cluster can take longer than one request timeout to create R3 streams
+            try:
+                await ensure_topology(self.js, [self.market], 3)
+                break
+            except (nats.errors.Error, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+        self.stop_engine, self.stop_margin = asyncio.Event(), asyncio.Event()
+        self.engine = asyncio.create_task(run_worker(
+            self.urls, Instrument(self.market, tick_size=self.tick), name="w1",
+            stop=self.stop_engine))
+        await self._start_margin()
+
+    async def _start_margin(self) -> None:
+        self.stop_margin = asyncio.Event()
+        self.worker = MarginWorker(self.js, self.ledger, IM_PPM, [self.market])
+        self.margin = asyncio.create_task(self.worker.run(self.stop_margin))
+
+    def start_margin(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._start_margin(), self.loop).result(30)
+
+    def stop_margin_worker(self) -> MarginWorker:
+        async def go() -> None:
+            self.stop_margin.set()
+            await self.margin
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(60)
+        return self.worker
+
+    def written(self) -> int:
+        """Return the last command whose margin postings the margin worker has written."""
+        return self.worker.written.get(self.market, 0)
+
+    def bodies(self) -> list[bytes]:
+        return asyncio.run_coroutine_threadsafe(command_bodies(self.js, self.market),
+                                                self.loop).result(60)
+
+    def close(self) -> None:
+        async def go() -> None:
+            self.stop_engine.set()
+            self.stop_margin.set()
+            await asyncio.gather(self.engine, self.margin, return_exceptions=True)
+            await self.nc.close()
+        asyncio.run_coroutine_threadsafe(go(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from exchange.engine.messages import NewOrder, Rejected, Trade
+from exchange.stream.margin import MarginBook, Position
 from exchange.stream.publisher import validate_command
 from exchange.stream.settlement import FeeSchedule, fee_postings
 from exchange.stream.wire import batch_decoder, batch_msg_id
@@ -32,3 +33,17 @@ def test_scaleout_doc_event_batch_example_decodes_and_settles_with_stream_ids() 
     postings = fee_postings(batch, FeeSchedule("USDC", taker_fee_ppm=500, maker_fee_ppm=200))
     assert [(p.transfer_id, p.payer, p.amount) for p in postings] == [
         ("fee.BTC-PERP.41.0.t", "alice", 2), ("fee.BTC-PERP.41.0.m", "bob", 1)]
+
+
+def test_scaleout_doc_event_batch_example_folds_to_documented_margin_ids() -> None:
+    batch = batch_decoder.decode(_json_blocks()[1])
+    book = MarginBook(im_ppm=100_000)
+    book.last_seq["BTC-PERP"] = 40  # the example is the middle of a stream
+    postings = book.apply(batch)
+    assert [(p.id, p.kind.value, p.account, p.amount, p.pending_id) for p in postings] == [
+        ("imv.BTC-PERP.41.0", "void", "alice", 0, "im.o-17"),
+        ("pm.BTC-PERP.41.0", "single", "alice", 500, None),
+        ("pm.BTC-PERP.41.1", "single", "bob", 500, None),
+        ("imv.BTC-PERP.42.r", "void", "", 0, "im.o-18"),
+    ]
+    assert book.positions[("alice", "BTC-PERP")] == Position(5, 5000)

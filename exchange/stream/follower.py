@@ -1,0 +1,101 @@
+"""Follow one market's events from the start of the stream, in order, through NATS weather.
+
+Every reader of event-fed state (the gateways' hot reads and order waiters,
+the margin worker) folds a market's batches in order. A follower reads
+`evt.<SYMBOL>` with an ephemeral pull consumer and checks that the batches'
+command ranges are contiguous; a gap, a lost consumer (node loss) or an idle
+consumer while the market has newer batches makes it subscribe again from its
+own stream position. Nothing is skipped and nothing is handled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from exchange.stream.topology import EVENTS_STREAM, events_subject
+from exchange.stream.wire import EventBatch, batch_decoder
+
+log = logging.getLogger("strongroom.events")
+
+FETCH_MAX = 256
+FETCH_TIMEOUT_S = 0.25
+RETRY_S = 0.3
+STALL_CHECK_S = 1.0
+
+Handler = Callable[[EventBatch], Awaitable[None]]
+
+
+class EventFollower:
+    """Hand every event batch of the stream, once and in order, to `handler`."""
+
+    def __init__(self, js: JetStreamContext, market: str, handler: Handler) -> None:
+        self.js = js
+        self.subject = events_subject(market)
+        self.handler = handler
+        self.stream_seq = 0  # EVT stream sequence of the last batch handled
+        self.command_seq = 0  # last command whose events were handled
+        self._last_stall_check = 0.0
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                opt_start_seq=self.stream_seq + 1, ack_policy=AckPolicy.NONE,
+                                inactive_threshold=30.0, mem_storage=True, num_replicas=1)
+        return await self.js.pull_subscribe(self.subject, stream=EVENTS_STREAM, config=config)
+
+    async def _stalled(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_stall_check < STALL_CHECK_S:
+            return False
+        self._last_stall_check = now
+        try:
+            last = await self.js.get_last_msg(EVENTS_STREAM, self.subject)
+        except NatsError:  # not found (no batch yet) or NATS trouble: cannot tell now
+            return False
+        return (last.seq or 0) > self.stream_seq
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow until `stop`; only the handler's own exceptions end it early."""
+        while not stop.is_set():
+            try:
+                sub = await self._subscribe()
+            except (NatsError, TimeoutError) as exc:
+                log.warning("%s: subscribe failed: %s", self.subject, type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_S)
+                continue
+            try:
+                await self._follow(sub, stop)
+            except (NatsError, TimeoutError) as exc:
+                log.warning("%s at %d: %s; subscribing again", self.subject, self.stream_seq,
+                            type(exc).__name__)
+            finally:
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await sub.unsubscribe()
+
+    async def _follow(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(FETCH_MAX, timeout=FETCH_TIMEOUT_S)
+            except TimeoutError:  # nats' own and asyncio's: nothing new, or a lost consumer
+                if await self._stalled():
+                    return
+                continue
+            for msg in msgs:
+                batch = batch_decoder.decode(msg.data)
+                if batch.last_seq <= self.command_seq:
+                    continue  # redelivered after a reset
+                if batch.first_seq != self.command_seq + 1:
+                    log.warning("%s: batch %d-%d after command %d; subscribing again",
+                                self.subject, batch.first_seq, batch.last_seq, self.command_seq)
+                    return
+                await self.handler(batch)
+                self.stream_seq = msg.metadata.sequence.stream
+                self.command_seq = batch.last_seq

@@ -1,0 +1,346 @@
+"""Initial margin in the scale-out mode: reserved by the gateway, kept up to date from the events.
+
+The gateway (exchange/stream/gateway.py) reserves an order's initial margin
+in the ledger *before* appending the order to the command stream: a pending
+transfer `im.<order id>` from the trader's exchange margin account to their
+margin-in-use account (`<trader>:im`, kind user_held). Reserve and check run
+in one ledger transaction that holds the journal head lock, so two gateways
+(any number of processes) serialise on it and can never together reserve
+more than the account holds. A refused order is never appended.
+
+`MarginBook` folds the events stream into open orders and positions (pure,
+deterministic: the same stream gives the same state and the same postings).
+Per command it returns the ledger postings that keep the reservations true:
+the filled or cancelled part of an order's hold is released (the old hold is
+voided and, while the order rests, a new one holds the remainder) and the
+position's margin is moved to or from the margin-in-use account. Every id is
+derived from the market, the command stream sequence and an index, so the
+margin worker (any number of restarts, replaying the stream from the start)
+writes each posting once: a replayed posting is found `existing`.
+
+Model of this slice (docs/scale-out.md): initial margin is
+`ceil(price * qty * im_ppm / 1e6)` in the collateral asset's minor units, for
+limit orders at their limit price and for positions at their entry cost.
+Unrealised PnL, funding and liquidation stay in the embedded venue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from nats.js.client import JetStreamContext
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from custody.ledger.codes import LedgerCode
+from custody.ledger.entry import AccountKind, TransferKind
+from custody.ledger.models import LedgerAccount, LedgerTransfer
+from custody.ledger.posting import TransferRequest
+from custody.ledger.service import MAX_BATCH, Ledger, ResultStatus
+from exchange.engine.messages import Accepted, Cancelled, Event, Rejected, Trade
+from exchange.stream.follower import EventFollower
+from exchange.stream.wire import EventBatch
+
+PPM = 1_000_000
+IM_PPM_MAX = PPM
+MARGIN_ACTOR = "service:margin"
+HOLD_CODE = 7200  # ledger `code` of order margin holds and their releases
+POSITION_CODE = 7201  # ledger `code` of position margin moves
+IN_USE_SUFFIX = ":im"
+
+
+class MarginRefused(Exception):
+    """The order's initial margin exceeds the account's free collateral: nothing was reserved."""
+
+    def __init__(self, needed: int, available: int) -> None:
+        super().__init__(f"order needs {needed} initial margin, {available} is free")
+        self.needed = needed
+        self.available = available
+
+
+class DuplicateOrder(Exception):
+    """The order id belongs to another order (finished, or with other fields): pick a new id."""
+
+
+class MarginCorrupt(Exception):
+    """The ledger refused a posting derived from the events stream: stop and investigate."""
+
+
+def initial_margin(price: int, qty: int, im_ppm: int) -> int:
+    """Return the initial margin of `qty` at `price`, rounded up (never under-reserved)."""
+    if not 0 < im_ppm <= IM_PPM_MAX:
+        raise ValueError(f"im_ppm was {im_ppm}, must be 1..{IM_PPM_MAX}")
+    if price <= 0 or qty < 0:
+        raise ValueError(f"price was {price}, qty was {qty}: price positive, qty not negative")
+    return -(-price * qty * im_ppm // PPM)
+
+
+def hold_id(order_id: str) -> str:
+    """Return the id of the hold the gateway places for `order_id` (a book order id)."""
+    return f"im.{order_id}"
+
+
+def in_use_owner(account: str) -> str:
+    """Return the ledger owner of `account`'s margin-in-use account."""
+    return account + IN_USE_SUFFIX
+
+
+# ---------------------------------------------------------------------------- the fold
+
+
+@dataclass
+class OpenOrder:
+    """An order resting (or being matched) on the book, with its current hold."""
+
+    account: str
+    side: str
+    price: int
+    remaining: int
+    hold: str
+
+
+@dataclass
+class Position:
+    """A signed size and the entry cost (price * qty) of the open size."""
+
+    size: int = 0
+    cost: int = 0
+
+    def fill(self, signed_qty: int, price: int) -> None:
+        """Apply a fill of `signed_qty` (buy positive) at `price`."""
+        if self.size == 0 or (self.size > 0) == (signed_qty > 0):
+            self.size += signed_qty
+            self.cost += abs(signed_qty) * price
+            return
+        closed = min(abs(signed_qty), abs(self.size))
+        self.cost -= self.cost * closed // abs(self.size)
+        self.size += signed_qty
+        if self.size == 0:
+            self.cost = 0
+        elif (self.size > 0) == (signed_qty > 0):  # flipped: the rest opens at `price`
+            self.cost = abs(self.size) * price
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One ledger move decided by the fold: a void, a new hold or a position margin move."""
+
+    id: str
+    kind: TransferKind
+    account: str  # whose margin account
+    amount: int = 0
+    release: bool = False  # position margin back to the margin account
+    pending_id: str | None = None
+
+
+@dataclass
+class MarginBook:
+    """Open orders, positions and position margin of one or more markets, from event batches."""
+
+    im_ppm: int
+    orders: dict[tuple[str, str], OpenOrder] = field(default_factory=dict)
+    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    position_margin: dict[tuple[str, str], int] = field(default_factory=dict)
+    last_seq: dict[str, int] = field(default_factory=dict)
+
+    def apply(self, batch: EventBatch) -> list[Posting]:
+        """Fold one event batch; return the ledger postings it calls for, in order."""
+        market = batch.market
+        last = self.last_seq.get(market, 0)
+        if batch.first_seq != last + 1:
+            raise MarginCorrupt(f"{market}: batch starts at {batch.first_seq}, expected {last + 1}")
+        out: list[Posting] = []
+        for command in batch.commands:
+            out += self._command(market, command.seq, command.events)
+        self.last_seq[market] = batch.last_seq
+        return out
+
+    def _command(self, market: str, seq: int, events: list[Event]) -> list[Posting]:
+        touched: dict[str, None] = {}
+        accounts: dict[str, None] = {}
+        voids: list[Posting] = []
+        base = f"{market}.{seq}"
+        for event in events:
+            if isinstance(event, Accepted) and event.price is not None:
+                self.orders[(market, event.id)] = OpenOrder(
+                    event.account, event.side, event.price, event.qty, hold_id(event.id))
+            elif isinstance(event, Trade):
+                for oid, account, signed in ((event.taker, event.taker_account,
+                                              event.qty if event.taker_side == "buy" else -event.qty),
+                                             (event.maker, event.maker_account,
+                                              -event.qty if event.taker_side == "buy" else event.qty)):
+                    self._fill_order(market, oid, event.qty, touched)
+                    self.positions.setdefault((account, market), Position()).fill(signed, event.price)
+                    accounts[account] = None
+            elif isinstance(event, Cancelled):
+                self._fill_order(market, event.id, event.qty, touched)
+            elif isinstance(event, Rejected) and event.id is not None \
+                    and (market, event.id) not in self.orders:
+                # A new order the book refused: release the gateway's hold. A refused
+                # duplicate of a live order leaves that order's hold alone.
+                voids.append(Posting(f"imv.{base}.r", TransferKind.VOID, "",
+                                     pending_id=hold_id(event.id)))
+        return voids + self._rehold(market, base, touched) + self._position_moves(
+            market, base, accounts)
+
+    def _fill_order(self, market: str, oid: str, qty: int, touched: dict[str, None]) -> None:
+        order = self.orders.get((market, oid))
+        if order is not None:
+            order.remaining -= qty
+            assert order.remaining >= 0, (market, oid, order.remaining)
+            touched[oid] = None
+
+    def _rehold(self, market: str, base: str, touched: dict[str, None]) -> list[Posting]:
+        out: list[Posting] = []
+        for k, oid in enumerate(touched):
+            order = self.orders[(market, oid)]
+            out.append(Posting(f"imv.{base}.{k}", TransferKind.VOID, order.account,
+                               pending_id=order.hold))
+            if order.remaining == 0:
+                del self.orders[(market, oid)]
+                continue
+            order.hold = f"im.{base}.{k}"
+            out.append(Posting(order.hold, TransferKind.PENDING, order.account,
+                               initial_margin(order.price, order.remaining, self.im_ppm)))
+        return out
+
+    def _position_moves(self, market: str, base: str, accounts: dict[str, None]) -> list[Posting]:
+        out: list[Posting] = []
+        for k, account in enumerate(accounts):
+            key = (account, market)
+            position = self.positions[key]
+            needed = -(-position.cost * self.im_ppm // PPM)
+            held = self.position_margin.get(key, 0)
+            if position.size == 0:
+                del self.positions[key]
+            if needed == held:
+                continue
+            self.position_margin[key] = needed
+            if needed == 0:
+                del self.position_margin[key]
+            out.append(Posting(f"pm.{base}.{k}", TransferKind.SINGLE, account, abs(needed - held),
+                               release=needed < held))
+        return out
+
+    def book(self, market: str, depth: int) -> dict[str, list[list[int]]]:
+        """Return the market's resting size per price level, best first (hot read)."""
+        levels: dict[str, dict[int, int]] = {"buy": {}, "sell": {}}
+        for (m, _), order in self.orders.items():
+            if m == market and order.remaining:
+                side = levels[order.side]
+                side[order.price] = side.get(order.price, 0) + order.remaining
+        bids = sorted(levels["buy"].items(), reverse=True)[:depth]
+        asks = sorted(levels["sell"].items())[:depth]
+        return {"bids": [[p, q] for p, q in bids], "asks": [[p, q] for p, q in asks]}
+
+
+# ---------------------------------------------------------------------------- the ledger side
+
+
+class MarginLedger:
+    """Reserve order margin atomically (gateway) and write the fold's postings (margin worker)."""
+
+    def __init__(self, ledger: Ledger, sessions: sessionmaker[Session], asset: str = "USDC") -> None:
+        self.ledger = ledger
+        self.sessions = sessions
+        self.asset = asset
+        self._ids: dict[tuple[str, str], int] = {}
+
+    def _account(self, owner: str, kind: AccountKind) -> int:
+        key = (owner, kind.value)
+        found = self._ids.get(key)
+        if found is None:
+            found = self.ledger.ensure_account(owner, self.asset, kind.value,
+                                               actor=MARGIN_ACTOR).id
+            self._ids[key] = found
+        return found
+
+    def accounts(self, account: str) -> tuple[int, int]:
+        """Return (margin account id, margin-in-use account id) of `account`, creating them."""
+        return (self._account(account, AccountKind.USER_MARGIN),
+                self._account(in_use_owner(account), AccountKind.USER_HELD))
+
+    def free(self, account: str) -> int:
+        """Return the collateral of `account` not held by orders or positions."""
+        balance = self.ledger.balance(self.accounts(account)[0])
+        return balance.credits_posted - balance.debits_posted - balance.debits_pending
+
+    def reserve(self, account: str, order_id: str, amount: int) -> bool:
+        """Hold `amount` for `order_id`; True if placed now, False if an earlier call placed it.
+
+        Raise MarginRefused (nothing written) if the hold would leave the account's
+        free collateral negative. The check runs after the hold is applied, in the
+        same transaction, which holds the ledger's journal head lock until commit:
+        every other reservation waits for it, so the check sees theirs.
+        """
+        margin, in_use = self.accounts(account)
+        request = TransferRequest(id=hold_id(order_id), debit_account=margin, credit_account=in_use,
+                                  amount=amount, asset=self.asset, kind=TransferKind.PENDING,
+                                  code=HOLD_CODE, reference=order_id)
+        with self.sessions.begin() as session:
+            result = self.ledger.submit_in(session, [request], actor=MARGIN_ACTOR)[0]
+            if result.code is LedgerCode.TRANSFER_EXISTS_WITH_DIFFERENT_FIELDS:
+                raise DuplicateOrder(f"order id {order_id!r} was used for another order")
+            if result.status is ResultStatus.FAILED:
+                raise MarginCorrupt(f"hold {request.id} refused: {result.code} {result.message}")
+            row = session.execute(select(LedgerAccount).where(LedgerAccount.id == margin)
+                                  .execution_options(populate_existing=True)).scalar_one()
+            free = int(row.credits_posted) - int(row.debits_posted) - int(row.debits_pending)
+            if result.status is ResultStatus.CREATED and free < 0:
+                session.rollback()
+                raise MarginRefused(amount, free + amount)
+        return result.status is ResultStatus.CREATED
+
+    def hold_resolved(self, order_id: str) -> bool:
+        """Tell whether the hold of `order_id` exists and was already released (order done)."""
+        with self.sessions() as session:
+            found = session.execute(select(LedgerTransfer.id).where(
+                LedgerTransfer.pending_id == hold_id(order_id))).first()
+        return found is not None
+
+    def write(self, postings: list[Posting]) -> None:
+        """Write a batch's postings in order, in linked submissions; raise MarginCorrupt if refused."""
+        requests = [self._request(p) for p in postings]
+        for start in range(0, len(requests), MAX_BATCH):
+            for r in self.ledger.submit(requests[start:start + MAX_BATCH], linked=True,
+                                        actor=MARGIN_ACTOR):
+                if r.status is ResultStatus.FAILED:
+                    raise MarginCorrupt(f"ledger refused {r.id}: {r.code} {r.message}")
+
+    def _request(self, p: Posting) -> TransferRequest:
+        if p.kind is TransferKind.VOID:
+            return TransferRequest(id=p.id, kind=TransferKind.VOID, pending_id=p.pending_id,
+                                   code=HOLD_CODE)
+        margin, in_use = self.accounts(p.account)
+        debit, credit = (in_use, margin) if p.release else (margin, in_use)
+        return TransferRequest(id=p.id, debit_account=debit, credit_account=credit,
+                               amount=p.amount, asset=self.asset, kind=p.kind,
+                               code=HOLD_CODE if p.kind is TransferKind.PENDING else POSITION_CODE)
+
+
+class MarginWorker:
+    """Fold the events of `markets` from the stream's start and write the postings.
+
+    Started again after any crash, it replays the stream and finds the postings
+    it already wrote `existing`; only then does it write new ones.
+    """
+
+    def __init__(self, js: JetStreamContext, ledger: MarginLedger, im_ppm: int,
+                 markets: list[str]) -> None:
+        self.js = js
+        self.ledger = ledger
+        self.markets = markets
+        self.book = MarginBook(im_ppm)
+        self.written: dict[str, int] = {}  # market -> last command whose postings are written
+
+    async def _handle(self, batch: EventBatch) -> None:
+        postings = self.book.apply(batch)
+        if postings:
+            await asyncio.to_thread(self.ledger.write, postings)
+        self.written[batch.market] = batch.last_seq
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow every market until `stop`; a MarginCorrupt stops the worker."""
+        await asyncio.gather(*(EventFollower(self.js, m, self._handle).run(stop)
+                               for m in self.markets))

@@ -1,0 +1,128 @@
+"""REST order entry in scale-out mode: signed POST -> margin reserved -> command stream -> events."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from scaleout_helpers import IM_PPM, Stack, fund, margin_ledger
+from werkzeug.test import TestResponse
+
+from exchange.instruments import DEFAULT_CONFIG
+from exchange.stream.cluster import LocalCluster
+from exchange.stream.margin import MarginLedger
+from policies.api_key import Scope
+from policies.request_signing import sign_request
+from policies.roles import Role
+
+BASE = "/api/v1/exchange"
+
+
+class Trader:
+    """A signed API caller."""
+
+    def __init__(self, app: Flask, clock: Any, name: str) -> None:
+        _, key = app.extensions["strongroom.access"].users.create_user(
+            name, frozenset({Role.TRADER}), kyc_tier=2, key_scopes=frozenset(Scope))
+        self.client, self.clock = app.test_client(), clock
+        self.key_id, self.secret = key.credentials.key_id, key.credentials.secret
+
+    def call(self, method: str, path: str, body: Any = None) -> TestResponse:
+        raw = b"" if body is None else json.dumps(body).encode()
+        self.clock.advance(1)
+        headers = sign_request(key_id=self.key_id, secret=self.secret, timestamp_ms=self.clock.now_ms,
+                               method=method, path=path, query="", body=raw)
+        return self.client.open(path, method=method, data=raw, headers=headers,
+                                content_type="application/json" if body is not None else None,
+                                environ_base={"REMOTE_ADDR": "127.0.0.1"})
+
+
+@pytest.fixture
+def scaleout_app(nats_cluster: LocalCluster, postgres_url: str, clock: Any, keystore: Any,
+                 tmp_path: Path) -> Iterator[tuple[Flask, Stack, str, MarginLedger]]:
+    from strongroom.app import create_app
+    from strongroom.settings import Settings
+
+    # A market of its own: the session's cluster keeps every test's streams.
+    symbol = "S" + uuid.uuid4().hex[:8].upper() + "-PERP"
+    instruments = tmp_path / "instruments.toml"
+    instruments.write_text(DEFAULT_CONFIG.read_text().replace("BTC-PERP", symbol))
+    margin, engine = margin_ledger(postgres_url)
+    # The shipped BTC-PERP has tick 500_000; this stack's engine uses tick 5.
+    stack = Stack(nats_cluster.urls, symbol, margin, tick=5).start()
+    app = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
+                      "EXCHANGE_INSTRUMENTS": instruments, "EXCHANGE_NATS_URLS": nats_cluster.urls,
+                      "EXCHANGE_SCALEOUT_IM_PPM": IM_PPM, "EXCHANGE_SCALEOUT_WAIT_S": 30.0},
+                     settings=Settings(data_dir=tmp_path / "data", database_url=postgres_url))
+    try:
+        yield app, stack, symbol, margin
+    finally:
+        app.extensions["strongroom.exchange.gateway"].close()
+        stack.close()
+        app.extensions["strongroom.engine"].dispose()
+        engine.dispose()
+
+
+def test_rest_order_scaleout_mode_goes_through_stream_and_answers_events(
+        scaleout_app: tuple[Flask, Stack, str, MarginLedger], clock: Any) -> None:
+    app, stack, symbol, margin = scaleout_app
+    alice, bob = Trader(app, clock, "alice"), Trader(app, clock, "bob")
+    fund(margin, "alice", 1_000)
+    fund(margin, "bob", 1_000)
+    r = bob.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "ask-1", "side": "sell",
+                                            "qty": 4, "price": 100})
+    assert r.status_code == 201, r.get_json()
+    assert [e["type"] for e in r.get_json()["events"]] == ["accepted"]
+    assert r.get_json()["events"][0]["id"] == "ask-1"  # the client's id, not the scoped one
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "bid-1", "side": "buy",
+                                              "qty": 4, "price": 100})
+    assert r.status_code == 201, r.get_json()
+    trade = [e for e in r.get_json()["events"] if e["type"] == "trade"]
+    assert trade == [{"type": "trade", "seq": trade[0]["seq"], "id": "bid-1", "side": "buy",
+                      "price": 100, "qty": 4, "liquidity": "taker", "ts": trade[0]["ts"]}]
+    # Hot reads from the gateway's event-fed state.
+    r = alice.call("GET", f"{BASE}/positions")
+    assert r.get_json() == {"positions": [{"symbol": symbol, "size": 4, "entry_cost": 400,
+                                           "entry_price": 100}]}
+    bob.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "ask-2", "side": "sell",
+                                        "qty": 2, "price": 110})
+    r = bob.call("GET", f"{BASE}/orders")
+    assert r.get_json()["orders"] == [{"symbol": symbol, "id": "ask-2", "side": "sell", "price": 110,
+                                       "open_qty": 2, "account": "bob", "status": "resting"}]
+    r = alice.call("GET", f"{BASE}/depth/{symbol}")
+    assert r.status_code == 200 and r.get_json()["asks"] == [[110, 2]]
+    assert len(stack.bodies()) == 3
+
+
+def test_rest_order_scaleout_mode_without_margin_is_refused_and_never_appended(
+        scaleout_app: tuple[Flask, Stack, str, MarginLedger], clock: Any) -> None:
+    app, stack, symbol, margin = scaleout_app
+    alice = Trader(app, clock, "alice")
+    fund(margin, "alice", 99)
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "big", "side": "buy",
+                                              "qty": 10, "price": 100})  # needs 100
+    assert r.status_code == 422
+    assert r.get_json()["error"] == "insufficient_margin"
+    assert margin.free("alice") == 99
+    assert stack.bodies() == []
+    # Unsupported order kinds are refused before anything is reserved or appended.
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "mkt", "side": "buy",
+                                              "qty": 1, "type": "market"})
+    assert r.status_code == 400, r.get_json()
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "iso", "side": "buy",
+                                              "qty": 1, "price": 100, "margin_mode": "isolated"})
+    assert r.status_code == 400, r.get_json()
+    assert margin.free("alice") == 99
+    assert stack.bodies() == []
+    # A retry of a resting order (lost response) is answered from the stream, stored once.
+    order = {"symbol": symbol, "id": "small", "side": "buy", "qty": 5, "price": 100}
+    first, again = alice.call("POST", f"{BASE}/orders", order), alice.call("POST", f"{BASE}/orders", order)
+    assert first.status_code == again.status_code == 201
+    assert first.get_json() == again.get_json()
+    assert len(stack.bodies()) == 1
+    assert margin.free("alice") == 49

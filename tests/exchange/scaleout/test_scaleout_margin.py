@@ -1,0 +1,201 @@
+"""Scale-out order entry: margin reserved before the append, kept true from the events stream."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scaleout_helpers import Stack, fund, margin_ledger, wait_for
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+
+from custody.db import make_engine
+from custody.ledger.models import LedgerTransfer
+from exchange.engine.instrument import Instrument
+from exchange.engine.messages import NewOrder
+from exchange.engine.orderbook import OrderBook
+from exchange.stream.cluster import LocalCluster
+from exchange.stream.gateway import Gateway
+from exchange.stream.margin import (
+    DuplicateOrder,
+    MarginBook,
+    MarginRefused,
+    Position,
+    initial_margin,
+)
+from exchange.stream.wire import CommandEvents, EventBatch
+
+IM_PPM = 100_000  # 10 %, as the Stack's margin worker
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> Iterator[str]:
+    yield postgres_url
+
+
+@pytest.fixture
+def market() -> str:
+    return "M" + uuid.uuid4().hex[:10].upper()
+
+
+@pytest.fixture
+def stack(nats_cluster: LocalCluster, pg: str, market: str) -> Iterator[tuple[Stack, str]]:
+    margin, engine = margin_ledger(pg)
+    s = Stack(nats_cluster.urls, market, margin, tick=5).start()
+    try:
+        yield s, pg
+    finally:
+        s.close()
+        engine.dispose()
+
+
+def _gateway(urls: list[str], market: str, url: str) -> tuple[Gateway, Engine]:
+    margin, engine = margin_ledger(url)
+    return Gateway(urls, {market}, margin, im_ppm=IM_PPM, wait_s=30.0).start(), engine
+
+
+def _order(oid: str, account: str, side: str, qty: int, price: int) -> NewOrder:
+    return NewOrder(id=oid, account=account, side=side, qty=qty, price=price)  # type: ignore[arg-type]
+
+
+def test_gateway_two_gateways_racing_cannot_exceed_free_margin(
+        nats_cluster: LocalCluster, stack: tuple[Stack, str], market: str) -> None:
+    s, url = stack
+    fund(s.ledger, "alice", 1_000)  # room for exactly 10 orders of 100 initial margin
+    (g1, e1), (g2, e2) = _gateway(nats_cluster.urls, market, url), _gateway(nats_cluster.urls, market, url)
+    try:
+        orders = [(g1 if i % 2 else g2, _order(f"o{i}", "alice", "buy", 10, 100)) for i in range(16)]
+
+        def place(pair: tuple[Gateway, NewOrder]) -> str:
+            try:
+                placed = pair[0].place(market, pair[1])
+            except MarginRefused:
+                return "refused"
+            assert placed.events is not None
+            return "placed"
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(place, orders))
+        assert outcomes.count("placed") == 10
+        assert outcomes.count("refused") == 6
+        assert s.ledger.free("alice") == 0
+        # A refused order never entered the stream.
+        assert len(s.bodies()) == 10
+    finally:
+        g1.close()
+        g2.close()
+        e1.dispose()
+        e2.dispose()
+
+
+def test_gateway_fill_moves_hold_to_position_margin_and_reads_are_event_fed(
+        nats_cluster: LocalCluster, stack: tuple[Stack, str], market: str) -> None:
+    s, url = stack
+    fund(s.ledger, "alice", 1_000)
+    fund(s.ledger, "bob", 1_000)
+    g, engine = _gateway(nats_cluster.urls, market, url)
+    try:
+        maker = g.place(market, _order("b1", "bob", "sell", 8, 100))  # holds 80
+        assert maker.events is not None and type(maker.events[0]).__name__ == "Accepted"
+        assert s.ledger.free("bob") == 920
+        taker = g.place(market, _order("a1", "alice", "buy", 5, 100))
+        assert taker.events is not None and any(type(e).__name__ == "Trade" for e in taker.events)
+        # The gateway's own event-fed state answers at once: the response came after it.
+        assert g.positions("alice") == {market: Position(5, 500)}
+        assert g.positions("bob") == {market: Position(-5, 500)}
+        assert g.open_orders("bob") == [{"symbol": market, "id": "b1", "side": "sell",
+                                         "price": 100, "open_qty": 3}]
+        assert g.depth(market, 5)["asks"] == [[100, 3]]
+        # The margin worker settles: alice's hold is gone, 50 is position margin; bob keeps
+        # 30 on hold for the 3 resting plus 50 for his position.
+        wait_for(lambda: s.written() == 2, "the margin worker")
+        assert s.ledger.free("alice") == 950
+        assert s.ledger.free("bob") == 920
+        bob_in_use = s.ledger.ledger.balance(s.ledger.accounts("bob")[1])
+        assert (bob_in_use.credits_posted, bob_in_use.credits_pending) == (50, 30)
+        # The book refuses an off-tick price: the hold is released.
+        refused = g.place(market, _order("a2", "alice", "buy", 1, 101))
+        assert refused.events is not None and type(refused.events[-1]).__name__ == "Rejected"
+        wait_for(lambda: s.written() == 3, "the margin worker")
+        assert s.ledger.free("alice") == 950
+        # Reusing a finished order's id is refused before anything is appended.
+        with pytest.raises(DuplicateOrder):
+            g.place(market, _order("a2", "alice", "buy", 1, 100))
+        with pytest.raises(DuplicateOrder):
+            g.place(market, _order("a2", "alice", "buy", 1, 101))
+        assert len(s.bodies()) == 3
+    finally:
+        g.close()
+        engine.dispose()
+
+
+def _transfers(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(LedgerTransfer)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_margin_worker_restarted_replays_stream_and_writes_each_posting_once(
+        nats_cluster: LocalCluster, stack: tuple[Stack, str], market: str) -> None:
+    s, url = stack
+    for who in ("alice", "bob"):
+        fund(s.ledger, who, 10_000)
+    g, engine = _gateway(nats_cluster.urls, market, url)
+    try:
+        for i in range(6):
+            g.place(market, _order(f"s{i}", "bob", "sell", 3, 100 + 5 * (i % 2)))
+            g.place(market, _order(f"b{i}", "alice", "buy", 2, 105))
+        wait_for(lambda: s.written() == 12, "the margin worker to write everything")
+        before = _transfers(url)
+        first = s.stop_margin_worker()
+        s.start_margin()
+        wait_for(lambda: s.written() == 12, "the restarted margin worker to replay")
+        second = s.stop_margin_worker()
+        assert _transfers(url) == before
+        assert first.book.positions == second.book.positions
+        assert first.book.orders == second.book.orders
+        assert first.book.positions  # trades happened: the replay had work to do
+        s.start_margin()
+    finally:
+        g.close()
+        engine.dispose()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["buy", "sell"]),
+                          st.integers(1, 9), st.integers(98, 102),
+                          st.sampled_from(["GTC", "IOC"])), min_size=1, max_size=40))
+def test_margin_book_any_flow_holds_match_open_orders_and_positions(
+        flow: list[tuple[str, str, int, int, str]]) -> None:
+    book = OrderBook(Instrument("P"))
+    fold = MarginBook(IM_PPM)
+    holds: dict[str, int] = {}  # hold id -> amount, as the ledger would have them
+    in_use: dict[str, int] = {}
+    for seq, (who, side, qty, price, tif) in enumerate(flow, 1):
+        oid = f"o{seq}"
+        holds[f"im.{oid}"] = initial_margin(price, qty, IM_PPM)
+        book.process(NewOrder(id=oid, account=who, side=side, qty=qty, price=price,  # type: ignore[arg-type]
+                              tif=tif))  # type: ignore[arg-type]
+        for p in fold.apply(EventBatch("P", seq, seq, [CommandEvents(seq, book.take_events())])):
+            if p.kind.value == "void":
+                assert p.pending_id is not None
+                del holds[p.pending_id]  # every void names a live hold
+            elif p.kind.value == "pending":
+                holds[p.id] = p.amount
+            else:
+                in_use[p.account] = in_use.get(p.account, 0) + (-p.amount if p.release else p.amount)
+    # Every resting order has exactly one hold, for its remaining quantity at its price.
+    live = {o.hold: initial_margin(o.price, o.remaining, IM_PPM) for o in fold.orders.values()}
+    assert holds == live
+    assert {o.id for o in book.orders.values()} == {oid for _, oid in fold.orders}
+    for account in ("a", "b", "c"):
+        cost = sum(p.cost for (a, _), p in fold.positions.items() if a == account)
+        assert in_use.get(account, 0) == -(-cost * IM_PPM // 1_000_000)
+    assert sum(p.size for p in fold.positions.values()) == 0
