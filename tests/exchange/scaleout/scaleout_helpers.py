@@ -104,6 +104,23 @@ async def wait_published(js: JetStreamContext, symbol: str, seq: int, timeout_s:
         await asyncio.sleep(0.05)
 
 
+async def ready_topology(js: JetStreamContext, markets: list[str]) -> None:
+    """Create the R3 streams of `markets`, retrying while the cluster cannot place them yet.
+
+    Right after a node was restarted (or under load) JetStream answers "no suitable
+    peers for placement" or times out for a while; the deadline only bounds a hang.
+    """
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        try:
+            await ensure_topology(js, markets, 3)
+            return
+        except (NatsError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
 def events_by_command(batches: list[EventBatch]) -> list[tuple[int, list[object]]]:
     """Flatten batches to (command seq, events as builtins), in published order."""
     return [(c.seq, [msgspec.to_builtins(e) for e in c.events]) for b in batches for c in b.commands]
@@ -177,15 +194,7 @@ class Stack:
     async def _start(self) -> None:
         nc = await nats.connect(servers=self.urls, max_reconnect_attempts=-1)
         self.nc, self.js = nc, nc.jetstream()
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        while True:  # a loaded cluster can take longer than one request timeout to create R3 streams
-            try:
-                await ensure_topology(self.js, [self.market], 3)
-                break
-            except (nats.errors.Error, TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
+        await ready_topology(self.js, [self.market])
         self.stop_engine, self.stop_margin = asyncio.Event(), asyncio.Event()
         self.engine = asyncio.create_task(run_worker(
             self.urls, Instrument(self.market, tick_size=self.tick), name="w1",

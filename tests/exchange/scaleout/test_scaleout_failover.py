@@ -17,6 +17,7 @@ from scaleout_helpers import (
     event_batches,
     events_by_command,
     order_flow,
+    ready_topology,
     replay_single_process,
     wait_published,
 )
@@ -25,7 +26,7 @@ from exchange.engine.instrument import Instrument
 from exchange.engine.snapshot import SnapshotBody
 from exchange.stream.cluster import LocalCluster
 from exchange.stream.publisher import CommandPublisher
-from exchange.stream.topology import ensure_topology, lease_bucket, snapshot_bucket
+from exchange.stream.topology import lease_bucket, snapshot_bucket
 from exchange.stream.wire import SNAPSHOT_KEY_PREFIX
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -56,7 +57,7 @@ async def _lease_holder(js: nats.js.JetStreamContext, market: str, timeout_s: fl
 async def _failover(cluster: LocalCluster, market: str) -> None:
     nc = await nats.connect(servers=cluster.urls)
     js = nc.jetstream()
-    await ensure_topology(js, [market], 3)
+    await ready_topology(js, [market])
     leader = _spawn(market, "a", cluster.urls)
     assert await _lease_holder(js, market, 30.0) == "a"
     standby = _spawn(market, "b", cluster.urls)

@@ -15,7 +15,7 @@ import nats
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scaleout_helpers import event_batches, order_flow, wait_published
+from scaleout_helpers import event_batches, order_flow, ready_topology, wait_published
 from sqlalchemy import func, select
 
 from custody.db import make_engine, make_session_factory
@@ -35,7 +35,7 @@ from exchange.stream.settlement import (
     fee_postings,
     run_settlement,
 )
-from exchange.stream.topology import EVENTS_STREAM, ensure_topology
+from exchange.stream.topology import EVENTS_STREAM
 from exchange.stream.wire import CommandEvents, EventBatch
 from exchange.stream.worker import run_worker
 
@@ -93,7 +93,7 @@ def test_settlement_consumer_restarted_writes_no_duplicate_ledger_entries(
     async def run() -> None:
         nc = await nats.connect(servers=nats_cluster.urls)
         js = nc.jetstream()
-        await ensure_topology(js, [market], 3)
+        await ready_topology(js, [market])
         try:
             publisher = CommandPublisher(js, {market})
             for command_id, cmd in order_flow(400, seed=3):
@@ -186,7 +186,7 @@ def test_settlement_worker_process_killed_and_restarted_writes_each_fee_once(
     async def produce() -> list[int]:
         nc = await nats.connect(servers=nats_cluster.urls)
         js = nc.jetstream()
-        await ensure_topology(js, [market], 3)
+        await ready_topology(js, [market])
         try:
             publisher = CommandPublisher(js, {market})
             for command_id, cmd in order_flow(300, seed=11):

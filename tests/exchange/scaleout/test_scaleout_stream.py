@@ -12,6 +12,7 @@ from scaleout_helpers import (
     event_batches,
     events_by_command,
     order_flow,
+    ready_topology,
     replay_single_process,
     wait_published,
 )
@@ -21,7 +22,7 @@ from exchange.engine.messages import NewOrder
 from exchange.engine.replay import parse_line
 from exchange.stream.cluster import LocalCluster
 from exchange.stream.publisher import CommandPublisher, StreamCode, StreamRefused
-from exchange.stream.topology import command_stream, ensure_topology
+from exchange.stream.topology import command_stream
 from exchange.stream.wire import CommandEvents, EventBatch, batch_encoder
 from exchange.stream.worker import EngineWorker, Fenced, StreamCorrupt, run_worker
 
@@ -32,7 +33,7 @@ async def _connect(cluster: LocalCluster, market: str) -> tuple[nats.NATS, nats.
     nc = await nats.connect(servers=cluster.urls, max_reconnect_attempts=-1,
                             reconnect_time_wait=0.1)
     js = nc.jetstream()
-    await ensure_topology(js, [market], 3)
+    await ready_topology(js, [market])
     return nc, js
 
 
@@ -184,7 +185,7 @@ def test_engine_command_deleted_from_stream_stops_worker_as_corrupt(
         try:
             publisher = CommandPublisher(js, {"GAP1"})
             for command_id, cmd in order_flow(6, seed=5):
-                await publisher.append("GAP1", command_id, cmd)
+                await _append_retrying(publisher, "GAP1", command_id, cmd)  # type: ignore[arg-type]
             await js.delete_msg(command_stream("GAP1"), 3)
             with pytest.raises(StreamCorrupt, match="command 3 missing"):
                 await asyncio.wait_for(run_worker(nats_cluster.urls, Instrument(symbol="GAP1"),
