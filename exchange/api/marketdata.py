@@ -177,7 +177,9 @@ MARK: Final = obj({"symbol": STR, "mark": DEC, "index": MAYBE_DEC, "funding_rate
                    "next_funding_ms": MAYBE_INT, "time_ms": INT})
 INSTRUMENT: Final = obj({
     "symbol": STR, "kind": STR, "underlying": STR, "quote_asset": STR, "contracts_per_unit": INT,
-    "tick_size": DEC, "lot_size": DEC, "trading": BOOL, "mark": MAYBE_DEC, "index": MAYBE_DEC,
+    "tick_size": DEC, "lot_size": DEC, "trading": BOOL,
+    "status": {"type": "string", "enum": ["open", "cancel_only", "halted"]},
+    "mark": MAYBE_DEC, "index": MAYBE_DEC,
     "funding_rate_ppm": MAYBE_INT, "next_funding_ms": MAYBE_INT, "funding_interval_ms": MAYBE_INT,
     "expiry_ms": MAYBE_INT, "maker_fee_ppm": INT, "taker_fee_ppm": INT, "open_interest": DEC},
     {"option_type": MAYBE_STR, "strike": MAYBE_DEC})
@@ -205,6 +207,7 @@ def instruments() -> ResponseReturnValue:
     venue = service().venue
     rows = []
     with md.lock:
+        now_ms = _now_ms(md)
         for symbol, spec in sorted(specs.items()):
             mark = md.marks.get(symbol, {})
             perpetual = spec.kind == "perpetual"
@@ -213,6 +216,8 @@ def instruments() -> ResponseReturnValue:
                 "quote_asset": spec.quote_asset, "contracts_per_unit": spec.contracts_per_unit,
                 "tick_size": price_str(spec, spec.tick_size), "lot_size": qty_str(spec, spec.lot_size),
                 "trading": bool(venue.clearing.trading.get(symbol, False)),
+                # The admin's market mode (docs/operations.md): open, cancel_only or halted.
+                "status": venue.controls.mode(symbol, max(venue.now_ms, now_ms)),
                 "mark": price_str(spec, mark.get("mark")), "index": price_str(spec, mark.get("index")),
                 "funding_rate_ppm": mark.get("funding_rate_ppm") if perpetual else None,
                 "next_funding_ms": mark.get("next_funding_ms") if perpetual else None,
@@ -222,8 +227,7 @@ def instruments() -> ResponseReturnValue:
                 "open_interest": qty_str(spec, md.open_interest.get(symbol, 0)),
                 "option_type": spec.option_type, "strike": price_str(spec, spec.strike),
             })
-        now = _now_ms(md)
-    return jsonify({"instruments": rows, "time_ms": now})
+    return jsonify({"instruments": rows, "time_ms": now_ms})
 
 
 @public.get("/depth")

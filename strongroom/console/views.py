@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, g, redirect, render_template, request, url_for
@@ -22,6 +23,7 @@ from strongroom.console.web import (
     load_session,
     may,
     notices,
+    opens,
     page,
     plain_http_loopback,
     security_headers,
@@ -36,14 +38,15 @@ bp = Blueprint("console", __name__, url_prefix="/console", template_folder="temp
                static_folder="static")
 USDC_DECIMALS = 6
 ORDER_TYPES = ("limit", "market", "stop_market", "stop_limit")
-# Pages in the navigation: (endpoint, label, permissions that open it).
-NAVIGATION = (
-    ("console.trade", "Trade", (Permission.TRADE,)),
-    ("console.wallet", "Wallet", (Permission.WITHDRAW_REQUEST,)),
-    ("console.treasury", "Treasury", (Permission.WITHDRAW_APPROVE,)),
-    ("console.audit", "Audit", (Permission.AUDIT_READ,)),
-    ("console.admin", "Admin", (Permission.USERS_MANAGE,)),
-    ("console.keys", "API keys", (Permission.APIKEY_MANAGE_OWN,)),
+# Pages in the navigation: (endpoint, label, permissions that open it, admin role required).
+NAVIGATION: tuple[tuple[str, str, tuple[Permission, ...], bool], ...] = (
+    ("console.trade", "Trade", (Permission.TRADE,), False),
+    ("console.wallet", "Wallet", (Permission.WITHDRAW_REQUEST,), False),
+    ("console.treasury", "Treasury", (Permission.WITHDRAW_APPROVE,), False),
+    ("console.audit", "Audit", (Permission.AUDIT_READ,), False),
+    ("console.admin", "Admin", (Permission.USERS_MANAGE,), False),
+    ("console.markets", "Markets", (), True),
+    ("console.keys", "API keys", (Permission.APIKEY_MANAGE_OWN,), False),
 )
 ROLE_NAMES = ("trader", "treasury", "auditor", "compliance", "admin")
 SCOPE_NAMES = ("read", "trade", "withdraw")
@@ -68,7 +71,7 @@ def _http_error(exc: HTTPException) -> ResponseReturnValue:
 
 @bp.app_context_processor
 def _template_helpers() -> dict[str, Any]:
-    nav = [(endpoint, label) for endpoint, label, perms in NAVIGATION if any(may(p) for p in perms)]
+    nav = [(endpoint, label) for endpoint, label, perms, admin_only in NAVIGATION if opens(perms, admin_only)]
     # A background refresh (?partial=1, console.js) must not consume the notices of the next page.
     shown = (lambda: []) if request.args.get("partial") else notices
     return {"nav": nav, "units": units, "user": g.get("console_user"), "csrf": g.get("csrf", ""),
@@ -83,6 +86,23 @@ def _back(endpoint: str, **values: Any) -> ResponseReturnValue:
     return redirect(url_for(endpoint, **values), code=303)
 
 
+def _submit(send: Callable[[], api.Answer], done: Callable[[api.Answer], str],
+            back: str, **values: Any) -> ResponseReturnValue:
+    """Run one form action and go back to its page (303) with the outcome as a notice.
+
+    ``send`` reads the form and makes the API call; a ValueError it raises (the form's own
+    validation) is shown as is and nothing is called. A refusal shows the API's code and
+    message; success shows ``done(answer)``.
+    """
+    try:
+        answer = send()
+    except ValueError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(done(answer), "ok") if answer.ok else _refused(answer)
+    return _back(back, **values)
+
+
 # ------------------------------------------------------------------ login
 
 
@@ -90,8 +110,8 @@ def _back(endpoint: str, **values: Any) -> ResponseReturnValue:
 def home() -> ResponseReturnValue:
     if g.console_user is None:
         return _back("console.login")
-    for endpoint, _label, perms in NAVIGATION:
-        if any(may(p) for p in perms):
+    for endpoint, _label, perms, admin_only in NAVIGATION:
+        if opens(perms, admin_only):
             return _back(endpoint)
     return render_template("error.html", status=403, message="Your roles have no console page."), 403
 
@@ -518,6 +538,84 @@ def disable_user(username: str) -> ResponseReturnValue:
     else:
         _refused(answer)
     return _back("console.admin")
+
+
+# ------------------------------------------------------------------ markets (admin)
+
+MARKET_MODES = ("open", "cancel_only", "halted")
+MAX_HALT_MINUTES = 7 * 24 * 60
+
+
+@bp.get("/markets")
+@page(admin_only=True)
+def markets() -> ResponseReturnValue:
+    listed = {i["symbol"]: i for i in _market_instruments()}
+    answer = api.call("GET", "/api/v1/exchange/admin/markets")
+    rows = [dict(m, instrument=listed.get(m["symbol"], {})) for m in answer.body.get("markets", [])]
+    return render_template("markets.html", markets=rows, modes=MARKET_MODES,
+                           error=None if answer.ok else answer.message)
+
+
+def _minutes(text: str) -> int:
+    """Parse an optional duration in whole minutes (blank: no end); ValueError says why."""
+    if not text.strip():
+        return 0
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_HALT_MINUTES:
+        raise ValueError(f"duration was {text[:20]!r}, must be 1 to {MAX_HALT_MINUTES} minutes or blank")
+    return int(text)
+
+
+@bp.post("/markets/<symbol>/status")
+@page(admin_only=True)
+def market_status(symbol: str) -> ResponseReturnValue:
+    form = request.form
+
+    def send() -> api.Answer:
+        mode = form.get("mode", "")
+        if mode not in MARKET_MODES:
+            raise ValueError(f"mode was {mode[:20]!r}, must be one of {', '.join(MARKET_MODES)}")
+        minutes = _minutes(form.get("minutes", "")) if mode != "open" else 0
+        body: dict[str, Any] = {"mode": mode, "reason": form.get("reason", "").strip()[:120]}
+        if minutes:
+            body["until_ms"] = _server_now_ms() + minutes * 60_000
+        return api.call("POST", f"/api/v1/exchange/admin/markets/{symbol}/status",
+                        mfa=form.get("code", "").strip(), body=body)
+
+    def done(answer: api.Answer) -> str:
+        until = f" until {answer.body['until_ms']} ms" if answer.body.get("until_ms") else ""
+        return f"{symbol} is now {answer.body['mode'].replace('_', '-')}{until}"
+
+    return _submit(send, done, "console.markets")
+
+
+@bp.post("/markets/<symbol>/breaker")
+@page(admin_only=True)
+def market_breaker(symbol: str) -> ResponseReturnValue:
+    form = request.form
+
+    def send() -> api.Answer:
+        body = {}
+        for field in ("max_move_bps", "window_ms", "cooldown_ms"):
+            text = form.get(field, "").strip() or "0"
+            if not text.isdigit() or len(text) > 12:
+                raise ValueError(f"{field} was {text[:20]!r}, must be a whole number")
+            body[field] = int(text)
+        return api.call("POST", f"/api/v1/exchange/admin/markets/{symbol}/breaker",
+                        mfa=form.get("code", "").strip(), body=body)
+
+    def done(answer: api.Answer) -> str:
+        breaker = answer.body.get("breaker")
+        if not breaker:
+            return f"{symbol}: circuit breaker removed"
+        return f"{symbol}: circuit breaker at {breaker['max_move_bps']} bps over {breaker['window_ms']} ms"
+
+    return _submit(send, done, "console.markets")
+
+
+def _server_now_ms() -> int:
+    from flask import current_app
+
+    return int(current_app.extensions["strongroom.clock"]())
 
 
 # ------------------------------------------------------------------ PWA

@@ -17,7 +17,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from custody.access.users import UserView
 from custody.assets import get_asset
-from policies.roles import Permission, has_permission
+from policies.roles import Permission, Role, has_permission
 from strongroom.console.accounts import ConsoleAccounts, csrf_token, token_hash
 
 COOKIE_SECURE = "__Host-strongroom-console"
@@ -135,8 +135,23 @@ def may(permission: Permission) -> bool:
     return user is not None and has_permission(user.roles, permission)
 
 
-def page(*permissions: Permission) -> Callable[[F], F]:
-    """Require a logged-in person holding one of ``permissions`` (else login, or 403)."""
+def is_admin() -> bool:
+    user: UserView | None = g.get("console_user")
+    return user is not None and Role.ADMIN in user.roles
+
+
+def opens(permissions: tuple[Permission, ...], admin_only: bool) -> bool:
+    """Tell whether the person may open a page needing one of ``permissions`` (or the admin role)."""
+    return is_admin() if admin_only else any(may(p) for p in permissions)
+
+
+def page(*permissions: Permission, admin_only: bool = False) -> Callable[[F], F]:
+    """Require a logged-in person holding one of ``permissions`` (else login, or 403).
+
+    ``admin_only`` pages need the admin role itself, as the API's ``secured(admin_only=True)``
+    endpoints they call do.
+    """
+    assert permissions or admin_only, "a page must name a permission or be admin-only"
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -145,7 +160,7 @@ def page(*permissions: Permission) -> Callable[[F], F]:
                 from flask import redirect, url_for
 
                 return redirect(url_for("console.login", next=request.path))
-            if not any(may(p) for p in permissions):
+            if not opens(permissions, admin_only):
                 return render_template("error.html", status=403, message=(
                     "Your roles do not include this page.")), 403
             return view(*args, **kwargs)
