@@ -89,15 +89,31 @@ def _kind(request_id: str, kind: str | None) -> str:
     return kind or ("refill" if request_id.startswith("refill:") else "withdrawal")
 
 
+def signed_payload(blobs: list[bytes]) -> bytes:
+    """Return the signed result: one file as is, or reassembled from QR frame texts (one frame a line).
+
+    The console's import (strongroom/console/bundles.py) reads uploads and scanned frames with
+    this same rule. A ValueError says why the input is neither; ``qr.join`` raises SignerError.
+    """
+    if not blobs:
+        raise ValueError("give one signed file, or the text files of its QR frames")
+    if not blobs[0].lstrip().startswith(qr.FRAME_PREFIX.encode()):
+        if len(blobs) != 1:
+            raise ValueError("give one signed file, or the text files of its QR frames")
+        return blobs[0]
+    try:
+        lines = [line for b in blobs for line in b.decode("ascii").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError("QR frame text must be ASCII") from None
+    return qr.join(lines)
+
+
 def _read_signed(files: tuple[Path, ...]) -> bytes:
     """Return the signed result from one file, or reassembled from QR frame files (one frame a line)."""
-    first = files[0].read_bytes()
-    if not first.startswith(qr.FRAME_PREFIX.encode()):
-        if len(files) != 1:
-            raise click.UsageError("give one signed file, or the text files of its QR frames")
-        return first
-    lines = [line for f in files for line in f.read_text(encoding="ascii").splitlines() if line.strip()]
-    return qr.join(lines)
+    try:
+        return signed_payload([f.read_bytes() for f in files])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def register(main: click.Group) -> None:

@@ -15,6 +15,7 @@ from custody.assets import ASSETS, get_asset
 from policies.results import PolicyError
 from policies.roles import Permission
 from strongroom.console import api
+from strongroom.console import bundles as cold_bundles
 from strongroom.console.web import (
     accounts,
     check_csrf,
@@ -382,11 +383,12 @@ def treasury() -> ResponseReturnValue:
             wallets += [dict(line, chain=chain) for line in report.body.get("lines", [])]
     keys = api.call("GET", "/api/v1/approver-keys").body.get("approver_keys", [])
     bundles = _bundles() if may(Permission.WALLET_READ) else []
+    cold = may(Permission.WALLET_MANAGE) and cold_bundles.available()
     refills = api.call("GET", "/api/v1/wallets/refills")
     return render_template(
         "treasury.html", pending=pending_with_digests(), wallets=wallets,
         approver_keys=[k for k in keys if not k.get("revoked_ms")],
-        refills=refills.body.get("refills", []) if refills.ok else [], bundles=bundles,
+        refills=refills.body.get("refills", []) if refills.ok else [], bundles=bundles, cold=cold,
         key_id="browser-" + secrets.token_hex(4))
 
 
@@ -399,6 +401,85 @@ def _bundles() -> list[dict[str, Any]]:
     if not current_app.extensions.get("strongroom.chains"):
         return []
     return [view.to_json() for view in cold_transfers(current_app).recent(limit=50)]
+
+
+def _step_up(code: str) -> str | None:
+    """Check a fresh TOTP code of the person (the API's step-up); return the refusal, or None."""
+    from flask import current_app
+
+    if not code:
+        return "mfa_required: this action needs a TOTP code"
+    refusal = current_app.extensions["strongroom.access"].mfa.verify(g.console_user.username, code)
+    return None if refusal is None else f"{int(refusal.code)} {refusal.code.name.lower()}: {refusal.message}"
+
+
+@bp.post("/treasury/bundles/export")
+@page(Permission.WALLET_MANAGE)
+def export_bundle() -> ResponseReturnValue:
+    """Export the bundle of an approved cold request and show its QR frames (the CLI's export)."""
+    form = request.form
+    refusal = _step_up(form.get("code", "").strip())
+    if refusal is not None:
+        flash(refusal, "error")
+        return _back("console.treasury")
+    try:
+        exported = cold_bundles.export(form.get("kind", "withdrawal"), form.get("request_id", ""))
+    except cold_bundles.BundleRefused as exc:
+        flash(str(exc), "error")
+        return _back("console.treasury")
+    flash(f"bundle {exported.view.bundle_id} exported: carry its QR frames or file to the signer", "ok")
+    return _back("console.bundle", bundle_id=exported.view.bundle_id)
+
+
+def _bundle_or_404(bundle_id: str) -> tuple[dict[str, Any], bytes]:
+    from werkzeug.exceptions import NotFound
+
+    if not cold_bundles.available():
+        raise NotFound("no chain is configured on this server")
+    try:
+        transfers = cold_bundles.service()
+        return transfers.get(bundle_id).to_json(), transfers.bundle_bytes(bundle_id)
+    except cold_bundles.REFUSALS:
+        raise NotFound(f"no bundle {bundle_id[:80]}") from None
+
+
+@bp.get("/treasury/bundles/<bundle_id>")
+@page(Permission.WALLET_MANAGE)
+def bundle(bundle_id: str) -> ResponseReturnValue:
+    view, data = _bundle_or_404(bundle_id)
+    return render_template("bundle.html", bundle=view, frames=cold_bundles.frames(data), size=len(data))
+
+
+@bp.get("/treasury/bundles/<bundle_id>/bundle.json")
+@page(Permission.WALLET_MANAGE)
+def bundle_file(bundle_id: str) -> ResponseReturnValue:
+    _view, data = _bundle_or_404(bundle_id)
+    response = Response(data, mimetype="application/octet-stream")
+    response.headers["Content-Disposition"] = "attachment; filename=bundle.json"
+    return response
+
+
+@bp.post("/treasury/bundles/import")
+@page(Permission.WALLET_MANAGE)
+def import_bundle() -> ResponseReturnValue:
+    """Import a signed answer: one file, its frame files, or scanned frame lines (the CLI's import)."""
+    refusal = _step_up(request.form.get("code", "").strip())
+    if refusal is not None:
+        flash(refusal, "error")
+        return _back("console.treasury")
+    limit = cold_bundles.MAX_IMPORT_BYTES + 1
+    blobs = [f.read(limit) for f in request.files.getlist("files") if f.filename]
+    scanned = request.form.get("frames", "")[:limit]
+    if scanned.strip():
+        blobs.append(scanned.encode("utf-8"))
+    try:
+        view = cold_bundles.import_signed(blobs)
+    except cold_bundles.BundleRefused as exc:
+        flash(f"signed answer refused, nothing stored or broadcast: {exc}", "error")
+        return _back("console.treasury")
+    flash(f"signed answer for bundle {view['bundle_id']} accepted: {view['state']}"
+          + (f", transaction {view['txid']}" if view.get("txid") else ""), "ok")
+    return _back("console.treasury")
 
 
 @bp.post("/treasury/device")

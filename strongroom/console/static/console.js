@@ -301,6 +301,39 @@ function privateUpdates(url) {
   });
 }
 
+// ---------------------------------------------------------------- cold bundle QR frames
+
+// An animated QR code for the offline signer's camera: the frames (signer/qr.py, server-rendered
+// SVG) one after another in a loop, with pause and step for a scanner that misses one. The
+// signer reassembles them in any order and checks every frame and the whole file's SHA-256.
+function qrPlayers() {
+  for (const player of document.querySelectorAll(".qr-player")) {
+    const frames = Array.from(player.querySelectorAll(".qr-frame"));
+    if (frames.length === 0) continue;
+    const label = player.querySelector(".frame-label");
+    const toggle = player.querySelector("[data-toggle]");
+    const interval = Number(player.dataset.intervalMs) || 900;
+    let current = 0;
+    let timer = null;
+    const show = (index) => {
+      current = (index + frames.length) % frames.length;
+      frames.forEach((f, i) => f.classList.toggle("current", i === current));
+      player.dataset.current = String(current + 1);
+      label.textContent = `frame ${current + 1} of ${frames.length}`;
+    };
+    const play = () => { timer = setInterval(() => show(current + 1), interval); toggle.textContent = "Pause"; };
+    const pause = () => { clearInterval(timer); timer = null; toggle.textContent = "Play"; };
+    player.classList.add("playing");
+    player.querySelector(".player-controls").hidden = false;
+    toggle.addEventListener("click", () => (timer === null ? play() : pause()));
+    for (const button of player.querySelectorAll("[data-step]")) {
+      button.addEventListener("click", () => { pause(); show(current + Number(button.dataset.step)); });
+    }
+    show(0);
+    if (frames.length > 1) play(); else toggle.hidden = true;
+  }
+}
+
 // ---------------------------------------------------------------- start
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -313,5 +346,6 @@ document.addEventListener("DOMContentLoaded", () => {
   orderTypeFields();
   deviceForm();
   approveForms();
+  qrPlayers();
   privateUpdates(document.body.dataset.stream);
 });
