@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -533,10 +534,20 @@ def audit() -> ResponseReturnValue:
     checkpoints = api.call("GET", "/api/v1/audit/checkpoints").body.get("checkpoints", [])
     report = api.call("GET", "/api/v1/audit/reserves/report")
     log = api.call("GET", "/api/v1/security-log", query={"limit": 200}).body.get("events", [])
+    keys = api.call("GET", "/api/v1/audit/keys")
+    owner, asset = request.args.get("owner", "")[:64], request.args.get("asset", "")[:16]
+    proof_json, proof_error = "", None
+    if owner and asset and report.ok:
+        proof = api.call("GET", f"/api/v1/audit/reserves/snapshots/{int(report.body['snapshot'])}/proof",
+                         query={"owner": owner, "asset": asset})
+        proof_json = json.dumps(proof.body, indent=2) if proof.ok else ""
+        proof_error = None if proof.ok else proof.message
     return render_template("audit.html", checkpoints=list(reversed(checkpoints))[:50],
                            report=report.body if report.ok else None,
                            report_error=None if report.ok else report.message,
-                           events=list(reversed(log))[:100])
+                           events=list(reversed(log))[:100], proof_owner=owner, proof_asset=asset,
+                           proof_json=proof_json, proof_error=proof_error,
+                           keys_json=json.dumps(keys.body, indent=2) if keys.ok else "")
 
 
 # ------------------------------------------------------------------ admin

@@ -338,9 +338,60 @@ def test_auditor_sees_checkpoints_reserves_and_verify_line(server: Server, playw
     assert page.locator("#reserves tbody tr").count() >= 3
     assert page.locator("#security-log tbody tr").count() > 0
     _shot(page, server, "auditor-desktop")
+    _verify_proofs_in_the_page(page, server)
     assert page.goto(server.url + "/console/trade").status == 403
     assert page.goto(server.url + "/console/admin").status == 403
     context.close()
+
+
+def _verdict(page, proof: object, snapshot_hash: str = "") -> tuple[str, str]:
+    """Verify ``proof`` in the page (with the keys and pins in the form); return verdict and text."""
+    import json
+
+    page.evaluate("() => { document.getElementById('proof-verdict').dataset.verdict = ''; }")
+    page.fill("#proof-verifier textarea[name=proof]", json.dumps(proof))
+    page.fill("#proof-verifier input[name=snapshot_hash]", snapshot_hash)
+    page.click("#proof-verifier button")
+    _wait_until(page, "() => document.getElementById('proof-verdict').dataset.verdict !== ''")
+    verdict = page.locator("#proof-verdict")
+    return str(verdict.get_attribute("data-verdict")), verdict.inner_text()
+
+
+def _verify_proofs_in_the_page(page, server: Server) -> None:
+    """The in-page verifier agrees with ``verify_liability_proof`` and refuses tampered proofs."""
+    import copy
+    import json
+
+    from custody.audit.liability_proof import verify_liability_proof
+    from tests.custody.audit.test_docs import examples as docs_examples
+
+    page.goto(server.url + "/console/audit?owner=alice&asset=BTC")
+    proof = json.loads(page.input_value("#proof-verifier textarea[name=proof]"))
+    keys = json.loads(page.input_value("#proof-verifier textarea[name=keys]"))
+    key = next(k for k in keys["keys"] if (k["name"], k["version"]) == (
+        proof["snapshot"]["key_name"], proof["snapshot"]["key_version"]))
+    offline = verify_liability_proof(proof, bytes.fromhex(key["public_key"]))
+    assert offline.ok, offline.problems
+    verdict, text = _verdict(page, proof)
+    assert verdict == "verified" and f"snapshot hash {offline.snapshot_hash}" in text, text
+    assert _verdict(page, proof, offline.snapshot_hash)[0] == "verified"
+    assert _verdict(page, proof, "0" * 64)[0] == "refused"  # a different snapshot than the pinned one
+
+    richer = dict(proof, balance=str(int(proof["balance"]) + 1))
+    verdict, text = _verdict(page, richer)
+    assert verdict == "refused" and "does not lead to the proof's root" in text, text
+    resigned = copy.deepcopy(proof)
+    resigned["snapshot"]["liabilities"]["BTC"]["total"] = "1"
+    verdict, text = _verdict(page, resigned)
+    assert verdict == "refused" and "signature does not verify" in text, text
+    assert _verdict(page, {"format": "strongroom.liability-proof"})[0] == "unusable"
+
+    # The worked example of docs/proof-of-reserves.md, with the key it embeds (no keys.json pinned).
+    page.fill("#proof-verifier textarea[name=keys]", "")
+    documented = json.loads(docs_examples("proof-of-reserves.md")["liability-proof"])
+    offline = verify_liability_proof(documented)
+    verdict, text = _verdict(page, documented, offline.snapshot_hash)
+    assert offline.ok and verdict == "verified" and "key embedded in the proof" in text, text
 
 
 def test_admin_disables_a_user(server: Server, playwright, tmp_path):
