@@ -19,7 +19,14 @@ from typing import Any
 from exchange.journal import list_segments
 from strongroom.simulation import cold
 from strongroom.simulation.client import Reply, withdrawal_subject
-from strongroom.simulation.world import AUDITOR, CONFIRMATIONS, TREASURY, World, destination_of
+from strongroom.simulation.world import (
+    AUDITOR,
+    CONFIRMATIONS,
+    TREASURY,
+    World,
+    deliver_stalled,
+    destination_of,
+)
 
 Action = dict[str, Any]
 
@@ -31,9 +38,10 @@ MAX_SNAPSHOTS = 16  # chain snapshots kept for reorgs
 
 # Faults the scheduler may inject; ``--faults`` picks a subset (default: all of DEFAULT_FAULTS).
 FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "deep_reorg", "ledger_outage",
-          "broadcast_crash", "concurrent", "insider")
+          "broadcast_crash", "concurrent", "insider", "db_fault", "clock_skew", "reorder", "stuck_tx",
+          "fee_spike")
 DEFAULT_FAULTS = ("crash", "torn_tail", "duplicate", "clock_jump", "expiry", "reorg", "ledger_outage",
-                  "broadcast_crash")
+                  "broadcast_crash", "db_fault", "clock_skew", "reorder", "stuck_tx", "fee_spike")
 
 # Actions on a withdrawal a trader asked for earlier (named by trader and idempotency key).
 KEYED_OPS = frozenset({"withdraw_retry", "cancel", "approve", "reject", "export_bundle", "sign_bundle",
@@ -53,6 +61,8 @@ WEIGHTS: tuple[tuple[str, int, str | None], ...] = (
     ("expiry_jump", 1, "expiry"), ("reorg", 2, "reorg"), ("deep_reorg", 1, "deep_reorg"),
     ("ledger_outage", 1, "ledger_outage"), ("concurrent_withdraw", 3, "concurrent"),
     ("insider_overdraft", 1, "insider"), ("broadcast_crash", 2, "broadcast_crash"),
+    ("db_fault", 4, "db_fault"), ("clock_skew", 1, "clock_skew"), ("reorder", 2, "reorder"),
+    ("stuck_tx", 1, "stuck_tx"), ("fee_spike", 1, "fee_spike"), ("race", 3, "concurrent"),
 )
 
 
@@ -81,7 +91,14 @@ def choose(rng: random.Random, world: World, model: Model, faults: frozenset[str
     """Pick the next action for the seeded scheduler."""
     ops = [(op, w) for op, w, fault in WEIGHTS if fault is None or fault in faults]
     op = rng.choices([o for o, _ in ops], weights=[w for _, w in ops])[0]
+    return build(op, rng, world, model)
+
+
+def build(op: str, rng: random.Random, world: World, model: Model) -> Action:
+    """Build a random action of kind ``op`` (reads the platform, never changes it or the model)."""
     trader = rng.choice(world.traders)
+    if op in faults.BUILDERS:
+        return faults.BUILDERS[op](rng, world, model, trader)
     if op == "deposit":
         asset = rng.choice(("ETH", "USDC"))
         amount = rng.randint(1, 300) * ETH // 100 if asset == "ETH" else rng.randint(100, 30_000) * USDC
@@ -253,6 +270,7 @@ def apply(world: World, model: Model, action: Action) -> str:
     """Carry out ``action``; return a short outcome for the trace. Refusals are outcomes, not errors."""
     handler = HANDLERS[action["op"]]
     remember_head(world, model)
+    deliver_stalled(world)
     if world.clock.now_ms != model.market_ran_ms:
         # The server's market job runs every second: whatever time passed, it ran before this step.
         world.svc.market.run_due()
@@ -266,7 +284,7 @@ def _api(world: World, model: Model, who: str, method: str, path: str, body: Any
         model.last_request = {"who": who, "method": method, "path": path, "body": body, "mfa": mfa,
                               "key": key}
     return world.people[who].request(world.svc.client, world.clock, method, path, body=body, mfa=mfa,
-                                     idempotency_key=key)
+                                     idempotency_key=key, skew_ms=world.client_skew_ms)
 
 
 def _outcome(reply: Reply) -> str:
@@ -616,7 +634,8 @@ def _insider_overdraft(world: World, model: Model, a: Action) -> str:
         return "no account"
     engine = world.svc.app.extensions["strongroom.engine"]
     with engine.begin() as connection:
-        connection.execute(text("DROP TRIGGER IF EXISTS ledger_accounts_terms_frozen"))
+        on_table = " ON ledger_accounts" if connection.dialect.name == "postgresql" else ""
+        connection.execute(text(f"DROP TRIGGER IF EXISTS ledger_accounts_terms_frozen{on_table}"))
         connection.execute(text("UPDATE ledger_accounts SET flags = 0 WHERE id = :id"), {"id": account.id})
     world.tampered = True
     sink = ledger.ensure_account("insider", a["asset"], AccountKind.USER_AVAILABLE)
@@ -676,3 +695,8 @@ HANDLERS = {
     "sign_bundle": _sign_bundle, "import_bundle": _import_bundle, "insider_overdraft": _insider_overdraft,
     "broadcast_crash": _broadcast_crash,
 }
+
+# The network, database and clock faults build on the handlers above; they register themselves here.
+from strongroom.simulation import faults  # noqa: E402 - needs HANDLERS defined
+
+HANDLERS.update(faults.HANDLERS)

@@ -36,6 +36,26 @@ class Reply:
         return 200 <= self.status < 300
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A signed request not sent yet: sent later it is a delayed (or reordered) delivery."""
+
+    method: str
+    path: str
+    raw: bytes
+    json: bool
+    headers: tuple[tuple[str, str], ...]
+
+
+def send(client: FlaskClient, prepared: Prepared) -> Reply:
+    """Deliver a signed request exactly as it was signed."""
+    response = client.open(prepared.path, method=prepared.method, data=prepared.raw,
+                           content_type="application/json" if prepared.json else None,
+                           headers=dict(prepared.headers), environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    found = response.get_json(silent=True)
+    return Reply(response.status_code, found if isinstance(found, dict) else {})
+
+
 @dataclass
 class Person:
     """One user's credentials: API key, TOTP secret and (for approvers) an Ed25519 approval key."""
@@ -48,28 +68,38 @@ class Person:
     approver_key_id: str = ""
 
     def request(self, client: FlaskClient, clock: SimClock, method: str, path: str, *,
-                body: Any = None, mfa: bool = False, idempotency_key: str | None = None) -> Reply:
+                body: Any = None, mfa: bool = False, idempotency_key: str | None = None,
+                skew_ms: int = 0) -> Reply:
         """Send one signed request (each on its own millisecond, so none is a replay)."""
+        return send(client, self.prepare(clock, method, path, body=body, mfa=mfa,
+                                         idempotency_key=idempotency_key, skew_ms=skew_ms))
+
+    def prepare(self, clock: SimClock, method: str, path: str, *, body: Any = None, mfa: bool = False,
+                idempotency_key: str | None = None, skew_ms: int = 0,
+                same_totp_step: bool = False) -> Prepared:
+        """Sign a request now (with the client's clock ``skew_ms`` off the server's) to send later.
+
+        ``same_totp_step`` uses the current TOTP step's code instead of moving to the next step, so
+        several people's requests can be signed within one receive window (a race)."""
         raw = b"" if body is None else json.dumps(body).encode()
         headers: dict[str, str] = {}
         if mfa:
-            headers["X-Strongroom-MFA"] = self.next_code(clock)
+            assert self.totp_secret is not None, f"{self.username} has no MFA"
+            headers["X-Strongroom-MFA"] = (totp_code(self.totp_secret, clock.now_ms + skew_ms)
+                                           if same_totp_step else self.next_code(clock, skew_ms))
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         clock.advance(1)
-        headers.update(sign_request(key_id=self.key_id, secret=self.secret, timestamp_ms=clock.now_ms,
+        headers.update(sign_request(key_id=self.key_id, secret=self.secret,
+                                    timestamp_ms=clock.now_ms + skew_ms,
                                     method=method, path=path, query="", body=raw))
-        response = client.open(path, method=method, data=raw,
-                               content_type="application/json" if body is not None else None,
-                               headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
-        found = response.get_json(silent=True)
-        return Reply(response.status_code, found if isinstance(found, dict) else {})
+        return Prepared(method, path, raw, body is not None, tuple(sorted(headers.items())))
 
-    def next_code(self, clock: SimClock) -> str:
+    def next_code(self, clock: SimClock, skew_ms: int = 0) -> str:
         """Move to the next TOTP step (a step's code is single-use) and return its code."""
         assert self.totp_secret is not None, f"{self.username} has no MFA"
         clock.advance(TOTP_STEP_MS)
-        return totp_code(self.totp_secret, clock.now_ms)
+        return totp_code(self.totp_secret, clock.now_ms + skew_ms)
 
     def approve(self, subject: ApprovalSubject, now_ms: int) -> str:
         """Return this approver's signed approval of ``subject`` (hex of the canonical bytes)."""

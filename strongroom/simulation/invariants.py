@@ -21,7 +21,7 @@ from custody.audit.codes import AuditError
 from custody.audit.verify import verify_export
 from custody.ledger.entry import AccountFlags, AccountKind
 from custody.ledger.models import LedgerTransfer
-from custody.wallets.models import ChainTransaction
+from custody.wallets.models import ChainTransaction, ChainTransactionAttempt
 from custody.wallets.wallet import Temperature
 from custody.withdrawals.models import WithdrawalRequest
 from strongroom.simulation.world import ASSETS, World, destination_of
@@ -191,6 +191,25 @@ def _slot_value(tester: object, token: str, holder: str, slot: int) -> int:
     return int(raw, 16) if isinstance(raw, str) else int.from_bytes(raw, "big")
 
 
+def fees_within_cap(world: World) -> list[Violation]:
+    """No signed version of an outgoing transaction offers more than the fee cap per gas, whatever the
+    node quoted (a fee spike), and no mined one paid more than its gas limit at the cap."""
+    cap = world.svc.runtime.executor.config.fee_cap_wei
+    sessions = world.svc.app.extensions["strongroom.sessions"]
+    with sessions() as session:
+        # U256 is text on SQLite: compare in Python, not in SQL.
+        attempts = [t for t in session.scalars(select(ChainTransactionAttempt)).all()
+                    if t.max_fee_per_gas > cap]
+        paid = session.scalars(select(ChainTransaction).where(
+            ChainTransaction.fee_paid_minor.is_not(None))).all()
+    out = [Violation("fees_within_cap", f"attempt {t.txid} of {t.transaction_id} offers {t.max_fee_per_gas} "
+                     f"wei/gas, cap {cap}") for t in attempts]
+    out += [Violation("fees_within_cap", f"transaction {t.id} paid {t.fee_paid_minor} wei for gas limit "
+                      f"{t.gas_limit} at cap {cap}")
+            for t in paid if t.fee_paid_minor is not None and t.fee_paid_minor > t.gas_limit * cap]
+    return out
+
+
 def claims_covered_by_holdings(world: World) -> list[Violation]:
     """Jepsen's bank check: what customers (and the exchange) may claim never exceeds what the
     platform holds on chain. Unconfirmed deposits are not claims; held withdrawals are not."""
@@ -331,6 +350,7 @@ EVERY_STEP: tuple[tuple[str, Check], ...] = (
     ("constrained_accounts_non_negative", constrained_accounts_non_negative),
     ("holds_match_withdrawals", holds_match_withdrawals),
     ("no_double_send", no_double_send),
+    ("fees_within_cap", fees_within_cap),
     ("claims_covered_by_holdings", claims_covered_by_holdings),
     ("exchange_agrees_with_ledger", exchange_agrees_with_ledger),
     ("user_balance_not_negative", user_balance_not_negative),

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from strongroom.simulation.invariants import (
     equities,
     fill_violations,
 )
-from strongroom.simulation.world import CONFIRMATIONS, World, build_world
+from strongroom.simulation.world import CONFIRMATIONS, SQLITE, World, build_world, heal
 
 SCENARIO_FORMAT = "strongroom.simulation.scenario.v1"
 DEFAULT_TRADERS = 4
@@ -66,6 +66,7 @@ class RunResult:
     steps: int
     faults: tuple[str, ...]
     traders: int
+    database: str = SQLITE
     trace: list[dict[str, Any]] = field(default_factory=list)
     failure: Failure | None = None
     seconds: float = 0.0
@@ -86,7 +87,8 @@ class RunResult:
         for action in self.actions:
             ops[action["op"]] = ops.get(action["op"], 0) + 1
         body: dict[str, Any] = {
-            "seed": self.seed, "steps_run": len(self.trace), "steps": self.steps, "faults": list(self.faults),
+            "seed": self.seed, "database": self.database, "steps_run": len(self.trace), "steps": self.steps,
+            "faults": list(self.faults),
             "traders": self.traders, "ok": self.ok, "seconds": round(self.seconds, 2),
             "steps_per_s": round(len(self.trace) / self.seconds, 1) if self.seconds else None,
             "restarts": self.restarts, "ops": dict(sorted(ops.items())),
@@ -144,8 +146,8 @@ def bootstrap(world: World) -> None:
         assert outcome == "200", f"bootstrap collateral deposit for {trader}: {outcome}"
 
 
-def _setup(seed: int, traders: int, workdir: Path | None) -> World:
-    world = build_world(seed, traders, workdir)
+def _setup(seed: int, traders: int, workdir: Path | None, database: str) -> World:
+    world = build_world(seed, traders, workdir, database)
     fund_platform(world)
     bootstrap(world)
     world.svc.audit().create_checkpoint()
@@ -175,12 +177,17 @@ def _step(world: World, model: Model, action: Action, audit_every: int,
 
 def run(seed: int, steps: int, faults: Sequence[str] = actors.DEFAULT_FAULTS, *,
         traders: int = DEFAULT_TRADERS, audit_every: int = DEFAULT_AUDIT_EVERY,
-        actions: Sequence[Action] | None = None, workdir: Path | None = None) -> RunResult:
-    """Run ``steps`` scheduled actions for ``seed`` (or replay ``actions``); stop at the first violation."""
+        actions: Sequence[Action] | None = None, workdir: Path | None = None,
+        database: str = SQLITE, inspect: Callable[[World], None] | None = None) -> RunResult:
+    """Run ``steps`` scheduled actions for ``seed`` (or replay ``actions``); stop at the first violation.
+
+    ``database`` is ``"sqlite"`` or a PostgreSQL server URL (a scratch database per run);
+    ``inspect`` (for tests) reads the platform after the last step, before it is torn down."""
     started = time.perf_counter()
-    result = RunResult(seed, steps if actions is None else len(actions), tuple(faults), traders)
+    result = RunResult(seed, steps if actions is None else len(actions), tuple(faults), traders,
+                       _kind(database))
     rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
-    world = _setup(seed, traders, workdir)
+    world = _setup(seed, traders, workdir, database)
     model = Model()
     enabled = frozenset(faults)
     try:
@@ -199,6 +206,8 @@ def run(seed: int, steps: int, faults: Sequence[str] = actors.DEFAULT_FAULTS, *,
                 result.failure = Failure(total, final, None)
         result.restarts = world.restarts
         result.events = exchange_events(world)
+        if inspect is not None:
+            inspect(world)
     finally:
         world.close()
         result.seconds = time.perf_counter() - started
@@ -211,6 +220,7 @@ QUIESCE_ROUNDS = 2 * CONFIRMATIONS + 2
 def quiesce(world: World) -> None:
     """Let time pass without new requests: mine, run the wallet round and the dispatcher, release
     delayed withdrawals, until everything in flight had its chance to finish."""
+    heal(world)
     svc = world.svc
     for _ in range(QUIESCE_ROUNDS):
         world.clock.advance(60_000)
@@ -236,14 +246,19 @@ def exchange_events(world: World) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def replay(scenario: dict[str, Any], workdir: Path | None = None) -> RunResult:
+def _kind(database: str) -> str:
+    """Name the database kind for reports (never the server URL: it may carry a password)."""
+    return SQLITE if database == SQLITE else "postgresql"
+
+
+def replay(scenario: dict[str, Any], workdir: Path | None = None, database: str = SQLITE) -> RunResult:
     """Replay a scenario (see :func:`scenario_of`) on a fresh platform."""
     if scenario.get("format") != SCENARIO_FORMAT:
         raise ValueError(f"format was {scenario.get('format')!r}, expected {SCENARIO_FORMAT}")
     return run(int(scenario["seed"]), len(scenario["actions"]), tuple(scenario.get("faults", ())),
                traders=int(scenario.get("traders", DEFAULT_TRADERS)),
                audit_every=int(scenario.get("audit_every", DEFAULT_AUDIT_EVERY)),
-               actions=scenario["actions"], workdir=workdir)
+               actions=scenario["actions"], workdir=workdir, database=database)
 
 
 def _fails_same(result: RunResult, invariant: str) -> bool:
@@ -251,7 +266,7 @@ def _fails_same(result: RunResult, invariant: str) -> bool:
 
 
 def shrink(result: RunResult, *, max_runs: int = MAX_SHRINK_RUNS,
-           audit_every: int = DEFAULT_AUDIT_EVERY) -> RunResult:
+           audit_every: int = DEFAULT_AUDIT_EVERY, database: str = SQLITE) -> RunResult:
     """Drop chunks of a failing trace while the same invariant still breaks; return the smallest run."""
     assert result.failure is not None, "only a failing run can be shrunk"
     invariant = result.failure.violations[0].name
@@ -268,7 +283,7 @@ def shrink(result: RunResult, *, max_runs: int = MAX_SHRINK_RUNS,
                 start += chunk
                 continue
             attempt = run(result.seed, len(candidate), result.faults, traders=result.traders,
-                          audit_every=audit_every, actions=candidate)
+                          audit_every=audit_every, actions=candidate, database=database)
             runs += 1
             if _fails_same(attempt, invariant):
                 best, progressed = attempt, True

@@ -9,13 +9,17 @@ restart would.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import random
 import shutil
 import tempfile
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eth_utils.address import to_checksum_address
@@ -26,7 +30,9 @@ from custody.api.services import AccessServices
 from custody.audit.export import PublicKey
 from custody.audit.service import AuditService
 from custody.bundles.service import ColdTransfers
-from custody.chains.ethereum.devchain import EmbeddedChain
+from custody.chains.adapter import FeeQuote
+from custody.chains.ethereum.adapter import EthereumAdapter
+from custody.chains.ethereum.devchain import TOKEN_ASSET, EmbeddedChain
 from custody.keystore import LocalKeystore
 from custody.ledger.service import Ledger
 from custody.wallets.dispatch import WithdrawalDispatcher
@@ -53,8 +59,11 @@ TREASURY = ("treasury1", "treasury2", "treasury3")
 ADMIN = "operator"
 AUDITOR = "auditor"
 
+SQLITE = "sqlite"
+
 _template_lock = threading.Lock()
 _template: Path | None = None
+_pg_templates: dict[str, str] = {}  # admin URL -> name of this process's migrated template database
 
 
 def migrated_sqlite(path: Path) -> str:
@@ -68,6 +77,52 @@ def migrated_sqlite(path: Path) -> str:
             _template = template
         shutil.copyfile(_template, path)
     return f"sqlite:///{path}"
+
+
+def _drop_postgres(admin_url: str, name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def _postgres_template(admin_url: str) -> str:
+    """Return this process's migrated PostgreSQL template database on ``admin_url`` (made once)."""
+    from sqlalchemy import create_engine, text
+
+    with _template_lock:
+        name = _pg_templates.get(admin_url)
+        if name is None:
+            name = f"sr_simtpl_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+            admin = create_engine(admin_url.replace("postgresql://", "postgresql+psycopg://", 1),
+                                  isolation_level="AUTOCOMMIT")
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+            finally:
+                admin.dispose()
+            from sqlalchemy.engine import make_url
+
+            url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+            migrations.upgrade(url)
+            atexit.register(_drop_postgres, admin_url, name)
+            _pg_templates[admin_url] = name
+        return name
+
+
+def scratch_postgres(admin_url: str, stack: contextlib.ExitStack, seed: int) -> str:
+    """Create a fresh migrated database for one run on the PostgreSQL server of ``admin_url``;
+    ``stack`` drops it when the world closes. Return its URL."""
+    from custody.db import scratch_postgres_database
+
+    template = _postgres_template(admin_url)
+    name = f"sr_sim_{seed % 10**9}_{uuid.uuid4().hex[:10]}"
+    return stack.enter_context(scratch_postgres_database(admin_url, name, template))
 
 
 def destination_of(username: str) -> str:
@@ -88,6 +143,7 @@ class Services:
     feed: ScriptedFeed
     market: MarketScheduler
     cold: ColdTransfers
+    runtime_engine: Any = None  # the wallet runtime's own engine (a second connection pool)
 
     @property
     def ledger(self) -> Ledger:
@@ -132,6 +188,16 @@ class World:
     token_slot: int | None = None  # the dev token's balance mapping slot, found on first read
     market_prices: dict[str, int | None] = field(default_factory=dict)  # None: sources silent
     balance_cache: dict[object, object] = field(default_factory=dict)  # chain reads, per head block
+    resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # e.g. a scratch database
+    # Faults that outlive a process, because they are the network's or another machine's:
+    client_skew_ms: int = 0  # the traders' and treasury's clocks against the server's
+    jobs_skew_ms: int = 0  # the wallet/dispatcher process's clock against the API process's
+    stall_until_height: int = 0  # below this head height the network swallows broadcasts (stuck)
+    stall_drop: bool = False  # swallowed transactions are lost (else delivered when the stall ends)
+    stall_reverse: bool = False  # deliver the swallowed ones newest first (a replacement before its original)
+    stalled: list[bytes] = field(default_factory=list)  # swallowed raw transactions, in arrival order
+    fee_multiplier: int = 1  # a fee spike: the node quotes this many times the real fees
+    fee_spike_until_height: int = 0
 
     @property
     def svc(self) -> Services:
@@ -142,9 +208,13 @@ class World:
     def exchange_dir(self) -> Path:
         return self.workdir / "exchange"
 
+    def jobs_clock(self) -> int:
+        """Return the time on the jobs process's clock (the server's plus its skew)."""
+        return self.clock.now_ms + self.jobs_skew_ms
+
     def start(self) -> Services:
         """Build the process-local services from the durable state (first start or a restart)."""
-        runtime = build_runtime_for(self)
+        runtime, runtime_engine = build_runtime_for(self)
         settings = Settings(data_dir=self.workdir / "data", database_url=self.database_url)
         app = create_app({"TESTING": True, "CLOCK": self.clock, "KEYSTORE": self.keystore, "WALLETS": runtime,
                           "EXCHANGE_DATA_DIR": str(self.exchange_dir), "EXCHANGE_FSYNC": "never",
@@ -152,7 +222,7 @@ class World:
                           "EXCHANGE_DEV_MODE": True},
                          settings=settings)
         dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
-                                          list(ASSETS), self.clock, app.extensions["strongroom.ledger"])
+                                          list(ASSETS), self.jobs_clock, app.extensions["strongroom.ledger"])
         exchange: ExchangeService = app.extensions["strongroom.exchange"]
         # The outside market's prices survive a restart; the feed reading them is rebuilt.
         feed = ScriptedFeed(exchange.venue.config.indices)
@@ -161,8 +231,9 @@ class World:
                 feed.set(underlying, price)
         market = MarketScheduler(exchange, self.clock, feed)
         cold = cold_transfers(app.extensions["strongroom.sessions"], runtime, self.keystore,
-                              app.extensions["strongroom.access"].withdrawals, self.clock, CONFIRMATIONS)
-        self.services = Services(app, app.test_client(), runtime, dispatcher, feed, market, cold)
+                              app.extensions["strongroom.access"].withdrawals, self.jobs_clock, CONFIRMATIONS)
+        self.services = Services(app, app.test_client(), runtime, dispatcher, feed, market, cold,
+                                 runtime_engine)
         return self.services
 
     def crash(self) -> None:
@@ -179,6 +250,7 @@ class World:
                 os.close(durable._lock)
                 durable._lock = None
         services.app.extensions["strongroom.engine"].dispose()
+        services.runtime_engine.dispose()
         self.services = None
 
     def restart(self) -> Services:
@@ -194,30 +266,99 @@ class World:
                 self.services.exchange.close()
             finally:
                 self.services.app.extensions["strongroom.engine"].dispose()
+                self.services.runtime_engine.dispose()
                 self.services = None
+        self.resources.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def build_runtime_for(world: World) -> WalletRuntime:
+def build_runtime_for(world: World) -> tuple[WalletRuntime, Any]:
     from custody.db import make_engine, make_session_factory
 
-    sessions = make_session_factory(make_engine(world.database_url))
-    ledger = Ledger(sessions, clock=world.clock)
-    return build_runtime(sessions, ledger, world.keystore, world.chain.adapter(), world.clock,
-                         {asset: CONFIRMATIONS for asset in ASSETS}, start_height=1)
+    engine = make_engine(world.database_url)
+    sessions = make_session_factory(engine)
+    # The wallet jobs run in their own process in production: their clock may be skewed.
+    ledger = Ledger(sessions, clock=world.jobs_clock)
+    adapter = SimAdapter(world, world.chain.web3, {TOKEN_ASSET: world.chain.ensure_token()})
+    runtime = build_runtime(sessions, ledger, world.keystore, adapter, world.jobs_clock,
+                            {asset: CONFIRMATIONS for asset in ASSETS}, start_height=1)
+    return runtime, engine
 
 
-def build_world(seed: int, traders: int, workdir: Path | None = None) -> World:
-    """Create a fresh platform for ``seed``: database, keystore, chain, wallets, people."""
+class SimAdapter(EthereumAdapter):
+    """The embedded chain as the platform's node sees it, with the network's faults: while a stall
+    lasts, broadcasts are swallowed (a stuck transaction) and delivered, or lost, when it ends; while
+    a fee spike lasts, the node quotes fees ``fee_multiplier`` times the real ones."""
+
+    def __init__(self, world: World, web3: Any, tokens: dict[str, str]) -> None:
+        super().__init__(web3, tokens)
+        self._world = world
+
+    def broadcast(self, raw: bytes) -> str:
+        world = self._world
+        if self.head_height() < world.stall_until_height:
+            from web3 import Web3
+
+            if not world.stall_drop:
+                world.stalled.append(raw)
+            return str(Web3.to_hex(Web3.keccak(raw)))
+        return super().broadcast(raw)
+
+    def fee_quote(self) -> FeeQuote:
+        quote = super().fee_quote()
+        world = self._world
+        if self.head_height() >= world.fee_spike_until_height or world.fee_multiplier == 1:
+            return quote
+        return FeeQuote(quote.max_fee_per_gas * world.fee_multiplier,
+                        quote.max_priority_fee_per_gas * world.fee_multiplier)
+
+
+def deliver_stalled(world: World) -> int:
+    """Once the stall is over, hand the swallowed transactions to the chain (a conflicting one, e.g. the
+    original of a replacement already mined, is refused by the chain as a node would drop it)."""
+    if not world.stalled or world.chain.web3.eth.block_number < world.stall_until_height:
+        return 0
+    held, world.stalled = world.stalled, []
+    if world.stall_reverse:
+        held.reverse()
+    delivered = 0
+    for raw in held:
+        try:
+            world.chain.web3.eth.send_raw_transaction(raw)
+            delivered += 1
+        except Exception:  # noqa: S112 - the network drops a transaction the chain refuses
+            continue
+    return delivered
+
+
+def heal(world: World) -> None:
+    """End every network and clock fault (Jepsen's heal before the final read)."""
+    world.stall_until_height = 0
+    deliver_stalled(world)
+    world.fee_multiplier, world.fee_spike_until_height = 1, 0
+    world.client_skew_ms = world.jobs_skew_ms = 0
+
+
+def build_world(seed: int, traders: int, workdir: Path | None = None, database: str = SQLITE) -> World:
+    """Create a fresh platform for ``seed``: database, keystore, chain, wallets, people.
+
+    ``database`` is ``"sqlite"`` (a file in the work directory) or the URL of a PostgreSQL server
+    on which a scratch database is created for this run and dropped when the world closes."""
     rng = random.Random(f"world:{seed}")  # noqa: S311 - approver keys of a throwaway simulation
     base = workdir or Path(tempfile.mkdtemp(prefix=f"strongroom-sim-{seed}-"))
     base.mkdir(parents=True, exist_ok=True)
-    url = migrated_sqlite(base / "strongroom.db")
+    resources = contextlib.ExitStack()
+    if database == SQLITE:
+        url = migrated_sqlite(base / "strongroom.db")
+    elif database.startswith("postgresql"):
+        url = scratch_postgres(database, resources, seed)
+    else:
+        raise ValueError(f"database was {database!r}, expected 'sqlite' or a postgresql:// server URL")
     keystore = LocalKeystore(base / "keystore.srks", f"simulation {seed}",
                              scrypt_log2_n=KEYSTORE_SCRYPT_LOG2_N)
     chain = EmbeddedChain()
     chain.ensure_token()
-    world = World(seed, base, SimClock(), chain, keystore, url)
+    world = World(seed, base, SimClock(), chain, keystore, url, resources=resources)
     services = world.start()
     seed_bytes = signer_seed(rng.randbytes(32))
     world.signer = SignerMachine(seed_bytes, base / "signer")

@@ -224,3 +224,20 @@ def test_simulation_documented_scenario_example_is_a_valid_scenario() -> None:
     assert all(action["op"] in actors.HANDLERS or action["op"] == "plant_double_send"
                for action in scenario["actions"])
     assert scenario["expect"]["invariant"] == "no_double_send"
+
+
+def test_simulate_command_unknown_database_is_refused() -> None:
+    from strongroom.commands.simulate import simulate
+
+    outcome = CliRunner().invoke(simulate, ["--database", "mysql://somewhere"])
+    assert outcome.exit_code == 2
+    assert "sqlite, postgres or a postgresql:// server URL" in outcome.output
+
+
+def test_simulate_command_postgres_without_a_server_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from strongroom.commands.simulate import simulate
+
+    monkeypatch.delenv("STRONGROOM_TEST_POSTGRES_URL", raising=False)
+    outcome = CliRunner().invoke(simulate, ["--database", "postgres"])
+    assert outcome.exit_code == 2
+    assert "STRONGROOM_TEST_POSTGRES_URL" in outcome.output
