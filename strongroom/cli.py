@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -209,6 +210,10 @@ def serve(host: str | None, port: int | None) -> None:
     click.echo(f"Strongroom console on http://{bind_host}:{bind_port}/console/ "
                "(demo logins: printed by `strongroom demo`, docs/console.md)")
     streams = _start_streams(app, settings, bind_host, bind_port)
+    # SIGTERM (systemd, docker stop, kubectl) stops like Ctrl-C: waitress returns and the
+    # finally below stops the jobs and takes the final exchange snapshot. Python's default
+    # SIGTERM action would end the process on the spot, skipping all of it.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         waitress_serve(app, host=bind_host, port=bind_port, threads=8)
     except (OSError, ValueError) as exc:
@@ -225,6 +230,10 @@ def serve(host: str | None, port: int | None) -> None:
         exchange = app.extensions.get("strongroom.exchange")
         if exchange is not None:
             exchange.close()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @main.command()

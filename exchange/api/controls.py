@@ -10,7 +10,8 @@ cancelled ``timeout_ms`` after the last arm unless they re-arm it first
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from flask import Blueprint, Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
@@ -33,9 +34,11 @@ from exchange.controls import (
 )
 from exchange.risk.clearing import ISOLATED_SEP
 from exchange.risk.codes import RiskCode
+from exchange.venue import Venue
 from policies.api_key import Scope
 from policies.roles import Permission
 
+T = TypeVar("T")
 bp = Blueprint("exchange_controls", __name__, url_prefix="/api/v1/exchange")
 
 ADMIN = secured(admin_only=True, scope=Scope.TRADE, mfa=True)
@@ -111,6 +114,25 @@ def _log(action: str, subject: str, details: dict[str, Any]) -> None:
                             subject=subject, details=details)
 
 
+def _control(apply: Callable[[Venue], T], view: Callable[[T], dict[str, Any]],
+             audit: tuple[str, str, dict[str, Any]] | None = None) -> ResponseReturnValue:
+    """Run one control command on the venue (journaled) and answer its view.
+
+    A ControlError (bad value; nothing changed, nothing journaled) becomes a 400 with its
+    code. The view is taken under the venue's lock, so it shows this command's effect;
+    `audit` (action, subject, details) goes to the security log once the command stands.
+    """
+    with service().command() as venue:
+        try:
+            result = apply(venue)
+        except ControlError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        answer = view(result)
+    if audit is not None:
+        _log(*audit)
+    return jsonify(answer)
+
+
 def _known(symbol: str) -> None:
     if symbol not in service().venue.specs:
         raise ApiError(RiskCode.UNKNOWN_INSTRUMENT, f"symbol was {symbol[:40]!r}, not listed", 404)
@@ -138,14 +160,9 @@ def set_status(symbol: str) -> ResponseReturnValue:
     reason = field_str(body, "reason", required=False, default="") or ""
     until_ms = field_int(body, "until_ms", required=False, default=0) or 0
     _known(symbol)
-    with service().command() as venue:
-        try:
-            venue.set_market_status(symbol, mode, until_ms, reason)
-        except ControlError as exc:
-            raise ApiError(exc.code, exc.message) from None
-        view = _market_view(symbol)
-    _log("market.status", symbol, {"mode": mode, "until_ms": until_ms, "reason": reason})
-    return jsonify(view)
+    return _control(lambda venue: venue.set_market_status(symbol, mode, until_ms, reason),
+                    lambda _: _market_view(symbol),
+                    ("market.status", symbol, {"mode": mode, "until_ms": until_ms, "reason": reason}))
 
 
 @bp.post("/admin/markets/<symbol>/breaker")
@@ -161,14 +178,10 @@ def set_breaker(symbol: str) -> ResponseReturnValue:
     window_ms = field_int(body, "window_ms", required=False, default=0) or 0
     cooldown_ms = field_int(body, "cooldown_ms", required=False, default=0) or 0
     _known(symbol)
-    with service().command() as venue:
-        try:
-            venue.set_breaker(symbol, bps, window_ms, cooldown_ms)
-        except ControlError as exc:
-            raise ApiError(exc.code, exc.message) from None
-        view = _market_view(symbol)
-    _log("market.breaker", symbol, {"max_move_bps": bps, "window_ms": window_ms, "cooldown_ms": cooldown_ms})
-    return jsonify(view)
+    return _control(lambda venue: venue.set_breaker(symbol, bps, window_ms, cooldown_ms),
+                    lambda _: _market_view(symbol),
+                    ("market.breaker", symbol,
+                     {"max_move_bps": bps, "window_ms": window_ms, "cooldown_ms": cooldown_ms}))
 
 
 @bp.post("/deadman")
@@ -180,9 +193,6 @@ def deadman() -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"timeout_ms"})
     timeout_ms = field_int(body, "timeout_ms") or 0
-    with service().command() as venue:
-        try:
-            deadline = venue.arm_deadman(current_principal(), timeout_ms, max(venue.now_ms, _now_ms()))
-        except ControlError as exc:
-            raise ApiError(exc.code, exc.message) from None
-    return jsonify({"timeout_ms": timeout_ms, "deadline_ms": deadline})
+    user = current_principal()
+    return _control(lambda venue: venue.arm_deadman(user, timeout_ms, max(venue.now_ms, _now_ms())),
+                    lambda deadline: {"timeout_ms": timeout_ms, "deadline_ms": deadline})
