@@ -42,8 +42,10 @@ def build() -> Flask:
     settings = Settings.from_env()
     check_startup(settings)
     runtimes = chain_runtimes_from_env(settings)
+    # In scale-out mode (STRONGROOM_EXCHANGE_NATS_URLS) API workers take orders too: they hold
+    # no venue journal, the engines' streams are the truth (docs/scale-out.md).
     config = {"WALLETS": runtimes.get("ethereum"), "CHAIN_RUNTIMES": runtimes,
-              "EXCHANGE_ENABLED": role() == "all"}
+              "EXCHANGE_ENABLED": role() == "all" or bool(settings.exchange_nats_urls)}
     app = create_app(config, settings=settings)
     if role() == "all":
         from strongroom.jobs import JobRunner, exchange_jobs, server_jobs

@@ -166,6 +166,10 @@ def init_app(app: Flask) -> None:
     settings = app.extensions.get("strongroom.settings")
     if directory is None and settings is not None:
         directory = settings.data_dir / "exchange"
+    if scaleout.nats_urls(app):
+        # Scale-out: the engines' streams are the truth; this process keeps an unjournaled
+        # venue only for instrument listings, so any number of API workers can run.
+        directory = None
     if directory is None:
         app.extensions[EXTENSION] = ExchangeService(ledger, Venue(config, namespace=namespace))
     else:

@@ -63,12 +63,18 @@ class GatewayHolder:
             self._gateway = None
 
 
-def init_scaleout(app: Flask, symbols: list[str]) -> None:
-    """Switch order entry to the NATS gateway if NATS servers are configured."""
+def nats_urls(app: Flask) -> list[str]:
+    """Return the configured NATS servers of the engines (empty: the embedded mode)."""
     urls = app.config.get("EXCHANGE_NATS_URLS")
     settings = app.extensions.get("strongroom.settings")
     if urls is None and settings is not None:
         urls = list(settings.exchange_nats_urls)
+    return list(urls or [])
+
+
+def init_scaleout(app: Flask, symbols: list[str]) -> None:
+    """Switch order entry to the NATS gateway if NATS servers are configured."""
+    urls = nats_urls(app)
     if not urls:
         return
     markets = {s for s in symbols if SYMBOL_PATTERN.fullmatch(s)}
