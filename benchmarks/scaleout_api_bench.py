@@ -131,7 +131,7 @@ class Load:
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            name, key_id, secret = self.traders[i % len(self.traders)]
+            _, key_id, secret = self.traders[i % len(self.traders)]
             side = "buy" if i % 2 else "sell"
             # Prices straddle the middle: about half of the orders cross and trade.
             price = MID + TICK * ((i * 7919) % 11 - 5)
