@@ -24,6 +24,7 @@ from custody.compliance.cases import Cases
 from custody.compliance.deposits import DepositCompliance
 from custody.compliance.kyc import Kyc
 from custody.compliance.monitoring import Monitoring
+from custody.compliance.pii import PersonalData
 from custody.compliance.screening import Screening
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
@@ -66,6 +67,7 @@ def build_access_services(
         cases=Cases(sessions, clock),
         kyc=Kyc(sessions, clock),
         monitoring=Monitoring(sessions, clock, prices),
+        personal_data=PersonalData(sessions, keystore, clock),
         recv_window_ms=recv_window_ms,
     )
 

@@ -21,6 +21,7 @@ from custody.api.schema import BOOL, INT, MAYBE_INT, MAYBE_STR, OBJECT, STR, acc
 from custody.compliance.cases import CASE_STATES, MAX_LIST, RESOLUTIONS
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.kyc import REVIEW_STATES
+from custody.compliance.pii import REQUIRED as PII_FIELDS
 from custody.compliance.screening import SANCTIONS
 from policies.api_key import Scope
 from policies.kyc import TIERS, tier_limits, withdrawal_limits
@@ -327,3 +328,33 @@ def reject_kyc(review_id: int) -> ResponseReturnValue:
 def request_more_kyc(review_id: int) -> ResponseReturnValue:
     """Ask the user for more (documents, answers); they submit a new request."""
     return _decide(review_id, "request_more", {"reason"})
+
+
+PERSONAL_DATA_SCHEMA = {"type": "object", "additionalProperties": False, "required": list(PII_FIELDS),
+                        "properties": {name: {"type": "string", "minLength": 1, "maxLength": 256}
+                                       for name in PII_FIELDS}}
+PERSONAL_DATA_STORED = obj({"username": STR, "revision": INT, "updated_ms": INT})
+PII_READ = secured(Permission.KYC_READ, scope=Scope.READ, mfa=True)
+
+
+@kyc_bp.put("/personal-data")
+@secured(Permission.LEDGER_READ_OWN, scope=Scope.READ, mfa=True)
+@accepts(PERSONAL_DATA_SCHEMA)
+@answers({"200": obj({"personal_data": PERSONAL_DATA_STORED})})
+def store_personal_data() -> ResponseReturnValue:
+    """Submit your identity record (stored encrypted; the answer never repeats it)."""
+    caller = principal()
+    stored = services().personal_data.store(caller.username, json_object(), actor=caller.username)
+    return json_response({"personal_data": stored})
+
+
+@bp.get("/users/<username>/personal-data")
+@PII_READ
+@query(("purpose", {"type": "string", "minLength": 1, "maxLength": 256}))
+@answers({"200": obj({"personal_data": {**PERSONAL_DATA_STORED, "properties": {
+    **PERSONAL_DATA_STORED["properties"], "record": OBJECT},
+    "required": sorted([*PERSONAL_DATA_STORED["required"], "record"])}})})
+def read_personal_data(username: str) -> ResponseReturnValue:
+    """Read a user's identity record (``?purpose=`` required; the read is in the security log)."""
+    record = services().personal_data.read(_viewer(), username[:64], request.args.get("purpose", "")[:300])
+    return json_response({"personal_data": record})

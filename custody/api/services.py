@@ -24,6 +24,7 @@ from custody.access.users import Users
 from custody.compliance.cases import Cases
 from custody.compliance.kyc import Kyc
 from custody.compliance.monitoring import Monitoring
+from custody.compliance.pii import PersonalData
 from custody.compliance.screening import Screening
 from custody.withdrawals.service import Withdrawals
 from policies.request_signing import DEFAULT_RECV_WINDOW_MS
@@ -49,6 +50,7 @@ class AccessServices:
     cases: Cases
     kyc: Kyc
     monitoring: Monitoring
+    personal_data: PersonalData
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
 
     def log_refusal(

@@ -23,6 +23,8 @@ class ComplianceCode(IntEnum):
     DEPOSIT_NOT_FOUND = 4511
     DEPOSIT_NOT_RELEASABLE = 4512
     DEPOSIT_INPUT_INVALID = 4513
+    PERSONAL_DATA_INVALID = 4514
+    PERSONAL_DATA_NOT_FOUND = 4515
 
     @property
     def error(self) -> str:
@@ -39,6 +41,7 @@ COMPLIANCE_STATUS: dict[ComplianceCode, int] = {
     ComplianceCode.KYC_SIGNATURE_INVALID: 401,
     ComplianceCode.DEPOSIT_NOT_FOUND: 404,
     ComplianceCode.DEPOSIT_NOT_RELEASABLE: 409,
+    ComplianceCode.PERSONAL_DATA_NOT_FOUND: 404,
 }
 
 

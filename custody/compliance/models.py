@@ -155,3 +155,18 @@ class ComplianceDeposit(Base):
     released_by: Mapped[str | None] = mapped_column(String(64))
     released_ms: Mapped[int | None] = mapped_column(BigInteger)
     release_reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LEN))
+
+
+class PersonalDataRecord(Base):
+    """A user's identity record, envelope-encrypted (custody.compliance.pii): no clear text in any column."""
+
+    __tablename__ = "compliance_personal_data"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kek_name: Mapped[str] = mapped_column(String(64))
+    kek_version: Mapped[int] = mapped_column(Integer)
+    wrapped_key: Mapped[str] = mapped_column(Text)  # the keystore's blob of the record's data key
+    ciphertext: Mapped[str] = mapped_column(Text)  # base64 of nonce || AES-256-GCM ciphertext || tag
+    revision: Mapped[int] = mapped_column(Integer)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
