@@ -22,8 +22,9 @@ from policies.roles import Role
 from ..access.helpers import SignedClient, assert_error, make_user
 from .conftest import services
 
-RECORD = {"given_names": "Zelphine Quorra", "family_name": "Vantablack-Oyelaran", "date_of_birth": "1987-03-14",
-          "nationality": "de", "document_type": "passport", "document_number": "XQ7719024K",
+RECORD = {"given_names": "Zelphine Quorra", "family_name": "Vantablack-Oyelaran",
+          "date_of_birth": "1987-03-14", "nationality": "de", "document_type": "passport",
+          "document_number": "XQ7719024K",
           "street": "Kastanienallee 77", "city": "Wuppertal-Elberfeld", "postcode": "42103", "country": "DE"}
 SECRETS = ("Zelphine", "Vantablack", "1987-03-14", "XQ7719024K", "Kastanienallee", "Elberfeld")
 
@@ -132,7 +133,9 @@ def test_personal_data_store_and_read_write_nothing_personal_to_logs(
     assert not any(secret in caplog.text for secret in SECRETS)
 
 
-def test_personal_data_key_rotation_rewraps_every_record_and_it_still_opens(app: Flask, keystore: Any) -> None:
+def test_personal_data_key_rotation_rewraps_every_record_and_it_still_opens(
+    app: Flask, keystore: Any
+) -> None:
     pii = services(app).personal_data
     pii.store("dana", RECORD, actor="dana")
     pii.store("erin", {**RECORD, "given_names": "Erin"}, actor="erin")
