@@ -245,7 +245,7 @@ class Ledger:
         failures = _shape_failures(requests)
         if linked and failures:
             return _linked_failure(requests, failures)
-        with self._sessions.begin() as session:
+        with bulk.collector_paused(len(requests)), self._sessions.begin() as session:
             results = self._apply_batch(session, requests, failures, linked=linked, actor=actor)
         if linked and any(not r.ok for r in results):
             # _apply_batch wrote nothing, so the committed transaction changed nothing.
@@ -262,7 +262,9 @@ class Ledger:
         caller commits. The journal head stays locked until then.
         """
         _check_batch(requests, actor)
-        return self._apply_batch(session, requests, _shape_failures(requests), linked=False, actor=actor)
+        with bulk.collector_paused(len(requests)):
+            return self._apply_batch(session, requests, _shape_failures(requests), linked=False,
+                                     actor=actor)
 
     def _apply_batch(
         self,
@@ -512,9 +514,13 @@ def _account_ids(
 
 def _load_accounts(session: Session, ids: Sequence[int]) -> dict[int, AccountState]:
     accounts: dict[int, AccountState] = {}
+    a = LedgerAccount
+    columns = (a.id, a.asset, a.kind, a.flags, a.debits_pending, a.debits_posted, a.credits_pending,
+               a.credits_posted, a.last_seq)
     for chunk in _chunks(ids):
-        for row in session.scalars(select(LedgerAccount).where(LedgerAccount.id.in_(chunk))):
-            if row.flags != DEFAULT_FLAGS.get(row.kind):  # type: ignore[call-overload]
+        # Plain rows, not ORM objects: a batch may touch thousands of accounts.
+        for row in session.execute(select(*columns).where(a.id.in_(chunk))):
+            if row.flags != DEFAULT_FLAGS.get(row.kind):
                 # Flags follow from the kind and triggers freeze both: a mismatch means someone
                 # changed the database behind the ledger's back. Refuse to apply anything.
                 raise RuntimeError(f"ledger account {row.id} has flags {row.flags} for kind "
