@@ -77,8 +77,11 @@ def _is_postgres(session: Session) -> bool:
 
 def insert_entries(session: Session, created: Sequence[tuple[Entry, str, str]]) -> None:
     """Append journal rows (entry, prev_hash, hash) in one round trip."""
+    postgres = _is_postgres(session)
+    # SQLite stores U256 amounts as canonical decimal strings (see custody.money).
+    amount = int if postgres else str
     rows = [
-        (e.seq, e.id, e.kind.value, e.debit_account, e.credit_account, e.asset, e.amount,
+        (e.seq, e.id, e.kind.value, e.debit_account, e.credit_account, e.asset, amount(e.amount),
          e.pending_id, e.timeout_s, e.expires_ms, e.code, e.reference, e.timestamp_ms, prev, entry_hash,
          e.actor, e.account_owner, e.account_kind, e.account_flags)
         for e, prev, entry_hash in created
@@ -86,15 +89,13 @@ def insert_entries(session: Session, created: Sequence[tuple[Entry, str, str]]) 
     columns = ", ".join(TRANSFER_COLUMNS)
     cursor = _dbapi(session).cursor()
     try:
-        if _is_postgres(session):
+        if postgres:
             with cursor.copy(f"COPY ledger_transfers ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         else:
-            # SQLite stores U256 amounts as canonical decimal strings (see custody.money).
-            text_rows = [(*row[:6], str(row[6]), *row[7:]) for row in rows]
             marks = ", ".join("?" for _ in TRANSFER_COLUMNS)
-            cursor.executemany(f"INSERT INTO ledger_transfers ({columns}) VALUES ({marks})", text_rows)  # noqa: S608
+            cursor.executemany(f"INSERT INTO ledger_transfers ({columns}) VALUES ({marks})", rows)  # noqa: S608
     finally:
         cursor.close()
 

@@ -284,7 +284,10 @@ class Ledger:
         results: list[TransferResult] = []
         created: list[tuple[Entry, str, str]] = []
         for index, req in enumerate(requests):
-            result = failures.get(index) or _existing_result(index, req, existing)
+            # Most batches have no shape failures and no retried ids: skip those look-ups then.
+            result = failures.get(index) if failures else None
+            if result is None and existing:
+                result = _existing_result(index, req, existing)
             if result is None:
                 try:
                     entry = apply_transfer(req, accounts, pendings, seq=seq + 1, now_ms=now_ms,
