@@ -41,6 +41,11 @@ typedef struct {
     PyObject *ids;       /* set[str] */
     PyObject *totals;    /* dict[str, list[int]] */
     PyObject *pendings;  /* dict[str, tuple[int, int, int]] */
+    /* Account states found before, by id (direct-mapped, strong references): an account's
+       state list is created once, by its open entry, and never replaced, so a hit is current. */
+    long long cached_id[1024];
+    PyObject *cached_state[1024];
+    PyObject *last_asset;  /* the asset str of the previous entry, reused while it repeats */
     long long *stops;    /* sorted line counts where the pure verifier must take over */
     Py_ssize_t nstops;
     Py_ssize_t stop_index;
@@ -264,15 +269,35 @@ static PyObject *amount_of(const Fields *f) {
 }
 
 static PyObject *account(Scanner *s, long long id) {
+    size_t slot = (size_t)id & 1023;
+    if (s->cached_state[slot] != NULL && s->cached_id[slot] == id) return s->cached_state[slot];
     PyObject *key = PyLong_FromLongLong(id);
     if (key == NULL) return NULL;
     PyObject *state = PyDict_GetItemWithError(s->accounts, key);  /* borrowed */
     Py_DECREF(key);
-    if (state != NULL && (!PyList_CheckExact(state) || PyList_GET_SIZE(state) != 6)) {
+    if (state == NULL) return NULL;
+    if (!PyList_CheckExact(state) || PyList_GET_SIZE(state) != 6) {
         PyErr_SetString(PyExc_TypeError, "account states must be lists of six items");
         return NULL;
     }
+    Py_INCREF(state);
+    Py_XSETREF(s->cached_state[slot], state);
+    s->cached_id[slot] = id;
     return state;
+}
+
+/* The entry's asset as a str (new reference), reusing the previous entry's while it repeats. */
+static PyObject *asset_str(Scanner *s, const char *asset, Py_ssize_t n) {
+    PyObject *last = s->last_asset;
+    if (last != NULL && PyUnicode_GET_LENGTH(last) == n && memcmp(PyUnicode_DATA(last), asset, (size_t)n) == 0) {
+        Py_INCREF(last);
+        return last;
+    }
+    PyObject *fresh = PyUnicode_FromStringAndSize(asset, n);
+    if (fresh == NULL) return NULL;
+    Py_INCREF(fresh);
+    Py_XSETREF(s->last_asset, fresh);
+    return fresh;
 }
 
 /*
@@ -380,7 +405,7 @@ static int apply(Scanner *s, const Fields *f) {
         result = broken < 0 ? -1 : 0;
         goto done;
     }
-    asset = PyUnicode_FromStringAndSize(f->asset, f->asset_n);
+    asset = asset_str(s, f->asset, f->asset_n);
     if (asset == NULL) goto done;
     /* The id check last, as one set operation: adding a new id grows the set, a reused one does not. */
     Py_ssize_t known = PySet_GET_SIZE(s->ids);
@@ -520,6 +545,11 @@ static PyObject *Scanner_set_state(Scanner *s, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static void clear_cache(Scanner *s) {
+    for (int i = 0; i < 1024; i++) Py_CLEAR(s->cached_state[i]);
+    Py_CLEAR(s->last_asset);
+}
+
 static int Scanner_init(Scanner *s, PyObject *args, PyObject *kwds) {
     static char *names[] = {"accounts", "ids", "totals", "pendings", "stops", NULL};
     PyObject *accounts, *ids, *totals, *pendings, *stops;
@@ -560,6 +590,7 @@ static int Scanner_init(Scanner *s, PyObject *args, PyObject *kwds) {
     Py_XSETREF(s->totals, totals);
     Py_INCREF(pendings);
     Py_XSETREF(s->pendings, pendings);
+    clear_cache(s);
     memset(s->prev, 0, 32);
     s->depth = 0;
     s->count = 0;
@@ -568,6 +599,7 @@ static int Scanner_init(Scanner *s, PyObject *args, PyObject *kwds) {
 }
 
 static void Scanner_dealloc(Scanner *s) {
+    clear_cache(s);
     Py_XDECREF(s->accounts);
     Py_XDECREF(s->ids);
     Py_XDECREF(s->totals);
