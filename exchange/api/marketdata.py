@@ -18,6 +18,7 @@ every time is Unix milliseconds in a field named ``*_ms``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, TypeVar
 
@@ -147,6 +148,34 @@ def _symbol_arg(required: bool = True) -> InstrumentSpec | None:
     return _spec(symbol)
 
 
+@dataclass(frozen=True, slots=True)
+class Paging:
+    """The query of a list endpoint: the instrument (or None: all of them) and how many rows."""
+
+    spec: InstrumentSpec | None
+    limit: int
+
+    @property
+    def instrument(self) -> InstrumentSpec:
+        assert self.spec is not None, "the endpoint requires symbol, so it is set"
+        return self.spec
+
+
+def _paging(*, symbol_required: bool = True, default: int = DEFAULT_LIMIT, high: int = MAX_LIMIT) -> Paging:
+    """Parse ``symbol`` and ``limit`` the same way for every list endpoint (ApiError names the field)."""
+    spec = _symbol_arg(required=symbol_required)
+    return Paging(spec, query_int("limit", default, low=1, high=high))
+
+
+def _choice(name: str, allowed: tuple[str, ...] | list[str]) -> str | None:
+    """Parse an optional enumerated query parameter; ApiError says what it was and may be."""
+    value = request.args.get(name)
+    if value is not None and value not in allowed:
+        raise ApiError(RequestCode.INVALID_FIELD, f"{name} was {value[:40]!r}, must be one of "
+                       f"{', '.join(allowed)}")
+    return value
+
+
 def _now_ms(md: MarketData) -> int:
     clock = current_app.extensions.get("strongroom.clock")
     return int(clock()) if clock is not None else md.clock_ms
@@ -235,9 +264,8 @@ def instruments() -> ResponseReturnValue:
 @answers({"200": obj({"symbol": STR, "seq": INT, "bids": array(LEVEL), "asks": array(LEVEL)})})
 def depth() -> ResponseReturnValue:
     """Return the order book's top N price levels per side, best first, with its sequence (public)."""
-    spec = _symbol_arg()
-    assert spec is not None
-    limit = query_int("limit", DEFAULT_DEPTH, low=1, high=MAX_DEPTH)
+    paging = _paging(default=DEFAULT_DEPTH, high=MAX_DEPTH)
+    spec, limit = paging.instrument, paging.limit
     md = market()
     with md.lock:
         view = md.depth_view(spec.symbol, limit)
@@ -251,9 +279,8 @@ def depth() -> ResponseReturnValue:
 @answers({"200": obj({"trades": array(PUBLIC_TRADE)})})
 def trades() -> ResponseReturnValue:
     """Return the most recent public trades of an instrument, newest last (public)."""
-    spec = _symbol_arg()
-    assert spec is not None
-    limit = query_int("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+    paging = _paging()
+    spec, limit = paging.instrument, paging.limit
     md = market()
     with md.lock:
         rows = list(md.trades.get(spec.symbol, ()))[-limit:]
@@ -268,16 +295,15 @@ def trades() -> ResponseReturnValue:
     "quote_volume": DEC, "trades": INT}))})})
 def candles() -> ResponseReturnValue:
     """Return OHLCV candles computed from trades (1m, 5m, 15m, 1h, 4h, 1d), oldest first (public)."""
-    spec = _symbol_arg()
-    assert spec is not None
-    interval = request.args.get("interval")
-    if interval not in INTERVALS_MS:
-        raise ApiError(RequestCode.INVALID_FIELD, f"interval was {str(interval)[:40]!r}, must be one of "
-                       f"{', '.join(INTERVALS_MS)}")
+    paging = _paging(default=DEFAULT_CANDLES)
+    spec, limit = paging.instrument, paging.limit
+    interval = _choice("interval", tuple(INTERVALS_MS))
+    if interval is None:
+        raise ApiError(RequestCode.INVALID_FIELD,
+                       f"interval was None, must be one of {', '.join(INTERVALS_MS)}")
     start, end = _time_arg("start_ms"), _time_arg("end_ms")
     if start is not None and end is not None and start > end:
         raise ApiError(RequestCode.INVALID_FIELD, f"start_ms {start} is after end_ms {end}")
-    limit = query_int("limit", DEFAULT_CANDLES, low=1, high=MAX_LIMIT)
     md = market()
     with md.lock:
         rows = md.candle_rows(spec.symbol, interval, start, end, limit)
@@ -350,9 +376,8 @@ def open_interest() -> ResponseReturnValue:
                                                  "time_ms": INT}))})})
 def liquidations() -> ResponseReturnValue:
     """Return recent liquidation orders of an instrument (no account named) (public)."""
-    spec = _symbol_arg()
-    assert spec is not None
-    limit = query_int("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+    paging = _paging()
+    spec, limit = paging.instrument, paging.limit
     md = market()
     with md.lock:
         rows = list(md.liquidations.get(spec.symbol, ()))[-limit:]
@@ -437,11 +462,9 @@ def order_by_id(symbol: str, order_id: str) -> ResponseReturnValue:
 @answers({"200": obj({"orders": array(ORDER)})})
 def order_history() -> ResponseReturnValue:
     """List the caller's orders, live and closed (the last 1,000 closed per account), newest last."""
-    spec = _symbol_arg(required=False)
-    limit = query_int("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
-    status = request.args.get("status")
-    if status not in (None, "open", "closed"):
-        raise ApiError(RequestCode.INVALID_FIELD, f"status was {status[:40]!r}, must be open or closed")
+    paging = _paging(symbol_required=False)
+    spec, limit = paging.spec, paging.limit
+    status = _choice("status", ("open", "closed"))
     owner = current_principal()
     scope = order_scope(owner)
     specs = _specs()
@@ -463,8 +486,8 @@ def order_history() -> ResponseReturnValue:
 @answers({"200": obj({"trades": array(FILL)})})
 def trade_history() -> ResponseReturnValue:
     """List the caller's fills with trade id, fee, realised PnL and liquidation/ADL flags, newest last."""
-    spec = _symbol_arg(required=False)
-    limit = query_int("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+    paging = _paging(symbol_required=False)
+    spec, limit = paging.spec, paging.limit
     owner = current_principal()
     scope = order_scope(owner)
     specs = _specs()
@@ -491,12 +514,9 @@ def trade_history() -> ResponseReturnValue:
 @answers({"200": obj({"income": array(INCOME)})})
 def income() -> ResponseReturnValue:
     """List the caller's income: funding, realised PnL, fees, ADL charges, settlements; newest last."""
-    spec = _symbol_arg(required=False)
-    limit = query_int("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
-    kind = request.args.get("type")
-    if kind is not None and kind not in INCOME_TYPES:
-        raise ApiError(RequestCode.INVALID_FIELD, f"type was {kind[:40]!r}, must be one of "
-                       f"{', '.join(INCOME_TYPES)}")
+    paging = _paging(symbol_required=False)
+    spec, limit = paging.spec, paging.limit
+    kind = _choice("type", tuple(INCOME_TYPES))
     owner = current_principal()
     md = market()
     asset = service().asset
@@ -514,8 +534,8 @@ def income() -> ResponseReturnValue:
 @answers({"200": obj({"open": array(obj({"symbol": STR}, {})), "closed": array(POSITION_ROW)})})
 def position_history() -> ResponseReturnValue:
     """List the caller's open positions (live view) and closed ones with their realised PnL."""
-    spec = _symbol_arg(required=False)
-    limit = query_int("limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+    paging = _paging(symbol_required=False)
+    spec, limit = paging.spec, paging.limit
     owner = current_principal()
     specs = _specs()
     svc = service()

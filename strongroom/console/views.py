@@ -208,31 +208,32 @@ def place_order() -> ResponseReturnValue:
                             "type": kind, "tif": form.get("tif") or "GTC",
                             "margin_mode": form.get("margin_mode") or "cross",
                             "reduce_only": form.get("reduce_only") == "on"}
-    try:
-        body["qty"] = int(form.get("qty", "0"))
+
+    def send() -> api.Answer:
+        try:
+            body["qty"] = int(form.get("qty", "0"))
+        except ValueError:
+            qty = form.get("qty", "")[:20]
+            raise ValueError(f"quantity was {qty!r}, must be a whole number of lots") from None
         if kind in ("limit", "stop_limit"):
             body["price"] = to_minor(form.get("price", ""), USDC_DECIMALS, "price")
         if kind.startswith("stop"):
             body["trigger_price"] = to_minor(form.get("trigger_price", ""), USDC_DECIMALS, "trigger price")
-    except ValueError as exc:
-        flash(str(exc), "error")
-        return _back("console.trade", symbol=symbol)
-    if kind == "market":
-        body.pop("tif")
-    answer = api.call("POST", "/api/v1/exchange/orders", body=body)
-    if answer.ok:
-        flash(f"order {body['id']} placed: {', '.join(e['type'] for e in answer.body['events'])}", "ok")
-    else:
-        _refused(answer)
-    return _back("console.trade", symbol=symbol)
+        if kind == "market":
+            body.pop("tif")
+        return api.call("POST", "/api/v1/exchange/orders", body=body)
+
+    def done(answer: api.Answer) -> str:
+        return f"order {body['id']} placed: {', '.join(e['type'] for e in answer.body['events'])}"
+
+    return _submit(send, done, "console.trade", symbol=symbol)
 
 
 @bp.post("/trade/orders/<symbol>/<order_id>/cancel")
 @page(Permission.TRADE)
 def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
-    answer = api.call("DELETE", f"/api/v1/exchange/orders/{symbol}/{order_id}")
-    flash(f"order {order_id} cancelled", "ok") if answer.ok else _refused(answer)
-    return _back("console.trade", symbol=symbol)
+    return _submit(lambda: api.call("DELETE", f"/api/v1/exchange/orders/{symbol}/{order_id}"),
+                   lambda _: f"order {order_id} cancelled", "console.trade", symbol=symbol)
 
 
 @bp.post("/trade/collateral")
@@ -240,46 +241,43 @@ def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
 def collateral() -> ResponseReturnValue:
     direction = "deposit" if request.form.get("direction") == "deposit" else "withdraw"
     symbol = request.form.get("symbol", "")
-    try:
+    amount = 0
+
+    def send() -> api.Answer:
+        nonlocal amount
         amount = to_minor(request.form.get("amount", ""), USDC_DECIMALS, "amount")
-    except ValueError as exc:
-        flash(str(exc), "error")
-        return _back("console.trade", symbol=symbol)
-    answer = api.call("POST", f"/api/v1/exchange/collateral/{direction}", body={"amount": amount})
-    if answer.ok:
-        flash(f"collateral {direction}: {units('USDC', amount)} USDC", "ok")
-    else:
-        _refused(answer)
-    return _back("console.trade", symbol=symbol)
+        return api.call("POST", f"/api/v1/exchange/collateral/{direction}", body={"amount": amount})
+
+    return _submit(send, lambda _: f"collateral {direction}: {units('USDC', amount)} USDC",
+                   "console.trade", symbol=symbol)
 
 
 @bp.post("/trade/positions/<symbol>/leverage")
 @page(Permission.TRADE)
 def position_leverage(symbol: str) -> ResponseReturnValue:
-    try:
-        chosen = int(request.form.get("leverage", ""))
-    except ValueError:
-        flash("leverage must be a whole number", "error")
-        return _back("console.trade", symbol=symbol)
-    answer = api.call("POST", f"/api/v1/exchange/positions/{symbol}/leverage",
-                      body={"leverage": chosen, "margin_mode": request.form.get("margin_mode") or "cross"})
-    flash(f"{symbol} leverage set to {chosen}x", "ok") if answer.ok else _refused(answer)
-    return _back("console.trade", symbol=symbol)
+    text = request.form.get("leverage", "").strip()
+
+    def send() -> api.Answer:
+        if not text.isdigit() or len(text) > 4:
+            raise ValueError("leverage must be a whole number")
+        return api.call("POST", f"/api/v1/exchange/positions/{symbol}/leverage",
+                        body={"leverage": int(text),
+                              "margin_mode": request.form.get("margin_mode") or "cross"})
+
+    return _submit(send, lambda _: f"{symbol} leverage set to {text}x", "console.trade", symbol=symbol)
 
 
 @bp.post("/trade/positions/<symbol>/margin")
 @page(Permission.TRADE)
 def position_margin(symbol: str) -> ResponseReturnValue:
     direction = "add" if request.form.get("direction") == "add" else "remove"
-    try:
+
+    def send() -> api.Answer:
         amount = to_minor(request.form.get("amount", ""), USDC_DECIMALS, "amount")
-    except ValueError as exc:
-        flash(str(exc), "error")
-        return _back("console.trade", symbol=symbol)
-    answer = api.call("POST", f"/api/v1/exchange/positions/{symbol}/isolated-margin/{direction}",
-                      body={"amount": amount})
-    flash(f"margin {direction}ed", "ok") if answer.ok else _refused(answer)
-    return _back("console.trade", symbol=symbol)
+        return api.call("POST", f"/api/v1/exchange/positions/{symbol}/isolated-margin/{direction}",
+                        body={"amount": amount})
+
+    return _submit(send, lambda _: f"margin {direction}ed", "console.trade", symbol=symbol)
 
 
 # ------------------------------------------------------------------ wallet
@@ -327,44 +325,40 @@ def wallet() -> ResponseReturnValue:
 @page(Permission.WITHDRAW_REQUEST)
 def withdraw() -> ResponseReturnValue:
     form = request.form
-    asset = get_asset(form.get("asset", ""))
-    if asset is None:
-        flash("choose an asset", "error")
-        return _back("console.wallet")
-    try:
+
+    def send() -> api.Answer:
+        asset = get_asset(form.get("asset", ""))
+        if asset is None:
+            raise ValueError("choose an asset")
         amount = to_minor(form.get("amount", ""), asset.decimals, "amount")
-    except ValueError as exc:
-        flash(str(exc), "error")
-        return _back("console.wallet")
-    answer = api.call("POST", "/api/v1/withdrawals", mfa=form.get("code", "").strip(),
-                      idempotency_key=form.get("idempotency_key", "")[:128],
-                      body={"asset": asset.code, "amount": str(amount),
-                            "destination": form.get("destination", "").strip()})
-    if answer.ok:
+        return api.call("POST", "/api/v1/withdrawals", mfa=form.get("code", "").strip(),
+                        idempotency_key=form.get("idempotency_key", "")[:128],
+                        body={"asset": asset.code, "amount": str(amount),
+                              "destination": form.get("destination", "").strip()})
+
+    def done(answer: api.Answer) -> str:
         w = answer.body["withdrawal"]
-        flash(f"withdrawal {w['id']} of {units(w['asset'], w['amount'])} {w['asset']}: {w['state']}", "ok")
-    else:
-        _refused(answer)
-    return _back("console.wallet")
+        return f"withdrawal {w['id']} of {units(w['asset'], w['amount'])} {w['asset']}: {w['state']}"
+
+    return _submit(send, done, "console.wallet")
 
 
 @bp.post("/wallet/withdrawals/<withdrawal_id>/cancel")
 @page(Permission.WITHDRAW_REQUEST)
 def cancel_withdrawal(withdrawal_id: str) -> ResponseReturnValue:
-    answer = api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/cancel")
-    flash("withdrawal cancelled", "ok") if answer.ok else _refused(answer)
-    return _back("console.wallet")
+    return _submit(lambda: api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/cancel"),
+                   lambda _: "withdrawal cancelled", "console.wallet")
 
 
 @bp.post("/wallet/whitelist")
 @page(Permission.WHITELIST_MANAGE_OWN)
 def add_whitelist() -> ResponseReturnValue:
     form = request.form
-    answer = api.call("POST", "/api/v1/whitelist", mfa=form.get("code", "").strip(),
-                      body={"asset": form.get("asset", ""), "address": form.get("address", "").strip(),
-                            "label": form.get("label", "")[:128]})
-    flash("address whitelisted; the policy's timelock starts now", "ok") if answer.ok else _refused(answer)
-    return _back("console.wallet")
+    return _submit(lambda: api.call("POST", "/api/v1/whitelist", mfa=form.get("code", "").strip(),
+                                    body={"asset": form.get("asset", ""),
+                                          "address": form.get("address", "").strip(),
+                                          "label": form.get("label", "")[:128]}),
+                   lambda _: "address whitelisted; the policy's timelock starts now", "console.wallet")
 
 
 # ------------------------------------------------------------------ treasury
@@ -487,11 +481,10 @@ def import_bundle() -> ResponseReturnValue:
 @page(Permission.WITHDRAW_APPROVE)
 def register_device() -> ResponseReturnValue:
     form = request.form
-    answer = api.call("POST", "/api/v1/approver-keys", mfa=form.get("code", "").strip(),
-                      body={"key_id": form.get("key_id", ""), "public_key": form.get("public_key", ""),
-                            "scheme": "ed25519"})
-    flash("this browser is now one of your approval devices", "ok") if answer.ok else _refused(answer)
-    return _back("console.treasury")
+    return _submit(lambda: api.call("POST", "/api/v1/approver-keys", mfa=form.get("code", "").strip(),
+                                    body={"key_id": form.get("key_id", ""),
+                                          "public_key": form.get("public_key", ""), "scheme": "ed25519"}),
+                   lambda _: "this browser is now one of your approval devices", "console.treasury")
 
 
 @bp.post("/treasury/withdrawals/<withdrawal_id>/approve")
@@ -500,29 +493,28 @@ def approve(withdrawal_id: str) -> ResponseReturnValue:
     from strongroom.console.approvals import signed_approval
 
     form = request.form
-    try:
-        approval = signed_approval(withdrawal_id, g.console_user.username, form)
-    except (ValueError, PolicyError) as exc:
-        flash(str(exc), "error")
-        return _back("console.treasury")
-    answer = api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/approvals",
-                      mfa=form.get("code", "").strip(),
-                      body={"approval": base64.b64encode(approval).decode("ascii")})
-    if answer.ok:
-        flash(f"approved: withdrawal is now {answer.body['withdrawal']['state']}", "ok")
-    else:
-        _refused(answer)
-    return _back("console.treasury")
+
+    def send() -> api.Answer:
+        try:
+            approval = signed_approval(withdrawal_id, g.console_user.username, form)
+        except PolicyError as exc:
+            raise ValueError(str(exc)) from None
+        return api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/approvals",
+                        mfa=form.get("code", "").strip(),
+                        body={"approval": base64.b64encode(approval).decode("ascii")})
+
+    return _submit(send, lambda a: f"approved: withdrawal is now {a.body['withdrawal']['state']}",
+                   "console.treasury")
 
 
 @bp.post("/treasury/withdrawals/<withdrawal_id>/reject")
 @page(Permission.WITHDRAW_APPROVE)
 def reject(withdrawal_id: str) -> ResponseReturnValue:
     form = request.form
-    answer = api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/reject", mfa=form.get("code", "").strip(),
-                      body={"reason": form.get("reason", "")[:256]})
-    flash("withdrawal rejected; the hold is released", "ok") if answer.ok else _refused(answer)
-    return _back("console.treasury")
+    return _submit(lambda: api.call("POST", f"/api/v1/withdrawals/{withdrawal_id}/reject",
+                                    mfa=form.get("code", "").strip(),
+                                    body={"reason": form.get("reason", "")[:256]}),
+                   lambda _: "withdrawal rejected; the hold is released", "console.treasury")
 
 
 # ------------------------------------------------------------------ auditor
@@ -576,18 +568,14 @@ def _market_instruments() -> list[dict[str, Any]]:
 def create_user() -> ResponseReturnValue:
     form = request.form
     roles = [r for r in form.getlist("roles") if r in ROLE_NAMES]
-    try:
-        tier = int(form.get("kyc_tier", "0"))
-    except ValueError:
-        tier = -1
-    answer = api.call("POST", "/api/v1/users", mfa=form.get("code", "").strip(),
-                      body={"username": form.get("username", "").strip(), "roles": roles, "kyc_tier": tier})
-    if answer.ok:
-        flash(f"user {answer.body['user']['username']} created; first API key "
-              f"{answer.body['key']['key_id']} secret (shown once): {answer.body['secret']}", "ok")
-    else:
-        _refused(answer)
-    return _back("console.admin")
+    tier_text = form.get("kyc_tier", "0").strip()
+    tier = int(tier_text) if tier_text.isdigit() and len(tier_text) < 4 else -1
+    return _submit(lambda: api.call("POST", "/api/v1/users", mfa=form.get("code", "").strip(),
+                                    body={"username": form.get("username", "").strip(), "roles": roles,
+                                          "kyc_tier": tier}),
+                   lambda a: (f"user {a.body['user']['username']} created; first API key "
+                              f"{a.body['key']['key_id']} secret (shown once): {a.body['secret']}"),
+                   "console.admin")
 
 
 @bp.get("/keys")
@@ -601,35 +589,31 @@ def keys() -> ResponseReturnValue:
 @page(Permission.APIKEY_MANAGE_OWN)
 def create_key() -> ResponseReturnValue:
     form = request.form
-    answer = api.call("POST", "/api/v1/api-keys", mfa=form.get("code", "").strip(),
-                      body={"scopes": [s for s in form.getlist("scopes") if s in SCOPE_NAMES],
-                            "label": form.get("label", "")[:128]})
-    if answer.ok:
-        flash(f"key {answer.body['key']['key_id']} created; secret (shown once, store it now): "
-              f"{answer.body['secret']}", "ok")
-    else:
-        _refused(answer)
-    return _back("console.keys")
+    return _submit(lambda: api.call("POST", "/api/v1/api-keys", mfa=form.get("code", "").strip(),
+                                    body={"scopes": [s for s in form.getlist("scopes") if s in SCOPE_NAMES],
+                                          "label": form.get("label", "")[:128]}),
+                   lambda a: (f"key {a.body['key']['key_id']} created; secret (shown once, store it now): "
+                              f"{a.body['secret']}"),
+                   "console.keys")
 
 
 @bp.post("/keys/<key_id>/revoke")
 @page(Permission.APIKEY_MANAGE_OWN)
 def revoke_key(key_id: str) -> ResponseReturnValue:
-    answer = api.call("POST", f"/api/v1/api-keys/{key_id}/revoke", mfa=request.form.get("code", "").strip())
-    flash(f"key {key_id} revoked", "ok") if answer.ok else _refused(answer)
-    return _back("console.keys")
+    return _submit(lambda: api.call("POST", f"/api/v1/api-keys/{key_id}/revoke",
+                                    mfa=request.form.get("code", "").strip()),
+                   lambda _: f"key {key_id} revoked", "console.keys")
 
 
 @bp.post("/admin/users/<username>/disable")
 @page(Permission.USERS_MANAGE)
 def disable_user(username: str) -> ResponseReturnValue:
-    answer = api.call("POST", f"/api/v1/users/{username}/disable", mfa=request.form.get("code", "").strip())
-    if answer.ok:
+    def done(_: api.Answer) -> str:
         accounts().end_sessions_of(username)
-        flash(f"{username} disabled: keys stop working, console sessions ended", "ok")
-    else:
-        _refused(answer)
-    return _back("console.admin")
+        return f"{username} disabled: keys stop working, console sessions ended"
+
+    return _submit(lambda: api.call("POST", f"/api/v1/users/{username}/disable",
+                                    mfa=request.form.get("code", "").strip()), done, "console.admin")
 
 
 # ------------------------------------------------------------------ markets (admin)

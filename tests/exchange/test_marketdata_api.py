@@ -128,6 +128,9 @@ def test_market_instruments_mark_open_interest_and_insurance(client: FlaskClient
     ("/depth", {"symbol": "BTC-PERP", "limit": 0}, 400),
     ("/depth", {"symbol": "BTC-PERP", "limit": "ten"}, 400),
     ("/trades", {"symbol": "BTC-PERP", "limit": 1001}, 400),
+    ("/liquidations", {"symbol": "BTC-PERP", "limit": 0}, 400),
+    ("/candles", {"symbol": "BTC-PERP", "interval": "1m", "limit": "ten"}, 400),
+    ("/candles", {"symbol": "NOPE", "interval": "1m"}, 404),
     ("/candles", {"symbol": "BTC-PERP"}, 400),
     ("/candles", {"symbol": "BTC-PERP", "interval": "7m"}, 400),
     ("/candles", {"symbol": "BTC-PERP", "interval": "1m", "start_ms": 5, "end_ms": 4}, 400),
@@ -225,3 +228,4 @@ def test_market_public_endpoints_are_rate_limited_per_client_ip(
         assert other.status_code == 200  # another client's budget is its own
     finally:
         limited.extensions["strongroom.engine"].dispose()
+

@@ -172,3 +172,23 @@ def test_trader_creates_and_revokes_own_api_key_with_totp(console_app, people, c
                  code=people["alice"].totp.at(clock() // 1000 + 30))
     assert f"key {key_id} revoked" in html
     assert re.search(rf'data-key="{key_id}">.*?class="state">revoked<', html, re.S)
+
+
+def test_form_with_bad_input_shows_the_reason_and_calls_nothing(console_app, people, clock):
+    _fund(console_app, "alice")
+    client = logged_in(console_app, people["alice"], clock)
+    html = _page(client, "/console/trade?symbol=BTC-PERP")
+    html = _post(client, "/console/trade/orders", html, symbol="BTC-PERP", id="q1", side="buy", type="limit",
+                 qty="1.5", price="58000", tif="GTC", margin_mode="cross")
+    assert "quantity was &#39;1.5&#39;, must be a whole number of lots" in html, notices(html)
+    html = _post(client, "/console/trade/collateral", html, direction="deposit", amount="-5",
+                 symbol="BTC-PERP")
+    assert "amount was &#39;-5&#39;, must be positive" in html, notices(html)
+    html = _post(client, "/console/trade/positions/BTC-PERP/leverage", html, leverage="1e3")
+    assert "leverage must be a whole number" in html, notices(html)
+    html = _post(client, "/console/wallet/withdrawals", _page(client, "/console/wallet"), asset="NOPE",
+                 amount="1", destination="x", code="", idempotency_key="k1")
+    assert "choose an asset" in html, notices(html)
+    # Nothing reached the exchange or the withdrawals service.
+    assert _page(client, "/console/trade?symbol=BTC-PERP").count("data-order-id=") == 0
+    assert "data-state=" not in _page(client, "/console/wallet")
