@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -27,10 +28,28 @@ log = logging.getLogger("strongroom.events")
 
 FETCH_MAX = 256
 FETCH_TIMEOUT_S = 0.25
+# After the first message, what else is already there is taken without lingering longer.
+DRAIN_TIMEOUT_S = 0.002
 RETRY_S = 0.3
 STALL_CHECK_S = 1.0
 
 Handler = Callable[[EventBatch], Awaitable[None]]
+
+
+async def fetch_ready(sub: JetStreamContext.PullSubscription, limit: int,
+                      timeout_s: float) -> list[Msg]:
+    """Wait up to `timeout_s` for one message, then take what else is ready, up to `limit`.
+
+    nats-py's `fetch(n)` on an idle consumer lingers until it has n messages or its
+    timeout passed, so a lone command would wait the whole timeout: the latency floor
+    of every hop. One message is awaited alone; the rest are only drained.
+    Raise TimeoutError (nats' or asyncio's) if nothing came.
+    """
+    msgs = await sub.fetch(1, timeout=timeout_s)
+    if limit > 1:
+        with contextlib.suppress(TimeoutError):
+            msgs += await sub.fetch(limit - 1, timeout=DRAIN_TIMEOUT_S)
+    return msgs
 
 
 class EventFollower:
@@ -83,7 +102,7 @@ class EventFollower:
     async def _follow(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(FETCH_MAX, timeout=FETCH_TIMEOUT_S)
+                msgs = await fetch_ready(sub, FETCH_MAX, FETCH_TIMEOUT_S)
             except TimeoutError:  # nats' own and asyncio's: nothing new, or a lost consumer
                 if await self._stalled():
                     return

@@ -37,6 +37,7 @@ from exchange.engine.instrument import Instrument
 from exchange.engine.orderbook import OrderBook
 from exchange.engine.replay import parse_line
 from exchange.engine.snapshot import SnapshotBody
+from exchange.stream.follower import fetch_ready
 from exchange.stream.topology import (
     EVENTS_STREAM,
     LEASE_RENEW_S,
@@ -230,7 +231,7 @@ class EngineWorker:
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> list[tuple[int, bytes]]:
         try:
-            msgs = await sub.fetch(BATCH_MAX_COMMANDS, timeout=FETCH_TIMEOUT_S)
+            msgs = await fetch_ready(sub, BATCH_MAX_COMMANDS, FETCH_TIMEOUT_S)
         except TimeoutError:  # nats' own and, on some paths, asyncio's: nothing new
             return []
         out: list[tuple[int, bytes]] = []
