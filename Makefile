@@ -32,6 +32,7 @@ bench: bootstrap
 	.venv/bin/python benchmarks/market_bench.py
 	.venv/bin/python benchmarks/marketdata_bench.py
 	.venv/bin/python benchmarks/scaleout_bench.py
+	.venv/bin/python benchmarks/scaleout_api_bench.py  # needs STRONGROOM_DATABASE_URL (empty PostgreSQL)
 	.venv/bin/python benchmarks/compliance_bench.py
 
 clean:
