@@ -236,6 +236,31 @@ def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
                    lambda _: f"order {order_id} cancelled", "console.trade", symbol=symbol)
 
 
+@bp.post("/trade/orders/<symbol>/<order_id>/amend")
+@page(Permission.TRADE)
+def amend_order(symbol: str, order_id: str) -> ResponseReturnValue:
+    """Change a resting limit order's price and/or quantity (the API's PATCH; blank keeps a field)."""
+    form = request.form
+
+    def send() -> api.Answer:
+        body: dict[str, Any] = {}
+        if form.get("price", "").strip():
+            body["price"] = to_minor(form.get("price", ""), USDC_DECIMALS, "price")
+        qty = form.get("qty", "").strip()
+        if qty:
+            if not qty.isdigit() or len(qty) > 18:
+                raise ValueError(f"quantity was {qty[:20]!r}, must be a whole number of lots")
+            body["qty"] = int(qty)
+        if not body:
+            raise ValueError("give a new price or quantity")
+        return api.call("PATCH", f"/api/v1/exchange/orders/{symbol}/{order_id}", body=body)
+
+    def done(answer: api.Answer) -> str:
+        return f"order {order_id} amended: {', '.join(e['type'] for e in answer.body['events'])}"
+
+    return _submit(send, done, "console.trade", symbol=symbol)
+
+
 @bp.post("/trade/collateral")
 @page(Permission.TRADE)
 def collateral() -> ResponseReturnValue:

@@ -246,13 +246,18 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
     level.first.wait_for()  # our order on the book, seen through the polled depth
     _shot(page, server, "trader-desktop")
     order_id = page.locator("#open-orders tbody tr[data-order-id]").first.get_attribute("data-order-id")
-    page.locator(f"#open-orders tr[data-order-id='{order_id}'] button").click()
+    row = page.locator(f"#open-orders tr[data-order-id='{order_id}']")
+    row.locator(".amend-order input[name=price]").fill(str(price - 10))
+    row.locator(".amend-order button").click()
+    assert "amended" in _notice(page), _notice(page)
+    page.locator("#bids tr", has_text=f"{price - 10}.0").first.wait_for()  # the book moved with it
+    page.locator(f"#open-orders tr[data-order-id='{order_id}'] .cancel-order button").click()
     assert "cancelled" in _notice(page)
     _wait_until(
         page,
         "price => ![...document.querySelectorAll('#bids tr td:first-child')]"
         ".some(td => td.textContent === price)",
-        f"{price}.0")
+        f"{price - 10}.0")
 
     # A market buy from a second tab: this tab, not reloaded, sees the trade arrive on the stream.
     other = context.new_page()

@@ -192,3 +192,26 @@ def test_form_with_bad_input_shows_the_reason_and_calls_nothing(console_app, peo
     # Nothing reached the exchange or the withdrawals service.
     assert _page(client, "/console/trade?symbol=BTC-PERP").count("data-order-id=") == 0
     assert "data-state=" not in _page(client, "/console/wallet")
+
+
+def test_trader_amends_resting_order_price_and_quantity(console_app, people, clock):
+    _fund(console_app, "alice")
+    client = logged_in(console_app, people["alice"], clock)
+    html = _page(client, "/console/trade?symbol=BTC-PERP")
+    html = _post(client, "/console/trade/collateral", html, direction="deposit", amount="10000",
+                 symbol="BTC-PERP")
+    html = _post(client, "/console/trade/orders", html, symbol="BTC-PERP", id="a1", side="buy", type="limit",
+                 qty="2", price="58000", tif="GTC", margin_mode="cross")
+    assert "order a1 placed" in html, notices(html)
+    assert 'action="/console/trade/orders/BTC-PERP/a1/amend"' in html  # the row's amend form
+    html = _post(client, "/console/trade/orders/BTC-PERP/a1/amend", html, price="57900.5", qty="1")
+    assert "order a1 amended" in html, notices(html)
+    book = console_app.test_client().get("/api/v1/market/depth", base_url=LOCAL,
+                                         query_string={"symbol": "BTC-PERP"}).get_json()
+    assert ["57900.5", "0.001", "1"] in book["bids"] and not any(b[0] == "58000.0" for b in book["bids"])
+    html = _post(client, "/console/trade/orders/BTC-PERP/a1/amend", html, price="", qty="")
+    assert "give a new price or quantity" in html, notices(html)
+    html = _post(client, "/console/trade/orders/BTC-PERP/a1/amend", html, price="abc", qty="")
+    assert "price was &#39;abc&#39;" in html, notices(html)
+    html = _post(client, "/console/trade/orders/BTC-PERP/nope/amend", html, price="57000", qty="")
+    assert re.search(r"\b3\d{3} \w+:", " ".join(notices(html))), notices(html)  # the book's own refusal
