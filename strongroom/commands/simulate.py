@@ -23,7 +23,12 @@ def _faults(value: str) -> tuple[str, ...]:
         return ()
     if value == "all":
         return FAULTS
-    chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+    groups = {"default": DEFAULT_FAULTS, "all": FAULTS}
+    chosen: tuple[str, ...] = ()
+    for name in (v.strip() for v in value.split(",") if v.strip()):
+        for fault in groups.get(name, (name,)):
+            if fault not in chosen:
+                chosen += (fault,)
     unknown = [v for v in chosen if v not in FAULTS]
     if unknown:
         raise click.BadParameter(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}",

@@ -241,3 +241,10 @@ def test_simulate_command_postgres_without_a_server_url_is_refused(monkeypatch: 
     outcome = CliRunner().invoke(simulate, ["--database", "postgres"])
     assert outcome.exit_code == 2
     assert "STRONGROOM_TEST_POSTGRES_URL" in outcome.output
+
+
+def test_simulate_faults_default_plus_a_named_fault_is_the_union() -> None:
+    from strongroom.commands.simulate import _faults
+
+    chosen = _faults("default,concurrent")
+    assert chosen == (*actors.DEFAULT_FAULTS, "concurrent")
