@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.access.approvers import load_registry
@@ -480,10 +480,21 @@ class Treasury:
         return started
 
     def _credited_balance(self, deposit_wallet: object, asset: str, address: str) -> int:
-        """Return the on-chain balance at ``address`` that is already credited (not in flight)."""
-        from custody.wallets.models import ChainDeposit
+        """Return the on-chain balance at ``address`` that is already credited (not in flight).
+
+        Only blocks the deposit watcher has scanned count: a deposit in a newer block is not even
+        ``seen`` yet, and sweeping it would move coins a reorg can still take back (simulator
+        finding, tests/simulation/test_faults.py)."""
+        from custody.wallets.models import ChainBlock, ChainDeposit
 
         on_chain = self._adapter.balance(address, asset)
+        with self._sessions() as session:
+            scanned = session.scalar(select(func.max(ChainBlock.height))
+                                     .where(ChainBlock.chain == self._chain))
+        if scanned is None:
+            return 0
+        on_chain = min(on_chain, self._adapter.balance(address, asset,
+                                                       at_height=min(scanned, self._adapter.head_height())))
         with self._sessions() as session:
             unconfirmed = session.scalars(
                 select(ChainDeposit.amount_minor).where(

@@ -183,3 +183,18 @@ def test_simulation_fixed_seed_on_postgresql_holds_every_invariant_and_matches_s
     outcomes = _outcomes(faulted)
     assert outcomes[0] == "withdraw: commit 1 fail: 503 database_unavailable"
     assert outcomes[18] in ("200 approved", "201 approved"), outcomes[18]
+
+
+def test_simulation_consolidation_before_the_watcher_saw_a_deposit_that_is_then_reorged_settles() -> None:
+    """Finding (seed 40, 150 steps, default faults + concurrent): a consolidation counted a deposit
+    the deposit watcher had not scanned yet as credited; a reorg then removed the deposit, and the
+    consolidation stayed queued forever, short of the amount it was created for."""
+    actions = [
+        {"op": "deposit", "trader": "trader0", "asset": "ETH", "amount": 9 * ETH // 10},
+        {"op": "stuck_tx", "blocks": 3, "drop": False, "reverse": False},
+        {"op": "consolidate", "asset": "ETH"},  # before any wallet round has seen the deposit's block
+        {"op": "reorg", "depth": 1},  # the deposit's block is replaced; the deposit is gone
+        {"op": "mine", "blocks": 3}, {"op": "wallet_tick"},
+    ]
+    result = runner.run(40, len(actions), actions=actions)
+    assert result.ok, _explain(result)  # settled_after_quiescence: no transaction left queued
