@@ -269,6 +269,9 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
     _wait_until(page, "() => [...document.querySelectorAll('#trades tbody tr td:nth-child(2)')]"
                       ".some(td => td.textContent === '0.001')")
     other.close()
+    # Charts drawn in the page (canvas, no library): the trade makes a candle, the book a depth curve.
+    _wait_until(page, "() => Number(document.getElementById('candle-chart').dataset.candles) >= 1")
+    _wait_until(page, "() => Number(document.getElementById('depth-chart').dataset.levels) >= 2")
     # The position it opened reaches this page over the private stream (listen token), no reload:
     # size, entry, mark, uPnL, liquidation price, leverage.
     position = page.locator("#positions tbody tr", has_text="BTC-PERP").first

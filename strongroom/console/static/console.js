@@ -51,6 +51,7 @@ async function pollMarket(symbol) {
     const depth = await getJson(`/api/v1/market/depth?symbol=${encodeURIComponent(symbol)}&limit=12`);
     renderLevels(document.getElementById("asks"), depth.asks, true);
     renderLevels(document.getElementById("bids"), depth.bids, false);
+    drawDepth(depth.bids, depth.asks);
     setBookStatus(`polling · seq ${depth.seq}`);
     const trades = await getJson(`/api/v1/market/trades?symbol=${encodeURIComponent(symbol)}&limit=20`);
     renderTrades(trades.trades.slice().reverse());
@@ -81,6 +82,7 @@ function streamMarket(symbol, url) {
   const render = () => {
     renderLevels(document.getElementById("asks"), levels(book.asks, true), true);
     renderLevels(document.getElementById("bids"), levels(book.bids, false), false);
+    drawDepth(levels(book.bids, false), levels(book.asks, true));
     setBookStatus(`live · seq ${book.seq}`);
   };
   const apply = (side, changes) => {
@@ -121,6 +123,99 @@ function streamMarket(symbol, url) {
   });
   ws.addEventListener("close", fallBack);
   ws.addEventListener("error", fallBack);
+}
+
+// ---------------------------------------------------------------- charts
+
+const CANDLE_POLL_MS = 3000;
+const CHART_UP = "#0ecb81";
+const CHART_DOWN = "#f6465d";
+const CHART_GRID = "#26313c";
+const CHART_TEXT = "#8b98a5";
+
+function chartContext(canvas) {
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.font = "11px sans-serif";
+  return ctx;
+}
+
+// Price axis labels and a scale from [low, high] to the canvas height (a margin top and bottom).
+function priceScale(ctx, canvas, low, high) {
+  const pad = 14;
+  const span = high - low || Math.abs(high) * 0.001 || 1;
+  const y = (p) => pad + (canvas.height - 2 * pad) * (1 - (p - low) / span);
+  ctx.fillStyle = CHART_TEXT;
+  ctx.strokeStyle = CHART_GRID;
+  for (let i = 0; i <= 4; i++) {
+    const p = low + (span * i) / 4;
+    ctx.beginPath(); ctx.moveTo(0, y(p)); ctx.lineTo(canvas.width - 70, y(p)); ctx.stroke();
+    ctx.fillText(p.toFixed(1), canvas.width - 66, y(p) + 4);
+  }
+  return y;
+}
+
+function drawCandles(canvas, candles) {
+  const ctx = chartContext(canvas);
+  canvas.dataset.candles = String(candles.length);
+  if (candles.length === 0) return;
+  const rows = candles.map((c) => ({ o: Number(c.open), h: Number(c.high), l: Number(c.low), c: Number(c.close) }));
+  const y = priceScale(ctx, canvas, Math.min(...rows.map((r) => r.l)), Math.max(...rows.map((r) => r.h)));
+  const width = (canvas.width - 80) / Math.max(rows.length, 30);
+  rows.forEach((r, i) => {
+    const x = 4 + i * width + width / 2;
+    ctx.strokeStyle = ctx.fillStyle = r.c >= r.o ? CHART_UP : CHART_DOWN;
+    ctx.beginPath(); ctx.moveTo(x, y(r.h)); ctx.lineTo(x, y(r.l)); ctx.stroke();
+    const top = y(Math.max(r.o, r.c));
+    ctx.fillRect(x - width * 0.35, top, width * 0.7, Math.max(1, y(Math.min(r.o, r.c)) - top));
+  });
+}
+
+async function pollCandles(canvas) {
+  const note = document.getElementById("candles-note");
+  try {
+    const body = await getJson(`/api/v1/market/candles?symbol=${encodeURIComponent(canvas.dataset.symbol)}` +
+      `&interval=${canvas.dataset.interval}&limit=120`);
+    drawCandles(canvas, body.candles);
+    note.textContent = body.candles.length ? `${body.candles.length} candles` : "no trades yet";
+  } catch (err) {
+    note.textContent = "unavailable";
+  }
+  setTimeout(() => pollCandles(canvas), CANDLE_POLL_MS);
+}
+
+// Cumulative size from the best price outwards on each side: bids left of the mid, asks right.
+function drawDepth(bids, asks) {
+  const canvas = document.getElementById("depth-chart");
+  if (!canvas) return;
+  const ctx = chartContext(canvas);
+  const cumulative = (levels) => {
+    let total = 0;
+    return levels.map((l) => { total += Number(l[1]); return [Number(l[0]), total]; });
+  };
+  const b = cumulative(bids);
+  const a = cumulative(asks);
+  canvas.dataset.levels = String(b.length + a.length);
+  if (b.length + a.length === 0) return;
+  const prices = b.concat(a).map((p) => p[0]);
+  const low = Math.min(...prices);
+  const high = Math.max(...prices);
+  const most = Math.max(...b.concat(a).map((p) => p[1]));
+  const x = (p) => 4 + (canvas.width - 8) * ((p - low) / (high - low || 1));
+  const y = (q) => canvas.height - 16 - (canvas.height - 30) * (q / most);
+  for (const [side, colour] of [[b, CHART_UP], [a, CHART_DOWN]]) {
+    if (side.length === 0) continue;
+    ctx.strokeStyle = colour;
+    ctx.fillStyle = colour + "33";
+    ctx.beginPath();
+    ctx.moveTo(x(side[0][0]), canvas.height - 16);
+    for (const [price, total] of side) ctx.lineTo(x(price), y(total));
+    ctx.lineTo(x(side[side.length - 1][0]), canvas.height - 16);
+    ctx.closePath(); ctx.fill(); ctx.stroke();
+  }
+  ctx.fillStyle = CHART_TEXT;
+  ctx.fillText(low.toFixed(1), 4, canvas.height - 3);
+  ctx.fillText(high.toFixed(1), canvas.width - 60, canvas.height - 3);
 }
 
 function orderTypeFields() {
@@ -343,6 +438,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const book = document.getElementById("book-card");
   if (book && book.dataset.stream) streamMarket(book.dataset.symbol, book.dataset.stream);
   else if (book) pollMarket(book.dataset.symbol);
+  const candles = document.getElementById("candle-chart");
+  if (candles) pollCandles(candles);
   orderTypeFields();
   deviceForm();
   approveForms();
