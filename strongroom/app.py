@@ -77,7 +77,8 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.extensions["strongroom.clock"] = clock
     app.extensions["strongroom.access"] = build_access_services(
         sessions, app.extensions["strongroom.keystore"], app.extensions["strongroom.ledger"], clock,
-        prices_usd_cents=app.config.get("PRICES_USD_CENTS"))
+        prices_usd_cents=app.config.get("PRICES_USD_CENTS"),
+        travel_rule_threshold_usd_cents=app.config.get("TRAVEL_RULE_THRESHOLD_USD_CENTS"))
 
     # KYC providers that answer by signed callback: {"name": secret bytes} (docs/compliance.md).
     kyc_secrets = app.config.get("KYC_PROVIDER_SECRETS") or {}

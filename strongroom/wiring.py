@@ -24,8 +24,9 @@ from custody.compliance.cases import Cases
 from custody.compliance.deposits import DepositCompliance
 from custody.compliance.kyc import Kyc
 from custody.compliance.monitoring import Monitoring
-from custody.compliance.pii import PersonalData
+from custody.compliance.pii import EnvelopeBox, PersonalData
 from custody.compliance.screening import Screening
+from custody.compliance.travel_rule import TRAVEL_RULE_KEY_NAME, TravelRule
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.withdrawals.service import Withdrawals
@@ -43,6 +44,7 @@ def build_access_services(
     clock: Callable[[], int],
     prices_usd_cents: Mapping[str, int] | None = None,
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS,
+    travel_rule_threshold_usd_cents: int | None = None,
 ) -> AccessServices:
     """Build users, keys, MFA, approver keys, the policy store, withdrawals and ledger operations."""
     secrets = SecretBox(keystore)
@@ -52,6 +54,12 @@ def build_access_services(
     screening = Screening(sessions, clock)
     # Every destination and whitelist entry is screened against the current sanctions list.
     withdrawals.screen = screening.screen_destination
+    travel_rule = None
+    if travel_rule_threshold_usd_cents is not None:
+        # Withdrawals at or above the threshold must carry IVMS101 data (docs/compliance.md).
+        travel_rule = TravelRule(sessions, EnvelopeBox(keystore, TRAVEL_RULE_KEY_NAME), clock,
+                                 travel_rule_threshold_usd_cents)
+        withdrawals.travel_rule = travel_rule.check
     return AccessServices(
         sessions=sessions,
         clock=clock,
@@ -69,6 +77,7 @@ def build_access_services(
         monitoring=Monitoring(sessions, clock, prices),
         personal_data=PersonalData(sessions, keystore, clock),
         recv_window_ms=recv_window_ms,
+        travel_rule=travel_rule,
     )
 
 

@@ -358,3 +358,14 @@ def read_personal_data(username: str) -> ResponseReturnValue:
     """Read a user's identity record (``?purpose=`` required; the read is in the security log)."""
     record = services().personal_data.read(_viewer(), username[:64], request.args.get("purpose", "")[:300])
     return json_response({"personal_data": record})
+
+
+@bp.get("/travel-rule/<withdrawal_id>")
+@PII_READ
+@answers({"200": obj({"ivms101": OBJECT, "transfer": OBJECT})})
+def export_travel_rule(withdrawal_id: str) -> ResponseReturnValue:
+    """Export a withdrawal's travel-rule data as IVMS101 for the beneficiary's VASP (logged)."""
+    travel_rule = services().travel_rule
+    if travel_rule is None:
+        raise ComplianceError(ComplianceCode.TRAVEL_RULE_NOT_FOUND, "the travel rule is not configured")
+    return json_response(travel_rule.export(_viewer(), withdrawal_id[:120]))

@@ -26,6 +26,7 @@ from custody.compliance.kyc import Kyc
 from custody.compliance.monitoring import Monitoring
 from custody.compliance.pii import PersonalData
 from custody.compliance.screening import Screening
+from custody.compliance.travel_rule import TravelRule
 from custody.withdrawals.service import Withdrawals
 from policies.request_signing import DEFAULT_RECV_WINDOW_MS
 from policies.results import Refusal
@@ -52,6 +53,7 @@ class AccessServices:
     monitoring: Monitoring
     personal_data: PersonalData
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
+    travel_rule: TravelRule | None = None
 
     def log_refusal(
         self, key_id: str, username: str | None, refusal: Refusal, method: str, path: str

@@ -46,6 +46,7 @@ WITHDRAWAL_SCHEMA = {
         "amount": {"type": "string", "pattern": "^[0-9]{1,78}$"},
         "destination": {"type": "string", "maxLength": 256},
         "source_wallet": {"enum": ["hot", "cold"]},
+        "travel_rule": {"type": "object"},
     },
 }
 APPROVAL_SCHEMA = {
@@ -120,7 +121,8 @@ def remove_whitelist(entry_id: int) -> ResponseReturnValue:
 def create_withdrawal() -> ResponseReturnValue:
     """Request a withdrawal: funds are held, the policy decides, the decision is explained."""
     body = json_object()
-    reject_unknown(body, {"asset", "amount", "destination", "source_wallet"})
+    reject_unknown(body, {"asset", "amount", "destination", "source_wallet", "travel_rule"})
+    travel_rule = body.get("travel_rule")
     caller = principal()
     view = services().withdrawals.create(
         caller.user,
@@ -129,6 +131,7 @@ def create_withdrawal() -> ResponseReturnValue:
             amount_minor=field_amount(body, "amount") or 0,
             destination=field_str(body, "destination") or "",
             source_wallet=field_str(body, "source_wallet", required=False, default="hot") or "",
+            travel_rule=travel_rule if isinstance(travel_rule, dict) else None,
         ),
         _withdrawal_id(caller.username),
     )

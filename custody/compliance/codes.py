@@ -25,6 +25,9 @@ class ComplianceCode(IntEnum):
     DEPOSIT_INPUT_INVALID = 4513
     PERSONAL_DATA_INVALID = 4514
     PERSONAL_DATA_NOT_FOUND = 4515
+    TRAVEL_RULE_REQUIRED = 4516
+    TRAVEL_RULE_INVALID = 4517
+    TRAVEL_RULE_NOT_FOUND = 4518
 
     @property
     def error(self) -> str:
@@ -42,6 +45,7 @@ COMPLIANCE_STATUS: dict[ComplianceCode, int] = {
     ComplianceCode.DEPOSIT_NOT_FOUND: 404,
     ComplianceCode.DEPOSIT_NOT_RELEASABLE: 409,
     ComplianceCode.PERSONAL_DATA_NOT_FOUND: 404,
+    ComplianceCode.TRAVEL_RULE_NOT_FOUND: 404,
 }
 
 

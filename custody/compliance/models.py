@@ -170,3 +170,18 @@ class PersonalDataRecord(Base):
     revision: Mapped[int] = mapped_column(Integer)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class TravelRuleRecord(Base):
+    """A withdrawal's IVMS101 originator/beneficiary data, envelope-encrypted (compliance.travel_rule)."""
+
+    __tablename__ = "compliance_travel_rule"
+    __table_args__ = (Index("ix_compliance_travel_rule_username", "username"),)
+
+    withdrawal_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    kek_name: Mapped[str] = mapped_column(String(64))
+    kek_version: Mapped[int] = mapped_column(Integer)
+    wrapped_key: Mapped[str] = mapped_column(Text)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(BigInteger)

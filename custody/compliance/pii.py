@@ -90,23 +90,64 @@ def _aad(username: str, revision: int) -> bytes:
     return AAD_DOMAIN + f"{username}\x00{revision}".encode()
 
 
+class EnvelopeBox:
+    """Seal JSON objects under a fresh data key each, wrapped by the keystore's KEK ``key_name``."""
+
+    def __init__(self, keystore: Keystore, key_name: str) -> None:
+        self._keystore = keystore
+        self.key_name = key_name
+        self._ready = False
+
+    def seal(self, aad: bytes, value: Any) -> tuple[int, str, str]:
+        """Return ``(KEK version, wrapped data key, base64 ciphertext)`` of ``value`` as canonical JSON."""
+        self.ensure_key()
+        plaintext = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        with self._keystore.generate_data_key(self.key_name) as data_key:
+            sealed = gcm_seal(data_key.plaintext, plaintext, aad)
+            return data_key.key_version, data_key.wrapped.decode("ascii"), base64.b64encode(sealed).decode()
+
+    def open(self, kek_name: str, wrapped: str, ciphertext: str, aad: bytes) -> Any:
+        """Return the value sealed by :meth:`seal` under the same associated data."""
+        with self._keystore.decrypt_data_key(kek_name, wrapped.encode("ascii")) as data_key:
+            plaintext = gcm_open(data_key.plaintext, base64.b64decode(ciphertext), aad)
+        return json.loads(plaintext)
+
+    def latest_version(self) -> int:
+        self.ensure_key()
+        return self._keystore.key_info(self.key_name).latest_version
+
+    def ensure_key(self) -> None:
+        """Create the KEK on first use (AES-256-GCM); a concurrent creator wins harmlessly."""
+        if self._ready:
+            return
+        try:
+            self._keystore.key_info(self.key_name)
+        except KeystoreError as exc:
+            if exc.code is not KeystoreErrorCode.KEY_NOT_FOUND:
+                raise
+            try:
+                self._keystore.create_key(self.key_name, KeyType.AES256_GCM)
+            except KeystoreError as again:
+                if again.code is not KeystoreErrorCode.KEY_EXISTS:
+                    raise
+        self._ready = True
+
+
 class PersonalData:
     """Store, read (logged), erase and re-wrap users' encrypted identity records."""
 
     def __init__(self, sessions: sessionmaker[Session], keystore: Keystore, clock: Callable[[], int],
                  key_name: str = PII_KEY_NAME) -> None:
         self._sessions = sessions
-        self._keystore = keystore
+        self._box = EnvelopeBox(keystore, key_name)
         self._clock = clock
         self._key_name = key_name
-        self._ready = False
 
     def store(self, username: str, body: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
         """Validate and store ``username``'s record (replacing any); answer without echoing a value."""
         now_ms = self._clock()
         today = datetime.datetime.fromtimestamp(now_ms / 1000, tz=datetime.UTC).date()
         record = validate_record(body, today)
-        self._ensure_key()
         with self._sessions.begin() as session:
             row = session.get(PersonalDataRecord, username, with_for_update=True)
             revision = 1 if row is None else row.revision + 1
@@ -153,8 +194,7 @@ class PersonalData:
 
     def rewrap(self, *, actor: str) -> int:
         """Re-encrypt every record whose data key is wrapped by an older KEK version; return how many."""
-        self._ensure_key()
-        latest = self._keystore.key_info(self._key_name).latest_version
+        latest = self._box.latest_version()
         done = 0
         while True:
             with self._sessions.begin() as session:
@@ -174,29 +214,9 @@ class PersonalData:
                 return done
 
     def _seal(self, username: str, revision: int, record: dict[str, str]) -> tuple[int, str, str]:
-        plaintext = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-        with self._keystore.generate_data_key(self._key_name) as data_key:
-            sealed = gcm_seal(data_key.plaintext, plaintext, _aad(username, revision))
-            return data_key.key_version, data_key.wrapped.decode("ascii"), base64.b64encode(sealed).decode()
+        return self._box.seal(_aad(username, revision), record)
 
     def _open(self, row: PersonalDataRecord) -> dict[str, str]:
-        with self._keystore.decrypt_data_key(row.kek_name, row.wrapped_key.encode("ascii")) as data_key:
-            plaintext = gcm_open(data_key.plaintext, base64.b64decode(row.ciphertext),
-                                 _aad(row.username, row.revision))
-        found: dict[str, str] = json.loads(plaintext)
+        found: dict[str, str] = self._box.open(row.kek_name, row.wrapped_key, row.ciphertext,
+                                               _aad(row.username, row.revision))
         return found
-
-    def _ensure_key(self) -> None:
-        if self._ready:
-            return
-        try:
-            self._keystore.key_info(self._key_name)
-        except KeystoreError as exc:
-            if exc.code is not KeystoreErrorCode.KEY_NOT_FOUND:
-                raise
-            try:
-                self._keystore.create_key(self._key_name, KeyType.AES256_GCM)
-            except KeystoreError as again:
-                if again.code is not KeystoreErrorCode.KEY_EXISTS:
-                    raise
-        self._ready = True

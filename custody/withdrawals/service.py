@@ -94,6 +94,9 @@ TermsResolver = Callable[[Session, str, str], TransferTerms | None]
 # caller's transaction and returns why it is refused, or None; it may alert and freeze in that
 # transaction. Set by the composition root (custody.compliance.screening, docs/compliance.md).
 DestinationScreen = Callable[[Session, str, str, str, str], str | None]
+# Compliance's travel-rule check (custody.compliance.travel_rule.TravelRule.check): session, username,
+# withdrawal id, asset, amount, destination, USD cents (None: unpriced), the request's data; raises to refuse.
+TravelRuleCheck = Callable[[Session, str, str, str, int, str, int | None, Mapping[str, Any] | None], None]
 COMPLIANCE_ACTOR = "compliance"
 
 
@@ -105,6 +108,8 @@ class WithdrawalInput:
     amount_minor: int
     destination: str
     source_wallet: str = WalletTemperature.HOT.value
+    # IVMS101 originator/beneficiary data (docs/compliance.md), required at the travel-rule threshold.
+    travel_rule: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +205,7 @@ class Withdrawals:
         self._prices = dict(prices_usd_cents)
         self.terms: TermsResolver | None = None
         self.screen: DestinationScreen | None = None
+        self.travel_rule: TravelRuleCheck | None = None
 
     def _terms(self, session: Session, row: WithdrawalRequest) -> TransferTerms | None:
         if self.terms is None or row.source_wallet != WalletTemperature.COLD.value or not row.rule_id:
@@ -388,6 +394,11 @@ class Withdrawals:
             created_ms=now_ms,
             delays_served="",
         )
+        if self.travel_rule is not None:
+            # Raises to refuse: the transaction (hold included) rolls back.
+            self.travel_rule(session, user.username, withdrawal_id, request.asset, request.amount_minor,
+                             request.destination, None if price is None else row.amount_usd_cents,
+                             request.travel_rule)
         event = _apply_decision(row, decision, now_ms)
         refused = None if self.screen is None else self.screen(
             session, user.username, request.asset, request.destination, f"withdrawal:{withdrawal_id}")

@@ -67,3 +67,13 @@ def test_docs_monitoring_rule_table_lists_every_rule_type_and_its_parameters() -
     rows = [line.strip("| ").split(" | ") for line in section.splitlines()[2:]]
     documented = {r[0].strip("`"): {p.strip().strip("`") for p in r[1].split(",")} for r in rows}
     assert documented == {kind: set(params) for kind, params in RULE_PARAMS.items()}
+
+
+def test_docs_travel_rule_example_validates_and_exports_as_documented() -> None:
+    from custody.compliance.travel_rule import ivms101, validate_transfer_data
+
+    blocks = _blocks()
+    record = validate_transfer_data(json.loads(blocks["travel_rule.json"]), "bc1qalicecold")
+    payload = {**record, "transfer": {}}
+    exported = ivms101(payload, {"name": "Strongroom", "lei": None})
+    assert exported["ivms101"]["beneficiary"] == json.loads(blocks["ivms101_beneficiary.json"])
