@@ -6,6 +6,7 @@ import base64
 import json
 import secrets
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from flask import Blueprint, Response, g, redirect, render_template, request, url_for
@@ -43,6 +44,7 @@ ORDER_TYPES = ("limit", "market", "stop_market", "stop_limit")
 # Pages in the navigation: (endpoint, label, permissions that open it, admin role required).
 NAVIGATION: tuple[tuple[str, str, tuple[Permission, ...], bool], ...] = (
     ("console.trade", "Trade", (Permission.TRADE,), False),
+    ("console.options", "Options", (Permission.TRADE,), False),
     ("console.wallet", "Wallet", (Permission.WITHDRAW_REQUEST,), False),
     ("console.treasury", "Treasury", (Permission.WITHDRAW_APPROVE,), False),
     ("console.audit", "Audit", (Permission.AUDIT_READ,), False),
@@ -180,6 +182,30 @@ def trade() -> ResponseReturnValue:
         income=_history("/api/v1/exchange/income", "income"), stream=stream_url(),
         summary=api.call("GET", "/api/v1/exchange/account").body, order_types=ORDER_TYPES,
         new_order_id="c" + secrets.token_hex(6))
+
+
+@bp.get("/options")
+@page(Permission.TRADE)
+def options() -> ResponseReturnValue:
+    """The options chain: per underlying and expiry, calls and puts side by side by strike."""
+    tickers = {t["symbol"]: t for t in api.call("GET", "/api/v1/market/ticker").body.get("tickers", [])}
+    return render_template("options.html", chains=option_chains(_market_instruments(), tickers))
+
+
+def option_chains(instruments: list[dict[str, Any]],
+                  tickers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group listed options by (underlying, expiry); each strike row holds its call and its put."""
+    chains: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for i in instruments:
+        if i.get("kind") != "option" or i.get("strike") is None or (
+                i.get("option_type") not in ("call", "put")):
+            continue
+        row = chains.setdefault((i["underlying"], int(i["expiry_ms"] or 0)), {}).setdefault(i["strike"], {})
+        row[i["option_type"]] = dict(i, ticker=tickers.get(i["symbol"], {}))
+    return [{"underlying": underlying, "expiry_ms": expiry_ms,
+             "strikes": [{"strike": strike, **sides} for strike, sides in
+                         sorted(rows.items(), key=lambda kv: Decimal(kv[0]))]}
+            for (underlying, expiry_ms), rows in sorted(chains.items())]
 
 
 def _with_leverage(positions: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -278,6 +278,10 @@ def test_trader_orders_move_the_live_book_and_withdrawal_needs_totp(server: Serv
     position.wait_for()
     assert re.search(r"\d+\.\dx", position.inner_text()), position.inner_text()
 
+    page.goto(server.url + "/console/options")  # the options chain: calls and puts by strike
+    assert page.locator(".option-chain tr[data-strike] td.mark a").count() >= 2
+    _shot(page, server, "trader-options")
+
     page.set_viewport_size(PHONE)
     page.goto(server.url + "/console/trade?symbol=BTC-PERP")
     page.wait_for_selector("#bids tr")
