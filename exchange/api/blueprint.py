@@ -365,6 +365,13 @@ def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
     """Cancel one of the caller's live orders."""
     account = current_principal()
     client_id = check_client_id(order_id)
+    gw = scaleout.gateway()
+    if gw is not None:  # scale-out mode: the book checks the order is the caller's and live
+        seq, cancelled = scaleout.cancel(gw, symbol, engine_order_id(account, client_id), account,
+                                         client_id)
+        if cancelled is None:
+            return scaleout.pending_response(seq)
+        return _events_response(cancelled, account, status=200)
     svc = service()
     with svc.command() as venue:
         _known(venue, symbol)

@@ -107,6 +107,17 @@ def place(gw: Gateway, symbol: str, cmd: NewOrder, client_id: str) -> tuple[int,
     return placed.seq, placed.events
 
 
+def cancel(gw: Gateway, symbol: str, engine_id: str, account: str,
+           client_id: str) -> tuple[int, list[Any] | None]:
+    """Send a cancel of the caller's order through the gateway; return (seq, events or None)."""
+    try:
+        placed = gw.cancel(symbol, engine_id, account)
+    except StreamRefused as exc:
+        raise ApiError(exc.code, exc.message.replace(engine_id, client_id),
+                       STREAM_STATUS.get(exc.code, 400)) from None
+    return placed.seq, placed.events
+
+
 def pending_response(seq: int) -> ResponseReturnValue:
     """Answer 202: the order is in the stream, its events did not come back in time."""
     return jsonify({"status": "pending", "seq": seq}), 202

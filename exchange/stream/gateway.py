@@ -28,7 +28,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from exchange.engine.messages import Event, NewOrder
+from exchange.engine.messages import Cancel, Command, Event, NewOrder
 from exchange.stream.follower import EventFollower
 from exchange.stream.margin import (
     DuplicateOrder,
@@ -129,7 +129,7 @@ class Gateway:
         while len(self._recent) > RECENT_MAX:
             self._recent.popitem(last=False)
 
-    async def _append_and_wait(self, market: str, order_id: str, cmd: NewOrder) -> Placed:
+    async def _append_and_wait(self, market: str, order_id: str, cmd: Command) -> Placed:
         assert self._publisher is not None
         appended = await self._publisher.append(market, order_id, cmd)
         key = (market, appended.seq)
@@ -169,6 +169,24 @@ class Gateway:
         # reservation is found, the stream stores the command once).
         future = asyncio.run_coroutine_threadsafe(self._append_and_wait(market, cmd.id, cmd),
                                                   self._loop)
+        try:
+            return future.result(self.wait_s + APPEND_SLACK_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise StreamRefused(StreamCode.STREAM_UNAVAILABLE, "no answer from the gateway loop") from None
+
+    def cancel(self, market: str, order_id: str, account: str) -> Placed:
+        """Append a cancel of `account`'s order `order_id` and wait for its events.
+
+        The command id is `cx.<order id>`: a retried cancel is stored once. The book
+        refuses (unknown_order) a cancel of an order that is not `account`'s or not live;
+        the margin worker releases the hold when it sees the order cancelled.
+        """
+        if market not in self.markets:
+            raise StreamRefused(StreamCode.UNKNOWN_MARKET, f"market was {market[:40]!r}, not listed")
+        cmd = validate_command(Cancel(id=order_id, account=account))
+        future = asyncio.run_coroutine_threadsafe(
+            self._append_and_wait(market, f"cx.{order_id}", cmd), self._loop)
         try:
             return future.result(self.wait_s + APPEND_SLACK_S)
         except concurrent.futures.TimeoutError:

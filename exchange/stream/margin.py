@@ -38,6 +38,7 @@ from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.models import LedgerAccount, LedgerTransfer
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import MAX_BATCH, Ledger, ResultStatus
+from exchange.engine.codes import ResultCode
 from exchange.engine.messages import Accepted, Cancelled, Event, Rejected, Trade
 from exchange.stream.follower import EventFollower
 from exchange.stream.wire import EventBatch
@@ -48,6 +49,11 @@ MARGIN_ACTOR = "service:margin"
 HOLD_CODE = 7200  # ledger `code` of order margin holds and their releases
 POSITION_CODE = 7201  # ledger `code` of position margin moves
 IN_USE_SUFFIX = ":im"
+
+
+NOTHING_TO_RELEASE = frozenset({LedgerCode.PENDING_TRANSFER_NOT_FOUND,
+                                LedgerCode.PENDING_TRANSFER_ALREADY_POSTED,
+                                LedgerCode.PENDING_TRANSFER_ALREADY_VOIDED})
 
 
 class MarginRefused(Exception):
@@ -132,6 +138,9 @@ class Posting:
     amount: int = 0
     release: bool = False  # position margin back to the margin account
     pending_id: str | None = None
+    # A void of a hold that may be gone already (a refused duplicate of a finished order):
+    # written on its own, and "nothing to release" is not an error.
+    tolerant: bool = False
 
 
 @dataclass
@@ -176,11 +185,13 @@ class MarginBook:
             elif isinstance(event, Cancelled):
                 self._fill_order(market, event.id, event.qty, touched)
             elif isinstance(event, Rejected) and event.id is not None \
+                    and event.code != ResultCode.UNKNOWN_ORDER \
                     and (market, event.id) not in self.orders:
                 # A new order the book refused: release the gateway's hold. A refused
-                # duplicate of a live order leaves that order's hold alone.
+                # duplicate of a live order leaves that order's hold alone, and so does a
+                # refused cancel (unknown_order): its order may still be on its way.
                 voids.append(Posting(f"imv.{base}.r", TransferKind.VOID, "",
-                                     pending_id=hold_id(event.id)))
+                                     pending_id=hold_id(event.id), tolerant=True))
         return voids + self._rehold(market, base, touched) + self._position_moves(
             market, base, accounts)
 
@@ -301,7 +312,12 @@ class MarginLedger:
 
     def write(self, postings: list[Posting]) -> None:
         """Write a batch's postings in order, in linked submissions; raise MarginCorrupt if refused."""
-        requests = [self._request(p) for p in postings]
+        tolerant = [p for p in postings if p.tolerant]
+        for r in self.ledger.submit([self._request(p) for p in tolerant], actor=MARGIN_ACTOR) \
+                if tolerant else []:
+            if r.status is ResultStatus.FAILED and r.code not in NOTHING_TO_RELEASE:
+                raise MarginCorrupt(f"ledger refused {r.id}: {r.code} {r.message}")
+        requests = [self._request(p) for p in postings if not p.tolerant]
         for start in range(0, len(requests), MAX_BATCH):
             for r in self.ledger.submit(requests[start:start + MAX_BATCH], linked=True,
                                         actor=MARGIN_ACTOR):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from scaleout_helpers import IM_PPM, Stack, fund, margin_ledger
+from scaleout_helpers import IM_PPM, Stack, fund, margin_ledger, wait_for
 from werkzeug.test import TestResponse
 
 from exchange.instruments import DEFAULT_CONFIG
@@ -126,3 +126,35 @@ def test_rest_order_scaleout_mode_without_margin_is_refused_and_never_appended(
     assert first.get_json() == again.get_json()
     assert len(stack.bodies()) == 1
     assert margin.free("alice") == 49
+
+
+def test_rest_cancel_scaleout_mode_cancels_own_order_and_refuses_others(
+        scaleout_app: tuple[Flask, Stack, str, MarginLedger], clock: Any) -> None:
+    app, stack, symbol, margin = scaleout_app
+    alice, mallory = Trader(app, clock, "alice"), Trader(app, clock, "mallory")
+    fund(margin, "alice", 1_000)
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "rest-1", "side": "buy",
+                                              "qty": 3, "price": 100})
+    assert r.status_code == 201, r.get_json()
+    assert margin.free("alice") == 970
+    # Another trader naming alice's client id cancels nothing: ids are scoped per user.
+    r = mallory.call("DELETE", f"{BASE}/orders/{symbol}/rest-1")
+    assert r.status_code == 404 and r.get_json()["error"] == "unknown_order", r.get_json()
+    r = alice.call("DELETE", f"{BASE}/orders/{symbol}/rest-1")
+    assert r.status_code == 200, r.get_json()
+    assert [(e["type"], e["id"], e["qty"]) for e in r.get_json()["events"]] == [
+        ("cancelled", "rest-1", 3)]
+    assert alice.call("GET", f"{BASE}/orders").get_json()["orders"] == []
+    wait_for(lambda: stack.written() == 3, "the margin worker")
+    assert margin.free("alice") == 1_000  # the hold is released
+    # A cancel of an order that never existed is refused by the book; the margin worker
+    # takes the refusal in its stride (it has no hold to release) and keeps going.
+    r = mallory.call("DELETE", f"{BASE}/orders/{symbol}/ghost")
+    assert r.status_code == 404, r.get_json()
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "rest-2", "side": "buy",
+                                              "qty": 1, "price": 100})
+    assert r.status_code == 201, r.get_json()
+    wait_for(lambda: stack.written() == 5, "the margin worker after a refused cancel")
+    assert margin.free("alice") == 990
+    assert not stack.margin.done()
+

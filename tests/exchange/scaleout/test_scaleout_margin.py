@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from custody.db import make_engine
 from custody.ledger.models import LedgerTransfer
 from exchange.engine.instrument import Instrument
-from exchange.engine.messages import NewOrder
+from exchange.engine.messages import Cancel, NewOrder
 from exchange.engine.orderbook import OrderBook
 from exchange.stream.cluster import LocalCluster
 from exchange.stream.gateway import Gateway
@@ -199,3 +199,23 @@ def test_margin_book_any_flow_holds_match_open_orders_and_positions(
         cost = sum(p.cost for (a, _), p in fold.positions.items() if a == account)
         assert in_use.get(account, 0) == -(-cost * IM_PPM // 1_000_000)
     assert sum(p.size for p in fold.positions.values()) == 0
+
+
+def test_margin_book_cancel_refused_before_its_order_arrives_keeps_the_hold() -> None:
+    # The cancel overtook its order in the stream: the book refuses it (unknown_order), and
+    # the hold of the order still on its way must stay for when it is accepted.
+    book = OrderBook(Instrument("P"))
+    fold = MarginBook(IM_PPM)
+    book.process(Cancel(id="x1", account="a"))
+    refused = fold.apply(EventBatch("P", 1, 1, [CommandEvents(1, book.take_events())]))
+    assert refused == []
+    book.process(NewOrder(id="x1", account="a", side="buy", qty=2, price=100))
+    fold.apply(EventBatch("P", 2, 2, [CommandEvents(2, book.take_events())]))
+    assert fold.orders[("P", "x1")].hold == "im.x1"
+    # A refused duplicate of the live x1 leaves its hold alone; a new order the book
+    # refuses (FOK, nothing to fill it) releases its own, tolerating a hold already gone.
+    book.process(NewOrder(id="x1", account="a", side="buy", qty=1, price=100))
+    assert fold.apply(EventBatch("P", 3, 3, [CommandEvents(3, book.take_events())])) == []
+    book.process(NewOrder(id="x2", account="a", side="buy", qty=2, price=101, tif="FOK"))
+    postings = fold.apply(EventBatch("P", 4, 4, [CommandEvents(4, book.take_events())]))
+    assert [(p.id, p.pending_id, p.tolerant) for p in postings] == [("imv.P.4.r", "im.x2", True)]
