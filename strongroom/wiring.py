@@ -78,6 +78,7 @@ def build_access_services(
         personal_data=PersonalData(sessions, keystore, clock),
         recv_window_ms=recv_window_ms,
         travel_rule=travel_rule,
+        deposits=DepositCompliance(sessions, ledger, screening, clock, prices),
     )
 
 

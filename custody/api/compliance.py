@@ -20,6 +20,7 @@ from custody.api.request import field_int, field_str, json_object, query_int, re
 from custody.api.schema import BOOL, INT, MAYBE_INT, MAYBE_STR, OBJECT, STR, accepts, answers, array, obj
 from custody.compliance.cases import CASE_STATES, MAX_LIST, RESOLUTIONS
 from custody.compliance.codes import ComplianceCode, ComplianceError
+from custody.compliance.deposits import DepositCompliance
 from custody.compliance.kyc import REVIEW_STATES
 from custody.compliance.pii import REQUIRED as PII_FIELDS
 from custody.compliance.screening import SANCTIONS
@@ -369,3 +370,44 @@ def export_travel_rule(withdrawal_id: str) -> ResponseReturnValue:
     if travel_rule is None:
         raise ComplianceError(ComplianceCode.TRAVEL_RULE_NOT_FOUND, "the travel rule is not configured")
     return json_response(travel_rule.export(_viewer(), withdrawal_id[:120]))
+
+
+DEPOSIT = obj({"deposit_id": STR, "owner": STR, "asset": STR, "amount_minor": STR, "usd_cents": MAYBE_INT,
+               "sender": STR, "tier": INT, "decision": STR, "reason": STR, "alert_id": MAYBE_STR,
+               "decided_ms": INT, "released_by": MAYBE_STR, "released_ms": MAYBE_INT,
+               "release_reason": MAYBE_STR})
+RELEASE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["reason"],
+                  "properties": {"reason": _text(512)}}
+
+
+def _deposits() -> DepositCompliance:
+    found = services().deposits
+    if found is None:
+        raise ComplianceError(ComplianceCode.DEPOSIT_NOT_FOUND, "deposit compliance is not configured")
+    return found
+
+
+@bp.get("/deposits")
+@READ
+@query(("decision", {"enum": ["credit", "held_tier_cap", "quarantined"]}), ("limit", _LIMIT))
+@answers({"200": obj({"deposits": array(DEPOSIT)})})
+def list_deposits() -> ResponseReturnValue:
+    """List deposits held over a KYC cap or quarantined (``?decision=`` to filter), never your own."""
+    decision = request.args.get("decision")
+    if decision is not None and decision not in ("credit", "held_tier_cap", "quarantined"):
+        raise ComplianceError(ComplianceCode.DEPOSIT_INPUT_INVALID,
+                              "decision must be credit, held_tier_cap or quarantined")
+    limit = query_int("limit", 100, low=1, high=MAX_LIST)
+    return json_response({"deposits": _deposits().list(_viewer(), decision=decision, limit=limit)})
+
+
+@bp.post("/deposits/<deposit_id>/release")
+@DECIDE
+@accepts(RELEASE_SCHEMA)
+@answers({"200": obj({"deposit": DEPOSIT})})
+def release_deposit(deposit_id: str) -> ResponseReturnValue:
+    """Release a deposit held over the owner's KYC cap to their available balance (credited on chain)."""
+    body = json_object()
+    reject_unknown(body, {"reason"})
+    released = _deposits().release(_viewer(), deposit_id[:120], field_str(body, "reason") or "")
+    return json_response({"deposit": released})

@@ -22,6 +22,7 @@ from custody.access.policy_store import PolicyStore
 from custody.access.replay import DbReplayCache
 from custody.access.users import Users
 from custody.compliance.cases import Cases
+from custody.compliance.deposits import DepositCompliance
 from custody.compliance.kyc import Kyc
 from custody.compliance.monitoring import Monitoring
 from custody.compliance.pii import PersonalData
@@ -54,6 +55,7 @@ class AccessServices:
     personal_data: PersonalData
     recv_window_ms: int = DEFAULT_RECV_WINDOW_MS
     travel_rule: TravelRule | None = None
+    deposits: DepositCompliance | None = None
 
     def log_refusal(
         self, key_id: str, username: str | None, refusal: Refusal, method: str, path: str
