@@ -236,7 +236,7 @@ def _parse_entry(raw: bytes) -> _EntryStruct | _OpenStruct:
         raise ValueError(f"entry amount {amount[:90]!r} must be a decimal string, 0 < amount < 2^256")
     actor = parsed.actor
     if actor not in _valid_actors:
-        if not ACTOR_PATTERN.match(actor):
+        if not ACTOR_PATTERN.fullmatch(actor):  # match would pass a trailing newline
             raise ValueError(f"entry actor {actor[:140]!r} is not user:<id> or service:<name>")
         if len(_valid_actors) < VALID_ACTORS_CACHED:
             _valid_actors.add(actor)
@@ -590,7 +590,7 @@ def _open(e: _OpenStruct, replay: _Replay, report: Report) -> None:
         problem = "an open entry must have no pending_id, timeout, expiry, code or reference"
     elif e.account_kind not in KIND_FLAGS:
         problem = f"account {account_id} has unknown kind {e.account_kind[:40]!r}"
-    elif not ACCOUNT_OWNER_PATTERN.match(e.account_owner):
+    elif not ACCOUNT_OWNER_PATTERN.fullmatch(e.account_owner):
         problem = f"account {account_id} owner {e.account_owner[:140]!r} is not a valid owner"
     if problem is not None:
         report.fail("account_open_invalid", f"entry seq {e.seq}: {problem}", seq=e.seq,

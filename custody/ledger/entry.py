@@ -27,7 +27,8 @@ EXPIRY_ACTOR = "service:ledger-expiry"
 
 def valid_actor(actor: object) -> bool:
     """Tell whether ``actor`` is a well-formed ``user:...`` or ``service:...`` actor string."""
-    return isinstance(actor, str) and ACTOR_PATTERN.match(actor) is not None
+    # fullmatch: with match, "$" also accepts a trailing newline ("user:1\n").
+    return isinstance(actor, str) and ACTOR_PATTERN.fullmatch(actor) is not None
 
 
 class TransferKind(StrEnum):

@@ -411,7 +411,7 @@ def _check_actor(actor: str) -> None:
 
 
 def _validate_account(owner: str, asset: str, kind: str, flags: int | None) -> AccountKind:
-    if not isinstance(owner, str) or not OWNER_PATTERN.match(owner):
+    if not isinstance(owner, str) or not OWNER_PATTERN.fullmatch(owner):
         raise LedgerError(LedgerCode.INVALID_OWNER,
                           f"owner was {str(owner)[:140]!r}, must be 1-128 characters of "
                           "[A-Za-z0-9._:@-]")

@@ -308,7 +308,8 @@ def test_account_creation_validates_and_refuses_duplicates(ledger: Ledger) -> No
     cases = [(("alice", "BTC", "user_available"), LedgerCode.ACCOUNT_EXISTS),
              (("alice", "DOGE", "user_available"), LedgerCode.UNKNOWN_ASSET),
              (("alice", "BTC", "savings"), LedgerCode.INVALID_ACCOUNT_KIND),
-             (("", "BTC", "user_available"), LedgerCode.INVALID_OWNER)]
+             (("", "BTC", "user_available"), LedgerCode.INVALID_OWNER),
+             (("carol\n", "BTC", "user_available"), LedgerCode.INVALID_OWNER)]
     for args, code in cases:
         with pytest.raises(LedgerError) as err:
             ledger.create_account(*args)
@@ -354,7 +355,7 @@ def test_retry_by_another_actor_keeps_the_original_actor(ledger: Ledger) -> None
 
 
 @pytest.mark.parametrize("actor", ["", "alice", "admin:1", "user:", "user: x", "user:\x1b[2J",
-                                   "service:" + "x" * 129, "user:a/b"])
+                                   "service:" + "x" * 129, "user:a/b", "user:alice\n"])
 def test_submit_with_malformed_actor_is_refused_and_writes_nothing(ledger: Ledger, actor: str) -> None:
     alice, _ = funded_user(ledger, "alice", "BTC", 100)
     bob, _ = funded_user(ledger, "bob", "BTC", 0)
