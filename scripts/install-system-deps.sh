@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite runs against, if they are missing:
-# PostgreSQL (server), SoftHSM2 (PKCS#11 HSM), Node.js + npm (for anvil and solcjs), chromium (console browser tests). Needs root (CI runs as root);
+# PostgreSQL (server), SoftHSM2 (PKCS#11 HSM), Node.js + npm (for anvil and solcjs), chromium (console browser tests),
+# gcc and libssl-dev (compiled cores). Needs root (CI runs as root);
 # as a normal user it only reports what is missing.
 set -euo pipefail
 
@@ -13,6 +14,10 @@ have_pg_server || missing+=(postgresql)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 # The console's browser tests drive Debian's chromium headless (tests/e2e/test_console_browser.py).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# The compiled cores (matching engine, the audit verifier's fast path) need a C compiler,
+# and the verifier's fast path OpenSSL's libcrypto headers (tests/custody/audit/test_fastscan.py).
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+[ -e /usr/include/openssl/sha.h ] || missing+=(libssl-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
