@@ -1,8 +1,8 @@
 """Background jobs of the server process: expire pending holds, sweep orphan withdrawal holds, write
-ledger checkpoints, and per configured chain the wallet round and the withdrawal dispatcher, plus one
-cold-bundle tick (broadcast, confirm, settle cold transfers on every chain). The exchange market
-(feeds, funding, expiry, listings) runs in a runner of its own, so a slow chain never delays a
-funding boundary.
+ledger checkpoints, run transaction monitoring, and per configured chain the wallet round and the
+withdrawal dispatcher, plus one cold-bundle tick (broadcast, confirm, settle cold transfers on every
+chain). The exchange market (feeds, funding, expiry, listings) runs in a runner of its own, so a slow
+chain never delays a funding boundary.
 
 Each job runs on a fixed interval in one daemon thread. A failing job is
 logged (without secrets) and retried on its next tick; it never stops the others.
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 EXPIRE_INTERVAL_S = 5.0
 CHECKPOINT_INTERVAL_S = 30.0
 HOLD_SWEEP_INTERVAL_S = 60.0
+# Transaction monitoring re-evaluates every user's history; alert ids derive from the evidence, so
+# a run raises only what is new and a missed or repeated run changes nothing (docs/compliance.md).
+MONITORING_INTERVAL_S = 300.0
 WALLET_INTERVAL_S = 5.0
 DEFAULT_CHECKPOINT_EVERY_ENTRIES = 10_000
 
@@ -59,6 +62,8 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
         # Withdrawal holds no open withdrawal stands on (custody.withdrawals.service) are released.
         Job("withdrawal_hold_sweep", HOLD_SWEEP_INTERVAL_S,
             app.extensions["strongroom.access"].withdrawals.sweep_orphan_holds),
+        Job("compliance_monitoring", MONITORING_INTERVAL_S,
+            app.extensions["strongroom.access"].monitoring.run),
     ]
     runtimes = app.extensions.get("strongroom.chains", {})
     if runtimes:
