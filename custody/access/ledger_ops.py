@@ -27,11 +27,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody import security_log
+from custody.access.approvals import ApprovalKind, Ballot, Confirmed, add_approval
 from custody.access.errors import AccessCode, AccessError
-from custody.access.models import LedgerProposalRow
+from custody.access.models import LedgerProposalRow, User
 from custody.ledger.entry import TransferKind
 from custody.ledger.posting import TransferRequest, validate_request_shape
 from custody.ledger.service import MAX_BATCH, Ledger, TransferResult
+from policies.roles import Role
 
 PROPOSED, EXECUTED, FAILED, REJECTED = "proposed", "executed", "failed", "rejected"
 PROPOSAL_STATES = (PROPOSED, EXECUTED, FAILED, REJECTED)
@@ -124,27 +126,31 @@ class LedgerOperations:
         try:
             with self._sessions.begin() as session:
                 row = self._open(session, proposal_id)
-                if row.proposer == approver:
-                    raise AccessError(AccessCode.APPROVER_MISMATCH, "a second admin must approve: the "
-                                      "proposer cannot approve their own proposal")
                 requests = LedgerProposalView(row).requests()
                 results = self._ledger.submit_in(session, requests, actor=f"user:{row.proposer}")
                 if not all(r.ok for r in results):
                     raise _Refused(results)
                 return self._decide(session, row, approver, EXECUTED, results, now_ms), results
         except _Refused as refused:
+            # The ledger's transfers rolled back; the approval and the failure are recorded.
             with self._sessions.begin() as session:
                 row = self._open(session, proposal_id)
                 return self._decide(session, row, approver, FAILED, refused.results, now_ms), refused.results
 
     def _decide(self, session: Session, row: LedgerProposalRow, approver: str, state: str,
                 results: list[TransferResult], now_ms: int) -> LedgerProposalView:
+        """Record ``approver``'s approval (refused: nothing is written) and close the proposal."""
+        user = session.get(User, approver)
+        active = user is not None and user.disabled_ms is None
+        roles = frozenset(user.roles.split(",")) if user is not None and active else frozenset[str]()
+        add_approval(
+            session, Ballot(ApprovalKind.LEDGER_PROPOSAL, row.proposal_id, row.proposer), approver,
+            Confirmed(roles, Role.ADMIN.value), now_ms=now_ms, outcome=state,
+            details={"proposer": row.proposer, "transfers": [r.id for r in results]},
+        )
         row.state, row.decided_by, row.decided_ms = state, approver, now_ms
         row.results = json.dumps([_result_json(r, applied=state == EXECUTED) for r in results],
                                  sort_keys=True, separators=(",", ":"))
-        security_log.append(session, at_ms=now_ms, actor=approver, action="ledger.approve",
-                            subject=row.proposal_id, outcome=state,
-                            details={"proposer": row.proposer, "transfers": [r.id for r in results]})
         return LedgerProposalView(row)
 
     def reject(self, admin: str, proposal_id: str, reason: str) -> LedgerProposalView:

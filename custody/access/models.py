@@ -1,5 +1,5 @@
 """Access-control tables: users, API keys, MFA, approver keys, replay nonces,
-idempotency records, policy documents and proposals (the security log: custody.security_log).
+idempotency records, policy documents and proposals, approvals (the security log: custody.security_log).
 
 Secrets (API-key HMAC secrets, TOTP secrets) are stored only as keystore
 ciphertext; nothing in these tables is a secret in clear.
@@ -7,7 +7,7 @@ ciphertext; nothing in these tables is a secret in clear.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from custody.db import Base
@@ -133,16 +133,27 @@ class PolicyChangeRow(Base):
     closed_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class PolicyChangeApprovalRow(Base):
-    """One admin's signed approval of a proposal (`policies.approval.Approval` bytes)."""
+class ApprovalRow(Base):
+    """One approval of anything approvable (custody.access.approvals is the only writer).
 
-    __tablename__ = "policy_change_approvals"
-    __table_args__ = (Index("ix_policy_change_approvals_proposal_id", "proposal_id"),)
+    ``approval`` is a signed ``policies.approval.Approval`` (withdrawals, refills, policy
+    changes); it is NULL for an approval the API confirmed with the approver's MFA code
+    (ledger proposals). The subject tables are several, so ``subject_id`` has no foreign key.
+    """
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        Index("ix_approvals_kind_subject_id", "kind", "subject_id"),
+        # custody.access.approvals.ApprovalKind.
+        CheckConstraint("kind IN ('withdrawal', 'refill', 'policy_change', 'ledger_proposal')", name="kind"),
+    )
 
     approval_id: Mapped[str] = mapped_column(String(HASH_HEX_LEN), primary_key=True)
-    proposal_id: Mapped[str] = mapped_column(ForeignKey("policy_change_proposals.proposal_id"))
+    kind: Mapped[str] = mapped_column(String(24))
+    subject_id: Mapped[str] = mapped_column(String(KEY_ID_MAX_LEN))
     approver: Mapped[str] = mapped_column(String(USERNAME_MAX_LEN))
-    approval: Mapped[bytes] = mapped_column(LargeBinary)
+    key_id: Mapped[str | None] = mapped_column(String(KEY_ID_MAX_LEN))
+    approval: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 

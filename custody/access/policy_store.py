@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -18,15 +18,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody import security_log
+from custody.access.approvals import ApprovalKind, Ballot, Signed, add_approval, approval_rows
 from custody.access.approvers import load_registry
 from custody.access.errors import AccessCode, AccessError
-from custody.access.models import PolicyChangeApprovalRow, PolicyChangeRow, PolicyDocumentRow
+from custody.access.models import PolicyChangeRow, PolicyDocumentRow
 from policies.approval import Approval
 from policies.default_policy import DEFAULT_POLICY_CHANGE_REQUIREMENT, load_default_policy
 from policies.policy_change import PolicyChangeProposal, check_policy_change, propose_policy_change
 from policies.policy_document import PolicyDocument
 from policies.policy_json import parse_policy_json, parse_policy_object
-from policies.quorum import QuorumRequirement
+from policies.quorum import QuorumRequirement, QuorumResult
 from policies.results import PolicyError
 
 OPEN, APPLIED, SUPERSEDED = "open", "applied", "superseded"
@@ -162,47 +163,30 @@ class PolicyStore:
 
     def approve(self, actor: str, proposal_id: str, approval: Approval) -> ProposalView:
         """Add ``actor``'s signed approval; activate the new version once the quorum is met."""
-        if approval.approver_id != actor:
-            raise AccessError(
-                AccessCode.APPROVER_MISMATCH,
-                f"approval is by {approval.approver_id}; submit your own approval",
-            )
         now_ms = self._clock()
         self.ensure_default()
         with self._sessions.begin() as session:
             row = _proposal_row(session, proposal_id, lock=True)
             if row.state != OPEN:
                 raise AccessError(AccessCode.PROPOSAL_CLOSED, f"proposal {proposal_id} is {row.state}")
-            stored = [Approval.from_bytes(a.approval) for a in _approval_rows(session, proposal_id)]
             view = _proposal_view(session, row)
-            check = check_policy_change(
-                view.proposal,
-                view.document,
-                active_policy(session).document,
-                [*stored, approval],
-                load_registry(session),
-                self._requirement,
-                now_ms,
-            )
-            _refuse_new_approval(check.quorum, len(stored), check.refusal)
-            session.add(
-                PolicyChangeApprovalRow(
-                    approval_id=approval.approval_id,
-                    proposal_id=proposal_id,
-                    approver=actor,
-                    approval=approval.to_bytes(),
-                    created_ms=now_ms,
+            current = active_policy(session).document
+            registry = load_registry(session)
+
+            def tally(approvals: Sequence[Approval]) -> QuorumResult:
+                check = check_policy_change(
+                    view.proposal, view.document, current, approvals, registry, self._requirement, now_ms
                 )
+                if check.quorum is None:
+                    assert check.refusal is not None
+                    raise PolicyError(check.refusal.code, check.refusal.message)
+                return check.quorum
+
+            added = add_approval(
+                session, Ballot(ApprovalKind.POLICY_CHANGE, proposal_id, row.proposer), actor,
+                Signed(approval, tally), now_ms=now_ms,
             )
-            security_log.append(
-                session,
-                at_ms=now_ms,
-                actor=actor,
-                action="policy.approve",
-                subject=proposal_id,
-                details={"approval_id": approval.approval_id},
-            )
-            if check.approved:
+            if added.met:
                 _activate(session, row, view.document, now_ms)
             session.flush()
             return _proposal_view(session, row)
@@ -217,20 +201,6 @@ def active_policy(session: Session) -> ActivePolicy:
     )
     assert row is not None, "no withdrawal policy installed; call PolicyStore.ensure_default()"
     return ActivePolicy(parse_policy_json(row.document.encode("utf-8")), row.activated_ms)
-
-
-def _refuse_new_approval(quorum: object, index: int, refusal: object) -> None:
-    """Raise if the newly submitted approval (at ``index``) does not count."""
-    from policies.quorum import QuorumResult
-    from policies.results import Refusal
-
-    if quorum is None:
-        assert isinstance(refusal, Refusal)
-        raise PolicyError(refusal.code, refusal.message)
-    assert isinstance(quorum, QuorumResult)
-    for rejected in quorum.rejected:
-        if rejected.index == index:
-            raise PolicyError(rejected.refusal.code, rejected.refusal.message)
 
 
 def _activate(session: Session, row: PolicyChangeRow, document: PolicyDocument, now_ms: int) -> None:
@@ -271,24 +241,14 @@ def _proposal_row(session: Session, proposal_id: str, *, lock: bool = False) -> 
     return row
 
 
-def _approval_rows(session: Session, proposal_id: str) -> list[PolicyChangeApprovalRow]:
-    return list(
-        session.scalars(
-            select(PolicyChangeApprovalRow)
-            .where(PolicyChangeApprovalRow.proposal_id == proposal_id)
-            .order_by(PolicyChangeApprovalRow.created_ms, PolicyChangeApprovalRow.approval_id)
-        )
-    )
-
-
 def _proposal_view(session: Session, row: PolicyChangeRow) -> ProposalView:
     document = parse_policy_json(row.document.encode("utf-8"))
     proposal = PolicyChangeProposal(
         row.proposal_id, row.policy_id, row.base_version, row.new_version, row.document_sha256, row.proposer
     )
     approvals = tuple(
-        (a.approval_id, a.approver, Approval.from_bytes(a.approval).key_id)
-        for a in _approval_rows(session, row.proposal_id)
+        (a.approval_id, a.approver, a.key_id or "")
+        for a in approval_rows(session, ApprovalKind.POLICY_CHANGE, row.proposal_id)
     )
     return ProposalView(proposal, document, row.state, row.created_ms, approvals)
 

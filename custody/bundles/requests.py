@@ -23,6 +23,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from custody.access.approvals import ApprovalKind, approval_rows, signed_approvals
 from custody.access.approvers import load_registry
 from custody.bundles.chains import BundleChains, ColdRequest
 from custody.bundles.codes import BundleCode, BundleError
@@ -34,8 +35,8 @@ from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.withdrawals import lifecycle
 from custody.withdrawals import service as withdrawals
 from custody.withdrawals.lifecycle import Event, Kind
-from custody.withdrawals.models import WithdrawalApprovalRow, WithdrawalRequest
-from policies.approval import ApprovalSubject, SubjectKind, current_approvals
+from custody.withdrawals.models import WithdrawalRequest
+from policies.approval import ApprovalSubject, SubjectKind
 from policies.quorum import QuorumRequirement, QuorumResult, verify_quorum
 from signer.bundle import PolicyRef
 
@@ -158,14 +159,8 @@ class WithdrawalSource:
         quorum = None
         outdated = 0
         if row.required_group is not None:
-            stored = list(
-                session.scalars(
-                    select(WithdrawalApprovalRow.approval)
-                    .where(WithdrawalApprovalRow.withdrawal_id == row.id)
-                    .order_by(WithdrawalApprovalRow.created_ms, WithdrawalApprovalRow.approval_id)
-                )
-            )
-            approvals = current_approvals(stored)
+            stored = [r for r in approval_rows(session, ApprovalKind.WITHDRAWAL, row.id) if r.approval]
+            approvals = signed_approvals(stored)
             outdated = len(stored) - len(approvals)
             quorum = verify_quorum(
                 withdrawals.subject_of(row, terms),

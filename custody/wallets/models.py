@@ -10,7 +10,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     Text,
 )
@@ -200,26 +199,10 @@ class RefillProposal(Base):
     destination: Mapped[str] = mapped_column(String(ADDRESS_MAX_LEN))
     status: Mapped[str] = mapped_column(String(24))
     required_approvals: Mapped[int] = mapped_column(Integer)
-    # JSON list of {"approver": ..., "at_ms": ..., "signed": bool}; approvals are never removed. The
-    # signed ones (the only ones that count for the offline signer) are in wallet_refill_approvals.
-    approvals: Mapped[str] = mapped_column(Text)
+    # Its approvals are in the approvals table (custody.access.approvals, kind "refill").
     proposed_by: Mapped[str] = mapped_column(String(128))
     created_ms: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
-
-
-class RefillApprovalRow(Base):
-    """One signed approval (`policies.approval.Approval` bytes) of a refill proposal."""
-
-    __tablename__ = "wallet_refill_approvals"
-    __table_args__ = (Index("ix_wallet_refill_approvals_proposal_id", "proposal_id"),)
-
-    approval_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    proposal_id: Mapped[str] = mapped_column(ForeignKey("wallet_refill_proposals.id"))
-    approver: Mapped[str] = mapped_column(String(64))
-    key_id: Mapped[str] = mapped_column(String(128))
-    approval: Mapped[bytes] = mapped_column(LargeBinary)
-    created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class ReconciliationRun(Base):

@@ -16,20 +16,26 @@ Refill states: proposed --quorum--> awaiting_signer --export--> awaiting_signatu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from custody.access.approvals import (
+    ApprovalKind,
+    Ballot,
+    Signed,
+    add_approval,
+    approval_rows,
+    stored_approvals,
+)
 from custody.access.approvers import load_registry
-from custody.access.errors import AccessCode, AccessError
 from custody.assets import get_asset
 from custody.chains.adapter import ChainAdapter
 from custody.chains.ethereum.token import NATIVE_TRANSFER_GAS, TOKEN_TRANSFER_GAS
 from custody.wallets.codes import WalletCode, WalletError
-from custody.wallets.models import ChainTransaction, RefillApprovalRow, RefillProposal, WalletLimit
+from custody.wallets.models import ChainTransaction, RefillProposal, WalletLimit
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.wallets.withdrawal_executor import (
     OPEN_STATUSES,
@@ -40,11 +46,10 @@ from custody.wallets.withdrawal_executor import (
 )
 from custody.withdrawals import lifecycle
 from custody.withdrawals.lifecycle import Event, Kind
-from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms, current_approvals
+from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms
 from policies.policy_document import Allow, PolicyDocument, WalletTemperature
 from policies.policy_json import parse_policy_object
 from policies.quorum import QuorumRequirement, verify_quorum
-from policies.results import PolicyError
 from policies.roles import Role
 from policies.withdrawal_policy import Destination, WithdrawalContext, evaluate
 
@@ -170,12 +175,7 @@ def _subject_json(s: ApprovalSubject) -> dict[str, object]:
 
 def refill_approvals(session: Session, proposal_id: str) -> list[Approval]:
     """Return the signed approvals stored for a refill, oldest first."""
-    rows = session.scalars(
-        select(RefillApprovalRow)
-        .where(RefillApprovalRow.proposal_id == proposal_id)
-        .order_by(RefillApprovalRow.created_ms, RefillApprovalRow.approval_id)
-    )
-    return current_approvals(row.approval for row in rows)
+    return stored_approvals(session, ApprovalKind.REFILL, proposal_id)
 
 
 class Treasury:
@@ -323,7 +323,7 @@ class Treasury:
                 )
             )
             if open_row is not None:
-                return _refill(open_row, terms)
+                return _refill(session, open_row, terms)
             row = RefillProposal(
                 id=f"refill:{asset}:{self._clock()}",
                 chain=self._chain,
@@ -333,13 +333,13 @@ class Treasury:
                 destination=destination,
                 status=PROPOSED,
                 required_approvals=required_approvals,
-                approvals="[]",
                 proposed_by=proposed_by,
                 created_ms=self._clock(),
                 updated_ms=self._clock(),
             )
             session.add(row)
-        return _refill(row, terms)
+        return RefillView(row.id, row.asset, row.amount_minor, row.destination, row.status,
+                          row.required_approvals, [], row.proposed_by, terms)
 
     def approve_refill(self, proposal_id: str, approver: str, approval: Approval) -> RefillView:
         """Add ``approver``'s signed approval; at quorum the proposal awaits the offline signer.
@@ -351,10 +351,6 @@ class Treasury:
         While the proposal awaits the signer, further approvals are still
         taken (one whose approval expired can be replaced before export).
         """
-        if approval.approver_id != approver:
-            raise AccessError(
-                AccessCode.APPROVER_MISMATCH, f"approval is by {approval.approver_id}; submit your own"
-            )
         now_ms = self._clock()
         terms = {asset: self._terms(asset) for asset in self._adapter.assets()}
         with self._sessions.begin() as session:
@@ -367,62 +363,30 @@ class Treasury:
                 )
             if row.status not in (PROPOSED, AWAITING_SIGNER):
                 raise WalletError(WalletCode.PROPOSAL_NOT_PENDING, f"refill {proposal_id} is {row.status}")
-            if approver == row.proposed_by:
-                raise WalletError(WalletCode.SELF_APPROVAL, "the proposer cannot approve their own refill")
-            approvals = json.loads(row.approvals)
-            if approver in {a["approver"] for a in approvals if a.get("signed")}:
-                raise WalletError(WalletCode.DUPLICATE_APPROVAL, f"{approver} already approved {proposal_id}")
-            met = self._add_signed(session, row, approval, now_ms, terms.get(row.asset))
-            approvals.append({"approver": approver, "at_ms": now_ms, "signed": True})
-            row.approvals = json.dumps(approvals)
+            asset_terms = terms.get(row.asset)
+            subject = refill_subject(row.id, row.asset, row.amount_minor, row.destination, asset_terms)
+            requirement = QuorumRequirement(row.required_approvals, REFILL_GROUP)
+            registry = load_registry(session)
+            added = add_approval(
+                session, Ballot(ApprovalKind.REFILL, row.id, row.proposed_by), approver,
+                Signed(approval, lambda approvals: verify_quorum(
+                    subject, approvals, registry, requirement, row.proposed_by, now_ms)),
+                now_ms=now_ms,
+            )
             row.updated_ms = now_ms
-            if met and row.status == PROPOSED:
+            if added.met and row.status == PROPOSED:
                 lifecycle.transition(
                     session, Kind.REFILL, row.id, PROPOSED, Event.QUORUM_MET, actor="system", now_ms=now_ms,
-                    row=row,
-                    details={"approvers": sorted({a["approver"] for a in approvals if a.get("signed")})},
+                    row=row, details={"approvers": sorted(added.approvers)},
                 )
-        return _refill(row, terms.get(row.asset))
-
-    def _add_signed(
-        self,
-        session: Session,
-        row: RefillProposal,
-        approval: Approval,
-        now_ms: int,
-        terms: TransferTerms | None,
-    ) -> bool:
-        """Verify ``approval`` with the stored ones; store it; return whether the quorum is met."""
-        stored = refill_approvals(session, row.id)
-        result = verify_quorum(
-            refill_subject(row.id, row.asset, row.amount_minor, row.destination, terms),
-            [*stored, approval],
-            load_registry(session),
-            QuorumRequirement(row.required_approvals, REFILL_GROUP),
-            row.proposed_by,
-            now_ms,
-        )
-        for rejected in result.rejected:
-            if rejected.index == len(stored):
-                raise PolicyError(rejected.refusal.code, rejected.refusal.message)
-        session.add(
-            RefillApprovalRow(
-                approval_id=approval.approval_id,
-                proposal_id=row.id,
-                approver=approval.approver_id,
-                key_id=approval.key_id,
-                approval=approval.to_bytes(),
-                created_ms=now_ms,
-            )
-        )
-        return result.met
+            return _refill(session, row, asset_terms)
 
     def refills(self) -> list[RefillView]:
         """Return every refill proposal, newest first."""
         terms = {asset: self._terms(asset) for asset in self._adapter.assets()}
         with self._sessions() as session:
             rows = session.scalars(select(RefillProposal).order_by(RefillProposal.created_ms.desc())).all()
-            return [_refill(row, terms.get(row.asset)) for row in rows]
+            return [_refill(session, row, terms.get(row.asset)) for row in rows]
 
     # -- consolidation ----------------------------------------------------------------------
 
@@ -564,7 +528,7 @@ class Treasury:
             )
 
 
-def _refill(row: RefillProposal, terms: TransferTerms | None) -> RefillView:
+def _refill(session: Session, row: RefillProposal, terms: TransferTerms | None) -> RefillView:
     return RefillView(
         row.id,
         row.asset,
@@ -572,7 +536,7 @@ def _refill(row: RefillProposal, terms: TransferTerms | None) -> RefillView:
         row.destination,
         row.status,
         row.required_approvals,
-        [a["approver"] for a in json.loads(row.approvals)],
+        [a.approver for a in approval_rows(session, ApprovalKind.REFILL, row.id)],
         row.proposed_by,
         terms,
     )

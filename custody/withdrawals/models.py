@@ -1,8 +1,8 @@
-"""Withdrawal tables: whitelisted destinations, withdrawal requests and their approvals."""
+"""Withdrawal tables: whitelisted destinations and withdrawal requests (approvals: access.approvals)."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from custody.db import Base
@@ -67,17 +67,3 @@ class WithdrawalRequest(Base):
     updated_ms: Mapped[int] = mapped_column(BigInteger)
     closed_by: Mapped[str | None] = mapped_column(String(64))
     close_reason: Mapped[str | None] = mapped_column(String(256))
-
-
-class WithdrawalApprovalRow(Base):
-    """One signed approval (`policies.approval.Approval` bytes) of a withdrawal."""
-
-    __tablename__ = "withdrawal_approvals"
-    __table_args__ = (Index("ix_withdrawal_approvals_withdrawal_id", "withdrawal_id"),)
-
-    approval_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    withdrawal_id: Mapped[str] = mapped_column(ForeignKey("withdrawal_requests.id"))
-    approver: Mapped[str] = mapped_column(String(64))
-    key_id: Mapped[str] = mapped_column(String(128))
-    approval: Mapped[bytes] = mapped_column(LargeBinary)
-    created_ms: Mapped[int] = mapped_column(BigInteger)

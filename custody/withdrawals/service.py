@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from custody import freezes, security_log, withdrawal_halts
+from custody.access.approvals import ApprovalKind, Ballot, Signed, add_approval, approval_rows
 from custody.access.approvers import load_registry
 from custody.access.errors import AccessCode, AccessError
 from custody.access.models import User
@@ -49,13 +50,12 @@ from custody.withdrawals.address import canonical_destination
 from custody.withdrawals.codes import WithdrawalCode, WithdrawalError
 from custody.withdrawals.lifecycle import Event, Kind
 from custody.withdrawals.lifecycle import WithdrawalState as State
-from custody.withdrawals.models import WhitelistAddress, WithdrawalApprovalRow, WithdrawalRequest
-from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms, current_approvals
+from custody.withdrawals.models import WhitelistAddress, WithdrawalRequest
+from policies.approval import Approval, ApprovalSubject, SubjectKind, TransferTerms
 from policies.identifier import MAX_ADDRESS_CHARS, is_identifier
 from policies.policy_document import Allow, Delay, PolicyDocument, RequireApprovals, WalletTemperature
 from policies.price import usd_cents
 from policies.quorum import QuorumRequirement, verify_quorum
-from policies.results import PolicyError
 from policies.velocity import MAX_VELOCITY_WINDOW_S, MS_PER_S, PastWithdrawal, velocity_totals
 from policies.withdrawal_policy import Decision, Destination, WithdrawalContext, evaluate
 
@@ -511,11 +511,6 @@ class Withdrawals:
 
     def approve(self, actor: UserView, withdrawal_id: str, approval: Approval) -> WithdrawalView:
         """Add ``actor``'s signed approval; the withdrawal is approved once the quorum is met."""
-        if approval.approver_id != actor.username:
-            raise AccessError(
-                AccessCode.APPROVER_MISMATCH,
-                f"approval is by {approval.approver_id}; submit your own approval",
-            )
         now_ms = self._clock()
         with self._sessions.begin() as session:
             row = _locked(session, withdrawal_id, None)
@@ -524,41 +519,22 @@ class Withdrawals:
                     WithdrawalCode.WITHDRAWAL_NOT_AWAITING_APPROVAL,
                     f"withdrawal {withdrawal_id} is {row.state}, not pending_approval",
                 )
-            stored = current_approvals(a.approval for a in _approval_rows(session, withdrawal_id))
-            result = verify_quorum(
-                subject_of(row, self._terms(session, row)),
-                [*stored, approval],
-                load_registry(session),
-                QuorumRequirement(row.required_count, row.required_group),
-                row.username,
-                now_ms,
-            )
-            for rejected in result.rejected:
-                if rejected.index == len(stored):
-                    raise PolicyError(rejected.refusal.code, rejected.refusal.message)
-            session.add(
-                WithdrawalApprovalRow(
-                    approval_id=approval.approval_id,
-                    withdrawal_id=withdrawal_id,
-                    approver=actor.username,
-                    key_id=approval.key_id,
-                    approval=approval.to_bytes(),
-                    created_ms=now_ms,
-                )
-            )
-            security_log.append(
+            subject = subject_of(row, self._terms(session, row))
+            requirement = QuorumRequirement(row.required_count, row.required_group)
+            registry = load_registry(session)
+            added = add_approval(
                 session,
-                at_ms=now_ms,
-                actor=actor.username,
-                action="withdrawal.approve",
-                subject=withdrawal_id,
-                details={"approval_id": approval.approval_id, "key_id": approval.key_id},
+                Ballot(ApprovalKind.WITHDRAWAL, withdrawal_id, row.username),
+                actor.username,
+                Signed(approval, lambda approvals: verify_quorum(
+                    subject, approvals, registry, requirement, row.username, now_ms)),
+                now_ms=now_ms,
             )
-            if result.met:
+            if added.met:
                 lifecycle.transition(
                     session, Kind.WITHDRAWAL, withdrawal_id, PENDING_APPROVAL, Event.QUORUM_MET,
                     actor="system", now_ms=now_ms, values={"closed_by": actor.username},
-                    details={"approvers": sorted(result.approver_ids)},
+                    details={"approvers": sorted(added.approvers)},
                 )
             session.flush()
             return _view(session, row, self._terms(session, row))
@@ -801,18 +777,11 @@ def _locked(session: Session, withdrawal_id: str, owner: str | None) -> Withdraw
     return row
 
 
-def _approval_rows(session: Session, withdrawal_id: str) -> list[WithdrawalApprovalRow]:
-    return list(
-        session.scalars(
-            select(WithdrawalApprovalRow)
-            .where(WithdrawalApprovalRow.withdrawal_id == withdrawal_id)
-            .order_by(WithdrawalApprovalRow.created_ms, WithdrawalApprovalRow.approval_id)
-        )
-    )
-
-
 def _view(session: Session, row: WithdrawalRequest, terms: TransferTerms | None) -> WithdrawalView:
-    approvals = tuple((a.approval_id, a.approver, a.key_id) for a in _approval_rows(session, row.id))
+    approvals = tuple(
+        (a.approval_id, a.approver, a.key_id or "")
+        for a in approval_rows(session, ApprovalKind.WITHDRAWAL, row.id)
+    )
     return WithdrawalView(row, approvals, terms)
 
 

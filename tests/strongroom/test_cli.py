@@ -68,7 +68,7 @@ def test_ledger_transfer_is_a_proposal_until_a_second_admin_approves_with_mfa(
     assert balance["credits_posted"] == str(75_000_000)
     alone = runner.invoke(main, ["ledger", "approve", proposal, "--by", "boss1", "--mfa", admins["boss1"]],
                           env=env)
-    assert alone.exit_code == 1 and json.loads(alone.stderr)["error"] == "approver_mismatch"
+    assert alone.exit_code == 1 and json.loads(alone.stderr)["error"] == "approval_self"
     wrong = runner.invoke(main, ["ledger", "approve", proposal, "--by", "boss2", "--mfa", "000000"], env=env)
     assert wrong.exit_code == 1 and json.loads(wrong.stderr)["error"] == "mfa_invalid"
     ok = runner.invoke(main, ["ledger", "approve", proposal, "--by", "boss2", "--mfa", admins["boss2"]],

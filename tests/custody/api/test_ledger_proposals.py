@@ -64,7 +64,7 @@ def test_proposer_cannot_approve_their_own_proposal(
     proposal = _mint(admins[0], accounts).json["proposal"]["id"]
     before = _seq(app)
     refused = admins[0].post(f"/api/v1/ledger/proposals/{proposal}/approve", mfa=True, idempotency_key="a1")
-    assert_error(refused, 403, "approver_mismatch")
+    assert_error(refused, 422, "approval_self")  # The one refusal of self-approval, whatever is approved.
     assert _seq(app) == before
 
 

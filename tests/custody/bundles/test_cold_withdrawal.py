@@ -209,27 +209,23 @@ def test_cold_withdrawal_with_version_1_approvals_refused_with_a_clear_message(w
     """Approvals stored before the approval digest bound chain, network, wallet, fee cap and rule."""
     from sqlalchemy import delete
 
-    from custody.withdrawals.models import WithdrawalApprovalRow
+    from custody.access.models import ApprovalRow
 
     from ...policies.test_approval_doc import VERSION_1_APPROVAL_HEX
 
     withdrawal_id = world.cold_withdrawal(ETH)
     sessions = world.app.extensions["strongroom.sessions"]
+    mine = (ApprovalRow.kind == "withdrawal", ApprovalRow.subject_id == withdrawal_id)
     with sessions.begin() as session:
-        rows = list(
-            session.scalars(
-                select(WithdrawalApprovalRow).where(WithdrawalApprovalRow.withdrawal_id == withdrawal_id)
-            )
-        )
+        rows = list(session.scalars(select(ApprovalRow).where(*mine)))
         assert len(rows) == 2
-        session.execute(
-            delete(WithdrawalApprovalRow).where(WithdrawalApprovalRow.withdrawal_id == withdrawal_id)
-        )
+        session.execute(delete(ApprovalRow).where(*mine))
         for n, row in enumerate(rows):  # As a database from before the migration holds them.
             session.add(
-                WithdrawalApprovalRow(
+                ApprovalRow(
                     approval_id=f"v1-{n}",
-                    withdrawal_id=withdrawal_id,
+                    kind="withdrawal",
+                    subject_id=withdrawal_id,
                     approver=row.approver,
                     key_id=row.key_id,
                     approval=bytes.fromhex(VERSION_1_APPROVAL_HEX),

@@ -17,6 +17,7 @@ from custody.wallets.models import Wallet
 from custody.wallets.treasury import RefillView
 from custody.wallets.wallet import Temperature
 from policies.approval import Approval, ApprovalSubject, sign_approval
+from policies.results import PolicyError, ResultCode
 from policies.roles import Role
 from policies.signature_scheme import ed25519_public_bytes
 from strongroom.wiring import build_access_services
@@ -112,9 +113,10 @@ def test_refill_proposal_needs_two_distinct_signed_approvals(harness: Harness) -
     tina = _approve(harness, keys["tina"], "tina", proposal.subject)
     treasury.approve_refill(proposal.id, "tina", tina)
     again = _approve(harness, keys["tina"], "tina", proposal.subject)
-    with pytest.raises(WalletError) as info:
+    with pytest.raises(PolicyError) as info:
         treasury.approve_refill(proposal.id, "tina", again)
-    assert info.value.code is WalletCode.DUPLICATE_APPROVAL
+    assert info.value.code is ResultCode.APPROVER_DUPLICATE
     tom = _approve(harness, keys["tom"], "tom", proposal.subject)
     done = treasury.approve_refill(proposal.id, "tom", tom)
-    assert done.status == "awaiting_signer" and done.approvals == ["tina", "tom"]
+    assert done.status == "awaiting_signer" and sorted(done.approvals) == ["tina", "tom"]
+

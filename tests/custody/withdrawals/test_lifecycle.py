@@ -65,7 +65,7 @@ def _insert(session: Session, kind: Kind, row_id: str, state: str) -> None:
     else:
         session.add(RefillProposal(
             id=row_id, chain="ethereum", asset="ETH", amount_minor=10, source_wallet_id=1,
-            destination="0xabc", status=state, required_approvals=2, approvals="[]", proposed_by="bob",
+            destination="0xabc", status=state, required_approvals=2, proposed_by="bob",
             created_ms=NOW_MS, updated_ms=NOW_MS,
         ))
 
