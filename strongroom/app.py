@@ -100,7 +100,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.extensions["strongroom.chains"] = chains
     if chains:
         from custody.bundles.terms import install_terms
-        from strongroom.commands.wallets import bundle_chains
+        from strongroom.runtimes.from_env import bundle_chains
 
         # Approvers of cold withdrawals and refills bind the chain, network, wallet and fee cap.
         install_terms(bundle_chains(chains), app.extensions["strongroom.access"].withdrawals,

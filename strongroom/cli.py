@@ -189,8 +189,8 @@ def serve(host: str | None, port: int | None) -> None:
     from waitress import serve as waitress_serve
 
     from strongroom.app import create_app
-    from strongroom.commands.wallets import chain_runtimes_from_env
     from strongroom.jobs import JobRunner, exchange_jobs, server_jobs
+    from strongroom.runtimes.from_env import chain_runtimes_from_env
     from strongroom.startup import StartupError, check_startup
 
     settings = _settings()

@@ -123,7 +123,7 @@ def exchange_feed(kind: str, seed: int, indices: dict[str, IndexConfig]) -> Pric
 def cold_transfers(app: Flask) -> ColdTransfers:
     """Return the cold-transfer service (custody.bundles) over every chain runtime of ``app``."""
     from custody.bundles.service import ColdTransfers
-    from strongroom.commands.wallets import bundle_chains
+    from strongroom.runtimes.from_env import bundle_chains
 
     runtimes = app.extensions["strongroom.chains"]
     # The registry reads wallets and accounts of any chain; any runtime's will do.

@@ -35,7 +35,7 @@ def role() -> str:
 def build() -> Flask:
     """Create the app for this process's role."""
     from strongroom.app import create_app
-    from strongroom.commands.wallets import chain_runtimes_from_env
+    from strongroom.runtimes.from_env import chain_runtimes_from_env
     from strongroom.settings import Settings
     from strongroom.startup import check_startup
 

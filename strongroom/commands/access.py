@@ -54,7 +54,7 @@ def services(*, with_terms: bool = False) -> AccessServices:
     if not with_terms:
         return built
     from custody.bundles.terms import install_terms
-    from strongroom.commands.wallets import bundle_chains, chain_runtimes_from_env
+    from strongroom.runtimes.from_env import bundle_chains, chain_runtimes_from_env
 
     runtimes = chain_runtimes_from_env(settings)
     if runtimes:

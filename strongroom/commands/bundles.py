@@ -33,8 +33,8 @@ from custody.wallets.codes import WalletError
 from policies.results import PolicyError
 from signer import qr
 from signer.results import SignerError
-from strongroom.commands.wallets import bundle_chains, chain_runtimes_from_env
 from strongroom.keystores import LazyKeystore, open_keystore
+from strongroom.runtimes.from_env import bundle_chains, chain_runtimes_from_env
 from strongroom.settings import Settings, SettingsError
 
 HOUR_MS = 3_600_000

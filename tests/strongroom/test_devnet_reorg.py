@@ -19,10 +19,10 @@ from custody.security_log import SecurityEvent
 from custody.wallets.deposit_watcher import CORRECTION_ACTOR, DepositStatus
 from custody.wallets.models import ChainDeposit
 from strongroom import migrate
-from strongroom.commands.wallets import bitcoin_runtime_from_env, runtime_from_env
 from strongroom.devnet.control import BitcoinControl, EthereumControl
 from strongroom.devnet.ethereum import anvil_binary
 from strongroom.devnet.runner import Devnet, start
+from strongroom.runtimes.from_env import bitcoin_runtime_from_env, runtime_from_env
 from strongroom.settings import Settings
 
 from ..signer.helpers import World

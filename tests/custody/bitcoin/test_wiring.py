@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from custody.chains.bitcoin.regtest import RegtestChain
-from strongroom.commands.wallets import bundle_chains, chain_runtimes_from_env
 from strongroom.runtimes.bitcoin import BitcoinRuntime
+from strongroom.runtimes.from_env import bundle_chains, chain_runtimes_from_env
 from strongroom.settings import Settings
 
 from .helpers import WORLD
