@@ -19,7 +19,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import BigInteger, Index, String, select
+from sqlalchemy import BigInteger, Index, String, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from custody import security_log
@@ -36,7 +37,14 @@ class WithdrawalHalt(Base):
     """One halt of withdrawals (global or one chain), until two admins lift it."""
 
     __tablename__ = "withdrawal_halts"
-    __table_args__ = (Index("ix_withdrawal_halts_scope", "scope"),)
+    __table_args__ = (
+        Index("ix_withdrawal_halts_scope", "scope"),
+        # At most one active halt per scope, whatever runs concurrently (migration 0022_halt_unique):
+        # two admins halting at once on PostgreSQL could each insert a row (FOR UPDATE locks no
+        # row that does not exist yet).
+        Index("uq_withdrawal_halts_active_scope", "scope", unique=True,
+              sqlite_where=text("lifted_ms IS NULL"), postgresql_where=text("lifted_ms IS NULL")),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     scope: Mapped[str] = mapped_column(String(40))
@@ -94,17 +102,28 @@ def halt(session: Session, *, scope: str, reason: str, admin: str, now_ms: int) 
                           f"{', '.join(SCOPES)}")
     if len(reason) > REASON_MAX_CHARS:
         raise AccessError(AccessCode.PROPOSAL_INVALID, f"reason must be at most {REASON_MAX_CHARS} chars")
-    existing = session.scalars(select(WithdrawalHalt).where(
-        WithdrawalHalt.scope == scope, WithdrawalHalt.lifted_ms.is_(None)).with_for_update()).first()
+    existing = _active(session, scope)
     if existing is not None:
         return _view(existing)
     row = WithdrawalHalt(id="wh_" + secrets.token_hex(12), scope=scope, reason=reason, raised_by=admin[:64],
                          created_ms=now_ms)
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        # A concurrent halt of the same scope committed first (the unique index waited for it):
+        # that halt is the one in force.
+        won = _active(session, scope)
+        assert won is not None, f"the unique index refused a second active halt of {scope}"
+        return _view(won)
     security_log.append(session, at_ms=now_ms, actor=admin, action="withdrawals.halt", subject=row.id,
                         outcome="halted", details={"scope": scope, "reason": reason})
     return _view(row)
+
+
+def _active(session: Session, scope: str) -> WithdrawalHalt | None:
+    return session.scalars(select(WithdrawalHalt).where(
+        WithdrawalHalt.scope == scope, WithdrawalHalt.lifted_ms.is_(None)).with_for_update()).first()
 
 
 def lift(session: Session, halt_id: str, *, admin: str, now_ms: int) -> HaltView:

@@ -81,6 +81,9 @@ class ResultCode(enum.IntEnum):
 # more (authorization refused, locked out, or "not yet").
 _DEFAULT_HTTP_STATUS = {1: 401, 5: 422}
 _HTTP_STATUS: dict[ResultCode, int] = {
+    # Bad parameters for a new key (scopes, allowlist, an expiry in the past) are a bad request,
+    # not a failed authentication: the caller's own key authenticated fine.
+    ResultCode.API_KEY_INVALID: 400,
     ResultCode.IP_NOT_ALLOWED: 403,
     ResultCode.SCOPE_MISSING: 403,
     ResultCode.PERMISSION_DENIED: 403,

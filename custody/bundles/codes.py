@@ -20,6 +20,8 @@ class BundleCode(IntEnum):
     BUNDLE_SUPERSEDED = 4808
     COLD_BALANCE_SHORT = 4809
     REQUEST_MISMATCH = 4810
+    HOLD_NOT_LIVE = 4811
+    WITHDRAWALS_HALTED = 4812
 
     @property
     def error(self) -> str:
@@ -28,6 +30,8 @@ class BundleCode(IntEnum):
 
 
 BUNDLE_STATUS: dict[BundleCode, int] = {
+    BundleCode.HOLD_NOT_LIVE: 409,
+    BundleCode.WITHDRAWALS_HALTED: 423,
     BundleCode.BUNDLE_NOT_FOUND: 404,
     BundleCode.REQUEST_NOT_FOUND: 404,
     BundleCode.REQUEST_NOT_READY: 409,

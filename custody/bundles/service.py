@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody import freezes, security_log
+from custody import freezes, security_log, withdrawal_halts
 from custody.bundles.builder import build_bundle, platform_sign
 from custody.bundles.chains import BundleChain, BundleChains, Finished
 from custody.bundles.codes import BundleCode, BundleError
@@ -54,6 +54,7 @@ from custody.ledger.entry import TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.wallets.settlement import refusal, settlement_requests
 from custody.wallets.wallet import Temperature, WalletRegistry
+from custody.withdrawals import service as withdrawals
 from policies.approval import APPROVAL_OUTDATED_MESSAGE, SubjectKind
 from signer.bundle import Bundle, Intent, RequestRef, signing_message
 from signer.results import SignerError
@@ -241,6 +242,7 @@ class ColdTransfers:
                 # A deposit of this owner left the chain after it was credited (docs/wallets.md).
                 raise BundleError(BundleCode.REQUEST_NOT_READY,
                                   f"{owner}'s withdrawals are frozen pending review; not exported")
+            _check_withdrawal_may_move(session, kind, opened, "exported")
         if opened.stage == EXPORTED and current is not None and current.state == EXPORTED:
             if current.expires_at_ms > now_ms:
                 return Exported(_view(current), current.bundle)
@@ -262,6 +264,7 @@ class ColdTransfers:
                 raise BundleError(
                     BundleCode.REQUEST_NOT_READY, f"{kind} {request_id} changed while exporting; export again"
                 )
+            _check_withdrawal_may_move(session, kind, again, "exported")
             if newest is not None:
                 newest.state, newest.updated_ms = SUPERSEDED, now_ms
                 newest.note = f"expired unsigned; replaced by {row.bundle_id}"
@@ -417,6 +420,9 @@ class ColdTransfers:
             _check_importable(row)
             bundle = Bundle.from_bytes(row.bundle)
             opened = self._source(row.request_kind).open(session, row.request_id, now_ms, lock=False)
+            # An exported withdrawal is still in flight: a halt stops it before broadcast (the
+            # signed file is not stored; import it again once the halt is lifted).
+            _check_withdrawal_may_move(session, row.request_kind, opened, "imported")
         self._check_ours(row, bundle, opened)
         chain = self._chains.get(row.chain)
         try:
@@ -678,3 +684,21 @@ def _check_importable(row: ColdBundle) -> None:
             BundleCode.SIGNED_CONFLICT,
             f"bundle {row.bundle_id} is already {row.state} with another signed result",
         )
+
+
+def _check_withdrawal_may_move(session: Session, kind: str, opened: Opened, step: str) -> None:
+    """Refuse to export or import a cold withdrawal whose hold is gone or whose chain is halted."""
+    if kind != "withdrawal":
+        return
+    request = opened.request
+    halt = withdrawal_halts.halted(session, request.asset)
+    if halt is not None:
+        raise BundleError(BundleCode.WITHDRAWALS_HALTED,
+                          f"withdrawals of {request.asset} are halted ({halt.scope}); "
+                          f"withdrawal {request.request_id} not {step}")
+    # The hold is what keeps the user from spending the same funds twice: without a live one
+    # (voided by an operator, expired, posted), a signed transfer would pay out unbacked.
+    if opened.hold_transfer_id is None or not withdrawals.hold_is_live(session, opened.hold_transfer_id):
+        raise BundleError(BundleCode.HOLD_NOT_LIVE,
+                          f"withdrawal {request.request_id}'s hold {opened.hold_transfer_id} is not live; "
+                          f"not {step}")

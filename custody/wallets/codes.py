@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from custody.refusal import CustodyRefusal
+
 
 class WalletCode(IntEnum):
     """Stable refusals of the wallet subsystem."""
@@ -48,15 +50,13 @@ WALLET_STATUS: dict[WalletCode, int] = {
 }
 
 
-class WalletError(Exception):
-    """An expected refusal of the wallet subsystem, with a stable code."""
+class WalletError(CustodyRefusal):
+    """An expected refusal of the wallet subsystem, with a stable code.
+
+    A ``CustodyRefusal``, so wherever it surfaces (a withdrawal, a cold transfer, a
+    CLI command) it answers with its stable code and status, never as an internal error.
+    """
 
     def __init__(self, code: WalletCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def status(self) -> int:
-        """Return the HTTP status for this refusal."""
-        return WALLET_STATUS.get(self.code, 400)
+        super().__init__(code, message, WALLET_STATUS.get(code, 400))
+        self.code: WalletCode = code

@@ -104,13 +104,18 @@ def keys(out: Path | None) -> None:
     _guard(run)
 
 
+# Snapshot ids are a 32-bit integer column: a larger number is refused as a usage error, not
+# handed to the database (PostgreSQL answered "integer out of range" with a stack trace).
+SNAPSHOT_ID = click.IntRange(1, 2**31 - 1)
+
+
 @click.group("reserves")
 def reserves() -> None:
     """Proof of reserves: liabilities snapshots, per-user proofs, the reserves report."""
 
 
 @reserves.command("report")
-@click.option("--snapshot", "snapshot_id", type=int, default=None,
+@click.option("--snapshot", "snapshot_id", type=SNAPSHOT_ID, default=None,
               help="Report an existing snapshot instead of taking a new one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the snapshot and report as JSON.")
 def report(snapshot_id: int | None, as_json: bool) -> None:
@@ -133,7 +138,7 @@ def report(snapshot_id: int | None, as_json: bool) -> None:
 
 
 @reserves.command("proof")
-@click.option("--snapshot", "snapshot_id", type=int, required=True)
+@click.option("--snapshot", "snapshot_id", type=SNAPSHOT_ID, required=True)
 @click.option("--owner", required=True)
 @click.option("--asset", required=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,

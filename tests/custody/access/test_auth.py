@@ -176,3 +176,15 @@ def test_refusals_of_known_keys_are_in_the_security_log(alice: SignedClient, app
         events = security_log.page(session, limit=1000)
     refused = [e for e in events if e.action == "auth.refused"]
     assert refused and refused[-1].outcome == "signature_invalid" and refused[-1].actor == "alice"
+
+
+@pytest.mark.parametrize("expires", ["past", "now"])
+def test_create_api_key_with_expiry_not_in_the_future_is_400_and_creates_nothing(
+    alice: SignedClient, app: Flask, clock: Any, expires: str
+) -> None:
+    expires_ms = clock.now_ms - 1 if expires == "past" else clock.now_ms
+    before = access(app).users.list_api_keys("alice")
+    refused = alice.post("/api/v1/api-keys", json={"scopes": ["read"], "expires_ms": expires_ms}, mfa=True)
+    body = assert_error(refused, 400, "api_key_invalid")
+    assert body["code"] == 1015 and "expires_at_ms" in body["message"]
+    assert access(app).users.list_api_keys("alice") == before

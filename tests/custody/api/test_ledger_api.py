@@ -231,3 +231,22 @@ def test_create_account_refusals(ops: SignedClient) -> None:
     _assert_error(ops.post("/api/v1/ledger/accounts", json={
         "owner": "carol", "asset": "XRP", "kind": "user_available"}), 400, 4014, "unknown_asset")
     _assert_error(ops.get("/api/v1/ledger/accounts/999"), 404, 4001, "unknown_account")
+
+
+@pytest.mark.parametrize(("action", "body"), [
+    ("post", {"id": "p", "surprise": 1}),
+    ("post", {"id": "p", "debit_account": 1}),
+    ("void", {"id": "v", "amount": "5"}),  # a void releases the whole hold: no amount
+    ("void", {"id": "v", "pending_id": "other"}),
+])
+def test_post_or_void_with_unknown_fields_refused_400_nothing_proposed(
+    ops: SignedClient, funded: dict[str, int], admins2: TwoAdmins, action: str, body: dict[str, Any]
+) -> None:
+    hold = admins2.post("/api/v1/ledger/transfers", json={
+        "id": "hold", "kind": "pending", "debit_account": funded["alice"],
+        "credit_account": funded["bob"], "amount": 100, "timeout_s": 3600})
+    assert hold.status_code == 201
+    before = ops.get("/api/v1/ledger/proposals").json
+    _assert_error(ops.post(f"/api/v1/ledger/transfers/hold/{action}", json=body, mfa=True,
+                           idempotency_key=f"x-{action}"), 400, 9002, "invalid_field")
+    assert ops.get("/api/v1/ledger/proposals").json == before

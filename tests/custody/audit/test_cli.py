@@ -91,3 +91,16 @@ def test_audit_keys_prints_the_document_and_the_fingerprint_the_auditor_recomput
     assert json.loads(document)["keys"][0]["name"] == "ledger-checkpoint"
     assert audit_main(["keys-fingerprint", str(tmp_path / "keys.json")]) == 0
     assert capsys.readouterr().out.split()[0] == fingerprint_line.strip()
+
+
+@pytest.mark.parametrize("snapshot", ["0", "-1", str(2**31), str(10**30)])
+def test_reserves_commands_with_snapshot_id_out_of_range_refused_as_usage_error(
+    env: dict[str, str], tmp_path: Path, snapshot: str
+) -> None:
+    runner = CliRunner()
+    for args in (["reserves", "report", "--snapshot", snapshot],
+                 ["reserves", "proof", "--snapshot", snapshot, "--owner", "alice", "--asset", "BTC",
+                  "--out", str(tmp_path / "p.json")]):
+        result = runner.invoke(main, args, env=env)
+        assert result.exit_code == 2, result.output  # click's usage error, before any database access
+        assert "--snapshot" in result.output and "Traceback" not in result.output

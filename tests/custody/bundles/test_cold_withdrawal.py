@@ -271,3 +271,45 @@ def test_export_refuses_a_cold_withdrawal_of_a_frozen_owner(world: ColdWorld, ap
     assert info.value.code is BundleCode.REQUEST_NOT_READY and "frozen" in info.value.message
     assert world.withdrawal_state(withdrawal_id) == "approved"
     assert world.transfers.recent() == []
+
+
+def test_export_refuses_a_cold_withdrawal_whose_hold_is_no_longer_live(world: ColdWorld, app: Flask) -> None:
+    """An operator (or an expiry) voided the hold: a signed transfer would pay out unbacked funds."""
+    from custody.ledger.entry import TransferKind
+    from custody.ledger.posting import TransferRequest
+
+    withdrawal_id = world.cold_withdrawal(AMOUNT)
+    voided = world.harness.ledger.transfer(TransferRequest(
+        id=f"{withdrawal_id}:hold:void-by-operator", kind=TransferKind.VOID,
+        pending_id=f"{withdrawal_id}:hold"))
+    assert voided.ok, voided
+    with pytest.raises(BundleError) as info:
+        world.transfers.export("withdrawal", withdrawal_id)
+    assert info.value.code is BundleCode.HOLD_NOT_LIVE and info.value.status == 409
+    assert world.withdrawal_state(withdrawal_id) == "approved"
+    assert world.transfers.recent() == []
+
+
+def test_exported_cold_withdrawal_not_imported_while_its_chain_is_halted(
+    world: ColdWorld, app: Flask
+) -> None:
+    """An exported withdrawal is still in flight: a halt stops it before broadcast, a lift lets it go."""
+    from custody import withdrawal_halts
+
+    withdrawal_id = world.cold_withdrawal(AMOUNT)
+    exported = world.transfers.export("withdrawal", withdrawal_id)
+    signed = world.sign(exported.data)
+    sessions = app.extensions["strongroom.sessions"]
+    with sessions.begin() as session:
+        halt = withdrawal_halts.halt(session, scope="chain:ethereum", reason="incident", admin="admin1",
+                                     now_ms=1)
+    with pytest.raises(BundleError) as info:
+        world.transfers.import_signed(signed)
+    assert info.value.code is BundleCode.WITHDRAWALS_HALTED and info.value.status == 423
+    assert world.withdrawal_state(withdrawal_id) == "awaiting_signature"
+    assert world.transfers.get(exported.view.bundle_id).txid is None
+    with sessions.begin() as session:
+        withdrawal_halts.lift(session, halt.id, admin="admin1", now_ms=2)
+        withdrawal_halts.lift(session, halt.id, admin="admin2", now_ms=3)
+    assert world.transfers.import_signed(signed).state == "broadcast"
+    assert world.withdrawal_state(withdrawal_id) == "broadcasting"

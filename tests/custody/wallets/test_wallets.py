@@ -7,6 +7,7 @@ import base64
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from embit import bip39
+from flask import Flask
 from sqlalchemy import select
 
 from custody.chains.ethereum.devchain import EmbeddedChain
@@ -120,3 +121,15 @@ def test_refill_proposal_needs_two_distinct_signed_approvals(harness: Harness) -
     done = treasury.approve_refill(proposal.id, "tom", tom)
     assert done.status == "awaiting_signer" and sorted(done.approvals) == ["tina", "tom"]
 
+
+def test_wallet_error_raised_outside_the_wallet_api_answers_its_stable_code(app: Flask) -> None:
+    """A WalletError is a CustodyRefusal: any blueprint's route answers with its code, not a 500."""
+    from custody.refusal import CustodyRefusal
+
+    refusal = WalletError(WalletCode.PROPOSAL_NOT_PENDING, "refill r-1 is completed")
+    assert isinstance(refusal, CustodyRefusal)
+    with app.test_request_context("/api/v1/withdrawals"):
+        response = app.make_response(app.handle_user_exception(refusal))
+    assert response.status_code == 409
+    assert response.json == {"code": 4411, "error": "proposal_not_pending",
+                             "message": "refill r-1 is completed"}
