@@ -77,6 +77,7 @@ from policies.api_key import Scope
 from policies.roles import Permission
 
 bp = Blueprint("exchange", __name__, url_prefix="/api/v1/exchange")
+bp.before_request(scaleout.refuse_unrouted)  # a no-op unless in scale-out mode
 EXTENSION = "strongroom.exchange"
 
 TRADE = secured(Permission.TRADE, scope=Scope.TRADE, mfa=False)

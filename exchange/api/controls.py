@@ -22,6 +22,7 @@ from custody.api.errors import ApiError, error_body
 from custody.api.request import field_int, field_str, json_object, reject_unknown
 from custody.api.schema import INT, STR, accepts, answers, array, obj, path_parameters
 from exchange.api.blueprint import _now_ms, current_principal, service
+from exchange.api.scaleout import refuse_unrouted
 from exchange.controls import (
     BREAKER_COOLDOWN_MAX_MS,
     BREAKER_MAX_BPS,
@@ -40,6 +41,8 @@ from policies.roles import Permission
 
 T = TypeVar("T")
 bp = Blueprint("exchange_controls", __name__, url_prefix="/api/v1/exchange")
+# Scale-out mode: halts and breakers here would bind only this process's venue: refused.
+bp.before_request(refuse_unrouted)
 
 ADMIN = secured(admin_only=True, scope=Scope.TRADE, mfa=True)
 READ_ADMIN = secured(admin_only=True, scope=Scope.READ, mfa=False)

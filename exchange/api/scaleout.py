@@ -16,7 +16,7 @@ import os
 import threading
 from typing import Any, Final
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from custody.api.errors import ApiError
@@ -81,6 +81,20 @@ def init_scaleout(app: Flask, symbols: list[str]) -> None:
     app.extensions[EXTENSION] = GatewayHolder(
         app, list(urls), markets, int(app.config.get("EXCHANGE_SCALEOUT_IM_PPM", DEFAULT_IM_PPM)),
         float(app.config.get("EXCHANGE_SCALEOUT_WAIT_S", 5.0)))
+
+
+# What scale-out mode routes to the engines; every other state change would act on this
+# process's own (unjournaled, unshared) venue and is refused instead of pretending.
+ROUTED_WRITES: Final = frozenset({"exchange.place_order", "exchange.cancel_order"})
+
+
+def refuse_unrouted() -> None:
+    """Refuse (501) a state-changing exchange endpoint that scale-out mode does not route."""
+    if EXTENSION not in current_app.extensions or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    if request.endpoint not in ROUTED_WRITES:
+        raise ApiError(StreamCode.NOT_ROUTED, f"{request.method} {request.path[:80]} is not "
+                       "available in scale-out mode (docs/scale-out.md)", 501)
 
 
 def gateway() -> Gateway | None:

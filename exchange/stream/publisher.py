@@ -33,6 +33,7 @@ class StreamCode(IntEnum):
     BAD_COMMAND_ID = 3102
     UNKNOWN_MARKET = 3103
     STREAM_UNAVAILABLE = 3104
+    NOT_ROUTED = 3105  # an API state change scale-out mode does not send to the engines
 
 
 class StreamRefused(Exception):

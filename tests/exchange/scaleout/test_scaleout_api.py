@@ -158,3 +158,16 @@ def test_rest_cancel_scaleout_mode_cancels_own_order_and_refuses_others(
     assert margin.free("alice") == 990
     assert not stack.margin.done()
 
+
+def test_rest_unrouted_state_change_scaleout_mode_is_refused_not_pretended(
+        scaleout_app: tuple[Flask, Stack, str, MarginLedger], clock: Any) -> None:
+    app, _, symbol, _ = scaleout_app
+    alice = Trader(app, clock, "alice")
+    for method, path, body in (("PATCH", f"{BASE}/orders/{symbol}/x", {"qty": 1}),
+                               ("DELETE", f"{BASE}/orders/{symbol}", None),
+                               ("POST", f"{BASE}/collateral/deposit", {"amount": 5}),
+                               ("POST", f"{BASE}/deadman", {"timeout_ms": 1000})):
+        r = alice.call(method, path, body)
+        assert (r.status_code, r.get_json()["code"]) == (501, 3105), (path, r.get_json())
+    assert alice.call("GET", f"{BASE}/positions").status_code == 200
+
