@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from custody.access.users import Users
 from custody.api.services import AccessServices
 from custody.keystore import KeystoreError
 from custody.ledger.entry import AccountKind, TransferKind
@@ -84,18 +85,27 @@ DEMO_KEY_USER = "alice"
 DEMO_KEY_LABEL = "demo"
 
 
+def ensure_demo_people(users: Users) -> None:
+    """Create the demo users with their roles and KYC tiers, if they are not there yet.
+
+    The wallet demo deposits for alice and bob: as unknown owners (tier 0) compliance
+    would hold every deposit of theirs for review instead of crediting it.
+    """
+    from custody.access.users import parse_roles
+
+    for username, roles, kyc_tier in DEMO_PEOPLE:
+        if users.find_user(username) is None:
+            users.create_user(username, parse_roles(roles), kyc_tier=kyc_tier, actor="demo")
+
+
 def seed_demo_access(services: AccessServices) -> list[str]:
     """Create the demo users (idempotent) and a fresh demo API key for alice; return lines to print.
 
     Each run revokes alice's previous demo key and prints a new one, because the
     secret of the old one was shown once and is not stored in clear anywhere.
     """
-    from custody.access.users import parse_roles
-
     services.policies.ensure_default()
-    for username, roles, kyc_tier in DEMO_PEOPLE:
-        if services.users.find_user(username) is None:
-            services.users.create_user(username, parse_roles(roles), kyc_tier=kyc_tier, actor="demo")
+    ensure_demo_people(services.users)
     for old in services.users.list_api_keys(DEMO_KEY_USER):
         if old.label == DEMO_KEY_LABEL and old.key.revoked_at_ms is None:
             services.users.revoke_api_key(DEMO_KEY_USER, old.key.key_id, actor="demo")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import click
 
+from custody.access.secret_box import SecretBox
+from custody.access.users import Users
 from custody.chains.adapter import ChainError
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.ethereum.devchain import EmbeddedChain
@@ -38,7 +40,9 @@ from custody.ledger.service import Ledger, wall_clock_ms
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.wallet import Temperature
 from strongroom import migrate as migrations
+from strongroom.demo import ensure_demo_people
 from strongroom.devnet.control import DevnetInfo
+from strongroom.keystores import open_keystore
 from strongroom.runtimes.bitcoin import build_bitcoin_runtime
 from strongroom.runtimes.ethereum import build_runtime
 from strongroom.runtimes.from_env import (  # noqa: F401 (re-exported for older callers)
@@ -141,6 +145,9 @@ def run_devnet_demo(settings: Settings, info: DevnetInfo, say: Callable[[str], o
 
     ethereum, bitcoin = runtime_from_env(settings), bitcoin_runtime_from_env(settings)
     assert ethereum is not None and bitcoin is not None, "the devnet environment configures both chains"
+    # The demo's depositors are verified users (the KYC tier caps hold unknown owners' deposits).
+    sessions = make_session_factory(make_engine(settings.database_url))
+    ensure_demo_people(Users(sessions, SecretBox(open_keystore(settings)), wall_clock_ms))
     ethereum.setup_wallets(os.environ.get(ETH_COLD_ADDRESS_ENV) or DEMO_COLD_ADDRESS)
     bitcoin.setup_wallets(os.environ.get("STRONGROOM_BTC_COLD_DESCRIPTOR")
                           or demo.demo_cold_descriptor(settings.data_dir, _demo_cold_descriptor))

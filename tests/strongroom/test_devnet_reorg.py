@@ -13,15 +13,20 @@ import pytest
 from sqlalchemy import select
 
 from custody import freezes
+from custody.access.secret_box import SecretBox
+from custody.access.users import Users
 from custody.db import make_engine, make_session_factory
 from custody.ledger.models import LedgerTransfer
+from custody.ledger.service import wall_clock_ms
 from custody.security_log import SecurityEvent
 from custody.wallets.deposit_watcher import CORRECTION_ACTOR, DepositStatus
 from custody.wallets.models import ChainDeposit
 from strongroom import migrate
+from strongroom.demo import ensure_demo_people
 from strongroom.devnet.control import BitcoinControl, EthereumControl
 from strongroom.devnet.ethereum import anvil_binary
 from strongroom.devnet.runner import Devnet, start
+from strongroom.keystores import open_keystore
 from strongroom.runtimes.from_env import bitcoin_runtime_from_env, runtime_from_env
 from strongroom.settings import Settings
 
@@ -78,6 +83,9 @@ def test_devnet_settle_then_reorg_freezes_alerts_and_corrects_on_both_chains(
     net, settings = devnet
     ethereum, bitcoin = runtime_from_env(settings), bitcoin_runtime_from_env(settings)
     assert ethereum is not None and bitcoin is not None
+    # Verified depositors: compliance credits them (an unknown owner's deposit is held).
+    ensure_demo_people(Users(make_session_factory(make_engine(settings.database_url)),
+                             SecretBox(open_keystore(settings)), wall_clock_ms))
     eth, btc = EthereumControl(net.info), BitcoinControl(net.info)
     ethereum.watcher.tick()  # a fresh watcher starts at the tip (as the server's first round does)
     bitcoin.watcher.tick()
