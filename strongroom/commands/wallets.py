@@ -1,21 +1,7 @@
 """Wallet commands (``strongroom wallet ...``) and the wallet demo.
 
-The chain runtimes come from ``strongroom.runtimes.from_env``. Configuration (environment), Ethereum:
-- ``STRONGROOM_ETH_RPC_URL``: JSON-RPC URL of an Ethereum node; unset means no Ethereum for the server.
-- ``STRONGROOM_ETH_USDC_ADDRESS``: the USDC token contract on that chain.
-- ``STRONGROOM_ETH_CONFIRMATIONS``: confirmations before a deposit or withdrawal settles (default 12).
-- ``STRONGROOM_ETH_NETWORK``: the network name the signer's anchors use (default from the chain id).
-- ``STRONGROOM_ETH_COLD_ADDRESS``: the cold wallet's address (the offline signer's, shown by
-  ``strongroom-signer keys``); when set, the hot, deposit and cold wallets are set up on start (idempotent).
-
-Bitcoin:
-- ``STRONGROOM_BTC_RPC_URL``: Bitcoin Core JSON-RPC URL (``txindex=1``); unset means no Bitcoin.
-- ``STRONGROOM_BTC_RPC_USER`` / ``STRONGROOM_BTC_RPC_PASSWORD``, or ``STRONGROOM_BTC_RPC_COOKIE_FILE``
-  (Core's ``.cookie``): RPC credentials (credentials in the URL work too).
-- ``STRONGROOM_BTC_NETWORK``: mainnet, testnet or regtest (default mainnet).
-- ``STRONGROOM_BTC_CONFIRMATIONS``: confirmations before a deposit or withdrawal settles (default 6).
-- ``STRONGROOM_BTC_COLD_DESCRIPTOR``: the cold wallet's ``wsh(sortedmulti(2,...))`` descriptor with
-  key origins; when set, the hot, deposit and cold wallets are set up on start (idempotent).
+The chain runtimes, and the environment variables that configure them, are documented in
+``strongroom.runtimes.from_env``.
 """
 
 from __future__ import annotations
