@@ -45,4 +45,4 @@ def test_result_code_http_status_distinguishes_authn_from_authz() -> None:
     assert ResultCode.PERMISSION_DENIED.http_status == 403
     assert ResultCode.MFA_LOCKED_OUT.http_status == 429
     assert ResultCode.POLICY_DOCUMENT_INVALID.http_status == 422
-    assert all(c.http_status in {401, 403, 409, 422, 429, 503} for c in ResultCode)
+    assert all(c.http_status in {400, 401, 403, 409, 422, 429, 503} for c in ResultCode)
