@@ -8,7 +8,15 @@ freeze of an owner is active, creating a withdrawal is refused (4112
 dispatched. Freezes are idempotent by id (the fact that raised them), written
 in the same database transaction as that fact and its security-log alert.
 Lifting one needs two admins (``lift`` records both); nothing lifts a
-freeze automatically.
+freeze automatically. Operators lift through ``request_lift`` (a first admin,
+with a reason) then ``approve_lift`` (a second, different admin), both with
+MFA checked by the API / CLI first, each step in the security log. Freezes
+raised by sanctions screening (id ``sanctions:...``) are compliance's: this
+path refuses them (1125 ``freeze_compliance_owned``).
+
+State of one freeze::
+
+    active --request_lift (admin A, reason)--> lift requested --approve_lift (admin B != A)--> lifted
 """
 
 from __future__ import annotations
@@ -19,10 +27,14 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from custody import security_log
+from custody.access.errors import AccessCode, AccessError
 from custody.db import Base
 
 FREEZE_ID_MAX_LEN = 160
 REASON_MAX_LEN = 256
+# Freezes whose id starts so belong to compliance (custody/compliance/screening.py): not liftable here.
+COMPLIANCE_PREFIXES = ("sanctions:",)
 
 
 class AccountFreeze(Base):
@@ -38,6 +50,10 @@ class AccountFreeze(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
     lifted_by: Mapped[str | None] = mapped_column(String(130))
     lifted_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # The pending two-admin lift (migration 0023_freeze_lift): who asked, when and why.
+    lift_requested_by: Mapped[str | None] = mapped_column(String(64))
+    lift_requested_ms: Mapped[int | None] = mapped_column(BigInteger)
+    lift_reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LEN))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +67,13 @@ class FreezeView:
     created_ms: int
     lifted_by: str | None
     lifted_ms: int | None
+    lift_requested_by: str | None = None
+    lift_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "owner": self.owner, "reason": self.reason, "raised_by": self.raised_by,
-                "created_ms": self.created_ms, "lifted_by": self.lifted_by, "lifted_ms": self.lifted_ms,
+                "created_ms": self.created_ms, "lift_requested_by": self.lift_requested_by,
+                "lift_reason": self.lift_reason, "lifted_by": self.lifted_by, "lifted_ms": self.lifted_ms,
                 "active": self.lifted_ms is None}
 
 
@@ -96,6 +115,49 @@ def lift(session: Session, freeze_id: str, *, admins: tuple[str, str], now_ms: i
     return _view(row)
 
 
+def _open_for_lift(session: Session, freeze_id: str) -> AccountFreeze:
+    row = session.get(AccountFreeze, freeze_id, with_for_update=True) if len(freeze_id) <= FREEZE_ID_MAX_LEN \
+        else None
+    if row is None:
+        raise AccessError(AccessCode.PROPOSAL_NOT_FOUND, f"freeze {freeze_id[:80]} does not exist")
+    if row.id.startswith(COMPLIANCE_PREFIXES):
+        raise AccessError(AccessCode.FREEZE_COMPLIANCE_OWNED, f"freeze {row.id[:80]} was raised by "
+                          "sanctions screening: compliance must clear it, operators cannot lift it")
+    if row.lifted_ms is not None:
+        raise AccessError(AccessCode.PROPOSAL_CLOSED, f"freeze {row.id[:80]} is already lifted")
+    return row
+
+
+def request_lift(session: Session, freeze_id: str, *, admin: str, reason: str, now_ms: int) -> FreezeView:
+    """Ask for a freeze's lift (first admin, MFA checked by the caller); a pending request stands as is."""
+    reason = reason.strip()
+    if not reason or len(reason) > REASON_MAX_LEN:
+        raise AccessError(AccessCode.PROPOSAL_INVALID, f"reason must be 1..{REASON_MAX_LEN} characters")
+    row = _open_for_lift(session, freeze_id)
+    if row.lift_requested_by is None:
+        row.lift_requested_by, row.lift_requested_ms, row.lift_reason = admin[:64], now_ms, reason
+        security_log.append(session, at_ms=now_ms, actor=admin, action="freeze.lift_request", subject=row.id,
+                            outcome="requested", details={"owner": row.owner, "reason": reason})
+    return _view(row)
+
+
+def approve_lift(session: Session, freeze_id: str, *, admin: str, now_ms: int) -> FreezeView:
+    """Approve a requested lift (a second, different admin, MFA checked by the caller): the freeze ends."""
+    row = _open_for_lift(session, freeze_id)
+    if row.lift_requested_by is None:
+        raise AccessError(AccessCode.FREEZE_LIFT_NOT_REQUESTED, f"nobody requested the lift of freeze "
+                          f"{row.id[:80]}: a first admin must request it with a reason")
+    if row.lift_requested_by == admin[:64]:
+        raise AccessError(AccessCode.APPROVER_MISMATCH, "a second admin must approve the lift: the "
+                          "requester cannot approve their own request")
+    view = lift(session, row.id, admins=(row.lift_requested_by, admin[:64]), now_ms=now_ms)
+    assert view is not None
+    security_log.append(session, at_ms=now_ms, actor=admin, action="freeze.lift", subject=row.id,
+                        outcome="lifted", details={"owner": row.owner, "requester": row.lift_requested_by,
+                                                   "reason": row.lift_reason or ""})
+    return view
+
+
 def _view(row: AccountFreeze) -> FreezeView:
     return FreezeView(row.id, row.owner, row.reason, row.raised_by, row.created_ms, row.lifted_by,
-                      row.lifted_ms)
+                      row.lifted_ms, row.lift_requested_by, row.lift_reason)

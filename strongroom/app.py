@@ -14,6 +14,7 @@ from werkzeug.routing import IntegerConverter
 from custody.api import access as access_api
 from custody.api import audit as audit_api
 from custody.api import compliance as compliance_api
+from custody.api import freezes as freezes_api
 from custody.api import halts as halts_api
 from custody.api import ledger as ledger_api
 from custody.api import openapi as openapi_api
@@ -92,6 +93,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.register_blueprint(compliance_api.bp)
     app.register_blueprint(compliance_api.kyc_bp)
     app.register_blueprint(halts_api.bp)
+    app.register_blueprint(freezes_api.bp)
     app.extensions["strongroom.wallets"] = app.config.get("WALLETS")
     # Every chain's wallet runtime by chain name (Bitcoin next to Ethereum); jobs iterate over it.
     chains = dict(app.config.get("CHAIN_RUNTIMES") or {})

@@ -35,6 +35,8 @@ class AccessCode(IntEnum):
     KYC_TIER_INVALID = 1122
     APPROVER_MISMATCH = 1123
     PROPOSAL_INVALID = 1124
+    FREEZE_COMPLIANCE_OWNED = 1125
+    FREEZE_LIFT_NOT_REQUESTED = 1126
 
     @property
     def error(self) -> str:
@@ -57,6 +59,8 @@ ACCESS_STATUS: dict[AccessCode, int] = {
     AccessCode.PROPOSAL_NOT_FOUND: 404,
     AccessCode.PROPOSAL_CLOSED: 409,
     AccessCode.APPROVER_MISMATCH: 403,
+    AccessCode.FREEZE_COMPLIANCE_OWNED: 409,
+    AccessCode.FREEZE_LIFT_NOT_REQUESTED: 409,
 }
 
 

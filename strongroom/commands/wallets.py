@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -466,6 +467,45 @@ def register_treasury(wallet: click.Group) -> None:
         settings = Settings.from_env()
         with make_session_factory(make_engine(settings.database_url))() as session:
             click.echo(json.dumps([f.to_json() for f in freezes.active(session, owner)], indent=2))
+
+    @wallet.command("freeze-lift-request")
+    @click.argument("freeze_id")
+    @click.option("--by", "admin", required=True, help="The admin requesting the lift.")
+    @click.option("--mfa", "mfa_code", required=True, help="Your current TOTP code.")
+    @click.option("--reason", required=True, help="Why the freeze may end, for the security log.")
+    def freeze_lift_request(freeze_id: str, admin: str, mfa_code: str, reason: str) -> None:
+        """Request the lift of one freeze (a second admin approves it with freeze-lift-approve)."""
+        from custody import freezes
+
+        _freeze_lift(admin, mfa_code, lambda session, now_ms: freezes.request_lift(
+            session, freeze_id, admin=admin, reason=reason, now_ms=now_ms))
+
+    @wallet.command("freeze-lift-approve")
+    @click.argument("freeze_id")
+    @click.option("--by", "admin", required=True, help="The approving admin (not the requester).")
+    @click.option("--mfa", "mfa_code", required=True, help="Your current TOTP code.")
+    def freeze_lift_approve(freeze_id: str, admin: str, mfa_code: str) -> None:
+        """Approve another admin's lift request: the freeze ends now."""
+        from custody import freezes
+
+        _freeze_lift(admin, mfa_code, lambda session, now_ms: freezes.approve_lift(
+            session, freeze_id, admin=admin, now_ms=now_ms))
+
+
+def _freeze_lift(admin: str, mfa_code: str, step: Callable[[Any, int], Any]) -> None:
+    """Run one step of a freeze lift for an enabled admin whose TOTP code checks, in one transaction."""
+    from strongroom.cli import _admin_services, _fail, _guard_access
+
+    def run() -> None:
+        services = _admin_services(admin)
+        refusal = services.mfa.verify(admin, mfa_code)
+        if refusal is not None:
+            _fail(refusal.code, refusal.message)
+        with services.sessions.begin() as session:
+            view = step(session, int(wall_clock_ms()))
+            click.echo(json.dumps({"freeze": view.to_json()}))
+
+    _guard_access(run)
 
 
 def _wallet_list(runtime: ChainRuntime) -> list[dict[str, object]]:
