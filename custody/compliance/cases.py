@@ -178,7 +178,12 @@ class Cases:
         return self._step(viewer, case_id, "escalate", reason, lambda row: None)
 
     def close(self, viewer: str, case_id: int, resolution: str, reason: str) -> dict[str, Any]:
-        """Close the case with a resolution and reason; a freeze it raised stays until two admins lift it."""
+        """Close the case with a resolution and reason.
+
+        A sanctions freeze the case raised stays: the admins' two-person freeze lift
+        refuses ``sanctions:`` freezes (1125 freeze_compliance_owned), and compliance has
+        no clearing path yet (an open item of issue 22), so such an owner stays frozen.
+        """
         _check_choice(resolution, RESOLUTIONS, "resolution")
         _check_text(reason, REASON_MAX_LEN, "reason")
         now_ms = self._clock()
