@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from typing import Final
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy.orm import Session, sessionmaker
 
 from custody import freezes
 from custody.api.auth import json_response, principal, secured
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import field_str, json_object, reject_unknown
 from custody.api.schema import BOOL, INT, STR, accepts, answers, array, nullable, obj, path_parameters
+from custody.api.services import app_clock_ms, app_sessions
 from policies.api_key import Scope
 
 bp = Blueprint("freezes", __name__, url_prefix="/api/v1/freezes")
@@ -38,15 +38,6 @@ _FREEZE_ID: Final = {"type": "string", "minLength": 1, "maxLength": freezes.FREE
 _OWNER_MAX: Final = 64
 
 
-def _clock() -> int:
-    return int(current_app.extensions["strongroom.clock"]())
-
-
-def _sessions() -> sessionmaker[Session]:
-    sessions: sessionmaker[Session] = current_app.extensions["strongroom.sessions"]
-    return sessions
-
-
 @bp.get("")
 @secured(scope=Scope.READ, admin_only=True, mfa=False)
 @answers({"200": obj({"freezes": array(FREEZE_VIEW)})})
@@ -55,7 +46,7 @@ def list_freezes() -> ResponseReturnValue:
     owner = request.args.get("owner")
     if owner is not None and not 0 < len(owner) <= _OWNER_MAX:
         raise ApiError(RequestCode.INVALID_FIELD, f"owner must be 1..{_OWNER_MAX} characters")
-    with _sessions()() as session:
+    with app_sessions()() as session:
         views = freezes.active(session, owner)
     return json_response({"freezes": [v.to_json() for v in views]})
 
@@ -70,9 +61,9 @@ def request_lift(freeze_id: str) -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"reason"})
     reason = field_str(body, "reason") or ""
-    with _sessions().begin() as session:
+    with app_sessions().begin() as session:
         view = freezes.request_lift(session, freeze_id, admin=principal().username, reason=reason,
-                                    now_ms=_clock())
+                                    now_ms=app_clock_ms())
         body_out = {"freeze": view.to_json()}
     return json_response(body_out, 202)
 
@@ -87,7 +78,7 @@ def approve_lift(freeze_id: str) -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"note"})
     field_str(body, "note", required=False)
-    with _sessions().begin() as session:
-        view = freezes.approve_lift(session, freeze_id, admin=principal().username, now_ms=_clock())
+    with app_sessions().begin() as session:
+        view = freezes.approve_lift(session, freeze_id, admin=principal().username, now_ms=app_clock_ms())
         body_out = {"freeze": view.to_json()}
     return json_response(body_out, 200)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Final
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy.orm import Session, sessionmaker
 
 from custody import withdrawal_halts
 from custody.api.auth import json_response, principal, secured
 from custody.api.errors import ApiError, RequestCode
 from custody.api.request import field_str, json_object, reject_unknown
 from custody.api.schema import BOOL, INT, STR, accepts, answers, array, nullable, obj, path_parameters
+from custody.api.services import app_clock_ms, app_sessions
 from policies.api_key import Scope
 
 bp = Blueprint("withdrawal_halts", __name__, url_prefix="/api/v1/withdrawal-halts")
@@ -33,22 +33,13 @@ LIFT_SCHEMA: Final = obj({}, {"note": {"type": "string", "maxLength": withdrawal
 _HALT_ID: Final = {"type": "string", "pattern": "^wh_[0-9a-f]{24}$"}
 
 
-def _clock() -> int:
-    return int(current_app.extensions["strongroom.clock"]())
-
-
-def _sessions() -> sessionmaker[Session]:
-    sessions: sessionmaker[Session] = current_app.extensions["strongroom.sessions"]
-    return sessions
-
-
 @bp.get("")
 @secured(scope=Scope.READ, admin_only=True, mfa=False)
 @answers({"200": obj({"halts": array(HALT_VIEW)})})
 def list_halts() -> ResponseReturnValue:
     """List the withdrawal halts (``?all=1``: lifted ones too), oldest first."""
     active_only = request.args.get("all") not in ("1", "true")
-    with _sessions()() as session:
+    with app_sessions()() as session:
         views = withdrawal_halts.listing(session, active_only=active_only)
     return json_response({"halts": [v.to_json() for v in views]})
 
@@ -66,9 +57,9 @@ def create_halt() -> ResponseReturnValue:
     if scope not in withdrawal_halts.SCOPES:
         scopes = ", ".join(withdrawal_halts.SCOPES)
         raise ApiError(RequestCode.INVALID_FIELD, f"scope must be one of {scopes}")
-    with _sessions().begin() as session:
+    with app_sessions().begin() as session:
         view = withdrawal_halts.halt(session, scope=scope, reason=reason, admin=principal().username,
-                                     now_ms=_clock())
+                                     now_ms=app_clock_ms())
         body_out = {"halt": view.to_json()}
     return json_response(body_out, 201)
 
@@ -83,7 +74,7 @@ def lift_halt(halt_id: str) -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"note"})
     field_str(body, "note", required=False)
-    with _sessions().begin() as session:
-        view = withdrawal_halts.lift(session, halt_id, admin=principal().username, now_ms=_clock())
+    with app_sessions().begin() as session:
+        view = withdrawal_halts.lift(session, halt_id, admin=principal().username, now_ms=app_clock_ms())
         body_out = {"halt": view.to_json()}
     return json_response(body_out, 202 if view.lifted_ms is None else 200)

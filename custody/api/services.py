@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody import security_log
@@ -74,3 +75,14 @@ class AccessServices:
                 outcome=refusal.code.error,
                 details={"method": method, "path": path[:200]},
             )
+
+
+def app_sessions() -> sessionmaker[Session]:
+    """Return the current app's database session factory."""
+    sessions: sessionmaker[Session] = current_app.extensions["strongroom.sessions"]
+    return sessions
+
+
+def app_clock_ms() -> int:
+    """Return the current app's clock reading, in milliseconds."""
+    return int(current_app.extensions["strongroom.clock"]())

@@ -17,13 +17,13 @@ from typing import Any, Protocol
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from custody.api.access import decode_approval
 from custody.api.auth import principal, secured
 from custody.api.errors import ApiError, RequestCode, error_body
 from custody.api.request import json_object, reject_unknown
 from custody.api.schema import accepts
+from custody.api.services import app_sessions
 from custody.chains.adapter import ChainError
 from custody.reconciliation import Reconciler, report_from_row
 from custody.wallets.codes import WalletCode, WalletError
@@ -55,11 +55,6 @@ def _wallet_error(exc: WalletError) -> ResponseReturnValue:
 @bp.errorhandler(ChainError)
 def _chain_error(exc: ChainError) -> ResponseReturnValue:
     return jsonify(error_body(exc.code, exc.message)), 502
-
-
-def _sessions() -> sessionmaker[Session]:
-    found: sessionmaker[Session] = current_app.extensions["strongroom.sessions"]
-    return found
 
 
 def _chain(default: str | None = DEFAULT_CHAIN) -> str | None:
@@ -102,7 +97,7 @@ def list_wallets() -> ResponseReturnValue:
     query = select(Wallet).order_by(Wallet.id)
     if chain is not None:
         query = query.where(Wallet.chain == chain)
-    with _sessions()() as session:
+    with app_sessions()() as session:
         wallets = session.scalars(query).all()
         addresses = session.scalars(select(WalletAddress).where(WalletAddress.owner.is_(None))).all()
     by_wallet: dict[int, list[dict[str, Any]]] = {}
@@ -122,7 +117,7 @@ def list_transactions() -> ResponseReturnValue:
     query = select(ChainTransaction).order_by(ChainTransaction.created_ms.desc()).limit(LIST_LIMIT)
     if chain is not None:
         query = query.where(ChainTransaction.chain == chain)
-    with _sessions()() as session:
+    with app_sessions()() as session:
         rows = session.scalars(query).all()
     return jsonify({"transactions": [{
         "id": r.id, "chain": r.chain, "purpose": r.purpose, "asset": r.asset, "amount": str(r.amount_minor),
@@ -138,7 +133,7 @@ def list_refills() -> ResponseReturnValue:
     query = select(RefillProposal).order_by(RefillProposal.created_ms.desc()).limit(LIST_LIMIT)
     if chain is not None:
         query = query.where(RefillProposal.chain == chain)
-    with _sessions()() as session:
+    with app_sessions()() as session:
         rows = session.scalars(query).all()
     return jsonify({"refills": [{
         "id": r.id, "chain": r.chain, "asset": r.asset, "amount": str(r.amount_minor), "status": r.status,
@@ -158,7 +153,7 @@ def approve_refill(proposal_id: str) -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"approval"})
     approval = Approval.from_bytes(decode_approval(body))
-    with _sessions()() as session:
+    with app_sessions()() as session:
         proposal = session.get(RefillProposal, proposal_id)
     if proposal is None:
         raise WalletError(WalletCode.PROPOSAL_NOT_FOUND,
@@ -172,7 +167,7 @@ def approve_refill(proposal_id: str) -> ResponseReturnValue:
 def latest_reconciliation() -> ResponseReturnValue:
     """Return the newest reconciliation report of ``chain`` (default ethereum)."""
     chain = _chain()
-    with _sessions()() as session:
+    with app_sessions()() as session:
         row = session.scalar(select(ReconciliationRun).where(ReconciliationRun.chain == chain)
                              .order_by(ReconciliationRun.id.desc()).limit(1))
     if row is None:
