@@ -395,11 +395,7 @@ def ledger_approve(proposal_id: str, approver: str, mfa_code: str) -> None:
     """Apply another admin's proposal, all its transfers or none (needs your TOTP code)."""
 
     def run() -> None:
-        services = _admin_services(approver)
-        refusal = services.mfa.verify(approver, mfa_code)
-        if refusal is not None:
-            _fail(refusal.code, refusal.message)
-        view, _ = services.ledger_ops.approve(approver, proposal_id)
+        view, _ = _verified_admin_services(approver, mfa_code).ledger_ops.approve(approver, proposal_id)
         click.echo(json.dumps({"proposal": view.to_json()}))
         if view.state != "executed":
             sys.exit(1)
@@ -427,6 +423,15 @@ def _admin_services(username: str) -> Any:
     user = svc.users.find_user(username)
     if user is None or user.disabled_ms is not None or Role.ADMIN not in user.roles:
         raise PolicyError(ResultCode.PERMISSION_DENIED, f"{username[:64]} is not an enabled admin")
+    return svc
+
+
+def _verified_admin_services(username: str, mfa_code: str) -> Any:
+    """Return the access services for an enabled admin whose current TOTP code checks; fail otherwise."""
+    svc = _admin_services(username)
+    refusal = svc.mfa.verify(username, mfa_code)
+    if refusal is not None:
+        _fail(refusal.code, refusal.message)
     return svc
 
 

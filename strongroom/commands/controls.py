@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from strongroom.cli import _admin_services, _fail, _guard_access, _settings
+from strongroom.cli import _admin_services, _guard_access, _settings, _verified_admin_services
 
 
 @click.group("halt")
@@ -60,10 +60,7 @@ def halt_lift(halt_id: str, admin: str, mfa_code: str) -> None:
     from custody import withdrawal_halts
 
     def run() -> None:
-        services = _admin_services(admin)
-        refusal = services.mfa.verify(admin, mfa_code)
-        if refusal is not None:
-            _fail(refusal.code, refusal.message)
+        services = _verified_admin_services(admin, mfa_code)
         with services.sessions.begin() as session:
             view = withdrawal_halts.lift(session, halt_id, admin=admin, now_ms=_clock_ms())
             click.echo(json.dumps({"halt": view.to_json()}))

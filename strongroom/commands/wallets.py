@@ -494,13 +494,10 @@ def register_treasury(wallet: click.Group) -> None:
 
 def _freeze_lift(admin: str, mfa_code: str, step: Callable[[Any, int], Any]) -> None:
     """Run one step of a freeze lift for an enabled admin whose TOTP code checks, in one transaction."""
-    from strongroom.cli import _admin_services, _fail, _guard_access
+    from strongroom.cli import _guard_access, _verified_admin_services
 
     def run() -> None:
-        services = _admin_services(admin)
-        refusal = services.mfa.verify(admin, mfa_code)
-        if refusal is not None:
-            _fail(refusal.code, refusal.message)
+        services = _verified_admin_services(admin, mfa_code)
         with services.sessions.begin() as session:
             view = step(session, int(wall_clock_ms()))
             click.echo(json.dumps({"freeze": view.to_json()}))
