@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import click
 
+from exchange.engine.fastbook import FastBook
 from exchange.engine.instrument import Instrument
 from exchange.engine.journal import FsyncPolicy, JournalCorrupt
 from exchange.engine.orderbook import OrderBook
@@ -95,7 +96,7 @@ def replay_command(
         out = _open_out(stack, output_path)
         try:
             if journal_dir is None:
-                book = OrderBook(instrument, market_data=market_data)
+                book: OrderBook | FastBook = FastBook(instrument, market_data=market_data)
                 result = replay(src, out, book, skip_invalid=skip_invalid)
             else:
                 engine = DurableEngine.create(
@@ -118,7 +119,7 @@ def replay_command(
         _print_summary(result, book, time.perf_counter_ns() - started_ns)
 
 
-def _print_summary(result: ReplayResult, book: OrderBook, elapsed_ns: int) -> None:
+def _print_summary(result: ReplayResult, book: OrderBook | FastBook, elapsed_ns: int) -> None:
     info: dict[str, Any] = {
         "commands": result.commands,
         "invalid": result.invalid,

@@ -1,0 +1,248 @@
+"""The C matching core (FastBook) emits the pure core's events and state, byte for byte.
+
+The extension is built into a scratch directory when the one next to the
+source is missing or stale (gcc is part of the toolchain here), so these
+tests always exercise C; `fastbook.use()` points FastBook at it.
+"""
+
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import msgspec
+import pytest
+from engine_streams import ACCOUNTS, INSTRUMENT, random_command, random_stream
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exchange.engine import fastbook
+from exchange.engine.fastbook import FastBook
+from exchange.engine.instrument import Instrument
+from exchange.engine.messages import (
+    Amend,
+    BookRequest,
+    Cancel,
+    CancelAll,
+    Command,
+    Malformed,
+    NewOrder,
+    PriceUpdate,
+    SetReference,
+)
+from exchange.engine.orderbook import OrderBook
+
+_encoder = msgspec.json.Encoder()
+
+
+@pytest.fixture(scope="module")
+def ccore(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    module = fastbook.load()
+    if module is not None:
+        return module
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler to build exchange/engine/_ccore.c")
+    path = fastbook.build(Path(tmp_path_factory.mktemp("ccore")))
+    return fastbook.load_from(path)
+
+
+@pytest.fixture(autouse=True)
+def on_c_core(ccore: ModuleType) -> Iterator[None]:
+    previous = fastbook._module
+    fastbook.use(ccore)
+    yield
+    fastbook.use(previous)
+
+
+def _hot(rng: random.Random, recent: list[str]) -> Command:
+    """A command the C core runs itself (no stops, no amends)."""
+    while True:
+        cmd = random_command(rng, recent)
+        if isinstance(cmd, Amend):
+            continue
+        if isinstance(cmd, NewOrder) and cmd.type.startswith("stop"):
+            continue
+        return cmd
+
+
+def _hot_stream(seed: int, length: int) -> list[Command]:
+    rng = random.Random(seed)
+    recent: list[str] = []
+    out: list[Command] = []
+    for _ in range(length):
+        cmd = _hot(rng, recent)
+        if isinstance(cmd, NewOrder):
+            recent.append(cmd.id)
+        out.append(cmd)
+    return out
+
+
+def _run_both(commands: list[Command], instrument: Instrument = INSTRUMENT) -> FastBook:
+    pure = OrderBook(instrument)
+    fast = FastBook(instrument)
+    for step, cmd in enumerate(commands):
+        want = _encoder.encode_lines(pure.submit(cmd))
+        got = _encoder.encode_lines(fast.submit(cmd))
+        assert got == want, f"step {step}: {cmd!r}"
+        fast.validate_internal_state()
+        assert fast.seq == pure.seq
+    assert fast.state_hash() == pure.state_hash()
+    assert _encoder.encode(fast.state()) == _encoder.encode(pure.state())
+    assert fast.best_bid() == pure.best_bid() and fast.best_ask() == pure.best_ask()
+    assert len(fast.orders) == len(pure.orders)
+    assert sorted(fast.orders) == sorted(pure.orders)
+    return fast
+
+
+def test_fastbook_hot_random_streams_emit_the_pure_cores_events_and_state() -> None:
+    for seed in range(600):
+        book = _run_both(_hot_stream(seed, 60))
+        assert book.core == "c"
+
+
+def test_fastbook_full_random_streams_move_to_pure_and_stay_identical() -> None:
+    moved = 0
+    for seed in range(300):
+        book = _run_both(random_stream(seed, 60))
+        moved += book.core == "pure"
+    assert moved > 0
+
+
+def test_fastbook_deep_book_with_sweeps_matches_the_pure_core() -> None:
+    rng = random.Random(11)
+    instrument = Instrument(symbol="DEEP")
+    commands: list[Command] = []
+    for i in range(20_000):
+        r = rng.random()
+        if r < 0.3 and i > 10:
+            commands.append(Cancel(f"o{rng.randrange(i)}"))
+        elif r < 0.31:
+            commands.append(CancelAll(rng.choice(ACCOUNTS)))
+        elif r < 0.36:
+            commands.append(NewOrder(f"o{i}", rng.choice(ACCOUNTS), rng.choice(("buy", "sell")),
+                                     rng.randint(20, 400), type="market"))
+        else:
+            side = rng.choice(("buy", "sell"))
+            price = rng.randrange(900, 1100)
+            commands.append(NewOrder(f"o{i}", rng.choice(ACCOUNTS), side, rng.randint(1, 30),
+                                     price=price, stp=rng.choice((None, "cancel_maker"))))
+    pure = OrderBook(instrument)
+    fast = FastBook(instrument)
+    for start in range(0, len(commands), 997):
+        chunk = commands[start:start + 997]
+        pure.process_many(chunk)
+        fast.process_many(chunk)
+        assert _encoder.encode_lines(fast.take_events()) == _encoder.encode_lines(
+            pure.take_events())
+        fast.validate_internal_state()
+    assert fast.core == "c"
+    assert fast.state_hash() == pure.state_hash()
+
+
+commands_strategy = st.lists(
+    st.one_of(
+        st.builds(
+            NewOrder,
+            st.sampled_from(["o1", "o2", "o3", "o4", "o5", "", "x" * 65]),
+            st.sampled_from(ACCOUNTS),
+            st.sampled_from(["buy", "sell", "hold"]),
+            st.integers(-1, 25),
+            type=st.sampled_from(["limit", "limit", "market", "iceberg"]),
+            price=st.one_of(st.none(), st.integers(955, 1045), st.integers(-2, 0),
+                            st.just(2**63)),
+            tif=st.sampled_from(["GTC", "GTC", "IOC", "FOK", "POST_ONLY", "DAY"]),
+            stp=st.sampled_from([None, None, "cancel_taker", "cancel_maker", "cancel_both",
+                                 "nope"]),
+        ),
+        st.builds(Cancel, st.sampled_from(["o1", "o2", "o3", "o4", "o5", "o9"]),
+                  account=st.sampled_from([None, *ACCOUNTS])),
+        st.builds(CancelAll, st.sampled_from(ACCOUNTS)),
+        st.builds(PriceUpdate, st.sampled_from(["last", "mark", "index"]),
+                  st.integers(-1, 1100)),
+        st.builds(SetReference, st.integers(-1, 1100)),
+        st.builds(BookRequest, st.integers(0, 4)),
+        st.builds(Malformed, st.integers(1, 9), st.just("bad json"),
+                  st.sampled_from([None, "o1"])),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(commands_strategy)
+def test_fastbook_hypothesis_streams_are_byte_identical_to_the_pure_core(
+    stream: list[Command],
+) -> None:
+    book = _run_both(stream)
+    assert book.core == "c"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32), st.data())
+def test_fastbook_restored_from_state_continues_like_the_pure_core(
+    seed: int, data: st.DataObject
+) -> None:
+    stream = _hot_stream(seed, 60)
+    cut = data.draw(st.integers(0, len(stream)))
+    pure = OrderBook(INSTRUMENT)
+    pure.process_many(stream[:cut])
+    state = msgspec.msgpack.decode(msgspec.msgpack.encode(pure.state()), type=type(pure.state()))
+    fast = FastBook.from_state(state)
+    assert fast.core == "c"
+    assert fast.state_hash() == pure.state_hash()
+    pure.take_events()
+    for cmd in stream[cut:]:
+        assert _encoder.encode_lines(fast.submit(cmd)) == _encoder.encode_lines(pure.submit(cmd))
+    assert fast.state_hash() == pure.state_hash()
+
+
+def test_fastbook_process_many_equals_process_one_by_one() -> None:
+    stream = random_stream(77, 2_000)
+    one = FastBook(INSTRUMENT)
+    for cmd in stream:
+        one.process(cmd)
+    many = FastBook(INSTRUMENT)
+    many.process_many(stream)
+    assert _encoder.encode_lines(one.events) == _encoder.encode_lines(many.events)
+    assert one.state_hash() == many.state_hash()
+
+
+def test_fastbook_replay_batches_keep_the_events_list_object() -> None:
+    book = FastBook(INSTRUMENT)
+    events = book.events
+    book.process(NewOrder("a", "a", "buy", 1, price=1000))
+    book.process(NewOrder("s", "a", "buy", 1, type="stop_market", trigger_price=1010))
+    book.process(NewOrder("b", "b", "sell", 1, price=1000))
+    assert book.core == "pure"
+    assert [type(e).__name__ for e in events] == ["Accepted", "Accepted", "Accepted", "Trade"]
+
+
+def test_fastbook_orders_view_reports_resting_orders() -> None:
+    book = FastBook(INSTRUMENT)
+    book.process(NewOrder("a", "acct", "buy", 3, price=998))
+    book.process(NewOrder("b", "acct", "sell", 2, price=1004, tif="POST_ONLY"))
+    assert len(book.orders) == 2 and "a" in book.orders and "zz" not in book.orders
+    order = book.orders["b"]
+    assert (order.id, order.account, order.is_buy, order.price, order.qty, order.post_only) == (
+        "b", "acct", False, 1004, 2, True)
+    assert book.orders.get("zz") is None
+    assert book.depth_snapshot(5).bids == [(998, 3, 1)]
+
+
+def test_fastbook_ignores_a_build_of_another_source(
+    ccore: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fastbook, "source_sha256", lambda: "0" * 64)
+    with pytest.raises(ImportError, match="another version"):
+        fastbook.load_from(Path(ccore.__file__))
+
+
+def test_fastbook_instrument_beyond_c_limits_runs_on_the_pure_core() -> None:
+    big = Instrument(symbol="BIG", max_qty=2**61)
+    book = FastBook(big)
+    assert book.core == "pure"
+    book.process(NewOrder("a", "acct", "buy", 2**60, price=10))
+    assert book.orders["a"].qty == 2**60
+
