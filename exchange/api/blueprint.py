@@ -369,7 +369,7 @@ def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
     gw = scaleout.gateway()
     if gw is not None:  # scale-out mode: the book checks the order is the caller's and live
         seq, cancelled = scaleout.cancel(gw, symbol, engine_order_id(account, client_id), account,
-                                         client_id)
+                                         client_id, _now_ms())
         if cancelled is None:
             return scaleout.pending_response(seq)
         return _events_response(cancelled, account, status=200)
@@ -702,9 +702,11 @@ def _events_response(events: list[Any], account: str, status: int = 201) -> Resp
     views = [v for v in (_event_view(e, scope) for e in events) if v is not None]
     for e in events:
         if type(e) is Rejected and e.id is not None and e.id.startswith(scope):
+            message = e.message.replace(e.id, client_order_id(scope, e.id))
+            if e.code in RISK_STATUS:  # a kill switch refused it (scale-out engines: 2021, 2022)
+                raise _risk(RiskCode(e.code), message)
             code = ResultCode(e.code)
-            raise ApiError(code, e.message.replace(e.id, client_order_id(scope, e.id)),
-                           404 if code is ResultCode.UNKNOWN_ORDER else 400)
+            raise ApiError(code, message, 404 if code is ResultCode.UNKNOWN_ORDER else 400)
     return jsonify({"events": views}), status
 
 

@@ -21,6 +21,7 @@ from custody.api.auth import secured
 from custody.api.errors import ApiError, error_body
 from custody.api.request import field_int, field_str, json_object, reject_unknown
 from custody.api.schema import INT, STR, accepts, answers, array, obj, path_parameters
+from exchange.api import scaleout
 from exchange.api.blueprint import _now_ms, current_principal, service
 from exchange.api.scaleout import refuse_unrouted
 from exchange.controls import (
@@ -41,7 +42,8 @@ from policies.roles import Permission
 
 T = TypeVar("T")
 bp = Blueprint("exchange_controls", __name__, url_prefix="/api/v1/exchange")
-# Scale-out mode: halts and breakers here would bind only this process's venue: refused.
+# Scale-out mode: market modes, breakers and the dead man's switch go to the engines as control
+# commands in each market's stream (exchange/stream/controls.py); anything else is refused.
 bp.before_request(refuse_unrouted)
 
 ADMIN = secured(admin_only=True, scope=Scope.TRADE, mfa=True)
@@ -136,6 +138,26 @@ def _control(apply: Callable[[Venue], T], view: Callable[[T], dict[str, Any]],
     return jsonify(answer)
 
 
+def _scaleout_control(symbol: str, append: Callable[[int], int | None],
+                      audit: tuple[str, str, dict[str, Any]]) -> ResponseReturnValue:
+    """Append a control command to the market's stream (scale-out mode) and answer its view.
+
+    The engine applies it in stream order; the answer shows the state the engine
+    reported after it (or 202 with the command sequence if that did not come back in time).
+    The security log records the change once the stream has it.
+    """
+    gw = scaleout.gateway()
+    assert gw is not None
+    try:
+        pending = append(_now_ms())
+    except ControlError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    _log(*audit)
+    if pending is not None:
+        return scaleout.pending_response(pending)
+    return jsonify(scaleout.market_view(gw, symbol, _now_ms()))
+
+
 def _known(symbol: str) -> None:
     if symbol not in service().venue.specs:
         raise ApiError(RiskCode.UNKNOWN_INSTRUMENT, f"symbol was {symbol[:40]!r}, not listed", 404)
@@ -146,6 +168,9 @@ def _known(symbol: str) -> None:
 @answers({"200": obj({"markets": array(MARKET_VIEW)})})
 def markets() -> ResponseReturnValue:
     """List every market's mode (open, cancel_only, halted) and circuit breaker."""
+    gw = scaleout.gateway()
+    if gw is not None:
+        return jsonify({"markets": [scaleout.market_view(gw, s, _now_ms()) for s in sorted(gw.markets)]})
     with service().lock:
         return jsonify({"markets": [_market_view(s) for s in sorted(service().venue.specs)]})
 
@@ -163,6 +188,11 @@ def set_status(symbol: str) -> ResponseReturnValue:
     reason = field_str(body, "reason", required=False, default="") or ""
     until_ms = field_int(body, "until_ms", required=False, default=0) or 0
     _known(symbol)
+    audit = ("market.status", symbol, {"mode": mode, "until_ms": until_ms, "reason": reason})
+    gw = scaleout.gateway()
+    if gw is not None:
+        return _scaleout_control(symbol, lambda now_ms: scaleout.set_status(
+            gw, symbol, mode, until_ms, reason, now_ms), audit)
     return _control(lambda venue: venue.set_market_status(symbol, mode, until_ms, reason),
                     lambda _: _market_view(symbol),
                     ("market.status", symbol, {"mode": mode, "until_ms": until_ms, "reason": reason}))
@@ -181,6 +211,12 @@ def set_breaker(symbol: str) -> ResponseReturnValue:
     window_ms = field_int(body, "window_ms", required=False, default=0) or 0
     cooldown_ms = field_int(body, "cooldown_ms", required=False, default=0) or 0
     _known(symbol)
+    gw = scaleout.gateway()
+    if gw is not None:
+        return _scaleout_control(symbol, lambda now_ms: scaleout.set_breaker(
+            gw, symbol, bps, window_ms, cooldown_ms, now_ms),
+            ("market.breaker", symbol,
+             {"max_move_bps": bps, "window_ms": window_ms, "cooldown_ms": cooldown_ms}))
     return _control(lambda venue: venue.set_breaker(symbol, bps, window_ms, cooldown_ms),
                     lambda _: _market_view(symbol),
                     ("market.breaker", symbol,
@@ -197,5 +233,12 @@ def deadman() -> ResponseReturnValue:
     reject_unknown(body, {"timeout_ms"})
     timeout_ms = field_int(body, "timeout_ms") or 0
     user = current_principal()
+    gw = scaleout.gateway()
+    if gw is not None:
+        try:
+            deadline = scaleout.arm_deadman(gw, user, timeout_ms, _now_ms())
+        except ControlError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        return jsonify({"timeout_ms": timeout_ms, "deadline_ms": deadline})
     return _control(lambda venue: venue.arm_deadman(user, timeout_ms, max(venue.now_ms, _now_ms())),
                     lambda deadline: {"timeout_ms": timeout_ms, "deadline_ms": deadline})

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from typing import Any, Final
 
 from flask import Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from custody.api.errors import ApiError
+from exchange.controls import check_breaker, check_deadman, check_status
 from exchange.engine.messages import NewOrder
 from exchange.risk.codes import RiskCode
+from exchange.stream.controls import NS_PER_MS, ArmDeadman, Control, SetBreaker, SetStatus
 from exchange.stream.gateway import Gateway
 from exchange.stream.margin import DuplicateOrder, MarginLedger, MarginRefused
 from exchange.stream.publisher import StreamCode, StreamRefused
@@ -77,7 +80,10 @@ def init_scaleout(app: Flask, symbols: list[str]) -> None:
     urls = nats_urls(app)
     if not urls:
         return
-    markets = {s for s in symbols if SYMBOL_PATTERN.fullmatch(s)}
+    # The markets that have engines (default: every listed one); the dead man's switch is armed
+    # on each of them, so a listed market without a stream would refuse it (503).
+    routed = app.config.get("EXCHANGE_SCALEOUT_MARKETS")
+    markets = {s for s in (routed if routed is not None else symbols) if SYMBOL_PATTERN.fullmatch(s)}
     app.extensions[EXTENSION] = GatewayHolder(
         app, list(urls), markets, int(app.config.get("EXCHANGE_SCALEOUT_IM_PPM", DEFAULT_IM_PPM)),
         float(app.config.get("EXCHANGE_SCALEOUT_WAIT_S", 5.0)))
@@ -85,7 +91,9 @@ def init_scaleout(app: Flask, symbols: list[str]) -> None:
 
 # What scale-out mode routes to the engines; every other state change would act on this
 # process's own (unjournaled, unshared) venue and is refused instead of pretending.
-ROUTED_WRITES: Final = frozenset({"exchange.place_order", "exchange.cancel_order"})
+ROUTED_WRITES: Final = frozenset({"exchange.place_order", "exchange.cancel_order",
+                                  "exchange_controls.set_status", "exchange_controls.set_breaker",
+                                  "exchange_controls.deadman"})
 
 
 def refuse_unrouted() -> None:
@@ -122,10 +130,10 @@ def place(gw: Gateway, symbol: str, cmd: NewOrder, client_id: str) -> tuple[int,
 
 
 def cancel(gw: Gateway, symbol: str, engine_id: str, account: str,
-           client_id: str) -> tuple[int, list[Any] | None]:
+           client_id: str, now_ms: int) -> tuple[int, list[Any] | None]:
     """Send a cancel of the caller's order through the gateway; return (seq, events or None)."""
     try:
-        placed = gw.cancel(symbol, engine_id, account)
+        placed = gw.cancel(symbol, engine_id, account, now_ms * NS_PER_MS)
     except StreamRefused as exc:
         raise ApiError(exc.code, exc.message.replace(engine_id, client_id),
                        STREAM_STATUS.get(exc.code, 400)) from None
@@ -149,3 +157,55 @@ def depth_view(gw: Gateway, symbol: str, depth: int) -> dict[str, Any]:
     if symbol not in gw.markets:
         raise ApiError(RiskCode.UNKNOWN_INSTRUMENT, f"symbol was {symbol[:40]!r}, not listed", 404)
     return gw.depth(symbol, max(1, min(depth, DEPTH_MAX)))
+
+
+# ------------------------------------------------------------------ kill switches
+
+
+def _control(gw: Gateway, symbol: str, control: Control) -> int | None:
+    """Append a control command to `symbol`'s stream; return its seq if still pending, else None."""
+    try:
+        placed = gw.control(symbol, "ctl." + uuid.uuid4().hex, control)
+    except StreamRefused as exc:
+        raise ApiError(exc.code, exc.message, STREAM_STATUS.get(exc.code, 400)) from None
+    return placed.seq if placed.events is None else None
+
+
+def set_status(gw: Gateway, symbol: str, mode: str, until_ms: int, reason: str,
+               now_ms: int) -> int | None:
+    """Halt / cancel-only / reopen `symbol` in stream order (ControlError: nothing appended)."""
+    check_status(mode, until_ms, reason)
+    return _control(gw, symbol, SetStatus(mode, until_ms, reason, now_ms * NS_PER_MS))
+
+
+def set_breaker(gw: Gateway, symbol: str, bps: int, window_ms: int, cooldown_ms: int,
+                now_ms: int) -> int | None:
+    """Configure or remove `symbol`'s circuit breaker in stream order."""
+    check_breaker(bps, window_ms, cooldown_ms)
+    return _control(gw, symbol, SetBreaker(bps, window_ms, cooldown_ms, now_ms * NS_PER_MS))
+
+
+def arm_deadman(gw: Gateway, account: str, timeout_ms: int, now_ms: int) -> int:
+    """Arm `account`'s dead man's switch on every market's engine; return the deadline (0: off).
+
+    Each market's engine fires on its own clock (its commands' times), before any
+    command at or past the deadline, so no order of the account trades after it.
+    A failed append answers 503: the client re-arms, which is idempotent in effect.
+    """
+    check_deadman(timeout_ms)
+    for symbol in sorted(gw.markets):
+        _control(gw, symbol, ArmDeadman(account, timeout_ms, now_ms * NS_PER_MS))
+    return now_ms + timeout_ms if timeout_ms else 0
+
+
+def market_view(gw: Gateway, symbol: str, now_ms: int) -> dict[str, Any]:
+    """Return `symbol`'s mode and breaker as its engine last reported them."""
+    status, breaker = gw.market_view(symbol)
+    live = status is not None and not (status.until_ms and now_ms >= status.until_ms)
+    view: dict[str, Any] = {"symbol": symbol, "mode": status.mode if live and status else "open",
+                            "until_ms": status.until_ms if live and status else 0,
+                            "reason": status.reason if live and status else ""}
+    if breaker is not None:
+        view["breaker"] = {"max_move_bps": breaker.max_move_bps, "window_ms": breaker.window_ms,
+                           "cooldown_ms": breaker.cooldown_ms}
+    return view

@@ -25,10 +25,14 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from exchange.controls import Breaker, MarketClosed, MarketStatus
 from exchange.engine.messages import Cancel, Command, Event, NewOrder
+from exchange.risk.codes import RiskCode
+from exchange.stream.controls import CONTROL_TYPES, NS_PER_MS, Control
 from exchange.stream.follower import EventFollower
 from exchange.stream.margin import (
     DuplicateOrder,
@@ -75,6 +79,8 @@ class Gateway:
         self.wait_s = wait_s
         self.book = MarginBook(im_ppm)
         self.lock = threading.Lock()  # guards self.book against request threads
+        # The kill-switch state each market's last event batch reported (absent: open).
+        self.statuses: dict[str, tuple[MarketStatus | None, Breaker | None]] = {}
         self._recent: OrderedDict[tuple[str, int], list[Event]] = OrderedDict()
         self._waiters: dict[tuple[str, int], asyncio.Future[list[Event]]] = {}
         self._loop = asyncio.new_event_loop()
@@ -120,6 +126,7 @@ class Gateway:
     async def _on_batch(self, batch: EventBatch) -> None:
         with self.lock:
             self.book.apply(batch)
+            self.statuses[batch.market] = (batch.status, batch.breaker)
         for command in batch.commands:
             key = (batch.market, command.seq)
             waiter = self._waiters.pop(key, None)
@@ -129,9 +136,12 @@ class Gateway:
         while len(self._recent) > RECENT_MAX:
             self._recent.popitem(last=False)
 
-    async def _append_and_wait(self, market: str, order_id: str, cmd: Command) -> Placed:
+    async def _append_and_wait(self, market: str, order_id: str, cmd: Command | Control) -> Placed:
         assert self._publisher is not None
-        appended = await self._publisher.append(market, order_id, cmd)
+        if isinstance(cmd, CONTROL_TYPES):
+            appended = await self._publisher.append_control(market, order_id, cmd)
+        else:
+            appended = await self._publisher.append(market, order_id, cmd)
         key = (market, appended.seq)
         found = self._recent.get(key)
         if found is not None:
@@ -162,20 +172,17 @@ class Gateway:
         validate_command(cmd)
         if cmd.type != "limit" or cmd.price is None:
             raise StreamRefused(StreamCode.BAD_COMMAND, "scale-out mode takes limit orders only")
+        self._refuse_if_closed(market, cmd.ts, cancel=False)
         amount = initial_margin(cmd.price, cmd.qty, self.im_ppm)
-        if not self.margin.reserve(cmd.account, cmd.id, amount) and self.margin.hold_resolved(cmd.id):
+        if not self.margin.reserve(cmd.account, cmd.id, amount, market) \
+                and self.margin.hold_resolved(cmd.id):
             raise DuplicateOrder(f"order id {cmd.id!r} was already used")
         # The hold stays if the append fails: the client retries with the same id (the
-        # reservation is found, the stream stores the command once).
-        future = asyncio.run_coroutine_threadsafe(self._append_and_wait(market, cmd.id, cmd),
-                                                  self._loop)
-        try:
-            return future.result(self.wait_s + APPEND_SLACK_S)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise StreamRefused(StreamCode.STREAM_UNAVAILABLE, "no answer from the gateway loop") from None
+        # reservation is found, the stream stores the command once); a hold never retried
+        # is voided by the margin worker's reconciler (exchange/stream/reconcile.py).
+        return self._send(market, cmd.id, cmd)
 
-    def cancel(self, market: str, order_id: str, account: str) -> Placed:
+    def cancel(self, market: str, order_id: str, account: str, ts: int = 0) -> Placed:
         """Append a cancel of `account`'s order `order_id` and wait for its events.
 
         The command id is `cx.<order id>`: a retried cancel is stored once. The book
@@ -184,14 +191,51 @@ class Gateway:
         """
         if market not in self.markets:
             raise StreamRefused(StreamCode.UNKNOWN_MARKET, f"market was {market[:40]!r}, not listed")
-        cmd = validate_command(Cancel(id=order_id, account=account))
+        self._refuse_if_closed(market, ts, cancel=True)
+        cmd = validate_command(Cancel(id=order_id, account=account, ts=ts))
+        return self._send(market, f"cx.{order_id}", cmd)
+
+    def control(self, market: str, command_id: str, control: Control) -> Placed:
+        """Append a kill-switch control command and wait until the engine applied it.
+
+        The engine decides in stream order (exchange/stream/controls.py); when this
+        returns with events, `market_view(market)` shows the control's effect.
+        """
+        if market not in self.markets:
+            raise StreamRefused(StreamCode.UNKNOWN_MARKET, f"market was {market[:40]!r}, not listed")
+        return self._send(market, command_id, control)
+
+    def _send(self, market: str, command_id: str, cmd: Command | Control) -> Placed:
         future = asyncio.run_coroutine_threadsafe(
-            self._append_and_wait(market, f"cx.{order_id}", cmd), self._loop)
+            self._append_and_wait(market, command_id, cmd), self._loop)
         try:
             return future.result(self.wait_s + APPEND_SLACK_S)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise StreamRefused(StreamCode.STREAM_UNAVAILABLE, "no answer from the gateway loop") from None
+
+    def _refuse_if_closed(self, market: str, ts_ns: int, *, cancel: bool) -> None:
+        """Raise MarketClosed if the market's last reported mode refuses the command now.
+
+        An early answer only: nothing is reserved or appended for a command the engine
+        would refuse anyway. The engine's check, in stream order, is the one that counts.
+        """
+        with self.lock:
+            status = self.statuses.get(market, (None, None))[0]
+        if status is None:
+            return
+        now_ms = ts_ns // NS_PER_MS if ts_ns > 0 else time.time_ns() // NS_PER_MS
+        if status.until_ms and now_ms >= status.until_ms:
+            return
+        if status.mode == "halted" or not cancel:
+            code = RiskCode.MARKET_HALTED if status.mode == "halted" else RiskCode.MARKET_CANCEL_ONLY
+            why = f" ({status.reason})" if status.reason else ""
+            raise MarketClosed(code, f"{market} is {status.mode.replace('_', '-')}{why}")
+
+    def market_view(self, market: str) -> tuple[MarketStatus | None, Breaker | None]:
+        """Return the market's status and breaker as its last event batch reported them."""
+        with self.lock:
+            return self.statuses.get(market, (None, None))
 
     def positions(self, account: str) -> dict[str, Position]:
         """Return the event-fed positions of `account` by market (hot read)."""

@@ -40,6 +40,7 @@ from custody.ledger.posting import TransferRequest
 from custody.ledger.service import MAX_BATCH, Ledger, ResultStatus
 from exchange.engine.codes import ResultCode
 from exchange.engine.messages import Accepted, Cancelled, Event, Rejected, Trade
+from exchange.stream.controls import CLOSED_REASON
 from exchange.stream.follower import EventFollower
 from exchange.stream.wire import EventBatch
 
@@ -85,6 +86,11 @@ def initial_margin(price: int, qty: int, im_ppm: int) -> int:
 def hold_id(order_id: str) -> str:
     """Return the id of the hold the gateway places for `order_id` (a book order id)."""
     return f"im.{order_id}"
+
+
+def hold_reference(market: str, order_id: str) -> str:
+    """Return the ledger reference of a gateway hold: `<market>/<order id>` (the reconciler's key)."""
+    return f"{market}/{order_id}" if market else order_id
 
 
 def in_use_owner(account: str) -> str:
@@ -186,10 +192,12 @@ class MarginBook:
                 self._fill_order(market, event.id, event.qty, touched)
             elif isinstance(event, Rejected) and event.id is not None \
                     and event.code != ResultCode.UNKNOWN_ORDER \
+                    and event.reason != CLOSED_REASON \
                     and (market, event.id) not in self.orders:
-                # A new order the book refused: release the gateway's hold. A refused
-                # duplicate of a live order leaves that order's hold alone, and so does a
-                # refused cancel (unknown_order): its order may still be on its way.
+                # A new order the book refused (or its hold's tombstone, `hold_voided`):
+                # release the gateway's hold. A refused duplicate of a live order leaves
+                # that order's hold alone, and so does a refused cancel (unknown_order, or
+                # market_closed on a halted market): its order may still be on its way.
                 voids.append(Posting(f"imv.{base}.r", TransferKind.VOID, "",
                                      pending_id=hold_id(event.id), tolerant=True))
         return voids + self._rehold(market, base, touched) + self._position_moves(
@@ -277,7 +285,7 @@ class MarginLedger:
         balance = self.ledger.balance(self.accounts(account)[0])
         return balance.credits_posted - balance.debits_posted - balance.debits_pending
 
-    def reserve(self, account: str, order_id: str, amount: int) -> bool:
+    def reserve(self, account: str, order_id: str, amount: int, market: str) -> bool:
         """Hold `amount` for `order_id`; True if placed now, False if an earlier call placed it.
 
         Raise MarginRefused (nothing written) if the hold would leave the account's
@@ -288,7 +296,7 @@ class MarginLedger:
         margin, in_use = self.accounts(account)
         request = TransferRequest(id=hold_id(order_id), debit_account=margin, credit_account=in_use,
                                   amount=amount, asset=self.asset, kind=TransferKind.PENDING,
-                                  code=HOLD_CODE, reference=order_id)
+                                  code=HOLD_CODE, reference=hold_reference(market, order_id))
         with self.sessions.begin() as session:
             result = self.ledger.submit_in(session, [request], actor=MARGIN_ACTOR)[0]
             if result.code is LedgerCode.TRANSFER_EXISTS_WITH_DIFFERENT_FIELDS:

@@ -18,6 +18,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from custody.ledger.entry import ACCOUNT_OWNER_PATTERN
 from exchange.engine.messages import Command, Malformed
+from exchange.stream.controls import Control, encode_control
 from exchange.stream.topology import MAX_MSG_BYTES, command_stream, command_subject
 
 COMMAND_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,119}$")
@@ -88,7 +89,18 @@ class CommandPublisher:
             raise StreamRefused(StreamCode.BAD_COMMAND_ID,
                                 f"command id was {command_id[:40]!r}, must be 1-120 characters "
                                 "of [A-Za-z0-9._:-]")
-        body = _encoder.encode(validate_command(raw))
+        return await self.append_body(market, command_id, _encoder.encode(validate_command(raw)))
+
+    async def append_control(self, market: str, command_id: str, control: Control) -> Appended:
+        """Append a kill-switch control command (exchange/stream/controls.py) to `market`'s stream."""
+        return await self.append_body(market, command_id, encode_control(control))
+
+    async def append_body(self, market: str, command_id: str, body: bytes) -> Appended:
+        """Append an already validated and encoded command body under `command_id`."""
+        if market not in self._markets:
+            raise StreamRefused(StreamCode.UNKNOWN_MARKET, f"market was {market[:40]!r}, not listed")
+        if not COMMAND_ID_PATTERN.fullmatch(command_id):
+            raise StreamRefused(StreamCode.BAD_COMMAND_ID, f"command id was {command_id[:40]!r}")
         if len(body) > MAX_MSG_BYTES:
             raise StreamRefused(StreamCode.BAD_COMMAND, f"command was {len(body)} bytes")
         try:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import msgspec
 
+from exchange.controls import Breaker, MarketStatus
 from exchange.engine.messages import Event
+from exchange.engine.snapshot import SnapshotBody
+from exchange.stream.controls import ControlsSnapshot
 
 SNAPSHOT_KEY_PREFIX = "book."
 
@@ -22,13 +25,27 @@ class CommandEvents(msgspec.Struct, frozen=True, array_like=True, gc=False):
     events: list[Event]
 
 
-class EventBatch(msgspec.Struct, frozen=True, gc=False):
-    """Events of the commands `first_seq..last_seq` of one market, in order."""
+class EventBatch(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """Events of the commands `first_seq..last_seq` of one market, in order.
+
+    `status` / `breaker`: the market's kill-switch state in force after the batch
+    (absent: open, no breaker), so every gateway knows the market's mode
+    (exchange/stream/controls.py).
+    """
 
     market: str
     first_seq: int
     last_seq: int
     commands: list[CommandEvents]
+    status: MarketStatus | None = None
+    breaker: Breaker | None = None
+
+
+class WorkerSnapshot(msgspec.Struct, frozen=True):
+    """An engine worker's snapshot: the book's and the controls' state after `book.command_seq`."""
+
+    book: SnapshotBody
+    controls: ControlsSnapshot
 
 
 batch_encoder = msgspec.json.Encoder()

@@ -35,8 +35,8 @@ from nats.js.kv import KeyValue
 
 from exchange.engine.instrument import Instrument
 from exchange.engine.orderbook import OrderBook
-from exchange.engine.replay import parse_line
 from exchange.engine.snapshot import SnapshotBody
+from exchange.stream.controls import EngineControls
 from exchange.stream.follower import fetch_ready
 from exchange.stream.topology import (
     EVENTS_STREAM,
@@ -52,6 +52,7 @@ from exchange.stream.wire import (
     SNAPSHOT_KEY_PREFIX,
     CommandEvents,
     EventBatch,
+    WorkerSnapshot,
     batch_decoder,
     batch_encoder,
     batch_msg_id,
@@ -119,6 +120,7 @@ class EngineWorker:
         self.name = name
         self.snapshot_every = snapshot_every
         self.book = OrderBook(instrument)
+        self.gate = EngineControls(self.symbol)  # kill switches, in stream order
         self.seq = 0  # last command applied to self.book
         self.published_seq = 0  # last command whose events are in the events stream
         self.snapshot_seq = 0
@@ -172,7 +174,12 @@ class EngineWorker:
         except KeyNotFoundError:
             entry = None
         if entry is not None and entry.value:
-            body = msgspec.msgpack.decode(entry.value, type=SnapshotBody)
+            try:
+                snap = msgspec.msgpack.decode(entry.value, type=WorkerSnapshot)
+                body, gate = snap.book, EngineControls.restore(self.symbol, snap.controls)
+            except msgspec.ValidationError:  # written before the controls existed
+                body = msgspec.msgpack.decode(entry.value, type=SnapshotBody)
+                gate = EngineControls(self.symbol)
             if body.state.instrument != self.instrument:
                 raise StreamCorrupt(f"snapshot of {self.symbol} is for another instrument spec")
             book = OrderBook.from_state(body.state)
@@ -180,6 +187,7 @@ class EngineWorker:
             if book.state_hash() != body.state_hash:
                 raise StreamCorrupt(f"snapshot of {self.symbol} does not reproduce its state hash")
             self.book, self.seq, self.snapshot_seq = book, body.command_seq, body.command_seq
+            self.gate = gate
         try:
             last = await self.js.get_last_msg(EVENTS_STREAM, events_subject(self.symbol))
             batch = batch_decoder.decode(last.data or b"")
@@ -255,21 +263,21 @@ class EngineWorker:
         return False
 
     def _apply(self, commands: list[tuple[int, bytes]]) -> list[CommandEvents]:
-        book = self.book
-        out = []
-        for seq, data in commands:
-            book.process(parse_line(seq, data, skip_invalid=True))
-            out.append(CommandEvents(seq, book.take_events()))
+        book, run = self.book, self.gate.run
+        out = [CommandEvents(seq, run(book, seq, data)) for seq, data in commands]
         self.seq = commands[-1][0]
         return out
 
     async def _publish(self, done: list[CommandEvents]) -> None:
         """Publish events of `done` as batches under the size limit, strictly in order."""
         start = 0
+        status = self.gate.status()
+        breaker = self.gate.controls.breakers.get(self.symbol)
         while start < len(done):
             end = len(done)
             while True:
-                batch = EventBatch(self.symbol, done[start].seq, done[end - 1].seq, done[start:end])
+                batch = EventBatch(self.symbol, done[start].seq, done[end - 1].seq, done[start:end],
+                                   status, breaker)
                 data = batch_encoder.encode(batch)
                 if len(data) <= BATCH_MAX_BYTES or end - start == 1:
                     break
@@ -314,8 +322,8 @@ class EngineWorker:
         """Store the book after `self.seq` (only ever at or behind published events)."""
         if self.seq == self.snapshot_seq:
             return
-        body = msgspec.msgpack.encode(SnapshotBody(self.seq, self.book.state_hash(),
-                                                   self.book.state()))
+        body = msgspec.msgpack.encode(WorkerSnapshot(
+            SnapshotBody(self.seq, self.book.state_hash(), self.book.state()), self.gate.snapshot()))
         if len(body) > MAX_MSG_BYTES:
             log.warning("snapshot of %s is %d bytes, over the bucket limit; skipped",
                         self.symbol, len(body))

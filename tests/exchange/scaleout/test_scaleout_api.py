@@ -57,7 +57,8 @@ def scaleout_app(nats_cluster: LocalCluster, postgres_url: str, clock: Any, keys
     stack = Stack(nats_cluster.urls, symbol, margin, tick=5).start()
     app = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
                       "EXCHANGE_INSTRUMENTS": instruments, "EXCHANGE_NATS_URLS": nats_cluster.urls,
-                      "EXCHANGE_SCALEOUT_IM_PPM": IM_PPM, "EXCHANGE_SCALEOUT_WAIT_S": 30.0},
+                      "EXCHANGE_SCALEOUT_IM_PPM": IM_PPM, "EXCHANGE_SCALEOUT_WAIT_S": 30.0,
+                      "EXCHANGE_SCALEOUT_MARKETS": [symbol]},
                      settings=Settings(data_dir=tmp_path / "data", database_url=postgres_url))
     try:
         yield app, stack, symbol, margin
@@ -165,9 +166,137 @@ def test_rest_unrouted_state_change_scaleout_mode_is_refused_not_pretended(
     alice = Trader(app, clock, "alice")
     for method, path, body in (("PATCH", f"{BASE}/orders/{symbol}/x", {"qty": 1}),
                                ("DELETE", f"{BASE}/orders/{symbol}", None),
-                               ("POST", f"{BASE}/collateral/deposit", {"amount": 5}),
-                               ("POST", f"{BASE}/deadman", {"timeout_ms": 1000})):
+                               ("POST", f"{BASE}/collateral/deposit", {"amount": 5})):
         r = alice.call(method, path, body)
         assert (r.status_code, r.get_json()["code"]) == (501, 3105), (path, r.get_json())
     assert alice.call("GET", f"{BASE}/positions").status_code == 200
 
+
+
+def _admin(app: Flask, clock: Any) -> Any:
+    from tests.custody.access.helpers import make_user
+
+    return make_user(app, app.test_client(), clock, "opsadmin", {Role.ADMIN})
+
+
+def test_rest_halt_scaleout_mode_refused_at_gateway_and_engine_then_lifted(
+        scaleout_app: tuple[Flask, Stack, str, MarginLedger], clock: Any) -> None:
+    import asyncio
+
+    from exchange.engine.messages import NewOrder
+    from exchange.stream.margin import initial_margin
+    from exchange.stream.publisher import CommandPublisher
+
+    app, stack, symbol, margin = scaleout_app
+    admin, alice = _admin(app, clock), Trader(app, clock, "alice")
+    fund(margin, "alice", 1_000)
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "rest", "side": "buy",
+                                              "qty": 2, "price": 100})
+    assert r.status_code == 201, r.get_json()
+    r = admin.post(f"{BASE}/admin/markets/{symbol}/status", json={"mode": "halted",
+                                                                  "reason": "incident 7"}, mfa=True)
+    assert r.status_code == 200 and (r.json["mode"], r.json["reason"]) == ("halted", "incident 7"), r.json
+    appended = len(stack.bodies())
+    # The gateway refuses at once: nothing reserved, nothing appended.
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "late", "side": "buy",
+                                              "qty": 1, "price": 100})
+    assert (r.status_code, r.get_json()["code"], r.get_json()["error"]) == (409, 2021, "market_halted")
+    r = alice.call("DELETE", f"{BASE}/orders/{symbol}/rest")
+    assert (r.status_code, r.get_json()["code"]) == (409, 2021)
+    assert len(stack.bodies()) == appended
+    wait_for(lambda: stack.written() == appended, "the margin worker")
+    assert margin.free("alice") == 980
+    # A gateway whose view lagged (it reserved and appended after the halt was in the stream):
+    # the engine refuses the order in stream order and the margin worker releases its hold.
+    oid = "alice-scope:stale"
+    assert margin.reserve("alice", oid, initial_margin(100, 3, IM_PPM), symbol)
+    assert margin.free("alice") == 950
+
+    async def append() -> int:
+        return (await CommandPublisher(stack.js, {symbol}).append(
+            symbol, oid, NewOrder(id=oid, account="alice", side="buy", qty=3, price=100,
+                                  ts=clock.now_ms * 1_000_000))).seq
+    seq = asyncio.run_coroutine_threadsafe(append(), stack.loop).result(60)
+    wait_for(lambda: stack.written() >= seq, "the margin worker after the engine's refusal")
+    assert margin.free("alice") == 980
+    gw = app.extensions["strongroom.exchange.gateway"].get()
+    wait_for(lambda: gw.book.last_seq.get(symbol, 0) >= seq, "the gateway's fold")
+    assert (symbol, oid) not in gw.book.orders
+    # Lifting restores trading.
+    r = admin.post(f"{BASE}/admin/markets/{symbol}/status", json={"mode": "open"}, mfa=True)
+    assert r.status_code == 200 and r.json["mode"] == "open", r.json
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "late", "side": "buy",
+                                              "qty": 1, "price": 100})
+    assert r.status_code == 201, r.get_json()
+    markets = {m["symbol"]: m["mode"] for m in admin.get(f"{BASE}/admin/markets").json["markets"]}
+    assert markets[symbol] == "open"
+
+
+def test_rest_cancel_only_scaleout_mode_lets_cancels_through_refuses_new_orders(
+        scaleout_app: tuple[Flask, Stack, str, MarginLedger], clock: Any) -> None:
+    app, stack, symbol, margin = scaleout_app
+    admin, alice = _admin(app, clock), Trader(app, clock, "alice")
+    fund(margin, "alice", 1_000)
+    assert alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "r1", "side": "buy",
+                                                 "qty": 2, "price": 100}).status_code == 201
+    r = admin.post(f"{BASE}/admin/markets/{symbol}/status", json={"mode": "cancel_only"}, mfa=True)
+    assert r.status_code == 200 and r.json["mode"] == "cancel_only", r.json
+    r = alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "r2", "side": "buy",
+                                              "qty": 1, "price": 100})
+    assert (r.status_code, r.get_json()["code"]) == (409, 2022), r.get_json()
+    r = alice.call("DELETE", f"{BASE}/orders/{symbol}/r1")
+    assert r.status_code == 200, r.get_json()
+    assert [e["type"] for e in r.get_json()["events"]] == ["cancelled"]
+    wait_for(lambda: stack.written() == len(stack.bodies()), "the margin worker")
+    assert margin.free("alice") == 1_000
+
+
+def test_rest_breaker_scaleout_mode_trips_on_max_move_and_reopens_after_cooldown(
+        scaleout_app: tuple[Flask, Stack, str, MarginLedger], clock: Any) -> None:
+    app, _, symbol, margin = scaleout_app
+    admin = _admin(app, clock)
+    alice, bob = Trader(app, clock, "alice"), Trader(app, clock, "bob")
+    fund(margin, "alice", 10_000)
+    fund(margin, "bob", 10_000)
+    r = admin.post(f"{BASE}/admin/markets/{symbol}/breaker",
+                   json={"max_move_bps": 500, "window_ms": 600_000, "cooldown_ms": 60_000}, mfa=True)
+    assert r.status_code == 200 and r.json["breaker"]["max_move_bps"] == 500, r.json
+
+    def cross(n: int, price: int) -> Any:
+        assert bob.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": f"a{n}", "side": "sell",
+                                                   "qty": 1, "price": price}).status_code == 201
+        return alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": f"b{n}", "side": "buy",
+                                                     "qty": 1, "price": price})
+    assert cross(1, 100).status_code == 201
+    r = cross(2, 110)  # 100 -> 110 within the window: 10 % > 5 %: the trade prints, then the halt
+    assert r.status_code == 201 and [e["type"] for e in r.get_json()["events"]][-1] == "trade"
+    view = {m["symbol"]: m for m in admin.get(f"{BASE}/admin/markets").json["markets"]}[symbol]
+    assert (view["mode"], view["reason"]) == ("halted", "circuit_breaker"), view
+    r = bob.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "a3", "side": "sell",
+                                            "qty": 1, "price": 110})
+    assert (r.status_code, r.get_json()["code"]) == (409, 2021), r.get_json()
+    clock.advance(60_000)  # the cooldown ends by the orders' own time
+    assert cross(4, 110).status_code == 201
+
+
+def test_rest_deadman_scaleout_mode_cancels_orders_before_first_command_past_deadline(
+        scaleout_app: tuple[Flask, Stack, str, MarginLedger], clock: Any) -> None:
+    app, stack, symbol, margin = scaleout_app
+    alice, bob = Trader(app, clock, "alice"), Trader(app, clock, "bob")
+    fund(margin, "alice", 1_000)
+    fund(margin, "bob", 1_000)
+    assert alice.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "mine", "side": "buy",
+                                                 "qty": 2, "price": 100}).status_code == 201
+    r = alice.call("POST", f"{BASE}/deadman", {"timeout_ms": 5_000})
+    assert r.status_code == 200 and r.get_json()["deadline_ms"] == clock.now_ms + 5_000, r.get_json()
+    assert r.status_code == 200
+    r = alice.call("POST", f"{BASE}/deadman", {"timeout_ms": 10})
+    assert (r.status_code, r.get_json()["code"]) == (400, 2023), r.get_json()
+    clock.advance(5_000)
+    # bob's sell would have hit alice's bid; the switch fired first, in stream order.
+    r = bob.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": "hit", "side": "sell",
+                                            "qty": 2, "price": 100})
+    assert r.status_code == 201 and [e["type"] for e in r.get_json()["events"]] == ["accepted"]
+    assert alice.call("GET", f"{BASE}/orders").get_json()["orders"] == []
+    wait_for(lambda: stack.written() == len(stack.bodies()), "the margin worker")
+    assert margin.free("alice") == 1_000

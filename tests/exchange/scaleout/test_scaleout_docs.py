@@ -47,3 +47,14 @@ def test_scaleout_doc_event_batch_example_folds_to_documented_margin_ids() -> No
         ("imv.BTC-PERP.42.r", "void", "", 0, "im.o-18"),
     ]
     assert book.positions[("alice", "BTC-PERP")] == Position(5, 5000)
+
+
+def test_scaleout_doc_control_examples_decode_and_round_trip() -> None:
+    import msgspec
+
+    from exchange.stream.controls import CONTROL_PREFIX, Control, VoidHold, encode_control
+
+    controls = msgspec.json.decode(_json_blocks()[2], type=list[Control])
+    assert [type(c).__name__ for c in controls] == ["SetStatus", "SetBreaker", "ArmDeadman", "VoidHold"]
+    assert all(encode_control(c).startswith(CONTROL_PREFIX) for c in controls)
+    assert controls[3] == VoidHold("0123456789abcdef:bid-7", 1700000000000000000)

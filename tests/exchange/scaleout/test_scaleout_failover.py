@@ -23,11 +23,10 @@ from scaleout_helpers import (
 )
 
 from exchange.engine.instrument import Instrument
-from exchange.engine.snapshot import SnapshotBody
 from exchange.stream.cluster import LocalCluster
 from exchange.stream.publisher import CommandPublisher
 from exchange.stream.topology import lease_bucket, snapshot_bucket
-from exchange.stream.wire import SNAPSHOT_KEY_PREFIX
+from exchange.stream.wire import SNAPSHOT_KEY_PREFIX, WorkerSnapshot
 
 ROOT = Path(__file__).resolve().parents[3]
 COMMANDS = 2400
@@ -93,7 +92,7 @@ async def _failover(cluster: LocalCluster, market: str) -> None:
         deadline = time.monotonic() + 60.0
         while True:
             body = msgspec.msgpack.decode((await snaps.get(SNAPSHOT_KEY_PREFIX + market)).value,
-                                          type=SnapshotBody)
+                                          type=WorkerSnapshot).book
             if body.command_seq == COMMANDS or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
