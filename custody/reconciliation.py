@@ -31,7 +31,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.bundles.models import ColdBundle
 from custody.chains.adapter import ChainAdapter, Receipt
 from custody.wallets.codes import WalletCode, WalletError
-from custody.wallets.models import ChainDeposit, ChainTransaction, ChainTransactionAttempt, ReconciliationRun
+from custody.wallets.models import (
+    ChainDeposit,
+    ChainTransaction,
+    ChainTransactionAttempt,
+    OutgoingReorg,
+    ReconciliationRun,
+)
 from custody.wallets.wallet import WalletRegistry
 
 log = logging.getLogger(__name__)
@@ -204,6 +210,10 @@ class Reconciler:
                 .order_by(ChainTransaction.created_ms.desc())
                 .limit(MAX_OPEN_TRANSACTIONS)
             ).all()
+            # A settled transaction reorged out has its settlement undone in the ledger until it is
+            # mined again (custody/wallets/outgoing_reorg.py): count it as unsettled meanwhile.
+            reopened = set(session.scalars(select(OutgoingReorg.transaction_id).where(
+                OutgoingReorg.chain == self._adapter.chain, OutgoingReorg.status == "reversed")))
             cold = session.scalars(
                 select(ColdBundle)
                 .where(ColdBundle.chain == self._adapter.chain, ColdBundle.state.in_(COLD_TRACKED))
@@ -213,7 +223,8 @@ class Reconciler:
         for deposit in seen:
             add(deposit.wallet_id, deposit.asset, deposit.amount_minor)
         outgoing = [
-            _Outgoing(r.source_wallet_id, r.asset, r.amount_minor, r.destination, r.status in SETTLED, r)
+            _Outgoing(r.source_wallet_id, r.asset, r.amount_minor, r.destination,
+                      r.status in SETTLED and r.id not in reopened, r)
             for r in rows
         ] + [
             _Outgoing(b.source_wallet_id, b.asset, b.amount_minor, b.destination, b.state in COLD_SETTLED, b)

@@ -151,6 +151,39 @@ class ChainTransaction(Base):
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class OutgoingReorg(Base):
+    """A settled outgoing transaction that left the best chain, and its correction (outgoing_reorg.py).
+
+    ``status``: ``reversed`` (the settlement is undone in the ledger, the amount waits in the
+    destination-side account, the signed transaction is re-broadcast), ``resettled`` (the same
+    transaction was mined again and settled once more), ``reverted`` (mined again but failed on
+    chain: its gas is booked, the amount stays where the correction put it, for operators).
+    """
+
+    __tablename__ = "outgoing_reorgs"
+    __table_args__ = (
+        Index("ix_outgoing_reorgs_transaction_id", "transaction_id"),
+        Index("ix_outgoing_reorgs_chain_status", "chain", "status"),
+        CheckConstraint("status IN ('reversed', 'resettled', 'reverted')", name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(RECORD_ID_MAX_LEN + 8), primary_key=True)
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("chain_transactions.id"))
+    chain: Mapped[str] = mapped_column(String(CHAIN_MAX_LEN))
+    asset: Mapped[str] = mapped_column(String(16))
+    amount_minor: Mapped[int] = mapped_column(U256)
+    txid: Mapped[str] = mapped_column(String(TXID_MAX_LEN))
+    mined_height: Mapped[int] = mapped_column(BigInteger)
+    fee_reversed_minor: Mapped[int] = mapped_column(U256)
+    status: Mapped[str] = mapped_column(String(16))
+    resettled_txid: Mapped[str | None] = mapped_column(String(TXID_MAX_LEN))
+    resettled_height: Mapped[int | None] = mapped_column(BigInteger)
+    resettle_fee_minor: Mapped[int | None] = mapped_column(U256)
+    ledger_synced: Mapped[bool] = mapped_column(Boolean)
+    detected_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class ChainTransactionAttempt(Base):
     """One signed version of an outgoing transaction; replacements share the nonce."""
 

@@ -18,6 +18,7 @@ from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.reconciliation import Reconciler
 from custody.wallets.deposit_watcher import DepositGate, DepositWatcher, TickReport
+from custody.wallets.outgoing_reorg import OutgoingReorgCheck
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.wallets.withdrawal_executor import ExecutorConfig, TransactionView
 
@@ -53,10 +54,15 @@ class BitcoinRuntime:
     reconciler: Reconciler
     cold: ColdWallet
     sessions: sessionmaker[Session]
+    outgoing: OutgoingReorgCheck
 
     def tick(self) -> tuple[TickReport, list[TransactionView]]:
         """Run one round: scan deposits and coins, then advance outgoing transactions."""
-        return self.watcher.tick(), self.executor.tick()
+        report = self.watcher.tick()
+        # Settled outgoing transactions reorged out (custody/wallets/outgoing_reorg.py), after the
+        # watcher has followed the reorg and before the executor spends again.
+        report.alerts.extend(self.outgoing.tick().alerts)
+        return report, self.executor.tick()
 
     def setup_wallets(self, cold_descriptor: str) -> None:
         """Create the hot and deposit wallets and register the cold descriptor (idempotent)."""
@@ -87,4 +93,6 @@ def build_bitcoin_runtime(
     treasury = BitcoinTreasury(sessions, wallets, adapter, executor, clock, utxos=utxos)
     reconciler = Reconciler(sessions, wallets, adapter, clock)
     cold = ColdWallet(sessions, wallets, adapter, utxos, clock)
-    return BitcoinRuntime(adapter, wallets, utxos, watcher, executor, treasury, reconciler, cold, sessions)
+    outgoing = OutgoingReorgCheck(sessions, wallets, adapter, clock, dict(confirmations))
+    return BitcoinRuntime(adapter, wallets, utxos, watcher, executor, treasury, reconciler, cold, sessions,
+                          outgoing)

@@ -12,6 +12,7 @@ from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.reconciliation import Reconciler
 from custody.wallets.deposit_watcher import DepositGate, DepositWatcher, TickReport
+from custody.wallets.outgoing_reorg import OutgoingReorgCheck
 from custody.wallets.treasury import Treasury
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.wallets.withdrawal_executor import ExecutorConfig, TransactionView, WithdrawalExecutor
@@ -27,10 +28,15 @@ class WalletRuntime:
     executor: WithdrawalExecutor
     treasury: Treasury
     reconciler: Reconciler
+    outgoing: OutgoingReorgCheck
 
     def tick(self) -> tuple[TickReport, list[TransactionView]]:
         """Run one round: scan deposits, then advance outgoing transactions."""
-        return self.watcher.tick(), self.executor.tick()
+        report = self.watcher.tick()
+        # Settled outgoing transactions reorged out (custody/wallets/outgoing_reorg.py), after the
+        # watcher has followed the reorg and before the executor spends again.
+        report.alerts.extend(self.outgoing.tick().alerts)
+        return report, self.executor.tick()
 
     def setup_wallets(self, cold_address: str) -> None:
         """Create the hot and deposit wallets and register the cold address (idempotent)."""
@@ -61,4 +67,5 @@ def build_runtime(
     executor = WithdrawalExecutor(sessions, wallets, adapter, clock, config)
     treasury = Treasury(sessions, wallets, adapter, executor, clock)
     reconciler = Reconciler(sessions, wallets, adapter, clock)
-    return WalletRuntime(adapter, wallets, watcher, executor, treasury, reconciler)
+    outgoing = OutgoingReorgCheck(sessions, wallets, adapter, clock, dict(confirmations))
+    return WalletRuntime(adapter, wallets, watcher, executor, treasury, reconciler, outgoing)

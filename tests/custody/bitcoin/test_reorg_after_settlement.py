@@ -1,4 +1,4 @@
-"""A deposit reorganised out after it was credited: freeze, alert, correcting entry (docs/wallets.md)."""
+"""Deposits and withdrawals reorged out after settlement: freeze, alert, correction (docs/wallets.md)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from custody.ledger.entry import AccountKind
 from custody.ledger.models import LedgerTransfer
 from custody.security_log import SecurityEvent
 from custody.wallets.deposit_watcher import CORRECTION_ACTOR, SHORTFALL_OWNER, DepositStatus
-from custody.wallets.models import ChainDeposit
+from custody.wallets.models import ChainDeposit, ChainTransaction, OutgoingReorg
+from custody.wallets.outgoing_reorg import CORRECTION_ACTOR as OUTGOING_CORRECTION_ACTOR
+from custody.wallets.outgoing_reorg import ReorgStatus
 from custody.wallets.wallet import Temperature
+from custody.wallets.withdrawal_executor import TxStatus
 
-from .helpers import BtcHarness
+from .helpers import DESTINATION, BtcHarness
 
 
 def _credit_then_double_spend(btc: BtcHarness, owner: str, amount_sat: int) -> None:
@@ -107,3 +110,68 @@ def test_deposit_reorged_before_confirmation_voided_without_freeze(btc: BtcHarne
     with btc.runtime.sessions() as session:
         assert not freezes.is_frozen(session, "dave")
     assert _alerts(btc, "deposit.reorged_after_credit") == []
+
+
+def _withdrawal_settled_then_double_spent(btc: BtcHarness) -> int:
+    """Pay carol's 120k withdrawal, settle it, then take its block out; return the fee it paid."""
+    btc.fund_hot([500_000])
+    btc.deposit("carol", 300_000)
+    hold = btc.hold("carol", "BTC", 120_000, "hold-carol-w")
+    btc.runtime.executor.execute("cw", "BTC", 120_000, DESTINATION, hold)
+    btc.settle(5)
+    view = btc.runtime.executor.get("wd:cw")
+    assert view.status is TxStatus.CONFIRMED and view.fee_paid_minor
+    assert btc.chain.utxo_balance(DESTINATION) == 120_000
+    with btc.runtime.sessions() as session:
+        tx = session.get(ChainTransaction, "wd:cw")
+        assert tx is not None and tx.mined_height is not None
+        mined_height = tx.mined_height
+    depth = btc.chain.height - mined_height + 1
+    btc.chain.invalidate(mined_height, drop_transactions=True)
+    btc.chain.mine(depth + 1)
+    assert btc.chain.utxo_balance(DESTINATION) == 0
+    return view.fee_paid_minor
+
+
+def _outgoing(btc: BtcHarness) -> list[OutgoingReorg]:
+    with btc.runtime.sessions() as session:
+        return list(session.scalars(select(OutgoingReorg)))
+
+
+def test_withdrawal_reorged_after_settlement_freezes_alerts_and_books_correction(btc: BtcHarness) -> None:
+    fee = _withdrawal_settled_then_double_spent(btc)
+    hot_settled = btc.wallet_balance(Temperature.HOT)
+    report, _ = btc.runtime.tick()
+    [row] = _outgoing(btc)
+    assert (row.id, row.status, row.fee_reversed_minor) == ("wd:cw:r0", ReorgStatus.REVERSED, fee)
+    assert any("left the bitcoin chain" in a for a in report.alerts)
+    with btc.runtime.sessions() as session:
+        [frozen] = freezes.active(session, "carol")
+    assert frozen.id == "reorg-out:wd:cw:r0"
+    [alert] = _alerts(btc, "withdrawal.reorged_after_settlement")
+    assert (alert.subject, alert.outcome) == ("wd:cw:r0", "alert")
+    assert {t.actor for t in _entries(btc, "wd:cw:r0:")} == {OUTGOING_CORRECTION_ACTOR}
+    assert btc.wallet_balance(Temperature.HOT) == hot_settled + 120_000 + fee
+    assert btc.withdrawals_in_flight() == 120_000
+    assert btc.user_balance("carol", "BTC") == 180_000
+    btc.assert_ledger_balanced()
+    btc.assert_reconciled()
+
+
+def test_withdrawal_reorged_after_settlement_mined_again_settles_once(btc: BtcHarness) -> None:
+    fee = _withdrawal_settled_then_double_spent(btc)
+    hot_settled = btc.wallet_balance(Temperature.HOT)
+    btc.runtime.tick()
+    btc.settle(5)
+    btc.settle(2)
+    [row] = _outgoing(btc)
+    assert row.status == ReorgStatus.RESETTLED and row.resettled_txid == row.txid
+    assert row.resettle_fee_minor == fee
+    assert btc.chain.utxo_balance(DESTINATION) == 120_000
+    assert {t.id for t in _entries(btc, "wd:cw:r0:")} == {
+        "wd:cw:r0:reserve:reversal", "wd:cw:r0:gas:reversal", "wd:cw:r0:resettle", "wd:cw:r0:gas"}
+    assert btc.wallet_balance(Temperature.HOT) == hot_settled
+    assert btc.withdrawals_in_flight() == 0
+    assert len(_alerts(btc, "withdrawal.reorged_after_settlement")) == 1
+    btc.assert_ledger_balanced()
+    btc.assert_reconciled()
