@@ -38,6 +38,8 @@ class Permission(enum.StrEnum):
     AUDIT_READ = "audit.read"
     APIKEY_MANAGE_OWN = "apikey.manage_own"
     MFA_MANAGE_OWN = "mfa.manage_own"
+    # One's own console layout, defaults, alerts and alert webhook (strongroom/console).
+    SETTINGS_MANAGE_OWN = "settings.manage_own"
     USERS_READ = "users.read"
     USERS_MANAGE = "users.manage"
     KYC_READ = "kyc.read"
@@ -62,9 +64,10 @@ READ_ONLY_PERMISSIONS: frozenset[Permission] = frozenset(
     }
 )
 
-# Managing one's own second factor and API keys is self-service, not a
+# Managing one's own second factor, API keys, settings and alerts is self-service, not a
 # change to anyone else's data, so every role has it.
-_SELF_SERVICE = frozenset({Permission.MFA_MANAGE_OWN, Permission.APIKEY_MANAGE_OWN})
+_SELF_SERVICE = frozenset({Permission.MFA_MANAGE_OWN, Permission.APIKEY_MANAGE_OWN,
+                           Permission.SETTINGS_MANAGE_OWN})
 
 ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.TRADER: _SELF_SERVICE
@@ -82,7 +85,8 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
         Permission.WALLET_MANAGE,
         Permission.POLICY_READ,
     },
-    Role.AUDITOR: frozenset({Permission.MFA_MANAGE_OWN})
+    # Auditors change nothing but their own second factor and their own display settings/alerts.
+    Role.AUDITOR: frozenset({Permission.MFA_MANAGE_OWN, Permission.SETTINGS_MANAGE_OWN})
     | {
         Permission.LEDGER_READ_ALL,
         Permission.LEDGER_EXPORT,

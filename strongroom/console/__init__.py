@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from strongroom.console import personal_api
 from strongroom.console.accounts import ConsoleAccounts
 from strongroom.console.views import bp
 
@@ -28,4 +29,5 @@ def init_app(app: Flask) -> None:
         access.sessions, access.mfa, access.clock,
         hasher=app.config.get("CONSOLE_PASSWORD_HASHER"),
         idle_timeout_ms=int(app.config.get("CONSOLE_IDLE_TIMEOUT_MS", 15 * 60 * 1000)))
+    personal_api.init_app(app)
     app.register_blueprint(bp)

@@ -14,6 +14,7 @@ from custody.db import Base
 
 HASH_HEX_LEN = 64
 PASSWORD_HASH_MAX_LEN = 256
+SETTINGS_MAX_LEN = 2048
 
 
 class ConsoleCredential(Base):
@@ -38,3 +39,13 @@ class ConsoleSession(Base):
     username: Mapped[str] = mapped_column(ForeignKey("access_users.username"))
     created_ms: Mapped[int] = mapped_column(BigInteger)
     last_seen_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class UserSettings(Base):
+    """One person's personal settings (strongroom.console.preferences), as a validated JSON document."""
+
+    __tablename__ = "user_settings"
+
+    username: Mapped[str] = mapped_column(ForeignKey("access_users.username"), primary_key=True)
+    document: Mapped[str] = mapped_column(String(SETTINGS_MAX_LEN))
+    updated_ms: Mapped[int] = mapped_column(BigInteger)

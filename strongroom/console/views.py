@@ -16,8 +16,17 @@ from werkzeug.exceptions import HTTPException
 from custody.assets import ASSETS, get_asset
 from policies.results import PolicyError
 from policies.roles import Permission
-from strongroom.console import api
+from strongroom.console import api, personal_api
 from strongroom.console import bundles as cold_bundles
+from strongroom.console.preferences import (
+    CANDLE_INTERVALS,
+    MARGIN_MODES,
+    MAX_LEVERAGE,
+    PANELS,
+    THEMES,
+    UNITS,
+    Settings,
+)
 from strongroom.console.web import (
     accounts,
     check_csrf,
@@ -51,6 +60,7 @@ NAVIGATION: tuple[tuple[str, str, tuple[Permission, ...], bool], ...] = (
     ("console.admin", "Admin", (Permission.USERS_MANAGE,), False),
     ("console.markets", "Markets", (), True),
     ("console.keys", "API keys", (Permission.APIKEY_MANAGE_OWN,), False),
+    ("console.settings", "Settings", (Permission.SETTINGS_MANAGE_OWN,), False),
 )
 ROLE_NAMES = ("trader", "treasury", "auditor", "compliance", "admin")
 SCOPE_NAMES = ("read", "trade", "withdraw")
@@ -60,6 +70,9 @@ SCOPE_NAMES = ("read", "trade", "withdraw")
 def _before() -> None:
     load_session()
     check_csrf()
+    user = g.console_user
+    # The person's own settings shape every page (theme, units, panels, order defaults).
+    g.preferences = Settings() if user is None else personal_api.settings_store().get(user.username)
 
 
 @bp.after_request
@@ -79,6 +92,7 @@ def _template_helpers() -> dict[str, Any]:
     # A background refresh (?partial=1, console.js) must not consume the notices of the next page.
     shown = (lambda: []) if request.args.get("partial") else notices
     return {"nav": nav, "units": units, "user": g.get("console_user"), "csrf": g.get("csrf", ""),
+            "prefs": g.get("preferences") or Settings(),
             "notices": shown, "stream": stream_url() if g.get("console_user") else None}
 
 
@@ -329,6 +343,37 @@ def position_margin(symbol: str) -> ResponseReturnValue:
                         body={"amount": amount})
 
     return _submit(send, lambda _: f"margin {direction}ed", "console.trade", symbol=symbol)
+
+
+# ------------------------------------------------------------------ personal settings
+
+
+@bp.get("/settings")
+@page(Permission.SETTINGS_MANAGE_OWN)
+def settings() -> ResponseReturnValue:
+    return render_template("settings.html", themes=THEMES, units_choices=UNITS, panels=PANELS,
+                           margin_modes=MARGIN_MODES, order_types=ORDER_TYPES,
+                           intervals=CANDLE_INTERVALS, max_leverage=MAX_LEVERAGE)
+
+
+@bp.post("/settings")
+@page(Permission.SETTINGS_MANAGE_OWN)
+def save_settings() -> ResponseReturnValue:
+    """Save the settings form through the API's own endpoint (same validation, same codes)."""
+    form = request.form
+
+    def send() -> api.Answer:
+        leverage = form.get("default_leverage", "").strip()
+        if not leverage.isdigit() or len(leverage) > 4:
+            raise ValueError(f"default leverage was {leverage[:20]!r}, must be a whole number")
+        body = {"theme": form.get("theme", ""), "units": form.get("units", ""),
+                "panels": form.getlist("panels"), "default_leverage": int(leverage),
+                "default_margin_mode": form.get("default_margin_mode", ""),
+                "default_order_type": form.get("default_order_type", ""),
+                "candle_interval": form.get("candle_interval", "")}
+        return api.call("POST", "/api/v1/settings", body=body)
+
+    return _submit(send, lambda _: "settings saved", "console.settings")
 
 
 # ------------------------------------------------------------------ wallet

@@ -170,13 +170,18 @@ def page(*permissions: Permission, admin_only: bool = False) -> Callable[[F], F]
     return decorate
 
 
-def units(asset_code: str, amount_minor: int | str | None) -> str:
-    """Format minor units of an asset as a decimal string of whole units."""
+def units(asset_code: str, amount_minor: int | str | None, *, for_input: bool = False) -> str:
+    """Format minor units of an asset as a decimal string of whole units (or as minor units).
+
+    The person's ``units`` setting picks: ``whole`` (1.5 USDC) or ``minor`` (1500000). A value
+    put into a form field (``for_input``) is always whole units: that is what forms parse.
+    """
     if amount_minor is None or amount_minor == "":
         return "-"
     asset = get_asset(asset_code)
     amount = int(amount_minor)
-    if asset is None:
+    prefs = g.get("preferences")
+    if asset is None or (not for_input and prefs is not None and prefs.units == "minor"):
         return str(amount)
     return asset.format(amount) if amount >= 0 else "-" + asset.format(-amount)
 

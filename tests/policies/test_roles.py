@@ -26,6 +26,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         P.WHITELIST_MANAGE_OWN,
         P.APIKEY_MANAGE_OWN,
         P.MFA_MANAGE_OWN,
+        P.SETTINGS_MANAGE_OWN,
     },
     Role.TREASURY: {
         P.WITHDRAW_READ_ALL,
@@ -35,6 +36,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         P.POLICY_READ,
         P.APIKEY_MANAGE_OWN,
         P.MFA_MANAGE_OWN,
+        P.SETTINGS_MANAGE_OWN,
     },
     Role.AUDITOR: {
         P.LEDGER_READ_ALL,
@@ -45,6 +47,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         P.AUDIT_READ,
         P.REPORTS_READ,
         P.MFA_MANAGE_OWN,
+        P.SETTINGS_MANAGE_OWN,
     },
     Role.COMPLIANCE: {
         P.LEDGER_READ_ALL,
@@ -59,6 +62,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         P.REPORTS_READ,
         P.APIKEY_MANAGE_OWN,
         P.MFA_MANAGE_OWN,
+        P.SETTINGS_MANAGE_OWN,
     },
     Role.ADMIN: {
         P.USERS_READ,
@@ -69,6 +73,7 @@ EXPECTED: dict[Role, set[Permission]] = {
         P.AUDIT_READ,
         P.APIKEY_MANAGE_OWN,
         P.MFA_MANAGE_OWN,
+        P.SETTINGS_MANAGE_OWN,
     },
 }
 
@@ -84,7 +89,8 @@ def test_role_matrix_covers_every_role() -> None:
 
 
 def test_role_auditor_changes_nothing() -> None:
-    writes = ROLE_PERMISSIONS[Role.AUDITOR] - READ_ONLY_PERMISSIONS - {P.MFA_MANAGE_OWN}
+    own = {P.MFA_MANAGE_OWN, P.SETTINGS_MANAGE_OWN}
+    writes = ROLE_PERMISSIONS[Role.AUDITOR] - READ_ONLY_PERMISSIONS - own
     assert writes == set()
 
 

@@ -33,6 +33,7 @@ function renderLevels(body, levels, reverse) {
 
 function renderTrades(trades) {
   const body = document.querySelector("#trades tbody");
+  if (!body) return;  // the person's layout hides the trades panel
   body.replaceChildren();
   for (const t of trades) {
     const row = body.insertRow();
