@@ -1,7 +1,7 @@
 """personal settings: one validated JSON document per user (layout, order defaults, theme, units)
 
-Revision ID: 0024_user_settings
-Revises: 0023_freeze_lift
+Revision ID: 0025_user_settings
+Revises: 0024_outgoing_reorgs
 Create Date: 2026-12-02 04:30:00
 
 strongroom/console/preferences.py validates every field before a document is
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0024_user_settings"
-down_revision: str | Sequence[str] | None = "0023_freeze_lift"
+revision: str = "0025_user_settings"
+down_revision: str | Sequence[str] | None = "0024_outgoing_reorgs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
