@@ -351,12 +351,21 @@ class MarginWorker:
     """
 
     def __init__(self, js: JetStreamContext, ledger: MarginLedger, im_ppm: int,
-                 markets: list[str]) -> None:
+                 markets: list[str], *, void_stuck_after_ms: int | None = None,
+                 reconcile_every_s: float = 10.0) -> None:
+        from exchange.stream.publisher import CommandPublisher
+        from exchange.stream.reconcile import HoldReconciler
+
         self.js = js
         self.ledger = ledger
         self.markets = markets
         self.book = MarginBook(im_ppm)
         self.written: dict[str, int] = {}  # market -> last command whose postings are written
+        # Stuck gateway holds (a failed append never retried): None leaves them to an operator.
+        self.reconciler = None if void_stuck_after_ms is None else HoldReconciler(
+            ledger, CommandPublisher(js, set(markets)), self.book, markets,
+            grace_ms=void_stuck_after_ms)
+        self.reconcile_every_s = reconcile_every_s
 
     async def _handle(self, batch: EventBatch) -> None:
         postings = self.book.apply(batch)
@@ -366,5 +375,7 @@ class MarginWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow every market until `stop`; a MarginCorrupt stops the worker."""
-        await asyncio.gather(*(EventFollower(self.js, m, self._handle).run(stop)
-                               for m in self.markets))
+        tasks = [EventFollower(self.js, m, self._handle).run(stop) for m in self.markets]
+        if self.reconciler is not None:
+            tasks.append(self.reconciler.run(stop, self.reconcile_every_s))
+        await asyncio.gather(*tasks)

@@ -132,7 +132,11 @@ def settlement_worker(nats_urls: str, market: str | None, asset: str, taker_fee_
 @click.option("--asset", default="USDC", show_default=True)
 @click.option("--im-ppm", type=int, default=100_000, show_default=True,
               help="Initial margin rate; must equal the API's EXCHANGE_SCALEOUT_IM_PPM.")
-def margin_worker(nats_urls: str, markets: tuple[str, ...], asset: str, im_ppm: int) -> None:
+@click.option("--void-stuck-after-s", type=click.IntRange(min=0), default=60, show_default=True,
+              help="Tombstone gateway holds whose order is not in the stream after this long "
+                   "(docs/scale-out.md); 0 turns the reconciler off.")
+def margin_worker(nats_urls: str, markets: tuple[str, ...], asset: str, im_ppm: int,
+                  void_stuck_after_s: int) -> None:
     """Keep order holds and position margin in the ledger true to the events stream."""
     import nats
 
@@ -157,7 +161,8 @@ def margin_worker(nats_urls: str, markets: tuple[str, ...], asset: str, im_ppm: 
         _install_stop(stop)
         nc = await nats.connect(servers=_urls(nats_urls), max_reconnect_attempts=-1)
         try:
-            worker = MarginWorker(nc.jetstream(), ledger, im_ppm, symbols)
+            worker = MarginWorker(nc.jetstream(), ledger, im_ppm, symbols,
+                                  void_stuck_after_ms=void_stuck_after_s * 1000 or None)
             await worker.run(stop)
             return worker.written
         finally:

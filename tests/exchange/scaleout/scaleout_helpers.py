@@ -181,8 +181,10 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 class Stack:
     """An engine worker and the margin worker for one market, on a loop in a thread."""
 
-    def __init__(self, urls: list[str], market: str, ledger: MarginLedger, tick: int) -> None:
+    def __init__(self, urls: list[str], market: str, ledger: MarginLedger, tick: int, *,
+                 void_stuck_after_ms: int | None = None) -> None:
         self.urls, self.market, self.ledger, self.tick = urls, market, ledger, tick
+        self.void_stuck_after_ms = void_stuck_after_ms
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -203,7 +205,9 @@ class Stack:
 
     async def _start_margin(self) -> None:
         self.stop_margin = asyncio.Event()
-        self.worker = MarginWorker(self.js, self.ledger, IM_PPM, [self.market])
+        self.worker = MarginWorker(self.js, self.ledger, IM_PPM, [self.market],
+                                   void_stuck_after_ms=self.void_stuck_after_ms,
+                                   reconcile_every_s=0.2)
         self.margin = asyncio.create_task(self.worker.run(self.stop_margin))
 
     def start_margin(self) -> None:
