@@ -356,12 +356,12 @@ def test_auditor_sees_checkpoints_reserves_and_verify_line(server: Server, playw
     context.close()
 
 
-def _verdict(page, proof: object, snapshot_hash: str = "") -> tuple[str, str]:
-    """Verify ``proof`` in the page (with the keys and pins in the form); return verdict and text."""
+def _verdict(page, proof: object, snapshot_hash: str = "", *, raw: str | None = None) -> tuple[str, str]:
+    """Verify ``proof`` (or the ``raw`` text) in the page, with the form's keys and pins; return verdict and text."""
     import json
 
     page.evaluate("() => { document.getElementById('proof-verdict').dataset.verdict = ''; }")
-    page.fill("#proof-verifier textarea[name=proof]", json.dumps(proof))
+    page.fill("#proof-verifier textarea[name=proof]", json.dumps(proof) if raw is None else raw)
     page.fill("#proof-verifier input[name=snapshot_hash]", snapshot_hash)
     page.click("#proof-verifier button")
     _wait_until(page, "() => document.getElementById('proof-verdict').dataset.verdict !== ''")
@@ -404,6 +404,25 @@ def _verify_proofs_in_the_page(page, server: Server) -> None:
     offline = verify_liability_proof(documented)
     verdict, text = _verdict(page, documented, offline.snapshot_hash)
     assert offline.ok and verdict == "verified" and "key embedded in the proof" in text, text
+    _duplicate_keys_refused_like_the_cli(page, documented, offline.snapshot_hash)
+
+
+def _duplicate_keys_refused_like_the_cli(page, documented: dict, snapshot_hash: str) -> None:
+    """A duplicated key (JSON.parse would keep the last, genuine one) is refused, as the CLI does."""
+    import json
+
+    from custody.audit.untrusted import FormatError, loads
+
+    text = json.dumps(documented)
+    duplicated = '{"balance": "1", ' + text[1:]  # the real balance comes last and would win
+    spelled = '{"\\u0062alance": "1", ' + text[1:]  # the same key, escaped
+    nested = text.replace('"snapshot": {', '"snapshot": {"v": 99, ', 1)
+    for raw in (duplicated, spelled, nested):
+        with pytest.raises(FormatError, match="duplicate key"):
+            loads(raw.encode(), "proof")
+        verdict, shown = _verdict(page, {}, snapshot_hash, raw=raw)
+        assert verdict == "unusable" and "duplicate key" in shown, (raw[:80], shown)
+    assert _verdict(page, {}, snapshot_hash, raw=text)[0] == "verified"  # the same text without it
 
 
 def test_admin_disables_a_user(server: Server, playwright, tmp_path):

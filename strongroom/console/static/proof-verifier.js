@@ -23,6 +23,55 @@ const SNAPSHOT_HASH_DOMAIN = "strongroom.reserves.snapshot-hash.v2\u0000";
 
 class FormatError extends Error {}
 
+// custody/audit/untrusted.py's loads: JSON.parse keeps the last of two equal keys, so a proof (or
+// keys document) with a key twice could show a reader one value and mean another. Like the CLI,
+// refuse it: after JSON.parse has checked the grammar, walk the text once and compare each
+// object's keys as decoded strings ("a" and "\u0061" are the same key). Depth is bounded as there.
+const MAX_JSON_DEPTH = 16;
+function strictJsonParse(text, what) {
+  const value = JSON.parse(text);
+  let i = 0;
+  const space = () => { while (i < text.length && " \t\n\r".includes(text[i])) i += 1; };
+  const string = () => {
+    const start = i;
+    i += 1;
+    while (text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
+    i += 1;
+    return JSON.parse(text.slice(start, i));
+  };
+  const walk = (depth) => {
+    space();
+    const c = text[i];
+    if (c === "{" || c === "[") {
+      if (depth >= MAX_JSON_DEPTH) throw new FormatError(`${what} is nested more than ${MAX_JSON_DEPTH} levels deep`);
+      const close = c === "{" ? "}" : "]";
+      const seen = new Set();
+      i += 1;
+      space();
+      if (text[i] === close) { i += 1; return; }
+      for (;;) {
+        if (c === "{") {
+          space();
+          const key = string();
+          if (seen.has(key)) throw new FormatError(`${what}: duplicate key ${JSON.stringify(key.slice(0, 60))}`);
+          seen.add(key);
+          space();
+          i += 1; // the colon
+        }
+        walk(depth + 1);
+        space();
+        const next = text[i];
+        i += 1;
+        if (next === close) return;
+      }
+    }
+    if (c === '"') { string(); return; }
+    while (i < text.length && !",]} \t\n\r".includes(text[i])) i += 1; // number, true, false, null
+  };
+  walk(0);
+  return value;
+}
+
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const sameKeys = (obj, keys) => isObject(obj) && Object.keys(obj).sort().join() === keys.join();
 const natural = (v, what) => {
@@ -272,10 +321,13 @@ function verifierForm() {
     event.preventDefault();
     let proof;
     let keysDoc = null;
-    try { proof = JSON.parse(form.elements.proof.value); } catch (err) { show("unusable", [`malformed proof: not JSON (${err.message})`]); return; }
+    try { proof = strictJsonParse(form.elements.proof.value, "proof"); } catch (err) {
+      show("unusable", [err instanceof FormatError ? `malformed proof: ${err.message}` : `malformed proof: not JSON (${err.message})`]);
+      return;
+    }
     let pinned = null;
     if (form.elements.keys.value.trim()) {
-      try { keysDoc = JSON.parse(form.elements.keys.value); pinned = pinnedKey(keysDoc, proof); } catch (err) { show("unusable", [`keys: ${err.message}`]); return; }
+      try { keysDoc = strictJsonParse(form.elements.keys.value, "keys"); pinned = pinnedKey(keysDoc, proof); } catch (err) { show("unusable", [`keys: ${err.message}`]); return; }
     }
     const pins = { snapshotHash: form.elements.snapshot_hash.value.trim(), checkpoint: form.elements.checkpoint.value.trim(),
                    root: form.elements.root.value.trim() };
