@@ -357,7 +357,7 @@ def test_auditor_sees_checkpoints_reserves_and_verify_line(server: Server, playw
 
 
 def _verdict(page, proof: object, snapshot_hash: str = "", *, raw: str | None = None) -> tuple[str, str]:
-    """Verify ``proof`` (or the ``raw`` text) in the page with the form's keys and pins; return the verdict."""
+    """Verify ``proof`` (or ``raw`` text) in the page with the form's keys and pins; return the verdict."""
     import json
 
     page.evaluate("() => { document.getElementById('proof-verdict').dataset.verdict = ''; }")
