@@ -7,7 +7,9 @@ export STRONGROOM_DATA_DIR ?= $(CURDIR)/var
 export STRONGROOM_KEYSTORE_PASSPHRASE_FILE ?= $(STRONGROOM_DATA_DIR)/demo-keystore-passphrase
 
 # The devnet (docs/devnet.md), the demo on it, then the server configured for it: scripts/run.sh.
+# The compiled fast paths (C matching core, audit verifier) are built first, best effort.
 run: bootstrap
+	scripts/build-fast.sh
 	scripts/run.sh
 
 test:
@@ -19,9 +21,11 @@ bootstrap:
 lint: bootstrap
 	.venv/bin/ruff check . && .venv/bin/lint-imports && .venv/bin/mypy policies signer exchange/engine && .venv/bin/mypy custody strongroom exchange
 
-# Every benchmark in benchmarks/; the engine ones on the compiled core (built
-# here), peers_bench.py side by side with PyPI order books in a throwaway venv.
+# Every benchmark in benchmarks/ on what ships: the C matching core and the audit fast path
+# (scripts/build-fast.sh) and the Cython core (built here); peers_bench.py side by side with
+# PyPI order books in a throwaway venv.
 bench: bootstrap
+	scripts/build-fast.sh
 	scripts/build-engine.sh
 	.venv/bin/python benchmarks/engine_bench.py --repeat 3
 	.venv/bin/python benchmarks/peers_bench.py --repeat 3

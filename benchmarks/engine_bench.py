@@ -9,10 +9,13 @@ writing files), and memory per resting order (tracemalloc).
     python benchmarks/engine_bench.py [--commands 1000000] [--seed 42] [--stream FILE]
                                       [--repeat 3]
 
-Not a pass/fail test. Which core runs (the Cython build of orderbook.py or
-pure Python; STRONGROOM_ENGINE_PURE=1 forces pure) is printed first; see
-scripts/build-engine.sh. On a shared machine use --repeat and read the best
-and the median.
+Every in-process figure is measured for two books, alternating in the same
+run: FastBook (the C core of exchange/engine/_ccore.c, what the replay CLI
+runs; built with `python -m exchange.engine.fastbook build`) and OrderBook
+(the Cython build of orderbook.py, or pure Python; STRONGROOM_ENGINE_PURE=1
+forces pure for both; see scripts/build-engine.sh). Which cores run is
+printed first. On a shared machine use --repeat and read the CPU-time
+medians and the ratio of the two books in the same run, not wall time.
 """
 
 import argparse
@@ -34,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import engine_stream
 
 import exchange.engine.orderbook as orderbook_module
+from exchange.engine import fastbook
+from exchange.engine.fastbook import FastBook
 from exchange.engine.instrument import Instrument
 from exchange.engine.messages import Command, NewOrder
 from exchange.engine.orderbook import OrderBook
@@ -43,9 +48,13 @@ DRAIN_EVERY = 10_000
 RESTING_FOR_MEMORY = 100_000
 
 
-def core_throughput(commands: list[Command]) -> tuple[float, float]:
+BOOKS: dict[str, type[OrderBook] | type[FastBook]] = {"FastBook": FastBook, "OrderBook": OrderBook}
+
+
+def core_throughput(commands: list[Command], make: type[OrderBook] | type[FastBook]
+                    ) -> tuple[float, float]:
     """Return commands/s by wall clock and by this process's CPU time."""
-    book = OrderBook(INSTRUMENT)
+    book = make(INSTRUMENT)
     process = book.process
     events = book.events
     gc.collect()
@@ -64,9 +73,10 @@ def core_throughput(commands: list[Command]) -> tuple[float, float]:
     return len(commands) * 1e9 / elapsed, len(commands) * 1e9 / elapsed_cpu
 
 
-def batch_throughput(commands: list[Command]) -> tuple[float, float]:
+def batch_throughput(commands: list[Command], make: type[OrderBook] | type[FastBook]
+                     ) -> tuple[float, float]:
     """Like `core_throughput`, through `process_many()` in slices of DRAIN_EVERY."""
-    book = OrderBook(INSTRUMENT)
+    book = make(INSTRUMENT)
     process_many = book.process_many
     events = book.events
     slices = [commands[i:i + DRAIN_EVERY] for i in range(0, len(commands), DRAIN_EVERY)]
@@ -85,8 +95,9 @@ def batch_throughput(commands: list[Command]) -> tuple[float, float]:
     return len(commands) * 1e9 / elapsed, len(commands) * 1e9 / elapsed_cpu
 
 
-def latencies(commands: list[Command]) -> tuple[list[int], int]:
-    book = OrderBook(INSTRUMENT)
+def latencies(commands: list[Command], make: type[OrderBook] | type[FastBook]
+              ) -> tuple[list[int], int]:
+    book = make(INSTRUMENT)
     process = book.process
     events = book.events
     clock = time.perf_counter_ns
@@ -125,7 +136,7 @@ def replay_cli(stream: Path, commands: int) -> tuple[float, float, float]:
     return commands / elapsed, commands / cpu, size_mb
 
 
-def memory_per_resting_order() -> float:
+def memory_per_resting_order(make: type[OrderBook] | type[FastBook]) -> float:
     """Bytes retained per resting order (order node, id string, index entry, levels)."""
     encoder = msgspec.json.Encoder()
     decoder = msgspec.json.Decoder(NewOrder)
@@ -135,7 +146,7 @@ def memory_per_resting_order() -> float:
                                 100_000 + 1 + i % 50))
         for i in range(RESTING_FOR_MEMORY)
     ]
-    book = OrderBook(INSTRUMENT)
+    book = make(INSTRUMENT)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -162,7 +173,8 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"python {sys.version.split()[0]}, cpus {os.cpu_count()}, "
-          f"load {os.getloadavg()[0]:.2f}, core {orderbook_module.CORE}: "
+          f"load {os.getloadavg()[0]:.2f}; FastBook core: "
+          f"{'c' if fastbook.active() else 'pure'}; OrderBook core {orderbook_module.CORE}: "
           f"{orderbook_module.OrderBook.__module__}")
     with tempfile.TemporaryDirectory() as tmp:
         stream = args.stream
@@ -177,47 +189,54 @@ def main() -> None:
         commands = [decoder.decode(line) for line in stream.read_bytes().splitlines() if line]
         n = len(commands)
 
-        rates = []
-        cpu_rates = []
-        batch_cpu_rates = []
+        cpu_rates: dict[str, list[float]] = {name: [] for name in BOOKS}
+        batch_cpu_rates: dict[str, list[float]] = {name: [] for name in BOOKS}
         for _ in range(args.repeat):
-            rate, cpu_rate = core_throughput(commands)
-            rates.append(rate)
-            cpu_rates.append(cpu_rate)
-            print(f"core throughput:   {rate:>12,.0f} commands/s  "
-                  f"({n:,} commands, parsing excluded; {cpu_rate:,.0f}/s of CPU time)")
-            rate, cpu_rate = batch_throughput(commands)
-            batch_cpu_rates.append(cpu_rate)
-            print(f"core, process_many:{rate:>12,.0f} commands/s  "
-                  f"(batches of {DRAIN_EVERY:,}; {cpu_rate:,.0f}/s of CPU time)")
+            for name, make in BOOKS.items():
+                rate, cpu_rate = core_throughput(commands, make)
+                cpu_rates[name].append(cpu_rate)
+                print(f"{name:<9} process():      {cpu_rate:>12,.0f} commands/s of CPU time "
+                      f"({rate:,.0f}/s wall; {n:,} commands, parsing excluded)")
+                rate, cpu_rate = batch_throughput(commands, make)
+                batch_cpu_rates[name].append(cpu_rate)
+                print(f"{name:<9} process_many(): {cpu_rate:>12,.0f} commands/s of CPU time "
+                      f"({rate:,.0f}/s wall; batches of {DRAIN_EVERY:,})")
 
-        p99s = []
+        p99s: dict[str, list[float]] = {name: [] for name in BOOKS}
         for _ in range(args.repeat):
-            samples, overhead = latencies(commands)
-            ordered = sorted(samples)
-            p99s.append(percentile(ordered, 0.99) / 1e3)
-            print(f"latency per cmd:   p50 {percentile(ordered, 0.50) / 1e3:.2f} µs, "
-                  f"p99 {p99s[-1]:.2f} µs, "
-                  f"p99.9 {percentile(ordered, 0.999) / 1e3:.2f} µs, "
-                  f"max {ordered[-1] / 1e3:.1f} µs (timer overhead ~{overhead} ns included)")
+            for name, make in BOOKS.items():
+                samples, overhead = latencies(commands, make)
+                ordered = sorted(samples)
+                p99s[name].append(percentile(ordered, 0.99) / 1e3)
+                print(f"{name:<9} latency per cmd: p50 {percentile(ordered, 0.50) / 1e3:.2f} µs, "
+                      f"p99 {p99s[name][-1]:.2f} µs, "
+                      f"p99.9 {percentile(ordered, 0.999) / 1e3:.2f} µs, "
+                      f"max {ordered[-1] / 1e3:.1f} µs (wall; timer overhead ~{overhead} ns "
+                      "included)")
 
         cli_rates = []
+        cli_cpu_rates = []
         for _ in range(args.repeat):
             cli_rate, cli_cpu_rate, size_mb = replay_cli(stream, n)
             cli_rates.append(cli_rate)
+            cli_cpu_rates.append(cli_cpu_rate)
             print(f"replay CLI:        {cli_rate:>12,.0f} commands/s end to end "
                   f"(process start, parse, match, write {size_mb:.0f} MB of events; "
                   f"{cli_cpu_rate:,.0f}/s of its CPU time)")
-        if args.repeat > 1:
-            print(f"summary over {args.repeat} runs: core {_spread(rates)} commands/s "
-                  f"(CPU time: {_spread(cpu_rates)}; process_many CPU time: "
-                  f"{_spread(batch_cpu_rates)}); "
-                  f"p99 best {min(p99s):.2f} µs, median {statistics.median(p99s):.2f} µs; "
-                  f"replay CLI {_spread(cli_rates)} commands/s")
+        for name in BOOKS:
+            print(f"summary {name}: process() CPU {_spread(cpu_rates[name])} commands/s; "
+                  f"process_many() CPU {_spread(batch_cpu_rates[name])}; "
+                  f"p99 best {min(p99s[name]):.2f} µs, median {statistics.median(p99s[name]):.2f} µs")
+        ratio = statistics.median(
+            f / o for f, o in zip(batch_cpu_rates["FastBook"], batch_cpu_rates["OrderBook"],
+                                  strict=True))
+        print(f"FastBook / OrderBook process_many() CPU rate, same runs: median {ratio:.2f}x")
+        print(f"replay CLI: CPU {_spread(cli_cpu_rates)} commands/s; wall {_spread(cli_rates)}")
 
-    per_order = memory_per_resting_order()
-    print(f"memory per resting order: {per_order:,.0f} bytes "
-          f"({RESTING_FOR_MEMORY:,} resting orders, tracemalloc)")
+    for name, make in BOOKS.items():
+        per_order = memory_per_resting_order(make)
+        print(f"{name:<9} memory per resting order: {per_order:,.0f} bytes "
+              f"({RESTING_FOR_MEMORY:,} resting orders, tracemalloc)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ The workload is the standard seeded stream of benchmarks/engine_stream.py
 ~5% market orders), reduced to plain tuples. Every engine builds its own
 command objects inside the timed loop, from the same tuples:
 
+- strongroom-c: FastBook, the C core of exchange/engine/_ccore.c (what the
+  replay CLI runs; built here when missing);
 - strongroom (compiled): the Cython build of exchange/engine/orderbook.py;
 - strongroom (pure): the same source interpreted (STRONGROOM_ENGINE_PURE=1);
 - limit-order-book 2.0.0: C++ through ctypes (integer ids, reports no trades);
@@ -16,7 +18,7 @@ The peers are installed from PyPI into a throwaway venv that the script
 creates (and deletes, unless --venv names one to reuse). Each engine runs in
 its own process, the engines take turns (round robin, --repeat rounds), and
 the script prints the median commands/s by wall clock and by the process's
-CPU time, and each engine's ratio to our compiled core. On a shared machine
+CPU time, and each engine's ratio to limit-order-book (CPU time, same run). On a shared machine
 read the CPU-time column: it does not count time the process waited for a core.
 
     python benchmarks/peers_bench.py [--commands 1000000] [--repeat 3] [--venv DIR]
@@ -39,7 +41,7 @@ import venv
 from pathlib import Path
 
 PEERS = ("limit-order-book==2.0.0", "cython-orderbook==0.1.2", "pyorderbook==0.4.9")
-OURS = ("strongroom-compiled", "strongroom-pure")
+OURS = ("strongroom-c", "strongroom-compiled", "strongroom-pure")
 ENGINES = (*OURS, "limit-order-book", "cython-orderbook", "pyorderbook")
 ROOT = Path(__file__).resolve().parent.parent
 DRAIN_EVERY = 10_000
@@ -82,17 +84,24 @@ def write_workload(path: Path, commands: int, seed: int) -> None:
 # Each returns a function that runs the whole workload once.
 
 
-def _strongroom(workload: list[tuple[int, ...]]):  # type: ignore[no-untyped-def]
+def _strongroom_c(workload: list[tuple[int, ...]]):  # type: ignore[no-untyped-def]
+    return _strongroom(workload, fast=True)
+
+
+def _strongroom(workload: list[tuple[int, ...]], fast: bool = False):  # type: ignore[no-untyped-def]
     sys.path.insert(0, str(ROOT))
+    from exchange.engine.fastbook import FastBook
     from exchange.engine.instrument import Instrument
     from exchange.engine.messages import Cancel, NewOrder
     from exchange.engine.orderbook import OrderBook
+
+    make_book = FastBook if fast else OrderBook
 
     ids = [f"o{i}" for i in range(max(t[1] for t in workload) + 1)]
     accounts = [f"acct{i}" for i in range(100)]
 
     def run() -> None:
-        book = OrderBook(Instrument(symbol="BENCH"))
+        book = make_book(Instrument(symbol="BENCH"))
         process = book.process
         events = book.events
         for i, t in enumerate(workload):
@@ -186,6 +195,7 @@ def _pyorderbook(workload: list[tuple[int, ...]]):  # type: ignore[no-untyped-de
 
 
 WORKERS = {
+    "strongroom-c": _strongroom_c,
     "strongroom-compiled": _strongroom,
     "strongroom-pure": _strongroom,
     "limit-order-book": _limit_order_book,
@@ -202,7 +212,11 @@ def worker(name: str, workload_path: Path) -> None:
     workload = marshal.loads(workload_path.read_bytes())
     run = WORKERS[name](workload)
     core = ""
-    if name in OURS:
+    if name == "strongroom-c":
+        from exchange.engine import fastbook
+
+        core = "c" if fastbook.active() else "pure"
+    elif name in OURS:
         import exchange.engine.orderbook as orderbook_module
 
         core = orderbook_module.CORE
@@ -243,6 +257,19 @@ def ensure_compiled_core() -> None:
         print("building the compiled core (scripts/build-engine.sh)", file=sys.stderr)
         subprocess.run([str(ROOT / "scripts" / "build-engine.sh"), "build"], check=True,
                        env={**os.environ, "PYTHON": sys.executable})
+
+
+def ensure_c_core() -> None:
+    """Build the C core (exchange/engine/_ccore.c) when it is missing or stale."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "from exchange.engine import fastbook; print(fastbook.active())"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        check=True,
+    )
+    if probe.stdout.strip() != "True":
+        print("building the C core (python -m exchange.engine.fastbook build)", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "exchange.engine.fastbook", "build"], check=True,
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def run_engine(name: str, python: Path, workload: Path) -> dict[str, float]:
@@ -289,6 +316,8 @@ def main() -> None:
             peer_python = make_peer_venv(args.venv or Path(tmp) / "venv")
         if "strongroom-compiled" in engines:
             ensure_compiled_core()
+        if "strongroom-c" in engines:
+            ensure_c_core()
         runs: dict[str, list[dict[str, float]]] = {e: [] for e in engines}
         for _ in range(args.repeat):
             for name in engines:
@@ -300,12 +329,13 @@ def main() -> None:
 def report(engines: list[str], runs: dict[str, list[dict[str, float]]], repeat: int) -> None:
     wall = {e: statistics.median(r["wall_per_s"] for r in runs[e]) for e in engines}
     cpu = {e: statistics.median(r["cpu_per_s"] for r in runs[e]) for e in engines}
-    base = "strongroom-compiled" if "strongroom-compiled" in engines else engines[0]
+    base = "limit-order-book" if "limit-order-book" in engines else engines[0]
     print(f"\nmedian of {repeat} round-robin runs; ratio = engine / {base} (CPU time)")
     print(f"{'engine':<22}{'commands/s (wall)':>20}{'commands/s (CPU)':>20}{'ratio':>9}")
     for e in sorted(engines, key=lambda e: -cpu[e]):
         core = runs[e][0].get("core")
-        expected = {"strongroom-compiled": "cython", "strongroom-pure": "pure"}.get(e, "")
+        expected = {"strongroom-c": "c", "strongroom-compiled": "cython",
+                    "strongroom-pure": "pure"}.get(e, "")
         label = e if core == expected else f"{e} [core {core}!]"
         print(f"{label:<22}{wall[e]:>20,.0f}{cpu[e]:>20,.0f}{cpu[e] / cpu[base]:>9.2f}")
 

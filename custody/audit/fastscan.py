@@ -58,7 +58,11 @@ def build(directory: Path | None = None) -> Path:
         if result.returncode != 0:
             raise RuntimeError(f"building {SOURCE.name} failed:\n{result.stderr}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built, target)
+        # A new inode renamed over the old one: a process with the old build
+        # mapped keeps running it (copying over it in place would crash it).
+        staged = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.copyfile(built, staged)
+        os.replace(staged, target)
     return target
 
 

@@ -1085,7 +1085,26 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *jsonl_lines(PyObject *mod, PyObject *arg) {
+    /* jsonl_lines(data) -> the number of lines when every line of `data`
+     * (which ends with a newline) starts with '{' and ends with '}', else -1 */
+    char *p;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(arg, &p, &n) < 0) return NULL;
+    const char *end = p + n, *line = p;
+    Py_ssize_t lines = 0;
+    while (line < end) {
+        const char *nl = memchr(line, '\n', (size_t)(end - line));
+        if (nl == NULL || nl - line < 2 || line[0] != '{' || nl[-1] != '}')
+            return PyLong_FromLong(-1);
+        lines++;
+        line = nl + 1;
+    }
+    return PyLong_FromSsize_t(lines);
+}
+
 static PyMethodDef module_methods[] = {
+    {"jsonl_lines", jsonl_lines, METH_O, "lines of plain one-object-per-line JSONL, or -1"},
     {"configure", configure, METH_VARARGS,
      "configure(NewOrder, Cancel, CancelAll, Accepted, Trade, Cancelled, Rejected, REASONS)"},
     {NULL}

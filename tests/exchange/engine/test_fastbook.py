@@ -5,6 +5,7 @@ source is missing or stale (gcc is part of the toolchain here), so these
 tests always exercise C; `fastbook.use()` points FastBook at it.
 """
 
+import io
 import random
 import shutil
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from exchange.engine.messages import (
     SetReference,
 )
 from exchange.engine.orderbook import OrderBook
+from exchange.engine.replay import ReplayError, parse_line, replay
 
 _encoder = msgspec.json.Encoder()
 
@@ -246,3 +248,54 @@ def test_fastbook_instrument_beyond_c_limits_runs_on_the_pure_core() -> None:
     book.process(NewOrder("a", "acct", "buy", 2**60, price=10))
     assert book.orders["a"].qty == 2**60
 
+
+
+def _replay_lines(lines: list[bytes], skip_invalid: bool) -> tuple[bytes, str | None]:
+    out = io.BytesIO()
+    try:
+        replay(lines, out, FastBook(INSTRUMENT), skip_invalid=skip_invalid)
+    except ReplayError as exc:
+        return out.getvalue(), str(exc)
+    return out.getvalue(), None
+
+
+def _line_by_line(lines: list[bytes], skip_invalid: bool) -> tuple[bytes, str | None]:
+    """The reference: one decode per line, one process() per command."""
+    book = OrderBook(INSTRUMENT)
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            cmd = parse_line(line_no, line, skip_invalid)
+        except ReplayError as exc:
+            return _encoder.encode_lines(book.events), str(exc)
+        book.process(cmd)
+    return _encoder.encode_lines(book.events), None
+
+
+@pytest.mark.parametrize("skip_invalid", [False, True])
+@pytest.mark.parametrize("odd", [
+    b'{"op":"cancel","id":"o1"}{"op":"cancel","id":"o2"}\n',
+    b'{"op":"cancel","id":"o1"} {"op":"cancel","id":"o2"}\n',
+    b'{"op":"cancel",\n',
+    b'"id":"o2"}\n',
+    b"\n",
+    b'  {"op":"cancel","id":"o3"}\r\n',
+    b'{"op":"nope"}\n',
+])
+def test_replay_chunked_decoding_keeps_line_by_line_semantics(odd: bytes, skip_invalid: bool) -> None:
+    good = [_encoder.encode(c) + b"\n" for c in _hot_stream(5, 3000)]
+    lines = [*good[:1500], odd, *good[1500:]]
+    assert _replay_lines(lines, skip_invalid) == _line_by_line(lines, skip_invalid)
+
+
+@pytest.mark.parametrize("in_c", [True, False])
+def test_jsonl_lines_counts_only_plain_object_lines(in_c: bool) -> None:
+    if not in_c:
+        fastbook.use(None)  # the fallback; the autouse fixture restores the C core
+    jsonl_lines = fastbook.jsonl_lines
+    assert jsonl_lines(b'{"a":1}\n{}\n') == 2
+    assert jsonl_lines(b'{"a":1}\n\n') == -1
+    assert jsonl_lines(b'{"a":1} \n') == -1
+    assert jsonl_lines(b' {"a":1}\n') == -1
+    assert jsonl_lines(b'{"a":\n1}\n') == -1
