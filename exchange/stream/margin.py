@@ -27,9 +27,14 @@ Unrealised PnL, funding and liquidation stay in the embedded venue.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
+import msgspec
+from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,7 +47,11 @@ from exchange.engine.codes import ResultCode
 from exchange.engine.messages import Accepted, Cancelled, Event, Rejected, Trade
 from exchange.stream.controls import CLOSED_REASON
 from exchange.stream.follower import EventFollower
+from exchange.stream.topology import MAX_MSG_BYTES, margin_bucket
 from exchange.stream.wire import EventBatch
+
+log = logging.getLogger("strongroom.margin")
+CHECKPOINT_KEY_PREFIX = "margin."
 
 PPM = 1_000_000
 IM_PPM_MAX = PPM
@@ -343,24 +352,71 @@ class MarginLedger:
                                code=HOLD_CODE if p.kind is TransferKind.PENDING else POSITION_CODE)
 
 
-class MarginWorker:
-    """Fold the events of `markets` from the stream's start and write the postings.
+class MarginCheckpoint(msgspec.Struct, frozen=True):
+    """One market's fold after command `command_seq`, and where to read the events stream from.
 
-    Started again after any crash, it replays the stream and finds the postings
-    it already wrote `existing`; only then does it write new ones.
+    `stream_seq` is a lower bound of the EVT sequence of that command's batch: a
+    restart subscribes after it and skips batches up to `command_seq`.
+    """
+
+    market: str
+    im_ppm: int
+    command_seq: int
+    stream_seq: int
+    orders: list[tuple[str, OpenOrder]]
+    positions: list[tuple[str, Position]]
+    position_margin: list[tuple[str, int]]
+
+
+def checkpoint_of(book: MarginBook, market: str, stream_seq: int) -> MarginCheckpoint:
+    """Return `market`'s part of `book` as a checkpoint (sorted: same state, same bytes)."""
+    return MarginCheckpoint(
+        market, book.im_ppm, book.last_seq.get(market, 0), stream_seq,
+        sorted((oid, OpenOrder(o.account, o.side, o.price, o.remaining, o.hold))
+               for (m, oid), o in book.orders.items() if m == market),
+        sorted((a, Position(p.size, p.cost)) for (a, m), p in book.positions.items() if m == market),
+        sorted((a, v) for (a, m), v in book.position_margin.items() if m == market))
+
+
+def restore_checkpoint(book: MarginBook, cp: MarginCheckpoint) -> None:
+    """Put `cp`'s market state into `book` (which holds nothing of that market yet)."""
+    market = cp.market
+    book.orders.update({(market, oid): o for oid, o in cp.orders})
+    book.positions.update({(a, market): p for a, p in cp.positions})
+    book.position_margin.update({(a, market): v for a, v in cp.position_margin})
+    book.last_seq[market] = cp.command_seq
+
+
+class MarginWorker:
+    """Fold the events of `markets` and write the postings, resuming from a checkpoint.
+
+    With `checkpoint_every` > 0 the worker stores each market's fold in the
+    `MARGIN_CHECKPOINT` bucket after every that many batches (and when it
+    stops), always *after* the batch's postings are committed, so a checkpoint
+    is never ahead of the ledger. A restart loads it and reads the events
+    stream from there; without one (or with another `im_ppm`) it replays the
+    stream from the start. Either way a posting already written is found
+    `existing`, so the ledger ends the same.
     """
 
     def __init__(self, js: JetStreamContext, ledger: MarginLedger, im_ppm: int,
                  markets: list[str], *, void_stuck_after_ms: int | None = None,
-                 reconcile_every_s: float = 10.0) -> None:
+                 reconcile_every_s: float = 10.0, checkpoint_every: int = 0) -> None:
         from exchange.stream.publisher import CommandPublisher
         from exchange.stream.reconcile import HoldReconciler
 
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every was {checkpoint_every}, must not be negative")
         self.js = js
         self.ledger = ledger
         self.markets = markets
         self.book = MarginBook(im_ppm)
         self.written: dict[str, int] = {}  # market -> last command whose postings are written
+        self.batches = 0  # batches folded by this run (a resumed run folds only the tail)
+        self.checkpoint_every = checkpoint_every
+        self.followers = {m: EventFollower(js, m, self._handle) for m in markets}
+        self._since_checkpoint: dict[str, int] = {}
+        self._checkpoints: KeyValue | None = None
         # Stuck gateway holds (a failed append never retried): None leaves them to an operator.
         self.reconciler = None if void_stuck_after_ms is None else HoldReconciler(
             ledger, CommandPublisher(js, set(markets)), self.book, markets,
@@ -371,11 +427,60 @@ class MarginWorker:
         postings = self.book.apply(batch)
         if postings:
             await asyncio.to_thread(self.ledger.write, postings)
-        self.written[batch.market] = batch.last_seq
+        market = batch.market
+        self.written[market] = batch.last_seq
+        self.batches += 1
+        if self._checkpoints is not None:
+            self._since_checkpoint[market] = self._since_checkpoint.get(market, 0) + 1
+            if self._since_checkpoint[market] >= self.checkpoint_every:
+                await self._checkpoint(market)
+
+    async def _checkpoint(self, market: str) -> None:
+        assert self._checkpoints is not None
+        if self.book.last_seq.get(market, 0) == 0:
+            return
+        body = msgspec.msgpack.encode(checkpoint_of(self.book, market,
+                                                    self.followers[market].stream_seq))
+        if len(body) > MAX_MSG_BYTES:
+            log.warning("margin checkpoint of %s is %d bytes, over the bucket limit; skipped",
+                        market, len(body))
+            return
+        try:
+            await self._checkpoints.put(CHECKPOINT_KEY_PREFIX + market, body)
+        except NatsError as exc:  # a missed checkpoint only makes the next start replay more
+            log.warning("margin checkpoint of %s not stored: %s", market, exc)
+            return
+        self._since_checkpoint[market] = 0
+
+    async def _resume(self) -> None:
+        """Load each market's checkpoint (if any) into the fold and the followers."""
+        assert self._checkpoints is not None
+        for market, follower in self.followers.items():
+            try:
+                entry = await self._checkpoints.get(CHECKPOINT_KEY_PREFIX + market)
+            except KeyNotFoundError:
+                continue
+            if not entry.value:
+                continue
+            cp = msgspec.msgpack.decode(entry.value, type=MarginCheckpoint)
+            if cp.market != market or cp.im_ppm != self.book.im_ppm:
+                log.warning("margin checkpoint of %s is for im_ppm %d, not %d: replaying the "
+                            "stream from the start", market, cp.im_ppm, self.book.im_ppm)
+                continue
+            restore_checkpoint(self.book, cp)
+            follower.stream_seq, follower.command_seq = cp.stream_seq, cp.command_seq
+            self.written[market] = cp.command_seq
+            log.info("margin worker resumes %s after command %d", market, cp.command_seq)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow every market until `stop`; a MarginCorrupt stops the worker."""
-        tasks = [EventFollower(self.js, m, self._handle).run(stop) for m in self.markets]
+        if self.checkpoint_every:
+            self._checkpoints = await margin_bucket(self.js)
+            await self._resume()
+        tasks = [f.run(stop) for f in self.followers.values()]
         if self.reconciler is not None:
             tasks.append(self.reconciler.run(stop, self.reconcile_every_s))
         await asyncio.gather(*tasks)
+        if self._checkpoints is not None:
+            for market in self.markets:
+                await self._checkpoint(market)

@@ -26,6 +26,7 @@ SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9_-]{0,31}$")
 EVENTS_STREAM = "EVT"
 LEASE_BUCKET = "ENGINE_LEASE"
 SNAPSHOT_BUCKET = "ENGINE_SNAPSHOT"
+MARGIN_BUCKET = "MARGIN_CHECKPOINT"
 # Publishes with the same Nats-Msg-Id inside this window are stored once.
 DUPLICATE_WINDOW_S = 120.0
 # A leader renews its lease every LEASE_RENEW_S; a standby takes over once the
@@ -72,6 +73,7 @@ async def ensure_topology(js: JetStreamContext, symbols: list[str], replicas: in
         max_msg_size=MAX_MSG_BYTES, discard=DiscardPolicy.NEW))
     await lease_bucket(js, replicas)
     await snapshot_bucket(js, replicas)
+    await margin_bucket(js, replicas)
 
 
 async def _add_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -94,4 +96,11 @@ async def snapshot_bucket(js: JetStreamContext, replicas: int = 3) -> KeyValue:
     """Return (creating if needed) the bucket of engine snapshots."""
     return await js.create_key_value(KeyValueConfig(
         bucket=SNAPSHOT_BUCKET, history=1, replicas=replicas, storage=StorageType.FILE,
+        max_value_size=MAX_MSG_BYTES))
+
+
+async def margin_bucket(js: JetStreamContext, replicas: int = 3) -> KeyValue:
+    """Return (creating if needed) the bucket of the margin workers' checkpoints."""
+    return await js.create_key_value(KeyValueConfig(
+        bucket=MARGIN_BUCKET, history=1, replicas=replicas, storage=StorageType.FILE,
         max_value_size=MAX_MSG_BYTES))

@@ -135,8 +135,11 @@ def settlement_worker(nats_urls: str, market: str | None, asset: str, taker_fee_
 @click.option("--void-stuck-after-s", type=click.IntRange(min=0), default=60, show_default=True,
               help="Tombstone gateway holds whose order is not in the stream after this long "
                    "(docs/scale-out.md); 0 turns the reconciler off.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Store each market's fold in MARGIN_CHECKPOINT after this many event batches "
+                   "(and on exit); a restart resumes there. 0: replay the stream on every start.")
 def margin_worker(nats_urls: str, markets: tuple[str, ...], asset: str, im_ppm: int,
-                  void_stuck_after_s: int) -> None:
+                  void_stuck_after_s: int, checkpoint_every: int) -> None:
     """Keep order holds and position margin in the ledger true to the events stream."""
     import nats
 
@@ -162,7 +165,8 @@ def margin_worker(nats_urls: str, markets: tuple[str, ...], asset: str, im_ppm: 
         nc = await nats.connect(servers=_urls(nats_urls), max_reconnect_attempts=-1)
         try:
             worker = MarginWorker(nc.jetstream(), ledger, im_ppm, symbols,
-                                  void_stuck_after_ms=void_stuck_after_s * 1000 or None)
+                                  void_stuck_after_ms=void_stuck_after_s * 1000 or None,
+                                  checkpoint_every=checkpoint_every)
             await worker.run(stop)
             return worker.written
         finally:

@@ -203,15 +203,15 @@ class Stack:
             stop=self.stop_engine))
         await self._start_margin()
 
-    async def _start_margin(self) -> None:
+    async def _start_margin(self, checkpoint_every: int = 0) -> None:
         self.stop_margin = asyncio.Event()
         self.worker = MarginWorker(self.js, self.ledger, IM_PPM, [self.market],
                                    void_stuck_after_ms=self.void_stuck_after_ms,
-                                   reconcile_every_s=0.2)
+                                   reconcile_every_s=0.2, checkpoint_every=checkpoint_every)
         self.margin = asyncio.create_task(self.worker.run(self.stop_margin))
 
-    def start_margin(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._start_margin(), self.loop).result(30)
+    def start_margin(self, checkpoint_every: int = 0) -> None:
+        asyncio.run_coroutine_threadsafe(self._start_margin(checkpoint_every), self.loop).result(30)
 
     def stop_margin_worker(self) -> MarginWorker:
         async def go() -> None:

@@ -168,6 +168,44 @@ def test_margin_worker_restarted_replays_stream_and_writes_each_posting_once(
         engine.dispose()
 
 
+def test_margin_worker_restarted_from_checkpoint_equals_full_replay_and_skips_the_head(
+        nats_cluster: LocalCluster, stack: tuple[Stack, str], market: str) -> None:
+    s, url = stack
+    for who in ("alice", "bob"):
+        fund(s.ledger, who, 10_000)
+    g, engine = _gateway(nats_cluster.urls, market, url)
+    try:
+        s.stop_margin_worker()
+        s.start_margin(checkpoint_every=3)
+        for i in range(6):
+            g.place(market, _order(f"s{i}", "bob", "sell", 3, 100 + 5 * (i % 2)))
+            g.place(market, _order(f"b{i}", "alice", "buy", 2, 105))
+        wait_for(lambda: s.written() == 12, "the margin worker to write everything")
+        s.stop_margin_worker()  # stores its final checkpoint
+        # More commands while no margin worker runs; then it resumes from its checkpoint.
+        g.place(market, _order("b6", "alice", "buy", 4, 100))
+        g.cancel(market, "s1", "bob")
+        g.place(market, _order("s6", "bob", "sell", 9, 100))
+        s.start_margin(checkpoint_every=3)
+        wait_for(lambda: s.written() == 15, "the resumed margin worker")
+        resumed = s.stop_margin_worker()
+        assert resumed.batches <= 3  # only the tail was folded
+        after_resume = _transfers(url)
+        # A worker without checkpoint replays all 15 commands: the same fold, nothing new written.
+        s.start_margin(checkpoint_every=0)
+        wait_for(lambda: s.written() == 15, "the replaying margin worker")
+        full = s.stop_margin_worker()
+        assert full.batches >= 1 and _transfers(url) == after_resume
+        assert resumed.book.orders == full.book.orders
+        assert resumed.book.positions == full.book.positions
+        assert resumed.book.position_margin == full.book.position_margin
+        assert resumed.book.positions and resumed.book.orders  # there was state to carry over
+        s.start_margin()
+    finally:
+        g.close()
+        engine.dispose()
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["buy", "sell"]),
                           st.integers(1, 9), st.integers(98, 102),
