@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from policies.jurisdictions import default_jurisdiction_rules
 from policies.policy_document import MAX_KYC_TIER, Block, Conditions, PolicyDocument, VelocityMetric
 
 TIERS = tuple(range(MAX_KYC_TIER + 1))
 # ISO 3166-1 alpha-2 codes of comprehensively sanctioned jurisdictions (OFAC/FATF call for action):
-# residents cannot be onboarded above tier 0. Configurable per deployment; this is the default.
-DEFAULT_BLOCKED_JURISDICTIONS: frozenset[str] = frozenset({"CU", "IR", "KP", "SY"})
+# residents cannot be onboarded above tier 0. They are the blocked entries of the jurisdiction
+# rules (policies/jurisdictions.py); the shipped document blocks CU, IR, KP and SY.
+DEFAULT_BLOCKED_JURISDICTIONS: frozenset[str] = default_jurisdiction_rules().blocked()
 UNLIMITED = None
 
 

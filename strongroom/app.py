@@ -34,6 +34,7 @@ from exchange.api import marketdata as marketdata_api
 from strongroom import console, logs, metrics
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
+from strongroom.trading_limits import KycTradingLimits
 from strongroom.wiring import build_access_services
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -110,6 +111,9 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     # The exchange venue lives in one process (its journal directory is locked): a pool of
     # stateless API workers runs with EXCHANGE_ENABLED off (docs/production.md).
     if app.config.get("EXCHANGE_ENABLED", True):
+        # Orders are held to the caller's KYC tier and jurisdiction (docs/compliance.md).
+        kyc = app.extensions["strongroom.access"].kyc
+        app.extensions[exchange_api.LIMITS_EXTENSION] = KycTradingLimits(kyc)
         exchange_api.init_app(app)
         exchange_controls_api.init_app(app)
         marketdata_api.init_app(app)

@@ -60,6 +60,10 @@ def build_access_services(
         travel_rule = TravelRule(sessions, EnvelopeBox(keystore, TRAVEL_RULE_KEY_NAME), clock,
                                  travel_rule_threshold_usd_cents)
         withdrawals.travel_rule = travel_rule.check
+    kyc = Kyc(sessions, clock)
+    if travel_rule is not None:
+        # A user approved under a jurisdiction gets its threshold (docs/compliance.md, "Jurisdictions").
+        travel_rule.jurisdictions = kyc.jurisdictions
     return AccessServices(
         sessions=sessions,
         clock=clock,
@@ -73,7 +77,7 @@ def build_access_services(
         ledger_ops=LedgerOperations(sessions, ledger, clock),
         screening=screening,
         cases=Cases(sessions, clock),
-        kyc=Kyc(sessions, clock),
+        kyc=kyc,
         monitoring=Monitoring(sessions, clock, prices),
         personal_data=PersonalData(sessions, keystore, clock),
         recv_window_ms=recv_window_ms,

@@ -33,7 +33,8 @@ from custody import security_log
 from custody.access.models import User
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.models import REASON_MAX_LEN, KycProviderEvent, KycReview
-from policies.kyc import DEFAULT_BLOCKED_JURISDICTIONS, TIERS, jurisdiction_refusal
+from policies.jurisdictions import JurisdictionRules, default_jurisdiction_rules
+from policies.kyc import TIERS, jurisdiction_refusal
 
 MANUAL = "manual"
 PENDING, APPROVED, REJECTED, MORE_INFO = "pending", "approved", "rejected", "more_info"
@@ -69,8 +70,32 @@ class Kyc:
     def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], int]) -> None:
         self._sessions = sessions
         self._clock = clock
-        self.blocked_jurisdictions = DEFAULT_BLOCKED_JURISDICTIONS
+        self.jurisdictions: JurisdictionRules = default_jurisdiction_rules()
         self.provider_secrets: dict[str, bytes] = {}
+
+    @property
+    def blocked_jurisdictions(self) -> frozenset[str]:
+        """The jurisdictions whose residents are not onboarded: the blocked entries of the rules."""
+        return self.jurisdictions.blocked()
+
+    def standing(self, username: str) -> tuple[int, str | None] | None:
+        """Return (KYC tier, jurisdiction of the latest approved review or None), None: no such user.
+
+        The jurisdiction is the one the user was approved under (onboarding
+        records it); a user whose tier was set without a review has none and
+        gets the rules' default.
+        """
+        with self._sessions() as session:
+            tier = session.scalar(select(User.kyc_tier).where(User.username == username))
+            if tier is None:
+                return None
+            country = session.scalar(
+                select(KycReview.country)
+                .where(KycReview.username == username, KycReview.state == APPROVED)
+                .order_by(KycReview.id.desc())
+                .limit(1)
+            )
+            return tier, country
 
     def request(self, username: str, tier: int, country: str, provider: str = MANUAL) -> dict[str, Any]:
         """Ask for ``tier``; a blocked jurisdiction is recorded as rejected at once."""
@@ -195,6 +220,8 @@ class Kyc:
         row.state, row.reason, row.decided_by, row.updated_ms = target, reason or None, actor[:64], now_ms
         details: dict[str, Any] = {"username": row.username, "tier": row.requested_tier}
         if target == APPROVED:
+            # Onboarding records the jurisdiction the user is approved under and the rules' version.
+            details["jurisdiction"], details["jurisdiction_rules"] = row.country, self.jurisdictions.label
             user = session.get(User, row.username, with_for_update=True)
             if user is None:
                 raise ComplianceError(ComplianceCode.KYC_REVIEW_NOT_FOUND, f"user of review {row.id} is gone")
@@ -205,7 +232,8 @@ class Kyc:
                 actor=actor[:64],
                 action="kyc.tier_change",
                 subject=row.username,
-                details={"from": details["from_tier"], "to": row.requested_tier, "review": row.id},
+                details={"from": details["from_tier"], "to": row.requested_tier, "review": row.id,
+                         "jurisdiction": row.country},
             )
         security_log.append(
             session,

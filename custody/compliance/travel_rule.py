@@ -18,12 +18,14 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody import security_log
 from custody.compliance.codes import ComplianceCode, ComplianceError
-from custody.compliance.models import TravelRuleRecord
+from custody.compliance.models import KycReview, TravelRuleRecord
 from custody.compliance.pii import EnvelopeBox
+from policies.jurisdictions import JurisdictionRules
 
 DEFAULT_THRESHOLD_USD_CENTS = 100_000  # FATF Recommendation 16: USD/EUR 1,000.
 TRAVEL_RULE_KEY_NAME = "compliance-travel-rule"
@@ -180,17 +182,20 @@ class TravelRule:
         self._box = box
         self._clock = clock
         self.threshold_usd_cents = threshold_usd_cents
+        # Per-jurisdiction thresholds (policies/jurisdictions.py); None: one threshold for everyone.
+        self.jurisdictions: JurisdictionRules | None = None
         self._vasp = {"name": originating_vasp, "lei": originating_vasp_lei}
 
     def check(self, session: Session, username: str, withdrawal_id: str, asset: str, amount_minor: int,
               destination: str, usd_cents: int | None, data: Mapping[str, Any] | None) -> None:
         """Refuse (raise) a withdrawal at or above the threshold without valid data; store it if given."""
-        required = usd_cents is None or usd_cents >= self.threshold_usd_cents
+        threshold = self.threshold_for(session, username)
+        required = usd_cents is None or usd_cents >= threshold
         if data is None:
             if required:
                 raise ComplianceError(
                     ComplianceCode.TRAVEL_RULE_REQUIRED,
-                    f"withdrawals of {self.threshold_usd_cents} USD cents or more (or of an unpriced asset) "
+                    f"withdrawals of {threshold} USD cents or more (or of an unpriced asset) "
                     "need travel_rule originator and beneficiary data (docs/compliance.md)")
             return
         record = validate_transfer_data(data, destination)
@@ -204,6 +209,25 @@ class TravelRule:
                                      wrapped_key=wrapped, ciphertext=sealed, created_ms=now_ms))
         security_log.append(session, at_ms=now_ms, actor=username, action="compliance.travel_rule.attach",
                             subject=withdrawal_id, details={"required": required})
+
+    def threshold_for(self, session: Session, username: str) -> int:
+        """Return the user's threshold: their approved jurisdiction's rule, else the configured one.
+
+        A user approved under a jurisdiction (KYC onboarding records it) gets
+        that jurisdiction's ``travel_rule_threshold_usd_cents`` (the rules'
+        default when it has no entry); a user with no approved review gets
+        ``threshold_usd_cents``.
+        """
+        if self.jurisdictions is None:
+            return self.threshold_usd_cents
+        country = session.scalar(
+            select(KycReview.country)
+            .where(KycReview.username == username, KycReview.state == "approved")
+            .order_by(KycReview.id.desc())
+            .limit(1))
+        if country is None:
+            return self.threshold_usd_cents
+        return self.jurisdictions.rules_for(country).travel_rule_threshold_usd_cents
 
     def export(self, officer: str, withdrawal_id: str) -> dict[str, Any]:
         """Return the IVMS101 payload for the beneficiary's VASP (the export is in the security log)."""

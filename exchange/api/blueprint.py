@@ -58,6 +58,7 @@ from exchange.engine.messages import (
 )
 from exchange.instruments import MARKET_CONFIG, load_instruments
 from exchange.recovery import DEFAULT_SNAPSHOT_EVERY
+from exchange.risk import entitlements
 from exchange.risk.clearing import isolated_account
 from exchange.risk.codes import RiskCode
 from exchange.service import ExchangeService
@@ -79,6 +80,8 @@ from policies.roles import Permission
 bp = Blueprint("exchange", __name__, url_prefix="/api/v1/exchange")
 bp.before_request(scaleout.refuse_unrouted)  # a no-op unless in scale-out mode
 EXTENSION = "strongroom.exchange"
+# The composition root's TradingLimitsProvider (strongroom.wiring): KYC tier and jurisdiction caps.
+LIMITS_EXTENSION = "strongroom.trading_limits"
 
 TRADE = secured(Permission.TRADE, scope=Scope.TRADE, mfa=False)
 READ = secured(Permission.TRADE, Permission.LEDGER_READ_OWN, scope=Scope.READ, mfa=False)
@@ -96,6 +99,10 @@ RISK_STATUS = {
     RiskCode.MARKET_HALTED: 409,
     RiskCode.MARKET_CANCEL_ONLY: 409,
     RiskCode.PRICE_OVERRIDE_DISABLED: 403,
+    RiskCode.TRADING_NOT_PERMITTED: 403,
+    RiskCode.PRODUCT_NOT_PERMITTED: 403,
+    RiskCode.NOTIONAL_CAP_EXCEEDED: 422,
+    RiskCode.LEVERAGE_CAP_EXCEEDED: 422,
 }
 # Client order ids: 1..40 of A-Z a-z 0-9 . _ -, starting with a letter or digit, so an id is
 # always one safe URL path segment (never "..", never "a/b") and fits the book's 64 characters
@@ -190,6 +197,29 @@ def service() -> ExchangeService:
     """Return the app's exchange service."""
     found: ExchangeService = current_app.extensions[EXTENSION]
     return found
+
+
+def trading_limits(username: str) -> entitlements.TradingLimits | None:
+    """Return the caller's trading limits from the app's provider (None: no provider, no limits)."""
+    provider: entitlements.TradingLimitsProvider | None = current_app.extensions.get(LIMITS_EXTENSION)
+    return None if provider is None else provider.trading_limits(username)
+
+
+def _check_static_entitlement(symbol: str, cmd: NewOrder, limits: entitlements.TradingLimits | None) -> None:
+    """Scale-out mode: refuse what needs no venue state (no trading at all, a product not allowed).
+
+    The caps on notional and leverage need the engines' positions, which this
+    process does not hold (docs/compliance.md, "Trading limits").
+    """
+    if limits is None or cmd.reduce_only:
+        return
+    spec = service().venue.specs.get(symbol)
+    if limits.refusal is not None:
+        raise _risk(RiskCode.TRADING_NOT_PERMITTED, limits.refusal)
+    product = None if spec is None else entitlements.PRODUCT_OF_KIND.get(spec.kind, spec.kind)
+    if product is not None and limits.products is not None and product not in limits.products:
+        why = dict(limits.product_refusals).get(product) or f"{limits.basis} may not trade {product} products"
+        raise _risk(RiskCode.PRODUCT_NOT_PERMITTED, why)
 
 
 def current_principal() -> str:
@@ -342,15 +372,21 @@ def place_order() -> ResponseReturnValue:
     problem = order_problem(cmd)
     if problem is not None:
         raise ApiError(problem[0], problem[1])
+    limits = trading_limits(account)  # read before the lock: a database query
     gw = scaleout.gateway()
     if gw is not None:  # scale-out mode: margin reserved, then the market's command stream
         if mode != "cross":
             raise _risk(RiskCode.INVALID_MARGIN_MODE, "scale-out mode takes cross margin only")
+        _check_static_entitlement(symbol, cmd, limits)
         seq, events = scaleout.place(gw, symbol, cmd, client_id)
         return scaleout.pending_response(seq) if events is None else _events_response(events, account)
     svc = service()
     with svc.command() as venue:
         _known(venue, symbol)
+        if limits is not None:
+            code, message = entitlements.order_refusal(venue.clearing, account, symbol, cmd, limits)
+            if code:
+                raise _risk(code, message)
         result = _invalid_to_400(lambda: venue.place(symbol, cmd))
     if result.code == RiskCode.DUPLICATE_ORDER_ID:
         raise _risk(result.code, f"order id {client_id!r} is already live on {symbol}")
@@ -411,12 +447,18 @@ def amend_order(symbol: str, order_id: str) -> ResponseReturnValue:
     account = current_principal()
     client_id = check_client_id(order_id)
     qty, price = field_int(body, "qty", required=False), field_int(body, "price", required=False)
+    limits = trading_limits(account)
     svc = service()
     with svc.command() as venue:
         _known(venue, symbol)
         engine_id, owner = _resolve(venue, symbol, account, client_id)
         # The edge's time in ns, like a new order's: a crossing amend's trades carry it.
         amend = Amend(engine_id, qty, price, owner, _now_ms() * 1_000_000)
+        if limits is not None:
+            code, message = entitlements.amend_refusal(venue.clearing, account, symbol, engine_id, qty,
+                                                       limits)
+            if code:
+                raise _risk(code, message)
         result = _invalid_to_400(lambda: venue.amend(symbol, amend))
     if result.code:
         raise _risk(result.code, result.message.replace(engine_id, client_id))

@@ -28,6 +28,11 @@ class RiskCode(IntEnum):
     MARKET_HALTED = 2021
     MARKET_CANCEL_ONLY = 2022
     INVALID_CONTROL = 2023
+    # Entitlements (2030..2039): the caller's KYC tier and jurisdiction (exchange/risk/entitlements.py).
+    TRADING_NOT_PERMITTED = 2030
+    PRODUCT_NOT_PERMITTED = 2031
+    NOTIONAL_CAP_EXCEEDED = 2032
+    LEVERAGE_CAP_EXCEEDED = 2033
 
     @property
     def reason(self) -> str:

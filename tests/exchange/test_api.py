@@ -25,7 +25,7 @@ class Caller:
 
     def __init__(self, app: Flask, client: FlaskClient, clock: Any, name: str, roles: set[Role]) -> None:
         svc = app.extensions["strongroom.access"]
-        _, key = svc.users.create_user(name, frozenset(roles), kyc_tier=2, key_scopes=frozenset(Scope))
+        _, key = svc.users.create_user(name, frozenset(roles), kyc_tier=4, key_scopes=frozenset(Scope))
         self.client, self.clock, self.name = client, clock, name
         self.key_id, self.secret = key.credentials.key_id, key.credentials.secret
 

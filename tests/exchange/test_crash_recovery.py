@@ -249,7 +249,7 @@ def test_refused_orders_then_sigkill_and_restart_of_strongroom_serve(sqlite_url:
            "STRONGROOM_EXCHANGE_DEV_MODE": "1", "STRONGROOM_EXCHANGE_FEED": "none",
            "STRONGROOM_PORT": str(_free_port())}
     created = CliRunner().invoke(cli_main, ["users", "create", "--username", "trader1", "--role", "trader",
-                                            "--role", "admin"], env=env)
+                                            "--role", "admin", "--kyc-tier", "2"], env=env)
     assert created.exit_code == 0, created.output
     key_id = re.search(r"api key id:\s+(\S+)", created.output)
     secret = re.search(r"api key secret:\s+(\S+)", created.output)
