@@ -88,6 +88,8 @@ typedef struct {
     PyObject *events;   /* list */
     PyObject *explain;  /* callable(code, cmd) -> str */
     PyObject *accounts; /* dict: shared account strings */
+    PyObject *slow;     /* callable(cmd): runs a command the C core hands back */
+    PyObject *delegate; /* callable(cmd): once the book moved to the pure core */
     /* orders */
     Py_ssize_t o_cap, live;
     int32_t o_free;
@@ -734,6 +736,10 @@ static int on_cancel_all(Core *b, PyObject *c) {
 /* 0 handled, 1 the wrapper must handle it, -1 error */
 static int process_one(Core *b, PyObject *cmd) {
     PyTypeObject *t = Py_TYPE(cmd);
+    if (b->events == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "core cleared");
+        return -1;
+    }
     if (t == T_NEW) return on_new(b, cmd);
     if (t == T_CANCEL) return on_cancel(b, cmd);
     if (t == T_CANCEL_ALL) return on_cancel_all(b, cmd);
@@ -743,9 +749,33 @@ static int process_one(Core *b, PyObject *cmd) {
 /* -------------------------------------------------------- Python type */
 
 static PyObject *Core_process(Core *b, PyObject *cmd) {
+    /* process(cmd): the whole of FastBook.process() */
+    if (b->delegate != NULL) return PyObject_CallOneArg(b->delegate, cmd);
     int r = process_one(b, cmd);
     if (r < 0) return NULL;
-    return PyBool_FromLong(r == 0);
+    if (r == 1) {
+        if (b->slow == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "no slow path set");
+            return NULL;
+        }
+        return PyObject_CallOneArg(b->slow, cmd);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_paths(Core *b, PyObject *args) {
+    /* set_paths(slow, delegate): delegate None while the C core runs the book */
+    PyObject *slow, *delegate;
+    if (!PyArg_ParseTuple(args, "OO", &slow, &delegate)) return NULL;
+    Py_INCREF(slow);
+    Py_XSETREF(b->slow, slow);
+    if (delegate == Py_None) {
+        Py_CLEAR(b->delegate);
+    } else {
+        Py_INCREF(delegate);
+        Py_XSETREF(b->delegate, delegate);
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *Core_process_many(Core *b, PyObject *const *args, Py_ssize_t nargs) {
@@ -959,7 +989,26 @@ static int Core_init(Core *b, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+static int Core_traverse(Core *b, visitproc visit, void *arg) {
+    Py_VISIT(b->events);
+    Py_VISIT(b->explain);
+    Py_VISIT(b->accounts);
+    Py_VISIT(b->slow);
+    Py_VISIT(b->delegate);
+    return 0;
+}
+
+static int Core_clear(Core *b) {
+    Py_CLEAR(b->events);
+    Py_CLEAR(b->explain);
+    Py_CLEAR(b->accounts);
+    Py_CLEAR(b->slow);
+    Py_CLEAR(b->delegate);
+    return 0;
+}
+
 static void Core_dealloc(Core *b) {
+    PyObject_GC_UnTrack(b);
     for (Py_ssize_t o = 0; o < b->o_cap; o++) {
         Py_XDECREF(b->o_id[o]);
         Py_XDECREF(b->o_acct[o]);
@@ -972,13 +1021,15 @@ static void Core_dealloc(Core *b) {
     PyMem_Free(b->l_price); PyMem_Free(b->l_total); PyMem_Free(b->l_head);
     PyMem_Free(b->l_tail); PyMem_Free(b->l_count); PyMem_Free(b->l_pyprice);
     for (int s = 0; s < 2; s++) { PyMem_Free(b->side[s].keys); PyMem_Free(b->side[s].lvl); }
-    Py_XDECREF(b->events);
-    Py_XDECREF(b->explain);
-    Py_XDECREF(b->accounts);
+    Core_clear(b);
     Py_TYPE(b)->tp_free((PyObject *)b);
 }
 
-static PyObject *Core_get_events(Core *b, void *c) { Py_INCREF(b->events); return b->events; }
+static PyObject *Core_get_events(Core *b, void *c) {
+    if (b->events == NULL) Py_RETURN_NONE;
+    Py_INCREF(b->events);
+    return b->events;
+}
 static int Core_set_events(Core *b, PyObject *v, void *c) {
     if (v == NULL || !PyList_CheckExact(v)) {
         PyErr_SetString(PyExc_TypeError, "events must be a list");
@@ -1009,7 +1060,8 @@ static PyGetSetDef Core_getset[] = {
 };
 
 static PyMethodDef Core_methods[] = {
-    {"process", (PyCFunction)Core_process, METH_O, "process(cmd) -> handled"},
+    {"process", (PyCFunction)Core_process, METH_O, "process(cmd)"},
+    {"set_paths", (PyCFunction)Core_set_paths, METH_VARARGS, "set_paths(slow, delegate)"},
     {"process_many", (PyCFunction)(void (*)(void))Core_process_many, METH_FASTCALL,
      "process_many(cmds, start) -> index of the first command not handled"},
     {"resting", (PyCFunction)Core_resting, METH_O, "resting orders of a side, best first"},
@@ -1028,7 +1080,10 @@ static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "exchange.engine._ccore.Core",
     .tp_basicsize = sizeof(Core),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Core_traverse,
+    .tp_clear = (inquiry)Core_clear,
+    .tp_free = PyObject_GC_Del,
     .tp_doc = "C matching core (see fastbook.py)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Core_init,

@@ -228,15 +228,28 @@ class FastBook:
         self._explainer = OrderBook(instrument)
         module = _module
         if module is None or market_data or instrument.max_qty > C_MAX_QTY:
-            self._pure = OrderBook(instrument, market_data=market_data,
-                                   reduce_only_hook=reduce_only_hook)
-            self._pure.events = self.events
+            self._use_pure(OrderBook(instrument, market_data=market_data,
+                                     reduce_only_hook=reduce_only_hook))
             return
         self._core = module.Core(
             instrument.tick_size, instrument.lot_size, instrument.min_qty, instrument.max_qty,
             instrument.band_bps or 0, self.events, self._explain,
         )
         self._core.set_reference(instrument.reference_price)
+        self._core.set_paths(self._slow, None)
+        # `book.process` is the C core's own method: one call per command.
+        self.__dict__["process"] = self._core.process
+
+    def _use_pure(self, pure: OrderBook) -> OrderBook:
+        """Run this book on `pure` from now on (sharing the events list)."""
+        pure.events = self.events
+        self._pure = pure
+        if self._core is not None:
+            # Callers holding the old `book.process` reach the pure core too.
+            self._core.set_paths(self._slow, pure.process)
+            self._core = None
+        self.__dict__["process"] = pure.process
+        return pure
 
     # ------------------------------------------------------------------ API
 
@@ -246,11 +259,15 @@ class FastBook:
         return "pure" if self._pure is not None else "c"
 
     def process(self, cmd: Command) -> None:
-        """Apply one command; its events are appended to `self.events`."""
+        """Apply one command; its events are appended to `self.events`.
+
+        Shadowed per instance by the running core's own `process` (this body
+        only documents it).
+        """
         if self._pure is not None:
             self._pure.process(cmd)
-        elif not self._core.process(cmd):
-            self._slow(cmd)
+        else:
+            self._core.process(cmd)
 
     def process_many(self, cmds: Iterable[Command]) -> None:
         """Apply `cmds` in order, as `process()` on each; the C core loops over a list itself."""
@@ -390,11 +407,8 @@ class FastBook:
 
     def _move_to_pure(self) -> OrderBook:
         """Continue this book on the pure core from the C core's exact state (once, O(book))."""
-        pure = OrderBook.from_state(self.state(), reduce_only_hook=self.reduce_only_hook)
-        pure.events = self.events
-        self._pure = pure
-        self._core = None
-        return pure
+        return self._use_pure(
+            OrderBook.from_state(self.state(), reduce_only_hook=self.reduce_only_hook))
 
     # ------------------------------------------------ state and invariants
 
@@ -431,9 +445,7 @@ class FastBook:
             not r.reduce_only and type(r.post_only) is bool
             for r in [*state.bids, *state.asks])
         if not fits:
-            book._core = None
-            book._pure = OrderBook.from_state(state, reduce_only_hook=reduce_only_hook)
-            book._pure.events = book.events
+            book._use_pure(OrderBook.from_state(state, reduce_only_hook=reduce_only_hook))
             return book
         core = book._core
         core.seq = state.event_seq

@@ -5,9 +5,11 @@ source is missing or stale (gcc is part of the toolchain here), so these
 tests always exercise C; `fastbook.use()` points FastBook at it.
 """
 
+import gc
 import io
 import random
 import shutil
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -299,3 +301,24 @@ def test_jsonl_lines_counts_only_plain_object_lines(in_c: bool) -> None:
     assert jsonl_lines(b'{"a":1} \n') == -1
     assert jsonl_lines(b' {"a":1}\n') == -1
     assert jsonl_lines(b'{"a":\n1}\n') == -1
+
+
+def test_fastbook_process_captured_before_the_move_reaches_the_pure_core() -> None:
+    book = FastBook(INSTRUMENT)
+    process = book.process
+    process(NewOrder("a", "a", "buy", 1, price=1000))
+    process(Amend("a", qty=2))
+    assert book.core == "pure"
+    process(NewOrder("b", "b", "sell", 2, price=1000))
+    assert [type(e).__name__ for e in book.events] == [
+        "Accepted", "Amended", "Accepted", "Trade"]
+    assert len(book.orders) == 0
+
+
+def test_fastbook_is_freed_by_the_cycle_collector() -> None:
+    book = FastBook(INSTRUMENT)
+    book.process(NewOrder("a", "a", "buy", 1, price=1000))
+    ref = weakref.ref(book)
+    del book
+    gc.collect()
+    assert ref() is None
