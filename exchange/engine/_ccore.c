@@ -73,6 +73,13 @@ static int str_is(PyObject *a, PyObject *lit) {
 
 /* ------------------------------------------------------------- the book */
 
+/* A client id of up to KEY_INLINE ASCII characters is stored inline
+ * (length in the last byte): no str object per resting order. Longer or
+ * non-ASCII ids keep a reference to their str (last byte KEY_PTR). */
+#define KEY_SIZE 16
+#define KEY_INLINE (KEY_SIZE - 1)
+#define KEY_PTR 0xFF
+
 typedef struct {
     int64_t *keys;  /* ascending; best at the end */
     int32_t *lvl;   /* level handle per key */
@@ -93,10 +100,11 @@ typedef struct {
     /* orders */
     Py_ssize_t o_cap, live;
     int32_t o_free;
-    int64_t *o_oid, *o_price, *o_qty;
+    int64_t *o_oid, *o_qty; /* the price is the level's */
     int32_t *o_prev, *o_next, *o_level; /* o_level -1: free slot */
     uint8_t *o_flags;                   /* bit0 is_buy, bit1 post_only; bits 2-3 stp */
-    PyObject **o_id, **o_acct;
+    uint8_t (*o_key)[KEY_SIZE]; /* the client id: see key_store() */
+    PyObject **o_acct;
     /* id index */
     uint64_t *idx;
     size_t idx_mask, idx_used;
@@ -125,15 +133,15 @@ static int grow(void **p, Py_ssize_t n, size_t elem) {
 static int orders_reserve(Core *b) {
     if (b->o_free >= 0) return 0;
     Py_ssize_t old = b->o_cap, cap = old ? old + old / 2 : 1024;
-    if (grow((void **)&b->o_oid, cap, 8) || grow((void **)&b->o_price, cap, 8) ||
+    if (grow((void **)&b->o_oid, cap, 8) ||
         grow((void **)&b->o_qty, cap, 8) || grow((void **)&b->o_prev, cap, 4) ||
         grow((void **)&b->o_next, cap, 4) || grow((void **)&b->o_level, cap, 4) ||
-        grow((void **)&b->o_flags, cap, 1) || grow((void **)&b->o_id, cap, sizeof(PyObject *)) ||
+        grow((void **)&b->o_flags, cap, 1) || grow((void **)&b->o_key, cap, KEY_SIZE) ||
         grow((void **)&b->o_acct, cap, sizeof(PyObject *)))
         return -1;
     for (Py_ssize_t i = cap - 1; i >= old; i--) {
         b->o_level[i] = -1;
-        b->o_id[i] = NULL;
+        b->o_key[i][KEY_INLINE] = 0;
         b->o_acct[i] = NULL;
         b->o_next[i] = b->o_free;
         b->o_free = (int32_t)i;
@@ -158,6 +166,60 @@ static int levels_reserve(Core *b) {
     return 0;
 }
 
+/* client ids */
+static inline int key_is_ptr(Core *b, int32_t o) { return b->o_key[o][KEY_INLINE] == KEY_PTR; }
+
+static inline PyObject *key_ptr(Core *b, int32_t o) {
+    PyObject *p;
+    memcpy(&p, b->o_key[o], sizeof p);
+    return p;
+}
+
+static void key_store(Core *b, int32_t o, PyObject *id) {
+    /* id: an exact str */
+    Py_ssize_t n = PyUnicode_GET_LENGTH(id);
+    if (PyUnicode_IS_ASCII(id) && n <= KEY_INLINE) {
+        memcpy(b->o_key[o], PyUnicode_DATA(id), (size_t)n);
+        b->o_key[o][KEY_INLINE] = (uint8_t)n;
+    } else {
+        Py_INCREF(id);
+        memcpy(b->o_key[o], &id, sizeof id);
+        b->o_key[o][KEY_INLINE] = KEY_PTR;
+    }
+}
+
+static void key_clear(Core *b, int32_t o) {
+    if (key_is_ptr(b, o)) Py_DECREF(key_ptr(b, o));
+    b->o_key[o][KEY_INLINE] = 0;
+}
+
+static PyObject *key_new_ref(Core *b, int32_t o) {
+    /* a new reference to the id as a str (equal to the one stored) */
+    if (key_is_ptr(b, o)) {
+        PyObject *p = key_ptr(b, o);
+        Py_INCREF(p);
+        return p;
+    }
+    Py_ssize_t n = b->o_key[o][KEY_INLINE];
+    PyObject *s = PyUnicode_New(n, 127);
+    if (s == NULL) return NULL;
+    memcpy(PyUnicode_DATA(s), b->o_key[o], (size_t)n);
+    return s;
+}
+
+static inline int key_eq(Core *b, int32_t o, PyObject *id) {
+    if (key_is_ptr(b, o)) return ueq(key_ptr(b, o), id);
+    Py_ssize_t n = b->o_key[o][KEY_INLINE];
+    return PyUnicode_IS_ASCII(id) && PyUnicode_GET_LENGTH(id) == n &&
+           memcmp(PyUnicode_DATA(id), b->o_key[o], (size_t)n) == 0;
+}
+
+static Py_hash_t key_hash(Core *b, int32_t o) {
+    /* str's own hash: for an ASCII str it is _Py_HashBytes of its characters */
+    if (key_is_ptr(b, o)) return ((PyASCIIObject *)key_ptr(b, o))->hash;
+    return _Py_HashBytes(b->o_key[o], b->o_key[o][KEY_INLINE]);
+}
+
 /* id index: entries are (low 32 bits of the id's hash) << 32 | (handle + 1),
  * 0 is empty; the tag spares a visit to the stored string on most probes. */
 #define IDX_TAG(h) ((uint32_t)(h))
@@ -173,8 +235,7 @@ static int32_t idx_find(Core *b, PyObject *id, Py_hash_t h) {
         if (e == 0) return -1;
         if ((uint32_t)(e >> 32) == tag) {
             int32_t s = IDX_HANDLE(e);
-            PyObject *k = b->o_id[s];
-            if (k == id || ueq(k, id)) return s;
+            if (key_eq(b, s, id)) return s;
         }
         i = (i + 1) & b->idx_mask;
     }
@@ -390,11 +451,9 @@ static int32_t rest(Core *b, int64_t oid, PyObject *id, Py_hash_t h, PyObject *a
     if (idx_insert(b, o, h) < 0) return -1;
     b->o_free = b->o_next[o];
     b->o_oid[o] = oid;
-    b->o_price[o] = price;
     b->o_qty[o] = qty;
     b->o_flags[o] = (uint8_t)((is_buy ? 1 : 0) | (post_only ? 2 : 0) | (stp << 2));
-    Py_INCREF(id);
-    b->o_id[o] = id;
+    key_store(b, o, id);
     Py_INCREF(acct);
     b->o_acct[o] = acct;
     int32_t tail = b->l_tail[l];
@@ -410,14 +469,11 @@ static int32_t rest(Core *b, int64_t oid, PyObject *id, Py_hash_t h, PyObject *a
     return o;
 }
 
-/* Forget order o (already unlinked from its level); the caller owns the
- * returned references to its id and account. */
-static void release(Core *b, int32_t o, PyObject **id, PyObject **acct) {
-    idx_delete(b, o, ((PyASCIIObject *)b->o_id[o])->hash);
-    *id = b->o_id[o];
-    *acct = b->o_acct[o];
-    b->o_id[o] = NULL;
-    b->o_acct[o] = NULL;
+/* Forget order o (already unlinked from its level). */
+static void release(Core *b, int32_t o) {
+    idx_delete(b, o, key_hash(b, o));
+    key_clear(b, o);
+    Py_CLEAR(b->o_acct[o]);
     b->o_level[o] = -1;
     b->o_next[o] = b->o_free;
     b->o_free = o;
@@ -503,12 +559,12 @@ static int64_t match(Core *b, PyObject *id, PyObject *account, int is_buy, int64
                 if (stp != STP_CANCEL_TAKER) {
                     int64_t oq = b->o_qty[o];
                     int last = b->l_count[l] == 1;
-                    PyObject *oid_s, *oacct;
+                    PyObject *oid_s = key_new_ref(b, o);
+                    if (oid_s == NULL) { Py_DECREF(pyprice); return -1; }
                     unlink_order(b, o);
-                    release(b, o, &oid_s, &oacct);
+                    release(b, o);
                     int r = emit_cancelled(b, oid_s, oq, S_STP);
                     Py_DECREF(oid_s);
-                    Py_DECREF(oacct);
                     if (r < 0) { Py_DECREF(pyprice); return -1; }
                     if (last) { level_gone = 1; }
                 }
@@ -525,15 +581,17 @@ static int64_t match(Core *b, PyObject *id, PyObject *account, int is_buy, int64
             int64_t fill = oqty > remaining ? remaining : oqty;
             PyObject *seq = PyLong_FromLongLong(++b->seq);
             PyObject *q = PyLong_FromLongLong(fill);
-            if (seq == NULL || q == NULL) {
-                Py_XDECREF(seq); Py_XDECREF(q); Py_DECREF(pyprice);
+            PyObject *maker = key_new_ref(b, o);
+            if (seq == NULL || q == NULL || maker == NULL) {
+                Py_XDECREF(seq); Py_XDECREF(q); Py_XDECREF(maker); Py_DECREF(pyprice);
                 return -1;
             }
-            PyObject *args[9] = {seq, b->o_id[o], id, pyprice, q, taker_side, b->o_acct[o],
+            PyObject *args[9] = {seq, maker, id, pyprice, q, taker_side, b->o_acct[o],
                                  account, ts};
             int r = emit(b, T_TRADE, args, 9);
             Py_DECREF(seq);
             Py_DECREF(q);
+            Py_DECREF(maker);
             if (r < 0) { Py_DECREF(pyprice); return -1; }
             if (oqty > remaining) {
                 b->o_qty[o] = oqty - remaining;
@@ -544,11 +602,8 @@ static int64_t match(Core *b, PyObject *id, PyObject *account, int is_buy, int64
             remaining -= oqty;
             int32_t nxt = b->o_next[o];
             int last = b->l_count[l] == 1;
-            PyObject *oid_s, *oacct;
             unlink_order(b, o);
-            release(b, o, &oid_s, &oacct);
-            Py_DECREF(oid_s);
-            Py_DECREF(oacct);
+            release(b, o);
             if (last) { level_gone = 1; break; }
             if (remaining == 0) break;
             o = nxt;
@@ -681,13 +736,10 @@ static int on_cancel(Core *b, PyObject *c) {
     int32_t o = idx_find(b, id, h);
     if (o >= 0 && (account == Py_None || ueq(account, b->o_acct[o]))) {
         int64_t qty = b->o_qty[o];
-        PyObject *oid_s, *oacct;
         unlink_order(b, o);
-        release(b, o, &oid_s, &oacct);
-        int r = emit_cancelled(b, oid_s, qty, S_USER);
-        Py_DECREF(oid_s);
-        Py_DECREF(oacct);
-        return r;
+        release(b, o);
+        /* the command's id equals the stored one */
+        return emit_cancelled(b, id, qty, S_USER);
     }
     PyObject *msg = PyUnicode_FromFormat("no live order with id %R", id);
     if (msg == NULL) return -1;
@@ -722,12 +774,12 @@ static int on_cancel_all(Core *b, PyObject *c) {
     for (k = 0; k < n && r == 0; k++) {
         int32_t o = (int32_t)pairs[2 * k + 1];
         int64_t qty = b->o_qty[o];
-        PyObject *oid_s, *oacct;
+        PyObject *oid_s = key_new_ref(b, o);
+        if (oid_s == NULL) { r = -1; break; }
         unlink_order(b, o);
-        release(b, o, &oid_s, &oacct);
+        release(b, o);
         r = emit_cancelled(b, oid_s, qty, S_CANCEL_ALL);
         Py_DECREF(oid_s);
-        Py_DECREF(oacct);
     }
     PyMem_Free(pairs);
     return r;
@@ -799,8 +851,10 @@ static PyObject *Core_process_many(Core *b, PyObject *const *args, Py_ssize_t na
 
 static PyObject *order_tuple(Core *b, int32_t o) {
     uint8_t f = b->o_flags[o];
-    return Py_BuildValue("(LOOOLLOiO)", (long long)b->o_oid[o], b->o_id[o], b->o_acct[o],
-                         (f & 1) ? S_BUY : S_SELL, (long long)b->o_price[o],
+    PyObject *id = key_new_ref(b, o);
+    if (id == NULL) return NULL;
+    return Py_BuildValue("(LNOOLLOiO)", (long long)b->o_oid[o], id, b->o_acct[o],
+                         (f & 1) ? S_BUY : S_SELL, (long long)b->l_price[b->o_level[o]],
                          (long long)b->o_qty[o], (f & 2) ? Py_True : Py_False, (int)(f >> 2),
                          Py_False);
 }
@@ -914,11 +968,16 @@ static PyObject *Core_check(Core *b, PyObject *unused) {
             int32_t count = 0, prev = -1;
             for (int32_t o = b->l_head[l]; o >= 0; o = b->o_next[o]) {
                 if (b->o_prev[o] != prev || b->o_level[o] != l) return corrupt("order links broken");
-                if (b->o_qty[o] <= 0 || b->o_price[o] != b->l_price[l] ||
+                if (b->o_qty[o] <= 0 ||
                     (b->o_flags[o] & 1) != (s == 0))
                     return corrupt("order misplaced");
-                Py_hash_t h = str_hash(b->o_id[o]);
-                if (idx_find(b, b->o_id[o], h) != o) return corrupt("order index broken");
+                PyObject *id = key_new_ref(b, o);
+                if (id == NULL) return NULL;
+                Py_hash_t h = str_hash(id);
+                int32_t found = h == -1 ? -1 : idx_find(b, id, h);
+                Py_DECREF(id);
+                if (h == -1 && PyErr_Occurred()) return NULL;
+                if (found != o || key_hash(b, o) != h) return corrupt("order index broken");
                 total += b->o_qty[o];
                 count++;
                 prev = o;
@@ -945,14 +1004,22 @@ static PyObject *Core_ids(Core *b, PyObject *unused) {
         Side *sd = &b->side[s];
         for (Py_ssize_t i = sd->n - 1; i >= 0; i--)
             for (int32_t o = b->l_head[sd->lvl[i]]; o >= 0; o = b->o_next[o])
-                if (PyList_Append(out, b->o_id[o]) < 0) { Py_DECREF(out); return NULL; }
+            {
+                PyObject *id = key_new_ref(b, o);
+                if (id == NULL || PyList_Append(out, id) < 0) {
+                    Py_XDECREF(id);
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                Py_DECREF(id);
+            }
     }
     return out;
 }
 
 static PyObject *Core_memory(Core *b, PyObject *unused) {
     /* bytes of C storage (orders, index, levels, sides) */
-    size_t n = (size_t)b->o_cap * (8 * 3 + 4 * 3 + 1 + 2 * sizeof(PyObject *));
+    size_t n = (size_t)b->o_cap * (8 * 2 + 4 * 3 + 1 + KEY_SIZE + sizeof(PyObject *));
     if (b->idx) n += (b->idx_mask + 1) * 8;
     n += (size_t)b->l_cap * (8 * 2 + 4 * 3 + sizeof(PyObject *));
     n += (size_t)(b->side[0].cap + b->side[1].cap) * 12;
@@ -1010,13 +1077,13 @@ static int Core_clear(Core *b) {
 static void Core_dealloc(Core *b) {
     PyObject_GC_UnTrack(b);
     for (Py_ssize_t o = 0; o < b->o_cap; o++) {
-        Py_XDECREF(b->o_id[o]);
+        if (b->o_level[o] >= 0) key_clear(b, o);
         Py_XDECREF(b->o_acct[o]);
     }
     for (Py_ssize_t l = 0; l < b->l_cap; l++) Py_XDECREF(b->l_pyprice[l]);
-    PyMem_Free(b->o_oid); PyMem_Free(b->o_price); PyMem_Free(b->o_qty);
+    PyMem_Free(b->o_oid); PyMem_Free(b->o_qty);
     PyMem_Free(b->o_prev); PyMem_Free(b->o_next); PyMem_Free(b->o_level);
-    PyMem_Free(b->o_flags); PyMem_Free(b->o_id); PyMem_Free(b->o_acct);
+    PyMem_Free(b->o_flags); PyMem_Free(b->o_key); PyMem_Free(b->o_acct);
     PyMem_Free(b->idx);
     PyMem_Free(b->l_price); PyMem_Free(b->l_total); PyMem_Free(b->l_head);
     PyMem_Free(b->l_tail); PyMem_Free(b->l_count); PyMem_Free(b->l_pyprice);
