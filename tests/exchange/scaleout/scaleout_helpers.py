@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import nats
@@ -32,10 +36,12 @@ from exchange.stream.topology import (
     command_subject,
     ensure_topology,
     events_subject,
+    lease_bucket,
 )
 from exchange.stream.wire import EventBatch, batch_decoder
 from exchange.stream.worker import run_worker
 
+ROOT = Path(__file__).resolve().parents[3]
 READ_RETRY_S = 20.0
 SETTLE_TIMEOUT_S = 60.0
 IM_PPM = 100_000  # 10 %
@@ -182,9 +188,10 @@ class Stack:
     """An engine worker and the margin worker for one market, on a loop in a thread."""
 
     def __init__(self, urls: list[str], market: str, ledger: MarginLedger, tick: int, *,
-                 void_stuck_after_ms: int | None = None) -> None:
+                 void_stuck_after_ms: int | None = None, engine: bool = True) -> None:
         self.urls, self.market, self.ledger, self.tick = urls, market, ledger, tick
         self.void_stuck_after_ms = void_stuck_after_ms
+        self.with_engine = engine  # False: the engines run elsewhere (processes)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -200,7 +207,7 @@ class Stack:
         self.stop_engine, self.stop_margin = asyncio.Event(), asyncio.Event()
         self.engine = asyncio.create_task(run_worker(
             self.urls, Instrument(self.market, tick_size=self.tick), name="w1",
-            stop=self.stop_engine))
+            stop=self.stop_engine)) if self.with_engine else asyncio.create_task(asyncio.sleep(0))
         await self._start_margin()
 
     async def _start_margin(self, checkpoint_every: int = 0) -> None:
@@ -237,3 +244,25 @@ class Stack:
         asyncio.run_coroutine_threadsafe(go(), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def spawn_engine(market: str, name: str, urls: list[str], *extra: str) -> subprocess.Popen[bytes]:
+    """Start `strongroom engine-worker` for `market` as its own process (to kill -9 it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from strongroom.cli import main; main()", "engine-worker",
+         "--market", market, "--nats", ",".join(urls), "--name", name, *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+async def lease_holder(js: JetStreamContext, market: str, timeout_s: float) -> str:
+    """Return the name of the worker leading `market`, waiting up to `timeout_s` for one."""
+    kv = await lease_bucket(js)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return (await kv.get(market)).value.decode()  # type: ignore[union-attr]
+        except NatsError:  # not found (nobody leads yet) or NATS weather
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)

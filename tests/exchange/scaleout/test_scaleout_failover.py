@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,16 +13,18 @@ from scaleout_helpers import (
     command_bodies,
     event_batches,
     events_by_command,
+    lease_holder,
     order_flow,
     ready_topology,
     replay_single_process,
+    spawn_engine,
     wait_published,
 )
 
 from exchange.engine.instrument import Instrument
 from exchange.stream.cluster import LocalCluster
 from exchange.stream.publisher import CommandPublisher
-from exchange.stream.topology import lease_bucket, snapshot_bucket
+from exchange.stream.topology import snapshot_bucket
 from exchange.stream.wire import SNAPSHOT_KEY_PREFIX, WorkerSnapshot
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -33,33 +32,13 @@ COMMANDS = 2400
 KILL_AFTER = 800
 
 
-def _spawn(market: str, name: str, urls: list[str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-c", "from strongroom.cli import main; main()", "engine-worker",
-         "--market", market, "--nats", ",".join(urls), "--name", name, "--snapshot-every", "300"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-async def _lease_holder(js: nats.js.JetStreamContext, market: str, timeout_s: float) -> str:
-    kv = await lease_bucket(js)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return (await kv.get(market)).value.decode()  # type: ignore[union-attr]
-        except nats.js.errors.KeyNotFoundError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-
-
 async def _failover(cluster: LocalCluster, market: str) -> None:
     nc = await nats.connect(servers=cluster.urls)
     js = nc.jetstream()
     await ready_topology(js, [market])
-    leader = _spawn(market, "a", cluster.urls)
-    assert await _lease_holder(js, market, 30.0) == "a"
-    standby = _spawn(market, "b", cluster.urls)
+    leader = spawn_engine(market, "a", cluster.urls, "--snapshot-every", "300")
+    assert await lease_holder(js, market, 30.0) == "a"
+    standby = spawn_engine(market, "b", cluster.urls, "--snapshot-every", "300")
     try:
         publisher = CommandPublisher(js, {market})
         flow = order_flow(COMMANDS, seed=21)
@@ -76,7 +55,7 @@ async def _failover(cluster: LocalCluster, market: str) -> None:
         leader.wait()
         await appending
         await wait_published(js, market, COMMANDS, 60.0)
-        assert await _lease_holder(js, market, 1.0) == "b"
+        assert await lease_holder(js, market, 1.0) == "b"
 
         bodies = await command_bodies(js, market)
         assert len(bodies) == COMMANDS
