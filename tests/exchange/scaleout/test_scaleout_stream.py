@@ -194,3 +194,46 @@ def test_engine_command_deleted_from_stream_stops_worker_as_corrupt(
             await nc.close()
 
     asyncio.run(run())
+
+
+def test_engine_restarted_from_snapshot_keeps_market_halted_and_refuses_in_stream_order(
+        nats_cluster: LocalCluster) -> None:
+    from exchange.stream.controls import SetStatus
+    from exchange.stream.wire import batch_decoder
+
+    market = "HALT" + str(time.time_ns() % 10**9)
+
+    async def run() -> None:
+        nc, js = await _connect(nats_cluster, market)
+        try:
+            publisher = CommandPublisher(js, {market})
+            await publisher.append(market, "c1", NewOrder(id="o1", account="a", side="buy", qty=1,
+                                                          price=100, ts=1_000_000))
+            await publisher.append_control(market, "ctl.1", SetStatus("halted", 0, "test",
+                                                                       2_000_000))
+            stop = asyncio.Event()
+            first = asyncio.create_task(run_worker(nats_cluster.urls, Instrument(market),
+                                                   name="w1", snapshot_every=1, stop=stop))
+            await wait_published(js, market, 2, 60.0)
+            stop.set()
+            stats = await first
+            assert stats.snapshots >= 1
+            # The standby starts from the snapshot (taken after the halt), not from the start.
+            await publisher.append(market, "c3", NewOrder(id="o3", account="b", side="sell",
+                                                          qty=1, price=100, ts=3_000_000))
+            stop = asyncio.Event()
+            second = asyncio.create_task(run_worker(nats_cluster.urls, Instrument(market),
+                                                    name="w2", stop=stop))
+            await wait_published(js, market, 3, 60.0)
+            stop.set()
+            assert (await second).replayed == 0
+            batches = await event_batches(js, market)
+            last = batches[-1]
+            assert [(type(e).__name__, getattr(e, "code", None))
+                    for e in last.commands[-1].events] == [("Rejected", 2021)]
+            assert last.status is not None and last.status.mode == "halted"
+            assert batch_decoder.decode(batch_encoder.encode(last)) == last
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
