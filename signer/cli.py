@@ -40,7 +40,7 @@ from signer.keystore import DEFAULT_SCRYPT_LOG2_N, create_keystore, load_seed, r
 from signer.network import InterfaceReader, online_interfaces, read_interfaces
 from signer.results import SignerCode, SignerError
 from signer.signing import sign_bundle
-from signer.signing_log import EVENT_ONLINE_OVERRIDE, EVENT_SIGNED, SigningLog
+from signer.signing_log import EVENT_ONLINE_OVERRIDE, EVENT_SIGNED, History, SigningLog
 from signer.verification import Verification, verify_bundle
 
 EXIT_OK = 0
@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
         help="with --yes: sign even if there are warnings (a high fee); without it they refuse (7066)",
     )
     sign.add_argument("--i-know-this-machine-is-online", dest="online_ok", action="store_true")
+    sign.add_argument(
+        "--resume",
+        action="store_true",
+        help="write the answer of a bundle this signer already signed (the log holds it) but whose "
+        "answer file was never written, e.g. after a crash; byte for byte the logged signature",
+    )
     sign.set_defaults(run=_sign)
     log = commands.add_parser("log", help="show what this signer has signed")
     log.set_defaults(run=_log)
@@ -276,6 +282,8 @@ def _sign(args: argparse.Namespace, home: Path, env: CliEnvironment) -> int:
     if args.out.exists():
         raise SignerError(SignerCode.NOT_CONFIRMED, f"{args.out} already exists; not overwriting it")
     bundle, anchors, _ = _load(args, home)
+    if args.resume:
+        return _resume(args, home, env, bundle, anchors, log)
     now_ms = env.now_ms()
     verification = verify_bundle(bundle, anchors, now_ms, log.history())
     _report(verification, env, now_ms, with_intent=True)
@@ -307,9 +315,64 @@ def _sign(args: argparse.Namespace, home: Path, env: CliEnvironment) -> int:
             "summary": f"{body.intent.amount_minor} {body.intent.asset} to {body.intent.destination}",
         },
     )
-    with args.out.open("xb") as handle:
-        handle.write(output)
+    _write_answer(args.out, output)
     print(f"SIGNED {body.bundle_id}: wrote {args.out} (sha256 {sha256_hex(output)})", file=env.stdout)
+    return EXIT_OK
+
+
+def _write_answer(out: Path, output: bytes) -> None:
+    """Write ``out`` whole or not at all: a crash mid-write leaves only ``<out>.partial``, never a
+    torn answer under the name the operator carries back; an existing ``out`` is never replaced."""
+    partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)  # a previous crash's leftover: never handed out
+    try:
+        with partial.open("xb") as handle:
+            handle.write(output)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(partial, out)  # unlike a rename, refuses to replace an existing file
+    finally:
+        partial.unlink(missing_ok=True)
+    directory = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _resume(
+    args: argparse.Namespace, home: Path, env: CliEnvironment, bundle: Bundle, anchors: TrustAnchors,
+    log: SigningLog,
+) -> int:
+    """Re-issue the logged signature of ``bundle`` (the signer died after logging, before the answer).
+
+    Signing is deterministic (RFC 6979 nonces, the signing time taken from the log entry), so
+    signing again with the history as it was before that entry gives the same bytes; they are
+    written only if their hash is the one logged, so nothing new is ever signed here.
+    """
+    body = bundle.body
+    entries = log.entries()
+    earlier = next((e for e in entries if e.event == EVENT_SIGNED and e.details["bundle_id"] == body.bundle_id
+                    and e.details["bundle_sha256"] == bundle.digest), None)
+    if earlier is None:
+        raise SignerError(
+            SignerCode.RESUME_NOT_SIGNED,
+            f"bundle {body.bundle_id} ({bundle.digest[:16]}...) was never signed by this signer; "
+            "--resume only re-issues a logged signature. Nothing was signed",
+        )
+    before = History.from_entries(entries[: earlier.seq])
+    outcome = sign_bundle(bundle, anchors, load_seed(home / "keystore.json", _passphrase(args, env)),
+                          earlier.at_ms, before)
+    output = outcome.signed.to_bytes() if outcome.signed is not None else b""
+    if sha256_hex(output) != earlier.details["output_sha256"]:
+        raise SignerError(
+            SignerCode.RESUME_MISMATCH,
+            f"signing bundle {body.bundle_id} again did not reproduce the output logged in entry "
+            f"{earlier.seq}; nothing was written",
+        )
+    _write_answer(args.out, output)
+    print(f"SIGNED {body.bundle_id}: re-issued the signature of log entry {earlier.seq}, wrote {args.out} "
+          f"(sha256 {sha256_hex(output)})", file=env.stdout)
     return EXIT_OK
 
 

@@ -70,6 +70,8 @@ class SignerCode(enum.IntEnum):
     KEY_NOT_IN_WALLET = 7064
     NOT_CONFIRMED = 7065
     WARNING_NOT_ACCEPTED = 7066
+    RESUME_NOT_SIGNED = 7067
+    RESUME_MISMATCH = 7068
     # 707x: the offline keystore.
     KEYSTORE_MALFORMED = 7070
     PASSPHRASE_WRONG = 7071
