@@ -7,12 +7,14 @@ freeze of an owner is active, creating a withdrawal is refused (4112
 ``account_frozen``) and approved hot withdrawals of that owner are not
 dispatched. Freezes are idempotent by id (the fact that raised them), written
 in the same database transaction as that fact and its security-log alert.
-Lifting one needs two admins (``lift`` records both); nothing lifts a
-freeze automatically. Operators lift through ``request_lift`` (a first admin,
-with a reason) then ``approve_lift`` (a second, different admin), both with
-MFA checked by the API / CLI first, each step in the security log. Freezes
-raised by sanctions screening (id ``sanctions:...``) are compliance's: this
-path refuses them (1125 ``freeze_compliance_owned``).
+Lifting one needs two admins; nothing lifts a freeze automatically.
+Operators lift through ``request_lift`` (a first admin, with a reason) then
+``approve_lift`` (a second, different admin), both with MFA checked by the API /
+CLI first. Both steps are confirmed approvals (kind ``freeze_lift``) in the one
+``approvals`` table, written by ``custody.access.approvals.add_approval`` (which
+refuses a non-admin and the same admin twice) together with their security-log
+event. Freezes raised by sanctions screening (id ``sanctions:...``) are
+compliance's: this path refuses them (1125 ``freeze_compliance_owned``).
 
 State of one freeze::
 
@@ -21,15 +23,17 @@ State of one freeze::
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, Index, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from custody import security_log
+from custody.access.approvals import ApprovalKind, Ballot, Confirmed, add_approval, approval_rows
 from custody.access.errors import AccessCode, AccessError
 from custody.db import Base
+from policies.roles import Role
 
 FREEZE_ID_MAX_LEN = 160
 REASON_MAX_LEN = 256
@@ -48,11 +52,9 @@ class AccountFreeze(Base):
     reason: Mapped[str] = mapped_column(String(REASON_MAX_LEN))
     raised_by: Mapped[str] = mapped_column(String(64))
     created_ms: Mapped[int] = mapped_column(BigInteger)
-    lifted_by: Mapped[str | None] = mapped_column(String(130))
     lifted_ms: Mapped[int | None] = mapped_column(BigInteger)
-    # The pending two-admin lift (migration 0023_freeze_lift): who asked, when and why.
-    lift_requested_by: Mapped[str | None] = mapped_column(String(64))
-    lift_requested_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # Why the first admin asked for the lift; who asked and who approved are approvals
+    # (kind freeze_lift, migration 0025_lift_approvals).
     lift_reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LEN))
 
 
@@ -100,19 +102,19 @@ def active(session: Session, owner: str | None = None) -> list[FreezeView]:
     query = select(AccountFreeze).where(AccountFreeze.lifted_ms.is_(None))
     if owner is not None:
         query = query.where(AccountFreeze.owner == owner)
-    return [_view(row) for row in session.scalars(query.order_by(AccountFreeze.created_ms))]
+    return [_view(session, row) for row in session.scalars(query.order_by(AccountFreeze.created_ms))]
 
 
-def lift(session: Session, freeze_id: str, *, admins: tuple[str, str], now_ms: int) -> FreezeView | None:
-    """Lift one freeze on the word of two distinct admins (checked by the caller); None if unknown."""
-    first, second = admins
-    assert first != second, "lifting a freeze needs two different admins"
-    row = session.get(AccountFreeze, freeze_id, with_for_update=True)
-    if row is None:
-        return None
-    if row.lifted_ms is None:
-        row.lifted_by, row.lifted_ms = f"{first},{second}", now_ms
-    return _view(row)
+def get(session: Session, freeze_id: str) -> FreezeView | None:
+    """Return one freeze (active or lifted), or None if unknown."""
+    row = session.get(AccountFreeze, freeze_id) if len(freeze_id) <= FREEZE_ID_MAX_LEN else None
+    return None if row is None else _view(session, row)
+
+
+# Both lift approvals count; neither admin is "the requester" that add_approval keeps out, and
+# add_approval refuses the same admin twice.
+_NO_REQUESTER = ""
+_LIFT_APPROVALS = 2
 
 
 def _open_for_lift(session: Session, freeze_id: str) -> AccountFreeze:
@@ -128,36 +130,53 @@ def _open_for_lift(session: Session, freeze_id: str) -> AccountFreeze:
     return row
 
 
-def request_lift(session: Session, freeze_id: str, *, admin: str, reason: str, now_ms: int) -> FreezeView:
+def _lift_approval(session: Session, row: AccountFreeze, admin: str, roles: Collection[str], now_ms: int,
+                   *, outcome: str, action: str, details: dict[str, Any]) -> bool:
+    """Record one admin's confirmed lift approval; return whether the lift now has both."""
+    added = add_approval(session, Ballot(ApprovalKind.FREEZE_LIFT, row.id, _NO_REQUESTER), admin[:64],
+                         Confirmed(frozenset(roles), Role.ADMIN.value, _LIFT_APPROVALS), now_ms=now_ms,
+                         outcome=outcome, action=action, details=details)
+    return added.met
+
+
+def request_lift(session: Session, freeze_id: str, *, admin: str, roles: Collection[str], reason: str,
+                 now_ms: int) -> FreezeView:
     """Ask for a freeze's lift (first admin, MFA checked by the caller); a pending request stands as is."""
     reason = reason.strip()
     if not reason or len(reason) > REASON_MAX_LEN:
         raise AccessError(AccessCode.PROPOSAL_INVALID, f"reason must be 1..{REASON_MAX_LEN} characters")
     row = _open_for_lift(session, freeze_id)
-    if row.lift_requested_by is None:
-        row.lift_requested_by, row.lift_requested_ms, row.lift_reason = admin[:64], now_ms, reason
-        security_log.append(session, at_ms=now_ms, actor=admin, action="freeze.lift_request", subject=row.id,
-                            outcome="requested", details={"owner": row.owner, "reason": reason})
-    return _view(row)
+    if not approval_rows(session, ApprovalKind.FREEZE_LIFT, row.id):
+        _lift_approval(session, row, admin, roles, now_ms, outcome="requested", action="freeze.lift_request",
+                       details={"owner": row.owner, "reason": reason})
+        row.lift_reason = reason
+    return _view(session, row)
 
 
-def approve_lift(session: Session, freeze_id: str, *, admin: str, now_ms: int) -> FreezeView:
+def approve_lift(session: Session, freeze_id: str, *, admin: str, roles: Collection[str],
+                 now_ms: int) -> FreezeView:
     """Approve a requested lift (a second, different admin, MFA checked by the caller): the freeze ends."""
     row = _open_for_lift(session, freeze_id)
-    if row.lift_requested_by is None:
+    approvals = approval_rows(session, ApprovalKind.FREEZE_LIFT, row.id)
+    if not approvals:
         raise AccessError(AccessCode.FREEZE_LIFT_NOT_REQUESTED, f"nobody requested the lift of freeze "
                           f"{row.id[:80]}: a first admin must request it with a reason")
-    if row.lift_requested_by == admin[:64]:
+    requester = approvals[0].approver
+    if requester == admin[:64]:
         raise AccessError(AccessCode.APPROVER_MISMATCH, "a second admin must approve the lift: the "
                           "requester cannot approve their own request")
-    view = lift(session, row.id, admins=(row.lift_requested_by, admin[:64]), now_ms=now_ms)
-    assert view is not None
-    security_log.append(session, at_ms=now_ms, actor=admin, action="freeze.lift", subject=row.id,
-                        outcome="lifted", details={"owner": row.owner, "requester": row.lift_requested_by,
-                                                   "reason": row.lift_reason or ""})
-    return view
+    # Stamped after the request even on a coarse clock: the approvals table alone orders the two.
+    at_ms = max(now_ms, approvals[-1].created_ms + 1)
+    met = _lift_approval(session, row, admin, roles, at_ms, outcome="lifted", action="freeze.lift",
+                         details={"owner": row.owner, "requester": requester,
+                                  "reason": row.lift_reason or ""})
+    assert met, f"two distinct admins approved the lift of {row.id}"
+    row.lifted_ms = now_ms
+    return _view(session, row)
 
 
-def _view(row: AccountFreeze) -> FreezeView:
-    return FreezeView(row.id, row.owner, row.reason, row.raised_by, row.created_ms, row.lifted_by,
-                      row.lifted_ms, row.lift_requested_by, row.lift_reason)
+def _view(session: Session, row: AccountFreeze) -> FreezeView:
+    approvers = [a.approver for a in approval_rows(session, ApprovalKind.FREEZE_LIFT, row.id)]
+    lifted_by = ",".join(approvers) if row.lifted_ms is not None and approvers else None
+    return FreezeView(row.id, row.owner, row.reason, row.raised_by, row.created_ms, lifted_by,
+                      row.lifted_ms, approvers[0] if approvers else None, row.lift_reason)

@@ -6,7 +6,10 @@ withdrawal's chain, creating it is refused (4120 ``withdrawals_halted``) and
 an approved one is not handed to the hot wallet (it waits, its hold intact).
 Lifting needs two people: one admin proposes the lift, a *different* admin
 approves it with MFA (checked by the API / CLI before these functions run).
-Every step is in the security log, in the same transaction as the change.
+Both steps are confirmed approvals (kind ``halt_lift``) in the one ``approvals``
+table, written by ``custody.access.approvals.add_approval`` (migration
+0025_lift_approvals moved them out of this table). Every step is in the
+security log, in the same transaction as the change.
 
 State of one halt::
 
@@ -16,6 +19,7 @@ State of one halt::
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,8 +28,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from custody import security_log
+from custody.access.approvals import ApprovalKind, Ballot, Confirmed, add_approval, approval_rows
 from custody.access.errors import AccessCode, AccessError
 from custody.db import Base
+from policies.roles import Role
 
 GLOBAL: Final = "global"
 CHAIN_OF_ASSET: Final[dict[str, str]] = {"BTC": "bitcoin", "ETH": "ethereum", "USDC": "ethereum"}
@@ -51,9 +57,7 @@ class WithdrawalHalt(Base):
     reason: Mapped[str] = mapped_column(String(REASON_MAX_CHARS))
     raised_by: Mapped[str] = mapped_column(String(64))
     created_ms: Mapped[int] = mapped_column(BigInteger)
-    lift_proposed_by: Mapped[str | None] = mapped_column(String(64))
-    lift_proposed_ms: Mapped[int | None] = mapped_column(BigInteger)
-    lifted_by: Mapped[str | None] = mapped_column(String(64))
+    # Who proposed and who approved the lift are approvals (kind halt_lift).
     lifted_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
@@ -92,7 +96,7 @@ def halted(session: Session, asset: str) -> HaltView | None:
         WithdrawalHalt.scope.in_(scopes), WithdrawalHalt.lifted_ms.is_(None)
     ).order_by(WithdrawalHalt.created_ms))
     found = sorted(rows, key=lambda r: (r.scope != GLOBAL, r.created_ms))
-    return _view(found[0]) if found else None
+    return _view(session, found[0]) if found else None
 
 
 def halt(session: Session, *, scope: str, reason: str, admin: str, now_ms: int) -> HaltView:
@@ -104,7 +108,7 @@ def halt(session: Session, *, scope: str, reason: str, admin: str, now_ms: int) 
         raise AccessError(AccessCode.PROPOSAL_INVALID, f"reason must be at most {REASON_MAX_CHARS} chars")
     existing = _active(session, scope)
     if existing is not None:
-        return _view(existing)
+        return _view(session, existing)
     row = WithdrawalHalt(id="wh_" + secrets.token_hex(12), scope=scope, reason=reason, raised_by=admin[:64],
                          created_ms=now_ms)
     try:
@@ -115,10 +119,10 @@ def halt(session: Session, *, scope: str, reason: str, admin: str, now_ms: int) 
         # that halt is the one in force.
         won = _active(session, scope)
         assert won is not None, f"the unique index refused a second active halt of {scope}"
-        return _view(won)
+        return _view(session, won)
     security_log.append(session, at_ms=now_ms, actor=admin, action="withdrawals.halt", subject=row.id,
                         outcome="halted", details={"scope": scope, "reason": reason})
-    return _view(row)
+    return _view(session, row)
 
 
 def _active(session: Session, scope: str) -> WithdrawalHalt | None:
@@ -126,26 +130,37 @@ def _active(session: Session, scope: str) -> WithdrawalHalt | None:
         WithdrawalHalt.scope == scope, WithdrawalHalt.lifted_ms.is_(None)).with_for_update()).first()
 
 
-def lift(session: Session, halt_id: str, *, admin: str, now_ms: int) -> HaltView:
+# Both lift approvals count; neither admin is "the requester" that add_approval keeps out, and
+# add_approval refuses the same admin twice.
+_NO_REQUESTER = ""
+_LIFT_APPROVALS = 2
+
+
+def lift(session: Session, halt_id: str, *, admin: str, roles: Collection[str], now_ms: int) -> HaltView:
     """Propose the lift (first admin) or approve it (a second, different admin): the halt ends then."""
-    row = session.get(WithdrawalHalt, halt_id, with_for_update=True)
+    row = session.get(WithdrawalHalt, halt_id, with_for_update=True) if len(halt_id) <= 40 else None
     if row is None:
         raise AccessError(AccessCode.PROPOSAL_NOT_FOUND, f"withdrawal halt {halt_id[:80]} does not exist")
     if row.lifted_ms is not None:
         raise AccessError(AccessCode.PROPOSAL_CLOSED, f"withdrawal halt {row.id} is already lifted")
-    if row.lift_proposed_by is None:
-        row.lift_proposed_by, row.lift_proposed_ms = admin[:64], now_ms
-        security_log.append(session, at_ms=now_ms, actor=admin, action="withdrawals.halt_lift_propose",
-                            subject=row.id, outcome="proposed", details={"scope": row.scope})
-        return _view(row)
-    if row.lift_proposed_by == admin[:64]:
+    approvals = approval_rows(session, ApprovalKind.HALT_LIFT, row.id)
+    proof = Confirmed(frozenset(roles), Role.ADMIN.value, _LIFT_APPROVALS)
+    ballot = Ballot(ApprovalKind.HALT_LIFT, row.id, _NO_REQUESTER)
+    if not approvals:
+        add_approval(session, ballot, admin[:64], proof, now_ms=now_ms, outcome="proposed",
+                     action="withdrawals.halt_lift_propose", details={"scope": row.scope})
+        return _view(session, row)
+    proposer = approvals[0].approver
+    if proposer == admin[:64]:
         raise AccessError(AccessCode.APPROVER_MISMATCH, "a second admin must approve the lift: the "
                           "proposer cannot approve their own proposal")
-    row.lifted_by, row.lifted_ms = admin[:64], now_ms
-    security_log.append(session, at_ms=now_ms, actor=admin, action="withdrawals.halt_lift",
-                        subject=row.id, outcome="lifted",
-                        details={"scope": row.scope, "proposer": row.lift_proposed_by})
-    return _view(row)
+    # Stamped after the proposal even on a coarse clock: the approvals table alone orders the two.
+    at_ms = max(now_ms, approvals[-1].created_ms + 1)
+    added = add_approval(session, ballot, admin[:64], proof, now_ms=at_ms, outcome="lifted",
+                         action="withdrawals.halt_lift", details={"scope": row.scope, "proposer": proposer})
+    assert added.met, f"two distinct admins approved the lift of {row.id}"
+    row.lifted_ms = now_ms
+    return _view(session, row)
 
 
 def listing(session: Session, *, active_only: bool = True) -> list[HaltView]:
@@ -153,9 +168,11 @@ def listing(session: Session, *, active_only: bool = True) -> list[HaltView]:
     query = select(WithdrawalHalt).order_by(WithdrawalHalt.created_ms).limit(500)
     if active_only:
         query = query.where(WithdrawalHalt.lifted_ms.is_(None))
-    return [_view(row) for row in session.scalars(query)]
+    return [_view(session, row) for row in session.scalars(query)]
 
 
-def _view(row: WithdrawalHalt) -> HaltView:
-    return HaltView(row.id, row.scope, row.reason, row.raised_by, row.created_ms, row.lift_proposed_by,
-                    row.lifted_by, row.lifted_ms)
+def _view(session: Session, row: WithdrawalHalt) -> HaltView:
+    approvers = [a.approver for a in approval_rows(session, ApprovalKind.HALT_LIFT, row.id)]
+    lifted_by = approvers[-1] if row.lifted_ms is not None and approvers else None
+    return HaltView(row.id, row.scope, row.reason, row.raised_by, row.created_ms,
+                    approvers[0] if approvers else None, lifted_by, row.lifted_ms)

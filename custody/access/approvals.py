@@ -51,6 +51,8 @@ class ApprovalKind(StrEnum):
     REFILL = "refill"
     POLICY_CHANGE = "policy_change"
     LEDGER_PROPOSAL = "ledger_proposal"
+    FREEZE_LIFT = "freeze_lift"
+    HALT_LIFT = "halt_lift"
 
 
 # The security-log action of an approval, per kind (names kept from before the tables merged).
@@ -59,6 +61,9 @@ LOG_ACTIONS: Mapping[ApprovalKind, str] = {
     ApprovalKind.REFILL: "refill.approve",
     ApprovalKind.POLICY_CHANGE: "policy.approve",
     ApprovalKind.LEDGER_PROPOSAL: "ledger.approve",
+    # Lifts name each step themselves (``action=``): the request, then the lift.
+    ApprovalKind.FREEZE_LIFT: "freeze.lift_approve",
+    ApprovalKind.HALT_LIFT: "withdrawals.halt_lift_approve",
 }
 
 Tally = Callable[[Sequence[Approval]], QuorumResult]
@@ -108,10 +113,12 @@ def add_approval(
     now_ms: int,
     outcome: str = "ok",
     details: Mapping[str, Any] | None = None,
+    action: str | None = None,
 ) -> Added:
     """Store ``approver``'s approval of ``ballot`` and log it, or raise a refusal and store nothing.
 
     The caller holds the subject's row lock and has checked the subject accepts approvals.
+    ``action`` names the security-log event instead of the kind's default.
     """
     if isinstance(proof, Signed) and proof.approval.approver_id != approver:
         raise AccessError(
@@ -135,8 +142,8 @@ def add_approval(
     row.approver, row.created_ms = approver, now_ms
     session.add(row)
     security_log.append(
-        session, at_ms=now_ms, actor=approver, action=LOG_ACTIONS[ballot.kind], subject=ballot.subject_id,
-        outcome=outcome,
+        session, at_ms=now_ms, actor=approver, action=action or LOG_ACTIONS[ballot.kind],
+        subject=ballot.subject_id, outcome=outcome,
         details={"approval_id": added.approval_id, "key_id": row.key_id, **(details or {})},
     )
     session.flush()

@@ -133,6 +133,9 @@ class PolicyChangeRow(Base):
     closed_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
+APPROVAL_SUBJECT_MAX_LEN = 160
+
+
 class ApprovalRow(Base):
     """One approval of anything approvable (custody.access.approvals is the only writer).
 
@@ -145,12 +148,14 @@ class ApprovalRow(Base):
     __table_args__ = (
         Index("ix_approvals_kind_subject_id", "kind", "subject_id"),
         # custody.access.approvals.ApprovalKind.
-        CheckConstraint("kind IN ('withdrawal', 'refill', 'policy_change', 'ledger_proposal')", name="kind"),
+        CheckConstraint("kind IN ('withdrawal', 'refill', 'policy_change', 'ledger_proposal', 'freeze_lift', "
+                        "'halt_lift')", name="kind"),
     )
 
     approval_id: Mapped[str] = mapped_column(String(HASH_HEX_LEN), primary_key=True)
     kind: Mapped[str] = mapped_column(String(24))
-    subject_id: Mapped[str] = mapped_column(String(KEY_ID_MAX_LEN))
+    # Wide enough for a freeze id (custody.freezes.FREEZE_ID_MAX_LEN, migration 0025_lift_approvals).
+    subject_id: Mapped[str] = mapped_column(String(APPROVAL_SUBJECT_MAX_LEN))
     approver: Mapped[str] = mapped_column(String(USERNAME_MAX_LEN))
     key_id: Mapped[str | None] = mapped_column(String(KEY_ID_MAX_LEN))
     approval: Mapped[bytes | None] = mapped_column(LargeBinary)

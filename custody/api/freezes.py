@@ -62,8 +62,8 @@ def request_lift(freeze_id: str) -> ResponseReturnValue:
     reject_unknown(body, {"reason"})
     reason = field_str(body, "reason") or ""
     with app_sessions().begin() as session:
-        view = freezes.request_lift(session, freeze_id, admin=principal().username, reason=reason,
-                                    now_ms=app_clock_ms())
+        view = freezes.request_lift(session, freeze_id, admin=principal().username,
+                                    roles=principal().user.roles, reason=reason, now_ms=app_clock_ms())
         body_out = {"freeze": view.to_json()}
     return json_response(body_out, 202)
 
@@ -79,6 +79,7 @@ def approve_lift(freeze_id: str) -> ResponseReturnValue:
     reject_unknown(body, {"note"})
     field_str(body, "note", required=False)
     with app_sessions().begin() as session:
-        view = freezes.approve_lift(session, freeze_id, admin=principal().username, now_ms=app_clock_ms())
+        view = freezes.approve_lift(session, freeze_id, admin=principal().username,
+                                    roles=principal().user.roles, now_ms=app_clock_ms())
         body_out = {"freeze": view.to_json()}
     return json_response(body_out, 200)

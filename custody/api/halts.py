@@ -75,6 +75,7 @@ def lift_halt(halt_id: str) -> ResponseReturnValue:
     reject_unknown(body, {"note"})
     field_str(body, "note", required=False)
     with app_sessions().begin() as session:
-        view = withdrawal_halts.lift(session, halt_id, admin=principal().username, now_ms=app_clock_ms())
+        view = withdrawal_halts.lift(session, halt_id, admin=principal().username,
+                                     roles=principal().user.roles, now_ms=app_clock_ms())
         body_out = {"halt": view.to_json()}
     return json_response(body_out, 202 if view.lifted_ms is None else 200)

@@ -62,7 +62,8 @@ def halt_lift(halt_id: str, admin: str, mfa_code: str) -> None:
     def run() -> None:
         services = _verified_admin_services(admin, mfa_code)
         with services.sessions.begin() as session:
-            view = withdrawal_halts.lift(session, halt_id, admin=admin, now_ms=_clock_ms())
+            roles = services.users.find_user(admin).roles
+            view = withdrawal_halts.lift(session, halt_id, admin=admin, roles=roles, now_ms=_clock_ms())
             click.echo(json.dumps({"halt": view.to_json()}))
 
     _guard_access(run)

@@ -477,8 +477,8 @@ def register_treasury(wallet: click.Group) -> None:
         """Request the lift of one freeze (a second admin approves it with freeze-lift-approve)."""
         from custody import freezes
 
-        _freeze_lift(admin, mfa_code, lambda session, now_ms: freezes.request_lift(
-            session, freeze_id, admin=admin, reason=reason, now_ms=now_ms))
+        _freeze_lift(admin, mfa_code, lambda session, roles, now_ms: freezes.request_lift(
+            session, freeze_id, admin=admin, roles=roles, reason=reason, now_ms=now_ms))
 
     @wallet.command("freeze-lift-approve")
     @click.argument("freeze_id")
@@ -488,18 +488,18 @@ def register_treasury(wallet: click.Group) -> None:
         """Approve another admin's lift request: the freeze ends now."""
         from custody import freezes
 
-        _freeze_lift(admin, mfa_code, lambda session, now_ms: freezes.approve_lift(
-            session, freeze_id, admin=admin, now_ms=now_ms))
+        _freeze_lift(admin, mfa_code, lambda session, roles, now_ms: freezes.approve_lift(
+            session, freeze_id, admin=admin, roles=roles, now_ms=now_ms))
 
 
-def _freeze_lift(admin: str, mfa_code: str, step: Callable[[Any, int], Any]) -> None:
+def _freeze_lift(admin: str, mfa_code: str, step: Callable[[Any, Any, int], Any]) -> None:
     """Run one step of a freeze lift for an enabled admin whose TOTP code checks, in one transaction."""
     from strongroom.cli import _guard_access, _verified_admin_services
 
     def run() -> None:
         services = _verified_admin_services(admin, mfa_code)
         with services.sessions.begin() as session:
-            view = step(session, int(wall_clock_ms()))
+            view = step(session, services.users.find_user(admin).roles, int(wall_clock_ms()))
             click.echo(json.dumps({"freeze": view.to_json()}))
 
     _guard_access(run)

@@ -32,7 +32,8 @@ def test_freeze_lift_concurrent_approvals_lift_once(database_url: str) -> None:
     with sessions.begin() as session:
         freezes.freeze(session, freeze_id=FREEZE_ID, owner="alice", reason="reorg", raised_by="watcher",
                        now_ms=NOW_MS)
-        freezes.request_lift(session, FREEZE_ID, admin="admin0", reason="settled", now_ms=NOW_MS + 1)
+        freezes.request_lift(session, FREEZE_ID, admin="admin0", roles={"admin"}, reason="settled",
+                             now_ms=NOW_MS + 1)
     barrier = threading.Barrier(CONCURRENT)
     lifted: list[str] = []
     refused: list[AccessCode] = []
@@ -42,7 +43,8 @@ def test_freeze_lift_concurrent_approvals_lift_once(database_url: str) -> None:
         try:
             barrier.wait(timeout=60)
             with sessions.begin() as session:
-                view = freezes.approve_lift(session, FREEZE_ID, admin=f"admin{n}", now_ms=NOW_MS + 10 + n)
+                view = freezes.approve_lift(session, FREEZE_ID, admin=f"admin{n}", roles={"admin"},
+                                             now_ms=NOW_MS + 10 + n)
                 lifted.append(view.lifted_by or "")
         except AccessError as exc:
             refused.append(AccessCode(exc.code))
@@ -57,11 +59,11 @@ def test_freeze_lift_concurrent_approvals_lift_once(database_url: str) -> None:
     with sessions() as session:
         lifts = session.scalar(select(func.count()).select_from(SecurityEvent)
                                .where(SecurityEvent.action == "freeze.lift"))
-        row = session.get(freezes.AccountFreeze, FREEZE_ID)
-        assert row is not None
-        lifted_by, frozen = row.lifted_by, freezes.is_frozen(session, "alice")
+        view = freezes.get(session, FREEZE_ID)
+        assert view is not None
+        lifted_by, frozen = view.lifted_by, freezes.is_frozen(session, "alice")
     engine.dispose()
     assert not errors, errors
     assert len(lifted) == 1 and refused == [AccessCode.PROPOSAL_CLOSED] * (CONCURRENT - 1)
-    assert lifted_by == lifted[0] and lifted_by.startswith("admin0,")
+    assert lifted_by == lifted[0] and lifted_by is not None and lifted_by.startswith("admin0,")
     assert lifts == 1 and frozen is False

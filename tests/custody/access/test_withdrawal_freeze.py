@@ -33,8 +33,10 @@ def test_withdrawal_after_freeze_lifted_by_two_admins_goes_through(alice: Signed
     whitelist(alice)
     _freeze(app, "alice")
     with app.extensions["strongroom.sessions"].begin() as session:
-        lifted = freezes.lift(session, "reorg:test:alice", admins=("root", "root2"), now_ms=2)
-    assert lifted is not None and lifted.lifted_by == "root,root2"
+        freezes.request_lift(session, "reorg:test:alice", admin="root", roles={"admin"}, reason="ok",
+                             now_ms=2)
+        lifted = freezes.approve_lift(session, "reorg:test:alice", admin="root2", roles={"admin"}, now_ms=3)
+    assert lifted.lifted_by == "root,root2"
     assert withdraw(alice, SMALL_BTC).status_code == 201
 
 

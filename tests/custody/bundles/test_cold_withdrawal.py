@@ -309,7 +309,7 @@ def test_exported_cold_withdrawal_not_imported_while_its_chain_is_halted(
     assert world.withdrawal_state(withdrawal_id) == "awaiting_signature"
     assert world.transfers.get(exported.view.bundle_id).txid is None
     with sessions.begin() as session:
-        withdrawal_halts.lift(session, halt.id, admin="admin1", now_ms=2)
-        withdrawal_halts.lift(session, halt.id, admin="admin2", now_ms=3)
+        withdrawal_halts.lift(session, halt.id, admin="admin1", roles={"admin"}, now_ms=2)
+        withdrawal_halts.lift(session, halt.id, admin="admin2", roles={"admin"}, now_ms=3)
     assert world.transfers.import_signed(signed).state == "broadcast"
     assert world.withdrawal_state(withdrawal_id) == "broadcasting"
