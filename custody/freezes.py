@@ -54,7 +54,7 @@ class AccountFreeze(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
     lifted_ms: Mapped[int | None] = mapped_column(BigInteger)
     # Why the first admin asked for the lift; who asked and who approved are approvals
-    # (kind freeze_lift, migration 0025_lift_approvals).
+    # (kind freeze_lift, migration 0026_lift_approvals).
     lift_reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LEN))
 
 

@@ -8,7 +8,7 @@ Lifting needs two people: one admin proposes the lift, a *different* admin
 approves it with MFA (checked by the API / CLI before these functions run).
 Both steps are confirmed approvals (kind ``halt_lift``) in the one ``approvals``
 table, written by ``custody.access.approvals.add_approval`` (migration
-0025_lift_approvals moved them out of this table). Every step is in the
+0026_lift_approvals moved them out of this table). Every step is in the
 security log, in the same transaction as the change.
 
 State of one halt::

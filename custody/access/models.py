@@ -154,7 +154,7 @@ class ApprovalRow(Base):
 
     approval_id: Mapped[str] = mapped_column(String(HASH_HEX_LEN), primary_key=True)
     kind: Mapped[str] = mapped_column(String(24))
-    # Wide enough for a freeze id (custody.freezes.FREEZE_ID_MAX_LEN, migration 0025_lift_approvals).
+    # Wide enough for a freeze id (custody.freezes.FREEZE_ID_MAX_LEN, migration 0026_lift_approvals).
     subject_id: Mapped[str] = mapped_column(String(APPROVAL_SUBJECT_MAX_LEN))
     approver: Mapped[str] = mapped_column(String(USERNAME_MAX_LEN))
     key_id: Mapped[str | None] = mapped_column(String(KEY_ID_MAX_LEN))

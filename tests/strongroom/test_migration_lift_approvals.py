@@ -1,4 +1,4 @@
-"""Migration 0025_lift_approvals moves halt and freeze lifts into the approvals table, and back."""
+"""Migration 0026_lift_approvals moves halt and freeze lifts into the approvals table, and back."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from strongroom.migrate import downgrade, upgrade
 
 from ..conftest import DATABASES, _postgres_admin_url
 
-BEFORE, AFTER = "0024_outgoing_reorgs", "0025_lift_approvals"
+BEFORE, AFTER = "0025_user_settings", "0026_lift_approvals"
 NOW_MS = 1_767_225_600_000
 HALTS = [  # id, scope, proposer, proposed_ms, lifted_by, lifted_ms
     ("wh_proposed", "global", "ann", NOW_MS + 1, None, None),

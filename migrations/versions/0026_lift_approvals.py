@@ -1,7 +1,7 @@
 """lift approvals: freeze and halt lifts are approvals in the one approvals table
 
-Revision ID: 0025_lift_approvals
-Revises: 0024_outgoing_reorgs
+Revision ID: 0026_lift_approvals
+Revises: 0025_user_settings
 Create Date: 2026-12-02 04:50:00
 
 The two admins who lift a withdrawal halt (withdrawal_halts.lift_proposed_by,
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0025_lift_approvals"
-down_revision: str | Sequence[str] | None = "0024_outgoing_reorgs"
+revision: str = "0026_lift_approvals"
+down_revision: str | Sequence[str] | None = "0025_user_settings"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
