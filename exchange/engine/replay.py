@@ -19,8 +19,11 @@ from exchange.engine.recovery import DurableEngine
 
 # Events are encoded and written in batches to amortise the call overhead;
 # commands go to the book in batches (`process_many`, one C loop on FastBook).
-OUTPUT_BATCH_EVENTS = 4096
-INPUT_BATCH_COMMANDS = 1024
+# Small batches keep the event objects and buffers of one batch in memory the
+# allocator already holds (4096/1024 cost ~20% more CPU in page faults and
+# arena churn; benchmarks/engine_bench.py).
+OUTPUT_BATCH_EVENTS = 512
+INPUT_BATCH_COMMANDS = 256
 
 _decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
 _any_decoder = msgspec.json.Decoder()
