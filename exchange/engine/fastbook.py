@@ -448,14 +448,21 @@ class FastBook:
             book._use_pure(OrderBook.from_state(state, reduce_only_hook=reduce_only_hook))
             return book
         core = book._core
-        core.seq = state.event_seq
-        core.next_oid = state.next_oid
-        core.set_reference(state.reference_price)
+        try:
+            core.seq = state.event_seq
+            core.next_oid = state.next_oid
+            core.set_reference(state.reference_price)
+            for r in [*state.bids, *state.asks]:
+                core.rest_order(r.oid, r.id, r.account, r.side == "buy", r.price, r.qty,
+                                r.post_only, r.stp)
+        except (OverflowError, TypeError, ValueError):
+            # Outside the C core's types or limits: the pure core takes any valid state.
+            book = cls(state.instrument, market_data=state.market_data,
+                       reduce_only_hook=reduce_only_hook)
+            book._use_pure(OrderBook.from_state(state, reduce_only_hook=reduce_only_hook))
+            return book
         book.last_price = state.last_price
         book.mark_price = state.mark_price
-        for r in [*state.bids, *state.asks]:
-            core.rest_order(r.oid, r.id, r.account, r.side == "buy", r.price, r.qty,
-                            r.post_only, r.stp)
         return book
 
     def validate_internal_state(self) -> None:

@@ -322,3 +322,13 @@ def test_fastbook_is_freed_by_the_cycle_collector() -> None:
     del book
     gc.collect()
     assert ref() is None
+
+
+def test_fastbook_restores_a_state_outside_c_limits_on_the_pure_core() -> None:
+    pure = OrderBook(INSTRUMENT)
+    pure.process(NewOrder("a", "acct", "buy", 5, price=1000))
+    state = pure.state()
+    odd = msgspec.structs.replace(state, bids=[msgspec.structs.replace(state.bids[0], stp=7)])
+    book = FastBook.from_state(odd)
+    assert book.core == "pure"
+    assert book.state_hash() == OrderBook.from_state(odd).state_hash()
