@@ -116,6 +116,11 @@ typedef struct {
     PyObject **l_pyprice;
     Side side[2]; /* 0 bids (key = price), 1 asks (key = -price) */
     int halt;     /* self-trade prevention cancelled the taker */
+    /* JSON mode: events are written as JSON lines into jbuf instead of
+     * being appended to `events` (see emit()) */
+    int json;
+    char *jbuf;
+    Py_ssize_t jlen, jcap;
 } Core;
 
 static Py_hash_t str_hash(PyObject *s) {
@@ -350,10 +355,108 @@ static void set_reference(Core *b, int has, int64_t price) {
 
 /* ------------------------------------------------------------- events */
 
+/* JSON lines of the four event types the core emits, byte for byte as
+ * msgspec encodes them: fragment i is what comes before argument i
+ * ('{"type":"trade","seq":' then ',"maker":' ...). Set by configure_json(). */
+#define MAX_EVENT_FIELDS 12
+typedef struct {
+    PyObject *type;
+    Py_ssize_t n;
+    PyObject *frag[MAX_EVENT_FIELDS]; /* bytes */
+} EventFormat;
+static EventFormat FORMATS[4];
+static Py_ssize_t N_FORMATS = 0;
+static PyObject *ENCODE = NULL; /* msgspec.json.Encoder().encode: the fallback */
+
+static int jbuf_reserve(Core *b, Py_ssize_t extra) {
+    if (b->jlen + extra <= b->jcap) return 0;
+    Py_ssize_t cap = b->jcap ? b->jcap : 65536;
+    while (cap < b->jlen + extra) cap *= 2;
+    char *q = PyMem_Realloc(b->jbuf, (size_t)cap);
+    if (q == NULL) { PyErr_NoMemory(); return -1; }
+    b->jbuf = q;
+    b->jcap = cap;
+    return 0;
+}
+
+static int jbuf_put(Core *b, const char *p, Py_ssize_t n) {
+    if (jbuf_reserve(b, n) < 0) return -1;
+    memcpy(b->jbuf + b->jlen, p, (size_t)n);
+    b->jlen += n;
+    return 0;
+}
+
+/* Write one value: 0 written, 1 not a plain value (the caller falls back), -1 error. */
+static int json_value(Core *b, PyObject *v) {
+    if (v == Py_None) return jbuf_put(b, "null", 4);
+    if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) return 1;
+        if (x == -1 && PyErr_Occurred()) return -1;
+        char tmp[24];
+        char *e = tmp + sizeof tmp, *q = e;
+        unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+        do { *--q = (char)('0' + u % 10); u /= 10; } while (u);
+        if (x < 0) *--q = '-';
+        return jbuf_put(b, q, e - q);
+    }
+    if (PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v)) {
+        const unsigned char *d = PyUnicode_DATA(v);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (d[i] < 0x20 || d[i] >= 0x7f || d[i] == '"' || d[i] == '\\') return 1;
+        if (jbuf_reserve(b, n + 2) < 0) return -1;
+        b->jbuf[b->jlen++] = '"';
+        memcpy(b->jbuf + b->jlen, d, (size_t)n);
+        b->jlen += n;
+        b->jbuf[b->jlen++] = '"';
+        return 0;
+    }
+    return 1;
+}
+
+/* Append the msgspec encoding of event object ev and a newline. */
+static int jbuf_put_encoded(Core *b, PyObject *ev) {
+    PyObject *data = PyObject_CallOneArg(ENCODE, ev);
+    if (data == NULL) return -1;
+    if (!PyBytes_Check(data)) {
+        Py_DECREF(data);
+        PyErr_SetString(PyExc_TypeError, "encode() must return bytes");
+        return -1;
+    }
+    int r = jbuf_put(b, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    Py_DECREF(data);
+    return r < 0 ? -1 : jbuf_put(b, "\n", 1);
+}
+
+static int emit_json(Core *b, PyObject *type, PyObject *const *args, size_t n) {
+    /* 0 written, 1 fall back to the object, -1 error */
+    EventFormat *f = NULL;
+    for (Py_ssize_t i = 0; i < N_FORMATS; i++)
+        if (FORMATS[i].type == type) f = &FORMATS[i];
+    if (f == NULL || (size_t)f->n != n) return 1;
+    Py_ssize_t start = b->jlen;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *frag = f->frag[i];
+        if (jbuf_put(b, PyBytes_AS_STRING(frag), PyBytes_GET_SIZE(frag)) < 0) return -1;
+        int r = json_value(b, args[i]);
+        if (r != 0) {
+            b->jlen = start;
+            return r;
+        }
+    }
+    return jbuf_put(b, "}\n", 2);
+}
+
 static int emit(Core *b, PyObject *type, PyObject *const *args, size_t n) {
+    if (b->json) {
+        int r = emit_json(b, type, args, n);
+        if (r <= 0) return r;
+    }
     PyObject *ev = PyObject_Vectorcall(type, args, n, NULL);
     if (ev == NULL) return -1;
-    int r = PyList_Append(b->events, ev);
+    int r = b->json ? jbuf_put_encoded(b, ev) : PyList_Append(b->events, ev);
     Py_DECREF(ev);
     return r;
 }
@@ -815,6 +918,34 @@ static PyObject *Core_process(Core *b, PyObject *cmd) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Core_set_json(Core *b, PyObject *arg) {
+    /* set_json(on): events as JSON lines into the core's buffer (take_json()) */
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    if (on && (ENCODE == NULL || N_FORMATS == 0)) {
+        PyErr_SetString(PyExc_RuntimeError, "call configure_json() first");
+        return NULL;
+    }
+    b->json = on;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_take_json(Core *b, PyObject *unused) {
+    PyObject *out = PyBytes_FromStringAndSize(b->jbuf ? b->jbuf : "", b->jlen);
+    if (out != NULL) b->jlen = 0;
+    return out;
+}
+
+static PyObject *Core_append_event(Core *b, PyObject *ev) {
+    /* an event made outside the core, in order with the core's own */
+    if (!b->json) {
+        if (PyList_Append(b->events, ev) < 0) return NULL;
+    } else if (jbuf_put_encoded(b, ev) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *Core_set_paths(Core *b, PyObject *args) {
     /* set_paths(slow, delegate): delegate None while the C core runs the book */
     PyObject *slow, *delegate;
@@ -1088,6 +1219,7 @@ static void Core_dealloc(Core *b) {
     PyMem_Free(b->l_price); PyMem_Free(b->l_total); PyMem_Free(b->l_head);
     PyMem_Free(b->l_tail); PyMem_Free(b->l_count); PyMem_Free(b->l_pyprice);
     for (int s = 0; s < 2; s++) { PyMem_Free(b->side[s].keys); PyMem_Free(b->side[s].lvl); }
+    PyMem_Free(b->jbuf);
     Core_clear(b);
     Py_TYPE(b)->tp_free((PyObject *)b);
 }
@@ -1129,6 +1261,9 @@ static PyGetSetDef Core_getset[] = {
 static PyMethodDef Core_methods[] = {
     {"process", (PyCFunction)Core_process, METH_O, "process(cmd)"},
     {"set_paths", (PyCFunction)Core_set_paths, METH_VARARGS, "set_paths(slow, delegate)"},
+    {"set_json", (PyCFunction)Core_set_json, METH_O, "events as JSON lines (take_json)"},
+    {"take_json", (PyCFunction)Core_take_json, METH_NOARGS, "the pending JSON lines"},
+    {"append_event", (PyCFunction)Core_append_event, METH_O, "emit an event made outside"},
     {"process_many", (PyCFunction)(void (*)(void))Core_process_many, METH_FASTCALL,
      "process_many(cmds, start) -> index of the first command not handled"},
     {"resting", (PyCFunction)Core_resting, METH_O, "resting orders of a side, best first"},
@@ -1225,7 +1360,44 @@ static PyObject *jsonl_lines(PyObject *mod, PyObject *arg) {
     return PyLong_FromSsize_t(lines);
 }
 
+static PyObject *configure_json(PyObject *mod, PyObject *args) {
+    /* configure_json(encode, ((EventType, (fragment bytes, ...)), ...)) */
+    PyObject *encode, *formats;
+    if (!PyArg_ParseTuple(args, "OO!", &encode, &PyTuple_Type, &formats)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(formats);
+    if (n > 4) { PyErr_SetString(PyExc_ValueError, "at most 4 formats"); return NULL; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *type, *frags;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(formats, i), "OO!", &type, &PyTuple_Type, &frags))
+            return NULL;
+        Py_ssize_t k = PyTuple_GET_SIZE(frags);
+        if (k > MAX_EVENT_FIELDS) { PyErr_SetString(PyExc_ValueError, "too many fields"); return NULL; }
+        for (Py_ssize_t j = 0; j < k; j++)
+            if (!PyBytes_Check(PyTuple_GET_ITEM(frags, j))) {
+                PyErr_SetString(PyExc_TypeError, "fragments must be bytes");
+                return NULL;
+            }
+    }
+    for (Py_ssize_t i = 0; i < N_FORMATS; i++) {
+        Py_CLEAR(FORMATS[i].type);
+        for (Py_ssize_t j = 0; j < FORMATS[i].n; j++) Py_CLEAR(FORMATS[i].frag[j]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(formats, i);
+        PyObject *frags = PyTuple_GET_ITEM(item, 1);
+        FORMATS[i].type = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+        FORMATS[i].n = PyTuple_GET_SIZE(frags);
+        for (Py_ssize_t j = 0; j < FORMATS[i].n; j++)
+            FORMATS[i].frag[j] = Py_NewRef(PyTuple_GET_ITEM(frags, j));
+    }
+    N_FORMATS = n;
+    Py_INCREF(encode);
+    Py_XSETREF(ENCODE, encode);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"configure_json", configure_json, METH_VARARGS, "configure_json(encode, formats)"},
     {"jsonl_lines", jsonl_lines, METH_O, "lines of plain one-object-per-line JSONL, or -1"},
     {"configure", configure, METH_VARARGS,
      "configure(NewOrder, Cancel, CancelAll, Accepted, Trade, Cancelled, Rejected, REASONS)"},

@@ -96,7 +96,8 @@ def replay_command(
         out = _open_out(stack, output_path)
         try:
             if journal_dir is None:
-                book: OrderBook | FastBook = FastBook(instrument, market_data=market_data)
+                book: OrderBook | FastBook = FastBook(instrument, market_data=market_data,
+                                                      encoded_events=True)
                 result = replay(src, out, book, skip_invalid=skip_invalid)
             else:
                 engine = DurableEngine.create(

@@ -119,7 +119,21 @@ def load_from(path: Path) -> ModuleType:
     if getattr(module, "SOURCE_SHA256", None) != source_sha256():
         raise ImportError(f"{path} was built from another version of {SOURCE.name}: rebuild it")
     module.configure(NewOrder, Cancel, CancelAll, Accepted, Trade, Cancelled, Rejected, REASONS)
+    module.configure_json(_encoder.encode, tuple(
+        (t, _json_fragments(t)) for t in (Accepted, Trade, Cancelled, Rejected)))
     return module
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json_fragments(event_type: type[Event]) -> tuple[bytes, ...]:
+    """Return what msgspec writes before each field of `event_type`: '{"type":"trade","seq":', ..."""
+    config = event_type.__struct_config__
+    names = event_type.__struct_fields__
+    head = _encoder.encode({config.tag_field: config.tag})[:-1] + b","
+    return (head + _encoder.encode(names[0]) + b":",
+            *(b"," + _encoder.encode(name) + b":" for name in names[1:]))
 
 
 _module: ModuleType | None = None
@@ -214,6 +228,7 @@ class FastBook:
         *,
         market_data: bool = False,
         reduce_only_hook: ReduceOnlyHook | None = None,
+        encoded_events: bool = False,
     ) -> None:
         instrument.check()
         self.instrument = instrument
@@ -224,6 +239,10 @@ class FastBook:
         self.mark_price: int | None = None
         self._pure: OrderBook | None = None
         self._core: Any = None
+        self._encoded = encoded_events
+        # The C core that writes JSON lines; kept after a move to the pure core
+        # until its pending lines are taken.
+        self._json_core: Any = None
         # Rejection messages come from the pure core's own wording.
         self._explainer = OrderBook(instrument)
         module = _module
@@ -237,6 +256,9 @@ class FastBook:
         )
         self._core.set_reference(instrument.reference_price)
         self._core.set_paths(self._slow, None)
+        if encoded_events:
+            self._core.set_json(True)
+            self._json_core = self._core
         # `book.process` is the C core's own method: one call per command.
         self.__dict__["process"] = self._core.process
 
@@ -282,6 +304,19 @@ class FastBook:
             if i < n:
                 self._slow(batch[i])
                 i += 1
+
+    def take_encoded(self) -> bytes:
+        """Return (and drain) the pending events as JSON lines, as `encode_lines` writes them.
+
+        With `encoded_events=True` the C core writes its events straight as
+        JSON (no event objects; msgspec's bytes for anything unusual) and this
+        is the only way to read them; otherwise it encodes `events`.
+        """
+        data = b"" if self._json_core is None else bytes(self._json_core.take_json())
+        if self.events:
+            data += _encoder.encode_lines(self.events)
+            self.events.clear()
+        return data
 
     def submit(self, cmd: Command) -> list[Event]:
         """Apply one command and return (and drain) the events it produced."""
@@ -361,7 +396,7 @@ class FastBook:
                              f"depth was {cmd.depth}, must be in 1..{MAX_SNAPSHOT_DEPTH}")
                 return
             self._core.seq += 1
-            self.events.append(self.depth_snapshot(cmd.depth))
+            self._core.append_event(self.depth_snapshot(cmd.depth))
         elif isinstance(cmd, PriceUpdate) and type(cmd.price) is int and type(cmd.kind) is str:
             self._on_price(cmd)
         elif isinstance(cmd, SetReference) and type(cmd.price) is int:
@@ -371,7 +406,7 @@ class FastBook:
                 return
             self._core.set_reference(cmd.price)
             self._core.seq += 1
-            self.events.append(PriceSet(self._core.seq, "reference", cmd.price))
+            self._core.append_event(PriceSet(self._core.seq, "reference", cmd.price))
         else:
             self._move_to_pure().process(cmd)
 
@@ -390,11 +425,11 @@ class FastBook:
         else:
             self.mark_price = c.price
         self._core.seq += 1
-        self.events.append(PriceSet(self._core.seq, c.kind, c.price))
+        self._core.append_event(PriceSet(self._core.seq, c.kind, c.price))
 
     def _reject(self, id: str | None, code: int, message: str) -> None:
         self._core.seq += 1
-        self.events.append(Rejected(self._core.seq, id, code, REASONS[code], message))
+        self._core.append_event(Rejected(self._core.seq, id, code, REASONS[code], message))
 
     def _explain(self, code: int, cmd: NewOrder) -> str:
         """Return the pure core's message for rejecting `cmd` with `code` in the current state."""
@@ -474,7 +509,7 @@ class FastBook:
             self._core.check()
         except AssertionError as exc:
             raise CorruptState(str(exc)) from None
-        if self.events and self.events[-1].seq != self._core.seq:
+        if not self._encoded and self.events and self.events[-1].seq != self._core.seq:
             raise CorruptState(f"event seq {self._core.seq} out of step with emitted events")
 
     def memory_bytes(self) -> int:

@@ -17,12 +17,10 @@ from exchange.engine.messages import Command, Malformed
 from exchange.engine.orderbook import OrderBook
 from exchange.engine.recovery import DurableEngine
 
-# Events are encoded and written in batches to amortise the call overhead;
-# commands go to the book in batches (`process_many`, one C loop on FastBook).
-# Small batches keep the event objects and buffers of one batch in memory the
-# allocator already holds (4096/1024 cost ~20% more CPU in page faults and
-# arena churn; benchmarks/engine_bench.py).
-OUTPUT_BATCH_EVENTS = 512
+# Commands go to the book in batches (`process_many`, one C loop on FastBook)
+# and each batch's events are written after it. Small batches keep the
+# objects and buffers of one batch in memory the allocator already holds
+# (batches of 1024 cost ~20% more CPU in page faults and arena churn).
 INPUT_BATCH_COMMANDS = 256
 
 _decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
@@ -116,12 +114,20 @@ def replay(
     invalid = 0
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    events = book.events
     process_many = book.process_many
-    encode_lines = _encoder.encode_lines
     decode = _decoder.decode
     source = iter(lines)
     line_no = 0
+    if isinstance(book, FastBook):
+        drain = book.take_encoded
+    else:
+        events = book.events
+
+        def drain() -> bytes:
+            data = _encoder.encode_lines(events)
+            events.clear()
+            return data
+
     try:
         while chunk := list(islice(source, INPUT_BATCH_COMMANDS)):
             fast = _decode_chunk(chunk)
@@ -144,14 +150,11 @@ def replay(
                         invalid += 1
                 process_many(batch)
                 commands += len(batch)
-            if len(events) >= OUTPUT_BATCH_EVENTS:
-                out.write(encode_lines(events))
-                events.clear()
+            out.write(drain())
     finally:
         if gc_was_enabled:
             gc.enable()
-        out.write(encode_lines(events))
-        events.clear()
+        out.write(drain())
     return ReplayResult(commands, invalid)
 
 

@@ -252,10 +252,12 @@ def test_fastbook_instrument_beyond_c_limits_runs_on_the_pure_core() -> None:
 
 
 
-def _replay_lines(lines: list[bytes], skip_invalid: bool) -> tuple[bytes, str | None]:
+def _replay_lines(lines: list[bytes], skip_invalid: bool, encoded: bool = False
+                  ) -> tuple[bytes, str | None]:
     out = io.BytesIO()
     try:
-        replay(lines, out, FastBook(INSTRUMENT), skip_invalid=skip_invalid)
+        replay(lines, out, FastBook(INSTRUMENT, encoded_events=encoded),
+               skip_invalid=skip_invalid)
     except ReplayError as exc:
         return out.getvalue(), str(exc)
     return out.getvalue(), None
@@ -288,7 +290,9 @@ def _line_by_line(lines: list[bytes], skip_invalid: bool) -> tuple[bytes, str | 
 def test_replay_chunked_decoding_keeps_line_by_line_semantics(odd: bytes, skip_invalid: bool) -> None:
     good = [_encoder.encode(c) + b"\n" for c in _hot_stream(5, 3000)]
     lines = [*good[:1500], odd, *good[1500:]]
-    assert _replay_lines(lines, skip_invalid) == _line_by_line(lines, skip_invalid)
+    want = _line_by_line(lines, skip_invalid)
+    assert _replay_lines(lines, skip_invalid) == want
+    assert _replay_lines(lines, skip_invalid, encoded=True) == want
 
 
 @pytest.mark.parametrize("in_c", [True, False])
@@ -332,3 +336,46 @@ def test_fastbook_restores_a_state_outside_c_limits_on_the_pure_core() -> None:
     book = FastBook.from_state(odd)
     assert book.core == "pure"
     assert book.state_hash() == OrderBook.from_state(odd).state_hash()
+
+
+odd_text = st.one_of(st.sampled_from(["o1", "o2", "o3", 'q"1', "b\\s", "tab\t", "\u00e9t\u00e9", "\x7f",
+                                      "x" * 15, "y" * 16, "\U0001f600", "o1 "]),
+                     st.text(max_size=20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(NewOrder, odd_text, odd_text, st.sampled_from(["buy", "sell"]), st.integers(1, 20),
+              type=st.sampled_from(["limit", "limit", "market"]),
+              price=st.one_of(st.none(), st.integers(960, 1040)),
+              tif=st.sampled_from(["GTC", "IOC", "FOK", "POST_ONLY"]),
+              stp=st.sampled_from([None, "cancel_maker", "cancel_both"]),
+              ts=st.one_of(st.integers(-(2**70), 2**70), st.just(True), st.text(max_size=3))),
+    st.builds(Cancel, odd_text, account=st.one_of(st.none(), odd_text)),
+    st.builds(CancelAll, odd_text),
+    st.builds(PriceUpdate, st.sampled_from(["last", "mark"]), st.integers(-1, 1100)),
+    st.builds(Malformed, st.integers(1, 9), odd_text, st.one_of(st.none(), odd_text)),
+), min_size=1, max_size=60))
+def test_fastbook_encoded_events_are_the_bytes_msgspec_writes(stream: list[Command]) -> None:
+    pure = OrderBook(INSTRUMENT)
+    fast = FastBook(INSTRUMENT, encoded_events=True)
+    for cmd in stream:
+        pure.process(cmd)
+        fast.process(cmd)
+    assert fast.take_encoded() == _encoder.encode_lines(pure.take_events())
+    assert fast.state_hash() == pure.state_hash()
+    assert fast.take_encoded() == b""
+
+
+def test_fastbook_encoded_events_keep_their_order_across_the_move_to_pure() -> None:
+    stream = random_stream(3, 400)
+    pure = OrderBook(INSTRUMENT)
+    fast = FastBook(INSTRUMENT, encoded_events=True)
+    out = b""
+    for i, cmd in enumerate(stream):
+        pure.process(cmd)
+        fast.process(cmd)
+        if i % 7 == 0:
+            out += fast.take_encoded()
+    assert fast.core == "pure"
+    assert out + fast.take_encoded() == _encoder.encode_lines(pure.take_events())
