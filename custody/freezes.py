@@ -14,7 +14,8 @@ CLI first. Both steps are confirmed approvals (kind ``freeze_lift``) in the one
 ``approvals`` table, written by ``custody.access.approvals.add_approval`` (which
 refuses a non-admin and the same admin twice) together with their security-log
 event. Freezes raised by sanctions screening (id ``sanctions:...``) are
-compliance's: this path refuses them (1125 ``freeze_compliance_owned``).
+compliance's: this path refuses them (1125 ``freeze_compliance_owned``); two
+compliance officers clear them (custody/compliance/clearance.py).
 
 State of one freeze::
 

@@ -17,8 +17,21 @@ from flask.typing import ResponseReturnValue
 
 from custody.api.auth import json_response, principal, secured, services
 from custody.api.request import field_int, field_str, json_object, query_int, reject_unknown
-from custody.api.schema import BOOL, INT, MAYBE_INT, MAYBE_STR, OBJECT, STR, accepts, answers, array, obj
+from custody.api.schema import (
+    BOOL,
+    INT,
+    MAYBE_INT,
+    MAYBE_STR,
+    OBJECT,
+    STR,
+    accepts,
+    answers,
+    array,
+    obj,
+    path_parameters,
+)
 from custody.compliance.cases import CASE_STATES, MAX_LIST, RESOLUTIONS
+from custody.compliance.clearance import Clearance
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.deposits import DepositCompliance
 from custody.compliance.kyc import REVIEW_STATES
@@ -411,3 +424,53 @@ def release_deposit(deposit_id: str) -> ResponseReturnValue:
     reject_unknown(body, {"reason"})
     released = _deposits().release(_viewer(), deposit_id[:120], field_str(body, "reason") or "")
     return json_response({"deposit": released})
+
+
+# ------------------------------------------------------------------ sanctions freeze clearing
+
+SANCTIONS_FREEZE = obj({"id": STR, "owner": STR, "reason": STR, "created_ms": INT,
+                        "clear_requested_by": MAYBE_STR, "clear_reason": MAYBE_STR, "lifted_by": MAYBE_STR,
+                        "lifted_ms": MAYBE_INT, "active": BOOL, "cases": array(INT)})
+CLEAR_REQUEST_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["reason"],
+                        "properties": {"reason": _text(256)},
+                        "example": {"reason": "case closed: the listed address is the exchange's own pool"}}
+CLEAR_APPROVE_SCHEMA = {"type": "object", "additionalProperties": False, "properties": {}}
+_FREEZE_ID_MAX = 160
+_FREEZE_ID = {"type": "string", "minLength": 1, "maxLength": _FREEZE_ID_MAX, "pattern": "^[A-Za-z0-9_.:-]+$"}
+
+
+def _clearance() -> Clearance:
+    found = services()
+    return Clearance(found.sessions, found.clock)
+
+
+@bp.get("/freezes")
+@READ
+@answers({"200": obj({"freezes": array(SANCTIONS_FREEZE)})})
+def list_sanctions_freezes() -> ResponseReturnValue:
+    """List the active sanctions freezes with the cases behind each (never your own)."""
+    return json_response({"freezes": _clearance().active(_viewer())})
+
+
+@bp.post("/freezes/<freeze_id>/clear-request")
+@DECIDE
+@path_parameters(freeze_id=_FREEZE_ID)
+@accepts(CLEAR_REQUEST_SCHEMA)
+@answers({"202": obj({"freeze": SANCTIONS_FREEZE})})
+def request_freeze_clearance(freeze_id: str) -> ResponseReturnValue:
+    """First officer: ask to lift a sanctions freeze whose cases closed as false positives (reason)."""
+    body = json_object()
+    reject_unknown(body, {"reason"})
+    view = _clearance().request(_viewer(), freeze_id[:_FREEZE_ID_MAX + 1], field_str(body, "reason") or "")
+    return json_response({"freeze": view}, 202)
+
+
+@bp.post("/freezes/<freeze_id>/clear-approve")
+@DECIDE
+@path_parameters(freeze_id=_FREEZE_ID)
+@accepts(CLEAR_APPROVE_SCHEMA)
+@answers({"200": obj({"freeze": SANCTIONS_FREEZE})})
+def approve_freeze_clearance(freeze_id: str) -> ResponseReturnValue:
+    """Second, different officer: lift the sanctions freeze now."""
+    reject_unknown(json_object(), set())
+    return json_response({"freeze": _clearance().approve(_viewer(), freeze_id[:_FREEZE_ID_MAX + 1])})

@@ -181,8 +181,8 @@ class Cases:
         """Close the case with a resolution and reason.
 
         A sanctions freeze the case raised stays: the admins' two-person freeze lift
-        refuses ``sanctions:`` freezes (1125 freeze_compliance_owned), and compliance has
-        no clearing path yet (an open item of issue 22), so such an owner stays frozen.
+        refuses ``sanctions:`` freezes (1125 freeze_compliance_owned); after a close as
+        ``false_positive`` two compliance officers clear it (custody.compliance.clearance).
         """
         _check_choice(resolution, RESOLUTIONS, "resolution")
         _check_text(reason, REASON_MAX_LEN, "reason")

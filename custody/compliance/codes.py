@@ -28,6 +28,10 @@ class ComplianceCode(IntEnum):
     TRAVEL_RULE_REQUIRED = 4516
     TRAVEL_RULE_INVALID = 4517
     TRAVEL_RULE_NOT_FOUND = 4518
+    FREEZE_NOT_FOUND = 4519
+    FREEZE_NOT_CLEARABLE = 4520
+    CLEARANCE_APPROVER_INVALID = 4521
+    CLEARANCE_INPUT_INVALID = 4522
 
     @property
     def error(self) -> str:
@@ -46,6 +50,9 @@ COMPLIANCE_STATUS: dict[ComplianceCode, int] = {
     ComplianceCode.DEPOSIT_NOT_RELEASABLE: 409,
     ComplianceCode.PERSONAL_DATA_NOT_FOUND: 404,
     ComplianceCode.TRAVEL_RULE_NOT_FOUND: 404,
+    ComplianceCode.FREEZE_NOT_FOUND: 404,
+    ComplianceCode.FREEZE_NOT_CLEARABLE: 409,
+    ComplianceCode.CLEARANCE_APPROVER_INVALID: 409,
 }
 
 
