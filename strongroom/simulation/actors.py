@@ -21,17 +21,26 @@ from strongroom.simulation import cold
 from strongroom.simulation.client import Reply, withdrawal_subject
 from strongroom.simulation.world import (
     AUDITOR,
+    BTC,
+    BTC_CONFIRMATIONS,
+    BTC_START_HEIGHT,
     CONFIRMATIONS,
     TREASURY,
     World,
+    btc_weather,
     deliver_stalled,
-    destination_of,
+    destination_for,
+    eth_head,
+    mine_btc,
 )
 
 Action = dict[str, Any]
 
 ETH = 10**18
 USDC = 10**6
+SAT_PER_BTC = 10**8
+CHAINS = ("ethereum", "bitcoin")
+CUSTODY_ASSETS = ("ETH", "USDC", BTC)
 PRICE_START = {"BTC": 60_000 * USDC, "ETH": 3_000 * USDC}
 PERP_WEIGHT = 4  # a perpetual is this many times likelier to be picked than a dated instrument
 MAX_SNAPSHOTS = 16  # chain snapshots kept for reorgs
@@ -48,7 +57,8 @@ KEYED_OPS = frozenset({"withdraw_retry", "cancel", "approve", "reject", "export_
                        "import_bundle"})
 # (op, weight, fault that enables it or None)
 WEIGHTS: tuple[tuple[str, int, str | None], ...] = (
-    ("deposit", 8, None), ("mine", 10, None), ("wallet_tick", 8, None), ("consolidate", 3, None),
+    ("deposit", 8, None), ("mine", 10, None), ("btc_mine", 6, None), ("wallet_tick", 8, None),
+    ("consolidate", 3, None),
     ("withdraw", 8, None), ("withdraw_retry", 3, None), ("cancel", 2, None),
     ("approve", 5, None), ("reject", 1, None), ("dispatch", 6, None), ("release_due", 2, None),
     ("rebalance", 2, None), ("export_bundle", 3, None), ("sign_bundle", 3, None), ("import_bundle", 3, None),
@@ -100,26 +110,30 @@ def build(op: str, rng: random.Random, world: World, model: Model) -> Action:
     if op in faults.BUILDERS:
         return faults.BUILDERS[op](rng, world, model, trader)
     if op == "deposit":
-        asset = rng.choice(("ETH", "USDC"))
-        amount = rng.randint(1, 300) * ETH // 100 if asset == "ETH" else rng.randint(100, 30_000) * USDC
+        asset = rng.choice(CUSTODY_ASSETS)
+        amount = {"ETH": rng.randint(1, 300) * ETH // 100, "USDC": rng.randint(100, 30_000) * USDC,
+                  BTC: rng.randint(1, 50) * SAT_PER_BTC // 100}[asset]
         return {"op": op, "trader": trader, "asset": asset, "amount": amount}
-    if op == "mine":
+    if op in ("mine", "btc_mine"):
         return {"op": op, "blocks": rng.randint(1, 3)}
+    if op in ("wallet_tick", "dispatch"):
+        return {"op": op, "chain": rng.choice(CHAINS)}
     if op == "consolidate":
-        return {"op": op, "asset": rng.choice(("ETH", "USDC"))}
+        return {"op": op, "asset": rng.choice(CUSTODY_ASSETS)}
     if op == "withdraw":
-        asset = rng.choice(("ETH", "USDC"))
+        asset = rng.choice(CUSTODY_ASSETS)
         available = _available(world, trader, asset)
+        unit = {"ETH": ETH // 10, "USDC": 1000 * USDC, BTC: SAT_PER_BTC // 100}[asset]
         # Mostly affordable amounts, sometimes all of it, sometimes more than there is.
         amount = max(1, rng.choice((available // 4, available // 2, available, available + 1,
-                                    rng.randint(1, 5) * (ETH // 10 if asset == "ETH" else 1000 * USDC))))
+                                    rng.randint(1, 5) * unit)))
         key = f"{trader}-{rng.random():.6f}"
         new: Action = {"op": op, "trader": trader, "asset": asset, "amount": amount, "key": key}
         if rng.random() < 0.25:
             new["source"] = "cold"  # two treasury approvals, then the offline signer
         return new
     if op == "rebalance":
-        return {"op": op, "asset": rng.choice(("ETH", "USDC"))}
+        return {"op": op, "asset": rng.choice(CUSTODY_ASSETS)}
     if op in KEYED_OPS:
         known = [(t, k) for t in world.traders for k in model.keys.get(t, [])]
         if not known:
@@ -135,6 +149,8 @@ def build(op: str, rng: random.Random, world: World, model: Model) -> Action:
         if op == "sign_bundle":
             # Usually at once, sometimes hours later (the bundle may have expired by then).
             action["late_ms"] = rng.choice((0, 0, 0, 60_000, 6 * 3_600_000, 30 * 3_600_000))
+            # Which offline machine: the Ethereum cold key is cosigner 0's; Bitcoin needs two of three.
+            action["cosigner"] = rng.choice((0, 0, 1, 2))
         if op == "import_bundle":
             action["which"] = rng.choice((-1, -1, 0))  # the newest answer, or an older one again
         return action
@@ -172,21 +188,32 @@ def build(op: str, rng: random.Random, world: World, model: Model) -> Action:
     if op == "clock_jump":
         return {"op": op, "ms": rng.choice((8 * 3_600_000, 86_400_000, 3 * 86_400_000))}
     if op == "reorg":
+        if rng.random() < 0.5:
+            # Bitcoin: unconfirmed blocks (their transactions dropped, as a double-spending branch
+            # would, or back to the mempool), or settled ones whose transactions the new branch
+            # mines again (the common real reorg: no coin is lost, the platform must not double-count).
+            settled = rng.random() < 0.3
+            depth = rng.randint(BTC_CONFIRMATIONS, BTC_CONFIRMATIONS + 2) if settled else \
+                rng.randint(1, max(1, BTC_CONFIRMATIONS - 1))
+            return {"op": op, "chain": "bitcoin", "depth": depth, "drop": not settled and rng.random() < 0.5}
         return {"op": op, "depth": rng.randint(1, CONFIRMATIONS - 1) if CONFIRMATIONS > 1 else 1}
     if op == "deep_reorg":
+        if rng.random() < 0.5:
+            return {"op": "reorg", "chain": "bitcoin", "drop": True,
+                    "depth": rng.randint(BTC_CONFIRMATIONS, BTC_CONFIRMATIONS + 3)}
         return {"op": op, "depth": rng.randint(CONFIRMATIONS, CONFIRMATIONS + 3)}
     if op == "ledger_outage":
         return {"op": op, "trader": trader, "amount": max(1, _available(world, trader, "USDC") // 2),
                 "lag": rng.randint(0, 6)}
     if op == "concurrent_withdraw":
-        asset = rng.choice(("ETH", "USDC"))
+        asset = rng.choice(CUSTODY_ASSETS)
         amount = max(1, _available(world, trader, asset) // rng.choice((2, 3, 10)))
         return {"op": op, "trader": trader, "asset": asset, "amount": amount,
                 "key": f"{trader}-c{rng.random():.6f}", "copies": rng.randint(2, 4)}
     if op == "broadcast_crash":
-        return {"op": op, "round": rng.choice(("dispatch", "wallet"))}
+        return {"op": op, "round": rng.choice(("dispatch", "wallet")), "chain": rng.choice(CHAINS)}
     if op == "insider_overdraft":
-        return {"op": op, "trader": trader, "asset": rng.choice(("ETH", "USDC")),
+        return {"op": op, "trader": trader, "asset": rng.choice(CUSTODY_ASSETS),
                 "extra": rng.randint(1, 10**9)}
     if op == "torn_tail":
         return {"op": op, "garbage": rng.randbytes(rng.randint(1, 40)).hex()}
@@ -271,6 +298,7 @@ def apply(world: World, model: Model, action: Action) -> str:
     handler = HANDLERS[action["op"]]
     remember_head(world, model)
     deliver_stalled(world)
+    btc_weather(world)
     if world.clock.now_ms != model.market_ran_ms:
         # The server's market job runs every second: whatever time passed, it ran before this step.
         world.svc.market.run_due()
@@ -292,6 +320,10 @@ def _outcome(reply: Reply) -> str:
 
 
 def _deposit(world: World, model: Model, a: Action) -> str:
+    if a["asset"] == BTC:
+        # An outside wallet (the regtest faucet) pays the trader's BIP84 deposit address.
+        address = world.svc.btc_runtime.wallets.deposit_address("bitcoin-deposits", a["trader"]).address
+        return f"sent {world.btc.faucet_send(address, a['amount'])[:12]}"
     address = world.svc.runtime.wallets.deposit_address("ethereum-deposits", a["trader"]).address
     if a["asset"] == "ETH":
         world.chain.send_eth(address, a["amount"])
@@ -302,7 +334,7 @@ def _deposit(world: World, model: Model, a: Action) -> str:
 
 def remember_head(world: World, model: Model) -> None:
     """Snapshot the chain head once per height, so a reorg can return to any recent block."""
-    height = world.chain.web3.eth.block_number
+    height = eth_head(world)
     if not model.snapshots or model.snapshots[-1][0] != height:
         model.snapshots.append((height, world.chain.snapshot()))
         del model.snapshots[:-MAX_SNAPSHOTS]
@@ -312,11 +344,32 @@ def _mine(world: World, model: Model, a: Action) -> str:
     for _ in range(a["blocks"]):
         remember_head(world, model)
         world.chain.mine(1)
-    return f"height {world.chain.web3.eth.block_number}"
+    return f"height {eth_head(world)}"
+
+
+def _btc_mine(world: World, model: Model, a: Action) -> str:
+    mine_btc(world, a["blocks"])
+    return f"height {world.btc.height}"
+
+
+def _btc_reorg(world: World, a: Action) -> str:
+    """Disconnect the top ``depth`` Bitcoin blocks and mine a longer branch. With ``drop`` their
+    transactions vanish (the other branch double-spent them), else they return to the mempool and the
+    new branch mines them again (unless a stall keeps miners off the mempool)."""
+    head = world.btc.height
+    depth = min(a["depth"], head - BTC_START_HEIGHT)
+    if depth < 1:
+        return "nothing to reorg"
+    world.btc.invalidate(head - depth + 1, drop_transactions=bool(a.get("drop")))
+    mine_btc(world, depth + 1)
+    dropped = " dropping their transactions" if a.get("drop") else ""
+    return f"bitcoin reorged {depth} blocks at {head - depth + 1}{dropped}"
 
 
 def _reorg(world: World, model: Model, a: Action) -> str:
-    head = world.chain.web3.eth.block_number
+    if a.get("chain") == "bitcoin":
+        return _btc_reorg(world, a)
+    head = eth_head(world)
     # The oldest remembered block no deeper than ``depth``: never reorg more than asked.
     target = [s for s in model.snapshots if head - a["depth"] <= s[0] < head]
     if not target:
@@ -330,14 +383,14 @@ def _reorg(world: World, model: Model, a: Action) -> str:
 
 
 def _wallet_tick(world: World, model: Model, a: Action) -> str:
-    report, views = world.svc.runtime.tick()
+    report, views = world.svc.runtime_for(a.get("chain", "ethereum")).tick()
     bundles = world.svc.cold.tick()
     return f"credited {report.credited} voided {report.voided} txs {len(views)} bundles {len(bundles)}"
 
 
 def _rebalance(world: World, model: Model, a: Action) -> str:
     """Sweep the hot wallet's surplus above its ceiling to the cold wallet (or propose a refill)."""
-    result = world.svc.runtime.treasury.rebalance(a["asset"])
+    result = world.svc.runtime_for(_chain_of(a["asset"])).treasury.rebalance(a["asset"])
     return "nothing to do" if result is None else type(result).__name__
 
 
@@ -352,10 +405,10 @@ def _export_bundle(world: World, model: Model, a: Action) -> str:
 def _sign_bundle(world: World, model: Model, a: Action) -> str:
     wid = withdrawal_id(a["trader"], a["key"])
     exported = model.exported.get(wid)
-    if not exported or world.signer is None:
+    if not exported or not world.cosigners:
         return "nothing to sign"
     world.clock.advance(a.get("late_ms", 0))
-    signed, outcome = world.signer.sign(exported[-1], world.clock.now_ms)
+    signed, outcome = world.cosigners[a.get("cosigner", 0)].sign(exported[-1], world.clock.now_ms)
     if signed is not None:
         model.signed.setdefault(wid, []).append(signed)
     return outcome
@@ -370,7 +423,7 @@ def _import_bundle(world: World, model: Model, a: Action) -> str:
 
 
 def _consolidate(world: World, model: Model, a: Action) -> str:
-    views = world.svc.runtime.treasury.consolidate(a["asset"])
+    views = world.svc.runtime_for(_chain_of(a["asset"])).treasury.consolidate(a["asset"])
     return f"{len(views)} consolidations"
 
 
@@ -379,7 +432,8 @@ def _withdraw(world: World, model: Model, a: Action) -> str:
     known = model.keys.setdefault(trader, [])
     if all(k != a["key"] for k, _, _ in known):
         known.append((a["key"], a["asset"], a["amount"]))
-    body = {"asset": a["asset"], "amount": str(a["amount"]), "destination": destination_of(trader)}
+    body = {"asset": a["asset"], "amount": str(a["amount"]),
+            "destination": destination_for(trader, a["asset"])}
     if a.get("source") == "cold":
         body["source_wallet"] = "cold"
     reply = _api(world, model, trader, "POST", "/api/v1/withdrawals", body, mfa=True, key=a["key"])
@@ -409,8 +463,12 @@ def _reject(world: World, model: Model, a: Action) -> str:
                          {"reason": "simulated"}, mfa=True))
 
 
+def _chain_of(asset: str) -> str:
+    return "bitcoin" if asset == BTC else "ethereum"
+
+
 def _dispatch(world: World, model: Model, a: Action) -> str:
-    report = world.svc.dispatcher.run()
+    report = world.svc.dispatcher_for(a.get("chain", "ethereum")).run()
     return f"dispatched {len(report.dispatched)} completed {len(report.completed)}"
 
 
@@ -599,7 +657,7 @@ def _concurrent_withdraw(world: World, model: Model, a: Action) -> str:
         known.append((a["key"], a["asset"], a["amount"]))
     access = world.svc.access
     user = access.users.get_user(trader)
-    request = WithdrawalInput(a["asset"], a["amount"], destination_of(trader))
+    request = WithdrawalInput(a["asset"], a["amount"], destination_for(trader, a["asset"]))
     wid = withdrawal_id(trader, a["key"])
     barrier = threading.Barrier(a["copies"])
     outcomes: list[str] = []
@@ -656,7 +714,8 @@ class ProcessKilled(BaseException):
 def _broadcast_crash(world: World, model: Model, a: Action) -> str:
     """The process dies right after a transaction reached the network, before anything recorded
     that it was sent (during a dispatcher round or a wallet round); then it restarts."""
-    adapter = world.svc.runtime.adapter
+    chain = a.get("chain", "ethereum")
+    adapter = world.svc.runtime_for(chain).adapter
     real = adapter.broadcast
 
     def broadcast_then_die(raw: bytes) -> str:
@@ -666,9 +725,9 @@ def _broadcast_crash(world: World, model: Model, a: Action) -> str:
     adapter.broadcast = broadcast_then_die  # type: ignore[method-assign]
     try:
         if a.get("round") == "wallet":
-            world.svc.runtime.tick()
+            world.svc.runtime_for(chain).tick()
         else:
-            world.svc.dispatcher.run()
+            world.svc.dispatcher_for(chain).run()
         outcome = "nothing was broadcast"
     except ProcessKilled:
         outcome = "killed after a broadcast"
@@ -693,7 +752,7 @@ HANDLERS = {
     "concurrent_withdraw": _concurrent_withdraw, "expiry_jump": _expiry_jump,
     "make_market": _make_market, "rebalance": _rebalance, "export_bundle": _export_bundle,
     "sign_bundle": _sign_bundle, "import_bundle": _import_bundle, "insider_overdraft": _insider_overdraft,
-    "broadcast_crash": _broadcast_crash,
+    "broadcast_crash": _broadcast_crash, "btc_mine": _btc_mine,
 }
 
 # The network, database and clock faults build on the handlers above; they register themselves here.

@@ -1,6 +1,10 @@
 """Cold withdrawals through the offline signer: export a bundle, sign it on the "air-gapped" side
 with the signer's own verification and signing log, import the answer, broadcast and settle.
 
+Ethereum's cold wallet is one signer's address; Bitcoin's is a 2-of-3 P2WSH multisig of three
+cosigners (each its own machine with its own seed and signing log): a Bitcoin bundle is
+broadcast once two distinct cosigners' PSBT signatures have been imported.
+
 The signer machine is part of the world's durable state (its seed, anchors and signing log
 survive a platform crash); the platform side (``ColdTransfers``) is rebuilt on restart.
 """
@@ -11,8 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from embit import bip39  # type: ignore[import-untyped, unused-ignore]
+from embit import bip32, bip39  # type: ignore[import-untyped, unused-ignore]
+from embit.networks import NETWORKS  # type: ignore[import-untyped, unused-ignore]
 
+from custody.bundles.bitcoin import BitcoinBundles
 from custody.bundles.chains import BundleChains
 from custody.bundles.ethereum import DEFAULT_COLD_PATH, EthereumBundles
 from custody.bundles.service import ColdTransfers
@@ -27,12 +33,14 @@ from signer.canonical import sha256_hex
 from signer.ethereum import ethereum_address
 from signer.signing import sign_bundle
 from signer.signing_log import EVENT_SIGNED, SigningLog
+from strongroom.runtimes.bitcoin import BitcoinRuntime
 from strongroom.runtimes.ethereum import WalletRuntime
 from strongroom.simulation.client import Person
 
 NETWORK = "embedded"
 COLD_RULE = "cold-source-approvals"
-MAX_AMOUNT_MINOR = {"ETH": 10**24, "USDC": 10**15}
+MAX_AMOUNT_MINOR = {"ETH": 10**24, "USDC": 10**15, "BTC": 21 * 10**14}
+BIP48_PATH = "m/48h/1h/0h/2h"  # multisig P2WSH account path (testnet/regtest coin type)
 
 
 def signer_seed(entropy: bytes) -> bytes:
@@ -45,13 +53,26 @@ def cold_address(seed: bytes) -> str:
     return str(ethereum_address(seed, DEFAULT_COLD_PATH))
 
 
-def cold_transfers(sessions: Any, runtime: WalletRuntime, keystore: Any, withdrawals: Withdrawals,
-                   clock: Any, confirmations: int) -> ColdTransfers:
-    """Wire the platform's cold-transfer service for the embedded chain (as the server does)."""
+def cold_descriptor(seeds: list[bytes]) -> str:
+    """Return the Bitcoin cold wallet's ``wsh(sortedmulti(2,...))`` descriptor over the cosigners' seeds."""
+    keys = []
+    for seed in seeds:
+        root = bip32.HDKey.from_seed(seed, version=NETWORKS["regtest"]["xprv"])
+        xpub = root.derive(BIP48_PATH).to_public().to_string(version=NETWORKS["regtest"]["xpub"])
+        keys.append(f"[{root.my_fingerprint.hex()}{BIP48_PATH[1:]}]{xpub}/<0;1>/*")
+    return f"wsh(sortedmulti(2,{','.join(keys)}))"
+
+
+def cold_transfers(sessions: Any, runtime: WalletRuntime, btc_runtime: BitcoinRuntime, keystore: Any,
+                   withdrawals: Withdrawals, clock: Any, confirmations: int,
+                   btc_confirmations: int) -> ColdTransfers:
+    """Wire the platform's cold-transfer service for both embedded chains (as the server does)."""
     chains = BundleChains([EthereumBundles(runtime.adapter, dict.fromkeys(runtime.adapter.assets(),
-                                                                        confirmations), NETWORK)])
-    install_terms(chains, withdrawals, [runtime.treasury])
-    return ColdTransfers(sessions, runtime.wallets, keystore, chains, clock)
+                                                                        confirmations), NETWORK),
+                           BitcoinBundles(btc_runtime.cold, {"BTC": btc_confirmations})])
+    install_terms(chains, withdrawals, [runtime.treasury, btc_runtime.treasury])
+    # The Bitcoin registry knows both chains' address schemes.
+    return ColdTransfers(sessions, btc_runtime.wallets, keystore, chains, clock)
 
 
 def anchors(cold: ColdTransfers, treasury: list[Person], runtime: WalletRuntime) -> TrustAnchors:
@@ -68,9 +89,9 @@ def anchors(cold: ColdTransfers, treasury: list[Person], runtime: WalletRuntime)
         "quorums": [{"policy_id": "default", "rule": COLD_RULE, "count": 2, "group": "treasury"},
                     {"policy_id": REFILL_POLICY_ID, "rule": REFILL_RULE, "count": 2, "group": "treasury"}],
         "wallets": platform["wallets"],
-        "assets": [{"asset": asset, "chain": "ethereum", "max_amount_minor": str(MAX_AMOUNT_MINOR[asset]),
-                    "max_fee_minor": str(cap),
-                    **({"contract": runtime.adapter.token_address(asset)} if asset != "ETH" else {})}
+        "assets": [{"asset": asset, "chain": "bitcoin" if asset == "BTC" else "ethereum",
+                    "max_amount_minor": str(MAX_AMOUNT_MINOR[asset]), "max_fee_minor": str(cap),
+                    **({"contract": runtime.adapter.token_address(asset)} if asset == "USDC" else {})}
                    for asset, cap in sorted(fee_caps.items())],
     }
     return TrustAnchors.from_bytes(json.dumps(document).encode())

@@ -33,7 +33,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from strongroom.simulation.client import TOTP_STEP_MS, Prepared, send
-from strongroom.simulation.world import TREASURY, World
+from strongroom.simulation.world import TREASURY, World, eth_head
 
 Action = dict[str, Any]
 
@@ -161,12 +161,18 @@ def _build_race(rng: random.Random, world: World, model: Any, trader: str) -> Ac
 
 
 def _build_stuck_tx(rng: random.Random, world: World, model: Any, trader: str) -> Action:
+    if rng.random() < 0.4:
+        # Bitcoin: miners leave the mempool alone for a few blocks (the executor bumps the fee by RBF).
+        return {"op": "stuck_tx", "chain": "bitcoin", "blocks": rng.randint(2, 8)}
     return {"op": "stuck_tx", "blocks": rng.randint(2, 8), "drop": rng.random() < 0.3,
             "reverse": rng.random() < 0.5}
 
 
 def _build_fee_spike(rng: random.Random, world: World, model: Any, trader: str) -> Action:
-    return {"op": "fee_spike", "multiplier": rng.choice(FEE_MULTIPLIERS), "blocks": rng.randint(1, 6)}
+    spike = {"op": "fee_spike", "multiplier": rng.choice(FEE_MULTIPLIERS), "blocks": rng.randint(1, 6)}
+    if rng.random() < 0.4:
+        spike["chain"] = "bitcoin"  # the node's fee estimate: executors must clamp to their cap
+    return spike
 
 
 BUILDERS: dict[str, Callable[[random.Random, World, Any, str], Action]] = {
@@ -268,7 +274,7 @@ def _race(world: World, model: Any, a: Action) -> str:
     """Requests on one withdrawal, order or collateral balance, released at the same instant."""
     from strongroom.simulation import actors
     from strongroom.simulation.client import withdrawal_subject
-    from strongroom.simulation.world import destination_of
+    from strongroom.simulation.world import destination_for
 
     trader = a["trader"]
     # Everyone signs within one TOTP step and one receive window, as simultaneous clients would.
@@ -298,7 +304,7 @@ def _race(world: World, model: Any, a: Action) -> str:
                     same_totp_step=True))
             else:
                 body = {"asset": a["asset"], "amount": str(a["amount"]),
-                        "destination": destination_of(trader)}
+                        "destination": destination_for(trader, a["asset"])}
                 prepared.append(world.people[trader].prepare(
                     world.clock, "POST", "/api/v1/withdrawals", body=body, mfa=True, idempotency_key=a["key"],
                     skew_ms=skew, same_totp_step=True))
@@ -318,7 +324,10 @@ def _race(world: World, model: Any, a: Action) -> str:
 
 
 def _stuck_tx(world: World, model: Any, a: Action) -> str:
-    head = world.chain.web3.eth.block_number
+    if a.get("chain") == "bitcoin":
+        world.btc_stall_until_height = max(world.btc_stall_until_height, world.btc.height + a["blocks"])
+        return f"bitcoin miners skip the mempool until height {world.btc_stall_until_height}"
+    head = eth_head(world)
     world.stall_until_height = max(world.stall_until_height, head + a["blocks"])
     world.stall_drop = bool(a["drop"])
     world.stall_reverse = bool(a["reverse"])
@@ -326,7 +335,13 @@ def _stuck_tx(world: World, model: Any, a: Action) -> str:
 
 
 def _fee_spike(world: World, model: Any, a: Action) -> str:
-    head = world.chain.web3.eth.block_number
+    if a.get("chain") == "bitcoin":
+        from strongroom.simulation.world import BTC_FEE_RATE_SAT_VB
+
+        world.btc.fee_rate_sat_vb = BTC_FEE_RATE_SAT_VB * a["multiplier"]
+        world.btc_fee_spike_until_height = world.btc.height + a["blocks"]
+        return f"bitcoin fee estimate x{a['multiplier']} until height {world.btc_fee_spike_until_height}"
+    head = eth_head(world)
     world.fee_multiplier = a["multiplier"]
     world.fee_spike_until_height = head + a["blocks"]
     return f"fees x{a['multiplier']} until height {world.fee_spike_until_height}"

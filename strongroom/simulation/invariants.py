@@ -19,16 +19,22 @@ from sqlalchemy import select
 
 from custody.audit.codes import AuditError
 from custody.audit.verify import verify_export
+from custody.bundles.bitcoin import DEFAULT_FEE_CAP_SAT as BTC_COLD_FEE_CAP_SAT
+from custody.bundles.models import ColdBundle
+from custody.chains.bitcoin.models import BitcoinColdSpend
+from custody.chains.bitcoin.network import script_of as btc_script_of
 from custody.ledger.entry import AccountFlags, AccountKind
 from custody.ledger.models import LedgerTransfer
+from custody.ledger.service import AccountView
 from custody.wallets.models import ChainTransaction, ChainTransactionAttempt
 from custody.wallets.wallet import Temperature
 from custody.withdrawals.models import WithdrawalRequest
-from strongroom.simulation.world import ASSETS, World, destination_of
+from strongroom.simulation.world import ALL_ASSETS, ASSETS, BTC, World, destination_for, eth_head
 
 LIVE_STATES = frozenset({"pending_approval", "delayed", "approved", "awaiting_signature", "broadcasting"})
 VOIDED_STATES = frozenset({"rejected", "cancelled", "blocked", "failed"})
 SENT_STATES = frozenset({"broadcasting", "completed"})
+RESOLUTION_BATCH = 500  # hold ids per IN (...) query
 CLAIM_KINDS = frozenset({AccountKind.USER_AVAILABLE, AccountKind.USER_HELD, AccountKind.USER_MARGIN,
                          AccountKind.FEES, AccountKind.INSURANCE_FUND})
 
@@ -47,10 +53,32 @@ class Violation:
 Check = Callable[[World], list[Violation]]
 
 
+def accounts(world: World) -> list[AccountView]:
+    """Return every ledger account, read once per round of checks (``check`` clears the cache)."""
+    found = world.check_cache.get("accounts")
+    if found is None:
+        found = world.svc.ledger.list_accounts()
+        world.check_cache["accounts"] = found
+    return list(found)
+
+
+def custody_rows(world: World) -> tuple[list[WithdrawalRequest], list[ChainTransaction],
+                                        list[ChainTransactionAttempt]]:
+    """Return every withdrawal, outgoing chain transaction and signed attempt, read once per round."""
+    found = world.check_cache.get("rows")
+    if found is None:
+        with world.svc.app.extensions["strongroom.sessions"]() as session:
+            found = (list(session.scalars(select(WithdrawalRequest))),
+                     list(session.scalars(select(ChainTransaction))),
+                     list(session.scalars(select(ChainTransactionAttempt))))
+        world.check_cache["rows"] = found
+    return found
+
+
 def ledger_zero_sum(world: World) -> list[Violation]:
     """Per asset, posted debits equal posted credits and pending debits equal pending credits."""
     totals: dict[str, list[int]] = {}
-    for a in world.svc.ledger.list_accounts():
+    for a in accounts(world):
         t = totals.setdefault(a.asset, [0, 0])
         t[0] += a.balance.debits_posted - a.balance.credits_posted
         t[1] += a.balance.debits_pending - a.balance.credits_pending
@@ -61,7 +89,7 @@ def ledger_zero_sum(world: World) -> list[Violation]:
 def constrained_accounts_non_negative(world: World) -> list[Violation]:
     """No account with a balance constraint is overdrawn, counting its pending amounts."""
     out = []
-    for a in world.svc.ledger.list_accounts():
+    for a in accounts(world):
         b = a.balance
         if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and \
                 b.debits_posted + b.debits_pending > b.credits_posted:
@@ -82,15 +110,19 @@ def holds_match_withdrawals(world: World) -> list[Violation]:
     confirms and the dispatcher marks the withdrawal completed on its next round, so a
     ``broadcasting`` withdrawal may already have a posted hold, never a released one.)"""
     sessions = world.svc.app.extensions["strongroom.sessions"]
-    in_flight = {a.id for a in world.svc.ledger.list_accounts(owner="platform")
-                 if a.kind == AccountKind.WITHDRAWALS_IN_FLIGHT}
+    in_flight = {a.id for a in accounts(world)
+                 if a.owner == "platform" and a.kind == AccountKind.WITHDRAWALS_IN_FLIGHT}
     out = []
+    rows = custody_rows(world)[0]
     with sessions() as session:
-        rows = session.scalars(select(WithdrawalRequest)).all()
-        resolutions = {t.pending_id: t.kind for t in session.scalars(
-            select(LedgerTransfer).where(LedgerTransfer.pending_id.is_not(None)))}
         holds = {t.id for t in session.scalars(select(LedgerTransfer).where(
             LedgerTransfer.kind == "pending", LedgerTransfer.credit_account_id.in_(in_flight)))}
+        # Only the resolutions of these holds (not every resolved transfer of the ledger, which grows).
+        wanted = sorted(holds | {row.hold_transfer_id for row in rows if row.hold_transfer_id})
+        resolutions = {}
+        for start in range(0, len(wanted), RESOLUTION_BATCH):
+            resolutions.update({t.pending_id: t.kind for t in session.scalars(select(LedgerTransfer).where(
+                LedgerTransfer.pending_id.in_(wanted[start:start + RESOLUTION_BATCH])))})
     by_hold = {row.hold_transfer_id: row for row in rows}
     for row in rows:
         resolved = resolutions.get(row.hold_transfer_id)
@@ -104,14 +136,15 @@ def holds_match_withdrawals(world: World) -> list[Violation]:
         else:
             allowed = ("void", "expire")
         if row.hold_transfer_id not in holds:
-            out.append(Violation("hold_matches_withdrawal", f"withdrawal {row.id} ({row.state}) has no hold"))
+            out.append(Violation("hold_matches_withdrawal",
+                                 f"{row.asset} withdrawal {row.id} ({row.state}) has no hold"))
         elif resolved not in allowed:
-            out.append(Violation("hold_matches_withdrawal", f"withdrawal {row.id} is {row.state} but "
-                                 f"its hold is {resolved or 'pending'}"))
+            out.append(Violation("hold_matches_withdrawal", f"{row.asset} withdrawal {row.id} is {row.state} "
+                                 f"but its hold is {resolved or 'pending'}"))
     for hold in sorted(holds):
-        row = by_hold.get(hold)
-        if resolutions.get(hold) is None and (row is None or row.state not in LIVE_STATES):
-            state = row.state if row else "missing"
+        owner = by_hold.get(hold)
+        if resolutions.get(hold) is None and (owner is None or owner.state not in LIVE_STATES):
+            state = owner.state if owner else "missing"
             out.append(Violation("hold_matches_withdrawal",
                                  f"hold {hold} is pending but its withdrawal is {state}"))
     return out
@@ -120,11 +153,8 @@ def holds_match_withdrawals(world: World) -> list[Violation]:
 def no_double_send(world: World) -> list[Violation]:
     """Each withdrawal has at most one chain transaction, and no trader's destination received more
     on chain than their withdrawals that were sent."""
-    sessions = world.svc.app.extensions["strongroom.sessions"]
     out = []
-    with sessions() as session:
-        rows = session.scalars(select(WithdrawalRequest)).all()
-        txs = session.scalars(select(ChainTransaction)).all()
+    rows, txs, _ = custody_rows(world)
     by_hold: dict[str, int] = {}
     for tx in txs:
         if tx.hold_transfer_id:
@@ -133,8 +163,8 @@ def no_double_send(world: World) -> list[Violation]:
         if n > 1:
             out.append(Violation("no_double_send", f"hold {hold} has {n} chain transactions"))
     for trader in world.traders:
-        destination = destination_of(trader)
-        for asset in ASSETS:
+        for asset in ALL_ASSETS:
+            destination = destination_for(trader, asset)
             sent = sum(r.amount for r in rows if r.username == trader and r.asset == asset
                        and r.state in SENT_STATES)
             received = chain_balance(world, destination, asset)
@@ -146,7 +176,9 @@ def no_double_send(world: World) -> list[Violation]:
 
 def chain_balance(world: World, address: str, asset: str) -> int:
     """Return ``address``'s balance at the chain head, cached per head block (checks read a lot)."""
-    head = world.chain.web3.eth.block_number
+    if asset == BTC:
+        return btc_balances(world).get(bytes(btc_script_of(address).data), 0)
+    head = eth_head(world)
     cache = world.balance_cache
     if cache.get("head") != head:
         cache.clear()
@@ -158,6 +190,18 @@ def chain_balance(world: World, address: str, asset: str) -> int:
     balance = _read_balance(world, address, asset)
     cache[key] = balance
     return balance
+
+
+def btc_balances(world: World) -> dict[bytes, int]:
+    """Return the confirmed value per output script at the Bitcoin tip (the node's UTXO set, read once
+    per round of checks: a reorg or a block between two checks is seen by the next round)."""
+    found: dict[bytes, int] | None = world.check_cache.get("btc")
+    if found is None:
+        found = {}
+        for coin in world.btc._utxos.values():  # the simulator reads its own node's state
+            found[coin.script] = found.get(coin.script, 0) + coin.value_sat
+        world.check_cache["btc"] = found
+    return found
 
 
 MAX_TOKEN_SLOT = 10
@@ -192,16 +236,14 @@ def _slot_value(tester: object, token: str, holder: str, slot: int) -> int:
 
 
 def fees_within_cap(world: World) -> list[Violation]:
-    """No signed version of an outgoing transaction offers more than the fee cap per gas, whatever the
-    node quoted (a fee spike), and no mined one paid more than its gas limit at the cap."""
+    """No signed version of an outgoing Ethereum transaction offers more than the fee cap per gas,
+    whatever the node quoted (a fee spike), and no mined one paid more than its gas limit at the cap."""
     cap = world.svc.runtime.executor.config.fee_cap_wei
-    sessions = world.svc.app.extensions["strongroom.sessions"]
-    with sessions() as session:
-        # U256 is text on SQLite: compare in Python, not in SQL.
-        attempts = [t for t in session.scalars(select(ChainTransactionAttempt)).all()
-                    if t.max_fee_per_gas > cap]
-        paid = session.scalars(select(ChainTransaction).where(
-            ChainTransaction.fee_paid_minor.is_not(None))).all()
+    _, txs, all_attempts = custody_rows(world)
+    ours = {t.id for t in txs if t.chain == "ethereum"}
+    # U256 is text on SQLite: compare in Python, not in SQL.
+    attempts = [t for t in all_attempts if t.transaction_id in ours and t.max_fee_per_gas > cap]
+    paid = [t for t in txs if t.chain == "ethereum" and t.fee_paid_minor is not None]
     out = [Violation("fees_within_cap", f"attempt {t.txid} of {t.transaction_id} offers {t.max_fee_per_gas} "
                      f"wei/gas, cap {cap}") for t in attempts]
     out += [Violation("fees_within_cap", f"transaction {t.id} paid {t.fee_paid_minor} wei for gas limit "
@@ -210,24 +252,68 @@ def fees_within_cap(world: World) -> list[Violation]:
     return out
 
 
+def btc_fees_within_cap(world: World) -> list[Violation]:
+    """No signed version of an outgoing Bitcoin transaction offers more than the hot executor's fee-rate
+    cap (sat/vB) or its per-transaction fee cap, whatever the node estimated (a fee spike), no mined
+    one paid more than that cap, and no cold spend (PSBT) or cold bundle pays more than the cold cap."""
+    policy = world.svc.btc_runtime.executor.fees
+    _, txs, all_attempts = custody_rows(world)
+    ours = {t.id for t in txs if t.chain == "bitcoin"}
+    attempts = [t for t in all_attempts if t.transaction_id in ours]
+    paid = [t for t in txs if t.chain == "bitcoin" and t.fee_paid_minor is not None]
+    with world.svc.app.extensions["strongroom.sessions"]() as session:
+        spends = session.scalars(select(BitcoinColdSpend)).all()
+        bundles = session.scalars(select(ColdBundle).where(ColdBundle.chain == "bitcoin",
+                                                           ColdBundle.fee_paid_minor.is_not(None))).all()
+    # A Bitcoin attempt stores its fee rate (sat/vB) as max_fee_per_gas and its fee (sat) as the tip.
+    out = [Violation("btc_fees_within_cap", f"attempt {t.txid} of {t.transaction_id} offers "
+                     f"{t.max_fee_per_gas} sat/vB, fee {t.max_priority_fee_per_gas} sat; caps "
+                     f"{policy.cap_sat_vb} sat/vB, {policy.max_fee_sat} sat")
+           for t in attempts if t.max_fee_per_gas > policy.cap_sat_vb or t.max_priority_fee_per_gas >
+           policy.max_fee_sat]
+    out += [Violation("btc_fees_within_cap", f"transaction {t.id} paid {t.fee_paid_minor} sat, cap "
+                      f"{policy.max_fee_sat}")
+            for t in paid if t.fee_paid_minor is not None and t.fee_paid_minor > policy.max_fee_sat]
+    out += [Violation("btc_fees_within_cap", f"cold spend {c.id} pays {c.fee_sat} sat, "
+                      f"cap {BTC_COLD_FEE_CAP_SAT}")
+            for c in spends if c.fee_sat > BTC_COLD_FEE_CAP_SAT]
+    out += [Violation("btc_fees_within_cap", f"cold bundle {b.bundle_id} paid {b.fee_paid_minor} sat, cap "
+                      f"{BTC_COLD_FEE_CAP_SAT}")
+            for b in bundles if b.fee_paid_minor is not None and b.fee_paid_minor > BTC_COLD_FEE_CAP_SAT]
+    return out
+
+
 def claims_covered_by_holdings(world: World) -> list[Violation]:
     """Jepsen's bank check: what customers (and the exchange) may claim never exceeds what the
     platform holds on chain. Unconfirmed deposits are not claims; held withdrawals are not."""
     svc = world.svc
-    claims: dict[str, int] = {asset: 0 for asset in ASSETS}
-    for a in svc.ledger.list_accounts():
+    claims: dict[str, int] = {asset: 0 for asset in ALL_ASSETS}
+    for a in accounts(world):
         if a.kind in CLAIM_KINDS and a.asset in claims:
             b = a.balance
             claims[a.asset] += b.credits_posted - b.debits_posted - b.debits_pending
-    holdings = {asset: 0 for asset in ASSETS}
+    holdings = {asset: 0 for asset in ALL_ASSETS}
     wallets = svc.runtime.wallets
     for wallet in wallets.list_wallets(svc.runtime.adapter.chain):
         for address in wallets.addresses(wallet.id):
             for asset in ASSETS:
                 holdings[asset] += chain_balance(world, address.address, asset)
+    holdings[BTC] = btc_holdings(world)
     return [Violation("claims_covered_by_holdings",
                       f"{asset}: customer claims {claims[asset]} > on-chain holdings {holdings[asset]}")
-            for asset in ASSETS if claims[asset] > holdings[asset]]
+            for asset in ALL_ASSETS if claims[asset] > holdings[asset]]
+
+
+def btc_holdings(world: World) -> int:
+    """Return what every address of the platform's Bitcoin wallets holds in confirmed coins at the tip."""
+    wallets = world.svc.btc_runtime.wallets
+    balances = btc_balances(world)
+    scripts: set[bytes] | None = world.check_cache.get("btc_scripts")
+    if scripts is None:
+        scripts = {bytes(btc_script_of(a.address).data)
+                    for wallet in wallets.list_wallets("bitcoin") for a in wallets.addresses(wallet.id)}
+        world.check_cache["btc_scripts"] = scripts
+    return sum(balances.get(script, 0) for script in scripts)
 
 
 def exchange_agrees_with_ledger(world: World) -> list[Violation]:
@@ -309,6 +395,27 @@ def chain_reconciles(world: World) -> list[Violation]:
                       f"expected {line['expected']}") for line in bad]
 
 
+def btc_chain_reconciles(world: World) -> list[Violation]:
+    """Bitcoin: the UTXOs of our wallets at the reconciled height equal the ledger's wallet accounts
+    plus what is in flight, wallet by wallet (the platform's reconciler, after a watcher round so it
+    reconciles at the head), and the coins the reconciler counted are exactly the node's UTXO set of
+    our addresses, read independently."""
+    runtime = world.svc.btc_runtime
+    runtime.watcher.tick()
+    report = runtime.reconciler.run()
+    out = [Violation("btc_chain_reconciles", f"{line['wallet']} {line['asset']}: on chain "
+                     f"{line['on_chain']}, expected {line['expected']} (ledger {line['ledger_posted']}, "
+                     f"in flight {line['in_flight']})")
+           for line in report.lines if line["status"] != "ok"]
+    counted = sum(int(line["on_chain"]) for line in report.lines)
+    world.check_cache.pop("btc_scripts", None)  # the watcher round may have derived new addresses
+    held = btc_holdings(world)
+    if report.height == world.btc.height and counted != held:
+        out.append(Violation("btc_chain_reconciles", f"the reconciler counted {counted} sat at height "
+                             f"{report.height}, the node's UTXO set of our addresses holds {held} sat"))
+    return out
+
+
 def audit_export_verifies(world: World) -> list[Violation]:
     """A fresh export of the ledger verifies strictly against the keys pinned at setup; after an
     insider's database edit (``insider`` fault) it must *fail*: the auditor catches the insider."""
@@ -351,12 +458,14 @@ EVERY_STEP: tuple[tuple[str, Check], ...] = (
     ("holds_match_withdrawals", holds_match_withdrawals),
     ("no_double_send", no_double_send),
     ("fees_within_cap", fees_within_cap),
+    ("btc_fees_within_cap", btc_fees_within_cap),
     ("claims_covered_by_holdings", claims_covered_by_holdings),
     ("exchange_agrees_with_ledger", exchange_agrees_with_ledger),
     ("user_balance_not_negative", user_balance_not_negative),
 )
 AT_AUDIT: tuple[tuple[str, Check], ...] = (
     ("chain_reconciles", chain_reconciles),
+    ("btc_chain_reconciles", btc_chain_reconciles),
     ("audit_export_verifies", audit_export_verifies),
 )
 AT_END: tuple[tuple[str, Check], ...] = (("settled_after_quiescence", settled_after_quiescence),)
@@ -365,6 +474,7 @@ AT_END: tuple[tuple[str, Check], ...] = (("settled_after_quiescence", settled_af
 def check(world: World, checks: tuple[tuple[str, Check], ...]) -> list[Violation]:
     """Run ``checks``; a check that raises is itself a violation (named after the check)."""
     out: list[Violation] = []
+    world.check_cache.clear()  # what the last round read is stale now
     for name, fn in checks:
         try:
             out.extend(fn(world))

@@ -10,6 +10,7 @@ reported with the shortest trace found within the budget.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -34,13 +35,26 @@ from strongroom.simulation.invariants import (
     equities,
     fill_violations,
 )
-from strongroom.simulation.world import CONFIRMATIONS, SQLITE, World, build_world, heal
+from strongroom.simulation.world import (
+    ASSETS,
+    BTC,
+    BTC_CONFIRMATIONS,
+    CONFIRMATIONS,
+    SQLITE,
+    World,
+    build_world,
+    eth_head,
+    heal,
+    mine_btc,
+)
 
 SCENARIO_FORMAT = "strongroom.simulation.scenario.v1"
 DEFAULT_TRADERS = 4
 DEFAULT_AUDIT_EVERY = 50
 PLATFORM_ETH_WEI = 100 * 10**18  # the platform's own ETH in the hot wallet: it pays the gas
 PLATFORM_USDC_MINOR = 50_000 * 10**6  # the platform's own USDC: it capitalises the insurance fund
+PLATFORM_BTC_SAT = 10**8  # the platform's own BTC: it pays the fees of sweeps and consolidations
+PLATFORM_BTC_OWNER = "platform-treasury"
 MAX_SHRINK_RUNS = 40
 TRACE_TAIL = 25
 
@@ -72,6 +86,7 @@ class RunResult:
     seconds: float = 0.0
     restarts: int = 0
     events: dict[str, int] = field(default_factory=dict)  # what happened on the exchange, by kind
+    state_hash: str = ""  # the platform's money state after the run (see :func:`state_hash`)
 
     @property
     def ok(self) -> bool:
@@ -91,7 +106,7 @@ class RunResult:
             "faults": list(self.faults),
             "traders": self.traders, "ok": self.ok, "seconds": round(self.seconds, 2),
             "steps_per_s": round(len(self.trace) / self.seconds, 1) if self.seconds else None,
-            "restarts": self.restarts, "ops": dict(sorted(ops.items())),
+            "restarts": self.restarts, "state_hash": self.state_hash, "ops": dict(sorted(ops.items())),
             "exchange_events": self.events,
         }
         if self.failure is not None:
@@ -131,9 +146,31 @@ def bootstrap(world: World) -> None:
                                     "amount": 5 * actors.ETH})
         actors.apply(world, model, {"op": "deposit", "trader": trader, "asset": "USDC",
                                     "amount": 50_000 * actors.USDC})
-    for _ in range(CONFIRMATIONS + 2):
+        actors.apply(world, model, {"op": "deposit", "trader": trader, "asset": BTC,
+                                    "amount": actors.SAT_PER_BTC})
+    actors.apply(world, model, {"op": "deposit", "trader": PLATFORM_BTC_OWNER, "asset": BTC,
+                                "amount": PLATFORM_BTC_SAT})
+    for _ in range(max(CONFIRMATIONS, BTC_CONFIRMATIONS) + 2):
         world.chain.mine(1)
         world.svc.runtime.tick()
+        mine_btc(world, 1)
+        world.svc.btc_runtime.tick()
+    # The platform's own BTC pays the network fees of sweeps and consolidations (as its ETH pays gas):
+    # it arrives as a deposit of its own and is booked to platform equity, not owed to anyone.
+    ledger = world.svc.ledger
+    own = ledger.find_account(PLATFORM_BTC_OWNER, BTC, AccountKind.USER_AVAILABLE)
+    assert own is not None and own.balance.credit_balance_available == PLATFORM_BTC_SAT, "BTC not credited"
+    equity = ledger.ensure_account("platform-equity", BTC, AccountKind.EXTERNAL)
+    ledger.transfer(TransferRequest(id="sim-platform-equity-BTC", debit_account=own.id,
+                                    credit_account=equity.id, amount=PLATFORM_BTC_SAT,
+                                    reference="platform's own funds"))
+    # Bitcoin's hot wallet starts with the traders' deposits, consolidated (withdrawals pay from it).
+    world.svc.btc_runtime.treasury.consolidate(BTC)
+    for _ in range(BTC_CONFIRMATIONS + 2):
+        mine_btc(world, 1)
+        world.svc.btc_runtime.tick()
+    world.svc.btc_runtime.treasury.set_limits(BTC, actors.SAT_PER_BTC, 2 * actors.SAT_PER_BTC,
+                                              3 * actors.SAT_PER_BTC)
     # The hot wallet keeps 20-60 ETH and 50k-150k USDC; ``rebalance`` sweeps the rest to cold.
     treasury = world.svc.runtime.treasury
     treasury.set_limits("ETH", 20 * actors.ETH, 40 * actors.ETH, 60 * actors.ETH)
@@ -206,6 +243,7 @@ def run(seed: int, steps: int, faults: Sequence[str] = actors.DEFAULT_FAULTS, *,
                 result.failure = Failure(total, final, None)
         result.restarts = world.restarts
         result.events = exchange_events(world)
+        result.state_hash = state_hash(world)
         if inspect is not None:
             inspect(world)
     finally:
@@ -214,7 +252,7 @@ def run(seed: int, steps: int, faults: Sequence[str] = actors.DEFAULT_FAULTS, *,
     return result
 
 
-QUIESCE_ROUNDS = 2 * CONFIRMATIONS + 2
+QUIESCE_ROUNDS = 2 * max(CONFIRMATIONS, BTC_CONFIRMATIONS) + 2
 
 
 def quiesce(world: World) -> None:
@@ -225,14 +263,45 @@ def quiesce(world: World) -> None:
     for _ in range(QUIESCE_ROUNDS):
         world.clock.advance(60_000)
         world.chain.mine(1)
+        mine_btc(world, 1)
         svc.runtime.tick()
-        for asset in ("ETH", "USDC"):
+        svc.btc_runtime.tick()
+        for asset in ASSETS:
             svc.runtime.treasury.consolidate(asset)
+        svc.btc_runtime.treasury.consolidate(BTC)
         svc.dispatcher.run()
+        svc.btc_dispatcher.run()
         svc.cold.tick()
     svc.runtime.tick()
+    svc.btc_runtime.tick()
     svc.cold.tick()
     svc.dispatcher.run()
+    svc.btc_dispatcher.run()
+
+
+def state_hash(world: World) -> str:
+    """Return a digest of the platform's money state: every ledger account's balances (by owner, asset
+    and kind, not by generated id), every withdrawal's asset, amount and state, every outgoing chain
+    transaction's purpose, asset, amount and status, both chains' heights and the exchange's state hash.
+    Key material (and so addresses and txids) differs between runs; none of it is in here."""
+    from sqlalchemy import select
+
+    from custody.wallets.models import ChainTransaction
+    from custody.withdrawals.models import WithdrawalRequest
+
+    parts: list[object] = []
+    for a in sorted(world.svc.ledger.list_accounts(), key=lambda a: (a.owner, a.asset, str(a.kind))):
+        b = a.balance
+        parts.append((a.owner, a.asset, str(a.kind), b.debits_posted, b.credits_posted, b.debits_pending,
+                      b.credits_pending))
+    with world.svc.app.extensions["strongroom.sessions"]() as session:
+        parts += sorted((w.id, w.asset, w.amount, w.state)
+                        for w in session.scalars(select(WithdrawalRequest)))
+        parts += sorted((t.chain, t.purpose, t.asset, t.amount_minor, t.status)
+                        for t in session.scalars(select(ChainTransaction)))
+    parts += [("heights", eth_head(world), world.btc.height),
+              ("venue", world.svc.exchange.venue.state_hash())]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
 def exchange_events(world: World) -> dict[str, int]:

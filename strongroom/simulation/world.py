@@ -1,9 +1,10 @@
 """One whole platform in one process, on a fake clock: the composition the simulation drives.
 
 The world owns what survives a crash (the SQLite database file, the keystore
-file, the exchange journal directory, the in-process Ethereum chain and the
-clock) and rebuilds everything else (Flask app, ledger, wallet services,
-dispatcher, exchange service) on :meth:`World.restart`, exactly as a process
+file, the exchange journal directory, the in-process Ethereum chain, the
+in-process validating Bitcoin regtest chain and the clock) and rebuilds
+everything else (Flask app, ledger, wallet services of both chains, their
+dispatchers, exchange service) on :meth:`World.restart`, exactly as a process
 restart would.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import os
 import random
 import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,10 @@ from custody.audit.export import PublicKey
 from custody.audit.service import AuditService
 from custody.bundles.service import ColdTransfers
 from custody.chains.adapter import FeeQuote
+from custody.chains.bitcoin.adapter import BitcoinAdapter
+from custody.chains.bitcoin.network import address_of
+from custody.chains.bitcoin.network import network as bitcoin_network
+from custody.chains.bitcoin.regtest import RegtestChain
 from custody.chains.ethereum.adapter import EthereumAdapter
 from custody.chains.ethereum.devchain import TOKEN_ASSET, EmbeddedChain
 from custody.keystore import LocalKeystore
@@ -45,14 +52,27 @@ from policies.roles import Role
 from policies.signature_scheme import ed25519_public_bytes
 from strongroom import migrate as migrations
 from strongroom.app import create_app
+from strongroom.runtimes.bitcoin import BitcoinRuntime, build_bitcoin_runtime
 from strongroom.runtimes.ethereum import WalletRuntime, build_runtime
 from strongroom.settings import Settings
 from strongroom.simulation.client import TOTP_STEP_MS, Person
 from strongroom.simulation.clock import SimClock
-from strongroom.simulation.cold import SignerMachine, anchors, cold_address, cold_transfers, signer_seed
+from strongroom.simulation.cold import (
+    SignerMachine,
+    anchors,
+    cold_address,
+    cold_descriptor,
+    cold_transfers,
+    signer_seed,
+)
 
 CONFIRMATIONS = 2
-ASSETS = ("ETH", "USDC")
+ASSETS = ("ETH", "USDC")  # the Ethereum chain's assets
+BTC = "BTC"
+BTC_CONFIRMATIONS = 2
+BTC_FEE_RATE_SAT_VB = 2  # the regtest node's normal fee estimate
+ALL_ASSETS = (*ASSETS, BTC)
+COSIGNERS = 3  # the Bitcoin cold wallet is a 2-of-3 multisig of the offline signers
 KEYSTORE_SCRYPT_LOG2_N = 10  # cheap: the simulation's keystore protects nothing real
 DAY_MS = 86_400_000
 TREASURY = ("treasury1", "treasury2", "treasury3")
@@ -125,11 +145,32 @@ def scratch_postgres(admin_url: str, stack: contextlib.ExitStack, seed: int) -> 
     return stack.enter_context(scratch_postgres_database(admin_url, name, template))
 
 
+def eth_head(world: World) -> int:
+    """Return the Ethereum head's number straight from the embedded chain (web3's ``block_number``
+    through the tester costs about a millisecond; the simulator reads it several times a step)."""
+    return int(world.chain.tester.backend.chain.get_canonical_head().block_number)
+
+
 def destination_of(username: str) -> str:
     """Return the outside address ``username`` withdraws to (unique per trader, holds nothing else)."""
     digest = username.encode().hex()[-38:]
     # EIP-55 checksummed: the cold path refuses any other spelling (see docs/simulation.md, findings).
     return str(to_checksum_address("0x" + digest.rjust(40, "d")))
+
+
+def btc_destination_of(username: str) -> str:
+    """Return the outside regtest P2WPKH address ``username`` withdraws BTC to (nobody here holds its key)."""
+    program = hashlib.sha256(b"strongroom-sim-btc-destination:" + username.encode()).digest()[:20]
+    from embit.script import Script  # type: ignore[import-untyped, unused-ignore]
+
+    found = address_of(Script(b"\x00\x14" + program), bitcoin_network("regtest"))
+    assert found is not None
+    return found
+
+
+def destination_for(username: str, asset: str) -> str:
+    """Return ``username``'s outside destination for ``asset`` (an Ethereum or a Bitcoin address)."""
+    return btc_destination_of(username) if asset == BTC else destination_of(username)
 
 
 @dataclass
@@ -143,7 +184,16 @@ class Services:
     feed: ScriptedFeed
     market: MarketScheduler
     cold: ColdTransfers
-    runtime_engine: Any = None  # the wallet runtime's own engine (a second connection pool)
+    btc_runtime: BitcoinRuntime
+    btc_dispatcher: WithdrawalDispatcher
+    runtime_engine: Any = None  # the wallet runtimes' own engine (a second connection pool)
+
+    def runtime_for(self, chain: str) -> WalletRuntime | BitcoinRuntime:
+        """Return the wallet runtime of ``chain`` (``ethereum`` or ``bitcoin``)."""
+        return self.btc_runtime if chain == "bitcoin" else self.runtime
+
+    def dispatcher_for(self, chain: str) -> WithdrawalDispatcher:
+        return self.btc_dispatcher if chain == "bitcoin" else self.dispatcher
 
     @property
     def ledger(self) -> Ledger:
@@ -175,19 +225,22 @@ class World:
     workdir: Path
     clock: SimClock
     chain: EmbeddedChain
+    btc: RegtestChain
     keystore: LocalKeystore
     database_url: str
     people: dict[str, Person] = field(default_factory=dict)
     traders: list[str] = field(default_factory=list)
     pinned_keys: dict[tuple[str, int], PublicKey] = field(default_factory=dict)
     services: Services | None = None
-    signer: SignerMachine | None = None
+    signer: SignerMachine | None = None  # cosigner 0: holds the Ethereum cold key too
+    cosigners: list[SignerMachine] = field(default_factory=list)  # the Bitcoin 2-of-3 cold wallet's
     restarts: int = 0
     tampered: bool = False  # an insider changed the database behind the ledger's back
     exchange_lag_steps: int = 0  # steps the invariants leave the exchange's ledger backlog alone
     token_slot: int | None = None  # the dev token's balance mapping slot, found on first read
     market_prices: dict[str, int | None] = field(default_factory=dict)  # None: sources silent
     balance_cache: dict[object, object] = field(default_factory=dict)  # chain reads, per head block
+    check_cache: dict[str, Any] = field(default_factory=dict)  # reads shared by one round of checks
     resources: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # e.g. a scratch database
     # Faults that outlive a process, because they are the network's or another machine's:
     client_skew_ms: int = 0  # the traders' and treasury's clocks against the server's
@@ -198,6 +251,10 @@ class World:
     stalled: list[bytes] = field(default_factory=list)  # swallowed raw transactions, in arrival order
     fee_multiplier: int = 1  # a fee spike: the node quotes this many times the real fees
     fee_spike_until_height: int = 0
+    # The Bitcoin network's faults: miners leave the mempool alone below this height (stuck
+    # transactions), and the node's fee estimate is spiked until a height.
+    btc_stall_until_height: int = 0
+    btc_fee_spike_until_height: int = 0
 
     @property
     def svc(self) -> Services:
@@ -214,15 +271,18 @@ class World:
 
     def start(self) -> Services:
         """Build the process-local services from the durable state (first start or a restart)."""
-        runtime, runtime_engine = build_runtime_for(self)
+        runtime, btc_runtime, runtime_engine = build_runtime_for(self)
         settings = Settings(data_dir=self.workdir / "data", database_url=self.database_url)
         app = create_app({"TESTING": True, "CLOCK": self.clock, "KEYSTORE": self.keystore, "WALLETS": runtime,
+                          "CHAIN_RUNTIMES": {"bitcoin": btc_runtime},
                           "EXCHANGE_DATA_DIR": str(self.exchange_dir), "EXCHANGE_FSYNC": "never",
                           # The simulator's admin hand-sets index quotes: dev mode (docs/market.md).
                           "EXCHANGE_DEV_MODE": True},
                          settings=settings)
         dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
                                           list(ASSETS), self.jobs_clock, app.extensions["strongroom.ledger"])
+        btc_dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], btc_runtime.executor,
+                                              [BTC], self.jobs_clock, app.extensions["strongroom.ledger"])
         exchange: ExchangeService = app.extensions["strongroom.exchange"]
         # The outside market's prices survive a restart; the feed reading them is rebuilt.
         feed = ScriptedFeed(exchange.venue.config.indices)
@@ -230,10 +290,11 @@ class World:
             if price is not None:
                 feed.set(underlying, price)
         market = MarketScheduler(exchange, self.clock, feed)
-        cold = cold_transfers(app.extensions["strongroom.sessions"], runtime, self.keystore,
-                              app.extensions["strongroom.access"].withdrawals, self.jobs_clock, CONFIRMATIONS)
+        cold = cold_transfers(app.extensions["strongroom.sessions"], runtime, btc_runtime, self.keystore,
+                              app.extensions["strongroom.access"].withdrawals, self.jobs_clock, CONFIRMATIONS,
+                              BTC_CONFIRMATIONS)
         self.services = Services(app, app.test_client(), runtime, dispatcher, feed, market, cold,
-                                 runtime_engine)
+                                 btc_runtime, btc_dispatcher, runtime_engine)
         return self.services
 
     def crash(self) -> None:
@@ -272,7 +333,8 @@ class World:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def build_runtime_for(world: World) -> tuple[WalletRuntime, Any]:
+def build_runtime_for(world: World) -> tuple[WalletRuntime, BitcoinRuntime, Any]:
+    """Build the wallet jobs' runtimes of both chains on their own engine (one jobs process)."""
     from custody.db import make_engine, make_session_factory
 
     engine = make_engine(world.database_url)
@@ -282,7 +344,29 @@ def build_runtime_for(world: World) -> tuple[WalletRuntime, Any]:
     adapter = SimAdapter(world, world.chain.web3, {TOKEN_ASSET: world.chain.ensure_token()})
     runtime = build_runtime(sessions, ledger, world.keystore, adapter, world.jobs_clock,
                             {asset: CONFIRMATIONS for asset in ASSETS}, start_height=1)
-    return runtime, engine
+    btc_adapter = BitcoinAdapter(world.btc, bitcoin_network("regtest"))
+    btc_runtime = build_bitcoin_runtime(sessions, ledger, world.keystore, btc_adapter, world.jobs_clock,
+                                        {BTC: BTC_CONFIRMATIONS}, start_height=BTC_START_HEIGHT + 1)
+    return runtime, btc_runtime, engine
+
+
+# Blocks mined before the platform starts watching: the regtest faucet's coinbases mature after
+# 100 blocks, and every deposit in one block spends another mature coinbase of the faucet.
+BTC_START_HEIGHT = 200
+
+
+def btc_weather(world: World) -> None:
+    """End a Bitcoin fee spike once the chain has passed its height."""
+    if world.btc_fee_spike_until_height and world.btc.height >= world.btc_fee_spike_until_height:
+        world.btc.fee_rate_sat_vb = BTC_FEE_RATE_SAT_VB
+        world.btc_fee_spike_until_height = 0
+
+
+def mine_btc(world: World, blocks: int) -> None:
+    """Mine ``blocks`` Bitcoin blocks; while a stall lasts, miners leave the mempool out (stuck)."""
+    for _ in range(blocks):
+        world.btc.mine(1, include_mempool=world.btc.height + 1 >= world.btc_stall_until_height)
+        btc_weather(world)
 
 
 class SimAdapter(EthereumAdapter):
@@ -316,7 +400,7 @@ class SimAdapter(EthereumAdapter):
 def deliver_stalled(world: World) -> int:
     """Once the stall is over, hand the swallowed transactions to the chain (a conflicting one, e.g. the
     original of a replacement already mined, is refused by the chain as a node would drop it)."""
-    if not world.stalled or world.chain.web3.eth.block_number < world.stall_until_height:
+    if not world.stalled or eth_head(world) < world.stall_until_height:
         return 0
     held, world.stalled = world.stalled, []
     if world.stall_reverse:
@@ -336,7 +420,24 @@ def heal(world: World) -> None:
     world.stall_until_height = 0
     deliver_stalled(world)
     world.fee_multiplier, world.fee_spike_until_height = 1, 0
+    world.btc_stall_until_height = 0
+    world.btc.fee_rate_sat_vb, world.btc_fee_spike_until_height = BTC_FEE_RATE_SAT_VB, 0
     world.client_skew_ms = world.jobs_skew_ms = 0
+
+
+@contextlib.contextmanager
+def seeded_wallet_seeds(rng: random.Random) -> Iterator[None]:
+    """Draw the hot and deposit wallets' seeds from the simulation's seed instead of the OS CSPRNG, so
+    addresses, transaction sizes, gas and txids (and so the final state) are the same in every run of
+    a seed. Simulation only: these wallets guard nothing."""
+    from custody.wallets import hd
+
+    real = hd.generate_seed
+    hd.generate_seed = lambda: rng.randbytes(hd.SEED_BYTES)
+    try:
+        yield
+    finally:
+        hd.generate_seed = real
 
 
 def build_world(seed: int, traders: int, workdir: Path | None = None, database: str = SQLITE) -> World:
@@ -358,17 +459,29 @@ def build_world(seed: int, traders: int, workdir: Path | None = None, database: 
                              scrypt_log2_n=KEYSTORE_SCRYPT_LOG2_N)
     chain = EmbeddedChain()
     chain.ensure_token()
-    world = World(seed, base, SimClock(), chain, keystore, url, resources=resources)
+    btc = RegtestChain(fee_rate_sat_vb=BTC_FEE_RATE_SAT_VB)
+    btc.mine(BTC_START_HEIGHT)
+    world = World(seed, base, SimClock(), chain, btc, keystore, url, resources=resources)
     services = world.start()
     seed_bytes = signer_seed(rng.randbytes(32))
     world.signer = SignerMachine(seed_bytes, base / "signer")
-    # The cold wallet is the offline signer's address; the platform only watches it.
-    services.runtime.setup_wallets(cold_address(seed_bytes))
+    wallet_rng = random.Random(f"wallets:{seed}")  # noqa: S311 - throwaway simulation keys
+    with seeded_wallet_seeds(wallet_rng):
+        # The cold wallet is the offline signer's address; the platform only watches it.
+        services.runtime.setup_wallets(cold_address(seed_bytes))
+    # Bitcoin's cold wallet is a 2-of-3 multisig: the same signer plus two more cosigners, each
+    # with its own seed and signing log (drawn after the approvers' keys, so those stay as they were).
+    cosigner_rng = random.Random(f"cosigners:{seed}")  # noqa: S311 - throwaway simulation keys
+    world.cosigners = [world.signer] + [SignerMachine(signer_seed(cosigner_rng.randbytes(32)),
+                                                      base / f"signer-{n}") for n in range(1, COSIGNERS)]
+    with seeded_wallet_seeds(wallet_rng):
+        services.btc_runtime.setup_wallets(cold_descriptor([m.seed for m in world.cosigners]))
     # The embedded chain mines every transaction into its own block as it arrives: py-evm checks a
     # new transaction's nonce against the last block, so a mempool could hold one per sender only.
     _people(world, services, rng, traders)
-    world.signer.anchors = anchors(services.cold, [world.people[name] for name in TREASURY],
-                                   services.runtime)
+    signer_anchors = anchors(services.cold, [world.people[name] for name in TREASURY], services.runtime)
+    for machine in world.cosigners:
+        machine.anchors = signer_anchors
     world.pinned_keys = {(k.name, k.version): k for k in services.audit().public_keys()}
     return world
 
@@ -405,6 +518,10 @@ def _people(world: World, services: Services, rng: random.Random, traders: int) 
         assert reply.status == 201, reply.body
         reply = world.people[username].request(services.client, world.clock, "POST", "/api/v1/whitelist",
                                                body={"asset": "USDC", "address": destination_of(username)},
+                                               mfa=True)
+        assert reply.status == 201, reply.body
+        reply = world.people[username].request(services.client, world.clock, "POST", "/api/v1/whitelist",
+                                               body={"asset": BTC, "address": btc_destination_of(username)},
                                                mfa=True)
         assert reply.status == 201, reply.body
     # Past the whitelist timelock, so withdrawals meet the amount rules rather than only the delay.
