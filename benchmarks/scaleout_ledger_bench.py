@@ -29,15 +29,15 @@ from custody.db import make_engine, make_session_factory, scratch_postgres_datab
 from custody.ledger.entry import AccountKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import Ledger
-from exchange.stream.margin import MarginLedger
+from exchange.stream.margin import HoldBatcher, MarginLedger
 from strongroom.migrate import upgrade
 
 TRADERS_PER_THREAD = 8
 FUNDS = 10**15
 
 
-def _run(url: str, threads: int, seconds: float, *, baseline: bool = False
-         ) -> tuple[float, float, float]:
+def _run(url: str, threads: int, seconds: float, *, baseline: bool = False,
+         grouped: bool = False) -> tuple[float, float, float]:
     """Return (holds/s, p50 ms, p99 ms) of `threads` threads reserving for `seconds`.
 
     `baseline`: each operation is instead one committed single-row INSERT into a
@@ -55,6 +55,7 @@ def _run(url: str, threads: int, seconds: float, *, baseline: bool = False
                                                   credit_account=setup.accounts(name)[0],
                                                   amount=FUNDS, asset="USDC"))
     samples: list[list[float]] = [[] for _ in range(threads)]
+    batcher = HoldBatcher(setup) if grouped else None
     start = threading.Barrier(threads + 1)
     stop = threading.Event()
 
@@ -69,7 +70,9 @@ def _run(url: str, threads: int, seconds: float, *, baseline: bool = False
         while not stop.is_set():
             name = names[t][i % TRADERS_PER_THREAD]
             t0 = time.perf_counter()
-            if baseline:
+            if batcher is not None:
+                batcher.reserve(name, f"{name}:o{i}", 10, "BENCH-PERP")
+            elif baseline:
                 with own.begin() as conn:
                     conn.execute(text("INSERT INTO bench_commit (v) VALUES (:v)"), {"v": i})
             else:
@@ -88,6 +91,8 @@ def _run(url: str, threads: int, seconds: float, *, baseline: bool = False
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - began
+    if batcher is not None:
+        batcher.close()
     engine.dispose()
     flat = sorted(x for s in samples for x in s)
     p99 = flat[min(len(flat) - 1, int(len(flat) * 0.99))]
@@ -112,13 +117,14 @@ def main() -> None:
             conn.execute(text("CREATE TABLE bench_commit (id BIGSERIAL PRIMARY KEY, v BIGINT)"))
         engine.dispose()
         print(f"load average before: {load:.1f} on {os.cpu_count()} CPUs")
-        print("| threads | margin holds/s | p50 ms | p99 ms | plain commits/s | p50 ms | p99 ms |")
-        print("|---|---|---|---|---|---|---|")
+        print("| threads | holds/s | p50 ms | p99 ms | grouped holds/s | p50 ms | p99 ms "
+              "| plain commits/s | p50 ms | p99 ms |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for threads in (int(x) for x in args.threads.split(",")):
-            rate, p50, p99 = _run(url, threads, args.seconds)
-            base, b50, b99 = _run(url, threads, args.seconds, baseline=True)
-            print(f"| {threads} | {rate:,.0f} | {p50:.1f} | {p99:.1f} | {base:,.0f} | {b50:.1f} | "
-                  f"{b99:.1f} |", flush=True)
+            row = [_run(url, threads, args.seconds), _run(url, threads, args.seconds, grouped=True),
+                   _run(url, threads, args.seconds, baseline=True)]
+            print(f"| {threads} | " + " | ".join(f"{r:,.0f} | {a:.1f} | {b:.1f}" for r, a, b in row)
+                  + " |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

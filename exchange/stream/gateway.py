@@ -36,6 +36,7 @@ from exchange.stream.controls import CONTROL_TYPES, NS_PER_MS, Control
 from exchange.stream.follower import EventFollower
 from exchange.stream.margin import (
     DuplicateOrder,
+    HoldBatcher,
     MarginBook,
     MarginLedger,
     Position,
@@ -78,6 +79,7 @@ class Gateway:
         self.im_ppm = im_ppm
         self.wait_s = wait_s
         self.book = MarginBook(im_ppm)
+        self.holds = HoldBatcher(margin)  # one head-lock transaction per group of holds
         self.lock = threading.Lock()  # guards self.book against request threads
         # The kill-switch state each market's last event batch reported (absent: open).
         self.statuses: dict[str, tuple[MarketStatus | None, Breaker | None]] = {}
@@ -116,6 +118,7 @@ class Gateway:
                 with contextlib.suppress(Exception):
                     await self._follow
                 await self._nc.close()
+        self.holds.close()
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(_close(), self._loop).result(CONNECT_TIMEOUT_S)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -174,7 +177,7 @@ class Gateway:
             raise StreamRefused(StreamCode.BAD_COMMAND, "scale-out mode takes limit orders only")
         self._refuse_if_closed(market, cmd.ts, cancel=False)
         amount = initial_margin(cmd.price, cmd.qty, self.im_ppm)
-        if not self.margin.reserve(cmd.account, cmd.id, amount, market) \
+        if not self.holds.reserve(cmd.account, cmd.id, amount, market) \
                 and self.margin.hold_resolved(cmd.id):
             raise DuplicateOrder(f"order id {cmd.id!r} was already used")
         # The hold stays if the append fails: the client retries with the same id (the

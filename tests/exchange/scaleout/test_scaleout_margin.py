@@ -257,3 +257,85 @@ def test_margin_book_cancel_refused_before_its_order_arrives_keeps_the_hold() ->
     book.process(NewOrder(id="x2", account="a", side="buy", qty=2, price=101, tif="FOK"))
     postings = fold.apply(EventBatch("P", 4, 4, [CommandEvents(4, book.take_events())]))
     assert [(p.id, p.pending_id, p.tolerant) for p in postings] == [("imv.P.4.r", "im.x2", True)]
+
+
+def test_margin_reserve_many_decides_each_hold_in_order_like_reserve(pg: str) -> None:
+    from exchange.stream.margin import HoldRequest
+
+    margin, engine = margin_ledger(pg)
+    try:
+        fund(margin, "alice", 100)
+        fund(margin, "bob", 50)
+        out = margin.reserve_many([
+            HoldRequest("alice", "a:o1", 60, "M"), HoldRequest("alice", "a:o2", 50, "M"),
+            HoldRequest("bob", "b:o3", 50, "M"), HoldRequest("alice", "a:o4", 40, "M"),
+            HoldRequest("alice", "a:o1", 60, "M"), HoldRequest("alice", "a:o1", 61, "M")])
+        assert [type(r).__name__ if isinstance(r, Exception) else r for r in out] == [
+            True, "MarginRefused", True, True, False, "DuplicateOrder"]
+        assert (margin.free("alice"), margin.free("bob")) == (0, 0)
+        # Holds placed by an earlier group: found again (retry), or refused (other fields).
+        again = margin.reserve_many([HoldRequest("bob", "b:o3", 50, "M"),
+                                     HoldRequest("bob", "b:o3", 50, "OTHER-MARKET"),
+                                     HoldRequest("bob", "b:o5", 1, "M")])
+        assert [type(r).__name__ if isinstance(r, Exception) else r for r in again] == [
+            False, "DuplicateOrder", "MarginRefused"]
+        assert margin.reserve("bob", "b:o3", 50, "M") is False  # the single path agrees
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_margin_reserve_many_random_flow_equals_one_by_one_reserve(pg: str, seed: int) -> None:
+    import random
+
+    from exchange.stream.margin import HoldRequest
+
+    margin, engine = margin_ledger(pg)
+    rng = random.Random(seed)
+    try:
+        for who in ("ga", "gb", "sa", "sb"):
+            fund(margin, who, 500)
+        flow = [(rng.choice("ab"), f"o{rng.randrange(25)}", rng.randrange(1, 80))
+                for _ in range(30)]
+        grouped: list[object] = []
+        for start in range(0, len(flow), 7):
+            grouped += margin.reserve_many([HoldRequest(f"g{w}", f"g{w}:{o}", amt, "M")
+                                            for w, o, amt in flow[start:start + 7]])
+        single: list[object] = []
+        for w, o, amt in flow:
+            try:
+                single.append(margin.reserve(f"s{w}", f"s{w}:{o}", amt, "M"))
+            except Exception as exc:  # compared by kind below
+                single.append(exc)
+
+        def kind(r: object) -> object:
+            return type(r).__name__ if isinstance(r, Exception) else r
+        assert [kind(r) for r in grouped] == [kind(r) for r in single]
+        assert margin.free("ga") == margin.free("sa") and margin.free("gb") == margin.free("sb")
+    finally:
+        engine.dispose()
+
+
+def test_hold_batchers_of_two_processes_racing_never_exceed_free_margin(pg: str) -> None:
+    from exchange.stream.margin import HoldBatcher
+
+    (m1, e1), (m2, e2) = margin_ledger(pg), margin_ledger(pg)
+    fund(m1, "alice", 1_000)
+    b1, b2 = HoldBatcher(m1), HoldBatcher(m2)
+    try:
+        def reserve(i: int) -> str:
+            try:
+                (b1 if i % 2 else b2).reserve("alice", f"alice:r{i}", 100, "M")
+            except MarginRefused:
+                return "refused"
+            return "placed"
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(reserve, range(24)))
+        assert outcomes.count("placed") == 10 and outcomes.count("refused") == 14
+        assert m1.free("alice") == 0
+    finally:
+        b1.close()
+        b2.close()
+        e1.dispose()
+        e2.dispose()
