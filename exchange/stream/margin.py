@@ -377,10 +377,11 @@ class MarginLedger:
                     chosen.append(i)  # the ledger says exists / exists with other fields
                     seen[req.id] = req
                     continue
-                if free[margin] - req.amount < 0:
-                    out[i] = MarginRefused(req.amount, free[margin])
+                amount = holds[i].amount
+                if free[margin] - amount < 0:
+                    out[i] = MarginRefused(amount, free[margin])
                     continue
-                free[margin] -= req.amount
+                free[margin] -= amount
                 seen[req.id] = req
                 chosen.append(i)
             if chosen:
