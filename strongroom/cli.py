@@ -189,7 +189,7 @@ def serve(host: str | None, port: int | None) -> None:
     from waitress import serve as waitress_serve
 
     from strongroom.app import create_app
-    from strongroom.jobs import JobRunner, exchange_jobs, server_jobs
+    from strongroom.jobs import JobRunner, alert_jobs, exchange_jobs, server_jobs
     from strongroom.runtimes.from_env import chain_runtimes_from_env
     from strongroom.startup import StartupError, check_startup
 
@@ -206,6 +206,9 @@ def serve(host: str | None, port: int | None) -> None:
     runner.start()
     market = JobRunner(exchange_jobs(app), time.monotonic, name="strongroom-market")
     market.start()
+    # Alerts on their own thread: a slow webhook receiver never delays a funding boundary.
+    alerts = JobRunner(alert_jobs(app), time.monotonic, name="strongroom-alerts")
+    alerts.start()
     click.echo(f"Strongroom API on http://{bind_host}:{bind_port}/api/v1/health")
     click.echo(f"Strongroom console on http://{bind_host}:{bind_port}/console/ "
                "(demo logins: printed by `strongroom demo`, docs/console.md)")
@@ -224,6 +227,7 @@ def serve(host: str | None, port: int | None) -> None:
         if streams is not None:
             streams.terminate()
             streams.wait(timeout=10)
+        alerts.stop()
         market.stop()
         runner.stop()
         # A final exchange snapshot, so the next start has no journal tail to replay.

@@ -91,6 +91,14 @@ def exchange_jobs(app: Flask) -> list[Job]:
     return [Job("exchange_market", EXCHANGE_MARKET_INTERVAL_S, scheduler.run_due)]
 
 
+def alert_jobs(app: Flask) -> list[Job]:
+    """Return the alert job: evaluate alerts and make due webhook attempts (docs/console.md, "Alerts")."""
+    from strongroom.console.alert_service import STEP_S
+
+    service = app.extensions.get("strongroom.console.alerts")
+    return [] if service is None else [Job("alerts", STEP_S, service.step)]
+
+
 def market_scheduler(app: Flask) -> MarketScheduler | None:
     """Build the market scheduler of ``app``'s exchange from its settings (None: no exchange)."""
     from exchange.marketmaker import DemoMarketMaker

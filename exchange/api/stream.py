@@ -59,7 +59,8 @@ PARENT_CHECK_S: Final = 1.0
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_FEED_RESET: Final = 4010
 PUBLIC: Final = frozenset({"depth", "trades", "mark", "liquidations"})
-PRIVATE: Final = frozenset({"orders", "fills", "positions", "balances", "income", "withdrawals", "approvals"})
+PRIVATE: Final = frozenset({"orders", "fills", "positions", "balances", "income", "withdrawals", "approvals",
+                            "alerts"})
 
 
 def _dumps(value: Any) -> str:

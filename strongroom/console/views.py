@@ -60,6 +60,7 @@ NAVIGATION: tuple[tuple[str, str, tuple[Permission, ...], bool], ...] = (
     ("console.admin", "Admin", (Permission.USERS_MANAGE,), False),
     ("console.markets", "Markets", (), True),
     ("console.keys", "API keys", (Permission.APIKEY_MANAGE_OWN,), False),
+    ("console.alerts", "Alerts", (Permission.SETTINGS_MANAGE_OWN,), False),
     ("console.settings", "Settings", (Permission.SETTINGS_MANAGE_OWN,), False),
 )
 ROLE_NAMES = ("trader", "treasury", "auditor", "compliance", "admin")
@@ -374,6 +375,74 @@ def save_settings() -> ResponseReturnValue:
         return api.call("POST", "/api/v1/settings", body=body)
 
     return _submit(send, lambda _: "settings saved", "console.settings")
+
+
+# ------------------------------------------------------------------ alerts
+
+
+@bp.get("/alerts")
+@page(Permission.SETTINGS_MANAGE_OWN)
+def alerts() -> ResponseReturnValue:
+    """Your notifications (fired alerts), your rules, your webhook and its deliveries."""
+    from strongroom.console.alerts import DIRECTIONS, KINDS, SOURCES
+
+    hook = api.call("GET", "/api/v1/alert-webhook")
+    return render_template(
+        "alerts.html", kinds=KINDS, sources=SOURCES, directions=DIRECTIONS,
+        notifications=api.call("GET", "/api/v1/notifications").body.get("notifications", []),
+        rules=api.call("GET", "/api/v1/alerts").body.get("rules", []),
+        webhook=hook.body.get("webhook") if hook.ok else None,
+        deliveries=api.call("GET", "/api/v1/alert-webhook/deliveries").body.get("deliveries", []),
+        symbols=[i["symbol"] for i in _instruments()])
+
+
+@bp.post("/alerts")
+@page(Permission.SETTINGS_MANAGE_OWN)
+def create_alert() -> ResponseReturnValue:
+    """Create a rule through the API (same validation and codes); blank fields are left out."""
+    form = request.form
+    kind = form.get("kind", "")
+    fields = {"price_cross": ("symbol", "source", "direction", "price"), "margin_ratio": ("threshold_pct",),
+              "liquidation_warning": ("distance_pct",), "funding": ("symbol",), "fill": ("symbol",)}
+
+    def send() -> api.Answer:
+        body: dict[str, Any] = {"kind": kind, "webhook": form.get("webhook") == "on"}
+        for name in fields.get(kind, ()):
+            value = form.get(name, "").strip()
+            if not value:
+                continue
+            if name == "threshold_pct":
+                body["threshold_ppm"] = _percent(value, 10_000)  # percent -> ppm
+            elif name == "distance_pct":
+                body["distance_bps"] = _percent(value, 100)  # percent -> basis points
+            else:
+                body[name] = value
+        return api.call("POST", "/api/v1/alerts", body=body)
+
+    return _submit(send, lambda a: f"alert {a.body['rule']['id']} created", "console.alerts")
+
+
+def _percent(text: str, scale: int) -> int:
+    """Parse a percentage with up to two decimals into ``scale`` units per percent."""
+    value = to_minor(text, 2, "percentage")
+    return value * scale // 100
+
+
+@bp.post("/alerts/<int:rule_id>/delete")
+@page(Permission.SETTINGS_MANAGE_OWN)
+def delete_alert(rule_id: int) -> ResponseReturnValue:
+    return _submit(lambda: api.call("DELETE", f"/api/v1/alerts/{rule_id}"),
+                   lambda _: f"alert {rule_id} deleted", "console.alerts")
+
+
+@bp.post("/alerts/webhook")
+@page(Permission.SETTINGS_MANAGE_OWN)
+def set_webhook() -> ResponseReturnValue:
+    form = request.form
+    return _submit(lambda: api.call("POST", "/api/v1/alert-webhook", mfa=form.get("code", "").strip(),
+                                    body={"url": form.get("url", "").strip()}),
+                   lambda a: ("webhook set; signing secret (shown once, store it now): "
+                              f"{a.body['secret']}"), "console.alerts")
 
 
 # ------------------------------------------------------------------ wallet

@@ -348,6 +348,7 @@ const LIVE = {
            parts: ["#summary", "#positions", "#closed-positions", "#open-orders", "#fills", "#income"] },
   wallet: { channels: ["withdrawals", "balances"], parts: ["#balances", "#withdrawals"] },
   treasury: { channels: ["approvals"], parts: ["#approvals"] },
+  alerts: { channels: ["alerts"], parts: ["#notifications", "#deliveries"] },
 };
 
 async function refreshParts(parts) {
