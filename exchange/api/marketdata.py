@@ -565,8 +565,8 @@ def position_history() -> ResponseReturnValue:
 # ------------------------------------------------------------------ streams
 
 FEED_EXTENSION: Final = "strongroom.stream_feed"
-STREAM = secured(Permission.TRADE, Permission.LEDGER_READ_OWN, Permission.WITHDRAW_APPROVE,
-                 scope=Scope.READ, mfa=False)
+STREAM_PERMISSIONS: Final = (Permission.TRADE, Permission.LEDGER_READ_OWN, Permission.WITHDRAW_APPROVE)
+STREAM = secured(*STREAM_PERMISSIONS, scope=Scope.READ, mfa=False)
 
 
 @private.post("/stream-token")
@@ -588,6 +588,60 @@ def stream_token() -> ResponseReturnValue:
     return jsonify({"token": token, "expires_ms": expires}), 201
 
 
+SUBSCRIBE_METHOD: Final = "POST"
+SUBSCRIBE_PATH: Final = "/stream/subscribe"
+
+
+def subscribe_body(channels: list[str]) -> bytes:
+    """Return the bytes a signed subscribe signs as its body: the channels joined by commas."""
+    return ",".join(channels).encode()
+
+
+def verify_signed_subscribe(app: Any, msg: dict[str, Any]) -> dict[str, Any]:
+    """Check a websocket subscribe signed with an API key, exactly as a REST request is checked.
+
+    The canonical request is docs/request-signing.md's with method ``POST``, path
+    ``/stream/subscribe``, no query and the channels joined by commas as the body; the same
+    receive window, constant-time compare, key state, IP allowlist and replay cache (each
+    signature once). Private channels need the stream-token endpoint's permissions.
+    Answer ``{"user", "roles"}`` or a refusal ``{"code", "error", "message"}``.
+    """
+    from custody.api.services import AccessServices
+    from policies.request_signing import SignedRequest, verify_signed_request
+    from policies.results import PolicyError, ResultCode
+    from policies.roles import has_permission
+
+    svc: AccessServices = app.extensions["strongroom.access"]
+    channels = msg.get("channels")
+    if not isinstance(channels, list) or not all(isinstance(c, str) and "," not in c for c in channels):
+        return {"code": int(ResultCode.AUTH_HEADERS_MALFORMED), "error": "auth_headers_malformed",
+                "message": "channels must be a list of names without commas"}
+    try:
+        signed = SignedRequest.parse(key_id=msg.get("key"), timestamp=str(msg.get("timestamp")),
+                                     signature=msg.get("signature"), method=SUBSCRIBE_METHOD,
+                                     path=SUBSCRIBE_PATH, query="", body=subscribe_body(channels),
+                                     client_ip=str(msg.get("ip") or ""))
+    except PolicyError as exc:
+        return {"code": int(exc.code), "error": exc.code.error, "message": exc.message}
+    found = svc.users.verified_key(signed.key_id)
+    refusal = verify_signed_request(signed, None if found is None else found[0], required_scope=Scope.READ,
+                                    now_ms=svc.clock(), replay_cache=svc.replay_cache,
+                                    recv_window_ms=svc.recv_window_ms)
+    if refusal is not None:
+        svc.log_refusal(signed.key_id, None if found is None else found[1].username, refusal,
+                        SUBSCRIBE_METHOD, SUBSCRIBE_PATH)
+        return refusal.to_json()
+    assert found is not None
+    user = found[1]
+    if user.disabled_ms is not None:
+        return {"code": 1103, "error": "user_disabled", "message": f"user {user.username} is disabled"}
+    private = [c for c in channels if ":" not in c]
+    if private and not any(has_permission(user.roles, p) for p in STREAM_PERMISSIONS):
+        return {"code": int(ResultCode.PERMISSION_DENIED), "error": "permission_denied",
+                "message": f"{user.username} may not read private channels"}
+    return {"user": user.username, "roles": sorted(str(r) for r in user.roles)}
+
+
 def start_stream_feed(app: Any, path: Any) -> Any:
     """Start the feed of the websocket stream server(s) on Unix socket ``path``; return it."""
     from exchange.api.streamfeed import StreamFeed, withdrawal_poller
@@ -602,6 +656,7 @@ def start_stream_feed(app: Any, path: Any) -> Any:
     from exchange.api.controls import cancel_everywhere
 
     feed.on_disconnect = lambda user: cancel_everywhere(svc, user)
+    feed.on_verify = lambda msg: verify_signed_subscribe(app, msg)
     feed.start()
     app.extensions[FEED_EXTENSION] = feed
     return feed

@@ -11,7 +11,10 @@ socket (JSON lines: ``hello``, ``batch``, ``token``, ``reset``).
 Protocol (docs/market-data.md, "Streams"): the client sends
 ``{"op": "subscribe" | "unsubscribe", "channels": [...], "id": n}``,
 ``{"op": "auth", "token": ...}`` (a listen token from
-``POST /api/v1/exchange/stream-token``), ``{"op": "resync", "channel":
+``POST /api/v1/exchange/stream-token``), or a ``subscribe`` that carries
+``"auth": {"key", "timestamp", "signature"}``: the API key's request signature
+over the subscription (docs/market-data.md, "Signed subscribe"), checked by the
+app (the feed's ``verify`` report; this process holds no key secrets), ``{"op": "resync", "channel":
 "depth:<symbol>"}``, ``{"op": "ping"}``, ``{"op": "cancel_on_disconnect", "enabled":
 true}`` (docs/operations.md). Data messages are
 ``{"channel": ..., "data": {...}}``. Depth: a ``snapshot`` on subscribe
@@ -58,6 +61,9 @@ FEED_RETRY_S: Final = 0.5
 PARENT_CHECK_S: Final = 1.0
 CLOSE_SLOW_CONSUMER: Final = 4008
 CLOSE_FEED_RESET: Final = 4010
+MAX_PENDING_VERIFY: Final = 10_000  # signed subscribes waiting for the app's answer, all connections
+MAX_PENDING_VERIFY_PER_CLIENT: Final = 4
+MAX_SIGNED_FIELD_CHARS: Final = 128
 PUBLIC: Final = frozenset({"depth", "trades", "mark", "liquidations"})
 PRIVATE: Final = frozenset({"orders", "fills", "positions", "balances", "income", "withdrawals", "approvals",
                             "alerts"})
@@ -78,6 +84,8 @@ class Client:
         self.queue: asyncio.Queue[str] = asyncio.Queue(MAX_QUEUE)
         self.closed = False
         self.cancel_on_disconnect = False
+        self.pending_verify = 0
+        self.peer = ""
 
 
 class StreamServer:
@@ -101,6 +109,9 @@ class StreamServer:
         self.slow_disconnects = 0
         self.feed_writer: asyncio.StreamWriter | None = None  # cancel-on-disconnect reports go back here
         self.disconnects_reported = 0
+        # Signed subscribes sent to the app for verification: request number -> (client, id, channels).
+        self.verifying: dict[int, tuple[Client, Any, list[str]]] = {}
+        self._verify_n = 0
 
     # ------------------------------------------------------------------ the feed
 
@@ -148,6 +159,8 @@ class StreamServer:
         elif kind == "batch":
             for channel, owner, data in frame["m"]:
                 self.route(channel, owner, data)
+        elif kind == "verified":
+            self.on_verified(frame)
 
     def route(self, channel: str, owner: str | None, data: dict[str, Any]) -> None:
         """Deliver one message to its subscribers (encoded once)."""
@@ -285,6 +298,8 @@ class StreamServer:
             return
         c = Client(ws)
         c.queue = asyncio.Queue(self.max_queue)
+        remote = ws.remote_address
+        c.peer = str(remote[0]) if isinstance(remote, tuple) and remote else ""
         self.clients.add(c)
         writer = asyncio.get_running_loop().create_task(self._write(c))
         try:
@@ -331,7 +346,9 @@ class StreamServer:
             if not isinstance(channels, list) or not all(isinstance(k, str) for k in channels):
                 self.send(c, self._error(ref, "bad_channels", "channels must be a list of strings"))
                 return
-            if op == "subscribe":
+            if op == "subscribe" and "auth" in msg:
+                self._signed_subscribe(c, ref, channels, msg["auth"])
+            elif op == "subscribe":
                 self._subscribe(c, ref, channels)
             else:
                 for key in channels:
@@ -393,6 +410,56 @@ class StreamServer:
         user, roles, _ = self.tokens.pop(found)  # once
         c.user, c.roles = user, frozenset(roles)
         self.send(c, _dumps({"type": "authenticated", "id": ref, "user": user}))
+
+    def _signed_subscribe(self, c: Client, ref: Any, channels: list[str], auth: Any) -> None:
+        """Send a signed subscribe up to the app to verify; the answer comes back as ``verified``."""
+        fields = auth if isinstance(auth, dict) else {}
+        key, timestamp, signature = fields.get("key"), fields.get("timestamp"), fields.get("signature")
+        if not (isinstance(key, str) and isinstance(signature, str) and len(key) <= MAX_SIGNED_FIELD_CHARS
+                and len(signature) <= MAX_SIGNED_FIELD_CHARS and isinstance(timestamp, int)
+                and not isinstance(timestamp, bool) and set(fields) == {"key", "timestamp", "signature"}):
+            self.send(c, self._coded_error(ref, 1001, "auth_headers_malformed",
+                                           "auth must be {key, timestamp (ms, integer), signature (hex)}"))
+            return
+        writer = self.feed_writer
+        if writer is None or not self.feed_connected.is_set():
+            self.send(c, self._error(ref, "stream_unavailable", "cannot verify signatures now; retry"))
+            return
+        if c.pending_verify >= MAX_PENDING_VERIFY_PER_CLIENT or len(self.verifying) >= MAX_PENDING_VERIFY:
+            self.send(c, self._error(ref, "too_many_pending", "wait for the answers to earlier subscribes"))
+            return
+        self._verify_n += 1
+        self.verifying[self._verify_n] = (c, ref, channels)
+        c.pending_verify += 1
+        with contextlib.suppress(OSError, RuntimeError):
+            writer.write(json.dumps({"t": "verify", "n": self._verify_n, "key": key, "timestamp": timestamp,
+                                     "signature": signature, "channels": channels, "ip": c.peer}).encode()
+                         + b"\n")
+
+    def on_verified(self, frame: dict[str, Any]) -> None:
+        """Finish a signed subscribe with the app's verdict (a user, or a stable refusal code)."""
+        pending = self.verifying.pop(frame.get("n", -1), None)
+        if pending is None:
+            return
+        c, ref, channels = pending
+        c.pending_verify -= 1
+        if c.closed:
+            return
+        user = frame.get("user")
+        if not isinstance(user, str):
+            code, error = int(frame.get("code", 1002)), str(frame.get("error", "refused"))
+            self.send(c, self._coded_error(ref, code, error, str(frame.get("message", ""))[:300]))
+            return
+        if c.user is not None and c.user != user:
+            self.send(c, self._error(ref, "unauthenticated",
+                                     "this connection is authenticated as another user"))
+            return
+        c.user, c.roles = user, frozenset(frame.get("roles", ()))
+        self._subscribe(c, ref, channels)
+
+    @staticmethod
+    def _coded_error(ref: Any, code: int, error: str, message: str) -> str:
+        return _dumps({"type": "error", "id": ref, "code": code, "error": error, "message": message})
 
     def _subscribe(self, c: Client, ref: Any, channels: list[str]) -> None:
         if len(c.channels) + len(channels) > MAX_SUBSCRIPTIONS:

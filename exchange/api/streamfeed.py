@@ -113,6 +113,9 @@ class StreamFeed:
         self._inbound: dict[socket.socket, bytearray] = {}  # server -> a partial report line
         # Called with a user whose cancel-on-disconnect stream session closed (set by the app).
         self.on_disconnect: Callable[[str], object] | None = None
+        # Checks a signed subscribe (docs/market-data.md, "Signed subscribe"); set by the app. It
+        # answers {"user", "roles"} or {"code", "error", "message"}.
+        self.on_verify: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listener: socket.socket | None = None
@@ -233,12 +236,15 @@ class StreamFeed:
             *lines, rest = bytes(inbound).split(b"\n")
             inbound[:] = rest[-MAX_REPORT_BYTES:]
             for line in lines:
-                self._report(line)
+                self._report(server, line)
 
-    def _report(self, line: bytes) -> None:
+    def _report(self, server: socket.socket, line: bytes) -> None:
         try:
             msg = json.loads(line)
         except ValueError:
+            return
+        if isinstance(msg, dict) and msg.get("t") == "verify":
+            self._verify(server, msg)
             return
         user = msg.get("user") if isinstance(msg, dict) and msg.get("t") == "disconnected" else None
         if isinstance(user, str) and self.on_disconnect is not None:
@@ -246,6 +252,19 @@ class StreamFeed:
                 self.on_disconnect(user)
             except Exception:  # the feed must keep running; the dead man's switch is the backstop
                 log.exception("cancel-on-disconnect for a stream session failed")
+
+    def _verify(self, server: socket.socket, msg: dict[str, Any]) -> None:
+        """Answer one signed subscribe, to the stream server that asked only (its numbers are its own)."""
+        if self.on_verify is None:
+            verdict: dict[str, Any] = {"code": 9504, "error": "not_ready", "message": "no verifier"}
+        else:
+            try:
+                verdict = self.on_verify(msg)
+            except Exception:  # a verifier failure refuses this subscribe, never the feed
+                log.exception("verifying a signed stream subscribe failed")
+                verdict = {"code": 9099, "error": "internal_error", "message": "internal error"}
+        if server in self._servers:
+            self._write(server, _encode({"t": "verified", "n": msg.get("n"), **verdict}) + b"\n")
 
     def _accept(self) -> None:
         assert self._listener is not None
