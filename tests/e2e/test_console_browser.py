@@ -425,6 +425,48 @@ def _duplicate_keys_refused_like_the_cli(page, documented: dict, snapshot_hash: 
     assert _verdict(page, {}, snapshot_hash, raw=text)[0] == "verified"  # the same text without it
 
 
+def test_trader_settings_apply_to_pages_and_alerts_are_listed(server: Server, playwright, tmp_path):
+    """Bob's theme, order defaults and panels apply on his pages; his alert rules are his alone."""
+    context = _browser(playwright, tmp_path, "bob")
+    page = context.pages[0] if context.pages else context.new_page()
+    _log_in(page, server, "bob", offset_s=-30)
+    page.goto(server.url + "/console/settings")
+    dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    page.select_option("#setting-theme", "light")
+    page.select_option("#setting-order-type", "market")
+    page.select_option("#setting-margin-mode", "isolated")
+    page.fill("#setting-leverage", "7")
+    page.uncheck("#setting-panels input[value=fills]")
+    page.click("#save-settings")
+    assert "settings saved" in _notice(page), _notice(page)
+    light = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert light == "rgb(245, 247, 250)" and light != dark
+    page.goto(server.url + "/console/trade?symbol=BTC-PERP")
+    page.wait_for_selector("#bids tr", timeout=30_000)  # the live book still works with the layout
+    assert page.input_value("#order-type") == "market"
+    assert page.input_value("#order-margin-mode") == "isolated"
+    assert page.locator("#fills").count() == 0 and page.locator("#positions").count() == 1
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == light
+    _shot(page, server, "trader-settings-light")
+
+    page.goto(server.url + "/console/alerts")
+    page.select_option("#alert-kind", "price_cross")
+    page.select_option("#alert-form select[name=symbol]", "BTC-PERP")
+    page.fill("#alert-form input[name=price]", "123456")
+    page.click("#create-alert")
+    assert "created" in _notice(page), _notice(page)
+    assert "BTC-PERP mark above 123456.000000" in page.locator("#alert-rules").inner_text()
+    page.fill("#alert-form input[name=price]", "-5")
+    page.click("#create-alert")
+    assert "6101" in _notice(page)
+    page.fill("#webhook-form input[name=url]", "https://169.254.169.254/latest")
+    page.fill("#webhook-form input[name=code]", _code(server.logins["bob"], 0))
+    page.click("#webhook-form button")
+    assert "6202 webhook_destination_refused" in _notice(page), _notice(page)
+    _shot(page, server, "trader-alerts")
+    context.close()
+
+
 def test_admin_disables_a_user(server: Server, playwright, tmp_path):
     context = _browser(playwright, tmp_path, "admin")
     page = context.pages[0] if context.pages else context.new_page()
