@@ -16,7 +16,7 @@ from types import ModuleType
 
 import msgspec
 import pytest
-from engine_streams import ACCOUNTS, INSTRUMENT, random_command, random_stream
+from engine_streams import ACCOUNTS, INSTRUMENT, random_command, random_stream, streams
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,15 +24,19 @@ from exchange.engine import fastbook
 from exchange.engine.fastbook import FastBook
 from exchange.engine.instrument import Instrument
 from exchange.engine.messages import (
+    Accepted,
     Amend,
+    Amended,
     BookRequest,
     Cancel,
     CancelAll,
+    Cancelled,
     Command,
     Malformed,
     NewOrder,
     PriceUpdate,
     SetReference,
+    Trade,
 )
 from exchange.engine.orderbook import OrderBook
 from exchange.engine.replay import ReplayError, parse_line, replay
@@ -379,3 +383,31 @@ def test_fastbook_encoded_events_keep_their_order_across_the_move_to_pure() -> N
             out += fast.take_encoded()
     assert fast.core == "pure"
     assert out + fast.take_encoded() == _encoder.encode_lines(pure.take_events())
+
+
+@settings(max_examples=200, deadline=None)
+@given(streams)
+def test_fastbook_conserves_quantity_and_stays_uncrossed(stream: list[Command]) -> None:
+    """ordered (incl. amends) = filled + cancelled + resting, for every order, on the C core."""
+    book = FastBook(INSTRUMENT)
+    open_qty: dict[str, int] = {}
+    for cmd in stream:
+        for event in book.submit(cmd):
+            if isinstance(event, Accepted):
+                assert event.id not in open_qty
+                open_qty[event.id] = event.qty
+            elif isinstance(event, Trade):
+                for oid in (event.maker, event.taker):
+                    open_qty[oid] -= event.qty
+                    assert open_qty[oid] >= 0
+                    if open_qty[oid] == 0:
+                        del open_qty[oid]
+            elif isinstance(event, Cancelled):
+                assert open_qty.pop(event.id) == event.qty
+            elif isinstance(event, Amended):
+                open_qty[event.id] = event.qty
+        book.validate_internal_state()
+        bid, ask = book.best_bid(), book.best_ask()
+        assert bid is None or ask is None or bid < ask
+    live = {o.id: o.qty for o in book.orders.values()} | {s.id: s.qty for s in book.stops.values()}
+    assert open_qty == live
