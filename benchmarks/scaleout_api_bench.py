@@ -67,7 +67,7 @@ def _traders(env: dict[str, str], n: int) -> list[tuple[str, str, str]]:
     out = []
     for i in range(n):
         name = f"bench{i}"
-        text = _cli(env, "users", "create", "--username", name, "--role", "trader")
+        text = _cli(env, "users", "create", "--username", name, "--role", "trader", "--kyc-tier", "2")
         key = re.search(r"api key id:\s+(\S+)", text)
         secret = re.search(r"api key secret:\s+(\S+)", text)
         assert key and secret, text
