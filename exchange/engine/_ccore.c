@@ -4,8 +4,8 @@
  * with the same rules and emits the same msgspec events:
  *   - NewOrder of type limit or market, every tif and STP mode, not
  *     reduce-only, with all of its validation;
- *   - Cancel and CancelAll of resting orders.
- * Every other command (stops, reduce-only, amend, prices, book requests,
+ *   - Cancel, CancelAll and Amend of resting orders.
+ * Every other command (stops, reduce-only, prices, book requests,
  * malformed lines, or a field of an unexpected Python type) is handed back
  * to the Python wrapper (return value 1), which either handles it without
  * touching the book or moves the whole book to the pure core.
@@ -47,7 +47,9 @@ enum {
 
 /* ------------------------------------------------ module configuration */
 
-static PyTypeObject *T_NEW, *T_CANCEL, *T_CANCEL_ALL;
+static PyTypeObject *T_NEW, *T_CANCEL, *T_CANCEL_ALL, *T_AMEND;
+static PyObject *T_AMENDED;
+static Py_ssize_t OFF_AMEND_ID, OFF_AMEND_QTY, OFF_AMEND_PRICE, OFF_AMEND_ACCOUNT, OFF_AMEND_TS;
 static PyObject *T_ACCEPTED, *T_TRADE, *T_CANCELLED, *T_REJECTED;
 static PyObject *REASONS; /* dict int -> str */
 static Py_ssize_t OFF_NEW[12]; /* id account side qty type price tif stp reduce_only trigger_price trigger ts */
@@ -364,7 +366,7 @@ typedef struct {
     Py_ssize_t n;
     PyObject *frag[MAX_EVENT_FIELDS]; /* bytes */
 } EventFormat;
-static EventFormat FORMATS[4];
+static EventFormat FORMATS[8];
 static Py_ssize_t N_FORMATS = 0;
 static PyObject *ENCODE = NULL; /* msgspec.json.Encoder().encode: the fallback */
 
@@ -888,6 +890,104 @@ static int on_cancel_all(Core *b, PyObject *c) {
     return r;
 }
 
+static int on_amend(Core *b, PyObject *c) {
+    PyObject *id = FIELD(c, OFF_AMEND_ID), *pqty = FIELD(c, OFF_AMEND_QTY),
+             *pprice = FIELD(c, OFF_AMEND_PRICE), *account = FIELD(c, OFF_AMEND_ACCOUNT),
+             *ts = FIELD(c, OFF_AMEND_TS);
+    if (!id || !pqty || !pprice || !account || !ts || !PyUnicode_CheckExact(id) ||
+        !(account == Py_None || PyUnicode_CheckExact(account)) ||
+        !(pqty == Py_None || PyLong_CheckExact(pqty)) ||
+        !(pprice == Py_None || PyLong_CheckExact(pprice)))
+        return 1;
+    Py_hash_t h = str_hash(id);
+    if (h == -1) return -1;
+    int32_t o = idx_find(b, id, h);
+    if (o < 0 || (account != Py_None && !ueq(account, b->o_acct[o]))) {
+        PyObject *msg = PyUnicode_FromFormat("no resting order with id %R", id);
+        if (msg == NULL) return -1;
+        int r = emit_rejected(b, id, UNKNOWN_ORDER, msg);
+        Py_DECREF(msg);
+        return r;
+    }
+    int64_t oqty = b->o_qty[o], oprice = b->l_price[b->o_level[o]];
+    uint8_t flags = b->o_flags[o];
+    int is_buy = flags & 1, post_only = (flags >> 1) & 1, stp = flags >> 2;
+    PyObject *qty_obj = pqty == Py_None ? PyLong_FromLongLong(oqty) : Py_NewRef(pqty);
+    PyObject *price_obj = pprice == Py_None ? PyLong_FromLongLong(oprice) : Py_NewRef(pprice);
+    PyObject *acct = NULL;
+    int r = -1;
+    if (qty_obj == NULL || price_obj == NULL) goto done;
+    int code = OK;
+    int64_t qty = 0, price = 0;
+    if (pqty == Py_None && pprice == Py_None) {
+        code = 3018; /* invalid_command */
+    } else if (as_i64(qty_obj, &qty) != 0 || qty <= 0 || qty > MAX_QTY) {
+        code = BAD_QTY;
+    } else if (qty % b->lot != 0) {
+        code = BAD_LOT;
+    } else if (qty < b->min_qty || qty > b->max_qty) {
+        code = BAD_QTY;
+    } else {
+        int ov = as_i64(price_obj, &price);
+        if (ov == 0 && price == oprice) code = OK;
+        else if (ov != 0 || price <= 0 || price >= MAX_PRICE) code = BAD_PRICE;
+        else if (price % b->tick != 0) code = BAD_TICK;
+        else if (price < b->band_lo || price > b->band_hi) code = OUTSIDE_BAND;
+        else if (post_only) {
+            int has;
+            int64_t best = best_price(b, is_buy ? 1 : 0, &has);
+            if (has && (is_buy ? best <= price : best >= price)) code = POST_ONLY_WOULD_TAKE;
+        }
+    }
+    if (code != OK) {
+        PyObject *c_code = PyLong_FromLong(code);
+        if (c_code == NULL) goto done;
+        PyObject *msg = PyObject_CallFunctionObjArgs(b->explain, c_code, c, price_obj, qty_obj,
+                                                     NULL);
+        Py_DECREF(c_code);
+        if (msg == NULL) goto done;
+        r = emit_rejected(b, id, code, msg);
+        Py_DECREF(msg);
+        goto done;
+    }
+    if (price == oprice && qty <= oqty) {
+        int32_t l = b->o_level[o];
+        b->l_total[l] -= oqty - qty;
+        b->o_qty[o] = qty;
+        PyObject *seq = PyLong_FromLongLong(++b->seq);
+        if (seq == NULL) goto done;
+        PyObject *args[5] = {seq, id, price_obj, qty_obj, Py_True};
+        r = emit(b, T_AMENDED, args, 5);
+        Py_DECREF(seq);
+        goto done;
+    }
+    /* Re-price or grow: out of the book, then it trades like a new order
+     * and rests at the back with its own oid. */
+    int64_t ooid = b->o_oid[o];
+    acct = Py_NewRef(b->o_acct[o]);
+    unlink_order(b, o);
+    release(b, o);
+    {
+        PyObject *seq = PyLong_FromLongLong(++b->seq);
+        if (seq == NULL) goto done;
+        PyObject *args[5] = {seq, id, price_obj, qty_obj, Py_False};
+        r = emit(b, T_AMENDED, args, 5);
+        Py_DECREF(seq);
+        if (r < 0) goto done;
+    }
+    r = -1;
+    int64_t remaining = match(b, id, acct, is_buy, is_buy ? -price : price, qty, stp, ts);
+    if (remaining < 0) goto done;
+    if (remaining == 0) { r = 0; goto done; }
+    if (b->halt) { r = emit_cancelled(b, id, remaining, S_STP); goto done; }
+    r = rest(b, ooid, id, h, acct, is_buy, price, remaining, post_only, stp) < 0 ? -1 : 0;
+done:
+    Py_XDECREF(qty_obj);
+    Py_XDECREF(price_obj);
+    Py_XDECREF(acct);
+    return r;
+}
+
 /* 0 handled, 1 the wrapper must handle it, -1 error */
 static int process_one(Core *b, PyObject *cmd) {
     PyTypeObject *t = Py_TYPE(cmd);
@@ -898,6 +998,7 @@ static int process_one(Core *b, PyObject *cmd) {
     if (t == T_NEW) return on_new(b, cmd);
     if (t == T_CANCEL) return on_cancel(b, cmd);
     if (t == T_CANCEL_ALL) return on_cancel_all(b, cmd);
+    if (t == T_AMEND && T_AMEND != NULL) return on_amend(b, cmd);
     return 1;
 }
 
@@ -1365,7 +1466,7 @@ static PyObject *configure_json(PyObject *mod, PyObject *args) {
     PyObject *encode, *formats;
     if (!PyArg_ParseTuple(args, "OO!", &encode, &PyTuple_Type, &formats)) return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(formats);
-    if (n > 4) { PyErr_SetString(PyExc_ValueError, "at most 4 formats"); return NULL; }
+    if (n > 8) { PyErr_SetString(PyExc_ValueError, "at most 8 formats"); return NULL; }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *type, *frags;
         if (!PyArg_ParseTuple(PyTuple_GET_ITEM(formats, i), "OO!", &type, &PyTuple_Type, &frags))
@@ -1396,7 +1497,25 @@ static PyObject *configure_json(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *configure_amend(PyObject *mod, PyObject *args) {
+    /* configure_amend(Amend, Amended): amends run in C from now on */
+    PyObject *amend_t, *amended;
+    if (!PyArg_ParseTuple(args, "O!O", &PyType_Type, &amend_t, &amended)) return NULL;
+    if (member_offset(amend_t, "id", &OFF_AMEND_ID) < 0 ||
+        member_offset(amend_t, "qty", &OFF_AMEND_QTY) < 0 ||
+        member_offset(amend_t, "price", &OFF_AMEND_PRICE) < 0 ||
+        member_offset(amend_t, "account", &OFF_AMEND_ACCOUNT) < 0 ||
+        member_offset(amend_t, "ts", &OFF_AMEND_TS) < 0)
+        return NULL;
+    Py_INCREF(amended);
+    Py_XSETREF(T_AMENDED, amended);
+    Py_INCREF(amend_t);
+    Py_XSETREF(T_AMEND, (PyTypeObject *)amend_t);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"configure_amend", configure_amend, METH_VARARGS, "configure_amend(Amend, Amended)"},
     {"configure_json", configure_json, METH_VARARGS, "configure_json(encode, formats)"},
     {"jsonl_lines", jsonl_lines, METH_O, "lines of plain one-object-per-line JSONL, or -1"},
     {"configure", configure, METH_VARARGS,

@@ -1,7 +1,7 @@
 """FastBook: the order book on the C matching core, with the pure core as reference and fallback.
 
 `_ccore.c` runs the hot commands (limit and market orders of every tif and
-STP mode, cancel, cancel-all) on integer order handles, struct-of-arrays
+STP mode, cancel, cancel-all, amend) on integer order handles, struct-of-arrays
 storage and price levels with intrusive lists, and emits the very msgspec
 events `orderbook.OrderBook` emits; tests/exchange/engine/test_fastbook.py
 runs both side by side and requires identical events (byte for byte) and
@@ -10,7 +10,7 @@ an identical `state_hash()`.
 Everything else is rare and stays in Python:
 - price updates, reference prices, book requests and malformed lines are
   handled here without leaving the C core (the C core never holds a stop);
-- the first stop order, reduce-only order or amend (or a command whose
+- the first stop order or reduce-only order (or a command whose
   fields have unexpected Python types) moves the book, once, to the pure
   core: `OrderBook.from_state(self.state())` (O(book)), and every later
   command runs there. A book with market data on, or an instrument outside
@@ -45,6 +45,8 @@ from exchange.engine.codes import REASONS, ResultCode
 from exchange.engine.instrument import MAX_PRICE, Instrument
 from exchange.engine.messages import (
     Accepted,
+    Amend,
+    Amended,
     BookRequest,
     Cancel,
     CancelAll,
@@ -119,8 +121,9 @@ def load_from(path: Path) -> ModuleType:
     if getattr(module, "SOURCE_SHA256", None) != source_sha256():
         raise ImportError(f"{path} was built from another version of {SOURCE.name}: rebuild it")
     module.configure(NewOrder, Cancel, CancelAll, Accepted, Trade, Cancelled, Rejected, REASONS)
+    module.configure_amend(Amend, Amended)
     module.configure_json(_encoder.encode, tuple(
-        (t, _json_fragments(t)) for t in (Accepted, Trade, Cancelled, Rejected)))
+        (t, _json_fragments(t)) for t in (Accepted, Trade, Cancelled, Rejected, Amended)))
     return module
 
 
@@ -431,13 +434,21 @@ class FastBook:
         self._core.seq += 1
         self._core.append_event(Rejected(self._core.seq, id, code, REASONS[code], message))
 
-    def _explain(self, code: int, cmd: NewOrder) -> str:
-        """Return the pure core's message for rejecting `cmd` with `code` in the current state."""
+    def _explain(self, code: int, cmd: NewOrder | Amend, price: int | None = None,
+                 qty: int | None = None) -> str:
+        """Return the pure core's message for rejecting `cmd` with `code` in the current state.
+
+        For an amend, `price` and `qty` are the ones it would take (the
+        order's own where the amend leaves them out).
+        """
         explainer = self._explainer
         ref = self._core.reference_price
         explainer.reference_price = ref
         explainer._band_lo = self._core.band_lo  # the pure core words every rejection
         explainer._band_hi = self._core.band_hi
+        if isinstance(cmd, Amend):
+            assert qty is not None
+            return explainer._explain_book(code, price, qty)
         return explainer._explain_new(code, cmd)
 
     def _move_to_pure(self) -> OrderBook:
