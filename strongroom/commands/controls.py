@@ -120,6 +120,45 @@ def _venue_command(admin: str, action: str, symbol: str, details: dict[str, Any]
     _guard_access(run)
 
 
+def _stream_command(admin: str, action: str, symbol: str, details: dict[str, Any], nats_urls: str,
+                    control: Any, check: Any) -> None:
+    """Scale-out mode: append the control command to the market's stream, wait for its engine.
+
+    The engines decide in stream order (docs/scale-out.md, "Kill switches"); the command is
+    in the security log once the stream has it. Output: the market's status after it.
+    """
+    import asyncio
+    import uuid
+
+    from custody import security_log
+    from exchange.controls import ControlError
+
+    try:
+        check()
+    except ControlError as exc:
+        _fail_control(exc.message)
+
+    def run() -> None:
+        from exchange.stream.scaleout_cli import append_and_wait
+
+        services = _admin_services(admin)
+        urls = [u.strip() for u in nats_urls.split(",") if u.strip()]
+        try:
+            seq, applied, status = asyncio.run(append_and_wait(
+                urls, symbol, "ctl." + uuid.uuid4().hex, control))
+        except Exception as exc:  # NATS unreachable, no such stream: nothing was appended
+            click.echo(json.dumps({"code": 3104, "error": "stream_unavailable",
+                                   "message": f"{type(exc).__name__}: {exc}"[:200]}), err=True)
+            sys.exit(1)
+        with services.sessions.begin() as session:
+            security_log.append(session, at_ms=_clock_ms(), actor=admin, action=action,
+                                subject=symbol, details={**details, "seq": seq})
+        click.echo(json.dumps({"symbol": symbol, **details, "seq": seq, "applied": applied,
+                               "status": status}))
+
+    _guard_access(run)
+
+
 def _fail_control(message: str) -> None:
     click.echo(json.dumps({"code": 2023, "error": "invalid_control", "message": message}), err=True)
     sys.exit(1)
@@ -130,8 +169,18 @@ def _fail_control(message: str) -> None:
 @click.option("--mode", type=click.Choice(["open", "cancel_only", "halted"]), required=True)
 @click.option("--by", "admin", required=True)
 @click.option("--reason", default="")
-def halt_market(symbol: str, mode: str, admin: str, reason: str) -> None:
+@click.option("--nats", "nats_urls", default=None,
+              help="Scale-out mode: NATS URLs (comma-separated); the engines apply it in stream order.")
+def halt_market(symbol: str, mode: str, admin: str, reason: str, nats_urls: str | None) -> None:
     """Halt a market, make it cancel-only, or reopen it (server stopped; else use the admin API)."""
+    if nats_urls:
+        from exchange.controls import check_status
+        from exchange.stream.controls import SetStatus
+
+        _stream_command(admin, "market.status", symbol, {"mode": mode, "reason": reason}, nats_urls,
+                        SetStatus(mode, 0, reason, _clock_ms() * 1_000_000),
+                        lambda: check_status(mode, 0, reason))
+        return
     _venue_command(admin, "market.status", symbol, {"mode": mode, "reason": reason},
                    lambda venue: venue.set_market_status(symbol, mode, 0, reason))
 
@@ -142,8 +191,21 @@ def halt_market(symbol: str, mode: str, admin: str, reason: str) -> None:
 @click.option("--window-ms", type=int, default=300_000)
 @click.option("--cooldown-ms", type=int, default=120_000)
 @click.option("--by", "admin", required=True)
-def halt_breaker(symbol: str, max_move_bps: int, window_ms: int, cooldown_ms: int, admin: str) -> None:
+@click.option("--nats", "nats_urls", default=None,
+              help="Scale-out mode: NATS URLs (comma-separated); the engines apply it in stream order.")
+def halt_breaker(symbol: str, max_move_bps: int, window_ms: int, cooldown_ms: int, admin: str,
+                 nats_urls: str | None) -> None:
     """Configure a market's max-move circuit breaker (server stopped; else use the admin API)."""
+    if nats_urls:
+        from exchange.controls import check_breaker
+        from exchange.stream.controls import SetBreaker
+
+        _stream_command(admin, "market.breaker", symbol,
+                        {"max_move_bps": max_move_bps, "window_ms": window_ms,
+                         "cooldown_ms": cooldown_ms}, nats_urls,
+                        SetBreaker(max_move_bps, window_ms, cooldown_ms, _clock_ms() * 1_000_000),
+                        lambda: check_breaker(max_move_bps, window_ms, cooldown_ms))
+        return
     _venue_command(admin, "market.breaker", symbol,
                    {"max_move_bps": max_move_bps, "window_ms": window_ms, "cooldown_ms": cooldown_ms},
                    lambda venue: venue.set_breaker(symbol, max_move_bps, window_ms, cooldown_ms))
