@@ -1,6 +1,8 @@
-"""Chain adapters: a small protocol every blockchain implements, and the Ethereum adapter.
+"""Chains: the adapter protocol every blockchain implements, and one package per chain.
 
-Bitcoin plugs in by implementing :class:`custody.chains.adapter.ChainAdapter`;
-the wallet subsystem (deposit watcher, withdrawal executor, reconciliation)
-talks to chains only through that protocol.
+``custody.chains.ethereum`` and ``custody.chains.bitcoin`` each implement
+:class:`custody.chains.adapter.ChainAdapter` and the chain-neutral wallet
+layer's protocols (``AddressScheme``, ``ChainSpender``, ``Consolidator``); the
+wallet subsystem (deposit watcher, withdrawal executor, treasury,
+reconciliation) talks to a chain only through them (docs/architecture.md).
 """

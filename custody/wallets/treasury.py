@@ -1,9 +1,13 @@
 """Treasury movements: sweeps hot -> cold above the ceiling, refill proposals below the floor,
-and consolidation of deposit addresses into the hot wallet (with gas top-ups for tokens).
+and consolidation of deposits into the hot wallet.
 
-Sweeps and consolidations are checked by the policy engine (an internal-transfer
-policy: source hot, destination one of our own whitelisted addresses) and then
-go through the same :class:`WithdrawalExecutor` as user withdrawals.
+How deposits are consolidated is the chain's :class:`Consolidator` (composition):
+per deposit address with gas top-ups for tokens on Ethereum
+(``custody.chains.ethereum.treasury``), credited coins spent together on Bitcoin
+(``custody.chains.bitcoin.treasury``). Sweeps and consolidations are checked by
+the policy engine (an internal-transfer policy: source hot, destination one of
+our own whitelisted addresses) and then go through the same
+:class:`WithdrawalExecutor` as user withdrawals.
 Refills need the cold keys, so here they are a proposal with signed treasury
 approvals (``policies.approval`` over ``ApprovalSubject(kind=REFILL, ...)``,
 checked by ``policies.quorum.verify_quorum`` against the registered approver
@@ -18,8 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.access.approvals import (
@@ -33,7 +38,6 @@ from custody.access.approvals import (
 from custody.access.approvers import load_registry
 from custody.assets import get_asset
 from custody.chains.adapter import ChainAdapter
-from custody.chains.ethereum.token import NATIVE_TRANSFER_GAS, TOKEN_TRANSFER_GAS
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import ChainTransaction, RefillProposal, WalletLimit
 from custody.wallets.wallet import Temperature, WalletRegistry
@@ -53,7 +57,6 @@ from policies.quorum import QuorumRequirement, verify_quorum
 from policies.roles import Role
 from policies.withdrawal_policy import Destination, WithdrawalContext, evaluate
 
-MAX_CONSOLIDATIONS_PER_RUN = 20
 DEFAULT_REFILL_APPROVALS = 2
 SYSTEM_INITIATOR = "system.treasury"
 # What refill approvers sign and the offline signer's anchors name: a refill
@@ -173,6 +176,22 @@ def _subject_json(s: ApprovalSubject) -> dict[str, object]:
     }
 
 
+# Checks an internal transfer (transfer id, asset, amount, destination) against the treasury policy.
+PolicyCheck = Callable[[str, str, int, str], None]
+
+
+class Consolidator(Protocol):
+    """How one chain moves credited deposits into the hot wallet."""
+
+    def consolidate(self, asset: str, min_amount_minor: int, check: PolicyCheck) -> list[TransactionView]:
+        """Start consolidation transfers of ``asset`` worth at least ``min_amount_minor`` each.
+
+        Every transfer is passed to ``check`` (the treasury's internal-transfer
+        policy) before anything is locked or submitted; return the started records.
+        """
+        ...
+
+
 def refill_approvals(session: Session, proposal_id: str) -> list[Approval]:
     """Return the signed approvals stored for a refill, oldest first."""
     return stored_approvals(session, ApprovalKind.REFILL, proposal_id)
@@ -188,12 +207,14 @@ class Treasury:
         adapter: ChainAdapter,
         executor: WithdrawalExecutor,
         clock: Callable[[], int],
+        consolidator: Consolidator,
         policy: PolicyDocument = INTERNAL_TRANSFER_POLICY,
     ) -> None:
         self._sessions = sessions
         self._wallets = wallets
         self._adapter = adapter
         self._executor = executor
+        self._consolidator = consolidator
         self._clock = clock
         self._chain = adapter.chain
         self._policy = policy
@@ -390,84 +411,11 @@ class Treasury:
 
     # -- consolidation ----------------------------------------------------------------------
 
-    def consolidate(self, asset: str, min_amount_minor: int = 1) -> list[TransactionView]:
-        """Move credited deposits from deposit addresses to the hot wallet, at most a batch per run."""
-        deposit_wallet = self._wallets.one(self._chain, Temperature.DEPOSIT)
-        hot = self._wallets.one(self._chain, Temperature.HOT)
-        hot_address = self._wallets.primary_address(hot.id)
-        native = self._adapter.native_asset
-        fees = self._adapter.fee_quote()
-        started: list[TransactionView] = []
-        for address in self._wallets.addresses(deposit_wallet.id):
-            if len(started) >= MAX_CONSOLIDATIONS_PER_RUN:
-                break
-            if self._open_from(address.address):
-                continue
-            credited = self._credited_balance(deposit_wallet, asset, address.address)
-            if asset == native:
-                credited -= NATIVE_TRANSFER_GAS * fees.max_fee_per_gas * 2
-            if credited < max(min_amount_minor, 1):
-                continue
-            self._check_policy(f"consolidate-{asset}", asset, credited, hot_address.address)
-            stamp = self._clock()
-            if asset != native:
-                gas_wei = TOKEN_TRANSFER_GAS * fees.max_fee_per_gas * 2
-                if self._adapter.balance(address.address, native) < gas_wei:
-                    started.append(
-                        self._executor.submit(
-                            OutgoingTransfer(
-                                id=f"topup:{address.address}:{stamp}",
-                                purpose=Purpose.TOPUP,
-                                asset=native,
-                                amount_minor=gas_wei,
-                                source=hot,
-                                source_address=hot_address,
-                                destination=address.address,
-                                debit_account_id=self._wallets.wallet_account(deposit_wallet, native),
-                            )
-                        )
-                    )
-            started.append(
-                self._executor.submit(
-                    OutgoingTransfer(
-                        id=f"consolidate:{asset}:{address.address}:{stamp}",
-                        purpose=Purpose.CONSOLIDATION,
-                        asset=asset,
-                        amount_minor=credited,
-                        source=deposit_wallet,
-                        source_address=address,
-                        destination=hot_address.address,
-                        debit_account_id=self._wallets.wallet_account(hot, asset),
-                    )
-                )
-            )
-        return started
-
-    def _credited_balance(self, deposit_wallet: object, asset: str, address: str) -> int:
-        """Return the on-chain balance at ``address`` that is already credited (not in flight).
-
-        Only blocks the deposit watcher has scanned count: a deposit in a newer block is not even
-        ``seen`` yet, and sweeping it would move coins a reorg can still take back (simulator
-        finding, tests/simulation/test_faults.py)."""
-        from custody.wallets.models import ChainBlock, ChainDeposit
-
-        on_chain = self._adapter.balance(address, asset)
-        with self._sessions() as session:
-            scanned = session.scalar(select(func.max(ChainBlock.height))
-                                     .where(ChainBlock.chain == self._chain))
-        if scanned is None:
-            return 0
-        on_chain = min(on_chain, self._adapter.balance(address, asset,
-                                                       at_height=min(scanned, self._adapter.head_height())))
-        with self._sessions() as session:
-            unconfirmed = session.scalars(
-                select(ChainDeposit.amount_minor).where(
-                    ChainDeposit.address == address,
-                    ChainDeposit.asset == asset,
-                    ChainDeposit.status == "seen",
-                )
-            ).all()
-        return on_chain - sum(unconfirmed)
+    def consolidate(self, asset: str | None = None, min_amount_minor: int = 1) -> list[TransactionView]:
+        """Move credited deposits of ``asset`` (default: the native asset) to the hot wallet."""
+        return self._consolidator.consolidate(
+            asset or self._adapter.native_asset, min_amount_minor, self._check_policy
+        )
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -480,21 +428,6 @@ class Treasury:
                         ChainTransaction.chain == self._chain,
                         ChainTransaction.purpose == purpose.value,
                         ChainTransaction.asset == asset,
-                        ChainTransaction.status.in_([s.value for s in OPEN_STATUSES]),
-                    )
-                    .limit(1)
-                )
-                is not None
-            )
-
-    def _open_from(self, address: str) -> bool:
-        with self._sessions() as session:
-            return (
-                session.scalar(
-                    select(ChainTransaction.id)
-                    .where(
-                        (ChainTransaction.source_address == address)
-                        | (ChainTransaction.destination == address),
                         ChainTransaction.status.in_([s.value for s in OPEN_STATUSES]),
                     )
                     .limit(1)

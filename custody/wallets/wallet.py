@@ -1,14 +1,17 @@
 """The wallet registry: create hot/deposit wallets (sealed HD seeds), register cold ones,
-hand out deposit addresses, name the ledger accounts, and sign with a hot key.
+hand out deposit addresses, name the ledger accounts, and open a hot seed to sign.
+
+Chain-neutral: each chain registers its :class:`AddressScheme` (how a seed
+becomes an account xpub and an xpub becomes addresses) and signs through
+:meth:`WalletRegistry.use_seed` (``custody.chains.ethereum.keys.sign_transaction``,
+the Bitcoin spender's P2WPKH inputs).
 
 Key handling: a seeded wallet's 32-byte seed is envelope-encrypted by the
 keystore (``seal_seed`` under an AES-256-GCM KEK) and only the sealed blob is
-stored. :meth:`WalletRegistry.sign_ethereum` opens the seed in memory, derives
-the one private key it needs, signs with eth-account and drops every
-reference before returning. Python cannot zero immutable ``bytes``, so the
-guarantee is "never persisted, logged or returned", not "erased from RAM".
-The keystore's ``sign_digest`` is not used for Ethereum because it returns no
-recovery id; a Vault/HSM-resident signer can replace this function later.
+stored. :meth:`WalletRegistry.use_seed` opens the seed in memory for one
+callback that derives the keys it needs and keeps nothing. Python cannot zero
+immutable ``bytes``, so the guarantee is "never persisted, logged or returned",
+not "erased from RAM"; a Vault/HSM-resident signer can replace this later.
 """
 
 from __future__ import annotations
@@ -17,13 +20,11 @@ import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-from eth_account import Account
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from web3 import Web3
 
 from custody.keystore import Keystore, KeystoreError, KeystoreErrorCode, KeyType
 from custody.ledger.entry import AccountKind
@@ -35,7 +36,6 @@ from custody.wallets.models import Wallet, WalletAddress
 PLATFORM_OWNER = "platform"
 NETWORK_FEES_OWNER = "network-fees"
 DEFAULT_KEK = "wallet-seeds"
-COIN_TYPES = {"ethereum": hd.ETHEREUM_COIN_TYPE}
 T = TypeVar("T")
 
 
@@ -53,19 +53,6 @@ class AddressScheme(Protocol):
     def address(self, xpub: str, change: int, index: int) -> str:
         """Return the address at ``xpub/change/index``."""
         ...
-
-
-class EthereumScheme:
-    """BIP44 coin type 60, EIP-55 addresses."""
-
-    def account_path(self) -> str:
-        return hd.account_path(hd.ETHEREUM_COIN_TYPE)
-
-    def account_xpub(self, seed: bytes) -> str:
-        return hd.account_xpub(seed, self.account_path())
-
-    def address(self, xpub: str, change: int, index: int) -> str:
-        return hd.ethereum_address_from_xpub(xpub, index, change)
 
 
 class Temperature(StrEnum):
@@ -136,11 +123,10 @@ class WalletRegistry:
         self.ledger = ledger
         self._keystore = keystore
         self._clock = clock
-        self._schemes: dict[str, AddressScheme] = dict(
-            {"ethereum": EthereumScheme()} if schemes is None else schemes)
+        self._schemes: dict[str, AddressScheme] = dict(schemes or {})
 
     def add_scheme(self, chain: str, scheme: AddressScheme) -> None:
-        """Teach the registry a chain's key and address scheme (Bitcoin registers BIP84 here)."""
+        """Teach the registry a chain's key and address scheme (each chain's runtime registers one)."""
         self._schemes[chain] = scheme
 
     # -- creation ---------------------------------------------------------------------------
@@ -355,30 +341,6 @@ class WalletRegistry:
             return action(seed)
         finally:
             seed = b""
-
-    def sign_ethereum(self, wallet_id: int, path: str, tx: dict[str, Any],
-                      session: Session | None = None) -> SignedTransaction:
-        """Sign an Ethereum transaction with the key at ``path`` of a seeded wallet.
-
-        Pass the caller's ``session`` when signing inside its transaction (SQLite
-        allows one writer, and every session begins as a writer).
-        """
-        if session is None:
-            with self._sessions() as own:
-                return self.sign_ethereum(wallet_id, path, tx, own)
-        row = session.get(Wallet, wallet_id)
-        if row is None or row.sealed_seed is None or row.kek_name is None:
-            raise WalletError(WalletCode.WRONG_TEMPERATURE, f"wallet {wallet_id} holds no seed")
-        kek, sealed, name = row.kek_name, base64.b64decode(row.sealed_seed), row.name
-        seed = self._keystore.open_seed(kek, sealed, _seed_aad(name))
-        try:
-            key = hd.ethereum_private_key(seed, path)
-            signed = Account.sign_transaction(tx, key)
-        finally:
-            # Drop every reference to the secret material before anything can log or raise.
-            seed = key = b""
-        raw = bytes(signed.raw_transaction)
-        return SignedTransaction(raw, Web3.to_hex(Web3.keccak(raw)))
 
     # -- helpers ----------------------------------------------------------------------------
 

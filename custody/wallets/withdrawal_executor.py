@@ -1,17 +1,23 @@
-"""The outgoing-transaction pipeline: withdrawals, sweeps, consolidations and gas top-ups.
+"""The outgoing-transaction pipeline: withdrawals, sweeps, consolidations and gas top-ups, on any chain.
 
-One record per purpose id (``wd:<withdrawal id>``, ``sweep:...``), one nonce
-per record, assigned once: replacements re-sign the *same* nonce with higher
-fees, so at most one version can ever be mined. That is the guarantee that
-one withdrawal never becomes two transactions.
+One record per purpose id (``wd:<withdrawal id>``, ``sweep:...``). What differs
+per chain is a :class:`ChainSpender` the executor is given (composition, not
+subclassing): its fee quote, how it signs, what "replace a stuck transaction"
+means and what a failed record releases. Every version of a record spends the
+same thing (one nonce on Ethereum, the same coins on Bitcoin), so at most one
+version can ever be mined. That is the guarantee that one withdrawal never
+becomes two transactions. The account-model steps are
+``custody.chains.ethereum.executor``, the coin steps ``custody.chains.bitcoin.executor``.
 
 States (each transition is one database transaction; the ledger calls use
 fixed ids, so repeating any step after a crash is a no-op):
 
-    queued    -> the ledger reservation is made, then nonce assigned + signed + raw stored -> signed
+    queued    -> the chain's fee quote, the ledger reservation, then the chain signs
+                 (nonce or coins assigned, raw stored)                                   -> signed
     signed    -> raw broadcast (re-sending the same raw is harmless)                     -> broadcast
+              -> the chain says it can never be mined: hold and reservation voided       -> failed
     broadcast -> a receipt appears                                                       -> mined
-              -> no receipt for STUCK_AFTER_BLOCKS: replaced (same nonce, fees +25%, capped)
+              -> no receipt for STUCK_AFTER_BLOCKS: the chain replaces it (fees +25%, capped)
     mined     -> N confirmations: success posts, revert voids (gas is booked either way) -> confirmed/failed
               -> the receipt vanishes (reorg): back to broadcast, the raw is re-sent
 
@@ -34,28 +40,26 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.chains.adapter import ChainAdapter, ChainCode, ChainError, FeeQuote, Receipt
-from custody.chains.ethereum.adapter import EthereumAdapter
-from custody.chains.ethereum.token import NATIVE_TRANSFER_GAS, TOKEN_TRANSFER_GAS, transfer_calldata
 from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.money import U256_MAX
 from custody.wallets.codes import WalletCode, WalletError
-from custody.wallets.models import ChainNonce, ChainTransaction, ChainTransactionAttempt
+from custody.wallets.models import ChainTransaction, ChainTransactionAttempt
 from custody.wallets.settlement import refusal, settlement_requests
 from custody.wallets.wallet import AddressInfo, Temperature, WalletInfo, WalletRegistry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIRMATIONS = {"ETH": 12, "USDC": 12}
-# 500 gwei: above this we wait rather than overpay.
+# 500 gwei: above this we wait rather than overpay (Ethereum's cap; the Bitcoin spender has its own).
 DEFAULT_FEE_CAP_WEI = 500 * 10**9
 STUCK_AFTER_BLOCKS = 3
 # Nodes require a replacement to raise both fees by at least 10%; 25% clears that with margin.
@@ -174,6 +178,123 @@ def _view(row: ChainTransaction, attempts: int) -> TransactionView:
     )
 
 
+def _queued_record(now_ms: int, **fields: Any) -> ChainTransaction:
+    """Return a new queued record: nothing signed, broadcast or mined yet."""
+    return ChainTransaction(
+        status=TxStatus.QUEUED.value,
+        nonce=None,
+        current_txid=None,
+        broadcast_height=None,
+        mined_txid=None,
+        mined_height=None,
+        fee_paid_minor=None,
+        created_ms=now_ms,
+        updated_ms=now_ms,
+        **fields,
+    )
+
+
+class ChainSpender(Protocol):
+    """What sending differs in per chain; the executor keeps records, ledger, broadcast and tracking.
+
+    Implementations: ``custody.chains.ethereum.executor.EthereumSpender`` (one nonce per
+    record, EIP-1559 fees, same-nonce replacement) and
+    ``custody.chains.bitcoin.executor.BitcoinSpender`` (coin selection and locking,
+    fee rates, BIP125 replacement from the change output).
+    """
+
+    # True: a withdrawal the chain can never send (dust, bad address) is recorded as failed with
+    # its hold voided, instead of the refusal being raised to the dispatcher.
+    records_unsendable: bool
+
+    @property
+    def adapter(self) -> ChainAdapter:
+        """Return the chain the executor reads heights and receipts from and broadcasts to."""
+        ...
+
+    def check(self, transfer: OutgoingTransfer, destination: str) -> None:
+        """Raise ``WalletError`` if the chain can never send ``transfer`` to ``destination`` (normalised)."""
+        ...
+
+    def fee_units(self, asset: str) -> int:
+        """Return what a record of ``asset`` stores as ``gas_limit`` (0 where fees are per vbyte)."""
+        ...
+
+    def quote(self, row: ChainTransaction) -> FeeQuote | str:
+        """Return the fees to sign ``row`` at, or a note saying why it waits (nothing reserved yet)."""
+        ...
+
+    def sign(self, record_id: str, fees: FeeQuote) -> None:
+        """Sign a reserved queued record and store it as signed in one transaction, or note why not."""
+        ...
+
+    def refusal(self, raw: bytes) -> str | None:
+        """Return why a signed, unmined transaction can never be mined, or None."""
+        ...
+
+    def replace(self, row: ChainTransaction, head: int) -> None:
+        """Replace a broadcast transaction stuck for ``stuck_after_blocks`` with one paying more."""
+        ...
+
+    def release(self, session: Session, record_id: str) -> None:
+        """Free what a failed record held (locked coins) inside the caller's transaction."""
+        ...
+
+
+class TransactionRecords:
+    """Read and write outgoing-transaction records: shared by the executor and the chain spenders."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Callable[[], int]) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    def load(self, record_id: str) -> ChainTransaction:
+        """Return the record or raise transaction_not_found."""
+        with self._sessions() as session:
+            row = session.get(ChainTransaction, record_id)
+            if row is None:
+                raise WalletError(
+                    WalletCode.TRANSACTION_NOT_FOUND, f"transaction {record_id!r} does not exist"
+                )
+            return row
+
+    def get(self, record_id: str) -> TransactionView:
+        """Return the view of one record."""
+        row = self.load(record_id)
+        return _view(row, len(self.attempts(row.id)))
+
+    def attempts(self, record_id: str) -> list[str]:
+        """Return the txids of every signed version of a record, oldest first."""
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(ChainTransactionAttempt.txid)
+                    .where(ChainTransactionAttempt.transaction_id == record_id)
+                    .order_by(ChainTransactionAttempt.created_ms, ChainTransactionAttempt.nonce)
+                ).all()
+            )
+
+    def raw(self, txid: str) -> bytes:
+        """Return the signed bytes of one version."""
+        with self._sessions() as session:
+            attempt = session.get(ChainTransactionAttempt, txid)
+            assert attempt is not None, f"attempt {txid} is missing"
+            return bytes.fromhex(attempt.raw)
+
+    def note(self, record_id: str, note: str) -> None:
+        """Set the record's note (truncated to NOTE_MAX_LEN)."""
+        self.set(record_id, note=note[:NOTE_MAX_LEN])
+
+    def set(self, record_id: str, **fields: Any) -> None:
+        """Update fields of the record in their own transaction."""
+        with self._sessions.begin() as session:
+            row = session.get(ChainTransaction, record_id)
+            assert row is not None
+            for name, value in fields.items():
+                setattr(row, name, value.value if isinstance(value, TxStatus) else value)
+            row.updated_ms = self._clock()
+
+
 class WithdrawalExecutor:
     """Drive outgoing transactions on one chain from record to ledger-settled."""
 
@@ -181,18 +302,19 @@ class WithdrawalExecutor:
         self,
         sessions: sessionmaker[Session],
         wallets: WalletRegistry,
-        adapter: ChainAdapter,
+        spender: ChainSpender,
         clock: Callable[[], int],
         config: ExecutorConfig | None = None,
     ) -> None:
         self._sessions = sessions
         self._wallets = wallets
         self._ledger = wallets.ledger
-        self._adapter = adapter
-        self._chain = adapter.chain
+        self.spender = spender
+        self._adapter = spender.adapter
+        self._chain = spender.adapter.chain
         self._clock = clock
         self.config = config or ExecutorConfig(DEFAULT_CONFIRMATIONS)
-        self._chain_id: int | None = None
+        self._records = TransactionRecords(sessions, clock)
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -203,8 +325,24 @@ class WithdrawalExecutor:
 
         ``hold_transfer_id`` is the withdrawal service's PENDING transfer
         user_available -> withdrawals_in_flight; it is posted when the
-        transaction confirms and voided if it reverts.
+        transaction confirms and voided if it reverts. Where the chain records
+        unsendable withdrawals (Bitcoin: dust, a bad address), one that can never
+        be sent fails at once (hold voided, record ``failed``) instead of raising,
+        which lets the dispatcher close the withdrawal and return the user's funds.
         """
+        try:
+            return self._execute(withdrawal_id, asset, amount_minor, destination, hold_transfer_id)
+        except WalletError as exc:
+            unsendable = exc.code in (WalletCode.INVALID_AMOUNT, WalletCode.INVALID_DESTINATION)
+            if not (unsendable and self.spender.records_unsendable):
+                raise
+            return self._refuse(
+                f"wd:{withdrawal_id}", asset, amount_minor, destination, hold_transfer_id, exc.message
+            )
+
+    def _execute(
+        self, withdrawal_id: str, asset: str, amount_minor: int, destination: str, hold_transfer_id: str
+    ) -> TransactionView:
         if not 0 < len(withdrawal_id) <= WITHDRAWAL_ID_MAX_LEN:
             raise WalletError(
                 WalletCode.INVALID_AMOUNT,
@@ -267,16 +405,7 @@ class WithdrawalExecutor:
 
     def get(self, record_id: str) -> TransactionView:
         """Return one record."""
-        row = self._load(record_id)
-        with self._sessions() as session:
-            count = len(
-                session.scalars(
-                    select(ChainTransactionAttempt.txid).where(
-                        ChainTransactionAttempt.transaction_id == record_id
-                    )
-                ).all()
-            )
-        return _view(row, count)
+        return self._records.get(record_id)
 
     def recent(self, limit: int = 100) -> list[TransactionView]:
         """Return the newest records."""
@@ -290,14 +419,7 @@ class WithdrawalExecutor:
 
     def attempts(self, record_id: str) -> list[str]:
         """Return the txids of every signed version of a record, oldest first."""
-        with self._sessions() as session:
-            return list(
-                session.scalars(
-                    select(ChainTransactionAttempt.txid)
-                    .where(ChainTransactionAttempt.transaction_id == record_id)
-                    .order_by(ChainTransactionAttempt.created_ms, ChainTransactionAttempt.nonce)
-                ).all()
-            )
+        return self._records.attempts(record_id)
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -322,6 +444,7 @@ class WithdrawalExecutor:
             raise WalletError(WalletCode.INVALID_DESTINATION, exc.message) from None
         if destination.lower() == transfer.source_address.address.lower():
             raise WalletError(WalletCode.INVALID_DESTINATION, f"destination {destination} is the source")
+        self.spender.check(transfer, destination)
         return destination
 
     def _create_or_match(self, transfer: OutgoingTransfer, destination: str) -> ChainTransaction:
@@ -329,7 +452,8 @@ class WithdrawalExecutor:
         credit = self._wallets.wallet_account(transfer.source, transfer.asset)
         gas = self._wallets.wallet_account(transfer.source, self._adapter.native_asset)
         assert transfer.source_address.path is not None, "a signing address must have a BIP32 path"
-        row = ChainTransaction(
+        row = _queued_record(
+            now,
             id=transfer.id,
             chain=self._chain,
             purpose=transfer.purpose.value,
@@ -343,17 +467,8 @@ class WithdrawalExecutor:
             credit_account_id=credit,
             gas_account_id=gas,
             hold_transfer_id=transfer.hold_transfer_id,
-            status=TxStatus.QUEUED.value,
             note="",
-            nonce=None,
-            gas_limit=self._gas_limit(transfer.asset),
-            current_txid=None,
-            broadcast_height=None,
-            mined_txid=None,
-            mined_height=None,
-            fee_paid_minor=None,
-            created_ms=now,
-            updated_ms=now,
+            gas_limit=self.spender.fee_units(transfer.asset),
         )
         try:
             with self._sessions.begin() as session:
@@ -380,43 +495,16 @@ class WithdrawalExecutor:
             return existing
         return row
 
-    def _gas_limit(self, asset: str) -> int:
-        return NATIVE_TRANSFER_GAS if asset == self._adapter.native_asset else TOKEN_TRANSFER_GAS
-
     # -- queued -> signed -------------------------------------------------------------------
 
     def _sign(self, row: ChainTransaction) -> None:
-        fees = self._adapter.fee_quote()
-        if fees.max_fee_per_gas > self.config.fee_cap_wei:
-            base_fee = (fees.max_fee_per_gas - fees.max_priority_fee_per_gas) // 2
-            if base_fee >= self.config.fee_cap_wei:
-                self._note(
-                    row.id,
-                    f"waiting: base fee {base_fee} is above the cap of {self.config.fee_cap_wei} wei/gas",
-                )
-                return
-            cap = self.config.fee_cap_wei
-            fees = FeeQuote(cap, min(fees.max_priority_fee_per_gas, cap - base_fee))
-        shortfall = self._on_chain_shortfall(row, fees)
-        if shortfall:
-            self._note(row.id, shortfall)
+        fees = self.spender.quote(row)
+        if isinstance(fees, str):
+            self._note(row.id, fees)
             return
         if not self._reserve(row):
             return
-        self._assign_nonce_and_sign(row.id, fees)
-
-    def _on_chain_shortfall(self, row: ChainTransaction, fees: FeeQuote) -> str | None:
-        native = self._adapter.native_asset
-        gas_wei = row.gas_limit * fees.max_fee_per_gas
-        need_native = gas_wei + (row.amount_minor if row.asset == native else 0)
-        have_native = self._adapter.balance(row.source_address, native)
-        if have_native < need_native:
-            return f"queued: {row.source_address} holds {have_native} wei, needs {need_native} (amount + gas)"
-        if row.asset != native:
-            have = self._adapter.balance(row.source_address, row.asset)
-            if have < row.amount_minor:
-                return f"queued: {row.source_address} holds {have} {row.asset}, needs {row.amount_minor}"
-        return None
+        self.spender.sign(row.id, fees)
 
     def _reserve(self, row: ChainTransaction) -> bool:
         request = TransferRequest(
@@ -435,77 +523,6 @@ class WithdrawalExecutor:
             return False
         raise LedgerError(result.code or LedgerCode.INVALID_FIELD, result.message)
 
-    def _assign_nonce_and_sign(self, record_id: str, fees: FeeQuote) -> None:
-        chain_nonce = None
-        for _ in range(2):  # a concurrent first use of the address may insert the nonce row first
-            try:
-                with self._sessions.begin() as session:
-                    row = session.scalar(
-                        select(ChainTransaction).where(ChainTransaction.id == record_id).with_for_update()
-                    )
-                    assert row is not None
-                    if row.status != TxStatus.QUEUED.value:
-                        return  # someone else signed it
-                    if chain_nonce is None:
-                        chain_nonce = self._adapter.nonce(row.source_address)
-                    counter = session.scalar(
-                        select(ChainNonce)
-                        .where(ChainNonce.chain == self._chain, ChainNonce.address == row.source_address)
-                        .with_for_update()
-                    )
-                    if counter is None:
-                        counter = ChainNonce(chain=self._chain, address=row.source_address, next_nonce=0)
-                        session.add(counter)
-                    nonce = max(counter.next_nonce, chain_nonce)
-                    counter.next_nonce = nonce + 1
-                    signed = self._sign_version(session, row, nonce, fees)
-                    row.nonce, row.current_txid = nonce, signed
-                    row.status, row.note, row.updated_ms = TxStatus.SIGNED.value, "", self._clock()
-                return
-            except IntegrityError:
-                continue
-        raise RuntimeError(f"could not allocate a nonce for {record_id}")
-
-    def _sign_version(self, session: Session, row: ChainTransaction, nonce: int, fees: FeeQuote) -> str:
-        assert row.nonce in (None, nonce), "a record's nonce never changes"
-        tx = self._tx_fields(row, nonce, fees)
-        signed = self._wallets.sign_ethereum(row.source_wallet_id, row.source_path, tx, session)
-        session.add(
-            ChainTransactionAttempt(
-                txid=signed.txid,
-                transaction_id=row.id,
-                nonce=nonce,
-                max_fee_per_gas=fees.max_fee_per_gas,
-                max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
-                raw=signed.raw.hex(),
-                created_ms=self._clock(),
-            )
-        )
-        return signed.txid
-
-    def _tx_fields(self, row: ChainTransaction, nonce: int, fees: FeeQuote) -> dict[str, Any]:
-        adapter = self._adapter
-        assert isinstance(adapter, EthereumAdapter), "account-model fields are Ethereum's"
-        if self._chain_id is None:
-            self._chain_id = adapter.chain_id()
-        tx: dict[str, Any] = {
-            "type": 2,
-            "chainId": self._chain_id,
-            "nonce": nonce,
-            "gas": row.gas_limit,
-            "maxFeePerGas": fees.max_fee_per_gas,
-            "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
-        }
-        if row.asset == self._adapter.native_asset:
-            tx.update(to=row.destination, value=row.amount_minor, data=b"")
-        else:
-            tx.update(
-                to=adapter.token_address(row.asset),
-                value=0,
-                data=transfer_calldata(row.destination, row.amount_minor),
-            )
-        return tx
-
     # -- signed -> broadcast ----------------------------------------------------------------
 
     def _broadcast(self, row: ChainTransaction) -> None:
@@ -513,14 +530,94 @@ class WithdrawalExecutor:
         if self._mined_receipt(row.id) is not None:
             self._set(row.id, status=TxStatus.BROADCAST, broadcast_height=self._adapter.head_height())
             return
+        raw = self._raw(row.current_txid)
+        reason = self.spender.refusal(raw)
+        if reason is not None:
+            self._fail(row, reason)
+            return
         try:
-            self._adapter.broadcast(self._raw(row.current_txid))
+            self._adapter.broadcast(raw)
         except ChainError as exc:
             if exc.code is not ChainCode.BROADCAST_REJECTED:
                 raise
             self._note(row.id, f"broadcast refused, will retry: {exc.message}"[:NOTE_MAX_LEN])
             return
         self._set(row.id, status=TxStatus.BROADCAST, broadcast_height=self._adapter.head_height(), note="")
+
+    def _fail(self, row: ChainTransaction, reason: str) -> None:
+        """Fail a record whose transaction can never be mined: void hold and reservation, release."""
+        requests = [
+            TransferRequest(
+                id=f"{row.id}:reserve:void",
+                kind=TransferKind.VOID,
+                pending_id=f"{row.id}:reserve",
+                reference=reason[:100],
+            )
+        ]
+        if row.hold_transfer_id is not None:
+            requests.insert(
+                0,
+                TransferRequest(
+                    id=f"{row.id}:hold:void",
+                    kind=TransferKind.VOID,
+                    pending_id=row.hold_transfer_id,
+                    reference=reason[:100],
+                ),
+            )
+        results = self._ledger.submit(requests, linked=True)
+        if not all(r.ok for r in results):
+            self._note(row.id, f"could not void after failure: {results[0].message}")
+            return
+        with self._sessions.begin() as session:
+            self.spender.release(session, row.id)
+        self._set(row.id, status=TxStatus.FAILED, note=reason[:NOTE_MAX_LEN])
+        log.error("%s %s failed: %s", row.purpose, row.id, reason)
+
+    def _refuse(
+        self, record_id: str, asset: str, amount: int, destination: str, hold: str, reason: str
+    ) -> TransactionView:
+        """Record a withdrawal that can never be sent as failed and void its hold (idempotent)."""
+        hot = self._wallets.one(self._chain, Temperature.HOT)
+        source = self._wallets.primary_address(hot.id)
+        now = self._clock()
+        account = self._wallets.wallet_account(hot, asset)
+        with self._sessions.begin() as session:
+            if session.get(ChainTransaction, record_id) is None:
+                session.add(
+                    _queued_record(
+                        now,
+                        id=record_id,
+                        chain=self._chain,
+                        purpose=Purpose.WITHDRAWAL.value,
+                        asset=asset,
+                        amount_minor=max(amount, 0),
+                        source_wallet_id=hot.id,
+                        source_address=source.address,
+                        source_path=source.path or "",
+                        destination=str(destination)[:128],
+                        debit_account_id=0,
+                        credit_account_id=account,
+                        gas_account_id=account,
+                        hold_transfer_id=hold,
+                        note=reason[:NOTE_MAX_LEN],
+                        gas_limit=0,
+                    )
+                )
+        row = self._load(record_id)
+        if row.status == TxStatus.QUEUED.value and row.current_txid is None:
+            result = self._ledger.submit(
+                [
+                    TransferRequest(
+                        id=f"{record_id}:hold:void",
+                        kind=TransferKind.VOID,
+                        pending_id=hold,
+                        reference=reason[:100],
+                    )
+                ]
+            )[0]
+            if result.ok:
+                self._set(record_id, status=TxStatus.FAILED, note=reason[:NOTE_MAX_LEN])
+        return self.get(record_id)
 
     # -- broadcast/mined -> final -----------------------------------------------------------
 
@@ -555,7 +652,7 @@ class WithdrawalExecutor:
         """Send the current transaction again; once stuck for ``stuck_after_blocks``, replace it.
 
         Shared by every chain: what "replace" means (same nonce with higher fees on
-        Ethereum, BIP125 from the change output on Bitcoin) is the chain's `_replace`.
+        Ethereum, BIP125 from the change output on Bitcoin) is the spender's ``replace``.
         """
         assert row.current_txid is not None
         head = self._adapter.head_height()
@@ -566,38 +663,7 @@ class WithdrawalExecutor:
             except ChainError as exc:
                 log.info("re-broadcast of %s refused: %s", row.id, exc.message)
             return
-        self._replace(row, head)
-
-    def _replace(self, row: ChainTransaction, head: int) -> None:
-        """Re-sign the same nonce with fees raised by FEE_BUMP_PERCENT (capped), and send it."""
-        assert row.current_txid is not None and row.nonce is not None
-        with self._sessions() as session:
-            last = session.get(ChainTransactionAttempt, row.current_txid)
-            assert last is not None
-            old_max, old_tip = last.max_fee_per_gas, last.max_priority_fee_per_gas
-        quote = self._adapter.fee_quote()
-        bump = 100 + FEE_BUMP_PERCENT
-        new_max = min(max(quote.max_fee_per_gas, old_max * bump // 100 + 1), self.config.fee_cap_wei)
-        new_tip = min(max(quote.max_priority_fee_per_gas, old_tip * bump // 100 + 1), new_max)
-        if new_max * 100 < old_max * 110 or new_tip * 100 < old_tip * 110:
-            self._note(row.id, f"stuck: fee cap of {self.config.fee_cap_wei} wei/gas reached, not replacing")
-            self._set(row.id, broadcast_height=head)
-            return
-        with self._sessions.begin() as session:
-            fresh = session.scalar(
-                select(ChainTransaction).where(ChainTransaction.id == row.id).with_for_update()
-            )
-            assert fresh is not None
-            if fresh.current_txid != row.current_txid or fresh.status != TxStatus.BROADCAST.value:
-                return
-            txid = self._sign_version(session, fresh, row.nonce, FeeQuote(new_max, new_tip))
-            fresh.current_txid, fresh.broadcast_height = txid, head
-            fresh.note, fresh.updated_ms = f"replaced with max fee {new_max} wei/gas", self._clock()
-        log.info("replaced stuck transaction %s (nonce %d) with %s", row.id, row.nonce, txid)
-        try:
-            self._adapter.broadcast(self._raw(txid))
-        except ChainError as exc:
-            log.info("broadcast of replacement %s refused: %s", txid, exc.message)
+        self.spender.replace(row, head)
 
     def _finalize(self, row: ChainTransaction, receipt: Receipt) -> None:
         requests = settlement_requests(
@@ -619,27 +685,13 @@ class WithdrawalExecutor:
     # -- persistence helpers ----------------------------------------------------------------
 
     def _load(self, record_id: str) -> ChainTransaction:
-        with self._sessions() as session:
-            row = session.get(ChainTransaction, record_id)
-            if row is None:
-                raise WalletError(
-                    WalletCode.TRANSACTION_NOT_FOUND, f"transaction {record_id!r} does not exist"
-                )
-            return row
+        return self._records.load(record_id)
 
     def _raw(self, txid: str) -> bytes:
-        with self._sessions() as session:
-            attempt = session.get(ChainTransactionAttempt, txid)
-            assert attempt is not None, f"attempt {txid} is missing"
-            return bytes.fromhex(attempt.raw)
+        return self._records.raw(txid)
 
     def _note(self, record_id: str, note: str) -> None:
-        self._set(record_id, note=note[:NOTE_MAX_LEN])
+        self._records.note(record_id, note)
 
     def _set(self, record_id: str, **fields: Any) -> None:
-        with self._sessions.begin() as session:
-            row = session.get(ChainTransaction, record_id)
-            assert row is not None
-            for name, value in fields.items():
-                setattr(row, name, value.value if isinstance(value, TxStatus) else value)
-            row.updated_ms = self._clock()
+        self._records.set(record_id, **fields)

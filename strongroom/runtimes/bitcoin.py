@@ -10,17 +10,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from custody.chains.bitcoin import keys
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.cold import ColdWallet
-from custody.chains.bitcoin.executor import BitcoinExecutor, FeePolicy
+from custody.chains.bitcoin.executor import BitcoinSpender, FeePolicy
 from custody.chains.bitcoin.network import Network
-from custody.chains.bitcoin.treasury import BitcoinTreasury
+from custody.chains.bitcoin.treasury import BitcoinConsolidator
 from custody.chains.bitcoin.utxo import UtxoSet
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.reconciliation import Reconciler
 from custody.wallets.deposit_watcher import DepositGate, DepositWatcher, TickReport
 from custody.wallets.outgoing_reorg import OutgoingReorgCheck
+from custody.wallets.treasury import Treasury
 from custody.wallets.wallet import Temperature, WalletRegistry
-from custody.wallets.withdrawal_executor import ExecutorConfig, TransactionView
+from custody.wallets.withdrawal_executor import ExecutorConfig, TransactionView, WithdrawalExecutor
 
 CHAIN = "bitcoin"
 
@@ -49,8 +50,9 @@ class BitcoinRuntime:
     wallets: WalletRegistry
     utxos: UtxoSet
     watcher: DepositWatcher
-    executor: BitcoinExecutor
-    treasury: BitcoinTreasury
+    spender: BitcoinSpender
+    executor: WithdrawalExecutor
+    treasury: Treasury
     reconciler: Reconciler
     cold: ColdWallet
     sessions: sessionmaker[Session]
@@ -89,10 +91,13 @@ def build_bitcoin_runtime(
     watcher = DepositWatcher(
         sessions, wallets, adapter, clock, confirmations, start_height=start_height, observer=utxos, gate=gate
     )
-    executor = BitcoinExecutor(sessions, wallets, adapter, utxos, clock, ExecutorConfig(confirmations), fees)
-    treasury = BitcoinTreasury(sessions, wallets, adapter, executor, clock, utxos=utxos)
+    spender = BitcoinSpender(sessions, wallets, adapter, utxos, clock, fees)
+    executor = WithdrawalExecutor(sessions, wallets, spender, clock, ExecutorConfig(confirmations))
+    consolidator = BitcoinConsolidator(sessions, wallets, spender, executor, utxos, clock)
+    treasury = Treasury(sessions, wallets, adapter, executor, clock, consolidator)
     reconciler = Reconciler(sessions, wallets, adapter, clock)
     cold = ColdWallet(sessions, wallets, adapter, utxos, clock)
     outgoing = OutgoingReorgCheck(sessions, wallets, adapter, clock, dict(confirmations))
-    return BitcoinRuntime(adapter, wallets, utxos, watcher, executor, treasury, reconciler, cold, sessions,
-                          outgoing)
+    return BitcoinRuntime(
+        adapter, wallets, utxos, watcher, spender, executor, treasury, reconciler, cold, sessions, outgoing
+    )

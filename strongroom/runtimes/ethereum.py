@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.chains.ethereum.adapter import EthereumAdapter
+from custody.chains.ethereum.executor import EthereumSpender
+from custody.chains.ethereum.keys import EthereumScheme
+from custody.chains.ethereum.treasury import EthereumConsolidator
 from custody.keystore import Keystore
 from custody.ledger.service import Ledger
 from custody.reconciliation import Reconciler
@@ -58,14 +61,16 @@ def build_runtime(
     gate: DepositGate | None = None,
 ) -> WalletRuntime:
     """Build the wallet services for ``adapter``'s chain (``gate``: compliance's say over deposits)."""
-    wallets = WalletRegistry(sessions, ledger, keystore, clock)
+    wallets = WalletRegistry(sessions, ledger, keystore, clock, {adapter.chain: EthereumScheme()})
     watcher = DepositWatcher(sessions, wallets, adapter, clock, confirmations, start_height=start_height,
                              gate=gate)
     config = (
         ExecutorConfig(confirmations) if fee_cap_wei is None else ExecutorConfig(confirmations, fee_cap_wei)
     )
-    executor = WithdrawalExecutor(sessions, wallets, adapter, clock, config)
-    treasury = Treasury(sessions, wallets, adapter, executor, clock)
+    spender = EthereumSpender(sessions, wallets, adapter, clock, config.fee_cap_wei)
+    executor = WithdrawalExecutor(sessions, wallets, spender, clock, config)
+    consolidator = EthereumConsolidator(sessions, wallets, adapter, executor, clock)
+    treasury = Treasury(sessions, wallets, adapter, executor, clock, consolidator)
     reconciler = Reconciler(sessions, wallets, adapter, clock)
     outgoing = OutgoingReorgCheck(sessions, wallets, adapter, clock, dict(confirmations))
     return WalletRuntime(adapter, wallets, watcher, executor, treasury, reconciler, outgoing)

@@ -1,4 +1,4 @@
 """Bitcoin: networks and addresses, BIP84 keys, transactions, the embedded regtest chain, the
-Bitcoin Core JSON-RPC client, the chain adapter, the UTXO set, the executor and the cold (PSBT)
+Bitcoin Core JSON-RPC client, the chain adapter, the UTXO set, the spender, consolidation and the cold (PSBT)
 flow. See docs/bitcoin.md.
 """

@@ -1,8 +1,9 @@
-"""The Bitcoin hot-wallet executor: the shared outgoing-transaction pipeline with coins instead of nonces.
+"""The Bitcoin spender: the shared outgoing-transaction pipeline with coins instead of nonces.
 
-It is :class:`WithdrawalExecutor` (records, ledger reservation and settlement,
+:class:`WithdrawalExecutor` (records, ledger reservation and settlement,
 broadcast, receipts, reorg handling, the ``execute/get/tick`` contract the
-withdrawal dispatcher relies on) with the account-model steps replaced:
+withdrawal dispatcher relies on) is given a :class:`BitcoinSpender` for the
+steps that are Bitcoin's:
 
 - queued -> signed: in ONE database transaction, select coins (branch-and-bound,
   largest-first fallback), lock them to the record (compare-and-set), derive a
@@ -14,7 +15,9 @@ withdrawal dispatcher relies on) with the account-model steps replaced:
   the fee raised by FEE_BUMP_PERCENT (at least the relay increment), paid
   out of the change; never above the fee-rate cap or the per-transaction fee cap.
 - a broadcast the node refuses as consensus-invalid fails the record: the
-  hold and reservation are voided and the coins unlocked.
+  executor voids the hold and reservation and the spender unlocks the coins.
+- a withdrawal that can never be sent (dust, a bad address) is recorded as
+  failed with its hold voided (``records_unsendable``).
 
 Fee rates come from the node's ``estimatesmartfee`` and are clamped to
 ``[floor, cap]`` sat/vB; with no estimate the record waits.
@@ -36,27 +39,23 @@ from embit.transaction import (  # type: ignore[import-untyped, unused-ignore]
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from custody.chains.adapter import ChainCode, ChainError
+from custody.chains.adapter import ChainCode, ChainError, FeeQuote
 from custody.chains.bitcoin import keys
 from custody.chains.bitcoin import transaction as btx
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.coin_selection import Coin, Shape, select_coins
 from custody.chains.bitcoin.models import BitcoinUtxo
 from custody.chains.bitcoin.utxo import UtxoSet
-from custody.ledger.entry import TransferKind
-from custody.ledger.posting import TransferRequest
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import ChainTransaction, ChainTransactionAttempt, WalletAddress
 from custody.wallets.wallet import Temperature, WalletRegistry
 from custody.wallets.withdrawal_executor import (
     FEE_BUMP_PERCENT,
     NOTE_MAX_LEN,
-    ExecutorConfig,
     OutgoingTransfer,
-    Purpose,
+    TransactionRecords,
     TransactionView,
     TxStatus,
-    WithdrawalExecutor,
 )
 
 log = logging.getLogger(__name__)
@@ -87,8 +86,10 @@ class _CoinTaken(Exception):
     """A concurrent spend locked one of our selected coins first: roll back and select again."""
 
 
-class BitcoinExecutor(WithdrawalExecutor):
-    """Hot-wallet withdrawals, sweeps and consolidations on Bitcoin (see the module docstring)."""
+class BitcoinSpender:
+    """Bitcoin's part of sending: fee rates, coin selection and locking, P2WPKH signing, BIP125."""
+
+    records_unsendable = True  # dust or a bad address: fail the withdrawal at once, hold voided
 
     def __init__(
         self,
@@ -97,33 +98,16 @@ class BitcoinExecutor(WithdrawalExecutor):
         adapter: BitcoinAdapter,
         utxos: UtxoSet,
         clock: Callable[[], int],
-        config: ExecutorConfig | None = None,
         fees: FeePolicy | None = None,
     ) -> None:
-        super().__init__(sessions, wallets, adapter, clock, config or ExecutorConfig(DEFAULT_CONFIRMATIONS))
+        self._sessions = sessions
+        self._wallets = wallets
+        self.adapter = adapter
         self.btc = adapter
-        self.wallets = wallets
         self.utxos = utxos
+        self._clock = clock
         self.fees = fees or FeePolicy()
-
-    # -- entry points ------------------------------------------------------------------------------
-
-    def execute(
-        self, withdrawal_id: str, asset: str, amount_minor: int, destination: str, hold_transfer_id: str
-    ) -> TransactionView:
-        """Send an approved withdrawal; one that can never be sent (dust, bad address) fails at once.
-
-        Failing it (hold voided, record ``failed``) instead of raising lets the
-        dispatcher close the withdrawal and return the user's funds.
-        """
-        try:
-            return super().execute(withdrawal_id, asset, amount_minor, destination, hold_transfer_id)
-        except WalletError as exc:
-            if exc.code not in (WalletCode.INVALID_AMOUNT, WalletCode.INVALID_DESTINATION):
-                raise
-            return self._refuse(
-                f"wd:{withdrawal_id}", asset, amount_minor, destination, hold_transfer_id, exc.message
-            )
+        self._records = TransactionRecords(sessions, clock)
 
     def fee_rate(self) -> int | None:
         """Return the node's estimate clamped to the policy, or None without an estimate."""
@@ -132,8 +116,8 @@ class BitcoinExecutor(WithdrawalExecutor):
             return None
         return min(max(estimate, self.fees.floor_sat_vb), self.fees.cap_sat_vb)
 
-    def _validate(self, transfer: OutgoingTransfer) -> str:
-        destination = super()._validate(transfer)
+    def check(self, transfer: OutgoingTransfer, destination: str) -> None:
+        """Refuse an amount below the dust limit of the destination's script."""
         dust = btx.dust_limit_sat(self.btc.script_of(destination))
         if transfer.amount_minor < dust:
             raise WalletError(
@@ -141,31 +125,32 @@ class BitcoinExecutor(WithdrawalExecutor):
                 f"amount was {transfer.amount_minor} sat, below the dust limit of {dust} sat"
                 f" for {destination}",
             )
-        return destination
 
-    def _gas_limit(self, asset: str) -> int:
-        return 0  # fees are per vbyte, fixed when the coins are chosen
+    def fee_units(self, asset: str) -> int:
+        """Return 0: fees are per vbyte, fixed when the coins are chosen."""
+        return 0
 
     # -- queued -> signed --------------------------------------------------------------------------
 
-    def _sign(self, row: ChainTransaction) -> None:
+    def quote(self, row: ChainTransaction) -> FeeQuote | str:
+        """Return the clamped fee rate (sat/vB in both fields), or why the record waits."""
         if self._wallets.get_by_id(row.source_wallet_id).temperature is Temperature.COLD:
-            self._note(row.id, "waiting for the offline signers")
-            return
+            return "waiting for the offline signers"
         rate = self.fee_rate()
         if rate is None:
-            self._note(row.id, "waiting: the node has no fee estimate")
-            return
-        if not self._reserve(row):
-            return
+            return "waiting: the node has no fee estimate"
+        return FeeQuote(rate, rate)
+
+    def sign(self, record_id: str, fees: FeeQuote) -> None:
+        """Select and lock coins and sign, selecting again if a concurrent spend took a coin."""
         head = self.btc.head_height()
         for _ in range(MAX_LOCK_RETRIES):
             try:
-                self._select_and_sign(row.id, rate, head)
+                self._select_and_sign(record_id, fees.max_fee_per_gas, head)
                 return
             except _CoinTaken:
-                log.info("a coin chosen for %s was taken concurrently; selecting again", row.id)
-        self._note(row.id, "queued: lost the race for coins repeatedly; will retry")
+                log.info("a coin chosen for %s was taken concurrently; selecting again", record_id)
+        self._records.note(record_id, "queued: lost the race for coins repeatedly; will retry")
 
     def _select_and_sign(self, record_id: str, rate: int, head: int) -> None:
         now = self._clock()
@@ -283,109 +268,29 @@ class BitcoinExecutor(WithdrawalExecutor):
 
     # -- signed -> broadcast -----------------------------------------------------------------------
 
-    def _broadcast(self, row: ChainTransaction) -> None:
-        assert row.current_txid is not None
-        raw = self._raw(row.current_txid)
-        reason = None if self._mined_receipt(row.id) is not None else self.btc.test_accept(raw)
+    def refusal(self, raw: bytes) -> str | None:
+        """Return why the node refuses ``raw`` for good (consensus-invalid), or None."""
+        reason = self.btc.test_accept(raw)
         if reason is not None and any(marker in reason for marker in INVALID_FOREVER):
-            self._fail(row, f"the node refused the transaction as invalid: {reason}")
-            return
-        super()._broadcast(row)
+            return f"the node refused the transaction as invalid: {reason}"
+        return None
 
-    def _fail(self, row: ChainTransaction, reason: str) -> None:
-        requests = [
-            TransferRequest(
-                id=f"{row.id}:reserve:void",
-                kind=TransferKind.VOID,
-                pending_id=f"{row.id}:reserve",
-                reference=reason[:100],
-            )
-        ]
-        if row.hold_transfer_id is not None:
-            requests.insert(
-                0,
-                TransferRequest(
-                    id=f"{row.id}:hold:void",
-                    kind=TransferKind.VOID,
-                    pending_id=row.hold_transfer_id,
-                    reference=reason[:100],
-                ),
-            )
-        results = self._ledger.submit(requests, linked=True)
-        if not all(r.ok for r in results):
-            self._note(row.id, f"could not void after failure: {results[0].message}")
-            return
-        with self._sessions.begin() as session:
-            self.utxos.release(session, row.id, self._clock())
-        self._set(row.id, status=TxStatus.FAILED, note=reason[:NOTE_MAX_LEN])
-        log.error("%s %s failed: %s", row.purpose, row.id, reason)
-
-    def _refuse(
-        self, record_id: str, asset: str, amount: int, destination: str, hold: str, reason: str
-    ) -> TransactionView:
-        """Record a withdrawal that can never be sent as failed and void its hold (idempotent)."""
-        hot = self._wallets.one(self._chain, Temperature.HOT)
-        source = self._wallets.primary_address(hot.id)
-        now = self._clock()
-        account = self._wallets.wallet_account(hot, asset)
-        with self._sessions.begin() as session:
-            if session.get(ChainTransaction, record_id) is None:
-                session.add(
-                    ChainTransaction(
-                        id=record_id,
-                        chain=self._chain,
-                        purpose=Purpose.WITHDRAWAL.value,
-                        asset=asset,
-                        amount_minor=max(amount, 0),
-                        source_wallet_id=hot.id,
-                        source_address=source.address,
-                        source_path=source.path or "",
-                        destination=str(destination)[:128],
-                        debit_account_id=0,
-                        credit_account_id=account,
-                        gas_account_id=account,
-                        hold_transfer_id=hold,
-                        status=TxStatus.QUEUED.value,
-                        note=reason[:NOTE_MAX_LEN],
-                        nonce=None,
-                        gas_limit=0,
-                        current_txid=None,
-                        broadcast_height=None,
-                        mined_txid=None,
-                        mined_height=None,
-                        fee_paid_minor=None,
-                        created_ms=now,
-                        updated_ms=now,
-                    )
-                )
-        row = self._load(record_id)
-        if row.status == TxStatus.QUEUED.value and row.current_txid is None:
-            result = self._ledger.submit(
-                [
-                    TransferRequest(
-                        id=f"{record_id}:hold:void",
-                        kind=TransferKind.VOID,
-                        pending_id=hold,
-                        reference=reason[:100],
-                    )
-                ]
-            )[0]
-            if result.ok:
-                self._set(record_id, status=TxStatus.FAILED, note=reason[:NOTE_MAX_LEN])
-        return self.get(record_id)
+    def release(self, session: Session, record_id: str) -> None:
+        """Unlock the coins of a record that will never be mined."""
+        self.utxos.release(session, record_id, self._clock())
 
     # -- stuck -> replaced (RBF) -------------------------------------------------------------------
 
-    def _replace(self, row: ChainTransaction, head: int) -> None:
-        # Stuck: the shared _rebroadcast_or_replace decided; Bitcoin replaces by BIP125.
+    def replace(self, row: ChainTransaction, head: int) -> None:
+        """Replace by BIP125 (the executor decided the transaction is stuck)."""
         self.bump_fee(row.id, head)
 
     def bump_fee(self, record_id: str, head: int | None = None) -> TransactionView:
         """Replace a broadcast transaction with one paying more (BIP125), from its change output."""
         head = self.btc.head_height() if head is None else head
-        row = self._load(record_id)
+        row = self._records.load(record_id)
         if row.status != TxStatus.BROADCAST.value or row.current_txid is None:
-            return self.get(record_id)
+            return self._records.get(record_id)
         with self._sessions() as session:
             last = session.get(ChainTransactionAttempt, row.current_txid)
             assert last is not None
@@ -402,15 +307,15 @@ class BitcoinExecutor(WithdrawalExecutor):
         elif len(old.vout) < 2 or old.vout[1].value - delta < btx.DUST_P2WPKH_SAT:
             problem = f"stuck: no change output can pay {delta} sat more"
         if problem is not None:
-            self._set(record_id, note=problem[:NOTE_MAX_LEN], broadcast_height=head)
-            return self.get(record_id)
+            self._records.set(record_id, note=problem[:NOTE_MAX_LEN], broadcast_height=head)
+            return self._records.get(record_id)
         with self._sessions.begin() as session:
             fresh = session.scalar(
                 select(ChainTransaction).where(ChainTransaction.id == record_id).with_for_update()
             )
             assert fresh is not None
             if fresh.current_txid != row.current_txid or fresh.status != TxStatus.BROADCAST.value:
-                return self.get(record_id)
+                return self._records.get(record_id)
             coins = {(c.txid, c.vout): c for c in self.utxos.locked_by(session, record_id)}
             ordered = [coins[(vin.txid.hex(), vin.vout)] for vin in old.vin]
             outputs = [
@@ -432,9 +337,9 @@ class BitcoinExecutor(WithdrawalExecutor):
             txid = fresh.current_txid
         log.info("replaced stuck %s with %s at %d sat/vB", record_id, txid, new_rate)
         try:
-            self.btc.broadcast(self._raw(txid))
+            self.btc.broadcast(self._records.raw(txid))
         except ChainError as exc:
             if exc.code is not ChainCode.BROADCAST_REJECTED:
                 raise
             log.info("broadcast of replacement %s refused: %s", txid, exc.message)
-        return self.get(record_id)
+        return self._records.get(record_id)

@@ -1,1 +1,2 @@
-"""Ethereum: the web3.py adapter, the embedded chain, the ERC-20 token and EIP-1559 transactions."""
+"""Ethereum: the web3.py adapter, keys, the spender (nonces, EIP-1559), consolidation, the embedded
+chain and the ERC-20 token."""

@@ -146,8 +146,8 @@ def test_withdrawal_waits_without_fee_estimate_and_clamps_to_cap(btc: BtcHarness
     btc.chain.fee_rate_sat_vb = 10_000  # far above the cap
     view = btc.runtime.executor.advance("wd:f1")
     assert view.status is TxStatus.BROADCAST
-    rate = btc.runtime.executor.fees.cap_sat_vb
-    assert btc.runtime.executor.fee_rate() == rate
+    rate = btc.runtime.spender.fees.cap_sat_vb
+    assert btc.runtime.spender.fee_rate() == rate
 
 
 def test_stuck_withdrawal_is_replaced_by_fee_and_the_replacement_settles(btc: BtcHarness) -> None:

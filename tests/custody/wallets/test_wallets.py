@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from custody.chains.ethereum.devchain import EmbeddedChain
+from custody.chains.ethereum.keys import ethereum_address_from_xpub, sign_transaction
 from custody.db import make_engine, make_session_factory
 from custody.wallets import hd
 from custody.wallets.codes import WalletCode, WalletError
@@ -31,7 +32,7 @@ MNEMONIC = "abandon " * 11 + "about"
 def test_bip44_derivation_matches_the_standard_test_vector() -> None:
     seed = bip39.mnemonic_to_seed(MNEMONIC.strip())
     xpub = hd.account_xpub(seed, hd.account_path(60))
-    assert hd.ethereum_address_from_xpub(xpub, 0) == "0x9858EfFD232B4033E47d90003D41EC34EcaEda94"
+    assert ethereum_address_from_xpub(xpub, 0) == "0x9858EfFD232B4033E47d90003D41EC34EcaEda94"
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def test_seed_is_stored_only_sealed_and_paths_are_recorded(harness: Harness) -> 
 def test_cold_wallet_is_watch_only(harness: Harness) -> None:
     cold = harness.runtime.wallets.one("ethereum", Temperature.COLD)
     with pytest.raises(WalletError) as info:
-        harness.runtime.wallets.sign_ethereum(cold.id, "m/44'/60'/0'/0/0", {})
+        sign_transaction(harness.runtime.wallets, cold.id, "m/44'/60'/0'/0/0", {})
     assert info.value.code is WalletCode.WRONG_TEMPERATURE
 
 
