@@ -256,7 +256,7 @@ def btc_fees_within_cap(world: World) -> list[Violation]:
     """No signed version of an outgoing Bitcoin transaction offers more than the hot executor's fee-rate
     cap (sat/vB) or its per-transaction fee cap, whatever the node estimated (a fee spike), no mined
     one paid more than that cap, and no cold spend (PSBT) or cold bundle pays more than the cold cap."""
-    policy = world.svc.btc_runtime.executor.fees
+    policy = world.svc.btc_runtime.spender.fees
     _, txs, all_attempts = custody_rows(world)
     ours = {t.id for t in txs if t.chain == "bitcoin"}
     attempts = [t for t in all_attempts if t.transaction_id in ours]

@@ -155,7 +155,7 @@ def test_simulation_bitcoin_fee_spike_is_met_at_the_cap_and_a_stuck_withdrawal_i
                {"op": "btc_mine", "blocks": 4}, BTC_TICK, BTC_DISPATCH, {"op": "audit"}]
 
     def capped_and_replaced(world: World) -> None:
-        cap = world.svc.btc_runtime.executor.fees.cap_sat_vb
+        cap = world.svc.btc_runtime.spender.fees.cap_sat_vb
         with world.svc.app.extensions["strongroom.sessions"]() as session:
             rows = session.scalars(select(ChainTransaction).where(
                 ChainTransaction.chain == "bitcoin", ChainTransaction.purpose == "withdrawal")).all()
