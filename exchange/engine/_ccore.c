@@ -11,14 +11,19 @@
  * touching the book or moves the whole book to the pure core.
  *
  * Layout: orders are integer handles into struct-of-arrays storage with
- * intrusive prev/next lists per level and a free list; the client id maps to
- * a handle through an open-addressing table (linear probing, backward-shift
- * deletion) keyed by the id string's cached hash. Each side keeps its level
- * keys (bids: price, asks: -price) sorted ascending with the best at the end.
+ * intrusive prev/next lists per level and a free list; a client id of up to
+ * 15 ASCII characters is stored inline (no str object per resting order);
+ * the id maps to a handle through an open-addressing table of 8-byte entries
+ * (32 bits of the id's hash as a tag, the handle; linear probing,
+ * backward-shift deletion). Each side keeps its level keys (bids: price,
+ * asks: -price) sorted ascending with the best at the end.
+ *
+ * Events are msgspec Structs appended to a list, or in JSON mode (replay)
+ * JSON lines written into a buffer, byte for byte what msgspec writes.
  *
  * Limits (checked by the wrapper before it uses this core): quantities up to
- * CCORE_MAX_QTY so a level total (at most MAX_LIVE_ORDERS orders) fits in
- * int64; prices below 2**62.
+ * fastbook.C_MAX_QTY so a level total (at most MAX_LIVE_ORDERS orders) fits
+ * in int64; prices below 2**62.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
