@@ -15,6 +15,7 @@ counted, not delivered.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import deque
 from collections.abc import Iterable
@@ -183,12 +184,35 @@ class AlertEvaluator:
         self.roles: dict[str, frozenset[str]] = {}
         self.side: dict[tuple[int, str], bool] = {}  # (rule, symbol) -> was on the rule's side
         self.limiter = limiter or RateLimiter()
+        # Indexes, so a message costs what it can fire, not the number of rules: price rules by
+        # (symbol, source) sorted by threshold, the others by (user, kind) and approval rules.
+        self._prices: dict[tuple[str, str], tuple[list[int], list[Rule]]] = {}
+        self._last: dict[tuple[str, str], int] = {}  # the last price seen per (symbol, source)
+        self._own: dict[tuple[str, str], list[Rule]] = {}
+        self._approvals: list[Rule] = []
 
     def load(self, rules: Iterable[Rule], roles: dict[str, frozenset[str]]) -> None:
         """Replace the rule set (keeping the remembered sides of rules that stay)."""
         self.rules = {r.id: r for r in rules}
         self.roles = dict(roles)
         self.side = {k: v for k, v in self.side.items() if k[0] in self.rules}
+        by_price: dict[tuple[str, str], list[Rule]] = {}
+        self._own, self._approvals = {}, []
+        for rule in self.rules.values():
+            if rule.kind == "price_cross":
+                key = (rule.params["symbol"], rule.params["source"])
+                by_price.setdefault(key, []).append(rule)
+                last = self._last.get(key)
+                if last is not None and (rule.id, key[0]) not in self.side:
+                    self._match_price(rule, last)  # a new rule starts from the last price seen
+            elif rule.kind == "approval":
+                self._approvals.append(rule)
+            else:
+                self._own.setdefault((rule.username, rule.kind), []).append(rule)
+        self._prices = {}
+        for key, found in by_price.items():
+            found.sort(key=lambda r: (r.params["price"], r.id))
+            self._prices[key] = ([r.params["price"] for r in found], found)
 
     def users_watching_margin(self) -> set[str]:
         return {r.username for r in self.rules.values() if r.kind in ("margin_ratio", "liquidation_warning")}
@@ -198,12 +222,44 @@ class AlertEvaluator:
         """Return the alerts ``messages`` fire (after the rate limit)."""
         fired: list[Fired] = []
         for channel, account, data in messages:
-            owner = owner_of(account) if account is not None else None
-            for rule in self._candidates(channel, owner):
-                hit = self._match(rule, channel, data)
+            if channel in ("mark", "trades"):
+                hits = self._price_hits(channel, data)
+            else:
+                owner = owner_of(account) if account is not None else None
+                hits = [(rule, self._match(rule, channel, data)) for rule in self._candidates(channel, owner)]
+            for rule, hit in hits:
                 if hit is not None:
                     fired.append(Fired(rule.username, rule.id, rule.kind, hit, _facts(channel, data), now_ms))
         return self._limited(fired, now_ms)
+
+    def _price_hits(self, channel: str, data: dict[str, Any]) -> list[tuple[Rule, str | None]]:
+        """Evaluate only the rules whose threshold lies between the last price and this one."""
+        source = "mark" if channel == "mark" else "last"
+        symbol, value = data.get("symbol"), data.get("mark" if source == "mark" else "price")
+        if not isinstance(symbol, str) or not isinstance(value, int) or isinstance(value, bool):
+            return []
+        key = (symbol, source)
+        last = self._last.get(key)
+        self._last[key] = value
+        indexed = self._prices.get(key)
+        if indexed is None:
+            return []
+        thresholds, rules = indexed
+        if last is None:
+            chosen = rules  # the first price: every rule learns its side (nothing fires)
+        else:
+            # A rule's side ("price >= threshold") changes only if its threshold is in (low, high].
+            low, high = min(last, value), max(last, value)
+            chosen = rules[bisect.bisect_right(thresholds, low):bisect.bisect_right(thresholds, high)]
+        return [(rule, self._match_price(rule, value)) for rule in chosen]
+
+    def _match_price(self, rule: Rule, value: int) -> str | None:
+        p = rule.params
+        above = value >= p["price"]
+        if not self._crossed(rule, p["symbol"], above if p["direction"] == "above" else not above):
+            return None
+        return (f"{p['symbol']} {p['source']} price {_price_str(value)} crossed {p['direction']} "
+                f"{_price_str(p['price'])}")
 
     def observe_risk(self, username: str, risk: Risk, now_ms: int) -> list[Fired]:
         """Return the margin-ratio and liquidation-warning alerts of ``username``'s current risk."""
@@ -233,25 +289,15 @@ class AlertEvaluator:
     # -- internals ----------------------------------------------------------------------------
 
     def _candidates(self, channel: str, owner: str | None) -> list[Rule]:
-        kinds = {"mark": ("price_cross",), "trades": ("price_cross",), "fills": ("fill",),
-                 "income": ("funding",), "withdrawals": ("withdrawal",), "approvals": ("approval",)}
-        wanted = kinds.get(channel, ())
-        return [r for r in self.rules.values() if r.kind in wanted
-                and (owner is None or r.username == owner)]
+        if channel == "approvals":
+            return self._approvals
+        kind = {"fills": "fill", "income": "funding", "withdrawals": "withdrawal"}.get(channel)
+        if kind is None or owner is None:
+            return []
+        return self._own.get((owner, kind), [])
 
     def _match(self, rule: Rule, channel: str, data: dict[str, Any]) -> str | None:
         p = rule.params
-        if rule.kind == "price_cross":
-            if data.get("symbol") != p["symbol"] or (channel == "mark") != (p["source"] == "mark"):
-                return None
-            value = data.get("mark" if channel == "mark" else "price")
-            if not isinstance(value, int):
-                return None
-            above = value >= p["price"]
-            if not self._crossed(rule, p["symbol"], above if p["direction"] == "above" else not above):
-                return None
-            return (f"{p['symbol']} {p['source']} price {_price_str(value)} crossed {p['direction']} "
-                    f"{_price_str(p['price'])}")
         if rule.kind == "fill" and p["symbol"] in (None, data.get("symbol")):
             flag = " (liquidation)" if data.get("liquidation") else (" (ADL)" if data.get("adl") else "")
             price = data.get("price")

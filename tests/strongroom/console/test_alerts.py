@@ -12,12 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, text
 
 from policies.roles import Role
 from strongroom.console import webhooks
 from strongroom.console.alert_service import BACKOFF_MS, MAX_ATTEMPTS, AlertService
-from strongroom.console.alerts import RATE_LIMIT, RATE_WINDOW_MS, AlertEvaluator, Risk, Rule, parse_rule
+from strongroom.console.alerts import (
+    RATE_LIMIT,
+    RATE_WINDOW_MS,
+    AlertEvaluator,
+    RateLimiter,
+    Risk,
+    Rule,
+    parse_rule,
+)
 from strongroom.console.codes import ConsoleError
 from tests.custody.access.helpers import make_user
 
@@ -498,3 +508,51 @@ def test_alert_doc_examples_parse_and_match_what_is_served(console_app, clock) -
                {k: v for k, v in served.items() if k != "data"})
     same_shape(stream["data"], served)
     assert served["message"] == found["notification"]["message"]
+
+
+def _naive_price_fires(rules: list[Rule], prices: list[tuple[str, int]]) -> list[tuple[int, int]]:
+    """The specification: every rule looks at every price of its source; fire on a move onto its side."""
+    side: dict[int, bool] = {}
+    out = []
+    for i, (source, value) in enumerate(prices):
+        for r in rules:
+            if r.params["source"] != source:
+                continue
+            above = value >= r.params["price"]
+            now = above if r.params["direction"] == "above" else not above
+            if side.get(r.id) is False and now:
+                out.append((r.id, i))
+            side[r.id] = now
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["mark", "last"]), st.sampled_from(["above", "below"]),
+                          st.integers(1, 40)), min_size=1, max_size=12),
+       st.lists(st.tuples(st.sampled_from(["mark", "last"]), st.integers(0, 41)), min_size=1, max_size=60))
+def test_alert_price_index_fires_exactly_what_checking_every_rule_fires(
+        specs: list[tuple[str, str, int]], ticks: list[tuple[str, int]]) -> None:
+    rules = [_rule(i + 1, f"u{i % 3}", {"kind": "price_cross", "symbol": PERP, "source": source,
+                                          "direction": direction, "price": str(price)})
+             for i, (source, direction, price) in enumerate(specs)]
+    prices = [(source, value * USDC) for source, value in ticks]
+    ev = AlertEvaluator(RateLimiter(limit=10**9))
+    ev.load(rules, {f"u{i}": frozenset({"trader"}) for i in range(3)})
+    fired = []
+    for i, (source, value) in enumerate(prices):
+        trade = ("trades", None, {"symbol": PERP, "price": value})
+        message = _mark(value // USDC) if source == "mark" else trade
+        fired += [(f.rule_id, i) for f in ev.observe([message], i)]
+    assert sorted(fired) == sorted(_naive_price_fires(rules, prices))  # within a message: any order
+
+
+def test_alert_rule_added_later_starts_from_the_last_price_seen() -> None:
+    ev = AlertEvaluator()
+    ev.load([], {})
+    assert ev.observe([_mark(60_000)], 1) == []
+    ev.load([_rule(5, "alice", {"kind": "price_cross", "symbol": PERP, "source": "mark",
+                                "direction": "above", "price": "61000"})], {"alice": frozenset({"trader"})})
+    assert len(ev.observe([_mark(61_000)], 2)) == 1  # its side was learnt from 60,000 when it was loaded
+    ev.load([_rule(6, "alice", {"kind": "price_cross", "symbol": PERP, "source": "mark",
+                                "direction": "above", "price": "60500"})], {"alice": frozenset({"trader"})})
+    assert ev.observe([_mark(62_000)], 3) == []  # already above 60,500 when it arrived
