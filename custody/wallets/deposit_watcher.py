@@ -27,6 +27,15 @@ A :class:`DepositGate` (compliance) decides each new deposit in the
 transaction that records it and may name another account to credit than the
 owner's available balance (held over a KYC cap, sanctions quarantine).
 
+Where to scan is a persisted cursor per chain (``chain_scan_cursors``): its
+``start_height`` (the safe point) is pinned by :meth:`DepositWatcher.pin_start`
+when the chain's wallets are set up (the configured start height, else the
+chain head then: no deposit address exists before its wallet), and
+``next_height`` moves with every scanned block in the block's own transaction.
+A first tick without a cursor starts at the configured height, else at the head.
+A reorg rewinds ``next_height`` to the fork, never below the safe point, so a
+reorg deeper than every stored block rescans from there instead of the tip.
+
 UTXO chains plug in a :class:`BlockObserver`: it sees every scanned block and
 every reorg inside the same database transaction as the watcher's own
 bookkeeping (Bitcoin keeps its UTXO set this way), so the two never disagree.
@@ -47,7 +56,7 @@ from custody.chains.adapter import Block, ChainAdapter
 from custody.ledger.codes import LedgerCode, LedgerError
 from custody.ledger.entry import SERVICE_ACTOR, AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
-from custody.wallets.models import ChainBlock, ChainDeposit
+from custody.wallets.models import ChainBlock, ChainDeposit, ChainScanCursor
 from custody.wallets.wallet import AddressInfo, Temperature, WalletRegistry
 
 log = logging.getLogger(__name__)
@@ -173,11 +182,42 @@ class DepositWatcher:
         with self._sessions() as session:
             return session.scalar(select(func.max(ChainBlock.height)).where(ChainBlock.chain == self._chain))
 
+    def pin_start(self) -> int:
+        """Create the chain's scan cursor if missing (configured height, else the head); return its start.
+
+        Called when the chain's wallets are set up, so deposits to their addresses made before the
+        watcher's first tick are still scanned. An existing cursor is kept as it is.
+        """
+        with self._sessions.begin() as session:
+            cursor = session.get(ChainScanCursor, self._chain, with_for_update=True)
+            if cursor is None:
+                cursor = self._new_cursor(session, self._adapter.head_height())
+            return cursor.start_height
+
+    def cursor(self) -> tuple[int, int] | None:
+        """Return the scan cursor's (start_height, next_height), or None before it exists."""
+        with self._sessions() as session:
+            cursor = session.get(ChainScanCursor, self._chain)
+            return None if cursor is None else (cursor.start_height, cursor.next_height)
+
+    def _new_cursor(self, session: Session, head: int) -> ChainScanCursor:
+        scanned = session.scalar(select(func.max(ChainBlock.height)).where(ChainBlock.chain == self._chain))
+        start = self._start_height if self._start_height is not None else head
+        if scanned is not None:  # blocks scanned before cursors existed: resume after them
+            start = min(start, scanned + 1)
+        cursor = ChainScanCursor(chain=self._chain, start_height=start,
+                                 next_height=start if scanned is None else scanned + 1,
+                                 updated_ms=self._clock())
+        session.add(cursor)
+        session.flush()
+        return cursor
+
     def _next_height(self, head: int) -> int:
-        scanned = self.scanned_height()
-        if scanned is not None:
-            return scanned + 1
-        return head if self._start_height is None else self._start_height
+        with self._sessions.begin() as session:
+            cursor = session.get(ChainScanCursor, self._chain)
+            if cursor is None:
+                cursor = self._new_cursor(session, head)
+            return cursor.next_height
 
     def _watched(self) -> dict[str, AddressInfo]:
         deposit_wallets = {
@@ -237,6 +277,11 @@ class DepositWatcher:
             session.execute(
                 delete(ChainBlock).where(ChainBlock.chain == self._chain, ChainBlock.height > fork_height)
             )
+            cursor = session.get(ChainScanCursor, self._chain, with_for_update=True)
+            if cursor is not None:
+                # Deeper than every stored block: rescan from the safe point, never from the tip.
+                cursor.next_height = max(min(cursor.next_height, fork_height + 1), cursor.start_height)
+                cursor.updated_ms = now
             if self._observer is not None:
                 self._observer.on_reorg(session, fork_height, now)
         return depth
@@ -295,6 +340,12 @@ class DepositWatcher:
                     chain=self._chain, height=block.height, hash=block.hash, parent_hash=block.parent_hash
                 )
             )
+            cursor = session.get(ChainScanCursor, self._chain, with_for_update=True)
+            if cursor is None:
+                cursor = ChainScanCursor(chain=self._chain, start_height=block.height, next_height=0,
+                                         updated_ms=now)
+                session.add(cursor)
+            cursor.next_height, cursor.updated_ms = block.height + 1, now
             session.execute(
                 delete(ChainBlock).where(
                     ChainBlock.chain == self._chain, ChainBlock.height <= block.height - KEPT_BLOCKS

@@ -87,6 +87,22 @@ class ChainBlock(Base):
     parent_hash: Mapped[str] = mapped_column(String(TXID_MAX_LEN))
 
 
+class ChainScanCursor(Base):
+    """Where the deposit watcher of one chain scans next, and the height it must never start above.
+
+    ``start_height`` is the safe point: the first block scanned for the chain's deposit wallets
+    (pinned when the wallets are set up, or configured); ``next_height`` the next block to scan.
+    Both survive a restart and a reorg deeper than every stored block (deposit_watcher.py).
+    """
+
+    __tablename__ = "chain_scan_cursors"
+
+    chain: Mapped[str] = mapped_column(String(CHAIN_MAX_LEN), primary_key=True)
+    start_height: Mapped[int] = mapped_column(BigInteger)
+    next_height: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class ChainDeposit(Base):
     """A transfer into a deposit address, and where its ledger credit stands.
 

@@ -81,11 +81,14 @@ class DevnetInfo:
             "STRONGROOM_ETH_RPC_URL": self.eth_url,
             "STRONGROOM_ETH_USDC_ADDRESS": self.token_address,
             "STRONGROOM_ETH_CONFIRMATIONS": str(DEVNET_CONFIRMATIONS),
+            # A devnet's wallets scan from genesis: nothing paid before the first tick is missed.
+            "STRONGROOM_ETH_START_HEIGHT": "0",
             "STRONGROOM_BTC_RPC_URL": self.btc_url,
             "STRONGROOM_BTC_RPC_USER": self.btc_user,
             "STRONGROOM_BTC_RPC_PASSWORD": self.btc_password,
             "STRONGROOM_BTC_NETWORK": "regtest",
             "STRONGROOM_BTC_CONFIRMATIONS": str(DEVNET_CONFIRMATIONS),
+            "STRONGROOM_BTC_START_HEIGHT": "0",
         }
 
     def write(self, directory: Path) -> None:

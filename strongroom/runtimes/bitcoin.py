@@ -71,6 +71,8 @@ class BitcoinRuntime:
         self.wallets.create_seeded(CHAIN, f"{CHAIN}-hot", Temperature.HOT)
         self.wallets.create_seeded(CHAIN, f"{CHAIN}-deposits", Temperature.DEPOSIT)
         self.cold.register(f"{CHAIN}-cold", cold_descriptor)
+        # The deposit addresses exist from now on: the watcher scans from here (or the configured height).
+        self.watcher.pin_start()
 
 
 def build_bitcoin_runtime(

@@ -47,6 +47,8 @@ class WalletRuntime:
         self.wallets.create_seeded(chain, f"{chain}-hot", Temperature.HOT)
         self.wallets.create_seeded(chain, f"{chain}-deposits", Temperature.DEPOSIT)
         self.wallets.register_cold(chain, f"{chain}-cold", self.adapter.normalize_address(cold_address))
+        # The deposit addresses exist from now on: the watcher scans from here (or the configured height).
+        self.watcher.pin_start()
 
 
 def build_runtime(

@@ -5,6 +5,8 @@ Configuration (environment), Ethereum:
 - ``STRONGROOM_ETH_USDC_ADDRESS``: the USDC token contract on that chain.
 - ``STRONGROOM_ETH_CONFIRMATIONS``: confirmations before a deposit or withdrawal settles (default 12).
 - ``STRONGROOM_ETH_NETWORK``: the network name the signer's anchors use (default from the chain id).
+- ``STRONGROOM_ETH_START_HEIGHT``: the first block the deposit watcher scans for a new wallet (default:
+  the chain head when the wallets are set up; the devnet sets 0). Ignored once the scan cursor exists.
 - ``STRONGROOM_ETH_COLD_ADDRESS``: the cold wallet's address (the offline signer's, shown by
   ``strongroom-signer keys``); when set, the hot, deposit and cold wallets are set up on start (idempotent).
 
@@ -14,6 +16,7 @@ Bitcoin:
   (Core's ``.cookie``): RPC credentials (credentials in the URL work too).
 - ``STRONGROOM_BTC_NETWORK``: mainnet, testnet or regtest (default mainnet).
 - ``STRONGROOM_BTC_CONFIRMATIONS``: confirmations before a deposit or withdrawal settles (default 6).
+- ``STRONGROOM_BTC_START_HEIGHT``: as ``STRONGROOM_ETH_START_HEIGHT``, for Bitcoin.
 - ``STRONGROOM_BTC_COLD_DESCRIPTOR``: the cold wallet's ``wsh(sortedmulti(2,...))`` descriptor with
   key origins; when set, the hot, deposit and cold wallets are set up on start (idempotent).
 
@@ -52,6 +55,16 @@ ETH_COLD_ADDRESS_ENV = "STRONGROOM_ETH_COLD_ADDRESS"
 ChainRuntime = WalletRuntime | BitcoinRuntime
 
 
+def _start_height(chain: str) -> int | None:
+    """Return ``STRONGROOM_<chain>_START_HEIGHT`` (a block height >= 0), or None when unset."""
+    raw = os.environ.get(f"STRONGROOM_{chain}_START_HEIGHT", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ValueError(f"STRONGROOM_{chain}_START_HEIGHT was {raw[:20]!r}, must be a block height >= 0")
+    return int(raw)
+
+
 def runtime_from_env(settings: Settings) -> WalletRuntime | None:
     """Build the Ethereum wallet runtime for a configured node, or None when none is configured."""
     url = os.environ.get("STRONGROOM_ETH_RPC_URL")
@@ -65,7 +78,7 @@ def runtime_from_env(settings: Settings) -> WalletRuntime | None:
     sessions = make_session_factory(make_engine(settings.database_url))
     ledger = Ledger(sessions)
     runtime = build_runtime(sessions, ledger, open_keystore(settings), adapter, wall_clock_ms,
-                            {asset: n for asset in adapter.assets()},
+                            {asset: n for asset in adapter.assets()}, start_height=_start_height("ETH"),
                             gate=build_deposit_gate(sessions, ledger, wall_clock_ms))
     cold_address = os.environ.get(ETH_COLD_ADDRESS_ENV)
     if cold_address:
@@ -93,7 +106,7 @@ def bitcoin_runtime_from_env(settings: Settings) -> BitcoinRuntime | None:
     sessions = make_session_factory(make_engine(settings.database_url))
     ledger = Ledger(sessions)
     runtime = build_bitcoin_runtime(sessions, ledger, open_keystore(settings), adapter,
-                                    wall_clock_ms, {"BTC": n},
+                                    wall_clock_ms, {"BTC": n}, start_height=_start_height("BTC"),
                                     gate=build_deposit_gate(sessions, ledger, wall_clock_ms))
     descriptor = os.environ.get("STRONGROOM_BTC_COLD_DESCRIPTOR")
     if descriptor:
