@@ -1,7 +1,7 @@
 """chain scan cursors: where each chain's deposit watcher scans next, and its safe point
 
-Revision ID: 0027_scan_cursors
-Revises: 0026_lift_approvals
+Revision ID: 0028_scan_cursors
+Revises: 0027_alerts
 Create Date: 2026-12-02 05:05:00
 
 See custody/wallets/deposit_watcher.py. A chain the watcher already followed
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0027_scan_cursors"
-down_revision: str | Sequence[str] | None = "0026_lift_approvals"
+revision: str = "0028_scan_cursors"
+down_revision: str | Sequence[str] | None = "0027_alerts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
