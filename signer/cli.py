@@ -330,7 +330,15 @@ def _write_answer(out: Path, output: bytes) -> None:
             handle.write(output)
             handle.flush()
             os.fsync(handle.fileno())
-        os.link(partial, out)  # unlike a rename, refuses to replace an existing file
+        try:
+            os.link(partial, out)  # unlike a rename, refuses to replace an existing file
+        except FileExistsError:
+            raise
+        except OSError:
+            # A file system without hard links (a FAT USB stick): rename, once nothing is there.
+            if out.exists():
+                raise FileExistsError(f"{out} already exists; not overwriting it") from None
+            os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
     directory = os.open(out.parent, os.O_RDONLY)

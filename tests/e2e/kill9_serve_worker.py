@@ -1,11 +1,13 @@
-"""Run `strongroom serve` and SIGKILL it at a named step (kill -9 tests, tests/e2e/test_kill9_*.py).
+"""Run `strongroom serve` (or any `strongroom` command) and SIGKILL it at a named step (kill -9
+tests, tests/e2e/test_kill9_*.py).
 
     python kill9_serve_worker.py serve --port PORT
+    python kill9_serve_worker.py bundle import SIGNED
 
 Test-only. The server is the real one (``strongroom.cli.main``); this script only installs, before
 it starts, an observer of the database transactions the process commits. Each transaction is
 labelled by what it wrote (``withdrawal.created``, ``withdrawal.approved``, ``approval.recorded``,
-``tx.queued``, ``tx.signed``, ``ledger.reserve``, ``ledger.post``, ...) and, when
+``tx.queued``, ``tx.signed``, ``ledger.reserve``, ``ledger.post``, ``bundle.signed``, ...) and, when
 ``KILL9_POINT`` is set, the process kills itself with SIGKILL at that point:
 
 - ``before:<label>[#n]``: inside the ``n``-th (default first) transaction carrying ``label``, just
@@ -39,6 +41,7 @@ from sqlalchemy import event, inspect  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from custody.access.models import ApprovalRow, IdempotencyRecord  # noqa: E402
+from custody.bundles.models import ColdBundle  # noqa: E402
 from custody.ledger.models import LedgerTransfer  # noqa: E402
 from custody.wallets.models import ChainTransaction, ChainTransactionAttempt  # noqa: E402
 from custody.withdrawals.models import WithdrawalRequest  # noqa: E402
@@ -81,6 +84,11 @@ def labels_of(objects: Iterable[object], new: set[int]) -> set[str]:
                 found.add("tx.queued")
             elif _changed(obj, "status"):
                 found.add(f"tx.{obj.status}")
+        elif isinstance(obj, ColdBundle):
+            if inserted:
+                found.add("bundle.exported")
+            elif _changed(obj, "state"):
+                found.add(f"bundle.{obj.state}")
         elif isinstance(obj, ChainTransactionAttempt) and inserted:
             found.add("tx.attempt")
         elif isinstance(obj, LedgerTransfer) and inserted:

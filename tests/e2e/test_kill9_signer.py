@@ -109,3 +109,36 @@ def test_kill9_resume_refuses_a_bundle_this_signer_never_signed(tmp_path: Path) 
     refused = sign(home, path, out, "none", "--resume")
     assert refused.returncode == 1 and "7067" in refused.stderr, refused.stdout + refused.stderr
     assert not out.exists() and signed_entries(home) == []
+
+
+def test_kill9_answer_on_a_file_system_without_hard_links_is_written_and_never_overwritten(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import os
+
+    from signer.cli import CliEnvironment, main
+    from signer.network import Interface
+
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")  # what vfat answers
+
+    monkeypatch.setattr(os, "link", no_links)
+    bundle = bundles()["ethereum"]
+    home = WORLD.write_home(tmp_path / "signer")
+    path, out = tmp_path / "bundle.json", tmp_path / "answer.json"
+    path.write_bytes(bundle.to_bytes())
+    env = CliEnvironment(stdout=io.StringIO(), stderr=io.StringIO(), now_ms=lambda: NOW_MS,
+                         interfaces=lambda: [Interface("lo", True, True)])
+    argv = ["--home", str(home), "sign", str(path), "--out", str(out), "--passphrase-file",
+            str(home / "passphrase.txt"), "--yes"]
+    assert main(argv, env) == 0
+    assert_answer_valid(bundle, out, home)
+    assert not list(tmp_path.glob("*.partial*"))
+    whole = out.read_bytes()
+    # Logged but the answer lost, then something else appeared under its name: --resume keeps it.
+    out.write_bytes(b"operator's other file")
+    assert main([*argv, "--resume"], env) == 1
+    assert out.read_bytes() == b"operator's other file"
+    out.unlink()
+    assert main([*argv, "--resume"], env) == 0
+    assert out.read_bytes() == whole
