@@ -326,10 +326,20 @@ def audit_service(platform: Platform) -> AuditService:
         return audit()
 
 
+def named_checks(*names: str) -> tuple[tuple[str, Any], ...]:
+    """Return the simulator's checks called ``names`` (a renamed check fails here, not silently)."""
+    from strongroom.simulation import invariants
+
+    every = dict((*invariants.EVERY_STEP, *invariants.AT_AUDIT, *invariants.AT_END))
+    missing = [name for name in names if name not in every]
+    assert not missing, f"strongroom/simulation/invariants.py has no check {missing}"
+    return tuple((name, every[name]) for name in names)
+
+
 class InvariantView:
     """What strongroom/simulation/invariants.py reads of a World, over this real platform's
-    database and chain (the checks only use ``svc.app``, ``svc.ledger``, ``svc.runtime``,
-    ``svc.audit()``, ``traders``, ``pinned_keys`` and ``tampered``)."""
+    database and chain (the checks used here read ``svc.app``, ``svc.ledger``, ``svc.runtime``,
+    ``svc.audit()``, ``traders``, ``pinned_keys``, ``tampered``, ``btc`` and ``check_cache``)."""
 
     def __init__(self, platform: Platform) -> None:
         self.svc = self
@@ -339,6 +349,8 @@ class InvariantView:
         self.traders: list[str] = []  # their on-chain receipts are checked by the test itself
         self.pinned_keys = platform.pinned_keys
         self.tampered = False
+        self.btc = None  # no Bitcoin runtime in these tests
+        self.check_cache: dict[str, Any] = {}
         self._platform = platform
 
     def audit(self) -> AuditService:

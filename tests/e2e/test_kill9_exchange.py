@@ -28,6 +28,7 @@ from exchange.venue import Venue
 from strongroom.simulation import invariants
 
 from ..exchange.venue_streams import apply_batch, ledger_deposits, random_batches
+from .kill9_platform import named_checks
 
 WORKER = Path(__file__).with_name("kill9_exchange_worker.py")
 SEED = 7
@@ -88,6 +89,7 @@ class ExchangeView:
         self.svc = self
         self.ledger, self.exchange = ledger, exchange
         self.exchange_lag_steps = 0
+        self.check_cache: dict[str, Any] = {}
 
 
 def run_worker(directory: Path, url: str, kill_batch: int, point: str) -> int:
@@ -113,10 +115,8 @@ def recover_and_finish(directory: Path, url: str, kill_batch: int) -> None:
         ran = records.index(seq) + 1
         assert svc.venue.state_hash() == hashes[ran - 1]
         view = ExchangeView(ledger, svc)
-        checks = (("ledger_zero_sum", invariants.ledger_zero_sum),
-                  ("constrained_accounts_non_negative", invariants.constrained_accounts_non_negative),
-                  ("exchange_agrees_with_ledger", invariants.exchange_agrees_with_ledger),
-                  ("user_balance_not_negative", invariants.user_balance_not_negative))
+        checks = named_checks("ledger_zero_sum", "constrained_accounts_non_negative",
+                              "exchange_agrees_with_ledger", "user_balance_not_negative")
         assert invariants.check(view, checks) == []  # type: ignore[arg-type]
         for index, batch in enumerate(batches()[ran:], ran):
             for owner, amount, tid in ledger_deposits(index, batch):

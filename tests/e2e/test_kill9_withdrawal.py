@@ -36,6 +36,7 @@ from .kill9_platform import (
     add_person,
     build_platform,
     deposit_eth,
+    named_checks,
     pin_audit_keys,
     whitelist_past_timelock,
 )
@@ -181,8 +182,11 @@ class Flow:
 def check_invariants(p: Platform, withdrawal_id: str) -> None:
     """The simulator's invariants over the real platform, then the coins that left on chain."""
     view = InvariantView(p)
-    checks = (*invariants.EVERY_STEP[:5], *invariants.AT_AUDIT, *invariants.AT_END)
-    checks = tuple((name, fn) for name, fn in checks if name != "claims_covered_by_holdings")
+    # claims_covered_by_holdings reads the in-process chain's state directly: the test itself
+    # checks what reached the chain below.
+    checks = named_checks("ledger_zero_sum", "constrained_accounts_non_negative", "holds_match_withdrawals",
+                          "no_double_send", "fees_within_cap", "chain_reconciles", "audit_export_verifies",
+                          "settled_after_quiescence")
     assert invariants.check(view, checks) == []  # type: ignore[arg-type]
     sessions = p.app.extensions["strongroom.sessions"]
     with sessions() as session:
