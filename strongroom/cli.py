@@ -189,7 +189,7 @@ def serve(host: str | None, port: int | None) -> None:
     from waitress import serve as waitress_serve
 
     from strongroom.app import create_app
-    from strongroom.jobs import JobRunner, alert_jobs, exchange_jobs, server_jobs
+    from strongroom.jobs import JobRunner, alert_jobs, exchange_jobs, server_jobs, webhook_jobs
     from strongroom.runtimes.from_env import chain_runtimes_from_env
     from strongroom.startup import StartupError, check_startup
 
@@ -209,6 +209,8 @@ def serve(host: str | None, port: int | None) -> None:
     # Alerts on their own thread: a slow webhook receiver never delays a funding boundary.
     alerts = JobRunner(alert_jobs(app), time.monotonic, name="strongroom-alerts")
     alerts.start()
+    hooks = JobRunner(webhook_jobs(app), time.monotonic, name="strongroom-webhooks")
+    hooks.start()
     click.echo(f"Strongroom API on http://{bind_host}:{bind_port}/api/v1/health")
     click.echo(f"Strongroom console on http://{bind_host}:{bind_port}/console/ "
                "(demo logins: printed by `strongroom demo`, docs/console.md)")
@@ -227,6 +229,7 @@ def serve(host: str | None, port: int | None) -> None:
         if streams is not None:
             streams.terminate()
             streams.wait(timeout=10)
+        hooks.stop()
         alerts.stop()
         market.stop()
         runner.stop()

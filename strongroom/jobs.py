@@ -96,7 +96,18 @@ def alert_jobs(app: Flask) -> list[Job]:
     from strongroom.console.alert_service import STEP_S
 
     service = app.extensions.get("strongroom.console.alerts")
-    return [] if service is None else [Job("alerts", STEP_S, service.step)]
+    if service is None:
+        return []
+    service.deliver_in_step = False  # webhook_jobs make the attempts, on their own thread
+    return [Job("alerts", STEP_S, service.step)]
+
+
+def webhook_jobs(app: Flask) -> list[Job]:
+    """Return the webhook job: due alert webhook attempts, apart from evaluation (slow receivers)."""
+    from strongroom.console.alert_service import STEP_S
+
+    service = app.extensions.get("strongroom.console.alerts")
+    return [] if service is None else [Job("alert_webhooks", STEP_S, service.deliver_job)]
 
 
 def market_scheduler(app: Flask) -> MarketScheduler | None:

@@ -9,8 +9,9 @@ memory (`strongroom.console.alerts`), reads the margin state of the users who wa
 every ``RISK_EVERY_MS``, then in one transaction stores each fired alert as a notification
 (and a webhook delivery for rules with ``webhook``), publishes it on the private stream's
 ``alerts`` channel, and makes the webhook attempts that are due (at most
-``DELIVERIES_PER_STEP``): retries back off along ``BACKOFF_MS``; after the last one a delivery
-is ``dead`` (a dead letter the person can list).
+``DELIVERIES_PER_STEP``; `strongroom serve` runs them as a job on a thread of their own,
+`deliver_job`, so a slow receiver never delays evaluation): retries back off along
+``BACKOFF_MS``; after the last one a delivery is ``dead`` (a dead letter the person can list).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from strongroom.console.models import AlertNotification, AlertRule, AlertWebhook
 
 log = logging.getLogger(__name__)
 
-STEP_S: Final = 0.2
+STEP_S: Final = 1.0  # the job runner wakes once a second
 MAX_QUEUED_BATCHES: Final = 10_000
 RISK_EVERY_MS: Final = 1_000
 POLL_EVERY_MS: Final = 2_000  # withdrawal and approval changes (the stream feed's own pace)
@@ -91,6 +92,10 @@ class AlertService:
         self._risk_ms = 0
         self._poll_ms: int | None = None
         self._step_lock = threading.Lock()
+        self._deliver_lock = threading.Lock()
+        # The server runs webhook attempts on a thread of their own (`deliver_job`), so a slow
+        # receiver never delays evaluation; tests run both in `step`.
+        self.deliver_in_step = True
 
     # ------------------------------------------------------------------ engine side
 
@@ -205,8 +210,13 @@ class AlertService:
                         fired += self.evaluator.observe_risk(username, risk, now)
             if fired:
                 self._store(fired, now)
+        if self.deliver_in_step:
             self.deliver_due(now)
-            return len(fired)
+        return len(fired)
+
+    def deliver_job(self) -> None:
+        """Make the due webhook attempts now (the server's webhook thread)."""
+        self.deliver_due(self._clock())
 
     def _reload(self, now: int) -> None:
         if not self._dirty and now - self._loaded_ms < RULES_RELOAD_MS:
@@ -251,6 +261,10 @@ class AlertService:
 
     def deliver_due(self, now: int) -> None:
         """Make the webhook attempts that are due (bounded); back off, or dead-letter after the last."""
+        with self._deliver_lock:
+            self._deliver_due(now)
+
+    def _deliver_due(self, now: int) -> None:
         with self._sessions() as session:
             due = list(session.scalars(select(WebhookDelivery).where(
                 WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_ms <= now)

@@ -556,3 +556,23 @@ def test_alert_rule_added_later_starts_from_the_last_price_seen() -> None:
     ev.load([_rule(6, "alice", {"kind": "price_cross", "symbol": PERP, "source": "mark",
                                 "direction": "above", "price": "60500"})], {"alice": frozenset({"trader"})})
     assert ev.observe([_mark(62_000)], 3) == []  # already above 60,500 when it arrived
+
+
+def test_alert_server_jobs_evaluate_and_deliver_on_separate_jobs(console_app, clock, receiver) -> None:
+    from strongroom.jobs import alert_jobs, webhook_jobs
+
+    alice, _ = _people(console_app, clock)
+    service = _service(console_app)
+    (evaluate,) = alert_jobs(console_app)
+    (deliver,) = webhook_jobs(console_app)
+    assert alice.post("/api/v1/alert-webhook", json={"url": receiver.url}, mfa=True).status_code == 201
+    alice.post("/api/v1/alerts", json={"kind": "price_cross", "symbol": PERP, "source": "mark",
+                                       "direction": "above", "price": "61000", "webhook": True})
+    evaluate.run()
+    _set_mark(console_app, 60_000)
+    evaluate.run()
+    _set_mark(console_app, 61_000)
+    assert evaluate.run() == 1 and receiver.got == []  # evaluation does not wait for the receiver
+    deliver.run()
+    assert len(receiver.got) == 1
+    assert service.deliver_in_step is False
