@@ -12,9 +12,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from eth_utils.address import to_canonical_address, to_checksum_address
-from eth_utils.crypto import keccak
+from eth_utils.address import to_checksum_address
 from sqlalchemy import select
 
 from custody.audit.codes import AuditError
@@ -23,13 +23,22 @@ from custody.bundles.bitcoin import DEFAULT_FEE_CAP_SAT as BTC_COLD_FEE_CAP_SAT
 from custody.bundles.models import ColdBundle
 from custody.chains.bitcoin.models import BitcoinColdSpend
 from custody.chains.bitcoin.network import script_of as btc_script_of
+from custody.chains.ethereum.adapter import EthereumAdapter
 from custody.ledger.entry import AccountFlags, AccountKind
 from custody.ledger.models import LedgerTransfer
 from custody.ledger.service import AccountView
 from custody.wallets.models import ChainTransaction, ChainTransactionAttempt
 from custody.wallets.wallet import Temperature
 from custody.withdrawals.models import WithdrawalRequest
-from strongroom.simulation.world import ALL_ASSETS, ASSETS, BTC, World, destination_for, eth_head
+from strongroom.simulation.world import (
+    ALL_ASSETS,
+    ASSETS,
+    BTC,
+    World,
+    destination_for,
+    eth_head,
+    token_slot_value,
+)
 
 LIVE_STATES = frozenset({"pending_approval", "delayed", "approved", "awaiting_signature", "broadcasting"})
 VOIDED_STATES = frozenset({"rejected", "cancelled", "blocked", "failed"})
@@ -53,25 +62,42 @@ class Violation:
 Check = Callable[[World], list[Violation]]
 
 
+def cache_of(world: World) -> dict[str, Any]:
+    """Return the reads shared by one round of checks. A stand-in world (tests/e2e's views over a real
+    platform) may have no cache yet: it gets one."""
+    cache: dict[str, Any] | None = getattr(world, "check_cache", None)
+    if cache is None:
+        cache = {}
+        with contextlib.suppress(AttributeError):
+            world.check_cache = cache
+    return cache
+
+
+def has_bitcoin(world: World) -> bool:
+    """Whether ``world`` runs the Bitcoin chain (a stand-in world over an Ethereum-only platform does not:
+    the Bitcoin checks have nothing to check there)."""
+    return getattr(world, "btc", None) is not None and getattr(world.svc, "btc_runtime", None) is not None
+
+
 def accounts(world: World) -> list[AccountView]:
     """Return every ledger account, read once per round of checks (``check`` clears the cache)."""
-    found = world.check_cache.get("accounts")
+    found = cache_of(world).get("accounts")
     if found is None:
         found = world.svc.ledger.list_accounts()
-        world.check_cache["accounts"] = found
+        cache_of(world)["accounts"] = found
     return list(found)
 
 
 def custody_rows(world: World) -> tuple[list[WithdrawalRequest], list[ChainTransaction],
                                         list[ChainTransactionAttempt]]:
     """Return every withdrawal, outgoing chain transaction and signed attempt, read once per round."""
-    found = world.check_cache.get("rows")
+    found = cache_of(world).get("rows")
     if found is None:
         with world.svc.app.extensions["strongroom.sessions"]() as session:
             found = (list(session.scalars(select(WithdrawalRequest))),
                      list(session.scalars(select(ChainTransaction))),
                      list(session.scalars(select(ChainTransactionAttempt))))
-        world.check_cache["rows"] = found
+        cache_of(world)["rows"] = found
     return found
 
 
@@ -163,7 +189,7 @@ def no_double_send(world: World) -> list[Violation]:
         if n > 1:
             out.append(Violation("no_double_send", f"hold {hold} has {n} chain transactions"))
     for trader in world.traders:
-        for asset in ALL_ASSETS:
+        for asset in ALL_ASSETS if has_bitcoin(world) else ASSETS:
             destination = destination_for(trader, asset)
             sent = sum(r.amount for r in rows if r.username == trader and r.asset == asset
                        and r.state in SENT_STATES)
@@ -195,12 +221,12 @@ def chain_balance(world: World, address: str, asset: str) -> int:
 def btc_balances(world: World) -> dict[bytes, int]:
     """Return the confirmed value per output script at the Bitcoin tip (the node's UTXO set, read once
     per round of checks: a reorg or a block between two checks is seen by the next round)."""
-    found: dict[bytes, int] | None = world.check_cache.get("btc")
+    found: dict[bytes, int] | None = cache_of(world).get("btc")
     if found is None:
         found = {}
         for coin in world.btc._utxos.values():  # the simulator reads its own node's state
             found[coin.script] = found.get(coin.script, 0) + coin.value_sat
-        world.check_cache["btc"] = found
+        cache_of(world)["btc"] = found
     return found
 
 
@@ -220,19 +246,14 @@ def _read_balance(world: World, address: str, asset: str) -> int:
     if slot is None:
         probe = world.svc.runtime.wallets.primary_address(
             world.svc.runtime.wallets.one(adapter.chain, Temperature.HOT).id).address
-        expected = adapter.balance(probe, asset)
-        slot = next((s for s in range(MAX_TOKEN_SLOT) if expected and _slot_value(tester, token, probe, s)
-                     == expected), -1)
+        # Through the node (EthereumAdapter's own read), not the simulated node's shortcut.
+        expected = EthereumAdapter.balance(adapter, probe, asset)
+        slot = next((s for s in range(MAX_TOKEN_SLOT)
+                     if expected and token_slot_value(world, token, probe, s) == expected), -1)
         world.token_slot = slot
     if slot < 0:
         return adapter.balance(address, asset)
-    return _slot_value(tester, token, address, slot)
-
-
-def _slot_value(tester: object, token: str, holder: str, slot: int) -> int:
-    key = keccak(bytes(12) + to_canonical_address(holder) + slot.to_bytes(32, "big"))
-    raw = tester.get_storage_at(token, "0x" + key.hex())  # type: ignore[attr-defined]
-    return int(raw, 16) if isinstance(raw, str) else int.from_bytes(raw, "big")
+    return token_slot_value(world, token, checksum, slot)
 
 
 def fees_within_cap(world: World) -> list[Violation]:
@@ -256,6 +277,8 @@ def btc_fees_within_cap(world: World) -> list[Violation]:
     """No signed version of an outgoing Bitcoin transaction offers more than the hot executor's fee-rate
     cap (sat/vB) or its per-transaction fee cap, whatever the node estimated (a fee spike), no mined
     one paid more than that cap, and no cold spend (PSBT) or cold bundle pays more than the cold cap."""
+    if not has_bitcoin(world):
+        return []
     policy = world.svc.btc_runtime.spender.fees
     _, txs, all_attempts = custody_rows(world)
     ours = {t.id for t in txs if t.chain == "bitcoin"}
@@ -298,7 +321,7 @@ def claims_covered_by_holdings(world: World) -> list[Violation]:
         for address in wallets.addresses(wallet.id):
             for asset in ASSETS:
                 holdings[asset] += chain_balance(world, address.address, asset)
-    holdings[BTC] = btc_holdings(world)
+    holdings[BTC] = btc_holdings(world) if has_bitcoin(world) else claims[BTC]
     return [Violation("claims_covered_by_holdings",
                       f"{asset}: customer claims {claims[asset]} > on-chain holdings {holdings[asset]}")
             for asset in ALL_ASSETS if claims[asset] > holdings[asset]]
@@ -308,11 +331,11 @@ def btc_holdings(world: World) -> int:
     """Return what every address of the platform's Bitcoin wallets holds in confirmed coins at the tip."""
     wallets = world.svc.btc_runtime.wallets
     balances = btc_balances(world)
-    scripts: set[bytes] | None = world.check_cache.get("btc_scripts")
+    scripts: set[bytes] | None = cache_of(world).get("btc_scripts")
     if scripts is None:
         scripts = {bytes(btc_script_of(a.address).data)
                     for wallet in wallets.list_wallets("bitcoin") for a in wallets.addresses(wallet.id)}
-        world.check_cache["btc_scripts"] = scripts
+        cache_of(world)["btc_scripts"] = scripts
     return sum(balances.get(script, 0) for script in scripts)
 
 
@@ -400,6 +423,8 @@ def btc_chain_reconciles(world: World) -> list[Violation]:
     plus what is in flight, wallet by wallet (the platform's reconciler, after a watcher round so it
     reconciles at the head), and the coins the reconciler counted are exactly the node's UTXO set of
     our addresses, read independently."""
+    if not has_bitcoin(world):
+        return []
     runtime = world.svc.btc_runtime
     runtime.watcher.tick()
     report = runtime.reconciler.run()
@@ -408,7 +433,7 @@ def btc_chain_reconciles(world: World) -> list[Violation]:
                      f"in flight {line['in_flight']})")
            for line in report.lines if line["status"] != "ok"]
     counted = sum(int(line["on_chain"]) for line in report.lines)
-    world.check_cache.pop("btc_scripts", None)  # the watcher round may have derived new addresses
+    cache_of(world).pop("btc_scripts", None)  # the watcher round may have derived new addresses
     held = btc_holdings(world)
     if report.height == world.btc.height and counted != held:
         out.append(Violation("btc_chain_reconciles", f"the reconciler counted {counted} sat at height "
@@ -474,7 +499,7 @@ AT_END: tuple[tuple[str, Check], ...] = (("settled_after_quiescence", settled_af
 def check(world: World, checks: tuple[tuple[str, Check], ...]) -> list[Violation]:
     """Run ``checks``; a check that raises is itself a violation (named after the check)."""
     out: list[Violation] = []
-    world.check_cache.clear()  # what the last round read is stale now
+    cache_of(world).clear()  # what the last round read is stale now
     for name, fn in checks:
         try:
             out.extend(fn(world))
