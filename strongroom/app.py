@@ -93,6 +93,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.register_blueprint(wallets_api.bp)
     app.register_blueprint(compliance_api.bp)
     app.register_blueprint(compliance_api.kyc_bp)
+    app.register_blueprint(compliance_api.reports_bp)
     app.register_blueprint(halts_api.bp)
     app.register_blueprint(freezes_api.bp)
     app.extensions["strongroom.wallets"] = app.config.get("WALLETS")
@@ -115,6 +116,8 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
         kyc = app.extensions["strongroom.access"].kyc
         app.extensions[exchange_api.LIMITS_EXTENSION] = KycTradingLimits(kyc)
         exchange_api.init_app(app)
+        # Tax reports tell funding from realised PnL by the venue's funding records (their clearing seqs).
+        app.extensions[compliance_api.FUNDING_SEQS_EXTENSION] = _funding_seqs(app)
         exchange_controls_api.init_app(app)
         marketdata_api.init_app(app)
     console.init_app(app)
@@ -122,6 +125,16 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     metrics.init_app(app)
     _register_meta_routes(app)
     return app
+
+
+def _funding_seqs(app: Flask) -> Any:
+    exchange = app.extensions[exchange_api.EXTENSION]
+
+    def seqs() -> frozenset[int]:
+        with exchange.lock:
+            return frozenset(e.seq for e in exchange.venue.funding_history)
+
+    return seqs
 
 
 def _clock_override(config: dict[str, Any]) -> dict[str, Any]:

@@ -9,12 +9,14 @@ code, and every change is in the security log (custody.compliance.cases).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, request
 from flask.typing import ResponseReturnValue
 
+from custody import security_log
 from custody.api.auth import json_response, principal, secured, services
 from custody.api.request import field_int, field_str, json_object, query_int, reject_unknown
 from custody.api.schema import (
@@ -30,13 +32,18 @@ from custody.api.schema import (
     obj,
     path_parameters,
 )
+from custody.assets import ASSETS
 from custody.compliance.cases import CASE_STATES, MAX_LIST, RESOLUTIONS
 from custody.compliance.clearance import Clearance
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.deposits import DepositCompliance
 from custody.compliance.kyc import REVIEW_STATES
 from custody.compliance.pii import REQUIRED as PII_FIELDS
+from custody.compliance.reports import statement_pdf
 from custody.compliance.screening import SANCTIONS
+from custody.compliance.statements import build_statement, month_bounds, statement_csv
+from custody.compliance.tax import tax_report, tax_report_csv
+from custody.ledger.service import Ledger
 from policies.api_key import Scope
 from policies.kyc import TIERS, tier_limits, withdrawal_limits
 from policies.policy_document import MAX_KYC_TIER
@@ -474,3 +481,118 @@ def approve_freeze_clearance(freeze_id: str) -> ResponseReturnValue:
     """Second, different officer: lift the sanctions freeze now."""
     reject_unknown(json_object(), set())
     return json_response({"freeze": _clearance().approve(_viewer(), freeze_id[:_FREEZE_ID_MAX + 1])})
+
+
+# ------------------------------------------------------------------ statements and tax reports
+
+reports_bp = Blueprint("reports", __name__, url_prefix="/api/v1/reports")
+# The composition root registers a callable returning the exchange's funding clearing seqs.
+FUNDING_SEQS_EXTENSION = "strongroom.funding_seqs"
+STATEMENT_SUMMARY = obj({"username": STR, "asset": STR, "account_id": INT, "start_ms": INT, "end_ms": INT,
+                         "opening_minor": INT, "credits_minor": INT, "debits_minor": INT,
+                         "closing_minor": INT, "lines": INT})
+TAX_REPORT = obj({"username": STR, "year": INT, "asset": STR, "realised_pnl": INT, "funding": INT,
+                  "fees": INT, "other": INT, "transfers_in": INT, "transfers_out": INT,
+                  "net_movement": INT, "entries": INT, "funding_separated": BOOL, "net_income": INT})
+_YEAR = {"type": "integer", "minimum": 2009, "maximum": 9999}
+
+
+def _report_asset(default: str) -> str:
+    asset = request.args.get("asset", default)
+    if asset not in ASSETS:
+        raise ComplianceError(ComplianceCode.REPORT_INPUT_INVALID,
+                              f"asset was {asset[:16]!r}, must be one of {', '.join(sorted(ASSETS))}")
+    return asset
+
+
+_STATEMENT_QUERY = (("asset", {"type": "string"}), ("year", _YEAR),
+                    ("month", {"type": "integer", "minimum": 1, "maximum": 12}),
+                    ("format", {"type": "string", "enum": ["csv", "pdf"]}))
+STATEMENT_ANSWER = obj({"statement": STATEMENT_SUMMARY, "csv": STR}, {"pdf_base64": STR})
+TAX_ANSWER = obj({"report": TAX_REPORT, "csv": STR})
+_USERNAME = {"type": "string", "minLength": 1, "maxLength": 64}
+
+
+@reports_bp.get("/statement")
+@OWN
+@query(*_STATEMENT_QUERY)
+@answers({"200": STATEMENT_ANSWER})
+def own_statement() -> ResponseReturnValue:
+    """Your monthly statement rebuilt from the ledger (CSV; ``format=pdf`` adds the PDF, base64)."""
+    return _statement(_viewer())
+
+
+@reports_bp.get("/tax")
+@OWN
+@query(("asset", {"type": "string"}), ("year", _YEAR))
+@answers({"200": TAX_ANSWER})
+def own_tax() -> ResponseReturnValue:
+    """Your tax year on the exchange: realised PnL, funding and fees, from the ledger (CSV too)."""
+    return _tax(_viewer())
+
+
+@bp.get("/users/<username>/statement")
+@READ
+@path_parameters(username=_USERNAME)
+@query(*_STATEMENT_QUERY)
+@answers({"200": STATEMENT_ANSWER})
+def user_statement(username: str) -> ResponseReturnValue:
+    """A user's monthly statement (officers; each one is in the security log)."""
+    return _statement(username[:64])
+
+
+@bp.get("/users/<username>/tax")
+@READ
+@path_parameters(username=_USERNAME)
+@query(("asset", {"type": "string"}), ("year", _YEAR))
+@answers({"200": TAX_ANSWER})
+def user_tax(username: str) -> ResponseReturnValue:
+    """A user's tax-year report (officers; each one is in the security log)."""
+    return _tax(username[:64])
+
+
+def _statement(username: str) -> ResponseReturnValue:
+    asset = _report_asset("BTC")
+    year = query_int("year", 0, low=2009, high=9999)
+    month = query_int("month", 0, low=1, high=12)
+    if not year or not month:
+        raise ComplianceError(ComplianceCode.REPORT_INPUT_INVALID, "year and month are required")
+    start_ms, end_ms = month_bounds(year, month)
+    built = build_statement(services_ledger(), username, asset, start_ms, end_ms)
+    summary = {name: getattr(built, name) for name in (
+        "username", "asset", "account_id", "start_ms", "end_ms", "opening_minor", "credits_minor",
+        "debits_minor", "closing_minor")} | {"lines": len(built.lines)}
+    body: dict[str, Any] = {"statement": summary, "csv": statement_csv(built)}
+    if request.args.get("format") == "pdf":
+        body["pdf_base64"] = base64.b64encode(statement_pdf(built)).decode()
+    _log_report("compliance.report.statement", username, {"asset": asset, "year": year, "month": month})
+    return json_response(body)
+
+
+def _tax(username: str) -> ResponseReturnValue:
+    asset = _report_asset("USDC")
+    year = query_int("year", 0, low=2009, high=9999)
+    if not year:
+        raise ComplianceError(ComplianceCode.REPORT_INPUT_INVALID, "year is required")
+    seqs = current_app.extensions.get(FUNDING_SEQS_EXTENSION)
+    report = tax_report(services_ledger(), username, year, asset=asset,
+                        funding_seqs=None if seqs is None else seqs())
+    fields = {name: getattr(report, name) for name in TAX_REPORT["required"]}
+    _log_report("compliance.report.tax", username, {"asset": asset, "year": year})
+    return json_response({"report": fields, "csv": tax_report_csv(report)})
+
+
+def services_ledger() -> Ledger:
+    found: Ledger = current_app.extensions["strongroom.ledger"]
+    return found
+
+
+def _log_report(action: str, username: str, details: dict[str, Any]) -> None:
+    """A report about someone else is an access to their data: the security log records it."""
+    viewer = _viewer()
+    if viewer == username:
+        return
+    access = services()
+    with access.sessions.begin() as session:
+        security_log.append(session, at_ms=access.clock(), actor=viewer, action=action, subject=username,
+                            details=details)

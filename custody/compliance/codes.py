@@ -32,6 +32,7 @@ class ComplianceCode(IntEnum):
     FREEZE_NOT_CLEARABLE = 4520
     CLEARANCE_APPROVER_INVALID = 4521
     CLEARANCE_INPUT_INVALID = 4522
+    REPORT_INPUT_INVALID = 4523
 
     @property
     def error(self) -> str:

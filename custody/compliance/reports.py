@@ -1,4 +1,4 @@
-"""Suspicious-activity case exports: the case, its alerts with evidence and its comments, as CSV or PDF.
+"""Report documents: suspicious-activity case exports (CSV, PDF) and user statements as PDF.
 
 Both render the same rows (`case_rows`), so the PDF says exactly what the
 CSV says. The PDF is built with reportlab (no network, no fonts beyond the
@@ -8,6 +8,7 @@ standard 14); a test reads its text back with pypdf.
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import json
 from typing import Any
@@ -16,6 +17,8 @@ from xml.sax.saxutils import escape
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer
+
+from custody.compliance.statements import Statement
 
 HEADER = ("section", "field", "value")
 
@@ -79,5 +82,35 @@ def case_pdf(case: dict[str, Any]) -> bytes:
             section = name
             story += [Spacer(1, 6), Paragraph(escape(name), styles["Heading2"])]
         story.append(Paragraph(f"<b>{escape(field)}</b>: {escape(value)}", styles["BodyText"]))
+    document.build(story)
+    return buffer.getvalue()
+
+
+def _utc(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def statement_pdf(statement: Statement) -> bytes:
+    """Return a statement as a PDF: the same figures as `statement_csv`, integers in minor units."""
+    styles = getSampleStyleSheet()
+    buffer = io.BytesIO()
+    title = f"Statement {statement.username} {statement.asset}"
+    document = SimpleDocTemplate(buffer, pagesize=A4, title=title, author="Strongroom", invariant=True)
+    story: list[Any] = [
+        Paragraph(escape(title), styles["Title"]),
+        Paragraph(escape(f"Period {_utc(statement.start_ms)} to {_utc(statement.end_ms)} (end exclusive)"),
+                  styles["BodyText"]),
+        Paragraph(escape(f"Ledger account {statement.account_id}; amounts in {statement.asset} minor units"),
+                  styles["BodyText"]),
+        Spacer(1, 6),
+    ]
+    for name in ("opening_minor", "credits_minor", "debits_minor", "closing_minor"):
+        story.append(Paragraph(f"<b>{escape(name)}</b>: {getattr(statement, name)}", styles["BodyText"]))
+    story += [Spacer(1, 6), Paragraph(f"Movements ({len(statement.lines)})", styles["Heading2"])]
+    for line in statement.lines:
+        story.append(Paragraph(escape(
+            f"{_utc(line.at_ms)} | seq {line.seq} | {line.entry_id} | {line.reference or '-'} | "
+            f"credit {line.credit_minor} | debit {line.debit_minor} | balance {line.balance_minor}"),
+            styles["BodyText"]))
     document.build(story)
     return buffer.getvalue()

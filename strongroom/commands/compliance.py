@@ -69,6 +69,56 @@ def case_report(case_id: int, fmt: str, out: Path, officer: str) -> None:
     guard(run)
 
 
+@compliance.command("statement")
+@click.option("--username", required=True)
+@click.option("--asset", required=True)
+@click.option("--year", type=click.IntRange(2009, 9999), required=True)
+@click.option("--month", type=click.IntRange(1, 12), required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "pdf"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def statement(username: str, asset: str, year: int, month: int, fmt: str, out: Path) -> None:
+    """Write a user's monthly statement of ASSET, rebuilt from the ledger, as CSV or PDF to OUT."""
+    from custody.compliance.reports import statement_pdf
+    from custody.compliance.statements import build_statement, month_bounds, statement_csv
+    from custody.ledger.service import Ledger
+
+    def run() -> None:
+        start_ms, end_ms = month_bounds(year, month)
+        built = build_statement(Ledger(services().sessions), username, asset.upper(), start_ms, end_ms)
+        if fmt == "csv":
+            out.write_text(statement_csv(built), encoding="utf-8")
+        else:
+            out.write_bytes(statement_pdf(built))
+        click.echo(json.dumps({"username": username, "asset": built.asset,
+                               "closing_minor": built.closing_minor, "lines": len(built.lines),
+                               "format": fmt, "out": str(out)}))
+
+    guard(run)
+
+
+@compliance.command("tax-report")
+@click.option("--username", required=True)
+@click.option("--year", type=click.IntRange(2009, 9999), required=True)
+@click.option("--asset", default="USDC", show_default=True, help="The exchange's quote asset.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def tax_report_command(username: str, year: int, asset: str, out: Path) -> None:
+    """Write a user's tax-year report (realised PnL, funding, fees) from the ledger as CSV to OUT.
+
+    Offline the venue's funding records are not at hand: funding is reported
+    inside realised PnL (``funding_separated`` false); the API separates them.
+    """
+    from custody.compliance.tax import tax_report, tax_report_csv
+    from custody.ledger.service import Ledger
+
+    def run() -> None:
+        report = tax_report(Ledger(services().sessions), username, year, asset=asset.upper())
+        out.write_text(tax_report_csv(report), encoding="utf-8")
+        click.echo(json.dumps({"username": username, "year": year, "net_income": report.net_income,
+                               "out": str(out)}))
+
+    guard(run)
+
+
 @compliance.command("lists")
 def lists() -> None:
     """Print the loaded list versions with their diffs, newest first."""
