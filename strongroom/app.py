@@ -94,6 +94,8 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     app.register_blueprint(compliance_api.bp)
     app.register_blueprint(compliance_api.kyc_bp)
     app.register_blueprint(compliance_api.reports_bp)
+    app.register_blueprint(compliance_api.trp_bp)
+    _wire_travel_rule_exchange(app)
     app.register_blueprint(halts_api.bp)
     app.register_blueprint(freezes_api.bp)
     app.extensions["strongroom.wallets"] = app.config.get("WALLETS")
@@ -125,6 +127,23 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     metrics.init_app(app)
     _register_meta_routes(app)
     return app
+
+
+def _wire_travel_rule_exchange(app: Flask) -> None:
+    """Counterparty VASPs from ``TRAVEL_RULE_VASPS`` ({lei: {"name", "url", "secret"}}): inquiries on."""
+    vasps = app.config.get("TRAVEL_RULE_VASPS")
+    access = app.extensions["strongroom.access"]
+    if not vasps or access.travel_rule is None:
+        return
+    from custody.compliance.trp import CounterpartyVasp, TravelRuleExchange
+
+    directory = {lei.upper(): CounterpartyVasp(lei.upper(), v["name"], v["url"], bytes(v["secret"]))
+                 for lei, v in vasps.items()}
+    exchange = TravelRuleExchange(access.sessions, access.travel_rule, access.withdrawals, directory,
+                                  access.clock, timeout_ms=int(app.config.get("TRAVEL_RULE_TIMEOUT_MS",
+                                                                              24 * 60 * 60 * 1000)))
+    access.travel_rule.exchange = exchange
+    app.extensions[compliance_api.TRP_EXTENSION] = exchange
 
 
 def _funding_seqs(app: Flask) -> Any:

@@ -43,6 +43,8 @@ from custody.compliance.reports import statement_pdf
 from custody.compliance.screening import SANCTIONS
 from custody.compliance.statements import build_statement, month_bounds, statement_csv
 from custody.compliance.tax import tax_report, tax_report_csv
+from custody.compliance.trp import SIGNATURE_HEADER as TRP_SIGNATURE_HEADER
+from custody.compliance.trp import TravelRuleExchange
 from custody.ledger.service import Ledger
 from policies.api_key import Scope
 from policies.kyc import TIERS, tier_limits, withdrawal_limits
@@ -596,3 +598,31 @@ def _log_report(action: str, username: str, details: dict[str, Any]) -> None:
     with access.sessions.begin() as session:
         security_log.append(session, at_ms=access.clock(), actor=viewer, action=action, subject=username,
                             details=details)
+
+
+# ------------------------------------------------------------------ travel rule: counterparty VASPs
+
+trp_bp = Blueprint("travel_rule", __name__, url_prefix="/api/v1/travel-rule")
+TRP_EXTENSION = "strongroom.travel_rule_exchange"
+TRP_CALLBACK_SCHEMA = {"type": "object", "additionalProperties": False,
+                       "required": ["type", "transfer_id", "answer"],
+                       "properties": {"type": {"enum": ["callback"]},
+                                      "transfer_id": {"type": "string", "minLength": 1, "maxLength": 120},
+                                      "answer": {"enum": ["approved", "rejected"]},
+                                      "reason": {"type": "string", "maxLength": 256}}}
+INQUIRY = obj({"withdrawal_id": STR, "vasp_lei": STR, "state": STR, "deadline_ms": INT,
+               "sent_ms": MAYBE_INT, "reason": MAYBE_STR, "txid": MAYBE_STR, "duplicate": BOOL})
+
+
+@trp_bp.post("/callback/<lei>")
+@path_parameters(lei={"type": "string", "minLength": 20, "maxLength": 20, "pattern": "^[A-Za-z0-9]+$"})
+@accepts(TRP_CALLBACK_SCHEMA)
+@answers({"200": obj({"inquiry": INQUIRY})})
+def trp_callback(lei: str) -> ResponseReturnValue:
+    """A counterparty VASP's signed answer to our inquiry (HMAC-SHA256 of the body in X-TRP-Signature)."""
+    exchange: TravelRuleExchange | None = current_app.extensions.get(TRP_EXTENSION)
+    if exchange is None:
+        raise ComplianceError(ComplianceCode.TRAVEL_RULE_SIGNATURE_INVALID, "unknown VASP or bad signature")
+    signature = request.headers.get(TRP_SIGNATURE_HEADER, "")
+    body = request.get_data(cache=True)
+    return json_response({"inquiry": exchange.callback(lei[:20], body, signature[:128])})

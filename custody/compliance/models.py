@@ -185,3 +185,22 @@ class TravelRuleRecord(Base):
     wrapped_key: Mapped[str] = mapped_column(Text)
     ciphertext: Mapped[str] = mapped_column(Text)
     created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class TravelRuleInquiry(Base):
+    """A TRP-style inquiry to the beneficiary's VASP; its withdrawal waits until it is approved."""
+
+    __tablename__ = "compliance_travel_rule_inquiries"
+    __table_args__ = (Index("ix_compliance_travel_rule_inquiries_state", "state"),)
+
+    withdrawal_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    vasp_lei: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(16))  # pending, approved, rejected, expired
+    deadline_ms: Mapped[int] = mapped_column(BigInteger)
+    sent_ms: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(String(256))
+    txid: Mapped[str | None] = mapped_column(String(128))
+    notified_ms: Mapped[int | None] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)

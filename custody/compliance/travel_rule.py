@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -152,7 +152,7 @@ def _national_id(obj: Mapping[str, Any], path: str) -> dict[str, Any] | None:
 
 def validate_transfer_data(body: Mapping[str, Any], destination: str) -> dict[str, Any]:
     """Return the canonical travel-rule data for a withdrawal to ``destination``, or raise naming the path."""
-    _only(body, {"originator", "beneficiary", "beneficiary_vasp"}, "travel_rule")
+    _only(body, {"originator", "beneficiary", "beneficiary_vasp", "unhosted_attestation"}, "travel_rule")
     originator = _person(_object(body, "originator", "travel_rule") or {}, "travel_rule.originator",
                          originator=True)
     beneficiary = _person(_object(body, "beneficiary", "travel_rule") or {}, "travel_rule.beneficiary",
@@ -168,7 +168,27 @@ def validate_transfer_data(body: Mapping[str, Any], destination: str) -> dict[st
             raise _invalid("travel_rule.beneficiary_vasp.lei is not a valid ISO 17442 LEI")
         beneficiary_vasp = {"name": _text(vasp, "name", "travel_rule.beneficiary_vasp", TEXT_MAX),
                             "lei": None if lei is None else lei.upper()}
-    return {"originator": originator, "beneficiary": beneficiary, "beneficiary_vasp": beneficiary_vasp}
+    attestation = _object(body, "unhosted_attestation", "travel_rule", required=False)
+    unhosted = None
+    if attestation is not None:
+        if beneficiary_vasp is not None:
+            raise _invalid("travel_rule.unhosted_attestation is for unhosted wallets: drop beneficiary_vasp")
+        _only(attestation, {"type", "statement"}, "travel_rule.unhosted_attestation")
+        if attestation.get("type") != "declared":
+            raise _invalid("travel_rule.unhosted_attestation.type must be declared")
+        statement = _text(attestation, "statement", "travel_rule.unhosted_attestation", TEXT_MAX)
+        unhosted = {"type": "declared", "statement": statement}
+    out = {"originator": originator, "beneficiary": beneficiary, "beneficiary_vasp": beneficiary_vasp}
+    if unhosted is not None:
+        out["unhosted_attestation"] = unhosted
+    return out
+
+
+class InquiryOpener(Protocol):
+    """Opens an inquiry to the beneficiary's VASP in the caller's transaction; True: the withdrawal waits."""
+
+    def open_inquiry(self, session: Session, username: str, withdrawal_id: str,
+                     record: Mapping[str, Any]) -> bool: ...
 
 
 class TravelRule:
@@ -184,11 +204,16 @@ class TravelRule:
         self.threshold_usd_cents = threshold_usd_cents
         # Per-jurisdiction thresholds (policies/jurisdictions.py); None: one threshold for everyone.
         self.jurisdictions: JurisdictionRules | None = None
+        # The TRP exchange with counterparty VASPs (custody/compliance/trp.py); None: no inquiries.
+        self.exchange: InquiryOpener | None = None
         self._vasp = {"name": originating_vasp, "lei": originating_vasp_lei}
 
     def check(self, session: Session, username: str, withdrawal_id: str, asset: str, amount_minor: int,
-              destination: str, usd_cents: int | None, data: Mapping[str, Any] | None) -> None:
-        """Refuse (raise) a withdrawal at or above the threshold without valid data; store it if given."""
+              destination: str, usd_cents: int | None, data: Mapping[str, Any] | None) -> bool:
+        """Refuse (raise) a withdrawal at or above the threshold without valid data; store it if given.
+
+        True: the withdrawal waits for the beneficiary VASP's approval (an inquiry was opened).
+        """
         threshold = self.threshold_for(session, username)
         required = usd_cents is None or usd_cents >= threshold
         if data is None:
@@ -197,8 +222,16 @@ class TravelRule:
                     ComplianceCode.TRAVEL_RULE_REQUIRED,
                     f"withdrawals of {threshold} USD cents or more (or of an unpriced asset) "
                     "need travel_rule originator and beneficiary data (docs/compliance.md)")
-            return
+            return False
         record = validate_transfer_data(data, destination)
+        wait = False
+        if required and self.exchange is not None:
+            if record["beneficiary_vasp"] is None:
+                if "unhosted_attestation" not in record:
+                    raise _invalid("travel_rule.unhosted_attestation is required for a withdrawal to an "
+                                   "unhosted wallet at or above the threshold (the user declares control)")
+            else:
+                wait = self.exchange.open_inquiry(session, username, withdrawal_id, record)
         payload = {"transfer": {"withdrawal_id": withdrawal_id, "asset": asset,
                                 "amount_minor": str(amount_minor), "destination": destination,
                                 "usd_cents": usd_cents}, **record}
@@ -208,7 +241,8 @@ class TravelRule:
                                      kek_name=self._box.key_name, kek_version=kek_version,
                                      wrapped_key=wrapped, ciphertext=sealed, created_ms=now_ms))
         security_log.append(session, at_ms=now_ms, actor=username, action="compliance.travel_rule.attach",
-                            subject=withdrawal_id, details={"required": required})
+                            subject=withdrawal_id, details={"required": required, "waits": wait})
+        return wait
 
     def threshold_for(self, session: Session, username: str) -> int:
         """Return the user's threshold: their approved jurisdiction's rule, else the configured one.

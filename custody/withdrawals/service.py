@@ -70,6 +70,9 @@ BROADCASTING, COMPLETED, FAILED = State.BROADCASTING, State.COMPLETED, State.FAI
 # Cold source (custody.bundles): an unsigned bundle is out at the offline signer.
 AWAITING_SIGNATURE = State.AWAITING_SIGNATURE
 OPEN_STATES = frozenset({PENDING_APPROVAL, DELAYED})
+# A delayed withdrawal's release time while it waits for the travel rule's counterparty VASP
+# (custody/compliance/trp.py): never due until the counterparty's approval replaces it.
+TRAVEL_RULE_WAIT_MS = 2**62
 # Withdrawals that count toward velocity limits: requested and not refused, withdrawn or
 # failed on chain (a failed transaction returned the funds).
 COUNTED_STATES = frozenset({PENDING_APPROVAL, DELAYED, APPROVED, AWAITING_SIGNATURE, BROADCASTING, COMPLETED})
@@ -96,7 +99,9 @@ TermsResolver = Callable[[Session, str, str], TransferTerms | None]
 DestinationScreen = Callable[[Session, str, str, str, str], str | None]
 # Compliance's travel-rule check (custody.compliance.travel_rule.TravelRule.check): session, username,
 # withdrawal id, asset, amount, destination, USD cents (None: unpriced), the request's data; raises to refuse.
-TravelRuleCheck = Callable[[Session, str, str, str, int, str, int | None, Mapping[str, Any] | None], None]
+# Returns True when the withdrawal must wait for the beneficiary VASP's approval (None: it need not).
+TravelRuleCheck = Callable[
+    [Session, str, str, str, int, str, int | None, Mapping[str, Any] | None], bool | None]
 COMPLIANCE_ACTOR = "compliance"
 
 
@@ -394,17 +399,23 @@ class Withdrawals:
             created_ms=now_ms,
             delays_served="",
         )
+        wait = False
         if self.travel_rule is not None:
-            # Raises to refuse: the transaction (hold included) rolls back.
-            self.travel_rule(session, user.username, withdrawal_id, request.asset, request.amount_minor,
-                             request.destination, None if price is None else row.amount_usd_cents,
-                             request.travel_rule)
+            # Raises to refuse: the transaction (hold included) rolls back. True: the beneficiary's
+            # VASP must approve first (custody/compliance/trp.py).
+            usd = None if price is None else row.amount_usd_cents
+            wait = bool(self.travel_rule(session, user.username, withdrawal_id, request.asset,
+                                         request.amount_minor, request.destination, usd, request.travel_rule))
         event = _apply_decision(row, decision, now_ms)
         refused = None if self.screen is None else self.screen(
             session, user.username, request.asset, request.destination, f"withdrawal:{withdrawal_id}")
         if refused is not None:
             event = Event.BLOCK
             row.closed_by, row.close_reason = COMPLIANCE_ACTOR, refused[:256]
+        if wait and event is not Event.BLOCK:
+            # Waits as delayed with no release time (the policy decides again once released) until
+            # the counterparty approves (`release_waiting`); a rejection or timeout closes it.
+            event, row.release_at_ms, row.closed_by = Event.DELAY, TRAVEL_RULE_WAIT_MS, None
         row.state = lifecycle.initial_withdrawal_state(event)
         session.add(row)
         session.flush()
@@ -508,6 +519,33 @@ class Withdrawals:
             self._void_hold_in(session, withdrawal_id, row.hold_transfer_id, state, f"user:{actor}")
             session.flush()
             return _view(session, row, self._terms(session, row))
+
+    def release_waiting(self, session: Session, withdrawal_id: str, release_at_ms: int) -> bool:
+        """Give a withdrawal waiting for the travel rule's counterparty its release time (caller's tx).
+
+        `release_due` then evaluates the policy again (approvals, delays); False if it no longer waits.
+        """
+        row = session.get(WithdrawalRequest, withdrawal_id, with_for_update=True)
+        if row is None or row.state != DELAYED or row.release_at_ms != TRAVEL_RULE_WAIT_MS:
+            return False
+        # A delay the policy chose at creation still runs from then (it is not served by waiting).
+        policy_release = json.loads(row.decision).get("release_at_ms") or 0
+        row.release_at_ms, row.updated_ms = max(release_at_ms, policy_release), self._clock()
+        return True
+
+    def refuse_waiting(self, withdrawal_id: str, *, actor: str, reason: str) -> WithdrawalView | None:
+        """Close a withdrawal waiting for the travel rule's counterparty as rejected, its hold voided.
+
+        None if it does not wait (any more): cancelled by its owner, or already decided.
+        """
+        with self._sessions() as session:
+            row = session.get(WithdrawalRequest, withdrawal_id)
+            if row is None or row.state != DELAYED or row.release_at_ms != TRAVEL_RULE_WAIT_MS:
+                return None
+        try:
+            return self._close(withdrawal_id, REJECTED, actor=actor, reason=reason[:256])
+        except WithdrawalError:
+            return None  # moved on concurrently
 
     def approve(self, actor: UserView, withdrawal_id: str, approval: Approval) -> WithdrawalView:
         """Add ``actor``'s signed approval; the withdrawal is approved once the quorum is met."""
