@@ -1,7 +1,7 @@
 """travel rule: inquiries to counterparty VASPs (TRP-style) that hold a withdrawal until they answer
 
-Revision ID: 0027_travel_rule_inquiries
-Revises: 0026_lift_approvals
+Revision ID: 0028_travel_rule_inquiries
+Revises: 0027_alerts
 Create Date: 2026-12-02 05:05:00
 
 See custody/compliance/trp.py and docs/compliance.md.
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0027_travel_rule_inquiries"
-down_revision: str | Sequence[str] | None = "0026_lift_approvals"
+revision: str = "0028_travel_rule_inquiries"
+down_revision: str | Sequence[str] | None = "0027_alerts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
