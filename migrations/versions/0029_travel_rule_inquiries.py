@@ -1,7 +1,7 @@
 """travel rule: inquiries to counterparty VASPs (TRP-style) that hold a withdrawal until they answer
 
-Revision ID: 0028_travel_rule_inquiries
-Revises: 0027_alerts
+Revision ID: 0029_travel_rule_inquiries
+Revises: 0028_scan_cursors
 Create Date: 2026-12-02 05:05:00
 
 See custody/compliance/trp.py and docs/compliance.md.
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0028_travel_rule_inquiries"
-down_revision: str | Sequence[str] | None = "0027_alerts"
+revision: str = "0029_travel_rule_inquiries"
+down_revision: str | Sequence[str] | None = "0028_scan_cursors"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
