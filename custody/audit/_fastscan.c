@@ -5,12 +5,17 @@
  * recomputes the chain hash (SHA-256 over the domain, the previous hash and the
  * entry bytes), the RFC 6962 leaf hash and the Merkle frontier, parses the
  * entry against the one canonical byte template of a transfer entry, and
- * replays it into the verifier's own Python state (accounts, ids, totals,
- * pendings) exactly as custody/audit/verify.py does.
+ * replays it into state kept in C: a hash table of the accounts it has used
+ * (int64 balances, checked for overflow), per-asset total deltas, and the
+ * transfer ids (an IdSet, which the pure verifier uses as its id set too).
+ * Holds stay in the verifier's Python dict. The Python account lists and
+ * totals remain the state of record: scan() writes what it changed back into
+ * them before it returns, and re-reads an account the pure verifier changed.
  *
  * It only ever accepts a line when every check the pure verifier makes on it
  * passes: a line with anything else (a stored hash that does not match, an
- * escape in a string, an integer over 18 digits, an open entry, a sequence
+ * escape in a string, an integer or amount over 18 digits, a balance past
+ * int64, an open entry, a sequence
  * anomaly, an unknown account, a reused id, a pending that does not fit, a
  * balance constraint broken, a checkpoint or snapshot stop next) is left
  * untouched and its index returned, and the pure verifier handles that line
@@ -25,31 +30,10 @@
 
 #define MAX_DEPTH 64
 #define MAX_INT_DIGITS 18
-#define MAX_AMOUNT_DIGITS 77 /* 10^77 < 2^256: shorter amounts are always below the limit */
 
 static const char DOMAIN[] = "strongroom.ledger.entry.v1";  /* + the NUL: 27 bytes */
 #define DOMAIN_LEN 27
 
-typedef struct {
-    PyObject_HEAD
-    unsigned char prev[32];
-    unsigned char stack[MAX_DEPTH][32];
-    int depth;
-    long long count;
-    long long max_seq;
-    PyObject *accounts;  /* dict[int, list] */
-    PyObject *ids;       /* set[str] */
-    PyObject *totals;    /* dict[str, list[int]] */
-    PyObject *pendings;  /* dict[str, tuple[int, int, int]] */
-    /* Account states found before, by id (direct-mapped, strong references): an account's
-       state list is created once, by its open entry, and never replaced, so a hit is current. */
-    long long cached_id[1024];
-    PyObject *cached_state[1024];
-    PyObject *last_asset;  /* the asset str of the previous entry, reused while it repeats */
-    long long *stops;    /* sorted line counts where the pure verifier must take over */
-    Py_ssize_t nstops;
-    Py_ssize_t stop_index;
-} Scanner;
 
 typedef struct {
     const char *p;
@@ -188,89 +172,284 @@ static int hex_equal(const char *text, const unsigned char *digest) {
     return 1;
 }
 
-/* Is the account's asset (item 0 of its state list, a str) exactly these bytes? */
-static int asset_is(PyObject *state, const char *asset, Py_ssize_t n) {
-    PyObject *value = PyList_GET_ITEM(state, 0);
-    if (!PyUnicode_CheckExact(value) || !PyUnicode_IS_ASCII(value)) return 0;
-    return PyUnicode_GET_LENGTH(value) == n && memcmp(PyUnicode_DATA(value), asset, (size_t)n) == 0;
-}
-
-/* a + b (new reference), or NULL. */
-static PyObject *add(PyObject *a, PyObject *b) { return PyNumber_Add(a, b); }
-static PyObject *sub(PyObject *a, PyObject *b) { return PyNumber_Subtract(a, b); }
-
-/* 1 if x > y, 0 if not, -1 on error. */
-static int greater(PyObject *x, PyObject *y) { return PyObject_RichCompareBool(x, y, Py_GT); }
-
-static PyObject *ZERO;
-
-/*
- * Does an entry break a constraint? Like the pure verifier, only the side an entry can worsen is
- * checked: the debit account if debits-limited (dpend + dpost > cpost), the credit account if
- * credits-limited (cpend + cpost > dpost). Returns 1 broken, 0 fine, -1 error.
+/* ---- The replay state in C ------------------------------------------------------------------
+ *
+ * Accounts the fast path has touched live in a C table with int64 balances (an account whose
+ * balances do not fit, or an entry that would overflow one, is left to the pure verifier). The
+ * Python lists stay the state of record: every scan() writes the balances it changed back into
+ * them before it returns (so the pure verifier, which runs only between scan() calls, sees them),
+ * and each scan() re-validates a cached account the first time it uses it, by comparing the list's
+ * items with the objects it last read or wrote (it holds references, so an unchanged pointer is an
+ * unchanged value). Per-asset totals accumulate as deltas, added to the Python rows on the same
+ * write-back. Transfer ids live in an IdSet (below), which the pure verifier uses as its set.
  */
-static int breaks(PyObject *flags, long bit, PyObject *pend, PyObject *post, PyObject *other_post) {
-    long f = PyLong_AsLong(flags);
-    if (f == -1 && PyErr_Occurred()) return -1;
-    if (!(f & bit)) return 0;
-    PyObject *sum = add(pend, post);
-    if (sum == NULL) return -1;
-    int broken = greater(sum, other_post);
-    Py_DECREF(sum);
-    return broken;
-}
 
-static void set_item(PyObject *list, Py_ssize_t i, PyObject *value) {
-    /* Steals ``value``; the list keeps its length. */
-    PyList_SetItem(list, i, value);
-}
+#define MAX_ASSETS 256
 
-/* Bump totals[asset] by (1, posted, pending_delta) like the pure verifier. */
-static int bump_totals(Scanner *s, PyObject *asset, PyObject *posted, PyObject *pending_delta) {
-    PyObject *row = PyDict_GetItemWithError(s->totals, asset);
-    if (row == NULL) {
-        if (PyErr_Occurred()) return -1;
-        row = Py_BuildValue("[iii]", 0, 0, 0);
-        if (row == NULL) return -1;
-        int failed = PyDict_SetItem(s->totals, asset, row);
-        Py_DECREF(row);
-        if (failed) return -1;
-    }
-    if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) != 3) {
-        PyErr_SetString(PyExc_TypeError, "totals rows must be lists of three ints");
+typedef struct {
+    PyObject *name;    /* the asset str (ASCII) */
+    long long count;
+    __int128 posted, pending;
+    int dirty;
+} Asset;
+
+typedef struct {
+    long long id;
+    PyObject *state;    /* the account's Python list [asset, flags, dpend, dpost, cpend, cpost] */
+    PyObject *held[4];  /* the balance objects last read from or written to state[2..5] */
+    long long bal[4];   /* dpend, dpost, cpend, cpost */
+    long flags;
+    int asset;          /* index into Scanner.assets */
+    unsigned epoch;
+    int dirty;
+} Acct;
+
+/* ---- IdSet: a set of transfer ids (str), keyed by their UTF-8 bytes, hashed with Python's keyed hash */
+
+typedef struct {
+    Py_hash_t hash;
+    Py_ssize_t len;
+    char *key;
+} IdSlot;
+
+typedef struct {
+    PyObject_HEAD
+    IdSlot *slots;
+    Py_ssize_t mask;     /* capacity - 1 (capacity a power of two) */
+    Py_ssize_t used;
+    char *arena;         /* the current block of key bytes */
+    Py_ssize_t arena_left;
+    char **blocks;       /* every block, to free */
+    Py_ssize_t nblocks;
+} IdSet;
+
+#define ARENA_BLOCK (1 << 20)
+
+static int idset_grow(IdSet *set) {
+    Py_ssize_t capacity = set->slots ? (set->mask + 1) * 2 : 1024;
+    IdSlot *slots = PyMem_Calloc((size_t)capacity, sizeof(IdSlot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *v0 = one ? add(PyList_GET_ITEM(row, 0), one) : NULL;
-    Py_XDECREF(one);
-    PyObject *v1 = v0 && posted ? add(PyList_GET_ITEM(row, 1), posted) : NULL;
-    PyObject *v2 = v1 && pending_delta ? add(PyList_GET_ITEM(row, 2), pending_delta) : NULL;
-    if (v2 == NULL) {
-        Py_XDECREF(v0);
-        Py_XDECREF(v1);
-        return -1;
+    Py_ssize_t mask = capacity - 1;
+    if (set->slots) {
+        for (Py_ssize_t i = 0; i <= set->mask; i++) {
+            IdSlot *old = &set->slots[i];
+            if (old->key == NULL) continue;
+            Py_ssize_t j = (Py_ssize_t)((size_t)old->hash & (size_t)mask);
+            while (slots[j].key != NULL) j = (j + 1) & mask;
+            slots[j] = *old;
+        }
+        PyMem_Free(set->slots);
     }
-    set_item(row, 0, v0);
-    set_item(row, 1, v1);
-    set_item(row, 2, v2);
+    set->slots = slots;
+    set->mask = mask;
     return 0;
 }
 
-static PyObject *amount_of(const Fields *f) {
-    if (f->amount_n <= MAX_INT_DIGITS) {
-        long long value = 0;
-        for (Py_ssize_t i = 0; i < f->amount_n; i++) value = value * 10 + (f->amount[i] - '0');
-        return PyLong_FromLongLong(value);
+static char *idset_store(IdSet *set, const char *key, Py_ssize_t len) {
+    if (len > set->arena_left) {
+        Py_ssize_t size = len > ARENA_BLOCK ? len : ARENA_BLOCK;
+        char **blocks = PyMem_Realloc(set->blocks, sizeof(char *) * (size_t)(set->nblocks + 1));
+        if (blocks == NULL) return NULL;
+        set->blocks = blocks;
+        char *block = PyMem_Malloc((size_t)size);
+        if (block == NULL) return NULL;
+        set->blocks[set->nblocks++] = block;
+        set->arena = block;
+        set->arena_left = size;
     }
-    char buffer[MAX_AMOUNT_DIGITS + 1];
-    memcpy(buffer, f->amount, (size_t)f->amount_n);
-    buffer[f->amount_n] = 0;
-    return PyLong_FromString(buffer, NULL, 10);
+    char *stored = set->arena;
+    memcpy(stored, key, (size_t)len);
+    set->arena += len;
+    set->arena_left -= len;
+    return stored;
 }
 
-static PyObject *account(Scanner *s, long long id) {
-    size_t slot = (size_t)id & 1023;
-    if (s->cached_state[slot] != NULL && s->cached_id[slot] == id) return s->cached_state[slot];
+/* 1 if the key was added, 0 if it was there, -1 on error (with ``add`` 0 only looks: 1 found, 0 not). */
+static int idset_op(IdSet *set, const char *key, Py_ssize_t len, int add) {
+    if (set->slots == NULL && idset_grow(set) < 0) return -1;
+    Py_hash_t hash = _Py_HashBytes(key, len);
+    Py_ssize_t j = (Py_ssize_t)((size_t)hash & (size_t)set->mask);
+    for (;;) {
+        IdSlot *slot = &set->slots[j];
+        if (slot->key == NULL) break;
+        if (slot->hash == hash && slot->len == len && memcmp(slot->key, key, (size_t)len) == 0) {
+            return add ? 0 : 1;
+        }
+        j = (j + 1) & set->mask;
+    }
+    if (!add) return 0;
+    char *stored = idset_store(set, key, len);
+    if (stored == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    IdSlot *slot = &set->slots[j];
+    slot->hash = hash;
+    slot->len = len;
+    slot->key = stored;
+    set->used++;
+    if (set->used * 2 > set->mask + 1 && idset_grow(set) < 0) return -1;
+    return 1;
+}
+
+/* The str's UTF-8 bytes (surrogates passed through, so distinct strs have distinct keys). */
+static int idset_str_op(IdSet *set, PyObject *value, int add) {
+    if (!PyUnicode_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "transfer ids are str");
+        return -1;
+    }
+    if (PyUnicode_IS_ASCII(value)) {
+        return idset_op(set, PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value), add);
+    }
+    PyObject *bytes = PyUnicode_AsEncodedString(value, "utf-8", "surrogatepass");
+    if (bytes == NULL) return -1;
+    int result = idset_op(set, PyBytes_AS_STRING(bytes), PyBytes_GET_SIZE(bytes), add);
+    Py_DECREF(bytes);
+    return result;
+}
+
+static int IdSet_contains(IdSet *set, PyObject *value) { return idset_str_op(set, value, 0); }
+
+static PyObject *IdSet_add(IdSet *set, PyObject *value) {
+    if (idset_str_op(set, value, 1) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t IdSet_len(IdSet *set) { return set->used; }
+
+static void IdSet_dealloc(IdSet *set) {
+    for (Py_ssize_t i = 0; i < set->nblocks; i++) PyMem_Free(set->blocks[i]);
+    PyMem_Free(set->blocks);
+    PyMem_Free(set->slots);
+    Py_TYPE(set)->tp_free((PyObject *)set);
+}
+
+static PySequenceMethods IdSet_as_sequence = {
+    .sq_length = (lenfunc)IdSet_len,
+    .sq_contains = (objobjproc)IdSet_contains,
+};
+
+static PyMethodDef IdSet_methods[] = {
+    {"add", (PyCFunction)IdSet_add, METH_O, "add(id) -> None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject IdSetType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "custody.audit._fastscan.IdSet",
+    .tp_basicsize = sizeof(IdSet),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)IdSet_dealloc,
+    .tp_as_sequence = &IdSet_as_sequence,
+    .tp_methods = IdSet_methods,
+    .tp_doc = "The set of transfer ids seen (add, in, len), shared by the fast path and the pure verifier.",
+};
+
+typedef struct {
+    PyObject_HEAD
+    unsigned char prev[32];
+    unsigned char stack[MAX_DEPTH][32];
+    int depth;
+    long long count;
+    long long max_seq;
+    PyObject *accounts;  /* dict[int, list]: the state of record, written back by every scan() */
+    IdSet *ids;          /* the ids seen, shared with the pure verifier */
+    PyObject *totals;    /* dict[str, list[int]] */
+    PyObject *pendings;  /* dict[str, tuple[int, int, int]] */
+    Acct **accts;        /* open addressing by account id */
+    Py_ssize_t acct_mask, nacct;
+    Acct **dirty;        /* accounts changed since the last write-back */
+    Py_ssize_t ndirty, dirty_cap;
+    Asset assets[MAX_ASSETS];
+    int nassets;
+    unsigned epoch;      /* bumped by every scan(): the pure verifier may have run in between */
+    long long *stops;    /* sorted line counts where the pure verifier must take over */
+    Py_ssize_t nstops;
+    Py_ssize_t stop_index;
+} Scanner;
+
+/* ---- The account table ------------------------------------------------------------------------ */
+
+static void acct_release(Acct *a) {
+    Py_CLEAR(a->state);
+    for (int k = 0; k < 4; k++) Py_CLEAR(a->held[k]);
+}
+
+/* Read state[2..5] into the C balances; 1 ok, 0 they do not fit int64 (leave it to pure), -1 error. */
+static int acct_read(Acct *a) {
+    for (int k = 0; k < 4; k++) {
+        PyObject *value = PyList_GET_ITEM(a->state, k + 2);
+        if (!PyLong_CheckExact(value)) return 0;
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow) return 0;
+        if (v == -1 && PyErr_Occurred()) return -1;
+        a->bal[k] = v;
+        Py_INCREF(value);
+        Py_XSETREF(a->held[k], value);
+    }
+    return 1;
+}
+
+static int asset_index(Scanner *s, PyObject *name);
+
+static Acct *acct_slot(Scanner *s, long long id, Py_ssize_t *where) {
+    Py_hash_t hash = _Py_HashBytes(&id, sizeof id);
+    Py_ssize_t j = (Py_ssize_t)((size_t)hash & (size_t)s->acct_mask);
+    for (;;) {
+        Acct *a = s->accts[j];
+        if (a == NULL || a->id == id) {
+            *where = j;
+            return a;
+        }
+        j = (j + 1) & s->acct_mask;
+    }
+}
+
+static int acct_grow(Scanner *s) {
+    Py_ssize_t capacity = s->accts ? (s->acct_mask + 1) * 2 : 1024;
+    Acct **table = PyMem_Calloc((size_t)capacity, sizeof(Acct *));
+    if (table == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Acct **old = s->accts;
+    Py_ssize_t old_mask = s->acct_mask;
+    s->accts = table;
+    s->acct_mask = capacity - 1;
+    if (old) {
+        for (Py_ssize_t i = 0; i <= old_mask; i++) {
+            if (old[i] == NULL) continue;
+            Py_ssize_t j;
+            acct_slot(s, old[i]->id, &j);
+            table[j] = old[i];
+        }
+        PyMem_Free(old);
+    }
+    return 0;
+}
+
+/* The account, current as of this scan; NULL with no error: leave the line to pure. */
+static Acct *account(Scanner *s, long long id) {
+    Py_ssize_t j;
+    Acct *a = acct_slot(s, id, &j);
+    if (a != NULL) {
+        if (a->epoch == s->epoch) return a;
+        /* The pure verifier may have run since: re-read whatever it replaced. */
+        for (int k = 0; k < 4; k++) {
+            if (PyList_GET_ITEM(a->state, k + 2) != a->held[k]) {
+                int fits = acct_read(a);
+                if (fits <= 0) return NULL;
+                break;
+            }
+        }
+        a->epoch = s->epoch;
+        return a;
+    }
     PyObject *key = PyLong_FromLongLong(id);
     if (key == NULL) return NULL;
     PyObject *state = PyDict_GetItemWithError(s->accounts, key);  /* borrowed */
@@ -280,24 +459,136 @@ static PyObject *account(Scanner *s, long long id) {
         PyErr_SetString(PyExc_TypeError, "account states must be lists of six items");
         return NULL;
     }
+    PyObject *name = PyList_GET_ITEM(state, 0), *flags = PyList_GET_ITEM(state, 1);
+    if (!PyUnicode_CheckExact(name) || !PyUnicode_IS_ASCII(name) || !PyLong_CheckExact(flags)) return NULL;
+    long f = PyLong_AsLong(flags);
+    if (f == -1 && PyErr_Occurred()) return NULL;
+    int asset = asset_index(s, name);
+    if (asset < 0) return NULL;
+    a = PyMem_Calloc(1, sizeof(Acct));
+    if (a == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    a->id = id;
     Py_INCREF(state);
-    Py_XSETREF(s->cached_state[slot], state);
-    s->cached_id[slot] = id;
-    return state;
+    a->state = state;
+    int fits = acct_read(a);
+    if (fits <= 0) {
+        acct_release(a);
+        PyMem_Free(a);
+        return NULL;
+    }
+    a->flags = f;
+    a->asset = asset;
+    a->epoch = s->epoch;
+    s->accts[j] = a;
+    s->nacct++;
+    if (s->nacct * 2 > s->acct_mask + 1 && acct_grow(s) < 0) return NULL;
+    return a;
 }
 
-/* The entry's asset as a str (new reference), reusing the previous entry's while it repeats. */
-static PyObject *asset_str(Scanner *s, const char *asset, Py_ssize_t n) {
-    PyObject *last = s->last_asset;
-    if (last != NULL && PyUnicode_GET_LENGTH(last) == n && memcmp(PyUnicode_DATA(last), asset, (size_t)n) == 0) {
-        Py_INCREF(last);
-        return last;
+/* The index of the asset in Scanner.assets (added if new); -1 (no error) if there are too many. */
+static int asset_index(Scanner *s, PyObject *name) {
+    for (int i = 0; i < s->nassets; i++) {
+        PyObject *known = s->assets[i].name;
+        if (known == name || PyUnicode_Compare(known, name) == 0) return i;
     }
-    PyObject *fresh = PyUnicode_FromStringAndSize(asset, n);
-    if (fresh == NULL) return NULL;
-    Py_INCREF(fresh);
-    Py_XSETREF(s->last_asset, fresh);
-    return fresh;
+    if (s->nassets >= MAX_ASSETS) return -1;
+    Asset *asset = &s->assets[s->nassets];
+    memset(asset, 0, sizeof *asset);
+    Py_INCREF(name);
+    asset->name = name;
+    return s->nassets++;
+}
+
+/* Add a C delta to a Python int item of a list (new object in place of the old). */
+static int list_add(PyObject *list, Py_ssize_t i, __int128 delta) {
+    if (delta == 0) return 0;
+    PyObject *d;
+    if (delta >= LLONG_MIN && delta <= LLONG_MAX) {
+        d = PyLong_FromLongLong((long long)delta);
+    } else {
+        unsigned __int128 magnitude = delta < 0 ? -(unsigned __int128)delta : (unsigned __int128)delta;
+        unsigned char bytes[16];
+        for (int b = 0; b < 16; b++) bytes[b] = (unsigned char)(magnitude >> (8 * b));
+        PyObject *positive = _PyLong_FromByteArray(bytes, 16, 1, 0);
+        d = positive && delta < 0 ? PyNumber_Negative(positive) : positive;
+        if (delta < 0) Py_XDECREF(positive);
+    }
+    if (d == NULL) return -1;
+    PyObject *sum = PyNumber_Add(PyList_GET_ITEM(list, i), d);
+    Py_DECREF(d);
+    if (sum == NULL) return -1;
+    PyList_SetItem(list, i, sum);
+    return 0;
+}
+
+/* Write every changed balance and total back into the Python state (before the pure verifier runs). */
+static int write_back(Scanner *s) {
+    for (Py_ssize_t i = 0; i < s->ndirty; i++) {
+        Acct *a = s->dirty[i];
+        a->dirty = 0;
+        for (int k = 0; k < 4; k++) {
+            PyObject *value = PyLong_FromLongLong(a->bal[k]);
+            if (value == NULL) return -1;
+            Py_INCREF(value);
+            Py_XSETREF(a->held[k], value);
+            PyList_SetItem(a->state, k + 2, value);
+        }
+    }
+    s->ndirty = 0;
+    for (int i = 0; i < s->nassets; i++) {
+        Asset *asset = &s->assets[i];
+        if (!asset->dirty) continue;
+        PyObject *row = PyDict_GetItemWithError(s->totals, asset->name);
+        if (row == NULL) {
+            if (PyErr_Occurred()) return -1;
+            row = Py_BuildValue("[iii]", 0, 0, 0);
+            if (row == NULL) return -1;
+            int failed = PyDict_SetItem(s->totals, asset->name, row);
+            Py_DECREF(row);
+            if (failed) return -1;
+        }
+        if (!PyList_CheckExact(row) || PyList_GET_SIZE(row) != 3) {
+            PyErr_SetString(PyExc_TypeError, "totals rows must be lists of three ints");
+            return -1;
+        }
+        if (list_add(row, 0, asset->count) < 0 || list_add(row, 1, asset->posted) < 0
+                || list_add(row, 2, asset->pending) < 0) {
+            return -1;
+        }
+        asset->count = 0;
+        asset->posted = asset->pending = 0;
+        asset->dirty = 0;
+    }
+    return 0;
+}
+
+static int mark_dirty(Scanner *s, Acct *a) {
+    if (a->dirty) return 0;
+    if (s->ndirty == s->dirty_cap) {
+        Py_ssize_t cap = s->dirty_cap ? s->dirty_cap * 2 : 1024;
+        Acct **grown = PyMem_Realloc(s->dirty, sizeof(Acct *) * (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->dirty = grown;
+        s->dirty_cap = cap;
+    }
+    s->dirty[s->ndirty++] = a;
+    a->dirty = 1;
+    return 0;
+}
+
+/*
+ * Does an entry break a constraint? Like the pure verifier, only the side an entry can worsen is
+ * checked: the debit account if debits-limited (dpend + dpost > cpost), the credit account if
+ * credits-limited (cpend + cpost > dpost).
+ */
+static int breaks(long flags, long bit, long long pend, long long post, long long other_post) {
+    return (flags & bit) && (__int128)pend + post > other_post;
 }
 
 /*
@@ -307,138 +598,102 @@ static PyObject *asset_str(Scanner *s, const char *asset, Py_ssize_t n) {
 static int apply(Scanner *s, const Fields *f) {
     int kind = kind_of(f->kind, f->kind_n);
     if (kind == K_OTHER) return 0;
-    if (f->amount_n < 1 || f->amount_n > MAX_AMOUNT_DIGITS || f->amount[0] == '0') return 0;
+    /* Amounts of up to 18 digits (< 2^63); longer ones are left to the pure verifier. */
+    if (f->amount_n < 1 || f->amount_n > MAX_INT_DIGITS || f->amount[0] == '0') return 0;
+    long long amount = 0;
     for (Py_ssize_t i = 0; i < f->amount_n; i++) {
         if (f->amount[i] < '0' || f->amount[i] > '9') return 0;
+        amount = amount * 10 + (f->amount[i] - '0');
     }
     if (!valid_actor(f->actor, f->actor_n)) return 0;
     if (f->id_n >= 5 && memcmp(f->id, "open:", 5) == 0) return 0;
     if (f->debit == f->credit) return 0;
-    PyObject *debit = account(s, f->debit);
+    Acct *debit = account(s, f->debit);
     if (debit == NULL) return PyErr_Occurred() ? -1 : 0;
-    PyObject *credit = account(s, f->credit);
+    Acct *credit = account(s, f->credit);
     if (credit == NULL) return PyErr_Occurred() ? -1 : 0;
-    if (debit == credit || !asset_is(debit, f->asset, f->asset_n) || !asset_is(credit, f->asset, f->asset_n)) {
+    if (debit->asset != credit->asset) return 0;
+    PyObject *name = s->assets[debit->asset].name;
+    if (PyUnicode_GET_LENGTH(name) != f->asset_n || memcmp(PyUnicode_DATA(name), f->asset, (size_t)f->asset_n) != 0) {
         return 0;
     }
-    PyObject *held = NULL, *pending_key = NULL;
-    if (kind >= K_POST) {
-        if (f->pending_null) return 0;
-        pending_key = PyUnicode_FromStringAndSize(f->pending_id, f->pending_id_n);
-        if (pending_key == NULL) return -1;
-        held = PyDict_GetItemWithError(s->pendings, pending_key);  /* borrowed */
-        if (held == NULL) {
-            Py_DECREF(pending_key);
-            return PyErr_Occurred() ? -1 : 0;
-        }
-        if (!PyTuple_CheckExact(held) || PyTuple_GET_SIZE(held) != 3) {
-            Py_DECREF(pending_key);
-            return 0;
-        }
-    }
+    long long dp = debit->bal[0], dpo = debit->bal[1], cp = credit->bal[2], cpo = credit->bal[3];
+    long long posted = 0, pending_delta = 0;
+    PyObject *pending_key = NULL;
     int result = -1;
-    PyObject *id = NULL, *amount = NULL, *asset = NULL, *posted = NULL, *pending_delta = NULL;
-    PyObject *d_pend = NULL, *d_post = NULL, *c_pend = NULL, *c_post = NULL, *record = NULL;
-    id = PyUnicode_FromStringAndSize(f->id, f->id_n);
-    if (id == NULL) goto done;
-    amount = amount_of(f);
-    if (amount == NULL) goto done;
-    PyObject *dp = PyList_GET_ITEM(debit, 2), *dpo = PyList_GET_ITEM(debit, 3);
-    PyObject *cp = PyList_GET_ITEM(credit, 4), *cpo = PyList_GET_ITEM(credit, 5);
     if (kind == K_SINGLE) {
-        Py_INCREF(dp);
-        d_pend = dp;
-        Py_INCREF(cp);
-        c_pend = cp;
-        d_post = add(dpo, amount);
-        c_post = add(cpo, amount);
-        Py_INCREF(amount);
+        if (__builtin_add_overflow(dpo, amount, &dpo) || __builtin_add_overflow(cpo, amount, &cpo)) return 0;
         posted = amount;
-        Py_INCREF(ZERO);
-        pending_delta = ZERO;
     } else if (kind == K_PENDING) {
-        d_pend = add(dp, amount);
-        c_pend = add(cp, amount);
-        Py_INCREF(dpo);
-        d_post = dpo;
-        Py_INCREF(cpo);
-        c_post = cpo;
-        Py_INCREF(ZERO);
-        posted = ZERO;
-        Py_INCREF(amount);
+        if (__builtin_add_overflow(dp, amount, &dp) || __builtin_add_overflow(cp, amount, &cp)) return 0;
         pending_delta = amount;
     } else {
         /* post / void / expire of an outstanding pending between the same two accounts */
+        if (f->pending_null) return 0;
+        pending_key = PyUnicode_FromStringAndSize(f->pending_id, f->pending_id_n);
+        if (pending_key == NULL) return -1;
+        PyObject *held = PyDict_GetItemWithError(s->pendings, pending_key);  /* borrowed */
+        if (held == NULL) {
+            result = PyErr_Occurred() ? -1 : 0;
+            goto done;
+        }
+        result = 0;
+        if (!PyTuple_CheckExact(held) || PyTuple_GET_SIZE(held) != 3) goto done;
         PyObject *h_debit = PyTuple_GET_ITEM(held, 0), *h_credit = PyTuple_GET_ITEM(held, 1);
         PyObject *h_amount = PyTuple_GET_ITEM(held, 2);
-        if (!PyLong_CheckExact(h_debit) || !PyLong_CheckExact(h_credit) || !PyLong_CheckExact(h_amount)
-                || PyLong_AsLongLong(h_debit) != f->debit || PyLong_AsLongLong(h_credit) != f->credit) {
-            if (PyErr_Occurred()) PyErr_Clear();
-            result = 0;
+        if (!PyLong_CheckExact(h_debit) || !PyLong_CheckExact(h_credit) || !PyLong_CheckExact(h_amount)) goto done;
+        int o1 = 0, o2 = 0, o3 = 0;
+        long long hd = PyLong_AsLongLongAndOverflow(h_debit, &o1);
+        long long hc = PyLong_AsLongLongAndOverflow(h_credit, &o2);
+        long long ha = PyLong_AsLongLongAndOverflow(h_amount, &o3);
+        if (PyErr_Occurred()) {
+            result = -1;
             goto done;
         }
-        int fits = kind == K_POST ? PyObject_RichCompareBool(amount, h_amount, Py_LE)
-                                  : PyObject_RichCompareBool(amount, h_amount, Py_EQ);
-        if (fits != 1) {
-            result = fits < 0 ? -1 : 0;
+        if (o1 || o2 || o3 || hd != f->debit || hc != f->credit) goto done;
+        if (kind == K_POST ? amount > ha : amount != ha) goto done;
+        posted = kind == K_POST ? amount : 0;
+        pending_delta = -ha;
+        if (__builtin_sub_overflow(dp, ha, &dp) || __builtin_sub_overflow(cp, ha, &cp)
+                || __builtin_add_overflow(dpo, posted, &dpo) || __builtin_add_overflow(cpo, posted, &cpo)) {
             goto done;
         }
-        if (kind == K_POST) {
-            Py_INCREF(amount);
-            posted = amount;
-        } else {
-            Py_INCREF(ZERO);
-            posted = ZERO;
-        }
-        pending_delta = PyNumber_Negative(h_amount);
-        if (pending_delta == NULL) goto done;
-        d_pend = sub(dp, h_amount);
-        c_pend = sub(cp, h_amount);
-        d_post = d_pend ? add(dpo, posted) : NULL;
-        c_post = c_pend ? add(cpo, posted) : NULL;
+        result = -1;
     }
-    if (d_pend == NULL || d_post == NULL || c_pend == NULL || c_post == NULL) goto done;
     /* Check both constraints on the values after the entry, before changing anything. */
-    int broken = breaks(PyList_GET_ITEM(debit, 1), 1, d_pend, d_post, PyList_GET_ITEM(debit, 5));
-    if (broken == 0) broken = breaks(PyList_GET_ITEM(credit, 1), 2, c_pend, c_post, PyList_GET_ITEM(credit, 3));
-    if (broken != 0) {
-        result = broken < 0 ? -1 : 0;
-        goto done;
-    }
-    asset = asset_str(s, f->asset, f->asset_n);
-    if (asset == NULL) goto done;
-    /* The id check last, as one set operation: adding a new id grows the set, a reused one does not. */
-    Py_ssize_t known = PySet_GET_SIZE(s->ids);
-    if (PySet_Add(s->ids, id) < 0) goto done;
-    if (PySet_GET_SIZE(s->ids) == known) {
+    if (breaks(debit->flags, 1, dp, dpo, debit->bal[3]) || breaks(credit->flags, 2, cp, cpo, credit->bal[1])) {
         result = 0;
         goto done;
     }
+    /* The id check last: adding a new id changes the set, a reused one does not. */
+    int added = idset_op(s->ids, f->id, f->id_n, 1);
+    if (added <= 0) {
+        result = added;
+        goto done;
+    }
     if (kind == K_PENDING) {
-        record = Py_BuildValue("(LLO)", f->debit, f->credit, amount);
-        if (record == NULL || PyDict_SetItem(s->pendings, id, record) < 0) goto done;
+        PyObject *record = Py_BuildValue("(LLL)", f->debit, f->credit, amount);
+        PyObject *id = record ? PyUnicode_FromStringAndSize(f->id, f->id_n) : NULL;
+        int failed = id == NULL || PyDict_SetItem(s->pendings, id, record) < 0;
+        Py_XDECREF(record);
+        Py_XDECREF(id);
+        if (failed) goto done;
     } else if (kind >= K_POST) {
         if (PyDict_DelItem(s->pendings, pending_key) < 0) goto done;
     }
-    if (bump_totals(s, asset, posted, pending_delta) < 0) goto done;
-    set_item(debit, 2, d_pend);
-    set_item(debit, 3, d_post);
-    set_item(credit, 4, c_pend);
-    set_item(credit, 5, c_post);
-    d_pend = d_post = c_pend = c_post = NULL;
+    if (mark_dirty(s, debit) < 0 || mark_dirty(s, credit) < 0) goto done;
+    Asset *asset = &s->assets[debit->asset];
+    asset->count++;
+    asset->posted += posted;
+    asset->pending += pending_delta;
+    asset->dirty = 1;
+    debit->bal[0] = dp;
+    debit->bal[1] = dpo;
+    credit->bal[2] = cp;
+    credit->bal[3] = cpo;
     result = 1;
 done:
     Py_XDECREF(pending_key);
-    Py_XDECREF(id);
-    Py_XDECREF(amount);
-    Py_XDECREF(asset);
-    Py_XDECREF(posted);
-    Py_XDECREF(pending_delta);
-    Py_XDECREF(d_pend);
-    Py_XDECREF(d_post);
-    Py_XDECREF(c_pend);
-    Py_XDECREF(c_post);
-    Py_XDECREF(record);
     return result;
 }
 
@@ -459,6 +714,7 @@ static PyObject *Scanner_scan(Scanner *s, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &lines, &start)) return NULL;
     Py_ssize_t n = PyList_GET_SIZE(lines);
     Py_ssize_t i = start < 0 ? 0 : start;
+    s->epoch++;
     for (; i < n; i++) {
         long long count = s->count + 1;
         /* A checkpoint or snapshot at this line: the pure verifier takes the line and the stop. */
@@ -483,7 +739,10 @@ static PyObject *Scanner_scan(Scanner *s, PyObject *args) {
         SHA256_Final(digest, &ctx);
         if (!hex_equal(text, digest)) break;
         int applied = apply(s, &f);
-        if (applied < 0) return NULL;
+        if (applied < 0) {
+            write_back(s);
+            return NULL;
+        }
         if (applied == 0) break;
         /* Committed: the chain, the Merkle frontier, the counters. */
         memcpy(s->prev, digest, 32);
@@ -500,6 +759,7 @@ static PyObject *Scanner_scan(Scanner *s, PyObject *args) {
         s->count = count;
         s->max_seq = f.seq;
     }
+    if (write_back(s) < 0) return NULL;
     return PyLong_FromSsize_t(i);
 }
 
@@ -546,14 +806,27 @@ static PyObject *Scanner_set_state(Scanner *s, PyObject *args) {
 }
 
 static void clear_cache(Scanner *s) {
-    for (int i = 0; i < 1024; i++) Py_CLEAR(s->cached_state[i]);
-    Py_CLEAR(s->last_asset);
+    if (s->accts) {
+        for (Py_ssize_t i = 0; i <= s->acct_mask; i++) {
+            if (s->accts[i] == NULL) continue;
+            acct_release(s->accts[i]);
+            PyMem_Free(s->accts[i]);
+        }
+        PyMem_Free(s->accts);
+    }
+    s->accts = NULL;
+    s->acct_mask = s->nacct = 0;
+    PyMem_Free(s->dirty);
+    s->dirty = NULL;
+    s->ndirty = s->dirty_cap = 0;
+    for (int i = 0; i < s->nassets; i++) Py_CLEAR(s->assets[i].name);
+    s->nassets = 0;
 }
 
 static int Scanner_init(Scanner *s, PyObject *args, PyObject *kwds) {
     static char *names[] = {"accounts", "ids", "totals", "pendings", "stops", NULL};
     PyObject *accounts, *ids, *totals, *pendings, *stops;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O", names, &PyDict_Type, &accounts, &PySet_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O", names, &PyDict_Type, &accounts, &IdSetType,
                                      &ids, &PyDict_Type, &totals, &PyDict_Type, &pendings, &stops)) {
         return -1;
     }
@@ -585,12 +858,13 @@ static int Scanner_init(Scanner *s, PyObject *args, PyObject *kwds) {
     Py_INCREF(accounts);
     Py_XSETREF(s->accounts, accounts);
     Py_INCREF(ids);
-    Py_XSETREF(s->ids, ids);
+    Py_XSETREF(s->ids, (IdSet *)ids);
     Py_INCREF(totals);
     Py_XSETREF(s->totals, totals);
     Py_INCREF(pendings);
     Py_XSETREF(s->pendings, pendings);
     clear_cache(s);
+    if (acct_grow(s) < 0) return -1;
     memset(s->prev, 0, 32);
     s->depth = 0;
     s->count = 0;
@@ -636,13 +910,18 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastscan(void) {
     if (PyType_Ready(&ScannerType) < 0) return NULL;
-    ZERO = PyLong_FromLong(0);
-    if (ZERO == NULL) return NULL;
+    if (PyType_Ready(&IdSetType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&ScannerType);
     if (PyModule_AddObject(m, "Scanner", (PyObject *)&ScannerType) < 0) {
         Py_DECREF(&ScannerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&IdSetType);
+    if (PyModule_AddObject(m, "IdSet", (PyObject *)&IdSetType) < 0) {
+        Py_DECREF(&IdSetType);
         Py_DECREF(m);
         return NULL;
     }

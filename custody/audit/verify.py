@@ -416,6 +416,8 @@ def _scan_entries(
             for batch in batches:
                 _scan_lines(batch, cursor, scan, by_size, capture_at, stops, replay, report)
         else:
+            # The ids live in C; the pure verifier uses the same set (add, in) for the lines it takes.
+            replay.ids = fast.IdSet()
             scanner = fast.Scanner(replay.accounts, replay.ids, replay.totals, replay.pendings, stops)
             for batch in batches:
                 index, size = 0, len(batch)
@@ -424,6 +426,7 @@ def _scan_entries(
                     if index < size:
                         # A line the compiled path leaves: the pure path checks (and reports) it.
                         cursor.prev, cursor.stack, cursor.count, cursor.max_seq = scanner.get_state()
+                        # scan() wrote its balances and totals back into ``replay`` before it returned.
                         _scan_lines(batch[index:index + 1], cursor, scan, by_size, capture_at, stops,
                                     replay, report)
                         scanner.set_state(cursor.prev, cursor.stack, cursor.count, cursor.max_seq)

@@ -268,7 +268,71 @@ def test_fast_path_takes_every_plain_transfer_and_leaves_the_rest(
     report = forged(tmp_path, journal(), compiled)
     assert report.ok
     # Both runs go through the counter: the pure run takes all 26 lines, the compiled run only the
-    # openings (C leaves them) and the last line (the checkpoint's stop).
+    # openings (C leaves them), the two USDC amounts over 18 digits (C replays int64 balances) and
+    # the last line (the checkpoint's stop).
     raws = journal()
-    assert len(handled) == len(raws) + OPENED + 1
-    assert all(b'"kind":"open"' in line for line in handled[len(raws):-1])
+    left = handled[len(raws):]
+    assert len(left) == OPENED + 2 + 1
+    assert all(b'"kind":"open"' in line for line in left[:OPENED])
+    assert [b'"id":"dep-usdc"' in left[OPENED], b'"id":"usdc-back"' in left[OPENED + 1]] == [True, True]
+    assert left[-1][65:] == raws[-1]
+
+
+# Amounts around the C replay's limits: 18 digits is the longest it parses, int64 the widest balance.
+EDGE_AMOUNTS = [10**18 - 1, 10**18 - 2, 2**62, 2**63 - 1, 2**63, 2**64 + 1, 10**30]
+ACCOUNT_KINDS = [("hot_wallet", 2), ("user_available", 1), ("withdrawals_in_flight", 0), ("user_margin", 0)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_fast_path_random_ledgers_with_many_accounts_and_holds_give_the_pure_report(
+    tmp_path: Path, compiled: ModuleType, data: st.DataObject
+) -> None:
+    """Opens interleaved with transfers, holds posted/voided/expired (some misfit), ids reused,
+    constraints broken, and balances driven past int64: the C replay hands over exactly as pure."""
+    opened: dict[int, str] = {}
+    holds: list[tuple[str, int, int, int]] = []
+    raws: list[bytes] = []
+    amount = st.one_of(st.integers(1, 10**6), st.sampled_from(EDGE_AMOUNTS))
+    for step in range(data.draw(st.integers(5, 60), label="steps")):
+        seq = len(raws) + 1
+        if len(opened) < 2 or data.draw(st.integers(0, 9), label="open?") == 0:
+            account = len(opened) + 1
+            kind, flags = data.draw(st.sampled_from(ACCOUNT_KINDS), label="kind")
+            asset = data.draw(st.sampled_from(["BTC", "BTC", "ETH"]), label="asset")
+            opened[account] = asset
+            raws.append(opening(seq, account, f"owner{account}", kind, flags, asset))
+            continue
+        action = data.draw(st.sampled_from(["single", "single", "pending", "resolve"]), label="action")
+        if action == "resolve" and holds:
+            tid, debit, credit, held = holds.pop(data.draw(st.integers(0, len(holds) - 1), label="hold"))
+            kind = data.draw(st.sampled_from([TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE]))
+            value = data.draw(st.sampled_from([held, max(1, held // 2), held + 1]), label="resolved")
+            raws.append(entry(seq, f"r{step}", kind, debit, credit, value, opened[debit], pending_id=tid))
+            continue
+        debit = data.draw(st.sampled_from(sorted(opened)), label="debit")
+        same = [a for a in sorted(opened) if opened[a] == opened[debit] and a != debit] or [debit]
+        credit = data.draw(st.sampled_from(same), label="credit")
+        value = data.draw(amount, label="amount")
+        kind = TransferKind.PENDING if action == "pending" else TransferKind.SINGLE
+        # Singles sometimes reuse an id (the export helper's naive replay keeps holds unique).
+        reused = kind is TransferKind.SINGLE and data.draw(st.integers(0, 4), label="reuse?") == 0
+        tid = "t-reused" if reused else f"t{step}"
+        if kind is TransferKind.PENDING:
+            holds.append((tid, debit, credit, value))
+        raws.append(entry(seq, tid, kind, debit, credit, value, opened[debit]))
+    forged(tmp_path, raws, compiled)
+
+
+def test_fast_path_balances_past_int64_give_the_pure_report(tmp_path: Path, compiled: ModuleType) -> None:
+    """Eleven deposits of 10^18 - 1 carry the hot wallet's debits past 2^63: C hands the account over."""
+    raws = [opening(1, HOT, "platform", "hot_wallet", 2), opening(2, ALICE, "alice", "user_available", 1),
+            opening(3, BOB, "bob", "user_available", 1)]
+    for i in range(11):
+        raws.append(entry(len(raws) + 1, f"dep-{i}", TransferKind.SINGLE, HOT, ALICE, 10**18 - 1))
+    raws.append(entry(len(raws) + 1, "hold", TransferKind.PENDING, ALICE, BOB, 10**18 - 1))
+    raws.append(entry(len(raws) + 1, "post", TransferKind.POST, ALICE, BOB, 10**18 - 1, pending_id="hold"))
+    raws.append(entry(len(raws) + 1, "back", TransferKind.SINGLE, BOB, HOT, 10**18 - 1))
+    report = forged(tmp_path, raws, compiled)
+    assert report.ok, report.render()
