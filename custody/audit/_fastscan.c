@@ -268,9 +268,8 @@ static char *idset_store(IdSet *set, const char *key, Py_ssize_t len) {
 }
 
 /* 1 if the key was added, 0 if it was there, -1 on error (with ``add`` 0 only looks: 1 found, 0 not). */
-static int idset_op(IdSet *set, const char *key, Py_ssize_t len, int add) {
+static int idset_op_hashed(IdSet *set, const char *key, Py_ssize_t len, Py_hash_t hash, int add) {
     if (set->slots == NULL && idset_grow(set) < 0) return -1;
-    Py_hash_t hash = _Py_HashBytes(key, len);
     Py_ssize_t j = (Py_ssize_t)((size_t)hash & (size_t)set->mask);
     for (;;) {
         IdSlot *slot = &set->slots[j];
@@ -293,6 +292,15 @@ static int idset_op(IdSet *set, const char *key, Py_ssize_t len, int add) {
     set->used++;
     if (set->used * 2 > set->mask + 1 && idset_grow(set) < 0) return -1;
     return 1;
+}
+
+static int idset_op(IdSet *set, const char *key, Py_ssize_t len, int add) {
+    return idset_op_hashed(set, key, len, _Py_HashBytes(key, len), add);
+}
+
+/* Start loading the slot where a key's probe begins (the table is far bigger than the caches). */
+static void idset_prefetch(IdSet *set, Py_hash_t hash) {
+    if (set->slots != NULL) __builtin_prefetch(&set->slots[(size_t)hash & (size_t)set->mask]);
 }
 
 /* The str's UTF-8 bytes (surrogates passed through, so distinct strs have distinct keys). */
@@ -595,7 +603,7 @@ static int breaks(long flags, long bit, long long pend, long long post, long lon
  * Replay one parsed entry if every check passes; 1 applied, 0 leave it to the
  * pure verifier (nothing changed), -1 error.
  */
-static int apply(Scanner *s, const Fields *f) {
+static int apply(Scanner *s, const Fields *f, Py_hash_t id_hash) {
     int kind = kind_of(f->kind, f->kind_n);
     if (kind == K_OTHER) return 0;
     /* Amounts of up to 18 digits (< 2^63); longer ones are left to the pure verifier. */
@@ -666,7 +674,7 @@ static int apply(Scanner *s, const Fields *f) {
         goto done;
     }
     /* The id check last: adding a new id changes the set, a reused one does not. */
-    int added = idset_op(s->ids, f->id, f->id_n, 1);
+    int added = idset_op_hashed(s->ids, f->id, f->id_n, id_hash, 1);
     if (added <= 0) {
         result = added;
         goto done;
@@ -730,6 +738,9 @@ static PyObject *Scanner_scan(Scanner *s, PyObject *args) {
         Py_ssize_t raw_n = size - 65;
         Fields f;
         if (!parse(raw, raw_n, &f) || f.seq != s->max_seq + 1) break;
+        /* The id's slot is almost always a cache miss: start the load now, hash the chain meanwhile. */
+        Py_hash_t id_hash = _Py_HashBytes(f.id, f.id_n);
+        idset_prefetch(s->ids, id_hash);
         unsigned char digest[32];
         SHA256_CTX ctx;
         SHA256_Init(&ctx);
@@ -738,7 +749,7 @@ static PyObject *Scanner_scan(Scanner *s, PyObject *args) {
         SHA256_Update(&ctx, raw, (size_t)raw_n);
         SHA256_Final(digest, &ctx);
         if (!hex_equal(text, digest)) break;
-        int applied = apply(s, &f);
+        int applied = apply(s, &f, id_hash);
         if (applied < 0) {
             write_back(s);
             return NULL;
