@@ -1,5 +1,6 @@
 """Background jobs of the server process: expire pending holds, sweep orphan withdrawal holds, write
-ledger checkpoints, run transaction monitoring, and per configured chain the wallet round and the
+ledger checkpoints, release delayed withdrawals, run transaction monitoring and the travel-rule
+exchange (inquiries sent, overdue ones expired), and per configured chain the wallet round and the
 withdrawal dispatcher, plus one cold-bundle tick (broadcast, confirm, settle cold transfers on every
 chain). The exchange market (feeds, funding, expiry, listings) runs in a runner of its own, so a slow
 chain never delays a funding boundary.
@@ -20,6 +21,7 @@ from flask import Flask
 
 if TYPE_CHECKING:
     from custody.bundles.service import ColdTransfers
+    from custody.compliance.trp import TravelRuleExchange
     from exchange.feeds import PriceFeed
     from exchange.instruments import IndexConfig
     from exchange.schedule import MarketScheduler
@@ -33,6 +35,10 @@ HOLD_SWEEP_INTERVAL_S = 60.0
 # a run raises only what is new and a missed or repeated run changes nothing (docs/compliance.md).
 MONITORING_INTERVAL_S = 300.0
 WALLET_INTERVAL_S = 5.0
+# Delayed withdrawals whose delay is over (or whose travel-rule counterparty approved) are evaluated again.
+RELEASE_INTERVAL_S = 5.0
+# Travel-rule inquiries to counterparty VASPs are sent, and unanswered ones expired (docs/compliance.md).
+TRAVEL_RULE_INTERVAL_S = 10.0
 DEFAULT_CHECKPOINT_EVERY_ENTRIES = 10_000
 
 
@@ -51,6 +57,7 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
     from custody.wallets.dispatch import WithdrawalDispatcher
 
     ledger = app.extensions["strongroom.ledger"]
+    access = app.extensions["strongroom.access"]
 
     def checkpoint() -> object:
         with app.app_context():
@@ -61,10 +68,14 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
         Job("ledger_checkpoint", CHECKPOINT_INTERVAL_S, checkpoint),
         # Withdrawal holds no open withdrawal stands on (custody.withdrawals.service) are released.
         Job("withdrawal_hold_sweep", HOLD_SWEEP_INTERVAL_S,
-            app.extensions["strongroom.access"].withdrawals.sweep_orphan_holds),
+            access.withdrawals.sweep_orphan_holds),
         Job("compliance_monitoring", MONITORING_INTERVAL_S,
-            app.extensions["strongroom.access"].monitoring.run),
+            access.monitoring.run),
+        Job("withdrawal_release", RELEASE_INTERVAL_S, access.withdrawals.release_due),
     ]
+    trp = travel_rule_exchange(app)
+    if trp is not None:
+        jobs.append(Job("travel_rule_exchange", TRAVEL_RULE_INTERVAL_S, trp.run))
     runtimes = app.extensions.get("strongroom.chains", {})
     if runtimes:
         jobs.append(Job("cold_bundles", WALLET_INTERVAL_S, cold_transfers(app).tick))
@@ -72,12 +83,21 @@ def server_jobs(app: Flask, checkpoint_every_entries: int = DEFAULT_CHECKPOINT_E
         # The Bitcoin executor keeps the execute/get/tick contract, so the dispatcher serves every chain.
         suffix = "" if chain == "ethereum" else f"_{chain}"
         dispatcher = WithdrawalDispatcher(app.extensions["strongroom.sessions"], runtime.executor,
-                                          runtime.adapter.assets(), ledger_clock(app), ledger)
+                                          runtime.adapter.assets(), ledger_clock(app), ledger,
+                                          on_sent=None if trp is None else trp.notify)
         jobs += [
             Job(f"wallet_tick{suffix}", WALLET_INTERVAL_S, runtime.tick),
             Job(f"withdrawal_dispatch{suffix}", WALLET_INTERVAL_S, dispatcher.run),
         ]
     return jobs
+
+
+def travel_rule_exchange(app: Flask) -> TravelRuleExchange | None:
+    """Return the app's travel-rule exchange with counterparty VASPs (None: none configured)."""
+    from custody.api.compliance import TRP_EXTENSION
+
+    found: TravelRuleExchange | None = app.extensions.get(TRP_EXTENSION)
+    return found
 
 
 EXCHANGE_MARKET_INTERVAL_S = 1.0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class TravelRuleExchange:
         self._clock = clock
         self._transport = transport or HttpTransport()
         self.timeout_ms = timeout_ms
+        self._notify_lock = threading.Lock()  # one notification per inquiry from this process
 
     # -- opening (inside the withdrawal's transaction) ----------------------------------------
 
@@ -159,8 +161,21 @@ class TravelRuleExchange:
                 delivered.append(inquiry.withdrawal_id)
         return delivered
 
+    def run(self) -> dict[str, list[str]]:
+        """The scheduled job (strongroom.jobs): send unsent inquiries, then expire overdue ones."""
+        return {"sent": self.send_inquiries(), "expired": self.expire_due()}
+
     def notify(self, withdrawal_id: str, txid: str) -> bool:
-        """Tell the VASP of an approved inquiry the transaction id (once); True if delivered now."""
+        """Tell the VASP of an approved inquiry the transaction id (once); True if delivered now.
+
+        Called by the withdrawal dispatcher each round while the transaction is in flight
+        (``WithdrawalDispatcher(on_sent=...)``): a refused or failed delivery returns False and
+        is made again on the next call; a delivered one is recorded and never repeated.
+        """
+        with self._notify_lock:
+            return self._notify(withdrawal_id, txid)
+
+    def _notify(self, withdrawal_id: str, txid: str) -> bool:
         with self._sessions() as session:
             row = session.get(TravelRuleInquiry, withdrawal_id)
             if row is None or row.state != APPROVED or row.notified_ms is not None:
@@ -169,7 +184,11 @@ class TravelRuleExchange:
         if vasp is None:
             return False
         body = _canonical({"type": "notification", "transfer_id": withdrawal_id, "txid": txid})
-        if not 200 <= self._transport.post(vasp.url, body, sign(vasp.secret, body)) < 300:
+        try:
+            status = self._transport.post(vasp.url, body, sign(vasp.secret, body))
+        except OSError:  # urllib's HTTPError (4xx/5xx) and URLError are OSErrors: retried later
+            return False
+        if not 200 <= status < 300:
             return False
         with self._sessions.begin() as session:
             found = session.get(TravelRuleInquiry, withdrawal_id, with_for_update=True)

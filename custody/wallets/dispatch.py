@@ -59,7 +59,12 @@ class WithdrawalDispatcher:
         assets: Collection[str],
         clock: Callable[[], int],
         ledger: Ledger,
+        on_sent: Callable[[str, str], object] | None = None,
     ) -> None:
+        # on_sent(withdrawal_id, txid): told once the transaction has a txid, again every round while
+        # it is in flight (the receiver is idempotent, e.g. the travel-rule notification). It can
+        # fail: the broadcast already happened and nothing here depends on it.
+        self._on_sent = on_sent
         self._sessions = sessions
         self._ledger = ledger
         self._executor = executor
@@ -78,6 +83,8 @@ class WithdrawalDispatcher:
                 completed.append(row_id)
             elif status is TxStatus.FAILED:
                 failed.append(row_id)
+            if status is not TxStatus.FAILED:
+                self._announce(row_id)
         return DispatchReport(dispatched, completed, failed)
 
     def _status(self, row_id: str) -> TxStatus:
@@ -135,8 +142,21 @@ class WithdrawalDispatcher:
             return False
         # execute() persists its record before any chain call and is idempotent by id,
         # so a crash here is repaired by the next round (see _status).
-        self._execute(row_id)
+        if self._execute(row_id) is not TxStatus.FAILED:
+            self._announce(row_id)
         return True
+
+    def _announce(self, row_id: str) -> None:
+        """Tell ``on_sent`` the withdrawal's txid, if it has one; a failure is logged, never raised."""
+        if self._on_sent is None:
+            return
+        try:
+            txid = self._executor.get(f"wd:{row_id}").txid
+            if txid is not None:
+                self._on_sent(row_id, txid)
+        except Exception as exc:  # the hook never blocks or undoes a broadcast
+            log.warning("withdrawal %s: on_sent hook failed (%s); retried next round", row_id,
+                        type(exc).__name__)
 
     def _move(self, row_id: str, from_state: str, event: Event, reason: str,
               *, require_live_hold: bool = False) -> bool:

@@ -67,7 +67,8 @@ def test_failing_job_is_logged_and_does_not_stop_the_others(caplog: pytest.LogCa
 
 def test_server_jobs_include_wallet_rounds_only_when_a_chain_is_configured(app: Flask) -> None:
     names = [job.name for job in server_jobs(app)]
-    assert names == ["expire_pending", "ledger_checkpoint", "withdrawal_hold_sweep", "compliance_monitoring"]
+    assert names == ["expire_pending", "ledger_checkpoint", "withdrawal_hold_sweep", "compliance_monitoring",
+                     "withdrawal_release"]
 
 
 def test_server_jobs_tick_each_chain_and_cold_bundles_once(  # type: ignore[no-untyped-def]
@@ -95,7 +96,7 @@ def test_server_jobs_tick_each_chain_and_cold_bundles_once(  # type: ignore[no-u
     try:
         jobs = {job.name: job for job in server_jobs(app)}
         assert list(jobs) == ["expire_pending", "ledger_checkpoint", "withdrawal_hold_sweep",
-                              "compliance_monitoring", "cold_bundles",
+                              "compliance_monitoring", "withdrawal_release", "cold_bundles",
                               "wallet_tick", "withdrawal_dispatch", "wallet_tick_bitcoin",
                               "withdrawal_dispatch_bitcoin"]
         assert jobs["cold_bundles"].run() == []  # nothing exported yet: a round does nothing

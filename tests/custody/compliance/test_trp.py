@@ -36,6 +36,7 @@ class LocalVasp:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.bad_signatures = 0
+        self.refuse_next = 0  # answer 503 to this many next messages (a VASP briefly down)
         self.lock = threading.Lock()
         vasp = self
 
@@ -47,6 +48,9 @@ class LocalVasp:
                     if not hmac.compare_digest(expected, self.headers.get("X-TRP-Signature", "")):
                         vasp.bad_signatures += 1
                         self.send_response(401)
+                    elif vasp.refuse_next > 0:
+                        vasp.refuse_next -= 1
+                        self.send_response(503)
                     else:
                         vasp.received.append(json.loads(body))
                         self.send_response(202)
@@ -224,3 +228,59 @@ def test_trp_unknown_counterparty_vasp_is_refused(trp_app: Flask, erin: SignedCl
     assert available(trp_app, erin.extra["account_id"])[1] == 0
 
 
+
+
+def test_trp_jobs_inquire_and_the_dispatcher_notifies_the_txid_exactly_once_after_a_retry(
+    trp_app: Flask, erin: SignedClient, vasp: LocalVasp
+) -> None:
+    from custody.wallets.dispatch import WithdrawalDispatcher
+    from custody.wallets.withdrawal_executor import TxStatus
+    from strongroom.jobs import TRAVEL_RULE_INTERVAL_S, ledger_clock, server_jobs, travel_rule_exchange
+
+    jobs = {job.name: job for job in server_jobs(trp_app)}
+    assert jobs["travel_rule_exchange"].interval_s == TRAVEL_RULE_INTERVAL_S
+    r = _withdraw(erin, "trp-job", DATA)
+    assert r.status_code == 201, r.json
+    wid = r.json["withdrawal"]["id"] if "withdrawal" in r.json else r.json["id"]
+    assert jobs["travel_rule_exchange"].run() == {"sent": [wid], "expired": []}
+    assert jobs["travel_rule_exchange"].run() == {"sent": [], "expired": []}  # sent once
+    assert vasp.answer(trp_app.test_client(), wid, "approved").status_code == 200
+    assert [w.state for w in jobs["withdrawal_release"].run()] == ["approved"]  # type: ignore[attr-defined]
+    txid = "ab" * 32
+    sent: list[str] = []
+
+    class Executor:  # the real executors need a chain; this one broadcasts nothing, returns a txid
+        def execute(self, withdrawal_id: str, *args: Any) -> Any:
+            sent.append(withdrawal_id)
+            return type("View", (), {"status": TxStatus.BROADCAST, "txid": txid})()
+
+        def get(self, record_id: str) -> Any:
+            return type("View", (), {"status": TxStatus.BROADCAST, "txid": txid})()
+
+    exchange = travel_rule_exchange(trp_app)
+    assert exchange is not None
+    dispatcher = WithdrawalDispatcher(trp_app.extensions["strongroom.sessions"], Executor(),  # type: ignore[arg-type]
+                                      ["BTC"], ledger_clock(trp_app), trp_app.extensions["strongroom.ledger"],
+                                      on_sent=exchange.notify)
+    with vasp.lock:
+        # The counterparty is down when the transaction goes out (the dispatch and the in-flight
+        # check of the same round both fail to notify).
+        vasp.refuse_next = 2
+    assert dispatcher.run().dispatched == [wid] and sent == [wid]
+    assert _state(trp_app, wid) == "broadcasting"  # the failed notification did not hold it back
+    assert _exchange(trp_app).get(wid)["txid"] is None
+    dispatcher.run()  # in flight: the next round notifies again
+    dispatcher.run()  # and the one after does not repeat it
+    notifications = [m for m in vasp.received if m["type"] == "notification"]
+    assert notifications == [{"type": "notification", "transfer_id": wid, "txid": txid}]
+    assert _exchange(trp_app).get(wid)["txid"] == txid and sent == [wid]
+
+
+def test_trp_notify_to_an_unreachable_vasp_returns_false_and_never_raises(
+    trp_app: Flask, erin: SignedClient, vasp: LocalVasp
+) -> None:
+    wid = _waiting(trp_app, erin, vasp, "trp-down")
+    assert vasp.answer(trp_app.test_client(), wid, "approved").status_code == 200
+    vasp.close()  # nothing listens there any more
+    assert _exchange(trp_app).notify(wid, "c" * 64) is False
+    assert _exchange(trp_app).get(wid)["txid"] is None
