@@ -35,7 +35,7 @@ from custody.assets import get_asset
 from custody.compliance.cases import AlertInput, raise_alert
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.models import ComplianceDeposit
-from custody.compliance.screening import Screening
+from custody.compliance.screening import QUARANTINED_DEPOSIT, Screening
 from custody.ledger.codes import LedgerCode
 from custody.ledger.entry import AccountKind
 from custody.ledger.posting import TransferRequest
@@ -44,7 +44,7 @@ from custody.wallets.models import ChainDeposit
 from policies.kyc import DEPOSIT_WINDOW_MS, deposit_cap_refusal
 from policies.price import usd_cents
 
-CREDIT, HELD, QUARANTINED = "credit", "held_tier_cap", "quarantined"
+CREDIT, HELD, QUARANTINED = "credit", "held_tier_cap", QUARANTINED_DEPOSIT
 KYC_LIMIT = "kyc_limit"
 DEPOSIT_ACTOR = "service:deposit-compliance"
 HOLD_OWNER_PREFIX, QUARANTINE_OWNER_PREFIX = "kyc-hold:", "quarantine:"

@@ -34,7 +34,7 @@ from custody.access.models import User
 from custody.compliance.addresses import normalise_for_asset
 from custody.compliance.cases import AlertInput, raise_alert
 from custody.compliance.codes import ComplianceCode, ComplianceError
-from custody.compliance.models import SanctionedAddress, SanctionsListVersion
+from custody.compliance.models import ComplianceDeposit, SanctionedAddress, SanctionsListVersion
 from custody.compliance.sdn import ListedAddress, SanctionsList, SdnEntry, SdnFormatError, diff, parse_sdn
 from custody.withdrawals.models import WhitelistAddress, WithdrawalRequest
 
@@ -42,6 +42,8 @@ SANCTIONS = "sanctions"
 ADDRESS_RULE, NAME_RULE = "sanctions.address", "sanctions.name"
 SCREEN_ACTOR = "service:sanctions-screening"
 BLOCK_REASON = "refused by compliance screening"
+# Deposits already decided as quarantined were screened (and cased) when they arrived.
+QUARANTINED_DEPOSIT = "quarantined"
 # Withdrawals that may still reach the chain: a hit freezes their owner, which stops dispatch.
 UNSENT_STATES = ("pending_approval", "delayed", "approved", "awaiting_signature")
 SDN_FILES = {"sdn": "sdn.csv", "alt": "alt.csv", "add": "add.csv", "comments": "sdn_comments.csv"}
@@ -224,7 +226,12 @@ class Screening:
         return sorted(best.values(), key=lambda h: (-h.score, h.ent_num))[:MAX_NAME_HITS]
 
     def rescreen_all(self) -> list[str]:
-        """Screen every active whitelist entry, unsent withdrawal and user name; return new alert ids.
+        """Screen every active whitelist entry, unsent withdrawal, past deposit sender and user name.
+
+        Return the new alert ids. A deposit already received from a sender the new list names
+        opens (or joins) its owner's case under the same alert id the deposit gate uses
+        (``deposit:<id>``), and freezes the owner per `ScreeningPolicy`: the coins were credited
+        before the listing, so they stay booked, and the freeze stops them leaving.
 
         The work is paged (`RESCREEN_BATCH` subjects per transaction), so a large platform is
         screened completely without one long transaction holding the database.
@@ -236,6 +243,9 @@ class Screening:
             withdrawal_ids = list(session.scalars(select(WithdrawalRequest.id).where(
                 WithdrawalRequest.state.in_(UNSENT_STATES)).order_by(WithdrawalRequest.id)))
             usernames = list(session.scalars(select(User.username).order_by(User.username)))
+            deposit_ids = list(session.scalars(select(ComplianceDeposit.deposit_id).where(
+                ComplianceDeposit.sender != "", ComplianceDeposit.decision != QUARANTINED_DEPOSIT)
+                .order_by(ComplianceDeposit.deposit_id)))
         for start in range(0, len(entry_ids), RESCREEN_BATCH):
             with self._sessions.begin() as session:
                 entries = session.scalars(select(WhitelistAddress).where(
@@ -248,6 +258,12 @@ class Screening:
                     WithdrawalRequest.id.in_(withdrawal_ids[start:start + RESCREEN_BATCH])))
                 for w in withdrawals:
                     created += self._new(session, w.username, w.asset, w.destination, f"withdrawal:{w.id}")
+        for start in range(0, len(deposit_ids), RESCREEN_BATCH):
+            with self._sessions.begin() as session:
+                deposits = session.scalars(select(ComplianceDeposit).where(
+                    ComplianceDeposit.deposit_id.in_(deposit_ids[start:start + RESCREEN_BATCH])))
+                for d in deposits:
+                    created += self._new(session, d.owner, d.asset, d.sender, f"deposit:{d.deposit_id}")
         for start in range(0, len(usernames), RESCREEN_BATCH):
             with self._sessions.begin() as session:
                 for username in usernames[start:start + RESCREEN_BATCH]:

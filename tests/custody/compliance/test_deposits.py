@@ -215,6 +215,49 @@ def test_deposit_from_sanctioned_sender_is_quarantined_frozen_and_cased(world: W
     world.assert_balanced()
 
 
+def test_deposit_sender_listed_later_is_rescreened_cased_and_frozen_once(world: World, tmp_path: Path) -> None:
+    sender = to_checksum_address(world.chain.web3.eth.accounts[2])
+    world.screening.load_directory(list_copy(tmp_path, "before"), actor="test")
+    world.chain.send_eth(world.address("alice"), ETH // 10, sender=sender)
+    world.settle()
+    [decision] = world.decisions("alice")
+    assert decision.decision == CREDIT and decision.sender.lower() == sender.lower()
+    assert world.balance("alice") == ETH // 10
+    with world.sessions() as session:
+        assert not freezes.is_frozen(session, "alice")
+    listed = list_copy(tmp_path, "after")
+    # Listed in lower case: the match is on the normalised address, not the spelling.
+    add_sdn_row(listed, f'90098,"LATER, Listed","individual","CYBER2",-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,'
+                        f'"Digital Currency Address - ETH {sender.lower()}; FABRICATED."')
+    result = world.screening.load_directory(listed, actor="test")
+    assert result.created
+    subject = f"deposit:{decision.deposit_id}"
+    with world.sessions() as session:
+        [alert] = session.scalars(select(ComplianceAlert).where(ComplianceAlert.subject == subject)).all()
+        assert alert.id in result.new_alerts
+        assert alert.kind == "sanctions" and alert.score == 100 and alert.username == "alice"
+        assert alert.case_id is not None
+        assert freezes.is_frozen(session, "alice")
+    assert world.balance("alice") == ETH // 10  # credited before the listing: booked, frozen in place
+    assert world.screening.rescreen_all() == []  # re-run: nothing new
+    with world.sessions() as session:
+        assert len(session.scalars(select(ComplianceAlert).where(ComplianceAlert.subject == subject)).all()) == 1
+    world.assert_balanced()
+
+
+def test_deposit_rescreen_leaves_unlisted_senders_alone(world: World, tmp_path: Path) -> None:
+    world.chain.send_eth(world.address("alice"), ETH // 10, sender=world.chain.web3.eth.accounts[3])
+    world.settle()
+    listed = list_copy(tmp_path)
+    add_sdn_row(listed, '90097,"OTHER, Someone","individual","CYBER2",-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,'
+                        '"Digital Currency Address - ETH 0x00000000000000000000000000000000000bad01; FABRICATED."')
+    world.screening.load_directory(listed, actor="test")
+    with world.sessions() as session:
+        assert not freezes.is_frozen(session, "alice")
+        assert session.scalars(select(ComplianceAlert).where(
+            ComplianceAlert.subject.like("deposit:%"))).all() == []
+
+
 def test_deposit_decision_survives_reorg_and_reapplication(world: World) -> None:
     snapshot = world.chain.snapshot()
     world.chain.send_eth(world.address("alice"), 3 * ETH)  # held
