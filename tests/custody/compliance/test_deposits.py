@@ -215,7 +215,8 @@ def test_deposit_from_sanctioned_sender_is_quarantined_frozen_and_cased(world: W
     world.assert_balanced()
 
 
-def test_deposit_sender_listed_later_is_rescreened_cased_and_frozen_once(world: World, tmp_path: Path) -> None:
+def test_deposit_sender_listed_later_is_rescreened_cased_and_frozen_once(
+        world: World, tmp_path: Path) -> None:
     sender = to_checksum_address(world.chain.web3.eth.accounts[2])
     world.screening.load_directory(list_copy(tmp_path, "before"), actor="test")
     world.chain.send_eth(world.address("alice"), ETH // 10, sender=sender)
@@ -241,7 +242,8 @@ def test_deposit_sender_listed_later_is_rescreened_cased_and_frozen_once(world: 
     assert world.balance("alice") == ETH // 10  # credited before the listing: booked, frozen in place
     assert world.screening.rescreen_all() == []  # re-run: nothing new
     with world.sessions() as session:
-        assert len(session.scalars(select(ComplianceAlert).where(ComplianceAlert.subject == subject)).all()) == 1
+        same = session.scalars(select(ComplianceAlert).where(ComplianceAlert.subject == subject)).all()
+        assert len(same) == 1
     world.assert_balanced()
 
 
@@ -249,8 +251,9 @@ def test_deposit_rescreen_leaves_unlisted_senders_alone(world: World, tmp_path: 
     world.chain.send_eth(world.address("alice"), ETH // 10, sender=world.chain.web3.eth.accounts[3])
     world.settle()
     listed = list_copy(tmp_path)
+    other = "0x00000000000000000000000000000000000bad01"
     add_sdn_row(listed, '90097,"OTHER, Someone","individual","CYBER2",-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,-0- ,'
-                        '"Digital Currency Address - ETH 0x00000000000000000000000000000000000bad01; FABRICATED."')
+                        f'"Digital Currency Address - ETH {other}; FABRICATED."')
     world.screening.load_directory(listed, actor="test")
     with world.sessions() as session:
         assert not freezes.is_frozen(session, "alice")
