@@ -10,7 +10,8 @@
  * transfer ids (an IdSet, which the pure verifier uses as its id set too).
  * Holds stay in the verifier's Python dict. The Python account lists and
  * totals remain the state of record: scan() writes what it changed back into
- * them before it returns, and re-reads an account the pure verifier changed.
+ * them before it hands a line over (flush() at the end of the file), and
+ * re-reads an account the pure verifier changed.
  *
  * It only ever accepts a line when every check the pure verifier makes on it
  * passes: a line with anything else (a stored hash that does not match, an
@@ -176,9 +177,9 @@ static int hex_equal(const char *text, const unsigned char *digest) {
  *
  * Accounts the fast path has touched live in a C table with int64 balances (an account whose
  * balances do not fit, or an entry that would overflow one, is left to the pure verifier). The
- * Python lists stay the state of record: every scan() writes the balances it changed back into
- * them before it returns (so the pure verifier, which runs only between scan() calls, sees them),
- * and each scan() re-validates a cached account the first time it uses it, by comparing the list's
+ * Python lists stay the state of record: scan() writes the balances it changed back into them
+ * before it hands a line to the pure verifier (which runs only between scan() calls), flush() at
+ * the end of the file; each scan() re-validates a cached account the first time it uses it, by comparing the list's
  * items with the objects it last read or wrote (it holds references, so an unchanged pointer is an
  * unchanged value). Per-asset totals accumulate as deltas, added to the Python rows on the same
  * write-back. Transfer ids live in an IdSet (below), which the pure verifier uses as its set.
@@ -770,8 +771,15 @@ static PyObject *Scanner_scan(Scanner *s, PyObject *args) {
         s->count = count;
         s->max_seq = f.seq;
     }
-    if (write_back(s) < 0) return NULL;
+    /* Handing a line to the pure verifier: it must see every change. At the end of a batch the next
+       scan() continues where this one stopped, so the write-back waits (flush() ends the file). */
+    if (i < n && write_back(s) < 0) return NULL;
     return PyLong_FromSsize_t(i);
+}
+
+static PyObject *Scanner_flush(Scanner *s, PyObject *Py_UNUSED(ignored)) {
+    if (write_back(s) < 0) return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *Scanner_get_state(Scanner *s, PyObject *Py_UNUSED(ignored)) {
@@ -896,6 +904,8 @@ static void Scanner_dealloc(Scanner *s) {
 static PyMethodDef Scanner_methods[] = {
     {"scan", (PyCFunction)Scanner_scan, METH_VARARGS,
      "scan(lines, start) -> index of the first line left to the pure verifier (len(lines) if none)"},
+    {"flush", (PyCFunction)Scanner_flush, METH_NOARGS,
+     "flush() -> None: write the balances and totals changed since the last hand-over back"},
     {"get_state", (PyCFunction)Scanner_get_state, METH_NOARGS,
      "get_state() -> (prev hash, Merkle stack, line count, max seq)"},
     {"set_state", (PyCFunction)Scanner_set_state, METH_VARARGS,

@@ -426,11 +426,12 @@ def _scan_entries(
                     if index < size:
                         # A line the compiled path leaves: the pure path checks (and reports) it.
                         cursor.prev, cursor.stack, cursor.count, cursor.max_seq = scanner.get_state()
-                        # scan() wrote its balances and totals back into ``replay`` before it returned.
+                        # scan() wrote its balances and totals back into ``replay`` before it stopped.
                         _scan_lines(batch[index:index + 1], cursor, scan, by_size, capture_at, stops,
                                     replay, report)
                         scanner.set_state(cursor.prev, cursor.stack, cursor.count, cursor.max_seq)
                         index += 1
+            scanner.flush()  # the balances and totals of the lines since the last hand-over
             cursor.prev, cursor.stack, cursor.count, cursor.max_seq = scanner.get_state()
     scan.count, scan.last_seq, scan.head_hash = cursor.count, cursor.max_seq, cursor.prev.hex()
     return scan

@@ -20,12 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from custody.audit import fastscan
+from custody.audit import fastscan, untrusted
 from custody.audit.export import ENTRIES_FILE, parse_keys, read_json
 from custody.audit.verify import Report, verify_export
 from custody.ledger.entry import Entry, TransferKind
 
-from .helpers import codes, signed_export
+from .helpers import chain_hash, codes, signed_export
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 HOT, ALICE, BOB, FLIGHT, MARGIN, USDC_HOT, USDC_ALICE = 1, 2, 3, 4, 5, 6, 7
@@ -287,10 +287,12 @@ ACCOUNT_KINDS = [("hot_wallet", 2), ("user_available", 1), ("withdrawals_in_flig
                                                                  HealthCheck.too_slow])
 @given(data=st.data())
 def test_fast_path_random_ledgers_with_many_accounts_and_holds_give_the_pure_report(
-    tmp_path: Path, compiled: ModuleType, data: st.DataObject
+    tmp_path: Path, compiled: ModuleType, monkeypatch: pytest.MonkeyPatch, data: st.DataObject
 ) -> None:
     """Opens interleaved with transfers, holds posted/voided/expired (some misfit), ids reused,
-    constraints broken, and balances driven past int64: the C replay hands over exactly as pure."""
+    constraints broken, and balances driven past int64: the C replay hands over exactly as pure.
+    Small read chunks split the file into many batches: C's changes carry across them."""
+    monkeypatch.setattr(untrusted, "READ_CHUNK_BYTES", 700)
     opened: dict[int, str] = {}
     holds: list[tuple[str, int, int, int]] = []
     raws: list[bytes] = []
@@ -336,3 +338,22 @@ def test_fast_path_balances_past_int64_give_the_pure_report(tmp_path: Path, comp
     raws.append(entry(len(raws) + 1, "back", TransferKind.SINGLE, BOB, HOT, 10**18 - 1))
     report = forged(tmp_path, raws, compiled)
     assert report.ok, report.render()
+
+
+def test_fast_path_unsigned_tail_after_the_last_checkpoint_gives_the_pure_report(
+    tmp_path: Path, compiled: ModuleType
+) -> None:
+    """Lines after the last checkpoint end the file with no stop: C's changes must still reach the report."""
+    raws = journal()
+    directory = tmp_path / "export"
+    signed_export(directory, raws, KEY)
+    lines = (directory / ENTRIES_FILE).read_bytes().splitlines(keepends=True)
+    prev = lines[-1][:64].decode()
+    for i in range(3):
+        raw = entry(len(raws) + 1 + i, f"tail-{i}", TransferKind.SINGLE, HOT, ALICE, 5 + i)
+        prev = chain_hash(prev, raw)
+        lines.append(prev.encode() + b" " + raw + b"\n")
+    (directory / ENTRIES_FILE).write_bytes(b"".join(lines))
+    report = both(directory, compiled)
+    assert "tail_unsigned" in codes(report)
+    assert "balance_mismatch" in codes(report)  # accounts.jsonl is as of the checkpoint
