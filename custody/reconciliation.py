@@ -1,7 +1,14 @@
 """Reconciliation: per wallet and asset, the on-chain balance against the ledger's wallet account.
 
 Everything is compared at one block height H, the deposit watcher's last
-scanned block, so chain and ledger are read at the same instant:
+scanned block, so chain and ledger are read at the same instant. The ledger
+side (H itself, the wallet accounts' balances, deposits, outgoing records and
+our addresses) is read in ONE database transaction (repeatable read), so a
+watcher round or a settlement committing meanwhile cannot be half-counted.
+The chain side is the chain's :class:`Holdings` at H: the node's state at block
+H on Ethereum, one UTXO-set scan rolled back to H on Bitcoin
+(custody.chains.bitcoin.holdings), so a block mined while the run reads is
+not drift:
 
     expected(H) = ledger posted balance of the wallet account
                 + unconfirmed deposits seen at or below H           (on chain, not yet posted)
@@ -21,22 +28,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.bundles.models import ColdBundle
 from custody.chains.adapter import ChainAdapter, Receipt
+from custody.ledger.models import LedgerAccount
 from custody.wallets.codes import WalletCode, WalletError
 from custody.wallets.models import (
+    ChainBlock,
     ChainDeposit,
     ChainTransaction,
     ChainTransactionAttempt,
     OutgoingReorg,
     ReconciliationRun,
+    WalletAddress,
 )
 from custody.wallets.wallet import WalletRegistry
 
@@ -48,6 +58,46 @@ SETTLED = ("confirmed", "failed")
 COLD_SETTLED = ("confirmed", "failed")
 COLD_TRACKED = ("signed", "broadcast", *COLD_SETTLED)
 MAX_OPEN_TRANSACTIONS = 1000
+
+
+class Holdings(Protocol):
+    """What a chain's addresses held at one height."""
+
+    def balances(
+        self, addresses: Sequence[str], height: int, block_hash: str | None
+    ) -> dict[tuple[str, str], int]:
+        """Return ``{(address, asset): minor units}`` at block ``height`` (hash ``block_hash`` if known)."""
+        ...
+
+
+class AdapterHoldings:
+    """Holdings from the adapter's balance at a block (account chains keep history: Ethereum)."""
+
+    def __init__(self, adapter: ChainAdapter) -> None:
+        self._adapter = adapter
+
+    def balances(
+        self, addresses: Sequence[str], height: int, block_hash: str | None
+    ) -> dict[tuple[str, str], int]:
+        """Return each address's balance of every asset at block ``height``."""
+        return {
+            (address, asset): self._adapter.balance(address, asset, height)
+            for address in addresses
+            for asset in self._adapter.assets()
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _LedgerSide:
+    """Everything the database says, read in one transaction."""
+
+    height: int
+    block_hash: str | None
+    posted: dict[int, int]  # ledger account id -> debits_posted - credits_posted
+    addresses: dict[int, list[str]]  # wallet id -> its addresses
+    seen: list[ChainDeposit]
+    outgoing: list[_Outgoing]
+    attempts: dict[str, list[str]]  # chain_transactions id -> txids of its versions
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,34 +168,39 @@ class Reconciler:
         wallets: WalletRegistry,
         adapter: ChainAdapter,
         clock: Callable[[], int],
+        holdings: Holdings | None = None,
     ) -> None:
         self._sessions = sessions
         self._wallets = wallets
         self._adapter = adapter
         self._clock = clock
+        self._holdings = holdings or AdapterHoldings(adapter)
 
     def run(self, height: int | None = None) -> ReconciliationReport:
         """Reconcile at ``height`` (default: the watcher's last scanned block, else the head)."""
         chain = self._adapter.chain
-        if height is None:
-            height = self._scanned_height() or self._adapter.head_height()
-        in_flight = self._in_flight(height)
-        lines: list[ReconciliationLine] = []
-        for wallet in self._wallets.list_wallets(chain):
-            addresses = [a.address for a in self._wallets.addresses(wallet.id)]
-            for asset in self._adapter.assets():
-                account = self._wallets.ledger.get_account(self._wallets.wallet_account(wallet, asset))
-                b = account.balance
-                lines.append(
-                    ReconciliationLine(
-                        wallet=wallet.name,
-                        temperature=wallet.temperature.value,
-                        asset=asset,
-                        on_chain_minor=sum(self._adapter.balance(a, asset, height) for a in addresses),
-                        ledger_posted_minor=b.debits_posted - b.credits_posted,
-                        in_flight_minor=in_flight.get((wallet.id, asset), 0),
-                    )
-                )
+        wallets = self._wallets.list_wallets(chain)
+        assets = self._adapter.assets()
+        # Creating a missing account writes, so it happens before the read-only snapshot.
+        accounts = {
+            (w.id, asset): self._wallets.wallet_account(w, asset) for w in wallets for asset in assets
+        }
+        side = self._ledger_side(height, sorted(set(accounts.values())), [w.id for w in wallets])
+        every_address = [a for w in wallets for a in side.addresses.get(w.id, [])]
+        held = self._holdings.balances(every_address, side.height, side.block_hash)
+        in_flight = self._in_flight(side)
+        lines = [
+            ReconciliationLine(
+                wallet=wallet.name,
+                temperature=wallet.temperature.value,
+                asset=asset,
+                on_chain_minor=sum(held[(a, asset)] for a in side.addresses.get(wallet.id, [])),
+                ledger_posted_minor=side.posted[accounts[(wallet.id, asset)]],
+                in_flight_minor=in_flight.get((wallet.id, asset), 0),
+            )
+            for wallet in wallets
+            for asset in assets
+        ]
         bad = [line for line in lines if line.difference_minor != 0]
         for line in bad:
             log.error(
@@ -159,11 +214,11 @@ class Reconciler:
         status = "discrepancy" if bad else "ok"
         body = [line.to_json() for line in lines]
         row = ReconciliationRun(
-            chain=chain, height=height, run_ms=self._clock(), status=status, report=json.dumps(body)
+            chain=chain, height=side.height, run_ms=self._clock(), status=status, report=json.dumps(body)
         )
         with self._sessions.begin() as session:
             session.add(row)
-        return ReconciliationReport(row.id, chain, height, row.run_ms, status, body)
+        return ReconciliationReport(row.id, chain, side.height, row.run_ms, status, body)
 
     def latest(self) -> ReconciliationReport:
         """Return the newest stored run or raise no_reconciliation."""
@@ -178,50 +233,71 @@ class Reconciler:
             raise WalletError(WalletCode.NO_RECONCILIATION, "no reconciliation has run yet")
         return report_from_row(row)
 
-    # -- in-flight adjustments ----------------------------------------------------------------
+    # -- the ledger side, in one transaction ------------------------------------------------------
 
-    def _scanned_height(self) -> int | None:
-        from sqlalchemy import func
-
-        from custody.wallets.models import ChainBlock
-
+    def _ledger_side(self, height: int | None, account_ids: list[int], wallet_ids: list[int]) -> _LedgerSide:
+        chain = self._adapter.chain
         with self._sessions() as session:
-            return session.scalar(
-                select(func.max(ChainBlock.height)).where(ChainBlock.chain == self._adapter.chain)
-            )
-
-    def _in_flight(self, height: int) -> dict[tuple[int, str], int]:
-        adjust: dict[tuple[int, str], int] = {}
-
-        def add(wallet_id: int, asset: str, amount: int) -> None:
-            adjust[(wallet_id, asset)] = adjust.get((wallet_id, asset), 0) + amount
-
-        with self._sessions() as session:
-            seen = session.scalars(
-                select(ChainDeposit).where(
-                    ChainDeposit.chain == self._adapter.chain,
-                    ChainDeposit.status == "seen",
-                    ChainDeposit.block_height <= height,
+            _repeatable_read(session)
+            if height is None:
+                height = session.scalar(
+                    select(ChainBlock.height).where(ChainBlock.chain == chain)
+                    .order_by(ChainBlock.height.desc()).limit(1)
                 )
-            ).all()
-            rows = session.scalars(
-                select(ChainTransaction)
-                .where(ChainTransaction.chain == self._adapter.chain, ChainTransaction.status != "queued")
-                .order_by(ChainTransaction.created_ms.desc())
-                .limit(MAX_OPEN_TRANSACTIONS)
-            ).all()
-            # A settled transaction reorged out has its settlement undone in the ledger until it is
-            # mined again (custody/wallets/outgoing_reorg.py): count it as unsettled meanwhile.
-            reopened = set(session.scalars(select(OutgoingReorg.transaction_id).where(
-                OutgoingReorg.chain == self._adapter.chain, OutgoingReorg.status == "reversed")))
-            cold = session.scalars(
-                select(ColdBundle)
-                .where(ColdBundle.chain == self._adapter.chain, ColdBundle.state.in_(COLD_TRACKED))
-                .order_by(ColdBundle.created_ms.desc())
-                .limit(MAX_OPEN_TRANSACTIONS)
-            ).all()
-        for deposit in seen:
-            add(deposit.wallet_id, deposit.asset, deposit.amount_minor)
+            block_hash = None if height is None else session.scalar(
+                select(ChainBlock.hash).where(ChainBlock.chain == chain, ChainBlock.height == height)
+            )
+            posted = {
+                row.id: row.debits_posted - row.credits_posted
+                for row in session.scalars(select(LedgerAccount).where(LedgerAccount.id.in_(account_ids)))
+            }
+            addresses: dict[int, list[str]] = {}
+            for wallet_id, address in session.execute(
+                select(WalletAddress.wallet_id, WalletAddress.address)
+                .where(WalletAddress.wallet_id.in_(wallet_ids)).order_by(WalletAddress.id)
+            ):
+                addresses.setdefault(wallet_id, []).append(address)
+            records = self._records(session, height)
+        if height is None:  # the watcher has scanned nothing yet: the head, as it is now
+            height = self._adapter.head_height()
+        return _LedgerSide(height, block_hash, posted, addresses, *records)
+
+    def _records(
+        self, session: Session, height: int | None
+    ) -> tuple[list[ChainDeposit], list[_Outgoing], dict[str, list[str]]]:
+        chain = self._adapter.chain
+        # With nothing scanned there are no deposits yet (the watcher records them).
+        seen = [] if height is None else list(session.scalars(
+            select(ChainDeposit).where(
+                ChainDeposit.chain == chain,
+                ChainDeposit.status == "seen",
+                ChainDeposit.block_height <= height,
+            )
+        ))
+        rows = session.scalars(
+            select(ChainTransaction)
+            .where(ChainTransaction.chain == chain, ChainTransaction.status != "queued")
+            .order_by(ChainTransaction.created_ms.desc())
+            .limit(MAX_OPEN_TRANSACTIONS)
+        ).all()
+        # A settled transaction reorged out has its settlement undone in the ledger until it is
+        # mined again (custody/wallets/outgoing_reorg.py): count it as unsettled meanwhile.
+        reopened = set(session.scalars(select(OutgoingReorg.transaction_id).where(
+            OutgoingReorg.chain == chain, OutgoingReorg.status == "reversed")))
+        cold = session.scalars(
+            select(ColdBundle)
+            .where(ColdBundle.chain == chain, ColdBundle.state.in_(COLD_TRACKED))
+            .order_by(ColdBundle.created_ms.desc())
+            .limit(MAX_OPEN_TRANSACTIONS)
+        ).all()
+        attempts: dict[str, list[str]] = {}
+        unmined = [r.id for r in rows if r.mined_txid is None]
+        if unmined:
+            for record_id, txid in session.execute(
+                select(ChainTransactionAttempt.transaction_id, ChainTransactionAttempt.txid)
+                .where(ChainTransactionAttempt.transaction_id.in_(unmined))
+            ):
+                attempts.setdefault(record_id, []).append(txid)
         outgoing = [
             _Outgoing(r.source_wallet_id, r.asset, r.amount_minor, r.destination,
                       r.status in SETTLED and r.id not in reopened, r)
@@ -230,11 +306,23 @@ class Reconciler:
             _Outgoing(b.source_wallet_id, b.asset, b.amount_minor, b.destination, b.state in COLD_SETTLED, b)
             for b in cold
         ]
+        return seen, outgoing, attempts
+
+    # -- in-flight adjustments ----------------------------------------------------------------
+
+    def _in_flight(self, side: _LedgerSide) -> dict[tuple[int, str], int]:
+        adjust: dict[tuple[int, str], int] = {}
+
+        def add(wallet_id: int, asset: str, amount: int) -> None:
+            adjust[(wallet_id, asset)] = adjust.get((wallet_id, asset), 0) + amount
+
+        for deposit in side.seen:
+            add(deposit.wallet_id, deposit.asset, deposit.amount_minor)
         ours = self._wallets.address_index(self._adapter.chain)
         native = self._adapter.native_asset
-        for tx in outgoing:
-            receipt = self._receipt(tx.record)
-            on_chain = receipt is not None and receipt.block_height <= height
+        for tx in side.outgoing:
+            receipt = self._receipt(tx.record, side.attempts)
+            on_chain = receipt is not None and receipt.block_height <= side.height
             if on_chain == tx.settled:
                 continue
             sign = 1 if on_chain else -1
@@ -248,21 +336,30 @@ class Reconciler:
             add(tx.source_wallet_id, native, -sign * receipt.fee_paid_minor)
         return adjust
 
-    def _receipt(self, row: ChainTransaction | ColdBundle) -> Receipt | None:
+    def _receipt(
+        self, row: ChainTransaction | ColdBundle, attempts: dict[str, list[str]]
+    ) -> Receipt | None:
         if isinstance(row, ColdBundle):
             # A cold bundle has exactly one transaction: the one its cosigners signed.
             return None if row.txid is None else self._adapter.receipt(row.txid)
         if row.mined_txid is not None:
             return self._adapter.receipt(row.mined_txid)
-        with self._sessions() as session:
-            txids = session.scalars(
-                select(ChainTransactionAttempt.txid).where(ChainTransactionAttempt.transaction_id == row.id)
-            ).all()
-        for txid in txids:
+        for txid in attempts.get(row.id, []):
             receipt = self._adapter.receipt(txid)
             if receipt is not None:
                 return receipt
         return None
+
+
+def _repeatable_read(session: Session) -> None:
+    """Make every read of ``session`` see one snapshot of the database.
+
+    PostgreSQL's default (read committed) takes a new snapshot per statement;
+    repeatable read keeps the first one. SQLite sessions begin IMMEDIATE
+    (custody.db), holding the write lock, so nothing commits in between.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 @dataclass(frozen=True, slots=True)

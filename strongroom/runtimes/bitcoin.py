@@ -11,6 +11,7 @@ from custody.chains.bitcoin import keys
 from custody.chains.bitcoin.adapter import BitcoinAdapter
 from custody.chains.bitcoin.cold import ColdWallet
 from custody.chains.bitcoin.executor import BitcoinSpender, FeePolicy
+from custody.chains.bitcoin.holdings import BitcoinHoldings
 from custody.chains.bitcoin.network import Network
 from custody.chains.bitcoin.treasury import BitcoinConsolidator
 from custody.chains.bitcoin.utxo import UtxoSet
@@ -97,7 +98,7 @@ def build_bitcoin_runtime(
     executor = WithdrawalExecutor(sessions, wallets, spender, clock, ExecutorConfig(confirmations))
     consolidator = BitcoinConsolidator(sessions, wallets, spender, executor, utxos, clock)
     treasury = Treasury(sessions, wallets, adapter, executor, clock, consolidator)
-    reconciler = Reconciler(sessions, wallets, adapter, clock)
+    reconciler = Reconciler(sessions, wallets, adapter, clock, BitcoinHoldings(sessions, adapter))
     cold = ColdWallet(sessions, wallets, adapter, utxos, clock)
     outgoing = OutgoingReorgCheck(sessions, wallets, adapter, clock, dict(confirmations))
     return BitcoinRuntime(

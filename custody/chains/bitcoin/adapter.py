@@ -7,6 +7,8 @@ same rate in both fields of the EIP-1559-shaped :class:`FeeQuote`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from embit.transaction import Transaction  # type: ignore[import-untyped, unused-ignore]
@@ -35,6 +37,16 @@ CHAIN = "bitcoin"
 ASSET = "BTC"
 DEFAULT_CONF_TARGET = 6
 NULL_TXID = "00" * 32
+
+
+@dataclass(frozen=True, slots=True)
+class UnspentSnapshot:
+    """The confirmed outputs paying some addresses, as of the node's tip ``height`` / ``block_hash``."""
+
+    height: int
+    block_hash: str
+    # (txid, vout) -> (address, value in sat)
+    outputs: dict[tuple[str, int], tuple[str, int]]
 
 
 class BitcoinAdapter:
@@ -91,6 +103,22 @@ class BitcoinAdapter:
                 f"balance asked at height {at_height}, the node scanned at {result['height']}",
             )
         return sum(btc_to_sat(u["amount"]) for u in result["unspents"])
+
+    def unspent(self, addresses: Sequence[str]) -> UnspentSnapshot:
+        """Return the confirmed outputs of ``addresses`` in ONE scan of the node's UTXO set.
+
+        One ``scantxoutset`` call reads the whole set at one tip (and each call
+        walks the whole set on a real node), so every address is read at the
+        same height, which the result names with its block hash.
+        """
+        wanted = {self.script_of(address).hex(): address for address in addresses}
+        result = self.backend.scantxoutset("start", [{"desc": f"addr({a})"} for a in wanted.values()])
+        outputs = {
+            (str(u["txid"]), int(u["vout"])): (wanted[str(u["scriptPubKey"])], btc_to_sat(u["amount"]))
+            for u in result["unspents"]
+            if str(u["scriptPubKey"]) in wanted
+        }
+        return UnspentSnapshot(int(result["height"]), str(result["bestblock"]), outputs)
 
     def nonce(self, address: str) -> int:
         """Return 0: UTXO chains have no account nonce (outpoints make spends unique)."""
