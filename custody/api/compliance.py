@@ -383,6 +383,30 @@ def read_personal_data(username: str) -> ResponseReturnValue:
     return json_response({"personal_data": record})
 
 
+@bp.post("/users/<username>/personal-data/erase")
+@KYC_DECIDE
+@accepts(REASON_REQUIRED_SCHEMA)
+@answers({"200": obj({"erased": obj({"username": STR})})})
+def erase_personal_data(username: str) -> ResponseReturnValue:
+    """Erase a user's identity record (retention ended, erasure request); the reason is security-logged."""
+    body = json_object()
+    reject_unknown(body, {"reason"})
+    services().personal_data.erase(_viewer(), username[:64], field_str(body, "reason") or "")
+    return json_response({"erased": {"username": username[:64]}})
+
+
+@bp.post("/personal-data/rewrap")
+@KYC_DECIDE
+@accepts(REASON_REQUIRED_SCHEMA)
+@answers({"200": obj({"rewrapped": INT})})
+def rewrap_personal_data() -> ResponseReturnValue:
+    """Re-wrap every record whose data key is under an older KEK version (after a key rotation)."""
+    body = json_object()
+    reject_unknown(body, {"reason"})
+    count = services().personal_data.rewrap(actor=_viewer(), reason=field_str(body, "reason") or "")
+    return json_response({"rewrapped": count})
+
+
 @bp.get("/travel-rule/<withdrawal_id>")
 @PII_READ
 @answers({"200": obj({"ivms101": OBJECT, "transfer": OBJECT})})

@@ -192,8 +192,24 @@ class PersonalData:
             security_log.append(session, at_ms=self._clock(), actor=officer, action="compliance.pii.erase",
                                 subject=username, details={"revision": row.revision, "reason": why})
 
-    def rewrap(self, *, actor: str) -> int:
-        """Re-encrypt every record whose data key is wrapped by an older KEK version; return how many."""
+    def rewrap(self, *, actor: str, reason: str | None = None) -> int:
+        """Re-encrypt every record whose data key is wrapped by an older KEK version; return how many.
+
+        With ``reason`` (an officer's request: API, CLI) the run itself is security-logged
+        (``compliance.pii.rewrap_run``: who, why, how many), also when nothing was left to do.
+        """
+        why = None if reason is None else reason.strip()
+        if why is not None and (not why or len(why) > 512):
+            raise _invalid("reason must be 1..512 characters")
+        done = self._rewrap(actor)
+        if why is not None:
+            with self._sessions.begin() as session:
+                security_log.append(session, at_ms=self._clock(), actor=actor,
+                                    action="compliance.pii.rewrap_run", subject=self._key_name,
+                                    details={"records": done, "reason": why})
+        return done
+
+    def _rewrap(self, actor: str) -> int:
         latest = self._box.latest_version()
         done = 0
         while True:

@@ -119,6 +119,51 @@ def tax_report_command(username: str, year: int, asset: str, out: Path) -> None:
     guard(run)
 
 
+def _officer(username: str, mfa_code: str) -> str:
+    """Return ``username`` if it is an enabled compliance officer (kyc.manage) whose TOTP code checks."""
+    from policies.results import PolicyError, ResultCode
+    from policies.roles import Permission, has_permission
+
+    svc = services()
+    user = svc.users.find_user(username)
+    if user is None or user.disabled_ms is not None or not has_permission(user.roles, Permission.KYC_MANAGE):
+        raise PolicyError(ResultCode.PERMISSION_DENIED,
+                          f"{username[:64]!r} is not an enabled user with the compliance role")
+    refusal = svc.mfa.verify(user.username, mfa_code)
+    if refusal is not None:
+        raise PolicyError(refusal.code, refusal.message)
+    return user.username
+
+
+@compliance.command("erase-personal-data")
+@click.argument("username")
+@click.option("--officer", required=True, help="The compliance officer erasing (a user with the role).")
+@click.option("--mfa", "mfa_code", required=True, help="The officer's current TOTP code.")
+@click.option("--reason", required=True, help="Why (retention ended, erasure request); security-logged.")
+def erase_personal_data(username: str, officer: str, mfa_code: str, reason: str) -> None:
+    """Erase USERNAME's encrypted identity record (docs/compliance.md, "Personal data")."""
+
+    def run() -> None:
+        services().personal_data.erase(_officer(officer, mfa_code), username[:64], reason)
+        click.echo(json.dumps({"erased": {"username": username[:64]}}))
+
+    guard(run)
+
+
+@compliance.command("rewrap-personal-data")
+@click.option("--officer", required=True, help="The compliance officer asking (a user with the role).")
+@click.option("--mfa", "mfa_code", required=True, help="The officer's current TOTP code.")
+@click.option("--reason", required=True, help="Why (e.g. the KEK was rotated); security-logged.")
+def rewrap_personal_data(officer: str, mfa_code: str, reason: str) -> None:
+    """Re-wrap every identity record still under an older KEK version (after `keys rotate`)."""
+
+    def run() -> None:
+        count = services().personal_data.rewrap(actor=_officer(officer, mfa_code), reason=reason)
+        click.echo(json.dumps({"rewrapped": count}))
+
+    guard(run)
+
+
 @compliance.command("lists")
 def lists() -> None:
     """Print the loaded list versions with their diffs, newest first."""

@@ -180,6 +180,69 @@ def test_personal_data_erase_deletes_the_record_and_logs_why(app: Flask) -> None
     assert gone.value.code is ComplianceCode.PERSONAL_DATA_NOT_FOUND
 
 
+def _pii_events(app: Flask, action: str) -> list[SecurityEvent]:
+    with app.extensions["strongroom.sessions"]() as session:
+        return list(session.scalars(select(SecurityEvent).where(SecurityEvent.action == action)
+                                    .order_by(SecurityEvent.seq)))
+
+
+def test_personal_data_erase_over_api_refuses_trader_no_mfa_unknown_user_and_no_reason(
+    app: Flask, dana: SignedClient, officer: SignedClient
+) -> None:
+    _store(dana)
+    path = "/api/v1/compliance/users/dana/personal-data/erase"
+    assert_error(dana.post(path, json={"reason": "mine"}, mfa=True), 403, "permission_denied")
+    assert_error(officer.post(path, json={"reason": "erasure request"}), 401, "mfa_required")
+    assert_error(officer.post("/api/v1/compliance/users/nobody/personal-data/erase",
+                              json={"reason": "erasure request"}, mfa=True), 404, "personal_data_not_found")
+    assert officer.post(path, json={"reason": "   "}, mfa=True).status_code == 400
+    assert officer.post(path, json={}, mfa=True).status_code == 400
+    assert officer.post(path, json={"reason": "x", "also": 1}, mfa=True).status_code == 400
+    assert [r.username for r in _records(app)] == ["dana"]  # every refusal left it on file
+    assert _pii_events(app, "compliance.pii.erase") == []
+
+
+def test_personal_data_erased_over_api_is_gone_and_no_longer_decrypts(
+    app: Flask, dana: SignedClient, officer: SignedClient
+) -> None:
+    _store(dana)
+    erased = officer.post("/api/v1/compliance/users/dana/personal-data/erase",
+                          json={"reason": "retention period ended"}, mfa=True)
+    assert erased.status_code == 200, erased.json
+    assert erased.json == {"erased": {"username": "dana"}}
+    assert _raw_rows(app) == []  # no ciphertext, no wrapped key left in the table
+    assert_error(officer.get("/api/v1/compliance/users/dana/personal-data", query={"purpose": "after"},
+                             mfa=True), 404, "personal_data_not_found")
+    with pytest.raises(ComplianceError) as gone:
+        services(app).personal_data.read("officer1", "dana", "after erasure")
+    assert gone.value.code is ComplianceCode.PERSONAL_DATA_NOT_FOUND
+    [event] = _pii_events(app, "compliance.pii.erase")
+    assert (event.actor, event.subject) == ("officer1", "dana") and "retention period ended" in event.details
+    assert_error(officer.post("/api/v1/compliance/users/dana/personal-data/erase",
+                              json={"reason": "again"}, mfa=True), 404, "personal_data_not_found")
+
+
+def test_personal_data_rewrap_over_api_after_rotation_needs_officer_mfa_and_reason(
+    app: Flask, dana: SignedClient, officer: SignedClient, keystore: Any
+) -> None:
+    _store(dana)
+    path = "/api/v1/compliance/personal-data/rewrap"
+    assert keystore.rotate(PII_KEY_NAME) == 2
+    assert_error(dana.post(path, json={"reason": "rotation"}, mfa=True), 403, "permission_denied")
+    assert_error(officer.post(path, json={"reason": "rotation"}), 401, "mfa_required")
+    assert officer.post(path, json={"reason": ""}, mfa=True).status_code == 400
+    assert {r.kek_version for r in _records(app)} == {1}
+    done = officer.post(path, json={"reason": "quarterly KEK rotation"}, mfa=True)
+    assert done.status_code == 200 and done.json == {"rewrapped": 1}
+    assert {r.kek_version for r in _records(app)} == {2}
+    assert officer.post(path, json={"reason": "again"}, mfa=True).json == {"rewrapped": 0}
+    runs = _pii_events(app, "compliance.pii.rewrap_run")
+    assert [(e.actor, "quarterly KEK rotation" in e.details) for e in runs] == [("officer1", True),
+                                                                                ("officer1", False)]
+    read = officer.get("/api/v1/compliance/users/dana/personal-data", query={"purpose": "check"}, mfa=True)
+    assert read.json["personal_data"]["record"]["family_name"] == RECORD["family_name"]
+
+
 def _records(app: Flask) -> list[PersonalDataRecord]:
     with app.extensions["strongroom.sessions"]() as session:
         return list(session.scalars(select(PersonalDataRecord).order_by(PersonalDataRecord.username)))
