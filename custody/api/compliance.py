@@ -17,6 +17,7 @@ from flask import Blueprint, current_app, request
 from flask.typing import ResponseReturnValue
 
 from custody import security_log
+from custody.api.audit import audit
 from custody.api.auth import json_response, principal, secured, services
 from custody.api.request import field_int, field_str, json_object, query_int, reject_unknown
 from custody.api.schema import (
@@ -29,11 +30,13 @@ from custody.api.schema import (
     accepts,
     answers,
     array,
+    nullable,
     obj,
     path_parameters,
 )
 from custody.assets import ASSETS
 from custody.compliance.cases import CASE_STATES, MAX_LIST, RESOLUTIONS
+from custody.compliance.citation import Citation, cite_latest
 from custody.compliance.clearance import Clearance
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.deposits import DepositCompliance
@@ -534,8 +537,13 @@ def _report_asset(default: str) -> str:
 _STATEMENT_QUERY = (("asset", {"type": "string"}), ("year", _YEAR),
                     ("month", {"type": "integer", "minimum": 1, "maximum": 12}),
                     ("format", {"type": "string", "enum": ["csv", "pdf"]}))
-STATEMENT_ANSWER = obj({"statement": STATEMENT_SUMMARY, "csv": STR}, {"pdf_base64": STR})
-TAX_ANSWER = obj({"report": TAX_REPORT, "csv": STR})
+CITED_CHECKPOINT = obj({"number": INT, "last_seq": INT, "head_hash": STR, "checkpoint_hash": STR,
+                         "timestamp_ms": INT, "key_version": INT})
+CITATION = obj({"rests_on_seq": INT, "checkpoint": nullable(CITED_CHECKPOINT),
+                "checkpoint_reason": MAYBE_STR})
+STATEMENT_ANSWER = obj({"statement": STATEMENT_SUMMARY, "csv": STR, "citation": CITATION},
+                       {"pdf_base64": STR})
+TAX_ANSWER = obj({"report": TAX_REPORT, "csv": STR, "citation": CITATION})
 _USERNAME = {"type": "string", "minLength": 1, "maxLength": 64}
 
 
@@ -588,9 +596,11 @@ def _statement(username: str) -> ResponseReturnValue:
     summary = {name: getattr(built, name) for name in (
         "username", "asset", "account_id", "start_ms", "end_ms", "opening_minor", "credits_minor",
         "debits_minor", "closing_minor")} | {"lines": len(built.lines)}
-    body: dict[str, Any] = {"statement": summary, "csv": statement_csv(built)}
+    citation = _cite(built.rests_on_seq)
+    body: dict[str, Any] = {"statement": summary, "csv": statement_csv(built, citation),
+                            "citation": citation.to_json()}
     if request.args.get("format") == "pdf":
-        body["pdf_base64"] = base64.b64encode(statement_pdf(built)).decode()
+        body["pdf_base64"] = base64.b64encode(statement_pdf(built, citation)).decode()
     _log_report("compliance.report.statement", username, {"asset": asset, "year": year, "month": month})
     return json_response(body)
 
@@ -605,7 +615,14 @@ def _tax(username: str) -> ResponseReturnValue:
                         funding_seqs=None if seqs is None else seqs())
     fields = {name: getattr(report, name) for name in TAX_REPORT["required"]}
     _log_report("compliance.report.tax", username, {"asset": asset, "year": year})
-    return json_response({"report": fields, "csv": tax_report_csv(report)})
+    citation = _cite(report.rests_on_seq)
+    return json_response({"report": fields, "csv": tax_report_csv(report, citation),
+                          "citation": citation.to_json()})
+
+
+def _cite(rests_on_seq: int) -> Citation:
+    """The newest signed checkpoint if it covers ``rests_on_seq`` and verifies; else null and why."""
+    return cite_latest(audit(), rests_on_seq)
 
 
 def services_ledger() -> Ledger:

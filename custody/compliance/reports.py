@@ -18,6 +18,7 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer
 
+from custody.compliance.citation import Citation
 from custody.compliance.statements import Statement
 
 HEADER = ("section", "field", "value")
@@ -90,7 +91,7 @@ def _utc(ms: int) -> str:
     return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def statement_pdf(statement: Statement) -> bytes:
+def statement_pdf(statement: Statement, citation: Citation | None = None) -> bytes:
     """Return a statement as a PDF: the same figures as `statement_csv`, integers in minor units."""
     styles = getSampleStyleSheet()
     buffer = io.BytesIO()
@@ -106,6 +107,9 @@ def statement_pdf(statement: Statement) -> bytes:
     ]
     for name in ("opening_minor", "credits_minor", "debits_minor", "closing_minor"):
         story.append(Paragraph(f"<b>{escape(name)}</b>: {getattr(statement, name)}", styles["BodyText"]))
+    if citation is not None:
+        story += [Spacer(1, 6), Paragraph("Signed ledger checkpoint", styles["Heading2"])]
+        story += [Paragraph(escape(line), styles["BodyText"]) for line in citation.lines()]
     story += [Spacer(1, 6), Paragraph(f"Movements ({len(statement.lines)})", styles["Heading2"])]
     for line in statement.lines:
         story.append(Paragraph(escape(

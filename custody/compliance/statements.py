@@ -19,6 +19,7 @@ import datetime
 import io
 from dataclasses import asdict, dataclass
 
+from custody.compliance.citation import Citation
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.service import Ledger
 
@@ -59,6 +60,8 @@ class Statement:
     debits_minor: int
     closing_minor: int
     lines: tuple[StatementLine, ...]
+    # The last journal seq the figures rest on (posted entries before end_ms); 0 when read back from CSV.
+    rests_on_seq: int = 0
 
 
 def month_bounds(year: int, month: int) -> tuple[int, int]:
@@ -76,7 +79,7 @@ def build_statement(ledger: Ledger, username: str, asset: str, start_ms: int, en
     account = ledger.find_account(username, asset, AccountKind.USER_AVAILABLE)
     if account is None:
         return Statement(username, asset, 0, start_ms, end_ms, 0, 0, 0, 0, ())
-    opening = credits = debits = running = 0
+    opening = credits = debits = running = rests_on = 0
     lines: list[StatementLine] = []
     cursor, seen = 0, 0
     while True:
@@ -88,6 +91,8 @@ def build_statement(ledger: Ledger, username: str, asset: str, start_ms: int, en
             credit = entry.amount if entry.credit_account == account.id else 0
             debit = entry.amount if entry.debit_account == account.id else 0
             running += credit - debit
+            if entry.timestamp_ms < end_ms:
+                rests_on = max(rests_on, entry.seq)
             if entry.timestamp_ms < start_ms:
                 opening += credit - debit
             elif entry.timestamp_ms < end_ms:
@@ -103,7 +108,7 @@ def build_statement(ledger: Ledger, username: str, asset: str, start_ms: int, en
         raise StatementMismatch(f"{username} {asset}: journal movements add up to {running}, "
                                 f"the ledger holds {held}")
     return Statement(username, asset, account.id, start_ms, end_ms, opening, credits, debits,
-                     opening + credits - debits, tuple(lines))
+                     opening + credits - debits, tuple(lines), rests_on)
 
 
 def verify_statement(ledger: Ledger, statement: Statement) -> list[str]:
@@ -120,13 +125,20 @@ def verify_statement(ledger: Ledger, statement: Statement) -> list[str]:
     return problems
 
 
-def statement_csv(statement: Statement) -> str:
-    """Return the statement as CSV: a header block, then one row per line (integers in minor units)."""
+def statement_csv(statement: Statement, citation: Citation | None = None) -> str:
+    """Return the statement as CSV: a header block, then one row per line (integers in minor units).
+
+    With ``citation`` the header block has ``checkpoint,<field>,<value>`` rows
+    naming the signed checkpoint the figures rest on (empty values and a
+    ``checkpoint_reason`` when none covers them).
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     for name in ("username", "asset", "start_ms", "end_ms", "opening_minor", "credits_minor", "debits_minor",
                  "closing_minor"):
         writer.writerow(["summary", name, getattr(statement, name)])
+    if citation is not None:
+        writer.writerows(["checkpoint", name, value] for name, value in citation.rows())
     writer.writerow(["line", *[f for f in StatementLine.__slots__]])
     for line in statement.lines:
         writer.writerow(["line", *asdict(line).values()])

@@ -31,6 +31,7 @@ import io
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from custody.compliance.citation import Citation
 from custody.ledger.entry import AccountKind, TransferKind
 from custody.ledger.service import AccountView, Ledger
 
@@ -62,6 +63,7 @@ class TaxReport:
     net_movement: int
     entries: int
     funding_separated: bool
+    rests_on_seq: int = 0  # the last journal seq of the year's movements (0: none)
 
     @property
     def net_income(self) -> int:
@@ -95,7 +97,7 @@ def tax_report(ledger: Ledger, username: str, year: int, *, asset: str = "USDC",
     margin = [a for a in accounts.values() if a.kind == AccountKind.USER_MARGIN and owned(a)]
     margin_ids = {a.id for a in margin}
     totals = dict.fromkeys(CATEGORIES, 0)
-    net = entries = 0
+    net = entries = rests_on = 0
     seen: set[str] = set()
     for account in margin:
         cursor = 0
@@ -104,6 +106,7 @@ def tax_report(ledger: Ledger, username: str, year: int, *, asset: str = "USDC",
             for entry in page.entries:
                 if entry.kind not in POSTED_KINDS or not start_ms <= entry.timestamp_ms < end_ms:
                     continue
+                rests_on = max(rests_on, entry.seq)
                 incoming = entry.credit_account == account.id
                 signed = entry.amount if incoming else -entry.amount
                 net += signed
@@ -126,7 +129,7 @@ def tax_report(ledger: Ledger, username: str, year: int, *, asset: str = "USDC",
             cursor = page.next_cursor
     report = TaxReport(username, year, asset, totals["realised_pnl"], totals["funding"], totals["fees"],
                        totals["other"], totals["transfers_in"], totals["transfers_out"], net, entries,
-                       funding_seqs is not None)
+                       funding_seqs is not None, rests_on)
     classified = (report.realised_pnl + report.funding - report.fees + report.other
                   + report.transfers_in - report.transfers_out)
     if classified != net:
@@ -157,8 +160,11 @@ def _category(other: AccountView | None, owned: Callable[[AccountView], bool], i
     return "other"
 
 
-def tax_report_csv(report: TaxReport) -> str:
-    """Return the report as CSV rows ``field,value`` (integers in minor units)."""
+def tax_report_csv(report: TaxReport, citation: Citation | None = None) -> str:
+    """Return the report as CSV rows ``field,value`` (integers in minor units).
+
+    With ``citation``, rows naming the signed checkpoint the report rests on follow.
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["field", "value"])
@@ -166,4 +172,6 @@ def tax_report_csv(report: TaxReport) -> str:
                  "transfers_out", "net_movement", "entries", "funding_separated"):
         writer.writerow([name, getattr(report, name)])
     writer.writerow(["net_income", report.net_income])
+    if citation is not None:
+        writer.writerows(citation.rows())
     return out.getvalue()

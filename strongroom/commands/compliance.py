@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from strongroom.commands.access import guard, services
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from custody.compliance.citation import Citation
+    from custody.ledger.service import Ledger
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "custody" / "compliance" / "data" / "fixture_sdn"
 
@@ -84,14 +91,17 @@ def statement(username: str, asset: str, year: int, month: int, fmt: str, out: P
 
     def run() -> None:
         start_ms, end_ms = month_bounds(year, month)
-        built = build_statement(Ledger(services().sessions), username, asset.upper(), start_ms, end_ms)
+        sessions = services().sessions
+        ledger = Ledger(sessions)
+        built = build_statement(ledger, username, asset.upper(), start_ms, end_ms)
+        citation = _cite(sessions, ledger, built.rests_on_seq)
         if fmt == "csv":
-            out.write_text(statement_csv(built), encoding="utf-8")
+            out.write_text(statement_csv(built, citation), encoding="utf-8")
         else:
-            out.write_bytes(statement_pdf(built))
+            out.write_bytes(statement_pdf(built, citation))
         click.echo(json.dumps({"username": username, "asset": built.asset,
                                "closing_minor": built.closing_minor, "lines": len(built.lines),
-                               "format": fmt, "out": str(out)}))
+                               "format": fmt, "out": str(out), "citation": citation.to_json()}))
 
     guard(run)
 
@@ -111,12 +121,27 @@ def tax_report_command(username: str, year: int, asset: str, out: Path) -> None:
     from custody.ledger.service import Ledger
 
     def run() -> None:
-        report = tax_report(Ledger(services().sessions), username, year, asset=asset.upper())
-        out.write_text(tax_report_csv(report), encoding="utf-8")
+        sessions = services().sessions
+        ledger = Ledger(sessions)
+        report = tax_report(ledger, username, year, asset=asset.upper())
+        citation = _cite(sessions, ledger, report.rests_on_seq)
+        out.write_text(tax_report_csv(report, citation), encoding="utf-8")
         click.echo(json.dumps({"username": username, "year": year, "net_income": report.net_income,
-                               "out": str(out)}))
+                               "out": str(out), "citation": citation.to_json()}))
 
     guard(run)
+
+
+def _cite(sessions: sessionmaker[Session], ledger: Ledger, rests_on_seq: int) -> Citation:
+    """Cite the newest signed checkpoint covering ``rests_on_seq`` (keys from the configured keystore)."""
+    from custody.audit.service import AuditService
+    from custody.compliance.citation import cite_latest
+    from strongroom.keystores import LazyKeystore, open_keystore
+    from strongroom.settings import Settings
+
+    settings = Settings.from_env()
+    audit = AuditService(sessions, ledger, LazyKeystore(lambda: open_keystore(settings)))
+    return cite_latest(audit, rests_on_seq)
 
 
 def _officer(username: str, mfa_code: str) -> str:
