@@ -41,6 +41,7 @@ from custody.compliance.clearance import Clearance
 from custody.compliance.codes import ComplianceCode, ComplianceError
 from custody.compliance.deposits import DepositCompliance
 from custody.compliance.kyc import REVIEW_STATES
+from custody.compliance.limits_report import limits_csv, limits_rows, standings
 from custody.compliance.pii import REQUIRED as PII_FIELDS
 from custody.compliance.reports import statement_pdf
 from custody.compliance.screening import SANCTIONS
@@ -583,6 +584,20 @@ def user_statement(username: str) -> ResponseReturnValue:
 def user_tax(username: str) -> ResponseReturnValue:
     """A user's tax-year report (officers; each one is in the security log)."""
     return _tax(username[:64])
+
+
+@bp.get("/reports/limits")
+@KYC_READ
+@answers({"200": obj({"users": INT, "csv": STR})})
+def limits_report() -> ResponseReturnValue:
+    """Every user's KYC tier, jurisdiction, rules versions and withdrawal and trading caps in force (CSV)."""
+    access = services()
+    rows = limits_rows(standings(access.sessions), access.policies.active().document,
+                       access.kyc.jurisdictions)
+    with access.sessions.begin() as session:
+        security_log.append(session, at_ms=access.clock(), actor=_viewer(),
+                            action="compliance.report.limits", subject="*", details={"users": len(rows)})
+    return json_response({"users": len(rows), "csv": limits_csv(rows)})
 
 
 def _statement(username: str) -> ResponseReturnValue:

@@ -132,6 +132,22 @@ def tax_report_command(username: str, year: int, asset: str, out: Path) -> None:
     guard(run)
 
 
+@compliance.command("limits-report")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def limits_report_command(out: Path) -> None:
+    """Write every user's KYC tier, jurisdiction and withdrawal and trading caps in force as CSV to OUT."""
+    from custody.compliance.limits_report import limits_csv, limits_rows, standings
+
+    def run() -> None:
+        access = services()
+        rows = limits_rows(standings(access.sessions), access.policies.active().document,
+                           access.kyc.jurisdictions)
+        out.write_text(limits_csv(rows), encoding="utf-8")
+        click.echo(json.dumps({"users": len(rows), "out": str(out)}))
+
+    guard(run)
+
+
 def _cite(sessions: sessionmaker[Session], ledger: Ledger, rests_on_seq: int) -> Citation:
     """Cite the newest signed checkpoint covering ``rests_on_seq`` (keys from the configured keystore)."""
     from custody.audit.service import AuditService
