@@ -132,6 +132,33 @@ def tax_report_command(username: str, year: int, asset: str, out: Path) -> None:
     guard(run)
 
 
+@compliance.command("transactions")
+@click.option("--username", required=True)
+@click.option("--asset", required=True)
+@click.option("--year", type=click.IntRange(2009, 9999), required=True)
+@click.option("--month", type=click.IntRange(1, 12), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def transactions_command(username: str, asset: str, year: int, month: int, out: Path) -> None:
+    """Write a user's classified movements of a month as CSV to OUT, reconciled to the month's statement."""
+    from custody.compliance.statements import build_statement, month_bounds
+    from custody.compliance.transactions import reconcile, transaction_csv, transaction_report
+    from custody.ledger.service import Ledger
+
+    def run() -> None:
+        ledger = Ledger(services().sessions)
+        bounds = month_bounds(year, month)
+        report = transaction_report(ledger, username, asset.upper(), *bounds)
+        problems = reconcile(report, build_statement(ledger, username, asset.upper(), *bounds))
+        if problems:
+            raise click.ClickException("transaction report does not reconcile: " + "; ".join(problems))
+        out.write_text(transaction_csv(report), encoding="utf-8")
+        click.echo(json.dumps({"username": username, "asset": report.asset, "rows": len(report.rows),
+                               "credits_minor": report.credits_minor, "debits_minor": report.debits_minor,
+                               "out": str(out)}))
+
+    guard(run)
+
+
 @compliance.command("limits-report")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def limits_report_command(out: Path) -> None:
