@@ -30,14 +30,14 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 
 from exchange.engine.instrument import Instrument
 from exchange.engine.orderbook import OrderBook
 from exchange.engine.snapshot import SnapshotBody
 from exchange.stream.controls import EngineControls
 from exchange.stream.follower import fetch_ready
+from exchange.stream.lease import Lease
 from exchange.stream.topology import (
     EVENTS_STREAM,
     LEASE_RENEW_S,
@@ -45,7 +45,6 @@ from exchange.stream.topology import (
     command_stream,
     command_subject,
     events_subject,
-    lease_bucket,
     snapshot_bucket,
 )
 from exchange.stream.wire import (
@@ -126,43 +125,15 @@ class EngineWorker:
         self.snapshot_seq = 0
         self.events_subject_seq = 0  # stream sequence of this market's last event batch
         self.stats = WorkerStats()
-        self._lease_revision = 0
-        self._lease_lost = asyncio.Event()
+        self.lease = Lease(js, self.symbol, name)
+        self._lease_lost = self.lease.lost
         self._last_stall_check = 0.0
 
     # -- leadership -----------------------------------------------------------------------
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until this worker holds the market's lease (True) or `stop` is set (False)."""
-        kv: KeyValue | None = None
-        while not stop.is_set():
-            try:
-                kv = kv or await lease_bucket(self.js)
-                self._lease_revision = await kv.create(self.symbol, self.name.encode())
-                log.info("worker %s leads %s", self.name, self.symbol)
-                return True
-            except KeyWrongLastSequenceError:
-                pass
-            except NatsError as exc:
-                log.warning("lease check for %s failed: %s", self.symbol, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), LEASE_RENEW_S)
-        return False
-
-    async def _renew(self, kv: KeyValue) -> None:
-        while True:
-            await asyncio.sleep(LEASE_RENEW_S)
-            try:
-                self._lease_revision = await kv.update(self.symbol, self.name.encode(),
-                                                       last=self._lease_revision)
-            except KeyWrongLastSequenceError:
-                log.error("worker %s lost the lease of %s", self.name, self.symbol)
-                self._lease_lost.set()
-                return
-            except NatsError as exc:
-                # Keep trying: if the lease expires meanwhile, the update fails with wrong last
-                # sequence, and fencing refuses any batch published after a standby took over.
-                log.warning("lease renewal for %s failed: %s", self.symbol, exc)
+        return await self.lease.acquire(stop)
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -335,8 +306,7 @@ class EngineWorker:
 
     async def lead(self, stop: asyncio.Event) -> None:
         """Recover, then process commands until `stop`, fencing or a lost lease."""
-        kv = await lease_bucket(self.js)
-        renew = asyncio.create_task(self._renew(kv))
+        renew = asyncio.create_task(self.lease.keep())
         try:
             await self.recover()
             sub = await self._subscribe()
@@ -382,9 +352,7 @@ class EngineWorker:
 
     async def release(self) -> None:
         """Give the lease up (clean shutdown), so a standby need not wait for it to expire."""
-        with contextlib.suppress(NatsError, TimeoutError):
-            kv = await lease_bucket(self.js)
-            await kv.delete(self.symbol, last=self._lease_revision)
+        await self.lease.release()
 
 
 async def run_worker(urls: list[str], instrument: Instrument, *, name: str,
