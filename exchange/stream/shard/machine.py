@@ -35,7 +35,7 @@ from typing import Any, Final
 
 import msgspec
 
-from exchange.commands import AmendOrder, Place, VenueCommand
+from exchange.commands import Advance, AmendOrder, Place, Tick, VenueCommand
 from exchange.controls import ControlError, MarketClosed, MarketControls
 from exchange.engine.messages import Event
 from exchange.instruments import ExchangeConfig
@@ -155,6 +155,13 @@ class ShardMachine:
         venue = self.venue
         if type(command.ts_ms) is int and command.ts_ms > self.clock_ms:
             self.clock_ms = command.ts_ms
+        if venue.now_ms < self.clock_ms:
+            # The venue's own time moves only on ticks and advances. Every command runs at the
+            # shard clock instead, so an order is judged at the latest time the stream has seen:
+            # a stale index refuses it whatever its own stamp (older, or none), and a quote
+            # already applied is never "from the future" for it (an order stamped before the
+            # feeder's round but stored among its quotes would see too few fresh sources).
+            venue.now_ms = self.clock_ms
         value: object = None
         code, message = 0, ""
         try:
@@ -188,6 +195,10 @@ class ShardMachine:
             return self._funded_deposit(cmd)  # type: ignore[arg-type]
         if t is VoidDeposit:
             return self._void_deposit(cmd)  # type: ignore[arg-type]
+        if (t is Tick or t is Advance) and cmd.now_ms < self.clock_ms:  # type: ignore[union-attr]
+            # Never back in time (a deposed or skewed feeder): settlement TWAP samples must be
+            # in time order, and the index is computed at the clock the orders are judged at.
+            cmd = msgspec.structs.replace(cmd, now_ms=self.clock_ms)
         if command.limits is not None and command.user is not None:
             refusal = self._entitlement(command, cmd)  # type: ignore[arg-type]
             if refusal[0]:
