@@ -18,6 +18,8 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 # and the verifier's fast path OpenSSL's libcrypto headers (tests/custody/audit/test_fastscan.py).
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [ -e /usr/include/openssl/sha.h ] || missing+=(libssl-dev)
+# promtool evaluates the alert rules' unit tests (tests/strongroom/test_shard_alerts.py, test_metrics.py).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -115,6 +115,11 @@ def test_alert_rules_name_only_exported_metrics(
     from strongroom.metrics import EXTENSION
 
     families = {f.name for f in app.extensions[EXTENSION].registry.collect()}
+    # The clearing-shard processes (shard-worker, shard-settlement, the gateways' replicas) export
+    # their own families (exchange/stream/shard/metrics.py; rules tested in test_shard_alerts.py).
+    from exchange.stream.shard.metrics import ShardMetrics
+
+    families |= {f.name for f in ShardMetrics().registry.collect()}
     names = set()
     for rule in _rules():
         assert {"alert", "expr", "labels", "annotations"} <= set(rule), rule
