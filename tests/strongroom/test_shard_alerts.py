@@ -99,7 +99,7 @@ CASES = [
           [("1m", "ShardSettlementStalled", []),
            ("4m", "ShardSettlementStalled", [PAGE_MAIN])]),
     # Divergence: one count is enough, at once.
-    _case({'strongroom_shard_state_divergence_total{shard="MAIN",process="gateway",instance="api1"}': "0 0 1 1",
+    _case({'strongroom_shard_state_divergence_total{shard="MAIN",process="gateway",instance="a1"}': "0 0 1 1",
            'strongroom_shard_state_divergence_total{shard="B",process="standby",instance="w2"}': "0 0 0 0"},
           [("1m", "ShardReplicaDivergence", []),
            ("2m", "ShardReplicaDivergence", [{"severity": "page", "shard": "MAIN", "process": "gateway"}])]),

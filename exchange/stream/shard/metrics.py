@@ -35,6 +35,7 @@ registry (``app.extensions["strongroom.metrics"].registry``): pass it in.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
@@ -67,7 +68,9 @@ PUBLISH_BUCKETS_S: Final = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0
 BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 METRICS_PORT_ENV: Final = "STRONGROOM_METRICS_PORT"
 METRICS_HOST_ENV: Final = "STRONGROOM_METRICS_HOST"
-METRICS_TOKEN_ENV: Final = "STRONGROOM_METRICS_TOKEN"
+# In a container the scraper connects from outside: listen on every interface unless told.
+ALL_INTERFACES: Final = "0.0.0.0"  # noqa: S104 - the scrape port, token-protected
+METRICS_TOKEN_ENV: Final = "STRONGROOM_METRICS_TOKEN"  # noqa: S105 - the variable's name
 # Result codes are one bounded enum (exchange/engine/codes.py, risk codes); this caps the
 # label's cardinality even if a bug produced arbitrary numbers.
 CODE_LABEL_MAX: Final = 99_999
@@ -264,10 +267,8 @@ def _code_label(code: int) -> str:
 
 
 def _remove(gauge: Gauge, *labels: str) -> None:
-    try:
+    with contextlib.suppress(KeyError):  # never set
         gauge.remove(*labels)
-    except KeyError:
-        pass  # never set
 
 
 class LedgerImbalanceCollector(Collector):
@@ -322,7 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry
     token: str
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             self._send(200, b"ok\n", "text/plain")
@@ -344,11 +345,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes every 15 s would drown the process's own log
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0",
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1",
                   token: str = "") -> ThreadingHTTPServer:
     """Serve ``/metrics`` and ``/healthz`` on `host`:`port` (0 = any free port) in a daemon thread."""
     handler = type("ShardMetricsHandler", (_Handler,), {"registry": registry, "token": token})
@@ -365,7 +366,7 @@ def serve_from_env(registry: CollectorRegistry) -> ThreadingHTTPServer | None:
         return None
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{METRICS_PORT_ENV} was {port[:16]!r}, must be a TCP port number")
-    server = serve_metrics(registry, int(port), os.environ.get(METRICS_HOST_ENV, "0.0.0.0"),
+    server = serve_metrics(registry, int(port), os.environ.get(METRICS_HOST_ENV, ALL_INTERFACES),
                            os.environ.get(METRICS_TOKEN_ENV, ""))
     log.info("metrics on port %d", server.server_port)
     return server

@@ -40,7 +40,7 @@ def get(url: str, token: str | None = None) -> tuple[int, str]:
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - our own server
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -182,7 +182,9 @@ def test_shard_metrics_serve_from_env_unset_starts_nothing_and_bad_port_is_refus
         serve_from_env(ShardMetrics().registry)
 
 
-def test_shard_metrics_serve_from_env_serves_process_metrics_with_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shard_metrics_serve_from_env_serves_process_metrics_with_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("STRONGROOM_METRICS_PORT", "0")
     monkeypatch.setenv("STRONGROOM_METRICS_HOST", "127.0.0.1")
     monkeypatch.setenv("STRONGROOM_METRICS_TOKEN", TOKEN)
