@@ -14,8 +14,13 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from nats.js.client import JetStreamContext
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 
@@ -28,6 +33,25 @@ def _install_stop(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+def serve_worker(nats_urls: str, ensure: Callable[[JetStreamContext], Awaitable[None]],
+                 run: Callable[[list[str], asyncio.Event], Awaitable[Any]]) -> dict[str, int]:
+    """Create the worker's streams if absent, run it until SIGTERM/SIGINT; return its stats."""
+    import nats
+
+    async def main() -> dict[str, int]:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        nc = await nats.connect(servers=_urls(nats_urls))
+        try:
+            await ensure(nc.jetstream())
+        finally:
+            await nc.close()
+        stats = await run(_urls(nats_urls), stop)
+        return dict(stats.__dict__)
+
+    return asyncio.run(main())
 
 
 @click.command("engine-worker")
@@ -47,8 +71,6 @@ def engine_worker(market: str, nats_urls: str, name: str | None, replicas: int, 
                   lot_size: int, min_qty: int, max_qty: int, band_bps: int | None,
                   snapshot_every: int) -> None:
     """Lead or stand by for one market's matching engine over NATS JetStream."""
-    import nats
-
     from exchange.engine.instrument import Instrument
     from exchange.stream.topology import check_symbol, ensure_topology
     from exchange.stream.worker import run_worker
@@ -63,17 +85,11 @@ def engine_worker(market: str, nats_urls: str, name: str | None, replicas: int, 
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    async def main() -> dict[str, int]:
-        stop = asyncio.Event()
-        _install_stop(stop)
-        nc = await nats.connect(servers=_urls(nats_urls))
-        await ensure_topology(nc.jetstream(), [market], replicas)
-        await nc.close()
-        stats = await run_worker(_urls(nats_urls), instrument, name=worker_name,
-                                 snapshot_every=snapshot_every, stop=stop)
-        return stats.__dict__
-
-    click.echo(json.dumps({"market": market, "worker": worker_name, **asyncio.run(main())}))
+    stats = serve_worker(
+        nats_urls, lambda js: ensure_topology(js, [market], replicas),
+        lambda urls, stop: run_worker(urls, instrument, name=worker_name,
+                                      snapshot_every=snapshot_every, stop=stop))
+    click.echo(json.dumps({"market": market, "worker": worker_name, **stats}))
 
 
 @click.command("settlement-worker")
