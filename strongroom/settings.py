@@ -44,6 +44,9 @@ class Settings:
     # Scale-out order entry (docs/scale-out.md): NATS servers of the engines' command streams;
     # empty means the in-process engine (the embedded default).
     exchange_nats_urls: tuple[str, ...] = ()
+    # Shard mode (docs/scale-out.md, "Clearing shards"): NATS servers of the clearing shards'
+    # command streams; every exchange endpoint then runs through the shards.
+    exchange_shard_nats_urls: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -87,7 +90,9 @@ class Settings:
                    exchange_dev_mode=_flag(env, "STRONGROOM_EXCHANGE_DEV_MODE"),
                    exchange_demo_maker=_flag(env, "STRONGROOM_EXCHANGE_DEMO_MAKER"),
                    exchange_nats_urls=tuple(u.strip() for u in env.get(
-                       "STRONGROOM_EXCHANGE_NATS_URLS", "").split(",") if u.strip()))
+                       "STRONGROOM_EXCHANGE_NATS_URLS", "").split(",") if u.strip()),
+                   exchange_shard_nats_urls=tuple(u.strip() for u in env.get(
+                       "STRONGROOM_EXCHANGE_SHARD_NATS_URLS", "").split(",") if u.strip()))
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory readable by its owner only, and return it."""

@@ -43,9 +43,11 @@ def build() -> Flask:
     check_startup(settings)
     runtimes = chain_runtimes_from_env(settings)
     # In scale-out mode (STRONGROOM_EXCHANGE_NATS_URLS) API workers take orders too: they hold
-    # no venue journal, the engines' streams are the truth (docs/scale-out.md).
+    # no venue journal, the engines' streams are the truth (docs/scale-out.md). Likewise in
+    # shard mode (STRONGROOM_EXCHANGE_SHARD_NATS_URLS): the shards' command streams are.
     config = {"WALLETS": runtimes.get("ethereum"), "CHAIN_RUNTIMES": runtimes,
-              "EXCHANGE_ENABLED": role() == "all" or bool(settings.exchange_nats_urls)}
+              "EXCHANGE_ENABLED": role() == "all" or bool(settings.exchange_nats_urls)
+              or bool(settings.exchange_shard_nats_urls)}
     app = create_app(config, settings=settings)
     if role() == "all":
         from strongroom.jobs import JobRunner, exchange_jobs, server_jobs

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from custody.api.auth import principal, secured
@@ -43,7 +43,22 @@ from custody.api.schema import (
     obj,
     path_parameters,
 )
-from exchange.api import scaleout
+from exchange.api import scaleout, shardmode
+from exchange.api.runner import EmbeddedRunner, Outcome, Runner, ShardCode, ShardRunner, shard_code
+from exchange.commands import (
+    AdjustIsolatedMargin,
+    Advance,
+    AmendOrder,
+    CancelAllOrders,
+    CancelOrder,
+    Deposit,
+    Place,
+    Quote,
+    SetLeverage,
+    SetTpSl,
+    Tick,
+    Withdraw,
+)
 from exchange.engine.codes import ResultCode
 from exchange.engine.journal import FsyncPolicy
 from exchange.engine.messages import (
@@ -72,6 +87,7 @@ from exchange.venue import (
     TIMES_IN_FORCE,
     InvalidCommand,
     Venue,
+    amend_problem,
     order_problem,
 )
 from policies.api_key import Scope
@@ -174,8 +190,9 @@ def init_app(app: Flask) -> None:
     settings = app.extensions.get("strongroom.settings")
     if directory is None and settings is not None:
         directory = settings.data_dir / "exchange"
-    if scaleout.nats_urls(app):
-        # Scale-out: the engines' streams are the truth; this process keeps an unjournaled
+    shards = shardmode.init_shards(app, config)
+    if shards or scaleout.nats_urls(app):
+        # Scale-out and shard mode: the streams are the truth; this process keeps an unjournaled
         # venue only for instrument listings, so any number of API workers can run.
         directory = None
     if directory is None:
@@ -189,7 +206,8 @@ def init_app(app: Flask) -> None:
     if clock is not None:
         # Funding and expiry due before a command run before it (exchange/schedule.py).
         app.extensions[EXTENSION].clock = clock
-    scaleout.init_scaleout(app, sorted(config.instruments))
+    if not shards:
+        scaleout.init_scaleout(app, sorted(config.instruments))
     app.register_blueprint(bp)
 
 
@@ -197,6 +215,29 @@ def service() -> ExchangeService:
     """Return the app's exchange service."""
     found: ExchangeService = current_app.extensions[EXTENSION]
     return found
+
+
+def runner() -> Runner:
+    """Return where this app runs venue commands: the clearing shards (shard mode) or in process."""
+    gw = shardmode.shard_gateway()
+    return EmbeddedRunner(service()) if gw is None else ShardRunner(gw)
+
+
+def pending_or(out: Outcome, answer: Any) -> ResponseReturnValue:
+    """Answer 202 with the command's sequence if its replica has not applied it yet, else `answer()`."""
+    if out.pending:
+        return jsonify({"status": "pending", "seq": out.seq}), 202
+    return answer()  # type: ignore[no-any-return]
+
+
+def refusal(code: int, message: str) -> ApiError:
+    """Return the API error of a venue refusal code (risk 2xxx, book 30xx, gateway/shard 31xx)."""
+    if code in RiskCode._value2member_map_:
+        return _risk(RiskCode(code), message)
+    if code in ResultCode._value2member_map_:
+        result = ResultCode(code)
+        return ApiError(result, message, 404 if result is ResultCode.UNKNOWN_ORDER else 400)
+    return ApiError(shard_code(code), message, 500 if code == ShardCode.INTERNAL_ERROR else 400)
 
 
 def trading_limits(username: str) -> entitlements.TradingLimits | None:
@@ -275,9 +316,8 @@ def client_order_id(scope: str, engine_id: str) -> str:
 @answers({"200": INSTRUMENTS_ANSWER})
 def instruments() -> ResponseReturnValue:
     """List instruments with their specification and trading state."""
-    svc = service()
-    with svc.lock:
-        return jsonify({"instruments": [instrument_view(svc.venue, s) for s in sorted(svc.venue.specs)]})
+    views = runner().each(lambda v: [instrument_view(v, s) for s in sorted(v.specs)])
+    return jsonify({"instruments": sorted(views, key=lambda i: str(i["symbol"]))})
 
 
 @bp.get("/prices")
@@ -285,17 +325,21 @@ def instruments() -> ResponseReturnValue:
 @answers({"200": obj({"index": OBJECT, "mark": OBJECT, "now_ms": INT})})
 def prices() -> ResponseReturnValue:
     """Return index prices with their staleness judged now, and marks."""
-    svc = service()
     now = _now_ms()
-    with svc.lock:
-        v = svc.venue
-        index = {}
+
+    def view(v: Venue) -> list[tuple[str, str, Any]]:
+        out: list[tuple[str, str, Any]] = []
         for u, s in sorted(v.index_state.items()):
             # The last published index, and whether its sources are still fresh at this moment.
             fresh = v.indices[u].compute(now)
-            index[u] = {"price": s.price, "stale": fresh.stale, "fresh_sources": fresh.fresh_sources,
-                        "ts_ms": s.ts_ms}
-        return jsonify({"index": index, "mark": dict(sorted(v.clearing.marks.items())), "now_ms": now})
+            out.append(("index", u, {"price": s.price, "stale": fresh.stale,
+                                     "fresh_sources": fresh.fresh_sources, "ts_ms": s.ts_ms}))
+        return out + [("mark", sym, m) for sym, m in v.clearing.marks.items()]
+
+    # Shards that share an underlying each keep its index; the newest reading wins.
+    rows = sorted(runner().each(view), key=lambda r: (r[0], r[1], r[2]["ts_ms"] if r[0] == "index" else 0))
+    return jsonify({"index": {u: i for kind, u, i in rows if kind == "index"},
+                    "mark": {s: m for kind, s, m in rows if kind == "mark"}, "now_ms": now})
 
 
 @bp.get("/funding")
@@ -306,10 +350,10 @@ def prices() -> ResponseReturnValue:
 def funding() -> ResponseReturnValue:
     """Return the funding history (newest last) and each perpetual's next funding time and rate."""
     now = _now_ms()
-    with service().lock:
-        v = service().venue
-        return jsonify({"funding": [e.to_dict() for e in v.funding_history[-1000:]],
-                        "next": funding_countdown(v, now), "now_ms": now})
+    history = runner().each(lambda v: [e.to_dict() for e in v.funding_history[-1000:]])
+    nxt = runner().each(lambda v: funding_countdown(v, now))
+    return jsonify({"funding": sorted(history, key=lambda e: (e["ts_ms"], e["symbol"]))[-1000:],
+                    "next": sorted(nxt, key=lambda n: n["symbol"]), "now_ms": now})
 
 
 def funding_countdown(v: Venue, now_ms: int) -> list[dict[str, Any]]:
@@ -331,8 +375,7 @@ def funding_countdown(v: Venue, now_ms: int) -> list[dict[str, Any]]:
 @answers({"200": obj({"settlements": array(OBJECT)})})
 def settlements() -> ResponseReturnValue:
     """Return the settlement history of expired instruments."""
-    with service().lock:
-        return jsonify({"settlements": [e.to_dict() for e in service().venue.settlement_history]})
+    return jsonify({"settlements": runner().each(lambda v: [e.to_dict() for e in v.settlement_history])})
 
 
 # ------------------------------------------------------------------ orders
@@ -380,19 +423,19 @@ def place_order() -> ResponseReturnValue:
         _check_static_entitlement(symbol, cmd, limits)
         seq, events = scaleout.place(gw, symbol, cmd, client_id)
         return scaleout.pending_response(seq) if events is None else _events_response(events, account)
-    svc = service()
-    with svc.command() as venue:
+
+    def build(venue: Venue) -> Place:
         _known(venue, symbol)
-        if limits is not None:
-            code, message = entitlements.order_refusal(venue.clearing, account, symbol, cmd, limits)
-            if code:
-                raise _risk(code, message)
-        result = _invalid_to_400(lambda: venue.place(symbol, cmd))
-    if result.code == RiskCode.DUPLICATE_ORDER_ID:
-        raise _risk(result.code, f"order id {client_id!r} is already live on {symbol}")
-    if result.code:
-        raise _risk(result.code, result.message)
-    return _events_response(result.events, account)
+        return Place(symbol, cmd)
+
+    out = runner().run(symbol, build, user=account, limits=limits, now_ms=_now_ms())
+    if out.code == RiskCode.DUPLICATE_ORDER_ID:
+        raise _risk(RiskCode.DUPLICATE_ORDER_ID,
+                    f"order id {client_id!r} was already used for another order" if out.reused_id
+                    else f"order id {client_id!r} is already live on {symbol}")
+    if out.code:
+        raise refusal(out.code, out.message.replace(cmd.id, client_id))
+    return pending_or(out, lambda: _events_response(out.events, account))
 
 
 @bp.delete("/orders/<symbol>/<order_id>")
@@ -409,12 +452,16 @@ def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
         if cancelled is None:
             return scaleout.pending_response(seq)
         return _events_response(cancelled, account, status=200)
-    svc = service()
-    with svc.command() as venue:
+
+    def build(venue: Venue) -> CancelOrder:
         _known(venue, symbol)
         engine_id, owner = _resolve(venue, symbol, account, client_id)
-        events = _invalid_to_400(lambda: venue.cancel(symbol, engine_id, owner))
-    return _events_response(events, account, status=200)
+        return CancelOrder(symbol, engine_id, owner)
+
+    out = runner().run(symbol, build, now_ms=_now_ms())
+    if out.code:
+        raise refusal(out.code, out.message)
+    return pending_or(out, lambda: _events_response(out.events, account, status=200))
 
 
 @bp.delete("/orders/<symbol>")
@@ -423,17 +470,21 @@ def cancel_order(symbol: str, order_id: str) -> ResponseReturnValue:
 def cancel_all_orders(symbol: str) -> ResponseReturnValue:
     """Cancel every live order of the caller on one instrument (cross and isolated)."""
     account = current_principal()
-    svc = service()
-    events: list[Any] = []
-    with svc.command() as venue:
+
+    def build(venue: Venue) -> list[CancelAllOrders]:
         _known(venue, symbol)
         book = venue.books[symbol]
+        live = []
         for engine_account in (account, isolated_account(account, symbol)):
-            live = any(o.account == engine_account for o in book.orders.values()) or any(
-                s.account == engine_account for s in book.stops.values())
-            if live:
-                events += venue.cancel_all(symbol, engine_account)
-    return _events_response(events, account, status=200)
+            if any(o.account == engine_account for o in book.orders.values()) or any(
+                    s.account == engine_account for s in book.stops.values()):
+                live.append(CancelAllOrders(symbol, engine_account))
+        return live
+
+    out = runner().run(symbol, build, now_ms=_now_ms())
+    if out.code:
+        raise refusal(out.code, out.message)
+    return pending_or(out, lambda: _events_response(out.events, account, status=200))
 
 
 @bp.patch("/orders/<symbol>/<order_id>")
@@ -448,21 +499,23 @@ def amend_order(symbol: str, order_id: str) -> ResponseReturnValue:
     client_id = check_client_id(order_id)
     qty, price = field_int(body, "qty", required=False), field_int(body, "price", required=False)
     limits = trading_limits(account)
-    svc = service()
-    with svc.command() as venue:
+    now_ms = _now_ms()
+
+    def build(venue: Venue) -> AmendOrder:
         _known(venue, symbol)
         engine_id, owner = _resolve(venue, symbol, account, client_id)
         # The edge's time in ns, like a new order's: a crossing amend's trades carry it.
-        amend = Amend(engine_id, qty, price, owner, _now_ms() * 1_000_000)
-        if limits is not None:
-            code, message = entitlements.amend_refusal(venue.clearing, account, symbol, engine_id, qty,
-                                                       limits)
-            if code:
-                raise _risk(code, message)
-        result = _invalid_to_400(lambda: venue.amend(symbol, amend))
-    if result.code:
-        raise _risk(result.code, result.message.replace(engine_id, client_id))
-    return _events_response(result.events, account, status=200)
+        amend = Amend(engine_id, qty, price, owner, now_ms * 1_000_000)
+        problem = amend_problem(amend)
+        if problem is not None:
+            raise ApiError(*problem)
+        return AmendOrder(symbol, amend)
+
+    out = runner().run(symbol, build, user=account, limits=limits, now_ms=now_ms)
+    if out.code:
+        engine_id = out.commands[0].amend.id  # type: ignore[union-attr]
+        raise refusal(out.code, out.message.replace(engine_id, client_id))
+    return pending_or(out, lambda: _events_response(out.events, account, status=200))
 
 
 def _resolve(venue: Venue, symbol: str, account: str, client_id: str) -> tuple[str, str]:
@@ -486,15 +539,13 @@ def _resolve(venue: Venue, symbol: str, account: str, client_id: str) -> tuple[s
 @answers({"200": ORDERS_ANSWER})
 def open_orders() -> ResponseReturnValue:
     """List the caller's live orders (resting and untriggered stops)."""
-    svc = service()
     account = current_principal()
     scope = order_scope(account)
     gw = scaleout.gateway()
     if gw is not None:  # scale-out mode: the gateway's event-fed state
         return jsonify({"orders": [dict(o, id=client_order_id(scope, str(o["id"])), account=account,
                                         status="resting") for o in gw.open_orders(account)]})
-    with svc.lock:
-        views = order_views(svc.venue, account)
+    views = runner().each(lambda v: order_views(v, account))
     for view in views:
         view["id"] = client_order_id(scope, view["id"])
     return jsonify({"orders": views})
@@ -505,13 +556,11 @@ def open_orders() -> ResponseReturnValue:
 @answers({"200": FILLS_ANSWER})
 def fills() -> ResponseReturnValue:
     """List the caller's most recent fills (cross and isolated), oldest first."""
-    svc = service()
     account = current_principal()
     scope = order_scope(account)
-    with svc.lock:
-        rows = [dict(f, order_id=client_order_id(scope, f["order_id"]))
-                for a, kept in svc.venue.fills.items() if a == account or a.startswith(account + ":iso:")
-                for f in kept]
+    rows = runner().each(lambda v: [dict(f, order_id=client_order_id(scope, f["order_id"]))
+                                    for a, kept in v.fills.items()
+                                    if a == account or a.startswith(account + ":iso:") for f in kept])
     return jsonify({"fills": sorted(rows, key=lambda f: (f["ts"], f["seq"]))})
 
 
@@ -526,9 +575,8 @@ def positions() -> ResponseReturnValue:
     gw = scaleout.gateway()
     if gw is not None:
         return jsonify({"positions": scaleout.position_views(gw, current_principal())})
-    svc = service()
-    with svc.lock:
-        return jsonify({"positions": position_views(svc.venue, current_principal())})
+    account = current_principal()
+    return jsonify({"positions": runner().each(lambda v: position_views(v, account))})
 
 
 @bp.get("/depth/<symbol>")
@@ -537,6 +585,8 @@ def positions() -> ResponseReturnValue:
                       "asks": array(array(INT))})})
 def depth(symbol: str) -> ResponseReturnValue:
     """Return book levels [price, size] from the event-fed state (scale-out mode only)."""
+    if shardmode.holder() is not None:
+        return jsonify(runner().read(symbol, lambda v: _depth_of(v, symbol, 10)))
     gw = scaleout.gateway()
     if gw is None:
         raise ApiError(RequestCode.NOT_FOUND, "book depth here is served in scale-out mode only; "
@@ -544,14 +594,24 @@ def depth(symbol: str) -> ResponseReturnValue:
     return jsonify(scaleout.depth_view(gw, symbol, 10))
 
 
+def _depth_of(venue: Venue, symbol: str, depth: int) -> dict[str, Any]:
+    """Return a shard replica's book levels of `symbol` and the clearing sequence they reflect."""
+    _known(venue, symbol)
+    snap = venue.books[symbol].depth_snapshot(depth)
+    return {"symbol": symbol, "seq": venue.clearing.seq,
+            "bids": [[p, q] for p, q, _ in snap.bids], "asks": [[p, q] for p, q, _ in snap.asks]}
+
+
 @bp.get("/account")
 @READ
 @answers({"200": SUMMARY_ANSWER})
 def account() -> ResponseReturnValue:
-    """Return the margin summary: equity, used and free margin, margin ratio."""
-    svc = service()
-    with svc.lock:
-        return jsonify(account_summary(svc.venue, current_principal()))
+    """Return the margin summary: equity, used and free margin, margin ratio.
+
+    Shard mode: of one clearing shard's pool (``?shard=NAME``, default the default shard).
+    """
+    account = current_principal()
+    return jsonify(runner().read(None, lambda v: account_summary(v, account), pool=request.args.get("shard")))
 
 
 @bp.post("/collateral/<direction>")
@@ -560,29 +620,68 @@ def account() -> ResponseReturnValue:
 @path_parameters(direction={"type": "string", "enum": ["deposit", "withdraw"]})
 @answers({"200": SUMMARY_ANSWER})
 def collateral(direction: str) -> ResponseReturnValue:
-    """Move USDC between the caller's spot balance and exchange collateral."""
+    """Move USDC between the caller's spot balance and exchange collateral.
+
+    Shard mode: the collateral of one clearing shard's pool (``?shard=NAME``, default
+    the default shard).
+    """
     body = json_object()
     reject_unknown(body, {"amount"})
     amount = field_int(body, "amount") or 0
     account = current_principal()
-    svc = service()
     if direction not in ("deposit", "withdraw"):
         raise ApiError(RequestCode.NOT_FOUND, f"direction was {direction!r}, must be deposit|withdraw", 404)
+    pool = request.args.get("shard")
+    run = runner()
     if direction == "deposit":
-        available = svc.ledger.balance(svc.ledger_account(f"a:{account}")).credit_balance_available
-        if not 0 < amount <= available:
-            raise _risk(RiskCode.INSUFFICIENT_FREE_COLLATERAL,
-                        f"amount was {amount}, spot balance has {available} available")
-    with svc.command() as venue:
-        if direction == "deposit":
-            venue.deposit(account, amount)
-            code = RiskCode.OK
-        else:
-            code = venue.withdraw(account, amount)
-    if code:
-        raise _risk(code, f"withdrawal of {amount} refused: {code.reason}")
-    with svc.lock:
-        return jsonify(account_summary(svc.venue, account))
+        out = _deposit(run, pool, account, amount)
+    else:
+        out = run.run(None, lambda _: Withdraw(account, amount), pool=pool, now_ms=_now_ms())
+    if out.code:
+        code = RiskCode(out.code) if out.code in RiskCode._value2member_map_ else None
+        raise refusal(out.code, f"withdrawal of {amount} refused: {code.reason}" if code is not None
+                      else out.message)
+    return pending_or(out, lambda: jsonify(run.read(None, lambda v: account_summary(v, account), pool=pool)))
+
+
+def _deposit(run: Runner, pool: str | None, account: str, amount: int) -> Outcome:
+    """Move spot balance into collateral: checked against the ledger's spot balance first.
+
+    Embedded: the spot balance is read, then the venue credits. Shard mode: the ledger
+    reserves the amount (a pending transfer, refused atomically if the spot balance
+    does not cover it), then the shard credits it in stream order (FundedDeposit,
+    docs/scale-out.md "Clearing shards").
+    """
+    if isinstance(run, ShardRunner):
+        return _shard_deposit(run, pool, account, amount)
+    svc = service()
+    available = svc.ledger.balance(svc.ledger_account(f"a:{account}")).credit_balance_available
+    if not 0 < amount <= available:
+        raise _risk(RiskCode.INSUFFICIENT_FREE_COLLATERAL,
+                    f"amount was {amount}, spot balance has {available} available")
+    return run.run(None, lambda _: Deposit(account, amount), pool=pool, now_ms=_now_ms())
+
+
+def _shard_deposit(run: ShardRunner, pool: str | None, account: str, amount: int) -> Outcome:
+    try:
+        from exchange.stream.shard.settle import (  # type: ignore[import-untyped,unused-ignore]
+            DepositRefused,
+            reserve_deposit,
+        )
+    except ImportError:  # the shard settlement module is not installed in this build
+        raise ApiError(ShardCode.NOT_ROUTED, "collateral deposits are not available in shard "
+                       "mode yet", 501) from None
+    from exchange.stream.shard.wire import FundedDeposit
+
+    shard = run.shard(None, pool)
+    try:
+        ref = reserve_deposit(service().ledger, account, amount, shard)
+    except DepositRefused as exc:
+        raise _risk(RiskCode.INSUFFICIENT_FREE_COLLATERAL if exc.code == "insufficient_funds"
+                    else RiskCode.INVALID_AMOUNT, exc.message) from None
+    # A failed append leaves the reservation pending: the reconciler voids it (VoidDeposit).
+    return run.run(None, lambda _: FundedDeposit(account, amount, ref),  # type: ignore[arg-type,return-value]
+                   pool=shard, now_ms=_now_ms())
 
 
 # ------------------------------------------------------------------ position margin (issue 14)
@@ -606,8 +705,11 @@ def _position_account(body: dict[str, Any], symbol: str) -> str:
     return isolated_account(account, symbol) if mode == "isolated" else account
 
 
-def _position_refusal(code: RiskCode, message: str) -> ApiError:
-    return ApiError(code, message, POSITION_RISK_STATUS.get(code, RISK_STATUS.get(code, 400)))
+def _position_refusal(code: int, message: str) -> ApiError:
+    if code not in RiskCode._value2member_map_:
+        return refusal(code, message)
+    risk = RiskCode(code)
+    return ApiError(risk, message, POSITION_RISK_STATUS.get(risk, RISK_STATUS.get(risk, 400)))
 
 
 @bp.post("/positions/<symbol>/isolated-margin/<direction>")
@@ -622,15 +724,17 @@ def isolated_margin(symbol: str, direction: str) -> ResponseReturnValue:
     if direction not in ("add", "remove"):
         raise ApiError(RequestCode.NOT_FOUND, f"direction was {direction!r}, must be add|remove", 404)
     account = current_principal()
-    svc = service()
-    with svc.command() as venue:
+    signed = amount if direction == "add" else -amount
+
+    def build(venue: Venue) -> AdjustIsolatedMargin:
         _known(venue, symbol)
-        signed = amount if direction == "add" else -amount
-        code, message = venue.adjust_isolated_margin(account, symbol, signed)
-    if code:
-        raise _position_refusal(code, message)
-    with svc.lock:
-        return jsonify(account_summary(svc.venue, account))
+        return AdjustIsolatedMargin(account, symbol, signed)
+
+    run = runner()
+    out = run.run(symbol, build, now_ms=_now_ms())
+    if out.code:
+        raise _position_refusal(out.code, out.message)
+    return pending_or(out, lambda: jsonify(run.read(symbol, lambda v: account_summary(v, account))))
 
 
 @bp.post("/positions/<symbol>/leverage")
@@ -642,15 +746,16 @@ def leverage(symbol: str) -> ResponseReturnValue:
     body = json_object()
     reject_unknown(body, {"leverage", "margin_mode"})
     chosen = field_int(body, "leverage") or 0
-    svc = service()
-    with svc.command() as venue:
+
+    def build(venue: Venue) -> SetLeverage:
         _known(venue, symbol)
-        account = _position_account(body, symbol)
-        code, message = venue.set_leverage(account, symbol, chosen)
-    if code:
-        raise _position_refusal(code, message)
-    mode = "isolated" if account != current_principal() else "cross"
-    return jsonify({"symbol": symbol, "leverage": chosen, "margin_mode": mode})
+        return SetLeverage(_position_account(body, symbol), symbol, chosen)
+
+    out = runner().run(symbol, build, now_ms=_now_ms())
+    if out.code:
+        raise _position_refusal(out.code, out.message)
+    mode = "isolated" if out.commands[0].account != current_principal() else "cross"  # type: ignore[union-attr]
+    return pending_or(out, lambda: jsonify({"symbol": symbol, "leverage": chosen, "margin_mode": mode}))
 
 
 @bp.post("/positions/<symbol>/tpsl")
@@ -663,14 +768,16 @@ def take_profit_stop_loss(symbol: str) -> ResponseReturnValue:
     reject_unknown(body, {"take_profit", "stop_loss", "margin_mode"})
     take_profit = field_int(body, "take_profit", required=False)
     stop_loss = field_int(body, "stop_loss", required=False)
-    svc = service()
-    with svc.command() as venue:
+
+    def build(venue: Venue) -> SetTpSl:
         _known(venue, symbol)
-        account = _position_account(body, symbol)
-        code, message = venue.set_tpsl(account, symbol, take_profit, stop_loss)
-    if code:
-        raise _position_refusal(code, message)
-    return jsonify({"symbol": symbol, "take_profit": take_profit, "stop_loss": stop_loss})
+        return SetTpSl(_position_account(body, symbol), symbol, take_profit, stop_loss)
+
+    out = runner().run(symbol, build, now_ms=_now_ms())
+    if out.code:
+        raise _position_refusal(out.code, out.message)
+    return pending_or(out, lambda: jsonify({"symbol": symbol, "take_profit": take_profit,
+                                            "stop_loss": stop_loss}))
 
 
 # ------------------------------------------------------------------ operator
@@ -694,8 +801,11 @@ def quote() -> ResponseReturnValue:
         raise ApiError(RequestCode.INVALID_FIELD, f"source was {_echo(source)}, must match "
                        f"{SOURCE_PATTERN.pattern}")
     price = field_int(body, "price") or 0
-    svc = service()
     now = _now_ms()
+    run = runner()
+    if isinstance(run, ShardRunner):
+        return _shard_quote(run, underlying, source, price, now)
+    svc = service()
     with svc.command() as venue:
         if underlying not in venue.indices:
             raise ApiError(RequestCode.INVALID_FIELD, f"underlying was {_echo(underlying)}, not indexed")
@@ -712,11 +822,36 @@ def quote() -> ResponseReturnValue:
 @answers({"200": obj({"funding": INT, "settlements": INT})})
 def advance() -> ResponseReturnValue:
     """Run funding and expiries due at the current time."""
+    run = runner()
+    if isinstance(run, ShardRunner):  # every shard, in its stream order
+        for pool in run.venues():
+            run.run(None, lambda _: Advance(_now_ms()), pool=pool, now_ms=_now_ms())
+        return jsonify({"funding": len(run.each(lambda v: list(v.funding_history))),
+                        "settlements": len(run.each(lambda v: list(v.settlement_history)))})
     svc = service()
     with svc.command() as venue:
         venue.advance(_now_ms())
     return jsonify({"funding": len(svc.venue.funding_history),
                     "settlements": len(svc.venue.settlement_history)})
+
+
+def _shard_quote(run: ShardRunner, underlying: str, source: str, price: int,
+                 now: int) -> ResponseReturnValue:
+    """Append the quote and an index tick to every shard with instruments on `underlying`."""
+    pools = [p for p in run.venues()
+             if run.read(None, lambda v: any(s.underlying == underlying for s in v.specs.values()), pool=p)]
+    if not pools:
+        raise ApiError(RequestCode.INVALID_FIELD, f"underlying was {_echo(underlying)}, not indexed")
+    for pool in pools:
+        out = run.run(None, lambda _: [Quote(underlying, source, price, now), Tick(underlying, now)],
+                      pool=pool, now_ms=now)
+        if out.code:
+            raise ApiError(RequestCode.INVALID_FIELD, out.message[:200])
+        if out.pending:
+            return pending_or(out, dict)
+    state = run.read(None, lambda v: v.index_state.get(underlying), pool=pools[0])
+    return jsonify({"underlying": underlying, "index": None if state is None else state.price,
+                    "stale": True if state is None else state.stale})
 
 
 def _dev_mode() -> bool:

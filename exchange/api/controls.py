@@ -22,8 +22,10 @@ from custody.api.errors import ApiError, error_body
 from custody.api.request import field_int, field_str, json_object, reject_unknown
 from custody.api.schema import INT, STR, accepts, answers, array, obj, path_parameters
 from exchange.api import scaleout
-from exchange.api.blueprint import _now_ms, current_principal, service
+from exchange.api.blueprint import _now_ms, current_principal, pending_or, runner, service
+from exchange.api.runner import Build, shard_code
 from exchange.api.scaleout import refuse_unrouted
+from exchange.commands import ArmDeadman, SetBreaker, SetMarketStatus
 from exchange.controls import (
     BREAKER_COOLDOWN_MAX_MS,
     BREAKER_MAX_BPS,
@@ -33,6 +35,9 @@ from exchange.controls import (
     REASON_MAX_CHARS,
     ControlError,
     MarketClosed,
+    check_breaker,
+    check_deadman,
+    check_status,
 )
 from exchange.risk.clearing import ISOLATED_SEP
 from exchange.risk.codes import RiskCode
@@ -97,7 +102,11 @@ def init_app(app: Flask) -> None:
 
 
 def _market_view(symbol: str) -> dict[str, Any]:
-    venue = service().venue
+    return runner().read(symbol, lambda venue: market_view_of(venue, symbol))
+
+
+def market_view_of(venue: Venue, symbol: str) -> dict[str, Any]:
+    """Return ``symbol``'s mode, until, reason and breaker on ``venue`` now."""
     controls = venue.controls
     now_ms = max(venue.now_ms, _now_ms())
     st = controls.status.get(symbol)
@@ -119,23 +128,25 @@ def _log(action: str, subject: str, details: dict[str, Any]) -> None:
                             subject=subject, details=details)
 
 
-def _control(apply: Callable[[Venue], T], view: Callable[[T], dict[str, Any]],
-             audit: tuple[str, str, dict[str, Any]] | None = None) -> ResponseReturnValue:
-    """Run one control command on the venue (journaled) and answer its view.
+def _control(symbol: str, check: Callable[[], None], build: Build,
+             audit: tuple[str, str, dict[str, Any]]) -> ResponseReturnValue:
+    """Run one control command (journaled, or appended to the shard's stream) and answer the view.
 
-    A ControlError (bad value; nothing changed, nothing journaled) becomes a 400 with its
-    code. The view is taken under the venue's lock, so it shows this command's effect;
-    `audit` (action, subject, details) goes to the security log once the command stands.
+    A ControlError (bad value; nothing changed, nothing journaled or appended) becomes a
+    400 with its code. The view shows this command's effect (the shard replica applied
+    it, or 202 with its sequence if not yet); `audit` (action, subject, details) goes to
+    the security log once the command stands.
     """
-    with service().command() as venue:
-        try:
-            result = apply(venue)
-        except ControlError as exc:
-            raise ApiError(exc.code, exc.message) from None
-        answer = view(result)
-    if audit is not None:
-        _log(*audit)
-    return jsonify(answer)
+    try:
+        check()
+    except ControlError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    out = runner().run(symbol, build, now_ms=_now_ms())
+    if out.code:
+        raise ApiError(RiskCode(out.code) if out.code in RiskCode._value2member_map_
+                       else shard_code(out.code), out.message)
+    _log(*audit)
+    return pending_or(out, lambda: jsonify(_market_view(symbol)))
 
 
 def _scaleout_control(symbol: str, append: Callable[[int], int | None],
@@ -171,8 +182,8 @@ def markets() -> ResponseReturnValue:
     gw = scaleout.gateway()
     if gw is not None:
         return jsonify({"markets": [scaleout.market_view(gw, s, _now_ms()) for s in sorted(gw.markets)]})
-    with service().lock:
-        return jsonify({"markets": [_market_view(s) for s in sorted(service().venue.specs)]})
+    views = runner().each(lambda v: [market_view_of(v, s) for s in sorted(v.specs)])
+    return jsonify({"markets": sorted(views, key=lambda m: str(m["symbol"]))})
 
 
 @bp.post("/admin/markets/<symbol>/status")
@@ -193,9 +204,8 @@ def set_status(symbol: str) -> ResponseReturnValue:
     if gw is not None:
         return _scaleout_control(symbol, lambda now_ms: scaleout.set_status(
             gw, symbol, mode, until_ms, reason, now_ms), audit)
-    return _control(lambda venue: venue.set_market_status(symbol, mode, until_ms, reason),
-                    lambda _: _market_view(symbol),
-                    ("market.status", symbol, {"mode": mode, "until_ms": until_ms, "reason": reason}))
+    return _control(symbol, lambda: check_status(mode, until_ms, reason),
+                    lambda _: SetMarketStatus(symbol, mode, until_ms, reason), audit)
 
 
 @bp.post("/admin/markets/<symbol>/breaker")
@@ -217,8 +227,8 @@ def set_breaker(symbol: str) -> ResponseReturnValue:
             gw, symbol, bps, window_ms, cooldown_ms, now_ms),
             ("market.breaker", symbol,
              {"max_move_bps": bps, "window_ms": window_ms, "cooldown_ms": cooldown_ms}))
-    return _control(lambda venue: venue.set_breaker(symbol, bps, window_ms, cooldown_ms),
-                    lambda _: _market_view(symbol),
+    return _control(symbol, lambda: check_breaker(bps, window_ms, cooldown_ms),
+                    lambda _: SetBreaker(symbol, bps, window_ms, cooldown_ms),
                     ("market.breaker", symbol,
                      {"max_move_bps": bps, "window_ms": window_ms, "cooldown_ms": cooldown_ms}))
 
@@ -240,5 +250,22 @@ def deadman() -> ResponseReturnValue:
         except ControlError as exc:
             raise ApiError(exc.code, exc.message) from None
         return jsonify({"timeout_ms": timeout_ms, "deadline_ms": deadline})
-    return _control(lambda venue: venue.arm_deadman(user, timeout_ms, max(venue.now_ms, _now_ms())),
-                    lambda deadline: {"timeout_ms": timeout_ms, "deadline_ms": deadline})
+    try:
+        check_deadman(timeout_ms)
+    except ControlError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    # Every clearing shard (one venue in the embedded mode) keeps its own switch, on its clock.
+    run, deadline, pending = runner(), 0, None
+    for pool in run.venues():
+        out = run.run(None, lambda v: ArmDeadman(user, timeout_ms, max(v.now_ms, _now_ms())),
+                      pool=None if len(run.venues()) == 1 else pool, now_ms=_now_ms())
+        if out.code:
+            raise ApiError(RiskCode(out.code) if out.code in RiskCode._value2member_map_
+                           else shard_code(out.code), out.message)
+        armed = out.commands[0]
+        assert isinstance(armed, ArmDeadman)
+        deadline = max(deadline, armed.now_ms + timeout_ms if timeout_ms else 0)
+        pending = out if out.pending else pending
+    if pending is not None:
+        return pending_or(pending, dict)
+    return jsonify({"timeout_ms": timeout_ms, "deadline_ms": deadline})

@@ -99,16 +99,27 @@ class CommandPublisher:
         """Append an already validated and encoded command body under `command_id`."""
         if market not in self._markets:
             raise StreamRefused(StreamCode.UNKNOWN_MARKET, f"market was {market[:40]!r}, not listed")
-        if not COMMAND_ID_PATTERN.fullmatch(command_id):
-            raise StreamRefused(StreamCode.BAD_COMMAND_ID, f"command id was {command_id[:40]!r}")
-        if len(body) > MAX_MSG_BYTES:
-            raise StreamRefused(StreamCode.BAD_COMMAND, f"command was {len(body)} bytes")
-        try:
-            ack = await self._js.publish(command_subject(market), body, timeout=PUBLISH_TIMEOUT_S,
-                                         stream=command_stream(market),
-                                         headers={"Nats-Msg-Id": command_id})
-        except (NatsTimeoutError, NoStreamResponseError, APIError) as exc:
-            # Unknown outcome on a timeout: the client retries with the same id, which is safe.
-            raise StreamRefused(StreamCode.STREAM_UNAVAILABLE,
-                                f"command stream did not confirm: {type(exc).__name__}") from None
-        return Appended(ack.seq, bool(ack.duplicate))
+        return await append_to(self._js, command_stream(market), command_subject(market),
+                               command_id, body)
+
+
+async def append_to(js: JetStreamContext, stream: str, subject: str, command_id: str,
+                    body: bytes) -> Appended:
+    """Append `body` to `stream` on `subject` under the Nats-Msg-Id `command_id`.
+
+    The stream stores a retried append (same id, inside its duplicate window) once
+    and answers it with the first copy's sequence (`Appended.duplicate`). Shared by
+    the per-market command streams and the clearing shards' (exchange/stream/shard/).
+    """
+    if not COMMAND_ID_PATTERN.fullmatch(command_id):
+        raise StreamRefused(StreamCode.BAD_COMMAND_ID, f"command id was {command_id[:40]!r}")
+    if len(body) > MAX_MSG_BYTES:
+        raise StreamRefused(StreamCode.BAD_COMMAND, f"command was {len(body)} bytes")
+    try:
+        ack = await js.publish(subject, body, timeout=PUBLISH_TIMEOUT_S, stream=stream,
+                               headers={"Nats-Msg-Id": command_id})
+    except (NatsTimeoutError, NoStreamResponseError, APIError) as exc:
+        # Unknown outcome on a timeout: the client retries with the same id, which is safe.
+        raise StreamRefused(StreamCode.STREAM_UNAVAILABLE,
+                            f"command stream did not confirm: {type(exc).__name__}") from None
+    return Appended(ack.seq, bool(ack.duplicate))

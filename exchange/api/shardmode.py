@@ -1,0 +1,81 @@
+"""Shard mode of the exchange API: every endpoint through the clearing shards' gateway.
+
+``EXCHANGE_SHARD_NATS_URLS`` (or ``STRONGROOM_EXCHANGE_SHARD_NATS_URLS``)
+names the NATS servers of the clearing shards (docs/scale-out.md, "Order
+entry in shard mode"); ``EXCHANGE_SHARDS`` maps shard names to instrument
+symbols (default: one shard ``MAIN`` with every instrument). In shard mode
+each API worker process runs a `ShardGateway` (created lazily after gunicorn
+forks): a read replica of each shard's venue that answers the process's own
+commands and serves the hot reads. Unset, nothing changes (`make run`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Final
+
+from flask import Flask, current_app
+
+from exchange.instruments import ExchangeConfig
+from exchange.stream.shard.gateway import DEFAULT_WAIT_S, ShardGateway, shard_configs
+
+EXTENSION: Final = "strongroom.exchange.shards"
+
+
+class ShardGatewayHolder:
+    """Create the shard gateway lazily, once per process (gunicorn forks after the app is built)."""
+
+    def __init__(self, urls: list[str], configs: dict[str, ExchangeConfig], wait_s: float) -> None:
+        self.urls, self.configs, self.wait_s = urls, configs, wait_s
+        self.shard_of = {s: name for name, cfg in configs.items() for s in cfg.instruments}
+        self._lock = threading.Lock()
+        self._gateway: ShardGateway | None = None
+        self._pid = 0
+
+    def get(self) -> ShardGateway:
+        """Return this process's gateway, connecting it (and bootstrapping replicas) on first use."""
+        with self._lock:
+            if self._gateway is None or self._pid != os.getpid():
+                self._gateway = ShardGateway(self.urls, self.configs, wait_s=self.wait_s).start()
+                self._pid = os.getpid()
+            return self._gateway
+
+    def close(self) -> None:
+        """Disconnect this process's gateway, if any."""
+        with self._lock:
+            if self._gateway is not None and self._pid == os.getpid():
+                self._gateway.close()
+            self._gateway = None
+
+
+def shard_nats_urls(app: Flask) -> list[str]:
+    """Return the configured NATS servers of the clearing shards (empty: not shard mode)."""
+    urls = app.config.get("EXCHANGE_SHARD_NATS_URLS")
+    settings = app.extensions.get("strongroom.settings")
+    if urls is None and settings is not None:
+        urls = list(getattr(settings, "exchange_shard_nats_urls", ()))
+    return list(urls or [])
+
+
+def init_shards(app: Flask, config: ExchangeConfig) -> bool:
+    """Switch the exchange API to shard mode if shard NATS servers are configured."""
+    urls = shard_nats_urls(app)
+    if not urls:
+        return False
+    configs = shard_configs(config, app.config.get("EXCHANGE_SHARDS"))
+    app.extensions[EXTENSION] = ShardGatewayHolder(
+        urls, configs, float(app.config.get("EXCHANGE_SHARD_WAIT_S", DEFAULT_WAIT_S)))
+    return True
+
+
+def holder() -> ShardGatewayHolder | None:
+    """Return the shard gateway holder in shard mode, None otherwise."""
+    found: ShardGatewayHolder | None = current_app.extensions.get(EXTENSION)
+    return found
+
+
+def shard_gateway() -> ShardGateway | None:
+    """Return this process's shard gateway in shard mode, None otherwise."""
+    found = holder()
+    return None if found is None else found.get()

@@ -1,0 +1,365 @@
+"""The API side of the clearing shards: a replica per shard, append, wait for its own replica.
+
+Each API worker process (created lazily after gunicorn forks, like the
+per-market `Gateway`) runs an asyncio loop in a daemon thread with one NATS
+connection. For every shard it serves it keeps a **replica** `ShardMachine`:
+bootstrapped from the shard's latest snapshot (object store `SHARD_SNAPSHOT`,
+object `<NAME>`) if there is one, then following the command stream
+`shard.cmd.<NAME>` in stream order (ephemeral pull consumer, no acks).
+
+`submit(shard, msg_id, command)` appends a `ShardCommand` under its
+Nats-Msg-Id (the stream stores a retried append once) and waits until this
+process's replica has applied that sequence: the answer is the replica's
+`ShardResult`, identical to the shard leader's (the machine is deterministic).
+No database and no leader is on that path; margin, entitlements and kill
+switches are decided by the machine in stream order, so two gateways can never
+jointly over-reserve an account. `read(shard, view)` runs a view function on the
+replica's venue under its lock: the hot reads.
+
+A replica that cannot follow (a gap the stream really has, an exception in the
+machine) stops answering (`StreamRefused` 3104 after the wait): a diverged
+replica must never serve reads or answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from exchange.instruments import ExchangeConfig
+from exchange.stream.follower import fetch_ready
+from exchange.stream.publisher import StreamCode, StreamRefused, append_to
+from exchange.stream.shard.machine import ShardMachine
+from exchange.stream.shard.wire import (
+    DEFAULT_SHARD,
+    SHARD_SNAPSHOT_BUCKET,
+    ShardCommand,
+    ShardResult,
+    encode_command,
+    shard_stream,
+    shard_subject,
+)
+from exchange.stream.topology import check_symbol
+from exchange.venue import Venue
+
+log = logging.getLogger("strongroom.shard.gateway")
+
+T = TypeVar("T")
+DEFAULT_WAIT_S = 5.0
+CONNECT_TIMEOUT_S = 10.0
+APPEND_SLACK_S = 15.0  # an append retries inside nats for at most its own timeout
+RECENT_MAX = 20_000  # results (and bodies) kept per shard for a waiter that registers late
+FETCH_MAX = 512
+FETCH_TIMEOUT_S = 0.25
+RETRY_S = 0.3
+STALL_CHECK_S = 1.0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """Where a command went: its sequence, the replica's result (None: not applied in time).
+
+    `duplicate`: the stream already held a command under that id (a retry); `stored`
+    is then the body the stream holds, so the caller can tell a retry from a reuse.
+    """
+
+    seq: int
+    result: ShardResult | None
+    duplicate: bool
+    stored: bytes | None
+
+
+class Replica:
+    """One shard's replica in this process: the machine, its lock, recent results, waiters."""
+
+    def __init__(self, name: str, machine: ShardMachine) -> None:
+        self.name = name
+        self.machine = machine
+        self.lock = threading.Lock()  # guards the machine against request threads' reads
+        self.results: OrderedDict[int, ShardResult] = OrderedDict()
+        self.bodies: OrderedDict[int, bytes] = OrderedDict()
+        self.waiters: dict[int, asyncio.Future[ShardResult]] = {}
+        self.failed: str | None = None  # why the replica stopped following (never serves then)
+        self.last_hash: str | None = None
+        self.diverged = 0  # batches whose state_hash differed from this replica's (see check_hash)
+
+    def applied(self, msgs: list[tuple[int, bytes]]) -> list[ShardResult]:
+        """Apply consecutive commands; answer their waiters (on the loop thread)."""
+        with self.lock:
+            results = self.machine.apply_many(msgs)
+        for (seq, body), result in zip(msgs, results, strict=True):
+            self.results[seq] = result
+            self.bodies[seq] = body
+            waiter = self.waiters.pop(seq, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(result)
+        while len(self.results) > RECENT_MAX:
+            self.results.popitem(last=False)
+            self.bodies.popitem(last=False)
+        return results
+
+
+class CommandTail:
+    """Feed a replica every command of its shard's stream after its sequence, once, in order."""
+
+    def __init__(self, js: JetStreamContext, replica: Replica) -> None:
+        self.js = js
+        self.replica = replica
+        self.stream = shard_stream(replica.name)
+        self.subject = shard_subject(replica.name)
+        self._last_stall_check = 0.0
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                opt_start_seq=self.replica.machine.seq + 1,
+                                ack_policy=AckPolicy.NONE, inactive_threshold=30.0,
+                                mem_storage=True, num_replicas=1)
+        return await self.js.pull_subscribe(self.subject, stream=self.stream, config=config)
+
+    async def _stalled(self) -> bool:
+        """Tell whether the stream holds commands past the replica (a lost consumer)."""
+        now = time.monotonic()
+        if now - self._last_stall_check < STALL_CHECK_S:
+            return False
+        self._last_stall_check = now
+        try:
+            info = await self.js.stream_info(self.stream)
+        except NatsError:
+            return False
+        return int(info.state.last_seq or 0) > self.replica.machine.seq
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow until `stop` or until the replica cannot go on (it then refuses to answer)."""
+        while not stop.is_set() and self.replica.failed is None:
+            try:
+                sub = await self._subscribe()
+            except (NatsError, TimeoutError) as exc:
+                log.warning("%s: subscribe failed: %s", self.subject, type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_S)
+                continue
+            try:
+                await self._follow(sub, stop)
+            except (NatsError, TimeoutError) as exc:
+                log.warning("%s at %d: %s; subscribing again", self.subject,
+                            self.replica.machine.seq, type(exc).__name__)
+            except Exception as exc:  # the machine itself: a corrupt replica must stop serving
+                self.replica.failed = f"{type(exc).__name__}: {exc}"[:200]
+                log.error("%s: replica stopped at %d: %s", self.subject, self.replica.machine.seq,
+                          self.replica.failed)
+            finally:
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await sub.unsubscribe()
+
+    async def _follow(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                msgs: list[Msg] = await fetch_ready(sub, FETCH_MAX, FETCH_TIMEOUT_S)
+            except TimeoutError:  # nothing new, or a lost consumer
+                if await self._stalled():
+                    return
+                continue
+            run: list[tuple[int, bytes]] = []
+            gap = False
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                expected = self.replica.machine.seq + len(run) + 1
+                if seq < expected:
+                    continue  # redelivered after a reset
+                if seq != expected:  # lost in transit: subscribe again from the replica's position
+                    log.warning("%s: command %d after %d; subscribing again", self.subject, seq,
+                                expected - 1)
+                    gap = True
+                    break
+                run.append((seq, msg.data))
+            if run:
+                self.replica.applied(run)
+            if gap:
+                return
+
+
+class ShardGateway:
+    """Append shard commands and answer them from this process's replicas; serve hot reads."""
+
+    def __init__(self, urls: list[str], configs: dict[str, ExchangeConfig], *,
+                 wait_s: float = DEFAULT_WAIT_S) -> None:
+        self.urls = urls
+        self.configs = dict(configs)
+        self.wait_s = wait_s
+        self.shard_of = {s: name for name, cfg in configs.items() for s in cfg.instruments}
+        # Reads that name no instrument (the account summary, collateral) default to this one.
+        self.default_shard = DEFAULT_SHARD if DEFAULT_SHARD in configs else min(configs)
+        self.replicas: dict[str, Replica] = {}
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._js: JetStreamContext | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="shard-gateway",
+                                        daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> ShardGateway:
+        """Connect, bootstrap every replica and start following; return self."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(
+            CONNECT_TIMEOUT_S + 5 * len(self.configs))
+        return self
+
+    async def _connect(self) -> None:
+        import nats
+
+        self._stop = asyncio.Event()
+        self._nc = await nats.connect(servers=self.urls, name="shard-gateway",
+                                      max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        js = self._nc.jetstream()
+        self._js = js
+        for name, config in sorted(self.configs.items()):
+            self.replicas[name] = Replica(name, await bootstrap(js, config, name))
+        self._follow = asyncio.gather(*(CommandTail(js, r).run(self._stop)
+                                        for _, r in sorted(self.replicas.items())))
+
+    def close(self) -> None:
+        """Stop following and disconnect."""
+        async def _close() -> None:
+            if self._stop is not None:
+                self._stop.set()
+                with contextlib.suppress(Exception):
+                    await self._follow
+                await self._nc.close()
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(_close(), self._loop).result(CONNECT_TIMEOUT_S)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(CONNECT_TIMEOUT_S)
+
+    # -- the request side (runs in a request thread) ----------------------------------------
+
+    def submit(self, shard: str, msg_id: str, command: ShardCommand) -> Submitted:
+        """Append `command` to `shard`'s stream under `msg_id`; wait for this replica's result.
+
+        Raise StreamRefused: 3103 unknown shard, 3102 bad id, 3104 stream unavailable
+        (no confirmation, or a replica that stopped: the client retries with the same id).
+        """
+        replica = self.replicas.get(shard)
+        if replica is None:
+            raise StreamRefused(StreamCode.UNKNOWN_MARKET, f"shard was {shard[:40]!r}, not served")
+        body = encode_command(command)
+        future = asyncio.run_coroutine_threadsafe(self._submit(replica, msg_id, body), self._loop)
+        try:
+            return future.result(self.wait_s + APPEND_SLACK_S)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise StreamRefused(StreamCode.STREAM_UNAVAILABLE, "no answer from the gateway loop") from None
+
+    async def _submit(self, replica: Replica, msg_id: str, body: bytes) -> Submitted:
+        assert self._js is not None
+        if replica.failed is not None:
+            raise StreamRefused(StreamCode.STREAM_UNAVAILABLE,
+                                f"shard {replica.name} replica stopped: {replica.failed}")
+        appended = await append_to(self._js, shard_stream(replica.name), shard_subject(replica.name),
+                                   msg_id, body)
+        seq = appended.seq
+        result = replica.results.get(seq)
+        if result is None and replica.machine.seq < seq:
+            waiter = replica.waiters.get(seq)
+            if waiter is None:
+                waiter = replica.waiters[seq] = self._loop.create_future()
+            try:
+                result = await asyncio.wait_for(asyncio.shield(waiter), self.wait_s)
+            except TimeoutError:
+                result = None
+        stored = replica.bodies.get(seq) if appended.duplicate else None
+        return Submitted(seq, result, appended.duplicate, stored)
+
+    def read(self, shard: str, view: Callable[[Venue], T]) -> T:
+        """Run `view` on `shard`'s replica venue under its lock (a hot read from memory)."""
+        replica = self.replicas[shard]
+        if replica.failed is not None:
+            raise StreamRefused(StreamCode.STREAM_UNAVAILABLE,
+                                f"shard {replica.name} replica stopped: {replica.failed}")
+        with replica.lock:
+            return view(replica.machine.venue)
+
+    def applied_seq(self, shard: str) -> int:
+        """Return the last command sequence `shard`'s replica applied."""
+        return self.replicas[shard].machine.seq
+
+
+async def bootstrap(js: JetStreamContext, config: ExchangeConfig, shard: str) -> ShardMachine:
+    """Return a replica of `shard` from its latest snapshot, or an empty one (replay from 1).
+
+    The snapshot (written by the shard worker) re-checks its own state hash on restore;
+    one that is missing or unreadable only costs a longer replay.
+    """
+    try:
+        data = await _read_snapshot(js, shard)
+    except Exception as exc:  # NATS weather or an unreadable object: replay instead
+        log.info("shard %s: no snapshot (%s); replaying from the start", shard, type(exc).__name__)
+        return ShardMachine(config, shard)
+    if not data:
+        return ShardMachine(config, shard)
+    try:
+        machine = ShardMachine.restore(config, shard, data)
+    except Exception as exc:  # a snapshot that does not restore is skipped, never trusted
+        log.warning("shard %s: snapshot refused (%s); replaying from the start", shard, exc)
+        return ShardMachine(config, shard)
+    log.info("shard %s: replica restored at command %d", shard, machine.seq)
+    return machine
+
+
+async def _read_snapshot(js: JetStreamContext, shard: str) -> bytes | None:
+    """Return the shard worker's latest snapshot of `shard` (None: none yet)."""
+    try:
+        from exchange.stream.shard.snapshots import read_snapshot  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:  # the worker's snapshot module: a plain object store read until it lands
+        store = await js.object_store(SHARD_SNAPSHOT_BUCKET)
+        found = await store.get(shard)
+        return bytes(found.data) if found.data else None
+    data: bytes | None = await read_snapshot(js, shard)
+    return data
+
+
+def shard_configs(config: ExchangeConfig,
+                  shards: Mapping[str, Iterable[str]] | None = None) -> dict[str, ExchangeConfig]:
+    """Return each shard's venue configuration: its instruments, every index, its calendar.
+
+    No `shards` (or an empty mapping): one shard `MAIN` with the whole configuration,
+    unchanged. Every process of a shard (worker, gateways, feeder) must build the same
+    configuration, or the replicas would not be replicas: the snapshot's config hash
+    refuses a mismatch. An instrument in two shards, or in none, is refused.
+    """
+    if not shards:
+        return {DEFAULT_SHARD: config}
+    seen: dict[str, str] = {}
+    out: dict[str, ExchangeConfig] = {}
+    for name, symbols in sorted(shards.items()):
+        check_symbol(name)
+        chosen = sorted(set(symbols))
+        if not chosen:
+            raise ValueError(f"shard {name} lists no instruments")
+        for symbol in chosen:
+            if symbol not in config.instruments:
+                raise ValueError(f"shard {name}: instrument {symbol[:40]!r} is not listed")
+            if symbol in seen:
+                raise ValueError(f"instrument {symbol} is in shards {seen[symbol]} and {name}")
+            seen[symbol] = name
+        underlyings = {config.instruments[s].underlying for s in chosen}
+        out[name] = ExchangeConfig(
+            instruments={s: config.instruments[s] for s in chosen}, indices=dict(config.indices),
+            calendar={u: c for u, c in config.calendar.items() if u in underlyings})
+    missing = sorted(set(config.instruments) - set(seen))
+    if missing:
+        raise ValueError(f"instruments in no shard: {', '.join(missing[:10])}")
+    return out

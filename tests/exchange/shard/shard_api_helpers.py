@@ -1,0 +1,158 @@
+"""Shard-mode API apps for the tests: a shard of its own, signed traders, stream read-back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+from flask import Flask
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from werkzeug.test import TestResponse
+
+from exchange.api.shardmode import EXTENSION
+from exchange.commands import Deposit, VenueCommand
+from exchange.instruments import DEFAULT_CONFIG, load_instruments
+from exchange.stream.shard.gateway import ShardGateway
+from exchange.stream.shard.wire import ShardCommand, shard_stream, shard_subject
+from exchange.stream.topology import DUPLICATE_WINDOW_S, MAX_MSG_BYTES
+from policies.api_key import Scope
+from policies.request_signing import sign_request
+from policies.roles import Role
+
+BASE = "/api/v1/exchange"
+USDC = 1_000_000
+BTC = 60_000 * USDC  # BTC-PERP: 1 contract = 0.001 BTC = 60 USD at this index
+SOURCES = ("coinbase", "kraken", "bitstamp")
+WAIT_S = 30.0  # only bounds a hang: the replicas answer in milliseconds
+READ_TIMEOUT_S = 30.0
+SYMBOLS = sorted(load_instruments(DEFAULT_CONFIG).instruments)
+_clock_lock = threading.Lock()
+
+
+def new_shard(urls: list[str]) -> str:
+    """Create the command stream of a fresh shard (the session's cluster keeps every test's)."""
+    name = "T" + uuid.uuid4().hex[:10].upper()
+
+    async def create() -> None:
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while True:
+            nc = await nats.connect(servers=urls, connect_timeout=2)
+            try:
+                js = nc.jetstream()
+                await js.add_stream(StreamConfig(
+                    name=shard_stream(name), subjects=[shard_subject(name)],
+                    retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, num_replicas=3,
+                    duplicate_window=DUPLICATE_WINDOW_S, max_msg_size=MAX_MSG_BYTES,
+                    discard=DiscardPolicy.NEW))
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+            finally:
+                await nc.close()
+
+    asyncio.run(create())
+    return name
+
+
+def shard_app(urls: list[str], shard: str, database_url: str, clock: Any, keystore: Any,
+              data_dir: Path) -> Flask:
+    """Return an API app in shard mode serving every instrument from `shard`."""
+    from strongroom.app import create_app
+    from strongroom.settings import Settings
+
+    return create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
+                       "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG, "EXCHANGE_SHARD_NATS_URLS": urls,
+                       "EXCHANGE_SHARDS": {shard: SYMBOLS}, "EXCHANGE_SHARD_WAIT_S": WAIT_S,
+                       "EXCHANGE_DEV_MODE": True},
+                      settings=Settings(data_dir=data_dir, database_url=database_url))
+
+
+def gateway(app: Flask) -> ShardGateway:
+    """Return the app's shard gateway in this process."""
+    found: ShardGateway = app.extensions[EXTENSION].get()
+    return found
+
+
+def close(app: Flask) -> None:
+    app.extensions[EXTENSION].close()
+    app.extensions["strongroom.engine"].dispose()
+
+
+def seed(app: Flask, shard: str, cmd: VenueCommand, now_ms: int) -> Any:
+    """Append an operator command (collateral, marks) straight to the shard; return its result."""
+    sent = gateway(app).submit(shard, "r." + uuid.uuid4().hex, ShardCommand(cmd=cmd, ts_ms=now_ms))
+    assert sent.result is not None and sent.result.code == 0, sent
+    return sent.result
+
+
+def fund(app: Flask, shard: str, user: str, amount: int, now_ms: int) -> None:
+    seed(app, shard, Deposit(user, amount), now_ms)
+
+
+class Trader:
+    """A user with an API key; every request is HMAC-signed at the shared fake clock's time."""
+
+    def __init__(self, app: Flask, clock: Any, name: str, *, tier: int = 2,
+                 roles: frozenset[Role] = frozenset({Role.TRADER})) -> None:
+        _, key = app.extensions["strongroom.access"].users.create_user(
+            name, roles, kyc_tier=tier, key_scopes=frozenset(Scope))
+        self.app, self.clock, self.name = app, clock, name
+        self.key_id, self.secret = key.credentials.key_id, key.credentials.secret
+
+    def call(self, method: str, path: str, body: Any = None, *, app: Flask | None = None,
+             query: str = "") -> TestResponse:
+        raw = b"" if body is None else json.dumps(body).encode()
+        with _clock_lock:
+            self.clock.advance(1)
+            now = self.clock.now_ms
+        headers = sign_request(key_id=self.key_id, secret=self.secret, timestamp_ms=now,
+                               method=method, path=path, query=query, body=raw)
+        client = (app or self.app).test_client()
+        return client.open(path + (f"?{query}" if query else ""), method=method, data=raw,
+                           headers=headers, content_type="application/json" if raw else None,
+                           environ_base={"REMOTE_ADDR": "127.0.0.1"})
+
+    def order(self, oid: str, side: str, qty: int, price: int = BTC, *, symbol: str = "BTC-PERP",
+              app: Flask | None = None, **extra: Any) -> TestResponse:
+        return self.call("POST", f"{BASE}/orders", {"symbol": symbol, "id": oid, "side": side,
+                                                    "qty": qty, "price": price, **extra}, app=app)
+
+
+def mark_btc(admin: Trader, app: Flask | None = None) -> None:
+    """Quote BTC at 60,000 USD from every source (dev mode): the shard's index and marks."""
+    for source in SOURCES:
+        r = admin.call("POST", f"{BASE}/operator/quotes",
+                       {"underlying": "BTC", "source": source, "price": BTC}, app=app)
+        assert r.status_code == 200, r.get_json()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = READ_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def stream_bodies(urls: list[str], shard: str) -> list[bytes]:
+    """Return every command body of the shard's stream, in stream order."""
+    async def read() -> list[bytes]:
+        nc = await nats.connect(servers=urls)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(shard_stream(shard))
+            return [(await js.get_msg(shard_stream(shard), seq)).data or b""
+                    for seq in range(1, int(info.state.last_seq or 0) + 1)]
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
