@@ -13,15 +13,14 @@ from typing import Any
 
 import nats
 from flask import Flask
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from werkzeug.test import TestResponse
 
 from exchange.api.shardmode import EXTENSION
 from exchange.commands import Deposit, VenueCommand
 from exchange.instruments import DEFAULT_CONFIG, load_instruments
 from exchange.stream.shard.gateway import ShardGateway
-from exchange.stream.shard.wire import ShardCommand, shard_stream, shard_subject
-from exchange.stream.topology import DUPLICATE_WINDOW_S, MAX_MSG_BYTES
+from exchange.stream.shard.wire import ShardCommand, shard_stream
+from exchange.stream.topology import ensure_shard_topology
 from policies.api_key import Scope
 from policies.request_signing import sign_request
 from policies.roles import Role
@@ -45,12 +44,7 @@ def new_shard(urls: list[str]) -> str:
         while True:
             nc = await nats.connect(servers=urls, connect_timeout=2)
             try:
-                js = nc.jetstream()
-                await js.add_stream(StreamConfig(
-                    name=shard_stream(name), subjects=[shard_subject(name)],
-                    retention=RetentionPolicy.LIMITS, storage=StorageType.FILE, num_replicas=3,
-                    duplicate_window=DUPLICATE_WINDOW_S, max_msg_size=MAX_MSG_BYTES,
-                    discard=DiscardPolicy.NEW))
+                await ensure_shard_topology(nc.jetstream(), [name], 3)
                 return
             except Exception:
                 if time.monotonic() > deadline:
