@@ -31,13 +31,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from custody.ledger.codes import LedgerCode
-from custody.ledger.entry import AccountFlags, AccountKind, TransferKind
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import MAX_BATCH, Ledger
 from exchange.engine.journal import FsyncPolicy
 from exchange.instruments import ExchangeConfig
 from exchange.marketdata import MarketData
+from exchange.postings import (
+    BAD_DEBT_OWNER,
+    CLEARING_OWNER,
+    PLATFORM_OWNER,
+    POSTING_CODE,
+    WALLET_OWNER,
+    LedgerOutOfSync,
+    PostingWriter,
+)
 from exchange.recovery import DEFAULT_SNAPSHOT_EVERY, DurableVenue
 from exchange.risk.clearing import BAD_DEBT, CLEARING, FEES, INSURANCE, WALLET, Posting
 from exchange.risk.events import LiquidationStarted, RiskEvent
@@ -45,22 +52,9 @@ from exchange.venue import Venue
 
 log = logging.getLogger(__name__)
 
-PLATFORM_OWNER: Final = "exchange"
-CLEARING_OWNER: Final = "exchange.clearing"
-BAD_DEBT_OWNER: Final = "exchange.bad_debt"
-WALLET_OWNER: Final = "platform"
-POSTING_CODE: Final = 7000  # ledger ``code`` of every exchange transfer
 MAX_EVENTS_KEPT: Final = 100_000
-
-_KINDS = {
-    "pending": TransferKind.PENDING,
-    "single": TransferKind.SINGLE,
-    "void": TransferKind.VOID,
-}
-
-
-class LedgerOutOfSync(RuntimeError):
-    """The ledger refused postings the clearing house had validated: corrupt state."""
+__all__ = ["BAD_DEBT_OWNER", "CLEARING_OWNER", "PLATFORM_OWNER", "POSTING_CODE", "WALLET_OWNER",
+           "ExchangeService", "LedgerOutOfSync"]
 
 
 class ExchangeService:
@@ -75,7 +69,8 @@ class ExchangeService:
         self.lock = threading.RLock()
         self.events: list[RiskEvent] = []
         self.liquidations = 0  # started since this process began (strongroom_exchange_liquidations)
-        self._ids: dict[str, int] = {}
+        # Clearing keys -> ledger accounts and postings -> transfers (exchange/postings.py).
+        self.writer = PostingWriter(ledger, asset)
         self._backlog: list[Posting] = []  # drained, journaled, not yet accepted by the ledger
         # The market-data read model (exchange/marketdata.py), fed by the venue's tap.
         if market is None:
@@ -165,13 +160,7 @@ class ExchangeService:
             submitted = 0
             while backlog:
                 chunk = backlog[:MAX_BATCH]
-                results = self.ledger.submit([self._request(p) for p in chunk], linked=True)
-                failed = [r for r in results if not r.ok]
-                if failed:
-                    # Name the transfer that failed, not one that only failed with it.
-                    cause = next((r for r in failed if r.code != LedgerCode.LINKED_TRANSFER_FAILED),
-                                 failed[0])
-                    raise LedgerOutOfSync(f"ledger refused {cause.id}: {cause.code} {cause.message}")
+                self.writer.submit(chunk)  # raises LedgerOutOfSync naming the refused posting
                 # Only accepted postings leave the backlog: a failed write is retried next time.
                 del backlog[:len(chunk)]
                 submitted += len(chunk)
@@ -180,25 +169,11 @@ class ExchangeService:
             return submitted
 
     def _request(self, p: Posting) -> TransferRequest:
-        tid, kind, debit, credit, amount, pending_id = p
-        if kind == "void":
-            return TransferRequest(id=tid, kind=TransferKind.VOID, pending_id=pending_id,
-                                   code=POSTING_CODE)
-        return TransferRequest(id=tid, kind=_KINDS[kind], debit_account=self.ledger_account(debit),
-                               credit_account=self.ledger_account(credit), amount=amount,
-                               asset=self.asset, code=POSTING_CODE)
+        return self.writer.request(p)
 
     def ledger_account(self, key: str) -> int:
         """Return the ledger account id behind a clearing-house key, creating it on first use."""
-        found = self._ids.get(key)
-        if found is not None:
-            return found
-        owner, kind, flags = _account_of(key)
-        view = self.ledger.find_account(owner, self.asset, kind)
-        if view is None:
-            view = self.ledger.create_account(owner, self.asset, kind, flags)
-        self._ids[key] = view.id
-        return view.id
+        return self.writer.account(key)
 
     def credit_deposit(self, owner: str, amount: int, transfer_id: str) -> None:
         """Credit an on-chain deposit to ``owner``'s spot balance (hot wallet -> user)."""
@@ -214,30 +189,3 @@ class ExchangeService:
         """Return the pending (held) amount of an account's margin hold."""
         return self.ledger.balance(self.ledger_account(f"h:{account}")).credits_pending
 
-
-def _account_of(key: str) -> tuple[str, AccountKind, int | None]:
-    """Map a clearing key to (owner, kind, flags); None flags: the kind's default."""
-    if key == CLEARING:
-        # The clearing account's balance is minus the open positions' cost basis: it goes
-        # negative while losers have not realised yet, so it carries no balance constraint.
-        return CLEARING_OWNER, AccountKind.USER_MARGIN, int(AccountFlags.NONE)
-    if key == BAD_DEBT:
-        # Losses nobody could absorb (insurance fund and ADL exhausted): a platform receivable
-        # kept visible here rather than as a negative user balance, so it is unconstrained.
-        return BAD_DEBT_OWNER, AccountKind.USER_MARGIN, int(AccountFlags.NONE)
-    if key == FEES:
-        return PLATFORM_OWNER, AccountKind.FEES, None
-    if key == INSURANCE:
-        return PLATFORM_OWNER, AccountKind.INSURANCE_FUND, None
-    if key == WALLET:
-        return WALLET_OWNER, AccountKind.HOT_WALLET, None
-    prefix, owner = key.split(":", 1)
-    if prefix == "m":
-        # Cross margin: the wallet balance may dip below zero while unrealised gains keep
-        # equity positive; the clearing house (not a ledger flag) enforces margin.
-        return owner, AccountKind.USER_MARGIN, int(AccountFlags.NONE)
-    if prefix == "h":
-        return owner, AccountKind.USER_HELD, None
-    if prefix == "a":
-        return owner, AccountKind.USER_AVAILABLE, None
-    raise ValueError(f"clearing key was {key!r}, not a known account key")

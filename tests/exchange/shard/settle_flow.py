@@ -1,0 +1,84 @@
+"""Shard command flows for the settlement tests: a ShardMachine's results as ShardBatches."""
+
+from __future__ import annotations
+
+import random
+
+from custody.ledger.posting import TransferRequest
+from custody.ledger.service import Ledger
+from exchange.commands import CancelOrder, Place, Quote, SeedInsurance, Tick, Withdraw
+from exchange.engine.messages import NewOrder
+from exchange.instruments import load_instruments
+from exchange.postings import PostingWriter
+from exchange.stream.shard.machine import ShardMachine
+from exchange.stream.shard.settle import reserve_deposit
+from exchange.stream.shard.wire import (
+    FundedDeposit,
+    ShardBatch,
+    ShardCommand,
+    ShardOp,
+    ShardResult,
+    encode_command,
+)
+from tests.exchange.helpers import BTC, NOW, SOURCES, USDC
+
+CONFIG = load_instruments()
+PRICE = BTC // 1000 * 1000  # a multiple of the BTC-PERP tick
+TRADERS = ("alice", "bob", "carol")
+
+
+def cmd(op: ShardOp, ts_ms: int = NOW) -> bytes:
+    return encode_command(ShardCommand(op, ts_ms))
+
+
+def fund_spot(ledger: Ledger, user: str, amount: int, transfer_id: str) -> None:
+    """Credit ``user``'s spot balance from the hot wallet (an on-chain deposit)."""
+    w = PostingWriter(ledger)
+    ledger.transfer(TransferRequest(id=transfer_id, debit_account=w.account("wallet"),
+                                    credit_account=w.account(f"a:{user}"), amount=amount,
+                                    asset="USDC"))
+
+
+def opening(ledger: Ledger, shard: str, deposit: int = 10_000 * USDC) -> list[bytes]:
+    """Insurance, each trader's reserved collateral deposit and a fresh BTC index."""
+    out = [cmd(SeedInsurance(1_000 * USDC))]
+    for user in TRADERS:
+        ref = reserve_deposit(ledger, user, deposit, shard)
+        out.append(cmd(FundedDeposit(user, deposit, ref)))
+    out += [cmd(Quote("BTC", s, BTC, NOW)) for s in SOURCES] + [cmd(Tick("BTC", NOW))]
+    return out
+
+
+def random_flow(seed: int, n: int) -> list[bytes]:
+    """``n`` seeded commands: orders around the mark, cancels, mark moves, withdrawals."""
+    rng = random.Random(seed)
+    out: list[bytes] = []
+    ts = NOW
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.7:
+            who, side = rng.choice(TRADERS), rng.choice(("buy", "sell"))
+            price = PRICE + rng.randint(-3, 3) * 100_000
+            out.append(cmd(Place("BTC-PERP", NewOrder(f"o{seed}.{i}", who, side,  # type: ignore[arg-type]
+                                                      rng.randint(1, 4), price=price,
+                                                      ts=ts * 1_000_000)), ts))
+        elif roll < 0.8:
+            out.append(cmd(CancelOrder("BTC-PERP", f"o{seed}.{rng.randrange(max(i, 1))}", None), ts))
+        elif roll < 0.95:
+            ts += rng.randint(0, 30_000)
+            px = BTC + rng.randint(-8, 8) * BTC // 100
+            out += [cmd(Quote("BTC", s, px, ts), ts) for s in SOURCES] + [cmd(Tick("BTC", ts), ts)]
+        else:
+            out.append(cmd(Withdraw(rng.choice(TRADERS), rng.randint(1, 3_000) * USDC), ts))
+    return out
+
+
+def apply_batches(machine: ShardMachine, bodies: list[bytes], per_batch: int) -> list[ShardBatch]:
+    """Apply ``bodies`` in order; return their results as ShardBatches of ``per_batch`` commands."""
+    out: list[ShardBatch] = []
+    for start in range(0, len(bodies), per_batch):
+        results: list[ShardResult] = [machine.apply(machine.seq + 1, b)
+                                      for b in bodies[start:start + per_batch]]
+        out.append(ShardBatch(machine.shard, results[0].seq, results[-1].seq, results,
+                              machine.state_hash()))
+    return out
