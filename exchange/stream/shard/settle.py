@@ -39,13 +39,15 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody.ledger.codes import LedgerCode, LedgerError
@@ -55,6 +57,7 @@ from custody.ledger.posting import TransferRequest
 from custody.ledger.service import MAX_BATCH, Ledger, wall_clock_ms
 from exchange.postings import MAIN_SHARD, POSTING_CODE, SHARD_SEPARATOR, LedgerOutOfSync, PostingWriter
 from exchange.risk.clearing import BAD_DEBT, CLEARING, FEES, INSURANCE
+from exchange.stream.lease import Lease
 from exchange.stream.shard.wire import (
     SHARD_EVENTS_STREAM,
     ShardBatch,
@@ -74,10 +77,12 @@ log = logging.getLogger("strongroom.shard_settlement")
 SETTLEMENT_ACTOR: Final = "service:shard-settlement"
 DEPOSIT_ACTOR: Final = "service:shard-deposit"
 DURABLE_PREFIX: Final = "shard-settlement-"
+LEASE_KEY_PREFIX: Final = "settle."  # ENGINE_LEASE key of a shard's settlement: settle.<NAME>
 FETCH_BATCH: Final = 256  # messages per round: batches that queued up share ledger submissions
 FETCH_TIMEOUT_S: Final = 0.25
 ACK_WAIT_S: Final = 60.0
 RETRY_S: Final = 0.5  # pause before subscribing again after NATS trouble
+DB_RETRY_S: Final = 1.0  # pause before retrying a round the database failed
 DEPOSIT_REF_PREFIX: Final = "cdep."
 RECONCILE_EVERY_S: Final = 10.0
 VOID_DEPOSITS_AFTER_S: Final = 60
@@ -139,11 +144,11 @@ class ShardSettlement:
             last = max(last, batch.last_seq)
             for result in batch.results:
                 for posting in result.postings:
-                    p = tuple(posting)
+                    p = cast(WirePosting, tuple(posting))
                     before = seen.get(p[0])
                     if before is None:
-                        seen[p[0]] = p  # type: ignore[assignment]
-                        out.append(p)  # type: ignore[arg-type]
+                        seen[p[0]] = p
+                        out.append(p)
                     elif before != p:
                         raise SettlementRefused(f"posting id {p[0]!r} appears twice with different "
                                                 f"bodies (command {result.seq}): {before} / {p}")
@@ -209,35 +214,83 @@ class ShardSettlement:
 
 async def run_shard_settlement(js: JetStreamContext, settlement: ShardSettlement,
                                stop: asyncio.Event, *, durable: str | None = None,
-                               fetch_batch: int = FETCH_BATCH) -> None:
-    """Consume ``shardevt.<NAME>`` with the shard's durable consumer until ``stop``.
+                               fetch_batch: int = FETCH_BATCH, holder: str | None = None) -> None:
+    """Settle ``shardevt.<NAME>`` with the shard's durable consumer until ``stop``.
+
+    One process settles a shard at a time (lease ``settle.<NAME>`` in
+    ENGINE_LEASE; a second one stands by), because the ledger must see the
+    batches in stream order: a void before its pending would be refused. For
+    the same reason every (re)subscription restarts the durable consumer at its
+    ack floor, so the messages a killed process had fetched but not
+    acknowledged come first, not after newer ones (`_restart_consumer`).
 
     NATS trouble (a node lost, a leader election answering 503, an ack timing
     out) never stops it: it waits RETRY_S and subscribes again; a batch not yet
     acknowledged is delivered again and found ``exists``. A SettlementRefused
     (corrupt state) or an undecodable batch does stop it.
     """
-    subject = shard_events_subject(settlement.shard)
     name = durable or durable_name(settlement.shard)
-    config = ConsumerConfig(durable_name=name, filter_subject=subject, ack_policy=AckPolicy.ALL,
-                            deliver_policy=DeliverPolicy.ALL, ack_wait=ACK_WAIT_S,
-                            max_ack_pending=fetch_batch * 2)
+    lease = Lease(js, f"{LEASE_KEY_PREFIX}{settlement.shard}", holder or f"{name}-{uuid.uuid4().hex[:8]}")
     while not stop.is_set():
+        if not await lease.acquire(stop):
+            return
+        keeper = asyncio.create_task(lease.keep())
         try:
-            sub = await js.pull_subscribe(subject, durable=name, stream=SHARD_EVENTS_STREAM,
-                                          config=config)
+            await _settle_while_leading(js, settlement, stop, lease.lost, name, fetch_batch)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            if not lease.lost.is_set():
+                await lease.release()
+
+
+async def _settle_while_leading(js: JetStreamContext, settlement: ShardSettlement,
+                                stop: asyncio.Event, lost: asyncio.Event, name: str,
+                                fetch_batch: int) -> None:
+    subject = shard_events_subject(settlement.shard)
+    while not stop.is_set() and not lost.is_set():
+        try:
+            sub = await _restart_consumer(js, name, subject, fetch_batch)
             log.info("shard settlement consuming %s as %s", subject, name)
-            await _consume(sub, settlement, stop, fetch_batch)
+            await _consume(sub, settlement, stop, lost, fetch_batch)
         except (NatsError, TimeoutError) as exc:
             log.warning("shard settlement %s: %s: %s; subscribing again in %ss", name,
                         type(exc).__name__, exc, RETRY_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RETRY_S)
+    if lost.is_set():
+        log.error("shard settlement %s lost its lease: standing by", name)
+
+
+async def _restart_consumer(js: JetStreamContext, name: str, subject: str,
+                            fetch_batch: int) -> JetStreamContext.PullSubscription:
+    """(Re)create the durable consumer at its ack floor and bind to it.
+
+    Messages delivered to a dead process but never acknowledged would otherwise
+    only come back after ack_wait, behind newer ones; starting again at the
+    floor delivers everything not acknowledged in stream order (the ones that
+    were settled are found ``exists``).
+    """
+    floor = 0
+    try:
+        info = await js.consumer_info(SHARD_EVENTS_STREAM, name)
+    except NotFoundError:
+        pass
+    else:
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        await js.delete_consumer(SHARD_EVENTS_STREAM, name)
+    await js.add_consumer(SHARD_EVENTS_STREAM, ConsumerConfig(
+        durable_name=name, filter_subject=subject, ack_policy=AckPolicy.ALL, ack_wait=ACK_WAIT_S,
+        max_ack_pending=fetch_batch * 2,
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
+        opt_start_seq=floor + 1 if floor else None))
+    return await js.pull_subscribe_bind(name, SHARD_EVENTS_STREAM)
 
 
 async def _consume(sub: JetStreamContext.PullSubscription, settlement: ShardSettlement,
-                   stop: asyncio.Event, fetch_batch: int) -> None:
-    while not stop.is_set():
+                   stop: asyncio.Event, lost: asyncio.Event, fetch_batch: int) -> None:
+    while not stop.is_set() and not lost.is_set():
         try:
             msgs = await sub.fetch(fetch_batch, timeout=FETCH_TIMEOUT_S)
         except TimeoutError:  # nats' own and, on some paths, asyncio's: nothing new
@@ -251,9 +304,18 @@ async def _consume(sub: JetStreamContext.PullSubscription, settlement: ShardSett
                 raise SettlementRefused(f"shard {settlement.shard}: events message "
                                         f"{meta.sequence.stream} does not decode: {exc}") from exc
         # The ledger is a blocking SQLAlchemy client: keep the event loop (and the
-        # connection's heartbeats) alive while it commits.
-        await asyncio.to_thread(settlement.settle, batches)
-        # AckAll: acknowledging the round's last message acknowledges the whole round.
+        # connection's heartbeats) alive while it commits. A database outage is weather:
+        # retry the round (nothing of a failed submission was written) until it commits.
+        while True:
+            try:
+                await asyncio.to_thread(settlement.settle, batches)
+                break
+            except SQLAlchemyError as exc:
+                log.warning("shard %s settlement: database: %s; retrying in %ss",
+                            settlement.shard, type(exc).__name__, DB_RETRY_S)
+                await asyncio.sleep(DB_RETRY_S)
+        # AckAll: acknowledging the round's last message acknowledges the whole round (only
+        # this process's: the consumer was restarted at its floor when this process took it).
         await msgs[-1].ack_sync()
 
 
@@ -375,7 +437,7 @@ class DepositReconciler:
                     self.appended += 1
                     log.warning("shard %s: deposit reservation %s pending for more than %d ms: "
                                 "VoidDeposit appended", self.shard, ref, self.void_after_ms)
-            except (NatsError, TimeoutError) as exc:
+            except (NatsError, TimeoutError, SQLAlchemyError) as exc:
                 log.warning("shard %s deposit reconciler: %s: %s", self.shard,
                             type(exc).__name__, exc)
             with contextlib.suppress(TimeoutError):

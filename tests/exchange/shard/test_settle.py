@@ -229,7 +229,7 @@ def test_reserve_deposit_insufficient_spot_refused_with_stable_code_nothing_chan
 def test_reserve_deposit_concurrent_deposits_cannot_spend_the_same_spot_balance(
     ledger_db: tuple[Ledger, object],
 ) -> None:
-    ledger, engine = ledger_db
+    ledger, _ = ledger_db
     fund_spot(ledger, "alice", 100 * USDC, "spot.alice")
     refs: list[str] = []
     refused: list[str] = []
