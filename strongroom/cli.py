@@ -41,6 +41,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "reserves": ("strongroom.commands.audit", "Proof of reserves: snapshots, proofs, reports."),
     "settlement-worker": ("strongroom.commands.engine_worker",
                           "Scale-out: settle engine events from NATS JetStream into the ledger."),
+    "shard-feeder": ("strongroom.commands.shard_feeder",
+                     "Scale-out: a clearing shard's price feed and clock (quotes, ticks, funding)."),
     "shard-settlement": ("strongroom.commands.shard_settlement",
                          "Clearing shards: write a shard's postings to the ledger; void lost deposits."),
     "simulate": ("strongroom.commands.simulate", "Run the platform under a seeded simulation."),

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,9 @@ MAX_JOURNAL_INT: Final = 2**63 - 1  # what the venue journal (and every replica)
 APPEND_TIMEOUT_S: Final = 5.0
 APPEND_ATTEMPTS: Final = 3
 APPEND_RETRY_S: Final = 0.2
+# Every append names its feeder (audit: who fed the shard when), in a header next to the id.
+FEEDER_HEADER: Final = "Strongroom-Feeder"
+FEEDER_NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 def feeder_lease_key(shard: str) -> str:
@@ -208,6 +212,9 @@ class ShardFeeder:
         if not MIN_INTERVAL_MS <= self.interval_ms <= MAX_INTERVAL_MS:
             raise ValueError(f"interval_ms was {self.interval_ms}, must be "
                              f"{MIN_INTERVAL_MS}..{MAX_INTERVAL_MS}")
+        if not FEEDER_NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"feeder name was {self.name[:40]!r}, must match "
+                             f"{FEEDER_NAME_PATTERN.pattern}")
         self.plan = FeedPlan(self.config, self.shard)
         self.lease = Lease(self.js, feeder_lease_key(self.shard), self.name)
 
@@ -278,7 +285,8 @@ class ShardFeeder:
                 ack = await self.js.publish(shard_subject(self.shard), body,
                                             timeout=APPEND_TIMEOUT_S,
                                             stream=shard_stream(self.shard),
-                                            headers={"Nats-Msg-Id": item.msg_id})
+                                            headers={"Nats-Msg-Id": item.msg_id,
+                                                     FEEDER_HEADER: self.name})
             except (NatsError, TimeoutError) as exc:
                 # Unknown outcome: retrying under the same id stores the command at most once.
                 log.warning("feeder %s: append %s failed (attempt %d): %s", self.name,
@@ -310,8 +318,19 @@ async def run_feeder(urls: list[str], config: ExchangeConfig, shard: str, feed: 
     import nats
 
     stop = stop or asyncio.Event()
-    nc = await nats.connect(servers=urls, name=f"feeder-{shard}-{name}",
-                            max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    # NATS may come up after the feeder (connect retries for ever), but a stop must still stop it.
+    connecting = asyncio.ensure_future(nats.connect(
+        servers=urls, name=f"feeder-{shard}-{name}", max_reconnect_attempts=-1,
+        reconnect_time_wait=0.2))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, NatsError, OSError):
+            await connecting
+        return FeederStats()
+    nc = connecting.result()
     try:
         feeder = ShardFeeder(nc.jetstream(), config, shard, feed, name, interval_ms)
         return await feeder.run(stop)

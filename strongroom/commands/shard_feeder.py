@@ -1,0 +1,93 @@
+"""``strongroom shard-feeder``: the clock and price feed of a clearing shard (docs/scale-out.md).
+
+Run two or more per shard (on different hosts), pointed at the shard's NATS
+JetStream cluster and the same instrument file as its shard worker: one
+leads (lease ``feeder.<NAME>``) and appends index quotes, ticks and funding
+advances to the shard's command stream; the others stand by and take over
+within the lease TTL. SIGTERM/SIGINT stop a feeder cleanly (it gives its
+lease up, so a standby takes over at once); SIGKILL leaves the lease to
+expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+import click
+
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+SOURCES = ("simulated", "ccxt")
+
+
+def _urls(value: str) -> list[str]:
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
+@click.command("shard-feeder")
+@click.option("--shard", default="MAIN", show_default=True, help="Clearing shard name.")
+@click.option("--nats", "nats_urls", default=DEFAULT_NATS, show_default=True,
+              help="Comma-separated NATS server URLs.")
+@click.option("--instruments", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="The shard's instrument file (default: the market's, as the "
+                                 "shard worker); its indices name the sources.")
+@click.option("--source", type=click.Choice(SOURCES), default="simulated", show_default=True,
+              help="Where index quotes come from: the seeded simulated market or ccxt tickers.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Simulated feed seed.")
+@click.option("--interval-ms", type=click.IntRange(50, 60_000), default=1_000, show_default=True,
+              help="Time between two rounds of quotes and ticks.")
+@click.option("--name", default=None, help="Feeder name in the lease (default: host-pid).")
+def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: str, seed: int,
+                 interval_ms: int, name: str | None) -> None:
+    """Lead or stand by for one clearing shard's price feed and clock over NATS JetStream."""
+    from nats.errors import Error as NatsError
+
+    from exchange.instruments import MARKET_CONFIG, ConfigError, load_instruments
+    from exchange.stream.shard.feeder import FEEDER_NAME_PATTERN, FeedPlan, run_feeder
+    from exchange.stream.shard.metrics import PROCESS_METRICS, serve_from_env
+    from strongroom.jobs import exchange_feed
+
+    try:
+        config = load_instruments(instruments or MARKET_CONFIG)
+        FeedPlan(config, shard)  # validates the shard name and the sources before connecting
+        feed = exchange_feed(source, seed, config.indices)
+    except (ConfigError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    assert feed is not None
+    feeder_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    if not FEEDER_NAME_PATTERN.fullmatch(feeder_name):
+        raise click.BadParameter(f"feeder name was {feeder_name[:40]!r}, must match "
+                                 f"{FEEDER_NAME_PATTERN.pattern}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        server = serve_from_env(PROCESS_METRICS.registry)  # $STRONGROOM_METRICS_PORT, if set
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    async def main() -> dict[str, int]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        stats = await run_feeder(_urls(nats_urls), config, shard, feed, name=feeder_name,
+                                 interval_ms=interval_ms, stop=stop)
+        return stats.__dict__
+
+    try:
+        stats = asyncio.run(main())
+    except (NatsError, OSError) as exc:
+        raise click.ClickException(f"NATS at {nats_urls} unreachable: {type(exc).__name__}") from None
+    finally:
+        if server is not None:
+            server.shutdown()
+    click.echo(json.dumps({"shard": shard, "feeder": feeder_name, **stats}))
+
+
+def register(main: click.Group) -> None:
+    """Add ``shard-feeder`` to the ``strongroom`` CLI."""
+    main.add_command(shard_feeder)

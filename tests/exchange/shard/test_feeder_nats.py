@@ -1,0 +1,183 @@
+"""Shard feeders on a local 3-node JetStream cluster: one leader appends, a standby takes over."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import nats
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+
+from exchange.commands import Advance, Quote, Tick
+from exchange.feeds import ScriptedFeed
+from exchange.instruments import MARKET_CONFIG, load_instruments
+from exchange.stream.cluster import LocalCluster
+from exchange.stream.shard.feeder import FEEDER_HEADER, ShardFeeder, feeder_lease_key
+from exchange.stream.shard.machine import ShardMachine
+from exchange.stream.shard.wire import command_decoder, shard_stream
+from exchange.stream.topology import ensure_shard_topology, lease_bucket
+from tests.exchange.helpers import BTC, USDC
+
+CONFIG = load_instruments(MARKET_CONFIG)  # what `strongroom shard-feeder` loads by default
+ROOT = Path(__file__).resolve().parents[3]
+HANG_S = 90.0  # bounds a hang only; every wait polls for its condition
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = HANG_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def stream_messages(js: JetStreamContext, shard: str) -> list[tuple[int, bytes, str]]:
+    """Return every (seq, body, feeder name) of the shard's command stream, in order."""
+    info = await js.stream_info(shard_stream(shard))
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(shard_stream(shard), seq)
+        out.append((seq, msg.data or b"", (msg.headers or {}).get(FEEDER_HEADER, "")))
+    return out
+
+
+async def lease_holder(js: JetStreamContext, shard: str) -> str | None:
+    kv = await lease_bucket(js)
+    try:
+        entry = await kv.get(feeder_lease_key(shard))
+    except KeyNotFoundError:
+        return None
+    return None if entry.value is None else entry.value.decode()
+
+
+def check_stream(bodies: list[bytes]) -> None:
+    """The stream applies cleanly, in time order, and its ticks never go back."""
+    machine = ShardMachine(CONFIG, "MAIN")
+    results = machine.apply_many(list(enumerate(bodies, 1)))
+    assert [r.code for r in results] == [0] * len(results), [r.message for r in results if r.code]
+    stamps = [command_decoder.decode(b).ts_ms for b in bodies]
+    assert stamps == sorted(stamps)
+    assert all(type(command_decoder.decode(b).cmd) in (Advance, Quote, Tick) for b in bodies)
+
+
+def test_feeder_two_feeders_only_the_leader_appends_and_the_standby_takes_over_when_it_dies(
+        nats_cluster: LocalCluster) -> None:
+    asyncio.run(_two_feeders(nats_cluster.urls))
+
+
+async def _two_feeders(urls: list[str]) -> None:
+    shard = "F" + uuid.uuid4().hex[:8].upper()
+    admin = await nats.connect(servers=urls)
+    nc_a = await nats.connect(servers=urls)
+    nc_b = await nats.connect(servers=urls)
+    try:
+        js = admin.jetstream()
+        await ensure_shard_topology(js, [shard])
+        feeds = {}
+        for name, btc in (("A", BTC), ("B", BTC + 7 * USDC)):
+            feeds[name] = ScriptedFeed(CONFIG.indices)
+            feeds[name].set("BTC", btc)
+        a = ShardFeeder(nc_a.jetstream(), CONFIG, shard, feeds["A"], "A", interval_ms=100)
+        b = ShardFeeder(nc_b.jetstream(), CONFIG, shard, feeds["B"], "B", interval_ms=100)
+        stop_a, stop_b = asyncio.Event(), asyncio.Event()
+        task_a = asyncio.create_task(a.run(stop_a))
+        await until(lambda: a.stats.rounds >= 2, "A to lead")
+        task_b = asyncio.create_task(b.run(stop_b))
+        await until(lambda: a.stats.rounds >= 12, "A to feed ten more rounds")
+        assert b.stats.terms == 0 and b.stats.appended == 0, "the standby appends nothing"
+        assert await lease_holder(js, shard) == "A"
+        # A dies without giving its lease up (a crash): B takes over once the lease expires.
+        task_a.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task_a
+        await nc_a.close()
+        killed = time.monotonic()
+        await until(lambda: b.stats.appended > 0, "B to take over")
+        takeover_s = time.monotonic() - killed
+        await until(lambda: b.stats.rounds >= 3, "B to feed")
+        stop_b.set()
+        await task_b
+        assert await lease_holder(js, shard) is None, "a stopped feeder gives its lease up"
+        messages = await stream_messages(js, shard)
+        authors = [name for _, _, name in messages]
+        first_b = authors.index("B")
+        assert set(authors[:first_b]) == {"A"} and set(authors[first_b:]) == {"B"}
+        ops = [(n, command_decoder.decode(body).cmd) for _, body, n in messages]
+        prices = {n: {c.price for m, c in ops if m == n and type(c) is Quote and c.underlying == "BTC"}
+                  for n in "AB"}
+        assert prices == {"A": {BTC}, "B": {BTC + 7 * USDC}}
+        check_stream([body for _, body, _ in messages])
+        assert 0 < takeover_s < 30, takeover_s
+    finally:
+        for nc in (admin, nc_b, nc_a):
+            if not nc.is_closed:
+                await nc.close()
+
+
+def spawn_feeder(shard: str, name: str, urls: list[str], seed: int) -> subprocess.Popen[bytes]:
+    """Start `strongroom shard-feeder` as its own process (to kill -9 it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from strongroom.cli import main; main()", "shard-feeder",
+         "--shard", shard, "--nats", ",".join(urls), "--name", name, "--seed", str(seed),
+         "--interval-ms", "100"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_feeder_cli_leader_killed_standby_takes_over_and_sigterm_releases_the_lease(
+        nats_cluster: LocalCluster) -> None:
+    asyncio.run(_cli_feeders(nats_cluster.urls))
+
+
+async def _cli_feeders(urls: list[str]) -> None:
+    shard = "G" + uuid.uuid4().hex[:8].upper()
+    nc = await nats.connect(servers=urls)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        js = nc.jetstream()
+        await ensure_shard_topology(js, [shard])
+        procs.append(spawn_feeder(shard, "cli-a", urls, seed=1))
+
+        async def leads(name: str, proc: subprocess.Popen[bytes]) -> None:
+            deadline = time.monotonic() + HANG_S
+            while (holder := await lease_holder(js, shard)) != name:
+                assert time.monotonic() < deadline, f"{name} never led; holder {holder}"
+                assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+                await asyncio.sleep(0.1)
+
+        await leads("cli-a", procs[0])
+        procs.append(spawn_feeder(shard, "cli-b", urls, seed=2))
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(30)
+        await leads("cli-b", procs[1])
+        # B appends from then on: wait for its first commands, then stop it cleanly.
+        deadline = time.monotonic() + HANG_S
+        while not any(n == "cli-b" for _, _, n in await stream_messages(js, shard)):
+            assert time.monotonic() < deadline, "cli-b never appended"
+            await asyncio.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)
+        out, err = procs[1].communicate(timeout=60)
+        assert procs[1].returncode == 0, err.decode()[-2000:]
+        stats = json.loads(out.decode().strip().splitlines()[-1])
+        assert stats["feeder"] == "cli-b" and stats["terms"] == 1 and stats["appended"] > 0
+        assert await lease_holder(js, shard) is None
+        messages = await stream_messages(js, shard)
+        authors = [n for _, _, n in messages]
+        first_b = authors.index("cli-b")
+        assert set(authors[:first_b]) == {"cli-a"} and set(authors[first_b:]) == {"cli-b"}
+        check_stream([body for _, body, _ in messages])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+        await nc.close()
