@@ -60,6 +60,9 @@ def shard_code(code: int) -> IntEnum:
     return ShardCode(code) if code in ShardCode._value2member_map_ else ShardCode.BAD_COMMAND
 
 Build = Callable[[Venue], VenueCommand | Sequence[VenueCommand]]
+# No base id contains "::" (an order id has one ':', client ids none), so a retry id is unambiguous.
+RETRY_SEP = "::"
+MAX_RETRY_HOPS = 16  # refused copies of one command id a retry walks past (then answers the last)
 STREAM_STATUS = {StreamCode.UNKNOWN_MARKET: 404, StreamCode.STREAM_UNAVAILABLE: 503}
 
 
@@ -212,10 +215,7 @@ class ShardRunner:
             # One request may append several commands: each gets its own id.
             tag = f"{nonce}.{n}" if nonce else uuid.uuid4().hex
             msg_id = msg_id_of(cmd, tag)
-            try:
-                sent = self.gw.submit(shard, msg_id, shard_cmd)
-            except StreamRefused as exc:
-                raise ApiError(exc.code, exc.message, STREAM_STATUS.get(exc.code, 400)) from None
+            sent = self._append(shard, msg_id, shard_cmd)
             seq = sent.seq
             if sent.duplicate and sent.stored is not None and not _same(sent.stored, shard_cmd):
                 return Outcome(int(RiskCode.DUPLICATE_ORDER_ID),
@@ -227,6 +227,26 @@ class ShardRunner:
             if sent.result.code:
                 return Outcome(sent.result.code, sent.result.message, events, commands, seq=seq)
         return Outcome(0, "", events, commands, seq=seq)
+
+    def _append(self, shard: str, msg_id: str, command: Any) -> Any:
+        """Append under `msg_id`; a retry of a command the shard refused is decided afresh.
+
+        The stream stores a retried id once (its duplicate window), which is right for
+        a command that took effect. One that was refused changed nothing, so its retry
+        (after a deposit, a reopened market) goes in again under `<id>::<refused seq>`:
+        every retry of it derives the same id, so concurrent retries are stored once too.
+        """
+        for _ in range(MAX_RETRY_HOPS):
+            try:
+                sent = self.gw.submit(shard, msg_id, command)
+            except StreamRefused as exc:
+                raise ApiError(exc.code, exc.message, STREAM_STATUS.get(exc.code, 400)) from None
+            retry = (sent.duplicate and sent.result is not None and sent.result.code != 0
+                     and sent.stored is not None and _same(sent.stored, command))
+            if not retry:
+                return sent
+            msg_id = f"{msg_id.split(RETRY_SEP, 1)[0]}{RETRY_SEP}{sent.seq}"
+        return sent
 
     def read(self, symbol: str | None, view: Callable[[Venue], T], *, pool: str | None = None) -> T:
         try:

@@ -180,3 +180,25 @@ def test_shard_api_order_path_runs_no_ledger_or_exchange_sql(stack: Stack, clock
     touched = [s for s in statements if "ledger" in s.lower() or "exchange" in s.lower()]
     assert touched == [], touched
     assert placed, "the listener saw the request's authentication statements"
+
+
+def test_shard_api_refused_order_retried_after_funding_is_decided_afresh_once(
+        stack: Stack, clock: Any, nats_cluster: LocalCluster) -> None:
+    one, two, shard, _ = stack
+    for app in (one, two):
+        app.extensions.pop(LIMITS_EXTENSION)
+    alice = Trader(one, clock, "alice")
+    fund(one, shard, "alice", 10 * USDC, clock.now_ms)
+    order = ("big", "buy", 100, BTC - 1_000_000)
+    r = alice.order(*order)
+    assert (r.status_code, r.get_json()["code"]) == (422, 2001), r.get_json()
+    before = len(stream_bodies(nats_cluster.urls, shard))
+    fund(one, shard, "alice", 10_000 * USDC, clock.now_ms)
+    # The refused copy changed nothing: the same id goes in again (under "<id>::<refused seq>").
+    first = alice.order(*order, app=two)
+    assert first.status_code == 201, first.get_json()
+    again = alice.order(*order)  # and a lost response's retry of that is stored once
+    assert (again.status_code, again.get_json()) == (201, first.get_json())
+    assert len(stream_bodies(nats_cluster.urls, shard)) == before + 2  # the deposit and the order
+    orders = alice.call("GET", f"{BASE}/orders").get_json()["orders"]
+    assert [(o["id"], o["open_qty"]) for o in orders] == [("big", 100)]
