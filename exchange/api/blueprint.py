@@ -663,22 +663,17 @@ def _deposit(run: Runner, pool: str | None, account: str, amount: int) -> Outcom
 
 
 def _shard_deposit(run: ShardRunner, pool: str | None, account: str, amount: int) -> Outcome:
-    try:
-        from exchange.stream.shard.settle import (  # type: ignore[import-untyped,unused-ignore]
-            DepositRefused,
-            reserve_deposit,
-        )
-    except ImportError:  # the shard settlement module is not installed in this build
-        raise ApiError(ShardCode.NOT_ROUTED, "collateral deposits are not available in shard "
-                       "mode yet", 501) from None
+    from exchange.stream.shard.settle import DepositRefused, reserve_deposit
     from exchange.stream.shard.wire import FundedDeposit
 
     shard = run.shard(None, pool)
     try:
         ref = reserve_deposit(service().ledger, account, amount, shard)
-    except DepositRefused as exc:
-        raise _risk(RiskCode.INSUFFICIENT_FREE_COLLATERAL if exc.code == "insufficient_funds"
-                    else RiskCode.INVALID_AMOUNT, exc.message) from None
+    except DepositRefused as exc:  # nothing reserved; the ledger's message names internal ids
+        if exc.code == "insufficient_funds":
+            raise _risk(RiskCode.INSUFFICIENT_FREE_COLLATERAL,
+                        f"amount was {amount}, more than the spot balance available") from None
+        raise _risk(RiskCode.INVALID_AMOUNT, f"amount was {amount}: {exc.code}") from None
     # A failed append leaves the reservation pending: the reconciler voids it (VoidDeposit).
     return run.run(None, lambda _: FundedDeposit(account, amount, ref),  # type: ignore[arg-type,return-value]
                    pool=shard, now_ms=_now_ms())

@@ -189,3 +189,35 @@ def test_shard_api_deadman_cancels_in_stream_order_at_the_shard_clock(
     assert alice.call("GET", f"{BASE}/orders").get_json()["orders"] == []
     assert alice.order("late", "buy", 1, BTC - 100_000).status_code == 201
     assert [o["id"] for o in alice.call("GET", f"{BASE}/orders").get_json()["orders"]] == ["late"]
+
+
+def test_shard_api_collateral_deposit_reserved_in_ledger_then_credited_in_stream_order(
+        shard_api: App, clock: Any, nats_cluster: LocalCluster) -> None:
+    from sqlalchemy import select
+
+    from custody.ledger.models import LedgerTransfer
+
+    app, shard, _ = shard_api
+    alice = Trader(app, clock, "alice")
+    app.extensions["strongroom.exchange"].credit_deposit("alice", 500 * USDC, "dep-alice")
+    before = len(stream_bodies(nats_cluster.urls, shard))
+    body = refused(alice.call("POST", f"{BASE}/collateral/deposit", {"amount": 501 * USDC}), 422, 2007)
+    assert body["message"] == f"amount was {501 * USDC}, more than the spot balance available", body
+    assert len(stream_bodies(nats_cluster.urls, shard)) == before  # refused by the ledger: nothing appended
+    r = alice.call("POST", f"{BASE}/collateral/deposit", {"amount": 300 * USDC})
+    assert r.status_code == 200 and r.get_json()["collateral"] == 300 * USDC, r.get_json()
+    bodies = stream_bodies(nats_cluster.urls, shard)
+    funded = command_decoder.decode(bodies[-1]).cmd
+    assert type(funded).__name__ == "FundedDeposit" and funded.amount == 300 * USDC  # type: ignore[union-attr]
+    # The spot side is a pending ledger transfer under the command's reference, posted by the
+    # shard settlement when it writes this command's result (kind "post", pending id = ref).
+    sessions = app.extensions["strongroom.sessions"]
+    with sessions() as session:
+        held = session.scalars(select(LedgerTransfer).where(
+            LedgerTransfer.id == funded.ref)).one_or_none()  # type: ignore[union-attr]
+    assert held is not None and int(held.amount) == 300 * USDC
+    result = gateway(app).replicas[shard].results[len(bodies)]
+    assert [(p[1], p[5]) for p in result.postings] == [("post", funded.ref)]  # type: ignore[union-attr]
+    # The spot balance left cannot be deposited twice.
+    refused(alice.call("POST", f"{BASE}/collateral/deposit", {"amount": 201 * USDC}), 422, 2007)
+    assert alice.call("POST", f"{BASE}/collateral/deposit", {"amount": 200 * USDC}).status_code == 200
