@@ -45,6 +45,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
                      "Scale-out: a clearing shard's price feed and clock (quotes, ticks, funding)."),
     "shard-settlement": ("strongroom.commands.shard_settlement",
                          "Clearing shards: write a shard's postings to the ledger; void lost deposits."),
+    "shard-worker": ("strongroom.commands.shard_worker",
+                     "Scale-out: lead or stand by for one clearing shard's venue over NATS."),
     "simulate": ("strongroom.commands.simulate", "Run the platform under a seeded simulation."),
     "users": ("strongroom.commands.access", "Create and list users."),
     "wallet": ("strongroom.commands.wallets", "Wallets, deposits, on-chain withdrawals, sweeps."),

@@ -26,13 +26,14 @@ import msgspec
 from exchange.commands import VenueCommand
 from exchange.engine.messages import Event
 from exchange.risk.entitlements import TradingLimits
-from exchange.stream.topology import check_symbol
+from exchange.stream.topology import SHARD_EVENTS_STREAM as SHARD_EVENTS_STREAM
+from exchange.stream.topology import SHARD_SNAPSHOT_BUCKET as SHARD_SNAPSHOT_BUCKET
+from exchange.stream.topology import shard_events_subject as shard_events_subject
+from exchange.stream.topology import shard_lease_key as shard_lease_key
+from exchange.stream.topology import shard_stream as shard_stream
+from exchange.stream.topology import shard_subject as shard_subject
 
 DEFAULT_SHARD: Final = "MAIN"
-SHARD_STREAM_PREFIX: Final = "SHARD_"
-SHARD_EVENTS_STREAM: Final = "SHARDEVT"
-SHARD_SNAPSHOT_BUCKET: Final = "SHARD_SNAPSHOT"
-LEASE_KEY_PREFIX: Final = "shard."
 DEPOSIT_REF_PATTERN: Final = re.compile(r"^cdep\.[A-Z0-9][A-Z0-9_-]{0,31}\.[0-9a-f]{32}$")
 
 
@@ -116,21 +117,6 @@ batch_decoder: Final = msgspec.json.Decoder(ShardBatch)
 def encode_command(command: ShardCommand) -> bytes:
     """Return the message body of ``command``."""
     return command_encoder.encode(command)
-
-
-def shard_stream(shard: str) -> str:
-    """Return the command stream of ``shard``."""
-    return SHARD_STREAM_PREFIX + check_symbol(shard)
-
-
-def shard_subject(shard: str) -> str:
-    """Return the subject commands of ``shard`` are appended on."""
-    return f"shard.cmd.{check_symbol(shard)}"
-
-
-def shard_events_subject(shard: str) -> str:
-    """Return the subject ``shard``'s leader publishes its result batches on."""
-    return f"shardevt.{check_symbol(shard)}"
 
 
 def batch_msg_id(batch: ShardBatch) -> str:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -19,7 +19,7 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 from sqlalchemy.engine import Engine
 
 from custody.db import make_engine, make_session_factory
@@ -88,26 +88,39 @@ async def event_batches(js: JetStreamContext, symbol: str) -> list[EventBatch]:
     return [batch_decoder.decode(b) for b in await read_all(js, EVENTS_STREAM, events_subject(symbol))]
 
 
-async def last_published(js: JetStreamContext, symbol: str) -> int:
-    """Return the last command sequence whose events are published (0 if none)."""
+async def last_batch_seq(js: JetStreamContext, stream: str, subject: str,
+                         last_seq: Callable[[bytes], int]) -> int:
+    """Return the last command sequence of the newest batch on `subject` (0 if none)."""
     try:
-        msg = await js.get_last_msg(EVENTS_STREAM, events_subject(symbol))
+        msg = await js.get_last_msg(stream, subject)
     except NotFoundError:
         return 0
-    return batch_decoder.decode(msg.data or b"").last_seq
+    return last_seq(msg.data or b"")
+
+
+async def wait_seq(last: Callable[[], Awaitable[int]], seq: int, timeout_s: float,
+                   what: str) -> None:
+    """Poll `last()` until it reaches `seq`; the deadline only bounds a hang."""
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    while done < seq:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: up to {seq} not published; last {done}")
+        # A timeout or a 503: the stream is electing a new leader after a node loss.
+        with contextlib.suppress(NatsError, TimeoutError):
+            done = await last()
+        await asyncio.sleep(0.05)
+
+
+async def last_published(js: JetStreamContext, symbol: str) -> int:
+    """Return the last command sequence whose events are published (0 if none)."""
+    return await last_batch_seq(js, EVENTS_STREAM, events_subject(symbol),
+                                lambda data: batch_decoder.decode(data).last_seq)
 
 
 async def wait_published(js: JetStreamContext, symbol: str, seq: int, timeout_s: float) -> None:
     """Wait until the events of command `seq` are published."""
-    deadline = time.monotonic() + timeout_s
-    last = 0
-    while last < seq:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{symbol}: events up to {seq} not published; last {last}")
-        # A timeout or a 503: the stream is electing a new leader after a node loss.
-        with contextlib.suppress(NatsTimeoutError, ServiceUnavailableError):
-            last = await last_published(js, symbol)
-        await asyncio.sleep(0.05)
+    await wait_seq(lambda: last_published(js, symbol), seq, timeout_s, symbol)
 
 
 async def ready_topology(js: JetStreamContext, markets: list[str]) -> None:
