@@ -12,9 +12,11 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy.orm import Session
 
 from custody.ledger.entry import Entry, TransferKind
@@ -163,3 +165,108 @@ def entry_from_row(row: Sequence[Any]) -> tuple[Entry, str]:
         reference=row[11], timestamp_ms=int(row[12]), actor=row[15], account_owner=row[16],
         account_kind=row[17], account_flags=None if row[18] is None else int(row[18]),
     ), row[14]
+
+
+# -- PostgreSQL: a batch in six round trips, not eleven ---------------------------------------
+#
+# Under the head lock every round trip is time no other writer can append, so a batch
+# submit on PostgreSQL sends its reads as one pipeline (BEGIN, lock the head, look up the
+# batch's ids, its pending transfers and their resolutions, and the accounts it touches),
+# its journal rows by COPY (two round trips), balances and the new head as one statement,
+# then commits (counting the pool's ping on checkout; BEGIN rides in the pipeline). In a
+# pipeline the server still runs the statements one after another, each with its own READ
+# COMMITTED snapshot taken when it starts, so every read after the lock sees what the previous
+# head holder committed, exactly as when they were sent one by one.
+
+ACCOUNT_COLUMNS = (
+    "id", "asset", "kind", "flags", "debits_pending", "debits_posted", "credits_pending",
+    "credits_posted", "last_seq",
+)
+# Balances and the new head in one statement (the journal rows go by COPY just before:
+# measured ~10x faster for 1,024 rows than any one-statement INSERT from arrays or JSON, whose
+# parameter encoding costs more than the round trip it saves).
+_BALANCES_AND_HEAD_SQL = (
+    "WITH head AS (UPDATE ledger_head SET seq = %s, hash = %s WHERE id = %s) "
+    "UPDATE ledger_accounts AS a SET debits_pending = v.dp, debits_posted = v.dq, "
+    "credits_pending = v.cp, credits_posted = v.cq, last_seq = v.ls "
+    "FROM unnest(%s::integer[], %s::numeric[], %s::numeric[], %s::numeric[], %s::numeric[], "
+    "%s::bigint[]) AS v (id, dp, dq, cp, cq, ls) WHERE a.id = v.id"
+)
+
+
+@dataclass(slots=True)
+class BatchRows:
+    """What a batch submit reads under the head lock, as raw rows."""
+
+    head: tuple[int, str] | None
+    existing: list[tuple[Any, ...]]  # journal rows whose id is one of the batch's ids
+    pending: list[tuple[Any, ...]]  # journal rows whose id is a pending_id the batch names
+    resolvers: list[tuple[Any, ...]]  # journal rows that resolve one of those
+    accounts: list[tuple[Any, ...]]  # ACCOUNT_COLUMNS rows of every account the batch touches
+
+
+def is_postgres(session: Session) -> bool:
+    """Tell whether ``session`` is bound to PostgreSQL."""
+    return _is_postgres(session)
+
+
+def read_batch_postgres(
+    session: Session, head_id: int, ids: Sequence[str], pending_ids: Sequence[str],
+    account_ids: Sequence[int],
+) -> BatchRows:
+    """Lock the head and read a batch's state in one round trip (see the note above).
+
+    The accounts read are ``account_ids`` (64-bit integers) plus both accounts of every journal entry named in
+    ``pending_ids``, so a post or void without accounts finds its pending transfer's.
+    """
+    conn = _dbapi(session)
+    columns = ", ".join(TRANSFER_COLUMNS)
+    pipeline = conn.pipeline() if psycopg.Pipeline.is_supported() else nullcontext()
+    cursors = [conn.cursor() for _ in range(5)]
+    head, existing, pending, resolvers, accounts = cursors
+    try:
+        with pipeline:
+            head.execute("SELECT seq, hash FROM ledger_head WHERE id = %s FOR UPDATE", [head_id])
+            # prepare=False: a cached generic plan made while the journal was small would keep
+            # scanning it whole as it grows; a fresh plan uses the unique indexes.
+            existing.execute(f"SELECT {columns} FROM ledger_transfers WHERE id = ANY(%s::text[])",  # noqa: S608
+                             [list(ids)], prepare=False)
+            if pending_ids:
+                pending.execute(
+                    f"SELECT {columns} FROM ledger_transfers WHERE id = ANY(%s::text[])",  # noqa: S608
+                    [list(pending_ids)], prepare=False)
+                resolvers.execute(
+                    f"SELECT {columns} FROM ledger_transfers WHERE pending_id = ANY(%s::text[])",  # noqa: S608
+                    [list(pending_ids)], prepare=False)
+            accounts.execute(
+                f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM ledger_accounts WHERE id = ANY(ARRAY("  # noqa: S608
+                "SELECT unnest(%s::bigint[]) UNION SELECT unnest(ARRAY[debit_account_id, "
+                "credit_account_id]) FROM ledger_transfers WHERE id = ANY(%s::text[])))",
+                [list(account_ids), list(pending_ids)], prepare=False)
+        found = head.fetchone()
+        return BatchRows(
+            head=None if found is None else (int(found[0]), found[1]),
+            existing=existing.fetchall(),
+            pending=pending.fetchall() if pending_ids else [],
+            resolvers=resolvers.fetchall() if pending_ids else [],
+            accounts=accounts.fetchall(),
+        )
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def write_batch_postgres(
+    session: Session, created: Sequence[tuple[Entry, str, str]], accounts: Sequence[Any],
+    head_id: int, seq: int, tip: str,
+) -> None:
+    """Append journal rows (COPY), then write the touched balances and move the head (one statement)."""
+    insert_entries(session, created)
+    cursor = _dbapi(session).cursor()
+    try:
+        cursor.execute(_BALANCES_AND_HEAD_SQL, [
+            seq, tip, head_id, [a.id for a in accounts], [a.debits_pending for a in accounts],
+            [a.debits_posted for a in accounts], [a.credits_pending for a in accounts],
+            [a.credits_posted for a in accounts], [a.last_seq for a in accounts]])
+    finally:
+        cursor.close()

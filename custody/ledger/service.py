@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm.util import identity_key
 
 from custody.assets import get_asset
 from custody.ledger import bulk
@@ -51,6 +53,7 @@ EXPIRE_BATCH_MAX = 1000
 # SQLite allows 32766 bound parameters per statement; stay far below it.
 IN_CLAUSE_CHUNK = 900
 HEAD_ID = 1
+ACCOUNT_ID_MIN, ACCOUNT_ID_MAX = -(2**63), 2**63 - 1
 OWNER_PATTERN = ACCOUNT_OWNER_PATTERN
 
 
@@ -275,12 +278,15 @@ class Ledger:
         linked: bool,
         actor: str,
     ) -> list[TransferResult]:
-        head = _lock_head(session)
-        existing = _load_entries(session, [r.id for r in requests])
-        pendings = _load_pendings(session, [r.pending_id for r in requests if r.pending_id])
-        accounts = _load_accounts(session, _account_ids(requests, pendings.values()))
+        if bulk.is_postgres(session):
+            seq, tip, existing, pendings, accounts = _read_batch_postgres(session, requests)
+        else:
+            head = _lock_head(session)
+            existing = _load_entries(session, [r.id for r in requests])
+            pendings = _load_pendings(session, [r.pending_id for r in requests if r.pending_id])
+            accounts = _load_accounts(session, _account_ids(requests, pendings.values()))
+            seq, tip = head.seq, head.hash
         now_ms = self._clock()
-        seq, tip = head.seq, head.hash
         results: list[TransferResult] = []
         created: list[tuple[Entry, str, str]] = []
         for index, req in enumerate(requests):
@@ -512,7 +518,10 @@ def _account_ids(
     for pending in pendings:
         ids.add(pending.entry.debit_account)
         ids.add(pending.entry.credit_account)
-    return sorted(i for i in ids if isinstance(i, int) and not isinstance(i, bool))
+    # An id outside the database's 64-bit integers names no account (it stays unknown_account);
+    # sent to SQLite it would raise OverflowError instead of being refused.
+    return sorted(i for i in ids if isinstance(i, int) and not isinstance(i, bool)
+                  and ACCOUNT_ID_MIN <= i <= ACCOUNT_ID_MAX)
 
 
 def _load_accounts(session: Session, ids: Sequence[int]) -> dict[int, AccountState]:
@@ -523,16 +532,49 @@ def _load_accounts(session: Session, ids: Sequence[int]) -> dict[int, AccountSta
     for chunk in _chunks(ids):
         # Plain rows, not ORM objects: a batch may touch thousands of accounts.
         for row in session.execute(select(*columns).where(a.id.in_(chunk))):
-            if row.flags != DEFAULT_FLAGS.get(row.kind):
-                # Flags follow from the kind and triggers freeze both: a mismatch means someone
-                # changed the database behind the ledger's back. Refuse to apply anything.
-                raise RuntimeError(f"ledger account {row.id} has flags {row.flags} for kind "
-                                   f"{row.kind!r}: the account table was tampered with")
-            accounts[row.id] = AccountState(
-                id=row.id, asset=row.asset, flags=row.flags, debits_pending=row.debits_pending,
-                debits_posted=row.debits_posted, credits_pending=row.credits_pending,
-                credits_posted=row.credits_posted, last_seq=row.last_seq)
+            _add_account(accounts, row)
     return accounts
+
+
+def _add_account(accounts: dict[int, AccountState], row: Sequence[Any]) -> None:
+    """Add one (id, asset, kind, flags, 4 balances, last_seq) row, refusing tampered flags."""
+    account_id, asset, kind, flags, dp, dq, cp, cq, last_seq = row
+    if flags != DEFAULT_FLAGS.get(kind):
+        # Flags follow from the kind and triggers freeze both: a mismatch means someone
+        # changed the database behind the ledger's back. Refuse to apply anything.
+        raise RuntimeError(f"ledger account {account_id} has flags {flags} for kind "
+                           f"{kind!r}: the account table was tampered with")
+    accounts[account_id] = AccountState(
+        id=account_id, asset=asset, flags=flags, debits_pending=int(dp), debits_posted=int(dq),
+        credits_pending=int(cp), credits_posted=int(cq), last_seq=int(last_seq))
+
+
+def _read_batch_postgres(
+    session: Session, requests: Sequence[TransferRequest]
+) -> tuple[int, str, dict[str, Entry], dict[str, PendingState], dict[int, AccountState]]:
+    """Lock the head and load what a batch needs in one round trip (bulk.read_batch_postgres).
+
+    Returns the same state as _lock_head, _load_entries, _load_pendings and _load_accounts
+    one after another: (head seq, head hash, existing entries, pendings, accounts).
+    """
+    pending_ids = sorted({r.pending_id for r in requests if r.pending_id})
+    rows = bulk.read_batch_postgres(session, HEAD_ID, sorted({r.id for r in requests}),
+                                    pending_ids, _account_ids(requests, ()))
+    if rows.head is None:
+        raise RuntimeError("ledger_head row is missing: run `strongroom migrate`")
+    existing = {entry.id: entry for entry, _ in map(bulk.entry_from_row, rows.existing)}
+    pendings = {entry.id: PendingState(entry)
+                for entry, _ in map(bulk.entry_from_row, rows.pending)}
+    for row in rows.resolvers:
+        resolver, _ = bulk.entry_from_row(row)
+        assert resolver.pending_id is not None
+        state = pendings.get(resolver.pending_id)
+        if state is not None:  # a resolver always names a journal entry; never skipped in practice
+            state.resolved_by = resolver.kind
+    accounts: dict[int, AccountState] = {}
+    for row in rows.accounts:
+        _add_account(accounts, row)
+    return rows.head[0], rows.head[1], existing, pendings, accounts
 
 
 def _write(
@@ -542,9 +584,18 @@ def _write(
     seq: int,
     tip: str,
 ) -> None:
-    bulk.insert_entries(session, created)
     first_seq = created[0][0].seq
-    bulk.update_balances(session, [a for a in accounts.values() if a.last_seq >= first_seq])
+    touched = [a for a in accounts.values() if a.last_seq >= first_seq]
+    if bulk.is_postgres(session):
+        bulk.write_batch_postgres(session, created, touched, HEAD_ID, seq, tip)
+        # The head moved behind the ORM's back: a LedgerHead this session loaded earlier
+        # (expire_pending's lock) must not be reused with its old seq and hash.
+        loaded = session.identity_map.get(identity_key(LedgerHead, HEAD_ID))
+        if loaded is not None:
+            session.expire(loaded)
+        return
+    bulk.insert_entries(session, created)
+    bulk.update_balances(session, touched)
     session.execute(update(LedgerHead).where(LedgerHead.id == HEAD_ID).values(seq=seq, hash=tip))
 
 
