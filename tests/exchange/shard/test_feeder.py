@@ -355,3 +355,31 @@ def test_feeder_any_clock_and_retry_pattern_ticks_monotonic_and_replays_identica
     assert replay.state_hash() == s.machine.state_hash()
     stamps = [command_decoder.decode(b).ts_ms for b in s.bodies[1:]]
     assert stamps == sorted(stamps)
+
+
+# ------------------------------------------------------------------ the documented example
+
+
+def test_feeder_doc_round_example_is_what_the_plan_appends() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from exchange.instruments import MARKET_CONFIG
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "scale-out.md").read_text()
+    [block] = [b for b in re.findall(r"```json\n(.*?)```", doc, re.S) if b.startswith('[["r.adv.')]
+    example = [(msg_id, json.dumps(body, separators=(",", ":")).encode())
+               for msg_id, body in json.loads(block)]
+    commands = [command_decoder.decode(body) for _, body in example]
+    ts = commands[0].ts_ms
+    quotes = [SourceQuote(c.cmd.underlying, c.cmd.source, c.cmd.price, c.cmd.ts_ms)
+              for c in commands if type(c.cmd) is Quote]
+    market = load_instruments(MARKET_CONFIG)
+    plan = FeedPlan(market, "MAIN")
+    plan.last_ms = ts - 1_000  # the previous round, a second before the funding boundary
+    appends, dropped = plan.round(ts, quotes)
+    assert dropped == 0
+    assert [(a.msg_id, encode_command(a.command)) for a in appends] == example
+    results = ShardMachine(market, "MAIN").apply_many(list(enumerate((b for _, b in example), 1)))
+    assert [r.code for r in results] == [0] * len(example)
