@@ -138,9 +138,11 @@ class ShardSettlement:
                 raise SettlementRefused(f"batch {batch.first_seq}-{batch.last_seq} is of shard "
                                         f"{batch.shard[:40]!r}, this settlement is {self.shard}'s")
             if last and batch.first_seq > last + 1:
-                log.warning("shard %s: batch starts at command %d after %d (results %d-%d not "
-                            "seen by this process)", self.shard, batch.first_seq, last, last + 1,
-                            batch.first_seq - 1)
+                # The worker publishes every command's result, fenced: a hole means batches
+                # were lost or deleted from SHARDEVT, so their postings would never be written.
+                raise SettlementRefused(f"shard {self.shard}: results {last + 1}-"
+                                        f"{batch.first_seq - 1} are missing (batch "
+                                        f"{batch.first_seq}-{batch.last_seq} follows {last})")
             last = max(last, batch.last_seq)
             for result in batch.results:
                 for posting in result.postings:
@@ -251,7 +253,9 @@ async def _settle_while_leading(js: JetStreamContext, settlement: ShardSettlemen
     subject = shard_events_subject(settlement.shard)
     while not stop.is_set() and not lost.is_set():
         try:
-            sub = await _restart_consumer(js, name, subject, fetch_batch)
+            sub, floor = await _restart_consumer(js, name, subject, fetch_batch)
+            if floor:
+                await _resume_after(js, settlement, subject, floor)
             log.info("shard settlement consuming %s as %s", subject, name)
             await _consume(sub, settlement, stop, lost, fetch_batch)
         except (NatsError, TimeoutError) as exc:
@@ -263,9 +267,25 @@ async def _settle_while_leading(js: JetStreamContext, settlement: ShardSettlemen
         log.error("shard settlement %s lost its lease: standing by", name)
 
 
+async def _resume_after(js: JetStreamContext, settlement: ShardSettlement, subject: str,
+                        floor: int) -> None:
+    """Take the last command settled from the consumer's ack floor message.
+
+    Everything up to the floor was settled and acknowledged, so the next batch must
+    follow it: a restarted process checks for a hole across its own restart too.
+    """
+    try:
+        msg = await js.get_msg(SHARD_EVENTS_STREAM, floor)
+    except NotFoundError:
+        return  # deleted by retention: nothing to compare with
+    if msg.subject == subject and msg.data:
+        done = batch_decoder.decode(msg.data)
+        settlement.stats.last_seq = max(settlement.stats.last_seq, done.last_seq)
+
+
 async def _restart_consumer(js: JetStreamContext, name: str, subject: str,
-                            fetch_batch: int) -> JetStreamContext.PullSubscription:
-    """(Re)create the durable consumer at its ack floor and bind to it.
+                            fetch_batch: int) -> tuple[JetStreamContext.PullSubscription, int]:
+    """(Re)create the durable consumer at its ack floor, bind to it; return it and the floor.
 
     Messages delivered to a dead process but never acknowledged would otherwise
     only come back after ack_wait, behind newer ones; starting again at the
@@ -285,7 +305,7 @@ async def _restart_consumer(js: JetStreamContext, name: str, subject: str,
         max_ack_pending=fetch_batch * 2,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE if floor else DeliverPolicy.ALL,
         opt_start_seq=floor + 1 if floor else None))
-    return await js.pull_subscribe_bind(name, SHARD_EVENTS_STREAM)
+    return await js.pull_subscribe_bind(name, SHARD_EVENTS_STREAM), floor
 
 
 async def _consume(sub: JetStreamContext.PullSubscription, settlement: ShardSettlement,

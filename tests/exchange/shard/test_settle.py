@@ -168,6 +168,27 @@ def test_shard_settlement_posting_id_reused_with_other_body_stops_and_writes_not
         ShardSettlement(ledger, "MAIN").settle([twice])
 
 
+def test_shard_settlement_missing_results_between_batches_stop_loudly(
+    ledger_db: tuple[Ledger, object],
+) -> None:
+    ledger, engine = ledger_db
+    for user in TRADERS:
+        fund_spot(ledger, user, 50_000 * USDC, f"spot.{user}")
+    machine = ShardMachine(CONFIG, "MAIN")
+    batches = apply_batches(machine, opening(ledger, "MAIN") + random_flow(9, 40), 5)
+    settlement = ShardSettlement(ledger, "MAIN")
+    settlement.settle(batches[:2])
+    before = _count(engine, "s.MAIN.")
+    # Batch 3 was lost or deleted from the stream: its postings would never be written.
+    with pytest.raises(SettlementRefused, match="missing"):
+        settlement.settle(batches[3:])
+    with pytest.raises(SettlementRefused, match="missing"):
+        ShardSettlement(ledger, "MAIN").settle([batches[0], batches[2], batches[4]])
+    assert _count(engine, "s.MAIN.") == before
+    settlement.settle(batches[2:])  # nothing missing: settles
+    assert settlement.reconcile(machine) == []
+
+
 def test_shard_settlement_batch_of_another_shard_refused(ledger_db: tuple[Ledger, object]) -> None:
     ledger, _ = ledger_db
     with pytest.raises(SettlementRefused, match="shard"):

@@ -38,6 +38,7 @@ from exchange.stream.shard.settle import (
     run_shard_settlement,
 )
 from exchange.stream.shard.wire import (
+    SHARD_EVENTS_STREAM,
     ShardBatch,
     VoidDeposit,
     batch_encoder,
@@ -293,3 +294,92 @@ def test_deposit_reconciler_appends_void_deposit_for_a_lost_append_once(
     msg_id, body = appended[0]
     assert msg_id.endswith(lost)
     assert command_decoder.decode(body).cmd == VoidDeposit(lost)
+
+
+async def _settle_until(urls: list[str], settlement: ShardSettlement, last_seq: int) -> None:
+    """Run the consumer in process until it has settled command `last_seq`, then stop it."""
+    nc = await nats.connect(servers=urls, max_reconnect_attempts=-1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_shard_settlement(nc.jetstream(), settlement, stop, fetch_batch=8))
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while settlement.stats.last_seq < last_seq:
+            if task.done():
+                task.result()
+            assert time.monotonic() < deadline, settlement.stats
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+        await nc.close()
+
+
+def test_shard_settlement_batch_deleted_from_stream_stops_loudly_across_a_restart(
+    nats_cluster: LocalCluster, pg: tuple[Ledger, Engine, str],
+) -> None:
+    ledger, engine, _ = pg
+    shard = _shard()
+    _, batches, _ = _flow(ledger, shard, 60, 4)
+    half = len(batches) // 2
+    asyncio.run(_publish(nats_cluster.urls, shard, batches[:half]))
+    asyncio.run(_settle_until(nats_cluster.urls, ShardSettlement(ledger, shard),
+                              batches[half - 1].last_seq))
+    written = _rows(engine, shard)
+
+    async def tamper_and_restart() -> None:
+        await _publish(nats_cluster.urls, shard, batches[half:])
+        nc = await nats.connect(servers=nats_cluster.urls)
+        try:
+            js = nc.jetstream()
+            # An insider deletes the next unsettled batch from SHARDEVT.
+            seq = (await js.get_last_msg(SHARD_EVENTS_STREAM, shard_events_subject(shard))).seq
+            await js.delete_msg(SHARD_EVENTS_STREAM, seq - (len(batches) - half - 1))
+            # A new process (nothing in memory) resumes at the ack floor and sees the hole.
+            with pytest.raises(SettlementRefused, match="missing"):
+                await asyncio.wait_for(run_shard_settlement(js, ShardSettlement(ledger, shard),
+                                                            asyncio.Event()), WAIT_S)
+        finally:
+            await nc.close()
+
+    asyncio.run(tamper_and_restart())
+    assert _rows(engine, shard) == written
+
+
+def test_shard_settlement_nats_node_lost_mid_stream_writes_every_posting_once(
+    nats_cluster: LocalCluster, pg: tuple[Ledger, Engine, str],
+) -> None:
+    ledger, engine, _ = pg
+    shard = _shard()
+    machine, batches, expected = _flow(ledger, shard, 300, 2)
+    asyncio.run(_publish(nats_cluster.urls, shard, batches))
+    settlement = ShardSettlement(ledger, shard)
+    victim = nats_cluster.nodes[0]
+
+    async def run() -> None:
+        nc = await nats.connect(servers=nats_cluster.urls, max_reconnect_attempts=-1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_shard_settlement(nc.jetstream(), settlement, stop,
+                                                        fetch_batch=4))
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while settlement.stats.last_seq < batches[len(batches) // 4].last_seq:
+                assert not task.done() and time.monotonic() < deadline, settlement.stats
+                await asyncio.sleep(0.02)
+            nats_cluster.kill_node(victim)
+            while settlement.stats.last_seq < batches[-1].last_seq:
+                if task.done():
+                    task.result()
+                assert time.monotonic() < deadline, settlement.stats
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, WAIT_S)
+            await nc.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        if victim.process is None or victim.process.poll() is not None:
+            nats_cluster.start_node(victim)
+    assert _rows(engine, shard) == expected
+    assert settlement.reconcile(machine) == []
