@@ -47,6 +47,8 @@ class Settings:
     # Shard mode (docs/scale-out.md, "Clearing shards"): NATS servers of the clearing shards'
     # command streams; every exchange endpoint then runs through the shards.
     exchange_shard_nats_urls: tuple[str, ...] = ()
+    # NAME=instrument-file,... : each shard's instruments, as its worker loads them ("" = MAIN).
+    exchange_shards: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -92,7 +94,8 @@ class Settings:
                    exchange_nats_urls=tuple(u.strip() for u in env.get(
                        "STRONGROOM_EXCHANGE_NATS_URLS", "").split(",") if u.strip()),
                    exchange_shard_nats_urls=tuple(u.strip() for u in env.get(
-                       "STRONGROOM_EXCHANGE_SHARD_NATS_URLS", "").split(",") if u.strip()))
+                       "STRONGROOM_EXCHANGE_SHARD_NATS_URLS", "").split(",") if u.strip()),
+                   exchange_shards=env.get("STRONGROOM_EXCHANGE_SHARDS", "").strip())
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory readable by its owner only, and return it."""

@@ -3,7 +3,8 @@
 ``EXCHANGE_SHARD_NATS_URLS`` (or ``STRONGROOM_EXCHANGE_SHARD_NATS_URLS``)
 names the NATS servers of the clearing shards (docs/scale-out.md, "Order
 entry in shard mode"); ``EXCHANGE_SHARDS`` maps shard names to instrument
-symbols (default: one shard ``MAIN`` with every instrument). In shard mode
+symbols or to each shard's instrument file (``STRONGROOM_EXCHANGE_SHARDS`` =
+``NAME=file,...``; default: one shard ``MAIN`` with every instrument). In shard mode
 each API worker process runs a `ShardGateway` (created lazily after gunicorn
 forks): a read replica of each shard's venue that answers the process's own
 commands and serves the hot reads. Unset, nothing changes (`make run`).
@@ -18,7 +19,7 @@ from typing import Final
 from flask import Flask, current_app
 
 from exchange.instruments import ExchangeConfig
-from exchange.stream.shard.gateway import DEFAULT_WAIT_S, ShardGateway, shard_configs
+from exchange.stream.shard.gateway import DEFAULT_WAIT_S, ShardGateway, parse_shards, shard_configs
 
 EXTENSION: Final = "strongroom.exchange.shards"
 
@@ -63,7 +64,11 @@ def init_shards(app: Flask, config: ExchangeConfig) -> bool:
     urls = shard_nats_urls(app)
     if not urls:
         return False
-    configs = shard_configs(config, app.config.get("EXCHANGE_SHARDS"))
+    shards = app.config.get("EXCHANGE_SHARDS")
+    settings = app.extensions.get("strongroom.settings")
+    if shards is None and settings is not None and settings.exchange_shards:
+        shards = parse_shards(settings.exchange_shards)
+    configs = shard_configs(config, shards)
     app.extensions[EXTENSION] = ShardGatewayHolder(
         urls, configs, float(app.config.get("EXCHANGE_SHARD_WAIT_S", DEFAULT_WAIT_S)))
     return True

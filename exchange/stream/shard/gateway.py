@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from nats.aio.msg import Msg
@@ -39,7 +40,7 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from exchange.instruments import ExchangeConfig
+from exchange.instruments import ExchangeConfig, load_instruments
 from exchange.stream.follower import fetch_ready
 from exchange.stream.publisher import StreamCode, StreamRefused, append_to
 from exchange.stream.shard.machine import ShardMachine
@@ -332,34 +333,59 @@ async def _read_snapshot(js: JetStreamContext, shard: str) -> bytes | None:
 
 
 def shard_configs(config: ExchangeConfig,
-                  shards: Mapping[str, Iterable[str]] | None = None) -> dict[str, ExchangeConfig]:
-    """Return each shard's venue configuration: its instruments, every index, its calendar.
+                  shards: Mapping[str, Iterable[str] | str | Path] | None = None
+                  ) -> dict[str, ExchangeConfig]:
+    """Return each shard's venue configuration.
 
     No `shards` (or an empty mapping): one shard `MAIN` with the whole configuration,
-    unchanged. Every process of a shard (worker, gateways, feeder) must build the same
-    configuration, or the replicas would not be replicas: the snapshot's config hash
-    refuses a mismatch. An instrument in two shards, or in none, is refused.
+    unchanged. A shard given as a path: its own instrument file, loaded exactly as its
+    shard worker and feeder load it (`--instruments`). A shard given as symbols: those
+    instruments of `config`, every index, the calendar of their underlyings. Every process
+    of a shard must build the same configuration, or the replicas would not be replicas
+    (a snapshot taken under another one is refused by its config hash). An instrument
+    in two shards is refused; with symbol lists, so is one in none.
     """
     if not shards:
         return {DEFAULT_SHARD: config}
     seen: dict[str, str] = {}
     out: dict[str, ExchangeConfig] = {}
-    for name, symbols in sorted(shards.items()):
+    for name, chosen in sorted(shards.items()):
         check_symbol(name)
-        chosen = sorted(set(symbols))
-        if not chosen:
-            raise ValueError(f"shard {name} lists no instruments")
-        for symbol in chosen:
-            if symbol not in config.instruments:
-                raise ValueError(f"shard {name}: instrument {symbol[:40]!r} is not listed")
+        if isinstance(chosen, str | Path):
+            out[name] = load_instruments(Path(chosen))
+        else:
+            out[name] = _subset(config, name, sorted(set(chosen)))
+        for symbol in out[name].instruments:
             if symbol in seen:
                 raise ValueError(f"instrument {symbol} is in shards {seen[symbol]} and {name}")
             seen[symbol] = name
-        underlyings = {config.instruments[s].underlying for s in chosen}
-        out[name] = ExchangeConfig(
-            instruments={s: config.instruments[s] for s in chosen}, indices=dict(config.indices),
-            calendar={u: c for u, c in config.calendar.items() if u in underlyings})
+    lists = all(not isinstance(c, str | Path) for c in shards.values())
     missing = sorted(set(config.instruments) - set(seen))
-    if missing:
+    if lists and missing:
         raise ValueError(f"instruments in no shard: {', '.join(missing[:10])}")
+    return out
+
+
+def _subset(config: ExchangeConfig, name: str, chosen: list[str]) -> ExchangeConfig:
+    if not chosen:
+        raise ValueError(f"shard {name} lists no instruments")
+    for symbol in chosen:
+        if symbol not in config.instruments:
+            raise ValueError(f"shard {name}: instrument {symbol[:40]!r} is not listed")
+    underlyings = {config.instruments[s].underlying for s in chosen}
+    return ExchangeConfig(
+        instruments={s: config.instruments[s] for s in chosen}, indices=dict(config.indices),
+        calendar={u: c for u, c in config.calendar.items() if u in underlyings})
+
+
+def parse_shards(text: str) -> dict[str, str]:
+    """Parse ``NAME=instrument-file[,NAME=file...]`` (STRONGROOM_EXCHANGE_SHARDS) into a mapping."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, sep, path = part.partition("=")
+        if not sep or not path.strip():
+            raise ValueError(f"shard entry was {part[:80]!r}, must be NAME=instrument-file")
+        out[check_symbol(name.strip())] = path.strip()
     return out
