@@ -155,6 +155,7 @@ class StreamLeader(ABC, Generic[R, B]):
         self.published_seq = 0  # last command whose output is in the output stream
         self.snapshot_seq = 0
         self.events_subject_seq = 0  # output stream sequence of the last batch on our subject
+        self.stream_last_seq = 0  # the command stream's last sequence, as last seen
         self.stats = WorkerStats()
         self.lease = Lease(js, self.key, name)
         self._lease_lost = self.lease.lost
@@ -200,6 +201,23 @@ class StreamLeader(ABC, Generic[R, B]):
     def snapshot_due(self) -> bool:
         """Tell whether to snapshot now, after a run of commands was applied and published."""
         return self.seq - self.snapshot_seq >= self.snapshot_every
+
+    # -- observation hooks (metrics; default: nothing) --------------------------------------
+
+    def on_leading(self, leading: bool) -> None:
+        """This worker took the lease (True) or its term ended (False)."""
+
+    def on_term_lost(self) -> None:
+        """A term ended by fencing, a lost lease or NATS trouble (not a clean stop)."""
+
+    def on_position(self, stream_last_seq: int) -> None:
+        """The command stream's last sequence as last seen, after applying up to `seq`."""
+
+    def on_applied(self, fresh: list[R]) -> None:
+        """`fresh` results were applied and are about to be published (not silent replays)."""
+
+    def on_published(self, batch: B, seconds: float) -> None:
+        """`batch` is in the output stream; its publish took `seconds` (retries included)."""
 
     # -- leadership -----------------------------------------------------------------------
 
@@ -264,6 +282,8 @@ class StreamLeader(ABC, Generic[R, B]):
             info = await self.js.stream_info(self.streams.command_stream)
         except NatsError:
             return False
+        self.stream_last_seq = info.state.last_seq
+        self.on_position(self.stream_last_seq)
         return info.state.last_seq > self.seq
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription) -> Commands:
@@ -279,6 +299,9 @@ class StreamLeader(ABC, Generic[R, B]):
             if seq != self.seq + len(out) + 1:
                 raise ConsumerGap(self.key, self.seq + len(out) + 1, seq)
             out.append((seq, msg.data))
+        if msgs:  # commands still waiting after this fetch: the stream's end, for the lag
+            last = msgs[-1].metadata
+            self.stream_last_seq = max(self.stream_last_seq, last.sequence.stream + last.num_pending)
         return out
 
     async def _stream_lacks(self, seq: int) -> bool:
@@ -304,7 +327,9 @@ class StreamLeader(ABC, Generic[R, B]):
                 if len(data) <= BATCH_MAX_BYTES or end - start == 1:
                     break
                 end = start + max(1, (end - start) // 2)
+            started = time.monotonic()
             await self._publish_one(batch, data)
+            self.on_published(batch, time.monotonic() - started)
             start = end
 
     async def _publish_one(self, batch: B, data: bytes) -> None:
@@ -409,8 +434,10 @@ class StreamLeader(ABC, Generic[R, B]):
         fresh = [r for r in done if r.seq > replay_end]
         self.stats.replayed += len(done) - len(fresh)
         if fresh:
+            self.on_applied(fresh)
             await self._publish(fresh)
             self.stats.processed += len(fresh)
+        self.on_position(self.stream_last_seq)
         if self.snapshot_due():
             await self.snapshot()
 
@@ -439,6 +466,7 @@ async def serve(urls: list[str], make: Callable[[Client, JetStreamContext], Stre
             worker = make(nc, js)
             if not await worker.acquire(stop):
                 break
+            worker.on_leading(True)
             try:
                 await worker.lead(stop)
                 await worker.snapshot()
@@ -446,8 +474,10 @@ async def serve(urls: list[str], make: Callable[[Client, JetStreamContext], Stre
                 log.warning("worker %s stops leading %s: %s: %s; standing by", worker.name,
                             worker.key, type(exc).__name__, exc, exc_info=True)
                 total.terms_lost += 1
+                worker.on_term_lost()
                 await asyncio.sleep(LEASE_RENEW_S)
             finally:
+                worker.on_leading(False)
                 if stop.is_set():
                     await worker.release()
                 total.add(worker.stats)

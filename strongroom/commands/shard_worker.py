@@ -37,6 +37,7 @@ def shard_worker(shard: str, nats_urls: str, instruments: Path | None, snapshot_
                  name: str | None, replicas: int) -> None:
     """Lead or stand by for one clearing shard's venue over NATS JetStream."""
     from exchange.instruments import MARKET_CONFIG, ConfigError, load_instruments
+    from exchange.stream.shard.metrics import PROCESS_METRICS, serve_from_env
     from exchange.stream.shard.worker import run_shard_worker
     from exchange.stream.topology import check_shard, ensure_shard_topology
 
@@ -49,11 +50,19 @@ def shard_worker(shard: str, nats_urls: str, instruments: Path | None, snapshot_
         raise click.BadParameter(f"instrument file: field {exc} missing") from None
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-
-    stats = serve_worker(
-        nats_urls, lambda js: ensure_shard_topology(js, [shard], replicas),
-        lambda urls, stop: run_shard_worker(urls, config, shard, name=worker_name,
-                                            snapshot_every=snapshot_every, stop=stop))
+    try:
+        server = serve_from_env(PROCESS_METRICS.registry)  # $STRONGROOM_METRICS_PORT, if set
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        stats = serve_worker(
+            nats_urls, lambda js: ensure_shard_topology(js, [shard], replicas),
+            lambda urls, stop: run_shard_worker(urls, config, shard, name=worker_name,
+                                                snapshot_every=snapshot_every, stop=stop,
+                                                metrics=PROCESS_METRICS))
+    finally:
+        if server is not None:
+            server.shutdown()
     click.echo(json.dumps({"shard": shard, "worker": worker_name, **stats}))
 
 

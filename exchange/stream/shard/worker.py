@@ -40,6 +40,7 @@ from exchange.stream.leader import (
     serve,
 )
 from exchange.stream.shard.machine import ShardMachine, SnapshotCorrupt
+from exchange.stream.shard.metrics import ShardMetrics
 from exchange.stream.shard.snapshots import SnapshotUnreadable, read_snapshot, write_snapshot
 from exchange.stream.shard.wire import (
     ShardBatch,
@@ -71,7 +72,8 @@ class ShardWorker(StreamLeader[ShardResult, ShardBatch]):
     idle_snapshot_s = SNAPSHOT_IDLE_S
 
     def __init__(self, nc: Client, js: JetStreamContext, config: ExchangeConfig, shard: str, *,
-                 name: str, snapshot_every: int = DEFAULT_SHARD_SNAPSHOT_EVERY) -> None:
+                 name: str, snapshot_every: int = DEFAULT_SHARD_SNAPSHOT_EVERY,
+                 metrics: ShardMetrics | None = None) -> None:
         super().__init__(nc, js, Streams(shard_lease_key(shard), shard_stream(shard),
                                          shard_subject(shard), SHARD_EVENTS_STREAM,
                                          shard_events_subject(shard)),
@@ -81,6 +83,7 @@ class ShardWorker(StreamLeader[ShardResult, ShardBatch]):
         self.machine = ShardMachine(config, shard)
         self._store: ObjectStore | None = None
         self._hash: tuple[int, str] = (-1, "")  # the state hash at a sequence, computed once
+        self.metrics = metrics
 
     async def _snapshot_store(self) -> ObjectStore:
         if self._store is None:
@@ -104,6 +107,8 @@ class ShardWorker(StreamLeader[ShardResult, ShardBatch]):
     async def store_snapshot(self) -> bool:
         data = self.machine.snapshot()
         await write_snapshot(self.js, self.shard, data, await self._snapshot_store())
+        if self.metrics is not None:
+            self.metrics.worker_snapshot(self.shard, len(data))
         log.info("snapshot of shard %s at %d: %d bytes", self.shard, self.seq, len(data))
         return True
 
@@ -147,16 +152,41 @@ class ShardWorker(StreamLeader[ShardResult, ShardBatch]):
     def published_last_seq(self, data: bytes) -> int:
         return batch_decoder.decode(data).last_seq
 
+    # -- metrics (exchange/stream/shard/metrics.py) -----------------------------------------
+
+    def on_leading(self, leading: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.worker_leading(self.shard, self.name, leading)
+
+    def on_term_lost(self) -> None:
+        if self.metrics is not None:
+            self.metrics.worker_term_lost(self.shard)
+
+    def on_position(self, stream_last_seq: int) -> None:
+        if self.metrics is not None:
+            self.metrics.worker_position(self.shard, stream_last_seq, self.seq)
+
+    def on_applied(self, fresh: list[ShardResult]) -> None:
+        if self.metrics is not None:
+            self.metrics.worker_applied(self.shard, (r.code for r in fresh))
+
+    def on_published(self, batch: ShardBatch, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.worker_published(self.shard, batch.first_seq, batch.last_seq, seconds)
+
 
 async def run_shard_worker(urls: list[str], config: ExchangeConfig, shard: str, *, name: str,
                            snapshot_every: int = DEFAULT_SHARD_SNAPSHOT_EVERY,
-                           stop: asyncio.Event | None = None) -> WorkerStats:
+                           stop: asyncio.Event | None = None,
+                           metrics: ShardMetrics | None = None) -> WorkerStats:
     """Connect and serve clearing shard `shard` until `stop`: stand by, lead, repeat.
 
     See exchange/stream/leader.py `serve`. On `stop` the leader snapshots and
     releases its lease; a corrupt stream or snapshot (StreamCorrupt) stops the worker.
+    `metrics` (if given) gets the worker families of exchange/stream/shard/metrics.py.
     """
     def make(nc: Client, js: JetStreamContext) -> ShardWorker:
-        return ShardWorker(nc, js, config, shard, name=name, snapshot_every=snapshot_every)
+        return ShardWorker(nc, js, config, shard, name=name, snapshot_every=snapshot_every,
+                           metrics=metrics)
 
     return await serve(urls, make, connection_name=f"shard-{shard}-{name}", stop=stop)

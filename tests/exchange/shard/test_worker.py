@@ -320,3 +320,55 @@ def test_cli_shard_worker_inconsistent_instrument_file_refused(tmp_path: Path) -
                                            "--instruments", str(bad)])
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+def test_shard_worker_metrics_count_applied_published_and_no_lag_when_caught_up(
+        nats_cluster: LocalCluster) -> None:
+    from exchange.stream.shard.metrics import ShardMetrics
+
+    metrics = ShardMetrics()
+
+    def value(name: str, **labels: str) -> float | None:
+        for family in metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return None
+
+    async def run() -> None:
+        shard, n = "SW7", 300
+        nc, js = await _connect(nats_cluster, shard)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_shard_worker(nats_cluster.urls, CONFIG, shard, name="m",
+                                                      snapshot_every=100, stop=stop,
+                                                      metrics=metrics))
+        try:
+            await _append_flow(js, shard, shard_flow(n, seed=10, shard=shard))
+            await wait_published(js, shard, n, PUBLISH_TIMEOUT_S)
+            assert value("strongroom_shard_leader", shard=shard, worker="m") == 1
+            deadline = asyncio.get_running_loop().time() + PUBLISH_TIMEOUT_S
+            while value("strongroom_shard_engine_lag_commands", shard=shard) != 0:
+                assert asyncio.get_running_loop().time() < deadline, "lag never reached 0"
+                await asyncio.sleep(0.05)
+            results = published_results(await batches(js, shard))
+            refused = sum(1 for r in results if r.code)
+            assert value("strongroom_shard_commands_applied_total", shard=shard) == n
+            refused_total = sum(float(s.value) for f in metrics.registry.collect()
+                                for s in f.samples
+                                if s.name == "strongroom_shard_commands_refused_total"
+                                and s.labels.get("shard") == shard)
+            assert refused_total == refused
+            assert value("strongroom_shard_published_seq", shard=shard) == n
+            assert value("strongroom_shard_stream_last_seq", shard=shard) == n
+            assert value("strongroom_shard_batches_published_total", shard=shard) == len(
+                await batches(js, shard))
+            assert (value("strongroom_shard_snapshots_total", shard=shard) or 0) >= 3
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, WORKER_EXIT_S)
+            await nc.close()
+        # The term ended: the standby's leader-only gauges are dropped.
+        assert value("strongroom_shard_leader", shard=shard, worker="m") == 0
+        assert value("strongroom_shard_engine_lag_commands", shard=shard) is None
+
+    asyncio.run(run())
