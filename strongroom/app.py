@@ -31,7 +31,7 @@ from custody.ledger.service import Ledger, wall_clock_ms
 from exchange.api import blueprint as exchange_api
 from exchange.api import controls as exchange_controls_api
 from exchange.api import marketdata as marketdata_api
-from strongroom import console, logs, metrics
+from strongroom import auth_fast, console, logs, metrics
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import Settings
 from strongroom.trading_limits import KycTradingLimits
@@ -81,6 +81,8 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
         sessions, app.extensions["strongroom.keystore"], app.extensions["strongroom.ledger"], clock,
         prices_usd_cents=app.config.get("PRICES_USD_CENTS"),
         travel_rule_threshold_usd_cents=app.config.get("TRAVEL_RULE_THRESHOLD_USD_CENTS"))
+    # Scale-out mode: keys, nonces and KYC standings without database round trips (docs/scale-out.md).
+    auth_fast.init_app(app)
 
     # KYC providers that answer by signed callback: {"name": secret bytes} (docs/compliance.md).
     kyc_secrets = app.config.get("KYC_PROVIDER_SECRETS") or {}
@@ -116,7 +118,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     if app.config.get("EXCHANGE_ENABLED", True):
         # Orders are held to the caller's KYC tier and jurisdiction (docs/compliance.md).
         kyc = app.extensions["strongroom.access"].kyc
-        app.extensions[exchange_api.LIMITS_EXTENSION] = KycTradingLimits(kyc)
+        app.extensions[exchange_api.LIMITS_EXTENSION] = KycTradingLimits(kyc, cache=auth_fast.cache_of(app))
         exchange_api.init_app(app)
         # Tax reports tell funding from realised PnL by the venue's funding records (their clearing seqs).
         app.extensions[compliance_api.FUNDING_SEQS_EXTENSION] = _funding_seqs(app)

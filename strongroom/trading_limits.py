@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from custody.access.auth_cache import AuthCache
 from custody.compliance.kyc import Kyc
 from exchange.risk.entitlements import TradingLimits
 from policies.jurisdictions import UNKNOWN_JURISDICTION
@@ -23,15 +24,31 @@ USDC_MINOR_PER_USD_CENT: Final = 10_000
 
 
 class KycTradingLimits:
-    """`TradingLimitsProvider` over the KYC records (one small read per order, never cached)."""
+    """`TradingLimitsProvider` over the KYC records.
 
-    def __init__(self, kyc: Kyc, quote_minor_per_usd_cent: int = USDC_MINOR_PER_USD_CENT) -> None:
+    Embedded mode: one small read per order. Scale-out mode passes the
+    process's `AuthCache`: the standing (tier, jurisdiction) is read once and
+    kept until a KYC decision about the user is announced, at most the cache
+    TTL (strongroom.auth_fast). The limits are computed from it on every
+    order, so a change of the jurisdiction rules applies at once.
+    """
+
+    def __init__(self, kyc: Kyc, quote_minor_per_usd_cent: int = USDC_MINOR_PER_USD_CENT,
+                 cache: AuthCache | None = None) -> None:
         assert quote_minor_per_usd_cent > 0
         self._kyc = kyc
         self._per_cent = quote_minor_per_usd_cent
+        self._cache = cache
+
+    def standing(self, username: str) -> tuple[int, str | None] | None:
+        """Return the user's (KYC tier, jurisdiction), from the cache in scale-out mode."""
+        if self._cache is None:
+            return self._kyc.standing(username)
+        return self._cache.get("standing", username, lambda: self._kyc.standing(username),
+                               lambda _: username)
 
     def trading_limits(self, username: str) -> TradingLimits:
-        standing = self._kyc.standing(username)
+        standing = self.standing(username)
         if standing is None:
             return TradingLimits(basis=f"user {username!r}", refusal=f"user {username!r} is not on file")
         tier, country = standing

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from custody import security_log
+from custody.access.auth_cache import AuthCache
 from custody.access.errors import AccessCode, AccessError
 from custody.access.models import ApiKeyRow, User
 from custody.access.secret_box import SecretBox
@@ -133,6 +134,16 @@ class Users:
         self._secrets = secrets
         self._clock = clock
         self._credentials = credentials
+        # Scale-out mode (strongroom.auth_fast): keys served from memory; every change that can
+        # make a cached key or user stale is announced, after its commit, to ``changed``.
+        self.cache: AuthCache | None = None
+        self.changed: list[Callable[[str], None]] = []
+
+    def _announce(self, username: str) -> None:
+        if self.cache is not None:
+            self.cache.invalidate(username)
+        for listener in self.changed:
+            listener(username)
 
     # -- users -------------------------------------------------------------------------------
 
@@ -207,7 +218,9 @@ class Users:
                 action="user.disable" if disabled else "user.enable",
                 subject=username,
             )
-            return user_view(row)
+            view = user_view(row)
+        self._announce(username)
+        return view
 
     # -- API keys ----------------------------------------------------------------------------
 
@@ -307,10 +320,18 @@ class Users:
                     subject=key_id,
                     details={"username": username},
                 )
-            return ApiKeyView(api_key(row), row.label)
+            view = ApiKeyView(api_key(row), row.label)
+        self._announce(username)
+        return view
 
     def verified_key(self, key_id: str) -> tuple[VerifiedKey, UserView] | None:
         """Return the key with its decrypted secret, and its user; None if unknown."""
+        if self.cache is None:
+            return self._load_verified_key(key_id)
+        return self.cache.get("key", key_id, lambda: self._load_verified_key(key_id),
+                              lambda found: found[1].username)
+
+    def _load_verified_key(self, key_id: str) -> tuple[VerifiedKey, UserView] | None:
         with self._sessions() as session:
             row = session.get(ApiKeyRow, key_id)
             if row is None:

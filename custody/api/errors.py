@@ -35,6 +35,8 @@ class RequestCode(IntEnum):
     RATE_LIMITED = 9029
     DATABASE_UNAVAILABLE = 9503
     NOT_READY = 9504
+    # Scale-out mode: the shared nonce store (NATS) did not answer; the request was not run.
+    AUTH_STORE_UNAVAILABLE = 9505
     INTERNAL_ERROR = 9099
 
 

@@ -20,7 +20,6 @@ from custody.access.idempotency import Idempotency
 from custody.access.ledger_ops import LedgerOperations
 from custody.access.mfa import Mfa
 from custody.access.policy_store import PolicyStore
-from custody.access.replay import DbReplayCache
 from custody.access.users import Users
 from custody.compliance.cases import Cases
 from custody.compliance.deposits import DepositCompliance
@@ -30,6 +29,7 @@ from custody.compliance.pii import PersonalData
 from custody.compliance.screening import Screening
 from custody.compliance.travel_rule import TravelRule
 from custody.withdrawals.service import Withdrawals
+from policies.replay_cache import ReplayCache
 from policies.request_signing import DEFAULT_RECV_WINDOW_MS
 from policies.results import Refusal
 
@@ -44,7 +44,8 @@ class AccessServices:
     users: Users
     mfa: Mfa
     approvers: Approvers
-    replay_cache: DbReplayCache
+    # DbReplayCache (embedded) or strongroom.auth_fast.NatsReplayCache (scale-out mode).
+    replay_cache: ReplayCache
     idempotency: Idempotency
     policies: PolicyStore
     withdrawals: Withdrawals

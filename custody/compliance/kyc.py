@@ -72,6 +72,9 @@ class Kyc:
         self._clock = clock
         self.jurisdictions: JurisdictionRules = default_jurisdiction_rules()
         self.provider_secrets: dict[str, bytes] = {}
+        # Told the username after every committed decision (a tier or jurisdiction may have
+        # changed): scale-out mode drops its cached trading limits (strongroom.auth_fast).
+        self.changed: list[Callable[[str], None]] = []
 
     @property
     def blocked_jurisdictions(self) -> frozenset[str]:
@@ -165,7 +168,15 @@ class Kyc:
                 raise ComplianceError(
                     ComplianceCode.KYC_REVIEW_NOT_FOUND, f"review {review_id} does not exist"
                 )
-            return self._apply(session, row, action, reason, officer)
+            review = self._apply(session, row, action, reason, officer)
+        self._announce(review)
+        return review
+
+    def _announce(self, review: dict[str, Any]) -> None:
+        """Tell the listeners whose standing a committed decision may have changed."""
+        if review["state"] == APPROVED:
+            for listener in self.changed:
+                listener(review["username"])
 
     def provider_callback(self, provider: str, body: bytes, signature_hex: str) -> dict[str, Any]:
         """Apply a provider's signed answer once; a replayed event id answers the review as it is."""
@@ -197,14 +208,13 @@ class Kyc:
                         body_sha256=hashlib.sha256(body).hexdigest(),
                     )
                 )
-                return {
-                    "duplicate": False,
-                    "review": self._apply(session, row, action, reason, f"provider:{provider}"),
-                }
+                review = self._apply(session, row, action, reason, f"provider:{provider}")
         except IntegrityError:
             # A concurrent copy of the same event committed first: answer as a replay.
             with self._sessions() as session:
                 return {"duplicate": True, "review": _review(session, review_id, provider)}
+        self._announce(review)
+        return {"duplicate": False, "review": review}
 
     def _apply(
         self, session: Session, row: KycReview, action: str, reason: str, actor: str

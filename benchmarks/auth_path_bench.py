@@ -1,0 +1,181 @@
+"""What a signed order costs before the exchange code runs: signature, key, nonce, KYC limits.
+
+    python benchmarks/auth_path_bench.py [--database-url postgresql://...] [--store db|nats]
+        [--requests 2000] [--users 20] [--profile]
+
+Builds the app in-process (PostgreSQL when ``--database-url`` names an admin
+URL: a throwaway database is created and dropped; SQLite otherwise), creates
+``--users`` traders with API keys, then runs ``--requests`` signed
+``POST /api/v1/exchange/orders`` request contexts through exactly what the
+order view does before the venue or the gateway: ``authenticate(TRADE)``
+(key + secret, timestamp, HMAC, replay store) and the KYC trading limits.
+
+``--store db`` is the embedded default (key row + keystore decrypt, nonce
+INSERT, KYC read: database round trips on every request). ``--store nats``
+is scale-out mode (docs/scale-out.md, "Signed requests without the
+database"): it starts a local 3-node JetStream cluster and uses the
+in-memory key/limits caches and the JetStream KV nonce store.
+
+Prints per request: CPU time of this process (µs), wall time (µs, p50/p99)
+and SQL statements executed. A script printing numbers, not a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import event  # noqa: E402
+
+from custody.db import scratch_postgres_database  # noqa: E402
+from custody.keystore import LocalKeystore  # noqa: E402
+from exchange.instruments import DEFAULT_CONFIG  # noqa: E402
+from policies.api_key import Scope  # noqa: E402
+from policies.request_signing import sign_request  # noqa: E402
+from policies.roles import Role  # noqa: E402
+from strongroom.migrate import upgrade  # noqa: E402
+
+ORDERS = "/api/v1/exchange/orders"
+WARMUP = 200
+
+
+@contextmanager
+def _database(admin_url: str | None, tmp: Path) -> Iterator[str]:
+    if admin_url is None:
+        url = f"sqlite:///{tmp / 'bench.db'}"
+        upgrade(url)
+        yield url
+        return
+    with scratch_postgres_database(admin_url, f"sr_authbench_{uuid.uuid4().hex[:10]}") as url:
+        upgrade(url)
+        yield url
+
+
+def _app(url: str, tmp: Path, store: str, nats_urls: list[str]) -> Any:
+    from strongroom.app import create_app
+    from strongroom.settings import Settings
+
+    keystore = LocalKeystore(tmp / "keystore.srks", "benchmark passphrase, not a secret", scrypt_log2_n=10)
+    config: dict[str, Any] = {"KEYSTORE": keystore, "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG,
+                              "EXCHANGE_FEED": "none", "AUTH_NONCE_STORE": store}
+    if store == "nats":
+        config["AUTH_NATS_URLS"] = nats_urls
+    return create_app(config, settings=Settings(data_dir=tmp / "data", database_url=url))
+
+
+def _signed(key_id: str, secret: str, n: int) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps({"symbol": "BTC-PERP", "id": f"o{n}", "side": "buy", "qty": 1,
+                       "price": 100_000}).encode()
+    headers = sign_request(key_id=key_id, secret=secret, timestamp_ms=int(time.time() * 1000),
+                           method="POST", path=ORDERS, body=body)
+    return body, headers
+
+
+def _one(app: Any, key: tuple[str, str, str], n: int) -> None:
+    from custody.api.auth import authenticate
+    from exchange.api.blueprint import trading_limits
+
+    body, headers = _signed(key[1], key[2], n)
+    with app.test_request_context(ORDERS, method="POST", data=body, headers=headers,
+                                  content_type="application/json"):
+        caller = authenticate(Scope.TRADE)
+        assert caller.username == key[0]
+        trading_limits(caller.username)
+
+
+def _wait_for_nats(app: Any) -> None:
+    """Connect this process to the nonce bucket once the new cluster accepts R3 streams."""
+    from strongroom.auth_fast import EXTENSION, AuthStoreUnavailable
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            app.extensions[EXTENSION].bus.ensure()
+            return
+        except AuthStoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def run(args: argparse.Namespace) -> None:
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        nats_urls: list[str] = []
+        if args.store == "nats":
+            from exchange.stream.cluster import LocalCluster
+
+            cluster = LocalCluster(tmp / "nats", 3).start()
+            stack.callback(cluster.stop)
+            nats_urls = cluster.urls
+        url = stack.enter_context(_database(args.database_url, tmp))
+        app = _app(url, tmp, args.store, nats_urls)
+        stack.callback(app.extensions["strongroom.engine"].dispose)
+        if args.store == "nats":
+            from strongroom.auth_fast import EXTENSION
+
+            stack.callback(app.extensions[EXTENSION].bus.close)
+            _wait_for_nats(app)
+        users = app.extensions["strongroom.access"].users
+        keys = []
+        for i in range(args.users):
+            name = f"trader{i}"
+            _, new = users.create_user(name, frozenset({Role.TRADER}), kyc_tier=2,
+                                       key_scopes=frozenset({Scope.READ, Scope.TRADE}))
+            assert new is not None
+            keys.append((name, new.credentials.key_id, new.credentials.secret))
+        statements = [0]
+        event.listen(app.extensions["strongroom.engine"], "before_cursor_execute",
+                     lambda *a: statements.__setitem__(0, statements[0] + 1))
+        for n in range(WARMUP):
+            _one(app, keys[n % len(keys)], n)
+        statements[0] = 0
+        profiler = cProfile.Profile() if args.profile else None
+        walls = []
+        cpu0 = time.process_time()
+        for n in range(args.requests):
+            t0 = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
+            _one(app, keys[n % len(keys)], WARMUP + n)
+            if profiler is not None:
+                profiler.disable()
+            walls.append(time.perf_counter() - t0)
+        cpu = time.process_time() - cpu0
+        walls.sort()
+        db = "postgresql" if args.database_url else "sqlite"
+        print(f"store={args.store} db={db} requests={args.requests} users={args.users}")
+        print(f"  cpu/request   {cpu / args.requests * 1e6:8.0f} us (this process, all threads)")
+        print(f"  wall p50      {statistics.median(walls) * 1e6:8.0f} us")
+        print(f"  wall p99      {walls[int(len(walls) * 0.99) - 1] * 1e6:8.0f} us")
+        print(f"  SQL statements/request {statements[0] / args.requests:.2f}")
+        if profiler is not None:
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=None, help="PostgreSQL admin URL (default: SQLite)")
+    parser.add_argument("--store", choices=("db", "nats"), default="db")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--profile", action="store_true")
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
