@@ -263,7 +263,9 @@ class AuthBus:
         self._live = self._kv is not None
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("auth NATS connection: %s", type(exc).__name__)
+        # A refused (re)connection repeats every couple of seconds while a server is down.
+        level = logging.INFO if isinstance(exc, OSError) else logging.WARNING
+        log.log(level, "auth NATS connection: %s", type(exc).__name__)
 
     # -- operations --------------------------------------------------------------------------
 

@@ -202,6 +202,20 @@ def test_auth_store_bad_setting_refused_at_startup(config: dict[str, Any], messa
         AuthFastSettings.of(config, None, {})
 
 
+def test_auth_scaleout_docs_name_what_the_code_uses() -> None:
+    from custody.access.auth_cache import DEFAULT_TTL_MS
+    from strongroom.auth_fast import CHANGED_SUBJECT, NONCE_BUCKET, NONCE_SKEW_MARGIN_MS
+
+    docs = Path(__file__).resolve().parents[3] / "docs"
+    text = " ".join((docs / "request-signing.md").read_text().split())
+    assert f"`{NONCE_BUCKET}`" in text and f"`{CHANGED_SUBJECT}`" in text
+    assert f"default {DEFAULT_TTL_MS:,} ms, at most {MAX_TTL_MS:,}" in text
+    assert f"{NONCE_SKEW_MARGIN_MS // 1000} s clock-skew margin" in text
+    assert "503 9505 auth_store_unavailable" in text
+    assert "| 9505 | auth_store_unavailable | 503 |" in (docs / "api.md").read_text()
+    assert "### Signed requests without the database" in (docs / "scale-out.md").read_text()
+
+
 def test_auth_embedded_app_keeps_the_database_path(app: Flask) -> None:
     assert isinstance(access(app).replay_cache, DbReplayCache)
     assert access(app).users.cache is None and EXTENSION not in app.extensions
