@@ -181,3 +181,100 @@ async def _cli_feeders(urls: list[str]) -> None:
                 p.kill()
                 p.wait(30)
         await nc.close()
+
+
+def test_feeder_with_shard_worker_liquidates_on_a_mark_move_and_halts_on_a_stale_index(
+        nats_cluster: LocalCluster) -> None:
+    """The whole path: feeder -> shard stream -> shard worker -> results, in stream order."""
+    asyncio.run(_end_to_end(nats_cluster.urls))
+
+
+async def _end_to_end(urls: list[str]) -> None:
+    import dataclasses
+
+    from exchange.commands import Deposit, Place, SeedInsurance
+    from exchange.engine.messages import NewOrder
+    from exchange.risk.codes import RiskCode
+    from exchange.stream.shard.wire import ShardCommand, ShardResult, encode_command, msg_id_of
+    from exchange.stream.shard.worker import run_shard_worker
+    from tests.exchange.shard.worker_flow import append, batches, ready_shards, wait_published
+
+    # A short staleness, so the test need not wait 10 s for the index to go stale.
+    staleness_ms = 4_000
+    config = dataclasses.replace(CONFIG, indices={
+        u: dataclasses.replace(c, staleness_ms=staleness_ms) for u, c in CONFIG.indices.items()})
+    shard = "E" + uuid.uuid4().hex[:8].upper()
+    nc = await nats.connect(servers=urls)
+    stop_worker, stop_feeder = asyncio.Event(), asyncio.Event()
+    tasks: list[asyncio.Task[object]] = []
+    try:
+        js = nc.jetstream()
+        await ready_shards(js, [shard])
+        tasks.append(asyncio.create_task(run_shard_worker(urls, config, shard, name="w",
+                                                          stop=stop_worker)))
+        feed = ScriptedFeed(config.indices)
+        feed.set("BTC", BTC)
+        feed.set("ETH", 3_000 * USDC)
+        feeder = ShardFeeder(js, config, shard, feed, "f1", interval_ms=100)
+        tasks.append(asyncio.create_task(feeder.run(stop_feeder)))
+        await until(lambda: feeder.stats.rounds >= 2, "the feeder to lead")
+
+        async def send(op: object, msg_id: str | None = None) -> ShardResult:
+            now = time.time_ns() // 1_000_000
+            mid = msg_id or msg_id_of(op, uuid.uuid4().hex)  # type: ignore[arg-type]
+            seq = await append(js, shard, mid, encode_command(ShardCommand(op, now)))  # type: ignore[arg-type]
+            await wait_published(js, shard, seq, HANG_S)
+            return next(r for b in await batches(js, shard) for r in b.results if r.seq == seq)
+
+        def order(oid: str, account: str, side: str, qty: int, price: int = BTC) -> Place:
+            return Place("BTC-PERP", NewOrder(oid, account, side, qty, price=price,  # type: ignore[arg-type]
+                                              ts=time.time_ns()))
+
+        assert (await send(SeedInsurance(50 * USDC))).code == 0
+        for name, amount in (("short", 50_000 * USDC), ("lev", 1_500 * USDC),
+                             ("short2", 50_000 * USDC), ("fresh", 10_000 * USDC)):
+            assert (await send(Deposit(name, amount))).code == 0
+        for maker, qty in (("short", 600), ("short2", 400)):
+            assert (await send(order(f"{maker}-s", maker, "sell", qty))).code == 0
+            taken = await send(order(f"lev-{maker}", "lev", "buy", qty))
+            assert taken.code == 0 and taken.events, taken.message
+        feed.set("BTC", BTC - 3_000 * USDC)  # far past lev's bankruptcy price
+
+        liquidated: list[ShardResult] = []
+
+        async def liquidation_published() -> bool:
+            liquidated[:] = [r for b in await batches(js, shard) for r in b.results
+                             if any(e["type"] == "LiquidationStarted" for e in r.risk)]
+            return bool(liquidated)
+
+        deadline = time.monotonic() + HANG_S
+        while not await liquidation_published():
+            assert time.monotonic() < deadline, "no liquidation published"
+            await asyncio.sleep(0.1)
+        [result] = liquidated
+        bodies = [body for _, body, _ in await stream_messages(js, shard)]
+        assert type(command_decoder.decode(bodies[result.seq - 1]).cmd) is Tick
+        assert ("insurance", "m:lev", 50 * USDC) in [p[2:5] for p in result.postings]
+
+        # The feeder stops: once the last quotes are older than the staleness, new risk is refused.
+        stop_feeder.set()
+        await tasks.pop()
+        last_ts = max(command_decoder.decode(body).ts_ms
+                      for _, body, name in await stream_messages(js, shard) if name == "f1")
+        while time.time_ns() // 1_000_000 <= last_ts + staleness_ms + 200:
+            await asyncio.sleep(0.1)
+        refused = await send(order("fresh-1", "fresh", "buy", 1, BTC - 3_000 * USDC))
+        assert refused.code == RiskCode.INDEX_STALE, refused
+        # A feeder takes over: fresh quotes, the same order (a new id) is accepted.
+        again = ShardFeeder(js, config, shard, feed, "f2", interval_ms=100)
+        stop_feeder.clear()
+        tasks.append(asyncio.create_task(again.run(stop_feeder)))
+        await until(lambda: again.stats.rounds >= 2, "the second feeder to feed")
+        assert (await send(order("fresh-2", "fresh", "buy", 1, BTC - 3_000 * USDC))).code == 0
+    finally:
+        stop_feeder.set()
+        stop_worker.set()
+        for task in tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 60)
+        await nc.close()
