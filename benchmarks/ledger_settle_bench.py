@@ -12,16 +12,18 @@ The postings are exchange-like, per simulated order of a trader: the void of the
 trader's previous margin hold and a new hold (pending ``m: -> h:``), a fee
 (single ``m: -> fees``), realised PnL (single ``m: <-> clearing``), and for every
 eighth order a collateral deposit (pending ``a: -> m:``, then its post): 4.25
-postings per order, so 2,000 orders/s need about 8,500 postings/s.
+postings per order, so 2,000 orders/s need about 8,500 postings/s. Each cell also
+gives the CPU per posting of the writers and (PostgreSQL on this machine) of their
+database backends: on a loaded machine it moves far less than wall time.
 
-    python benchmarks/ledger_settle_bench.py [--sqlite] [--admin-url URL | --database-url URL]
+    python benchmarks/ledger_settle_bench.py [--no-sqlite] [--admin-url URL | --database-url URL]
         [--batches 1,16,64,256,1024] [--writers 1,2] [--seconds 1.5] [--profile BATCH]
 
 ``--admin-url`` (or STRONGROOM_BENCH_POSTGRES_URL): a PostgreSQL server where a
 scratch database is created and dropped; ``--database-url``: an empty PostgreSQL
 database to migrate and use. SQLite runs on a temporary file (WAL, synchronous
 FULL, as shipped) unless ``--no-sqlite``. ``--profile BATCH`` prints a cProfile
-of one writer submitting batches of BATCH instead, with the database round trips
+of one writer submitting batches of BATCH instead, with the statements it sends
 per batch.
 """
 
@@ -33,12 +35,15 @@ import io
 import multiprocessing as mp
 import os
 import pstats
+import queue
 import statistics
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
+
+from sqlalchemy import text
 
 from custody.db import make_engine, make_session_factory, scratch_postgres_database
 from custody.ledger.entry import AccountKind, TransferKind
@@ -105,34 +110,65 @@ def _batch(stream: Iterator[TransferRequest], size: int) -> list[TransferRequest
     return [next(stream) for _ in range(size)]
 
 
+def _backend_pid(engine: Any) -> int | None:
+    """Return the PostgreSQL backend pid of the engine's (single, reused) pooled connection."""
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def _cpu_s(pid: int | None) -> float:
+    """Return the user + system CPU seconds process ``pid`` has used (0 if unreadable or None)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def writer_main(url: str, writer: int, ids: dict[str, int], tag: str, size: int, seconds: float,
                 barrier: Any, out: Any) -> None:
-    """One settlement writer: submit linked batches of ``size`` for ``seconds`` after the barrier."""
+    """One settlement writer: submit linked batches of ``size`` for ``seconds`` after the barrier.
+
+    Besides wall time it reports the CPU the submits cost: this process's (SQLite runs in it)
+    and, on PostgreSQL, its server backend's (same machine), which a loaded machine inflates
+    far less than wall time.
+    """
     engine = make_engine(url)
     ledger = Ledger(make_session_factory(engine))
     stream = postings(ids, f"{tag}w{writer}")
     ledger.submit(_batch(stream, 8), linked=True, actor=ACTOR)  # warm the connection and caches
+    backend = _backend_pid(engine)
     latencies: list[float] = []
     count = 0
+    client_cpu = 0.0
     barrier.wait()
     began = time.perf_counter()
+    server_began = _cpu_s(backend)
     deadline = began + seconds
     while time.perf_counter() < deadline:
         batch = _batch(stream, size)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results = ledger.submit(batch, linked=True, actor=ACTOR)
         latencies.append((time.perf_counter() - t0) * 1000)
+        client_cpu += time.process_time() - c0
         if not all(r.ok for r in results):
             cause = next(r for r in results if not r.ok)
             raise RuntimeError(f"batch refused: {cause.id} {cause.code} {cause.message}")
         count += size
-    out.put((count, time.perf_counter() - began, latencies))
+    elapsed = time.perf_counter() - began
+    out.put((count, elapsed, latencies, client_cpu, _cpu_s(backend) - server_began))
     engine.dispose()
 
 
 def run(url: str, accounts: list[dict[str, int]], writers: int, size: int, seconds: float,
-        ) -> tuple[float, float, float]:
-    """Return (postings/s over all writers, p50 ms, p99 ms of one batch submit)."""
+        ) -> tuple[float, float, float, float, float]:
+    """Return (postings/s over all writers, p50 ms, p99 ms of one batch submit,
+    client CPU us/posting, database backend CPU us/posting)."""
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(writers + 1), ctx.Queue()
     tag = f"r{time.time_ns() % 10**12:x}b{size}"
@@ -141,16 +177,27 @@ def run(url: str, accounts: list[dict[str, int]], writers: int, size: int, secon
              for w in range(writers)]
     for p in procs:
         p.start()
-    barrier.wait(timeout=120)
-    got = [out.get(timeout=300) for _ in procs]
-    for p in procs:
-        p.join()
-        if p.exitcode != 0:
-            raise RuntimeError(f"writer exited with {p.exitcode}")
-    total = sum(c for c, _, _ in got)
-    window = max(e for _, e, _ in got)
-    flat = sorted(x for _, _, lat in got for x in lat)
-    return total / window, statistics.median(flat), flat[min(len(flat) - 1, int(len(flat) * 0.99))]
+    try:
+        barrier.wait(timeout=300)
+        got = []
+        while len(got) < writers:
+            try:
+                got.append(out.get(timeout=1))
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise RuntimeError("a writer process failed (see its traceback above)") from None
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    total = sum(g[0] for g in got)
+    window = max(g[1] for g in got)
+    flat = sorted(x for g in got for x in g[2])
+    client_us = sum(g[3] for g in got) / total * 1e6
+    server_us = sum(g[4] for g in got) / total * 1e6
+    return (total / window, statistics.median(flat), flat[min(len(flat) - 1, int(len(flat) * 0.99))],
+            client_us, server_us)
 
 
 def profile(url: str, ids: dict[str, int], size: int, batches: int = 20) -> None:
@@ -241,13 +288,16 @@ def main() -> None:
                 profile(url, accounts[0], args.profile)
                 continue
             print(f"\n[{backend}] linked batch submits, {args.seconds:g} s per cell")
-            print("| batch | " + " | ".join(f"{w} writer(s): postings/s | p50 ms | p99 ms"
-                                          for w in writer_counts) + " |")
-            print("|---|" + "---|---|---|" * len(writer_counts))
+            print("(CPU: microseconds per posting, of the writer processes and, on PostgreSQL, "
+                  "of their database backends)")
+            print("| batch | " + " | ".join(f"{w} writer(s): postings/s | p50 ms | p99 ms | "
+                                          "CPU writer | CPU db" for w in writer_counts) + " |")
+            print("|---|" + "---|---|---|---|---|" * len(writer_counts))
             for size in sizes:
                 cells = [run(url, accounts, w, size, args.seconds) for w in writer_counts]
-                print(f"| {size} | " + " | ".join(f"{r:,.0f} | {p50:.1f} | {p99:.1f}"
-                                                  for r, p50, p99 in cells) + " |", flush=True)
+                print(f"| {size} | " + " | ".join(
+                    f"{r:,.0f} | {p50:.1f} | {p99:.1f} | {cw:.0f} | {cd:.0f}"
+                    for r, p50, p99, cw, cd in cells) + " |", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
