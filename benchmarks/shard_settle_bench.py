@@ -9,8 +9,11 @@ ShardMachine (what a shard worker publishes: `--per-batch` commands per
 ShardBatch) in rounds of 1, 16, 64 and 256 batches, each round size on a fresh
 shard (fresh accounts), and prints postings/s. No NATS here: this is the
 ledger side alone (the consumer adds one fetch and one ack per round).
+With `--via-nats` it also publishes the batches on a local 3-node JetStream
+cluster (R3 SHARDEVT) and times the durable consumer (`run_shard_settlement`,
+fetch batch = round size) draining them: fetch + decode + ledger + ack.
 
-    python benchmarks/shard_settle_bench.py --admin-url postgresql://... [--commands 3000]
+    python benchmarks/shard_settle_bench.py --admin-url postgresql://... [--commands 3000] [--via-nats]
 
 `--admin-url` (or STRONGROOM_BENCH_POSTGRES_URL) names a PostgreSQL server
 where a scratch database may be created and dropped.
@@ -19,10 +22,13 @@ where a scratch database may be created and dropped.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 from custody.db import make_engine, make_session_factory, scratch_postgres_database
 from custody.ledger.posting import TransferRequest
@@ -31,9 +37,20 @@ from exchange.commands import CancelOrder, Place, Quote, SeedInsurance, Tick
 from exchange.engine.messages import NewOrder
 from exchange.instruments import load_instruments
 from exchange.postings import PostingWriter
+from exchange.stream.cluster import LocalCluster
 from exchange.stream.shard.machine import ShardMachine
-from exchange.stream.shard.settle import ShardSettlement, reserve_deposit
-from exchange.stream.shard.wire import FundedDeposit, ShardBatch, ShardCommand, ShardOp, encode_command
+from exchange.stream.shard.settle import ShardSettlement, reserve_deposit, run_shard_settlement
+from exchange.stream.shard.wire import (
+    FundedDeposit,
+    ShardBatch,
+    ShardCommand,
+    ShardOp,
+    batch_encoder,
+    batch_msg_id,
+    encode_command,
+    shard_events_subject,
+)
+from exchange.stream.topology import ensure_shard_topology
 from strongroom.migrate import upgrade
 
 USDC = 1_000_000
@@ -86,7 +103,33 @@ def _batches(machine: ShardMachine, bodies: list[bytes], per_batch: int) -> list
     return out
 
 
-def _run(url: str, round_size: int, commands: int, per_batch: int) -> dict[str, float]:
+async def _drain_via_nats(urls: list[str], settlement: ShardSettlement, batches: list[ShardBatch],
+                          round_size: int) -> float:
+    """Publish `batches` on SHARDEVT, then time the durable consumer settling all of them."""
+    import nats
+
+    nc = await nats.connect(servers=urls)
+    js = nc.jetstream()
+    await ensure_shard_topology(js, [settlement.shard])
+    for b in batches:
+        await js.publish(shard_events_subject(settlement.shard), batch_encoder.encode(b),
+                         headers={"Nats-Msg-Id": batch_msg_id(b)})
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    task = asyncio.create_task(run_shard_settlement(js, settlement, stop, fetch_batch=round_size))
+    while settlement.stats.last_seq < batches[-1].last_seq:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    await task
+    await nc.close()
+    return elapsed
+
+
+def _run(url: str, round_size: int, commands: int, per_batch: int,
+         urls: list[str] | None = None) -> dict[str, float]:
     engine = make_engine(url)
     ledger = Ledger(make_session_factory(engine))
     shard = f"B{uuid.uuid4().hex[:8].upper()}"
@@ -98,10 +141,13 @@ def _run(url: str, round_size: int, commands: int, per_batch: int) -> dict[str, 
     warm = next(i for i, b in enumerate(batches) if b.last_seq >= TRADERS + 6) + 1
     settlement.settle(batches[:warm])
     before = settlement.stats.postings
-    started = time.perf_counter()
-    for i in range(warm, len(batches), round_size):
-        settlement.settle(batches[i:i + round_size])
-    elapsed = time.perf_counter() - started
+    if urls is not None:
+        elapsed = asyncio.run(_drain_via_nats(urls, settlement, batches[warm:], round_size))
+    else:
+        started = time.perf_counter()
+        for i in range(warm, len(batches), round_size):
+            settlement.settle(batches[i:i + round_size])
+        elapsed = time.perf_counter() - started
     postings = settlement.stats.postings - before
     assert settlement.reconcile(machine) == [], "ledger differs from the replica"
     engine.dispose()
@@ -117,6 +163,8 @@ def main() -> None:
                         help="commands per ShardBatch (the worker's publish batching)")
     parser.add_argument("--rounds", default="1,16,64,256",
                         help="ShardBatches per settlement round, comma-separated")
+    parser.add_argument("--via-nats", action="store_true",
+                        help="through a local 3-node JetStream cluster and the durable consumer")
     args = parser.parse_args()
     if not args.admin_url:
         print("shard_settle_bench: skipped (no --admin-url / STRONGROOM_BENCH_POSTGRES_URL)")
@@ -124,13 +172,19 @@ def main() -> None:
     admin = args.admin_url.replace("postgresql://", "postgresql+psycopg://", 1)
     name = f"sr_bench_settle_{uuid.uuid4().hex[:8]}"
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    with scratch_postgres_database(admin, name) as url:
+    with tempfile.TemporaryDirectory() as tmp, scratch_postgres_database(admin, name) as url:
         upgrade(url)
-        for size in (int(s) for s in args.rounds.split(",")):
-            r = _run(url, size, args.commands, args.per_batch)
-            print(f"round of {size:4d} batches: {r['postings']:6d} postings in "
-                  f"{r['seconds']:.2f} s = {r['postings_per_s']:8.0f} postings/s "
-                  f"({r['submissions']} ledger submissions)")
+        cluster = LocalCluster(Path(tmp), 3).start() if args.via_nats else None
+        try:
+            for size in (int(s) for s in args.rounds.split(",")):
+                r = _run(url, size, args.commands, args.per_batch,
+                         cluster.urls if cluster is not None else None)
+                print(f"{'via NATS, ' if cluster else ''}round of {size:4d} batches: "
+                      f"{r['postings']:6d} postings in {r['seconds']:.2f} s = "
+                      f"{r['postings_per_s']:8.0f} postings/s ({r['submissions']} ledger submissions)")
+        finally:
+            if cluster is not None:
+                cluster.stop()
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
