@@ -48,6 +48,12 @@ def shard_settlement(shard: str, nats_urls: str, asset: str, fetch_batch: int,
 
     from custody.db import make_engine, make_session_factory
     from custody.ledger.service import Ledger
+    from exchange.stream.shard.metrics import (
+        PROCESS_METRICS,
+        instrument_settlement,
+        serve_from_env,
+        watch_settlement_lag,
+    )
     from exchange.stream.shard.settle import (
         DepositReconciler,
         SettlementRefused,
@@ -67,6 +73,14 @@ def shard_settlement(shard: str, nats_urls: str, asset: str, fetch_batch: int,
     reconciler = (DepositReconciler(sessions, shard, void_deposits_after_s * 1000)
                   if void_deposits_after_s else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Metrics (docs/scale-out.md, "Benchmarks and operations"): rounds settled, settlement lag,
+    # the ledger's imbalance per asset; served on $STRONGROOM_METRICS_PORT if set.
+    instrument_settlement(settlement)
+    PROCESS_METRICS.watch_ledger(sessions)
+    try:
+        server = serve_from_env(PROCESS_METRICS.registry)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -77,6 +91,7 @@ def shard_settlement(shard: str, nats_urls: str, asset: str, fetch_batch: int,
         js = nc.jetstream()
         side = (asyncio.create_task(reconciler.run(js, stop, reconcile_every_s))
                 if reconciler is not None else None)
+        lag = asyncio.create_task(watch_settlement_lag(js, shard, lambda: settlement.stats.last_seq, stop))
         try:
             await run_shard_settlement(js, settlement, stop, fetch_batch=fetch_batch)
         finally:
@@ -84,6 +99,8 @@ def shard_settlement(shard: str, nats_urls: str, asset: str, fetch_batch: int,
             if side is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await side
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
             await nc.close()
 
     try:
@@ -93,6 +110,8 @@ def shard_settlement(shard: str, nats_urls: str, asset: str, fetch_batch: int,
         click.echo(json.dumps({"shard": shard, "error": "settlement_refused", "message": str(exc),
                                **settlement.stats.__dict__}), err=True)
         sys.exit(REFUSED_EXIT)
+    if server is not None:
+        server.shutdown()
     click.echo(json.dumps({"shard": shard, "voids_appended": reconciler.appended if reconciler else 0,
                            **settlement.stats.__dict__}))
 

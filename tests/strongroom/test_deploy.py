@@ -21,7 +21,7 @@ def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
 
 def test_k8s_manifests_have_the_basic_shape_of_their_kind() -> None:
@@ -35,8 +35,11 @@ def test_k8s_manifests_have_the_basic_shape_of_their_kind() -> None:
             selector = doc["spec"]["selector"]["matchLabels"]
             labels = doc["spec"]["template"]["metadata"]["labels"]
             assert selector.items() <= labels.items(), doc["metadata"]["name"]
+            component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
             for c in _containers(doc):
-                assert c["readinessProbe"]["httpGet"]["path"] == "/api/v1/health"
+                # The HTTP tiers answer /api/v1/health; NATS and the shard processes /healthz.
+                health = "/api/v1/health" if component in ("api", "exchange") else "/healthz"
+                assert c["readinessProbe"]["httpGet"]["path"] == health, doc["metadata"]["name"]
                 assert "memory" in c["resources"]["limits"] and "cpu" in c["resources"]["requests"]
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
             assert doc["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -89,3 +92,130 @@ def test_gunicorn_config_holds_the_exchange_role_to_one_worker(
     monkeypatch.setenv("STRONGROOM_WORKERS", "5")
     config = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
     assert config["workers"] == workers and config["preload_app"] is False
+
+
+SHARD_COMPONENTS = ("shard-worker", "shard-feeder", "shard-settlement")
+
+
+def _by_component(component: str) -> list[dict[str, Any]]:
+    return [d for d in _k8s() if d["kind"] in ("Deployment", "StatefulSet")
+            and d["metadata"]["labels"].get("app.kubernetes.io/component") == component]
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_k8s_shard_workers_run_leader_and_standby_and_settlement_runs_once() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _k8s()}
+    workers = _by_component("shard-worker")
+    assert workers, "no shard-worker Deployment"
+    for doc in workers:
+        shard = doc["metadata"]["labels"]["strongroom.io/shard"]
+        assert doc["spec"]["replicas"] == 2, "leader + standby"
+        command = _containers(doc)[0]["command"]
+        assert command[:2] == ["strongroom", "shard-worker"] and _option(command, "--shard") == shard
+        pdb = docs[("PodDisruptionBudget", doc["metadata"]["name"])]
+        assert pdb["spec"]["minAvailable"] == 1
+        assert pdb["spec"]["selector"]["matchLabels"] == doc["spec"]["selector"]["matchLabels"]
+    for doc in _by_component("shard-feeder"):
+        assert doc["spec"]["replicas"] == 2 and _containers(doc)[0]["command"][1] == "shard-feeder"
+    [settlement] = _by_component("shard-settlement")
+    assert settlement["spec"]["replicas"] == 1 and settlement["spec"]["strategy"] == {"type": "Recreate"}
+    scaled = {d["spec"]["scaleTargetRef"]["name"] for d in _k8s() if d["kind"] == "HorizontalPodAutoscaler"}
+    assert scaled == {"strongroom-api"}, "only the stateless API tier autoscales"
+
+
+def test_k8s_shard_processes_serve_metrics_where_prometheus_scrapes_them() -> None:
+    for component in SHARD_COMPONENTS:
+        for doc in _by_component(component):
+            template = doc["spec"]["template"]
+            port = template["metadata"]["annotations"]["prometheus.io/port"]
+            container = _containers(doc)[0]
+            assert _env(container)["STRONGROOM_METRICS_PORT"] == port, doc["metadata"]["name"]
+            assert {"name": "metrics", "containerPort": int(port)} in container["ports"]
+    policy = next(d for d in _k8s() if d["kind"] == "NetworkPolicy"
+                  and d["metadata"]["name"] == "strongroom-shard-metrics")
+    assert set(policy["spec"]["podSelector"]["matchExpressions"][0]["values"]) == set(SHARD_COMPONENTS)
+
+
+def test_k8s_nats_is_three_routed_nodes_reachable_by_the_app_pods() -> None:
+    [nats] = _by_component("nats")
+    assert nats["spec"]["replicas"] == 3
+    args = _containers(nats)[0]["args"]
+    routes = _option(args, "--routes").split(",")
+    name = nats["metadata"]["name"]
+    assert routes == [f"nats://{name}-{i}.{nats['spec']['serviceName']}:6222" for i in range(3)]
+    config = next(d for d in _k8s() if d["kind"] == "ConfigMap")
+    urls = config["data"]["STRONGROOM_EXCHANGE_SHARD_NATS_URLS"].split(",")
+    assert urls == [r.replace(":6222", ":4222") for r in routes]
+    policy = next(d for d in _k8s() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == name)
+    client = next(rule for rule in policy["spec"]["ingress"] if rule["ports"] == [{"port": 4222}])
+    assert client["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "strongroom"}}}]
+
+
+def test_compose_runs_a_nats_cluster_two_workers_per_shard_feeders_and_settlement() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    nats = sorted(name for name in services if name.startswith("nats"))
+    assert nats == ["nats1", "nats2", "nats3"]
+    for name in nats:
+        command = services[name]["command"]
+        assert _option(command, "--name") == name
+        assert _option(command, "--routes").split(",") == [f"nats://{n}:6222" for n in nats]
+    urls = services["api"]["environment"]["STRONGROOM_EXCHANGE_SHARD_NATS_URLS"].split(",")
+    assert urls == [f"nats://{n}:4222" for n in nats]
+    shards: dict[tuple[str, str], list[str]] = {}
+    for service in services.values():
+        command = service.get("command") or []
+        if command[:2] in (["strongroom", "shard-worker"], ["strongroom", "shard-feeder"]):
+            key = (command[1], _option(command, "--shard"))
+            shards.setdefault(key, []).append(_option(command, "--name"))
+            assert _option(command, "--nats").split(",") == urls
+    assert shards, "no shard processes in compose"
+    for (kind, shard), names in shards.items():
+        assert len(names) == 2 and len(set(names)) == 2, f"{kind} {shard}: leader + standby, distinct names"
+    assert services["shard-settlement"]["command"][:2] == ["strongroom", "shard-settlement"]
+
+
+def test_deploy_feeders_quote_real_prices_not_the_simulated_market() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    commands = [s["command"] for s in compose.values() if (s.get("command") or [""])[1:2] == ["shard-feeder"]]
+    commands += [_containers(d)[0]["command"] for d in _by_component("shard-feeder")]
+    assert len(commands) >= 3  # two compose services, one Deployment of two
+    for command in commands:
+        assert _option(command, "--source") == "ccxt", command
+
+
+def test_prometheus_scrapes_every_shard_process_of_compose_on_its_metrics_port() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    scraped = {}
+    for job in prometheus["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            for name in sd["names"]:
+                scraped[name] = (job["job_name"], sd["port"])
+    shard_services = {name: s for name, s in compose.items()
+                      if (s.get("command") or [""])[:2][-1].startswith("shard-")}
+    assert set(shard_services) == {n for n, (job, _) in scraped.items() if job.startswith("strongroom-shard")}
+    for name, service in shard_services.items():
+        job, port = scraped[name]
+        assert str(port) == service["environment"]["STRONGROOM_METRICS_PORT"], name
+        assert job == f"strongroom-{service['command'][1]}", (name, job)
+
+
+def test_deploy_shard_commands_name_real_cli_commands_and_options() -> None:
+    import click
+
+    from strongroom.cli import main
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    commands = [s["command"] for s in compose.values() if (s.get("command") or [""])[0] == "strongroom"]
+    commands += [_containers(d)[0]["command"] for c in SHARD_COMPONENTS for d in _by_component(c)]
+    ctx = click.Context(main)
+    for command in commands:
+        sub = main.get_command(ctx, command[1])
+        assert sub is not None, f"strongroom {command[1]} does not exist"
+        known = {opt for p in sub.params for opt in getattr(p, "opts", [])}
+        given = {arg for arg in command[2:] if arg.startswith("--")}
+        assert given <= known, f"strongroom {command[1]} has no option {sorted(given - known)}"

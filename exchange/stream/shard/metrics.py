@@ -372,10 +372,95 @@ def serve_from_env(registry: CollectorRegistry) -> ThreadingHTTPServer | None:
     return server
 
 
+# -- wiring helpers for the shard processes ----------------------------------------------------
+
+
+def instrument_settlement(settlement: Any, metrics: ShardMetrics | None = None) -> None:
+    """Measure every committed round of a `ShardSettlement` (exchange/stream/shard/settle.py).
+
+    Wraps ``settlement.settle`` (it runs in a thread; the wrapper adds no I/O): after a round
+    commits, the postings submitted by kind, the settled sequence, the round's duration and
+    the commit time. A round that raises is not counted.
+    """
+    m = metrics if metrics is not None else PROCESS_METRICS
+    inner = settlement.settle
+    shard = settlement.shard
+
+    def settle(batches: Any) -> Any:
+        started = time.perf_counter()
+        n = inner(batches)
+        if batches:
+            kinds = [p[1] for batch in batches for result in batch.results for p in result.postings]
+            m.settled(shard, settlement.stats.last_seq, kinds, time.perf_counter() - started)
+        return n
+
+    settlement.settle = settle
+
+
+async def watch_settlement_lag(js: Any, shard: str, settled_seq: Callable[[], int], stop: Any,
+                               metrics: ShardMetrics | None = None, every_s: float = 1.0) -> None:
+    """Until `stop` (an asyncio.Event): set the settlement lag every `every_s`.
+
+    The published sequence is the last result batch's ``last_seq`` on ``shardevt.<shard>``;
+    NATS trouble skips a reading (the gauge keeps its last value, the stall alert uses the
+    commit time, which stops moving).
+    """
+    import asyncio
+
+    from nats.errors import Error as NatsError
+    from nats.js.errors import NotFoundError
+
+    from exchange.stream.shard.wire import SHARD_EVENTS_STREAM, batch_decoder, shard_events_subject
+
+    m = metrics if metrics is not None else PROCESS_METRICS
+    while not stop.is_set():
+        try:
+            msg = await js.get_last_msg(SHARD_EVENTS_STREAM, shard_events_subject(shard))
+            published = batch_decoder.decode(msg.data or b"").last_seq
+        except NotFoundError:
+            published = 0
+        except (NatsError, TimeoutError):
+            published = -1
+        if published >= 0:
+            m.settlement_position(shard, published, settled_seq())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
+async def watch_engine_lag(js: Any, shard: str, applied_seq: Callable[[], int | None], stop: Any,
+                           metrics: ShardMetrics | None = None, every_s: float = 1.0) -> None:
+    """Until `stop`: set the shard's stream last sequence and, while leading, the engine lag.
+
+    `applied_seq` returns the leader's applied sequence, or None while this process stands
+    by (a standby's positions are dropped, see `ShardMetrics.worker_leading`).
+    """
+    import asyncio
+
+    from nats.errors import Error as NatsError
+
+    from exchange.stream.shard.wire import shard_stream
+
+    m = metrics if metrics is not None else PROCESS_METRICS
+    while not stop.is_set():
+        try:
+            info = await js.stream_info(shard_stream(shard))
+            last = int(info.state.last_seq)
+        except (NatsError, TimeoutError):
+            last = -1
+        applied = applied_seq()
+        if last >= 0:
+            if applied is None:
+                m.stream_last_seq.labels(shard).set(last)
+            else:
+                m.worker_position(shard, last, applied)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+
+
 # The process-wide families of a shard CLI process (shard-worker, shard-settlement, shard-feeder).
 # An API worker's gateway builds its own ShardMetrics on the app's registry instead.
 PROCESS_METRICS: Final = ShardMetrics()
 ProcessCollector(registry=PROCESS_METRICS.registry)  # process_cpu_seconds_total, memory, fds
 
-__all__ = ["PROCESS_METRICS", "LedgerImbalanceCollector", "ShardMetrics", "ledger_imbalance",
-           "serve_from_env", "serve_metrics"]
+__all__ = ["PROCESS_METRICS", "LedgerImbalanceCollector", "ShardMetrics", "instrument_settlement",
+           "ledger_imbalance", "serve_from_env", "serve_metrics", "watch_engine_lag", "watch_settlement_lag"]

@@ -315,6 +315,8 @@ async def _consume(sub: JetStreamContext.PullSubscription, settlement: ShardSett
             msgs = await sub.fetch(fetch_batch, timeout=FETCH_TIMEOUT_S)
         except TimeoutError:  # nats' own and, on some paths, asyncio's: nothing new
             continue
+        if not msgs:  # a fetch can also end empty (a status reply instead of messages)
+            continue
         batches = []
         for msg in msgs:
             try:
