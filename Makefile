@@ -41,6 +41,8 @@ bench: bootstrap
 	.venv/bin/python benchmarks/shard_settle_bench.py  # needs STRONGROOM_BENCH_POSTGRES_URL (PostgreSQL admin URL), skips without
 	.venv/bin/python benchmarks/ledger_settle_bench.py  # SQLite; PostgreSQL too with STRONGROOM_BENCH_POSTGRES_URL (admin URL)
 	.venv/bin/python benchmarks/shard_bench.py
+	.venv/bin/python benchmarks/shard_feeder_bench.py
+	.venv/bin/python benchmarks/auth_path_bench.py  # SQLite; --database-url for PostgreSQL
 	.venv/bin/python benchmarks/shard_api_bench.py --configs sync:2x1,gthread:1x8,gthread:2x8  # needs STRONGROOM_BENCH_POSTGRES_URL, skips without
 	.venv/bin/python benchmarks/alerts_bench.py
 	.venv/bin/python benchmarks/compliance_bench.py

@@ -427,40 +427,10 @@ async def watch_settlement_lag(js: Any, shard: str, settled_seq: Callable[[], in
             await asyncio.wait_for(stop.wait(), every_s)
 
 
-async def watch_engine_lag(js: Any, shard: str, applied_seq: Callable[[], int | None], stop: Any,
-                           metrics: ShardMetrics | None = None, every_s: float = 1.0) -> None:
-    """Until `stop`: set the shard's stream last sequence and, while leading, the engine lag.
-
-    `applied_seq` returns the leader's applied sequence, or None while this process stands
-    by (a standby's positions are dropped, see `ShardMetrics.worker_leading`).
-    """
-    import asyncio
-
-    from nats.errors import Error as NatsError
-
-    from exchange.stream.shard.wire import shard_stream
-
-    m = metrics if metrics is not None else PROCESS_METRICS
-    while not stop.is_set():
-        try:
-            info = await js.stream_info(shard_stream(shard))
-            last = int(info.state.last_seq)
-        except (NatsError, TimeoutError):
-            last = -1
-        applied = applied_seq()
-        if last >= 0:
-            if applied is None:
-                m.stream_last_seq.labels(shard).set(last)
-            else:
-                m.worker_position(shard, last, applied)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
-
-
 # The process-wide families of a shard CLI process (shard-worker, shard-settlement, shard-feeder).
 # An API worker's gateway builds its own ShardMetrics on the app's registry instead.
 PROCESS_METRICS: Final = ShardMetrics()
 ProcessCollector(registry=PROCESS_METRICS.registry)  # process_cpu_seconds_total, memory, fds
 
 __all__ = ["PROCESS_METRICS", "LedgerImbalanceCollector", "ShardMetrics", "instrument_settlement",
-           "ledger_imbalance", "serve_from_env", "serve_metrics", "watch_engine_lag", "watch_settlement_lag"]
+           "ledger_imbalance", "serve_from_env", "serve_metrics", "watch_settlement_lag"]

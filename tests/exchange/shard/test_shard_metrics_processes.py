@@ -21,13 +21,11 @@ from custody.db import make_engine, make_session_factory
 from custody.ledger.service import Ledger
 from exchange.stream.cluster import LocalCluster
 from exchange.stream.shard.machine import ShardMachine
-from exchange.stream.shard.metrics import ShardMetrics, watch_engine_lag
 from exchange.stream.shard.wire import (
     ShardBatch,
     batch_encoder,
     batch_msg_id,
     shard_events_subject,
-    shard_subject,
 )
 from exchange.stream.topology import ensure_shard_topology
 from tests.exchange.helpers import USDC
@@ -134,55 +132,6 @@ def test_shard_settlement_process_metrics_show_postings_settled_seq_no_lag_and_a
     assert _value(s, "strongroom_ledger_imbalance_minor", asset="USDC") == 0
     assert _value(s, "strongroom_shard_metrics_collect_errors") == 0
     assert (_value(s, "process_cpu_seconds_total") or 0) > 0
-
-
-def test_shard_metrics_engine_lag_watcher_reads_the_stream_and_drops_lag_while_standing_by(
-    nats_cluster: LocalCluster,
-) -> None:
-    shard = f"T{uuid.uuid4().hex[:10].upper()}"
-    metrics = ShardMetrics()
-    applied: list[int | None] = [2]  # the leader applied 2 of the stream's 5 commands
-
-    def lag() -> float | None:
-        return _value(_samples(metrics), "strongroom_shard_engine_lag_commands", shard=shard)
-
-    async def run() -> None:
-        nc = await nats.connect(servers=nats_cluster.urls)
-        try:
-            js = nc.jetstream()
-            await _retry(lambda: ensure_shard_topology(js, [shard]))
-            for k in range(5):
-                await _retry(lambda k=k: js.publish(shard_subject(shard), b"{}",
-                                                    headers={"Nats-Msg-Id": f"r.lag{k}"}))
-            stop = asyncio.Event()
-            task = asyncio.create_task(watch_engine_lag(js, shard, lambda: applied[0], stop, metrics, 0.05))
-            await _until(lambda: lag() == 3)
-            applied[0] = None  # stands by from now on
-            metrics.worker_leading(shard, "w1", False)
-            await asyncio.sleep(0.3)  # a few more readings
-            stop.set()
-            await task
-        finally:
-            await nc.close()
-
-    asyncio.run(run())
-    assert lag() is None, "a standby must not report engine lag"
-    assert _value(_samples(metrics), "strongroom_shard_stream_last_seq", shard=shard) == 5
-
-
-def _samples(metrics: ShardMetrics) -> Samples:
-    out: Samples = {}
-    for family in metrics.registry.collect():
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-async def _until(check) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 def test_shard_settlement_consume_empty_fetch_is_nothing_new_not_a_crash() -> None:
