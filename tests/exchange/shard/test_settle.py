@@ -7,6 +7,7 @@ consumer and the CLI process are in test_settle_stream.py.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -212,7 +213,8 @@ def test_shard_settlement_any_flow_any_batching_ledger_equals_replica(
     ledger_db: tuple[Ledger, object], seed: int, n: int, per_batch: int,
 ) -> None:
     ledger, _ = ledger_db
-    shard = f"P{seed}-{n}-{per_batch}"  # its own pool (and posting ids) per example
+    # Its own pool and posting ids per example, even when hypothesis repeats an example.
+    shard = f"P{uuid.uuid4().hex[:12].upper()}"
     for user in TRADERS:
         fund_spot(ledger, user, 10_000 * USDC, f"spot.{shard}.{user}")
     machine = ShardMachine(CONFIG, shard)
@@ -223,6 +225,31 @@ def test_shard_settlement_any_flow_any_batching_ledger_equals_replica(
 
 
 # ---------------------------------------------------------------- collateral deposits
+
+
+def test_shard_settlement_forged_funded_deposit_stops_and_moves_nothing(
+    ledger_db: tuple[Ledger, object],
+) -> None:
+    ledger, engine = ledger_db
+    fund_spot(ledger, "alice", 100 * USDC, "spot.alice")
+    fund_spot(ledger, "mallory", 1 * USDC, "spot.mallory")
+    ref = reserve_deposit(ledger, "alice", 40 * USDC, "MAIN")
+    never = "cdep.MAIN." + "ee" * 16
+    # Someone who can append to the stream: alice's reservation credited to mallory, more
+    # than was reserved, or a reservation that does not exist. The venue cannot tell; the
+    # ledger's post of the reservation can, and settlement stops instead of moving money.
+    for forged in (FundedDeposit("mallory", 40 * USDC, ref), FundedDeposit("alice", 41 * USDC, ref),
+                   FundedDeposit("alice", 1 * USDC, never)):
+        machine = ShardMachine(CONFIG, "MAIN")
+        with pytest.raises(SettlementRefused, match="ledger refused"):
+            ShardSettlement(ledger, "MAIN").settle(apply_batches(machine, [cmd(forged)], 1))
+    assert _count(engine, "s.MAIN.") == 0
+    assert _spot(ledger, "alice") == 60 * USDC and _spot(ledger, "mallory") == 1 * USDC
+    # The genuine deposit still settles.
+    machine = ShardMachine(CONFIG, "MAIN")
+    settlement = ShardSettlement(ledger, "MAIN")
+    settlement.settle(apply_batches(machine, [cmd(FundedDeposit("alice", 40 * USDC, ref))], 1))
+    assert settlement.reconcile(machine) == [] and _spot(ledger, "alice") == 60 * USDC
 
 
 def test_reserve_deposit_insufficient_spot_refused_with_stable_code_nothing_changed(
