@@ -19,16 +19,27 @@ from typing import Final
 from flask import Flask, current_app
 
 from exchange.instruments import ExchangeConfig
-from exchange.stream.shard.gateway import DEFAULT_WAIT_S, ShardGateway, parse_shards, shard_configs
+from exchange.stream.shard.gateway import (
+    DEFAULT_HASH_EVERY,
+    DEFAULT_WAIT_S,
+    ShardGateway,
+    parse_shards,
+    shard_configs,
+)
+from exchange.stream.shard.metrics import ShardMetrics
 
 EXTENSION: Final = "strongroom.exchange.shards"
+METRICS_EXTENSION: Final = "strongroom.metrics"  # strongroom/metrics.py's (the app's registry)
 
 
 class ShardGatewayHolder:
     """Create the shard gateway lazily, once per process (gunicorn forks after the app is built)."""
 
-    def __init__(self, urls: list[str], configs: dict[str, ExchangeConfig], wait_s: float) -> None:
-        self.urls, self.configs, self.wait_s = urls, configs, wait_s
+    def __init__(self, app: Flask, urls: list[str], configs: dict[str, ExchangeConfig],
+                 wait_s: float, hash_every: int = DEFAULT_HASH_EVERY) -> None:
+        self.app, self.urls, self.configs, self.wait_s = app, urls, configs, wait_s
+        self.hash_every = hash_every
+        self._metrics: ShardMetrics | None = None
         self.shard_of = {s: name for name, cfg in configs.items() for s in cfg.instruments}
         self._lock = threading.Lock()
         self._gateway: ShardGateway | None = None
@@ -38,9 +49,19 @@ class ShardGatewayHolder:
         """Return this process's gateway, connecting it (and bootstrapping replicas) on first use."""
         with self._lock:
             if self._gateway is None or self._pid != os.getpid():
-                self._gateway = ShardGateway(self.urls, self.configs, wait_s=self.wait_s).start()
+                self._gateway = ShardGateway(self.urls, self.configs, wait_s=self.wait_s,
+                                             metrics=self.metrics(),
+                                             hash_every=self.hash_every).start()
                 self._pid = os.getpid()
             return self._gateway
+
+    def metrics(self) -> ShardMetrics | None:
+        """Return the gateway's metric families in the app's registry (once per app), if any."""
+        if self._metrics is None:
+            app_metrics = self.app.extensions.get(METRICS_EXTENSION)
+            if app_metrics is not None:
+                self._metrics = ShardMetrics(app_metrics.registry)
+        return self._metrics
 
     def close(self) -> None:
         """Disconnect this process's gateway, if any."""
@@ -70,7 +91,9 @@ def init_shards(app: Flask, config: ExchangeConfig) -> bool:
         shards = parse_shards(settings.exchange_shards)
     configs = shard_configs(config, shards)
     app.extensions[EXTENSION] = ShardGatewayHolder(
-        urls, configs, float(app.config.get("EXCHANGE_SHARD_WAIT_S", DEFAULT_WAIT_S)))
+        app, urls, configs, float(app.config.get("EXCHANGE_SHARD_WAIT_S", DEFAULT_WAIT_S)),
+        # Equal to the shard workers' --snapshot-every: where the replicas check their state hash.
+        int(app.config.get("EXCHANGE_SHARD_HASH_EVERY", DEFAULT_HASH_EVERY)))
     return True
 
 

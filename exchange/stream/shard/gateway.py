@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -44,15 +45,21 @@ from exchange.instruments import ExchangeConfig, load_instruments
 from exchange.stream.follower import fetch_ready
 from exchange.stream.publisher import StreamCode, StreamRefused, append_to
 from exchange.stream.shard.machine import ShardMachine
+from exchange.stream.shard.metrics import ShardMetrics
+from exchange.stream.shard.snapshots import read_snapshot
 from exchange.stream.shard.wire import (
     DEFAULT_SHARD,
-    SHARD_SNAPSHOT_BUCKET,
+    SHARD_EVENTS_STREAM,
+    ShardBatch,
     ShardCommand,
     ShardResult,
+    batch_decoder,
     encode_command,
+    shard_events_subject,
     shard_stream,
     shard_subject,
 )
+from exchange.stream.shard.worker import DEFAULT_SHARD_SNAPSHOT_EVERY
 from exchange.stream.topology import check_symbol
 from exchange.venue import Venue
 
@@ -67,6 +74,10 @@ FETCH_MAX = 512
 FETCH_TIMEOUT_S = 0.25
 RETRY_S = 0.3
 STALL_CHECK_S = 1.0
+# The replica hashes its state at the leader's snapshot points (`strongroom shard-worker
+# --snapshot-every`, whose batches there carry the leader's hash), keeping the last few.
+DEFAULT_HASH_EVERY = DEFAULT_SHARD_SNAPSHOT_EVERY
+HASHES_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -84,33 +95,146 @@ class Submitted:
 
 
 class Replica:
-    """One shard's replica in this process: the machine, its lock, recent results, waiters."""
+    """One shard's replica in this process: the machine, its lock, recent results, waiters.
 
-    def __init__(self, name: str, machine: ShardMachine) -> None:
+    It also checks itself against the shard leader's published results (see
+    `ResultCheck`): every result of a command it applied must equal the leader's, and
+    its state hash must equal the one the leader put on a batch at a snapshot point. A
+    difference means determinism broke: it is logged and counted
+    (strongroom_shard_state_divergence_total), and the replica stops answering.
+    """
+
+    def __init__(self, name: str, machine: ShardMachine, metrics: ShardMetrics | None = None,
+                 hash_every: int = DEFAULT_HASH_EVERY) -> None:
+        assert hash_every > 0, f"hash_every was {hash_every}"
         self.name = name
         self.machine = machine
+        self.metrics = metrics
+        self.hash_every = hash_every
+        self.own_hashes: OrderedDict[int, str] = OrderedDict()  # at multiples of hash_every
         self.lock = threading.Lock()  # guards the machine against request threads' reads
         self.results: OrderedDict[int, ShardResult] = OrderedDict()
         self.bodies: OrderedDict[int, bytes] = OrderedDict()
         self.waiters: dict[int, asyncio.Future[ShardResult]] = {}
         self.failed: str | None = None  # why the replica stopped following (never serves then)
-        self.last_hash: str | None = None
-        self.diverged = 0  # batches whose state_hash differed from this replica's (see check_hash)
+        self.known_seq = machine.seq  # the highest sequence this process appended or saw
+        # The leader's results and state hashes for commands this replica has not applied yet.
+        self.leader_results: OrderedDict[int, ShardResult] = OrderedDict()
+        self.leader_hashes: dict[int, str] = {}
+        self.checked_results = 0  # compared with the leader's
+        self.checked_hashes = 0
+        self.diverged = 0
 
     def applied(self, msgs: list[tuple[int, bytes]]) -> list[ShardResult]:
         """Apply consecutive commands; answer their waiters (on the loop thread)."""
+        results: list[ShardResult] = []
+        start = 0
         with self.lock:
-            results = self.machine.apply_many(msgs)
+            # Cut the run where a state hash is due: where the leader published one, and at
+            # the leader's snapshot points (multiples of hash_every) for batches still to come.
+            for i, (seq, _) in enumerate(msgs):
+                expected = self.leader_hashes.pop(seq, None)
+                due = seq % self.hash_every == 0
+                if expected is None and not due and i < len(msgs) - 1:
+                    continue
+                results += self.machine.apply_many(msgs[start:i + 1])
+                start = i + 1
+                if expected is None and not due:
+                    continue
+                own = self.machine.state_hash()
+                if due:
+                    self.own_hashes[seq] = own
+                    while len(self.own_hashes) > HASHES_KEPT:
+                        self.own_hashes.popitem(last=False)
+                if expected is not None:
+                    self._check_hash(seq, expected, own)
         for (seq, body), result in zip(msgs, results, strict=True):
             self.results[seq] = result
             self.bodies[seq] = body
             waiter = self.waiters.pop(seq, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(result)
+            leader = self.leader_results.pop(seq, None)
+            if leader is not None:
+                self._check_result(leader, result)
         while len(self.results) > RECENT_MAX:
             self.results.popitem(last=False)
             self.bodies.popitem(last=False)
+        self.known_seq = max(self.known_seq, self.machine.seq)
+        if self.metrics is not None:
+            self.metrics.replica_position(self.name, self.known_seq, self.machine.seq)
         return results
+
+    def leader_batch(self, batch: ShardBatch) -> None:
+        """Compare the leader's results (and hash) with this replica's, now or once applied."""
+        for result in batch.results:
+            own = self.results.get(result.seq)
+            if own is not None:
+                self._check_result(result, own)
+            elif result.seq > self.machine.seq:
+                self.leader_results[result.seq] = result
+        while len(self.leader_results) > RECENT_MAX:
+            self.leader_results.popitem(last=False)
+        if batch.state_hash is not None:
+            if batch.last_seq > self.machine.seq:
+                self.leader_hashes[batch.last_seq] = batch.state_hash
+            elif batch.last_seq in self.own_hashes:
+                self._check_hash(batch.last_seq, batch.state_hash, self.own_hashes[batch.last_seq])
+        self.known_seq = max(self.known_seq, batch.last_seq)
+
+    def _check_result(self, leader: ShardResult, own: ShardResult) -> None:
+        self.checked_results += 1
+        if leader != own:
+            self._diverged(f"command {own.seq}: leader answered code {leader.code}, "
+                           f"replica {own.code} (or other events or postings)")
+
+    def _check_hash(self, seq: int, expected: str, own: str) -> None:
+        self.checked_hashes += 1
+        if expected != own:
+            self._diverged(f"state hash after command {seq} differs from the leader's")
+
+    def _diverged(self, why: str) -> None:
+        self.diverged += 1
+        self.failed = f"diverged from the leader: {why}"
+        log.error("shard %s replica %s", self.name, self.failed)
+        if self.metrics is not None:
+            self.metrics.state_diverged(self.name, "gateway")
+
+
+class ResultCheck:
+    """Follow the leader's result batches of one shard (from now on) into `Replica.leader_batch`."""
+
+    def __init__(self, js: JetStreamContext, replica: Replica) -> None:
+        self.js = js
+        self.replica = replica
+        self.subject = shard_events_subject(replica.name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Check until `stop`; NATS trouble only makes it subscribe again (batches may be skipped)."""
+        while not stop.is_set() and self.replica.failed is None:
+            try:
+                config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE,
+                                        inactive_threshold=30.0, mem_storage=True, num_replicas=1)
+                sub = await self.js.pull_subscribe(self.subject, stream=SHARD_EVENTS_STREAM,
+                                                   config=config)
+            except (NatsError, TimeoutError):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_S)
+                continue
+            try:
+                while not stop.is_set() and self.replica.failed is None:
+                    try:
+                        msgs = await fetch_ready(sub, FETCH_MAX, FETCH_TIMEOUT_S)
+                    except TimeoutError:
+                        continue
+                    for msg in msgs:
+                        self.replica.leader_batch(batch_decoder.decode(msg.data))
+            except (NatsError, TimeoutError, msgspec.DecodeError) as exc:
+                log.warning("%s: result check: %s; subscribing again", self.subject,
+                            type(exc).__name__)
+            finally:
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await sub.unsubscribe()
 
 
 class CommandTail:
@@ -196,8 +320,12 @@ class ShardGateway:
     """Append shard commands and answer them from this process's replicas; serve hot reads."""
 
     def __init__(self, urls: list[str], configs: dict[str, ExchangeConfig], *,
-                 wait_s: float = DEFAULT_WAIT_S) -> None:
+                 wait_s: float = DEFAULT_WAIT_S, metrics: ShardMetrics | None = None,
+                 check_results: bool = True, hash_every: int = DEFAULT_HASH_EVERY) -> None:
         self.urls = urls
+        self.hash_every = hash_every
+        self.metrics = metrics
+        self.check_results = check_results
         self.configs = dict(configs)
         self.wait_s = wait_s
         self.shard_of = {s: name for name, cfg in configs.items() for s in cfg.instruments}
@@ -228,9 +356,12 @@ class ShardGateway:
         js = self._nc.jetstream()
         self._js = js
         for name, config in sorted(self.configs.items()):
-            self.replicas[name] = Replica(name, await bootstrap(js, config, name))
-        self._follow = asyncio.gather(*(CommandTail(js, r).run(self._stop)
-                                        for _, r in sorted(self.replicas.items())))
+            self.replicas[name] = Replica(name, await bootstrap(js, config, name), self.metrics,
+                                          self.hash_every)
+        tasks = [CommandTail(js, r).run(self._stop) for _, r in sorted(self.replicas.items())]
+        if self.check_results:
+            tasks += [ResultCheck(js, r).run(self._stop) for _, r in sorted(self.replicas.items())]
+        self._follow = asyncio.gather(*tasks)
 
     def close(self) -> None:
         """Stop following and disconnect."""
@@ -269,9 +400,20 @@ class ShardGateway:
         if replica.failed is not None:
             raise StreamRefused(StreamCode.STREAM_UNAVAILABLE,
                                 f"shard {replica.name} replica stopped: {replica.failed}")
-        appended = await append_to(self._js, shard_stream(replica.name), shard_subject(replica.name),
-                                   msg_id, body)
+        started = time.perf_counter()
+        try:
+            appended = await append_to(self._js, shard_stream(replica.name),
+                                       shard_subject(replica.name), msg_id, body)
+        except StreamRefused as exc:
+            if self.metrics is not None and exc.code is StreamCode.STREAM_UNAVAILABLE:
+                self.metrics.appended(replica.name, "unavailable", time.perf_counter() - started)
+            raise
+        acked = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.appended(replica.name, "duplicate" if appended.duplicate else "ok",
+                                  acked - started)
         seq = appended.seq
+        replica.known_seq = max(replica.known_seq, seq)
         result = replica.results.get(seq)
         if result is None and replica.machine.seq < seq:
             waiter = replica.waiters.get(seq)
@@ -281,6 +423,8 @@ class ShardGateway:
                 result = await asyncio.wait_for(asyncio.shield(waiter), self.wait_s)
             except TimeoutError:
                 result = None
+            if result is not None and self.metrics is not None:
+                self.metrics.replica_waited(replica.name, time.perf_counter() - acked)
         stored = replica.bodies.get(seq) if appended.duplicate else None
         return Submitted(seq, result, appended.duplicate, stored)
 
@@ -322,14 +466,7 @@ async def bootstrap(js: JetStreamContext, config: ExchangeConfig, shard: str) ->
 
 async def _read_snapshot(js: JetStreamContext, shard: str) -> bytes | None:
     """Return the shard worker's latest snapshot of `shard` (None: none yet)."""
-    try:
-        from exchange.stream.shard.snapshots import read_snapshot  # type: ignore[import-untyped,unused-ignore]
-    except ImportError:  # the worker's snapshot module: a plain object store read until it lands
-        store = await js.object_store(SHARD_SNAPSHOT_BUCKET)
-        found = await store.get(shard)
-        return bytes(found.data) if found.data else None
-    data: bytes | None = await read_snapshot(js, shard)
-    return data
+    return await read_snapshot(js, shard)
 
 
 def shard_configs(config: ExchangeConfig,
@@ -372,9 +509,12 @@ def _subset(config: ExchangeConfig, name: str, chosen: list[str]) -> ExchangeCon
     for symbol in chosen:
         if symbol not in config.instruments:
             raise ValueError(f"shard {name}: instrument {symbol[:40]!r} is not listed")
+    if set(chosen) == set(config.instruments):
+        return config  # the whole file: exactly what a worker loading it builds
     underlyings = {config.instruments[s].underlying for s in chosen}
-    return ExchangeConfig(
-        instruments={s: config.instruments[s] for s in chosen}, indices=dict(config.indices),
+    return ExchangeConfig(  # in the file's order, like a worker loading a file of these only
+        instruments={s: spec for s, spec in config.instruments.items() if s in chosen},
+        indices=dict(config.indices),
         calendar={u: c for u, c in config.calendar.items() if u in underlyings})
 
 

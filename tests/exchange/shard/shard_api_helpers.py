@@ -58,7 +58,7 @@ def new_shard(urls: list[str]) -> str:
 
 
 def shard_app(urls: list[str], shard: str, database_url: str, clock: Any, keystore: Any,
-              data_dir: Path) -> Flask:
+              data_dir: Path, **extra: Any) -> Flask:
     """Return an API app in shard mode serving every instrument from `shard`."""
     from strongroom.app import create_app
     from strongroom.settings import Settings
@@ -66,7 +66,7 @@ def shard_app(urls: list[str], shard: str, database_url: str, clock: Any, keysto
     return create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
                        "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG, "EXCHANGE_SHARD_NATS_URLS": urls,
                        "EXCHANGE_SHARDS": {shard: SYMBOLS}, "EXCHANGE_SHARD_WAIT_S": WAIT_S,
-                       "EXCHANGE_DEV_MODE": True},
+                       "EXCHANGE_DEV_MODE": True, **extra},
                       settings=Settings(data_dir=data_dir, database_url=database_url))
 
 
@@ -150,3 +150,33 @@ def stream_bodies(urls: list[str], shard: str) -> list[bytes]:
             await nc.close()
 
     return asyncio.run(read())
+
+
+class WorkerThread:
+    """A shard leader (`run_shard_worker`) on its own event loop in a thread, stopped cleanly."""
+
+    def __init__(self, urls: list[str], config: Any, shard: str, *, snapshot_every: int) -> None:
+        from exchange.stream.shard.worker import run_shard_worker
+
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._run = lambda: run_shard_worker(urls, config, shard, name="leader",
+                                             snapshot_every=snapshot_every, stop=self._stop)
+        self._thread = threading.Thread(target=self._main, name=f"worker-{shard}", daemon=True)
+        self.error: BaseException | None = None
+
+    def _main(self) -> None:
+        try:
+            self._loop.run_until_complete(self._run())
+        except BaseException as exc:  # reported by the test through `error`
+            self.error = exc
+
+    def __enter__(self) -> WorkerThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(READ_TIMEOUT_S)
+        assert not self._thread.is_alive(), "the shard worker did not stop"
+        assert self.error is None, self.error
