@@ -48,14 +48,21 @@ def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: s
     from nats.errors import Error as NatsError
 
     from exchange.instruments import MARKET_CONFIG, ConfigError, load_instruments
-    from exchange.stream.shard.feeder import FEEDER_NAME_PATTERN, FeedPlan, run_feeder
+    from exchange.stream.shard.feeder import (
+        FEEDER_NAME_PATTERN,
+        FeederMetrics,
+        FeedPlan,
+        run_feeder,
+    )
     from exchange.stream.shard.metrics import PROCESS_METRICS, serve_from_env
     from strongroom.jobs import exchange_feed
 
     try:
         config = load_instruments(instruments or MARKET_CONFIG)
-        FeedPlan(config, shard)  # validates the shard name and the sources before connecting
-        feed = exchange_feed(source, seed, config.indices)
+        plan = FeedPlan(config, shard)  # validates the shard name and the sources first
+        # Only the shard's own underlyings are polled (a shard of some instruments keeps every
+        # index of the file, but quotes nobody trades would only be dropped).
+        feed = exchange_feed(source, seed, {u: config.indices[u] for u in plan.underlyings})
     except (ConfigError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
     assert feed is not None
@@ -75,7 +82,8 @@ def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: s
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         stats = await run_feeder(_urls(nats_urls), config, shard, feed, name=feeder_name,
-                                 interval_ms=interval_ms, stop=stop)
+                                 interval_ms=interval_ms, stop=stop,
+                                 metrics=FeederMetrics(PROCESS_METRICS.registry))
         return stats.__dict__
 
     try:

@@ -50,6 +50,7 @@ from typing import Final
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from exchange.commands import Advance, Quote, Tick
 from exchange.feeds import PriceFeed, SourceQuote
@@ -190,6 +191,29 @@ class FeedPlan:
         return FeedAppend(msg_id_of(cmd, nonce), ShardCommand(cmd, ts_ms))
 
 
+class FeederMetrics:
+    """The feeder's Prometheus families (``strongroom_shard_feeder_*``, base units last)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.leading = Gauge("strongroom_shard_feeder_leading",
+                             "1 while this process leads the shard's feed (lease feeder.<NAME>)",
+                             ["shard"], registry=r)
+        self.rounds = Counter("strongroom_shard_feeder_rounds", "Feed rounds started while leading",
+                              ["shard"], registry=r)
+        self.appends = Counter("strongroom_shard_feeder_appends",
+                               "Quote, tick and advance commands appended", ["shard"], registry=r)
+        self.failed_rounds = Counter("strongroom_shard_feeder_failed_rounds",
+                                     "Rounds abandoned because an append failed", ["shard"],
+                                     registry=r)
+        self.dropped_quotes = Counter("strongroom_shard_feeder_dropped_quotes",
+                                      "Quotes refused before appending (source, price or time)",
+                                      ["shard"], registry=r)
+        self.last_round = Gauge("strongroom_shard_feeder_last_round_timestamp_seconds",
+                                "Time stamped on the last round appended whole", ["shard"],
+                                registry=r)
+
+
 def wall_clock_ms() -> int:
     """Return the wall clock in milliseconds (the feeder's default clock)."""
     return time.time_ns() // 1_000_000
@@ -207,6 +231,7 @@ class ShardFeeder:
     interval_ms: int = DEFAULT_INTERVAL_MS
     clock: Callable[[], int] = wall_clock_ms
     stats: FeederStats = field(default_factory=FeederStats)
+    metrics: FeederMetrics | None = None
 
     def __post_init__(self) -> None:
         if not MIN_INTERVAL_MS <= self.interval_ms <= MAX_INTERVAL_MS:
@@ -225,16 +250,23 @@ class ShardFeeder:
                 if not await self.lease.acquire(stop):
                     break
                 self.stats.terms += 1
+                self._leading(True)
                 try:
                     await self.lead(stop)
                 except (NatsError, TimeoutError) as exc:
                     log.warning("feeder %s stops leading %s: %s: %s; standing by", self.name,
                                 self.shard, type(exc).__name__, exc)
                     await asyncio.sleep(LEASE_RENEW_S)
+                finally:
+                    self._leading(False)
         finally:
             if stop.is_set():
                 await self.lease.release()
         return self.stats
+
+    def _leading(self, leading: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.leading.labels(self.shard).set(int(leading))
 
     async def lead(self, stop: asyncio.Event) -> None:
         """Append a round every ``interval_ms`` until ``stop`` or the lease is lost."""
@@ -258,25 +290,37 @@ class ShardFeeder:
 
     async def round(self) -> None:
         """Poll the feed and append one round (abandoned, not half-retried, if appends fail)."""
-        ts = self.plan.stamp(int(self.clock()))
+        polled_ms = int(self.clock())
         # A blocking feed (ccxt over HTTP) must not stall the lease renewal on this loop.
         try:
-            quotes = await asyncio.to_thread(self.feed.poll, ts)
+            quotes = await asyncio.to_thread(self.feed.poll, polled_ms)
         except Exception as exc:  # a feed must not raise; if one does, its sources just go stale
-            log.error("feeder %s: price feed failed at %d: %s", self.name, ts, type(exc).__name__)
+            log.error("feeder %s: price feed failed at %d: %s", self.name, polled_ms,
+                      type(exc).__name__)
             quotes = []
+        # Stamped after the poll: a slow source's quotes keep their own (older) time, and the
+        # index is computed at the time the round reaches the stream, not when it was asked for.
+        ts = self.plan.stamp(max(polled_ms, int(self.clock())))
         appends, dropped = self.plan.round(ts, quotes)
         if dropped:
             log.warning("feeder %s dropped %d quotes at %d: unknown source, bad price or time",
                         self.name, dropped, ts)
         self.stats.dropped_quotes += dropped
         self.stats.rounds += 1
+        m = self.metrics
+        if m is not None:
+            m.rounds.labels(self.shard).inc()
+            m.dropped_quotes.labels(self.shard).inc(dropped)
         for item in appends:
             if self.lease.lost.is_set():
                 return  # deposed mid-round: the new leader's rounds take over
             if not await self._append(item):
                 self.stats.failed_rounds += 1
+                if m is not None:
+                    m.failed_rounds.labels(self.shard).inc()
                 return
+        if m is not None:
+            m.last_round.labels(self.shard).set(ts / 1000)
 
     async def _append(self, item: FeedAppend) -> bool:
         body = encode_command(item.command)
@@ -295,6 +339,8 @@ class ShardFeeder:
                 continue
             self.stats.appended += 1
             self.stats.duplicates += bool(ack.duplicate)
+            if self.metrics is not None:
+                self.metrics.appends.labels(self.shard).inc()
             return True
         return False
 
@@ -313,7 +359,8 @@ class ShardFeeder:
 
 async def run_feeder(urls: list[str], config: ExchangeConfig, shard: str, feed: PriceFeed, *,
                      name: str, interval_ms: int = DEFAULT_INTERVAL_MS,
-                     stop: asyncio.Event | None = None) -> FeederStats:
+                     stop: asyncio.Event | None = None,
+                     metrics: FeederMetrics | None = None) -> FeederStats:
     """Connect and feed ``shard`` until ``stop`` (standing by while another feeder leads)."""
     import nats
 
@@ -332,7 +379,8 @@ async def run_feeder(urls: list[str], config: ExchangeConfig, shard: str, feed: 
         return FeederStats()
     nc = connecting.result()
     try:
-        feeder = ShardFeeder(nc.jetstream(), config, shard, feed, name, interval_ms)
+        feeder = ShardFeeder(nc.jetstream(), config, shard, feed, name, interval_ms,
+                             metrics=metrics)
         return await feeder.run(stop)
     finally:
         await nc.close()

@@ -17,16 +17,17 @@ from pathlib import Path
 import nats
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError
+from prometheus_client import CollectorRegistry
 
 from exchange.commands import Advance, Quote, Tick
-from exchange.feeds import ScriptedFeed
+from exchange.feeds import ScriptedFeed, SourceQuote
 from exchange.instruments import MARKET_CONFIG, load_instruments
 from exchange.stream.cluster import LocalCluster
-from exchange.stream.shard.feeder import FEEDER_HEADER, ShardFeeder, feeder_lease_key
+from exchange.stream.shard.feeder import FEEDER_HEADER, FeederMetrics, ShardFeeder, feeder_lease_key
 from exchange.stream.shard.machine import ShardMachine
 from exchange.stream.shard.wire import command_decoder, shard_stream
 from exchange.stream.topology import ensure_shard_topology, lease_bucket
-from tests.exchange.helpers import BTC, USDC
+from tests.exchange.helpers import BTC, NOW, USDC
 
 CONFIG = load_instruments(MARKET_CONFIG)  # what `strongroom shard-feeder` loads by default
 ROOT = Path(__file__).resolve().parents[3]
@@ -86,8 +87,14 @@ async def _two_feeders(urls: list[str]) -> None:
         for name, btc in (("A", BTC), ("B", BTC + 7 * USDC)):
             feeds[name] = ScriptedFeed(CONFIG.indices)
             feeds[name].set("BTC", btc)
-        a = ShardFeeder(nc_a.jetstream(), CONFIG, shard, feeds["A"], "A", interval_ms=100)
-        b = ShardFeeder(nc_b.jetstream(), CONFIG, shard, feeds["B"], "B", interval_ms=100)
+        reg_a, reg_b = CollectorRegistry(), CollectorRegistry()
+        a = ShardFeeder(nc_a.jetstream(), CONFIG, shard, feeds["A"], "A", interval_ms=100,
+                        metrics=FeederMetrics(reg_a))
+        b = ShardFeeder(nc_b.jetstream(), CONFIG, shard, feeds["B"], "B", interval_ms=100,
+                        metrics=FeederMetrics(reg_b))
+
+        def sample(reg: CollectorRegistry, name: str) -> float | None:
+            return reg.get_sample_value(name, {"shard": shard})
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
         task_a = asyncio.create_task(a.run(stop_a))
         await until(lambda: a.stats.rounds >= 2, "A to lead")
@@ -95,6 +102,8 @@ async def _two_feeders(urls: list[str]) -> None:
         await until(lambda: a.stats.rounds >= 12, "A to feed ten more rounds")
         assert b.stats.terms == 0 and b.stats.appended == 0, "the standby appends nothing"
         assert await lease_holder(js, shard) == "A"
+        assert sample(reg_a, "strongroom_shard_feeder_leading") == 1
+        assert sample(reg_b, "strongroom_shard_feeder_leading") in (None, 0)
         # A dies without giving its lease up (a crash): B takes over once the lease expires.
         task_a.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -107,6 +116,11 @@ async def _two_feeders(urls: list[str]) -> None:
         stop_b.set()
         await task_b
         assert await lease_holder(js, shard) is None, "a stopped feeder gives its lease up"
+        assert sample(reg_b, "strongroom_shard_feeder_leading") == 0
+        assert sample(reg_b, "strongroom_shard_feeder_appends_total") == b.stats.appended
+        assert sample(reg_b, "strongroom_shard_feeder_rounds_total") == b.stats.rounds
+        last_round = sample(reg_b, "strongroom_shard_feeder_last_round_timestamp_seconds")
+        assert last_round is not None and abs(last_round - time.time()) < HANG_S
         messages = await stream_messages(js, shard)
         authors = [name for _, _, name in messages]
         first_b = authors.index("B")
@@ -277,4 +291,43 @@ async def _end_to_end(urls: list[str]) -> None:
         for task in tasks:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 60)
+        await nc.close()
+
+
+class SlowFeed(ScriptedFeed):
+    """A feed whose poll takes ``delay_ms`` of the (fake) clock, like a slow exchange API."""
+
+    def __init__(self, clock: list[int], delay_ms: int) -> None:
+        super().__init__(CONFIG.indices)
+        self.clock, self.delay_ms = clock, delay_ms
+
+    def poll(self, now_ms: int) -> list[SourceQuote]:
+        quotes = super().poll(now_ms)
+        self.clock[0] += self.delay_ms
+        return quotes
+
+
+def test_feeder_slow_source_round_stamped_after_the_poll_quotes_keep_their_own_time(
+        nats_cluster: LocalCluster) -> None:
+    asyncio.run(_slow_source(nats_cluster.urls))
+
+
+async def _slow_source(urls: list[str]) -> None:
+    shard = "S" + uuid.uuid4().hex[:8].upper()
+    nc = await nats.connect(servers=urls)
+    try:
+        js = nc.jetstream()
+        await ensure_shard_topology(js, [shard])
+        clock = [NOW]
+        feed = SlowFeed(clock, delay_ms=3_000)
+        feed.set("BTC", BTC)
+        feeder = ShardFeeder(js, CONFIG, shard, feed, "slow", clock=lambda: clock[0])
+        await feeder.round()
+        commands = [command_decoder.decode(body) for _, body, _ in await stream_messages(js, shard)]
+        assert {c.ts_ms for c in commands} == {NOW + 3_000}, "stamped when the round is appended"
+        quotes = [c.cmd for c in commands if type(c.cmd) is Quote]
+        assert quotes and {q.ts_ms for q in quotes} == {NOW}, "a quote keeps the time it was read"
+        [tick] = [c.cmd for c in commands if type(c.cmd) is Tick]
+        assert tick.now_ms == NOW + 3_000
+    finally:
         await nc.close()
