@@ -393,6 +393,11 @@ class StreamLeader(ABC, Generic[R, B]):
             await self.recover()
             sub = await self._subscribe()
             while not stop.is_set() and not self._lease_lost.is_set():
+                if renew.done():
+                    # The renewal task died (e.g. the lease bucket was unreachable when it
+                    # started): the lease will lapse; end the term now rather than be fenced.
+                    raise Fenced(f"{self.name}: renewing the lease of {self.key} stopped: "
+                                 f"{renew.exception()!r}")
                 try:
                     commands = await self._fetch(sub)
                 except ConsumerGap as gap:

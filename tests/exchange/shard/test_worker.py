@@ -372,3 +372,26 @@ def test_shard_worker_metrics_count_applied_published_and_no_lag_when_caught_up(
         assert value("strongroom_shard_engine_lag_commands", shard=shard) is None
 
     asyncio.run(run())
+
+
+def test_shard_worker_snapshot_under_another_instrument_config_stops_as_corrupt(
+        nats_cluster: LocalCluster) -> None:
+    # The instruments of a shard change through its stream (ListInstrument), never by
+    # editing the file under a running shard: a worker started with another file refuses
+    # the snapshot instead of publishing results its predecessors would not have.
+    from tests.exchange.helpers import config
+
+    async def run() -> None:
+        shard = "SW8"
+        nc, js = await _connect(nats_cluster, shard)
+        try:
+            await _append_flow(js, shard, shard_flow(40, seed=11, shard=shard))
+            await _lead_until(nats_cluster, js, shard, 40, asyncio.Event())
+            other = config(taker_fee_ppm=700)
+            with pytest.raises(StreamCorrupt, match="another instrument config"):
+                await asyncio.wait_for(run_shard_worker(nats_cluster.urls, other, shard,
+                                                        name="w"), WORKER_EXIT_S)
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
