@@ -16,6 +16,14 @@ is scale-out mode (docs/scale-out.md, "Signed requests without the
 database"): it starts a local 3-node JetStream cluster and uses the
 in-memory key/limits caches and the JetStream KV nonce store.
 
+``--full`` runs whole requests instead, in shard mode (docs/scale-out.md,
+"Clearing shards"): a local 3-node cluster, one shard with every instrument,
+the app's shard gateway (its replica applies each order in this process),
+traders funded on the shard and BTC marked; each request is a signed
+``POST /api/v1/exchange/orders`` (a bid that rests) through the Flask test
+client. ``--store db`` then means shard mode with the database auth path
+(``AUTH_NONCE_STORE=db``), the configuration before this change.
+
 Prints per request: CPU time of this process (µs), wall time (µs, p50/p99)
 and SQL statements executed. A script printing numbers, not a pass/fail test.
 """
@@ -31,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,9 @@ from strongroom.migrate import upgrade  # noqa: E402
 
 ORDERS = "/api/v1/exchange/orders"
 WARMUP = 200
+TICK = 100_000  # BTC-PERP's tick (exchange/data/market.toml)
+BTC_PRICE = 600_000 * TICK  # 60,000 USDC
+MARK_EVERY_S = 2.0
 
 
 @contextmanager
@@ -65,21 +76,94 @@ def _database(admin_url: str | None, tmp: Path) -> Iterator[str]:
         yield url
 
 
-def _app(url: str, tmp: Path, store: str, nats_urls: list[str]) -> Any:
+def _app(url: str, tmp: Path, store: str, nats_urls: list[str], shard: str | None) -> Any:
     from strongroom.app import create_app
     from strongroom.settings import Settings
 
     keystore = LocalKeystore(tmp / "keystore.srks", "benchmark passphrase, not a secret", scrypt_log2_n=10)
     config: dict[str, Any] = {"KEYSTORE": keystore, "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG,
-                              "EXCHANGE_FEED": "none", "AUTH_NONCE_STORE": store}
+                              "EXCHANGE_FEED": "none", "AUTH_NONCE_STORE": store,
+                              "RATELIMIT_ENABLED": False}
     if store == "nats":
         config["AUTH_NATS_URLS"] = nats_urls
+    if shard is not None:
+        from exchange.instruments import load_instruments
+
+        config.update(EXCHANGE_SHARD_NATS_URLS=nats_urls, EXCHANGE_DEV_MODE=True,
+                      EXCHANGE_SHARDS={shard: sorted(load_instruments(DEFAULT_CONFIG).instruments)})
     return create_app(config, settings=Settings(data_dir=tmp / "data", database_url=url))
 
 
-def _signed(key_id: str, secret: str, n: int) -> tuple[bytes, dict[str, str]]:
+def _new_shard(urls: list[str]) -> str:
+    """Create a shard's streams once the new cluster accepts R3 streams; return its name."""
+    import asyncio
+
+    import nats
+
+    from exchange.stream.topology import ensure_shard_topology
+
+    name = "BENCH"
+
+    async def create() -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                nc = await nats.connect(servers=urls, connect_timeout=2)
+                try:
+                    await ensure_shard_topology(nc.jetstream(), [name], 3)
+                    return
+                finally:
+                    await nc.close()
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    asyncio.run(create())
+    return name
+
+
+def _prepare_shard(app: Any, shard: str, keys: list[tuple[str, str, str]]) -> Callable[[], None]:
+    """Fund every trader on the shard; return a function that marks BTC (as an admin, dev mode)."""
+    from exchange.api.shardmode import EXTENSION as SHARDS
+    from exchange.commands import Deposit
+    from exchange.stream.shard.wire import ShardCommand
+
+    gateway = app.extensions[SHARDS].get()
+    now_ms = int(time.time() * 1000)
+    for name, _, _ in keys:
+        sent = gateway.submit(shard, "r." + uuid.uuid4().hex,
+                              ShardCommand(cmd=Deposit(name, 10**12), ts_ms=now_ms))
+        assert sent.result is not None and sent.result.code == 0, sent
+    _, admin = app.extensions["strongroom.access"].users.create_user(
+        "ops", frozenset({Role.ADMIN}), key_scopes=frozenset({Scope.READ, Scope.TRADE}))
+    assert admin is not None
+    client = app.test_client()
+
+    def mark() -> None:
+        # No feeder runs here: quotes older than the staleness window would halt BTC.
+        for source in ("coinbase", "kraken", "bitstamp"):
+            body = json.dumps({"underlying": "BTC", "source": source, "price": BTC_PRICE}).encode()
+            path = "/api/v1/exchange/operator/quotes"
+            headers = sign_request(key_id=admin.credentials.key_id, secret=admin.credentials.secret,
+                                   timestamp_ms=int(time.time() * 1000), method="POST", path=path,
+                                   body=body)
+            r = client.post(path, data=body, headers=headers, content_type="application/json")
+            assert r.status_code == 200, r.get_json()
+
+    mark()
+    return mark
+
+
+def _full(app: Any, key: tuple[str, str, str], n: int) -> None:
+    body, headers = _signed(key[1], key[2], n, price=BTC_PRICE - 100 * TICK)
+    r = app.test_client().post(ORDERS, data=body, headers=headers, content_type="application/json")
+    assert r.status_code == 201, r.get_json()
+
+
+def _signed(key_id: str, secret: str, n: int, price: int = 100_000) -> tuple[bytes, dict[str, str]]:
     body = json.dumps({"symbol": "BTC-PERP", "id": f"o{n}", "side": "buy", "qty": 1,
-                       "price": 100_000}).encode()
+                       "price": price}).encode()
     headers = sign_request(key_id=key_id, secret=secret, timestamp_ms=int(time.time() * 1000),
                            method="POST", path=ORDERS, body=body)
     return body, headers
@@ -116,15 +200,20 @@ def run(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         nats_urls: list[str] = []
-        if args.store == "nats":
+        if args.store == "nats" or args.full:
             from exchange.stream.cluster import LocalCluster
 
             cluster = LocalCluster(tmp / "nats", 3).start()
             stack.callback(cluster.stop)
             nats_urls = cluster.urls
         url = stack.enter_context(_database(args.database_url, tmp))
-        app = _app(url, tmp, args.store, nats_urls)
+        shard = _new_shard(nats_urls) if args.full else None
+        app = _app(url, tmp, args.store, nats_urls, shard)
         stack.callback(app.extensions["strongroom.engine"].dispose)
+        if shard is not None:
+            from exchange.api.shardmode import EXTENSION as SHARDS
+
+            stack.callback(app.extensions[SHARDS].close)
         if args.store == "nats":
             from strongroom.auth_fast import EXTENSION
 
@@ -138,27 +227,37 @@ def run(args: argparse.Namespace) -> None:
                                        key_scopes=frozenset({Scope.READ, Scope.TRADE}))
             assert new is not None
             keys.append((name, new.credentials.key_id, new.credentials.secret))
+        mark = _prepare_shard(app, shard, keys) if shard is not None else (lambda: None)
+        marked = time.monotonic()
+        one = _full if shard is not None else _one
         statements = [0]
         event.listen(app.extensions["strongroom.engine"], "before_cursor_execute",
                      lambda *a: statements.__setitem__(0, statements[0] + 1))
         for n in range(WARMUP):
-            _one(app, keys[n % len(keys)], n)
+            if time.monotonic() - marked > MARK_EVERY_S:
+                mark()
+                marked = time.monotonic()
+            one(app, keys[n % len(keys)], n)
         statements[0] = 0
         profiler = cProfile.Profile() if args.profile else None
         walls = []
-        cpu0 = time.process_time()
+        cpu = 0.0
         for n in range(args.requests):
-            t0 = time.perf_counter()
+            if time.monotonic() - marked > MARK_EVERY_S:
+                mark()
+                marked = time.monotonic()
+            cpu0, t0 = time.process_time(), time.perf_counter()
             if profiler is not None:
                 profiler.enable()
-            _one(app, keys[n % len(keys)], WARMUP + n)
+            one(app, keys[n % len(keys)], WARMUP + n)
             if profiler is not None:
                 profiler.disable()
             walls.append(time.perf_counter() - t0)
-        cpu = time.process_time() - cpu0
+            cpu += time.process_time() - cpu0
         walls.sort()
         db = "postgresql" if args.database_url else "sqlite"
-        print(f"store={args.store} db={db} requests={args.requests} users={args.users}")
+        what = "whole shard-mode order requests" if args.full else "auth + KYC limits only"
+        print(f"store={args.store} db={db} requests={args.requests} users={args.users} ({what})")
         print(f"  cpu/request   {cpu / args.requests * 1e6:8.0f} us (this process, all threads)")
         print(f"  wall p50      {statistics.median(walls) * 1e6:8.0f} us")
         print(f"  wall p99      {walls[int(len(walls) * 0.99) - 1] * 1e6:8.0f} us")
@@ -174,6 +273,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--full", action="store_true", help="whole order requests in shard mode")
     run(parser.parse_args())
 
 
