@@ -23,9 +23,9 @@ from custody.api.request import field_int, field_str, json_object, reject_unknow
 from custody.api.schema import INT, STR, accepts, answers, array, obj, path_parameters
 from exchange.api import scaleout
 from exchange.api.blueprint import _now_ms, current_principal, pending_or, runner, service
-from exchange.api.runner import Build, shard_code
+from exchange.api.runner import Build, ShardRunner, shard_code
 from exchange.api.scaleout import refuse_unrouted
-from exchange.commands import ArmDeadman, SetBreaker, SetMarketStatus
+from exchange.commands import ArmDeadman, CancelAllOrders, SetBreaker, SetMarketStatus
 from exchange.controls import (
     BREAKER_COOLDOWN_MAX_MS,
     BREAKER_MAX_BPS,
@@ -90,6 +90,33 @@ def cancel_everywhere(svc: Any, user: str) -> int:
                 except MarketClosed:
                     pass
     return books
+
+
+def cancel_everywhere_in_shards(run: ShardRunner, user: str) -> int:
+    """Shard mode's `cancel_everywhere`: a cancel-all per book with ``user``'s orders, in each shard.
+
+    Which books hold the user's orders is read from the replica; each cancel-all is
+    decided in its shard's stream order (a halted market refuses it: its orders stay).
+    """
+    books = 0
+    prefix = user + ISOLATED_SEP
+
+    def live(venue: Venue) -> list[CancelAllOrders]:
+        found = []
+        for symbol, book in sorted(venue.books.items()):
+            owners = {o.account for o in book.orders.values()} | {o.account for o in book.stops.values()}
+            found += [CancelAllOrders(symbol, o) for o in sorted(owners) if o == user or o.startswith(prefix)]
+        return found
+
+    for pool in run.venues():
+        for cmd in run.read(None, live, pool=pool):
+            out = run.run(cmd.symbol, _constant(cmd))
+            books += 0 if out.code else 1
+    return books
+
+
+def _constant(cmd: CancelAllOrders) -> Build:
+    return lambda _: cmd
 
 
 def init_app(app: Flask) -> None:

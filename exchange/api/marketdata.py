@@ -653,9 +653,15 @@ def start_stream_feed(app: Any, path: Any) -> Any:
             return dict(svc.venue.specs)
 
     feed = StreamFeed(svc.market, specs, order_scope, path, poll=withdrawal_poller(app))
-    from exchange.api.controls import cancel_everywhere
+    from exchange.api.controls import cancel_everywhere, cancel_everywhere_in_shards
+    from exchange.api.runner import ShardRunner
+    from exchange.api.shardmode import EXTENSION as SHARDS
 
-    feed.on_disconnect = lambda user: cancel_everywhere(svc, user)
+    shards = app.extensions.get(SHARDS)
+    if shards is not None:  # shard mode: the cancels go to the shards' streams
+        feed.on_disconnect = lambda user: cancel_everywhere_in_shards(ShardRunner(shards.get()), user)
+    else:
+        feed.on_disconnect = lambda user: cancel_everywhere(svc, user)
     feed.on_verify = lambda msg: verify_signed_subscribe(app, msg)
     feed.start()
     app.extensions[FEED_EXTENSION] = feed

@@ -221,3 +221,26 @@ def test_shard_api_collateral_deposit_reserved_in_ledger_then_credited_in_stream
     # The spot balance left cannot be deposited twice.
     refused(alice.call("POST", f"{BASE}/collateral/deposit", {"amount": 201 * USDC}), 422, 2007)
     assert alice.call("POST", f"{BASE}/collateral/deposit", {"amount": 200 * USDC}).status_code == 200
+
+
+def test_shard_api_cancel_on_disconnect_cancels_in_every_book_except_a_halted_one(
+        shard_api: App, clock: Any) -> None:
+    from shard_api_helpers import seed
+
+    from exchange.api.controls import cancel_everywhere_in_shards
+    from exchange.api.runner import ShardRunner
+    from exchange.commands import SetMark, SetMarketStatus
+
+    app, shard, _ = shard_api
+    alice = Trader(app, clock, "alice")
+    fund(app, shard, "alice", 50_000 * USDC, clock.now_ms)
+    seed(app, shard, SetMark("ETH-PERP", 3_000 * USDC, 3_000 * USDC), clock.now_ms)
+    assert alice.order("b1", "buy", 1, BTC - 100_000).status_code == 201
+    assert alice.order("b2", "buy", 1, BTC - 200_000, margin_mode="isolated").status_code in (201, 422)
+    r = alice.order("e1", "buy", 1, 2_990 * USDC, symbol="ETH-PERP")
+    assert r.status_code == 201, r.get_json()
+    seed(app, shard, SetMarketStatus("ETH-PERP", "halted"), clock.now_ms)
+    cancelled = cancel_everywhere_in_shards(ShardRunner(gateway(app)), "alice")
+    left = alice.call("GET", f"{BASE}/orders").get_json()["orders"]
+    assert [(o["symbol"], o["id"]) for o in left] == [("ETH-PERP", "e1")]  # the halt's rule wins
+    assert cancelled >= 1
