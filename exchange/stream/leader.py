@@ -138,8 +138,11 @@ class StreamLeader(ABC, Generic[R, B]):
     command applied to the machine.
     """
 
-    # A snapshot is taken once the worker has been idle this long (and at shutdown).
+    # A snapshot is taken once the worker has been idle this long (and at shutdown), but not
+    # sooner than idle_snapshot_interval_s after the previous one (a quiet stream with a
+    # trickle of commands must not snapshot after each).
     idle_snapshot_s: ClassVar[float] = 0.0
+    idle_snapshot_interval_s: ClassVar[float] = 0.0
 
     def __init__(self, nc: Client, js: JetStreamContext, streams: Streams, *, name: str,
                  snapshot_every: int = DEFAULT_SNAPSHOT_EVERY) -> None:
@@ -161,6 +164,7 @@ class StreamLeader(ABC, Generic[R, B]):
         self._lease_lost = self.lease.lost
         self._last_stall_check = 0.0
         self._last_command_at = time.monotonic()
+        self._last_snapshot_at = float("-inf")
 
     # -- the machine (subclass hooks) -------------------------------------------------------
 
@@ -380,6 +384,7 @@ class StreamLeader(ABC, Generic[R, B]):
             log.warning("snapshot of %s at %d not stored: %s", self.key, self.seq,
                         type(exc).__name__)
             return
+        self._last_snapshot_at = time.monotonic()
         if stored:
             self.snapshot_seq = self.seq
             self.stats.snapshots += 1
@@ -420,7 +425,7 @@ class StreamLeader(ABC, Generic[R, B]):
                         log.warning("consumer of %s stalled at %d: resubscribing", self.key,
                                     self.seq)
                         sub = await self._resubscribe(sub)
-                    elif time.monotonic() - self._last_command_at >= self.idle_snapshot_s:
+                    elif self._idle_snapshot_due():
                         await self.snapshot()  # idle: bring the snapshot up to date
                     continue
                 self._last_command_at = time.monotonic()
@@ -430,6 +435,11 @@ class StreamLeader(ABC, Generic[R, B]):
                 raise Fenced(f"{self.name} lost the lease of {self.key}")
         finally:
             renew.cancel()
+
+    def _idle_snapshot_due(self) -> bool:
+        now = time.monotonic()
+        return (now - self._last_command_at >= self.idle_snapshot_s
+                and now - self._last_snapshot_at >= self.idle_snapshot_interval_s)
 
     async def _run(self, commands: Commands) -> None:
         """Apply a run of commands, publish the output not yet published, snapshot if due."""

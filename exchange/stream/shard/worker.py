@@ -14,8 +14,9 @@ module is the shard's machine side:
   `SHARDEVT`), message id `<NAME>:<first>-<last>`;
 - snapshots go to the object store `SHARD_SNAPSHOT` (object `<NAME>`,
   exchange/stream/shard/snapshots.py) at every multiple of `snapshot_every`
-  command sequence numbers, after SNAPSHOT_IDLE_S without commands and at
-  shutdown; always at or behind published batches. Fetched commands are cut
+  command sequence numbers, after SNAPSHOT_IDLE_S without commands (at most
+  every SNAPSHOT_IDLE_INTERVAL_S) and at shutdown; always at or behind
+  published batches. Fetched commands are cut
   at the multiples, so the batch ending at one carries the venue's
   `state_hash` there: any replica can check it has not diverged. Restoring a
   snapshot re-checks its state hash (ShardMachine.restore).
@@ -61,15 +62,18 @@ from exchange.stream.topology import (
 log = logging.getLogger("strongroom.shard_worker")
 
 DEFAULT_SHARD_SNAPSHOT_EVERY = 5_000
-# A shard's snapshot is a whole venue (megabytes): idle snapshots wait for a quiet second
-# rather than following every lone command.
+# A shard's snapshot is a whole venue (megabytes): idle snapshots wait for a quiet second,
+# and come at most every half minute (the feeder appends a round every second or so, so a
+# quiet shard is "idle" between every two rounds).
 SNAPSHOT_IDLE_S = 1.0
+SNAPSHOT_IDLE_INTERVAL_S = 30.0
 
 
 class ShardWorker(StreamLeader[ShardResult, ShardBatch]):
     """Lead (or stand by for) one clearing shard; apply its command stream while leader."""
 
     idle_snapshot_s = SNAPSHOT_IDLE_S
+    idle_snapshot_interval_s = SNAPSHOT_IDLE_INTERVAL_S
 
     def __init__(self, nc: Client, js: JetStreamContext, config: ExchangeConfig, shard: str, *,
                  name: str, snapshot_every: int = DEFAULT_SHARD_SNAPSHOT_EVERY,

@@ -395,3 +395,35 @@ def test_shard_worker_snapshot_under_another_instrument_config_stops_as_corrupt(
             await nc.close()
 
     asyncio.run(run())
+
+
+def test_shard_worker_idle_snapshot_once_quiet_then_not_after_every_trickle(
+        nats_cluster: LocalCluster) -> None:
+    async def snapshot_seq(js: nats.js.JetStreamContext, shard: str) -> int:
+        data = await read_snapshot(js, shard)
+        return 0 if data is None else msgspec.msgpack.decode(data, type=ShardSnapshot).seq
+
+    async def run() -> None:
+        shard = "SW9"
+        nc, js = await _connect(nats_cluster, shard)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_shard_worker(nats_cluster.urls, CONFIG, shard, name="w",
+                                                      snapshot_every=100_000, stop=stop))
+        try:
+            flow = shard_flow(51, seed=12, shard=shard)
+            await _append_flow(js, shard, flow[:50])
+            await wait_published(js, shard, 50, PUBLISH_TIMEOUT_S)
+            deadline = asyncio.get_running_loop().time() + PUBLISH_TIMEOUT_S
+            while await snapshot_seq(js, shard) != 50:  # a quiet second: snapshot
+                assert asyncio.get_running_loop().time() < deadline, "no idle snapshot"
+                await asyncio.sleep(0.1)
+            await _append_flow(js, shard, flow[50:])
+            await wait_published(js, shard, 51, PUBLISH_TIMEOUT_S)
+            await asyncio.sleep(1.5)  # quiet again, but the last idle snapshot is recent
+            assert await snapshot_seq(js, shard) == 50
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, WORKER_EXIT_S)
+            await nc.close()
+
+    asyncio.run(run())
