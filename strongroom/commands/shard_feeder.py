@@ -11,11 +11,9 @@ expire.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 from pathlib import Path
 
@@ -23,10 +21,6 @@ import click
 
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 SOURCES = ("simulated", "ccxt")
-
-
-def _urls(value: str) -> list[str]:
-    return [u.strip() for u in value.split(",") if u.strip()]
 
 
 @click.command("shard-feeder")
@@ -42,8 +36,10 @@ def _urls(value: str) -> list[str]:
 @click.option("--interval-ms", type=click.IntRange(50, 60_000), default=1_000, show_default=True,
               help="Time between two rounds of quotes and ticks.")
 @click.option("--name", default=None, help="Feeder name in the lease (default: host-pid).")
+@click.option("--replicas", type=int, default=3, show_default=True,
+              help="Replicas of the shard's streams and buckets it creates if absent.")
 def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: str, seed: int,
-                 interval_ms: int, name: str | None) -> None:
+                 interval_ms: int, name: str | None, replicas: int) -> None:
     """Lead or stand by for one clearing shard's price feed and clock over NATS JetStream."""
     from nats.errors import Error as NatsError
 
@@ -55,6 +51,8 @@ def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: s
         run_feeder,
     )
     from exchange.stream.shard.metrics import PROCESS_METRICS, serve_from_env
+    from exchange.stream.topology import ensure_shard_topology
+    from strongroom.commands.engine_worker import serve_worker
     from strongroom.jobs import exchange_feed
 
     try:
@@ -63,8 +61,10 @@ def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: s
         # Only the shard's own underlyings are polled (a shard of some instruments keeps every
         # index of the file, but quotes nobody trades would only be dropped).
         feed = exchange_feed(source, seed, {u: config.indices[u] for u in plan.underlyings})
-    except (ConfigError, ValueError) as exc:
-        raise click.BadParameter(str(exc)) from None
+    except (ConfigError, ValueError, TypeError) as exc:  # TOML syntax errors are ValueErrors
+        raise click.BadParameter(f"{type(exc).__name__}: {exc}") from None
+    except KeyError as exc:
+        raise click.BadParameter(f"instrument file: field {exc} missing") from None
     assert feed is not None
     feeder_name = name or f"{socket.gethostname()}-{os.getpid()}"
     if not FEEDER_NAME_PATTERN.fullmatch(feeder_name):
@@ -76,18 +76,12 @@ def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: s
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
 
-    async def main() -> dict[str, int]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        stats = await run_feeder(_urls(nats_urls), config, shard, feed, name=feeder_name,
-                                 interval_ms=interval_ms, stop=stop,
-                                 metrics=FeederMetrics(PROCESS_METRICS.registry))
-        return stats.__dict__
-
     try:
-        stats = asyncio.run(main())
+        stats = serve_worker(
+            nats_urls, lambda js: ensure_shard_topology(js, [shard], replicas),
+            lambda urls, stop: run_feeder(urls, config, shard, feed, name=feeder_name,
+                                          interval_ms=interval_ms, stop=stop,
+                                          metrics=FeederMetrics(PROCESS_METRICS.registry)))
     except (NatsError, OSError) as exc:
         raise click.ClickException(f"NATS at {nats_urls} unreachable: {type(exc).__name__}") from None
     finally:

@@ -383,3 +383,21 @@ def test_feeder_doc_round_example_is_what_the_plan_appends() -> None:
     assert [(a.msg_id, encode_command(a.command)) for a in appends] == example
     results = ShardMachine(market, "MAIN").apply_many(list(enumerate((b for _, b in example), 1)))
     assert [r.code for r in results] == [0] * len(example)
+
+
+# ------------------------------------------------------------------ the command line (no NATS needed)
+
+
+@pytest.mark.parametrize(("args", "problem"), [
+    (["--shard", "bad name"], "must match"),
+    (["--name", "a b"], "feeder name"),
+    (["--interval-ms", "10"], "interval-ms"),
+    (["--source", "tea-leaves"], "source"),
+])
+def test_feeder_cli_bad_options_refused_before_connecting(args: list[str], problem: str) -> None:
+    from click.testing import CliRunner
+
+    from strongroom.cli import main
+
+    done = CliRunner().invoke(main, ["shard-feeder", "--nats", "nats://127.0.0.1:1", *args])
+    assert done.exit_code == 2 and problem in done.output, done.output
