@@ -159,6 +159,50 @@ def _stream_command(admin: str, action: str, symbol: str, details: dict[str, Any
     _guard_access(run)
 
 
+def _shard_command(admin: str, action: str, symbol: str, details: dict[str, Any], nats_urls: str,
+                   shard: str, command: Any, check: Any) -> None:
+    """Clearing-shard mode: append the venue command to the shard's stream, wait for its leader.
+
+    The shard decides in stream order (docs/scale-out.md, "Clearing shards"); the command
+    is in the security log once the stream has it. Output: the leader's result code.
+    """
+    import asyncio
+    import uuid
+
+    from custody import security_log
+    from exchange.controls import ControlError
+    from exchange.stream.shard.wire import ShardCommand
+
+    try:
+        check()
+    except ControlError as exc:
+        _fail_control(exc.message)
+
+    def run() -> None:
+        from exchange.stream.shard.oneshot import append_and_wait_result
+
+        services = _admin_services(admin)
+        urls = [u.strip() for u in nats_urls.split(",") if u.strip()]
+        try:
+            seq, result = asyncio.run(append_and_wait_result(
+                urls, shard, "r.ctl." + uuid.uuid4().hex, ShardCommand(command, _clock_ms())))
+        except Exception as exc:  # NATS unreachable, no such stream: nothing was appended
+            click.echo(json.dumps({"code": 3104, "error": "stream_unavailable",
+                                   "message": f"{type(exc).__name__}: {exc}"[:200]}), err=True)
+            sys.exit(1)
+        with services.sessions.begin() as session:
+            security_log.append(session, at_ms=_clock_ms(), actor=admin, action=action,
+                                subject=symbol, details={**details, "shard": shard, "seq": seq})
+        if result is not None and result.code:
+            click.echo(json.dumps({"code": result.code, "error": "refused", "message": result.message,
+                                   "seq": seq}), err=True)
+            sys.exit(1)
+        click.echo(json.dumps({"symbol": symbol, **details, "shard": shard, "seq": seq,
+                               "applied": result is not None}))
+
+    _guard_access(run)
+
+
 def _fail_control(message: str) -> None:
     click.echo(json.dumps({"code": 2023, "error": "invalid_control", "message": message}), err=True)
     sys.exit(1)
@@ -171,8 +215,19 @@ def _fail_control(message: str) -> None:
 @click.option("--reason", default="")
 @click.option("--nats", "nats_urls", default=None,
               help="Scale-out mode: NATS URLs (comma-separated); the engines apply it in stream order.")
-def halt_market(symbol: str, mode: str, admin: str, reason: str, nats_urls: str | None) -> None:
+@click.option("--shard", default=None,
+              help="Clearing-shard mode (with --nats): the shard holding SYMBOL, e.g. MAIN.")
+def halt_market(symbol: str, mode: str, admin: str, reason: str, nats_urls: str | None,
+                shard: str | None) -> None:
     """Halt a market, make it cancel-only, or reopen it (server stopped; else use the admin API)."""
+    if shard and nats_urls:
+        from exchange.commands import SetMarketStatus
+        from exchange.controls import check_status
+
+        _shard_command(admin, "market.status", symbol, {"mode": mode, "reason": reason}, nats_urls,
+                       shard, SetMarketStatus(symbol, mode, 0, reason),
+                       lambda: check_status(mode, 0, reason))
+        return
     if nats_urls:
         from exchange.controls import check_status
         from exchange.stream.controls import SetStatus
@@ -193,9 +248,21 @@ def halt_market(symbol: str, mode: str, admin: str, reason: str, nats_urls: str 
 @click.option("--by", "admin", required=True)
 @click.option("--nats", "nats_urls", default=None,
               help="Scale-out mode: NATS URLs (comma-separated); the engines apply it in stream order.")
+@click.option("--shard", default=None,
+              help="Clearing-shard mode (with --nats): the shard holding SYMBOL, e.g. MAIN.")
 def halt_breaker(symbol: str, max_move_bps: int, window_ms: int, cooldown_ms: int, admin: str,
-                 nats_urls: str | None) -> None:
+                 nats_urls: str | None, shard: str | None) -> None:
     """Configure a market's max-move circuit breaker (server stopped; else use the admin API)."""
+    if shard and nats_urls:
+        from exchange.commands import SetBreaker
+        from exchange.controls import check_breaker
+
+        _shard_command(admin, "market.breaker", symbol,
+                       {"max_move_bps": max_move_bps, "window_ms": window_ms,
+                        "cooldown_ms": cooldown_ms}, nats_urls, shard,
+                       SetBreaker(symbol, max_move_bps, window_ms, cooldown_ms),
+                       lambda: check_breaker(max_move_bps, window_ms, cooldown_ms))
+        return
     if nats_urls:
         from exchange.controls import check_breaker
         from exchange.stream.controls import SetBreaker
