@@ -254,13 +254,13 @@ def halt_breaker(symbol: str, max_move_bps: int, window_ms: int, cooldown_ms: in
                  nats_urls: str | None, shard: str | None) -> None:
     """Configure a market's max-move circuit breaker (server stopped; else use the admin API)."""
     if shard and nats_urls:
-        from exchange.commands import SetBreaker
+        from exchange.commands import SetBreaker as ShardSetBreaker
         from exchange.controls import check_breaker
 
         _shard_command(admin, "market.breaker", symbol,
                        {"max_move_bps": max_move_bps, "window_ms": window_ms,
                         "cooldown_ms": cooldown_ms}, nats_urls, shard,
-                       SetBreaker(symbol, max_move_bps, window_ms, cooldown_ms),
+                       ShardSetBreaker(symbol, max_move_bps, window_ms, cooldown_ms),
                        lambda: check_breaker(max_move_bps, window_ms, cooldown_ms))
         return
     if nats_urls:
