@@ -167,7 +167,7 @@ def entry_from_row(row: Sequence[Any]) -> tuple[Entry, str]:
     ), row[14]
 
 
-# -- PostgreSQL: a batch in six round trips, not eleven ---------------------------------------
+# -- PostgreSQL: a batch in six round trips, not twelve ---------------------------------------
 #
 # Under the head lock every round trip is time no other writer can append, so a batch
 # submit on PostgreSQL sends its reads as one pipeline (BEGIN, lock the head, look up the
