@@ -220,6 +220,7 @@ async def failover(cluster: LocalCluster, js: JetStreamContext, rounds: int, n: 
     times = []
     for r in range(rounds):
         leader = spawn(["-c", CLI, "shard-worker", "--shard", shard, "--name", f"l{r}"], cluster.urls)
+        await wait_leader(js, shard, f"l{r}", 120.0)
         await wait_all(js, [shard], seq, 120.0)
         standby = spawn(["-c", CLI, "shard-worker", "--shard", shard, "--name", f"s{r}"], cluster.urls)
         await asyncio.sleep(4.0)  # the standby is up and polling the lease
@@ -234,6 +235,26 @@ async def failover(cluster: LocalCluster, js: JetStreamContext, rounds: int, n: 
         standby.terminate()
         standby.wait(timeout=30)
     return times
+
+
+async def wait_leader(js: JetStreamContext, shard: str, name: str, timeout_s: float) -> None:
+    """Wait until worker `name` holds the shard's lease (the previous round's standby let go)."""
+    from nats.js.errors import KeyNotFoundError
+
+    from exchange.stream.topology import LEASE_BUCKET, shard_lease_key
+
+    kv = await js.key_value(LEASE_BUCKET)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            entry = await kv.get(shard_lease_key(shard))
+            if entry.value == name.encode():
+                return
+        except KeyNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not take the lease of {shard}")
+        await asyncio.sleep(0.05)
 
 
 async def serve(shards: list[str], urls: list[str]) -> None:
@@ -269,7 +290,7 @@ async def main(args: argparse.Namespace) -> None:
             js = nc.jetstream()
             report: dict[str, object] = {"load_before": os.getloadavg(), "cpus": os.cpu_count(),
                                          "commands_per_shard": args.commands}
-            if args.failovers >= 0:
+            if args.commands > 0:
                 report["one_process"] = await throughput(cluster, js, 1, args.commands, "ONE")
                 report["two_processes"] = await throughput(cluster, js, 2, args.commands, "TWO")
             if args.failovers > 0:
@@ -285,7 +306,8 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--commands", type=int, default=5000, help="commands per shard")
+    parser.add_argument("--commands", type=int, default=5000, 
+                        help="commands per shard (0: no throughput run)")
     parser.add_argument("--failovers", type=int, default=3)
     parser.add_argument("--failover-commands", type=int, default=2000,
                         help="commands in the failover shard's stream before the first leader starts")

@@ -117,9 +117,9 @@ def test_alert_rules_name_only_exported_metrics(
     families = {f.name for f in app.extensions[EXTENSION].registry.collect()}
     # The clearing-shard processes (shard-worker, shard-settlement, the gateways' replicas) export
     # their own families (exchange/stream/shard/metrics.py; rules tested in test_shard_alerts.py).
-    from exchange.stream.shard.metrics import ShardMetrics
+    from tests.strongroom.test_shard_alerts import shard_families
 
-    families |= {f.name for f in ShardMetrics().registry.collect()}
+    families |= shard_families()
     names = set()
     for rule in _rules():
         assert {"alert", "expr", "labels", "annotations"} <= set(rule), rule

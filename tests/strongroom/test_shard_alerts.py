@@ -22,6 +22,17 @@ RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.
 GROUP = "strongroom-shards"
 
 
+def shard_families() -> set[str]:
+    """Every family the shard processes export: workers, settlement, gateways, feeders."""
+    from prometheus_client import CollectorRegistry
+
+    from exchange.stream.shard.feeder import FeederMetrics
+
+    feeder = CollectorRegistry()
+    FeederMetrics(feeder)
+    return {f.name for r in (ShardMetrics().registry, feeder) for f in r.collect()}
+
+
 def _shard_rules() -> list[dict[str, Any]]:
     data = yaml.safe_load(RULES.read_text())
     groups = [g for g in data["groups"] if g["name"] == GROUP]
@@ -119,6 +130,22 @@ CASES = [
            'strongroom_shard_batch_publish_duration_seconds_bucket{shard="B",le="+Inf"}': "0+60x30"},
           [("10m", "ShardBatchPublishSlow", []),
            ("20m", "ShardBatchPublishSlow", [{"severity": "ticket", "shard": "MAIN"}])]),
+    # Feeders: MAIN's two both stand by from 1 m and its last round stays at 60 s; B's leader
+    # keeps its rounds current. Two failed rounds a minute is not yet "keeps failing" at 4 m.
+    _case({'strongroom_shard_feeder_leading{shard="MAIN",instance="f1"}': "1 0 0 0 0",
+           'strongroom_shard_feeder_leading{shard="MAIN",instance="f2"}': "0 0 0 0 0",
+           'strongroom_shard_feeder_leading{shard="B",instance="f3"}': "1 1 1 1 1",
+           'strongroom_shard_feeder_last_round_timestamp_seconds{shard="MAIN",instance="a"}': "0 60 60 60 60",
+           'strongroom_shard_feeder_last_round_timestamp_seconds{shard="B",instance="f3"}': "0+60x4",
+           'strongroom_shard_feeder_failed_rounds_total{shard="MAIN",instance="f1"}': "0+2x4",
+           'strongroom_shard_feeder_failed_rounds_total{shard="B",instance="f3"}': "0x4"},
+          [("1m", "ShardFeederNoLeader", []),
+           ("2m", "ShardFeederNoLeader", [PAGE_MAIN]),
+           ("1m", "ShardFeedStale", []),
+           ("3m", "ShardFeedStale", [{**PAGE_MAIN, "value": "120"}]),
+           ("4m", "ShardFeedRoundsFailing", [])]),
+    _case({'strongroom_shard_feeder_failed_rounds_total{shard="MAIN",instance="f1"}': "0+2x12"},
+          [("11m", "ShardFeedRoundsFailing", [{"severity": "ticket", "shard": "MAIN"}])]),
 ]
 
 
@@ -141,7 +168,7 @@ def test_shard_alert_rules_each_have_a_firing_case() -> None:
 
 
 def test_shard_alert_rules_name_only_families_the_shard_processes_export() -> None:
-    families = {f.name for f in ShardMetrics().registry.collect()} | {"strongroom_ledger_imbalance_minor"}
+    families = shard_families() | {"strongroom_ledger_imbalance_minor"}
     for rule in _shard_rules():
         assert rule["labels"]["severity"] in ("page", "ticket"), rule
         assert rule["annotations"]["summary"], rule
