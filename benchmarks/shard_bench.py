@@ -306,7 +306,7 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--commands", type=int, default=5000, 
+    parser.add_argument("--commands", type=int, default=5000,
                         help="commands per shard (0: no throughput run)")
     parser.add_argument("--failovers", type=int, default=3)
     parser.add_argument("--failover-commands", type=int, default=2000,
