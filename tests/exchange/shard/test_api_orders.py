@@ -8,6 +8,7 @@ the machine is deterministic, so a replica's result is the leader's.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,14 @@ from shard_api_helpers import (
 from sqlalchemy import event
 
 from exchange.api.blueprint import LIMITS_EXTENSION
+from exchange.commands import Place
 from exchange.stream.cluster import LocalCluster
 from exchange.stream.shard.machine import ShardMachine
+from exchange.stream.shard.wire import command_decoder
 from policies.roles import Role
 
 Stack = tuple[Flask, Flask, str, Trader]
+RETRY_DEADLINE_S = 60.0  # only bounds a hang: a leader election takes a few seconds
 
 
 @pytest.fixture
@@ -203,3 +207,42 @@ def test_shard_api_refused_order_retried_after_funding_is_decided_afresh_once(
     assert len(stream_bodies(nats_cluster.urls, shard)) == before + 2  # the deposit and the order
     orders = alice.call("GET", f"{BASE}/orders").get_json()["orders"]
     assert [(o["id"], o["open_qty"]) for o in orders] == [("big", 100)]
+
+
+def test_shard_api_nats_node_lost_orders_retried_with_same_id_are_stored_once(
+        stack: Stack, clock: Any, nats_cluster: LocalCluster) -> None:
+    one, two, shard, _ = stack
+    for app in (one, two):
+        app.extensions.pop(LIMITS_EXTENSION)
+    alice = Trader(one, clock, "alice")
+    fund(one, shard, "alice", 100_000 * USDC, clock.now_ms)
+    victim = nats_cluster.nodes[0]
+    ids = [f"n-{i}" for i in range(30)]
+    unavailable = 0
+    try:
+        for i, oid in enumerate(ids):
+            if i == 10:
+                nats_cluster.kill_node(victim)
+            deadline = time.monotonic() + RETRY_DEADLINE_S
+            while True:  # a client retrying 503 with the same id, as documented
+                r = alice.order(oid, "buy", 1, BTC - 100_000 * (1 + i % 10), app=(one, two)[i % 2])
+                if r.status_code != 503 or time.monotonic() > deadline:
+                    break
+                unavailable += 1
+                time.sleep(0.2)
+            assert r.status_code == 201, (oid, r.get_json())
+    finally:
+        if victim.process is None:
+            nats_cluster.start_node(victim)
+    bodies = stream_bodies(nats_cluster.urls, shard)
+    placed = [cmd.cmd.order.id for cmd in map(command_decoder.decode, bodies)
+              if type(cmd.cmd) is Place]
+    scope = placed[0].split(":")[0] + ":"
+    assert sorted(placed) == sorted(scope + oid for oid in ids)  # each once, retries deduplicated
+    wait_for(lambda: gateway(one).applied_seq(shard) == gateway(two).applied_seq(shard) == len(bodies),
+             "both replicas")
+    with gateway(one).replicas[shard].lock, gateway(two).replicas[shard].lock:
+        assert gateway(one).replicas[shard].machine.state_hash() == \
+            gateway(two).replicas[shard].machine.state_hash()
+    orders = alice.call("GET", f"{BASE}/orders", app=two).get_json()["orders"]
+    assert sorted(o["id"] for o in orders) == sorted(ids), unavailable
