@@ -331,3 +331,30 @@ async def _slow_source(urls: list[str]) -> None:
         assert tick.now_ms == NOW + 3_000
     finally:
         await nc.close()
+
+
+def test_feeder_cli_sigterm_while_nats_unreachable_exits_cleanly(tmp_path: Path) -> None:
+    from exchange.stream.cluster import free_ports
+
+    [port] = free_ports(1)  # nothing listens there
+    err = tmp_path / "stderr"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with err.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from strongroom.cli import main; main()", "shard-feeder",
+             "--shard", "MAIN", "--nats", f"nats://127.0.0.1:{port}", "--name", "lonely"],
+            env=env, stdout=subprocess.PIPE, stderr=sink)
+    try:
+        deadline = time.monotonic() + HANG_S
+        while b"Connect call failed" not in err.read_bytes():  # it is trying to connect
+            assert proc.poll() is None, err.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the feeder never tried to connect"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.read_text()[-2000:]
+        assert json.loads(out.decode().strip().splitlines()[-1])["feeder"] == "lonely"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
