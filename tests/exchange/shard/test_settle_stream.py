@@ -22,7 +22,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from custody.db import make_engine, make_session_factory
@@ -99,6 +99,26 @@ def _rows(engine: Engine, shard: str) -> int:
     with make_session_factory(engine)() as s:
         return s.scalar(select(func.count()).select_from(LedgerTransfer)
                         .where(LedgerTransfer.id.startswith(f"s.{shard}."))) or 0
+
+
+def _wait_killed_sessions_settled(engine: Engine) -> None:
+    """Wait until no other session of the database is inside a transaction.
+
+    A client killed while its COMMIT was on the wire leaves that COMMIT to its server
+    backend, which may apply it after the client is gone: count rows only after it did
+    (or rolled back) and went idle or away.
+    """
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        with engine.connect() as conn:
+            busy = conn.execute(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend' "
+                "AND state <> 'idle'")).scalar()
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"{busy} sessions still mid-transaction"
+        time.sleep(0.05)
 
 
 def _wait_rows(engine: Engine, shard: str, count: int) -> None:
@@ -205,6 +225,7 @@ def test_shard_settlement_process_killed_mid_stream_and_restarted_writes_every_p
         _wait_rows(engine, shard, 1)
         first.kill()  # SIGKILL: no clean shutdown, a round possibly committed but not acked
         first.wait()
+        _wait_killed_sessions_settled(engine)
         killed_at = _rows(engine, shard)
         assert killed_at < expected, "the first process finished before it was killed"
         second = _cli(shard, nats_cluster.urls, url, log, *args)
