@@ -50,8 +50,10 @@ from typing import Any, Final
 
 import nats
 from flask import Flask
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import APIError, BucketNotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, ServiceUnavailableError
 
 from custody.access.auth_cache import DEFAULT_TTL_MS, MAX_TTL_MS, AuthCache, monotonic_ms
 from custody.api.errors import ApiError, RequestCode
@@ -66,7 +68,9 @@ CHANGED_SUBJECT: Final = "strongroom.auth.changed"
 NONCE_BUCKET: Final = "AUTH_NONCE"
 # Gateways' clocks may disagree by this much and a nonce is still remembered long enough.
 NONCE_SKEW_MARGIN_MS: Final = 10_000
-NONCE_VALUE: Final = b"1"
+NONCE_TOKEN_BYTES: Final = 16
+NONCE_ATTEMPTS: Final = 3
+NONCE_RETRY_PAUSE_S: Final = 0.1
 NONCE_SUBJECT_PREFIX: Final = f"$KV.{NONCE_BUCKET}."
 EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
 # JetStream's "wrong last sequence" refusals: the key exists, so the nonce was used.
@@ -216,7 +220,14 @@ class AuthBus:
             await self._nc.subscribe(CHANGED_SUBJECT, cb=self._on_changed)
             await self._nc.flush(timeout=self.settings.timeout_s)
         js = self._nc.jetstream(timeout=self.settings.timeout_s)
-        self._kv = await self._nonce_bucket(js)
+        for attempt in range(NONCE_ATTEMPTS):  # a stream leader election answers 503 for a moment
+            try:
+                self._kv = await self._nonce_bucket(js)
+                break
+            except (APIError, NoRespondersError, NatsTimeoutError):
+                if attempt + 1 == NONCE_ATTEMPTS:
+                    raise
+                await asyncio.sleep(NONCE_RETRY_PAUSE_S * (attempt + 1))
         self._js = js
         self.cache.clear()
         self._live = True
@@ -274,7 +285,7 @@ class AuthBus:
         self.ensure()
         key = "n." + hashlib.sha256(nonce.encode("utf-8")).hexdigest()
         try:
-            created: bool = self._run(self._create(key), self.settings.timeout_s + 1)
+            created: bool = self._run(self._create(key), self.settings.timeout_s + 2)
         except Exception as exc:
             log.warning("nonce store refused a create: %s: %s", type(exc).__name__, str(exc)[:200])
             raise AuthStoreUnavailable(f"the nonce store (NATS) did not answer: {type(exc).__name__}") \
@@ -286,14 +297,30 @@ class AuthBus:
         # stream's leader. Not KeyValue.create: on a refusal it re-reads the key to tell a
         # tombstone from a live key, and that read may reach a replica the winner's write has not
         # reached yet. Nonce keys are never deleted (they expire with the bucket's max age).
-        try:
-            await self._js.publish(NONCE_SUBJECT_PREFIX + key, NONCE_VALUE,
-                                   headers={EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
-        except APIError as err:
-            if err.err_code in WRONG_LAST_SEQUENCE_CODES:
-                return False
-            raise
-        return True
+        # A leader election (no responders, 503) or a lost answer is retried; the value is a
+        # token of this attempt, so a retry refused because the key exists can tell its own
+        # earlier write (accepted) from another process's (a replay).
+        token = os.urandom(NONCE_TOKEN_BYTES).hex().encode("ascii")
+        for attempt in range(NONCE_ATTEMPTS):
+            try:
+                await self._js.publish(NONCE_SUBJECT_PREFIX + key, token,
+                                       timeout=self.settings.timeout_s / NONCE_ATTEMPTS,
+                                       headers={EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
+                return True
+            except APIError as err:
+                if err.err_code in WRONG_LAST_SEQUENCE_CODES:
+                    return attempt > 0 and await self._written_by(key, token)
+                if not isinstance(err, ServiceUnavailableError) or attempt + 1 == NONCE_ATTEMPTS:
+                    raise
+            except (NoRespondersError, NatsTimeoutError):
+                if attempt + 1 == NONCE_ATTEMPTS:
+                    raise
+            await asyncio.sleep(NONCE_RETRY_PAUSE_S * (attempt + 1))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _written_by(self, key: str, token: bytes) -> bool:
+        entry = await self._kv.get(key)
+        return bool(entry.value == token)
 
     def publish_change(self, username: str) -> None:
         """Tell every process ``username``'s keys, user or KYC standing changed (after the commit)."""

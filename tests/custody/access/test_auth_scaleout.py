@@ -9,9 +9,11 @@ it, so a change seen by the other process promptly can only have come through th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,27 +58,42 @@ class Monotonic:
         return self.now_ms
 
 
+def _wait_ready(urls: list[str]) -> None:
+    """Wait until a process can connect and reach the R3 nonce bucket (creating it the first time)."""
+    settings = AuthFastSettings("nats", tuple(urls), replicas=3, timeout_s=3)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        bus = AuthBus(settings, AuthCache(), 5_000)
+        try:
+            bus.ensure()
+            return
+        except AuthStoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+        finally:
+            bus.close()
+
+
 @pytest.fixture(scope="module")
-def nats_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A 3-node JetStream cluster for this module, with the R3 nonce bucket in place."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("authnats"), 3).start()
+    started = LocalCluster(tmp_path_factory.mktemp("authnats"), 3).start()
     try:
-        settings = AuthFastSettings("nats", tuple(cluster.urls), replicas=3, timeout_s=3)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            bus = AuthBus(settings, AuthCache(), 5_000)
-            try:
-                bus.ensure()
-                break
-            except AuthStoreUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-            finally:
-                bus.close()
-        yield cluster.urls
+        _wait_ready(started.urls)
+        yield started
     finally:
-        cluster.stop()
+        started.stop()
+
+
+@pytest.fixture
+def nats_urls(cluster: LocalCluster) -> list[str]:
+    """The module's cluster, whole again: a test that killed a node does not leak it to the next."""
+    for node in cluster.nodes:
+        if node.process is None or node.process.poll() is not None:
+            cluster.start_node(node)
+            _wait_ready(cluster.urls)
+    return cluster.urls
 
 
 def _app(database_url: str, clock: Any, keystore: Any, data_dir: Path, urls: list[str] | str,
@@ -299,6 +316,46 @@ def test_auth_scaleout_nonce_store_unreachable_refused_with_503(
         assert response.get_json()["code"] == 9505
     finally:
         _close(app)
+
+
+def test_auth_scaleout_nonce_retry_tells_its_own_write_from_another_process(
+    two: tuple[Flask, Flask]
+) -> None:
+    """A retried create refused because the key exists is ours only if it holds our token."""
+    bus = two[0].extensions[EXTENSION].bus
+    bus.ensure()
+    key = "n." + uuid.uuid4().hex
+    assert bus.create_nonce(key) is True
+    stored = "n." + hashlib.sha256(key.encode()).hexdigest()
+    token = bus._run(bus._kv.get(stored), NATS_TIMEOUT_S).value
+    assert bus._run(bus._written_by(stored, token), NATS_TIMEOUT_S) is True
+    assert bus._run(bus._written_by(stored, b"0" * len(token)), NATS_TIMEOUT_S) is False
+    assert bus.create_nonce(key) is False
+
+
+def test_auth_scaleout_node_loss_keeps_nonces_and_refuses_replays(
+    two: tuple[Flask, Flask], clock: Any, cluster: LocalCluster
+) -> None:
+    a, b = two
+    alice = Caller(a, clock, "alice")
+    for app in (a, b):
+        assert alice.call(app, "GET", ME).status_code == 200
+    before = alice.sign("GET", ME)
+    assert send(a, "GET", ME, *before).status_code == 200
+    cluster.kill_node(cluster.nodes[0])  # the R3 bucket keeps a quorum of two
+    accepted: list[tuple[bytes, dict[str, str]]] = []
+
+    def one_accepted() -> bool:  # a leader election may answer 503 for a moment, never 200 twice
+        signed = alice.sign("GET", ME)
+        status = error(send(b, "GET", ME, *signed))
+        assert status in ((200, ""), (503, "auth_store_unavailable")), status
+        if status[0] == 200:
+            accepted.append(signed)
+        return bool(accepted)
+
+    eventually(one_accepted, "a request is accepted with one node down")
+    assert error(send(a, "GET", ME, *accepted[0])) == (401, "request_replayed")
+    assert error(send(b, "GET", ME, *before)) == (401, "request_replayed")  # from before the loss
 
 
 # ------------------------------------------------------------------ keys and users from memory
