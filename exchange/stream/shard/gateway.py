@@ -74,6 +74,8 @@ FETCH_MAX = 512
 FETCH_TIMEOUT_S = 0.25
 RETRY_S = 0.3
 STALL_CHECK_S = 1.0
+CATCH_UP_TIMEOUT_S = 60.0  # a process's first request waits at most this for its replicas
+CATCH_UP_POLL_S = 0.01
 # The replica hashes its state at the leader's snapshot points (`strongroom shard-worker
 # --snapshot-every`, whose batches there carry the leader's hash), keeping the last few.
 DEFAULT_HASH_EVERY = DEFAULT_SHARD_SNAPSHOT_EVERY
@@ -341,13 +343,28 @@ class ShardGateway:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> ShardGateway:
-        """Connect, bootstrap every replica and start following; return self."""
+        """Connect, bootstrap every replica, follow, and catch up with the streams; return self.
+
+        The first request of a process waits until each replica has applied what its
+        stream held at start (at most CATCH_UP_TIMEOUT_S), so its reads are not older
+        than what other processes already answered.
+        """
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(
+        heads = asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(
             CONNECT_TIMEOUT_S + 5 * len(self.configs))
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+        for name, head in sorted(heads.items()):
+            replica = self.replicas[name]
+            while replica.machine.seq < head and replica.failed is None:
+                if time.monotonic() > deadline:
+                    log.warning("shard %s: replica at %d of %d after %.0f s; serving while it "
+                                "catches up", name, replica.machine.seq, head, CATCH_UP_TIMEOUT_S)
+                    break
+                time.sleep(CATCH_UP_POLL_S)
         return self
 
-    async def _connect(self) -> None:
+    async def _connect(self) -> dict[str, int]:
+        """Connect, bootstrap the replicas and start their tails; return each stream's head."""
         import nats
 
         self._stop = asyncio.Event()
@@ -362,6 +379,15 @@ class ShardGateway:
         if self.check_results:
             tasks += [ResultCheck(js, r).run(self._stop) for _, r in sorted(self.replicas.items())]
         self._follow = asyncio.gather(*tasks)
+        heads: dict[str, int] = {}
+        for name in sorted(self.replicas):
+            try:
+                info = await js.stream_info(shard_stream(name))
+            except (NatsError, TimeoutError):  # no stream yet, or NATS weather: nothing to wait for
+                continue
+            heads[name] = int(info.state.last_seq or 0)
+            self.replicas[name].known_seq = max(self.replicas[name].known_seq, heads[name])
+        return heads
 
     def close(self) -> None:
         """Stop following and disconnect."""
