@@ -54,12 +54,17 @@ def shard_worker(shard: str, nats_urls: str, instruments: Path | None, snapshot_
         server = serve_from_env(PROCESS_METRICS.registry)  # $STRONGROOM_METRICS_PORT, if set
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    from nats.errors import Error as NatsError
+
     try:
         stats = serve_worker(
             nats_urls, lambda js: ensure_shard_topology(js, [shard], replicas),
             lambda urls, stop: run_shard_worker(urls, config, shard, name=worker_name,
                                                 snapshot_every=snapshot_every, stop=stop,
                                                 metrics=PROCESS_METRICS))
+    except (NatsError, OSError) as exc:
+        raise click.ClickException(f"NATS at {nats_urls} unreachable: "
+                                   f"{type(exc).__name__}") from None
     finally:
         if server is not None:
             server.shutdown()
