@@ -9,14 +9,16 @@ atomicity is unchanged.
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from custody.ledger.entry import Entry, TransferKind
@@ -73,10 +75,39 @@ def _dbapi(session: Session) -> Any:
     return session.connection().connection.dbapi_connection
 
 
+@contextmanager
+def _driver_errors_as_sqlalchemy(session: Session, what: str) -> Iterator[None]:
+    """Raise a driver error from a raw cursor as SQLAlchemy's, as the ORM's statements do.
+
+    Callers tell a database outage from a refusal by ``SQLAlchemyError`` (settlement retries
+    the round on it): a raw ``psycopg.OperationalError`` would otherwise escape that.
+    """
+    dialect = session.get_bind().dialect
+    base = dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as exc:
+        raise DBAPIError.instance(what, None, exc, base, hide_parameters=True,
+                                  dialect=dialect) from exc
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _raises_sqlalchemy_errors(func: F) -> F:
+    """Decorate a function ``f(session, ...)`` that uses raw cursors (see above)."""
+    @functools.wraps(func)
+    def wrapper(session: Session, *args: Any, **kwargs: Any) -> Any:
+        with _driver_errors_as_sqlalchemy(session, f"ledger bulk {func.__name__}"):
+            return func(session, *args, **kwargs)
+    return cast(F, wrapper)
+
+
 def _is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+@_raises_sqlalchemy_errors
 def insert_entries(session: Session, created: Sequence[tuple[Entry, str, str]]) -> None:
     """Append journal rows (entry, prev_hash, hash) in one round trip."""
     postgres = _is_postgres(session)
@@ -102,6 +133,7 @@ def insert_entries(session: Session, created: Sequence[tuple[Entry, str, str]]) 
         cursor.close()
 
 
+@_raises_sqlalchemy_errors
 def update_balances(session: Session, accounts: Sequence[Any]) -> None:
     """Write the running totals and last_seq of the given account states."""
     if not accounts:
@@ -130,6 +162,7 @@ def update_balances(session: Session, accounts: Sequence[Any]) -> None:
         cursor.close()
 
 
+@_raises_sqlalchemy_errors
 def existing_ids(session: Session, column: str, ids: Sequence[str], chunk: int) -> list[tuple[Any, ...]]:
     """Return rows of ledger_transfers whose ``column`` is one of ``ids`` (whole rows)."""
     if not ids:
@@ -210,6 +243,7 @@ def is_postgres(session: Session) -> bool:
     return _is_postgres(session)
 
 
+@_raises_sqlalchemy_errors
 def read_batch_postgres(
     session: Session, head_id: int, ids: Sequence[str], pending_ids: Sequence[str],
     account_ids: Sequence[int],
@@ -256,6 +290,7 @@ def read_batch_postgres(
             cursor.close()
 
 
+@_raises_sqlalchemy_errors
 def write_batch_postgres(
     session: Session, created: Sequence[tuple[Entry, str, str]], accounts: Sequence[Any],
     head_id: int, seq: int, tip: str,

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from custody.db import make_engine, make_session_factory
 from custody.ledger.codes import LedgerCode
@@ -206,4 +207,29 @@ def test_batch_postgres_reads_balances_only_after_the_head_lock_is_granted(
         assert ledger.head()[0] == max(e.seq for e, _ in ledger.journal())
     finally:
         other_engine.dispose()
+        engine.dispose()
+
+
+def test_batch_postgres_database_failure_under_the_lock_raises_sqlalchemy_error_and_writes_nothing(
+    postgres_url: str
+) -> None:
+    """A driver error in the pipelined path is an SQLAlchemyError, which callers retry on."""
+    engine = make_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    ledger = Ledger(sessions)
+    user, _ = funded_user(ledger, "payer", "USDC", 100)
+    sink = ledger.create_account("payee", "USDC", AccountKind.USER_AVAILABLE).id
+    head = ledger.head()
+    try:
+        with sessions.begin() as holder:
+            assert ledger.submit_in(holder, [single("held", user.id, sink, 1)])[0].ok
+            with pytest.raises(OperationalError), sessions.begin() as session:
+                # The head is locked by ``holder``: the pipeline's lock statement times out.
+                session.execute(text("SET LOCAL lock_timeout = '100ms'"))
+                ledger.submit_in(session, [single("blocked", user.id, sink, 5)])
+            holder.rollback()
+        assert ledger.head() == head
+        assert ledger.balance(user.id).credit_balance_posted == 100
+        assert ledger.submit([single("after", user.id, sink, 5)])[0].ok
+    finally:
         engine.dispose()
