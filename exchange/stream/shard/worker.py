@@ -19,7 +19,10 @@ module is the shard's machine side:
   published batches. Fetched commands are cut
   at the multiples, so the batch ending at one carries the venue's
   `state_hash` there: any replica can check it has not diverged. Restoring a
-  snapshot re-checks its state hash (ShardMachine.restore).
+  snapshot re-checks its state hash (ShardMachine.restore): an intact object
+  whose content does not reproduce its hash (a bug, or an edit) stops the
+  worker (StreamCorrupt); an object that does not match its own meta record
+  (chunks lost) is no snapshot, and the worker replays its stream from the start.
 """
 
 from __future__ import annotations
@@ -98,7 +101,11 @@ class ShardWorker(StreamLeader[ShardResult, ShardBatch]):
         try:
             data = await read_snapshot(self.js, self.shard, await self._snapshot_store())
         except SnapshotUnreadable as exc:
-            raise StreamCorrupt(str(exc)) from exc
+            # The stored object does not match its own meta record (chunks missing or
+            # altered): no usable snapshot. The command stream is the source of truth, so
+            # replay it from the start (slower, never wrong).
+            log.error("%s; shard %s recovers from the start of its stream", exc, self.shard)
+            return
         if data is None:
             return
         try:

@@ -427,3 +427,36 @@ def test_shard_worker_idle_snapshot_once_quiet_then_not_after_every_trickle(
             await nc.close()
 
     asyncio.run(run())
+
+
+def test_shard_worker_snapshot_with_lost_chunk_recovers_by_replaying_the_whole_stream(
+        nats_cluster: LocalCluster) -> None:
+    # A snapshot object that no longer matches its meta record (a chunk lost) is no
+    # snapshot: the stream is the source of truth, so the next leader replays it all.
+    from exchange.stream.shard.snapshots import OBJECT_STREAM
+    from exchange.stream.topology import shard_snapshot_store
+
+    async def run() -> None:
+        shard = "SW10"
+        nc, js = await _connect(nats_cluster, shard)
+        try:
+            flow = shard_flow(150, seed=13, shard=shard)
+            await _append_flow(js, shard, flow[:100])
+            await _lead_until(nats_cluster, js, shard, 100, asyncio.Event())
+            info = await (await shard_snapshot_store(js)).get_info(shard)
+            chunk = await js.get_msg(OBJECT_STREAM, seq=1,
+                                     subject=f"$O.SHARD_SNAPSHOT.C.{info.nuid}", next=True)
+            await js.delete_msg(OBJECT_STREAM, chunk.seq)
+            await _append_flow(js, shard, flow[100:])
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_shard_worker(nats_cluster.urls, CONFIG, shard,
+                                                        name="next", stop=stop))
+            await wait_published(js, shard, 150, PUBLISH_TIMEOUT_S)
+            stop.set()
+            stats = await asyncio.wait_for(task, WORKER_EXIT_S)
+            assert (stats.replayed, stats.processed) == (100, 50)
+            await _assert_equals_replay(js, shard, 150)
+        finally:
+            await nc.close()
+
+    asyncio.run(run())

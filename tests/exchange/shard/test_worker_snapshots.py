@@ -34,6 +34,9 @@ def test_shard_snapshot_larger_than_a_message_round_trips_and_replaces(
             first = os.urandom(3 * MAX_MSG_BYTES + 12345)
             await write_snapshot(js, "SNAP1", first)
             assert await read_snapshot(js, "SNAP1") == first
+            # The standard object store layout: nats' own client reads it too.
+            store = await shard_snapshot_store(js)
+            assert (await store.get("SNAP1")).data == first
             second = os.urandom(MAX_MSG_BYTES // 3)
             await write_snapshot(js, "SNAP1", second)
             assert await read_snapshot(js, "SNAP1") == second
