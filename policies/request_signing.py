@@ -174,6 +174,16 @@ def verify_signed_request(
     return None
 
 
+def timestamp_refusal(timestamp_ms: int, now_ms: int,
+                      recv_window_ms: int = DEFAULT_RECV_WINDOW_MS) -> Refusal | None:
+    """Return why a request stamped ``timestamp_ms`` is outside the receive window, or None.
+
+    Pure and cheap: callers run it before looking the key up, so requests that queued
+    past the window (overload) or replays of old ones cost no key lookup at all.
+    """
+    return _check_timestamp(timestamp_ms, now_ms, recv_window_ms)
+
+
 def _check_timestamp(timestamp_ms: int, now_ms: int, recv_window_ms: int) -> Refusal | None:
     if now_ms - timestamp_ms > recv_window_ms:
         return Refusal(

@@ -40,6 +40,7 @@ from policies.request_signing import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     SignedRequest,
+    timestamp_refusal,
     verify_signed_request,
 )
 from policies.results import PolicyError, Refusal, ResultCode
@@ -187,12 +188,21 @@ def authenticate(scope: Scope) -> Principal:
         body=request.get_data(cache=True),
         client_ip=request.remote_addr or "",
     )
+    # Outside the time window: refused before the key is looked up. Such a request is not
+    # authenticated (its signature is never checked), so it costs no key lookup and no
+    # security-log row: a client whose requests queued past the window under overload, or
+    # a replay of an old capture, must not add database work. The app log has key and path.
+    now_ms = svc.clock()
+    early = timestamp_refusal(signed.timestamp_ms, now_ms, svc.recv_window_ms)
+    if early is not None:
+        svc.log_refusal(signed.key_id, None, early, request.method, request.path)
+        raise PolicyError(early.code, early.message)
     found = svc.users.verified_key(signed.key_id)
     refusal = verify_signed_request(
         signed,
         None if found is None else found[0],
         required_scope=scope,
-        now_ms=svc.clock(),
+        now_ms=now_ms,
         replay_cache=svc.replay_cache,
         recv_window_ms=svc.recv_window_ms,
     )

@@ -65,6 +65,33 @@ def test_clock_skew_beyond_window_is_401(alice: SignedClient, skew_ms: int, erro
     assert_error(alice.get(ME, timestamp_ms=alice.clock.now_ms + 1 + skew_ms), 401, error)
 
 
+def test_request_outside_window_refused_before_key_lookup_without_security_log_row(
+        alice: SignedClient, app: Flask) -> None:
+    """Requests that queued past the window (overload) or old replays cost no key lookup."""
+    from sqlalchemy import event
+
+    from custody.security_log import SecurityEvent
+
+    engine = app.extensions["strongroom.sessions"].kw["bind"]  # the app's database
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    with app.extensions["strongroom.sessions"].begin() as session:
+        before = session.query(SecurityEvent).count()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert_error(alice.get(ME, timestamp_ms=alice.clock.now_ms - 60_000), 401, "timestamp_stale")
+        alice.key_id = "srk_doesnotexist"  # stale and unknown: stale wins, key existence not told
+        assert_error(alice.get(ME, timestamp_ms=alice.clock.now_ms - 60_000), 401, "timestamp_stale")
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert statements == []
+    with app.extensions["strongroom.sessions"].begin() as session:
+        assert session.query(SecurityEvent).count() == before
+
+
 def test_skew_within_window_is_accepted(alice: SignedClient) -> None:
     assert alice.get(ME, timestamp_ms=alice.clock.now_ms - 4_000).status_code == 200
 
