@@ -584,7 +584,7 @@ def positions() -> ResponseReturnValue:
 @answers({"200": obj({"symbol": STR, "seq": INT, "bids": array(array(INT)),
                       "asks": array(array(INT))})})
 def depth(symbol: str) -> ResponseReturnValue:
-    """Return book levels [price, size] from the event-fed state (scale-out mode only)."""
+    """Return book levels [price, size] from memory (scale-out and shard modes only)."""
     if shardmode.holder() is not None:
         return jsonify(runner().read(symbol, lambda v: _depth_of(v, symbol, 10)))
     gw = scaleout.gateway()
