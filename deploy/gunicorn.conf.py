@@ -10,6 +10,16 @@ PgBouncer in front).
 ``STRONGROOM_ROLE=all`` (the exchange and jobs process): exactly one worker;
 the venue's journal directory is locked by the process holding it, and a
 second one would refuse to start (``VenueLocked``).
+
+Shard mode (``STRONGROOM_EXCHANGE_SHARD_NATS_URLS`` set): every worker process
+runs a read replica of each clearing shard, and a replica applies *every*
+command of its shard, so more processes per pod cost CPU instead of adding
+throughput. The defaults become 1 worker x 8 threads (``gthread``), the best of
+the sweep measured on 2 cores (docs/scale-out.md, "Benchmarks and operations":
+95 orders/s answered at 150/s offered against 82 for 2x8, 36 for 2x4 and 9 for
+sync 2x1; p50 13.9 ms / p99 50.8 ms at 50/s against 25.1 / 195.5 ms for 2x8).
+Scale shard mode by pods, not by processes per pod. ``STRONGROOM_WORKERS`` and
+``STRONGROOM_THREADS`` still override.
 """
 
 import multiprocessing
@@ -17,11 +27,14 @@ import os
 
 role = os.environ.get("STRONGROOM_ROLE", "all")
 bind = os.environ.get("STRONGROOM_BIND", "0.0.0.0:8600")
+shard_mode = bool(os.environ.get("STRONGROOM_EXCHANGE_SHARD_NATS_URLS", "").strip())
 if role == "all":
     workers = 1
+elif shard_mode:
+    workers = int(os.environ.get("STRONGROOM_WORKERS", "1"))
 else:
     workers = int(os.environ.get("STRONGROOM_WORKERS", 2 * multiprocessing.cpu_count() + 1))
-threads = int(os.environ.get("STRONGROOM_THREADS", "4"))
+threads = int(os.environ.get("STRONGROOM_THREADS", "8" if shard_mode else "4"))
 worker_class = "gthread"
 timeout = 30
 graceful_timeout = 20

@@ -9,6 +9,7 @@ from flask import Flask, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from custody.api import access as access_api
@@ -33,7 +34,7 @@ from exchange.api import controls as exchange_controls_api
 from exchange.api import marketdata as marketdata_api
 from strongroom import auth_fast, console, logs, metrics
 from strongroom.keystores import LazyKeystore, open_keystore
-from strongroom.settings import Settings
+from strongroom.settings import MAX_TRUSTED_PROXY_HOPS, Settings
 from strongroom.trading_limits import KycTradingLimits
 from strongroom.wiring import build_access_services
 
@@ -128,7 +129,24 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
     init_rate_limits(app)
     metrics.init_app(app)
     _register_meta_routes(app)
+    trust_proxies(app, app.config.get("TRUSTED_PROXY_HOPS", settings.trusted_proxy_hops))
     return app
+
+
+def trust_proxies(app: Flask, hops: Any) -> None:
+    """Believe the last ``hops`` proxies' X-Forwarded-For / -Proto (``TRUSTED_PROXY_HOPS``; 0: none).
+
+    Behind an ingress every request comes from the proxy's address, so per-IP rate limits, API key
+    IP allowlists and the security log would all see one client. With N trusted hops,
+    ``request.remote_addr`` is the address the outermost trusted proxy saw: the Nth
+    X-Forwarded-For entry from the right (each proxy appends its peer), so entries a client
+    forges to the left are ignored. A request carrying fewer entries than N keeps the socket's
+    address. Installed last, around every other middleware, so every reader sees the same address.
+    """
+    if isinstance(hops, bool) or not isinstance(hops, int) or not 0 <= hops <= MAX_TRUSTED_PROXY_HOPS:
+        raise ValueError(f"TRUSTED_PROXY_HOPS was {hops!r}, must be an integer 0..{MAX_TRUSTED_PROXY_HOPS}")
+    if hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
 
 def _wire_travel_rule_exchange(app: Flask) -> None:

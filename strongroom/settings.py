@@ -12,6 +12,8 @@ DEFAULT_PORT = 8600
 DATA_DIR_MODE = 0o700
 KEYSTORE_BACKENDS = ("local", "vault", "pkcs11")
 DEFAULT_CHECKPOINT_EVERY = 10_000
+# Reverse proxies in front of the app whose X-Forwarded-For / -Proto entries are believed (0: none).
+MAX_TRUSTED_PROXY_HOPS = 5
 EXCHANGE_FEEDS = ("simulated", "ccxt", "none")
 # A host name or an IPv4/IPv6 address; anything else is a typo, not an address to resolve.
 HOST_PATTERN = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*|"
@@ -49,6 +51,10 @@ class Settings:
     exchange_shard_nats_urls: tuple[str, ...] = ()
     # NAME=instrument-file,... : each shard's instruments, as its worker loads them ("" = MAIN).
     exchange_shards: str = ""
+    # How many reverse proxies (ingress, TLS terminator) sit in front of the app: the client address
+    # is then the one the outermost of them saw (the Nth X-Forwarded-For entry from the right).
+    # 0 (the default): X-Forwarded-* headers are never believed (docs/production.md, "TLS").
+    trusted_proxy_hops: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -79,6 +85,10 @@ class Settings:
         if not seed_text.isdigit():
             raise SettingsError(f"STRONGROOM_EXCHANGE_FEED_SEED was {seed_text!r}, "
                                 "must be a non-negative integer")
+        hops_text = env.get("STRONGROOM_TRUSTED_PROXY_HOPS", "0").strip() or "0"
+        if not hops_text.isdigit() or int(hops_text) > MAX_TRUSTED_PROXY_HOPS:
+            raise SettingsError(f"STRONGROOM_TRUSTED_PROXY_HOPS was {hops_text[:20]!r}, "
+                                f"must be 0..{MAX_TRUSTED_PROXY_HOPS}")
         host = env.get("STRONGROOM_HOST") or DEFAULT_HOST
         if len(host) > 253 or not HOST_PATTERN.fullmatch(host):
             raise SettingsError(f"STRONGROOM_HOST was {host[:80]!r}, must be a host name or an IP address")
@@ -95,7 +105,8 @@ class Settings:
                        "STRONGROOM_EXCHANGE_NATS_URLS", "").split(",") if u.strip()),
                    exchange_shard_nats_urls=tuple(u.strip() for u in env.get(
                        "STRONGROOM_EXCHANGE_SHARD_NATS_URLS", "").split(",") if u.strip()),
-                   exchange_shards=env.get("STRONGROOM_EXCHANGE_SHARDS", "").strip())
+                   exchange_shards=env.get("STRONGROOM_EXCHANGE_SHARDS", "").strip(),
+                   trusted_proxy_hops=int(hops_text))
 
     def ensure_data_dir(self) -> Path:
         """Create the data directory readable by its owner only, and return it."""

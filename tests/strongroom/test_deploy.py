@@ -59,7 +59,7 @@ def test_k8s_exchange_is_one_pod_and_the_hpa_scales_only_the_stateless_api() -> 
     ingress = docs[("Ingress", "strongroom")]
     paths = {p["path"]: p["backend"]["service"]["name"] for r in ingress["spec"]["rules"]
              for p in r["http"]["paths"]}
-    assert paths["/api/v1/exchange"] == "strongroom-exchange" and paths["/api/v1"] == "strongroom-api"
+    assert paths["/api/v1"] == "strongroom-api" and paths["/console"] == "strongroom-exchange"
     assert not any(p.startswith("/metrics") for p in paths)
     assert ingress["spec"]["tls"], "TLS terminates at the ingress"
 
@@ -92,6 +92,81 @@ def test_gunicorn_config_holds_the_exchange_role_to_one_worker(
     monkeypatch.setenv("STRONGROOM_WORKERS", "5")
     config = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
     assert config["workers"] == workers and config["preload_app"] is False
+
+
+def _gunicorn(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> dict[str, Any]:
+    for name in ("STRONGROOM_ROLE", "STRONGROOM_WORKERS", "STRONGROOM_THREADS",
+                 "STRONGROOM_EXCHANGE_SHARD_NATS_URLS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
+
+
+def test_gunicorn_config_shard_mode_defaults_to_one_gthread_worker_with_eight_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = _gunicorn(monkeypatch, {"STRONGROOM_ROLE": "api",
+                                     "STRONGROOM_EXCHANGE_SHARD_NATS_URLS": "nats://n1:4222"})
+    assert (config["worker_class"], config["workers"], config["threads"]) == ("gthread", 1, 8)
+    overridden = _gunicorn(monkeypatch, {"STRONGROOM_ROLE": "api", "STRONGROOM_WORKERS": "2",
+                                         "STRONGROOM_THREADS": "4",
+                                         "STRONGROOM_EXCHANGE_SHARD_NATS_URLS": "nats://n1:4222"})
+    assert (overridden["workers"], overridden["threads"]) == (2, 4)
+
+
+def test_gunicorn_config_without_shard_mode_keeps_two_per_core_plus_one_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import multiprocessing
+
+    config = _gunicorn(monkeypatch, {"STRONGROOM_ROLE": "api", "STRONGROOM_EXCHANGE_SHARD_NATS_URLS": " "})
+    assert (config["workers"], config["threads"]) == (2 * multiprocessing.cpu_count() + 1, 4)
+
+
+def _configmap() -> dict[str, str]:
+    return dict(next(d for d in _k8s() if d["kind"] == "ConfigMap")["data"])
+
+
+def test_k8s_api_pods_run_the_shard_mode_gunicorn_sizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    [api] = [d for d in _by_component("api") if d["kind"] == "Deployment"]
+    container = _containers(api)[0]
+    assert {"configMapRef": {"name": "strongroom"}} in container["envFrom"]
+    # What gunicorn.conf.py sees in the pod: the ConfigMap, then the container's own env.
+    config = _gunicorn(monkeypatch, {**_configmap(), **_env(container)})
+    assert (config["workers"], config["threads"]) == (1, 8), "nothing overrides the measured best"
+    assert container["resources"]["requests"]["cpu"] == "1"
+
+
+def test_k8s_shard_mode_routes_the_exchange_to_the_autoscaled_api_pool() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _k8s()}
+    assert _configmap()["STRONGROOM_EXCHANGE_SHARD_NATS_URLS"], "this manifest runs shard mode"
+    ingress = docs[("Ingress", "strongroom")]
+    paths = {p["path"]: p["backend"]["service"]["name"] for r in ingress["spec"]["rules"]
+             for p in r["http"]["paths"]}
+    service = docs[("Service", paths["/api/v1/exchange"])]
+    hpa = next(d for d in _k8s() if d["kind"] == "HorizontalPodAutoscaler")
+    target = docs[("Deployment", hpa["spec"]["scaleTargetRef"]["name"])]
+    assert service["spec"]["selector"].items() <= target["spec"]["template"]["metadata"]["labels"].items()
+    # The console and the public market data stay with the one exchange pod (its read model).
+    assert paths["/console"] == paths["/api/v1/market"] == "strongroom-exchange"
+
+
+def test_k8s_trusts_exactly_the_ingress_as_proxy_and_only_it_reaches_the_http_pods() -> None:
+    assert _configmap()["STRONGROOM_TRUSTED_PROXY_HOPS"] == "1"
+    policy = next(d for d in _k8s() if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "strongroom")
+    sources = [s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+               for rule in policy["spec"]["ingress"] for s in rule["from"]]
+    assert sources == ["ingress-nginx", "monitoring"]
+
+
+def test_compose_never_trusts_forwarded_for_and_leaves_api_sizing_to_shard_mode() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    for name in ("api", "exchange"):
+        assert services[name]["environment"]["STRONGROOM_TRUSTED_PROXY_HOPS"] == "0", name
+    api = services["api"]["environment"]
+    assert api["STRONGROOM_EXCHANGE_SHARD_NATS_URLS"] and "STRONGROOM_WORKERS" not in api
+    assert "STRONGROOM_THREADS" not in api
 
 
 SHARD_COMPONENTS = ("shard-worker", "shard-feeder", "shard-settlement")
