@@ -164,9 +164,13 @@ class ShardMachine:
             venue.now_ms = self.clock_ms
         value: object = None
         code, message = 0, ""
+        # Funding, expiries and dead man's switches due at the clock run first and belong to
+        # this command's result even if the command itself is then refused.
+        due_effects = (0, 0)
         try:
             if venue.due(self.clock_ms):
                 venue.advance(self.clock_ms)
+                due_effects = (len(venue.clearing.postings), len(tap.events))
             code, message, value = self._run(command)
         except (InvalidCommand, ControlError, MarketClosed) as exc:
             code, message = int(exc.code), _short(exc.message)
@@ -180,8 +184,10 @@ class ShardMachine:
             log.exception("shard %s: command %d raised", self.shard, seq)
             venue.clearing.check_invariants()
             code, message = INTERNAL_ERROR, _short(f"internal error: {type(exc).__name__}")
+        own_effects = (len(venue.clearing.postings) > due_effects[0]
+                       or len(tap.events) > due_effects[1])
         postings, risk = venue.drain()
-        if code and (postings or tap.events):
+        if code and own_effects:
             # A refusal after partial effects would be a venue bug; keep the record honest.
             log.error("shard %s: refused command %d still produced effects", self.shard, seq)
         return Applied(ShardResult(seq, code, message, tap.events, [_wire(p) for p in postings],

@@ -261,3 +261,17 @@ def test_shard_machine_any_flow_snapshot_midway_replays_to_same_results_and_hash
     whole.venue.clearing.check_invariants()
     ids = [p[0] for r in expected for p in r.postings]
     assert len(ids) == len(set(ids))
+
+
+def test_shard_machine_refused_command_after_due_funding_keeps_funding_and_logs_no_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Funding due at the clock runs before a refused order: it stays in that command's result."""
+    m = ShardMachine(CONFIG, "MAIN")
+    run(m, [*opening(), order("a1", "alice", "buy", 2), order("b1", "bob", "sell", 2)])
+    later = NOW + CONFIG.instruments["BTC-PERP"].funding_interval_ms + 1
+    caplog.clear()
+    refused = m.apply(m.seq + 1, order("late", "alice", "buy", 1, ts_ms=later))
+    assert refused.code == RiskCode.INDEX_STALE  # no quote for hours: new risk refused
+    assert any(ev["type"] == "FundingPaid" for ev in refused.risk)
+    assert refused.postings, "the funding's postings belong to the command they ran before"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
