@@ -196,6 +196,41 @@ def _wait_for_nats(app: Any) -> None:
             time.sleep(0.5)
 
 
+def _profile_loops(app: Any) -> list[tuple[Any, cProfile.Profile]]:
+    """Start a profiler in each NATS event-loop thread of the app (cProfile is per thread)."""
+    loops = []
+    holder = app.extensions.get("strongroom.exchange.shards")
+    if holder is not None:
+        loops.append(holder.get()._loop)
+    fast = app.extensions.get("strongroom.auth_fast")
+    if fast is not None and fast.bus._loop is not None and fast.bus._loop not in loops:
+        loops.append(fast.bus._loop)
+    out = []
+    for loop in loops:
+        loop_profiler = cProfile.Profile(time.thread_time)
+        loop.call_soon_threadsafe(loop_profiler.enable)
+        out.append((loop, loop_profiler))
+    return out
+
+
+def _thread_cpu() -> dict[str, float]:
+    """Return CPU seconds per live thread name of this process (Linux /proc; empty elsewhere)."""
+    import os
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        name = thread.name.split(" ")[0]
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def run(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -242,6 +277,8 @@ def run(args: argparse.Namespace) -> None:
         profiler = cProfile.Profile() if args.profile else None
         walls = []
         cpu = 0.0
+        threads0 = _thread_cpu()
+        loop_profilers = _profile_loops(app) if args.profile_loops else []
         for n in range(args.requests):
             if time.monotonic() - marked > MARK_EVERY_S:
                 mark()
@@ -254,6 +291,9 @@ def run(args: argparse.Namespace) -> None:
                 profiler.disable()
             walls.append(time.perf_counter() - t0)
             cpu += time.process_time() - cpu0
+        threads1 = _thread_cpu()
+        for loop, loop_profiler in loop_profilers:
+            loop.call_soon_threadsafe(loop_profiler.disable)
         walls.sort()
         db = "postgresql" if args.database_url else "sqlite"
         what = "whole shard-mode order requests" if args.full else "auth + KYC limits only"
@@ -262,8 +302,15 @@ def run(args: argparse.Namespace) -> None:
         print(f"  wall p50      {statistics.median(walls) * 1e6:8.0f} us")
         print(f"  wall p99      {walls[int(len(walls) * 0.99) - 1] * 1e6:8.0f} us")
         print(f"  SQL statements/request {statements[0] / args.requests:.2f}")
+        for name in sorted(threads1):
+            spent = threads1[name] - threads0.get(name, 0.0)
+            if spent > 0:
+                print(f"  thread {name:<20} {spent / args.requests * 1e6:8.0f} us/request")
         if profiler is not None:
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        time.sleep(0.2)
+        for _, loop_profiler in loop_profilers:
+            pstats.Stats(loop_profiler).sort_stats("tottime").print_stats(30)
 
 
 def main() -> None:
@@ -272,7 +319,9 @@ def main() -> None:
     parser.add_argument("--store", choices=("db", "nats"), default="db")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="cProfile the request thread")
+    parser.add_argument("--profile-loops", action="store_true",
+                        help="cProfile the NATS event-loop threads (sorted by own time)")
     parser.add_argument("--full", action="store_true", help="whole order requests in shard mode")
     run(parser.parse_args())
 

@@ -32,6 +32,7 @@ from custody.ledger.service import Ledger, wall_clock_ms
 from exchange.api import blueprint as exchange_api
 from exchange.api import controls as exchange_controls_api
 from exchange.api import marketdata as marketdata_api
+from exchange.api import shardmode as exchange_shards
 from strongroom import auth_fast, console, logs, metrics
 from strongroom.keystores import LazyKeystore, open_keystore
 from strongroom.settings import MAX_TRUSTED_PROXY_HOPS, Settings
@@ -121,6 +122,10 @@ def create_app(config: dict[str, Any] | None = None, settings: Settings | None =
         kyc = app.extensions["strongroom.access"].kyc
         app.extensions[exchange_api.LIMITS_EXTENSION] = KycTradingLimits(kyc, cache=auth_fast.cache_of(app))
         exchange_api.init_app(app)
+        shards = app.extensions.get(exchange_shards.EXTENSION)
+        if shards is not None:
+            # One NATS connection and loop thread per process: the nonce store rides on the gateway's.
+            auth_fast.share_with_shard_gateway(app, shards.get, shards.urls)
         # Tax reports tell funding from realised PnL by the venue's funding records (their clearing seqs).
         app.extensions[compliance_api.FUNDING_SEQS_EXTENSION] = _funding_seqs(app)
         exchange_controls_api.init_app(app)

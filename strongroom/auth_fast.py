@@ -43,10 +43,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import nats
 from flask import Flask
@@ -150,17 +150,38 @@ def _int(value: Any, default: int, name: str, low: int, high: int) -> int:
     return int(text)
 
 
+class SharedConnection(Protocol):
+    """Another user's started NATS connection and loop this bus can ride on (the shard gateway)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def connection(self) -> Any: ...
+
+    disconnected_cbs: list[Callable[[], Awaitable[None]]]
+    reconnected_cbs: list[Callable[[], Awaitable[None]]]
+
+
 class AuthBus:
     """This process's NATS connection for signed requests: the nonce bucket and the change feed.
 
     Started lazily in the process that uses it (gunicorn forks after the app
-    is built); a background thread runs its event loop.
+    is built); a background thread runs its event loop. With ``share`` (shard
+    mode, same servers: `share_with_shard_gateway`) it opens no connection of its
+    own: it uses the process's shard gateway's connection and loop thread, so a
+    signed order wakes one event loop, not two (its disconnects and reconnects
+    reach this bus through the gateway's callback lists).
     """
 
-    def __init__(self, settings: AuthFastSettings, cache: AuthCache, recv_window_ms: int) -> None:
+    def __init__(self, settings: AuthFastSettings, cache: AuthCache, recv_window_ms: int,
+                 share: Callable[[], SharedConnection] | None = None) -> None:
         assert settings.store == "nats" and settings.urls
         self.settings = settings
         self.cache = cache
+        self.share = share
+        self._host: SharedConnection | None = None
+        self._sub: Any = None
         self.nonce_ttl_ms = 2 * max(recv_window_ms, 1) + NONCE_SKEW_MARGIN_MS
         assert self.nonce_ttl_ms <= 2 * MAX_RECV_WINDOW_MS + NONCE_SKEW_MARGIN_MS
         self._lock = threading.Lock()
@@ -191,13 +212,15 @@ class AuthBus:
             if self._kv is not None and self._pid == os.getpid():
                 return
             self._live = False
-            if self._loop is None or self._pid != os.getpid():
+            if time.monotonic() < self._retry_at and self._pid == os.getpid():
+                raise AuthStoreUnavailable("the nonce store (NATS) is unreachable; retry in a moment")
+            if self.share is not None:
+                self._attach_shared()
+            elif self._loop is None or self._pid != os.getpid():
                 self._loop = asyncio.new_event_loop()
                 threading.Thread(target=self._loop.run_forever, name="auth-nats", daemon=True).start()
                 self._pid = os.getpid()
                 self._nc = self._kv = None
-            if time.monotonic() < self._retry_at:
-                raise AuthStoreUnavailable("the nonce store (NATS) is unreachable; retry in a moment")
             try:
                 self._run(self._connect(), 2 * self._connect_timeout_s + self.settings.timeout_s)
             except Exception as exc:
@@ -208,7 +231,29 @@ class AuthBus:
                 raise AuthStoreUnavailable(f"the nonce store (NATS) is unreachable: {type(exc).__name__}") \
                     from None
 
+    def _attach_shared(self) -> None:
+        """Ride on the shard gateway's connection and loop in this process (the caller holds the lock)."""
+        assert self.share is not None
+        try:
+            host = self.share()  # starts this process's gateway if it is not yet
+        except Exception as exc:
+            # Requests arriving meanwhile are refused at once instead of each waiting to connect.
+            self._pid, self._retry_at = os.getpid(), time.monotonic() + RETRY_BACKOFF_S
+            raise AuthStoreUnavailable(f"the nonce store (NATS) is unreachable: {type(exc).__name__}") \
+                from None
+        if host is self._host and self._pid == os.getpid():
+            return
+        self._host, self._pid, self._loop = host, os.getpid(), host.loop
+        self._nc = self._kv = self._sub = None
+        host.disconnected_cbs.append(self._on_disconnected)
+        host.reconnected_cbs.append(self._on_reconnected)
+
     async def _connect(self) -> None:
+        if self._nc is None and self._host is not None:
+            nc = self._host.connection
+            self._sub = await nc.subscribe(CHANGED_SUBJECT, cb=self._on_changed)
+            await nc.flush(timeout=self.settings.timeout_s)
+            self._nc = nc
         if self._nc is None:
             # The first connection is bounded here (nats-py would retry it forever); once
             # connected, it reconnects on its own for as long as the process lives.
@@ -248,11 +293,24 @@ class AuthBus:
         return kv
 
     def close(self) -> None:
-        """Disconnect and stop the loop (tests; a process exiting needs nothing)."""
+        """Disconnect and stop the loop (tests; a process exiting needs nothing).
+
+        On a shared connection only this bus's subscription goes; the gateway owns the rest.
+        """
         with self._lock:
-            loop, nc = self._loop, self._nc
+            loop, nc, host, sub = self._loop, self._nc, self._host, self._sub
             self._live, self._kv, self._nc, self._loop = False, None, None, None
+            self._host = self._sub = None
         if loop is None or self._pid != os.getpid():
+            return
+        if host is not None:
+            with contextlib.suppress(ValueError):
+                host.disconnected_cbs.remove(self._on_disconnected)
+            with contextlib.suppress(ValueError):
+                host.reconnected_cbs.remove(self._on_reconnected)
+            if sub is not None and loop.is_running():
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(sub.unsubscribe(), loop).result(CONNECT_TIMEOUT_S)
             return
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_shutdown(nc), loop).result(CONNECT_TIMEOUT_S)
@@ -401,6 +459,20 @@ def init_app(app: Flask) -> AuthFast | None:
     fast = AuthFast(settings, cache, bus)
     app.extensions[EXTENSION] = fast
     return fast
+
+
+def share_with_shard_gateway(app: Flask, gateway: Callable[[], SharedConnection],
+                             urls: list[str] | tuple[str, ...]) -> bool:
+    """Let the nonce store and change feed use the shard gateway's connection and loop thread.
+
+    Only when the auth bus talks to the same NATS servers (the default in shard mode); the
+    composition root calls it after the exchange API is set up. Return whether it shares.
+    """
+    fast: AuthFast | None = app.extensions.get(EXTENSION)
+    if fast is None or tuple(fast.settings.urls) != tuple(urls):
+        return False
+    fast.bus.share = gateway
+    return True
 
 
 def cache_of(app: Flask) -> AuthCache | None:

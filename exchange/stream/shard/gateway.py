@@ -30,12 +30,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+import nats
+import nats.aio.client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -334,6 +336,11 @@ class ShardGateway:
         # Reads that name no instrument (the account summary, collateral) default to this one.
         self.default_shard = DEFAULT_SHARD if DEFAULT_SHARD in configs else min(configs)
         self.replicas: dict[str, Replica] = {}
+        # Other users of this process's connection (the signed-request nonce store) hear of
+        # its disconnects and reconnects here: one connection and one loop thread per process.
+        self.disconnected_cbs: list[Callable[[], Awaitable[None]]] = []
+        self.reconnected_cbs: list[Callable[[], Awaitable[None]]] = []
+        self._nc: nats.aio.client.Client | None = None
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._js: JetStreamContext | None = None
@@ -363,13 +370,34 @@ class ShardGateway:
                 time.sleep(CATCH_UP_POLL_S)
         return self
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (its thread runs every NATS callback of this gateway)."""
+        return self._loop
+
+    @property
+    def connection(self) -> nats.aio.client.Client:
+        """The started gateway's NATS connection (shared with the process's other NATS users)."""
+        assert self._nc is not None, "start() the gateway first"
+        return self._nc
+
+    async def _disconnected(self) -> None:
+        for cb in list(self.disconnected_cbs):
+            with contextlib.suppress(Exception):
+                await cb()
+
+    async def _reconnected(self) -> None:
+        for cb in list(self.reconnected_cbs):
+            with contextlib.suppress(Exception):
+                await cb()
+
     async def _connect(self) -> dict[str, int]:
         """Connect, bootstrap the replicas and start their tails; return each stream's head."""
-        import nats
-
         self._stop = asyncio.Event()
         self._nc = await nats.connect(servers=self.urls, name="shard-gateway",
-                                      max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+                                      max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                                      disconnected_cb=self._disconnected,
+                                      reconnected_cb=self._reconnected)
         js = self._nc.jetstream()
         self._js = js
         for name, config in sorted(self.configs.items()):
@@ -396,6 +424,7 @@ class ShardGateway:
                 self._stop.set()
                 with contextlib.suppress(Exception):
                     await self._follow
+            if self._nc is not None:
                 await self._nc.close()
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(_close(), self._loop).result(CONNECT_TIMEOUT_S)
