@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> None:
                 marked = time.monotonic()
             one(app, keys[n % len(keys)], n)
         statements[0] = 0
-        profiler = cProfile.Profile() if args.profile else None
+        profiler = cProfile.Profile(time.thread_time) if args.profile else None
         walls = []
         cpu = 0.0
         threads0 = _thread_cpu()

@@ -37,19 +37,32 @@ Handler = Callable[[EventBatch], Awaitable[None]]
 
 
 async def fetch_ready(sub: JetStreamContext.PullSubscription, limit: int,
-                      timeout_s: float) -> list[Msg]:
+                      timeout_s: float, *, drain_idle: bool = True) -> list[Msg]:
     """Wait up to `timeout_s` for one message, then take what else is ready, up to `limit`.
 
     nats-py's `fetch(n)` on an idle consumer lingers until it has n messages or its
     timeout passed, so a lone command would wait the whole timeout: the latency floor
     of every hop. One message is awaited alone; the rest are only drained.
+    ``drain_idle=False`` (replicas): no drain when the message says the consumer had
+    nothing more pending (its metadata's num_pending), saving a pull request, its
+    expiry status and the drain's linger per message on an idle stream; a message
+    stored meanwhile comes with the next fetch.
     Raise TimeoutError (nats' or asyncio's) if nothing came.
     """
     msgs = await sub.fetch(1, timeout=timeout_s)
+    if not drain_idle and msgs and _nothing_pending(msgs[-1]):
+        return msgs
     if limit > 1:
         with contextlib.suppress(TimeoutError):
             msgs += await sub.fetch(limit - 1, timeout=DRAIN_TIMEOUT_S)
     return msgs
+
+
+def _nothing_pending(msg: Msg) -> bool:
+    try:
+        return msg.metadata.num_pending == 0
+    except Exception:  # not a JetStream delivery (no metadata): drain as usual
+        return False
 
 
 class EventFollower:

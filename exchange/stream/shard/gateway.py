@@ -228,7 +228,8 @@ class ResultCheck:
             try:
                 while not stop.is_set() and self.replica.failed is None:
                     try:
-                        msgs = await fetch_ready(sub, FETCH_MAX, FETCH_TIMEOUT_S)
+                        msgs = await fetch_ready(sub, FETCH_MAX, FETCH_TIMEOUT_S,
+                                                       drain_idle=False)
                     except TimeoutError:
                         continue
                     for msg in msgs:
@@ -296,7 +297,8 @@ class CommandTail:
     async def _follow(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                msgs: list[Msg] = await fetch_ready(sub, FETCH_MAX, FETCH_TIMEOUT_S)
+                msgs: list[Msg] = await fetch_ready(sub, FETCH_MAX, FETCH_TIMEOUT_S,
+                                                       drain_idle=False)
             except TimeoutError:  # nothing new, or a lost consumer
                 if await self._stalled():
                     return
