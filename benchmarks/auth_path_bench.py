@@ -307,10 +307,10 @@ def run(args: argparse.Namespace) -> None:
             if spent > 0:
                 print(f"  thread {name:<20} {spent / args.requests * 1e6:8.0f} us/request")
         if profiler is not None:
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+            pstats.Stats(profiler).sort_stats(args.loop_sort).print_stats(40)
         time.sleep(0.2)
         for _, loop_profiler in loop_profilers:
-            pstats.Stats(loop_profiler).sort_stats("tottime").print_stats(30)
+            pstats.Stats(loop_profiler).sort_stats(args.loop_sort).print_stats(40)
 
 
 def main() -> None:
@@ -321,7 +321,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="cProfile the request thread")
     parser.add_argument("--profile-loops", action="store_true",
-                        help="cProfile the NATS event-loop threads (sorted by own time)")
+                        help="cProfile the NATS event-loop threads (CPU time)")
+    parser.add_argument("--loop-sort", default="tottime", help="pstats sort key of --profile-loops")
     parser.add_argument("--full", action="store_true", help="whole order requests in shard mode")
     run(parser.parse_args())
 

@@ -79,3 +79,50 @@ def test_shard_api_auth_on_other_nats_servers_keeps_its_own_connection(app: Flas
     holder = app.extensions["strongroom.exchange.shards"]
     assert share_with_shard_gateway(app, holder.get, ["nats://elsewhere:4222"]) is False
     assert share_with_shard_gateway(app, holder.get, holder.urls) is True
+
+
+def _fetch_calls(urls: list[str], stored: int) -> tuple[int, int]:
+    """Store `stored` messages on a fresh stream, fetch_ready once as a replica does; return
+    (messages returned, fetch calls made)."""
+    import uuid
+
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+
+    from exchange.stream.follower import fetch_ready
+
+    name = "FR" + uuid.uuid4().hex[:10].upper()
+
+    async def run() -> tuple[int, int]:
+        nc = await nats.connect(servers=urls, connect_timeout=5)
+        try:
+            js = nc.jetstream(timeout=CALLBACK_TIMEOUT_S)
+            await js.add_stream(StreamConfig(name=name, subjects=[f"fr.{name}"], num_replicas=1))
+            for i in range(stored):
+                await js.publish(f"fr.{name}", str(i).encode())
+            sub = await js.pull_subscribe(f"fr.{name}", stream=name, config=ConsumerConfig(
+                ack_policy=AckPolicy.NONE, mem_storage=True, num_replicas=1))
+            calls = [0]
+            fetch = sub.fetch
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                calls[0] += 1
+                return await fetch(*args, **kwargs)
+
+            sub.fetch = counted  # type: ignore[method-assign]
+            msgs = await fetch_ready(sub, 16, CALLBACK_TIMEOUT_S, drain_idle=False)
+            await js.delete_stream(name)
+            return len(msgs), calls[0]
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def test_replica_fetch_of_a_lone_message_skips_the_drain_fetch(nats_cluster: LocalCluster) -> None:
+    assert _fetch_calls(nats_cluster.urls, 1) == (1, 1)
+
+
+def test_replica_fetch_with_messages_pending_still_drains_them(nats_cluster: LocalCluster) -> None:
+    got, calls = _fetch_calls(nats_cluster.urls, 3)
+    assert calls == 2 and got >= 1  # the drain ran (what it takes in its linger is load-dependent)
