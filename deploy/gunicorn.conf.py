@@ -22,6 +22,7 @@ Scale shard mode by pods, not by processes per pod. ``STRONGROOM_WORKERS`` and
 ``STRONGROOM_THREADS`` still override.
 """
 
+import glob
 import multiprocessing
 import os
 
@@ -48,3 +49,25 @@ accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("STRONGROOM_FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# prometheus-client multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set on the API pods): every worker
+# writes its metrics to files there and /metrics answers the sum over the pod's workers
+# (strongroom/metrics.py). The directory is emptied when the master starts (no counters of an
+# earlier run); a dead worker's counters stay in the sums, its gauges go (a dead worker has no lag).
+multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+def on_starting(server):
+    if multiproc_dir:
+        os.makedirs(multiproc_dir, mode=0o700, exist_ok=True)
+        for stale in glob.glob(os.path.join(multiproc_dir, "*.db")):
+            os.remove(stale)
+
+
+def child_exit(server, worker):
+    if multiproc_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, multiproc_dir)  # its live* gauges
+        for gauge in glob.glob(os.path.join(multiproc_dir, f"gauge_all_{worker.pid}.db")):
+            os.remove(gauge)

@@ -19,6 +19,12 @@ out of that scrape; the scrape itself never fails. Money gauges are floats by
 the exposition format's nature: they are for alerting, never for accounting.
 With ``STRONGROOM_METRICS_TOKEN`` set, ``/metrics`` needs ``Authorization:
 Bearer <token>`` (compared in constant time).
+
+Under gunicorn with ``PROMETHEUS_MULTIPROC_DIR`` set (deploy/gunicorn.conf.py
+wipes it at start and drops a dead worker's gauges), the request metrics live in
+prometheus-client's per-process files and one scrape answers the sum over every
+worker of the pod, the dead ones' counters included (`MultiProcessView`); the
+state gauges are still read once, by the worker that answers.
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ from typing import Any, Final
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 log = logging.getLogger(__name__)
 
 EXTENSION: Final = "strongroom.metrics"
+# prometheus-client's multiprocess mode: read by prometheus_client when it is imported.
+MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Order entry measured p50 10 ms / p99 17.5 ms in-process: buckets resolve 1 ms .. 2.5 s.
 LATENCY_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
                             0.25, 0.5, 1.0, 2.5)
@@ -92,7 +101,41 @@ def init_app(app: Flask) -> None:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return Response("metrics need the bearer token\n", 401, mimetype="text/plain")
-        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(exposition_registry(metrics)), mimetype=CONTENT_TYPE_LATEST)
+
+
+def exposition_registry(metrics: AppMetrics) -> CollectorRegistry:
+    """Return what ``/metrics`` serves: this process's registry, or every worker's in multiprocess mode."""
+    path = os.environ.get(MULTIPROC_DIR_ENV, "")
+    if not path:
+        return metrics.registry
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MultiProcessView(metrics.registry, path))
+    return registry
+
+
+class MultiProcessView(Collector):
+    """Every worker's metric files (summed; gauges per ``pid``) plus this process's scrape-time families.
+
+    A family found in the files is taken from them only: this process's own copy of it is part
+    of the files already. Families the files do not have (the state gauges, counters no worker
+    has touched yet) come from this process's registry.
+    """
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        self.registry = registry
+        self.path = path
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        shared = list(MultiProcessCollector(None, path=self.path).collect())  # type: ignore[no-untyped-call]
+        names = {family.name for family in shared}
+        yield from shared
+        for family in self.registry.collect():
+            if family.name not in names:
+                yield family
 
 
 class StateCollector(Collector):
@@ -251,4 +294,4 @@ def error_codes_seen(metrics: AppMetrics) -> dict[str, float]:
     return out
 
 
-__all__ = ["AppMetrics", "error_codes_seen", "init_app"]
+__all__ = ["AppMetrics", "MultiProcessView", "error_codes_seen", "exposition_registry", "init_app"]

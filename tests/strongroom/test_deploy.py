@@ -294,3 +294,16 @@ def test_deploy_shard_commands_name_real_cli_commands_and_options() -> None:
         known = {opt for p in sub.params for opt in getattr(p, "opts", [])}
         given = {arg for arg in command[2:] if arg.startswith("--")}
         assert given <= known, f"strongroom {command[1]} has no option {sorted(given - known)}"
+
+
+def test_deploy_api_pools_use_prometheus_multiprocess_mode_on_a_writable_directory() -> None:
+    [api] = [d for d in _by_component("api") if d["kind"] == "Deployment"]
+    container = _containers(api)[0]
+    path = Path(_env(container)["PROMETHEUS_MULTIPROC_DIR"])
+    volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+    mounts = [m for m in container["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+    assert mounts and "emptyDir" in volumes[mounts[0]["name"]], "read-only root: the directory needs a volume"
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    assert compose["api"]["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+    hooks = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
+    assert callable(hooks["on_starting"]) and callable(hooks["child_exit"])
