@@ -307,3 +307,19 @@ def test_deploy_api_pools_use_prometheus_multiprocess_mode_on_a_writable_directo
     assert compose["api"]["environment"]["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
     hooks = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
     assert callable(hooks["on_starting"]) and callable(hooks["child_exit"])
+
+
+def _host_ports(spec: str) -> set[int]:
+    host = spec.rsplit(":", 1)[0].rsplit(":", 1)[-1]  # "127.0.0.1:8610-8619:8600" -> "8610-8619"
+    low, _, high = host.partition("-")
+    return set(range(int(low), int(high or low) + 1))
+
+
+def test_compose_services_publish_disjoint_host_ports() -> None:
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    taken: dict[int, str] = {}
+    for name, service in services.items():
+        for spec in service.get("ports", []):
+            for port in _host_ports(spec):
+                assert port not in taken, f"{name} and {taken[port]} both publish host port {port}"
+                taken[port] = name
