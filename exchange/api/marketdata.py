@@ -36,12 +36,17 @@ from exchange.api.blueprint import (
     current_principal,
     engine_order_id,
     order_scope,
+    runner,
     service,
 )
+from exchange.api.runner import STREAM_STATUS
+from exchange.api.shardmode import shard_gateway
 from exchange.instruments import InstrumentSpec
 from exchange.marketdata import INTERVALS_MS, MarketData, owner_of
 from exchange.risk.codes import RiskCode
+from exchange.stream.publisher import StreamRefused
 from exchange.summary import position_views
+from exchange.venue import Venue
 from policies.api_key import Scope
 from policies.roles import Permission
 
@@ -122,14 +127,47 @@ def money_str(amount: int | None) -> str | None:
 # ------------------------------------------------------------------ helpers
 
 
-def market() -> MarketData:
-    """Return the read model, or refuse with 503 when it stopped (the engine goes on)."""
-    md = service().market
-    md.catch_up()  # fold in what the engine recorded since the last read
+def market(symbol: str | None = None) -> MarketData:
+    """Return the read model of ``symbol``, or refuse with 503 when it stopped (the engine goes on).
+
+    Shard mode: the model of the symbol's shard, fed by this process's replica of it
+    (docs/scale-out.md, "Market data in shard mode"); no symbol: the default shard's.
+    """
+    gw = shard_gateway()
+    if gw is None:
+        md = service().market
+        md.catch_up()  # fold in what the engine recorded since the last read
+    else:
+        shard = gw.default_shard if symbol is None else gw.shard_of.get(symbol, gw.default_shard)
+        try:
+            md = gw.market(shard)  # caught up with what the replica applied
+        except StreamRefused as exc:
+            raise ApiError(exc.code, exc.message, STREAM_STATUS.get(exc.code, 400)) from None
     if md.broken is not None:
         raise ApiError(RequestCode.NOT_READY, "market data is unavailable; the exchange is trading, "
                        "the read model stopped and needs a restart", 503)
     return md
+
+
+def _grouped(symbols: list[str]) -> list[tuple[MarketData, list[str]]]:
+    """Return the read models serving ``symbols`` with theirs (one model unless in shard mode)."""
+    groups: dict[int, tuple[MarketData, list[str]]] = {}
+    for symbol in symbols:
+        md = market(symbol)
+        groups.setdefault(id(md), (md, []))[1].append(symbol)
+    return list(groups.values())
+
+
+def _statuses(symbols: list[str], now_ms: int) -> dict[str, tuple[bool, str]]:
+    """Return each symbol's (trading, admin mode) from its venue, under the venue's lock."""
+    run = runner()
+    out: dict[str, tuple[bool, str]] = {}
+    for symbol in symbols:
+        def view(venue: Venue, symbol: str = symbol) -> tuple[bool, str]:
+            return (bool(venue.clearing.trading.get(symbol, False)),
+                    venue.controls.mode(symbol, max(venue.now_ms, now_ms)))
+        out[symbol] = run.read(symbol, view)
+    return out
 
 
 def _spec(symbol: str | None) -> InstrumentSpec:
@@ -231,31 +269,33 @@ def _trade_view(spec: InstrumentSpec, t: dict[str, Any]) -> dict[str, Any]:
 @answers({"200": obj({"instruments": array(INSTRUMENT), "time_ms": INT})})
 def instruments() -> ResponseReturnValue:
     """List instruments with mark, index, funding rate, next funding time and open interest (public)."""
-    md = market()
     specs = _specs()
-    venue = service().venue
+    now_ms = _now_ms(market())
+    statuses = _statuses(sorted(specs), now_ms)
     rows = []
-    with md.lock:
-        now_ms = _now_ms(md)
-        for symbol, spec in sorted(specs.items()):
-            mark = md.marks.get(symbol, {})
-            perpetual = spec.kind == "perpetual"
-            rows.append({
-                "symbol": symbol, "kind": spec.kind, "underlying": spec.underlying,
-                "quote_asset": spec.quote_asset, "contracts_per_unit": spec.contracts_per_unit,
-                "tick_size": price_str(spec, spec.tick_size), "lot_size": qty_str(spec, spec.lot_size),
-                "trading": bool(venue.clearing.trading.get(symbol, False)),
-                # The admin's market mode (docs/operations.md): open, cancel_only or halted.
-                "status": venue.controls.mode(symbol, max(venue.now_ms, now_ms)),
-                "mark": price_str(spec, mark.get("mark")), "index": price_str(spec, mark.get("index")),
-                "funding_rate_ppm": mark.get("funding_rate_ppm") if perpetual else None,
-                "next_funding_ms": mark.get("next_funding_ms") if perpetual else None,
-                "funding_interval_ms": spec.funding_interval_ms if perpetual else None,
-                "expiry_ms": spec.expiry_ms, "maker_fee_ppm": spec.maker_fee_ppm,
-                "taker_fee_ppm": spec.taker_fee_ppm,
-                "open_interest": qty_str(spec, md.open_interest.get(symbol, 0)),
-                "option_type": spec.option_type, "strike": price_str(spec, spec.strike),
-            })
+    for md, symbols in _grouped(sorted(specs)):
+        with md.lock:
+            for symbol in symbols:
+                spec = specs[symbol]
+                mark = md.marks.get(symbol, {})
+                perpetual = spec.kind == "perpetual"
+                rows.append({
+                    "symbol": symbol, "kind": spec.kind, "underlying": spec.underlying,
+                    "quote_asset": spec.quote_asset, "contracts_per_unit": spec.contracts_per_unit,
+                    "tick_size": price_str(spec, spec.tick_size), "lot_size": qty_str(spec, spec.lot_size),
+                    "trading": statuses[symbol][0],
+                    # The admin's market mode (docs/operations.md): open, cancel_only or halted.
+                    "status": statuses[symbol][1],
+                    "mark": price_str(spec, mark.get("mark")), "index": price_str(spec, mark.get("index")),
+                    "funding_rate_ppm": mark.get("funding_rate_ppm") if perpetual else None,
+                    "next_funding_ms": mark.get("next_funding_ms") if perpetual else None,
+                    "funding_interval_ms": spec.funding_interval_ms if perpetual else None,
+                    "expiry_ms": spec.expiry_ms, "maker_fee_ppm": spec.maker_fee_ppm,
+                    "taker_fee_ppm": spec.taker_fee_ppm,
+                    "open_interest": qty_str(spec, md.open_interest.get(symbol, 0)),
+                    "option_type": spec.option_type, "strike": price_str(spec, spec.strike),
+                })
+    rows.sort(key=lambda r: str(r["symbol"]))
     return jsonify({"instruments": rows, "time_ms": now_ms})
 
 
@@ -266,7 +306,7 @@ def depth() -> ResponseReturnValue:
     """Return the order book's top N price levels per side, best first, with its sequence (public)."""
     paging = _paging(default=DEFAULT_DEPTH, high=MAX_DEPTH)
     spec, limit = paging.instrument, paging.limit
-    md = market()
+    md = market(spec.symbol)
     with md.lock:
         view = md.depth_view(spec.symbol, limit)
     for side in ("bids", "asks"):
@@ -281,7 +321,7 @@ def trades() -> ResponseReturnValue:
     """Return the most recent public trades of an instrument, newest last (public)."""
     paging = _paging()
     spec, limit = paging.instrument, paging.limit
-    md = market()
+    md = market(spec.symbol)
     with md.lock:
         rows = list(md.trades.get(spec.symbol, ()))[-limit:]
     return jsonify({"trades": [_trade_view(spec, t) for t in rows]})
@@ -304,7 +344,7 @@ def candles() -> ResponseReturnValue:
     start, end = _time_arg("start_ms"), _time_arg("end_ms")
     if start is not None and end is not None and start > end:
         raise ApiError(RequestCode.INVALID_FIELD, f"start_ms {start} is after end_ms {end}")
-    md = market()
+    md = market(spec.symbol)
     with md.lock:
         rows = md.candle_rows(spec.symbol, interval, start, end, limit)
     width = INTERVALS_MS[interval]
@@ -321,23 +361,23 @@ def ticker() -> ResponseReturnValue:
     """Return rolling 24-hour statistics per instrument (one with ``symbol``, else all) (public)."""
     spec = _symbol_arg(required=False)
     specs = {spec.symbol: spec} if spec is not None else _specs()
-    md = market()
-    venue = service().venue
+    now = _now_ms(market())
     out = []
-    with md.lock:
-        now = _now_ms(md)
-        for symbol, s in sorted(specs.items()):
-            t = md.ticker(symbol, now)
-            bids, asks = md.depth.get(symbol, ({}, {}))
-            best_bid = max(bids) if bids else None
-            best_ask = min(asks) if asks else None
-            mark = md.marks.get(symbol, {}).get("mark")
-            out.append({**t, **{k: price_str(s, t[k]) for k in ("last_price", "open", "high", "low")},
-                        "change": price_str(s, t["change"]) if t["change"] is not None else None,
-                        "volume": qty_str(s, t["volume"]), "quote_volume": money_str(t["quote_volume"]),
-                        "mark": price_str(s, mark), "best_bid": price_str(s, best_bid),
-                        "best_ask": price_str(s, best_ask)})
-    del venue
+    for md, symbols in _grouped(sorted(specs)):
+        with md.lock:
+            for symbol in symbols:
+                s = specs[symbol]
+                t = md.ticker(symbol, now)
+                bids, asks = md.depth.get(symbol, ({}, {}))
+                best_bid = max(bids) if bids else None
+                best_ask = min(asks) if asks else None
+                mark = md.marks.get(symbol, {}).get("mark")
+                out.append({**t, **{k: price_str(s, t[k]) for k in ("last_price", "open", "high", "low")},
+                            "change": price_str(s, t["change"]) if t["change"] is not None else None,
+                            "volume": qty_str(s, t["volume"]), "quote_volume": money_str(t["quote_volume"]),
+                            "mark": price_str(s, mark), "best_bid": price_str(s, best_bid),
+                            "best_ask": price_str(s, best_ask)})
+    out.sort(key=lambda t: t["symbol"])
     return jsonify({"tickers": out})
 
 
@@ -348,9 +388,11 @@ def marks() -> ResponseReturnValue:
     """Return mark and index prices with the funding rate and next funding time (public)."""
     spec = _symbol_arg(required=False)
     specs = {spec.symbol: spec} if spec is not None else _specs()
-    md = market()
-    with md.lock:
-        rows = [_mark_view(specs[s], md.marks[s]) for s in sorted(specs) if s in md.marks]
+    rows = []
+    for md, symbols in _grouped(sorted(specs)):
+        with md.lock:
+            rows += [_mark_view(specs[s], md.marks[s]) for s in symbols if s in md.marks]
+    rows.sort(key=lambda r: r["symbol"])
     return jsonify({"marks": rows})
 
 
@@ -362,7 +404,7 @@ def open_interest() -> ResponseReturnValue:
     """Return an instrument's open interest: the total size of all long positions (public)."""
     spec = _symbol_arg()
     assert spec is not None
-    md = market()
+    md = market(spec.symbol)
     with md.lock:
         oi = md.open_interest.get(spec.symbol, 0)
         now = _now_ms(md)
@@ -378,7 +420,7 @@ def liquidations() -> ResponseReturnValue:
     """Return recent liquidation orders of an instrument (no account named) (public)."""
     paging = _paging()
     spec, limit = paging.instrument, paging.limit
-    md = market()
+    md = market(spec.symbol)
     with md.lock:
         rows = list(md.liquidations.get(spec.symbol, ()))[-limit:]
     return jsonify({"liquidations": [
@@ -390,9 +432,8 @@ def liquidations() -> ResponseReturnValue:
 def insurance() -> ResponseReturnValue:
     """Return the insurance fund balance (public)."""
     md = market()
-    svc = service()
-    return jsonify({"asset": svc.asset, "balance": money_str(svc.venue.clearing.insurance),
-                    "time_ms": _now_ms(md)})
+    balance = runner().read(None, lambda venue: venue.clearing.insurance)  # shard mode: the default pool
+    return jsonify({"asset": service().asset, "balance": money_str(balance), "time_ms": _now_ms(md)})
 
 
 # ------------------------------------------------------------------ private views
@@ -446,7 +487,7 @@ def order_by_id(symbol: str, order_id: str) -> ResponseReturnValue:
     spec = _spec(symbol)
     owner = current_principal()
     scope = order_scope(owner)
-    md = market()
+    md = market(spec.symbol)
     wanted = {engine_order_id(owner, order_id), order_id}
     with md.lock:
         found = [r for r in _owned_orders(md, owner) if r["order_id"] in wanted and r["symbol"] == symbol]
@@ -468,7 +509,7 @@ def order_history() -> ResponseReturnValue:
     owner = current_principal()
     scope = order_scope(owner)
     specs = _specs()
-    md = market()
+    md = market(None if spec is None else spec.symbol)
     with md.lock:
         rows = [r for r in _owned_orders(md, owner) if spec is None or r["symbol"] == spec.symbol]
         if status is not None:
@@ -491,7 +532,7 @@ def trade_history() -> ResponseReturnValue:
     owner = current_principal()
     scope = order_scope(owner)
     specs = _specs()
-    md = market()
+    md = market(None if spec is None else spec.symbol)
     with md.lock:
         rows = [(a, f) for a in md.accounts_of(owner, md.fills) for f in md.fills[a]
                 if spec is None or f["symbol"] == spec.symbol]
@@ -518,7 +559,7 @@ def income() -> ResponseReturnValue:
     spec, limit = paging.spec, paging.limit
     kind = _choice("type", tuple(INCOME_TYPES))
     owner = current_principal()
-    md = market()
+    md = market(None if spec is None else spec.symbol)
     asset = service().asset
     with md.lock:
         rows = [r for a in md.accounts_of(owner, md.income) for r in md.income[a]
@@ -538,10 +579,9 @@ def position_history() -> ResponseReturnValue:
     spec, limit = paging.spec, paging.limit
     owner = current_principal()
     specs = _specs()
-    svc = service()
-    with svc.lock:  # the live view needs the clearing house (valuations); it is one account's
-        live = position_views(svc.venue, owner)
-    md = market()
+    # The live view needs the clearing house (valuations); it is one account's.
+    live = runner().read(None if spec is None else spec.symbol, lambda venue: position_views(venue, owner))
+    md = market(None if spec is None else spec.symbol)
     with md.lock:
         closed = [(a, r) for a in md.accounts_of(owner, md.closed_positions) for r in md.closed_positions[a]
                   if spec is None or r["symbol"] == spec.symbol]
@@ -652,13 +692,17 @@ def start_stream_feed(app: Any, path: Any) -> Any:
         with svc.lock:
             return dict(svc.venue.specs)
 
-    feed = StreamFeed(svc.market, specs, order_scope, path, poll=withdrawal_poller(app))
     from exchange.api.controls import cancel_everywhere, cancel_everywhere_in_shards
     from exchange.api.runner import ShardRunner
     from exchange.api.shardmode import EXTENSION as SHARDS
 
     shards = app.extensions.get(SHARDS)
+    # Shard mode: the market data comes from each shard's replica in this process's gateway
+    # (started here on the feed's first round if no request started it yet).
+    feed = StreamFeed(svc.market, specs, order_scope, path, poll=withdrawal_poller(app),
+                      markets=None if shards is None else lambda: shards.get().markets())
     if shards is not None:  # shard mode: the cancels go to the shards' streams
+        shards.market_listeners.append(feed.publish)
         feed.on_disconnect = lambda user: cancel_everywhere_in_shards(ShardRunner(shards.get()), user)
     else:
         feed.on_disconnect = lambda user: cancel_everywhere(svc, user)

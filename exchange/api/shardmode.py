@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Final
 
 from flask import Flask, current_app
 
 from exchange.instruments import ExchangeConfig
+from exchange.marketdata import Message
 from exchange.stream.shard.gateway import (
     DEFAULT_HASH_EVERY,
     DEFAULT_WAIT_S,
@@ -44,6 +46,9 @@ class ShardGatewayHolder:
         self._lock = threading.Lock()
         self._gateway: ShardGateway | None = None
         self._pid = 0
+        # The websocket feed's listeners of the replicas' market-data models (one list object,
+        # shared by every shard's model, so a feed started before the gateway is fed too).
+        self.market_listeners: list[Callable[[list[Message]], None]] = []
 
     def get(self) -> ShardGateway:
         """Return this process's gateway, connecting it (and bootstrapping replicas) on first use."""
@@ -51,7 +56,8 @@ class ShardGatewayHolder:
             if self._gateway is None or self._pid != os.getpid():
                 self._gateway = ShardGateway(self.urls, self.configs, wait_s=self.wait_s,
                                              metrics=self.metrics(),
-                                             hash_every=self.hash_every).start()
+                                             hash_every=self.hash_every,
+                                             market_listeners=self.market_listeners).start()
                 self._pid = os.getpid()
             return self._gateway
 

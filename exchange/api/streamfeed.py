@@ -99,8 +99,12 @@ class StreamFeed:
 
     def __init__(self, market: MarketData, specs: Callable[[], dict[str, InstrumentSpec]],
                  scope_of: Callable[[str], str], path: Path,
-                 poll: Callable[[], list[Message]] | None = None) -> None:
+                 poll: Callable[[], list[Message]] | None = None,
+                 markets: Callable[[], list[MarketData]] | None = None) -> None:
         self.market = market
+        # Every read model feeding the streams: `market` alone, or (shard mode) each shard's
+        # model in this process's gateway, whose listeners list the app gives `publish` to.
+        self.markets: Callable[[], list[MarketData]] = markets or (lambda: [market])
         self.specs = specs
         self.scope_of = scope_of
         self.path = path
@@ -191,7 +195,8 @@ class StreamFeed:
 
     def step(self) -> None:
         """Accept servers, then send what is pending to every server (one round of the thread)."""
-        self.market.catch_up()  # the read model's work happens here, off the engine thread
+        for md in self.markets():
+            md.catch_up()  # the read model's work happens here, off the engine thread
         self._accept()
         self._read_reports()
         lines: list[bytes] = []
@@ -304,11 +309,13 @@ class StreamFeed:
 
     def _hello(self) -> bytes:
         specs = self.specs()
-        md = self.market
         now = time.monotonic()
-        with md.lock:
-            depth = {s: md.depth_view(s, MAX_DEPTH_HELLO) for s in sorted(md.depth) if s in specs}
-            marks = {s: dict(m) for s, m in md.marks.items() if s in specs}
+        depth: dict[str, dict[str, Any]] = {}
+        marks: dict[str, dict[str, Any]] = {}
+        for md in self.markets():
+            with md.lock:
+                depth |= {s: md.depth_view(s, MAX_DEPTH_HELLO) for s in sorted(md.depth) if s in specs}
+                marks |= {s: dict(m) for s, m in md.marks.items() if s in specs}
         with self._lock:
             tokens = [{"hash": h, "user": u, "roles": r, "ttl_ms": int((end - now) * 1000)}
                       for h, (u, r, end) in self.tokens.items() if end > now]

@@ -44,6 +44,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from exchange.instruments import ExchangeConfig, load_instruments
+from exchange.marketdata import MarketData, Message
 from exchange.stream.follower import fetch_ready
 from exchange.stream.publisher import StreamCode, StreamRefused, append_to
 from exchange.stream.shard.machine import ShardMachine
@@ -128,6 +129,8 @@ class Replica:
         self.checked_results = 0  # compared with the leader's
         self.checked_hashes = 0
         self.diverged = 0
+        # The public market data of this shard (`attach_market`), fed as the replica applies.
+        self.market: MarketData | None = None
 
     def applied(self, msgs: list[tuple[int, bytes]]) -> list[ShardResult]:
         """Apply consecutive commands; answer their waiters (on the loop thread)."""
@@ -327,7 +330,8 @@ class ShardGateway:
 
     def __init__(self, urls: list[str], configs: dict[str, ExchangeConfig], *,
                  wait_s: float = DEFAULT_WAIT_S, metrics: ShardMetrics | None = None,
-                 check_results: bool = True, hash_every: int = DEFAULT_HASH_EVERY) -> None:
+                 check_results: bool = True, hash_every: int = DEFAULT_HASH_EVERY,
+                 market_listeners: list[Callable[[list[Message]], None]] | None = None) -> None:
         self.urls = urls
         self.hash_every = hash_every
         self.metrics = metrics
@@ -343,6 +347,9 @@ class ShardGateway:
         self.disconnected_cbs: list[Callable[[], Awaitable[None]]] = []
         self.reconnected_cbs: list[Callable[[], Awaitable[None]]] = []
         self._nc: nats.aio.client.Client | None = None
+        # Every shard's market-data model hands its stream batches to these (the websocket
+        # feed appends to the list, possibly after the gateway started). None: no models.
+        self.market_listeners = market_listeners
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._js: JetStreamContext | None = None
@@ -403,8 +410,10 @@ class ShardGateway:
         js = self._nc.jetstream()
         self._js = js
         for name, config in sorted(self.configs.items()):
-            self.replicas[name] = Replica(name, await bootstrap(js, config, name), self.metrics,
-                                          self.hash_every)
+            replica = Replica(name, await bootstrap(js, config, name), self.metrics, self.hash_every)
+            if self.market_listeners is not None:  # before it applies anything past the snapshot
+                replica.market = attach_market(replica.machine, self.market_listeners)
+            self.replicas[name] = replica
         tasks = [CommandTail(js, r).run(self._stop) for _, r in sorted(self.replicas.items())]
         if self.check_results:
             tasks += [ResultCheck(js, r).run(self._stop) for _, r in sorted(self.replicas.items())]
@@ -494,9 +503,51 @@ class ShardGateway:
         with replica.lock:
             return view(replica.machine.venue)
 
+    def market(self, shard: str) -> MarketData:
+        """Return `shard`'s market-data model, caught up with what its replica applied.
+
+        Read it under its own lock (`MarketData.lock`), as in the embedded mode: the
+        replica records each command's events under the replica lock on the loop thread
+        (O(1) appends) and this folds them in on the request thread, never holding the
+        replica lock (order entry is not held up by readers). Raise StreamRefused 3104
+        when the replica stopped, 3103 when the gateway keeps no models or no such shard.
+        """
+        replica = self.replicas.get(shard)
+        if replica is None or replica.market is None:
+            raise StreamRefused(StreamCode.UNKNOWN_MARKET, f"shard was {shard[:40]!r}, no market data")
+        if replica.failed is not None:
+            raise StreamRefused(StreamCode.STREAM_UNAVAILABLE,
+                                f"shard {replica.name} replica stopped: {replica.failed}")
+        replica.market.catch_up()
+        return replica.market
+
+    def markets(self) -> list[MarketData]:
+        """Return every shard's market-data model (by shard name), not caught up."""
+        return [r.market for _, r in sorted(self.replicas.items()) if r.market is not None]
+
     def applied_seq(self, shard: str) -> int:
         """Return the last command sequence `shard`'s replica applied."""
         return self.replicas[shard].machine.seq
+
+
+def attach_market(machine: ShardMachine,
+                  listeners: list[Callable[[list[Message]], None]] | None = None) -> MarketData:
+    """Return a market-data model fed by `machine` from now on (call before it applies more).
+
+    The model starts from the machine's venue as it is (after a snapshot restore: the
+    restored books, positions and marks), exactly as the embedded venue's model starts
+    without a snapshot of its own: depth is complete (mirrored from the books), public
+    trades, candles and the 24 h ticker start at this point. `listeners` (the shared list
+    object, so listeners added later are fed too) get its stream batches.
+    """
+    md = MarketData()
+    if listeners is not None:
+        md.listeners = listeners
+    collector = machine.venue.tap
+    md.attach(machine.venue)  # installs itself as the venue's tap ...
+    machine.venue.tap = collector  # ... but the machine's collector must stay (it forwards)
+    machine.attach(md)
+    return md
 
 
 async def bootstrap(js: JetStreamContext, config: ExchangeConfig, shard: str) -> ShardMachine:
