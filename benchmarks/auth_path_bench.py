@@ -24,8 +24,11 @@ traders funded on the shard and BTC marked; each request is a signed
 client. ``--store db`` then means shard mode with the database auth path
 (``AUTH_NONCE_STORE=db``), the configuration before this change.
 
-Prints per request: CPU time of this process (µs), wall time (µs, p50/p99)
-and SQL statements executed. A script printing numbers, not a pass/fail test.
+Prints per request: CPU time of this process (µs) and of each of its threads
+(the request thread, the NATS event loop), CPU time of the local nats-server
+nodes, wall time (µs, p50/p99) and SQL statements executed. ``--profile`` /
+``--profile-loops`` print cProfile CPU-time profiles of the request thread /
+the NATS loop threads. A script printing numbers, not a pass/fail test.
 """
 
 from __future__ import annotations
@@ -231,16 +234,32 @@ def _thread_cpu() -> dict[str, float]:
     return out
 
 
+def _process_cpu(pids: list[int]) -> float:
+    """Return the CPU seconds the given processes have used (Linux /proc; 0 elsewhere)."""
+    import os
+
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def run(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         nats_urls: list[str] = []
+        nats_pids: list[int] = []
         if args.store == "nats" or args.full:
             from exchange.stream.cluster import LocalCluster
 
             cluster = LocalCluster(tmp / "nats", 3).start()
             stack.callback(cluster.stop)
             nats_urls = cluster.urls
+            nats_pids = [n.process.pid for n in cluster.nodes if n.process is not None]
         url = stack.enter_context(_database(args.database_url, tmp))
         shard = _new_shard(nats_urls) if args.full else None
         app = _app(url, tmp, args.store, nats_urls, shard)
@@ -278,6 +297,7 @@ def run(args: argparse.Namespace) -> None:
         walls = []
         cpu = 0.0
         threads0 = _thread_cpu()
+        nats0 = _process_cpu(nats_pids)
         loop_profilers = _profile_loops(app) if args.profile_loops else []
         for n in range(args.requests):
             if time.monotonic() - marked > MARK_EVERY_S:
@@ -292,6 +312,7 @@ def run(args: argparse.Namespace) -> None:
             walls.append(time.perf_counter() - t0)
             cpu += time.process_time() - cpu0
         threads1 = _thread_cpu()
+        nats_cpu = _process_cpu(nats_pids) - nats0
         for loop, loop_profiler in loop_profilers:
             loop.call_soon_threadsafe(loop_profiler.disable)
         walls.sort()
@@ -302,6 +323,9 @@ def run(args: argparse.Namespace) -> None:
         print(f"  wall p50      {statistics.median(walls) * 1e6:8.0f} us")
         print(f"  wall p99      {walls[int(len(walls) * 0.99) - 1] * 1e6:8.0f} us")
         print(f"  SQL statements/request {statements[0] / args.requests:.2f}")
+        if nats_pids:
+            print(f"  nats-server   {nats_cpu / args.requests * 1e6:8.0f} us/request "
+                  f"({len(nats_pids)} nodes together)")
         for name in sorted(threads1):
             spent = threads1[name] - threads0.get(name, 0.0)
             if spent > 0:
