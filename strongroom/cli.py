@@ -180,7 +180,7 @@ def _start_streams(app: Any, settings: Any, host: str, port: int) -> Any:
     feed_path = Path(settings.data_dir) / "stream.sock"
     start_stream_feed(app, feed_path)
     command = [sys.executable, "-m", "exchange.api.stream", "--feed", str(feed_path), "--host", host,
-               "--port", str(stream_port)]
+               "--port", str(stream_port), "--trusted-proxy-hops", str(settings.trusted_proxy_hops)]
     process = subprocess.Popen(command)  # noqa: S603 (our own module, our own arguments)
     click.echo(f"Strongroom streams on ws://{host}:{stream_port}/ (docs/market-data.md)")
     return process

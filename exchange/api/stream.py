@@ -56,6 +56,8 @@ MAX_CLIENT_MESSAGE_BYTES: Final = 4_096
 MAX_CONNECTIONS: Final = 20_000
 MAX_FEED_LINE_BYTES: Final = 64 * 1024 * 1024
 SNAPSHOT_LEVELS: Final = 1_000
+FORWARDED_FOR: Final = "X-Forwarded-For"
+MAX_TRUSTED_PROXY_HOPS: Final = 5  # strongroom/settings.py's bound
 DEPTH_INTERVAL_S: Final = 0.1  # depth diffs of one symbol are merged and sent at most this often
 FEED_RETRY_S: Final = 0.5
 PARENT_CHECK_S: Final = 1.0
@@ -88,11 +90,30 @@ class Client:
         self.peer = ""
 
 
+def client_address(peer: str, forwarded_for: list[str], trusted_proxy_hops: int) -> str:
+    """Return the client's address: the socket's, or the one the outermost trusted proxy saw.
+
+    The REST API's rule (werkzeug ProxyFix, ``STRONGROOM_TRUSTED_PROXY_HOPS``): with N trusted
+    hops, the Nth X-Forwarded-For entry from the right; entries a client wrote further left are
+    ignored; with fewer than N entries (or N = 0) the socket's address.
+    """
+    if trusted_proxy_hops <= 0:
+        return peer
+    entries = [e.strip() for value in forwarded_for for e in value.split(",")]
+    if len(entries) < trusted_proxy_hops or not entries[-trusted_proxy_hops]:
+        return peer
+    return entries[-trusted_proxy_hops]
+
+
 class StreamServer:
     """Fan-out of the feed to websocket clients; see the module docstring."""
 
     def __init__(self, feed_path: Path, max_queue: int = MAX_QUEUE,
-                 depth_interval_s: float = DEPTH_INTERVAL_S) -> None:
+                 depth_interval_s: float = DEPTH_INTERVAL_S, trusted_proxy_hops: int = 0) -> None:
+        if not 0 <= trusted_proxy_hops <= MAX_TRUSTED_PROXY_HOPS:
+            raise ValueError(f"trusted_proxy_hops was {trusted_proxy_hops}, "
+                             f"must be 0..{MAX_TRUSTED_PROXY_HOPS}")
+        self.trusted_proxy_hops = trusted_proxy_hops
         self.feed_path = feed_path
         self.max_queue = max_queue
         self.depth_interval_s = depth_interval_s
@@ -299,7 +320,10 @@ class StreamServer:
         c = Client(ws)
         c.queue = asyncio.Queue(self.max_queue)
         remote = ws.remote_address
-        c.peer = str(remote[0]) if isinstance(remote, tuple) and remote else ""
+        peer = str(remote[0]) if isinstance(remote, tuple) and remote else ""
+        forwarded = ws.request.headers.get_all(FORWARDED_FOR) if ws.request is not None else []
+        # The address the IP allowlist of a signed subscribe is checked against.
+        c.peer = client_address(peer, forwarded, self.trusted_proxy_hops)
         self.clients.add(c)
         writer = asyncio.get_running_loop().create_task(self._write(c))
         try:
@@ -502,9 +526,10 @@ async def exit_with_parent(parent: int) -> None:
 
 async def run(feed_path: Path, host: str, port: int, ready: threading.Event | None = None,
               holder: list[Any] | None = None, max_queue: int = MAX_QUEUE,
-              depth_interval_s: float = DEPTH_INTERVAL_S, parent: int | None = None) -> None:
+              depth_interval_s: float = DEPTH_INTERVAL_S, parent: int | None = None,
+              trusted_proxy_hops: int = 0) -> None:
     """Serve websockets on ``host:port`` fed from ``feed_path`` until cancelled (or ``parent`` exits)."""
-    server = StreamServer(feed_path, max_queue, depth_interval_s)
+    server = StreamServer(feed_path, max_queue, depth_interval_s, trusted_proxy_hops)
     feed = asyncio.get_running_loop().create_task(server.follow_feed())
     flusher = asyncio.get_running_loop().create_task(server.flush_depth_forever())
     async with serve(server.handler, host, port, max_size=MAX_CLIENT_MESSAGE_BYTES, max_queue=16,
@@ -524,12 +549,13 @@ class ThreadedStreamServer:
     """The stream server on its own event loop in a thread (tests, the benchmark)."""
 
     def __init__(self, feed_path: Path, host: str = "127.0.0.1", port: int = 0,
-                 max_queue: int = MAX_QUEUE, depth_interval_s: float = DEPTH_INTERVAL_S) -> None:
+                 max_queue: int = MAX_QUEUE, depth_interval_s: float = DEPTH_INTERVAL_S,
+                 trusted_proxy_hops: int = 0) -> None:
         self._ready = threading.Event()
         self._holder: list[Any] = []
         self._thread = threading.Thread(target=lambda: asyncio.run(
-            self._main(feed_path, host, port, max_queue, depth_interval_s)), daemon=True,
-            name="stream-server")
+            self._main(feed_path, host, port, max_queue, depth_interval_s, trusted_proxy_hops)),
+            daemon=True, name="stream-server")
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("stream server did not start")
@@ -539,10 +565,11 @@ class ThreadedStreamServer:
         self.port = next(iter(ws.sockets)).getsockname()[1]
 
     async def _main(self, feed_path: Path, host: str, port: int, max_queue: int,
-                    depth_interval_s: float) -> None:
+                    depth_interval_s: float, trusted_proxy_hops: int) -> None:
         self._task: asyncio.Task[Any] | None = asyncio.current_task()
         with contextlib.suppress(asyncio.CancelledError):
-            await run(feed_path, host, port, self._ready, self._holder, max_queue, depth_interval_s)
+            await run(feed_path, host, port, self._ready, self._holder, max_queue, depth_interval_s,
+                      trusted_proxy_hops=trusted_proxy_hops)
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the server's loop and return its result."""
@@ -563,11 +590,14 @@ def main() -> None:
     parser.add_argument("--feed", type=Path, required=True, help="the app's feed socket")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--trusted-proxy-hops", type=int, default=0,
+                        choices=range(MAX_TRUSTED_PROXY_HOPS + 1), help="STRONGROOM_TRUSTED_PROXY_HOPS")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     # Started by `strongroom serve`: never outlive it, even when it is killed with SIGKILL.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(args.feed, args.host, args.port, parent=os.getppid()))
+        asyncio.run(run(args.feed, args.host, args.port, parent=os.getppid(),
+                        trusted_proxy_hops=args.trusted_proxy_hops))
 
 
 if __name__ == "__main__":
