@@ -194,10 +194,14 @@ class StreamFeed:
                 log.exception("stream feed step failed")
 
     def step(self) -> None:
-        """Accept servers, then send what is pending to every server (one round of the thread)."""
+        """Send what is pending to every server, then greet new ones (one round of the thread).
+
+        New servers are accepted after this round's batches went out: their hello is
+        rendered from the models *after* the batches, so they never receive a diff that
+        their snapshot already contains (a subscriber would see it as a sequence gap).
+        """
         for md in self.markets():
             md.catch_up()  # the read model's work happens here, off the engine thread
-        self._accept()
         self._read_reports()
         lines: list[bytes] = []
         if self.overrun:
@@ -223,6 +227,7 @@ class StreamFeed:
         data = b"".join(lines)
         for server in list(self._servers):
             self._write(server, data)
+        self._accept()
 
     def _read_reports(self) -> None:
         """Take what stream servers sent back: cancel-on-disconnect reports (docs/operations.md)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -490,3 +491,46 @@ def test_stream_server_exits_when_the_server_that_started_it_is_killed() -> None
     while _running(child):
         assert time.monotonic() < deadline, "the stream server outlived the server that started it"
         time.sleep(0.1)
+
+
+def test_stream_feed_new_server_greeted_after_the_rounds_batches_gets_no_diff_its_hello_holds() -> None:
+    """A server connecting while changes are pending gets them in its hello, never again as a diff."""
+    v = venue(accounts={"alice@x": 100_000 * USDC})
+    md = MarketData()
+    md.attach(v)
+    v.drain()
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="srs") as directory:
+        feed = StreamFeed(md, lambda: dict(v.specs), order_scope, Path(directory) / "feed.sock")
+        feed.start()
+        feed._stop.set()  # drive the rounds by hand
+        assert feed._thread is not None
+        feed._thread.join(timeout=TIMEOUT_S)
+        early = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        early.connect(str(feed.path))
+        feed.step()  # the first server is greeted
+        r = v.place(PERP, NewOrder(id="alice@x:o1", account="alice@x", side="buy", qty=2, price=BTC,
+                                   ts=NOW * NS_PER_MS))
+        assert r.code == 0
+        v.drain()
+        late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        late.connect(str(feed.path))  # connects while the order's depth change is pending
+        feed.step()
+        try:
+            late_lines = _read_lines(late)
+            early_lines = _read_lines(early)
+        finally:
+            late.close()
+            early.close()
+            feed.stop()
+    assert [m["t"] for m in late_lines] == ["hello"], "the late server got the diff its hello holds"
+    assert late_lines[0]["depth"][PERP]["bids"], "its hello has the new bid"
+    assert [m["t"] for m in early_lines] == ["hello", "batch"]
+
+
+def _read_lines(s: socket.socket) -> list[dict[str, Any]]:
+    s.settimeout(0.5)
+    data = b""
+    with contextlib.suppress(TimeoutError, socket.timeout):
+        while chunk := s.recv(1 << 20):
+            data += chunk
+    return [json.loads(line) for line in data.splitlines() if line]
