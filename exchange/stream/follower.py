@@ -65,6 +65,39 @@ def _nothing_pending(msg: Msg) -> bool:
         return False
 
 
+Subscribe = Callable[[], Awaitable[JetStreamContext.PullSubscription]]
+Follow = Callable[[JetStreamContext.PullSubscription, asyncio.Event], Awaitable[None]]
+
+
+async def follow_resubscribing(subject: str, stop: asyncio.Event, subscribe: Subscribe,
+                               follow: Follow, position: Callable[[], int],
+                               logger: logging.Logger,
+                               going: Callable[[], bool] = lambda: True) -> None:
+    """Run `follow` on a fresh `subscribe()` until `stop` (or until `going()` is false).
+
+    NATS trouble (and a `follow` that returns: a gap or a lost consumer) only makes
+    it subscribe again, after RETRY_S if the subscribe itself failed; the
+    subscription is always dropped. Any other exception of `follow` ends it.
+    `position()` (the follower's stream position) is only logged.
+    """
+    while not stop.is_set() and going():
+        try:
+            sub = await subscribe()
+        except (NatsError, TimeoutError) as exc:
+            logger.warning("%s: subscribe failed: %s", subject, type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_S)
+            continue
+        try:
+            await follow(sub, stop)
+        except (NatsError, TimeoutError) as exc:
+            logger.warning("%s at %d: %s; subscribing again", subject, position(),
+                           type(exc).__name__)
+        finally:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await sub.unsubscribe()
+
+
 class EventFollower:
     """Hand every event batch of the stream, once and in order, to `handler`."""
 
@@ -95,22 +128,8 @@ class EventFollower:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow until `stop`; only the handler's own exceptions end it early."""
-        while not stop.is_set():
-            try:
-                sub = await self._subscribe()
-            except (NatsError, TimeoutError) as exc:
-                log.warning("%s: subscribe failed: %s", self.subject, type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), RETRY_S)
-                continue
-            try:
-                await self._follow(sub, stop)
-            except (NatsError, TimeoutError) as exc:
-                log.warning("%s at %d: %s; subscribing again", self.subject, self.stream_seq,
-                            type(exc).__name__)
-            finally:
-                with contextlib.suppress(NatsError, TimeoutError):
-                    await sub.unsubscribe()
+        await follow_resubscribing(self.subject, stop, self._subscribe, self._follow,
+                                   lambda: self.stream_seq, log)
 
     async def _follow(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():

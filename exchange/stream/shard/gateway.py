@@ -45,7 +45,7 @@ from nats.js.client import JetStreamContext
 
 from exchange.instruments import ExchangeConfig, load_instruments
 from exchange.marketdata import MarketData, Message
-from exchange.stream.follower import fetch_ready
+from exchange.stream.follower import fetch_ready, follow_resubscribing
 from exchange.stream.publisher import StreamCode, StreamRefused, append_to
 from exchange.stream.shard.machine import ShardMachine
 from exchange.stream.shard.metrics import ShardMetrics
@@ -276,26 +276,20 @@ class CommandTail:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow until `stop` or until the replica cannot go on (it then refuses to answer)."""
-        while not stop.is_set() and self.replica.failed is None:
-            try:
-                sub = await self._subscribe()
-            except (NatsError, TimeoutError) as exc:
-                log.warning("%s: subscribe failed: %s", self.subject, type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), RETRY_S)
-                continue
-            try:
-                await self._follow(sub, stop)
-            except (NatsError, TimeoutError) as exc:
-                log.warning("%s at %d: %s; subscribing again", self.subject,
-                            self.replica.machine.seq, type(exc).__name__)
-            except Exception as exc:  # the machine itself: a corrupt replica must stop serving
-                self.replica.failed = f"{type(exc).__name__}: {exc}"[:200]
-                log.error("%s: replica stopped at %d: %s", self.subject, self.replica.machine.seq,
-                          self.replica.failed)
-            finally:
-                with contextlib.suppress(NatsError, TimeoutError):
-                    await sub.unsubscribe()
+        await follow_resubscribing(self.subject, stop, self._subscribe, self._follow_guarded,
+                                   lambda: self.replica.machine.seq, log,
+                                   going=lambda: self.replica.failed is None)
+
+    async def _follow_guarded(self, sub: JetStreamContext.PullSubscription,
+                              stop: asyncio.Event) -> None:
+        try:
+            await self._follow(sub, stop)
+        except (NatsError, TimeoutError):
+            raise  # NATS weather: subscribe again
+        except Exception as exc:  # the machine itself: a corrupt replica must stop serving
+            self.replica.failed = f"{type(exc).__name__}: {exc}"[:200]
+            log.error("%s: replica stopped at %d: %s", self.subject, self.replica.machine.seq,
+                      self.replica.failed)
 
     async def _follow(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         while not stop.is_set():
