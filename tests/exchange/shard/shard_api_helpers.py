@@ -70,6 +70,40 @@ def shard_app(urls: list[str], shard: str, database_url: str, clock: Any, keysto
                       settings=Settings(data_dir=data_dir, database_url=database_url))
 
 
+def two_shard_app(urls: list[str], database_url: str, clock: Any, keystore: Any,
+                  data_dir: Path) -> tuple[Flask, str, str]:
+    """Return an API app serving the BTC instruments from one fresh shard and ETH's from another."""
+    from strongroom.app import create_app
+    from strongroom.settings import Settings
+
+    config = load_instruments(DEFAULT_CONFIG)
+    btc_shard, eth_shard = new_shard(urls), new_shard(urls)
+    shards = {btc_shard: [s for s, i in config.instruments.items() if i.underlying == "BTC"],
+              eth_shard: [s for s, i in config.instruments.items() if i.underlying == "ETH"]}
+    app = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
+                      "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG,
+                      "EXCHANGE_SHARD_NATS_URLS": urls, "EXCHANGE_SHARDS": shards,
+                      "EXCHANGE_SHARD_WAIT_S": WAIT_S, "EXCHANGE_DEV_MODE": True},
+                     settings=Settings(data_dir=data_dir, database_url=database_url))
+    return app, btc_shard, eth_shard
+
+
+def snapshot_seq(urls: list[str], shard: str) -> int:
+    """Return the sequence of the shard leader's latest snapshot (0 if it has none yet)."""
+    from exchange.stream.shard.machine import ShardMachine
+    from exchange.stream.shard.snapshots import read_snapshot
+
+    async def read() -> int:
+        nc = await nats.connect(servers=urls)
+        try:
+            data = await read_snapshot(nc.jetstream(), shard)
+        finally:
+            await nc.close()
+        return 0 if data is None else ShardMachine.restore(load_instruments(DEFAULT_CONFIG), shard, data).seq
+
+    return asyncio.run(read())
+
+
 def gateway(app: Flask) -> ShardGateway:
     """Return the app's shard gateway in this process."""
     found: ShardGateway = app.extensions[EXTENSION].get()

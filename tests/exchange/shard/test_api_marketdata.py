@@ -30,6 +30,8 @@ from shard_api_helpers import (
     new_shard,
     seed,
     shard_app,
+    snapshot_seq,
+    two_shard_app,
     wait_for,
 )
 from websockets.sync.client import connect
@@ -134,7 +136,7 @@ def test_shard_market_data_process_started_from_the_snapshot_shows_the_same_dept
             while replica.machine.seq % SNAPSHOT_EVERY:  # end exactly at a snapshot point
                 seed(one, shard, Deposit("pad", 1), clock.now_ms)
             last = replica.machine.seq
-            wait_for(lambda: _snapshot_seq(nats_cluster.urls, shard) == last, "the leader's snapshot")
+            wait_for(lambda: snapshot_seq(nats_cluster.urls, shard) == last, "the leader's snapshot")
             two = shard_app(nats_cluster.urls, shard, postgres_url, clock, keystore, tmp_path / "b")
             late = gateway(two).replicas[shard]
             # Restored at the snapshot with nothing to replay: its depth comes from the books.
@@ -217,43 +219,14 @@ def _collect(ws: Any, channels: list[str]) -> dict[str, dict[str, Any]]:
     raise AssertionError(f"only {sorted(seen)} came")
 
 
-def _snapshot_seq(urls: list[str], shard: str) -> int:
-    import asyncio
-
-    import nats
-
-    from exchange.stream.shard.machine import ShardMachine
-    from exchange.stream.shard.snapshots import read_snapshot
-
-    async def read() -> int:
-        nc = await nats.connect(servers=urls)
-        try:
-            data = await read_snapshot(nc.jetstream(), shard)
-        finally:
-            await nc.close()
-        return 0 if data is None else ShardMachine.restore(load_instruments(DEFAULT_CONFIG), shard, data).seq
-
-    return asyncio.run(read())
-
-
 def test_shard_market_data_two_shards_each_symbol_read_from_its_shards_model(
         nats_cluster: LocalCluster, postgres_url: str, clock: Any, keystore: Any,
         tmp_path: Path) -> None:
     from shard_api_helpers import BASE, SOURCES
 
-    from strongroom.app import create_app
-    from strongroom.settings import Settings
-
-    config = load_instruments(DEFAULT_CONFIG)
     eth = 3_000 * USDC
-    btc_shard, eth_shard = new_shard(nats_cluster.urls), new_shard(nats_cluster.urls)
-    shards = {btc_shard: [s for s, i in config.instruments.items() if i.underlying == "BTC"],
-              eth_shard: [s for s, i in config.instruments.items() if i.underlying == "ETH"]}
-    app = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
-                      "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG,
-                      "EXCHANGE_SHARD_NATS_URLS": nats_cluster.urls, "EXCHANGE_SHARDS": shards,
-                      "EXCHANGE_SHARD_WAIT_S": 30.0, "EXCHANGE_DEV_MODE": True},
-                     settings=Settings(data_dir=tmp_path / "data", database_url=postgres_url))
+    app, btc_shard, eth_shard = two_shard_app(nats_cluster.urls, postgres_url, clock, keystore,
+                                              tmp_path / "data")
     try:
         ops = Trader(app, clock, "ops", tier=0, roles=frozenset({Role.ADMIN}))
         for underlying, price in (("BTC", BTC), ("ETH", eth)):

@@ -6,7 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from shard_api_helpers import BASE, BTC, SOURCES, USDC, Trader, close, fund, new_shard, stream_bodies
+from shard_api_helpers import (
+    BASE,
+    BTC,
+    SOURCES,
+    USDC,
+    Trader,
+    close,
+    fund,
+    stream_bodies,
+    two_shard_app,
+)
 
 from exchange.instruments import DEFAULT_CONFIG, load_instruments
 from exchange.stream.cluster import LocalCluster
@@ -58,17 +68,8 @@ def test_shard_configs_instrument_file_per_shard_loads_like_the_worker(tmp_path:
 def test_shard_api_two_shards_route_by_instrument_and_keep_separate_pools(
         nats_cluster: LocalCluster, postgres_url: str, clock: Any, keystore: Any,
         tmp_path: Path) -> None:
-    from strongroom.app import create_app
-    from strongroom.settings import Settings
-
-    btc_shard, eth_shard = new_shard(nats_cluster.urls), new_shard(nats_cluster.urls)
-    shards = {btc_shard: [s for s, i in CONFIG.instruments.items() if i.underlying == "BTC"],
-              eth_shard: [s for s, i in CONFIG.instruments.items() if i.underlying == "ETH"]}
-    app = create_app({"TESTING": True, "CLOCK": clock, "KEYSTORE": keystore,
-                      "EXCHANGE_INSTRUMENTS": DEFAULT_CONFIG,
-                      "EXCHANGE_SHARD_NATS_URLS": nats_cluster.urls, "EXCHANGE_SHARDS": shards,
-                      "EXCHANGE_SHARD_WAIT_S": 30.0, "EXCHANGE_DEV_MODE": True},
-                     settings=Settings(data_dir=tmp_path / "data", database_url=postgres_url))
+    app, btc_shard, eth_shard = two_shard_app(nats_cluster.urls, postgres_url, clock, keystore,
+                                              tmp_path / "data")
     try:
         ops = Trader(app, clock, "ops", tier=0, roles=frozenset({Role.ADMIN}))
         for underlying, price in (("BTC", BTC), ("ETH", ETH)):

@@ -18,6 +18,7 @@ from shard_api_helpers import (
     mark_btc,
     new_shard,
     shard_app,
+    snapshot_seq,
     wait_for,
 )
 
@@ -55,7 +56,7 @@ def test_shard_api_replica_matches_leader_results_and_hashes_and_restores_from_i
                      and replica.checked_results >= last - SNAPSHOT_EVERY, "the leader's batches checked")
             assert replica.diverged == 0 and replica.failed is None
             # A process started now restores the leader's latest snapshot, then tails the stream.
-            wait_for(lambda: _snapshot_seq(nats_cluster.urls, shard) >= last // SNAPSHOT_EVERY
+            wait_for(lambda: snapshot_seq(nats_cluster.urls, shard) >= last // SNAPSHOT_EVERY
                      * SNAPSHOT_EVERY, "the leader's snapshot")
             two = shard_app(nats_cluster.urls, shard, postgres_url, clock, keystore, tmp_path / "b")
             late = gateway(two).replicas[shard]
@@ -75,25 +76,6 @@ def test_shard_api_replica_matches_leader_results_and_hashes_and_restores_from_i
         close(one)
         if two is not None:
             close(two)
-
-
-def _snapshot_seq(urls: list[str], shard: str) -> int:
-    import asyncio
-
-    import nats
-
-    from exchange.stream.shard.machine import ShardMachine
-    from exchange.stream.shard.snapshots import read_snapshot
-
-    async def read() -> int:
-        nc = await nats.connect(servers=urls)
-        try:
-            data = await read_snapshot(nc.jetstream(), shard)
-        finally:
-            await nc.close()
-        return 0 if data is None else ShardMachine.restore(load_instruments(DEFAULT_CONFIG), shard, data).seq
-
-    return asyncio.run(read())
 
 
 def _replica(hash_every: int = 2) -> Any:
