@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,10 +33,13 @@ from pathlib import Path
 
 import nats
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import stream_wait  # noqa: E402
+from stream_wait import spawn  # noqa: E402
 
 from exchange.engine.instrument import Instrument  # noqa: E402
 from exchange.engine.messages import Cancel, Command, NewOrder  # noqa: E402
@@ -70,37 +72,11 @@ def flow(n: int, seed: int) -> list[tuple[str, Command]]:
     return out
 
 
-async def last_published(js: JetStreamContext, market: str) -> int:
-    try:
-        msg = await js.get_last_msg(EVENTS_STREAM, events_subject(market))
-    except NotFoundError:
-        return 0
-    return batch_decoder.decode(msg.data or b"").last_seq
-
-
-async def wait_all(js: JetStreamContext, markets: list[str], seq: int, timeout_s: float,
-                   poll_s: float = 0.02) -> float:
+async def wait_all(js: JetStreamContext, markets: list[str], seq: int, timeout_s: float) -> float:
     """Wait until every market published the events of command `seq`; return the time."""
-    deadline = time.monotonic() + timeout_s
-    pending = set(markets)
-    while pending:
-        for m in list(pending):
-            try:
-                if await last_published(js, m) >= seq:
-                    pending.discard(m)
-            except nats.errors.TimeoutError:
-                pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"markets {sorted(pending)} did not reach {seq}")
-        if pending:
-            await asyncio.sleep(poll_s)
-    return time.monotonic()
-
-
-def spawn(args: list[str], urls: list[str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, *args, "--nats", ",".join(urls)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return await stream_wait.wait_all(
+        js, markets, seq, timeout_s, stream=EVENTS_STREAM, subject_of=events_subject,
+        last_seq_of=lambda data: batch_decoder.decode(data).last_seq, what="markets")
 
 
 async def fill(js: JetStreamContext, markets: list[str], n: int) -> float:

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,13 +39,14 @@ from pathlib import Path
 
 import nats
 from nats.js.client import JetStreamContext
-from nats.js.errors import NotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import stream_wait  # noqa: E402
 from http_load import CpuMeter, tree_pids  # noqa: E402
+from stream_wait import spawn  # noqa: E402
 
 from exchange.commands import CancelOrder, Deposit, Place, Quote, SeedInsurance, Tick  # noqa: E402
 from exchange.engine.messages import NewOrder  # noqa: E402
@@ -119,31 +119,11 @@ async def fill(js: JetStreamContext, shard: str, commands: list[tuple[str, bytes
     return len(commands) / (time.perf_counter() - t0)
 
 
-async def last_published(js: JetStreamContext, shard: str) -> int:
-    try:
-        msg = await js.get_last_msg(SHARD_EVENTS_STREAM, shard_events_subject(shard))
-    except NotFoundError:
-        return 0
-    return batch_decoder.decode(msg.data or b"").last_seq
-
-
-async def wait_all(js: JetStreamContext, shards: list[str], seq: int, timeout_s: float,
-                   poll_s: float = 0.02) -> float:
+async def wait_all(js: JetStreamContext, shards: list[str], seq: int, timeout_s: float) -> float:
     """Wait until every shard published the results of command `seq`; return the time."""
-    deadline = time.monotonic() + timeout_s
-    pending = set(shards)
-    while pending:
-        for s in list(pending):
-            try:
-                if await last_published(js, s) >= seq:
-                    pending.discard(s)
-            except nats.errors.TimeoutError:
-                pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"shards {sorted(pending)} did not reach {seq}")
-        if pending:
-            await asyncio.sleep(poll_s)
-    return time.monotonic()
+    return await stream_wait.wait_all(
+        js, shards, seq, timeout_s, stream=SHARD_EVENTS_STREAM, subject_of=shard_events_subject,
+        last_seq_of=lambda data: batch_decoder.decode(data).last_seq, what="shards")
 
 
 async def tally(js: JetStreamContext, shard: str) -> dict[str, int]:
@@ -169,12 +149,6 @@ async def tally(js: JetStreamContext, shard: str) -> dict[str, int]:
     finally:
         await sub.unsubscribe()
     return {"results_by_code": dict(codes), "trades": trades}
-
-
-def spawn(args: list[str], urls: list[str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, *args, "--nats", ",".join(urls)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def throughput(cluster: LocalCluster, js: JetStreamContext, processes: int, n: int,
