@@ -82,3 +82,13 @@ def apply_batches(machine: ShardMachine, bodies: list[bytes], per_batch: int) ->
         out.append(ShardBatch(machine.shard, results[0].seq, results[-1].seq, results,
                               machine.state_hash()))
     return out
+
+
+def funded_flow(ledger: Ledger, shard: str, seed: int, n: int, per_batch: int,
+                spot: int = 50_000 * USDC) -> tuple[ShardMachine, list[ShardBatch]]:
+    """Fund every trader's spot (``spot.<shard>.<user>``), then run the opening and
+    ``random_flow(seed, n)`` through a fresh machine of ``shard``; return it and its batches."""
+    for user in TRADERS:
+        fund_spot(ledger, user, spot, f"spot.{shard}.{user}")
+    machine = ShardMachine(CONFIG, shard)
+    return machine, apply_batches(machine, opening(ledger, shard) + random_flow(seed, n), per_batch)

@@ -39,6 +39,7 @@ from tests.exchange.shard.settle_flow import (
     apply_batches,
     cmd,
     fund_spot,
+    funded_flow,
     opening,
     random_flow,
 )
@@ -123,10 +124,7 @@ def test_shard_settlement_redelivered_batches_write_nothing_twice(
     ledger_db: tuple[Ledger, object],
 ) -> None:
     ledger, engine = ledger_db
-    for user in TRADERS:
-        fund_spot(ledger, user, 50_000 * USDC, f"spot.{user}")
-    machine = ShardMachine(CONFIG, "MAIN")
-    batches = apply_batches(machine, opening(ledger, "MAIN") + random_flow(3, 80), 8)
+    machine, batches = funded_flow(ledger, "MAIN", 3, 80, 8)
     first = ShardSettlement(ledger, "MAIN")
     first.settle(batches[:5])
     written = _count(engine, "s.MAIN.")
@@ -144,10 +142,7 @@ def test_shard_settlement_posting_id_reused_with_other_body_stops_and_writes_not
     ledger_db: tuple[Ledger, object],
 ) -> None:
     ledger, engine = ledger_db
-    for user in TRADERS:
-        fund_spot(ledger, user, 50_000 * USDC, f"spot.{user}")
-    machine = ShardMachine(CONFIG, "MAIN")
-    batches = apply_batches(machine, opening(ledger, "MAIN") + random_flow(5, 60), 10)
+    _, batches = funded_flow(ledger, "MAIN", 5, 60, 10)
     settlement = ShardSettlement(ledger, "MAIN")
     settlement.settle(batches[:2])
     before = _count(engine, "s.")
@@ -173,10 +168,7 @@ def test_shard_settlement_missing_results_between_batches_stop_loudly(
     ledger_db: tuple[Ledger, object],
 ) -> None:
     ledger, engine = ledger_db
-    for user in TRADERS:
-        fund_spot(ledger, user, 50_000 * USDC, f"spot.{user}")
-    machine = ShardMachine(CONFIG, "MAIN")
-    batches = apply_batches(machine, opening(ledger, "MAIN") + random_flow(9, 40), 5)
+    machine, batches = funded_flow(ledger, "MAIN", 9, 40, 5)
     settlement = ShardSettlement(ledger, "MAIN")
     settlement.settle(batches[:2])
     before = _count(engine, "s.MAIN.")
@@ -215,10 +207,7 @@ def test_shard_settlement_any_flow_any_batching_ledger_equals_replica(
     ledger, _ = ledger_db
     # Its own pool and posting ids per example, even when hypothesis repeats an example.
     shard = f"P{uuid.uuid4().hex[:12].upper()}"
-    for user in TRADERS:
-        fund_spot(ledger, user, 10_000 * USDC, f"spot.{shard}.{user}")
-    machine = ShardMachine(CONFIG, shard)
-    batches = apply_batches(machine, opening(ledger, shard) + random_flow(seed, n), per_batch)
+    machine, batches = funded_flow(ledger, shard, seed, n, per_batch, spot=10_000 * USDC)
     settlement = ShardSettlement(ledger, shard)
     settlement.settle(batches)
     assert settlement.reconcile(machine) == []

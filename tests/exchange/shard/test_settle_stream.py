@@ -50,7 +50,10 @@ from exchange.stream.shard.wire import (
 )
 from exchange.stream.topology import ensure_shard_topology
 from tests.exchange.helpers import USDC
-from tests.exchange.shard.settle_flow import CONFIG, TRADERS, apply_batches, fund_spot, opening, random_flow
+from tests.exchange.shard.settle_flow import (
+    fund_spot,
+    funded_flow,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 WAIT_S = 90.0  # bounds a hang only; every wait polls for its condition
@@ -129,10 +132,7 @@ def _wait_rows(engine: Engine, shard: str, count: int) -> None:
 
 
 def _flow(ledger: Ledger, shard: str, n: int, per_batch: int) -> tuple[ShardMachine, list[ShardBatch], int]:
-    for user in TRADERS:
-        fund_spot(ledger, user, 50_000 * USDC, f"spot.{shard}.{user}")
-    machine = ShardMachine(CONFIG, shard)
-    batches = apply_batches(machine, opening(ledger, shard) + random_flow(17, n), per_batch)
+    machine, batches = funded_flow(ledger, shard, 17, n, per_batch)
     postings = {p[0] for b in batches for r in b.results for p in r.postings}
     return machine, batches, len(postings)
 

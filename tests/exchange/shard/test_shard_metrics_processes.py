@@ -20,7 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from custody.db import make_engine, make_session_factory
 from custody.ledger.service import Ledger
 from exchange.stream.cluster import LocalCluster
-from exchange.stream.shard.machine import ShardMachine
 from exchange.stream.shard.wire import (
     ShardBatch,
     batch_encoder,
@@ -28,8 +27,9 @@ from exchange.stream.shard.wire import (
     shard_events_subject,
 )
 from exchange.stream.topology import ensure_shard_topology
-from tests.exchange.helpers import USDC
-from tests.exchange.shard.settle_flow import CONFIG, TRADERS, apply_batches, fund_spot, opening, random_flow
+from tests.exchange.shard.settle_flow import (
+    funded_flow,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 WAIT_S = 90.0  # bounds a hang only; every wait polls for its condition
@@ -89,10 +89,7 @@ def test_shard_settlement_process_metrics_show_postings_settled_seq_no_lag_and_a
 ) -> None:
     ledger, url = pg
     shard = f"T{uuid.uuid4().hex[:10].upper()}"
-    for user in TRADERS:
-        fund_spot(ledger, user, 50_000 * USDC, f"spot.{shard}.{user}")
-    machine = ShardMachine(CONFIG, shard)
-    batches = apply_batches(machine, opening(ledger, shard) + random_flow(5, 80), 4)
+    _, batches = funded_flow(ledger, shard, 5, 80, 4)
     kinds: dict[str, int] = {}
     for p in (p for b in batches for r in b.results for p in r.postings):
         kinds[p[1]] = kinds.get(p[1], 0) + 1
