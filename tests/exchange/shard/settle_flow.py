@@ -1,8 +1,15 @@
-"""Shard command flows for the settlement tests: a ShardMachine's results as ShardBatches."""
+"""Shard command flows for the settlement tests: a ShardMachine's results as ShardBatches, published."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats
 
 from custody.ledger.posting import TransferRequest
 from custody.ledger.service import Ledger
@@ -18,13 +25,19 @@ from exchange.stream.shard.wire import (
     ShardCommand,
     ShardOp,
     ShardResult,
+    batch_encoder,
+    batch_msg_id,
     encode_command,
+    shard_events_subject,
 )
+from exchange.stream.topology import ensure_shard_topology
 from tests.exchange.helpers import BTC, NOW, SOURCES, USDC
 
 CONFIG = load_instruments()
 PRICE = BTC // 1000 * 1000  # a multiple of the BTC-PERP tick
 TRADERS = ("alice", "bob", "carol")
+NATS_WAIT_S = 90.0  # bounds a hang only
+T = TypeVar("T")
 
 
 def cmd(op: ShardOp, ts_ms: int = NOW) -> bytes:
@@ -92,3 +105,29 @@ def funded_flow(ledger: Ledger, shard: str, seed: int, n: int, per_batch: int,
         fund_spot(ledger, user, spot, f"spot.{shard}.{user}")
     machine = ShardMachine(CONFIG, shard)
     return machine, apply_batches(machine, opening(ledger, shard) + random_flow(seed, n), per_batch)
+
+
+async def retry_nats(call: Callable[[], Awaitable[T]], wait_s: float = NATS_WAIT_S) -> T:
+    """Await ``call()`` until NATS stops refusing it (a loaded cluster), for at most ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await call()
+        except (nats.errors.Error, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+async def publish_batches(urls: list[str], shard: str, batches: list[ShardBatch]) -> None:
+    """Create the shard's streams and publish ``batches`` as its leader would (deduplicated ids)."""
+    nc = await nats.connect(servers=urls)
+    try:
+        js = nc.jetstream()
+        await retry_nats(lambda: ensure_shard_topology(js, [shard]))
+        for b in batches:
+            await retry_nats(functools.partial(js.publish, shard_events_subject(shard),
+                                               batch_encoder.encode(b),
+                                               headers={"Nats-Msg-Id": batch_msg_id(b)}))
+    finally:
+        await nc.close()

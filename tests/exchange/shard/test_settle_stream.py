@@ -41,8 +41,6 @@ from exchange.stream.shard.wire import (
     SHARD_EVENTS_STREAM,
     ShardBatch,
     VoidDeposit,
-    batch_encoder,
-    batch_msg_id,
     command_decoder,
     shard_events_subject,
     shard_stream,
@@ -53,6 +51,8 @@ from tests.exchange.helpers import USDC
 from tests.exchange.shard.settle_flow import (
     fund_spot,
     funded_flow,
+    publish_batches,
+    retry_nats,
 )
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -72,30 +72,7 @@ def _shard() -> str:
 
 
 async def _topology(js: JetStreamContext, shard: str) -> None:
-    await _retry(lambda: ensure_shard_topology(js, [shard]))
-
-
-async def _publish(urls: list[str], shard: str, batches: list[ShardBatch]) -> None:
-    nc = await nats.connect(servers=urls)
-    try:
-        js = nc.jetstream()
-        await _topology(js, shard)
-        for b in batches:
-            await _retry(lambda b=b: js.publish(shard_events_subject(shard), batch_encoder.encode(b),
-                                                headers={"Nats-Msg-Id": batch_msg_id(b)}))
-    finally:
-        await nc.close()
-
-
-async def _retry(call):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        try:
-            return await call()
-        except (nats.errors.Error, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
+    await retry_nats(lambda: ensure_shard_topology(js, [shard]))
 
 
 def _rows(engine: Engine, shard: str) -> int:
@@ -143,7 +120,7 @@ def test_shard_settlement_consumer_settles_every_batch_and_ledger_equals_replica
     ledger, engine, _ = pg
     shard = _shard()
     machine, batches, expected = _flow(ledger, shard, 200, 5)
-    asyncio.run(_publish(nats_cluster.urls, shard, batches))
+    asyncio.run(publish_batches(nats_cluster.urls, shard, batches))
     settlement = ShardSettlement(ledger, shard)
 
     async def run() -> None:
@@ -180,7 +157,7 @@ def test_shard_settlement_consumer_undecodable_batch_stops_loudly(
         try:
             js = nc.jetstream()
             await _topology(js, shard)
-            await _retry(lambda: js.publish(shard_events_subject(shard), b'{"shard": 1}'))
+            await retry_nats(lambda: js.publish(shard_events_subject(shard), b'{"shard": 1}'))
             with pytest.raises(SettlementRefused, match="does not decode"):
                 await asyncio.wait_for(run_shard_settlement(js, ShardSettlement(ledger, shard),
                                                             asyncio.Event()), WAIT_S)
@@ -216,7 +193,7 @@ def test_shard_settlement_process_killed_mid_stream_and_restarted_writes_every_p
     ledger, engine, url = pg
     shard = _shard()
     machine, batches, expected = _flow(ledger, shard, 600, 3)
-    asyncio.run(_publish(nats_cluster.urls, shard, batches))
+    asyncio.run(publish_batches(nats_cluster.urls, shard, batches))
     args = ("--fetch-batch", "2", "--void-deposits-after-s", "0")
     log = tmp_path / "settle.log"
     first = _cli(shard, nats_cluster.urls, url, log, *args)
@@ -263,7 +240,7 @@ def test_shard_settlement_process_posting_reused_with_other_body_exits_non_zero(
     results[r] = msgspec.structs.replace(results[r], postings=[(tid, kind, debit, credit, amount + 1,
                                                                  pending)])
     forged = msgspec.structs.replace(first, results=results, state_hash=None)
-    asyncio.run(_publish(nats_cluster.urls, shard, [forged]))
+    asyncio.run(publish_batches(nats_cluster.urls, shard, [forged]))
     log = tmp_path / "settle.log"
     proc = _cli(shard, nats_cluster.urls, url, log, "--void-deposits-after-s", "0")
     try:
@@ -305,7 +282,7 @@ def test_deposit_reconciler_appends_void_deposit_for_a_lost_append_once(
                                           ConsumerConfig(deliver_policy=DeliverPolicy.ALL,
                                                          ack_policy=AckPolicy.NONE,
                                                          inactive_threshold=10.0))
-            msgs = await _retry(lambda: sub.fetch(10, timeout=2.0))
+            msgs = await retry_nats(lambda: sub.fetch(10, timeout=2.0))
             return [(m.headers.get("Nats-Msg-Id", "") if m.headers else "", m.data) for m in msgs]
         finally:
             await nc.close()
@@ -342,13 +319,13 @@ def test_shard_settlement_batch_deleted_from_stream_stops_loudly_across_a_restar
     shard = _shard()
     _, batches, _ = _flow(ledger, shard, 60, 4)
     half = len(batches) // 2
-    asyncio.run(_publish(nats_cluster.urls, shard, batches[:half]))
+    asyncio.run(publish_batches(nats_cluster.urls, shard, batches[:half]))
     asyncio.run(_settle_until(nats_cluster.urls, ShardSettlement(ledger, shard),
                               batches[half - 1].last_seq))
     written = _rows(engine, shard)
 
     async def tamper_and_restart() -> None:
-        await _publish(nats_cluster.urls, shard, batches[half:])
+        await publish_batches(nats_cluster.urls, shard, batches[half:])
         nc = await nats.connect(servers=nats_cluster.urls)
         try:
             js = nc.jetstream()
@@ -372,7 +349,7 @@ def test_shard_settlement_nats_node_lost_mid_stream_writes_every_posting_once(
     ledger, engine, _ = pg
     shard = _shard()
     machine, batches, expected = _flow(ledger, shard, 300, 2)
-    asyncio.run(_publish(nats_cluster.urls, shard, batches))
+    asyncio.run(publish_batches(nats_cluster.urls, shard, batches))
     settlement = ShardSettlement(ledger, shard)
     victim = nats_cluster.nodes[0]
 

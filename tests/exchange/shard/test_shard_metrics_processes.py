@@ -13,22 +13,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from custody.db import make_engine, make_session_factory
 from custody.ledger.service import Ledger
 from exchange.stream.cluster import LocalCluster
-from exchange.stream.shard.wire import (
-    ShardBatch,
-    batch_encoder,
-    batch_msg_id,
-    shard_events_subject,
-)
-from exchange.stream.topology import ensure_shard_topology
 from tests.exchange.shard.settle_flow import (
     funded_flow,
+    publish_batches,
 )
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -42,29 +35,6 @@ def pg(postgres_url: str) -> Iterator[tuple[Ledger, str]]:
     engine = make_engine(postgres_url)
     yield Ledger(make_session_factory(engine)), postgres_url
     engine.dispose()
-
-
-async def _retry(call):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        try:
-            return await call()
-        except (nats.errors.Error, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
-
-
-async def _publish(urls: list[str], shard: str, batches: list[ShardBatch]) -> None:
-    nc = await nats.connect(servers=urls)
-    try:
-        js = nc.jetstream()
-        await _retry(lambda: ensure_shard_topology(js, [shard]))
-        for b in batches:
-            await _retry(lambda b=b: js.publish(shard_events_subject(shard), batch_encoder.encode(b),
-                                                headers={"Nats-Msg-Id": batch_msg_id(b)}))
-    finally:
-        await nc.close()
 
 
 def _scrape(port: int) -> Samples:
@@ -93,7 +63,7 @@ def test_shard_settlement_process_metrics_show_postings_settled_seq_no_lag_and_a
     kinds: dict[str, int] = {}
     for p in (p for b in batches for r in b.results for p in r.postings):
         kinds[p[1]] = kinds.get(p[1], 0) + 1
-    asyncio.run(_publish(nats_cluster.urls, shard, batches))
+    asyncio.run(publish_batches(nats_cluster.urls, shard, batches))
     log = tmp_path / "settle.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STRONGROOM_DATABASE_URL": url,
            "STRONGROOM_METRICS_PORT": "0", "STRONGROOM_METRICS_HOST": "127.0.0.1",
