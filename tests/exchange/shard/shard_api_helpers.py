@@ -155,12 +155,17 @@ class Trader:
                                                     "qty": qty, "price": price, **extra}, app=app)
 
 
-def mark_btc(admin: Trader, app: Flask | None = None) -> None:
-    """Quote BTC at 60,000 USD from every source (dev mode): the shard's index and marks."""
+def mark(admin: Trader, underlying: str, price: int, app: Flask | None = None) -> None:
+    """Quote `underlying` at `price` from every source (dev mode): the shard's index and marks."""
     for source in SOURCES:
         r = admin.call("POST", f"{BASE}/operator/quotes",
-                       {"underlying": "BTC", "source": source, "price": BTC}, app=app)
+                       {"underlying": underlying, "source": source, "price": price}, app=app)
         assert r.status_code == 200, r.get_json()
+
+
+def mark_btc(admin: Trader, app: Flask | None = None) -> None:
+    """Quote BTC at 60,000 USD from every source (dev mode): the shard's index and marks."""
+    mark(admin, "BTC", BTC, app)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = READ_TIMEOUT_S) -> None:

@@ -8,23 +8,17 @@ gateway attached, so a replay of the stream refuses the same orders.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from flask import Flask
 from shard_api_helpers import (
     BASE,
     BTC,
     USDC,
     Trader,
-    close,
     fund,
     gateway,
     mark_btc,
-    new_shard,
-    shard_app,
     stream_bodies,
 )
 from werkzeug.test import TestResponse
@@ -35,20 +29,6 @@ from exchange.stream.shard.wire import command_decoder
 from policies.roles import Role
 
 App = tuple[Flask, str, Trader]
-
-
-@pytest.fixture
-def shard_api(nats_cluster: LocalCluster, postgres_url: str, clock: Any, keystore: Any,
-              tmp_path: Path) -> Iterator[App]:
-    """One shard-mode API app on a fresh shard, BTC marked at 60,000 USD by its operator."""
-    shard = new_shard(nats_cluster.urls)
-    app = shard_app(nats_cluster.urls, shard, postgres_url, clock, keystore, tmp_path / "a")
-    try:
-        ops = Trader(app, clock, "ops", tier=0, roles=frozenset({Role.ADMIN}))
-        mark_btc(ops)
-        yield app, shard, ops
-    finally:
-        close(app)
 
 
 def refused(r: TestResponse, status: int, code: int) -> dict[str, Any]:

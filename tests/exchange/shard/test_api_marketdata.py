@@ -12,11 +12,9 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from flask import Flask
 from shard_api_helpers import (
     BTC,
@@ -26,6 +24,7 @@ from shard_api_helpers import (
     close,
     fund,
     gateway,
+    mark,
     mark_btc,
     new_shard,
     seed,
@@ -69,19 +68,6 @@ def _trade_flow(app: Flask, shard: str, clock: Any) -> tuple[Trader, Trader]:
 
 
 DEPTH = {"bids": [["59999.9", "0.001", "1"]], "asks": [["60000.2", "0.003", "1"]]}
-
-
-@pytest.fixture
-def shard_api(nats_cluster: LocalCluster, postgres_url: str, clock: Any, keystore: Any,
-              tmp_path: Path) -> Iterator[tuple[Flask, str, Trader]]:
-    shard = new_shard(nats_cluster.urls)
-    app = shard_app(nats_cluster.urls, shard, postgres_url, clock, keystore, tmp_path / "a")
-    try:
-        ops = Trader(app, clock, "ops", tier=0, roles=frozenset({Role.ADMIN}))
-        mark_btc(ops)
-        yield app, shard, ops
-    finally:
-        close(app)
 
 
 def test_shard_market_data_depth_trades_candles_ticker_answered_from_the_replica(
@@ -222,18 +208,14 @@ def _collect(ws: Any, channels: list[str]) -> dict[str, dict[str, Any]]:
 def test_shard_market_data_two_shards_each_symbol_read_from_its_shards_model(
         nats_cluster: LocalCluster, postgres_url: str, clock: Any, keystore: Any,
         tmp_path: Path) -> None:
-    from shard_api_helpers import BASE, SOURCES
 
     eth = 3_000 * USDC
     app, btc_shard, eth_shard = two_shard_app(nats_cluster.urls, postgres_url, clock, keystore,
                                               tmp_path / "data")
     try:
         ops = Trader(app, clock, "ops", tier=0, roles=frozenset({Role.ADMIN}))
-        for underlying, price in (("BTC", BTC), ("ETH", eth)):
-            for source in SOURCES:
-                r = ops.call("POST", f"{BASE}/operator/quotes",
-                             {"underlying": underlying, "source": source, "price": price})
-                assert r.status_code == 200, r.get_json()
+        mark(ops, "BTC", BTC)
+        mark(ops, "ETH", eth)
         alice = Trader(app, clock, "alice")
         fund(app, btc_shard, "alice", 10_000 * USDC, clock.now_ms)
         fund(app, eth_shard, "alice", 10_000 * USDC, clock.now_ms)

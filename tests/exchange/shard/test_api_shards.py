@@ -9,11 +9,11 @@ import pytest
 from shard_api_helpers import (
     BASE,
     BTC,
-    SOURCES,
     USDC,
     Trader,
     close,
     fund,
+    mark,
     stream_bodies,
     two_shard_app,
 )
@@ -72,11 +72,8 @@ def test_shard_api_two_shards_route_by_instrument_and_keep_separate_pools(
                                               tmp_path / "data")
     try:
         ops = Trader(app, clock, "ops", tier=0, roles=frozenset({Role.ADMIN}))
-        for underlying, price in (("BTC", BTC), ("ETH", ETH)):
-            for source in SOURCES:
-                r = ops.call("POST", f"{BASE}/operator/quotes",
-                             {"underlying": underlying, "source": source, "price": price})
-                assert r.status_code == 200, r.get_json()
+        mark(ops, "BTC", BTC)
+        mark(ops, "ETH", ETH)
         alice = Trader(app, clock, "alice")
         fund(app, btc_shard, "alice", 10_000 * USDC, clock.now_ms)
         assert alice.order("b1", "buy", 1, BTC - 100_000).status_code == 201
