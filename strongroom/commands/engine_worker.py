@@ -9,7 +9,6 @@ lease so a standby takes over at once); SIGKILL leaves the lease to expire.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -39,23 +38,15 @@ def _install_stop(stop: asyncio.Event) -> None:
 def serve_worker(nats_urls: str, ensure: Callable[[JetStreamContext], Awaitable[None]],
                  run: Callable[[list[str], asyncio.Event], Awaitable[Any]]) -> dict[str, int]:
     """Create the worker's streams if absent, run it until SIGTERM/SIGINT; return its stats."""
-    import nats
-    from nats.errors import Error as NatsError
+    from exchange.stream.connect import connect_unless_stopped
 
     async def main() -> dict[str, int]:
         stop = asyncio.Event()
         _install_stop(stop)
         # The first connection retries while NATS is down; SIGTERM must still end the process.
-        connecting = asyncio.ensure_future(nats.connect(servers=_urls(nats_urls)))
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, NatsError, OSError):
-                await connecting
+        nc = await connect_unless_stopped(stop, servers=_urls(nats_urls))
+        if nc is None:
             return {}
-        nc = connecting.result()
         try:
             await ensure(nc.jetstream())
         finally:

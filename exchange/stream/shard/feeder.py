@@ -362,22 +362,14 @@ async def run_feeder(urls: list[str], config: ExchangeConfig, shard: str, feed: 
                      stop: asyncio.Event | None = None,
                      metrics: FeederMetrics | None = None) -> FeederStats:
     """Connect and feed ``shard`` until ``stop`` (standing by while another feeder leads)."""
-    import nats
+    from exchange.stream.connect import connect_unless_stopped
 
     stop = stop or asyncio.Event()
     # NATS may come up after the feeder (connect retries for ever), but a stop must still stop it.
-    connecting = asyncio.ensure_future(nats.connect(
-        servers=urls, name=f"feeder-{shard}-{name}", max_reconnect_attempts=-1,
-        reconnect_time_wait=0.2))
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not connecting.done():
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, NatsError, OSError):
-            await connecting
+    nc = await connect_unless_stopped(stop, servers=urls, name=f"feeder-{shard}-{name}",
+                                      max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    if nc is None:
         return FeederStats()
-    nc = connecting.result()
     try:
         feeder = ShardFeeder(nc.jetstream(), config, shard, feed, name, interval_ms,
                              metrics=metrics)
