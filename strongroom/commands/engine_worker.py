@@ -57,6 +57,33 @@ def serve_worker(nats_urls: str, ensure: Callable[[JetStreamContext], Awaitable[
     return asyncio.run(main())
 
 
+def serve_shard_process(nats_urls: str, shard: str, replicas: int,
+                        run: Callable[[list[str], asyncio.Event], Awaitable[Any]]) -> dict[str, int]:
+    """`serve_worker` for a clearing shard's process (worker, feeder): log to stderr, serve
+    metrics on $STRONGROOM_METRICS_PORT if set, create the shard's streams if absent.
+
+    A bad metrics port is a click.BadParameter, unreachable NATS a click.ClickException.
+    """
+    from nats.errors import Error as NatsError
+
+    from exchange.stream.shard.metrics import PROCESS_METRICS, serve_from_env
+    from exchange.stream.topology import ensure_shard_topology
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        server = serve_from_env(PROCESS_METRICS.registry)  # $STRONGROOM_METRICS_PORT, if set
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        return serve_worker(nats_urls, lambda js: ensure_shard_topology(js, [shard], replicas), run)
+    except (NatsError, OSError) as exc:
+        raise click.ClickException(f"NATS at {nats_urls} unreachable: "
+                                   f"{type(exc).__name__}") from None
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
 @click.command("engine-worker")
 @click.option("--market", required=True, help="Market symbol, e.g. BTC-PERP.")
 @click.option("--nats", "nats_urls", default=DEFAULT_NATS, show_default=True,

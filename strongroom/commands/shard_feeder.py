@@ -12,7 +12,6 @@ expire.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 from pathlib import Path
@@ -41,8 +40,6 @@ SOURCES = ("simulated", "ccxt")
 def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: str, seed: int,
                  interval_ms: int, name: str | None, replicas: int) -> None:
     """Lead or stand by for one clearing shard's price feed and clock over NATS JetStream."""
-    from nats.errors import Error as NatsError
-
     from exchange.instruments import MARKET_CONFIG, ConfigError, load_instruments
     from exchange.stream.shard.feeder import (
         FEEDER_NAME_PATTERN,
@@ -50,9 +47,8 @@ def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: s
         FeedPlan,
         run_feeder,
     )
-    from exchange.stream.shard.metrics import PROCESS_METRICS, serve_from_env
-    from exchange.stream.topology import ensure_shard_topology
-    from strongroom.commands.engine_worker import serve_worker
+    from exchange.stream.shard.metrics import PROCESS_METRICS
+    from strongroom.commands.engine_worker import serve_shard_process
     from strongroom.jobs import exchange_feed
 
     try:
@@ -70,23 +66,11 @@ def shard_feeder(shard: str, nats_urls: str, instruments: Path | None, source: s
     if not FEEDER_NAME_PATTERN.fullmatch(feeder_name):
         raise click.BadParameter(f"feeder name was {feeder_name[:40]!r}, must match "
                                  f"{FEEDER_NAME_PATTERN.pattern}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        server = serve_from_env(PROCESS_METRICS.registry)  # $STRONGROOM_METRICS_PORT, if set
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-    try:
-        stats = serve_worker(
-            nats_urls, lambda js: ensure_shard_topology(js, [shard], replicas),
-            lambda urls, stop: run_feeder(urls, config, shard, feed, name=feeder_name,
-                                          interval_ms=interval_ms, stop=stop,
-                                          metrics=FeederMetrics(PROCESS_METRICS.registry)))
-    except (NatsError, OSError) as exc:
-        raise click.ClickException(f"NATS at {nats_urls} unreachable: {type(exc).__name__}") from None
-    finally:
-        if server is not None:
-            server.shutdown()
+    stats = serve_shard_process(
+        nats_urls, shard, replicas,
+        lambda urls, stop: run_feeder(urls, config, shard, feed, name=feeder_name,
+                                      interval_ms=interval_ms, stop=stop,
+                                      metrics=FeederMetrics(PROCESS_METRICS.registry)))
     click.echo(json.dumps({"shard": shard, "feeder": feeder_name, **stats}))
 
 

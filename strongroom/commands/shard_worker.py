@@ -9,14 +9,13 @@ once) and exits; SIGKILL leaves the lease to expire (LEASE_TTL_S).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 from pathlib import Path
 
 import click
 
-from strongroom.commands.engine_worker import DEFAULT_NATS, serve_worker
+from strongroom.commands.engine_worker import DEFAULT_NATS, serve_shard_process
 
 
 @click.command("shard-worker")
@@ -37,9 +36,9 @@ def shard_worker(shard: str, nats_urls: str, instruments: Path | None, snapshot_
                  name: str | None, replicas: int) -> None:
     """Lead or stand by for one clearing shard's venue over NATS JetStream."""
     from exchange.instruments import MARKET_CONFIG, ConfigError, load_instruments
-    from exchange.stream.shard.metrics import PROCESS_METRICS, serve_from_env
+    from exchange.stream.shard.metrics import PROCESS_METRICS
     from exchange.stream.shard.worker import run_shard_worker
-    from exchange.stream.topology import check_shard, ensure_shard_topology
+    from exchange.stream.topology import check_shard
 
     try:
         check_shard(shard)
@@ -49,25 +48,11 @@ def shard_worker(shard: str, nats_urls: str, instruments: Path | None, snapshot_
     except KeyError as exc:
         raise click.BadParameter(f"instrument file: field {exc} missing") from None
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        server = serve_from_env(PROCESS_METRICS.registry)  # $STRONGROOM_METRICS_PORT, if set
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    from nats.errors import Error as NatsError
-
-    try:
-        stats = serve_worker(
-            nats_urls, lambda js: ensure_shard_topology(js, [shard], replicas),
-            lambda urls, stop: run_shard_worker(urls, config, shard, name=worker_name,
-                                                snapshot_every=snapshot_every, stop=stop,
-                                                metrics=PROCESS_METRICS))
-    except (NatsError, OSError) as exc:
-        raise click.ClickException(f"NATS at {nats_urls} unreachable: "
-                                   f"{type(exc).__name__}") from None
-    finally:
-        if server is not None:
-            server.shutdown()
+    stats = serve_shard_process(
+        nats_urls, shard, replicas,
+        lambda urls, stop: run_shard_worker(urls, config, shard, name=worker_name,
+                                            snapshot_every=snapshot_every, stop=stop,
+                                            metrics=PROCESS_METRICS))
     click.echo(json.dumps({"shard": shard, "worker": worker_name, **stats}))
 
 
