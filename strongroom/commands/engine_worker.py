@@ -68,6 +68,7 @@ def serve_shard_process(nats_urls: str, shard: str, replicas: int,
 
     from exchange.stream.shard.metrics import PROCESS_METRICS, serve_from_env
     from exchange.stream.topology import ensure_shard_topology
+    from exchange.stream.urls import redact_urls
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -77,7 +78,7 @@ def serve_shard_process(nats_urls: str, shard: str, replicas: int,
     try:
         return serve_worker(nats_urls, lambda js: ensure_shard_topology(js, [shard], replicas), run)
     except (NatsError, OSError) as exc:
-        raise click.ClickException(f"NATS at {nats_urls} unreachable: "
+        raise click.ClickException(f"NATS at {redact_urls(nats_urls)} unreachable: "
                                    f"{type(exc).__name__}") from None
     finally:
         if server is not None:
