@@ -32,7 +32,9 @@ def _urls(value: str) -> list[str]:
 @click.command("shard-settlement")
 @click.option("--shard", required=True, help="Shard name, e.g. MAIN.")
 @click.option("--nats", "nats_urls", default=DEFAULT_NATS, show_default=True,
-              help="Comma-separated NATS server URLs.")
+              envvar="STRONGROOM_EXCHANGE_SHARD_NATS_URLS",
+              help="Comma-separated NATS server URLs (credentials in the URL: keep them in the "
+                   "environment, not the command line).")
 @click.option("--asset", default="USDC", show_default=True)
 @click.option("--fetch-batch", type=click.IntRange(1, 4096), default=256, show_default=True,
               help="Result batches settled per round (they share ledger submissions).")

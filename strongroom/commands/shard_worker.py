@@ -21,7 +21,9 @@ from strongroom.commands.engine_worker import DEFAULT_NATS, serve_shard_process
 @click.command("shard-worker")
 @click.option("--shard", default="MAIN", show_default=True, help="Clearing shard name.")
 @click.option("--nats", "nats_urls", default=DEFAULT_NATS, show_default=True,
-              help="Comma-separated NATS server URLs.")
+              envvar="STRONGROOM_EXCHANGE_SHARD_NATS_URLS",
+              help="Comma-separated NATS server URLs (credentials in the URL: keep them in the "
+                   "environment, not the command line).")
 @click.option("--instruments", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None,
               help="Instrument file (TOML) of the shard (default: the exchange's, "

@@ -239,19 +239,57 @@ def test_compose_runs_a_nats_cluster_two_workers_per_shard_feeders_and_settlemen
         command = services[name]["command"]
         assert _option(command, "--name") == name
         assert _option(command, "--routes").split(",") == [f"nats://{n}:6222" for n in nats]
-    urls = services["api"]["environment"]["STRONGROOM_EXCHANGE_SHARD_NATS_URLS"].split(",")
-    assert urls == [f"nats://{n}:4222" for n in nats]
+    api_urls = services["api"]["environment"]["STRONGROOM_EXCHANGE_SHARD_NATS_URLS"].split(",")
+    hosts = [_nats_user(u)[1] for u in api_urls]
+    assert hosts == [f"{n}:4222" for n in nats]
     shards: dict[tuple[str, str], list[str]] = {}
     for service in services.values():
         command = service.get("command") or []
         if command[:2] in (["strongroom", "shard-worker"], ["strongroom", "shard-feeder"]):
             key = (command[1], _option(command, "--shard"))
             shards.setdefault(key, []).append(_option(command, "--name"))
-            assert _option(command, "--nats").split(",") == urls
+            urls = service["environment"]["STRONGROOM_EXCHANGE_SHARD_NATS_URLS"].split(",")
+            assert [_nats_user(u)[1] for u in urls] == hosts
     assert shards, "no shard processes in compose"
     for (kind, shard), names in shards.items():
         assert len(names) == 2 and len(set(names)) == 2, f"{kind} {shard}: leader + standby, distinct names"
     assert services["shard-settlement"]["command"][:2] == ["strongroom", "shard-settlement"]
+
+
+# Which NATS user (deploy/nats/nats.conf) each process connects as.
+NATS_ROLE_OF = {"shard-worker": "worker", "shard-feeder": "feeder", "shard-settlement": "settlement"}
+
+
+def _nats_user(url: str) -> tuple[str, str]:
+    """Return (user, host:port) of a NATS URL; its password must be a ${VARIABLE}, never a literal."""
+    scheme, _, rest = url.partition("://")
+    userinfo, _, host = rest.rpartition("@")
+    user, _, secret = userinfo.partition(":")
+    assert scheme == "nats" and user, url
+    assert secret.startswith(("${NATS_", "$(NATS_")), f"literal password in {url[:20]}"
+    return user, host
+
+
+def test_compose_each_service_connects_to_nats_as_its_roles_user() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    conf = (DEPLOY / "nats" / "nats.conf").read_text()
+    seen = set()
+    for name, service in compose.items():
+        command = service.get("command") or []
+        if name.startswith("nats"):
+            assert _option(command, "--config") == "/etc/nats/nats.conf"
+            assert "./nats/nats.conf:/etc/nats/nats.conf:ro" in service["volumes"]
+            continue
+        env = service.get("environment") or {}
+        if "STRONGROOM_EXCHANGE_SHARD_NATS_URLS" not in env:
+            continue
+        role = NATS_ROLE_OF.get(command[1] if command[:1] == ["strongroom"] else "", "gateway")
+        users = {_nats_user(u)[0] for u in env["STRONGROOM_EXCHANGE_SHARD_NATS_URLS"].split(",")}
+        assert users == {role}, name
+        assert "--nats" not in command, f"{name}: credentials belong in the environment, not argv"
+        assert f"{{user: {role}, password: $NATS_{role.upper()}_PASSWORD" in conf
+        seen.add(role)
+    assert seen == {"gateway", "worker", "feeder", "settlement"}
 
 
 def test_deploy_feeders_quote_real_prices_not_the_simulated_market() -> None:
