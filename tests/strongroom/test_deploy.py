@@ -362,3 +362,29 @@ def test_compose_services_publish_disjoint_host_ports() -> None:
             for port in _host_ports(spec):
                 assert port not in taken, f"{name} and {taken[port]} both publish host port {port}"
                 taken[port] = name
+
+
+def test_k8s_each_pod_connects_to_nats_as_its_roles_user_with_the_password_from_a_secret() -> None:
+    docs = _k8s()
+    nats_conf = next(d for d in docs
+                     if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "strongroom-nats")
+    assert nats_conf["data"]["nats.conf"] == (DEPLOY / "nats" / "nats.conf").read_text()
+    [nats] = _by_component("nats")
+    assert _option(_containers(nats)[0]["args"], "--config") == "/etc/nats/nats.conf"
+    seen = set()
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "StatefulSet") or doc is nats:
+            continue
+        for container in _containers(doc):
+            urls = _env(container).get("STRONGROOM_EXCHANGE_SHARD_NATS_URLS")
+            if urls is None:
+                continue
+            command = container.get("command") or []
+            role = NATS_ROLE_OF.get(command[1] if command[:1] == ["strongroom"] else "", "gateway")
+            assert {_nats_user(u)[0] for u in urls.split(",")} == {role}, doc["metadata"]["name"]
+            [secret] = [e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                        if e["name"] == f"NATS_{role.upper()}_PASSWORD"]
+            assert secret == {"name": "strongroom-nats", "key": f"{role}-password"}
+            assert "--nats" not in command, "credentials belong in the environment, not argv"
+            seen.add(role)
+    assert seen == {"gateway", "worker", "feeder", "settlement"}
