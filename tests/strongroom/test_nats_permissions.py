@@ -117,6 +117,7 @@ async def _scenario(port: int) -> dict[str, Any]:
         sub = await gw.js.pull_subscribe("shard.cmd.MAIN", stream="SHARD_MAIN", config=ConsumerConfig(
             deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=30.0))
         out["gateway_read"] = [m.data for m in await sub.fetch(1, timeout=DEADLINE_S)]
+        out["gateway_snapshot"] = await read_snapshot(gw.js, "MAIN", await shard_snapshot_store(gw.js, 1))
         nonces = await gw.js.create_key_value(KeyValueConfig(bucket="AUTH_NONCE", history=1, ttl=600))
         out["gateway_nonce"] = await nonces.create("alice.n1", b"1")
         heard: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -175,6 +176,7 @@ def test_nats_roles_each_do_their_job_and_are_refused_the_others(port: int) -> N
     assert out["worker_batch"] >= 1 and out["worker_lease"] >= 1
     assert out["worker_snapshot"] == b"state" * 1000
     assert out["gateway_append"] >= 1 and out["gateway_read"] == [b"order"]
+    assert out["gateway_snapshot"] == b"state" * 1000, "a gateway replica starts from the snapshot"
     assert out["gateway_nonce"] >= 1 and out["gateway_heard"] == b"alice"
     assert out["settlement_acked"] == out["worker_batch"]
     assert out["settlement_append"] > out["gateway_append"] and out["settlement_lease"] >= 1
