@@ -60,6 +60,22 @@ async def lease_holder(js: JetStreamContext, shard: str) -> str | None:
     return None if entry.value is None else entry.value.decode()
 
 
+async def cancel_until_done(task: asyncio.Task[object]) -> None:
+    """Cancel ``task`` until it has ended (a crash without clean-up).
+
+    On Python 3.11 `asyncio.wait_for` can swallow a cancellation that arrives just as its
+    timeout fires (fixed in 3.12), and the feeder sleeps in one between rounds: one
+    `cancel()` then `await task` could wait forever. Cancel again until it is done.
+    """
+    deadline = time.monotonic() + HANG_S
+    while not task.done():
+        assert time.monotonic() < deadline, "the task would not end"
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
+
+
 def check_stream(bodies: list[bytes]) -> None:
     """The stream applies cleanly, in time order, and its ticks never go back."""
     machine = ShardMachine(CONFIG, "MAIN")
@@ -105,16 +121,14 @@ async def _two_feeders(urls: list[str]) -> None:
         assert sample(reg_a, "strongroom_shard_feeder_leading") == 1
         assert sample(reg_b, "strongroom_shard_feeder_leading") in (None, 0)
         # A dies without giving its lease up (a crash): B takes over once the lease expires.
-        task_a.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task_a
+        await cancel_until_done(task_a)
         await nc_a.close()
         killed = time.monotonic()
         await until(lambda: b.stats.appended > 0, "B to take over")
         takeover_s = time.monotonic() - killed
         await until(lambda: b.stats.rounds >= 3, "B to feed")
         stop_b.set()
-        await task_b
+        await asyncio.wait_for(task_b, HANG_S)
         assert await lease_holder(js, shard) is None, "a stopped feeder gives its lease up"
         assert sample(reg_b, "strongroom_shard_feeder_leading") == 0
         assert sample(reg_b, "strongroom_shard_feeder_appends_total") == b.stats.appended
